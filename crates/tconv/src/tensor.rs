@@ -1,0 +1,120 @@
+//! Small tensor helpers shared by the algorithms: the element trait, row-major multi-index
+//! iteration, and turning user arrays into checked, contiguous, batched data.
+
+use std::borrow::Cow;
+
+use ndarray::{ArrayD, ArrayView1, ArrayViewD, IxDyn};
+
+use crate::error::{ErrorKind, Result};
+use crate::geometry::Geometry;
+use crate::params::{ConvParams, Op};
+
+/// Element types tconv computes with: `f32` and `f64`.
+pub trait Element:
+    num_traits::Float + std::iter::Sum + std::fmt::Debug + std::fmt::Display + Default + Send + Sync + 'static
+{
+    /// NumPy-style dtype name (`float32`, `float64`).
+    const DTYPE: &'static str;
+}
+
+impl Element for f32 {
+    const DTYPE: &'static str = "float32";
+}
+
+impl Element for f64 {
+    const DTYPE: &'static str = "float64";
+}
+
+/// Product of a shape (the element count).
+pub fn numel(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+/// Row-major iteration over every multi-index of `shape` (nothing if any extent is 0).
+#[derive(Clone, Debug)]
+pub struct Positions {
+    shape: Vec<usize>,
+    next: Option<Vec<usize>>,
+}
+
+/// All multi-indices of `shape` in row-major (C) order.
+pub fn positions(shape: &[usize]) -> Positions {
+    let empty = shape.contains(&0);
+    Positions { shape: shape.to_vec(), next: (!empty).then(|| vec![0; shape.len()]) }
+}
+
+impl Iterator for Positions {
+    type Item = Vec<usize>;
+    fn next(&mut self) -> Option<Vec<usize>> {
+        let current = self.next.take()?;
+        let mut succ = current.clone();
+        for axis in (0..succ.len()).rev() {
+            succ[axis] += 1;
+            if succ[axis] < self.shape[axis] {
+                self.next = Some(succ);
+                return Some(current);
+            }
+            succ[axis] = 0;
+        }
+        Some(current)
+    }
+}
+
+/// Row-major flat offset of `idx` in `shape`.
+pub fn flat_index(shape: &[usize], idx: &[usize]) -> usize {
+    idx.iter().zip(shape).fold(0, |acc, (&i, &n)| acc * n + i)
+}
+
+/// The elements of `a` in logical row-major order, borrowed when already contiguous.
+pub fn contiguous<'a, T: Clone>(a: &'a ArrayViewD<'_, T>) -> Cow<'a, [T]> {
+    match a.as_slice() {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(a.iter().cloned().collect()),
+    }
+}
+
+/// A checked problem: the geometry and the data as contiguous row-major slices
+/// (`x` always with a batch axis).
+pub struct Problem<'a, T: Clone> {
+    /// The resolved geometry.
+    pub geometry: Geometry,
+    /// `x` as `(N, C_in, *in)`.
+    pub x: Cow<'a, [T]>,
+    /// Weight in PyTorch layout.
+    pub w: Cow<'a, [T]>,
+    /// Bias `(C_out,)`.
+    pub bias: Option<Cow<'a, [T]>>,
+}
+
+impl<'a, T: Element> Problem<'a, T> {
+    /// Check shapes and parameters and gather the data.
+    pub fn new(
+        op: Op,
+        x: &'a ArrayViewD<'_, T>,
+        w: &'a ArrayViewD<'_, T>,
+        bias: Option<&'a ArrayView1<'_, T>>,
+        params: &ConvParams,
+    ) -> Result<Self> {
+        let bias_shape = bias.map(|b| b.shape().to_vec());
+        let geometry = Geometry::new(op, x.shape(), w.shape(), bias_shape.as_deref(), params)?;
+        Ok(Problem {
+            geometry,
+            x: contiguous(x),
+            w: contiguous(w),
+            bias: bias.map(|b| match b.as_slice() {
+                Some(s) => Cow::Borrowed(s),
+                None => Cow::Owned(b.to_vec()),
+            }),
+        })
+    }
+
+    /// Wrap a flat `(N, C_out, *out)` result in an array of the user's output shape.
+    pub fn output_array(&self, y: Vec<T>) -> Result<ArrayD<T>> {
+        let shape = self.geometry.user_output_shape();
+        let len = y.len();
+        ArrayD::from_shape_vec(IxDyn(&shape), y).map_err(|_| {
+            ErrorKind::ShapeMismatch { what: "output buffer", got: vec![len], expected: shape }
+                .into()
+        })
+    }
+}
