@@ -1,0 +1,335 @@
+//! Property tests over generated problems: the views of transposed convolution agree exactly
+//! on small-integer data, the adjoint identity holds, shapes follow the formula, and invalid
+//! parameters always give an error that names the problem.
+
+use ndarray::{Array1, ArrayD, IxDyn};
+use proptest::prelude::*;
+use tconv::reference::*;
+use tconv::{conv, conv_transpose, ConvParams, Element, ErrorKind, Geometry, Op, OutputSize};
+
+/// One spatial axis of a generated problem.
+#[derive(Clone, Debug)]
+struct Axis {
+    input: usize,
+    kernel: usize,
+    stride: usize,
+    dilation: usize,
+    pad_begin: usize,
+    pad_end: usize,
+    output_padding: usize,
+}
+
+impl Axis {
+    fn reach(&self) -> usize {
+        self.dilation * (self.kernel - 1)
+    }
+    /// The output extent with output_padding 0 (may be non-positive).
+    fn natural(&self) -> i64 {
+        self.transpose_out() as i64 - self.output_padding as i64
+    }
+    /// PyTorch's output extent, written independently of the library.
+    fn transpose_out(&self) -> usize {
+        (self.input - 1) * self.stride + self.reach() + self.output_padding + 1
+            - self.pad_begin
+            - self.pad_end
+    }
+}
+
+/// A valid conv_transpose problem.
+#[derive(Clone, Debug)]
+struct Case {
+    batch: usize,
+    groups: usize,
+    in_pg: usize,
+    out_pg: usize,
+    axes: Vec<Axis>,
+    bias: bool,
+    seed: u64,
+}
+
+fn axis() -> impl Strategy<Value = Axis> {
+    (1usize..=4, 1usize..=3, 1usize..=3, 1usize..=2, 0usize..8, 0usize..8, 0usize..3).prop_map(
+        |(input, kernel, stride, dilation, pb, pe, op)| {
+            let mut a = Axis {
+                input,
+                kernel,
+                stride,
+                dilation,
+                pad_begin: 0,
+                pad_end: 0,
+                output_padding: op % stride.max(dilation),
+            };
+            a.pad_begin = pb % (a.reach() + 1);
+            a.pad_end = pe % (a.reach() + 1);
+            let full = (input - 1) * stride + a.reach() + a.output_padding + 1;
+            if a.pad_begin + a.pad_end >= full {
+                a.pad_end = full - 1 - a.pad_begin;
+            }
+            a
+        },
+    )
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    (1usize..=3).prop_flat_map(|dims| {
+        (
+            1usize..=2,
+            1usize..=3,
+            1usize..=2,
+            1usize..=2,
+            prop::collection::vec(axis(), dims),
+            any::<bool>(),
+            any::<u64>(),
+        )
+            .prop_map(|(batch, groups, in_pg, out_pg, axes, bias, seed)| Case {
+                batch,
+                groups,
+                in_pg,
+                out_pg,
+                axes,
+                bias,
+                seed,
+            })
+    })
+}
+
+/// Small integers in -3..=3 from a seed (xorshift), so every sum is exact.
+fn ints<T: Element>(shape: &[usize], seed: u64) -> ArrayD<T> {
+    let mut s = seed | 1;
+    ArrayD::from_shape_fn(IxDyn(shape), |_| {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        T::from((s % 7) as i64 - 3).unwrap()
+    })
+}
+
+impl Case {
+    fn params(&self) -> ConvParams {
+        let f = |g: fn(&Axis) -> usize| self.axes.iter().map(g).collect::<Vec<_>>();
+        ConvParams::new()
+            .stride(&f(|a| a.stride))
+            .dilation(&f(|a| a.dilation))
+            .pads(&f(|a| a.pad_begin), &f(|a| a.pad_end))
+            .output_padding(&f(|a| a.output_padding))
+            .groups(self.groups)
+    }
+    fn c_in(&self) -> usize {
+        self.groups * self.in_pg
+    }
+    fn c_out(&self) -> usize {
+        self.groups * self.out_pg
+    }
+    fn x_shape(&self) -> Vec<usize> {
+        let mut s = vec![self.batch, self.c_in()];
+        s.extend(self.axes.iter().map(|a| a.input));
+        s
+    }
+    fn w_shape(&self) -> Vec<usize> {
+        let mut s = vec![self.c_in(), self.out_pg];
+        s.extend(self.axes.iter().map(|a| a.kernel));
+        s
+    }
+    fn y_shape(&self) -> Vec<usize> {
+        let mut s = vec![self.batch, self.c_out()];
+        s.extend(self.axes.iter().map(Axis::transpose_out));
+        s
+    }
+    fn data<T: Element>(&self) -> (ArrayD<T>, ArrayD<T>, Option<Array1<T>>) {
+        let x = ints(&self.x_shape(), self.seed);
+        let w = ints(&self.w_shape(), self.seed.wrapping_mul(31).wrapping_add(7));
+        let b = self.bias.then(|| {
+            ints::<T>(&[self.c_out()], self.seed ^ 0x5555).into_dimensionality().unwrap()
+        });
+        (x, w, b)
+    }
+}
+
+fn views_agree<T: Element>(c: &Case) -> Result<(), TestCaseError> {
+    let (x, w, b) = c.data::<T>();
+    let p = c.params();
+    let b = b.as_ref().map(|b| b.view());
+    let scatter = conv_transpose_scatter(&x, &w, b, &p).unwrap();
+    let y_shape = c.y_shape();
+    prop_assert_eq!(scatter.shape(), y_shape.as_slice());
+    prop_assert_eq!(&conv_transpose(&x, &w, b, &p).unwrap(), &scatter);
+    prop_assert_eq!(&conv_transpose_zero_insertion(&x, &w, b, &p).unwrap(), &scatter);
+    match conv_transpose_by_matrix(&x, &w, b, &p) {
+        Ok(m) => prop_assert_eq!(&m, &scatter),
+        Err(e) => prop_assert!(matches!(e.kind(), ErrorKind::TooLarge { .. }), "{}", e),
+    }
+    Ok(())
+}
+
+fn conv_views_agree<T: Element>(c: &Case) -> Result<(), TestCaseError> {
+    // The same numbers read as an ordinary conv: weight (C_out, C_in/g, k) with C_out = c_in().
+    let (_, w, _) = c.data::<T>();
+    let mut p = c.params();
+    p.output_padding.clear();
+    let b = if c.bias { Some(ints::<T>(&[c.c_in()], c.seed).into_dimensionality().unwrap()) } else { None };
+    let mut xs = c.x_shape();
+    xs[1] = c.c_out();
+    let x = ints::<T>(&xs, c.seed ^ 99);
+    match conv(&x, &w, b.as_ref().map(|b| b.view()), &p) {
+        Ok(y) => {
+            let m = conv_by_matrix(&x, &w, b.as_ref().map(|b| b.view()), &p);
+            match m {
+                Ok(m) => prop_assert_eq!(&m, &y),
+                Err(e) => prop_assert!(matches!(e.kind(), ErrorKind::TooLarge { .. }), "{}", e),
+            }
+            let g = conv_gather(&x, &w, b.as_ref().map(|b| b.view()), &p).unwrap();
+            prop_assert_eq!(&g, &y);
+        }
+        Err(e) => prop_assert!(
+            matches!(e.kind(), ErrorKind::KernelLargerThanInput { .. }),
+            "unexpected error {}",
+            e
+        ),
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 160, ..ProptestConfig::default() })]
+
+    #[test]
+    fn transpose_views_agree_exactly(c in case()) {
+        views_agree::<f64>(&c)?;
+        views_agree::<f32>(&c)?;
+    }
+
+    #[test]
+    fn conv_views_agree_exactly(c in case()) {
+        conv_views_agree::<f64>(&c)?;
+        conv_views_agree::<f32>(&c)?;
+    }
+
+    #[test]
+    fn adjoint_identity(c in case()) {
+        // <conv(u), x> == <u, conv_transpose(x)>, with output_padding < stride so that conv
+        // maps the transposed conv's output shape back onto its input shape.
+        let mut c = c;
+        for a in &mut c.axes {
+            a.output_padding %= a.stride;
+            let full = (a.input - 1) * a.stride + a.reach() + a.output_padding + 1;
+            if a.pad_begin + a.pad_end >= full {
+                a.pad_end = full - 1 - a.pad_begin;
+            }
+        }
+        let (x, w, _) = c.data::<f64>();
+        let p = c.params();
+        let ty = conv_transpose(&x, &w, None, &p).unwrap();
+        let u = ints::<f64>(ty.shape(), c.seed ^ 0xabc);
+        let mut pc = p.clone();
+        pc.output_padding.clear();
+        let cu = conv(&u, &w, None, &pc).unwrap();
+        prop_assert_eq!(cu.shape(), x.shape());
+        let lhs: f64 = cu.iter().zip(x.iter()).map(|(a, b)| a * b).sum();
+        let rhs: f64 = u.iter().zip(ty.iter()).map(|(a, b)| a * b).sum();
+        prop_assert_eq!(lhs, rhs);
+    }
+
+    #[test]
+    fn shape_functions_predict_the_output(c in case()) {
+        let g = Geometry::new(Op::ConvTranspose, &c.x_shape(), &c.w_shape(), None, &c.params()).unwrap();
+        prop_assert_eq!(g.output_shape(), c.y_shape());
+        // PyTorch's output_size: every size in the reported range is produced exactly.
+        // Natural size (output_padding 0); skip when that would crop the whole output.
+        let natural: Vec<usize> = c.axes.iter().map(|a| a.natural().max(0) as usize).collect();
+        if natural.contains(&0) {
+            return Ok(());
+        }
+        let mut p = c.params();
+        p.output_size = Some(OutputSize::Torch(natural.clone()));
+        let g = Geometry::new(Op::ConvTranspose, &c.x_shape(), &c.w_shape(), None, &p).unwrap();
+        prop_assert_eq!(&g.output_shape()[2..], natural.as_slice());
+        // ONNX output_shape: the padding is derived so that the output has the requested size.
+        let want: Vec<usize> = natural.iter().map(|n| n + 1).collect();
+        p.output_size = Some(OutputSize::Onnx(want.clone()));
+        let g = Geometry::new(Op::ConvTranspose, &c.x_shape(), &c.w_shape(), None, &p).unwrap();
+        prop_assert_eq!(&g.output_shape()[2..], want.as_slice());
+    }
+
+    #[test]
+    fn invalid_parameters_are_errors_that_name_the_numbers(c in case(), defect in 0usize..13, axis_pick in 0usize..3) {
+        let a = axis_pick % c.axes.len();
+        let mut p = c.params();
+        let (mut xs, mut ws) = (c.x_shape(), c.w_shape());
+        let mut bias = c.bias.then(|| vec![c.c_out()]);
+        let expect: String;
+        match defect {
+            0 => { let mut s = p.stride.clone(); s[a] = 0; p.stride = s; expect = format!("stride is 0 on axis {a}"); }
+            1 => { let mut d = p.dilation.clone(); d[a] = 0; p.dilation = d; expect = format!("dilation is 0 on axis {a}"); }
+            2 => { p.stride = vec![1; c.axes.len() + 1]; expect = format!("stride has {} values", c.axes.len() + 1); }
+            3 => { xs[1] += 1; expect = format!("input has {} channels, weight expects {}", c.c_in() + 1, c.c_in()); }
+            4 => { p.groups = c.c_in() + 1; expect = format!("not divisible by groups {}", c.c_in() + 1); }
+            5 => {
+                let ax = &c.axes[a];
+                let big = ax.stride.max(ax.dilation);
+                let mut op = p.output_padding.clone(); op[a] = big; p.output_padding = op;
+                expect = format!("output_padding {big} on axis {a}");
+            }
+            6 => {
+                let ax = &c.axes[a];
+                let full = (ax.input - 1) * ax.stride + ax.reach() + ax.output_padding + 1;
+                let f = |g: fn(&Axis) -> usize| c.axes.iter().map(g).collect::<Vec<_>>();
+                let (mut b, mut e) = (f(|x| x.pad_begin), f(|x| x.pad_end));
+                b[a] = full; e[a] = 1;
+                p = p.pads(&b, &e);
+                expect = format!("padding {full}+1 removes the whole output of length {full} on axis {a}");
+            }
+            7 => { bias = Some(vec![c.c_out() + 2]); expect = format!("bias has shape [{}]", c.c_out() + 2); }
+            8 => { xs.remove(0); xs.remove(0); expect = format!("input has {} dimensions", xs.len()); }
+            9 => { let mut s = p.stride.clone(); s[a] = usize::MAX; p.stride = s; xs[2 + a] = 3; expect = "elements, more than the limit".into(); }
+            10 => { p.groups = 0; expect = "groups must be at least 1".into(); }
+            11 => {
+                let ax = &c.axes[a];
+                let natural: Vec<usize> = c.axes.iter().map(|x| x.natural().max(0) as usize).collect();
+                if natural.contains(&0) {
+                    return Ok(());
+                }
+                let mut want = natural.clone();
+                want[a] += ax.stride;
+                p.output_size = Some(OutputSize::Torch(want.clone()));
+                expect = format!("requested an output size of {} on axis {a}, but valid sizes range from {} to {}",
+                    want[a], natural[a], natural[a] + ax.stride - 1);
+            }
+            _ => { ws[2 + a] = 0; expect = format!("kernel extent is 0 on axis {a}"); }
+        }
+        let err = Geometry::new(Op::ConvTranspose, &xs, &ws, bias.as_deref(), &p).unwrap_err();
+        let msg = err.to_string();
+        prop_assert!(msg.contains(&expect), "message {:?} lacks {:?}", msg, expect);
+        // The same error through the data API (when the shapes are small enough to allocate).
+        if defect != 9 {
+            let x = ints::<f32>(&xs, 1);
+            let w = ints::<f32>(&ws, 2);
+            let b = bias.map(|s| ints::<f32>(&s, 3).into_dimensionality::<ndarray::Ix1>().unwrap());
+            let e2 = conv_transpose(&x, &w, b.as_ref().map(|b| b.view()), &p).unwrap_err();
+            prop_assert_eq!(e2, err);
+        }
+    }
+
+    #[test]
+    fn arbitrary_shapes_and_parameters_never_panic(
+        x in prop::collection::vec(prop_oneof![0usize..6, Just(usize::MAX), any::<usize>()], 0..6),
+        w in prop::collection::vec(prop_oneof![0usize..6, Just(usize::MAX), any::<usize>()], 0..6),
+        s in prop::collection::vec(prop_oneof![0usize..4, any::<usize>()], 0..4),
+        d in prop::collection::vec(prop_oneof![0usize..4, any::<usize>()], 0..4),
+        pb in prop::collection::vec(prop_oneof![0usize..4, any::<usize>()], 0..4),
+        pe in prop::collection::vec(prop_oneof![0usize..4, any::<usize>()], 0..4),
+        op in prop::collection::vec(prop_oneof![0usize..4, any::<usize>()], 0..4),
+        groups in prop_oneof![0usize..4, any::<usize>()],
+        size in prop::option::of(prop::collection::vec(prop_oneof![0usize..20, any::<usize>()], 0..4)),
+        onnx in any::<bool>(),
+    ) {
+        let mut p = ConvParams::new().stride(&s).dilation(&d).pads(&pb, &pe).output_padding(&op).groups(groups);
+        p.output_size = size.map(|v| if onnx { OutputSize::Onnx(v) } else { OutputSize::Torch(v) });
+        for o in [Op::Conv, Op::ConvTranspose] {
+            if let Ok(g) = Geometry::new(o, &x, &w, None, &p) {
+                let n: u128 = g.output_shape().iter().map(|&v| v as u128).product();
+                prop_assert!(n <= tconv::geometry::MAX_ELEMENTS);
+                prop_assert!(g.output_shape()[2..].iter().all(|&v| v >= 1));
+            }
+        }
+    }
+}
