@@ -1,1 +1,147 @@
-fn main() {}
+//! The `tconv` command. `main → run → ExitCode`; every failure is one line on stderr and
+//! exit code 2, and no output file is created or truncated on failure.
+
+mod args;
+mod compute;
+mod data;
+mod demo;
+mod explain;
+mod shape;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tconv::Op;
+
+use args::TransposeArgs;
+use compute::ComputeArgs;
+
+/// Transposed convolution (and the convolution it is the transpose of): compute it, explain
+/// it step by step, and plan shapes. PyTorch/ONNX semantics and layouts.
+#[derive(Parser, Debug)]
+#[command(name = "tconv", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// The explainer's worked examples, computed and shown step by step.
+    #[command(after_help = "Example:\n  tconv demo")]
+    Demo,
+    /// Ordinary convolution (cross-correlation), as torch.nn.functional.conv2d / ONNX Conv.
+    #[command(
+        after_help = "Examples:\n  tconv conv --input '[[1,2,3],[4,5,6],[7,8,9]]' --weight '[[1,0],[0,-1]]'\n  tconv conv --input x.npy --weight w.npy --bias b.npy --stride 2,2 --padding 1,1 --dilation 1,1 --groups 1 --output y.npy"
+    )]
+    Conv(ComputeArgs),
+    /// Transposed convolution, as torch.nn.functional.conv_transpose2d / ONNX ConvTranspose.
+    #[command(
+        after_help = "Examples:\n  tconv conv-transpose --input '[[1,2],[3,4]]' --weight '[[1,0],[0,-1]]' --stride 2\n  tconv conv-transpose --input x.npy --weight w.npy --bias b.npy --stride 2,2 --padding 1,1 --output-padding 0,0 --dilation 1,1 --groups 1 --output y.npy"
+    )]
+    ConvTranspose {
+        #[command(flatten)]
+        args: ComputeArgs,
+        #[command(flatten)]
+        transpose: TransposeArgs,
+    },
+    /// Show the arithmetic of a small 1-D or 2-D problem step by step.
+    #[command(subcommand)]
+    Explain(ExplainCommand),
+    /// Output sizes with the formulas filled in; parameter choices for a wanted size.
+    #[command(
+        after_help = "Examples:\n  tconv shape --input 4,4 --kernel 4 --stride 2 --padding 1\n  tconv shape --input 16,16 --kernel 3 --stride 2 --want 32,32"
+    )]
+    Shape(shape::ShapeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct ExplainArgs {
+    #[command(flatten)]
+    problem: args::ProblemArgs,
+    /// Refuse problems with more steps than this (one step per input element for
+    /// conv-transpose, per output element for conv).
+    #[arg(long, default_value_t = 64)]
+    max_steps: usize,
+}
+
+#[derive(Subcommand, Debug)]
+enum ExplainCommand {
+    /// Explain a convolution: each output element as a dot product.
+    #[command(
+        after_help = "Example:\n  tconv explain conv --input '[[1,2,3],[4,5,6],[7,8,9]]' --weight '[[1,0],[0,-1]]'"
+    )]
+    Conv(ExplainArgs),
+    /// Explain a transposed convolution: scatter, overlaps, zero insertion, matrix.
+    #[command(
+        after_help = "Example:\n  tconv explain conv-transpose --input '[[1,2],[3,4]]' --weight '[[1,0],[0,-1]]' --stride 2 --padding 1 --output-padding 1"
+    )]
+    ConvTranspose {
+        #[command(flatten)]
+        args: ExplainArgs,
+        #[command(flatten)]
+        transpose: TransposeArgs,
+    },
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Demo => print!("{}", demo::demo_text()?),
+        Command::Conv(a) => compute::run(Op::Conv, &a, None)?,
+        Command::ConvTranspose { args, transpose } => {
+            compute::run(Op::ConvTranspose, &args, Some(&transpose))?
+        }
+        Command::Explain(e) => {
+            let (op, a, t) = match &e {
+                ExplainCommand::Conv(a) => (Op::Conv, a, None),
+                ExplainCommand::ConvTranspose { args, transpose } => {
+                    (Op::ConvTranspose, args, Some(transpose))
+                }
+            };
+            let params = a.problem.params(t).map_err(anyhow::Error::msg)?;
+            let loaded = compute::load(&a.problem)?;
+            let text =
+                explain::explain(op, &loaded, &params, explain::Sections::all(), a.max_steps)?;
+            print!("{text}");
+        }
+        Command::Shape(a) => print!("{}", shape::run(&a)?),
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                let _ = e.print();
+                return if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                    ExitCode::from(2)
+                } else {
+                    ExitCode::SUCCESS
+                };
+            }
+            // One clear line: clap's first line, without its "error: " prefix.
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!(
+                "tconv: {} (try --help)",
+                first.trim_start_matches("error: ")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tconv: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -32,15 +32,31 @@ pub enum ErrorKind {
     /// The weight must have at least 3 dimensions `(C, C', k1, ...)`.
     WeightRank { rank: usize },
     /// The input's rank fits neither `(N, C, *spatial)` nor `(C, *spatial)` for this weight.
-    RankMismatch { input_rank: usize, weight_rank: usize },
+    RankMismatch {
+        input_rank: usize,
+        weight_rank: usize,
+    },
     /// A per-axis parameter has neither 1 value nor one per spatial axis.
-    ParamLength { name: &'static str, got: usize, spatial_dims: usize },
+    ParamLength {
+        name: &'static str,
+        got: usize,
+        spatial_dims: usize,
+    },
     /// The input's channel count does not match what the weight expects.
-    ChannelMismatch { input_channels: usize, expected: usize, per_group: usize, groups: usize },
+    ChannelMismatch {
+        input_channels: usize,
+        expected: usize,
+        per_group: usize,
+        groups: usize,
+    },
     /// `groups` must be at least 1.
     ZeroGroups,
     /// A channel count is not divisible by `groups`.
-    GroupsDoNotDivide { what: &'static str, channels: usize, groups: usize },
+    GroupsDoNotDivide {
+        what: &'static str,
+        channels: usize,
+        groups: usize,
+    },
     /// A channel count is zero.
     ZeroChannels { what: &'static str },
     /// Stride or dilation of zero.
@@ -50,23 +66,53 @@ pub enum ErrorKind {
     /// A spatial input extent of zero.
     ZeroExtent { axis: usize },
     /// PyTorch's rule: output_padding must be smaller than the stride or the dilation.
-    OutputPaddingTooLarge { axis: usize, output_padding: usize, stride: usize, dilation: usize },
+    OutputPaddingTooLarge {
+        axis: usize,
+        output_padding: usize,
+        stride: usize,
+        dilation: usize,
+    },
     /// `output_padding` or `output_size` given to an ordinary convolution.
     NotForConv { name: &'static str },
     /// Transposed conv: the padding crops away the whole output along an axis.
-    PaddingRemovesOutput { axis: usize, pad_begin: i64, pad_end: i64, full: u64 },
+    PaddingRemovesOutput {
+        axis: usize,
+        pad_begin: i64,
+        pad_end: i64,
+        full: u64,
+    },
     /// Conv: the dilated kernel is longer than the padded input along an axis.
-    KernelLargerThanInput { axis: usize, span: u64, padded_input: u64 },
+    KernelLargerThanInput {
+        axis: usize,
+        span: u64,
+        padded_input: u64,
+    },
     /// A requested output size cannot be produced (PyTorch `output_size`, ONNX `output_shape`).
-    OutputSizeOutOfRange { axis: usize, requested: u64, min: u64, max: u64 },
+    OutputSizeOutOfRange {
+        axis: usize,
+        requested: u64,
+        min: u64,
+        max: u64,
+    },
     /// The kernel shape given as a parameter disagrees with the weight's.
-    KernelShapeMismatch { given: Vec<usize>, weight: Vec<usize> },
+    KernelShapeMismatch {
+        given: Vec<usize>,
+        weight: Vec<usize>,
+    },
     /// The bias must have shape `(C_out,)`.
     BiasShape { got: Vec<usize>, expected: usize },
     /// A size too large to compute or allocate sanely.
-    TooLarge { what: &'static str, elements: u128, limit: u128 },
+    TooLarge {
+        what: &'static str,
+        elements: u128,
+        limit: u128,
+    },
     /// An array's shape is not what the operation requires (gradients, explicit outputs).
-    ShapeMismatch { what: &'static str, got: Vec<usize>, expected: Vec<usize> },
+    ShapeMismatch {
+        what: &'static str,
+        got: Vec<usize>,
+        expected: Vec<usize>,
+    },
     /// Reading or writing a file failed.
     Io { path: String, message: String },
     /// A `.npy` file is malformed or unsupported.

@@ -65,13 +65,21 @@ impl AxisGeometry {
 
 fn to_i64(what: &'static str, v: i128) -> Result<i64> {
     i64::try_from(v).or_else(|_| {
-        fail(ErrorKind::TooLarge { what, elements: v.unsigned_abs(), limit: i64::MAX as u128 })
+        fail(ErrorKind::TooLarge {
+            what,
+            elements: v.unsigned_abs(),
+            limit: i64::MAX as u128,
+        })
     })
 }
 
 fn to_usize(what: &'static str, v: i128) -> Result<usize> {
     usize::try_from(v).or_else(|_| {
-        fail(ErrorKind::TooLarge { what, elements: v.unsigned_abs(), limit: MAX_ELEMENTS })
+        fail(ErrorKind::TooLarge {
+            what,
+            elements: v.unsigned_abs(),
+            limit: MAX_ELEMENTS,
+        })
     })
 }
 
@@ -138,10 +146,16 @@ fn full_transpose_len(input: usize, kernel: usize, s: usize, d: usize, op: usize
 
 fn check_axis_basics(axis: usize, input: usize, kernel: usize, s: usize, d: usize) -> Result<()> {
     if s == 0 {
-        return fail(ErrorKind::ZeroParam { name: "stride", axis });
+        return fail(ErrorKind::ZeroParam {
+            name: "stride",
+            axis,
+        });
     }
     if d == 0 {
-        return fail(ErrorKind::ZeroParam { name: "dilation", axis });
+        return fail(ErrorKind::ZeroParam {
+            name: "dilation",
+            axis,
+        });
     }
     if kernel == 0 {
         return fail(ErrorKind::ZeroKernel { axis });
@@ -165,7 +179,10 @@ pub fn conv_transpose_output_range(
 ) -> Result<(usize, usize)> {
     let min =
         conv_transpose_output_len(axis, input, kernel, stride, dilation, pad_begin, pad_end, 0)?;
-    let max = to_usize("conv_transpose output extent", min as i128 + stride as i128 - 1)?;
+    let max = to_usize(
+        "conv_transpose output extent",
+        min as i128 + stride as i128 - 1,
+    )?;
     Ok((min, max))
 }
 
@@ -186,7 +203,11 @@ fn per_axis(name: &'static str, v: &[usize], dims: usize, default: usize) -> Res
         0 => Ok(vec![default; dims]),
         1 => Ok(vec![v[0]; dims]),
         n if n == dims => Ok(v.to_vec()),
-        got => fail(ErrorKind::ParamLength { name, got, spatial_dims: dims }),
+        got => fail(ErrorKind::ParamLength {
+            name,
+            got,
+            spatial_dims: dims,
+        }),
     }
 }
 
@@ -224,7 +245,9 @@ impl Geometry {
         params: &ConvParams,
     ) -> Result<Geometry> {
         if weight_shape.len() < 3 {
-            return fail(ErrorKind::WeightRank { rank: weight_shape.len() });
+            return fail(ErrorKind::WeightRank {
+                rank: weight_shape.len(),
+            });
         }
         let dims = weight_shape.len() - 2;
         let batched = match input_shape.len() {
@@ -265,10 +288,16 @@ impl Geometry {
             return fail(ErrorKind::ZeroChannels { what: full_name });
         }
         if w1 == 0 {
-            return fail(ErrorKind::ZeroChannels { what: per_group_name });
+            return fail(ErrorKind::ZeroChannels {
+                what: per_group_name,
+            });
         }
         if w0 % groups != 0 {
-            return fail(ErrorKind::GroupsDoNotDivide { what: full_name, channels: w0, groups });
+            return fail(ErrorKind::GroupsDoNotDivide {
+                what: full_name,
+                channels: w0,
+                groups,
+            });
         }
         let w1_full = to_usize("channel count", w1 as i128 * groups as i128)?;
         let (in_channels, out_channels) = match op {
@@ -289,7 +318,10 @@ impl Geometry {
         }
         if let Some(b) = bias_shape {
             if b.len() != 1 || b[0] != out_channels {
-                return fail(ErrorKind::BiasShape { got: b.to_vec(), expected: out_channels });
+                return fail(ErrorKind::BiasShape {
+                    got: b.to_vec(),
+                    expected: out_channels,
+                });
             }
         }
         let stride = per_axis("stride", &params.stride, dims, 1)?;
@@ -297,10 +329,14 @@ impl Geometry {
         let out_pad = per_axis("output_padding", &params.output_padding, dims, 0)?;
         if op == Op::Conv {
             if out_pad.iter().any(|&v| v != 0) {
-                return fail(ErrorKind::NotForConv { name: "output_padding" });
+                return fail(ErrorKind::NotForConv {
+                    name: "output_padding",
+                });
             }
             if params.output_size.is_some() {
-                return fail(ErrorKind::NotForConv { name: "output_size" });
+                return fail(ErrorKind::NotForConv {
+                    name: "output_size",
+                });
             }
         }
         let explicit = match &params.padding {
@@ -426,7 +462,15 @@ impl Geometry {
                 output_padding: op_a,
             });
         }
-        let geometry = Geometry { op, batch, batched, in_channels, out_channels, groups, axes };
+        let geometry = Geometry {
+            op,
+            batch,
+            batched,
+            in_channels,
+            out_channels,
+            groups,
+            axes,
+        };
         geometry.check_size("output", &geometry.output_shape())?;
         Ok(geometry)
     }
@@ -512,7 +556,11 @@ pub fn check_elements(what: &'static str, shape: &[usize]) -> Result<()> {
         n = n.saturating_mul(d as u128);
     }
     if n > MAX_ELEMENTS {
-        return fail(ErrorKind::TooLarge { what, elements: n, limit: MAX_ELEMENTS });
+        return fail(ErrorKind::TooLarge {
+            what,
+            elements: n,
+            limit: MAX_ELEMENTS,
+        });
     }
     Ok(())
 }

@@ -21,9 +21,10 @@
 //! ```
 //!
 //! The crate is organised as the computation is: [`params`] (the user's words) →
-//! [`geometry`] (checked, resolved numbers) → [`reference`] (the oracles).
+//! [`geometry`] (checked, resolved numbers) → [`reference`](mod@reference) (the oracles).
 
 pub mod error;
+pub mod explain;
 pub mod geometry;
 pub mod npy;
 pub mod params;

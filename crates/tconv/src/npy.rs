@@ -50,7 +50,9 @@ impl NpyArray {
 }
 
 fn bad<T>(message: impl Into<String>) -> Result<T> {
-    fail(ErrorKind::Npy { message: message.into() })
+    fail(ErrorKind::Npy {
+        message: message.into(),
+    })
 }
 
 /// Read a `.npy` file.
@@ -65,9 +67,10 @@ pub fn read_npy(path: impl AsRef<std::path::Path>) -> Result<NpyArray> {
         message: e.to_string(),
     })?;
     parse_npy(&bytes).map_err(|e| match e.kind() {
-        ErrorKind::Npy { message } => {
-            ErrorKind::Npy { message: format!("{}: {message}", path.display()) }.into()
+        ErrorKind::Npy { message } => ErrorKind::Npy {
+            message: format!("{}: {message}", path.display()),
         }
+        .into(),
         _ => e,
     })
 }
@@ -90,9 +93,10 @@ pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray> {
     }
     let (header_len, start) = match bytes[6] {
         1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10usize),
-        2 | 3 if bytes.len() >= 12 => {
-            (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
-        }
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
         v => return bad(format!("unsupported .npy format version {v}")),
     };
     let end = start.checked_add(header_len).filter(|&e| e <= bytes.len());
@@ -102,8 +106,8 @@ pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray> {
             bytes.len().saturating_sub(start)
         ));
     };
-    let text = std::str::from_utf8(&bytes[start..end])
-        .or_else(|_| bad("header is not valid text"))?;
+    let text =
+        std::str::from_utf8(&bytes[start..end]).or_else(|_| bad("header is not valid text"))?;
     let header = parse_header(text)?;
     let data = &bytes[end..];
 
@@ -114,8 +118,8 @@ pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray> {
         ">f8" => (false, 8),
         other => {
             return bad(format!(
-                "unsupported dtype '{other}': tconv reads float32 ('<f4') and float64 ('<f8') arrays"
-            ))
+            "unsupported dtype '{other}': tconv reads float32 ('<f4') and float64 ('<f8') arrays"
+        ))
         }
     };
     let mut count: u128 = 1;
@@ -123,7 +127,10 @@ pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray> {
         count = count.saturating_mul(d as u128);
     }
     if count > MAX_ELEMENTS {
-        return bad(format!("shape {:?} has {count} elements, more than the limit", header.shape));
+        return bad(format!(
+            "shape {:?} has {count} elements, more than the limit",
+            header.shape
+        ));
     }
     let needed = count as usize * size;
     if data.len() != needed {
@@ -140,7 +147,11 @@ pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray> {
             .chunks_exact(4)
             .map(|c| {
                 let b = [c[0], c[1], c[2], c[3]];
-                if little { f32::from_le_bytes(b) } else { f32::from_be_bytes(b) }
+                if little {
+                    f32::from_le_bytes(b)
+                } else {
+                    f32::from_be_bytes(b)
+                }
             })
             .collect();
         NpyArray::F32(shaped(shape, v)?.as_standard_layout().into_owned())
@@ -149,7 +160,11 @@ pub fn parse_npy(bytes: &[u8]) -> Result<NpyArray> {
             .chunks_exact(8)
             .map(|c| {
                 let b = [c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]];
-                if little { f64::from_le_bytes(b) } else { f64::from_be_bytes(b) }
+                if little {
+                    f64::from_le_bytes(b)
+                } else {
+                    f64::from_be_bytes(b)
+                }
             })
             .collect();
         NpyArray::F64(shaped(shape, v)?.as_standard_layout().into_owned())
@@ -166,13 +181,17 @@ fn parse_header(text: &str) -> Result<Header> {
     let inner = t
         .strip_prefix('{')
         .and_then(|s| s.trim_end().strip_suffix('}'))
-        .ok_or_else(|| crate::Error::from(ErrorKind::Npy {
-            message: format!("header is not a dict: {t:?}"),
-        }))?;
+        .ok_or_else(|| {
+            crate::Error::from(ErrorKind::Npy {
+                message: format!("header is not a dict: {t:?}"),
+            })
+        })?;
     let value_of = |key: &str| -> Result<&str> {
         let pat = format!("'{key}'");
         let pos = inner.find(&pat).ok_or_else(|| {
-            crate::Error::from(ErrorKind::Npy { message: format!("header has no '{key}' entry") })
+            crate::Error::from(ErrorKind::Npy {
+                message: format!("header has no '{key}' entry"),
+            })
         })?;
         let rest = inner[pos + pat.len()..].trim_start();
         match rest.strip_prefix(':') {
@@ -183,7 +202,9 @@ fn parse_header(text: &str) -> Result<Header> {
     let descr = {
         let v = value_of("descr")?;
         let q = v.chars().next().filter(|c| *c == '\'' || *c == '"');
-        let Some(q) = q else { return bad("header 'descr' is not a string") };
+        let Some(q) = q else {
+            return bad("header 'descr' is not a string");
+        };
         let body = &v[1..];
         match body.find(q) {
             Some(e) => body[..e].to_string(),
@@ -202,8 +223,12 @@ fn parse_header(text: &str) -> Result<Header> {
     };
     let shape = {
         let v = value_of("shape")?;
-        let Some(body) = v.strip_prefix('(') else { return bad("header 'shape' is not a tuple") };
-        let Some(close) = body.find(')') else { return bad("header 'shape' tuple is not closed") };
+        let Some(body) = v.strip_prefix('(') else {
+            return bad("header 'shape' is not a tuple");
+        };
+        let Some(close) = body.find(')') else {
+            return bad("header 'shape' tuple is not closed");
+        };
         let mut dims = Vec::new();
         for part in body[..close].split(',') {
             let part = part.trim();
@@ -217,7 +242,11 @@ fn parse_header(text: &str) -> Result<Header> {
         }
         dims
     };
-    Ok(Header { descr, fortran_order, shape })
+    Ok(Header {
+        descr,
+        fortran_order,
+        shape,
+    })
 }
 
 /// Element types that can be written to `.npy`.
@@ -249,11 +278,16 @@ pub fn to_npy_bytes<T: NpyElement>(a: &ArrayViewD<'_, T>) -> Vec<u8> {
         [d] => format!("({d},)"),
         dims => format!(
             "({})",
-            dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+            dims.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     };
-    let mut header =
-        format!("{{'descr': '{}', 'fortran_order': False, 'shape': {shape}, }}", T::DESCR);
+    let mut header = format!(
+        "{{'descr': '{}', 'fortran_order': False, 'shape': {shape}, }}",
+        T::DESCR
+    );
     // Pad with spaces so that the data starts on a 64-byte boundary, ending in '\n'.
     let unpadded = MAGIC.len() + 4 + header.len() + 1;
     header.push_str(&" ".repeat((64 - unpadded % 64) % 64));

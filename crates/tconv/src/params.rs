@@ -46,7 +46,10 @@ impl Padding {
             return None;
         }
         let (begin, end) = pads.split_at(pads.len() / 2);
-        Some(Padding::Explicit { begin: begin.to_vec(), end: end.to_vec() })
+        Some(Padding::Explicit {
+            begin: begin.to_vec(),
+            end: end.to_vec(),
+        })
     }
 }
 
@@ -128,7 +131,10 @@ impl ConvParams {
     }
     /// Explicit begin/end padding (ONNX `pads` split in halves).
     pub fn pads(mut self, begin: &[usize], end: &[usize]) -> Self {
-        self.padding = Padding::Explicit { begin: begin.to_vec(), end: end.to_vec() };
+        self.padding = Padding::Explicit {
+            begin: begin.to_vec(),
+            end: end.to_vec(),
+        };
         self
     }
     /// Any padding specification.

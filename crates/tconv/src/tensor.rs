@@ -11,7 +11,14 @@ use crate::params::{ConvParams, Op};
 
 /// Element types tconv computes with: `f32` and `f64`.
 pub trait Element:
-    num_traits::Float + std::iter::Sum + std::fmt::Debug + std::fmt::Display + Default + Send + Sync + 'static
+    num_traits::Float
+    + std::iter::Sum
+    + std::fmt::Debug
+    + std::fmt::Display
+    + Default
+    + Send
+    + Sync
+    + 'static
 {
     /// NumPy-style dtype name (`float32`, `float64`).
     const DTYPE: &'static str;
@@ -40,7 +47,10 @@ pub struct Positions {
 /// All multi-indices of `shape` in row-major (C) order.
 pub fn positions(shape: &[usize]) -> Positions {
     let empty = shape.contains(&0);
-    Positions { shape: shape.to_vec(), next: (!empty).then(|| vec![0; shape.len()]) }
+    Positions {
+        shape: shape.to_vec(),
+        next: (!empty).then(|| vec![0; shape.len()]),
+    }
 }
 
 impl Iterator for Positions {
@@ -113,8 +123,12 @@ impl<'a, T: Element> Problem<'a, T> {
         let shape = self.geometry.user_output_shape();
         let len = y.len();
         ArrayD::from_shape_vec(IxDyn(&shape), y).map_err(|_| {
-            ErrorKind::ShapeMismatch { what: "output buffer", got: vec![len], expected: shape }
-                .into()
+            ErrorKind::ShapeMismatch {
+                what: "output buffer",
+                got: vec![len],
+                expected: shape,
+            }
+            .into()
         })
     }
 }

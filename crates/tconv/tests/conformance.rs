@@ -9,12 +9,8 @@ use tconv::npy::NpyArray;
 use tconv::reference::*;
 use tconv::{conv, conv_transpose, ConvParams, Element, Op};
 
-type Runner<T> = fn(
-    &ArrayD<T>,
-    &ArrayD<T>,
-    Option<ArrayView1<'_, T>>,
-    &ConvParams,
-) -> tconv::Result<ArrayD<T>>;
+type Runner<T> =
+    fn(&ArrayD<T>, &ArrayD<T>, Option<ArrayView1<'_, T>>, &ConvParams) -> tconv::Result<ArrayD<T>>;
 
 /// Every implementation of `op`, named.
 fn implementations<T: Element>(op: Op) -> Vec<(&'static str, Runner<T>)> {
@@ -27,13 +23,16 @@ fn implementations<T: Element>(op: Op) -> Vec<(&'static str, Runner<T>)> {
         Op::ConvTranspose => vec![
             ("conv_transpose", |x, w, b, p| conv_transpose(x, w, b, p)),
             ("scatter", |x, w, b, p| conv_transpose_scatter(x, w, b, p)),
-            ("zero_insertion", |x, w, b, p| conv_transpose_zero_insertion(x, w, b, p)),
+            ("zero_insertion", |x, w, b, p| {
+                conv_transpose_zero_insertion(x, w, b, p)
+            }),
             ("matrix", |x, w, b, p| conv_transpose_by_matrix(x, w, b, p)),
         ],
     }
 }
 
 /// Run every implementation in the expected dtype and compare; returns how many ran.
+#[allow(clippy::too_many_arguments)]
 fn check_all(
     name: &str,
     op: Op,
@@ -49,7 +48,11 @@ fn check_all(
     macro_rules! run {
         ($t:ty, $conv:ident) => {{
             let (x, w) = (x.$conv(), w.$conv());
-            let b = b.map(|b| b.$conv().into_dimensionality::<ndarray::Ix1>().expect("1-D bias"));
+            let b = b.map(|b| {
+                b.$conv()
+                    .into_dimensionality::<ndarray::Ix1>()
+                    .expect("1-D bias")
+            });
             for (algo, f) in implementations::<$t>(op) {
                 match f(&x, &w, b.as_ref().map(|b| b.view()), params) {
                     Ok(y) => {
@@ -58,7 +61,9 @@ fn check_all(
                         ran += 1;
                     }
                     // The matrix view is only for small problems.
-                    Err(e) if algo == "matrix" && matches!(e.kind(), tconv::ErrorKind::TooLarge { .. }) => {}
+                    Err(e)
+                        if algo == "matrix"
+                            && matches!(e.kind(), tconv::ErrorKind::TooLarge { .. }) => {}
                     Err(e) => panic!("{name} [{algo}]: {e}"),
                 }
             }

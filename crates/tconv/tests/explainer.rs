@@ -26,9 +26,18 @@ fn conv_transpose_stride_1_all_views() {
     let want = array![[[[1.0, 2.0, 0.0], [3.0, 3.0, -2.0], [0.0, -3.0, -4.0]]]].into_dyn();
     let p = ConvParams::new();
     assert_eq!(conv_transpose(&x, &kernel(), None, &p).unwrap(), want);
-    assert_eq!(conv_transpose_scatter(&x, &kernel(), None, &p).unwrap(), want);
-    assert_eq!(conv_transpose_zero_insertion(&x, &kernel(), None, &p).unwrap(), want);
-    assert_eq!(conv_transpose_by_matrix(&x, &kernel(), None, &p).unwrap(), want);
+    assert_eq!(
+        conv_transpose_scatter(&x, &kernel(), None, &p).unwrap(),
+        want
+    );
+    assert_eq!(
+        conv_transpose_zero_insertion(&x, &kernel(), None, &p).unwrap(),
+        want
+    );
+    assert_eq!(
+        conv_transpose_by_matrix(&x, &kernel(), None, &p).unwrap(),
+        want
+    );
 }
 
 #[test]
@@ -45,12 +54,22 @@ fn conv_transpose_stride_2_by_hand() {
     .into_dyn();
     let p = ConvParams::new().stride(&[2]);
     assert_eq!(conv_transpose(&x, &kernel(), None, &p).unwrap(), want);
-    assert_eq!(conv_transpose_scatter(&x, &kernel(), None, &p).unwrap(), want);
-    assert_eq!(conv_transpose_zero_insertion(&x, &kernel(), None, &p).unwrap(), want);
-    assert_eq!(conv_transpose_by_matrix(&x, &kernel(), None, &p).unwrap(), want);
+    assert_eq!(
+        conv_transpose_scatter(&x, &kernel(), None, &p).unwrap(),
+        want
+    );
+    assert_eq!(
+        conv_transpose_zero_insertion(&x, &kernel(), None, &p).unwrap(),
+        want
+    );
+    assert_eq!(
+        conv_transpose_by_matrix(&x, &kernel(), None, &p).unwrap(),
+        want
+    );
 
     let g = Geometry::new(Op::ConvTranspose, &[1, 1, 2, 2], &[1, 1, 2, 2], None, &p).unwrap();
-    let view = zero_insertion_view(&g, x.as_slice().unwrap(), kernel().as_slice().unwrap()).unwrap();
+    let view =
+        zero_insertion_view(&g, x.as_slice().unwrap(), kernel().as_slice().unwrap()).unwrap();
     let z = array![[[
         [0.0, 0.0, 0.0, 0.0, 0.0],
         [0.0, 1.0, 0.0, 2.0, 0.0],
@@ -81,7 +100,10 @@ fn transposed_conv_is_the_transpose_of_the_conv_matrix() {
     assert_eq!(y, array![1.0, 2.0, 0.0, 3.0, 3.0, -2.0, 0.0, -3.0, -4.0]);
     // The transposed conv's own matrix is the very same C.
     let gt = Geometry::new(Op::ConvTranspose, &[1, 1, 2, 2], &[1, 1, 2, 2], None, &p).unwrap();
-    assert_eq!(convolution_matrix(&gt, kernel().as_slice().unwrap()).unwrap(), want);
+    assert_eq!(
+        convolution_matrix(&gt, kernel().as_slice().unwrap()).unwrap(),
+        want
+    );
 }
 
 #[test]

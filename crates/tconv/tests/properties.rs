@@ -48,8 +48,16 @@ struct Case {
 }
 
 fn axis() -> impl Strategy<Value = Axis> {
-    (1usize..=4, 1usize..=3, 1usize..=3, 1usize..=2, 0usize..8, 0usize..8, 0usize..3).prop_map(
-        |(input, kernel, stride, dilation, pb, pe, op)| {
+    (
+        1usize..=4,
+        1usize..=3,
+        1usize..=3,
+        1usize..=2,
+        0usize..8,
+        0usize..8,
+        0usize..3,
+    )
+        .prop_map(|(input, kernel, stride, dilation, pb, pe, op)| {
             let mut a = Axis {
                 input,
                 kernel,
@@ -66,8 +74,7 @@ fn axis() -> impl Strategy<Value = Axis> {
                 a.pad_end = full - 1 - a.pad_begin;
             }
             a
-        },
-    )
+        })
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -139,7 +146,9 @@ impl Case {
         let x = ints(&self.x_shape(), self.seed);
         let w = ints(&self.w_shape(), self.seed.wrapping_mul(31).wrapping_add(7));
         let b = self.bias.then(|| {
-            ints::<T>(&[self.c_out()], self.seed ^ 0x5555).into_dimensionality().unwrap()
+            ints::<T>(&[self.c_out()], self.seed ^ 0x5555)
+                .into_dimensionality()
+                .unwrap()
         });
         (x, w, b)
     }
@@ -153,7 +162,10 @@ fn views_agree<T: Element>(c: &Case) -> Result<(), TestCaseError> {
     let y_shape = c.y_shape();
     prop_assert_eq!(scatter.shape(), y_shape.as_slice());
     prop_assert_eq!(&conv_transpose(&x, &w, b, &p).unwrap(), &scatter);
-    prop_assert_eq!(&conv_transpose_zero_insertion(&x, &w, b, &p).unwrap(), &scatter);
+    prop_assert_eq!(
+        &conv_transpose_zero_insertion(&x, &w, b, &p).unwrap(),
+        &scatter
+    );
     match conv_transpose_by_matrix(&x, &w, b, &p) {
         Ok(m) => prop_assert_eq!(&m, &scatter),
         Err(e) => prop_assert!(matches!(e.kind(), ErrorKind::TooLarge { .. }), "{}", e),
@@ -166,7 +178,15 @@ fn conv_views_agree<T: Element>(c: &Case) -> Result<(), TestCaseError> {
     let (_, w, _) = c.data::<T>();
     let mut p = c.params();
     p.output_padding.clear();
-    let b = if c.bias { Some(ints::<T>(&[c.c_in()], c.seed).into_dimensionality().unwrap()) } else { None };
+    let b = if c.bias {
+        Some(
+            ints::<T>(&[c.c_in()], c.seed)
+                .into_dimensionality()
+                .unwrap(),
+        )
+    } else {
+        None
+    };
     let mut xs = c.x_shape();
     xs[1] = c.c_out();
     let x = ints::<T>(&xs, c.seed ^ 99);

@@ -16,7 +16,9 @@ mod scatter;
 mod zero_insertion;
 
 pub use gather::conv_gather;
-pub use matrix::{conv_by_matrix, conv_transpose_by_matrix, convolution_matrix, MAX_MATRIX_ELEMENTS};
+pub use matrix::{
+    conv_by_matrix, conv_transpose_by_matrix, convolution_matrix, MAX_MATRIX_ELEMENTS,
+};
 pub use scatter::conv_transpose_scatter;
 pub use zero_insertion::{conv_transpose_zero_insertion, zero_insertion_view, ZeroInsertionView};
 

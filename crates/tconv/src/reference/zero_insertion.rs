@@ -40,9 +40,16 @@ pub fn zero_insertion_view<T: Element>(
     super::expect_op(g, Op::ConvTranspose);
     let reach = |a: &AxisGeometry| (a.dilation * (a.kernel - 1)) as i64;
     let pad_before: Vec<i64> = g.axes.iter().map(|a| reach(a) - a.pad_begin).collect();
-    let pad_after: Vec<i64> =
-        g.axes.iter().map(|a| reach(a) - a.pad_end + a.output_padding as i64).collect();
-    let z_sp: Vec<usize> = g.axes.iter().map(|a| a.output + a.dilation * (a.kernel - 1)).collect();
+    let pad_after: Vec<i64> = g
+        .axes
+        .iter()
+        .map(|a| reach(a) - a.pad_end + a.output_padding as i64)
+        .collect();
+    let z_sp: Vec<usize> = g
+        .axes
+        .iter()
+        .map(|a| a.output + a.dilation * (a.kernel - 1))
+        .collect();
     let mut z_shape = vec![g.batch, g.in_channels];
     z_shape.extend(&z_sp);
     check_elements("zero-inserted input", &z_shape)?;

@@ -10,7 +10,9 @@ use tconv::{ConvParams, Op, OutputSize, Padding};
 
 /// Folder of the versioned conformance data.
 pub fn data_dir(suite: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data").join(suite)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/data")
+        .join(suite)
 }
 
 /// Case folders of a suite, sorted.
@@ -30,7 +32,11 @@ pub fn json(path: &Path) -> Value {
 
 pub fn usizes(v: &Value) -> Vec<usize> {
     v.as_array()
-        .map(|a| a.iter().map(|x| x.as_u64().expect("integer") as usize).collect())
+        .map(|a| {
+            a.iter()
+                .map(|x| x.as_u64().expect("integer") as usize)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -48,7 +54,12 @@ pub fn assert_close(name: &str, got: &ArrayD<f64>, want: &ArrayD<f64>, rtol: f64
             worst = (excess.max(f64::MIN_POSITIVE), i);
         }
     }
-    assert!(worst.0 <= 0.0, "{name}: element {} off by more than tolerance ({})", worst.1, worst.0);
+    assert!(
+        worst.0 <= 0.0,
+        "{name}: element {} off by more than tolerance ({})",
+        worst.1,
+        worst.0
+    );
 }
 
 /// ONNX case attributes → (op, params).
@@ -59,7 +70,9 @@ pub fn onnx_params(case: &Value) -> (Op, ConvParams) {
         other => panic!("unknown op {other:?}"),
     };
     let a = &case["attributes"];
-    let mut p = ConvParams::new().stride(&usizes(&a["strides"])).dilation(&usizes(&a["dilations"]));
+    let mut p = ConvParams::new()
+        .stride(&usizes(&a["strides"]))
+        .dilation(&usizes(&a["dilations"]));
     p.groups = a["group"].as_u64().unwrap_or(1) as usize;
     p.output_padding = usizes(&a["output_padding"]);
     if let Some(pads) = a.get("pads") {

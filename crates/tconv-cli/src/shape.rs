@@ -1,0 +1,211 @@
+//! `tconv shape`: output sizes with the formulas filled in, and the parameter choices that
+//! produce a wanted size. Pure arithmetic: no data needed.
+
+use anyhow::{bail, Result};
+use clap::Args;
+use tconv::{ConvParams, Geometry, Op, OutputSize, Padding};
+
+use crate::args::{parse_list, List};
+
+/// Flags of `tconv shape`.
+#[derive(Args, Debug)]
+pub struct ShapeArgs {
+    /// Input spatial extents (e.g. 4,4), or a full shape N,C,H,W.
+    #[arg(long, value_parser = parse_list)]
+    pub input: List,
+    /// Kernel extents (e.g. 4,4), or one number for all axes.
+    #[arg(long, value_parser = parse_list)]
+    pub kernel: List,
+    /// Stride.
+    #[arg(long, value_parser = parse_list)]
+    pub stride: Option<List>,
+    /// Symmetric padding.
+    #[arg(long, value_parser = parse_list, conflicts_with = "pads")]
+    pub padding: Option<List>,
+    /// ONNX pads (begins, then ends).
+    #[arg(long, value_parser = parse_list)]
+    pub pads: Option<List>,
+    /// Dilation.
+    #[arg(long, value_parser = parse_list)]
+    pub dilation: Option<List>,
+    /// Output padding (conv-transpose).
+    #[arg(long, value_parser = parse_list)]
+    pub output_padding: Option<List>,
+    /// List the conv-transpose padding / output_padding choices giving this spatial size.
+    #[arg(long, value_parser = parse_list)]
+    pub want: Option<List>,
+}
+
+fn list<T: ToString>(v: impl IntoIterator<Item = T>) -> String {
+    format!(
+        "[{}]",
+        v.into_iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
+}
+
+/// Run `tconv shape`.
+pub fn run(a: &ShapeArgs) -> Result<String> {
+    let (input, kernel_arg) = (&a.input.0, &a.kernel.0);
+    let dims = if kernel_arg.len() > 1 {
+        kernel_arg.len()
+    } else {
+        input.len().max(1)
+    };
+    let spatial: Vec<usize> = if input.len() == dims + 2 {
+        input[2..].to_vec()
+    } else if input.len() == dims {
+        input.clone()
+    } else {
+        bail!(
+            "--input has {} values; give {dims} spatial extents or a full shape of {} values",
+            input.len(),
+            dims + 2
+        );
+    };
+    let kernel: Vec<usize> = if kernel_arg.len() == 1 {
+        vec![kernel_arg[0]; dims]
+    } else {
+        kernel_arg.clone()
+    };
+    let mut x = vec![1, 1];
+    x.extend(&spatial);
+    let mut w = vec![1, 1];
+    w.extend(&kernel);
+    let mut p = ConvParams::new();
+    if let Some(s) = &a.stride {
+        p = p.stride(&s.0);
+    }
+    if let Some(d) = &a.dilation {
+        p = p.dilation(&d.0);
+    }
+    if let Some(pad) = &a.padding {
+        p = p.padding(&pad.0);
+    }
+    if let Some(pads) = &a.pads {
+        p.padding = Padding::from_onnx_pads(&pads.0)
+            .ok_or_else(|| anyhow::anyhow!("--pads needs an even count, got {}", pads.0.len()))?;
+    }
+    let mut pt = p.clone();
+    if let Some(op) = &a.output_padding {
+        pt = pt.output_padding(&op.0);
+    }
+
+    let mut s = format!(
+        "input spatial {}, kernel {}\n",
+        list(&spatial),
+        list(&kernel)
+    );
+    s.push_str("\nconv: out = floor((in + p_begin + p_end - d·(k-1) - 1) / s) + 1\n");
+    match Geometry::new(Op::Conv, &x, &w, None, &p) {
+        Ok(g) => {
+            for (i, ax) in g.axes.iter().enumerate() {
+                s.push_str(&format!(
+                    "  axis {i}: floor(({} + {} + {} - {}·({}-1) - 1) / {}) + 1 = {}\n",
+                    ax.input,
+                    ax.pad_begin,
+                    ax.pad_end,
+                    ax.dilation,
+                    ax.kernel,
+                    ax.stride,
+                    ax.output
+                ));
+            }
+            s.push_str(&format!(
+                "  output spatial {}\n",
+                list(g.axes.iter().map(|a| a.output))
+            ));
+        }
+        Err(e) => s.push_str(&format!("  impossible: {e}\n")),
+    }
+    s.push_str(
+        "\nconv_transpose: out = (in-1)·s - p_begin - p_end + d·(k-1) + output_padding + 1\n",
+    );
+    let gt = Geometry::new(Op::ConvTranspose, &x, &w, None, &pt)?;
+    for (i, ax) in gt.axes.iter().enumerate() {
+        s.push_str(&format!(
+            "  axis {i}: ({}-1)·{} - {} - {} + {}·({}-1) + {} + 1 = {}\n",
+            ax.input,
+            ax.stride,
+            ax.pad_begin,
+            ax.pad_end,
+            ax.dilation,
+            ax.kernel,
+            ax.output_padding,
+            ax.output
+        ));
+    }
+    s.push_str(&format!(
+        "  output spatial {}\n",
+        list(gt.axes.iter().map(|a| a.output))
+    ));
+
+    s.push_str("\nONNX auto_pad (padding flags ignored):\n");
+    for (name, pad) in [
+        ("SAME_UPPER", Padding::SameUpper),
+        ("SAME_LOWER", Padding::SameLower),
+        ("VALID", Padding::Valid),
+    ] {
+        let show = |op: Op, params: ConvParams| match Geometry::new(op, &x, &w, None, &params) {
+            Ok(g) => format!(
+                "{} (pads begin {}, end {})",
+                list(g.axes.iter().map(|a| a.output)),
+                list(g.axes.iter().map(|a| a.pad_begin)),
+                list(g.axes.iter().map(|a| a.pad_end))
+            ),
+            Err(e) => format!("impossible: {e}"),
+        };
+        s.push_str(&format!(
+            "  {name:<10} conv {}; conv_transpose {}\n",
+            show(Op::Conv, p.clone().padding_spec(pad.clone())),
+            show(Op::ConvTranspose, pt.clone().padding_spec(pad))
+        ));
+    }
+
+    if let Some(List(want)) = &a.want {
+        if want.len() != dims {
+            bail!(
+                "--want has {} values; give {dims} (one per spatial axis)",
+                want.len()
+            );
+        }
+        s.push_str(&format!(
+            "\nconv_transpose choices giving output spatial {}:\n",
+            list(want)
+        ));
+        for (i, ax) in gt.axes.iter().enumerate() {
+            let reach = ax.dilation * (ax.kernel - 1);
+            let natural = (ax.input - 1) * ax.stride + reach + 1;
+            let mut choices = Vec::new();
+            for op in 0..ax.stride.max(ax.dilation) {
+                let total = (natural + op) as i64 - want[i] as i64;
+                if total >= 0 && total % 2 == 0 {
+                    choices.push(format!("padding {} with output_padding {op}", total / 2));
+                }
+            }
+            if choices.is_empty() {
+                s.push_str(&format!(
+                    "  axis {i}: no symmetric padding gives {}",
+                    want[i]
+                ));
+            } else {
+                s.push_str(&format!("  axis {i}: {}", choices.join("; ")));
+            }
+            let total = natural as i64 - want[i] as i64;
+            s.push_str(&format!(
+                " (ONNX output_shape={} derives total padding {total}: begin {}, end {})\n",
+                want[i],
+                total - total.div_euclid(2),
+                total.div_euclid(2)
+            ));
+        }
+        let mut check = pt.clone();
+        check.output_size = Some(OutputSize::Onnx(want.clone()));
+        if let Err(e) = Geometry::new(Op::ConvTranspose, &x, &w, None, &check) {
+            s.push_str(&format!("  (ONNX output_shape is impossible here: {e})\n"));
+        }
+    }
+    Ok(s)
+}

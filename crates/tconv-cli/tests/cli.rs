@@ -1,0 +1,585 @@
+//! End-to-end tests of the built `tconv` binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use ndarray::ArrayD;
+use tconv::npy::{read_npy, to_npy_bytes};
+
+fn tconv(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tconv"))
+        .args(args)
+        .output()
+        .expect("run tconv")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A fresh scratch folder for one test.
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tconv-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Compare with a checked-in expected file (set UPDATE_EXPECTED=1 to rewrite it).
+fn expect_file(name: &str, got: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/expected")
+        .join(name);
+    if std::env::var_os("UPDATE_EXPECTED").is_some() {
+        std::fs::write(&path, got).unwrap();
+    }
+    let want =
+        std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("missing {}", path.display()));
+    assert_eq!(got, want, "output differs from {}", path.display());
+}
+
+/// Expect failure: exit code 2 and one line on stderr containing `needle`.
+fn expect_usage_error(o: &Output, needle: &str) {
+    let err = stderr(o);
+    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "want one line, got: {err}"
+    );
+    assert!(err.contains(needle), "stderr {err:?} lacks {needle:?}");
+}
+
+#[test]
+fn version() {
+    let o = tconv(&["--version"]);
+    assert!(o.status.success());
+    assert!(stdout(&o).starts_with("tconv "));
+}
+
+#[test]
+fn demo_matches_expected_file() {
+    let o = tconv(&["demo"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for must in [
+        "(3-2)/1+1 = 2",
+        "y(0,0) = 1·1 + 2·0 + 4·0 + 5·(-1) = -4",
+        "(2-1)·1+2 = 3",
+        "(1,1) receives -1 from x[0,0] and 4 from x[1,1]",
+        "y = [[1, 2, 0], [3, 3, -2], [0, -3, -4]]",
+        "(2-1)·2+2 = 4",
+        "y = [[1, 0, 2, 0], [0, -1, 0, -2], [3, 0, 4, 0], [0, -3, 0, -4]]",
+        "4×9 matrix C",
+        "Cᵀ · [1, 2, 3, 4] = [1, 2, 0, 3, 3, -2, 0, -3, -4]",
+    ] {
+        assert!(out.contains(must), "demo lacks {must:?}");
+    }
+    expect_file("demo.txt", &out);
+}
+
+#[test]
+fn explain_transcripts() {
+    let o = tconv(&[
+        "explain",
+        "conv-transpose",
+        "--input",
+        "[[1,2],[3,4]]",
+        "--weight",
+        "[[1,2,3],[4,5,6],[7,8,9]]",
+        "--stride",
+        "2",
+        "--padding",
+        "1",
+        "--output-padding",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    expect_file("explain_conv_transpose_s2_p1_op1.txt", &stdout(&o));
+    let o = tconv(&[
+        "explain",
+        "conv",
+        "--input",
+        "[1,2,3,4,5]",
+        "--weight",
+        "[1,0,-1]",
+        "--padding",
+        "1",
+        "--stride",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    expect_file("explain_conv_1d_s2_p1.txt", &stdout(&o));
+    let o = tconv(&[
+        "explain",
+        "conv-transpose",
+        "--input",
+        "[1,2,3]",
+        "--weight",
+        "[1,1,1]",
+        "--dilation",
+        "2",
+        "--stride",
+        "2",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("(3-1)·2 - 0 - 0 + 2·(3-1) + 0 + 1 = 9"));
+}
+
+#[test]
+fn explain_refuses_large_problems_with_a_hint() {
+    let big = format!("[{}]", ["[1,2,3,4,5,6,7,8,9,10]"; 10].join(","));
+    let o = tconv(&[
+        "explain",
+        "conv-transpose",
+        "--input",
+        &big,
+        "--weight",
+        "[[1,0],[0,1]]",
+    ]);
+    expect_usage_error(&o, "100 steps to show, more than --max-steps 64");
+    let o = tconv(&[
+        "explain",
+        "conv-transpose",
+        "--input",
+        &big,
+        "--weight",
+        "[[1,0],[0,1]]",
+        "--max-steps",
+        "100",
+    ]);
+    assert!(o.status.success());
+}
+
+#[test]
+fn inline_compute_text_and_json() {
+    let o = tconv(&[
+        "conv-transpose",
+        "--input",
+        "[[1,2],[3,4]]",
+        "--weight",
+        "[[1,0],[0,-1]]",
+        "--format",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim(), "[[1, 2, 0], [3, 3, -2], [0, -3, -4]]");
+    let o = tconv(&[
+        "conv",
+        "--input",
+        "[[1,2,3],[4,5,6],[7,8,9]]",
+        "--weight",
+        "[[1,0],[0,-1]]",
+    ]);
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("[ -4 -4 ]"));
+}
+
+fn write_npy(path: &Path, a: &ArrayD<f32>) {
+    std::fs::write(path, to_npy_bytes(&a.view())).unwrap();
+}
+
+fn conformance(case: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tconv/tests/data/torch")
+        .join(case)
+}
+
+fn case_list(v: &serde_json::Value, key: &str) -> String {
+    v[key]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[test]
+fn conformance_cases_end_to_end_through_npy_files() {
+    let dir = conformance("");
+    let mut ran = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let case = entry.unwrap().path();
+        let name = case.file_name().unwrap().to_string_lossy().to_string();
+        // Every 10th case keeps the test quick while covering 1-3-D, both ops, both dtypes.
+        let number: usize = name.get(..4).and_then(|n| n.parse().ok()).unwrap_or(1);
+        if number % 10 != 0 {
+            continue;
+        }
+        let meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(case.join("case.json")).unwrap())
+                .unwrap();
+        let op = meta["op"].as_str().unwrap();
+        let out = scratch(&format!("conf-{name}")).join("y.npy");
+        let (x, w, b) = (
+            case.join("input.npy"),
+            case.join("weight.npy"),
+            case.join("bias.npy"),
+        );
+        let groups = meta["groups"].to_string();
+        let (stride, padding, dilation, op_pad) = (
+            case_list(&meta, "stride"),
+            case_list(&meta, "padding"),
+            case_list(&meta, "dilation"),
+            case_list(&meta, "output_padding"),
+        );
+        let mut args: Vec<&str> = vec![if op == "conv" {
+            "conv"
+        } else {
+            "conv-transpose"
+        }];
+        args.extend([
+            "--input",
+            x.to_str().unwrap(),
+            "--weight",
+            w.to_str().unwrap(),
+        ]);
+        if b.exists() {
+            args.extend(["--bias", b.to_str().unwrap()]);
+        }
+        args.extend(["--stride", &stride, "--padding", &padding]);
+        if op != "conv" {
+            args.extend(["--output-padding", &op_pad]);
+        }
+        args.extend([
+            "--dilation",
+            &dilation,
+            "--groups",
+            &groups,
+            "--output",
+            out.to_str().unwrap(),
+        ]);
+        let o = tconv(&args);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let got = read_npy(&out).unwrap();
+        let want = read_npy(case.join("expected.npy")).unwrap();
+        assert_eq!(got.dtype(), want.dtype(), "{name}: dtype");
+        assert_eq!(got.shape(), want.shape(), "{name}: shape");
+        let (rtol, atol) = if want.dtype() == "float32" {
+            (1e-4, 1e-5)
+        } else {
+            (1e-10, 1e-10)
+        };
+        for (g, w) in got.to_f64().iter().zip(want.to_f64().iter()) {
+            assert!((g - w).abs() <= atol + rtol * w.abs(), "{name}: {g} vs {w}");
+        }
+        ran += 1;
+    }
+    assert!(ran >= 10, "ran {ran} cases");
+}
+
+#[test]
+fn the_exact_form_outside_checks_use() {
+    let d = scratch("exact");
+    let x = ArrayD::from_shape_fn(vec![1, 2, 3, 3], |i| {
+        (i[1] * 9 + i[2] * 3 + i[3]) as f32 - 8.0
+    });
+    let w = ArrayD::from_shape_fn(vec![2, 3, 3, 3], |i| {
+        (i[0] + i[1] + i[2] * i[3]) as f32 - 2.0
+    });
+    let b = ArrayD::from_shape_fn(vec![3], |i| i[0] as f32);
+    write_npy(&d.join("x.npy"), &x);
+    write_npy(&d.join("w.npy"), &w);
+    write_npy(&d.join("b.npy"), &b);
+    let p = |f: &str| d.join(f).to_string_lossy().into_owned();
+    let o = tconv(&[
+        "conv-transpose",
+        "--input",
+        &p("x.npy"),
+        "--weight",
+        &p("w.npy"),
+        "--bias",
+        &p("b.npy"),
+        "--stride",
+        "2,2",
+        "--padding",
+        "1,1",
+        "--output-padding",
+        "0,0",
+        "--dilation",
+        "1,1",
+        "--groups",
+        "1",
+        "--output",
+        &p("y.npy"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let y = read_npy(d.join("y.npy")).unwrap().to_f32();
+    let want = tconv::reference::conv_transpose_scatter(
+        &x,
+        &w,
+        Some(b.view().into_dimensionality().unwrap()),
+        &tconv::ConvParams::new().stride(&[2]).padding(&[1]),
+    )
+    .unwrap();
+    assert_eq!(y, want);
+    // conv, same form without --output-padding; its weight (C_out=2, C_in=3) takes 3 channels.
+    write_npy(
+        &d.join("x3.npy"),
+        &ArrayD::from_shape_fn(vec![1, 3, 5, 5], |i| (i[2] * i[3]) as f32),
+    );
+    write_npy(&d.join("b2.npy"), &ArrayD::from_elem(vec![2], 0.5f32));
+    let o = tconv(&[
+        "conv",
+        "--input",
+        &p("x3.npy"),
+        "--weight",
+        &p("w.npy"),
+        "--bias",
+        &p("b2.npy"),
+        "--stride",
+        "2,2",
+        "--padding",
+        "1,1",
+        "--dilation",
+        "1,1",
+        "--groups",
+        "1",
+        "--output",
+        &p("y2.npy"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(read_npy(d.join("y2.npy")).unwrap().shape(), &[1, 2, 3, 3]);
+}
+
+#[test]
+fn bad_input_gives_one_line_exit_2_and_no_output_file() {
+    let d = scratch("bad");
+    let p = |f: &str| d.join(f).to_string_lossy().into_owned();
+    write_npy(&d.join("x.npy"), &ArrayD::zeros(vec![1, 6, 4, 4]));
+    write_npy(&d.join("w.npy"), &ArrayD::zeros(vec![4, 2, 3, 3]));
+    write_npy(&d.join("x3.npy"), &ArrayD::zeros(vec![4, 4, 4]));
+    std::fs::write(d.join("junk.npy"), b"this is not numpy").unwrap();
+    let mut int_npy = b"\x93NUMPY\x01\x00".to_vec();
+    let h = "{'descr': '<i4', 'fortran_order': False, 'shape': (1,), }          \n";
+    int_npy.extend_from_slice(&(h.len() as u16).to_le_bytes());
+    int_npy.extend_from_slice(h.as_bytes());
+    int_npy.extend_from_slice(&[0; 4]);
+    std::fs::write(d.join("int.npy"), int_npy).unwrap();
+
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec![
+                "--input".into(),
+                p("junk.npy"),
+                "--weight".into(),
+                p("w.npy"),
+            ],
+            "not a .npy file",
+        ),
+        (
+            vec![
+                "--input".into(),
+                p("missing.npy"),
+                "--weight".into(),
+                p("w.npy"),
+            ],
+            "missing.npy",
+        ),
+        (
+            vec![
+                "--input".into(),
+                p("int.npy"),
+                "--weight".into(),
+                p("w.npy"),
+            ],
+            "unsupported dtype '<i4'",
+        ),
+        (
+            vec!["--input".into(), p("x.npy"), "--weight".into(), p("w.npy")],
+            "input has 6 channels, weight expects 4",
+        ),
+        (
+            vec!["--input".into(), p("x.npy"), "--weight".into(), p("x3.npy")],
+            "input has 4 dimensions",
+        ),
+        (
+            vec![
+                "--input".into(),
+                p("x3.npy"),
+                "--weight".into(),
+                p("w.npy"),
+                "--stride".into(),
+                "0".into(),
+            ],
+            "stride is 0 on axis 0",
+        ),
+        (
+            vec![
+                "--input".into(),
+                p("x3.npy"),
+                "--weight".into(),
+                p("w.npy"),
+                "--stride".into(),
+                "2".into(),
+                "--output-padding".into(),
+                "2".into(),
+            ],
+            "output_padding 2 on axis 0 must be smaller than the stride (2)",
+        ),
+        (
+            vec![
+                "--input".into(),
+                p("x3.npy"),
+                "--weight".into(),
+                p("w.npy"),
+                "--padding".into(),
+                "3".into(),
+            ],
+            "padding 3+3 removes the whole output of length 6",
+        ),
+        (
+            vec![
+                "--input".into(),
+                p("x3.npy"),
+                "--weight".into(),
+                p("w.npy"),
+                "--stride".into(),
+                "a".into(),
+            ],
+            "'a' is not a non-negative integer",
+        ),
+        (
+            vec![
+                "--input".into(),
+                p("x3.npy"),
+                "--weight".into(),
+                p("w.npy"),
+                "--bogus".into(),
+            ],
+            "unexpected argument '--bogus'",
+        ),
+        (
+            vec![
+                "--input".into(),
+                p("x3.npy"),
+                "--weight".into(),
+                p("w.npy"),
+                "--output-size".into(),
+                "9,9".into(),
+            ],
+            "requested an output size of 9 on axis 0, but valid sizes range from 6 to 6",
+        ),
+        (
+            vec![
+                "--input".into(),
+                "[[1,2],[3]]".into(),
+                "--weight".into(),
+                "[[1]]".into(),
+            ],
+            "ragged nested list",
+        ),
+    ];
+    for (i, (args, needle)) in cases.into_iter().enumerate() {
+        let out = d.join(format!("out{i}.npy"));
+        let mut full = vec!["conv-transpose".to_string()];
+        full.extend(args);
+        full.extend(["--output".into(), out.to_string_lossy().into_owned()]);
+        let refs: Vec<&str> = full.iter().map(|s| s.as_str()).collect();
+        expect_usage_error(&tconv(&refs), needle);
+        assert!(!out.exists(), "case {i} created {}", out.display());
+    }
+    // A failing run leaves an existing output file untouched, and leaves no temporary file.
+    std::fs::write(d.join("keep.npy"), b"precious").unwrap();
+    let o = tconv(&[
+        "conv-transpose",
+        "--input",
+        &p("x.npy"),
+        "--weight",
+        &p("w.npy"),
+        "--output",
+        &p("keep.npy"),
+    ]);
+    expect_usage_error(&o, "input has 6 channels");
+    assert_eq!(std::fs::read(d.join("keep.npy")).unwrap(), b"precious");
+    let leftovers: Vec<_> = std::fs::read_dir(&d)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(leftovers.is_empty());
+}
+
+#[test]
+fn refuses_to_overwrite_an_input() {
+    let d = scratch("overwrite");
+    let p = |f: &str| d.join(f).to_string_lossy().into_owned();
+    let x = ArrayD::from_elem(vec![1, 1, 2, 2], 1.0f32);
+    write_npy(&d.join("x.npy"), &x);
+    write_npy(
+        &d.join("w.npy"),
+        &ArrayD::from_elem(vec![1, 1, 2, 2], 1.0f32),
+    );
+    let before = std::fs::read(d.join("x.npy")).unwrap();
+    let o = tconv(&[
+        "conv-transpose",
+        "--input",
+        &p("x.npy"),
+        "--weight",
+        &p("w.npy"),
+        "--output",
+        &p("x.npy"),
+    ]);
+    expect_usage_error(&o, "refusing to write the output over the input file");
+    assert_eq!(std::fs::read(d.join("x.npy")).unwrap(), before);
+}
+
+#[test]
+fn every_command_has_help_with_an_example() {
+    for cmd in [
+        vec!["demo"],
+        vec!["conv"],
+        vec!["conv-transpose"],
+        vec!["explain", "conv"],
+        vec!["explain", "conv-transpose"],
+        vec!["shape"],
+    ] {
+        let mut args = cmd.clone();
+        args.push("--help");
+        let o = tconv(&args);
+        assert!(o.status.success(), "{cmd:?}");
+        assert!(
+            stdout(&o).contains("Example"),
+            "{cmd:?} help lacks an example"
+        );
+    }
+}
+
+#[test]
+fn shape_calculator() {
+    let o = tconv(&[
+        "shape",
+        "--input",
+        "4,4",
+        "--kernel",
+        "4",
+        "--stride",
+        "2",
+        "--padding",
+        "1",
+        "--want",
+        "8,9",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = stdout(&o);
+    assert!(
+        s.contains("axis 0: (4-1)·2 - 1 - 1 + 1·(4-1) + 0 + 1 = 8"),
+        "{s}"
+    );
+    assert!(
+        s.contains("axis 0: floor((4 + 1 + 1 - 1·(4-1) - 1) / 2) + 1 = 2"),
+        "{s}"
+    );
+    assert!(s.contains("axis 0: padding 1 with output_padding 0"), "{s}");
+    assert!(s.contains("axis 1: padding 1 with output_padding 1"), "{s}");
+    assert!(s.contains("SAME_UPPER conv [2, 2]"), "{s}");
+    assert!(
+        s.contains("conv_transpose [8, 8] (pads begin [1, 1], end [1, 1])"),
+        "{s}"
+    );
+}
