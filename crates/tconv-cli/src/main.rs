@@ -2,6 +2,7 @@
 //! exit code 2, and no output file is created or truncated on failure.
 
 mod args;
+mod bench;
 mod compute;
 mod data;
 mod demo;
@@ -53,6 +54,9 @@ enum Command {
         after_help = "Examples:\n  tconv shape --input 4,4 --kernel 4 --stride 2 --padding 1\n  tconv shape --input 16,16 --kernel 3 --stride 2 --want 32,32"
     )]
     Shape(shape::ShapeArgs),
+    /// Time the standard layer suite (or one layer) through the planner.
+    #[command(after_help = "Examples:\n  tconv bench --threads 1\n  tconv bench --layer dcgan1 --threads 2 --json\n  tconv bench --input 16,512,4,4 --c-out 256 --kernel 4,4 --stride 2 --padding 1")]
+    Bench(bench::BenchArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -105,6 +109,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{text}");
         }
         Command::Shape(a) => print!("{}", shape::run(&a)?),
+        Command::Bench(a) => bench::run(&a)?,
     }
     Ok(())
 }

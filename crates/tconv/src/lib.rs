@@ -25,15 +25,18 @@
 
 pub mod error;
 pub mod explain;
+pub mod fast;
 pub mod geometry;
 pub mod npy;
 pub mod params;
+pub mod plan;
 pub mod reference;
 pub mod tensor;
 
 pub use error::{Error, ErrorKind, Result};
 pub use geometry::{AxisGeometry, Geometry};
 pub use params::{ConvParams, Op, OutputSize, Padding};
+pub use plan::{Algorithm, Plan, PlanOptions};
 pub use tensor::Element;
 
 use ndarray::{ArrayD, ArrayView1, AsArray, Dimension};
@@ -51,7 +54,7 @@ pub fn conv<'x, 'w, T: Element, D1: Dimension, D2: Dimension>(
     bias: Option<ArrayView1<'_, T>>,
     params: &ConvParams,
 ) -> Result<ArrayD<T>> {
-    reference::conv_gather(x, w, bias, params)
+    run(Op::Conv, x, w, bias, params)
 }
 
 /// Transposed convolution, as `torch.nn.functional.conv_transpose{1,2,3}d` and ONNX
@@ -67,5 +70,18 @@ pub fn conv_transpose<'x, 'w, T: Element, D1: Dimension, D2: Dimension>(
     bias: Option<ArrayView1<'_, T>>,
     params: &ConvParams,
 ) -> Result<ArrayD<T>> {
-    reference::conv_transpose_scatter(x, w, bias, params)
+    run(Op::ConvTranspose, x, w, bias, params)
+}
+
+/// Plan with default options and execute once.
+fn run<'x, 'w, T: Element, D1: Dimension, D2: Dimension>(
+    op: Op,
+    x: impl AsArray<'x, T, D1>,
+    w: impl AsArray<'w, T, D2>,
+    bias: Option<ArrayView1<'_, T>>,
+    params: &ConvParams,
+) -> Result<ArrayD<T>> {
+    let x = x.into().into_dyn();
+    let plan = plan::Plan::new(op, x.shape(), w, bias.as_ref().map(|b| b.len()), params, &plan::PlanOptions::default())?;
+    plan.execute(x, bias)
 }

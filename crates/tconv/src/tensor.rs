@@ -22,14 +22,29 @@ pub trait Element:
 {
     /// NumPy-style dtype name (`float32`, `float64`).
     const DTYPE: &'static str;
+
+    /// A SIMD microkernel for this element type, if one exists for `isa` and the tile.
+    #[doc(hidden)]
+    fn fast_kernel(isa: crate::fast::Isa, mr: usize, v: usize) -> Option<crate::fast::kernels::KernelFn<Self>>;
 }
 
 impl Element for f32 {
     const DTYPE: &'static str = "float32";
+    fn fast_kernel(isa: crate::fast::Isa, mr: usize, v: usize) -> Option<crate::fast::kernels::KernelFn<f32>> {
+        crate::fast::kernels::f32_kernel(isa, mr, v)
+    }
 }
 
 impl Element for f64 {
     const DTYPE: &'static str = "float64";
+    fn fast_kernel(isa: crate::fast::Isa, mr: usize, v: usize) -> Option<crate::fast::kernels::KernelFn<f64>> {
+        // f64 runs the portable kernels.
+        if isa == crate::fast::Isa::Scalar {
+            crate::fast::kernels::portable(mr, v)
+        } else {
+            None
+        }
+    }
 }
 
 /// Product of a shape (the element count).

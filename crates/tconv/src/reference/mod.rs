@@ -16,6 +16,8 @@ mod scatter;
 mod zero_insertion;
 
 pub use gather::conv_gather;
+pub(crate) use gather::gather as gather_flat;
+pub(crate) use scatter::scatter as scatter_flat;
 pub use matrix::{
     conv_by_matrix, conv_transpose_by_matrix, convolution_matrix, MAX_MATRIX_ELEMENTS,
 };

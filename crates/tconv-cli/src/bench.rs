@@ -1,0 +1,266 @@
+//! `tconv bench`: time layers of the standard suite (or one given on the command line)
+//! through the planner, after warm-up, and report medians, minimums and GFLOP/s.
+
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use ndarray::{ArrayD, IxDyn};
+use serde_json::Value;
+use tconv::{ConvParams, Geometry, Op, Plan, PlanOptions};
+
+use crate::args::{parse_list, List};
+
+/// The suite shipped with tconv (a copy of shared/bench/suite.json).
+const SUITE: &str = include_str!("../../../bench/suite.json");
+
+/// FMA peak of one core of the reference machine (Zen 4, measured): GFLOP/s.
+const PEAK_PER_CORE: f64 = 116.0;
+
+/// Flags of `tconv bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// A suite file (JSON with a "layers" list, as bench/suite.json).
+    #[arg(long)]
+    pub suite: Option<String>,
+    /// Only this layer (by name); repeat or comma-separate for several.
+    #[arg(long, value_delimiter = ',')]
+    pub layer: Vec<String>,
+    /// Worker threads.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Timed runs per layer (after warm-up).
+    #[arg(long, default_value_t = 20)]
+    pub runs: usize,
+    /// Warm-up runs per layer.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// One JSON object per line and layer.
+    #[arg(long)]
+    pub json: bool,
+    /// Also time the ordinary conv each layer is the transpose of (rows named NAME:conv).
+    #[arg(long)]
+    pub with_conv: bool,
+    /// Force an algorithm (reference or direct).
+    #[arg(long)]
+    pub algorithm: Option<String>,
+    /// FMA peak per core in GFLOP/s for the "% of peak" column.
+    #[arg(long, default_value_t = PEAK_PER_CORE)]
+    pub peak_gflops: f64,
+    /// A single layer instead of the suite: input shape N,C,*spatial (with --c-out, --kernel…).
+    #[arg(long, value_parser = parse_list)]
+    pub input: Option<List>,
+    /// Output channels of the single layer.
+    #[arg(long)]
+    pub c_out: Option<usize>,
+    /// Kernel of the single layer.
+    #[arg(long, value_parser = parse_list)]
+    pub kernel: Option<List>,
+    /// Stride of the single layer.
+    #[arg(long, value_parser = parse_list)]
+    pub stride: Option<List>,
+    /// Padding of the single layer.
+    #[arg(long, value_parser = parse_list)]
+    pub padding: Option<List>,
+    /// Output padding of the single layer.
+    #[arg(long, value_parser = parse_list)]
+    pub output_padding: Option<List>,
+    /// Dilation of the single layer.
+    #[arg(long, value_parser = parse_list)]
+    pub dilation: Option<List>,
+    /// Groups of the single layer.
+    #[arg(long, default_value_t = 1)]
+    pub groups: usize,
+}
+
+/// One layer to time.
+pub struct Layer {
+    pub name: String,
+    pub input: Vec<usize>,
+    pub c_out: usize,
+    pub kernel: Vec<usize>,
+    pub params: ConvParams,
+}
+
+fn list(v: &Value, key: &str) -> Result<Vec<usize>> {
+    v[key]
+        .as_array()
+        .with_context(|| format!("layer field '{key}' is not a list"))?
+        .iter()
+        .map(|x| x.as_u64().map(|u| u as usize).with_context(|| format!("'{key}' holds a non-integer")))
+        .collect()
+}
+
+/// Layers of a suite JSON text.
+pub fn parse_suite(text: &str) -> Result<Vec<Layer>> {
+    let v: Value = serde_json::from_str(text).context("suite is not valid JSON")?;
+    let layers = v["layers"].as_array().context("suite has no \"layers\" list")?;
+    layers
+        .iter()
+        .map(|l| {
+            let params = ConvParams::new()
+                .stride(&list(l, "stride")?)
+                .padding(&list(l, "padding")?)
+                .output_padding(&list(l, "output_padding")?)
+                .dilation(&list(l, "dilation")?)
+                .groups(l["groups"].as_u64().unwrap_or(1) as usize);
+            Ok(Layer {
+                name: l["name"].as_str().context("layer without a name")?.to_string(),
+                input: list(l, "input")?,
+                c_out: l["c_out"].as_u64().context("layer without c_out")? as usize,
+                kernel: list(l, "kernel")?,
+                params,
+            })
+        })
+        .collect()
+}
+
+fn random(shape: &[usize], seed: u64) -> ArrayD<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    ArrayD::from_shape_fn(IxDyn(shape), |_| {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    })
+}
+
+/// One timed result.
+pub struct Timing {
+    pub name: String,
+    pub threads: usize,
+    pub gflop: f64,
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub algorithm: String,
+    pub workspace_bytes: usize,
+}
+
+fn time_plan(plan: &Plan<f32>, x: &ArrayD<f32>, warmup: usize, runs: usize) -> Result<(f64, f64)> {
+    let xs = x.as_slice().context("contiguous input")?;
+    let mut y = vec![0.0f32; plan.geometry().output_shape().iter().product()];
+    for _ in 0..warmup {
+        plan.run(xs, None, &mut y);
+    }
+    let mut ms = Vec::with_capacity(runs);
+    for _ in 0..runs.max(1) {
+        let t = Instant::now();
+        plan.run(xs, None, &mut y);
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    ms.sort_by(|a, b| a.total_cmp(b));
+    Ok((ms[ms.len() / 2], ms[0]))
+}
+
+/// Time one layer (and optionally its conv) with the given options.
+pub fn time_layer(l: &Layer, a: &BenchArgs, opts: &PlanOptions) -> Result<Vec<Timing>> {
+    let dims = l.kernel.len();
+    let g = l.params.groups.max(1);
+    let mut w_shape = vec![l.input[1], l.c_out / g];
+    w_shape.extend(&l.kernel);
+    let w = random(&w_shape, 2);
+    let x = random(&l.input, 1);
+    let plan = Plan::new(Op::ConvTranspose, &l.input, &w, None, &l.params, opts)?;
+    let geometry: &Geometry = plan.geometry();
+    let gflop = geometry.flops() as f64 / 1e9;
+    let (median_ms, min_ms) = time_plan(&plan, &x, a.warmup, a.runs)?;
+    let mut out = vec![Timing {
+        name: l.name.clone(),
+        threads: plan.threads(),
+        gflop,
+        median_ms,
+        min_ms,
+        algorithm: plan.label(),
+        workspace_bytes: plan.workspace_bytes(),
+    }];
+    if a.with_conv {
+        // The conv this layer is the transpose of: input = the layer's output, same weight.
+        let mut p = l.params.clone();
+        p.output_padding = vec![0; dims];
+        let yshape = geometry.output_shape();
+        let plan = Plan::new(Op::Conv, &yshape, &w, None, &p, opts)?;
+        let xc = random(&yshape, 3);
+        let (median_ms, min_ms) = time_plan(&plan, &xc, a.warmup, a.runs)?;
+        out.push(Timing {
+            name: format!("{}:conv", l.name),
+            threads: plan.threads(),
+            gflop: plan.geometry().flops() as f64 / 1e9,
+            median_ms,
+            min_ms,
+            algorithm: plan.label(),
+            workspace_bytes: plan.workspace_bytes(),
+        });
+    }
+    Ok(out)
+}
+
+/// Run `tconv bench`.
+pub fn run(a: &BenchArgs) -> Result<()> {
+    let mut layers = if let Some(input) = &a.input {
+        let (Some(c_out), Some(kernel)) = (a.c_out, &a.kernel) else {
+            bail!("a single layer needs --input, --c-out and --kernel");
+        };
+        let mut p = ConvParams::new().groups(a.groups);
+        for (flag, set) in [
+            (&a.stride, ConvParams::stride as fn(ConvParams, &[usize]) -> ConvParams),
+            (&a.padding, ConvParams::padding),
+            (&a.output_padding, ConvParams::output_padding),
+            (&a.dilation, ConvParams::dilation),
+        ] {
+            if let Some(v) = flag {
+                p = set(p, &v.0);
+            }
+        }
+        vec![Layer { name: "custom".into(), input: input.0.clone(), c_out, kernel: kernel.0.clone(), params: p }]
+    } else {
+        let text = match &a.suite {
+            Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read suite {path}"))?,
+            None => SUITE.to_string(),
+        };
+        parse_suite(&text)?
+    };
+    if !a.layer.is_empty() {
+        for want in &a.layer {
+            if !layers.iter().any(|l| &l.name == want) {
+                let names: Vec<&str> = layers.iter().map(|l| l.name.as_str()).collect();
+                bail!("no layer named '{want}' in the suite (layers: {})", names.join(", "));
+            }
+        }
+        layers.retain(|l| a.layer.contains(&l.name));
+    }
+    let opts = PlanOptions {
+        threads: Some(a.threads.max(1)),
+        algorithm: match &a.algorithm {
+            Some(s) => Some(tconv::Algorithm::parse(s).with_context(|| format!("unknown algorithm '{s}'"))?),
+            None => None,
+        },
+        ..PlanOptions::default()
+    };
+    if !a.json {
+        println!(
+            "{:<14} {:>7} {:>8} {:>10} {:>10} {:>9} {:>7}  algorithm",
+            "layer", "threads", "GFLOP", "median ms", "min ms", "GFLOP/s", "% peak"
+        );
+    }
+    for l in &layers {
+        for t in time_layer(l, a, &opts)? {
+            let gflops = t.gflop / (t.median_ms / 1e3);
+            let peak = 100.0 * gflops / (a.peak_gflops * t.threads as f64);
+            if a.json {
+                let obj = serde_json::json!({
+                    "name": t.name, "threads": t.threads, "gflop": t.gflop,
+                    "median_ms": t.median_ms, "min_ms": t.min_ms, "gflops_per_s": gflops,
+                    "percent_of_peak": peak, "algorithm": t.algorithm,
+                    "workspace_bytes": t.workspace_bytes, "runs": a.runs,
+                });
+                println!("{obj}");
+            } else {
+                println!(
+                    "{:<14} {:>7} {:>8.3} {:>10.3} {:>10.3} {:>9.1} {:>6.1}%  {}",
+                    t.name, t.threads, t.gflop, t.median_ms, t.min_ms, gflops, peak, t.algorithm
+                );
+            }
+        }
+    }
+    Ok(())
+}

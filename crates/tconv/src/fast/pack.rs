@@ -1,0 +1,113 @@
+//! Packing: weights once per plan into the order the kernels stream them, and (only where
+//! the decomposition needs it) the input into a padded or polyphase buffer.
+
+use super::spec::{DirectSpec, SourceLayout};
+use crate::geometry::Geometry;
+use crate::params::Op;
+use crate::tensor::{flat_index, numel, positions, Element};
+
+/// Weights packed as `[group][co_block][phase][tap][ci][MR]`, zero-filled past `C_out/g`.
+#[derive(Clone, Debug)]
+pub struct PackedWeights<T> {
+    /// The packed values.
+    pub data: Vec<T>,
+    /// Output channels per block (the kernel's register rows).
+    pub mr: usize,
+    /// Blocks per group.
+    pub blocks: usize,
+    /// Start of each `(group, block, phase)` run.
+    offsets: Vec<usize>,
+    phases: usize,
+}
+
+impl<T> PackedWeights<T> {
+    /// The packed run for one group, block and phase: `taps * C_in/g * mr` values.
+    pub fn run(&self, group: usize, block: usize, phase: usize) -> &[T] {
+        let i = (group * self.blocks + block) * self.phases + phase;
+        &self.data[self.offsets[i]..self.offsets[i + 1]]
+    }
+}
+
+/// Pack `w` (PyTorch layout for `g.op`) for the phases of `spec`.
+pub fn pack_weights<T: Element>(g: &Geometry, spec: &DirectSpec, w: &[T], mr: usize) -> PackedWeights<T> {
+    let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
+    let ksize = numel(&g.kernel_shape());
+    let blocks = cout_g.div_ceil(mr);
+    let mut data = Vec::with_capacity(g.groups * blocks * spec.total_taps() * cin_g * mr);
+    let mut offsets = vec![0];
+    for group in 0..g.groups {
+        for block in 0..blocks {
+            for phase in &spec.phases {
+                for tap in &phase.taps {
+                    for ci in 0..cin_g {
+                        for m in 0..mr {
+                            let co = block * mr + m;
+                            let v = if co >= cout_g {
+                                T::zero()
+                            } else {
+                                match g.op {
+                                    // (C_in, C_out/g, *k)
+                                    Op::ConvTranspose => {
+                                        w[((group * cin_g + ci) * cout_g + co) * ksize + tap.kernel_index]
+                                    }
+                                    // (C_out, C_in/g, *k)
+                                    Op::Conv => w[((group * cout_g + co) * cin_g + ci) * ksize + tap.kernel_index],
+                                }
+                            };
+                            data.push(v);
+                        }
+                    }
+                }
+                offsets.push(data.len());
+            }
+        }
+    }
+    PackedWeights { data, mr, blocks, offsets, phases: spec.phases.len() }
+}
+
+/// The source buffer the kernels read, `(N, C_in, channel block)`; `None` means read the
+/// caller's input as it is.
+pub fn pack_source<T: Element>(g: &Geometry, spec: &DirectSpec, x: &[T]) -> Option<Vec<T>> {
+    let inputs: Vec<usize> = g.axes.iter().map(|a| a.input).collect();
+    let in_plane = numel(&inputs);
+    let planes = g.batch * g.in_channels;
+    match &spec.source {
+        SourceLayout::Direct => None,
+        SourceLayout::Padded { extents } => {
+            let out_plane = numel(extents);
+            let mut buf = vec![T::zero(); planes * out_plane];
+            for p in 0..planes {
+                for i in positions(&inputs) {
+                    buf[p * out_plane + flat_index(extents, &i)] = x[p * in_plane + flat_index(&inputs, &i)];
+                }
+            }
+            Some(buf)
+        }
+        SourceLayout::Polyphase { extents } => {
+            let strides: Vec<usize> = g.axes.iter().map(|a| a.stride).collect();
+            let comp_plane = numel(extents);
+            let block = spec.channel_stride;
+            let mut buf = vec![T::zero(); planes * block];
+            for p in 0..planes {
+                for (c, rho) in positions(&strides).enumerate() {
+                    for u in positions(extents) {
+                        let src: Option<Vec<usize>> = u
+                            .iter()
+                            .zip(&rho)
+                            .zip(&g.axes)
+                            .map(|((&u, &r), a)| {
+                                let i = u * a.stride + r;
+                                (i < a.input).then_some(i)
+                            })
+                            .collect();
+                        if let Some(i) = src {
+                            buf[p * block + c * comp_plane + flat_index(extents, &u)] =
+                                x[p * in_plane + flat_index(&inputs, &i)];
+                        }
+                    }
+                }
+            }
+            Some(buf)
+        }
+    }
+}

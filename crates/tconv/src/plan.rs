@@ -1,0 +1,301 @@
+//! The planner: chooses how to compute a problem, and is the only thing that dispatches.
+//!
+//! A [`Plan`] is a value: it names the algorithm and why, the tile and ISA, the work shapes,
+//! the workspace and the thread count, and it holds the packed weights, so it can be built
+//! once and executed many times. `TCONV_ALGORITHM=reference|direct` and `TCONV_ISA=…`
+//! force a choice (for tests), as do the fields of [`PlanOptions`].
+
+use std::fmt;
+
+use ndarray::{ArrayD, ArrayView1, AsArray, Dimension, IxDyn};
+
+use crate::error::{fail, ErrorKind, Result};
+use crate::fast::direct::{execute, DirectKernel, TileTable};
+use crate::fast::kernels::{portable, tile_shapes, KernelFn};
+use crate::fast::pack::pack_weights;
+use crate::fast::spec::{DirectSpec, SourceLayout};
+use crate::fast::Isa;
+use crate::geometry::Geometry;
+use crate::params::{ConvParams, Op};
+use crate::tensor::{contiguous, numel, Element};
+
+/// The algorithms a plan can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// The reference loops (scatter for conv_transpose, gather for conv).
+    Reference,
+    /// Phase decomposition into dense stride-1 sub-problems run by SIMD direct kernels.
+    Direct,
+}
+
+impl Algorithm {
+    /// Name as printed and as accepted by `TCONV_ALGORITHM`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Reference => "reference",
+            Algorithm::Direct => "direct",
+        }
+    }
+    /// Parse a name.
+    pub fn parse(s: &str) -> Option<Algorithm> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "reference" | "naive" => Some(Algorithm::Reference),
+            "direct" | "phase" | "fast" => Some(Algorithm::Direct),
+            _ => None,
+        }
+    }
+}
+
+/// Choices a caller may force; `None` means let the planner decide.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// Worker threads (default: all cores; tiny problems run on one).
+    pub threads: Option<usize>,
+    /// Force an algorithm.
+    pub algorithm: Option<Algorithm>,
+    /// Force an instruction set (falls back to the best available one below it).
+    pub isa: Option<Isa>,
+    /// Force a tile shape `(output channels, vectors)`.
+    pub tile: Option<(usize, usize)>,
+}
+
+/// Below this many FLOPs a problem runs on one thread (thread wake-up costs more).
+const SMALL_FLOPS: u128 = 4_000_000;
+
+/// A ready-to-run computation.
+pub struct Plan<T: Element> {
+    geometry: Geometry,
+    algorithm: Algorithm,
+    reason: String,
+    threads: usize,
+    isa: Isa,
+    direct: Option<DirectKernel<T>>,
+    /// Reference path keeps the weight.
+    weight: Vec<T>,
+}
+
+/// Modelled cycles for a tile shape: blocks × tiles × per-step cost (FMAs or loads).
+fn tile_cost(cout_g: usize, flat: usize, lanes: usize, mr: usize, v: usize) -> usize {
+    let blocks = cout_g.div_ceil(mr);
+    let tiles = flat.div_ceil(v * lanes).max(1);
+    blocks * tiles * (mr * v).max((mr + v).div_ceil(2)) * 4 + blocks * tiles * 8
+}
+
+fn kernel_for<T: Element>(isa: Isa, mr: usize, v: usize) -> Option<KernelFn<T>> {
+    T::fast_kernel(isa, mr, v).or_else(|| portable::<T>(mr, v))
+}
+
+impl<T: Element> Plan<T> {
+    /// Plan `g` with weight `w` (PyTorch layout, row-major).
+    ///
+    /// # Errors
+    /// A forced tile shape that no kernel implements, or a weight of the wrong length.
+    pub fn from_geometry(g: Geometry, w: &[T], options: &PlanOptions) -> Result<Plan<T>> {
+        if w.len() != numel(&g.weight_shape()) {
+            return fail(ErrorKind::ShapeMismatch {
+                what: "weight data",
+                got: vec![w.len()],
+                expected: g.weight_shape(),
+            });
+        }
+        let env_algo = std::env::var("TCONV_ALGORITHM").ok().and_then(|s| Algorithm::parse(&s));
+        let (algorithm, reason) = match options.algorithm.or(env_algo) {
+            Some(a) => (a, "forced by the caller or TCONV_ALGORITHM".to_string()),
+            None => (Algorithm::Direct, direct_reason(&g)),
+        };
+        let isa = match options.isa {
+            Some(i) => i.or_below(),
+            None => Isa::detect(),
+        };
+        let isa = if T::fast_kernel(isa, 1, 4).is_some() { isa } else { Isa::Scalar };
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = match options.threads {
+            Some(t) => t.max(1),
+            None if g.flops() < SMALL_FLOPS => 1,
+            None => cores,
+        };
+        let direct = if algorithm == Algorithm::Direct {
+            let spec = DirectSpec::new(&g);
+            let lanes = isa.lanes();
+            let per_image = spec.flat_len();
+            let (mr, v) = match options.tile {
+                Some(t) => t,
+                None => *tile_shapes(isa)
+                    .iter()
+                    .min_by_key(|&&(mr, v)| tile_cost(g.out_per_group(), per_image, lanes, mr, v))
+                    .unwrap_or(&(1, 4)),
+            };
+            let Some(kernel) = kernel_for::<T>(isa, mr, v) else {
+                return fail(ErrorKind::ShapeMismatch {
+                    what: "forced tile shape (no such kernel)",
+                    got: vec![mr, v],
+                    expected: tile_shapes(isa).iter().map(|t| t.0 * 100 + t.1).collect(),
+                });
+            };
+            let packed = pack_weights(&g, &spec, w, mr);
+            let table = TileTable::new(&g, &spec, v * lanes);
+            Some(DirectKernel { spec, packed, kernel, mr, v, lanes, table })
+        } else {
+            None
+        };
+        let weight = if direct.is_none() { w.to_vec() } else { Vec::new() };
+        Ok(Plan { geometry: g, algorithm, reason, threads, isa, direct, weight })
+    }
+
+    /// Plan `op` for arrays of these shapes, packing `w` once.
+    ///
+    /// # Errors
+    /// Any invalid shape or parameter (see [`Geometry::new`]).
+    pub fn new<'w, D: Dimension>(
+        op: Op,
+        input_shape: &[usize],
+        w: impl AsArray<'w, T, D>,
+        bias_len: Option<usize>,
+        params: &ConvParams,
+        options: &PlanOptions,
+    ) -> Result<Plan<T>> {
+        let w = w.into().into_dyn();
+        let bias_shape = bias_len.map(|b| vec![b]);
+        let g = Geometry::new(op, input_shape, w.shape(), bias_shape.as_deref(), params)?;
+        let wc = contiguous(&w);
+        Plan::from_geometry(g, &wc, options)
+    }
+
+    /// The resolved geometry.
+    pub fn geometry(&self) -> &Geometry {
+        &self.geometry
+    }
+    /// The chosen algorithm.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+    /// Threads the plan runs on.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+    /// Bytes of scratch memory beyond input, weight and output: the packed weights, any
+    /// repacked input, and one tile buffer per thread.
+    pub fn workspace_bytes(&self) -> usize {
+        let size = std::mem::size_of::<T>();
+        match &self.direct {
+            None => 0,
+            Some(d) => {
+                let g = &self.geometry;
+                let source = match &d.spec.source {
+                    SourceLayout::Direct => 0,
+                    _ => g.batch * g.in_channels * d.spec.channel_stride,
+                };
+                (d.packed.data.len() + source + self.threads * d.mr * d.v * d.lanes) * size + d.table.bytes()
+            }
+        }
+    }
+
+    /// A one-line name for the algorithm and kernel, e.g. `direct/avx512 16x1`.
+    pub fn label(&self) -> String {
+        match &self.direct {
+            Some(d) => format!("{}/{} {}x{}", self.algorithm.name(), self.isa, d.mr, d.v),
+            None => self.algorithm.name().to_string(),
+        }
+    }
+
+    /// Run on `x` (the planned input shape) with an optional bias.
+    ///
+    /// # Errors
+    /// `x` or the bias not of the planned shapes.
+    pub fn execute<'x, D: Dimension>(&self, x: impl AsArray<'x, T, D>, bias: Option<ArrayView1<'_, T>>) -> Result<ArrayD<T>> {
+        let x = x.into().into_dyn();
+        let g = &self.geometry;
+        let expected = if g.batched { g.input_shape() } else { g.input_shape()[1..].to_vec() };
+        if x.shape() != expected.as_slice() {
+            return fail(ErrorKind::ShapeMismatch { what: "input", got: x.shape().to_vec(), expected });
+        }
+        if let Some(b) = &bias {
+            if b.len() != g.out_channels {
+                return fail(ErrorKind::BiasShape { got: b.shape().to_vec(), expected: g.out_channels });
+            }
+        }
+        let xc = contiguous(&x);
+        let bc = bias.map(|b| b.to_vec());
+        let mut y = vec![T::zero(); numel(&g.output_shape())];
+        self.run(&xc, bc.as_deref(), &mut y);
+        let shape = g.user_output_shape();
+        Ok(ArrayD::from_shape_vec(IxDyn(&shape), y).expect("output buffer matches the geometry"))
+    }
+
+    /// Run on contiguous data: `x (N, C_in, *in)`, `y (N, C_out, *out)` (overwritten).
+    pub fn run(&self, x: &[T], bias: Option<&[T]>, y: &mut [T]) {
+        let g = &self.geometry;
+        match &self.direct {
+            Some(d) => execute(g, d, x, bias, y, self.threads),
+            None => {
+                let r = match g.op {
+                    Op::ConvTranspose => crate::reference::scatter_flat(g, x, &self.weight, bias),
+                    Op::Conv => crate::reference::gather_flat(g, x, &self.weight, bias),
+                };
+                y.copy_from_slice(&r);
+            }
+        }
+    }
+}
+
+fn direct_reason(g: &Geometry) -> String {
+    let strided = g.axes.iter().any(|a| a.stride > 1);
+    match (g.op, strided) {
+        (Op::ConvTranspose, true) => {
+            let spec = DirectSpec::new(g);
+            let live = spec.phases.iter().filter(|p| !p.taps.is_empty()).count();
+            let taps: Vec<String> = spec.phases.iter().map(|p| p.taps.len().to_string()).collect();
+            let kernel_eq_stride = g.axes.iter().all(|a| a.kernel == a.stride && a.dilation == 1);
+            if kernel_eq_stride {
+                format!("kernel == stride: {} phases of one tap each, no overlap (one GEMM-like pass + depth-to-space store)", spec.phases.len())
+            } else {
+                format!(
+                    "stride > 1: phase decomposition into {} dense stride-1 phases ({} with taps; taps per phase [{}]), no zero multiplies, no col2im workspace",
+                    spec.phases.len(),
+                    live,
+                    taps.join(", ")
+                )
+            }
+        }
+        (Op::ConvTranspose, false) => {
+            "stride 1: the equivalent ordinary correlation (flipped kernel, swapped channel roles), one phase".into()
+        }
+        (Op::Conv, true) => "strided conv: polyphase split of the input, dense stride-1 taps".into(),
+        (Op::Conv, false) => "stride-1 conv: dense taps as shifted, masked vectors".into(),
+    }
+}
+
+impl<T: Element> fmt::Display for Plan<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let g = &self.geometry;
+        writeln!(f, "op:          {} input {:?} -> output {:?}", g.op.name(), g.input_shape(), g.output_shape())?;
+        writeln!(f, "algorithm:   {}", self.algorithm.name())?;
+        writeln!(f, "why:         {}", self.reason)?;
+        if let Some(d) = &self.direct {
+            writeln!(
+                f,
+                "kernel:      {} tile of {} output channels x {} vectors of {} positions",
+                self.isa, d.mr, d.v, d.lanes
+            )?;
+            for (i, p) in d.spec.phases.iter().enumerate().take(8) {
+                writeln!(
+                    f,
+                    "phase {i}:     residue {:?}, extents {:?}, {} taps -> per image M={} (C_out/g), K={} (C_in/g x taps), N={} positions",
+                    p.residue,
+                    p.extents,
+                    p.taps.len(),
+                    g.out_per_group(),
+                    g.in_per_group() * p.taps.len(),
+                    numel(&p.extents)
+                )?;
+            }
+            if d.spec.phases.len() > 8 {
+                writeln!(f, "             ... {} phases in all", d.spec.phases.len())?;
+            }
+            writeln!(f, "source:      {:?}", d.spec.source)?;
+        }
+        writeln!(f, "workspace:   {} bytes", self.workspace_bytes())?;
+        writeln!(f, "threads:     {}", self.threads)?;
+        write!(f, "flops:       {}", g.flops())
+    }
+}
