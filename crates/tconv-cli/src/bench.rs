@@ -17,36 +17,15 @@ const SUITE: &str = include_str!("../../../bench/suite.json");
 /// FMA peak of one core of the reference machine (Zen 4, measured): GFLOP/s.
 const PEAK_PER_CORE: f64 = 116.0;
 
-/// Flags of `tconv bench`.
+/// Which layers: the suite (or one of its layers), or a single layer given by its shapes.
 #[derive(Args, Debug)]
-pub struct BenchArgs {
+pub struct LayerArgs {
     /// A suite file (JSON with a "layers" list, as bench/suite.json).
     #[arg(long)]
     pub suite: Option<String>,
     /// Only this layer (by name); repeat or comma-separate for several.
     #[arg(long, value_delimiter = ',')]
     pub layer: Vec<String>,
-    /// Worker threads.
-    #[arg(long, default_value_t = 1)]
-    pub threads: usize,
-    /// Timed runs per layer (after warm-up).
-    #[arg(long, default_value_t = 20)]
-    pub runs: usize,
-    /// Warm-up runs per layer.
-    #[arg(long, default_value_t = 3)]
-    pub warmup: usize,
-    /// One JSON object per line and layer.
-    #[arg(long)]
-    pub json: bool,
-    /// Also time the ordinary conv each layer is the transpose of (rows named NAME:conv).
-    #[arg(long)]
-    pub with_conv: bool,
-    /// Force an algorithm (reference or direct).
-    #[arg(long)]
-    pub algorithm: Option<String>,
-    /// FMA peak per core in GFLOP/s for the "% of peak" column.
-    #[arg(long, default_value_t = PEAK_PER_CORE)]
-    pub peak_gflops: f64,
     /// A single layer instead of the suite: input shape N,C,*spatial (with --c-out, --kernel…).
     #[arg(long, value_parser = parse_list)]
     pub input: Option<List>,
@@ -73,6 +52,50 @@ pub struct BenchArgs {
     pub groups: usize,
 }
 
+/// Flags of `tconv bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub layers: LayerArgs,
+    /// Worker threads.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Timed runs per layer (after warm-up).
+    #[arg(long, default_value_t = 20)]
+    pub runs: usize,
+    /// Warm-up runs per layer.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: usize,
+    /// One JSON object per line and layer.
+    #[arg(long)]
+    pub json: bool,
+    /// Also time the ordinary conv each layer is the transpose of (rows named NAME:conv).
+    #[arg(long)]
+    pub with_conv: bool,
+    /// Force an algorithm (reference or direct).
+    #[arg(long)]
+    pub algorithm: Option<String>,
+    /// FMA peak per core in GFLOP/s for the "% of peak" column.
+    #[arg(long, default_value_t = PEAK_PER_CORE)]
+    pub peak_gflops: f64,
+}
+
+/// Flags of `tconv plan`.
+#[derive(Args, Debug)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub layers: LayerArgs,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Plan the ordinary conv this layer is the transpose of.
+    #[arg(long)]
+    pub conv: bool,
+    /// Force an algorithm (reference or direct).
+    #[arg(long)]
+    pub algorithm: Option<String>,
+}
+
 /// One layer to time.
 pub struct Layer {
     pub name: String,
@@ -87,14 +110,20 @@ fn list(v: &Value, key: &str) -> Result<Vec<usize>> {
         .as_array()
         .with_context(|| format!("layer field '{key}' is not a list"))?
         .iter()
-        .map(|x| x.as_u64().map(|u| u as usize).with_context(|| format!("'{key}' holds a non-integer")))
+        .map(|x| {
+            x.as_u64()
+                .map(|u| u as usize)
+                .with_context(|| format!("'{key}' holds a non-integer"))
+        })
         .collect()
 }
 
 /// Layers of a suite JSON text.
 pub fn parse_suite(text: &str) -> Result<Vec<Layer>> {
     let v: Value = serde_json::from_str(text).context("suite is not valid JSON")?;
-    let layers = v["layers"].as_array().context("suite has no \"layers\" list")?;
+    let layers = v["layers"]
+        .as_array()
+        .context("suite has no \"layers\" list")?;
     layers
         .iter()
         .map(|l| {
@@ -105,7 +134,10 @@ pub fn parse_suite(text: &str) -> Result<Vec<Layer>> {
                 .dilation(&list(l, "dilation")?)
                 .groups(l["groups"].as_u64().unwrap_or(1) as usize);
             Ok(Layer {
-                name: l["name"].as_str().context("layer without a name")?.to_string(),
+                name: l["name"]
+                    .as_str()
+                    .context("layer without a name")?
+                    .to_string(),
                 input: list(l, "input")?,
                 c_out: l["c_out"].as_u64().context("layer without c_out")? as usize,
                 kernel: list(l, "kernel")?,
@@ -194,15 +226,18 @@ pub fn time_layer(l: &Layer, a: &BenchArgs, opts: &PlanOptions) -> Result<Vec<Ti
     Ok(out)
 }
 
-/// Run `tconv bench`.
-pub fn run(a: &BenchArgs) -> Result<()> {
+/// The layers the flags select.
+pub fn layers(a: &LayerArgs) -> Result<Vec<Layer>> {
     let mut layers = if let Some(input) = &a.input {
         let (Some(c_out), Some(kernel)) = (a.c_out, &a.kernel) else {
             bail!("a single layer needs --input, --c-out and --kernel");
         };
         let mut p = ConvParams::new().groups(a.groups);
         for (flag, set) in [
-            (&a.stride, ConvParams::stride as fn(ConvParams, &[usize]) -> ConvParams),
+            (
+                &a.stride,
+                ConvParams::stride as fn(ConvParams, &[usize]) -> ConvParams,
+            ),
             (&a.padding, ConvParams::padding),
             (&a.output_padding, ConvParams::output_padding),
             (&a.dilation, ConvParams::dilation),
@@ -211,10 +246,17 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                 p = set(p, &v.0);
             }
         }
-        vec![Layer { name: "custom".into(), input: input.0.clone(), c_out, kernel: kernel.0.clone(), params: p }]
+        vec![Layer {
+            name: "custom".into(),
+            input: input.0.clone(),
+            c_out,
+            kernel: kernel.0.clone(),
+            params: p,
+        }]
     } else {
         let text = match &a.suite {
-            Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read suite {path}"))?,
+            Some(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read suite {path}"))?,
             None => SUITE.to_string(),
         };
         parse_suite(&text)?
@@ -223,17 +265,58 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         for want in &a.layer {
             if !layers.iter().any(|l| &l.name == want) {
                 let names: Vec<&str> = layers.iter().map(|l| l.name.as_str()).collect();
-                bail!("no layer named '{want}' in the suite (layers: {})", names.join(", "));
+                bail!(
+                    "no layer named '{want}' in the suite (layers: {})",
+                    names.join(", ")
+                );
             }
         }
         layers.retain(|l| a.layer.contains(&l.name));
     }
+    Ok(layers)
+}
+
+fn algorithm(name: &Option<String>) -> Result<Option<tconv::Algorithm>> {
+    match name {
+        Some(s) => Ok(Some(tconv::Algorithm::parse(s).with_context(|| {
+            format!("unknown algorithm '{s}' (reference or direct)")
+        })?)),
+        None => Ok(None),
+    }
+}
+
+/// Run `tconv plan`: print the plan of each selected layer.
+pub fn plan(a: &PlanArgs) -> Result<()> {
+    let opts = PlanOptions {
+        threads: a.threads,
+        algorithm: algorithm(&a.algorithm)?,
+        ..PlanOptions::default()
+    };
+    for l in layers(&a.layers)? {
+        let g = l.params.groups.max(1);
+        let mut w_shape = vec![l.input[1], l.c_out / g];
+        w_shape.extend(&l.kernel);
+        let w = ArrayD::<f32>::zeros(IxDyn(&w_shape));
+        let plan = if a.conv {
+            let t = Plan::new(Op::ConvTranspose, &l.input, &w, None, &l.params, &opts)?;
+            let mut p = l.params.clone();
+            p.output_padding.clear();
+            Plan::new(Op::Conv, &t.geometry().output_shape(), &w, None, &p, &opts)?
+        } else {
+            Plan::new(Op::ConvTranspose, &l.input, &w, None, &l.params, &opts)?
+        };
+        println!("== {}{}", l.name, if a.conv { " (conv)" } else { "" });
+        println!("{plan}");
+    }
+    Ok(())
+}
+
+/// Run `tconv bench`.
+pub fn run(a: &BenchArgs) -> Result<()> {
+    let layers = layers(&a.layers)?;
     let opts = PlanOptions {
         threads: Some(a.threads.max(1)),
-        algorithm: match &a.algorithm {
-            Some(s) => Some(tconv::Algorithm::parse(s).with_context(|| format!("unknown algorithm '{s}'"))?),
-            None => None,
-        },
+        algorithm: algorithm(&a.algorithm)?,
         ..PlanOptions::default()
     };
     if !a.json {

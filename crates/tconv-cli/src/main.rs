@@ -55,8 +55,15 @@ enum Command {
     )]
     Shape(shape::ShapeArgs),
     /// Time the standard layer suite (or one layer) through the planner.
-    #[command(after_help = "Examples:\n  tconv bench --threads 1\n  tconv bench --layer dcgan1 --threads 2 --json\n  tconv bench --input 16,512,4,4 --c-out 256 --kernel 4,4 --stride 2 --padding 1")]
+    #[command(
+        after_help = "Examples:\n  tconv bench --threads 1\n  tconv bench --layer dcgan1 --threads 2 --json\n  tconv bench --input 16,512,4,4 --c-out 256 --kernel 4,4 --stride 2 --padding 1"
+    )]
     Bench(bench::BenchArgs),
+    /// Show how a layer would be computed: algorithm, why, kernel, shapes, workspace, threads.
+    #[command(
+        after_help = "Examples:\n  tconv plan --layer dcgan1\n  tconv plan --input 1,64,32,32 --c-out 32 --kernel 3 --stride 2 --padding 1 --output-padding 1 --threads 2"
+    )]
+    Plan(bench::PlanArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -110,6 +117,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Shape(a) => print!("{}", shape::run(&a)?),
         Command::Bench(a) => bench::run(&a)?,
+        Command::Plan(a) => bench::plan(&a)?,
     }
     Ok(())
 }

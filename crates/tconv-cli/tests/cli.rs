@@ -208,7 +208,7 @@ fn conformance_cases_end_to_end_through_npy_files() {
         let name = case.file_name().unwrap().to_string_lossy().to_string();
         // Every 10th case keeps the test quick while covering 1-3-D, both ops, both dtypes.
         let number: usize = name.get(..4).and_then(|n| n.parse().ok()).unwrap_or(1);
-        if number % 10 != 0 {
+        if !number.is_multiple_of(10) {
             continue;
         }
         let meta: serde_json::Value =

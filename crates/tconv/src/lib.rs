@@ -82,6 +82,13 @@ fn run<'x, 'w, T: Element, D1: Dimension, D2: Dimension>(
     params: &ConvParams,
 ) -> Result<ArrayD<T>> {
     let x = x.into().into_dyn();
-    let plan = plan::Plan::new(op, x.shape(), w, bias.as_ref().map(|b| b.len()), params, &plan::PlanOptions::default())?;
+    let plan = plan::Plan::new(
+        op,
+        x.shape(),
+        w,
+        bias.as_ref().map(|b| b.len()),
+        params,
+        &plan::PlanOptions::default(),
+    )?;
     plan.execute(x, bias)
 }

@@ -42,7 +42,7 @@ impl Padding {
     /// ONNX `pads` layout: `[x1_begin, x2_begin, ..., x1_end, x2_end, ...]`.
     /// Returns `None` when the length is odd.
     pub fn from_onnx_pads(pads: &[usize]) -> Option<Padding> {
-        if pads.len() % 2 != 0 {
+        if !pads.len().is_multiple_of(2) {
             return None;
         }
         let (begin, end) = pads.split_at(pads.len() / 2);

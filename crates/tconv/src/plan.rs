@@ -10,8 +10,8 @@ use std::fmt;
 use ndarray::{ArrayD, ArrayView1, AsArray, Dimension, IxDyn};
 
 use crate::error::{fail, ErrorKind, Result};
-use crate::fast::direct::{execute, DirectKernel, TileTable};
-use crate::fast::kernels::{portable, tile_shapes, KernelFn};
+use crate::fast::direct::{execute, DirectKernel, Kernel, TileTable};
+use crate::fast::kernels::{portable, tile_shapes};
 use crate::fast::pack::pack_weights;
 use crate::fast::spec::{DirectSpec, SourceLayout};
 use crate::fast::Isa;
@@ -57,6 +57,8 @@ pub struct PlanOptions {
     pub isa: Option<Isa>,
     /// Force a tile shape `(output channels, vectors)`.
     pub tile: Option<(usize, usize)>,
+    /// Force in-place (`true`) or packed-panel (`false`) kernels.
+    pub inplace: Option<bool>,
 }
 
 /// Below this many FLOPs a problem runs on one thread (thread wake-up costs more).
@@ -74,15 +76,28 @@ pub struct Plan<T: Element> {
     weight: Vec<T>,
 }
 
-/// Modelled cycles for a tile shape: blocks × tiles × per-step cost (FMAs or loads).
-fn tile_cost(cout_g: usize, flat: usize, lanes: usize, mr: usize, v: usize) -> usize {
+/// Modelled time for a tile shape: the FMA work including padding waste (channels rounded
+/// up to `mr`, positions to `v` vectors), divided by the shape's measured efficiency.
+fn tile_cost(cout_g: usize, flat: usize, lanes: usize, (mr, v, eff): (usize, usize, f32)) -> f32 {
     let blocks = cout_g.div_ceil(mr);
     let tiles = flat.div_ceil(v * lanes).max(1);
-    blocks * tiles * (mr * v).max((mr + v).div_ceil(2)) * 4 + blocks * tiles * 8
+    (blocks * tiles * mr * v) as f32 / eff
 }
 
-fn kernel_for<T: Element>(isa: Isa, mr: usize, v: usize) -> Option<KernelFn<T>> {
-    T::fast_kernel(isa, mr, v).or_else(|| portable::<T>(mr, v))
+/// Below this many output channels per group the input is read in place, not packed:
+/// a packed panel is reused by every output channel, so it pays only when there are many.
+const INPLACE_BELOW: usize = 8;
+
+fn kernel_for<T: Element>(isa: Isa, inplace: bool, mr: usize, v: usize) -> Option<Kernel<T>> {
+    if inplace {
+        T::fast_inplace(isa, mr, v)
+            .or_else(|| crate::fast::inplace::portable::<T>(mr, v))
+            .map(Kernel::Inplace)
+    } else {
+        T::fast_kernel(isa, mr, v)
+            .or_else(|| portable::<T>(mr, v))
+            .map(Kernel::Packed)
+    }
 }
 
 impl<T: Element> Plan<T> {
@@ -98,7 +113,9 @@ impl<T: Element> Plan<T> {
                 expected: g.weight_shape(),
             });
         }
-        let env_algo = std::env::var("TCONV_ALGORITHM").ok().and_then(|s| Algorithm::parse(&s));
+        let env_algo = std::env::var("TCONV_ALGORITHM")
+            .ok()
+            .and_then(|s| Algorithm::parse(&s));
         let (algorithm, reason) = match options.algorithm.or(env_algo) {
             Some(a) => (a, "forced by the caller or TCONV_ALGORITHM".to_string()),
             None => (Algorithm::Direct, direct_reason(&g)),
@@ -107,7 +124,11 @@ impl<T: Element> Plan<T> {
             Some(i) => i.or_below(),
             None => Isa::detect(),
         };
-        let isa = if T::fast_kernel(isa, 1, 4).is_some() { isa } else { Isa::Scalar };
+        let isa = if T::fast_kernel(isa, 1, 4).is_some() {
+            isa
+        } else {
+            Isa::Scalar
+        };
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let threads = match options.threads {
             Some(t) => t.max(1),
@@ -118,28 +139,78 @@ impl<T: Element> Plan<T> {
             let spec = DirectSpec::new(&g);
             let lanes = isa.lanes();
             let per_image = spec.flat_len();
+            let inplace = match options.inplace {
+                Some(b) => b,
+                None => g.out_per_group() < INPLACE_BELOW,
+            };
+            let shapes = if inplace {
+                crate::fast::inplace::tile_shapes(isa)
+            } else {
+                tile_shapes(isa)
+            };
             let (mr, v) = match options.tile {
                 Some(t) => t,
-                None => *tile_shapes(isa)
+                None => shapes
                     .iter()
-                    .min_by_key(|&&(mr, v)| tile_cost(g.out_per_group(), per_image, lanes, mr, v))
-                    .unwrap_or(&(1, 4)),
+                    .min_by(|a, b| {
+                        let cost = |t: &(usize, usize, f32)| {
+                            tile_cost(g.out_per_group(), per_image, lanes, *t)
+                        };
+                        cost(a).total_cmp(&cost(b))
+                    })
+                    .map_or((1, 4), |t| (t.0, t.1)),
             };
-            let Some(kernel) = kernel_for::<T>(isa, mr, v) else {
+            let Some(kernel) = kernel_for::<T>(isa, inplace, mr, v) else {
                 return fail(ErrorKind::ShapeMismatch {
                     what: "forced tile shape (no such kernel)",
                     got: vec![mr, v],
-                    expected: tile_shapes(isa).iter().map(|t| t.0 * 100 + t.1).collect(),
+                    expected: shapes.iter().map(|t| t.0 * 100 + t.1).collect(),
                 });
             };
             let packed = pack_weights(&g, &spec, w, mr);
-            let table = TileTable::new(&g, &spec, v * lanes);
-            Some(DirectKernel { spec, packed, kernel, mr, v, lanes, table })
+            // Split the work into about 4 tasks per thread: batch items first, then row bands.
+            let q0 = spec
+                .phases
+                .iter()
+                .map(|p| p.extents[0])
+                .max()
+                .unwrap_or(1)
+                .max(1);
+            let want = if threads <= 1 { 1 } else { 4 * threads };
+            let per_group = want.div_ceil(g.groups).max(1);
+            let batch_tasks = per_group.min(g.batch.max(1));
+            let batch_chunk = g.batch.max(1).div_ceil(batch_tasks);
+            let row_tasks = per_group.div_ceil(batch_tasks).min(q0);
+            let chunk_rows = q0.div_ceil(row_tasks);
+            let table = TileTable::new(&g, &spec, v * lanes, chunk_rows);
+            Some(DirectKernel {
+                spec,
+                packed,
+                kernel,
+                mr,
+                v,
+                lanes,
+                table,
+                batch_chunk,
+                chunks_per_task: 1,
+            })
         } else {
             None
         };
-        let weight = if direct.is_none() { w.to_vec() } else { Vec::new() };
-        Ok(Plan { geometry: g, algorithm, reason, threads, isa, direct, weight })
+        let weight = if direct.is_none() {
+            w.to_vec()
+        } else {
+            Vec::new()
+        };
+        Ok(Plan {
+            geometry: g,
+            algorithm,
+            reason,
+            threads,
+            isa,
+            direct,
+            weight,
+        })
     }
 
     /// Plan `op` for arrays of these shapes, packing `w` once.
@@ -173,8 +244,18 @@ impl<T: Element> Plan<T> {
     pub fn threads(&self) -> usize {
         self.threads
     }
-    /// Bytes of scratch memory beyond input, weight and output: the packed weights, any
-    /// repacked input, and one tile buffer per thread.
+    /// Bytes the plan holds for its lifetime: the packed weights (about the weight's own
+    /// size) and the tile table.
+    pub fn packed_bytes(&self) -> usize {
+        match &self.direct {
+            None => self.weight.len() * std::mem::size_of::<T>(),
+            Some(d) => d.packed.data.len() * std::mem::size_of::<T>() + d.table.bytes(),
+        }
+    }
+
+    /// Bytes of scratch memory one execution allocates beyond input and output: any
+    /// repacked input, plus per thread its input panels and tile accumulators (bounded by
+    /// the L2 budget, independent of the batch).
     pub fn workspace_bytes(&self) -> usize {
         let size = std::mem::size_of::<T>();
         match &self.direct {
@@ -185,7 +266,7 @@ impl<T: Element> Plan<T> {
                     SourceLayout::Direct => 0,
                     _ => g.batch * g.in_channels * d.spec.channel_stride,
                 };
-                (d.packed.data.len() + source + self.threads * d.mr * d.v * d.lanes) * size + d.table.bytes()
+                (source + self.threads * d.scratch_len(g)) * size
             }
         }
     }
@@ -193,7 +274,20 @@ impl<T: Element> Plan<T> {
     /// A one-line name for the algorithm and kernel, e.g. `direct/avx512 16x1`.
     pub fn label(&self) -> String {
         match &self.direct {
-            Some(d) => format!("{}/{} {}x{}", self.algorithm.name(), self.isa, d.mr, d.v),
+            Some(d) => {
+                let family = match d.kernel {
+                    Kernel::Packed(_) => "packed",
+                    Kernel::Inplace(_) => "inplace",
+                };
+                format!(
+                    "{}/{}/{} {}x{}",
+                    self.algorithm.name(),
+                    family,
+                    self.isa,
+                    d.mr,
+                    d.v
+                )
+            }
             None => self.algorithm.name().to_string(),
         }
     }
@@ -202,16 +296,31 @@ impl<T: Element> Plan<T> {
     ///
     /// # Errors
     /// `x` or the bias not of the planned shapes.
-    pub fn execute<'x, D: Dimension>(&self, x: impl AsArray<'x, T, D>, bias: Option<ArrayView1<'_, T>>) -> Result<ArrayD<T>> {
+    pub fn execute<'x, D: Dimension>(
+        &self,
+        x: impl AsArray<'x, T, D>,
+        bias: Option<ArrayView1<'_, T>>,
+    ) -> Result<ArrayD<T>> {
         let x = x.into().into_dyn();
         let g = &self.geometry;
-        let expected = if g.batched { g.input_shape() } else { g.input_shape()[1..].to_vec() };
+        let expected = if g.batched {
+            g.input_shape()
+        } else {
+            g.input_shape()[1..].to_vec()
+        };
         if x.shape() != expected.as_slice() {
-            return fail(ErrorKind::ShapeMismatch { what: "input", got: x.shape().to_vec(), expected });
+            return fail(ErrorKind::ShapeMismatch {
+                what: "input",
+                got: x.shape().to_vec(),
+                expected,
+            });
         }
         if let Some(b) = &bias {
             if b.len() != g.out_channels {
-                return fail(ErrorKind::BiasShape { got: b.shape().to_vec(), expected: g.out_channels });
+                return fail(ErrorKind::BiasShape {
+                    got: b.shape().to_vec(),
+                    expected: g.out_channels,
+                });
             }
         }
         let xc = contiguous(&x);
@@ -244,16 +353,19 @@ fn direct_reason(g: &Geometry) -> String {
         (Op::ConvTranspose, true) => {
             let spec = DirectSpec::new(g);
             let live = spec.phases.iter().filter(|p| !p.taps.is_empty()).count();
-            let taps: Vec<String> = spec.phases.iter().map(|p| p.taps.len().to_string()).collect();
+            let mut counts: Vec<usize> = spec.phases.iter().map(|p| p.taps.len()).collect();
+            counts.sort_unstable();
+            counts.dedup();
+            let taps: Vec<String> = counts.iter().map(|c| c.to_string()).collect();
             let kernel_eq_stride = g.axes.iter().all(|a| a.kernel == a.stride && a.dilation == 1);
             if kernel_eq_stride {
                 format!("kernel == stride: {} phases of one tap each, no overlap (one GEMM-like pass + depth-to-space store)", spec.phases.len())
             } else {
                 format!(
-                    "stride > 1: phase decomposition into {} dense stride-1 phases ({} with taps; taps per phase [{}]), no zero multiplies, no col2im workspace",
+                    "stride > 1: phase decomposition into {} dense stride-1 phases ({} with taps; taps per phase: {}), no zero multiplies, no col2im workspace",
                     spec.phases.len(),
                     live,
-                    taps.join(", ")
+                    taps.join(" or ")
                 )
             }
         }
@@ -268,7 +380,13 @@ fn direct_reason(g: &Geometry) -> String {
 impl<T: Element> fmt::Display for Plan<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let g = &self.geometry;
-        writeln!(f, "op:          {} input {:?} -> output {:?}", g.op.name(), g.input_shape(), g.output_shape())?;
+        writeln!(
+            f,
+            "op:          {} input {:?} -> output {:?}",
+            g.op.name(),
+            g.input_shape(),
+            g.output_shape()
+        )?;
         writeln!(f, "algorithm:   {}", self.algorithm.name())?;
         writeln!(f, "why:         {}", self.reason)?;
         if let Some(d) = &self.direct {
@@ -294,7 +412,16 @@ impl<T: Element> fmt::Display for Plan<T> {
             }
             writeln!(f, "source:      {:?}", d.spec.source)?;
         }
-        writeln!(f, "workspace:   {} bytes", self.workspace_bytes())?;
+        writeln!(
+            f,
+            "packed:      {} bytes (weights packed once, tile table)",
+            self.packed_bytes()
+        )?;
+        writeln!(
+            f,
+            "workspace:   {} bytes per execution",
+            self.workspace_bytes()
+        )?;
         writeln!(f, "threads:     {}", self.threads)?;
         write!(f, "flops:       {}", g.flops())
     }

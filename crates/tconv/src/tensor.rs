@@ -23,24 +23,62 @@ pub trait Element:
     /// NumPy-style dtype name (`float32`, `float64`).
     const DTYPE: &'static str;
 
-    /// A SIMD microkernel for this element type, if one exists for `isa` and the tile.
+    /// A SIMD packed-panel microkernel for this element type, if one exists.
     #[doc(hidden)]
-    fn fast_kernel(isa: crate::fast::Isa, mr: usize, v: usize) -> Option<crate::fast::kernels::KernelFn<Self>>;
+    fn fast_kernel(
+        isa: crate::fast::Isa,
+        mr: usize,
+        v: usize,
+    ) -> Option<crate::fast::kernels::KernelFn<Self>>;
+
+    /// A SIMD in-place microkernel for this element type, if one exists.
+    #[doc(hidden)]
+    fn fast_inplace(
+        isa: crate::fast::Isa,
+        mr: usize,
+        v: usize,
+    ) -> Option<crate::fast::inplace::InplaceFn<Self>>;
 }
 
 impl Element for f32 {
     const DTYPE: &'static str = "float32";
-    fn fast_kernel(isa: crate::fast::Isa, mr: usize, v: usize) -> Option<crate::fast::kernels::KernelFn<f32>> {
+    fn fast_kernel(
+        isa: crate::fast::Isa,
+        mr: usize,
+        v: usize,
+    ) -> Option<crate::fast::kernels::KernelFn<f32>> {
         crate::fast::kernels::f32_kernel(isa, mr, v)
+    }
+    fn fast_inplace(
+        isa: crate::fast::Isa,
+        mr: usize,
+        v: usize,
+    ) -> Option<crate::fast::inplace::InplaceFn<f32>> {
+        crate::fast::inplace::f32_kernel(isa, mr, v)
     }
 }
 
 impl Element for f64 {
     const DTYPE: &'static str = "float64";
-    fn fast_kernel(isa: crate::fast::Isa, mr: usize, v: usize) -> Option<crate::fast::kernels::KernelFn<f64>> {
+    fn fast_kernel(
+        isa: crate::fast::Isa,
+        mr: usize,
+        v: usize,
+    ) -> Option<crate::fast::kernels::KernelFn<f64>> {
         // f64 runs the portable kernels.
         if isa == crate::fast::Isa::Scalar {
             crate::fast::kernels::portable(mr, v)
+        } else {
+            None
+        }
+    }
+    fn fast_inplace(
+        isa: crate::fast::Isa,
+        mr: usize,
+        v: usize,
+    ) -> Option<crate::fast::inplace::InplaceFn<f64>> {
+        if isa == crate::fast::Isa::Scalar {
+            crate::fast::inplace::portable(mr, v)
         } else {
             None
         }

@@ -5,12 +5,32 @@ mod common;
 
 use common::*;
 use ndarray::{ArrayD, ArrayView1};
+use tconv::fast::Isa;
 use tconv::npy::NpyArray;
 use tconv::reference::*;
-use tconv::{conv, conv_transpose, ConvParams, Element, Op};
+use tconv::{conv, conv_transpose, ConvParams, Element, Op, Plan, PlanOptions};
 
 type Runner<T> =
     fn(&ArrayD<T>, &ArrayD<T>, Option<ArrayView1<'_, T>>, &ConvParams) -> tconv::Result<ArrayD<T>>;
+
+/// Through the planner with forced choices.
+fn planned<T: Element>(
+    op: Op,
+    x: &ArrayD<T>,
+    w: &ArrayD<T>,
+    b: Option<ArrayView1<'_, T>>,
+    p: &ConvParams,
+    isa: Isa,
+    inplace: bool,
+) -> tconv::Result<ArrayD<T>> {
+    let o = PlanOptions {
+        threads: Some(2),
+        isa: Some(isa),
+        inplace: Some(inplace),
+        ..PlanOptions::default()
+    };
+    Plan::new(op, x.shape(), w, b.as_ref().map(|b| b.len()), p, &o)?.execute(x, b)
+}
 
 /// Every implementation of `op`, named.
 fn implementations<T: Element>(op: Op) -> Vec<(&'static str, Runner<T>)> {
@@ -19,6 +39,15 @@ fn implementations<T: Element>(op: Op) -> Vec<(&'static str, Runner<T>)> {
             ("conv", |x, w, b, p| conv(x, w, b, p)),
             ("gather", |x, w, b, p| conv_gather(x, w, b, p)),
             ("matrix", |x, w, b, p| conv_by_matrix(x, w, b, p)),
+            ("direct/scalar", |x, w, b, p| {
+                planned(Op::Conv, x, w, b, p, Isa::Scalar, false)
+            }),
+            ("direct/avx2/packed", |x, w, b, p| {
+                planned(Op::Conv, x, w, b, p, Isa::Avx2, false)
+            }),
+            ("direct/avx512/inplace", |x, w, b, p| {
+                planned(Op::Conv, x, w, b, p, Isa::Avx512, true)
+            }),
         ],
         Op::ConvTranspose => vec![
             ("conv_transpose", |x, w, b, p| conv_transpose(x, w, b, p)),
@@ -27,6 +56,15 @@ fn implementations<T: Element>(op: Op) -> Vec<(&'static str, Runner<T>)> {
                 conv_transpose_zero_insertion(x, w, b, p)
             }),
             ("matrix", |x, w, b, p| conv_transpose_by_matrix(x, w, b, p)),
+            ("direct/scalar", |x, w, b, p| {
+                planned(Op::ConvTranspose, x, w, b, p, Isa::Scalar, true)
+            }),
+            ("direct/avx2/inplace", |x, w, b, p| {
+                planned(Op::ConvTranspose, x, w, b, p, Isa::Avx2, true)
+            }),
+            ("direct/avx512/packed", |x, w, b, p| {
+                planned(Op::ConvTranspose, x, w, b, p, Isa::Avx512, false)
+            }),
         ],
     }
 }
@@ -97,7 +135,7 @@ fn onnx_backend_cases() {
             &npy(&dir.join("output_0.npy")),
             (1e-4, 1e-5),
         );
-        assert!(ran >= 2, "{name}: only {ran} implementations ran");
+        assert!(ran >= 5, "{name}: only {ran} implementations ran");
         match op {
             Op::Conv => conv_n += 1,
             Op::ConvTranspose => tconv_n += 1,
@@ -133,6 +171,6 @@ fn torch_golden_cases() {
             &expected,
             tol,
         );
-        assert!(ran >= 2, "{name}: only {ran} implementations ran");
+        assert!(ran >= 5, "{name}: only {ran} implementations ran");
     }
 }

@@ -1,73 +1,86 @@
-//! The direct driver: tiles the flattened phase grids, runs a microkernel per
-//! (tile, phase, output-channel block), and stores each output element once.
+//! The direct driver: for each tile of a phase's flattened output grid, packs the input
+//! panel once (all taps × input channels, zeros where a tap reads padding), runs the
+//! microkernel for every output-channel block against it, and stores each output element
+//! once with the bias added.
 //!
-//! Work is split into tasks that own disjoint output planes — `(group, channel block,
-//! batch range)` — handed out as `&mut` slices, so threads never share an output element and
-//! no reduction crosses threads: results are bitwise identical for any thread count.
+//! Work is split into tasks owning disjoint output rows — `(group, batch range, row chunk)`
+//! — handed out as `&mut` slices, so threads never share an output element and no reduction
+//! crosses threads: results are bitwise identical for any thread count.
 
+use std::ops::Range;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use rayon::prelude::*;
 
-use super::kernels::{KernelArgs, KernelFn, TapRun, MAX_V};
+use super::inplace::{InplaceArgs, InplaceFn, TapRun};
+use super::kernels::{KernelFn, MAX_V};
 use super::pack::{pack_source, PackedWeights};
 use super::spec::DirectSpec;
 use crate::geometry::Geometry;
 use crate::tensor::{numel, Element};
 
-/// A direct plan's compute part: decomposition, packed weights and the chosen kernel.
-pub struct DirectKernel<T> {
-    /// The phase decomposition.
-    pub spec: DirectSpec,
-    /// Weights packed for `kernel`'s tile.
-    pub packed: PackedWeights<T>,
-    /// The microkernel.
-    pub kernel: KernelFn<T>,
-    /// Output channels per tile.
-    pub mr: usize,
-    /// Vectors per tile.
-    pub v: usize,
-    /// Lanes per vector.
-    pub lanes: usize,
-    /// Per-tile masks and offsets.
-    pub table: TileTable,
-}
-
 /// Geometry-only bookkeeping of every tile, computed once per plan: which lanes each tap
 /// reads, which lanes each phase writes, and where each lane lands in the output.
+///
+/// The flattened grid is cut into chunks of `chunk_rows` phase rows (axis 0); tiles restart
+/// at each chunk, so a chunk writes a contiguous band of output rows and chunks can be given
+/// to different threads.
 pub struct TileTable {
     /// Lanes per tile (`v * lanes`, at most 64).
     pub tile_lanes: usize,
-    /// Number of tiles covering the flattened phase grid.
-    pub tiles: usize,
-    /// `out_base[tile * tile_lanes + l]`: output offset of lane `l` before the phase residue.
+    /// Phase rows (axis 0) per chunk.
+    pub chunk_rows: usize,
+    /// Tiles of chunk `c`: `chunk_tiles[c]..chunk_tiles[c + 1]`.
+    chunk_tiles: Vec<usize>,
+    /// First flat index of each tile.
+    tile_start: Vec<usize>,
+    /// `out_base[tile * tile_lanes + l]`: output offset (within a plane) of lane `l`, before
+    /// the phase residue.
     out_base: Vec<usize>,
     /// `live[tile * phases + phase]`: lanes that are output positions of the phase.
     live: Vec<u64>,
-    /// `masks[(tile * total_taps) + tap]`: live lanes whose tap reads inside the source.
+    /// `masks[tile * total_taps + tap]`: live lanes whose tap reads inside the source.
     masks: Vec<u64>,
+    /// Store runs of `(tile, phase)`: `run_start[i]..run_start[i + 1]` index `runs`.
+    run_start: Vec<usize>,
+    /// `(first lane, lanes, output offset of the first lane)`; lane `first + j` lands at
+    /// `offset + j * last_stride`.
+    runs: Vec<(usize, usize, usize)>,
+    /// Output stride along the last axis (distance between consecutive lanes of a run).
+    pub last_stride: usize,
     /// First tap of each phase in the flat tap numbering.
     tap_start: Vec<usize>,
     /// Source offset of each tap relative to the tile's first lane.
     tap_offset: Vec<isize>,
     /// Output offset of each phase's residue.
     phase_offset: Vec<usize>,
+    /// Output rows (axis 0) a phase row spans: the output stride along axis 0.
+    row_stride: usize,
+    /// Elements per output row (axis 0).
+    out_row: usize,
+    /// Output extent along axis 0.
+    out_rows: usize,
 }
 
 impl TileTable {
-    /// Build the table for `spec` on `g` with tiles of `tile_lanes` lanes.
-    pub fn new(g: &Geometry, spec: &DirectSpec, tile_lanes: usize) -> TileTable {
+    /// Build the table for `spec` on `g`, tiles of `tile_lanes` lanes, chunks of `chunk_rows`.
+    pub fn new(g: &Geometry, spec: &DirectSpec, tile_lanes: usize, chunk_rows: usize) -> TileTable {
         assert!(tile_lanes <= 64, "a tile mask is one u64");
         let dims = g.axes.len();
-        let flat = spec.flat_len();
-        let tiles = flat.div_ceil(tile_lanes);
         let out_ext: Vec<usize> = g.axes.iter().map(|a| a.output).collect();
         let mut out_pitch = vec![1usize; dims];
         for a in (0..dims.saturating_sub(1)).rev() {
             out_pitch[a] = out_pitch[a + 1] * out_ext[a + 1];
         }
-        let src_ext: Vec<usize> =
-            (0..dims).map(|a| if a == 0 { usize::MAX } else { spec.pitches[a - 1] / spec.pitches[a] }).collect();
+        let src_ext: Vec<usize> = (0..dims)
+            .map(|a| {
+                if a == 0 {
+                    usize::MAX
+                } else {
+                    spec.pitches[a - 1] / spec.pitches[a]
+                }
+            })
+            .collect();
         let mut tap_start = Vec::new();
         let mut tap_offset = Vec::new();
         for p in &spec.phases {
@@ -81,55 +94,194 @@ impl TileTable {
             }
         }
         let total_taps = tap_offset.len();
-        let phase_offset: Vec<usize> =
-            spec.phases.iter().map(|p| p.residue.iter().zip(&out_pitch).map(|(r, op)| r * op).sum()).collect();
-        let mut out_base = vec![0usize; tiles * tile_lanes];
-        let mut live = vec![0u64; tiles * spec.phases.len()];
-        let mut masks = vec![0u64; tiles * total_taps];
+        let phase_offset: Vec<usize> = spec
+            .phases
+            .iter()
+            .map(|p| p.residue.iter().zip(&out_pitch).map(|(r, op)| r * op).sum())
+            .collect();
+        let q0 = spec.phases.iter().map(|p| p.extents[0]).max().unwrap_or(0);
+        let chunk_rows = chunk_rows.clamp(1, q0.max(1));
+        let chunks = q0.div_ceil(chunk_rows);
+        let mut t = TileTable {
+            tile_lanes,
+            chunk_rows,
+            chunk_tiles: vec![0],
+            tile_start: Vec::new(),
+            out_base: Vec::new(),
+            live: Vec::new(),
+            masks: Vec::new(),
+            run_start: vec![0],
+            runs: Vec::new(),
+            last_stride: spec.out_stride[dims - 1],
+            tap_start,
+            tap_offset,
+            phase_offset,
+            row_stride: spec.out_stride[0],
+            out_row: out_pitch[0],
+            out_rows: out_ext[0],
+        };
         let mut coords = vec![0usize; dims];
-        for tile in 0..tiles {
-            for l in 0..tile_lanes {
-                let f = tile * tile_lanes + l;
-                if f >= flat {
-                    continue;
-                }
-                let mut ob = 0;
-                for a in 0..dims {
-                    coords[a] = (f / spec.pitches[a]) % src_ext[a];
-                    ob += coords[a] * spec.out_stride[a] * out_pitch[a];
-                }
-                out_base[tile * tile_lanes + l] = ob;
-                let mut t = 0;
-                for (pi, p) in spec.phases.iter().enumerate() {
-                    let is_live = (0..dims).all(|a| coords[a] < p.extents[a]);
-                    if is_live {
-                        live[tile * spec.phases.len() + pi] |= 1 << l;
+        for c in 0..chunks {
+            let lo = c * chunk_rows * spec.pitches[0];
+            let hi = ((c + 1) * chunk_rows).min(q0) * spec.pitches[0];
+            for f0 in (lo..hi).step_by(tile_lanes) {
+                let tile = t.tile_start.len();
+                t.tile_start.push(f0);
+                t.out_base.extend(std::iter::repeat_n(0, tile_lanes));
+                t.live.extend(std::iter::repeat_n(0, spec.phases.len()));
+                t.masks.extend(std::iter::repeat_n(0, total_taps));
+                for l in 0..tile_lanes.min(hi - f0) {
+                    let f = f0 + l;
+                    let mut ob = 0;
+                    for a in 0..dims {
+                        coords[a] = (f / spec.pitches[a]) % src_ext[a];
+                        ob += coords[a] * spec.out_stride[a] * out_pitch[a];
                     }
-                    for tap in &p.taps {
-                        let inside = (0..dims).all(|a| {
-                            let s = coords[a] as isize + tap.shift[a];
-                            s >= 0 && (s as usize) < tap.valid[a]
-                        });
-                        if is_live && inside {
-                            masks[tile * total_taps + t] |= 1 << l;
+                    t.out_base[tile * tile_lanes + l] = ob;
+                    let mut tap = 0;
+                    for (pi, p) in spec.phases.iter().enumerate() {
+                        let is_live = (0..dims).all(|a| coords[a] < p.extents[a]);
+                        if is_live {
+                            t.live[tile * spec.phases.len() + pi] |= 1 << l;
                         }
-                        t += 1;
+                        for ts in &p.taps {
+                            let inside = (0..dims).all(|a| {
+                                let s = coords[a] as isize + ts.shift[a];
+                                s >= 0 && (s as usize) < ts.valid[a]
+                            });
+                            if is_live && inside {
+                                t.masks[tile * total_taps + tap] |= 1 << l;
+                            }
+                            tap += 1;
+                        }
                     }
+                }
+                for pi in 0..spec.phases.len() {
+                    let live = t.live[tile * spec.phases.len() + pi];
+                    let base = &t.out_base[tile * tile_lanes..(tile + 1) * tile_lanes];
+                    let off = t.phase_offset[pi];
+                    let mut l = 0;
+                    while l < tile_lanes {
+                        if live & (1 << l) == 0 {
+                            l += 1;
+                            continue;
+                        }
+                        let first = l;
+                        while l + 1 < tile_lanes
+                            && live & (1 << (l + 1)) != 0
+                            && base[l + 1] == base[l] + t.last_stride
+                        {
+                            l += 1;
+                        }
+                        t.runs.push((first, l + 1 - first, base[first] + off));
+                        l += 1;
+                    }
+                    t.run_start.push(t.runs.len());
                 }
             }
+            t.chunk_tiles.push(t.tile_start.len());
         }
-        TileTable { tile_lanes, tiles, out_base, live, masks, tap_start, tap_offset, phase_offset }
+        t
+    }
+
+    /// Number of chunks.
+    pub fn chunks(&self) -> usize {
+        self.chunk_tiles.len() - 1
+    }
+
+    /// Output rows (axis 0) written by chunks `c`: a contiguous band.
+    fn rows(&self, c: Range<usize>) -> Range<usize> {
+        let lo = (c.start * self.chunk_rows * self.row_stride).min(self.out_rows);
+        let hi = if c.end >= self.chunks() {
+            self.out_rows
+        } else {
+            (c.end * self.chunk_rows * self.row_stride).min(self.out_rows)
+        };
+        lo..hi
     }
 
     /// Bytes held by the table.
     pub fn bytes(&self) -> usize {
-        self.out_base.len() * 8 + self.live.len() * 8 + self.masks.len() * 8 + self.tap_offset.len() * 16
+        8 * (self.out_base.len()
+            + self.live.len()
+            + self.masks.len()
+            + self.tile_start.len()
+            + self.run_start.len())
+            + 24 * self.runs.len()
+            + 16 * self.tap_offset.len()
     }
 }
 
+/// The two kernel families.
+#[derive(Clone, Copy)]
+pub enum Kernel<T> {
+    /// Packed input panels, GEMM microkernel (many output channels per group).
+    Packed(KernelFn<T>),
+    /// Input read in place through lane masks (few output channels per group).
+    Inplace(InplaceFn<T>),
+}
+
+/// A direct plan's compute part: decomposition, packed weights, kernel and tile table.
+pub struct DirectKernel<T> {
+    /// The phase decomposition.
+    pub spec: DirectSpec,
+    /// Weights packed for `kernel`'s tile.
+    pub packed: PackedWeights<T>,
+    /// The microkernel.
+    pub kernel: Kernel<T>,
+    /// Output channels per tile.
+    pub mr: usize,
+    /// Vectors per tile.
+    pub v: usize,
+    /// Lanes per vector.
+    pub lanes: usize,
+    /// Per-tile masks and offsets.
+    pub table: TileTable,
+    /// Batch items per task.
+    pub batch_chunk: usize,
+    /// Row chunks per task.
+    pub chunks_per_task: usize,
+}
+
+impl<T> DirectKernel<T> {
+    /// Elements of the per-thread input panel: most taps of a phase × C_in/g × tile lanes
+    /// (0 for in-place kernels).
+    pub fn panel_len(&self, cin_g: usize) -> usize {
+        if let Kernel::Inplace(_) = self.kernel {
+            return 0;
+        }
+        let taps = self
+            .spec
+            .phases
+            .iter()
+            .map(|p| p.taps.len())
+            .max()
+            .unwrap_or(0);
+        taps * cin_g * self.table.tile_lanes
+    }
+}
+
+impl<T> DirectKernel<T> {
+    /// Elements of scratch one task allocates: panels, accumulators and the tile buffer.
+    pub fn scratch_len(&self, g: &Geometry) -> usize {
+        let tl = self.table.tile_lanes;
+        match self.kernel {
+            Kernel::Inplace(_) => self.mr * tl,
+            Kernel::Packed(_) => {
+                let panel = self.panel_len(g.in_per_group()).max(1);
+                let group = (PANEL_BUDGET / (panel * std::mem::size_of::<T>())).clamp(1, 16);
+                group * (panel + self.packed.blocks * self.mr * tl)
+            }
+        }
+    }
+}
+
+/// Thread pools by thread count.
+type Pools = Mutex<Vec<(usize, Arc<rayon::ThreadPool>)>>;
+
 /// A thread pool per thread count, built once.
 fn pool(threads: usize) -> Arc<rayon::ThreadPool> {
-    static POOLS: OnceLock<Mutex<Vec<(usize, Arc<rayon::ThreadPool>)>>> = OnceLock::new();
+    static POOLS: OnceLock<Pools> = OnceLock::new();
     let pools = POOLS.get_or_init(|| Mutex::new(Vec::new()));
     let mut pools = pools.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, p)) = pools.iter().find(|(n, _)| *n == threads) {
@@ -146,12 +298,12 @@ fn pool(threads: usize) -> Arc<rayon::ThreadPool> {
     p
 }
 
-/// One unit of parallel work: some output planes of one group and channel block.
+/// One unit of parallel work: a band of output rows of one group for some batch items.
 struct Task<'y, T> {
     group: usize,
-    block: usize,
-    batch: std::ops::Range<usize>,
-    /// Planes in `(n, m)` order, `m` in `0..mr_actual`.
+    batch: Range<usize>,
+    chunks: Range<usize>,
+    /// Row bands in `(n, co_local)` order.
     planes: Vec<&'y mut [T]>,
 }
 
@@ -170,29 +322,38 @@ pub fn execute<T: Element>(
     if out_plane == 0 || g.batch == 0 {
         return;
     }
-    let (cout_g, blocks) = (g.out_per_group(), k.packed.blocks);
-    let unit_tasks = g.groups * blocks;
-    // Enough tasks to balance the threads, but batch items kept together (weights stay hot).
-    let n_chunk = if threads <= 1 { g.batch } else { (g.batch * unit_tasks).div_ceil(4 * threads).div_ceil(unit_tasks).max(1) };
-    let n_chunks = g.batch.div_ceil(n_chunk);
-    let mut tasks: Vec<Task<'_, T>> = (0..unit_tasks * n_chunks)
-        .map(|t| {
-            let (unit, c) = (t / n_chunks, t % n_chunks);
-            Task {
-                group: unit / blocks,
-                block: unit % blocks,
-                batch: c * n_chunk..((c + 1) * n_chunk).min(g.batch),
-                planes: Vec::new(),
-            }
+    let table = &k.table;
+    let cout_g = g.out_per_group();
+    let n_groups = g.batch.div_ceil(k.batch_chunk);
+    let c_groups = table.chunks().div_ceil(k.chunks_per_task);
+    let task_chunks =
+        |c: usize| c * k.chunks_per_task..((c + 1) * k.chunks_per_task).min(table.chunks());
+    let mut tasks: Vec<Task<'_, T>> = (0..g.groups * n_groups * c_groups)
+        .map(|t| Task {
+            group: t / (n_groups * c_groups),
+            batch: (t / c_groups % n_groups) * k.batch_chunk
+                ..((t / c_groups % n_groups + 1) * k.batch_chunk).min(g.batch),
+            chunks: task_chunks(t % c_groups),
+            planes: Vec::new(),
         })
         .collect();
     for (i, plane) in y.chunks_mut(out_plane).enumerate() {
         let (n, co) = (i / g.out_channels, i % g.out_channels);
-        let (group, col) = (co / cout_g, co % cout_g);
-        let unit = group * blocks + col / k.mr;
-        tasks[unit * n_chunks + n / n_chunk].planes.push(plane);
+        let group = co / cout_g;
+        let mut rest = plane;
+        for c in 0..c_groups {
+            let rows = table.rows(task_chunks(c));
+            let (band, tail) = rest.split_at_mut((rows.end - rows.start) * table.out_row);
+            rest = tail;
+            tasks[(group * n_groups + n / k.batch_chunk) * c_groups + c]
+                .planes
+                .push(band);
+        }
     }
-    let run = |task: Task<'_, T>| run_task(g, k, src, bias, task);
+    let run = |task: Task<'_, T>| match k.kernel {
+        Kernel::Packed(f) => run_task(g, k, f, src, bias, task),
+        Kernel::Inplace(f) => run_task_inplace(g, k, f, src, bias, task),
+    };
     if threads <= 1 {
         tasks.into_iter().for_each(run);
     } else {
@@ -200,77 +361,325 @@ pub fn execute<T: Element>(
     }
 }
 
-fn run_task<T: Element>(g: &Geometry, k: &DirectKernel<T>, src: &[T], bias: Option<&[T]>, mut task: Task<'_, T>) {
+/// `plane[at + j*stride] = row[j] + b` for each `j` (the output positions of a run).
+#[inline(always)]
+fn store_run<T: Element>(plane: &mut [T], at: usize, stride: usize, row: &[T], b: T) {
+    if stride == 1 {
+        for (d, v) in plane[at..at + row.len()].iter_mut().zip(row) {
+            *d = *v + b;
+        }
+    } else {
+        let dst = &mut plane[at..=at + (row.len() - 1) * stride];
+        for (j, v) in row.iter().enumerate() {
+            dst[j * stride] = *v + b;
+        }
+    }
+}
+
+/// `plane[at + j*stride] = b` for `j` in `0..len`.
+#[inline(always)]
+fn fill_run<T: Element>(plane: &mut [T], at: usize, stride: usize, len: usize, b: T) {
+    let dst = &mut plane[at..=at + (len - 1) * stride];
+    for j in 0..len {
+        dst[j * stride] = b;
+    }
+}
+
+/// Copy a short slice inline (a `memcpy` call costs more than the copy for tile rows).
+#[inline(always)]
+fn copy_short<T: Copy>(dst: &mut [T], src: &[T]) {
+    let mut d = dst.chunks_exact_mut(8);
+    let mut s = src.chunks_exact(8);
+    for (d8, s8) in (&mut d).zip(&mut s) {
+        let s8: &[T; 8] = s8.try_into().expect("chunk of 8");
+        let d8: &mut [T; 8] = d8.try_into().expect("chunk of 8");
+        *d8 = *s8;
+    }
+    for (d1, s1) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d1 = *s1;
+    }
+}
+
+/// Zero a short slice inline.
+#[inline(always)]
+fn fill_zero<T: Element>(dst: &mut [T]) {
+    for v in dst {
+        *v = T::zero();
+    }
+}
+
+/// Copy the live lanes of each tap (zeros elsewhere) into `panel[tap][ci][lane]`.
+#[allow(clippy::too_many_arguments)]
+fn pack_panel<T: Element>(
+    src: &[T],
+    base: usize,
+    channel_stride: usize,
+    channels: usize,
+    taps: Range<usize>,
+    tile: usize,
+    table: &TileTable,
+    panel: &mut [T],
+) -> bool {
+    let tl = table.tile_lanes;
+    let total_taps = table.tap_offset.len();
+    let f0 = table.tile_start[tile];
+    let mut any = false;
+    for (ti, t) in taps.enumerate() {
+        let mask = table.masks[tile * total_taps + t];
+        any |= mask != 0;
+        let start = base as isize + f0 as isize + table.tap_offset[t];
+        let rows = &mut panel[ti * channels * tl..(ti + 1) * channels * tl];
+        if mask == 0 {
+            rows.fill(T::zero());
+            continue;
+        }
+        // Runs of consecutive live lanes: (first lane, length).
+        let mut runs = [(0usize, 0usize); 32];
+        let mut n_runs = 0;
+        let mut bits = mask;
+        while bits != 0 && n_runs < runs.len() {
+            let lo = bits.trailing_zeros() as usize;
+            let len = (!(bits >> lo)).trailing_zeros() as usize;
+            runs[n_runs] = (lo, len);
+            n_runs += 1;
+            bits &= if lo + len >= 64 {
+                0
+            } else {
+                !0u64 << (lo + len)
+            };
+        }
+        let full = bits == 0;
+        for (ci, row) in rows.chunks_exact_mut(tl).enumerate() {
+            let s = start + (ci * channel_stride) as isize;
+            if !full {
+                // More runs than the fast path holds: lane by lane.
+                for (l, slot) in row.iter_mut().enumerate() {
+                    *slot = if mask & (1 << l) != 0 {
+                        src[(s + l as isize) as usize]
+                    } else {
+                        T::zero()
+                    };
+                }
+                continue;
+            }
+            let mut pos = 0;
+            for &(lo, len) in &runs[..n_runs] {
+                fill_zero(&mut row[pos..lo]);
+                let from = (s + lo as isize) as usize;
+                copy_short(&mut row[lo..lo + len], &src[from..from + len]);
+                pos = lo + len;
+            }
+            fill_zero(&mut row[pos..]);
+        }
+    }
+    any
+}
+
+/// Bytes of input panels kept hot together, so that each packed weight block is reused
+/// across several tiles (half of a 1 MiB L2).
+const PANEL_BUDGET: usize = 512 * 1024;
+/// Bytes of one tile's panel slice that stays in L1 while every channel block uses it.
+const L1_SLICE: usize = 16 * 1024;
+/// Bytes of the weight slices of all blocks for one `k` range (kept in L2).
+const WEIGHT_SLICE: usize = 256 * 1024;
+
+fn run_task<T: Element>(
+    g: &Geometry,
+    k: &DirectKernel<T>,
+    kernel: KernelFn<T>,
+    src: &[T],
+    bias: Option<&[T]>,
+    mut task: Task<'_, T>,
+) {
     let (spec, table) = (&k.spec, &k.table);
     let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
-    let mr_actual = k.mr.min(cout_g - task.block * k.mr);
-    let co0 = task.group * cout_g + task.block * k.mr;
+    let tl = table.tile_lanes;
+    let phases = spec.phases.len();
+    let image = g.in_channels * spec.channel_stride;
+    let row_off = table.rows(task.chunks.clone()).start * table.out_row;
+    let stride = table.last_stride;
+    let size = std::mem::size_of::<T>();
+    let blocks = k.packed.blocks;
+    let biases: Vec<T> = (0..cout_g)
+        .map(|c| bias.map_or(T::zero(), |b| b[task.group * cout_g + c]))
+        .collect();
+    let tiles = table.chunk_tiles[task.chunks.start]..table.chunk_tiles[task.chunks.end];
+    // Work items (batch index within the task, tile), processed in groups that share weights.
+    let items: Vec<(usize, usize)> = (0..task.batch.len())
+        .flat_map(|ni| tiles.clone().map(move |t| (ni, t)))
+        .collect();
+    let panel_len = k.panel_len(cin_g).max(1);
+    let group = (PANEL_BUDGET / (panel_len * size))
+        .clamp(1, 16)
+        .min(items.len().max(1));
+    // k-slices: one tile's panel slice fits L1, all blocks' weight slices fit L2.
+    let kc = (L1_SLICE / (tl * size))
+        .min(WEIGHT_SLICE / (blocks * k.mr * size))
+        .max(16);
+    let tile_out = blocks * k.mr * tl;
+    let mut panels = vec![T::zero(); group * panel_len];
+    let mut reached = vec![false; group];
+    let mut acc = vec![T::zero(); group * tile_out];
+    let total_taps = table.tap_offset.len();
+
+    for chunk in items.chunks(group) {
+        // Which phase each slot's panel currently holds.
+        let mut holds: Vec<Option<usize>> = vec![None; chunk.len()];
+        for (pi, phase) in spec.phases.iter().enumerate() {
+            let first = table.tap_start[pi];
+            let taps = first..first + phase.taps.len();
+            // Phases whose taps read the same shifted inputs (e.g. kernel == stride) share a panel.
+            let same_panel = |tile: usize, prev: usize| {
+                let pf = table.tap_start[prev];
+                spec.phases[prev].taps.len() == phase.taps.len()
+                    && (0..phase.taps.len()).all(|j| {
+                        table.tap_offset[pf + j] == table.tap_offset[first + j]
+                            && table.masks[tile * total_taps + pf + j]
+                                == table.masks[tile * total_taps + first + j]
+                    })
+            };
+            let runs_of = |tile: usize| {
+                &table.runs
+                    [table.run_start[tile * phases + pi]..table.run_start[tile * phases + pi + 1]]
+            };
+            for (slot, &(ni, tile)) in chunk.iter().enumerate() {
+                let n = task.batch.start + ni;
+                let base = n * image + task.group * cin_g * spec.channel_stride;
+                let live = table.live[tile * phases + pi];
+                if live != 0
+                    && reached[slot]
+                    && holds[slot].is_some_and(|prev| same_panel(tile, prev))
+                {
+                    holds[slot] = Some(pi);
+                    continue;
+                }
+                holds[slot] = Some(pi);
+                reached[slot] = live != 0
+                    && !phase.taps.is_empty()
+                    && pack_panel(
+                        src,
+                        base,
+                        spec.channel_stride,
+                        cin_g,
+                        taps.clone(),
+                        tile,
+                        table,
+                        &mut panels[slot * panel_len..(slot + 1) * panel_len],
+                    );
+                if live != 0 && !reached[slot] {
+                    // No tap reaches these lanes: bias only.
+                    for (co, plane) in task.planes[ni * cout_g..(ni + 1) * cout_g]
+                        .iter_mut()
+                        .enumerate()
+                    {
+                        for &(_, len, at) in runs_of(tile) {
+                            fill_run(plane, at - row_off, stride, len, biases[co]);
+                        }
+                    }
+                }
+            }
+            // acc[slot][block] (+)= weights[block][k-slice] · panel[slot][k-slice]
+            let kdim = phase.taps.len() * cin_g;
+            for k0 in (0..kdim).step_by(kc) {
+                let k1 = (k0 + kc).min(kdim);
+                for slot in (0..chunk.len()).filter(|&s| reached[s]) {
+                    let panel = &panels[slot * panel_len + k0 * tl..slot * panel_len + k1 * tl];
+                    for block in 0..blocks {
+                        let w = &k.packed.run(task.group, block, pi)[k0 * k.mr..k1 * k.mr];
+                        let out = &mut acc[slot * tile_out + block * k.mr * tl
+                            ..slot * tile_out + (block + 1) * k.mr * tl];
+                        kernel(w, panel, k1 - k0, out, k0 > 0);
+                    }
+                }
+            }
+            for (slot, &(ni, tile)) in chunk.iter().enumerate() {
+                if !reached[slot] {
+                    continue;
+                }
+                for co in 0..cout_g {
+                    let row = &acc[slot * tile_out + co * tl..slot * tile_out + (co + 1) * tl];
+                    let b = biases[co];
+                    let plane = &mut task.planes[ni * cout_g + co];
+                    for &(lo, len, at) in runs_of(tile) {
+                        store_run(plane, at - row_off, stride, &row[lo..lo + len], b);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn run_task_inplace<T: Element>(
+    g: &Geometry,
+    k: &DirectKernel<T>,
+    kernel: InplaceFn<T>,
+    src: &[T],
+    bias: Option<&[T]>,
+    mut task: Task<'_, T>,
+) {
+    let (spec, table) = (&k.spec, &k.table);
+    let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
     let tl = table.tile_lanes;
     let phases = spec.phases.len();
     let total_taps = table.tap_offset.len();
     let image = g.in_channels * spec.channel_stride;
+    let row_off = table.rows(task.chunks.clone()).start * table.out_row;
+    let stride = table.last_stride;
+    let lane_mask = (1u64 << k.lanes) - 1;
+    let biases: Vec<T> = (0..cout_g)
+        .map(|c| bias.map_or(T::zero(), |b| b[task.group * cout_g + c]))
+        .collect();
+    let tiles = table.chunk_tiles[task.chunks.start]..table.chunk_tiles[task.chunks.end];
     let mut stage = vec![T::zero(); k.mr * tl];
-    let mut runs: Vec<TapRun> = Vec::with_capacity(total_taps);
-    let biases: Vec<T> = (0..mr_actual).map(|m| bias.map_or(T::zero(), |b| b[co0 + m])).collect();
-    let lane_mask = if k.lanes == 64 { u64::MAX } else { (1u64 << k.lanes) - 1 };
-
-    for (ni, n) in task.batch.clone().enumerate() {
+    let mut runs_buf: Vec<TapRun> = Vec::new();
+    for ni in 0..task.batch.len() {
+        let n = task.batch.start + ni;
         let base = (n * image + task.group * cin_g * spec.channel_stride) as isize;
-        let planes = &mut task.planes[ni * mr_actual..(ni + 1) * mr_actual];
-        for tile in 0..table.tiles {
-            let f0 = (tile * tl) as isize;
-            let out_base = &table.out_base[tile * tl..(tile + 1) * tl];
+        for tile in tiles.clone() {
+            let f0 = table.tile_start[tile] as isize;
             for (pi, phase) in spec.phases.iter().enumerate() {
-                let live = table.live[tile * phases + pi];
-                if live == 0 {
+                if table.live[tile * phases + pi] == 0 {
                     continue;
                 }
-                let off = table.phase_offset[pi];
+                let first = table.tap_start[pi];
+                runs_buf.clear();
                 let mut any = false;
-                if !phase.taps.is_empty() {
-                    runs.clear();
-                    let first = table.tap_start[pi];
-                    for t in first..first + phase.taps.len() {
-                        let mask = table.masks[tile * total_taps + t];
-                        any |= mask != 0;
-                        let mut masks = [0u32; MAX_V];
-                        for (vi, m) in masks.iter_mut().enumerate().take(k.v) {
-                            *m = ((mask >> (vi * k.lanes)) & lane_mask) as u32;
-                        }
-                        runs.push(TapRun { base: base + f0 + table.tap_offset[t], masks });
+                for t in first..first + phase.taps.len() {
+                    let mask = table.masks[tile * total_taps + t];
+                    any |= mask != 0;
+                    let mut masks = [0u32; MAX_V];
+                    for (vi, m) in masks.iter_mut().enumerate().take(k.v) {
+                        *m = ((mask >> (vi * k.lanes)) & lane_mask) as u32;
                     }
+                    runs_buf.push(TapRun {
+                        base: base + f0 + table.tap_offset[t],
+                        masks,
+                    });
                 }
-                if any {
-                    let args = KernelArgs {
-                        x: src,
-                        channel_stride: spec.channel_stride,
-                        channels: cin_g,
-                        taps: &runs,
-                        w: k.packed.run(task.group, task.block, pi),
-                    };
-                    // Safety: the table's masks hold only lanes whose source coordinate is
-                    // inside the valid extents on every axis, so each live lane indexes this
-                    // image's channels of `src`; the packed run holds taps*cin_g*mr values;
-                    // `stage` holds mr*v*lanes.
-                    unsafe { (k.kernel)(&args, &mut stage) };
-                    for (m, plane) in planes.iter_mut().enumerate() {
-                        let row = &stage[m * tl..(m + 1) * tl];
-                        let b = biases[m];
-                        let mut bits = live;
-                        while bits != 0 {
-                            let l = bits.trailing_zeros() as usize;
-                            bits &= bits - 1;
-                            plane[out_base[l] + off] = row[l] + b;
-                        }
+                let runs = &table.runs
+                    [table.run_start[tile * phases + pi]..table.run_start[tile * phases + pi + 1]];
+                for block in 0..k.packed.blocks {
+                    let co0 = block * k.mr;
+                    if any {
+                        let args = InplaceArgs {
+                            x: src,
+                            channel_stride: spec.channel_stride,
+                            channels: cin_g,
+                            taps: &runs_buf,
+                            w: k.packed.run(task.group, block, pi),
+                        };
+                        kernel(&args, &mut stage);
                     }
-                } else {
-                    // No tap reaches these lanes: bias only.
-                    for (m, plane) in planes.iter_mut().enumerate() {
-                        let mut bits = live;
-                        while bits != 0 {
-                            let l = bits.trailing_zeros() as usize;
-                            bits &= bits - 1;
-                            plane[out_base[l] + off] = biases[m];
+                    for m in 0..k.mr.min(cout_g - co0) {
+                        let b = biases[co0 + m];
+                        let row = &stage[m * tl..(m + 1) * tl];
+                        let plane = &mut task.planes[ni * cout_g + co0 + m];
+                        for &(lo, len, at) in runs {
+                            if any {
+                                store_run(plane, at - row_off, stride, &row[lo..lo + len], b);
+                            } else {
+                                fill_run(plane, at - row_off, stride, len, b);
+                            }
                         }
                     }
                 }

@@ -67,7 +67,11 @@ impl Isa {
 
     /// The best path on this CPU, or the one `TCONV_ISA` asks for.
     pub fn detect() -> Isa {
-        match std::env::var("TCONV_ISA").ok().as_deref().and_then(Isa::parse) {
+        match std::env::var("TCONV_ISA")
+            .ok()
+            .as_deref()
+            .and_then(Isa::parse)
+        {
             Some(forced) => forced.or_below(),
             None => Isa::Avx512.or_below(),
         }

@@ -29,7 +29,12 @@ impl<T> PackedWeights<T> {
 }
 
 /// Pack `w` (PyTorch layout for `g.op`) for the phases of `spec`.
-pub fn pack_weights<T: Element>(g: &Geometry, spec: &DirectSpec, w: &[T], mr: usize) -> PackedWeights<T> {
+pub fn pack_weights<T: Element>(
+    g: &Geometry,
+    spec: &DirectSpec,
+    w: &[T],
+    mr: usize,
+) -> PackedWeights<T> {
     let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
     let ksize = numel(&g.kernel_shape());
     let blocks = cout_g.div_ceil(mr);
@@ -48,10 +53,14 @@ pub fn pack_weights<T: Element>(g: &Geometry, spec: &DirectSpec, w: &[T], mr: us
                                 match g.op {
                                     // (C_in, C_out/g, *k)
                                     Op::ConvTranspose => {
-                                        w[((group * cin_g + ci) * cout_g + co) * ksize + tap.kernel_index]
+                                        w[((group * cin_g + ci) * cout_g + co) * ksize
+                                            + tap.kernel_index]
                                     }
                                     // (C_out, C_in/g, *k)
-                                    Op::Conv => w[((group * cout_g + co) * cin_g + ci) * ksize + tap.kernel_index],
+                                    Op::Conv => {
+                                        w[((group * cout_g + co) * cin_g + ci) * ksize
+                                            + tap.kernel_index]
+                                    }
                                 }
                             };
                             data.push(v);
@@ -62,7 +71,13 @@ pub fn pack_weights<T: Element>(g: &Geometry, spec: &DirectSpec, w: &[T], mr: us
             }
         }
     }
-    PackedWeights { data, mr, blocks, offsets, phases: spec.phases.len() }
+    PackedWeights {
+        data,
+        mr,
+        blocks,
+        offsets,
+        phases: spec.phases.len(),
+    }
 }
 
 /// The source buffer the kernels read, `(N, C_in, channel block)`; `None` means read the
@@ -78,7 +93,8 @@ pub fn pack_source<T: Element>(g: &Geometry, spec: &DirectSpec, x: &[T]) -> Opti
             let mut buf = vec![T::zero(); planes * out_plane];
             for p in 0..planes {
                 for i in positions(&inputs) {
-                    buf[p * out_plane + flat_index(extents, &i)] = x[p * in_plane + flat_index(&inputs, &i)];
+                    buf[p * out_plane + flat_index(extents, &i)] =
+                        x[p * in_plane + flat_index(&inputs, &i)];
                 }
             }
             Some(buf)

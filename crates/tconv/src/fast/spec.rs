@@ -101,17 +101,24 @@ fn pitches_of(extents: &[usize]) -> Vec<usize> {
     p
 }
 
+/// For one residue of one axis: its extent and its taps `(k, shift)`.
+type ResidueTaps = (usize, Vec<(usize, isize)>);
+
 fn transpose_spec(g: &Geometry) -> DirectSpec {
     let dims = g.axes.len();
     // Per axis: for each residue, its extent and its taps (k, shift).
-    let per_axis: Vec<Vec<(usize, Vec<(usize, isize)>)>> = g
+    let per_axis: Vec<Vec<ResidueTaps>> = g
         .axes
         .iter()
         .map(|a| {
             let s = a.stride as i64;
             (0..a.stride)
                 .map(|r| {
-                    let q = if r < a.output { (a.output - r).div_ceil(a.stride) } else { 0 };
+                    let q = if r < a.output {
+                        (a.output - r).div_ceil(a.stride)
+                    } else {
+                        0
+                    };
                     let taps = (0..a.kernel)
                         .filter_map(|k| {
                             let num = r as i64 + a.pad_begin - (k * a.dilation) as i64;
@@ -132,14 +139,20 @@ fn transpose_spec(g: &Geometry) -> DirectSpec {
         let qmax = per_axis[a].iter().map(|(q, _)| *q).max().unwrap_or(0);
         extents[a] = extents[a].max(qmax);
     }
-    let source =
-        if extents == inputs { SourceLayout::Direct } else { SourceLayout::Padded { extents: extents.clone() } };
+    let source = if extents == inputs {
+        SourceLayout::Direct
+    } else {
+        SourceLayout::Padded {
+            extents: extents.clone(),
+        }
+    };
     let pitches = pitches_of(&extents);
     let channel_stride = extents.iter().product();
     let mut phases = Vec::new();
     for r in positions(&strides) {
         let extents_r: Vec<usize> = (0..dims).map(|a| per_axis[a][r[a]].0).collect();
-        let axis_taps: Vec<&Vec<(usize, isize)>> = (0..dims).map(|a| &per_axis[a][r[a]].1).collect();
+        let axis_taps: Vec<&Vec<(usize, isize)>> =
+            (0..dims).map(|a| &per_axis[a][r[a]].1).collect();
         let counts: Vec<usize> = axis_taps.iter().map(|t| t.len()).collect();
         let mut taps = Vec::new();
         for choice in positions(&counts) {
@@ -151,9 +164,19 @@ fn transpose_spec(g: &Geometry) -> DirectSpec {
                 component: 0,
             });
         }
-        phases.push(PhaseSpec { residue: r, extents: extents_r, taps });
+        phases.push(PhaseSpec {
+            residue: r,
+            extents: extents_r,
+            taps,
+        });
     }
-    DirectSpec { out_stride: strides, phases, source, pitches, channel_stride }
+    DirectSpec {
+        out_stride: strides,
+        phases,
+        source,
+        pitches,
+        channel_stride,
+    }
 }
 
 fn conv_spec(g: &Geometry) -> DirectSpec {
@@ -171,9 +194,13 @@ fn conv_spec(g: &Geometry) -> DirectSpec {
     let source = if !strided && extents == inputs {
         SourceLayout::Direct
     } else if !strided {
-        SourceLayout::Padded { extents: extents.clone() }
+        SourceLayout::Padded {
+            extents: extents.clone(),
+        }
     } else {
-        SourceLayout::Polyphase { extents: extents.clone() }
+        SourceLayout::Polyphase {
+            extents: extents.clone(),
+        }
     };
     let plane: usize = extents.iter().product();
     let comps: usize = if strided { strides.iter().product() } else { 1 };
@@ -188,13 +215,30 @@ fn conv_spec(g: &Geometry) -> DirectSpec {
             let r = off.rem_euclid(s) as usize;
             shift.push(off.div_euclid(s) as isize);
             // Component r holds x[u*s + r] for u < ceil((in - r) / s).
-            valid.push(if r < ax.input { (ax.input - r).div_ceil(ax.stride) } else { 0 });
+            valid.push(if r < ax.input {
+                (ax.input - r).div_ceil(ax.stride)
+            } else {
+                0
+            });
             rho.push(r);
         }
-        let component = if strided { crate::tensor::flat_index(&strides, &rho) * plane } else { 0 };
-        taps.push(TapSpec { kernel_index: crate::tensor::flat_index(&kernel, &k), shift, valid, component });
+        let component = if strided {
+            crate::tensor::flat_index(&strides, &rho) * plane
+        } else {
+            0
+        };
+        taps.push(TapSpec {
+            kernel_index: crate::tensor::flat_index(&kernel, &k),
+            shift,
+            valid,
+            component,
+        });
     }
-    let phases = vec![PhaseSpec { residue: vec![0; dims], extents: outputs, taps }];
+    let phases = vec![PhaseSpec {
+        residue: vec![0; dims],
+        extents: outputs,
+        taps,
+    }];
     DirectSpec {
         out_stride: vec![1; dims],
         phases,

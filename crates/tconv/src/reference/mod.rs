@@ -17,11 +17,11 @@ mod zero_insertion;
 
 pub use gather::conv_gather;
 pub(crate) use gather::gather as gather_flat;
-pub(crate) use scatter::scatter as scatter_flat;
 pub use matrix::{
     conv_by_matrix, conv_transpose_by_matrix, convolution_matrix, MAX_MATRIX_ELEMENTS,
 };
 pub use scatter::conv_transpose_scatter;
+pub(crate) use scatter::scatter as scatter_flat;
 pub use zero_insertion::{conv_transpose_zero_insertion, zero_insertion_view, ZeroInsertionView};
 
 use crate::geometry::Geometry;

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests: conformance case loading and comparison.
 #![allow(dead_code)]
 
+pub mod gen;
+
 use std::path::{Path, PathBuf};
 
 use ndarray::ArrayD;

@@ -1,0 +1,32 @@
+//! Microkernel throughput on L1-resident operands, for each tile shape of this CPU's ISA.
+//! `cargo run --release --example kbench` — the efficiencies in `tile_shapes` come from here.
+
+use std::time::Instant;
+
+use tconv::fast::kernels::{f32_kernel, tile_shapes};
+use tconv::fast::Isa;
+
+fn main() {
+    let isa = Isa::detect();
+    let lanes = isa.lanes();
+    println!("ISA {isa}, {lanes} lanes");
+    for &(mr, v, _) in tile_shapes(isa) {
+        let Some(f) = f32_kernel(isa, mr, v) else {
+            continue;
+        };
+        for k in [128usize, 512, 2048] {
+            let a = vec![1.0f32; k * mr];
+            let b = vec![1.0f32; k * v * lanes];
+            let mut out = vec![0.0f32; mr * v * lanes];
+            let reps = 200_000_000 / (k * mr * v * lanes);
+            let t = Instant::now();
+            for _ in 0..reps {
+                f(&a, &b, k, &mut out, false);
+                std::hint::black_box(&mut out);
+            }
+            let s = t.elapsed().as_secs_f64();
+            let gflops = (reps * k * mr * v * lanes * 2) as f64 / s / 1e9;
+            println!("mr={mr:2} v={v} k={k:4}: {gflops:6.1} GFLOP/s");
+        }
+    }
+}

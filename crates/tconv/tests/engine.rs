@@ -1,0 +1,241 @@
+//! The fast engine against the references: every ISA path, both kernel families, forced
+//! tile shapes and several thread counts, on generated problems (exact with small integers),
+//! plus determinism across thread counts and "every output element is written".
+
+mod common;
+
+use common::gen::*;
+use ndarray::ArrayD;
+use proptest::prelude::*;
+use tconv::fast::Isa;
+use tconv::reference::{conv_gather, conv_transpose_scatter};
+use tconv::{Algorithm, Element, Op, Plan, PlanOptions};
+
+const ISAS: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512];
+
+fn options(isa: Isa, inplace: bool, threads: usize) -> PlanOptions {
+    PlanOptions {
+        threads: Some(threads),
+        algorithm: Some(Algorithm::Direct),
+        isa: Some(isa),
+        tile: None,
+        inplace: Some(inplace),
+    }
+}
+
+/// Run `op` of case `c` through every engine configuration and compare with the reference.
+fn engine_matches_reference<T: Element>(c: &Case, op: Op) -> Result<(), TestCaseError> {
+    let (x, w, b) = c.data::<T>();
+    let mut p = c.params();
+    let x = match op {
+        Op::ConvTranspose => x,
+        Op::Conv => {
+            // Read the same weight as a conv weight: input channels = out_pg * groups.
+            p.output_padding.clear();
+            let mut s = c.x_shape();
+            s[1] = c.c_out();
+            ints::<T>(&s, c.seed ^ 77)
+        }
+    };
+    let b = match op {
+        Op::ConvTranspose => b,
+        Op::Conv => c.bias.then(|| {
+            ints::<T>(&[c.c_in()], c.seed)
+                .into_dimensionality()
+                .unwrap()
+        }),
+    };
+    let bv = b.as_ref().map(|b| b.view());
+    let want = match op {
+        Op::ConvTranspose => conv_transpose_scatter(&x, &w, bv, &p),
+        Op::Conv => conv_gather(&x, &w, bv, &p),
+    };
+    let Ok(want) = want else {
+        return Ok(()); // an invalid conv reading of the case (kernel longer than the input)
+    };
+    for isa in ISAS {
+        for inplace in [false, true] {
+            for threads in [1, 3] {
+                let plan = Plan::<T>::new(
+                    op,
+                    x.shape(),
+                    &w,
+                    b.as_ref().map(|b| b.len()),
+                    &p,
+                    &options(isa, inplace, threads),
+                )
+                .unwrap();
+                let label = plan.label();
+                if isa.available() && T::DTYPE == "float32" {
+                    prop_assert!(
+                        label.contains(isa.name()),
+                        "{} does not run {}",
+                        label,
+                        isa.name()
+                    );
+                }
+                let got = plan.execute(&x, bv).unwrap();
+                prop_assert_eq!(&got, &want, "{} threads {}", label, threads);
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn transpose_engine_matches_reference(c in case_upto(11, 10, 2)) {
+        engine_matches_reference::<f32>(&c, Op::ConvTranspose)?;
+        engine_matches_reference::<f64>(&c, Op::ConvTranspose)?;
+    }
+
+    #[test]
+    fn conv_engine_matches_reference(c in case_upto(11, 10, 2)) {
+        engine_matches_reference::<f32>(&c, Op::Conv)?;
+        engine_matches_reference::<f64>(&c, Op::Conv)?;
+    }
+
+    #[test]
+    fn every_tile_shape_matches(c in case_upto(9, 14, 1), pick in 0usize..16) {
+        let (x, w, b) = c.data::<f32>();
+        let p = c.params();
+        let bv = b.as_ref().map(|b| b.view());
+        let want = conv_transpose_scatter(&x, &w, bv, &p).unwrap();
+        let isa = Isa::detect();
+        for (inplace, shapes) in [(false, tconv::fast::kernels::tile_shapes(isa)), (true, tconv::fast::inplace::tile_shapes(isa))] {
+            let (mr, v, _) = shapes[pick % shapes.len()];
+            let mut o = options(isa, inplace, 2);
+            o.tile = Some((mr, v));
+            let plan = Plan::new(tconv::Op::ConvTranspose, x.shape(), &w, b.as_ref().map(|b| b.len()), &p, &o).unwrap();
+            prop_assert_eq!(plan.execute(&x, bv).unwrap(), want.clone(), "{}", plan.label());
+        }
+    }
+}
+
+/// Random floats in [-1, 1).
+fn floats(shape: &[usize], seed: u64) -> ArrayD<f32> {
+    let mut s = seed | 1;
+    ArrayD::from_shape_fn(shape, |_| {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    })
+}
+
+#[test]
+fn bitwise_identical_for_any_thread_count() {
+    use tconv::ConvParams;
+    let cases = [
+        (
+            vec![3, 16, 9, 7],
+            vec![16, 12, 4, 4],
+            ConvParams::new().stride(&[2]).padding(&[1]),
+            Op::ConvTranspose,
+        ),
+        (
+            vec![2, 6, 20],
+            vec![6, 4, 16],
+            ConvParams::new().stride(&[8]).padding(&[4]).groups(2),
+            Op::ConvTranspose,
+        ),
+        (
+            vec![2, 8, 5, 6, 4],
+            vec![8, 8, 2, 2, 2],
+            ConvParams::new().stride(&[2]),
+            Op::ConvTranspose,
+        ),
+        (
+            vec![2, 12, 13, 11],
+            vec![20, 12, 3, 3],
+            ConvParams::new().stride(&[2]).padding(&[1]).dilation(&[2]),
+            Op::Conv,
+        ),
+    ];
+    for (xs, ws, p, op) in cases {
+        let (x, w) = (floats(&xs, 1), floats(&ws, 2));
+        let mut outs = Vec::new();
+        for threads in [1, 2, 3, 5] {
+            let o = PlanOptions {
+                threads: Some(threads),
+                ..PlanOptions::default()
+            };
+            let plan = Plan::new(op, &xs, &w, None, &p, &o).unwrap();
+            outs.push(plan.execute(&x, None).unwrap());
+        }
+        for o in &outs[1..] {
+            let same = o
+                .iter()
+                .zip(outs[0].iter())
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{op:?} {xs:?}: result depends on the thread count");
+        }
+        // And close to the reference (random floats: summation order differs).
+        let want = match op {
+            Op::ConvTranspose => conv_transpose_scatter(&x, &w, None, &p).unwrap(),
+            Op::Conv => conv_gather(&x, &w, None, &p).unwrap(),
+        };
+        for (a, b) in outs[0].iter().zip(want.iter()) {
+            assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+    }
+}
+
+#[test]
+fn every_output_element_is_written() {
+    use tconv::ConvParams;
+    // Gaps (stride > kernel), bias-only phases (gcd(stride, dilation) > 1) and cropping.
+    let cases = [
+        (
+            vec![2, 9, 5, 4],
+            vec![9, 10, 2, 3],
+            ConvParams::new().stride(&[3, 4]).padding(&[1]),
+        ),
+        (
+            vec![1, 4, 6, 6],
+            vec![4, 12, 3, 3],
+            ConvParams::new()
+                .stride(&[2])
+                .dilation(&[2])
+                .padding(&[2])
+                .output_padding(&[1]),
+        ),
+        (
+            vec![1, 3, 7],
+            vec![3, 2, 5],
+            ConvParams::new().stride(&[2]).pads(&[6], &[0]),
+        ),
+    ];
+    for (xs, ws, p) in cases {
+        let (x, w) = (floats(&xs, 3), floats(&ws, 4));
+        let b = floats(&[ws[1] * p.groups], 5)
+            .into_dimensionality::<ndarray::Ix1>()
+            .unwrap();
+        for inplace in [false, true] {
+            let o = PlanOptions {
+                inplace: Some(inplace),
+                threads: Some(2),
+                ..PlanOptions::default()
+            };
+            let plan = Plan::new(Op::ConvTranspose, &xs, &w, Some(b.len()), &p, &o).unwrap();
+            let mut y = vec![f32::NAN; plan.geometry().output_shape().iter().product()];
+            plan.run(x.as_slice().unwrap(), b.as_slice(), &mut y);
+            assert!(
+                y.iter().all(|v| !v.is_nan()),
+                "{}: an output element was not written",
+                plan.label()
+            );
+        }
+    }
+}
+
+#[test]
+fn isa_names_and_fallback() {
+    for isa in ISAS {
+        assert_eq!(Isa::parse(isa.name()), Some(isa));
+        assert!(isa.or_below() <= isa && isa.or_below().available());
+    }
+    assert_eq!(Isa::parse("sse9"), None);
+}
