@@ -182,7 +182,16 @@ impl<T: Element> Plan<T> {
             let batch_chunk = g.batch.max(1).div_ceil(batch_tasks);
             let row_tasks = per_group.div_ceil(batch_tasks).min(q0);
             let chunk_rows = q0.div_ceil(row_tasks);
-            let table = TileTable::new(&g, &spec, v * lanes, chunk_rows);
+            // In-place kernels store all last-axis residues of a tile together, in output
+            // order (measured ~10% faster on fcn_dw; no gain measured for packed kernels,
+            // whose stores are a small share of their time).
+            let s_last = spec.out_stride[g.axes.len() - 1];
+            let group_size = if inplace && s_last > 1 && s_last <= crate::fast::direct::MAX_GROUP {
+                s_last
+            } else {
+                1
+            };
+            let table = TileTable::new(&g, &spec, v * lanes, chunk_rows, group_size);
             Some(DirectKernel {
                 spec,
                 packed,

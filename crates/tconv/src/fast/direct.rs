@@ -48,6 +48,11 @@ pub struct TileTable {
     runs: Vec<(usize, usize, usize)>,
     /// Output stride along the last axis (distance between consecutive lanes of a run).
     pub last_stride: usize,
+    /// Phases stored together: all residues of the last axis (1: phase by phase).
+    pub group_size: usize,
+    /// `interleave[tile * groups + group]`: the group's phases have identical runs, offset
+    /// by their last-axis residue, so their results can be written interleaved, in order.
+    interleave: Vec<bool>,
     /// First tap of each phase in the flat tap numbering.
     tap_start: Vec<usize>,
     /// Source offset of each tap relative to the tile's first lane.
@@ -64,7 +69,13 @@ pub struct TileTable {
 
 impl TileTable {
     /// Build the table for `spec` on `g`, tiles of `tile_lanes` lanes, chunks of `chunk_rows`.
-    pub fn new(g: &Geometry, spec: &DirectSpec, tile_lanes: usize, chunk_rows: usize) -> TileTable {
+    pub fn new(
+        g: &Geometry,
+        spec: &DirectSpec,
+        tile_lanes: usize,
+        chunk_rows: usize,
+        group_size: usize,
+    ) -> TileTable {
         assert!(tile_lanes <= 64, "a tile mask is one u64");
         let dims = g.axes.len();
         let out_ext: Vec<usize> = g.axes.iter().map(|a| a.output).collect();
@@ -113,6 +124,8 @@ impl TileTable {
             run_start: vec![0],
             runs: Vec::new(),
             last_stride: spec.out_stride[dims - 1],
+            group_size,
+            interleave: Vec::new(),
             tap_start,
             tap_offset,
             phase_offset,
@@ -177,6 +190,25 @@ impl TileTable {
                         l += 1;
                     }
                     t.run_start.push(t.runs.len());
+                }
+                for first in (0..spec.phases.len()).step_by(group_size) {
+                    let runs_of = |pi: usize| {
+                        let i = tile * spec.phases.len() + pi;
+                        &t.runs[t.run_start[i]..t.run_start[i + 1]]
+                    };
+                    let r0 = runs_of(first);
+                    let ok = group_size > 1
+                        && first + group_size <= spec.phases.len()
+                        && !r0.is_empty()
+                        && (1..group_size).all(|r| {
+                            let rr = runs_of(first + r);
+                            rr.len() == r0.len()
+                                && rr
+                                    .iter()
+                                    .zip(r0)
+                                    .all(|(a, b)| a.0 == b.0 && a.1 == b.1 && a.2 == b.2 + r)
+                        });
+                    t.interleave.push(ok);
                 }
             }
             t.chunk_tiles.push(t.tile_start.len());
@@ -266,13 +298,27 @@ impl<T> DirectKernel<T> {
     pub fn scratch_len(&self, g: &Geometry) -> usize {
         let tl = self.table.tile_lanes;
         match self.kernel {
-            Kernel::Inplace(_) => self.mr * tl,
+            Kernel::Inplace(_) => self.table.group_size * self.packed.blocks * self.mr * tl,
             Kernel::Packed(_) => {
                 let panel = self.panel_len(g.in_per_group()).max(1);
-                let group = (PANEL_BUDGET / (panel * std::mem::size_of::<T>())).clamp(1, 16);
-                group * (panel + self.packed.blocks * self.mr * tl)
+                self.items_per_group(g)
+                    * (panel + self.table.group_size * self.packed.blocks * self.mr * tl)
             }
         }
+    }
+}
+
+impl<T> DirectKernel<T> {
+    /// Tiles whose panels are packed together so that each weight slice is reused across
+    /// them: as many as fit the panel budget, and whose accumulators fit the same budget.
+    pub fn items_per_group(&self, g: &Geometry) -> usize {
+        let size = std::mem::size_of::<T>();
+        let panel = self.panel_len(g.in_per_group()).max(1) * size;
+        let acc =
+            self.table.group_size * self.packed.blocks * self.mr * self.table.tile_lanes * size;
+        (PANEL_BUDGET / panel)
+            .min(PANEL_BUDGET / acc.max(1))
+            .clamp(1, 16)
     }
 }
 
@@ -382,6 +428,73 @@ fn fill_run<T: Element>(plane: &mut [T], at: usize, stride: usize, len: usize, b
     let dst = &mut plane[at..=at + (len - 1) * stride];
     for j in 0..len {
         dst[j * stride] = b;
+    }
+}
+
+/// Most phases stored together (the planner stores phase by phase beyond this).
+pub const MAX_GROUP: usize = 16;
+
+/// Write one tile's results for the phases `first..first + group_size` of a phase group.
+/// `acc[r * per_phase + co * tile_lanes + lane]` holds phase `first + r` (when `reached[r]`;
+/// otherwise the phase gets the bias only). Interleavable groups are written in output order.
+#[allow(clippy::too_many_arguments)]
+fn store_group<T: Element>(
+    table: &TileTable,
+    tile: usize,
+    first: usize,
+    phases: usize,
+    planes: &mut [&mut [T]],
+    acc: &[T],
+    per_phase: usize,
+    reached: &[bool],
+    biases: &[T],
+    row_off: usize,
+) {
+    let tl = table.tile_lanes;
+    let gs = table.group_size.min(phases - first);
+    let runs_of = |pi: usize| {
+        let i = tile * phases + pi;
+        &table.runs[table.run_start[i]..table.run_start[i + 1]]
+    };
+    let groups = phases.div_ceil(table.group_size);
+    if table.interleave[tile * groups + first / table.group_size] {
+        let s = table.last_stride;
+        let zeros = [T::zero(); 64];
+        let mut srcs: [&[T]; MAX_GROUP] = [&[]; MAX_GROUP];
+        for (co, plane) in planes.iter_mut().enumerate() {
+            let b = biases[co];
+            for &(lo, len, at) in runs_of(first) {
+                for (r, src) in srcs.iter_mut().enumerate().take(gs) {
+                    let from = r * per_phase + co * tl + lo;
+                    *src = if reached[r] {
+                        &acc[from..from + len]
+                    } else {
+                        &zeros[..len]
+                    };
+                }
+                let at = at - row_off;
+                // Consecutive output elements: lane j of every residue r, in order.
+                for (j, out) in plane[at..at + (len - 1) * s + gs].chunks_mut(s).enumerate() {
+                    for (o, src) in out.iter_mut().zip(&srcs[..gs]) {
+                        *o = src[j] + b;
+                    }
+                }
+            }
+        }
+        return;
+    }
+    for r in 0..gs {
+        for (co, plane) in planes.iter_mut().enumerate() {
+            for &(lo, len, at) in runs_of(first + r) {
+                if reached[r] {
+                    let row =
+                        &acc[r * per_phase + co * tl + lo..r * per_phase + co * tl + lo + len];
+                    store_run(plane, at - row_off, table.last_stride, row, biases[co]);
+                } else {
+                    fill_run(plane, at - row_off, table.last_stride, len, biases[co]);
+                }
+            }
+        }
     }
 }
 
@@ -495,9 +608,9 @@ fn run_task<T: Element>(
     let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
     let tl = table.tile_lanes;
     let phases = spec.phases.len();
+    let gs = table.group_size;
     let image = g.in_channels * spec.channel_stride;
     let row_off = table.rows(task.chunks.clone()).start * table.out_row;
-    let stride = table.last_stride;
     let size = std::mem::size_of::<T>();
     let blocks = k.packed.blocks;
     let biases: Vec<T> = (0..cout_g)
@@ -509,101 +622,89 @@ fn run_task<T: Element>(
         .flat_map(|ni| tiles.clone().map(move |t| (ni, t)))
         .collect();
     let panel_len = k.panel_len(cin_g).max(1);
-    let group = (PANEL_BUDGET / (panel_len * size))
-        .clamp(1, 16)
-        .min(items.len().max(1));
+    let group = k.items_per_group(g).min(items.len().max(1));
     // k-slices: one tile's panel slice fits L1, all blocks' weight slices fit L2.
     let kc = (L1_SLICE / (tl * size))
         .min(WEIGHT_SLICE / (blocks * k.mr * size))
         .max(16);
-    let tile_out = blocks * k.mr * tl;
+    let per_phase = blocks * k.mr * tl;
+    let per_slot = gs * per_phase;
     let mut panels = vec![T::zero(); group * panel_len];
-    let mut reached = vec![false; group];
-    let mut acc = vec![T::zero(); group * tile_out];
+    let mut reached = vec![false; group * gs];
+    let mut acc = vec![T::zero(); group * per_slot];
     let total_taps = table.tap_offset.len();
 
     for chunk in items.chunks(group) {
         // Which phase each slot's panel currently holds.
         let mut holds: Vec<Option<usize>> = vec![None; chunk.len()];
-        for (pi, phase) in spec.phases.iter().enumerate() {
-            let first = table.tap_start[pi];
-            let taps = first..first + phase.taps.len();
-            // Phases whose taps read the same shifted inputs (e.g. kernel == stride) share a panel.
-            let same_panel = |tile: usize, prev: usize| {
-                let pf = table.tap_start[prev];
-                spec.phases[prev].taps.len() == phase.taps.len()
-                    && (0..phase.taps.len()).all(|j| {
-                        table.tap_offset[pf + j] == table.tap_offset[first + j]
-                            && table.masks[tile * total_taps + pf + j]
-                                == table.masks[tile * total_taps + first + j]
-                    })
-            };
-            let runs_of = |tile: usize| {
-                &table.runs
-                    [table.run_start[tile * phases + pi]..table.run_start[tile * phases + pi + 1]]
-            };
-            for (slot, &(ni, tile)) in chunk.iter().enumerate() {
-                let n = task.batch.start + ni;
-                let base = n * image + task.group * cin_g * spec.channel_stride;
-                let live = table.live[tile * phases + pi];
-                if live != 0
-                    && reached[slot]
-                    && holds[slot].is_some_and(|prev| same_panel(tile, prev))
-                {
-                    holds[slot] = Some(pi);
-                    continue;
+        for first_phase in (0..phases).step_by(gs) {
+            for pi in first_phase..(first_phase + gs).min(phases) {
+                let r = pi - first_phase;
+                let phase = &spec.phases[pi];
+                let first = table.tap_start[pi];
+                let taps = first..first + phase.taps.len();
+                // Phases whose taps read the same shifted inputs (e.g. kernel == stride) share a panel.
+                let same_panel = |tile: usize, prev: usize| {
+                    let pf = table.tap_start[prev];
+                    spec.phases[prev].taps.len() == phase.taps.len()
+                        && (0..phase.taps.len()).all(|j| {
+                            table.tap_offset[pf + j] == table.tap_offset[first + j]
+                                && table.masks[tile * total_taps + pf + j]
+                                    == table.masks[tile * total_taps + first + j]
+                        })
+                };
+                for (slot, &(ni, tile)) in chunk.iter().enumerate() {
+                    let n = task.batch.start + ni;
+                    let base = n * image + task.group * cin_g * spec.channel_stride;
+                    let live = table.live[tile * phases + pi];
+                    // `holds` names a phase only while the slot's panel holds its packed input.
+                    let reuse = live != 0 && holds[slot].is_some_and(|prev| same_panel(tile, prev));
+                    let ok = if reuse {
+                        true
+                    } else {
+                        live != 0
+                            && !phase.taps.is_empty()
+                            && pack_panel(
+                                src,
+                                base,
+                                spec.channel_stride,
+                                cin_g,
+                                taps.clone(),
+                                tile,
+                                table,
+                                &mut panels[slot * panel_len..(slot + 1) * panel_len],
+                            )
+                    };
+                    holds[slot] = if ok { Some(pi) } else { None };
+                    reached[slot * gs + r] = ok;
                 }
-                holds[slot] = Some(pi);
-                reached[slot] = live != 0
-                    && !phase.taps.is_empty()
-                    && pack_panel(
-                        src,
-                        base,
-                        spec.channel_stride,
-                        cin_g,
-                        taps.clone(),
-                        tile,
-                        table,
-                        &mut panels[slot * panel_len..(slot + 1) * panel_len],
-                    );
-                if live != 0 && !reached[slot] {
-                    // No tap reaches these lanes: bias only.
-                    for (co, plane) in task.planes[ni * cout_g..(ni + 1) * cout_g]
-                        .iter_mut()
-                        .enumerate()
-                    {
-                        for &(_, len, at) in runs_of(tile) {
-                            fill_run(plane, at - row_off, stride, len, biases[co]);
+                // acc[slot][r][block] (+)= weights[block][k-slice] · panel[slot][k-slice]
+                let kdim = phase.taps.len() * cin_g;
+                for k0 in (0..kdim).step_by(kc) {
+                    let k1 = (k0 + kc).min(kdim);
+                    for slot in (0..chunk.len()).filter(|&s| reached[s * gs + r]) {
+                        let panel = &panels[slot * panel_len + k0 * tl..slot * panel_len + k1 * tl];
+                        for block in 0..blocks {
+                            let w = &k.packed.run(task.group, block, pi)[k0 * k.mr..k1 * k.mr];
+                            let at = slot * per_slot + r * per_phase + block * k.mr * tl;
+                            kernel(w, panel, k1 - k0, &mut acc[at..at + k.mr * tl], k0 > 0);
                         }
                     }
                 }
             }
-            // acc[slot][block] (+)= weights[block][k-slice] · panel[slot][k-slice]
-            let kdim = phase.taps.len() * cin_g;
-            for k0 in (0..kdim).step_by(kc) {
-                let k1 = (k0 + kc).min(kdim);
-                for slot in (0..chunk.len()).filter(|&s| reached[s]) {
-                    let panel = &panels[slot * panel_len + k0 * tl..slot * panel_len + k1 * tl];
-                    for block in 0..blocks {
-                        let w = &k.packed.run(task.group, block, pi)[k0 * k.mr..k1 * k.mr];
-                        let out = &mut acc[slot * tile_out + block * k.mr * tl
-                            ..slot * tile_out + (block + 1) * k.mr * tl];
-                        kernel(w, panel, k1 - k0, out, k0 > 0);
-                    }
-                }
-            }
             for (slot, &(ni, tile)) in chunk.iter().enumerate() {
-                if !reached[slot] {
-                    continue;
-                }
-                for co in 0..cout_g {
-                    let row = &acc[slot * tile_out + co * tl..slot * tile_out + (co + 1) * tl];
-                    let b = biases[co];
-                    let plane = &mut task.planes[ni * cout_g + co];
-                    for &(lo, len, at) in runs_of(tile) {
-                        store_run(plane, at - row_off, stride, &row[lo..lo + len], b);
-                    }
-                }
+                store_group(
+                    table,
+                    tile,
+                    first_phase,
+                    phases,
+                    &mut task.planes[ni * cout_g..(ni + 1) * cout_g],
+                    &acc[slot * per_slot..(slot + 1) * per_slot],
+                    per_phase,
+                    &reached[slot * gs..(slot + 1) * gs],
+                    &biases,
+                    row_off,
+                );
             }
         }
     }
@@ -621,46 +722,49 @@ fn run_task_inplace<T: Element>(
     let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
     let tl = table.tile_lanes;
     let phases = spec.phases.len();
+    let gs = table.group_size;
     let total_taps = table.tap_offset.len();
     let image = g.in_channels * spec.channel_stride;
     let row_off = table.rows(task.chunks.clone()).start * table.out_row;
-    let stride = table.last_stride;
     let lane_mask = (1u64 << k.lanes) - 1;
     let biases: Vec<T> = (0..cout_g)
         .map(|c| bias.map_or(T::zero(), |b| b[task.group * cout_g + c]))
         .collect();
     let tiles = table.chunk_tiles[task.chunks.start]..table.chunk_tiles[task.chunks.end];
-    let mut stage = vec![T::zero(); k.mr * tl];
+    let per_phase = k.packed.blocks * k.mr * tl;
+    let mut acc = vec![T::zero(); gs * per_phase];
+    let mut reached = vec![false; gs];
     let mut runs_buf: Vec<TapRun> = Vec::new();
     for ni in 0..task.batch.len() {
         let n = task.batch.start + ni;
         let base = (n * image + task.group * cin_g * spec.channel_stride) as isize;
         for tile in tiles.clone() {
             let f0 = table.tile_start[tile] as isize;
-            for (pi, phase) in spec.phases.iter().enumerate() {
-                if table.live[tile * phases + pi] == 0 {
-                    continue;
-                }
-                let first = table.tap_start[pi];
-                runs_buf.clear();
-                let mut any = false;
-                for t in first..first + phase.taps.len() {
-                    let mask = table.masks[tile * total_taps + t];
-                    any |= mask != 0;
-                    let mut masks = [0u32; MAX_V];
-                    for (vi, m) in masks.iter_mut().enumerate().take(k.v) {
-                        *m = ((mask >> (vi * k.lanes)) & lane_mask) as u32;
+            for first_phase in (0..phases).step_by(gs) {
+                for pi in first_phase..(first_phase + gs).min(phases) {
+                    let r = pi - first_phase;
+                    reached[r] = false;
+                    if table.live[tile * phases + pi] == 0 {
+                        continue;
                     }
-                    runs_buf.push(TapRun {
-                        base: base + f0 + table.tap_offset[t],
-                        masks,
-                    });
-                }
-                let runs = &table.runs
-                    [table.run_start[tile * phases + pi]..table.run_start[tile * phases + pi + 1]];
-                for block in 0..k.packed.blocks {
-                    let co0 = block * k.mr;
-                    if any {
+                    let first = table.tap_start[pi];
+                    runs_buf.clear();
+                    for t in first..first + spec.phases[pi].taps.len() {
+                        let mask = table.masks[tile * total_taps + t];
+                        reached[r] |= mask != 0;
+                        let mut masks = [0u32; MAX_V];
+                        for (vi, m) in masks.iter_mut().enumerate().take(k.v) {
+                            *m = ((mask >> (vi * k.lanes)) & lane_mask) as u32;
+                        }
+                        runs_buf.push(TapRun {
+                            base: base + f0 + table.tap_offset[t],
+                            masks,
+                        });
+                    }
+                    if !reached[r] {
+                        continue;
+                    }
+                    for block in 0..k.packed.blocks {
                         let args = InplaceArgs {
                             x: src,
                             channel_stride: spec.channel_stride,
@@ -668,21 +772,22 @@ fn run_task_inplace<T: Element>(
                             taps: &runs_buf,
                             w: k.packed.run(task.group, block, pi),
                         };
-                        kernel(&args, &mut stage);
-                    }
-                    for m in 0..k.mr.min(cout_g - co0) {
-                        let b = biases[co0 + m];
-                        let row = &stage[m * tl..(m + 1) * tl];
-                        let plane = &mut task.planes[ni * cout_g + co0 + m];
-                        for &(lo, len, at) in runs {
-                            if any {
-                                store_run(plane, at - row_off, stride, &row[lo..lo + len], b);
-                            } else {
-                                fill_run(plane, at - row_off, stride, len, b);
-                            }
-                        }
+                        let at = r * per_phase + block * k.mr * tl;
+                        kernel(&args, &mut acc[at..at + k.mr * tl]);
                     }
                 }
+                store_group(
+                    table,
+                    tile,
+                    first_phase,
+                    phases,
+                    &mut task.planes[ni * cout_g..(ni + 1) * cout_g],
+                    &acc,
+                    per_phase,
+                    &reached,
+                    &biases,
+                    row_off,
+                );
             }
         }
     }

@@ -207,7 +207,13 @@ pub fn tile_shapes(isa: Isa) -> &'static [(usize, usize, f32)] {
             (2, 4, 0.45),
             (1, 4, 0.3),
         ],
-        Isa::Avx2 | Isa::Scalar => &[(6, 2, 0.6), (3, 3, 0.55), (2, 4, 0.45), (1, 4, 0.3)],
+        Isa::Avx2 | Isa::Scalar => &[
+            (6, 2, 0.6),
+            (3, 3, 0.55),
+            (2, 4, 0.45),
+            (1, 8, 0.32),
+            (1, 4, 0.3),
+        ],
     }
 }
 
@@ -230,7 +236,7 @@ pub fn portable<T: Element>(mr: usize, v: usize) -> Option<InplaceFn<T>> {
         mr,
         v,
         |M, W| portable_kernel::<T, M, W> as InplaceFn<T>,
-        [(6, 2), (3, 3), (2, 4), (1, 4)]
+        [(6, 2), (3, 3), (2, 4), (1, 8), (1, 4)]
     )
 }
 
@@ -249,7 +255,7 @@ pub fn f32_kernel(isa: Isa, mr: usize, v: usize) -> Option<InplaceFn<f32>> {
             mr,
             v,
             |M, W| x86::avx2::<M, W> as InplaceFn<f32>,
-            [(6, 2), (3, 3), (2, 4), (1, 4)]
+            [(6, 2), (3, 3), (2, 4), (1, 8), (1, 4)]
         ),
         _ => portable::<f32>(mr, v),
     }

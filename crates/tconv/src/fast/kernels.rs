@@ -12,7 +12,7 @@ use super::Isa;
 use crate::tensor::Element;
 
 /// Most vectors per tile.
-pub const MAX_V: usize = 4;
+pub const MAX_V: usize = 8;
 
 /// A microkernel: `(a, b, k, out, accumulate)`; `a.len() >= k*MR`, `b.len() >= k*V*LANES`,
 /// `out.len() >= MR*V*LANES` (panics otherwise). Computes `out (+)= Σ_k a[k] ⊗ b[k]` into
