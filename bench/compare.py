@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""Time tconv beside PyTorch and onnxruntime on the standard suite, layer by layer in one
+sitting, and print a markdown table of medians and ratios.
+
+Setup once (see ../shared/bench/peers_bench.py):
+  python3 -m venv .venv-peers && .venv-peers/bin/pip install numpy onnx onnxruntime torch
+Run from the repository root:
+  cargo build --release
+  .venv-peers/bin/python bench/compare.py --peers ../shared/bench/peers_bench.py --runs 20
+
+For each layer the peers script (PyTorch and onnxruntime interleaved, 1 and 2 threads) runs
+first, then `tconv bench` at 1 and 2 threads, so that drift of this shared machine hits all
+of them within seconds of each other.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+LAYERS = ["dcgan1", "dcgan2", "dcgan3", "dcgan4", "unet", "s1k3", "dilated", "fcn_dw", "hifigan1d", "vnet3d"]
+
+
+def tconv(layer, threads, runs, binary):
+    out = subprocess.run(
+        [binary, "bench", "--layer", layer, "--threads", str(threads), "--runs", str(runs), "--json"],
+        check=True, capture_output=True, text=True,
+    ).stdout
+    return json.loads(out.strip().splitlines()[0])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--peers", default="../shared/bench/peers_bench.py")
+    ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--layers", default=",".join(LAYERS))
+    ap.add_argument("--binary", default="target/release/tconv")
+    ap.add_argument("--json-out", default=None)
+    a = ap.parse_args()
+    rows = []
+    for layer in a.layers.split(","):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "peers.json")
+            subprocess.run(
+                [sys.executable, a.peers, "--no-jax", "--no-gemm", "--runs", str(a.runs), "--layers", layer, "--out", path],
+                check=True, capture_output=True, text=True,
+            )
+            peers = json.load(open(path))["layers"][layer]["peers"]
+        ours = {t: tconv(layer, t, a.runs, a.binary) for t in (1, 2)}
+        row = {"layer": layer, "gflop": ours[1]["gflop"], "algorithm": ours[1]["algorithm"]}
+        for t in (1, 2):
+            row[f"tconv-{t}t"] = ours[t]["median_ms"]
+            row[f"torch-{t}t"] = peers[f"torch-{t}t"]["median_ms"]
+            row[f"ort-{t}t"] = peers[f"ort-{t}t"]["median_ms"]
+        rows.append(row)
+        print(f"{layer}: done", file=sys.stderr)
+    if a.json_out:
+        json.dump(rows, open(a.json_out, "w"), indent=1)
+    print("| layer | GFLOP | threads | tconv ms | PyTorch ms | onnxruntime ms | fastest peer / tconv | tconv GFLOP/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    prod = {1: 1.0, 2: 1.0}
+    for r in rows:
+        for t in (1, 2):
+            best = min(r[f"torch-{t}t"], r[f"ort-{t}t"])
+            ratio = best / r[f"tconv-{t}t"]
+            prod[t] *= ratio
+            print(f"| {r['layer']} | {r['gflop']:.3f} | {t} | {r[f'tconv-{t}t']:.2f} | {r[f'torch-{t}t']:.2f} | "
+                  f"{r[f'ort-{t}t']:.2f} | {ratio:.2f}x | {r['gflop'] / r[f'tconv-{t}t'] * 1e3:.1f} |")
+    for t in (1, 2):
+        print(f"\nGeometric mean of (fastest peer / tconv) at {t} thread(s): {prod[t] ** (1 / len(rows)):.2f}x")
+
+
+if __name__ == "__main__":
+    main()
