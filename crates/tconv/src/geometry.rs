@@ -543,6 +543,34 @@ impl Geometry {
         f
     }
 
+    /// The adjoint problem: the other op with input and output roles swapped, same weight,
+    /// stride, dilation, padding and groups. Its output has the shape of this problem's
+    /// input, and it maps this problem's output gradient to the input gradient: the
+    /// gradient of a conv_transpose w.r.t. its input is a conv, and vice versa.
+    pub fn adjoint(&self) -> Geometry {
+        Geometry {
+            op: match self.op {
+                Op::Conv => Op::ConvTranspose,
+                Op::ConvTranspose => Op::Conv,
+            },
+            batch: self.batch,
+            batched: self.batched,
+            in_channels: self.out_channels,
+            out_channels: self.in_channels,
+            groups: self.groups,
+            axes: self
+                .axes
+                .iter()
+                .map(|a| AxisGeometry {
+                    input: a.output,
+                    output: a.input,
+                    output_padding: 0,
+                    ..a.clone()
+                })
+                .collect(),
+        }
+    }
+
     /// Error unless a tensor of `shape` is within [`MAX_ELEMENTS`].
     pub fn check_size(&self, what: &'static str, shape: &[usize]) -> Result<()> {
         check_elements(what, shape)

@@ -27,6 +27,7 @@ pub mod error;
 pub mod explain;
 pub mod fast;
 pub mod geometry;
+pub mod grad;
 pub mod npy;
 pub mod params;
 pub mod plan;
@@ -35,6 +36,7 @@ pub mod tensor;
 
 pub use error::{Error, ErrorKind, Result};
 pub use geometry::{AxisGeometry, Geometry};
+pub use grad::{conv_backward, conv_transpose_backward, Gradients, Wanted};
 pub use params::{ConvParams, Op, OutputSize, Padding};
 pub use plan::{Algorithm, Plan, PlanOptions};
 pub use tensor::Element;

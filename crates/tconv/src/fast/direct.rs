@@ -326,7 +326,7 @@ impl<T> DirectKernel<T> {
 type Pools = Mutex<Vec<(usize, Arc<rayon::ThreadPool>)>>;
 
 /// A thread pool per thread count, built once.
-fn pool(threads: usize) -> Arc<rayon::ThreadPool> {
+pub(crate) fn pool(threads: usize) -> Arc<rayon::ThreadPool> {
     static POOLS: OnceLock<Pools> = OnceLock::new();
     let pools = POOLS.get_or_init(|| Mutex::new(Vec::new()));
     let mut pools = pools.lock().unwrap_or_else(|e| e.into_inner());

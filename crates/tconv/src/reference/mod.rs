@@ -29,7 +29,7 @@ use crate::params::Op;
 
 /// Row-major flat big-side offset reached from small-side position `small` by tap `tap`,
 /// or `None` if it falls in the padding (conv) / the cropped border (conv_transpose).
-pub(crate) fn big_flat(g: &Geometry, small: &[usize], tap: &[usize]) -> Option<usize> {
+pub fn big_flat(g: &Geometry, small: &[usize], tap: &[usize]) -> Option<usize> {
     let mut flat = 0;
     for (a, axis) in g.axes.iter().enumerate() {
         let pos = axis.big_index(g.op, small[a], tap[a])?;

@@ -1,0 +1,319 @@
+//! Gradients: PyTorch autograd goldens, finite differences, the adjoint identity, and the
+//! fast paths against their references (exact on small integers, bitwise across threads).
+
+mod common;
+
+use common::gen::*;
+use common::*;
+use ndarray::{ArrayD, Ix1};
+use proptest::prelude::*;
+use tconv::grad::{grad_weight_reference, Wanted};
+use tconv::npy::NpyArray;
+use tconv::{
+    conv, conv_backward, conv_transpose, conv_transpose_backward, Algorithm, Element, Geometry, Op,
+    PlanOptions,
+};
+
+fn backward<T: Element>(
+    op: Op,
+    x: &ArrayD<T>,
+    w: &ArrayD<T>,
+    gy: &ArrayD<T>,
+    p: &tconv::ConvParams,
+    o: &PlanOptions,
+) -> tconv::Gradients<T> {
+    match op {
+        Op::Conv => conv_backward(x, w, gy, p, Wanted::all(), o),
+        Op::ConvTranspose => conv_transpose_backward(x, w, gy, p, Wanted::all(), o),
+    }
+    .unwrap()
+}
+
+#[test]
+fn torch_autograd_goldens() {
+    let cases = cases("torch-grad");
+    assert_eq!(cases.len(), 80, "expected all 80 gradient cases");
+    for dir in &cases {
+        let case = json(&dir.join("case.json"));
+        let (op, params) = torch_params(&case);
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let x = npy(&dir.join("input.npy"));
+        let f32_case = matches!(x, NpyArray::F32(_));
+        // Tolerances from the data README; atol scaled by the number of summed terms.
+        let terms = |shape: &[usize]| shape.iter().product::<usize>() as f64;
+        let (x64, w64, gy64) = (
+            x.to_f64(),
+            npy(&dir.join("weight.npy")).to_f64(),
+            npy(&dir.join("grad_output.npy")).to_f64(),
+        );
+        for (label, o) in [
+            ("planned", PlanOptions::default()),
+            (
+                "reference",
+                PlanOptions {
+                    algorithm: Some(Algorithm::Reference),
+                    ..PlanOptions::default()
+                },
+            ),
+        ] {
+            let got: tconv::Gradients<f64> = if f32_case {
+                let (x, w, gy) = (
+                    x64.mapv(|v| v as f32),
+                    w64.mapv(|v| v as f32),
+                    gy64.mapv(|v| v as f32),
+                );
+                let gr = backward(op, &x, &w, &gy, &params, &o);
+                tconv::Gradients {
+                    input: gr.input.map(|a| a.mapv(f64::from)),
+                    weight: gr.weight.map(|a| a.mapv(f64::from)),
+                    bias: gr.bias.map(|a| a.mapv(f64::from)),
+                }
+            } else {
+                backward(op, &x64, &w64, &gy64, &params, &o)
+            };
+            let (rtol, atol) = if f32_case {
+                (1e-4, 1e-5)
+            } else {
+                (1e-9, 1e-10)
+            };
+            let scale = if f32_case {
+                (terms(gy64.shape()) / 64.0).max(1.0)
+            } else {
+                1.0
+            };
+            let want_x = npy(&dir.join("expected_grad_input.npy")).to_f64();
+            assert_close(
+                &format!("{name} [{label}] grad_input"),
+                got.input.as_ref().unwrap(),
+                &want_x,
+                rtol,
+                atol * scale,
+            );
+            let want_w = npy(&dir.join("expected_grad_weight.npy")).to_f64();
+            assert_close(
+                &format!("{name} [{label}] grad_weight"),
+                got.weight.as_ref().unwrap(),
+                &want_w,
+                rtol,
+                atol * scale,
+            );
+            let gb = dir.join("expected_grad_bias.npy");
+            if gb.exists() {
+                assert_close(
+                    &format!("{name} [{label}] grad_bias"),
+                    got.bias.as_ref().unwrap(),
+                    &npy(&gb).to_f64(),
+                    rtol,
+                    atol * scale,
+                );
+            }
+        }
+    }
+}
+
+/// Prepare the case's arrays for `op` (for conv the weight is read as a conv weight).
+fn arrays<T: Element>(
+    c: &Case,
+    op: Op,
+) -> Option<(
+    ArrayD<T>,
+    ArrayD<T>,
+    Option<ndarray::Array1<T>>,
+    tconv::ConvParams,
+)> {
+    let (x, w, b) = c.data::<T>();
+    let mut p = c.params();
+    match op {
+        Op::ConvTranspose => Some((x, w, b, p)),
+        Op::Conv => {
+            p.output_padding.clear();
+            let mut s = c.x_shape();
+            s[1] = c.c_out();
+            let x = ints::<T>(&s, c.seed ^ 5);
+            let b = c.bias.then(|| {
+                ints::<T>(&[c.c_in()], c.seed)
+                    .into_dimensionality::<Ix1>()
+                    .unwrap()
+            });
+            Geometry::new(Op::Conv, x.shape(), w.shape(), None, &p).ok()?;
+            Some((x, w, b, p))
+        }
+    }
+}
+
+fn forward<T: Element>(
+    op: Op,
+    x: &ArrayD<T>,
+    w: &ArrayD<T>,
+    b: Option<&ndarray::Array1<T>>,
+    p: &tconv::ConvParams,
+) -> ArrayD<T> {
+    let bv = b.map(|b| b.view());
+    match op {
+        Op::Conv => conv(x, w, bv, p),
+        Op::ConvTranspose => conv_transpose(x, w, bv, p),
+    }
+    .unwrap()
+}
+
+fn dot(a: &ArrayD<f64>, b: &ArrayD<f64>) -> f64 {
+    a.iter().zip(b.iter()).map(|(x, y)| x * y).sum()
+}
+
+/// Central finite differences of `L = <op(x, w, b), r>` at a few entries of x, w and b.
+fn finite_differences(c: &Case, op: Op) -> Result<(), TestCaseError> {
+    let Some((x, w, b, p)) = arrays::<f64>(c, op) else {
+        return Ok(());
+    };
+    // Non-integer values so nothing is accidentally exact.
+    let (x, w) = (x.mapv(|v| v * 0.37 + 0.11), w.mapv(|v| v * 0.29 - 0.07));
+    let b = b.map(|b| b.mapv(|v| v * 0.5));
+    let y = forward(op, &x, &w, b.as_ref(), &p);
+    let r = ints::<f64>(y.shape(), c.seed ^ 0x77).mapv(|v| v * 0.41);
+    let grads = backward(op, &x, &w, &r, &p, &PlanOptions::default());
+    let loss = |x: &ArrayD<f64>, w: &ArrayD<f64>, b: Option<&ndarray::Array1<f64>>| {
+        dot(&forward(op, x, w, b, &p), &r)
+    };
+    let eps = 1e-3; // L is linear in each argument, so central differences are exact up to rounding
+    let check = |what: &str, analytic: f64, numeric: f64| -> Result<(), TestCaseError> {
+        prop_assert!(
+            (analytic - numeric).abs() <= 1e-7 * (1.0 + numeric.abs()),
+            "{what}: analytic {analytic} vs numeric {numeric}"
+        );
+        Ok(())
+    };
+    for i in (0..x.len()).step_by((x.len() / 5).max(1)) {
+        let (mut xp, mut xm) = (x.clone(), x.clone());
+        xp.as_slice_mut().unwrap()[i] += eps;
+        xm.as_slice_mut().unwrap()[i] -= eps;
+        let num = (loss(&xp, &w, b.as_ref()) - loss(&xm, &w, b.as_ref())) / (2.0 * eps);
+        check(
+            "grad_input",
+            grads.input.as_ref().unwrap().as_slice().unwrap()[i],
+            num,
+        )?;
+    }
+    for i in (0..w.len()).step_by((w.len() / 5).max(1)) {
+        let (mut wp, mut wm) = (w.clone(), w.clone());
+        wp.as_slice_mut().unwrap()[i] += eps;
+        wm.as_slice_mut().unwrap()[i] -= eps;
+        let num = (loss(&x, &wp, b.as_ref()) - loss(&x, &wm, b.as_ref())) / (2.0 * eps);
+        check(
+            "grad_weight",
+            grads.weight.as_ref().unwrap().as_slice().unwrap()[i],
+            num,
+        )?;
+    }
+    if let Some(b) = &b {
+        for i in 0..b.len() {
+            let (mut bp, mut bm) = (b.clone(), b.clone());
+            bp[i] += eps;
+            bm[i] -= eps;
+            let num = (loss(&x, &w, Some(&bp)) - loss(&x, &w, Some(&bm))) / (2.0 * eps);
+            check("grad_bias", grads.bias.as_ref().unwrap()[i], num)?;
+        }
+    }
+    Ok(())
+}
+
+fn fast_matches_reference<T: Element>(c: &Case, op: Op) -> Result<(), TestCaseError> {
+    let Some((x, w, _, p)) = arrays::<T>(c, op) else {
+        return Ok(());
+    };
+    let y_shape = Geometry::new(op, x.shape(), w.shape(), None, &p)
+        .unwrap()
+        .user_output_shape();
+    let gy = ints::<T>(&y_shape, c.seed ^ 0x99);
+    let reference = backward(
+        op,
+        &x,
+        &w,
+        &gy,
+        &p,
+        &PlanOptions {
+            algorithm: Some(Algorithm::Reference),
+            ..PlanOptions::default()
+        },
+    );
+    for threads in [1, 3] {
+        let fast = backward(
+            op,
+            &x,
+            &w,
+            &gy,
+            &p,
+            &PlanOptions {
+                threads: Some(threads),
+                ..PlanOptions::default()
+            },
+        );
+        prop_assert_eq!(&fast, &reference, "threads {}", threads);
+    }
+    // The adjoint identity ties forward and backward: <op(x), gy> == <x, grad_x>.
+    let y = forward(op, &x, &w, None, &p);
+    let lhs: f64 = y
+        .iter()
+        .zip(gy.iter())
+        .map(|(a, b)| (*a * *b).to_f64().unwrap())
+        .sum();
+    let rhs: f64 = x
+        .iter()
+        .zip(reference.input.as_ref().unwrap().iter())
+        .map(|(a, b)| (*a * *b).to_f64().unwrap())
+        .sum();
+    prop_assert_eq!(lhs, rhs);
+    // And <op(x), gy> == <w, grad_w> (bilinear in x and w).
+    let rhs_w: f64 = w
+        .iter()
+        .zip(reference.weight.as_ref().unwrap().iter())
+        .map(|(a, b)| (*a * *b).to_f64().unwrap())
+        .sum();
+    prop_assert_eq!(lhs, rhs_w);
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn finite_differences_f64(c in case_upto(5, 3, 2)) {
+        finite_differences(&c, Op::ConvTranspose)?;
+        finite_differences(&c, Op::Conv)?;
+    }
+
+    #[test]
+    fn fast_gradients_match_reference(c in case_upto(9, 9, 2)) {
+        fast_matches_reference::<f32>(&c, Op::ConvTranspose)?;
+        fast_matches_reference::<f64>(&c, Op::ConvTranspose)?;
+        fast_matches_reference::<f32>(&c, Op::Conv)?;
+    }
+}
+
+#[test]
+fn only_requested_gradients_are_computed() {
+    let x = ArrayD::from_elem(vec![1, 2, 3, 3], 1.0f32);
+    let w = ArrayD::from_elem(vec![2, 2, 2, 2], 1.0f32);
+    let gy = ArrayD::from_elem(vec![1, 2, 4, 4], 1.0f32);
+    let p = tconv::ConvParams::new();
+    let only_w = Wanted {
+        input: false,
+        weight: true,
+        bias: false,
+    };
+    let g = conv_transpose_backward(&x, &w, &gy, &p, only_w, &PlanOptions::default()).unwrap();
+    assert!(g.input.is_none() && g.bias.is_none());
+    assert_eq!(g.weight.unwrap().shape(), &[2, 2, 2, 2]);
+    let bad = ArrayD::from_elem(vec![1, 2, 5, 4], 1.0f32);
+    let e = conv_transpose_backward(&x, &w, &bad, &p, only_w, &PlanOptions::default()).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("grad_output has shape [1, 2, 5, 4], expected [1, 2, 4, 4]"),
+        "{e}"
+    );
+    // grad_weight reference is exposed for callers who test their own fast paths.
+    let g = Geometry::new(Op::ConvTranspose, &[1, 2, 3, 3], &[2, 2, 2, 2], None, &p).unwrap();
+    assert_eq!(
+        grad_weight_reference(&g, x.as_slice().unwrap(), gy.as_slice().unwrap()).len(),
+        16
+    );
+}
