@@ -72,12 +72,42 @@ pub struct BenchArgs {
     /// Also time the ordinary conv each layer is the transpose of (rows named NAME:conv).
     #[arg(long)]
     pub with_conv: bool,
+    /// Which passes: the forward pass, the backward pass (rows NAME:grad_input and
+    /// NAME:grad_weight), or both.
+    #[arg(long, value_enum, default_value = "forward")]
+    pub pass: Pass,
     /// Force an algorithm (reference or direct).
     #[arg(long)]
     pub algorithm: Option<String>,
     /// FMA peak per core in GFLOP/s for the "% of peak" column.
     #[arg(long, default_value_t = PEAK_PER_CORE)]
     pub peak_gflops: f64,
+}
+
+/// Passes to time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Pass {
+    /// y = conv_transpose(x, w).
+    Forward,
+    /// dL/dx and dL/dw, each timed on its own.
+    Backward,
+    /// Both.
+    Both,
+}
+
+/// Median and minimum milliseconds of `f` over `runs` after `warmup`.
+fn time_fn(mut f: impl FnMut() -> Result<()>, warmup: usize, runs: usize) -> Result<(f64, f64)> {
+    for _ in 0..warmup {
+        f()?;
+    }
+    let mut ms = Vec::with_capacity(runs.max(1));
+    for _ in 0..runs.max(1) {
+        let t = Instant::now();
+        f()?;
+        ms.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    ms.sort_by(|a, b| a.total_cmp(b));
+    Ok((ms[ms.len() / 2], ms[0]))
 }
 
 /// Flags of `tconv plan`.
@@ -171,17 +201,14 @@ pub struct Timing {
 fn time_plan(plan: &Plan<f32>, x: &ArrayD<f32>, warmup: usize, runs: usize) -> Result<(f64, f64)> {
     let xs = x.as_slice().context("contiguous input")?;
     let mut y = vec![0.0f32; plan.geometry().output_shape().iter().product()];
-    for _ in 0..warmup {
-        plan.run(xs, None, &mut y);
-    }
-    let mut ms = Vec::with_capacity(runs);
-    for _ in 0..runs.max(1) {
-        let t = Instant::now();
-        plan.run(xs, None, &mut y);
-        ms.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    ms.sort_by(|a, b| a.total_cmp(b));
-    Ok((ms[ms.len() / 2], ms[0]))
+    time_fn(
+        || {
+            plan.run(xs, None, &mut y);
+            Ok(())
+        },
+        warmup,
+        runs,
+    )
 }
 
 /// Time one layer (and optionally its conv) with the given options.
@@ -195,16 +222,62 @@ pub fn time_layer(l: &Layer, a: &BenchArgs, opts: &PlanOptions) -> Result<Vec<Ti
     let plan = Plan::new(Op::ConvTranspose, &l.input, &w, None, &l.params, opts)?;
     let geometry: &Geometry = plan.geometry();
     let gflop = geometry.flops() as f64 / 1e9;
-    let (median_ms, min_ms) = time_plan(&plan, &x, a.warmup, a.runs)?;
-    let mut out = vec![Timing {
-        name: l.name.clone(),
-        threads: plan.threads(),
-        gflop,
-        median_ms,
-        min_ms,
-        algorithm: plan.label(),
-        workspace_bytes: plan.workspace_bytes(),
-    }];
+    let mut out = Vec::new();
+    if a.pass != Pass::Backward {
+        let (median_ms, min_ms) = time_plan(&plan, &x, a.warmup, a.runs)?;
+        out.push(Timing {
+            name: l.name.clone(),
+            threads: plan.threads(),
+            gflop,
+            median_ms,
+            min_ms,
+            algorithm: plan.label(),
+            workspace_bytes: plan.workspace_bytes(),
+        });
+    }
+    if a.pass != Pass::Forward {
+        let gy = random(&geometry.output_shape(), 4);
+        for (suffix, wanted) in [
+            (
+                "grad_input",
+                tconv::Wanted {
+                    input: true,
+                    weight: false,
+                    bias: false,
+                },
+            ),
+            (
+                "grad_weight",
+                tconv::Wanted {
+                    input: false,
+                    weight: true,
+                    bias: false,
+                },
+            ),
+        ] {
+            let (median_ms, min_ms) = time_fn(
+                || {
+                    tconv::conv_transpose_backward(&x, &w, &gy, &l.params, wanted, opts)?;
+                    Ok(())
+                },
+                a.warmup,
+                a.runs,
+            )?;
+            out.push(Timing {
+                name: format!("{}:{suffix}", l.name),
+                threads: plan.threads(),
+                gflop,
+                median_ms,
+                min_ms,
+                algorithm: if suffix == "grad_input" {
+                    "adjoint conv/direct".into()
+                } else {
+                    "per-tap GEMM".into()
+                },
+                workspace_bytes: 0,
+            });
+        }
+    }
     if a.with_conv {
         // The conv this layer is the transpose of: input = the layer's output, same weight.
         let mut p = l.params.clone();

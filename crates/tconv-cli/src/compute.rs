@@ -97,17 +97,136 @@ pub struct ComputeArgs {
     /// How to print the result when no --output is given.
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
+    /// Upstream gradient dL/dy (.npy or inline JSON, shaped like the output): compute the
+    /// gradients asked for with --grad-input / --grad-weight / --grad-bias.
+    #[arg(long)]
+    pub grad_output: Option<String>,
+    /// Write dL/dx here (needs --grad-output).
+    #[arg(long, requires = "grad_output")]
+    pub grad_input: Option<PathBuf>,
+    /// Write dL/dw here (needs --grad-output).
+    #[arg(long, requires = "grad_output")]
+    pub grad_weight: Option<PathBuf>,
+    /// Write dL/db here (needs --grad-output).
+    #[arg(long, requires = "grad_output")]
+    pub grad_bias: Option<PathBuf>,
+}
+
+fn backward_typed<T: Element>(
+    op: Op,
+    x: &ArrayD<T>,
+    w: &ArrayD<T>,
+    gy: &ArrayD<T>,
+    params: &ConvParams,
+    wanted: tconv::Wanted,
+) -> Result<tconv::Gradients<T>> {
+    let o = tconv::PlanOptions::default();
+    Ok(match op {
+        Op::Conv => tconv::conv_backward(x, w, gy, params, wanted, &o)?,
+        Op::ConvTranspose => tconv::conv_transpose_backward(x, w, gy, params, wanted, &o)?,
+    })
+}
+
+/// The requested gradients as arrays of the input's dtype: (dx, dw, db).
+fn gradients(
+    op: Op,
+    l: &Loaded,
+    gy: NpyArray,
+    params: &ConvParams,
+    wanted: tconv::Wanted,
+) -> Result<[Option<NpyArray>; 3]> {
+    let gy = data::same_dtype(&gy, &l.x);
+    let gy = if l.bare { data::expand(gy, 2) } else { gy };
+    let out = match (&l.x, &l.w, &gy) {
+        (NpyArray::F32(x), NpyArray::F32(w), NpyArray::F32(gy)) => {
+            let g = backward_typed(op, x, w, gy, params, wanted)?;
+            [
+                g.input.map(NpyArray::F32),
+                g.weight.map(NpyArray::F32),
+                g.bias.map(NpyArray::F32),
+            ]
+        }
+        (x, w, gy) => {
+            let g = backward_typed(op, &x.to_f64(), &w.to_f64(), &gy.to_f64(), params, wanted)?;
+            [
+                g.input.map(NpyArray::F64),
+                g.weight.map(NpyArray::F64),
+                g.bias.map(NpyArray::F64),
+            ]
+        }
+    };
+    // Bare problems give bare gradients.
+    let [dx, dw, db] = out;
+    Ok(if l.bare {
+        [
+            dx.map(|a| data::squeeze(a, 2)),
+            dw.map(|a| data::squeeze(a, 2)),
+            db,
+        ]
+    } else {
+        [dx, dw, db]
+    })
 }
 
 /// Run a compute command.
 pub fn run(op: Op, args: &ComputeArgs, t: Option<&TransposeArgs>) -> Result<()> {
     let params = args.problem.params(t).map_err(anyhow::Error::msg)?;
-    if let Some(out) = &args.output {
-        let p = &args.problem;
-        let inputs = data::file_inputs([&p.input, &p.weight].into_iter().chain(p.bias.as_ref()));
+    let p = &args.problem;
+    let inputs = data::file_inputs(
+        [&p.input, &p.weight]
+            .into_iter()
+            .chain(p.bias.as_ref())
+            .chain(args.grad_output.as_ref()),
+    );
+    let outputs: Vec<&PathBuf> = [
+        &args.output,
+        &args.grad_input,
+        &args.grad_weight,
+        &args.grad_bias,
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for (i, out) in outputs.iter().enumerate() {
         data::check_output_path(out, &inputs)?;
+        if outputs[..i].contains(out) {
+            bail!("{} is named as two different outputs", out.display());
+        }
     }
     let loaded = load(&args.problem)?;
+    if let Some(gy) = &args.grad_output {
+        let wanted = tconv::Wanted {
+            input: args.grad_input.is_some(),
+            weight: args.grad_weight.is_some(),
+            bias: args.grad_bias.is_some(),
+        };
+        if !(wanted.input || wanted.weight || wanted.bias) {
+            bail!("--grad-output given, but no gradient asked for: add --grad-input, --grad-weight and/or --grad-bias");
+        }
+        let gy = data::load(gy, "grad-output")?;
+        let [dx, dw, db] = gradients(op, &loaded, gy, &params, wanted)?;
+        let mut files = Vec::new();
+        if let Some(out) = &args.output {
+            files.push((
+                out.clone(),
+                data::npy_bytes(&compute(op, &loaded, &params)?),
+            ));
+        }
+        for (path, grad) in [
+            (&args.grad_input, dx),
+            (&args.grad_weight, dw),
+            (&args.grad_bias, db),
+        ] {
+            if let (Some(path), Some(grad)) = (path, grad) {
+                files.push((path.clone(), data::npy_bytes(&grad)));
+            }
+        }
+        data::write_all_atomic(&files)?;
+        for (path, _) in &files {
+            eprintln!("wrote {}", path.display());
+        }
+        return Ok(());
+    }
     let y = compute(op, &loaded, &params)?;
     match (&args.output, args.format) {
         (Some(out), _) => {

@@ -147,34 +147,55 @@ pub fn check_output_path(out: &Path, inputs: &[PathBuf]) -> Result<()> {
 /// Write `.npy` bytes atomically: a temporary file in the same folder, then a rename, so
 /// that the destination is never left truncated or half-written.
 pub fn write_atomic(out: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match out.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
+    write_all_atomic(&[(out.to_path_buf(), bytes.to_vec())])
+}
+
+/// Write several files so that either all appear or none: every temporary file is written
+/// first, then each is renamed into place.
+pub fn write_all_atomic(files: &[(PathBuf, Vec<u8>)]) -> Result<()> {
+    let mut temps: Vec<PathBuf> = Vec::new();
+    let cleanup = |temps: &[PathBuf]| {
+        for t in temps {
+            let _ = std::fs::remove_file(t);
+        }
     };
-    if !dir.is_dir() {
-        bail!(
-            "{}: the folder {} does not exist",
-            out.display(),
-            dir.display()
-        );
+    for (out, bytes) in files {
+        let dir = match out.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = match out.file_name() {
+            Some(n) => n.to_string_lossy().into_owned(),
+            None => {
+                cleanup(&temps);
+                bail!("{}: not a file name", out.display());
+            }
+        };
+        if !dir.is_dir() {
+            cleanup(&temps);
+            bail!(
+                "{}: the folder {} does not exist",
+                out.display(),
+                dir.display()
+            );
+        }
+        let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+        let written = (|| -> std::io::Result<()> {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()
+        })();
+        temps.push(tmp);
+        if let Err(e) = written {
+            cleanup(&temps);
+            bail!("{}: cannot write: {e}", out.display());
+        }
     }
-    let name = out
-        .file_name()
-        .with_context(|| format!("{}: not a file name", out.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, out)
-    })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        bail!("{}: cannot write: {e}", out.display());
+    for ((out, _), tmp) in files.iter().zip(&temps) {
+        if let Err(e) = std::fs::rename(tmp, out) {
+            cleanup(&temps);
+            bail!("{}: cannot write: {e}", out.display());
+        }
     }
     Ok(())
 }

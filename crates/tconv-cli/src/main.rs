@@ -140,13 +140,19 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 };
             }
-            // One clear line: clap's first line, without its "error: " prefix.
+            // One clear line: clap's first paragraph (the problem and the arguments it
+            // names), without its "error: " prefix.
             let text = e.render().to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!(
-                "tconv: {} (try --help)",
-                first.trim_start_matches("error: ")
-            );
+            let first: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let line = match first.join(" ") {
+                l if l.is_empty() => "invalid arguments".to_string(),
+                l => l,
+            };
+            eprintln!("tconv: {} (try --help)", line.trim_start_matches("error: "));
             return ExitCode::from(2);
         }
     };

@@ -583,3 +583,130 @@ fn shape_calculator() {
         "{s}"
     );
 }
+
+#[test]
+fn gradients_end_to_end_through_npy_files() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tconv/tests/data/torch-grad");
+    let mut ran = 0;
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let case = entry.unwrap().path();
+        let name = case.file_name().unwrap().to_string_lossy().to_string();
+        let number: usize = name.get(..4).and_then(|n| n.parse().ok()).unwrap_or(1);
+        if !number.is_multiple_of(8) {
+            continue;
+        }
+        let meta: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(case.join("case.json")).unwrap())
+                .unwrap();
+        let op = meta["op"].as_str().unwrap();
+        let d = scratch(&format!("grad-{name}"));
+        let p = |f: &str| d.join(f).to_string_lossy().into_owned();
+        let c = |f: &str| case.join(f).to_string_lossy().into_owned();
+        let (stride, padding, dilation) = (
+            case_list(&meta, "stride"),
+            case_list(&meta, "padding"),
+            case_list(&meta, "dilation"),
+        );
+        let op_pad = case_list(&meta, "output_padding");
+        let groups = meta["groups"].to_string();
+        let mut args: Vec<String> = vec![if op == "conv" {
+            "conv"
+        } else {
+            "conv-transpose"
+        }
+        .into()];
+        for (flag, value) in [
+            ("--input", c("input.npy")),
+            ("--weight", c("weight.npy")),
+            ("--grad-output", c("grad_output.npy")),
+            ("--stride", stride),
+            ("--padding", padding),
+            ("--dilation", dilation),
+            ("--groups", groups),
+            ("--grad-input", p("gx.npy")),
+            ("--grad-weight", p("gw.npy")),
+            ("--grad-bias", p("gb.npy")),
+        ] {
+            args.push(flag.into());
+            args.push(value);
+        }
+        if op != "conv" {
+            args.push("--output-padding".into());
+            args.push(op_pad);
+        }
+        let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let o = tconv(&refs);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        for (got, want) in [
+            ("gx.npy", "expected_grad_input.npy"),
+            ("gw.npy", "expected_grad_weight.npy"),
+        ] {
+            let g = read_npy(d.join(got)).unwrap();
+            let w = read_npy(case.join(want)).unwrap();
+            assert_eq!(g.shape(), w.shape(), "{name} {got}");
+            let (rtol, atol) = if w.dtype() == "float32" {
+                (1e-4, 1e-4)
+            } else {
+                (1e-9, 1e-10)
+            };
+            for (a, b) in g.to_f64().iter().zip(w.to_f64().iter()) {
+                assert!(
+                    (a - b).abs() <= atol + rtol * b.abs(),
+                    "{name} {got}: {a} vs {b}"
+                );
+            }
+        }
+        assert!(d.join("gb.npy").exists());
+        ran += 1;
+    }
+    assert!(ran >= 8, "ran {ran}");
+}
+
+#[test]
+fn gradient_errors_write_nothing() {
+    let d = scratch("grad-bad");
+    let p = |f: &str| d.join(f).to_string_lossy().into_owned();
+    write_npy(&d.join("x.npy"), &ArrayD::zeros(vec![1, 2, 3, 3]));
+    write_npy(&d.join("w.npy"), &ArrayD::zeros(vec![2, 2, 2, 2]));
+    write_npy(&d.join("gy_bad.npy"), &ArrayD::zeros(vec![1, 2, 5, 5]));
+    let o = tconv(&[
+        "conv-transpose",
+        "--input",
+        &p("x.npy"),
+        "--weight",
+        &p("w.npy"),
+        "--grad-output",
+        &p("gy_bad.npy"),
+        "--grad-input",
+        &p("gx.npy"),
+        "--grad-weight",
+        &p("gw.npy"),
+    ]);
+    expect_usage_error(
+        &o,
+        "grad_output has shape [1, 2, 5, 5], expected [1, 2, 4, 4]",
+    );
+    assert!(!d.join("gx.npy").exists() && !d.join("gw.npy").exists());
+    let o = tconv(&[
+        "conv-transpose",
+        "--input",
+        &p("x.npy"),
+        "--weight",
+        &p("w.npy"),
+        "--grad-input",
+        &p("gx.npy"),
+    ]);
+    expect_usage_error(&o, "--grad-output");
+    let o = tconv(&[
+        "conv-transpose",
+        "--input",
+        &p("x.npy"),
+        "--weight",
+        &p("w.npy"),
+        "--grad-output",
+        &p("gy_bad.npy"),
+        "--grad-input",
+        &p("x.npy"),
+    ]);
+    expect_usage_error(&o, "refusing to write the output over the input file");
+}

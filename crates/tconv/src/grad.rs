@@ -22,7 +22,7 @@ use crate::fast::Isa;
 use crate::geometry::Geometry;
 use crate::params::{ConvParams, Op};
 use crate::plan::{Algorithm, Plan, PlanOptions};
-use crate::tensor::{contiguous, flat_index, numel, positions, Element};
+use crate::tensor::{contiguous, for_each_index, numel, positions, Element};
 
 /// Which gradients to compute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -221,6 +221,9 @@ pub fn grad_weight_reference<T: Element>(g: &Geometry, x: &[T], gy: &[T]) -> Vec
 
 /// Positions processed per packed slice of the weight-gradient GEMM.
 const POSITION_CHUNK: usize = 256;
+/// Below this many (a, b) channel pairs per group the weight gradient uses direct dot
+/// products: a 6×16 register tile would be mostly padding.
+const SMALL_GEMM: usize = 32;
 
 /// `∂L/∂w` as one GEMM per (group, tap) over the positions where the tap is valid:
 /// `dW[a, b] = Σ_p S[a, p] · B[b, p]`, on the packed-panel microkernel with `p` as `k`.
@@ -283,17 +286,33 @@ pub fn grad_weight_fast<T: Element>(
             .map(|&(lo, hi)| hi.saturating_sub(lo))
             .collect();
         let mut pairs: Vec<(usize, usize)> = Vec::with_capacity(numel(&extents));
-        for rel in positions(&extents) {
-            let small: Vec<usize> = rel.iter().zip(&ranges).map(|(r, (lo, _))| r + lo).collect();
-            let big: Vec<usize> = small
-                .iter()
-                .zip(&g.axes)
-                .zip(&k)
-                .map(|((&i, a), &kk)| {
-                    ((i * a.stride + kk * a.dilation) as i64 - a.pad_begin) as usize
-                })
-                .collect();
-            pairs.push((flat_index(&small_sp, &small), flat_index(&big_sp, &big)));
+        for_each_index(&extents, |rel| {
+            let (mut si, mut bi) = (0usize, 0usize);
+            for (ax, a) in g.axes.iter().enumerate() {
+                let small = rel[ax] + ranges[ax].0;
+                let big = ((small * a.stride + k[ax] * a.dilation) as i64 - a.pad_begin) as usize;
+                si = si * a.small(g.op) + small;
+                bi = bi * a.big(g.op) + big;
+            }
+            pairs.push((si, bi));
+        });
+        if a_pg * b_pg < SMALL_GEMM {
+            // Few channel pairs (depthwise and the like): direct dot products.
+            let mut out = vec![T::zero(); a_pg * b_pg];
+            for (a, row) in out.chunks_mut(b_pg).enumerate() {
+                for (bl, slot) in row.iter_mut().enumerate() {
+                    let mut acc = T::zero();
+                    for n in 0..g.batch {
+                        let sr = &s[(n * a_ch + group * a_pg + a) * small_size..][..small_size];
+                        let br = &b[(n * b_ch + group * b_pg + bl) * big_size..][..big_size];
+                        for &(si, bi) in &pairs {
+                            acc = acc + sr[si] * br[bi];
+                        }
+                    }
+                    *slot = acc;
+                }
+            }
+            return out;
         }
         let mut acc = vec![T::zero(); mblocks * nblocks * mr * tl];
         let mut apack = vec![T::zero(); mblocks * POSITION_CHUNK * mr];
@@ -344,6 +363,14 @@ pub fn grad_weight_fast<T: Element>(
     let mut dw = vec![T::zero(); a_ch * b_pg * k_size];
     for (task, acc) in blocks.iter().enumerate() {
         let (group, k_flat) = (task / k_size, task % k_size);
+        if a_pg * b_pg < SMALL_GEMM {
+            for a in 0..a_pg {
+                for bl in 0..b_pg {
+                    dw[((group * a_pg + a) * b_pg + bl) * k_size + k_flat] = acc[a * b_pg + bl];
+                }
+            }
+            continue;
+        }
         for a in 0..a_pg {
             let (mb, mi) = (a / mr, a % mr);
             for bl in 0..b_pg {

@@ -123,6 +123,30 @@ impl Iterator for Positions {
     }
 }
 
+/// Call `f` with every multi-index of `shape` in row-major order, reusing one buffer
+/// (no allocation per index, unlike [`positions`]).
+pub fn for_each_index(shape: &[usize], mut f: impl FnMut(&[usize])) {
+    if shape.contains(&0) {
+        return;
+    }
+    let mut idx = vec![0usize; shape.len()];
+    loop {
+        f(&idx);
+        let mut axis = shape.len();
+        loop {
+            if axis == 0 {
+                return;
+            }
+            axis -= 1;
+            idx[axis] += 1;
+            if idx[axis] < shape[axis] {
+                break;
+            }
+            idx[axis] = 0;
+        }
+    }
+}
+
 /// Row-major flat offset of `idx` in `shape`.
 pub fn flat_index(shape: &[usize], idx: &[usize]) -> usize {
     idx.iter().zip(shape).fold(0, |acc, (&i, &n)| acc * n + i)

@@ -4,7 +4,7 @@
 use super::spec::{DirectSpec, SourceLayout};
 use crate::geometry::Geometry;
 use crate::params::Op;
-use crate::tensor::{flat_index, numel, positions, Element};
+use crate::tensor::{for_each_index, numel, Element};
 
 /// Weights packed as `[group][co_block][phase][tap][ci][MR]`, zero-filled past `C_out/g`.
 #[derive(Clone, Debug)]
@@ -81,47 +81,73 @@ pub fn pack_weights<T: Element>(
 }
 
 /// The source buffer the kernels read, `(N, C_in, channel block)`; `None` means read the
-/// caller's input as it is.
+/// caller's input as it is. Rows (the last axis) are copied with one strided loop each.
 pub fn pack_source<T: Element>(g: &Geometry, spec: &DirectSpec, x: &[T]) -> Option<Vec<T>> {
     let inputs: Vec<usize> = g.axes.iter().map(|a| a.input).collect();
+    let dims = inputs.len();
     let in_plane = numel(&inputs);
     let planes = g.batch * g.in_channels;
+    let in_pitch: Vec<usize> = (0..dims)
+        .map(|a| inputs[a + 1..].iter().product())
+        .collect();
     match &spec.source {
         SourceLayout::Direct => None,
         SourceLayout::Padded { extents } => {
             let out_plane = numel(extents);
             let mut buf = vec![T::zero(); planes * out_plane];
+            let rows = &inputs[..dims - 1];
+            let len = inputs[dims - 1];
             for p in 0..planes {
-                for i in positions(&inputs) {
-                    buf[p * out_plane + flat_index(extents, &i)] =
-                        x[p * in_plane + flat_index(&inputs, &i)];
-                }
+                for_each_index(rows, |r| {
+                    let mut src = p * in_plane;
+                    let mut dst = p * out_plane;
+                    for a in 0..dims - 1 {
+                        src += r[a] * in_pitch[a];
+                        dst += r[a] * extents[a + 1..].iter().product::<usize>();
+                    }
+                    buf[dst..dst + len].copy_from_slice(&x[src..src + len]);
+                });
             }
             Some(buf)
         }
         SourceLayout::Polyphase { extents } => {
             let strides: Vec<usize> = g.axes.iter().map(|a| a.stride).collect();
             let comp_plane = numel(extents);
+            let ext_pitch: Vec<usize> = (0..dims)
+                .map(|a| extents[a + 1..].iter().product())
+                .collect();
             let block = spec.channel_stride;
             let mut buf = vec![T::zero(); planes * block];
+            let rows = &extents[..dims - 1];
+            let (last_s, last_in, last_ext) =
+                (strides[dims - 1], inputs[dims - 1], extents[dims - 1]);
             for p in 0..planes {
-                for (c, rho) in positions(&strides).enumerate() {
-                    for u in positions(extents) {
-                        let src: Option<Vec<usize>> = u
-                            .iter()
-                            .zip(&rho)
-                            .zip(&g.axes)
-                            .map(|((&u, &r), a)| {
-                                let i = u * a.stride + r;
-                                (i < a.input).then_some(i)
-                            })
-                            .collect();
-                        if let Some(i) = src {
-                            buf[p * block + c * comp_plane + flat_index(extents, &u)] =
-                                x[p * in_plane + flat_index(&inputs, &i)];
+                let mut c = 0;
+                for_each_index(&strides, |rho| {
+                    let comp = p * block + c * comp_plane;
+                    c += 1;
+                    for_each_index(rows, |u| {
+                        // Source row of component rho at u (outer axes), if inside the input.
+                        let mut src = p * in_plane;
+                        let mut dst = comp;
+                        for a in 0..dims - 1 {
+                            let i = u[a] * strides[a] + rho[a];
+                            if i >= inputs[a] {
+                                return;
+                            }
+                            src += i * in_pitch[a];
+                            dst += u[a] * ext_pitch[a];
                         }
-                    }
-                }
+                        let first = rho[dims - 1];
+                        if first >= last_in {
+                            return;
+                        }
+                        let count = (last_in - first).div_ceil(last_s).min(last_ext);
+                        for (j, d) in buf[dst..dst + count].iter_mut().enumerate() {
+                            *d = x[src + first + j * last_s];
+                        }
+                    });
+                });
             }
             Some(buf)
         }
