@@ -111,16 +111,16 @@ fn torch_autograd_goldens() {
     }
 }
 
-/// Prepare the case's arrays for `op` (for conv the weight is read as a conv weight).
-fn arrays<T: Element>(
-    c: &Case,
-    op: Op,
-) -> Option<(
+/// x, w, bias and parameters of one generated problem.
+type Arrays<T> = (
     ArrayD<T>,
     ArrayD<T>,
     Option<ndarray::Array1<T>>,
     tconv::ConvParams,
-)> {
+);
+
+/// Prepare the case's arrays for `op` (for conv the weight is read as a conv weight).
+fn arrays<T: Element>(c: &Case, op: Op) -> Option<Arrays<T>> {
     let (x, w, b) = c.data::<T>();
     let mut p = c.params();
     match op {
