@@ -2,7 +2,7 @@
 //! library's [`ConvParams`]; validation happens in the library, which names the numbers.
 
 use clap::{Args, ValueEnum};
-use tconv::{ConvParams, OutputSize, Padding};
+use tconv::{ConvParams, Op, OutputSize, Padding};
 
 /// A comma list of non-negative integers, as one argument value.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,5 +127,13 @@ impl ProblemArgs {
             }
         }
         Ok(p)
+    }
+}
+
+/// The command-line name of an op.
+pub fn op_label(op: Op) -> &'static str {
+    match op {
+        Op::Conv => "conv",
+        Op::ConvTranspose => "conv-transpose",
     }
 }

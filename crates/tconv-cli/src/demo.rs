@@ -134,3 +134,39 @@ pub fn demo_text() -> Result<String> {
     ));
     Ok(s)
 }
+
+/// The demo's examples 1–3 as a steppable HTML page.
+pub fn demo_html() -> Result<String> {
+    let kernel = array![[[[1.0, 0.0], [0.0, -1.0]]]].into_dyn();
+    let x3 = array![[[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0], [7.0, 8.0, 9.0]]]].into_dyn();
+    let x2 = array![[[[1.0, 2.0], [3.0, 4.0]]]].into_dyn();
+    let examples = [
+        (
+            "Example 1. Ordinary convolution: the kernel slides over the input",
+            Op::Conv,
+            x3,
+            ConvParams::new(),
+        ),
+        (
+            "Example 2. Transposed convolution, stride 1",
+            Op::ConvTranspose,
+            x2.clone(),
+            ConvParams::new(),
+        ),
+        (
+            "Example 3. Transposed convolution, stride 2",
+            Op::ConvTranspose,
+            x2,
+            ConvParams::new().stride(&[2]),
+        ),
+    ];
+    let mut players = Vec::new();
+    for (title, op, x, p) in examples {
+        let problem = crate::render::Problem::new(op, &loaded(x, kernel.clone()), &p, 4096)?;
+        players.push(crate::render::html::frames(&problem, title)?);
+    }
+    Ok(crate::render::html::page(
+        "tconv demo: convolution and transposed convolution, step by step",
+        &players,
+    ))
+}

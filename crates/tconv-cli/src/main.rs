@@ -7,6 +7,8 @@ mod compute;
 mod data;
 mod demo;
 mod explain;
+mod overlap;
+mod render;
 mod shape;
 
 use std::process::ExitCode;
@@ -29,8 +31,12 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// The explainer's worked examples, computed and shown step by step.
-    #[command(after_help = "Example:\n  tconv demo")]
-    Demo,
+    #[command(after_help = "Examples:\n  tconv demo\n  tconv demo --html demo.html")]
+    Demo {
+        /// Also write the examples as a self-contained, steppable HTML page.
+        #[arg(long)]
+        html: Option<std::path::PathBuf>,
+    },
     /// Ordinary convolution (cross-correlation), as torch.nn.functional.conv2d / ONNX Conv.
     #[command(
         after_help = "Examples:\n  tconv conv --input '[[1,2,3],[4,5,6],[7,8,9]]' --weight '[[1,0],[0,-1]]'\n  tconv conv --input x.npy --weight w.npy --bias b.npy --stride 2,2 --padding 1,1 --dilation 1,1 --groups 1 --output y.npy"
@@ -59,6 +65,11 @@ enum Command {
         after_help = "Examples:\n  tconv bench --threads 1\n  tconv bench --layer dcgan1 --threads 2 --json\n  tconv bench --input 16,512,4,4 --c-out 256 --kernel 4,4 --stride 2 --padding 1"
     )]
     Bench(bench::BenchArgs),
+    /// Checkerboard diagnostic: kernel taps reaching each output position, with a verdict.
+    #[command(
+        after_help = "Examples:\n  tconv overlap --kernel 3 --stride 2\n  tconv overlap --kernel 4 --stride 2 --padding 1 --size 6 --svg overlap.svg --png overlap.png\n  tconv overlap --kernel 3 --stride 2 --dims 1 --size 8"
+    )]
+    Overlap(overlap::OverlapArgs),
     /// Show how a layer would be computed: algorithm, why, kernel, shapes, workspace, threads.
     #[command(
         after_help = "Examples:\n  tconv plan --layer dcgan1\n  tconv plan --input 1,64,32,32 --c-out 32 --kernel 3 --stride 2 --padding 1 --output-padding 1 --threads 2"
@@ -74,6 +85,15 @@ struct ExplainArgs {
     /// conv-transpose, per output element for conv).
     #[arg(long, default_value_t = 64)]
     max_steps: usize,
+    /// Also draw the whole computation as one SVG picture.
+    #[arg(long)]
+    svg: Option<std::path::PathBuf>,
+    /// Also write a self-contained HTML page that steps through the computation.
+    #[arg(long)]
+    html: Option<std::path::PathBuf>,
+    /// Also draw the picture as PNG.
+    #[arg(long)]
+    png: Option<std::path::PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -97,7 +117,14 @@ enum ExplainCommand {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Demo => print!("{}", demo::demo_text()?),
+        Command::Demo { html } => {
+            if let Some(path) = &html {
+                data::write_atomic(path, demo::demo_html()?.as_bytes())?;
+                eprintln!("wrote {}", path.display());
+            }
+            print!("{}", demo::demo_text()?)
+        }
+        Command::Overlap(a) => overlap::run(&a)?,
         Command::Conv(a) => compute::run(Op::Conv, &a, None)?,
         Command::ConvTranspose { args, transpose } => {
             compute::run(Op::ConvTranspose, &args, Some(&transpose))?
@@ -113,6 +140,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let loaded = compute::load(&a.problem)?;
             let text =
                 explain::explain(op, &loaded, &params, explain::Sections::all(), a.max_steps)?;
+            let mut files = Vec::new();
+            if a.svg.is_some() || a.html.is_some() || a.png.is_some() {
+                let problem = render::Problem::new(op, &loaded, &params, a.max_steps.max(64) * 16)?;
+                let picture = render::svg::explain_svg(&problem)?;
+                if let Some(path) = &a.png {
+                    files.push((path.clone(), overlap::png_bytes(&picture)?));
+                }
+                if let Some(path) = &a.svg {
+                    files.push((path.clone(), picture.into_bytes()));
+                }
+                if let Some(path) = &a.html {
+                    let title = format!("tconv explain {}", args::op_label(op));
+                    let frames = render::html::frames(&problem, &title)?;
+                    files.push((
+                        path.clone(),
+                        render::html::page(&title, &[frames]).into_bytes(),
+                    ));
+                }
+            }
+            data::write_all_atomic(&files)?;
+            for (path, _) in &files {
+                eprintln!("wrote {}", path.display());
+            }
             print!("{text}");
         }
         Command::Shape(a) => print!("{}", shape::run(&a)?),

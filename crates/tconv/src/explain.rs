@@ -215,3 +215,115 @@ pub fn overlap_counts(g: &Geometry) -> Vec<usize> {
     }
     counts
 }
+
+/// A same-size alternative for one axis whose kernel is divisible by the stride.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Alternative {
+    /// Spatial axis.
+    pub axis: usize,
+    /// Kernel extent (a multiple of the stride).
+    pub kernel: usize,
+    /// Symmetric padding.
+    pub padding: usize,
+    /// Output padding.
+    pub output_padding: usize,
+}
+
+/// How evenly a transposed convolution's kernel copies overlap: the data behind the
+/// checkerboard diagnostic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OverlapReport {
+    /// Output spatial extents.
+    pub extents: Vec<usize>,
+    /// Taps reaching each output position (row-major over `extents`).
+    pub counts: Vec<usize>,
+    /// Per axis, taps reaching each output residue `o mod s` (away from the borders).
+    pub taps_per_residue: Vec<Vec<usize>>,
+    /// Fewest taps any interior position receives (0: some positions get only the bias).
+    pub interior_min: usize,
+    /// Most taps any interior position receives.
+    pub interior_max: usize,
+    /// Whether every interior position receives the same number of taps.
+    pub uniform: bool,
+    /// For each uneven axis, kernel/padding choices with a kernel divisible by the stride
+    /// that keep the output size (dilation 1 only).
+    pub alternatives: Vec<Alternative>,
+}
+
+impl OverlapReport {
+    /// `interior_max / interior_min` (infinite when some positions get no tap).
+    pub fn ratio(&self) -> f64 {
+        if self.interior_min == 0 {
+            f64::INFINITY
+        } else {
+            self.interior_max as f64 / self.interior_min as f64
+        }
+    }
+}
+
+/// The overlap pattern of a transposed convolution (channels do not matter).
+pub fn overlap_report(g: &Geometry) -> OverlapReport {
+    debug_assert_eq!(g.op, Op::ConvTranspose);
+    let counts = overlap_counts(g);
+    let taps_per_residue: Vec<Vec<usize>> = g
+        .axes
+        .iter()
+        .map(|a| {
+            (0..a.stride)
+                .map(|r| {
+                    (0..a.kernel)
+                        .filter(|&k| {
+                            (r as i64 + a.pad_begin - (k * a.dilation) as i64)
+                                .rem_euclid(a.stride as i64)
+                                == 0
+                        })
+                        .count()
+                })
+                .collect()
+        })
+        .collect();
+    let interior_min = taps_per_residue
+        .iter()
+        .map(|t| t.iter().copied().min().unwrap_or(0))
+        .product();
+    let interior_max = taps_per_residue
+        .iter()
+        .map(|t| t.iter().copied().max().unwrap_or(0))
+        .product();
+    let mut alternatives = Vec::new();
+    for (axis, a) in g.axes.iter().enumerate() {
+        let uneven = taps_per_residue[axis].iter().min() != taps_per_residue[axis].iter().max();
+        if !uneven || a.dilation != 1 || a.pad_begin < 0 || a.pad_end < 0 {
+            continue;
+        }
+        // out = (L-1)s - p_b - p_e + k + op; keep `out` with k' a multiple of s and
+        // symmetric padding p' and output_padding op' < s: 2p' - op' = k' - k + p_b + p_e - op.
+        let s = a.stride;
+        let base = (a.pad_begin + a.pad_end) - a.output_padding as i64;
+        let mut ks = vec![s * a.kernel.div_ceil(s)];
+        if a.kernel / s >= 1 && s * (a.kernel / s) != ks[0] {
+            ks.push(s * (a.kernel / s));
+        }
+        for k2 in ks {
+            let need = k2 as i64 - a.kernel as i64 + base;
+            if let Some(op2) = (0..s as i64).find(|op2| (need + op2) >= 0 && (need + op2) % 2 == 0)
+            {
+                alternatives.push(Alternative {
+                    axis,
+                    kernel: k2,
+                    padding: ((need + op2) / 2) as usize,
+                    output_padding: op2 as usize,
+                });
+            }
+        }
+    }
+    OverlapReport {
+        extents: g.big_spatial(),
+        counts,
+        taps_per_residue,
+        interior_min,
+        interior_max,
+        uniform: interior_min == interior_max,
+        alternatives,
+    }
+}

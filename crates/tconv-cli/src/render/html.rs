@@ -1,0 +1,329 @@
+//! A single self-contained HTML page (no network, no external files) that steps through a
+//! computation frame by frame, with play/pause/step controls and keyboard keys.
+
+use anyhow::Result;
+use serde_json::{json, Value};
+use tconv::explain::{dot_steps, scatter_steps};
+use tconv::Op;
+
+use super::{num, rc, Problem};
+
+fn grid(spatial: &[usize], values: &[String], kinds: &[&str]) -> Value {
+    let (rows, cols) = rc(spatial);
+    json!({ "rows": rows, "cols": cols, "values": values, "kinds": kinds })
+}
+
+/// The frames of one problem: a JSON object the page's script plays.
+pub fn frames(p: &Problem, title: &str) -> Result<Value> {
+    let g = &p.geometry;
+    let in_sp: Vec<usize> = g.axes.iter().map(|a| a.input).collect();
+    let k_sp = g.kernel_shape();
+    let b = p.bias.unwrap_or(0.0);
+    let strs = |v: &[f64]| v.iter().map(|&x| num(x)).collect::<Vec<_>>();
+    let mut frames = Vec::new();
+    let (input, output) = match g.op {
+        Op::ConvTranspose => {
+            // The uncropped canvas, as in the SVG.
+            let mut lo = Vec::new();
+            let mut ext = Vec::new();
+            let mut natural_end = Vec::new();
+            for a in &g.axes {
+                let natural = ((a.input - 1) * a.stride + a.dilation * (a.kernel - 1) + 1) as i64;
+                let full = natural + a.output_padding as i64;
+                let l = (-a.pad_begin).min(0);
+                lo.push(l);
+                ext.push(((full - a.pad_begin).max(a.output as i64) - l) as usize);
+                natural_end.push(natural - a.pad_begin - a.pad_end);
+            }
+            let kinds: Vec<&str> = tconv::tensor::positions(&ext)
+                .map(|i| {
+                    let coord: Vec<i64> = i.iter().zip(&lo).map(|(&i, &l)| i as i64 + l).collect();
+                    let kept = coord
+                        .iter()
+                        .zip(&g.axes)
+                        .all(|(&c, a)| c >= 0 && c < a.output as i64);
+                    let extra = coord.iter().zip(&natural_end).any(|(&c, &e)| c >= e);
+                    match (kept, extra) {
+                        (false, _) => "cropped",
+                        (true, true) => "extra",
+                        (true, false) => "value",
+                    }
+                })
+                .collect();
+            let mut canvas = vec![b; ext.iter().product()];
+            frames.push(json!({
+                "text": "Start: the output canvas holds the bias (0 without one).",
+                "formula": format!("size per axis: (in-1)·s - p_begin - p_end + d·(k-1) + output_padding + 1 = {}",
+                    g.axes.iter().map(|a| a.output.to_string()).collect::<Vec<_>>().join(" × ")),
+                "hot_input": [], "hot_output": [], "output": strs(&canvas),
+            }));
+            for st in scatter_steps(g, &p.x, &p.w) {
+                let mut hot = Vec::new();
+                let mut terms = Vec::new();
+                for c in &st.contributions {
+                    let idx: Vec<usize> = c
+                        .position
+                        .iter()
+                        .zip(&lo)
+                        .map(|(&q, &l)| (q - l) as usize)
+                        .collect();
+                    let at = tconv::tensor::flat_index(&ext, &idx);
+                    canvas[at] += c.product;
+                    hot.push(at);
+                    if c.weight != 0.0 {
+                        terms.push(format!(
+                            "({}) += {}·{}",
+                            c.position
+                                .iter()
+                                .map(|v| v.to_string())
+                                .collect::<Vec<_>>()
+                                .join(","),
+                            num(st.value),
+                            num(c.weight)
+                        ));
+                    }
+                }
+                let label = st
+                    .index
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                frames.push(json!({
+                    "text": format!("x[{label}] = {} multiplies the whole kernel; the scaled kernel lands at ({}) (i·s - p_begin) and is added in.",
+                        num(st.value), st.offset.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",")),
+                    "formula": if terms.is_empty() { "all products are 0".to_string() } else { terms.join(";  ") },
+                    "hot_input": [tconv::tensor::flat_index(&in_sp, &st.index)],
+                    "hot_output": hot,
+                    "output": strs(&canvas),
+                }));
+            }
+            let cropped = kinds.contains(&"cropped");
+            frames.push(json!({
+                "text": if cropped { "Done: the cells outside the dashed border are cropped by the padding; the rest is y." } else { "Done: overlapping products have been summed; this is y." },
+                "formula": format!("y = {}", strs(&p.output()).join(", ")),
+                "hot_input": [], "hot_output": [], "output": strs(&canvas),
+            }));
+            (
+                grid(&in_sp, &strs(&p.x), &vec!["value"; p.x.len()]),
+                grid(&ext, &strs(&canvas), &kinds),
+            )
+        }
+        Op::Conv => {
+            let padded: Vec<usize> = g
+                .axes
+                .iter()
+                .map(|a| (a.input as i64 + a.pad_begin + a.pad_end) as usize)
+                .collect();
+            let mut values = Vec::new();
+            let mut kinds = Vec::new();
+            for j in tconv::tensor::positions(&padded) {
+                let src: Option<Vec<usize>> = j
+                    .iter()
+                    .zip(&g.axes)
+                    .map(|(&j, a)| {
+                        let i = j as i64 - a.pad_begin;
+                        (i >= 0 && (i as usize) < a.input).then_some(i as usize)
+                    })
+                    .collect();
+                match src {
+                    Some(i) => {
+                        values.push(num(p.x[tconv::tensor::flat_index(&in_sp, &i)]));
+                        kinds.push("value");
+                    }
+                    None => {
+                        values.push("0".into());
+                        kinds.push("padding");
+                    }
+                }
+            }
+            let out_sp: Vec<usize> = g.axes.iter().map(|a| a.output).collect();
+            let mut out = vec![String::new(); out_sp.iter().product()];
+            frames.push(json!({
+                "text": "Start: the kernel will slide over the (padded) input.",
+                "formula": format!("size per axis: floor((in + p_begin + p_end - d·(k-1) - 1) / s) + 1 = {}",
+                    out_sp.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(" × ")),
+                "hot_input": [], "hot_output": [], "output": out.clone(),
+            }));
+            let bias = p.bias.map(|b| vec![b]);
+            for (oi, st) in dot_steps(g, &p.x, &p.w, bias.as_deref()).iter().enumerate() {
+                let hot: Vec<usize> = st
+                    .terms
+                    .iter()
+                    .map(|t| {
+                        let j: Vec<usize> = t
+                            .position
+                            .iter()
+                            .zip(&g.axes)
+                            .map(|(&q, a)| (q + a.pad_begin) as usize)
+                            .collect();
+                        tconv::tensor::flat_index(&padded, &j)
+                    })
+                    .collect();
+                let terms: Vec<String> = st
+                    .terms
+                    .iter()
+                    .map(|t| {
+                        let w = if t.weight < 0.0 {
+                            format!("({})", num(t.weight))
+                        } else {
+                            num(t.weight)
+                        };
+                        match t.input {
+                            Some(v) => format!(
+                                "{}·{w}",
+                                if v < 0.0 {
+                                    format!("({})", num(v))
+                                } else {
+                                    num(v)
+                                }
+                            ),
+                            None => format!("0·{w}"),
+                        }
+                    })
+                    .collect();
+                out[oi] = num(st.value);
+                let label = st
+                    .index
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",");
+                let b = st
+                    .bias
+                    .map(|b| format!(" + {}", num(b)))
+                    .unwrap_or_default();
+                frames.push(json!({
+                    "text": format!("y({label}): the kernel covers the highlighted window; multiply and add."),
+                    "formula": format!("y({label}) = {}{b} = {}", terms.join(" + "), num(st.value)),
+                    "hot_input": hot, "hot_output": [oi], "output": out.clone(),
+                }));
+            }
+            (
+                grid(&padded, &values, &kinds),
+                grid(&out_sp, &out, &vec!["value"; out.len()]),
+            )
+        }
+    };
+    Ok(json!({
+        "title": title,
+        "op": g.op.name(),
+        "input": input,
+        "kernel": grid(&k_sp, &strs(&p.w), &vec!["value"; p.w.len()]),
+        "output": output,
+        "frames": frames,
+    }))
+}
+
+const STYLE: &str = r#"
+body { font-family: "DejaVu Sans", Arial, sans-serif; margin: 1.5rem; color: #111; background: #fafafa; max-width: 70rem; }
+h1 { font-size: 1.4rem; } h2 { font-size: 1.15rem; margin-top: 2rem; }
+.player { border: 1px solid #ccc; border-radius: 6px; padding: 1rem; background: #fff; margin-bottom: 1.5rem; }
+.grids { display: flex; flex-wrap: wrap; gap: 1.5rem; align-items: flex-start; }
+.grid { display: inline-grid; gap: 2px; }
+.grid div { min-width: 2.2rem; height: 2.2rem; display: flex; align-items: center; justify-content: center;
+  border: 1px solid #777; background: #fff; font-size: 0.85rem; }
+.grid .inserted { background: #e3e3e3; } .grid .padding { background: #fff2b3; }
+.grid .cropped { background: #f6c9c4; border-style: dashed; } .grid .extra { background: #c9e8c9; }
+.grid .hot { background: #ffd27f !important; font-weight: bold; outline: 2px solid #d98c00; }
+.label { font-weight: bold; margin-bottom: 0.3rem; }
+.controls { margin: 0.8rem 0; display: flex; gap: 0.5rem; align-items: center; flex-wrap: wrap; }
+button { font-size: 1rem; padding: 0.3rem 0.8rem; }
+.text { margin: 0.4rem 0; } .formula { font-family: "DejaVu Sans Mono", monospace; background: #f0f0f0; padding: 0.4rem; overflow-x: auto; }
+.keys { color: #555; font-size: 0.85rem; }
+"#;
+
+const SCRIPT: &str = r#"
+(function () {
+  const data = JSON.parse(document.getElementById('tconv-frames').textContent);
+  function makeGrid(el, g) {
+    el.style.gridTemplateColumns = 'repeat(' + g.cols + ', auto)';
+    el.innerHTML = '';
+    g.values.forEach(function (v, i) {
+      const c = document.createElement('div');
+      c.textContent = v; c.className = g.kinds[i] || 'value';
+      el.appendChild(c);
+    });
+  }
+  data.players.forEach(function (p, n) {
+    const root = document.getElementById('player-' + n);
+    const [gin, gk, gout] = root.querySelectorAll('.grid');
+    makeGrid(gin, p.input); makeGrid(gk, p.kernel); makeGrid(gout, p.output);
+    const text = root.querySelector('.text'), formula = root.querySelector('.formula');
+    const counter = root.querySelector('.counter'), play = root.querySelector('.play');
+    let frame = 0, timer = null;
+    function show(f) {
+      frame = Math.max(0, Math.min(p.frames.length - 1, f));
+      const fr = p.frames[frame];
+      Array.from(gin.children).forEach(function (c, i) { c.className = (p.input.kinds[i] || 'value') + (fr.hot_input.includes(i) ? ' hot' : ''); });
+      Array.from(gout.children).forEach(function (c, i) {
+        c.textContent = fr.output[i];
+        c.className = (p.output.kinds[i] || 'value') + (fr.hot_output.includes(i) ? ' hot' : '');
+      });
+      text.textContent = fr.text; formula.textContent = fr.formula;
+      counter.textContent = 'step ' + frame + ' / ' + (p.frames.length - 1);
+      root.dataset.frame = frame;
+    }
+    function stop() { if (timer) { clearInterval(timer); timer = null; play.textContent = 'Play'; } }
+    function toggle() {
+      if (timer) { stop(); return; }
+      if (frame >= p.frames.length - 1) show(0);
+      play.textContent = 'Pause';
+      timer = setInterval(function () { if (frame >= p.frames.length - 1) stop(); else show(frame + 1); }, 900);
+    }
+    root.querySelector('.first').onclick = function () { stop(); show(0); };
+    root.querySelector('.prev').onclick = function () { stop(); show(frame - 1); };
+    root.querySelector('.next').onclick = function () { stop(); show(frame + 1); };
+    root.querySelector('.last').onclick = function () { stop(); show(p.frames.length - 1); };
+    play.onclick = toggle;
+    root.addEventListener('keydown', function (e) {
+      if (e.target.tagName === 'BUTTON' && (e.key === ' ' || e.key === 'Enter')) return;
+      if (e.key === 'ArrowRight') { stop(); show(frame + 1); }
+      else if (e.key === 'ArrowLeft') { stop(); show(frame - 1); }
+      else if (e.key === 'Home') { stop(); show(0); }
+      else if (e.key === 'End') { stop(); show(p.frames.length - 1); }
+      else if (e.key === ' ') { toggle(); }
+      else return;
+      e.preventDefault();
+    });
+    show(0);
+  });
+})();
+"#;
+
+/// The page for one or more players (each a value from [`frames`]).
+pub fn page(title: &str, players: &[Value]) -> String {
+    let mut body = String::new();
+    for (n, p) in players.iter().enumerate() {
+        let t = p["title"].as_str().unwrap_or("");
+        body.push_str(&format!(
+            r#"<section class="player" id="player-{n}" tabindex="0" aria-label="{t}">
+<h2>{t}</h2>
+<div class="grids">
+ <div><div class="label">{}</div><div class="grid" role="grid" aria-label="input"></div></div>
+ <div><div class="label">kernel w</div><div class="grid" role="grid" aria-label="kernel"></div></div>
+ <div><div class="label">output y</div><div class="grid" role="grid" aria-label="output"></div></div>
+</div>
+<div class="controls">
+ <button class="first" aria-label="first step">⏮</button>
+ <button class="prev" aria-label="previous step">◀ Step</button>
+ <button class="play">Play</button>
+ <button class="next" aria-label="next step">Step ▶</button>
+ <button class="last" aria-label="last step">⏭</button>
+ <span class="counter" aria-live="polite"></span>
+</div>
+<div class="text" aria-live="polite"></div>
+<div class="formula"></div>
+<div class="keys">Keys (click the panel first): ← → step, Space play/pause, Home/End first/last.</div>
+</section>
+"#,
+            if p["op"] == "conv" { "input x (padded)" } else { "input x" }
+        ));
+    }
+    let data = json!({ "players": players })
+        .to_string()
+        .replace("</", "<\\/");
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>{title}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n<h1>{title}</h1>\n<p>Yellow: padding; grey: zeros inserted between inputs; red, dashed: computed then cropped by padding; green: the extra row/column of output_padding; orange: the current step.</p>\n{body}<script type=\"application/json\" id=\"tconv-frames\">{data}</script>\n<script>{SCRIPT}</script>\n</body>\n</html>\n"
+    )
+}
