@@ -252,7 +252,16 @@ pub fn grad_weight_fast<T: Element>(
         .or_else(|| portable::<T>(mr, v))
         .expect("tile_shapes lists instantiated kernels");
     let tl = v * isa.lanes();
-    let (mblocks, nblocks) = (a_pg.div_ceil(mr), b_pg.div_ceil(tl));
+    // The register tile's rows (MR) take whichever side wastes less padding (e.g. the 3
+    // output channels of an RGB layer go on the rows, not on 16 lanes).
+    let waste = |m: usize, n: usize| m.div_ceil(mr) * mr * n.div_ceil(tl) * tl;
+    let swap = waste(b_pg, a_pg) < waste(a_pg, b_pg);
+    let (m_src, m_ch, m_pg, m_size, n_src, n_ch, n_pg, n_size) = if swap {
+        (b, b_ch, b_pg, big_size, s, a_ch, a_pg, small_size)
+    } else {
+        (s, a_ch, a_pg, small_size, b, b_ch, b_pg, big_size)
+    };
+    let (mblocks, nblocks) = (m_pg.div_ceil(mr), n_pg.div_ceil(tl));
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = options
         .threads
@@ -323,18 +332,20 @@ pub fn grad_weight_fast<T: Element>(
                 let pc = chunk.len();
                 for m in 0..mblocks * mr {
                     let (mb, mi) = (m / mr, m % mr);
-                    let row = (m < a_pg).then(|| (n * a_ch + group * a_pg + m) * small_size);
-                    for (p, &(si, _)) in chunk.iter().enumerate() {
+                    let row = (m < m_pg).then(|| (n * m_ch + group * m_pg + m) * m_size);
+                    for (p, &(si, bi)) in chunk.iter().enumerate() {
+                        let at = if swap { bi } else { si };
                         apack[(mb * POSITION_CHUNK + p) * mr + mi] =
-                            row.map_or(T::zero(), |r| s[r + si]);
+                            row.map_or(T::zero(), |r| m_src[r + at]);
                     }
                 }
                 for c in 0..nblocks * tl {
                     let (nb, ni) = (c / tl, c % tl);
-                    let row = (c < b_pg).then(|| (n * b_ch + group * b_pg + c) * big_size);
-                    for (p, &(_, bi)) in chunk.iter().enumerate() {
+                    let row = (c < n_pg).then(|| (n * n_ch + group * n_pg + c) * n_size);
+                    for (p, &(si, bi)) in chunk.iter().enumerate() {
+                        let at = if swap { si } else { bi };
                         bpack[(nb * POSITION_CHUNK + p) * tl + ni] =
-                            row.map_or(T::zero(), |r| b[r + bi]);
+                            row.map_or(T::zero(), |r| n_src[r + at]);
                     }
                 }
                 for mb in 0..mblocks {
@@ -372,9 +383,9 @@ pub fn grad_weight_fast<T: Element>(
             continue;
         }
         for a in 0..a_pg {
-            let (mb, mi) = (a / mr, a % mr);
             for bl in 0..b_pg {
-                let (nb, ni) = (bl / tl, bl % tl);
+                let (m, c) = if swap { (bl, a) } else { (a, bl) };
+                let ((mb, mi), (nb, ni)) = ((m / mr, m % mr), (c / tl, c % tl));
                 dw[((group * a_pg + a) * b_pg + bl) * k_size + k_flat] =
                     acc[((mb * nblocks + nb) * mr + mi) * tl + ni];
             }

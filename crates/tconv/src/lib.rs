@@ -94,3 +94,8 @@ fn run<'x, 'w, T: Element, D1: Dimension, D2: Dimension>(
     )?;
     plan.execute(x, bias)
 }
+
+/// The README's Rust examples, compiled and run as doctests.
+#[doc = include_str!("../../../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

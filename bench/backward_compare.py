@@ -1,0 +1,67 @@
+#!/usr/bin/env python3
+"""Time the backward pass of transposed convolution: PyTorch's `y.backward(gy)` (grad of
+input and weight together) beside tconv's grad_input and grad_weight (`tconv bench --pass
+both`), layer by layer in one sitting, 1 and 2 threads. Prints a markdown table.
+
+  .venv-peers/bin/python bench/backward_compare.py --runs 10
+"""
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+SUITE = json.load(open("bench/suite.json"))["layers"]
+
+
+def torch_backward_ms(layer, threads, runs):
+    torch.set_num_threads(threads)
+    nd = len(layer["kernel"])
+    f = {1: torch.nn.functional.conv_transpose1d, 2: torch.nn.functional.conv_transpose2d,
+         3: torch.nn.functional.conv_transpose3d}[nd]
+    g = layer["groups"]
+    x = torch.randn(*layer["input"], requires_grad=True)
+    w = torch.randn(layer["input"][1], layer["c_out"] // g, *layer["kernel"], requires_grad=True)
+    kw = dict(stride=layer["stride"], padding=layer["padding"], output_padding=layer["output_padding"],
+              dilation=layer["dilation"], groups=g)
+    y = f(x, w, **kw)
+    gy = torch.randn_like(y)
+    times = []
+    for i in range(runs + 2):
+        y = f(x, w, **kw)
+        t = time.perf_counter()
+        y.backward(gy)
+        if i >= 2:
+            times.append((time.perf_counter() - t) * 1e3)
+        x.grad = None
+        w.grad = None
+    return statistics.median(times)
+
+
+def tconv_ms(name, threads, runs):
+    out = subprocess.run(["target/release/tconv", "bench", "--pass", "both", "--layer", name, "--threads",
+                          str(threads), "--runs", str(runs), "--json"], check=True, capture_output=True, text=True).stdout
+    rows = {json.loads(l)["name"]: json.loads(l)["median_ms"] for l in out.strip().splitlines()}
+    return rows[name], rows[name + ":grad_input"], rows[name + ":grad_weight"]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--runs", type=int, default=10)
+    a = ap.parse_args()
+    print("| layer | threads | tconv forward ms | tconv grad_input ms | tconv grad_weight ms | tconv backward ms | backward / forward | PyTorch backward ms | PyTorch / tconv |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for layer in SUITE:
+        for t in (1, 2):
+            fwd, gi, gw = tconv_ms(layer["name"], t, a.runs)
+            tb = torch_backward_ms(layer, t, a.runs)
+            ours = gi + gw
+            print(f"| {layer['name']} | {t} | {fwd:.2f} | {gi:.2f} | {gw:.2f} | {ours:.2f} | {ours / fwd:.2f} | {tb:.2f} | {tb / ours:.2f}x |")
+            sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
