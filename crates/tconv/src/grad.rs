@@ -225,8 +225,35 @@ const POSITION_CHUNK: usize = 256;
 /// products: a 6×16 register tile would be mostly padding.
 const SMALL_GEMM: usize = 32;
 
-/// `∂L/∂w` as one GEMM per (group, tap) over the positions where the tap is valid:
-/// `dW[a, b] = Σ_p S[a, p] · B[b, p]`, on the packed-panel microkernel with `p` as `k`.
+/// Pack `width`-wide position-major runs: `out[(blk * POSITION_CHUNK + j) * width + c % width]`
+/// holds `value(c, j)` for channel `c` (zero past `channels`) and pair `j < pc`.
+#[inline]
+fn pack_runs<T: Element>(
+    out: &mut [T],
+    width: usize,
+    channels: usize,
+    pc: usize,
+    value: impl Fn(usize, usize) -> T,
+) {
+    for c in 0..channels.div_ceil(width) * width {
+        let (blk, j0) = (c / width, c % width);
+        let run = &mut out[blk * POSITION_CHUNK * width..(blk * POSITION_CHUNK + pc) * width];
+        if c < channels {
+            for (j, slot) in run.iter_mut().skip(j0).step_by(width).enumerate() {
+                *slot = value(c, j);
+            }
+        } else {
+            for slot in run.iter_mut().skip(j0).step_by(width) {
+                *slot = T::zero();
+            }
+        }
+    }
+}
+
+/// `∂L/∂w` as GEMMs over positions: `dW[a, b, k] = Σ_p S[a, p] · B[b, big(p, k)]`, on the
+/// packed-panel microkernel with `(n, p)` as the reduction axis. Each task owns one group and
+/// a range of taps; it packs the `S` side of a chunk of positions once and reuses it for all
+/// of its taps, re-packing only the (shifted, zero-padded) `B` side per tap.
 pub fn grad_weight_fast<T: Element>(
     g: &Geometry,
     x: &[T],
@@ -255,139 +282,159 @@ pub fn grad_weight_fast<T: Element>(
     // The register tile's rows (MR) take whichever side wastes less padding (e.g. the 3
     // output channels of an RGB layer go on the rows, not on 16 lanes).
     let waste = |m: usize, n: usize| m.div_ceil(mr) * mr * n.div_ceil(tl) * tl;
-    let swap = waste(b_pg, a_pg) < waste(a_pg, b_pg);
-    let (m_src, m_ch, m_pg, m_size, n_src, n_ch, n_pg, n_size) = if swap {
-        (b, b_ch, b_pg, big_size, s, a_ch, a_pg, small_size)
+    let s_on_rows = waste(a_pg, b_pg) <= waste(b_pg, a_pg);
+    let (rows_pg, cols_pg) = if s_on_rows {
+        (a_pg, b_pg)
     } else {
-        (s, a_ch, a_pg, small_size, b, b_ch, b_pg, big_size)
+        (b_pg, a_pg)
     };
-    let (mblocks, nblocks) = (m_pg.div_ceil(mr), n_pg.div_ceil(tl));
+    let (mblocks, nblocks) = (rows_pg.div_ceil(mr), cols_pg.div_ceil(tl));
+    let tile = mr * tl;
+    let small = a_pg * b_pg < SMALL_GEMM;
+    let per_tap = if small {
+        a_pg * b_pg
+    } else {
+        mblocks * nblocks * tile
+    };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = options
         .threads
         .unwrap_or(if g.flops() < 4_000_000 { 1 } else { cores })
         .max(1);
 
-    // One task per (group, tap): the result block dW[group][:, :, tap].
-    let run = |task: usize| -> Vec<T> {
-        let (group, k_flat) = (task / k_size, task % k_size);
-        let k = positions(&k_sp)
-            .nth(k_flat)
-            .expect("tap index within the kernel");
-        // Per axis, the small positions whose tap lands inside the big side.
-        let ranges: Vec<(usize, usize)> = g
-            .axes
-            .iter()
-            .enumerate()
-            .map(|(ax, a)| {
-                let off = (k[ax] * a.dilation) as i64 - a.pad_begin;
-                let s = a.stride as i64;
-                let lo = if off >= 0 { 0 } else { (-off + s - 1) / s };
-                let hi = (a.big(g.op) as i64 - 1 - off).div_euclid(s) + 1;
-                (
-                    lo.max(0) as usize,
-                    hi.clamp(0, a.small(g.op) as i64) as usize,
-                )
-            })
-            .collect();
-        let extents: Vec<usize> = ranges
-            .iter()
-            .map(|&(lo, hi)| hi.saturating_sub(lo))
-            .collect();
-        let mut pairs: Vec<(usize, usize)> = Vec::with_capacity(numel(&extents));
-        for_each_index(&extents, |rel| {
-            let (mut si, mut bi) = (0usize, 0usize);
-            for (ax, a) in g.axes.iter().enumerate() {
-                let small = rel[ax] + ranges[ax].0;
-                let big = ((small * a.stride + k[ax] * a.dilation) as i64 - a.pad_begin) as usize;
-                si = si * a.small(g.op) + small;
-                bi = bi * a.big(g.op) + big;
+    // big(p, k) for every small position p and tap k, or usize::MAX where the tap falls
+    // outside the big side.
+    let mut big_of = vec![usize::MAX; k_size * small_size];
+    for (k_flat, k) in positions(&k_sp).enumerate() {
+        let row = &mut big_of[k_flat * small_size..(k_flat + 1) * small_size];
+        let mut p = 0;
+        for_each_index(&small_sp, |i| {
+            if let Some(o) = crate::reference::big_flat(g, i, &k) {
+                row[p] = o;
             }
-            pairs.push((si, bi));
+            p += 1;
         });
-        if a_pg * b_pg < SMALL_GEMM {
+    }
+    // Tasks: (group, range of taps), enough to keep the threads busy.
+    let tap_chunks = if threads <= 1 {
+        1
+    } else {
+        (2 * threads).div_ceil(g.groups).clamp(1, k_size)
+    };
+    let taps_per = k_size.div_ceil(tap_chunks);
+    let run = |task: usize| -> Vec<T> {
+        let (group, c) = (task / tap_chunks, task % tap_chunks);
+        let taps = c * taps_per..((c + 1) * taps_per).min(k_size);
+        let mut acc = vec![T::zero(); taps.len() * per_tap];
+        if small {
             // Few channel pairs (depthwise and the like): direct dot products.
-            let mut out = vec![T::zero(); a_pg * b_pg];
-            for (a, row) in out.chunks_mut(b_pg).enumerate() {
-                for (bl, slot) in row.iter_mut().enumerate() {
-                    let mut acc = T::zero();
-                    for n in 0..g.batch {
-                        let sr = &s[(n * a_ch + group * a_pg + a) * small_size..][..small_size];
-                        let br = &b[(n * b_ch + group * b_pg + bl) * big_size..][..big_size];
-                        for &(si, bi) in &pairs {
-                            acc = acc + sr[si] * br[bi];
+            for (ti, k) in taps.clone().enumerate() {
+                let map = &big_of[k * small_size..(k + 1) * small_size];
+                for a in 0..a_pg {
+                    for bl in 0..b_pg {
+                        let mut sum = T::zero();
+                        for n in 0..g.batch {
+                            let sr = &s[(n * a_ch + group * a_pg + a) * small_size..][..small_size];
+                            let br = &b[(n * b_ch + group * b_pg + bl) * big_size..][..big_size];
+                            for (&sv, &o) in sr.iter().zip(map) {
+                                if o != usize::MAX {
+                                    sum = sum + sv * br[o];
+                                }
+                            }
                         }
+                        acc[ti * per_tap + a * b_pg + bl] = sum;
                     }
-                    *slot = acc;
                 }
             }
-            return out;
+            return acc;
         }
-        let mut acc = vec![T::zero(); mblocks * nblocks * mr * tl];
-        let mut apack = vec![T::zero(); mblocks * POSITION_CHUNK * mr];
-        let mut bpack = vec![T::zero(); nblocks * POSITION_CHUNK * tl];
-        let mut first = true;
-        for n in 0..g.batch {
-            for chunk in pairs.chunks(POSITION_CHUNK) {
-                let pc = chunk.len();
-                for m in 0..mblocks * mr {
-                    let (mb, mi) = (m / mr, m % mr);
-                    let row = (m < m_pg).then(|| (n * m_ch + group * m_pg + m) * m_size);
-                    for (p, &(si, bi)) in chunk.iter().enumerate() {
-                        let at = if swap { bi } else { si };
-                        apack[(mb * POSITION_CHUNK + p) * mr + mi] =
-                            row.map_or(T::zero(), |r| m_src[r + at]);
-                    }
-                }
-                for c in 0..nblocks * tl {
-                    let (nb, ni) = (c / tl, c % tl);
-                    let row = (c < n_pg).then(|| (n * n_ch + group * n_pg + c) * n_size);
-                    for (p, &(si, bi)) in chunk.iter().enumerate() {
-                        let at = if swap { si } else { bi };
-                        bpack[(nb * POSITION_CHUNK + p) * tl + ni] =
-                            row.map_or(T::zero(), |r| n_src[r + at]);
-                    }
-                }
-                for mb in 0..mblocks {
-                    let a_run = &apack[mb * POSITION_CHUNK * mr..(mb * POSITION_CHUNK + pc) * mr];
-                    for nb in 0..nblocks {
-                        let b_run =
-                            &bpack[nb * POSITION_CHUNK * tl..(nb * POSITION_CHUNK + pc) * tl];
-                        let at = (mb * nblocks + nb) * mr * tl;
-                        kernel(a_run, b_run, pc, &mut acc[at..at + mr * tl], !first);
-                    }
-                }
-                first = false;
+        let s_width = if s_on_rows { mr } else { tl };
+        let b_width = if s_on_rows { tl } else { mr };
+        let mut spack = vec![T::zero(); POSITION_CHUNK * a_pg.div_ceil(s_width) * s_width];
+        let mut bpack = vec![T::zero(); POSITION_CHUNK * b_pg.div_ceil(b_width) * b_width];
+        let mut started = vec![false; taps.len()];
+        // Per chunk of (batch, position) pairs: where each pair's S row starts, its batch
+        // item's B base and its position (one division per pair, not per element).
+        let total = g.batch * small_size;
+        let mut s_off = vec![0usize; POSITION_CHUNK];
+        let mut b_off = vec![0usize; POSITION_CHUNK];
+        let mut pos = vec![0usize; POSITION_CHUNK];
+        for q0 in (0..total).step_by(POSITION_CHUNK) {
+            let pc = POSITION_CHUNK.min(total - q0);
+            for j in 0..pc {
+                let (n, p) = ((q0 + j) / small_size, (q0 + j) % small_size);
+                s_off[j] = (n * a_ch + group * a_pg) * small_size + p;
+                b_off[j] = (n * b_ch + group * b_pg) * big_size;
+                pos[j] = p;
             }
-        }
-        if first {
-            acc.fill(T::zero()); // no valid position: the gradient is zero
+            pack_runs(&mut spack, s_width, a_pg, pc, |a, j| {
+                s[s_off[j] + a * small_size]
+            });
+            for (ti, k) in taps.clone().enumerate() {
+                let map = &big_of[k * small_size..(k + 1) * small_size];
+                if pos[..pc].iter().all(|&p| map[p] == usize::MAX) {
+                    continue;
+                }
+                pack_runs(&mut bpack, b_width, b_pg, pc, |bl, j| match map[pos[j]] {
+                    usize::MAX => T::zero(),
+                    o => b[b_off[j] + bl * big_size + o],
+                });
+                let (rows, cols) = if s_on_rows {
+                    (&spack, &bpack)
+                } else {
+                    (&bpack, &spack)
+                };
+                // The wide lane-side run stays in L1 while the narrow row-side runs stream.
+                for nb in 0..nblocks {
+                    let b_run = &cols[nb * POSITION_CHUNK * tl..(nb * POSITION_CHUNK + pc) * tl];
+                    for mb in 0..mblocks {
+                        let a_run =
+                            &rows[mb * POSITION_CHUNK * mr..(mb * POSITION_CHUNK + pc) * mr];
+                        let at = ti * per_tap + (mb * nblocks + nb) * tile;
+                        kernel(a_run, b_run, pc, &mut acc[at..at + tile], started[ti]);
+                    }
+                }
+                started[ti] = true;
+            }
         }
         acc
     };
-    let tasks = g.groups * k_size;
-    let blocks: Vec<Vec<T>> = if threads <= 1 {
+    let tasks = g.groups * tap_chunks;
+    let results: Vec<Vec<T>> = if threads <= 1 {
         (0..tasks).map(run).collect()
     } else {
         crate::fast::direct::pool(threads).install(|| (0..tasks).into_par_iter().map(run).collect())
     };
     let mut dw = vec![T::zero(); a_ch * b_pg * k_size];
-    for (task, acc) in blocks.iter().enumerate() {
-        let (group, k_flat) = (task / k_size, task % k_size);
-        if a_pg * b_pg < SMALL_GEMM {
-            for a in 0..a_pg {
-                for bl in 0..b_pg {
-                    dw[((group * a_pg + a) * b_pg + bl) * k_size + k_flat] = acc[a * b_pg + bl];
+    for (task, acc) in results.iter().enumerate() {
+        let (group, c) = (task / tap_chunks, task % tap_chunks);
+        for (ti, k) in (c * taps_per..((c + 1) * taps_per).min(k_size)).enumerate() {
+            let tap = &acc[ti * per_tap..(ti + 1) * per_tap];
+            let mut put =
+                |a: usize, bl: usize, v: T| dw[((group * a_pg + a) * b_pg + bl) * k_size + k] = v;
+            if small {
+                for (i, &v) in tap.iter().enumerate() {
+                    put(i / b_pg, i % b_pg, v);
                 }
+                continue;
             }
-            continue;
-        }
-        for a in 0..a_pg {
-            for bl in 0..b_pg {
-                let (m, c) = if swap { (bl, a) } else { (a, bl) };
-                let ((mb, mi), (nb, ni)) = ((m / mr, m % mr), (c / tl, c % tl));
-                dw[((group * a_pg + a) * b_pg + bl) * k_size + k_flat] =
-                    acc[((mb * nblocks + nb) * mr + mi) * tl + ni];
+            // Walk the register tiles in order: no division per element.
+            for (t, block) in tap.chunks_exact(tile).enumerate() {
+                let (mb, nb) = (t / nblocks, t % nblocks);
+                for (mi, row) in block.chunks_exact(tl).enumerate() {
+                    let r = mb * mr + mi;
+                    if r >= rows_pg {
+                        break;
+                    }
+                    for (ni, &v) in row.iter().enumerate().take(cols_pg.saturating_sub(nb * tl)) {
+                        let c = nb * tl + ni;
+                        if s_on_rows {
+                            put(r, c, v);
+                        } else {
+                            put(c, r, v);
+                        }
+                    }
+                }
             }
         }
     }
