@@ -7,9 +7,10 @@ use anyhow::{bail, Result};
 use tconv::explain::{dot_steps, scatter_steps, ScatterStep};
 use tconv::npy::NpyArray;
 use tconv::reference::{convolution_matrix, zero_insertion_view};
-use tconv::tensor::{numel, positions};
+use tconv::tensor::numel;
 use tconv::{ConvParams, Element, Geometry, Op};
 
+use crate::canvas::{Canvas, CellKind};
 use crate::compute::Loaded;
 use crate::data::grid;
 
@@ -217,76 +218,20 @@ fn size_section(g: &Geometry) -> String {
     s
 }
 
-/// The uncropped canvas of a transposed conv along one axis: coordinates `lo..hi`, where the
-/// kept output is `0..output` and the natural (no output_padding) end is `natural_end`.
-struct Canvas {
-    lo: Vec<i64>,
-    hi: Vec<i64>,
-    natural_end: Vec<i64>,
-}
-
-impl Canvas {
-    fn new(g: &Geometry) -> Self {
-        let mut c = Canvas {
-            lo: vec![],
-            hi: vec![],
-            natural_end: vec![],
-        };
-        for a in &g.axes {
-            let natural = ((a.input - 1) * a.stride + a.dilation * (a.kernel - 1) + 1) as i64;
-            let full = natural + a.output_padding as i64;
-            c.lo.push((-a.pad_begin).min(0));
-            c.hi.push((full - a.pad_begin).max(a.output as i64));
-            // Without output_padding the output would end here; beyond it are the extra cells.
-            c.natural_end.push(natural - a.pad_begin - a.pad_end);
-        }
-        c
-    }
-    fn extents(&self) -> Vec<usize> {
-        self.lo
-            .iter()
-            .zip(&self.hi)
-            .map(|(l, h)| (h - l) as usize)
-            .collect()
-    }
-    fn cropped(&self) -> bool {
-        self.lo.iter().any(|&l| l < 0)
-    }
-    /// Render one output channel of `values` (indexed by canvas offset).
-    fn render<T: Element>(&self, g: &Geometry, values: &[T], indent: &str) -> String {
-        let ext = self.extents();
-        let (rows, cols) = rc(&ext);
-        let cells: Vec<String> = positions(&ext)
-            .zip(values)
-            .map(|(p, &v)| {
-                let coord: Vec<i64> = p
-                    .iter()
-                    .zip(&self.lo)
-                    .map(|(&p, &l)| p as i64 + l)
-                    .collect();
-                let kept = coord
-                    .iter()
-                    .zip(&g.axes)
-                    .all(|(&c, a)| c >= 0 && c < a.output as i64);
-                let extra = coord.iter().zip(&self.natural_end).any(|(&c, &e)| c >= e);
-                match (kept, extra) {
-                    (false, _) => format!("({})", n(v)),
-                    (true, true) => format!("{}*", n(v)),
-                    (true, false) => n(v),
-                }
-            })
-            .collect();
-        grid(rows, cols, &cells, indent)
-    }
-    fn index(&self, position: &[i64]) -> usize {
-        let ext = self.extents();
-        let idx: Vec<usize> = position
-            .iter()
-            .zip(&self.lo)
-            .map(|(&p, &l)| (p - l) as usize)
-            .collect();
-        tconv::tensor::flat_index(&ext, &idx)
-    }
+/// Render one output channel of canvas `values`: cropped cells in parentheses, extra
+/// output_padding cells marked `*`.
+fn render_canvas<T: Element>(canvas: &Canvas, values: &[T], indent: &str) -> String {
+    let (rows, cols) = rc(&canvas.extents);
+    let cells: Vec<String> = values
+        .iter()
+        .zip(&canvas.kinds)
+        .map(|(&v, k)| match k {
+            CellKind::Cropped => format!("({})", n(v)),
+            CellKind::Extra => format!("{}*", n(v)),
+            _ => n(v),
+        })
+        .collect();
+    grid(rows, cols, &cells, indent)
 }
 
 fn scatter_section<T: Element>(
@@ -298,7 +243,7 @@ fn scatter_section<T: Element>(
     let canvas = Canvas::new(g);
     let k_sp = g.kernel_shape();
     let (kr, kc) = rc(&k_sp);
-    let size = numel(&canvas.extents());
+    let size = numel(&canvas.extents);
     let mut acc: Vec<Vec<T>> = vec![vec![T::zero(); size]; g.batch * g.out_channels];
     let mut s = String::from(
         "Scatter: each input element multiplies the whole kernel, and the scaled kernel is added into the output at i·s - p_begin (overlaps sum)\n",
@@ -334,7 +279,7 @@ fn scatter_section<T: Element>(
                 "output so far".to_string()
             };
             s.push_str(&format!("    {label}:\n"));
-            s.push_str(&canvas.render(g, plane, "      "));
+            s.push_str(&render_canvas(&canvas, plane, "      "));
         }
     }
     if let Some(b) = bias {

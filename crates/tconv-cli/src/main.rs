@@ -3,6 +3,7 @@
 
 mod args;
 mod bench;
+mod canvas;
 mod compute;
 mod data;
 mod demo;

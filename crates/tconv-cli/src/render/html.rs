@@ -7,6 +7,7 @@ use tconv::explain::{dot_steps, scatter_steps};
 use tconv::Op;
 
 use super::{num, rc, Problem};
+use crate::canvas::{padded_input, Canvas};
 
 fn grid(spatial: &[usize], values: &[String], kinds: &[&str]) -> Value {
     let (rows, cols) = rc(spatial);
@@ -24,32 +25,9 @@ pub fn frames(p: &Problem, title: &str) -> Result<Value> {
     let (input, output) = match g.op {
         Op::ConvTranspose => {
             // The uncropped canvas, as in the SVG.
-            let mut lo = Vec::new();
-            let mut ext = Vec::new();
-            let mut natural_end = Vec::new();
-            for a in &g.axes {
-                let natural = ((a.input - 1) * a.stride + a.dilation * (a.kernel - 1) + 1) as i64;
-                let full = natural + a.output_padding as i64;
-                let l = (-a.pad_begin).min(0);
-                lo.push(l);
-                ext.push(((full - a.pad_begin).max(a.output as i64) - l) as usize);
-                natural_end.push(natural - a.pad_begin - a.pad_end);
-            }
-            let kinds: Vec<&str> = tconv::tensor::positions(&ext)
-                .map(|i| {
-                    let coord: Vec<i64> = i.iter().zip(&lo).map(|(&i, &l)| i as i64 + l).collect();
-                    let kept = coord
-                        .iter()
-                        .zip(&g.axes)
-                        .all(|(&c, a)| c >= 0 && c < a.output as i64);
-                    let extra = coord.iter().zip(&natural_end).any(|(&c, &e)| c >= e);
-                    match (kept, extra) {
-                        (false, _) => "cropped",
-                        (true, true) => "extra",
-                        (true, false) => "value",
-                    }
-                })
-                .collect();
+            let cv = Canvas::new(g);
+            let ext = cv.extents.clone();
+            let kinds: Vec<&str> = cv.kinds.iter().map(|k| k.class()).collect();
             let mut canvas = vec![b; ext.iter().product()];
             frames.push(json!({
                 "text": "Start: the output canvas holds the bias (0 without one).",
@@ -61,13 +39,7 @@ pub fn frames(p: &Problem, title: &str) -> Result<Value> {
                 let mut hot = Vec::new();
                 let mut terms = Vec::new();
                 for c in &st.contributions {
-                    let idx: Vec<usize> = c
-                        .position
-                        .iter()
-                        .zip(&lo)
-                        .map(|(&q, &l)| (q - l) as usize)
-                        .collect();
-                    let at = tconv::tensor::flat_index(&ext, &idx);
+                    let at = cv.index(&c.position);
                     canvas[at] += c.product;
                     hot.push(at);
                     if c.weight != 0.0 {
@@ -98,7 +70,7 @@ pub fn frames(p: &Problem, title: &str) -> Result<Value> {
                     "output": strs(&canvas),
                 }));
             }
-            let cropped = kinds.contains(&"cropped");
+            let cropped = cv.cropped();
             frames.push(json!({
                 "text": if cropped { "Done: the cells outside the dashed border are cropped by the padding; the rest is y." } else { "Done: overlapping products have been summed; this is y." },
                 "formula": format!("y = {}", strs(&p.output()).join(", ")),
@@ -110,33 +82,15 @@ pub fn frames(p: &Problem, title: &str) -> Result<Value> {
             )
         }
         Op::Conv => {
-            let padded: Vec<usize> = g
-                .axes
+            let (padded, sources) = padded_input(g);
+            let values: Vec<String> = sources
                 .iter()
-                .map(|a| (a.input as i64 + a.pad_begin + a.pad_end) as usize)
+                .map(|s| s.map_or_else(|| "0".to_string(), |i| num(p.x[i])))
                 .collect();
-            let mut values = Vec::new();
-            let mut kinds = Vec::new();
-            for j in tconv::tensor::positions(&padded) {
-                let src: Option<Vec<usize>> = j
-                    .iter()
-                    .zip(&g.axes)
-                    .map(|(&j, a)| {
-                        let i = j as i64 - a.pad_begin;
-                        (i >= 0 && (i as usize) < a.input).then_some(i as usize)
-                    })
-                    .collect();
-                match src {
-                    Some(i) => {
-                        values.push(num(p.x[tconv::tensor::flat_index(&in_sp, &i)]));
-                        kinds.push("value");
-                    }
-                    None => {
-                        values.push("0".into());
-                        kinds.push("padding");
-                    }
-                }
-            }
+            let kinds: Vec<&str> = sources
+                .iter()
+                .map(|s| if s.is_some() { "value" } else { "padding" })
+                .collect();
             let out_sp: Vec<usize> = g.axes.iter().map(|a| a.output).collect();
             let mut out = vec![String::new(); out_sp.iter().product()];
             frames.push(json!({

@@ -10,6 +10,7 @@ use tconv::explain::{dot_steps, scatter_steps};
 use tconv::reference::zero_insertion_view;
 use tconv::{ConvParams, Geometry, Op};
 
+pub use crate::canvas::CellKind;
 use crate::compute::Loaded;
 
 /// A small 1-D or 2-D single-channel problem, in f64, ready to draw.
@@ -142,18 +143,3 @@ impl Problem {
 
 /// `(extents, values, cell kinds, rotated kernel)` of a zero-insertion view.
 pub type ZeroInsertion = (Vec<usize>, Vec<f64>, Vec<CellKind>, Vec<f64>);
-
-/// What a drawn cell is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CellKind {
-    /// A value of the problem.
-    Value,
-    /// A zero inserted between input elements (stride > 1).
-    Inserted,
-    /// A zero from padding.
-    Padding,
-    /// Computed, then cropped away by padding.
-    Cropped,
-    /// An extra row/column from output_padding.
-    Extra,
-}

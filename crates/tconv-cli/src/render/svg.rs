@@ -7,6 +7,7 @@ use tconv::explain::{scatter_steps, OverlapReport};
 use tconv::Op;
 
 use super::{num, rc, CellKind, Problem};
+use crate::canvas::{padded_input, Canvas};
 
 /// Side of one grid cell in pixels.
 pub const CELL: usize = 34;
@@ -172,60 +173,25 @@ pub fn explain_svg(p: &Problem) -> Result<String> {
             let cells: Vec<(String, &str, &str)> = z
                 .iter()
                 .zip(&kinds)
-                .map(|(&v, &k)| {
-                    let class = match k {
-                        CellKind::Inserted => "inserted",
-                        CellKind::Padding => "padding",
-                        _ => "value",
-                    };
-                    (num(v), fill(k), class)
-                })
+                .map(|(&v, &k)| (num(v), fill(k), k.class()))
                 .collect();
             let y2 = 30 + (ir.max(kr)) * CELL + 50;
             let bz = svg.grid(10, y2, "zero-inserted, padded input", zr, zc, &cells);
             let xr = 10 + zc * CELL + gap;
             svg.grid(xr, y2, "kernel rotated 180°", kr, kc, &plain(&wr));
             // The uncropped output canvas.
-            let mut lo = Vec::new();
-            let mut ext = Vec::new();
-            let mut natural_end = Vec::new();
-            for a in &g.axes {
-                let natural = ((a.input - 1) * a.stride + a.dilation * (a.kernel - 1) + 1) as i64;
-                let full = natural + a.output_padding as i64;
-                let l = (-a.pad_begin).min(0);
-                let h = (full - a.pad_begin).max(a.output as i64);
-                lo.push(l);
-                ext.push((h - l) as usize);
-                natural_end.push(natural - a.pad_begin - a.pad_end);
-            }
-            let mut canvas = vec![p.bias.unwrap_or(0.0); ext.iter().product()];
+            let canvas = Canvas::new(g);
+            let ext = canvas.extents.clone();
+            let mut values = vec![p.bias.unwrap_or(0.0); ext.iter().product()];
             for st in scatter_steps(g, &p.x, &p.w) {
                 for c in &st.contributions {
-                    let idx: Vec<usize> = c
-                        .position
-                        .iter()
-                        .zip(&lo)
-                        .map(|(&q, &l)| (q - l) as usize)
-                        .collect();
-                    canvas[tconv::tensor::flat_index(&ext, &idx)] += c.product;
+                    values[canvas.index(&c.position)] += c.product;
                 }
             }
-            let cells: Vec<(String, &str, &str)> = tconv::tensor::positions(&ext)
-                .zip(&canvas)
-                .map(|(i, &v)| {
-                    let coord: Vec<i64> = i.iter().zip(&lo).map(|(&i, &l)| i as i64 + l).collect();
-                    let kept = coord
-                        .iter()
-                        .zip(&g.axes)
-                        .all(|(&c, a)| c >= 0 && c < a.output as i64);
-                    let extra = coord.iter().zip(&natural_end).any(|(&c, &e)| c >= e);
-                    let (kind, class) = match (kept, extra) {
-                        (false, _) => (CellKind::Cropped, "cropped"),
-                        (true, true) => (CellKind::Extra, "extra"),
-                        (true, false) => (CellKind::Value, "value"),
-                    };
-                    (num(v), fill(kind), class)
-                })
+            let cells: Vec<(String, &str, &str)> = values
+                .iter()
+                .zip(&canvas.kinds)
+                .map(|(&v, &k)| (num(v), fill(k), k.class()))
                 .collect();
             let (orr, oc) = rc(&ext);
             let y3 = bz.max(y2 + 22 + kr * CELL) + 30;
@@ -273,29 +239,12 @@ pub fn explain_svg(p: &Problem) -> Result<String> {
         Op::Conv => {
             svg.text(10, 20, 16, "Convolution", "title");
             // The input with its padding border.
-            let padded: Vec<usize> = g
-                .axes
+            let (padded, sources) = padded_input(g);
+            let cells: Vec<(String, &str, &str)> = sources
                 .iter()
-                .map(|a| (a.input as i64 + a.pad_begin + a.pad_end) as usize)
-                .collect();
-            let cells: Vec<(String, &str, &str)> = tconv::tensor::positions(&padded)
-                .map(|j| {
-                    let src: Option<Vec<usize>> = j
-                        .iter()
-                        .zip(&g.axes)
-                        .map(|(&j, a)| {
-                            let i = j as i64 - a.pad_begin;
-                            (i >= 0 && (i as usize) < a.input).then_some(i as usize)
-                        })
-                        .collect();
-                    match src {
-                        Some(i) => (
-                            num(p.x[tconv::tensor::flat_index(&in_sp, &i)]),
-                            fill(CellKind::Value),
-                            "value",
-                        ),
-                        None => ("0".to_string(), fill(CellKind::Padding), "padding"),
-                    }
+                .map(|src| match src {
+                    Some(i) => (num(p.x[*i]), fill(CellKind::Value), "value"),
+                    None => ("0".to_string(), fill(CellKind::Padding), "padding"),
                 })
                 .collect();
             let (pr, pc) = rc(&padded);

@@ -38,39 +38,39 @@ pub fn pack_weights<T: Element>(
     let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
     let ksize = numel(&g.kernel_shape());
     let blocks = cout_g.div_ceil(mr);
-    let mut data = Vec::with_capacity(g.groups * blocks * spec.total_taps() * cin_g * mr);
-    let mut offsets = vec![0];
+    // Distance in `w` between consecutive output channels and input channels of a group.
+    let (co_step, ci_step) = match g.op {
+        Op::ConvTranspose => (ksize, cout_g * ksize), // (C_in, C_out/g, *k)
+        Op::Conv => (cin_g * ksize, ksize),           // (C_out, C_in/g, *k)
+    };
+    let group_base = |group: usize| match g.op {
+        Op::ConvTranspose => group * cin_g * cout_g * ksize,
+        Op::Conv => group * cout_g * cin_g * ksize,
+    };
+    let run_len = spec.total_taps() * cin_g * mr;
+    let mut data = vec![T::zero(); g.groups * blocks * run_len];
+    let mut offsets = Vec::with_capacity(g.groups * blocks * spec.phases.len() + 1);
+    let mut at = 0;
     for group in 0..g.groups {
         for block in 0..blocks {
+            let live = mr.min(cout_g - block * mr);
             for phase in &spec.phases {
+                offsets.push(at);
                 for tap in &phase.taps {
+                    let base = group_base(group) + block * mr * co_step + tap.kernel_index;
                     for ci in 0..cin_g {
-                        for m in 0..mr {
-                            let co = block * mr + m;
-                            let v = if co >= cout_g {
-                                T::zero()
-                            } else {
-                                match g.op {
-                                    // (C_in, C_out/g, *k)
-                                    Op::ConvTranspose => {
-                                        w[((group * cin_g + ci) * cout_g + co) * ksize
-                                            + tap.kernel_index]
-                                    }
-                                    // (C_out, C_in/g, *k)
-                                    Op::Conv => {
-                                        w[((group * cout_g + co) * cin_g + ci) * ksize
-                                            + tap.kernel_index]
-                                    }
-                                }
-                            };
-                            data.push(v);
+                        let src = base + ci * ci_step;
+                        let dst = &mut data[at..at + mr];
+                        for (m, d) in dst.iter_mut().enumerate().take(live) {
+                            *d = w[src + m * co_step];
                         }
+                        at += mr;
                     }
                 }
-                offsets.push(data.len());
             }
         }
     }
+    offsets.push(at);
     PackedWeights {
         data,
         mr,
