@@ -167,7 +167,7 @@ impl<T: Element> Plan<T> {
                     expected: shapes.iter().map(|t| t.0 * 100 + t.1).collect(),
                 });
             };
-            let packed = pack_weights(&g, &spec, w, mr);
+            let packed = pack_weights(&g, &spec, w, mr, threads);
             // Split the work into about 4 tasks per thread: batch items first, then row bands.
             let q0 = spec
                 .phases

@@ -28,12 +28,13 @@ impl<T> PackedWeights<T> {
     }
 }
 
-/// Pack `w` (PyTorch layout for `g.op`) for the phases of `spec`.
+/// Pack `w` (PyTorch layout for `g.op`) for the phases of `spec`, on `threads` threads.
 pub fn pack_weights<T: Element>(
     g: &Geometry,
     spec: &DirectSpec,
     w: &[T],
     mr: usize,
+    threads: usize,
 ) -> PackedWeights<T> {
     let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
     let ksize = numel(&g.kernel_shape());
@@ -50,27 +51,42 @@ pub fn pack_weights<T: Element>(
     let run_len = spec.total_taps() * cin_g * mr;
     let mut data = vec![T::zero(); g.groups * blocks * run_len];
     let mut offsets = Vec::with_capacity(g.groups * blocks * spec.phases.len() + 1);
-    let mut at = 0;
-    for group in 0..g.groups {
-        for block in 0..blocks {
-            let live = mr.min(cout_g - block * mr);
-            for phase in &spec.phases {
-                offsets.push(at);
-                for tap in &phase.taps {
-                    let base = group_base(group) + block * mr * co_step + tap.kernel_index;
-                    for ci in 0..cin_g {
-                        let src = base + ci * ci_step;
-                        let dst = &mut data[at..at + mr];
-                        for (m, d) in dst.iter_mut().enumerate().take(live) {
-                            *d = w[src + m * co_step];
-                        }
-                        at += mr;
-                    }
-                }
-            }
+    for unit in 0..g.groups * blocks {
+        let mut at = unit * run_len;
+        for phase in &spec.phases {
+            offsets.push(at);
+            at += phase.taps.len() * cin_g * mr;
         }
     }
-    offsets.push(at);
+    offsets.push(data.len());
+    // Each (group, block) fills its own contiguous run: in parallel when asked.
+    let fill = |unit: usize, run: &mut [T]| {
+        let (group, block) = (unit / blocks, unit % blocks);
+        let live = mr.min(cout_g - block * mr);
+        let mut at = 0;
+        for tap in spec.phases.iter().flat_map(|p| &p.taps) {
+            let base = group_base(group) + block * mr * co_step + tap.kernel_index;
+            for ci in 0..cin_g {
+                let src = base + ci * ci_step;
+                for (m, d) in run[at..at + mr].iter_mut().enumerate().take(live) {
+                    *d = w[src + m * co_step];
+                }
+                at += mr;
+            }
+        }
+    };
+    if threads > 1 && data.len() > 1 << 16 {
+        use rayon::prelude::*;
+        crate::fast::direct::pool(threads).install(|| {
+            data.par_chunks_mut(run_len.max(1))
+                .enumerate()
+                .for_each(|(u, run)| fill(u, run))
+        });
+    } else {
+        for (u, run) in data.chunks_mut(run_len.max(1)).enumerate() {
+            fill(u, run);
+        }
+    }
     PackedWeights {
         data,
         mr,
