@@ -473,10 +473,13 @@ fn store_group<T: Element>(
                     };
                 }
                 let at = at - row_off;
-                // Consecutive output elements: lane j of every residue r, in order.
-                for (j, out) in plane[at..at + (len - 1) * s + gs].chunks_mut(s).enumerate() {
-                    for (o, src) in out.iter_mut().zip(&srcs[..gs]) {
-                        *o = src[j] + b;
+                // Residue by residue into one small output span (it stays in L1): element
+                // j of residue r lands at j*s + r.
+                let dst = &mut plane[at..at + (len - 1) * s + gs];
+                for (r, src) in srcs[..gs].iter().enumerate() {
+                    let lane = &mut dst[r..];
+                    for (j, &v) in src.iter().enumerate() {
+                        lane[j * s] = v + b;
                     }
                 }
             }
