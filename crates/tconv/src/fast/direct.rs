@@ -582,7 +582,14 @@ fn pack_panel<T: Element>(
             for &(lo, len) in &runs[..n_runs] {
                 fill_zero(&mut row[pos..lo]);
                 let from = (s + lo as isize) as usize;
-                copy_short(&mut row[lo..lo + len], &src[from..from + len]);
+                // Copy whole 8-lane chunks when both sides have room: the few lanes past the
+                // run are overwritten by the next gap's zeros (or the final fill) below.
+                let whole = len.div_ceil(8) * 8;
+                if lo + whole <= row.len() && from + whole <= src.len() {
+                    copy_short(&mut row[lo..lo + whole], &src[from..from + whole]);
+                } else {
+                    copy_short(&mut row[lo..lo + len], &src[from..from + len]);
+                }
                 pos = lo + len;
             }
             fill_zero(&mut row[pos..]);
