@@ -143,6 +143,15 @@ impl<T: Element> Plan<T> {
                 Some(b) => b,
                 None => g.out_per_group() < INPLACE_BELOW,
             };
+            // Depthwise layers run as one group of `groups` output channels, each kernel row
+            // reading its own input channel: MR channels per kernel call instead of one.
+            let depthwise =
+                inplace && g.groups > 1 && g.in_per_group() == 1 && g.out_per_group() == 1;
+            let rows_per_group = if depthwise {
+                g.groups
+            } else {
+                g.out_per_group()
+            };
             let shapes = if inplace {
                 crate::fast::inplace::tile_shapes(isa)
             } else {
@@ -154,7 +163,7 @@ impl<T: Element> Plan<T> {
                     .iter()
                     .min_by(|a, b| {
                         let cost = |t: &(usize, usize, f32)| {
-                            tile_cost(g.out_per_group(), per_image, lanes, *t)
+                            tile_cost(rows_per_group, per_image, lanes, *t)
                         };
                         cost(a).total_cmp(&cost(b))
                     })
@@ -167,7 +176,22 @@ impl<T: Element> Plan<T> {
                     expected: shapes.iter().map(|t| t.0 * 100 + t.1).collect(),
                 });
             };
-            let packed = pack_weights(&g, &spec, w, mr, threads);
+            let exec = depthwise.then(|| Geometry {
+                groups: 1,
+                ..g.clone()
+            });
+            let packed = if depthwise {
+                // The (G, 1, *k) weight read as one group of G output channels from 1 input.
+                let view = Geometry {
+                    groups: 1,
+                    in_channels: 1,
+                    out_channels: g.groups,
+                    ..g.clone()
+                };
+                pack_weights(&view, &spec, w, mr, threads)
+            } else {
+                pack_weights(&g, &spec, w, mr, threads)
+            };
             // Split the work into about 4 tasks per thread: batch items first, then row bands.
             let q0 = spec
                 .phases
@@ -177,7 +201,9 @@ impl<T: Element> Plan<T> {
                 .unwrap_or(1)
                 .max(1);
             let want = if threads <= 1 { 1 } else { 4 * threads };
-            let per_group = want.div_ceil(g.groups).max(1);
+            let per_group = want
+                .div_ceil(exec.as_ref().map_or(g.groups, |e| e.groups))
+                .max(1);
             let batch_tasks = per_group.min(g.batch.max(1));
             let batch_chunk = g.batch.max(1).div_ceil(batch_tasks);
             let row_tasks = per_group.div_ceil(batch_tasks).min(q0);
@@ -202,6 +228,8 @@ impl<T: Element> Plan<T> {
                 table,
                 batch_chunk,
                 chunks_per_task: 1,
+                depthwise,
+                exec,
             })
         } else {
             None
@@ -344,7 +372,7 @@ impl<T: Element> Plan<T> {
     pub fn run(&self, x: &[T], bias: Option<&[T]>, y: &mut [T]) {
         let g = &self.geometry;
         match &self.direct {
-            Some(d) => execute(g, d, x, bias, y, self.threads),
+            Some(d) => execute(d.exec.as_ref().unwrap_or(g), d, x, bias, y, self.threads),
             None => {
                 let r = match g.op {
                     Op::ConvTranspose => crate::reference::scatter_flat(g, x, &self.weight, bias),

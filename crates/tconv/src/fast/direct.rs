@@ -273,6 +273,11 @@ pub struct DirectKernel<T> {
     pub batch_chunk: usize,
     /// Row chunks per task.
     pub chunks_per_task: usize,
+    /// Depthwise (one input and one output channel per group): the groups are run as one
+    /// group of `groups` output channels whose kernel rows each read their own channel.
+    pub depthwise: bool,
+    /// For depthwise kernels, the geometry the driver runs (one group of all channels).
+    pub exec: Option<Geometry>,
 }
 
 impl<T> DirectKernel<T> {
@@ -775,15 +780,31 @@ fn run_task_inplace<T: Element>(
                         continue;
                     }
                     for block in 0..k.packed.blocks {
+                        let co0 = block * k.mr;
+                        let live_rows = k.mr.min(cout_g - co0);
+                        // Depthwise rows start at their own channel: shift the taps there.
+                        let shift = if k.depthwise {
+                            (co0 * spec.channel_stride) as isize
+                        } else {
+                            0
+                        };
+                        if shift != 0 {
+                            runs_buf.iter_mut().for_each(|t| t.base += shift);
+                        }
                         let args = InplaceArgs {
                             x: src,
                             channel_stride: spec.channel_stride,
-                            channels: cin_g,
+                            channels: if k.depthwise { 1 } else { cin_g },
                             taps: &runs_buf,
                             w: k.packed.run(task.group, block, pi),
+                            row_stride: if k.depthwise { spec.channel_stride } else { 0 },
+                            live_rows,
                         };
                         let at = r * per_phase + block * k.mr * tl;
                         kernel(&args, &mut acc[at..at + k.mr * tl]);
+                        if shift != 0 {
+                            runs_buf.iter_mut().for_each(|t| t.base -= shift);
+                        }
                     }
                 }
                 store_group(

@@ -29,6 +29,11 @@ pub struct InplaceArgs<'a, T> {
     pub taps: &'a [TapRun],
     /// Packed weights `[tap][ci][MR]`.
     pub w: &'a [T],
+    /// Depthwise mode when nonzero: row `m` reads its own input channel, `row_stride`
+    /// elements after row `m - 1`'s (and `channels` is 1). Zero: all rows share the input.
+    pub row_stride: usize,
+    /// Rows that exist (depthwise mode reads nothing for rows at or past this).
+    pub live_rows: usize,
 }
 
 /// An in-place kernel: writes the tile `out[m][v*LANES + lane]` (`MR × V·LANES`).
@@ -41,7 +46,16 @@ pub type InplaceFn<T> = fn(&InplaceArgs<'_, T>, &mut [T]);
 #[inline]
 fn check<T>(a: &InplaceArgs<'_, T>, mr: usize, v: usize, lanes: usize, out_len: usize) {
     assert!(a.w.len() >= a.taps.len() * a.channels * mr && out_len >= mr * v * lanes && v <= MAX_V);
-    let span = (a.channels.max(1) - 1) * a.channel_stride;
+    assert!(
+        a.row_stride == 0 || a.channels == 1,
+        "depthwise rows read one channel each"
+    );
+    let rows = if a.row_stride == 0 {
+        1
+    } else {
+        a.live_rows.min(mr)
+    };
+    let span = (a.channels.max(1) - 1) * a.channel_stride + (rows.max(1) - 1) * a.row_stride;
     let len = a.x.len() as isize;
     for t in a.taps {
         let masks = &t.masks[..v];
@@ -66,6 +80,28 @@ fn portable_kernel<T: Element, const MR: usize, const V: usize>(
     check(a, MR, V, L, out.len());
     let mut acc = [[[T::zero(); L]; V]; MR];
     let mut w = a.w.chunks_exact(MR);
+    if a.row_stride != 0 {
+        // Depthwise: row m reads its own channel.
+        for t in a.taps {
+            let wm = w.next().expect("checked length");
+            for (m, row) in acc.iter_mut().enumerate().take(a.live_rows) {
+                for (vi, rv) in row.iter_mut().enumerate() {
+                    for (lane, slot) in rv.iter_mut().enumerate() {
+                        if t.masks[vi] & (1 << lane) != 0 {
+                            let i = t.base + (m * a.row_stride + vi * L + lane) as isize;
+                            *slot = *slot + wm[m] * a.x[i as usize];
+                        }
+                    }
+                }
+            }
+        }
+        for m in 0..MR {
+            for vi in 0..V {
+                out[(m * V + vi) * L..(m * V + vi + 1) * L].copy_from_slice(&acc[m][vi]);
+            }
+        }
+        return;
+    }
     for t in a.taps {
         for ci in 0..a.channels {
             let mut xv = [[T::zero(); L]; V];
@@ -110,6 +146,32 @@ mod x86 {
         let mut acc = [[_mm256_setzero_ps(); V]; MR];
         let x = a.x.as_ptr();
         let mut wp = a.w.as_ptr();
+        if a.row_stride != 0 {
+            // Depthwise: row m reads its own channel, `row_stride` further on.
+            for t in a.taps {
+                let mut masks = [_mm256_setzero_si256(); V];
+                for (vi, m) in masks.iter_mut().enumerate() {
+                    let b = _mm256_set1_epi32(t.masks[vi] as i32);
+                    *m = _mm256_cmpeq_epi32(_mm256_and_si256(b, bits), bits);
+                }
+                for (m, row) in acc.iter_mut().enumerate().take(a.live_rows) {
+                    let p = x.wrapping_offset(t.base).wrapping_add(m * a.row_stride);
+                    let wv = _mm256_broadcast_ss(&*wp.add(m));
+                    for (vi, r) in row.iter_mut().enumerate() {
+                        // Live lanes are inside `x` (checked); the others are not touched.
+                        let xv = _mm256_maskload_ps(p.wrapping_add(vi * 8), masks[vi]);
+                        *r = _mm256_fmadd_ps(wv, xv, *r);
+                    }
+                }
+                wp = wp.add(MR);
+            }
+            for (m, row) in acc.iter().enumerate() {
+                for (vi, v) in row.iter().enumerate() {
+                    _mm256_storeu_ps(out.as_mut_ptr().add((m * V + vi) * 8), *v);
+                }
+            }
+            return;
+        }
         for t in a.taps {
             let mut masks = [_mm256_setzero_si256(); V];
             for (vi, m) in masks.iter_mut().enumerate() {
@@ -160,6 +222,30 @@ mod x86 {
         let mut acc = [[_mm512_setzero_ps(); V]; MR];
         let x = a.x.as_ptr();
         let mut wp = a.w.as_ptr();
+        if a.row_stride != 0 {
+            // Depthwise: row m reads its own channel, `row_stride` further on.
+            for t in a.taps {
+                for (m, row) in acc.iter_mut().enumerate().take(a.live_rows) {
+                    let p = x.wrapping_offset(t.base).wrapping_add(m * a.row_stride);
+                    let wv = _mm512_set1_ps(*wp.add(m));
+                    for (vi, r) in row.iter_mut().enumerate() {
+                        // Live lanes are inside `x` (checked); masked-off lanes are not accessed.
+                        let xv = _mm512_maskz_loadu_ps(
+                            t.masks[vi] as __mmask16,
+                            p.wrapping_add(vi * 16),
+                        );
+                        *r = _mm512_fmadd_ps(wv, xv, *r);
+                    }
+                }
+                wp = wp.add(MR);
+            }
+            for (m, row) in acc.iter().enumerate() {
+                for (vi, v) in row.iter().enumerate() {
+                    _mm512_storeu_ps(out.as_mut_ptr().add((m * V + vi) * 16), *v);
+                }
+            }
+            return;
+        }
         for t in a.taps {
             let mut p = x.wrapping_offset(t.base);
             for _ in 0..a.channels {
