@@ -481,6 +481,9 @@ fn store_group<T: Element>(
                 // Residue by residue into one small output span (it stays in L1): element
                 // j of residue r lands at j*s + r.
                 let dst = &mut plane[at..at + (len - 1) * s + gs];
+                if gs == 2 && s == 2 && interleave2(dst, srcs[0], srcs[1], b) {
+                    continue;
+                }
                 for (r, src) in srcs[..gs].iter().enumerate() {
                     let lane = &mut dst[r..];
                     for (j, &v) in src.iter().enumerate() {
@@ -503,6 +506,65 @@ fn store_group<T: Element>(
                 }
             }
         }
+    }
+}
+
+/// `dst = [a0+b, c0+b, a1+b, c1+b, …]` for `a`, `c` of equal length (`dst` twice as long),
+/// with AVX unpack/permute for f32; returns `false` (doing nothing) where that path does
+/// not apply, so the caller stores element by element.
+fn interleave2<T: Element>(dst: &mut [T], a: &[T], c: &[T], bias: T) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+        && is_x86_feature_detected!("avx")
+    {
+        assert!(
+            a.len() == c.len() && dst.len() == 2 * a.len(),
+            "interleave2 lengths"
+        );
+        // Safety: `T` is `f32` (same TypeId), so each slice is a valid `[f32]` of its length.
+        let (dst, a, c) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut f32, dst.len()),
+                std::slice::from_raw_parts(a.as_ptr() as *const f32, a.len()),
+                std::slice::from_raw_parts(c.as_ptr() as *const f32, c.len()),
+            )
+        };
+        let bias = bias.to_f32().unwrap_or(0.0);
+        // Safety: AVX was detected and the lengths were checked above.
+        unsafe { interleave2_avx(dst, a, c, bias) };
+        return true;
+    }
+    let _ = (dst, a, c, bias);
+    false
+}
+
+/// # Safety
+/// AVX available; `dst.len() == 2 * a.len()` and `c.len() == a.len()`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn interleave2_avx(dst: &mut [f32], a: &[f32], c: &[f32], bias: f32) {
+    use std::arch::x86_64::*;
+    let n = a.len();
+    let bv = _mm256_set1_ps(bias);
+    let mut i = 0;
+    while i + 8 <= n {
+        let x = _mm256_add_ps(_mm256_loadu_ps(a.as_ptr().add(i)), bv);
+        let y = _mm256_add_ps(_mm256_loadu_ps(c.as_ptr().add(i)), bv);
+        let lo = _mm256_unpacklo_ps(x, y); // a0 c0 a1 c1 | a4 c4 a5 c5
+        let hi = _mm256_unpackhi_ps(x, y); // a2 c2 a3 c3 | a6 c6 a7 c7
+        _mm256_storeu_ps(
+            dst.as_mut_ptr().add(2 * i),
+            _mm256_permute2f128_ps(lo, hi, 0x20),
+        );
+        _mm256_storeu_ps(
+            dst.as_mut_ptr().add(2 * i + 8),
+            _mm256_permute2f128_ps(lo, hi, 0x31),
+        );
+        i += 8;
+    }
+    for j in i..n {
+        dst[2 * j] = a[j] + bias;
+        dst[2 * j + 1] = c[j] + bias;
     }
 }
 
