@@ -484,6 +484,9 @@ fn store_group<T: Element>(
                 if gs == 2 && s == 2 && interleave2(dst, srcs[0], srcs[1], b) {
                     continue;
                 }
+                if gs == 8 && s == 8 && interleave8(dst, &srcs[..8], b) {
+                    continue;
+                }
                 for (r, src) in srcs[..gs].iter().enumerate() {
                     let lane = &mut dst[r..];
                     for (j, &v) in src.iter().enumerate() {
@@ -565,6 +568,81 @@ unsafe fn interleave2_avx(dst: &mut [f32], a: &[f32], c: &[f32], bias: f32) {
     for j in i..n {
         dst[2 * j] = a[j] + bias;
         dst[2 * j + 1] = c[j] + bias;
+    }
+}
+
+/// `dst[8j + r] = rows[r][j] + bias` (an 8×n → n×8 transpose) with AVX for f32; returns
+/// `false` (doing nothing) where that path does not apply.
+fn interleave8<T: Element>(dst: &mut [T], rows: &[&[T]], bias: T) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+        && is_x86_feature_detected!("avx")
+    {
+        let n = rows[0].len();
+        assert!(
+            rows.len() == 8 && rows.iter().all(|r| r.len() == n) && dst.len() == 8 * n,
+            "interleave8 lengths"
+        );
+        // Safety: `T` is `f32` (same TypeId), so each slice is a valid `[f32]` of its length.
+        let dst =
+            unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr() as *mut f32, dst.len()) };
+        let mut r: [&[f32]; 8] = [&[]; 8];
+        for (slot, row) in r.iter_mut().zip(rows) {
+            // Safety: as above.
+            *slot = unsafe { std::slice::from_raw_parts(row.as_ptr() as *const f32, row.len()) };
+        }
+        // Safety: AVX was detected and the lengths were checked above.
+        unsafe { interleave8_avx(dst, &r, bias.to_f32().unwrap_or(0.0)) };
+        return true;
+    }
+    let _ = (dst, rows, bias);
+    false
+}
+
+/// # Safety
+/// AVX available; 8 rows of equal length `n` and `dst.len() == 8 * n`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn interleave8_avx(dst: &mut [f32], r: &[&[f32]; 8], bias: f32) {
+    use std::arch::x86_64::*;
+    let n = r[0].len();
+    let bv = _mm256_set1_ps(bias);
+    let mut j = 0;
+    while j + 8 <= n {
+        let x: [__m256; 8] =
+            std::array::from_fn(|i| _mm256_add_ps(_mm256_loadu_ps(r[i].as_ptr().add(j)), bv));
+        let t0 = _mm256_unpacklo_ps(x[0], x[1]);
+        let t1 = _mm256_unpackhi_ps(x[0], x[1]);
+        let t2 = _mm256_unpacklo_ps(x[2], x[3]);
+        let t3 = _mm256_unpackhi_ps(x[2], x[3]);
+        let t4 = _mm256_unpacklo_ps(x[4], x[5]);
+        let t5 = _mm256_unpackhi_ps(x[4], x[5]);
+        let t6 = _mm256_unpacklo_ps(x[6], x[7]);
+        let t7 = _mm256_unpackhi_ps(x[6], x[7]);
+        let u0 = _mm256_shuffle_ps(t0, t2, 0x44);
+        let u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+        let u2 = _mm256_shuffle_ps(t1, t3, 0x44);
+        let u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+        let u4 = _mm256_shuffle_ps(t4, t6, 0x44);
+        let u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+        let u6 = _mm256_shuffle_ps(t5, t7, 0x44);
+        let u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+        let out = dst.as_mut_ptr().add(8 * j);
+        // Column c of the 8×8 block, i.e. output positions 8(j + c) .. 8(j + c) + 8.
+        _mm256_storeu_ps(out, _mm256_permute2f128_ps(u0, u4, 0x20));
+        _mm256_storeu_ps(out.add(8), _mm256_permute2f128_ps(u1, u5, 0x20));
+        _mm256_storeu_ps(out.add(16), _mm256_permute2f128_ps(u2, u6, 0x20));
+        _mm256_storeu_ps(out.add(24), _mm256_permute2f128_ps(u3, u7, 0x20));
+        _mm256_storeu_ps(out.add(32), _mm256_permute2f128_ps(u0, u4, 0x31));
+        _mm256_storeu_ps(out.add(40), _mm256_permute2f128_ps(u1, u5, 0x31));
+        _mm256_storeu_ps(out.add(48), _mm256_permute2f128_ps(u2, u6, 0x31));
+        _mm256_storeu_ps(out.add(56), _mm256_permute2f128_ps(u3, u7, 0x31));
+        j += 8;
+    }
+    for jj in j..n {
+        for (i, row) in r.iter().enumerate() {
+            dst[8 * jj + i] = row[jj] + bias;
+        }
     }
 }
 
