@@ -239,3 +239,65 @@ fn isa_names_and_fallback() {
     }
     assert_eq!(Isa::parse("sse9"), None);
 }
+
+#[test]
+fn stride_8_upsamplers_match_reference() {
+    use tconv::ConvParams;
+    // FCN-style depthwise 16x16 stride 8 and a vocoder-style 1-D k16 s8: the layers whose
+    // stores interleave 8 residues (and whose depthwise channels batch per kernel call).
+    let cases = [
+        (
+            vec![2, 3, 5, 6],
+            vec![3, 1, 16, 16],
+            ConvParams::new().stride(&[8]).padding(&[4]).groups(3),
+        ),
+        (
+            vec![1, 5, 3, 11],
+            vec![5, 1, 16, 16],
+            ConvParams::new().stride(&[8]).padding(&[4]).groups(5),
+        ),
+        (
+            vec![1, 2, 2, 20],
+            vec![2, 1, 16, 16],
+            ConvParams::new().stride(&[8]).padding(&[4]).groups(2),
+        ),
+        (
+            vec![2, 4, 9],
+            vec![4, 2, 16],
+            ConvParams::new().stride(&[8]).padding(&[4]),
+        ),
+        (
+            vec![1, 2, 7],
+            vec![2, 3, 12],
+            ConvParams::new()
+                .stride(&[8])
+                .padding(&[1])
+                .output_padding(&[3]),
+        ),
+    ];
+    for (xs, ws, p) in cases {
+        let x = ints::<f32>(&xs, 11);
+        let w = ints::<f32>(&ws, 12);
+        let c_out = ws[1] * p.groups;
+        let b = ints::<f32>(&[c_out], 13)
+            .into_dimensionality::<ndarray::Ix1>()
+            .unwrap();
+        let want = conv_transpose_scatter(&x, &w, Some(b.view()), &p).unwrap();
+        for inplace in [true, false] {
+            for threads in [1, 2] {
+                let o = PlanOptions {
+                    inplace: Some(inplace),
+                    threads: Some(threads),
+                    ..PlanOptions::default()
+                };
+                let plan = Plan::new(Op::ConvTranspose, &xs, &w, Some(c_out), &p, &o).unwrap();
+                assert_eq!(
+                    plan.execute(&x, Some(b.view())).unwrap(),
+                    want,
+                    "{xs:?} {}",
+                    plan.label()
+                );
+            }
+        }
+    }
+}
