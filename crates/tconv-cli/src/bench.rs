@@ -79,6 +79,9 @@ pub struct BenchArgs {
     /// Force an algorithm (reference or direct).
     #[arg(long)]
     pub algorithm: Option<String>,
+    /// Force the direct kernels' family: packed (input panels) or inplace (masked loads).
+    #[arg(long, value_parser = ["packed", "inplace"])]
+    pub kernels: Option<String>,
     /// FMA peak per core in GFLOP/s for the "% of peak" column.
     #[arg(long, default_value_t = PEAK_PER_CORE)]
     pub peak_gflops: f64,
@@ -319,11 +322,25 @@ pub fn layers(a: &LayerArgs) -> Result<Vec<Layer>> {
                 p = set(p, &v.0);
             }
         }
+        // One kernel extent stands for every spatial axis of the input.
+        let dims = input.0.len().saturating_sub(2);
+        let kernel = if kernel.0.len() == 1 {
+            vec![kernel.0[0]; dims]
+        } else {
+            kernel.0.clone()
+        };
+        if input.0.len() < 3 || kernel.len() != dims {
+            bail!(
+                "--input needs N,C and at least one spatial extent, and --kernel one extent or one per spatial axis (got input {:?}, kernel {:?})",
+                input.0,
+                kernel
+            );
+        }
         vec![Layer {
             name: "custom".into(),
             input: input.0.clone(),
             c_out,
-            kernel: kernel.0.clone(),
+            kernel,
             params: p,
         }]
     } else {
@@ -390,6 +407,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let opts = PlanOptions {
         threads: Some(a.threads.max(1)),
         algorithm: algorithm(&a.algorithm)?,
+        inplace: a.kernels.as_deref().map(|k| k == "inplace"),
         ..PlanOptions::default()
     };
     if !a.json {

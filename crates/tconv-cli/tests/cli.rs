@@ -710,3 +710,76 @@ fn gradient_errors_write_nothing() {
     ]);
     expect_usage_error(&o, "refusing to write the output over the input file");
 }
+
+#[test]
+fn bench_and_plan_report_what_outside_checks_read() {
+    let o = tconv(&[
+        "bench",
+        "--layer",
+        "dcgan4",
+        "--threads",
+        "2",
+        "--json",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line: serde_json::Value = serde_json::from_str(stdout(&o).lines().next().unwrap()).unwrap();
+    for key in [
+        "name",
+        "threads",
+        "gflop",
+        "median_ms",
+        "min_ms",
+        "gflops_per_s",
+        "algorithm",
+    ] {
+        assert!(line.get(key).is_some(), "missing {key}: {line}");
+    }
+    assert_eq!(line["name"], "dcgan4");
+    assert_eq!(line["threads"], 2);
+    let o = tconv(&[
+        "bench",
+        "--input",
+        "1,8,4,4",
+        "--c-out",
+        "8",
+        "--kernel",
+        "4",
+        "--stride",
+        "2",
+        "--padding",
+        "1",
+        "--pass",
+        "both",
+        "--kernels",
+        "inplace",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let names: Vec<String> = stdout(&o)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["name"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(names, ["custom", "custom:grad_input", "custom:grad_weight"]);
+    let o = tconv(&["bench", "--layer", "nosuch"]);
+    expect_usage_error(&o, "no layer named 'nosuch'");
+    let o = tconv(&["plan", "--layer", "dcgan1", "--threads", "2"]);
+    assert!(o.status.success());
+    let s = stdout(&o);
+    assert!(
+        s.contains("algorithm:   direct") && s.contains("phase 3:") && s.contains("threads:     2"),
+        "{s}"
+    );
+}
