@@ -113,6 +113,11 @@ pub enum ErrorKind {
         got: Vec<usize>,
         expected: Vec<usize>,
     },
+    /// A forced tile shape `(output channels, vectors)` has no kernel.
+    NoSuchKernel {
+        tile: (usize, usize),
+        available: Vec<(usize, usize)>,
+    },
     /// Reading or writing a file failed.
     Io { path: String, message: String },
     /// A `.npy` file is malformed or unsupported.
@@ -182,6 +187,10 @@ impl fmt::Display for Error {
             ShapeMismatch { what, got, expected } => write!(
                 f,
                 "{what} has shape {got:?}, expected {expected:?}"
+            ),
+            NoSuchKernel { tile, available } => write!(
+                f,
+                "no kernel for tile {tile:?} (output channels, vectors); available: {available:?}"
             ),
             Io { path, message } => write!(f, "{path}: {message}"),
             Npy { message } => write!(f, "{message}"),

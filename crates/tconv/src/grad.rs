@@ -129,7 +129,7 @@ fn backward<'x, 'w, 'g, T: Element, D1: Dimension, D2: Dimension, D3: Dimension>
         None
     };
     let weight = if wanted.weight {
-        let v = match options.algorithm.or_else(env_algorithm) {
+        let v = match options.algorithm.or_else(Algorithm::from_env) {
             Some(Algorithm::Reference) => grad_weight_reference(&g, &xs, &gys),
             _ => grad_weight_fast(&g, &xs, &gys, options),
         };
@@ -145,12 +145,6 @@ fn backward<'x, 'w, 'g, T: Element, D1: Dimension, D2: Dimension, D3: Dimension>
         weight,
         bias,
     })
-}
-
-fn env_algorithm() -> Option<Algorithm> {
-    std::env::var("TCONV_ALGORITHM")
-        .ok()
-        .and_then(|s| Algorithm::parse(&s))
 }
 
 /// `∂L/∂x`: the adjoint op on `gy` with the same weight, through the planner.

@@ -36,6 +36,12 @@ impl Algorithm {
             Algorithm::Direct => "direct",
         }
     }
+    /// The algorithm `TCONV_ALGORITHM` forces, if any.
+    pub fn from_env() -> Option<Algorithm> {
+        std::env::var("TCONV_ALGORITHM")
+            .ok()
+            .and_then(|s| Algorithm::parse(&s))
+    }
     /// Parse a name.
     pub fn parse(s: &str) -> Option<Algorithm> {
         match s.trim().to_ascii_lowercase().as_str() {
@@ -113,10 +119,7 @@ impl<T: Element> Plan<T> {
                 expected: g.weight_shape(),
             });
         }
-        let env_algo = std::env::var("TCONV_ALGORITHM")
-            .ok()
-            .and_then(|s| Algorithm::parse(&s));
-        let (algorithm, reason) = match options.algorithm.or(env_algo) {
+        let (algorithm, reason) = match options.algorithm.or_else(Algorithm::from_env) {
             Some(a) => (a, "forced by the caller or TCONV_ALGORITHM".to_string()),
             None => (Algorithm::Direct, direct_reason(&g)),
         };
@@ -170,10 +173,9 @@ impl<T: Element> Plan<T> {
                     .map_or((1, 4), |t| (t.0, t.1)),
             };
             let Some(kernel) = kernel_for::<T>(isa, inplace, mr, v) else {
-                return fail(ErrorKind::ShapeMismatch {
-                    what: "forced tile shape (no such kernel)",
-                    got: vec![mr, v],
-                    expected: shapes.iter().map(|t| t.0 * 100 + t.1).collect(),
+                return fail(ErrorKind::NoSuchKernel {
+                    tile: (mr, v),
+                    available: shapes.iter().map(|t| (t.0, t.1)).collect(),
                 });
             };
             let exec = depthwise.then(|| Geometry {
@@ -230,7 +232,6 @@ impl<T: Element> Plan<T> {
                 lanes,
                 table,
                 batch_chunk,
-                chunks_per_task: 1,
                 depthwise,
                 exec,
             })

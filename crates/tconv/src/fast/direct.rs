@@ -271,8 +271,6 @@ pub struct DirectKernel<T> {
     pub table: TileTable,
     /// Batch items per task.
     pub batch_chunk: usize,
-    /// Row chunks per task.
-    pub chunks_per_task: usize,
     /// Depthwise (one input and one output channel per group): the groups are run as one
     /// group of `groups` output channels whose kernel rows each read their own channel.
     pub depthwise: bool,
@@ -376,9 +374,9 @@ pub fn execute<T: Element>(
     let table = &k.table;
     let cout_g = g.out_per_group();
     let n_groups = g.batch.div_ceil(k.batch_chunk);
-    let c_groups = table.chunks().div_ceil(k.chunks_per_task);
-    let task_chunks =
-        |c: usize| c * k.chunks_per_task..((c + 1) * k.chunks_per_task).min(table.chunks());
+    // One task per (group, batch range, row chunk).
+    let c_groups = table.chunks();
+    let task_chunks = |c: usize| c..c + 1;
     let mut tasks: Vec<Task<'_, T>> = (0..g.groups * n_groups * c_groups)
         .map(|t| Task {
             group: t / (n_groups * c_groups),
