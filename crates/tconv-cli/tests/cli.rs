@@ -1,58 +1,13 @@
 //! End-to-end tests of the built `tconv` binary.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use ndarray::ArrayD;
 use tconv::npy::{read_npy, to_npy_bytes};
 
-fn tconv(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tconv"))
-        .args(args)
-        .output()
-        .expect("run tconv")
-}
+mod common;
 
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// A fresh scratch folder for one test.
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tconv-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-/// Compare with a checked-in expected file (set UPDATE_EXPECTED=1 to rewrite it).
-fn expect_file(name: &str, got: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/expected")
-        .join(name);
-    if std::env::var_os("UPDATE_EXPECTED").is_some() {
-        std::fs::write(&path, got).unwrap();
-    }
-    let want =
-        std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("missing {}", path.display()));
-    assert_eq!(got, want, "output differs from {}", path.display());
-}
-
-/// Expect failure: exit code 2 and one line on stderr containing `needle`.
-fn expect_usage_error(o: &Output, needle: &str) {
-    let err = stderr(o);
-    assert_eq!(o.status.code(), Some(2), "stderr: {err}");
-    assert_eq!(
-        err.trim_end().lines().count(),
-        1,
-        "want one line, got: {err}"
-    );
-    assert!(err.contains(needle), "stderr {err:?} lacks {needle:?}");
-}
+use common::*;
 
 #[test]
 fn version() {

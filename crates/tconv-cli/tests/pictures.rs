@@ -1,37 +1,12 @@
 //! Pictures: SVGs rasterised and checked cell by cell against the library's data, SVG
 //! snapshots, and the HTML player's self-containment and embedded frames.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
 use tconv::explain::overlap_report;
 use tconv::{ConvParams, Geometry, Op};
 
-fn tconv_bin(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tconv"))
-        .args(args)
-        .output()
-        .expect("run tconv")
-}
+mod common;
 
-fn scratch(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("tconv-pictures-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn expect_file(name: &str, got: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/expected")
-        .join(name);
-    if std::env::var_os("UPDATE_EXPECTED").is_some() {
-        std::fs::write(&path, got).unwrap();
-    }
-    let want =
-        std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("missing {}", path.display()));
-    assert_eq!(got, want, "output differs from {}", path.display());
-}
+use common::{expect_file, scratch, tconv};
 
 /// Rasterise an SVG (shapes only matter here, so no fonts are loaded).
 fn raster(svg: &str) -> resvg::tiny_skia::Pixmap {
@@ -69,7 +44,7 @@ fn overlap_heat_map_colours_match_the_counts() {
     let d = scratch("overlap");
     let svg_path = d.join("k3s2.svg");
     let png_path = d.join("k3s2.png");
-    let o = tconv_bin(&[
+    let o = tconv(&[
         "overlap",
         "--kernel",
         "3",
@@ -124,7 +99,7 @@ fn overlap_heat_map_colours_match_the_counts() {
 
 #[test]
 fn uniform_and_one_dimensional_verdicts() {
-    let o = tconv_bin(&[
+    let o = tconv(&[
         "overlap",
         "--kernel",
         "4",
@@ -139,13 +114,13 @@ fn uniform_and_one_dimensional_verdicts() {
             .any(|l| l.starts_with("uniform overlap: every interior output position receives 4")),
         "{text}"
     );
-    let o = tconv_bin(&[
+    let o = tconv(&[
         "overlap", "--kernel", "3", "--stride", "2", "--dims", "1", "--size", "4",
     ]);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("  1 1 2 1 2 1 2 1 1\n"), "{text}");
     assert!(text.lines().any(|l| l.starts_with("uneven")));
-    let o = tconv_bin(&["overlap", "--kernel", "2", "--stride", "3", "--dims", "1"]);
+    let o = tconv(&["overlap", "--kernel", "2", "--stride", "3", "--dims", "1"]);
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(text.lines().any(|l| l.starts_with("uneven overlap: some interior positions receive no kernel tap")), "{text}");
 }
@@ -154,7 +129,7 @@ fn uniform_and_one_dimensional_verdicts() {
 fn explain_svg_marks_every_kind_of_cell() {
     let d = scratch("explain");
     let p = d.join("e.svg");
-    let o = tconv_bin(&[
+    let o = tconv(&[
         "explain",
         "conv-transpose",
         "--input",
@@ -206,7 +181,7 @@ fn frames_of(html: &str) -> serde_json::Value {
 fn html_player_is_self_contained_and_carries_the_library_steps() {
     let d = scratch("html");
     let p = d.join("e.html");
-    let o = tconv_bin(&[
+    let o = tconv(&[
         "explain",
         "conv-transpose",
         "--input",
@@ -261,7 +236,7 @@ fn html_player_is_self_contained_and_carries_the_library_steps() {
 
     // A conv: one frame per output element with its dot product.
     let p2 = d.join("c.html");
-    let o = tconv_bin(&[
+    let o = tconv(&[
         "explain",
         "conv",
         "--input",
@@ -286,7 +261,7 @@ fn html_player_is_self_contained_and_carries_the_library_steps() {
 fn demo_html_has_the_three_examples() {
     let d = scratch("demo");
     let p = d.join("demo.html");
-    let o = tconv_bin(&["demo", "--html", p.to_str().unwrap()]);
+    let o = tconv(&["demo", "--html", p.to_str().unwrap()]);
     assert!(o.status.success());
     let data = frames_of(&std::fs::read_to_string(&p).unwrap());
     assert_eq!(data["players"].as_array().unwrap().len(), 3);
@@ -296,7 +271,7 @@ fn demo_html_has_the_three_examples() {
 fn pictures_refuse_what_they_cannot_draw() {
     let d = scratch("refuse");
     let p = d.join("x.svg");
-    let o = tconv_bin(&[
+    let o = tconv(&[
         "explain",
         "conv-transpose",
         "--input",
