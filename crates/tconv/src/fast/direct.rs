@@ -16,6 +16,7 @@ use super::inplace::{InplaceArgs, InplaceFn, TapRun};
 use super::kernels::{KernelFn, MAX_V};
 use super::pack::{pack_source, PackedWeights};
 use super::spec::DirectSpec;
+use super::{prefetch_read, prefetch_write};
 use crate::geometry::Geometry;
 use crate::tensor::{numel, Element};
 
@@ -410,6 +411,18 @@ pub fn execute<T: Element>(
     }
 }
 
+/// Prefetch for writing the cache lines of `plane[at..at + len]` (those in bounds).
+#[inline(always)]
+fn prefetch_span<T>(plane: &mut [T], at: usize, len: usize) {
+    let line = (64 / std::mem::size_of::<T>().max(1)).max(1);
+    let mut i = at;
+    while i < at + len {
+        prefetch_write(plane, i);
+        i += line;
+    }
+    prefetch_write(plane, at + len - 1);
+}
+
 /// `plane[at + j*stride] = row[j] + b` for each `j` (the output positions of a run).
 #[inline(always)]
 fn store_run<T: Element>(plane: &mut [T], at: usize, stride: usize, row: &[T], b: T) {
@@ -476,9 +489,11 @@ fn store_group<T: Element>(
                     };
                 }
                 let at = at - row_off;
+                let span = (len - 1) * s + gs;
+                prefetch_span(plane, at + PREFETCH_TILES * span, span);
                 // Residue by residue into one small output span (it stays in L1): element
                 // j of residue r lands at j*s + r.
-                let dst = &mut plane[at..at + (len - 1) * s + gs];
+                let dst = &mut plane[at..at + span];
                 if gs == 2 && s == 2 && interleave2(dst, srcs[0], srcs[1], b) {
                     continue;
                 }
@@ -498,6 +513,8 @@ fn store_group<T: Element>(
     for r in 0..gs {
         for (co, plane) in planes.iter_mut().enumerate() {
             for &(lo, len, at) in runs_of(first + r) {
+                let span = (len - 1) * table.last_stride + 1;
+                prefetch_span(plane, at - row_off + PREFETCH_TILES * span, span);
                 if reached[r] {
                     let row =
                         &acc[r * per_phase + co * tl + lo..r * per_phase + co * tl + lo + len];
@@ -710,6 +727,10 @@ fn pack_panel<T: Element>(
         let full = bits == 0;
         for (ci, row) in rows.chunks_exact_mut(tl).enumerate() {
             let s = start + (ci * channel_stride) as isize;
+            // The tiles that follow read on along the same rows: fetch them early.
+            let ahead = (s + (PREFETCH_TILES * tl) as isize).max(0) as usize;
+            prefetch_read(src, ahead);
+            prefetch_read(src, ahead + tl - 1);
             if !full {
                 // More runs than the fast path holds: lane by lane.
                 for (l, slot) in row.iter_mut().enumerate() {
@@ -744,6 +765,8 @@ fn pack_panel<T: Element>(
 /// Bytes of input panels kept hot together, so that each packed weight block is reused
 /// across several tiles (half of a 1 MiB L2).
 const PANEL_BUDGET: usize = 512 * 1024;
+/// How many tiles ahead the packing and the stores prefetch along their rows.
+const PREFETCH_TILES: usize = 2;
 /// Bytes of one tile's panel slice that stays in L1 while every channel block uses it.
 const L1_SLICE: usize = 16 * 1024;
 /// Bytes of the weight slices of all blocks for one `k` range (kept in L2).

@@ -15,3 +15,32 @@ pub mod pack;
 pub mod spec;
 
 pub use isa::Isa;
+
+/// Hint the CPU to bring the cache line holding `slice[at]` into L1 for reading (no effect
+/// past the end of `slice`, or off x86-64). Used one tile ahead where the kernels walk many
+/// channel planes at once, more streams than the hardware prefetchers follow.
+#[inline(always)]
+pub(crate) fn prefetch_read<T>(slice: &[T], at: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if at < slice.len() {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // Safety: `at` is in bounds, so the pointer is valid; a prefetch never faults and
+        // changes no memory (SSE is part of the x86-64 baseline).
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(slice.as_ptr().add(at) as *const i8) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (slice, at);
+}
+
+/// As [`prefetch_read`], for a line about to be written (fetched for ownership).
+#[inline(always)]
+pub(crate) fn prefetch_write<T>(slice: &mut [T], at: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if at < slice.len() {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_ET0};
+        // Safety: as in `prefetch_read`; the line's contents are not changed.
+        unsafe { _mm_prefetch::<_MM_HINT_ET0>(slice.as_ptr().add(at) as *const i8) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (slice, at);
+}
