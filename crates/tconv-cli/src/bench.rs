@@ -275,7 +275,7 @@ pub fn time_layer(l: &Layer, a: &BenchArgs, opts: &PlanOptions) -> Result<Vec<Ti
                 algorithm: if suffix == "grad_input" {
                     "adjoint conv/direct".into()
                 } else {
-                    "per-tap GEMM".into()
+                    "GEMM over positions".into()
                 },
                 workspace_bytes: 0,
             });

@@ -6,8 +6,9 @@
 //!   the fast kernels serve it.
 //! - `∂L/∂w[a, b', k] = Σ_n Σ_i S[n, a, i] · B[n, b, i*s + k*d - p_begin]`, where for
 //!   conv_transpose `(S, B) = (x, gy)` and for conv `(S, B) = (gy, x)` (the weight's first
-//!   axis always indexes the "small" side). Per group and tap this is a GEMM over positions,
-//!   run on the same packed-panel microkernels.
+//!   axis always indexes the "small" side). Per group and tap this is a GEMM over
+//!   `(position, batch)`, run on the same packed-panel microkernels; taps that read the same
+//!   stride residue share one packed copy of `B` as shifted views ([`grad_weight_fast`]).
 //! - `∂L/∂b[c] = Σ_n Σ_positions gy[n, c, ·]`.
 //!
 //! Only the requested gradients are computed. Every gradient element is produced by one task
@@ -18,11 +19,11 @@ use rayon::prelude::*;
 
 use crate::error::{fail, ErrorKind, Result};
 use crate::fast::kernels::{portable, tile_shapes};
-use crate::fast::Isa;
+use crate::fast::{scratch, Isa};
 use crate::geometry::Geometry;
 use crate::params::{ConvParams, Op};
 use crate::plan::{Algorithm, Plan, PlanOptions};
-use crate::tensor::{contiguous, for_each_index, numel, positions, Element};
+use crate::tensor::{contiguous, numel, positions, Element};
 
 /// Which gradients to compute.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -213,41 +214,310 @@ pub fn grad_weight_reference<T: Element>(g: &Geometry, x: &[T], gy: &[T]) -> Vec
     dw
 }
 
-/// Positions processed per packed slice of the weight-gradient GEMM.
-const POSITION_CHUNK: usize = 256;
+/// Reduction positions per kernel call of the weight-gradient GEMM: the lane-side slice
+/// (`REDUCTION_CHUNK × 16` values) stays in L1 while the row-side slices stream from L2.
+const REDUCTION_CHUNK: usize = 256;
 /// Below this many (a, b) channel pairs per group the weight gradient uses direct dot
 /// products: a 6×16 register tile would be mostly padding.
 const SMALL_GEMM: usize = 32;
 
-/// Pack `width`-wide position-major runs: `out[(blk * POSITION_CHUNK + j) * width + c % width]`
-/// holds `value(c, j)` for channel `c` (zero past `channels`) and pair `j < pc`.
-#[inline]
-fn pack_runs<T: Element>(
-    out: &mut [T],
-    width: usize,
-    channels: usize,
-    pc: usize,
-    value: impl Fn(usize, usize) -> T,
-) {
-    for c in 0..channels.div_ceil(width) * width {
-        let (blk, j0) = (c / width, c % width);
-        let run = &mut out[blk * POSITION_CHUNK * width..(blk * POSITION_CHUNK + pc) * width];
-        if c < channels {
-            for (j, slot) in run.iter_mut().skip(j0).step_by(width).enumerate() {
-                *slot = value(c, j);
+/// How the weight gradient's taps map onto shifted views of the big side.
+///
+/// Along each axis, tap `k` reads big position `o = p*s + m` with `m = k*d - p_begin`; with
+/// `m = s*c + r` (`0 <= r < s`) that is `o = s*(p + c) + r`, i.e. position `p + c` of the
+/// stride-1 residue grid `B_r[u] = B[s*u + r]`. Taps sharing the residues and the shifts
+/// `c` of every axis but the first read one packed copy of `B_r` (a *key*), shifted on the
+/// inner axes; their first-axis shifts `c_0` become plain offsets into that copy, whose first
+/// axis is padded by `c0_max - c0_min` rows. With the reduction index `q = (p, n)` (batch
+/// innermost), each tap's `B` operand is then one contiguous run of the copy, and the `S`
+/// operand (packed once) is the same run for every tap: no per-tap packing.
+struct TapKeys {
+    /// Per key: residue per axis, then the shifts of axes `1..`.
+    keys: Vec<(Vec<usize>, Vec<i64>)>,
+    /// Per key: its taps as `(flat tap index, c_0 - c0_min)`.
+    taps: Vec<Vec<(usize, usize)>>,
+    /// Smallest first-axis shift.
+    c0_min: i64,
+    /// Padded first-axis extent of a copy: `L_small_0 + c0_max - c0_min`.
+    e0: usize,
+}
+
+impl TapKeys {
+    fn new(g: &Geometry) -> TapKeys {
+        let dims = g.axes.len();
+        // (r, c) of each tap index along each axis.
+        let rc: Vec<Vec<(usize, i64)>> = g
+            .axes
+            .iter()
+            .map(|a| {
+                let s = a.stride as i64;
+                (0..a.kernel)
+                    .map(|k| {
+                        let m = (k * a.dilation) as i64 - a.pad_begin;
+                        (m.rem_euclid(s) as usize, m.div_euclid(s))
+                    })
+                    .collect()
+            })
+            .collect();
+        let c0_min = rc[0].iter().map(|x| x.1).min().unwrap_or(0);
+        let c0_max = rc[0].iter().map(|x| x.1).max().unwrap_or(0);
+        let mut t = TapKeys {
+            keys: Vec::new(),
+            taps: Vec::new(),
+            c0_min,
+            e0: g.axes[0].small(g.op) + (c0_max - c0_min) as usize,
+        };
+        for (flat, k) in positions(&g.kernel_shape()).enumerate() {
+            let r: Vec<usize> = (0..dims).map(|a| rc[a][k[a]].0).collect();
+            let c: Vec<i64> = (1..dims).map(|a| rc[a][k[a]].1).collect();
+            let key = (r, c);
+            let id = match t.keys.iter().position(|x| *x == key) {
+                Some(id) => id,
+                None => {
+                    t.keys.push(key);
+                    t.taps.push(Vec::new());
+                    t.keys.len() - 1
+                }
+            };
+            t.taps[id].push((flat, (rc[0][k[0]].1 - c0_min) as usize));
+        }
+        t
+    }
+
+    /// Big-side flat offset of each copy position `(p0', p_rest)` of key `key`, or
+    /// `usize::MAX` where it falls outside the big side.
+    fn source_offsets(&self, g: &Geometry, key: usize) -> Vec<usize> {
+        let (r, c) = &self.keys[key];
+        let small = g.small_spatial();
+        let per_axis: Vec<Vec<usize>> = g
+            .axes
+            .iter()
+            .enumerate()
+            .map(|(a, axis)| {
+                let (extent, shift) = if a == 0 {
+                    (self.e0, self.c0_min)
+                } else {
+                    (small[a], c[a - 1])
+                };
+                (0..extent)
+                    .map(|p| {
+                        let o = axis.stride as i64 * (p as i64 + shift) + r[a] as i64;
+                        let inside = o >= 0 && (o as usize) < axis.big(g.op);
+                        if inside {
+                            o as usize
+                        } else {
+                            usize::MAX
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        flat_offsets(&per_axis, &g.big_spatial())
+    }
+}
+
+/// Row-major flat offsets into a grid of extents `big` for every combination of the
+/// per-axis offsets (`usize::MAX`, on any axis, gives `usize::MAX`).
+fn flat_offsets(per_axis: &[Vec<usize>], big: &[usize]) -> Vec<usize> {
+    let mut flat = vec![0usize];
+    for (offsets, &extent) in per_axis.iter().zip(big) {
+        let mut next = Vec::with_capacity(flat.len() * offsets.len());
+        for &f in &flat {
+            next.extend(offsets.iter().map(|&o| {
+                if f == usize::MAX || o == usize::MAX {
+                    usize::MAX
+                } else {
+                    f * extent + o
+                }
+            }));
+        }
+        flat = next;
+    }
+    flat
+}
+
+/// `∂L/∂w` for groups with few channel pairs (depthwise and the like), where a register
+/// tile would be mostly padding: per tap, a dot product of each `S` row with the `B` values
+/// it meets, through a position map, in 8 interleaved partial sums. Rows of `dW` (one `a`
+/// channel each) are shared out to the threads.
+fn grad_weight_small<T: Element>(g: &Geometry, s: &[T], b: &[T], threads: usize, dw: &mut [T]) {
+    let (small_size, big_size) = (numel(&g.small_spatial()), numel(&g.big_spatial()));
+    let k_sp = g.kernel_shape();
+    let k_size = numel(&k_sp);
+    let (a_ch, b_ch) = match g.op {
+        Op::ConvTranspose => (g.in_channels, g.out_channels),
+        Op::Conv => (g.out_channels, g.in_channels),
+    };
+    let (a_pg, b_pg) = (a_ch / g.groups, b_ch / g.groups);
+    // maps[k][p]: the big offset tap `k` reads from small position `p`, or usize::MAX.
+    let maps: Vec<Vec<usize>> = positions(&k_sp)
+        .map(|k| {
+            let per_axis: Vec<Vec<usize>> = g
+                .axes
+                .iter()
+                .enumerate()
+                .map(|(a, axis)| {
+                    (0..axis.small(g.op))
+                        .map(|p| axis.big_index(g.op, p, k[a]).unwrap_or(usize::MAX))
+                        .collect()
+                })
+                .collect();
+            flat_offsets(&per_axis, &g.big_spatial())
+        })
+        .collect();
+    par_fill(dw, b_pg * k_size, threads, |a, row| {
+        let group = a / a_pg;
+        for bl in 0..b_pg {
+            for (k, map) in maps.iter().enumerate() {
+                let mut acc = [T::zero(); 8];
+                for n in 0..g.batch {
+                    let sr = &s[(n * a_ch + a) * small_size..][..small_size];
+                    let br = &b[(n * b_ch + group * b_pg + bl) * big_size..][..big_size];
+                    for (sc, mc) in sr.chunks(8).zip(map.chunks(8)) {
+                        for l in 0..sc.len() {
+                            if mc[l] != usize::MAX {
+                                acc[l] = acc[l] + sc[l] * br[mc[l]];
+                            }
+                        }
+                    }
+                }
+                row[bl * k_size + k] = acc.iter().fold(T::zero(), |t, &v| t + v);
             }
-        } else {
-            for slot in run.iter_mut().skip(j0).step_by(width) {
-                *slot = T::zero();
+        }
+    });
+}
+
+/// One side of the weight-gradient GEMM, `(N, channels, plane)` in memory, and the channel
+/// block being packed from it.
+struct Side<'a, T> {
+    src: &'a [T],
+    batch: usize,
+    channels: usize,
+    plane: usize,
+    /// First channel of the block.
+    first: usize,
+    /// Channels of the block that exist (the rest of its lanes stay zero).
+    live: usize,
+}
+
+/// Copy-position tables of the weight-gradient packing (copy position → plane offset,
+/// `usize::MAX` for zero), with the passes [`pack_positions`] takes through them.
+struct Tables {
+    tables: Vec<Vec<usize>>,
+    /// Positions per pass.
+    block: usize,
+    /// `spans[t][pass]`: the lowest and highest plane offsets table `t` reads in that pass.
+    spans: Vec<Vec<Option<(usize, usize)>>>,
+}
+
+impl Tables {
+    /// `tables` (all of one length) packed `batch × width` values per position of each.
+    fn new<T>(tables: Vec<Vec<usize>>, batch: usize, width: usize) -> Tables {
+        let size = std::mem::size_of::<T>();
+        let block = (PACK_BLOCK_BYTES / (tables.len() * batch * width * size).max(1)).max(8);
+        let spans = tables
+            .iter()
+            .map(|t| {
+                t.chunks(block)
+                    .map(|c| {
+                        let mut valid = c.iter().copied().filter(|&o| o != usize::MAX);
+                        let lo = valid.next()?;
+                        Some(valid.fold((lo, lo), |(a, b), o| (a.min(o), b.max(o))))
+                    })
+                    .collect()
+            })
+            .collect();
+        Tables {
+            tables,
+            block,
+            spans,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.tables.first().map_or(0, |t| t.len())
+    }
+}
+
+/// Pack one channel block of `side` for every table of `tables` into
+/// `dst[t][(j * N + n) * width + w]`. Positions are taken in passes small enough that the
+/// destination runs of all tables and the source lines they read stay in L1; the next
+/// pass's source lines are prefetched where a pass reads many rows at once (more streams
+/// than the hardware prefetchers follow).
+fn pack_positions<T: Element>(dst: &mut [T], width: usize, side: &Side<'_, T>, tables: &Tables) {
+    let len = tables.len();
+    let (batch, plane, live) = (side.batch, side.plane, side.live);
+    let per_table = len * batch * width;
+    // Lanes past the last channel are zero (`dst` may hold stale values).
+    if live < width {
+        for run in dst[..tables.tables.len() * per_table].chunks_exact_mut(width) {
+            run[live..].fill(T::zero());
+        }
+    }
+    if live == 0 || len == 0 {
+        return;
+    }
+    let line = (64 / std::mem::size_of::<T>()).max(1);
+    let prefetch = batch * live >= 8;
+    for (pass, j0) in (0..len).step_by(tables.block).enumerate() {
+        let j1 = (j0 + tables.block).min(len);
+        for n in 0..batch {
+            // Row by row (channel planes are often a power of two apart: reading many of
+            // them at one offset would keep evicting the same cache set).
+            for w in 0..live {
+                let row = &side.src[((n * side.channels + side.first + w) * plane)..][..plane];
+                if prefetch {
+                    for spans in &tables.spans {
+                        if let Some(&Some((lo, hi))) = spans.get(pass + 1) {
+                            for o in (lo..=hi).step_by(line) {
+                                crate::fast::prefetch_read(row, o);
+                            }
+                        }
+                    }
+                }
+                for (ti, t) in tables.tables.iter().enumerate() {
+                    let out = &mut dst[ti * per_table..(ti + 1) * per_table];
+                    let out = &mut out[(j0 * batch + n) * width + w..];
+                    for (j, &o) in t[j0..j1].iter().enumerate() {
+                        out[j * batch * width] = if o == usize::MAX { T::zero() } else { row[o] };
+                    }
+                }
             }
         }
     }
 }
 
-/// `∂L/∂w` as GEMMs over positions: `dW[a, b, k] = Σ_p S[a, p] · B[b, big(p, k)]`, on the
-/// packed-panel microkernel with `(n, p)` as the reduction axis. Each task owns one group and
-/// a range of taps; it packs the `S` side of a chunk of positions once and reuses it for all
-/// of its taps, re-packing only the (shifted, zero-padded) `B` side per tap.
+/// Bytes of packed destination filled per pass of [`pack_positions`].
+const PACK_BLOCK_BYTES: usize = 16 * 1024;
+
+/// Run `f(unit, chunk)` over the `len`-long chunks of `data`, on `threads` threads.
+fn par_fill<T: Send>(
+    data: &mut [T],
+    len: usize,
+    threads: usize,
+    f: impl Fn(usize, &mut [T]) + Sync,
+) {
+    if data.is_empty() {
+        return;
+    }
+    if threads <= 1 {
+        data.chunks_mut(len).enumerate().for_each(|(u, d)| f(u, d));
+    } else {
+        crate::fast::direct::pool(threads).install(|| {
+            data.par_chunks_mut(len)
+                .enumerate()
+                .for_each(|(u, d)| f(u, d))
+        });
+    }
+}
+
+/// `∂L/∂w` as GEMMs over `(position, batch)`: `dW[a, b, k] = Σ_q S[a, q] · B_k[b, q]`, on the
+/// packed-panel microkernel ([`grad_weight_small`] when a group has few channel pairs).
+///
+/// `S` is packed once; the big side once per key (see [`TapKeys`]), all keys in one pass
+/// over it, and each copy serves all of its key's taps as offset views. Tasks own
+/// `(group, range of S channel blocks)`: disjoint rows of `dW`, each element summed by one
+/// task in a fixed order, so the result is bitwise identical for any thread count.
 pub fn grad_weight_fast<T: Element>(
     g: &Geometry,
     x: &[T],
@@ -255,13 +525,21 @@ pub fn grad_weight_fast<T: Element>(
     options: &PlanOptions,
 ) -> Vec<T> {
     let (s, b) = sides(g, x, gy);
-    let (small_sp, big_sp, k_sp) = (g.small_spatial(), g.big_spatial(), g.kernel_shape());
-    let (small_size, big_size, k_size) = (numel(&small_sp), numel(&big_sp), numel(&k_sp));
+    let (small_size, big_size, k_size) = (
+        numel(&g.small_spatial()),
+        numel(&g.big_spatial()),
+        numel(&g.kernel_shape()),
+    );
     let (a_ch, b_ch) = match g.op {
         Op::ConvTranspose => (g.in_channels, g.out_channels),
         Op::Conv => (g.out_channels, g.in_channels),
     };
     let (a_pg, b_pg) = (a_ch / g.groups, b_ch / g.groups);
+    let mut dw = vec![T::zero(); a_ch * b_pg * k_size];
+    let q_len = g.batch * small_size;
+    if q_len == 0 || dw.is_empty() {
+        return dw;
+    }
     let isa = options.isa.map_or_else(Isa::detect, |i| i.or_below());
     let isa = if T::fast_kernel(isa, 6, 2).is_some() {
         isa
@@ -272,165 +550,158 @@ pub fn grad_weight_fast<T: Element>(
     let kernel = T::fast_kernel(isa, mr, v)
         .or_else(|| portable::<T>(mr, v))
         .expect("tile_shapes lists instantiated kernels");
-    let tl = v * isa.lanes();
-    // The register tile's rows (MR) take whichever side wastes less padding (e.g. the 3
-    // output channels of an RGB layer go on the rows, not on 16 lanes).
-    let waste = |m: usize, n: usize| m.div_ceil(mr) * mr * n.div_ceil(tl) * tl;
-    let s_on_rows = waste(a_pg, b_pg) <= waste(b_pg, a_pg);
-    let (rows_pg, cols_pg) = if s_on_rows {
-        (a_pg, b_pg)
-    } else {
-        (b_pg, a_pg)
-    };
-    let (mblocks, nblocks) = (rows_pg.div_ceil(mr), cols_pg.div_ceil(tl));
-    let tile = mr * tl;
-    let small = a_pg * b_pg < SMALL_GEMM;
-    let per_tap = if small {
-        a_pg * b_pg
-    } else {
-        mblocks * nblocks * tile
-    };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = options
         .threads
         .unwrap_or(if g.flops() < 4_000_000 { 1 } else { cores })
         .max(1);
-
-    // big(p, k) for every small position p and tap k, or usize::MAX where the tap falls
-    // outside the big side.
-    let mut big_of = vec![usize::MAX; k_size * small_size];
-    for (k_flat, k) in positions(&k_sp).enumerate() {
-        let row = &mut big_of[k_flat * small_size..(k_flat + 1) * small_size];
-        let mut p = 0;
-        for_each_index(&small_sp, |i| {
-            if let Some(o) = crate::reference::big_flat(g, i, &k) {
-                row[p] = o;
-            }
-            p += 1;
-        });
+    if a_pg * b_pg < SMALL_GEMM {
+        grad_weight_small(g, s, b, threads, &mut dw);
+        return dw;
     }
-    // Tasks: (group, range of taps), enough to keep the threads busy.
-    let tap_chunks = if threads <= 1 {
+    let tl = v * isa.lanes();
+    // The register tile's rows (MR) take whichever side wastes less padding (e.g. the 3
+    // output channels of an RGB layer go on the rows, not on 16 lanes).
+    let waste = |m: usize, n: usize| m.div_ceil(mr) * mr * n.div_ceil(tl) * tl;
+    let s_on_rows = waste(a_pg, b_pg) <= waste(b_pg, a_pg);
+    let (s_width, b_width) = if s_on_rows { (mr, tl) } else { (tl, mr) };
+    let (s_blocks, b_blocks) = (a_pg.div_ceil(s_width), b_pg.div_ceil(b_width));
+    let tile = mr * tl;
+    let keys = TapKeys::new(g);
+    let n_keys = keys.keys.len();
+    let rest: usize = small_size / g.axes[0].small(g.op).max(1);
+    let copy_len = keys.e0 * rest;
+
+    // S: `[group][block][q][s_width]`.
+    let s_run = q_len * s_width;
+    let mut spack = scratch::take::<T>(g.groups * s_blocks * s_run);
+    let identity = Tables::new::<T>(vec![(0..small_size).collect()], g.batch, s_width);
+    par_fill(&mut spack, s_run, threads, |unit, dst| {
+        let (group, blk) = (unit / s_blocks, unit % s_blocks);
+        let first = blk * s_width;
+        let side = Side {
+            src: s,
+            batch: g.batch,
+            channels: a_ch,
+            plane: small_size,
+            first: group * a_pg + first,
+            live: s_width.min(a_pg - first),
+        };
+        pack_positions(dst, s_width, &side, &identity);
+    });
+    // The big side: `[group][block][key][q'][b_width]`, every key from one pass.
+    let tables = Tables::new::<T>(
+        (0..n_keys).map(|k| keys.source_offsets(g, k)).collect(),
+        g.batch,
+        b_width,
+    );
+    let b_run = copy_len * g.batch * b_width;
+    let mut bpack = scratch::take::<T>(g.groups * b_blocks * n_keys * b_run);
+    par_fill(&mut bpack, n_keys * b_run, threads, |unit, dst| {
+        let (group, blk) = (unit / b_blocks, unit % b_blocks);
+        let first = blk * b_width;
+        let side = Side {
+            src: b,
+            batch: g.batch,
+            channels: b_ch,
+            plane: big_size,
+            first: group * b_pg + first,
+            live: b_width.min(b_pg - first),
+        };
+        pack_positions(dst, b_width, &side, &tables);
+    });
+    let (spack, bpack) = (spack, bpack);
+
+    // Tasks: (group, range of S blocks), enough to keep every thread busy.
+    let splits = if threads <= 1 {
         1
     } else {
-        (2 * threads).div_ceil(g.groups).clamp(1, k_size)
+        (4 * threads).div_ceil(g.groups).clamp(1, s_blocks)
     };
-    let taps_per = k_size.div_ceil(tap_chunks);
-    let run = |task: usize| -> Vec<T> {
-        let (group, c) = (task / tap_chunks, task % tap_chunks);
-        let taps = c * taps_per..((c + 1) * taps_per).min(k_size);
-        let mut acc = vec![T::zero(); taps.len() * per_tap];
-        if small {
-            // Few channel pairs (depthwise and the like): direct dot products.
-            for (ti, k) in taps.clone().enumerate() {
-                let map = &big_of[k * small_size..(k + 1) * small_size];
-                for a in 0..a_pg {
-                    for bl in 0..b_pg {
-                        let mut sum = T::zero();
-                        for n in 0..g.batch {
-                            let sr = &s[(n * a_ch + group * a_pg + a) * small_size..][..small_size];
-                            let br = &b[(n * b_ch + group * b_pg + bl) * big_size..][..big_size];
-                            for (&sv, &o) in sr.iter().zip(map) {
-                                if o != usize::MAX {
-                                    sum = sum + sv * br[o];
-                                }
+    let per_split = s_blocks.div_ceil(splits);
+    let run = |task: usize, dw_rows: &mut [T]| {
+        let (group, split) = (task / splits, task % splits);
+        let sbs = split * per_split..((split + 1) * per_split).min(s_blocks);
+        if sbs.is_empty() {
+            return;
+        }
+        let nsb = sbs.len();
+        // acc[sb][blk][tap][tile]: the taps of one tile position together, for the final
+        // gather into dW's `[a][b][k]` order.
+        let mut acc = scratch::take::<T>(nsb * b_blocks * k_size * tile);
+        let s_at = |sb: usize, q0: usize| (group * s_blocks + sb) * s_run + q0 * s_width;
+        let b_at = |blk: usize, key: usize, c0: usize, q0: usize| {
+            ((group * b_blocks + blk) * n_keys + key) * b_run + (c0 * rest * g.batch + q0) * b_width
+        };
+        for q0 in (0..q_len).step_by(REDUCTION_CHUNK) {
+            let q1 = (q0 + REDUCTION_CHUNK).min(q_len);
+            let kq = q1 - q0;
+            for (key, taps) in keys.taps.iter().enumerate() {
+                for &(k, c0) in taps {
+                    // The lane-side slice stays in L1 while the row-side slices stream.
+                    let (outer, inner) = if s_on_rows {
+                        (b_blocks, nsb)
+                    } else {
+                        (nsb, b_blocks)
+                    };
+                    for o in 0..outer {
+                        for i in 0..inner {
+                            let (sbl, blk) = if s_on_rows { (i, o) } else { (o, i) };
+                            let sv = &spack[s_at(sbs.start + sbl, q0)..][..kq * s_width];
+                            let bv = &bpack[b_at(blk, key, c0, q0)..][..kq * b_width];
+                            let at = ((sbl * b_blocks + blk) * k_size + k) * tile;
+                            let out = &mut acc[at..at + tile];
+                            if s_on_rows {
+                                kernel(sv, bv, kq, out, q0 > 0);
+                            } else {
+                                kernel(bv, sv, kq, out, q0 > 0);
                             }
                         }
-                        acc[ti * per_tap + a * b_pg + bl] = sum;
                     }
                 }
             }
-            return acc;
         }
-        let s_width = if s_on_rows { mr } else { tl };
-        let b_width = if s_on_rows { tl } else { mr };
-        let mut spack = vec![T::zero(); POSITION_CHUNK * a_pg.div_ceil(s_width) * s_width];
-        let mut bpack = vec![T::zero(); POSITION_CHUNK * b_pg.div_ceil(b_width) * b_width];
-        let mut started = vec![false; taps.len()];
-        // Per chunk of (batch, position) pairs: where each pair's S row starts, its batch
-        // item's B base and its position (one division per pair, not per element).
-        let total = g.batch * small_size;
-        let mut s_off = vec![0usize; POSITION_CHUNK];
-        let mut b_off = vec![0usize; POSITION_CHUNK];
-        let mut pos = vec![0usize; POSITION_CHUNK];
-        for q0 in (0..total).step_by(POSITION_CHUNK) {
-            let pc = POSITION_CHUNK.min(total - q0);
-            for j in 0..pc {
-                let (n, p) = ((q0 + j) / small_size, (q0 + j) % small_size);
-                s_off[j] = (n * a_ch + group * a_pg) * small_size + p;
-                b_off[j] = (n * b_ch + group * b_pg) * big_size;
-                pos[j] = p;
-            }
-            pack_runs(&mut spack, s_width, a_pg, pc, |a, j| {
-                s[s_off[j] + a * small_size]
-            });
-            for (ti, k) in taps.clone().enumerate() {
-                let map = &big_of[k * small_size..(k + 1) * small_size];
-                if pos[..pc].iter().all(|&p| map[p] == usize::MAX) {
-                    continue;
-                }
-                pack_runs(&mut bpack, b_width, b_pg, pc, |bl, j| match map[pos[j]] {
-                    usize::MAX => T::zero(),
-                    o => b[b_off[j] + bl * big_size + o],
-                });
-                let (rows, cols) = if s_on_rows {
-                    (&spack, &bpack)
-                } else {
-                    (&bpack, &spack)
-                };
-                // The wide lane-side run stays in L1 while the narrow row-side runs stream.
-                for nb in 0..nblocks {
-                    let b_run = &cols[nb * POSITION_CHUNK * tl..(nb * POSITION_CHUNK + pc) * tl];
-                    for mb in 0..mblocks {
-                        let a_run =
-                            &rows[mb * POSITION_CHUNK * mr..(mb * POSITION_CHUNK + pc) * mr];
-                        let at = ti * per_tap + (mb * nblocks + nb) * tile;
-                        kernel(a_run, b_run, pc, &mut acc[at..at + tile], started[ti]);
+        // Into this task's rows of `dW[a][b][k]`: for each tile position, all taps in a row
+        // (the writes run along `k`, contiguous).
+        let row0 = sbs.start * s_width;
+        for sbl in 0..nsb {
+            for blk in 0..b_blocks {
+                let t0 = (sbl * b_blocks + blk) * k_size * tile;
+                for (rr, ll) in (0..mr).flat_map(|r| (0..tl).map(move |l| (r, l))) {
+                    let (sc, bc) = if s_on_rows {
+                        ((sbs.start + sbl) * s_width + rr, blk * b_width + ll)
+                    } else {
+                        ((sbs.start + sbl) * s_width + ll, blk * b_width + rr)
+                    };
+                    if sc >= a_pg || bc >= b_pg {
+                        continue;
+                    }
+                    let dst = &mut dw_rows[((sc - row0) * b_pg + bc) * k_size..][..k_size];
+                    let from = t0 + rr * tl + ll;
+                    for (k, d) in dst.iter_mut().enumerate() {
+                        *d = acc[k * tile + from];
                     }
                 }
-                started[ti] = true;
             }
         }
-        acc
     };
-    let tasks = g.groups * tap_chunks;
-    let results: Vec<Vec<T>> = if threads <= 1 {
-        (0..tasks).map(run).collect()
+    // Each task's rows of dW: `(group, S blocks)` → a contiguous run of `a` channels.
+    let mut parts: Vec<(usize, &mut [T])> = Vec::with_capacity(g.groups * splits);
+    let row_len = b_pg * k_size;
+    let mut rest_dw: &mut [T] = &mut dw;
+    for task in 0..g.groups * splits {
+        let split = task % splits;
+        let lo = (split * per_split * s_width).min(a_pg);
+        let hi = ((split + 1) * per_split * s_width).min(a_pg);
+        let (part, tail) = std::mem::take(&mut rest_dw).split_at_mut((hi - lo) * row_len);
+        rest_dw = tail;
+        parts.push((task, part));
+    }
+    if threads <= 1 {
+        parts.into_iter().for_each(|(t, d)| run(t, d));
     } else {
-        crate::fast::direct::pool(threads).install(|| (0..tasks).into_par_iter().map(run).collect())
-    };
-    let mut dw = vec![T::zero(); a_ch * b_pg * k_size];
-    for (task, acc) in results.iter().enumerate() {
-        let (group, c) = (task / tap_chunks, task % tap_chunks);
-        for (ti, k) in (c * taps_per..((c + 1) * taps_per).min(k_size)).enumerate() {
-            let tap = &acc[ti * per_tap..(ti + 1) * per_tap];
-            let mut put =
-                |a: usize, bl: usize, v: T| dw[((group * a_pg + a) * b_pg + bl) * k_size + k] = v;
-            if small {
-                for (i, &v) in tap.iter().enumerate() {
-                    put(i / b_pg, i % b_pg, v);
-                }
-                continue;
-            }
-            // Walk the register tiles in order: no division per element.
-            for (t, block) in tap.chunks_exact(tile).enumerate() {
-                let (mb, nb) = (t / nblocks, t % nblocks);
-                for (mi, row) in block.chunks_exact(tl).enumerate() {
-                    let r = mb * mr + mi;
-                    if r >= rows_pg {
-                        break;
-                    }
-                    for (ni, &v) in row.iter().enumerate().take(cols_pg.saturating_sub(nb * tl)) {
-                        let c = nb * tl + ni;
-                        if s_on_rows {
-                            put(r, c, v);
-                        } else {
-                            put(c, r, v);
-                        }
-                    }
-                }
-            }
-        }
+        crate::fast::direct::pool(threads)
+            .install(|| parts.into_par_iter().for_each(|(t, d)| run(t, d)));
     }
     dw
 }

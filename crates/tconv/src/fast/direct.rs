@@ -16,7 +16,7 @@ use super::inplace::{InplaceArgs, InplaceFn, TapRun};
 use super::kernels::{KernelFn, MAX_V};
 use super::pack::{pack_source, PackedWeights};
 use super::spec::DirectSpec;
-use super::{prefetch_read, prefetch_write};
+use super::{prefetch_read, prefetch_write, scratch};
 use crate::geometry::Geometry;
 use crate::tensor::{numel, Element};
 
@@ -805,9 +805,11 @@ fn run_task<T: Element>(
         .max(16);
     let per_phase = blocks * k.mr * tl;
     let per_slot = gs * per_phase;
-    let mut panels = vec![T::zero(); group * panel_len];
+    // Stale scratch: `pack_panel` writes every panel it returns `true` for, and the kernels
+    // write each accumulator tile (`accumulate == false` first) before the stores read it.
+    let mut panels = scratch::take::<T>(group * panel_len);
     let mut reached = vec![false; group * gs];
-    let mut acc = vec![T::zero(); group * per_slot];
+    let mut acc = scratch::take::<T>(group * per_slot);
     let total_taps = table.tap_offset.len();
 
     for chunk in items.chunks(group) {

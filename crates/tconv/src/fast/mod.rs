@@ -6,12 +6,14 @@
 //! - [`inplace`]: the same tile reading the input in place through lane masks (few output channels).
 //! - [`direct`]: the driver, threads and stores.
 //! - [`isa`]: run-time CPU detection, overridable with `TCONV_ISA`.
+//! - [`scratch`]: per-thread scratch buffers reused across calls.
 
 pub mod direct;
 pub mod inplace;
 pub mod isa;
 pub mod kernels;
 pub mod pack;
+pub mod scratch;
 pub mod spec;
 
 pub use isa::Isa;

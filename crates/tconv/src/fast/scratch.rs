@@ -1,0 +1,126 @@
+//! Per-thread scratch buffers reused across calls, so that the panels, accumulators and
+//! packed operands of a call do not page-fault fresh memory every time (a training loop or a
+//! benchmark calls the same layer over and over). Each thread keeps a few buffers, at most
+//! [`KEEP_BYTES`] in all; the rest are freed.
+//!
+//! A buffer comes back with *stale contents* (initialised values of `T`, not zeros): every
+//! user writes each element before reading it.
+
+use std::any::Any;
+use std::cell::RefCell;
+use std::ops::{Deref, DerefMut};
+
+use crate::tensor::Element;
+
+/// Most bytes of scratch one thread keeps between calls.
+pub const KEEP_BYTES: usize = 256 << 20;
+/// Most buffers one thread keeps between calls.
+const KEEP_BUFFERS: usize = 6;
+
+thread_local! {
+    static POOL: RefCell<Vec<Box<dyn Any>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A scratch buffer of `len` elements of stale contents; returned to the current thread's
+/// pool when dropped.
+pub struct Scratch<T: Element> {
+    buf: Vec<T>,
+}
+
+/// Take a buffer of `len` elements from this thread's pool (the smallest that is large
+/// enough, else the largest, grown), or allocate one.
+pub fn take<T: Element>(len: usize) -> Scratch<T> {
+    let found = POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let mut best: Option<(usize, usize)> = None; // (index, capacity)
+        for (i, b) in pool.iter().enumerate() {
+            if let Some(v) = b.downcast_ref::<Vec<T>>() {
+                let cap = v.capacity();
+                let better = match best {
+                    None => true,
+                    Some((_, c)) => (cap >= len && (c < len || cap < c)) || (c < len && cap > c),
+                };
+                if better {
+                    best = Some((i, cap));
+                }
+            }
+        }
+        best.map(|(i, _)| pool.swap_remove(i))
+    });
+    let mut buf = found
+        .and_then(|b| b.downcast::<Vec<T>>().ok())
+        .map_or_else(Vec::new, |b| *b);
+    if buf.len() > len {
+        buf.truncate(len);
+    } else {
+        buf.resize(len, T::zero());
+    }
+    Scratch { buf }
+}
+
+impl<T: Element> Drop for Scratch<T> {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        let bytes = buf.capacity() * std::mem::size_of::<T>();
+        if bytes == 0 || bytes > KEEP_BYTES {
+            return;
+        }
+        // `try_with`: a thread being torn down simply frees the buffer.
+        let _ = POOL.try_with(|pool| {
+            let mut pool = pool.borrow_mut();
+            pool.push(Box::new(buf));
+            // Over the limits: free the smallest buffers first.
+            let held = |p: &Vec<Box<dyn Any>>| -> usize { p.iter().map(size_of_any).sum() };
+            while pool.len() > KEEP_BUFFERS || held(&pool) > KEEP_BYTES {
+                let smallest = (0..pool.len())
+                    .min_by_key(|&i| size_of_any(&pool[i]))
+                    .expect("pool is not empty");
+                pool.swap_remove(smallest);
+            }
+        });
+    }
+}
+
+/// Bytes held by a pooled buffer.
+fn size_of_any(b: &Box<dyn Any>) -> usize {
+    if let Some(v) = b.downcast_ref::<Vec<f32>>() {
+        v.capacity() * 4
+    } else if let Some(v) = b.downcast_ref::<Vec<f64>>() {
+        v.capacity() * 8
+    } else {
+        0
+    }
+}
+
+impl<T: Element> Deref for Scratch<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.buf
+    }
+}
+
+impl<T: Element> DerefMut for Scratch<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.buf
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_are_reused_and_sized() {
+        let p = {
+            let mut a = take::<f32>(1000);
+            a[999] = 7.0;
+            a.as_ptr()
+        };
+        let b = take::<f32>(500);
+        assert_eq!(b.len(), 500);
+        assert_eq!(b.as_ptr(), p, "the returned buffer is reused");
+        let c = take::<f64>(10);
+        assert_eq!(c.len(), 10);
+        assert!(c.iter().all(|&v| v == 0.0), "a fresh buffer starts at zero");
+    }
+}
