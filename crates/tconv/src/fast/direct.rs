@@ -366,7 +366,7 @@ pub fn execute<T: Element>(
     y: &mut [T],
     threads: usize,
 ) {
-    let packed_source = pack_source(g, &k.spec, x);
+    let packed_source = pack_source(g, &k.spec, x, threads);
     let src: &[T] = packed_source.as_deref().unwrap_or(x);
     let out_plane = numel(&g.output_shape()[2..]);
     if out_plane == 0 || g.batch == 0 {

@@ -1,6 +1,7 @@
 //! Packing: weights once per plan into the order the kernels stream them, and (only where
 //! the decomposition needs it) the input into a padded or polyphase buffer.
 
+use super::scratch::{self, Scratch};
 use super::spec::{DirectSpec, SourceLayout};
 use crate::geometry::Geometry;
 use crate::params::Op;
@@ -97,75 +98,81 @@ pub fn pack_weights<T: Element>(
 }
 
 /// The source buffer the kernels read, `(N, C_in, channel block)`; `None` means read the
-/// caller's input as it is. Rows (the last axis) are copied with one strided loop each.
-pub fn pack_source<T: Element>(g: &Geometry, spec: &DirectSpec, x: &[T]) -> Option<Vec<T>> {
+/// caller's input as it is. Planes are filled independently, on `threads` threads, into a
+/// reused scratch buffer; input rows are copied (padded) or dealt out to the polyphase
+/// components (strided) with one loop each.
+pub fn pack_source<T: Element>(
+    g: &Geometry,
+    spec: &DirectSpec,
+    x: &[T],
+    threads: usize,
+) -> Option<Scratch<T>> {
     let inputs: Vec<usize> = g.axes.iter().map(|a| a.input).collect();
     let dims = inputs.len();
     let in_plane = numel(&inputs);
     let planes = g.batch * g.in_channels;
+    let (extents, strides) = match &spec.source {
+        SourceLayout::Direct => return None,
+        SourceLayout::Padded { extents } => (extents.clone(), vec![1; dims]),
+        SourceLayout::Polyphase { extents } => {
+            (extents.clone(), g.axes.iter().map(|a| a.stride).collect())
+        }
+    };
+    let block = spec.channel_stride;
+    let comp_plane = numel(&extents);
+    let ext_pitch: Vec<usize> = (0..dims)
+        .map(|a| extents[a + 1..].iter().product())
+        .collect();
     let in_pitch: Vec<usize> = (0..dims)
         .map(|a| inputs[a + 1..].iter().product())
         .collect();
-    match &spec.source {
-        SourceLayout::Direct => None,
-        SourceLayout::Padded { extents } => {
-            let out_plane = numel(extents);
-            let mut buf = vec![T::zero(); planes * out_plane];
-            let rows = &inputs[..dims - 1];
-            let len = inputs[dims - 1];
-            for p in 0..planes {
-                for_each_index(rows, |r| {
-                    let mut src = p * in_plane;
-                    let mut dst = p * out_plane;
-                    for a in 0..dims - 1 {
-                        src += r[a] * in_pitch[a];
-                        dst += r[a] * extents[a + 1..].iter().product::<usize>();
-                    }
-                    buf[dst..dst + len].copy_from_slice(&x[src..src + len]);
-                });
+    // Component pitch per axis in the flat component index (row-major over `strides`).
+    let comp_pitch: Vec<usize> = (0..dims)
+        .map(|a| strides[a + 1..].iter().product())
+        .collect();
+    let (last_s, last_in, last_ext) = (strides[dims - 1], inputs[dims - 1], extents[dims - 1]);
+    let fill = |p: usize, dst: &mut [T]| {
+        // Zeros wherever no input lands (padding, short components); stale scratch otherwise.
+        dst.fill(T::zero());
+        let src = &x[p * in_plane..(p + 1) * in_plane];
+        // Each input row (all axes but the last) goes to one row of each last-axis component.
+        for_each_index(&inputs[..dims - 1], |r| {
+            let (mut from, mut comp, mut at) = (0, 0, 0);
+            for a in 0..dims - 1 {
+                if r[a] / strides[a] >= extents[a] {
+                    return; // a row no output reads
+                }
+                from += r[a] * in_pitch[a];
+                comp += (r[a] % strides[a]) * comp_pitch[a];
+                at += (r[a] / strides[a]) * ext_pitch[a];
             }
-            Some(buf)
-        }
-        SourceLayout::Polyphase { extents } => {
-            let strides: Vec<usize> = g.axes.iter().map(|a| a.stride).collect();
-            let comp_plane = numel(extents);
-            let ext_pitch: Vec<usize> = (0..dims)
-                .map(|a| extents[a + 1..].iter().product())
-                .collect();
-            let block = spec.channel_stride;
-            let mut buf = vec![T::zero(); planes * block];
-            let rows = &extents[..dims - 1];
-            let (last_s, last_in, last_ext) =
-                (strides[dims - 1], inputs[dims - 1], extents[dims - 1]);
-            for p in 0..planes {
-                let mut c = 0;
-                for_each_index(&strides, |rho| {
-                    let comp = p * block + c * comp_plane;
-                    c += 1;
-                    for_each_index(rows, |u| {
-                        // Source row of component rho at u (outer axes), if inside the input.
-                        let mut src = p * in_plane;
-                        let mut dst = comp;
-                        for a in 0..dims - 1 {
-                            let i = u[a] * strides[a] + rho[a];
-                            if i >= inputs[a] {
-                                return;
-                            }
-                            src += i * in_pitch[a];
-                            dst += u[a] * ext_pitch[a];
-                        }
-                        let first = rho[dims - 1];
-                        if first >= last_in {
-                            return;
-                        }
-                        let count = (last_in - first).div_ceil(last_s).min(last_ext);
-                        for (j, d) in buf[dst..dst + count].iter_mut().enumerate() {
-                            *d = x[src + first + j * last_s];
-                        }
-                    });
-                });
+            let row = &src[from..from + last_in];
+            for rho in 0..last_s.min(last_in) {
+                let base = (comp + rho) * comp_plane + at;
+                let count = (last_in - rho).div_ceil(last_s).min(last_ext);
+                for (d, v) in dst[base..base + count]
+                    .iter_mut()
+                    .zip(row[rho..].iter().step_by(last_s))
+                {
+                    *d = *v;
+                }
             }
-            Some(buf)
+        });
+    };
+    let mut buf = scratch::take::<T>(planes * block);
+    if block > 0 {
+        if threads > 1 && planes > 1 {
+            use rayon::prelude::*;
+            crate::fast::direct::pool(threads).install(|| {
+                buf.par_chunks_mut(block)
+                    .enumerate()
+                    .for_each(|(p, d)| fill(p, d))
+            });
+        } else {
+            buf.chunks_mut(block)
+                .enumerate()
+                .for_each(|(p, d)| fill(p, d));
         }
     }
+    Some(buf)
 }
