@@ -10,6 +10,7 @@ use std::fmt;
 use ndarray::{ArrayD, ArrayView1, AsArray, Dimension, IxDyn};
 
 use crate::error::{fail, ErrorKind, Result};
+use crate::fast::depthwise::DepthwiseRows;
 use crate::fast::direct::{execute, DirectKernel, Kernel, TileTable};
 use crate::fast::kernels::{portable, tile_shapes};
 use crate::fast::pack::pack_weights;
@@ -78,6 +79,8 @@ pub struct Plan<T: Element> {
     threads: usize,
     isa: Isa,
     direct: Option<DirectKernel<T>>,
+    /// Depthwise conv_transpose by output rows.
+    rows: Option<DepthwiseRows<T>>,
     /// Reference path keeps the weight.
     weight: Vec<T>,
 }
@@ -138,7 +141,16 @@ impl<T: Element> Plan<T> {
             None if g.flops() < SMALL_FLOPS => 1,
             None => cores,
         };
-        let direct = if algorithm == Algorithm::Direct {
+        // Depthwise conv_transpose is bound by writing the output: whole rows at a time
+        // (unless a test forces the tile kernels).
+        let rows = (algorithm == Algorithm::Direct
+            && g.op == Op::ConvTranspose
+            && g.in_per_group() == 1
+            && g.out_per_group() == 1
+            && options.inplace.is_none()
+            && options.tile.is_none())
+        .then(|| DepthwiseRows::new(&g, w, isa));
+        let direct = if algorithm == Algorithm::Direct && rows.is_none() {
             let spec = DirectSpec::new(&g);
             let lanes = isa.lanes();
             let per_image = spec.flat_len();
@@ -238,7 +250,7 @@ impl<T: Element> Plan<T> {
         } else {
             None
         };
-        let weight = if direct.is_none() {
+        let weight = if algorithm == Algorithm::Reference {
             w.to_vec()
         } else {
             Vec::new()
@@ -250,6 +262,7 @@ impl<T: Element> Plan<T> {
             threads,
             isa,
             direct,
+            rows,
             weight,
         })
     }
@@ -288,9 +301,10 @@ impl<T: Element> Plan<T> {
     /// Bytes the plan holds for its lifetime: the packed weights (about the weight's own
     /// size) and the tile table.
     pub fn packed_bytes(&self) -> usize {
-        match &self.direct {
-            None => self.weight.len() * std::mem::size_of::<T>(),
-            Some(d) => d.packed.data.len() * std::mem::size_of::<T>() + d.table.bytes(),
+        match (&self.direct, &self.rows) {
+            (Some(d), _) => d.packed.data.len() * std::mem::size_of::<T>() + d.table.bytes(),
+            (None, Some(_)) => numel(&self.geometry.weight_shape()) * std::mem::size_of::<T>(),
+            (None, None) => self.weight.len() * std::mem::size_of::<T>(),
         }
     }
 
@@ -299,6 +313,9 @@ impl<T: Element> Plan<T> {
     /// the L2 budget, independent of the batch).
     pub fn workspace_bytes(&self) -> usize {
         let size = std::mem::size_of::<T>();
+        if let Some(r) = &self.rows {
+            return self.threads * r.scratch_len(&self.geometry) * size;
+        }
         match &self.direct {
             None => 0,
             Some(d) => {
@@ -328,6 +345,9 @@ impl<T: Element> Plan<T> {
                     d.mr,
                     d.v
                 )
+            }
+            None if self.rows.is_some() => {
+                format!("{}/depthwise-rows/{}", self.algorithm.name(), self.isa)
             }
             None => self.algorithm.name().to_string(),
         }
@@ -375,6 +395,10 @@ impl<T: Element> Plan<T> {
     /// Run on contiguous data: `x (N, C_in, *in)`, `y (N, C_out, *out)` (overwritten).
     pub fn run(&self, x: &[T], bias: Option<&[T]>, y: &mut [T]) {
         let g = &self.geometry;
+        if let Some(r) = &self.rows {
+            r.execute(g, x, bias, y, self.threads);
+            return;
+        }
         match &self.direct {
             Some(d) => execute(d.exec.as_ref().unwrap_or(g), d, x, bias, y, self.threads),
             None => {

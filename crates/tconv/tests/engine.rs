@@ -13,13 +13,15 @@ use tconv::{Algorithm, Element, Op, Plan, PlanOptions};
 
 const ISAS: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512];
 
-fn options(isa: Isa, inplace: bool, threads: usize) -> PlanOptions {
+/// Engine options; `inplace: None` leaves the kernel family to the planner (which also
+/// picks the depthwise row engine where it applies).
+fn options(isa: Isa, inplace: Option<bool>, threads: usize) -> PlanOptions {
     PlanOptions {
         threads: Some(threads),
         algorithm: Some(Algorithm::Direct),
         isa: Some(isa),
         tile: None,
-        inplace: Some(inplace),
+        inplace,
     }
 }
 
@@ -54,7 +56,7 @@ fn engine_matches_reference<T: Element>(c: &Case, op: Op) -> Result<(), TestCase
         return Ok(()); // an invalid conv reading of the case (kernel longer than the input)
     };
     for isa in ISAS {
-        for inplace in [false, true] {
+        for inplace in [Some(false), Some(true), None] {
             for threads in [1, 3] {
                 let plan = Plan::<T>::new(
                     op,
@@ -106,7 +108,7 @@ proptest! {
         let isa = Isa::detect();
         for (inplace, shapes) in [(false, tconv::fast::kernels::tile_shapes(isa)), (true, tconv::fast::inplace::tile_shapes(isa))] {
             let (mr, v, _) = shapes[pick % shapes.len()];
-            let mut o = options(isa, inplace, 2);
+            let mut o = options(isa, Some(inplace), 2);
             o.tile = Some((mr, v));
             let plan = Plan::new(tconv::Op::ConvTranspose, x.shape(), &w, b.as_ref().map(|b| b.len()), &p, &o).unwrap();
             prop_assert_eq!(plan.execute(&x, bv).unwrap(), want.clone(), "{}", plan.label());
@@ -139,6 +141,13 @@ fn bitwise_identical_for_any_thread_count() {
             vec![2, 6, 20],
             vec![6, 4, 16],
             ConvParams::new().stride(&[8]).padding(&[4]).groups(2),
+            Op::ConvTranspose,
+        ),
+        (
+            // Depthwise 8x upsampling (FCN): the row engine.
+            vec![2, 5, 9, 7],
+            vec![5, 1, 16, 16],
+            ConvParams::new().stride(&[8]).padding(&[4]).groups(5),
             Op::ConvTranspose,
         ),
         (

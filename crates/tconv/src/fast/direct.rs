@@ -530,7 +530,7 @@ fn store_group<T: Element>(
 /// `dst = [a0+b, c0+b, a1+b, c1+b, …]` for `a`, `c` of equal length (`dst` twice as long),
 /// with AVX unpack/permute for f32; returns `false` (doing nothing) where that path does
 /// not apply, so the caller stores element by element.
-fn interleave2<T: Element>(dst: &mut [T], a: &[T], c: &[T], bias: T) -> bool {
+pub(crate) fn interleave2<T: Element>(dst: &mut [T], a: &[T], c: &[T], bias: T) -> bool {
     #[cfg(target_arch = "x86_64")]
     if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
         && is_x86_feature_detected!("avx")
@@ -588,7 +588,7 @@ unsafe fn interleave2_avx(dst: &mut [f32], a: &[f32], c: &[f32], bias: f32) {
 
 /// `dst[8j + r] = rows[r][j] + bias` (an 8×n → n×8 transpose) with AVX for f32; returns
 /// `false` (doing nothing) where that path does not apply.
-fn interleave8<T: Element>(dst: &mut [T], rows: &[&[T]], bias: T) -> bool {
+pub(crate) fn interleave8<T: Element>(dst: &mut [T], rows: &[&[T]], bias: T) -> bool {
     #[cfg(target_arch = "x86_64")]
     if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
         && is_x86_feature_detected!("avx")
