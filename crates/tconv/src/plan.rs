@@ -79,7 +79,7 @@ pub struct Plan<T: Element> {
     threads: usize,
     isa: Isa,
     direct: Option<DirectKernel<T>>,
-    /// Depthwise conv_transpose by output rows.
+    /// Depthwise conv or conv_transpose by output rows.
     rows: Option<DepthwiseRows<T>>,
     /// Reference path keeps the weight.
     weight: Vec<T>,
@@ -141,10 +141,9 @@ impl<T: Element> Plan<T> {
             None if g.flops() < SMALL_FLOPS => 1,
             None => cores,
         };
-        // Depthwise conv_transpose is bound by writing the output: whole rows at a time
-        // (unless a test forces the tile kernels).
+        // Depthwise layers are bound by moving data: whole rows at a time (unless a test
+        // forces the tile kernels).
         let rows = (algorithm == Algorithm::Direct
-            && g.op == Op::ConvTranspose
             && g.in_per_group() == 1
             && g.out_per_group() == 1
             && options.inplace.is_none()

@@ -1,14 +1,16 @@
-//! Depthwise transposed convolution (one input and one output channel per group, e.g. FCN's
-//! 8× bilinear upsampling) by output rows.
+//! Depthwise convolution and transposed convolution (one input and one output channel per
+//! group, e.g. FCN's 8× bilinear upsampling and its gradient) by output rows.
 //!
-//! Such a layer does a handful of multiply-adds per output element (4 for k16 s8), so it is
-//! bound by how fast the output can be written, not by arithmetic. Each task takes whole
-//! channel planes. For an output row (fixed outer coordinates), every last-axis phase `r`
-//! is one dense row `R_r[q] = Σ_taps w_t · x_t[q + shift_t]` over a copy of the plane whose
-//! rows carry zero margins (so no border tests in the loop), and the `s` phase rows are then
+//! Such a layer does a handful of multiply-adds per output element (4 for k16 s8 transposed),
+//! so it is bound by moving data, not by arithmetic. Each task takes whole channel planes.
+//! The plane is first copied into rows with zero margins, one set of rows per input
+//! polyphase component (`x_ρ[u] = x[s·u + ρ]`, only for a strided conv), so that every tap
+//! reads one contiguous run and no border test is left in the loop. For an output row (fixed
+//! outer coordinates), every last-axis phase `r` is one dense row
+//! `R_r[q] = Σ_taps w_t · x_t[q + shift_t]`, summed in registers, and the `s` phase rows are
 //! interleaved into the output row (`y[s·q + r] = R_r[q] + b`) with vector shuffles where
-//! the stride is 2 or 8. Every output element is written exactly once, by one task, in a
-//! fixed order: the result is bitwise identical for any thread count.
+//! the stride is 2 or 8 (a conv has one phase). Every output element is written exactly
+//! once, by one task, in a fixed order: the result is bitwise identical for any thread count.
 
 use rayon::prelude::*;
 
@@ -17,13 +19,14 @@ use super::scratch;
 use super::spec::DirectSpec;
 use super::Isa;
 use crate::geometry::Geometry;
+use crate::params::Op;
 use crate::tensor::{numel, Element};
 
-/// A planned depthwise transposed convolution.
+/// A planned depthwise convolution or transposed convolution.
 pub struct DepthwiseRows<T> {
     /// The phase decomposition (taps, shifts, phase extents).
     pub spec: DirectSpec,
-    /// The weight `(C, 1, *k)`: one contiguous kernel per channel.
+    /// The weight (`(C, 1, *k)` either way): one contiguous kernel per channel.
     weight: Vec<T>,
     /// Run the row loops compiled for AVX2+FMA.
     avx2: bool,
@@ -36,17 +39,33 @@ pub struct DepthwiseRows<T> {
     /// Per tap: kernel index, and its source start relative to the row base in the padded
     /// plane (`Σ shift_a · pitch_a + margin + shift_last`).
     taps: Vec<(usize, isize)>,
-    /// Per tap, its shift on each outer axis (`dims - 1` values).
+    /// Per tap, its shift on each outer axis, then its valid source extent on each
+    /// (`2 · (dims - 1)` values).
     tap_outer: Vec<isize>,
     /// Padded-plane pitch of each outer axis.
     pitch: Vec<usize>,
+    /// Input stride per axis (the polyphase split; all 1 for a transposed conv).
+    in_stride: Vec<usize>,
+    /// Extents of a polyphase component (the input itself when not strided).
+    comp_ext: Vec<usize>,
 }
 
 impl<T: Element> DepthwiseRows<T> {
-    /// Plan `g` (a depthwise conv_transpose) with weight `w` for `isa`.
+    /// Plan `g` (a depthwise conv or conv_transpose) with weight `w` for `isa`.
     pub fn new(g: &Geometry, w: &[T], isa: Isa) -> DepthwiseRows<T> {
         let spec = DirectSpec::new(g);
         let last = g.axes.len() - 1;
+        let in_stride: Vec<usize> = match g.op {
+            Op::Conv => g.axes.iter().map(|a| a.stride).collect(),
+            Op::ConvTranspose => vec![1; g.axes.len()],
+        };
+        let comp_ext: Vec<usize> = g
+            .axes
+            .iter()
+            .zip(&in_stride)
+            .map(|(a, &s)| a.input.div_ceil(s))
+            .collect();
+        let comp_rows = numel(&comp_ext[..last]);
         let shifts = spec
             .phases
             .iter()
@@ -61,25 +80,23 @@ impl<T: Element> DepthwiseRows<T> {
             .max()
             .unwrap_or(0);
         let margin = lo.unsigned_abs();
-        let padded_len = margin + g.axes[last].input.max(q_max + hi);
+        let padded_len = margin + comp_ext[last].max(q_max + hi);
         let pitch: Vec<usize> = (0..last)
-            .map(|a| {
-                padded_len
-                    * g.axes[a + 1..last]
-                        .iter()
-                        .map(|x| x.input)
-                        .product::<usize>()
-            })
+            .map(|a| padded_len * comp_ext[a + 1..last].iter().product::<usize>())
             .collect();
+        let comp_plane = numel(&comp_ext);
         let (mut tap_range, mut taps, mut tap_outer) = (Vec::new(), Vec::new(), Vec::new());
         for p in &spec.phases {
             let first = taps.len();
             for t in &p.taps {
-                let mut at = margin as isize + t.shift[last];
+                // `t.component` is the component's offset in a plane of the spec's layout.
+                let comp = t.component / spec_comp_plane(&spec, comp_plane);
+                let mut at = (comp * comp_rows * padded_len + margin) as isize + t.shift[last];
                 for (&shift, &pa) in t.shift[..last].iter().zip(&pitch) {
                     at += shift * pa as isize;
-                    tap_outer.push(shift);
                 }
+                tap_outer.extend(t.shift[..last].iter().copied());
+                tap_outer.extend(t.valid[..last].iter().map(|&v| v as isize));
                 taps.push((t.kernel_index, at));
             }
             tap_range.push(first..taps.len());
@@ -94,15 +111,18 @@ impl<T: Element> DepthwiseRows<T> {
             taps,
             tap_outer,
             pitch,
+            in_stride,
+            comp_ext,
         }
     }
 
-    /// Bytes of scratch per thread: one padded input plane and the phase rows of one output
-    /// row.
+    /// Elements of scratch per thread: one padded input plane (all components) and the
+    /// phase rows of one output row.
     pub fn scratch_len(&self, g: &Geometry) -> usize {
         let last = g.axes.len() - 1;
-        let rows = numel(&g.axes[..last].iter().map(|a| a.input).collect::<Vec<_>>());
-        let s = g.axes[last].stride;
+        let comps: usize = self.in_stride.iter().product();
+        let rows = comps * numel(&self.comp_ext[..last]);
+        let s = self.spec.out_stride[last];
         let q = g.axes[last].output.div_ceil(s);
         rows * self.padded_len + s * q
     }
@@ -149,19 +169,56 @@ impl<T: Element> DepthwiseRows<T> {
         let last = dims - 1;
         let k_size = numel(&g.kernel_shape());
         let w = &self.weight[c * k_size..(c + 1) * k_size];
-        let in_outer: Vec<usize> = g.axes[..last].iter().map(|a| a.input).collect();
         let out_outer: Vec<usize> = g.axes[..last].iter().map(|a| a.output).collect();
-        let (l_in, l_out, s) = (g.axes[last].input, g.axes[last].output, g.axes[last].stride);
+        let l_out = g.axes[last].output;
+        let s = self.spec.out_stride[last];
         let q_len = l_out.div_ceil(s);
-        // The input plane with a zero margin around every row.
-        let rows = numel(&in_outer);
-        let mut buf = scratch::take::<T>(rows * self.padded_len + s * q_len);
+        // The input plane as margin-padded rows, component by component.
+        let mut buf = scratch::take::<T>(self.scratch_len(g));
+        let comps: usize = self.in_stride.iter().product();
+        let comp_rows = numel(&self.comp_ext[..last]);
+        let rows = comps * comp_rows;
         let (padded, phase_rows) = buf.split_at_mut(rows * self.padded_len);
-        for (r, prow) in padded.chunks_exact_mut(self.padded_len).enumerate() {
-            prow.fill(T::zero());
-            prow[self.margin..self.margin + l_in].copy_from_slice(&x[r * l_in..(r + 1) * l_in]);
+        padded.fill(T::zero());
+        let inputs: Vec<usize> = g.axes.iter().map(|a| a.input).collect();
+        let (l_in, s_in) = (inputs[last], self.in_stride[last]);
+        // Input row by input row (outer coordinates `i`): element `j` goes to component
+        // `(i mod s, j mod s)`, row `i / s`, position `j / s`.
+        let in_rows = numel(&inputs[..last]);
+        let mut i = vec![0usize; last];
+        for r in 0..in_rows {
+            let mut rem = r;
+            for a in (0..last).rev() {
+                i[a] = rem % inputs[a];
+                rem /= inputs[a];
+            }
+            let (mut comp_outer, mut u_row) = (0usize, 0usize);
+            for ((&ia, &sa), &ea) in i.iter().zip(&self.in_stride).zip(&self.comp_ext) {
+                comp_outer = comp_outer * sa + ia % sa;
+                u_row = u_row * ea + ia / sa;
+            }
+            let row = &x[r * l_in..(r + 1) * l_in];
+            let first_comp = comp_outer * s_in;
+            if s_in == 1 {
+                let at = (first_comp * comp_rows + u_row) * self.padded_len + self.margin;
+                padded[at..at + l_in].copy_from_slice(row);
+                continue;
+            }
+            let at = |rho: usize| {
+                ((first_comp + rho) * comp_rows + u_row) * self.padded_len + self.margin
+            };
+            let mut chunks = row.chunks_exact(s_in);
+            for (uj, chunk) in (&mut chunks).enumerate() {
+                for (rho, &v) in chunk.iter().enumerate() {
+                    padded[at(rho) + uj] = v;
+                }
+            }
+            let uj = l_in / s_in;
+            for (rho, &v) in chunks.remainder().iter().enumerate() {
+                padded[at(rho) + uj] = v;
+            }
         }
-        let strides: Vec<usize> = g.axes.iter().map(|a| a.stride).collect();
+        let strides = &self.spec.out_stride;
         let mut taps: Vec<(T, usize)> = Vec::new();
         let mut o = vec![0usize; last];
         for o_row in 0..numel(&out_outer) {
@@ -192,10 +249,11 @@ impl<T: Element> DepthwiseRows<T> {
                 // the padded source run).
                 taps.clear();
                 for ti in self.tap_range[pi].clone() {
-                    let shifts = &self.tap_outer[ti * last..(ti + 1) * last];
+                    let outer = &self.tap_outer[2 * ti * last..2 * (ti + 1) * last];
+                    let (shifts, valid) = outer.split_at(last);
                     let inside = (0..last).all(|a| {
                         let i = (o[a] / strides[a]) as isize + shifts[a];
-                        i >= 0 && (i as usize) < in_outer[a]
+                        i >= 0 && i < valid[a]
                     });
                     if inside {
                         let (k, at) = self.taps[ti];
@@ -270,4 +328,13 @@ fn phase_row<T: Element, const W: usize>(
         q0 += W;
     }
     q0
+}
+
+/// Elements of one polyphase component in the spec's own source layout (whose inner extents
+/// may be padded): the unit of [`TapSpec::component`](super::spec::TapSpec).
+fn spec_comp_plane(spec: &DirectSpec, fallback: usize) -> usize {
+    match &spec.source {
+        super::spec::SourceLayout::Polyphase { extents } => numel(extents).max(1),
+        _ => fallback.max(1),
+    }
 }
