@@ -337,54 +337,210 @@ fn flat_offsets(per_axis: &[Vec<usize>], big: &[usize]) -> Vec<usize> {
 }
 
 /// `∂L/∂w` for groups with few channel pairs (depthwise and the like), where a register
-/// tile would be mostly padding: per tap, a dot product of each `S` row with the `B` values
-/// it meets, through a position map, in 8 interleaved partial sums. Rows of `dW` (one `a`
-/// channel each) are shared out to the threads.
-fn grad_weight_small<T: Element>(g: &Geometry, s: &[T], b: &[T], threads: usize, dw: &mut [T]) {
-    let (small_size, big_size) = (numel(&g.small_spatial()), numel(&g.big_spatial()));
-    let k_sp = g.kernel_shape();
-    let k_size = numel(&k_sp);
+/// tile would be mostly padding. Per tap `k`, along each axis `k·d - p = s·c + r`, so the
+/// big-side value a small position `p` meets is `B_r[p + c]` in the polyphase component `r`.
+/// Each `B` plane is copied once into margin-padded component rows (as the depthwise row
+/// engine does), and then `dW[a, b, k]` is a sum of contiguous dot products, one per row of
+/// `S`, in 8 interleaved partial sums. Rows of `dW` (one `a` channel each) are shared out to
+/// the threads; each is summed in a fixed order.
+fn grad_weight_small<T: Element>(
+    g: &Geometry,
+    s: &[T],
+    b: &[T],
+    threads: usize,
+    isa: Isa,
+    dw: &mut [T],
+) {
+    let dims = g.axes.len();
+    let last = dims - 1;
+    let (small_sp, big_sp, k_sp) = (g.small_spatial(), g.big_spatial(), g.kernel_shape());
+    let (small_size, big_size, k_size) = (numel(&small_sp), numel(&big_sp), numel(&k_sp));
     let (a_ch, b_ch) = match g.op {
         Op::ConvTranspose => (g.in_channels, g.out_channels),
         Op::Conv => (g.out_channels, g.in_channels),
     };
     let (a_pg, b_pg) = (a_ch / g.groups, b_ch / g.groups);
-    // maps[k][p]: the big offset tap `k` reads from small position `p`, or usize::MAX.
-    let maps: Vec<Vec<usize>> = positions(&k_sp)
-        .map(|k| {
-            let per_axis: Vec<Vec<usize>> = g
-                .axes
-                .iter()
-                .enumerate()
-                .map(|(a, axis)| {
-                    (0..axis.small(g.op))
-                        .map(|p| axis.big_index(g.op, p, k[a]).unwrap_or(usize::MAX))
-                        .collect()
+    let strides: Vec<usize> = g.axes.iter().map(|a| a.stride).collect();
+    let comp_ext: Vec<usize> = big_sp
+        .iter()
+        .zip(&strides)
+        .map(|(l, s)| l.div_ceil(*s))
+        .collect();
+    // (r, c) of every tap index along every axis.
+    let rc: Vec<Vec<(usize, isize)>> = g
+        .axes
+        .iter()
+        .map(|a| {
+            let s = a.stride as i64;
+            (0..a.kernel)
+                .map(|k| {
+                    let m = (k * a.dilation) as i64 - a.pad_begin;
+                    (m.rem_euclid(s) as usize, m.div_euclid(s) as isize)
                 })
-                .collect();
-            flat_offsets(&per_axis, &g.big_spatial())
+                .collect()
         })
         .collect();
-    par_fill(dw, b_pg * k_size, threads, |a, row| {
+    let c_lo = rc[last].iter().map(|x| x.1).min().unwrap_or(0).min(0);
+    let c_hi = rc[last].iter().map(|x| x.1).max().unwrap_or(0).max(0) as usize;
+    let margin = c_lo.unsigned_abs();
+    let l_small = small_sp[last];
+    let padded_len = margin + comp_ext[last].max(l_small + c_hi);
+    let comp_rows = numel(&comp_ext[..last]);
+    let comps: usize = strides.iter().product();
+    let pitch: Vec<usize> = (0..last)
+        .map(|a| padded_len * comp_ext[a + 1..last].iter().product::<usize>())
+        .collect();
+    // Per tap: the start of its run for small row 0 and its outer shifts.
+    let mut tap_start = Vec::with_capacity(k_size);
+    let mut tap_shift = Vec::with_capacity(k_size * last);
+    for k in positions(&k_sp) {
+        let comp = (0..dims).fold(0, |f, a| f * strides[a] + rc[a][k[a]].0);
+        let mut at = (comp * comp_rows * padded_len + margin) as isize + rc[last][k[last]].1;
+        for a in 0..last {
+            at += rc[a][k[a]].1 * pitch[a] as isize;
+            tap_shift.push(rc[a][k[a]].1);
+        }
+        tap_start.push(at);
+    }
+    let small_outer = &small_sp[..last];
+    let small_rows = numel(small_outer);
+    let avx2 = cfg!(target_arch = "x86_64") && isa != Isa::Scalar;
+    let run_row = |a: usize, row: &mut [T]| {
         let group = a / a_pg;
+        let mut padded = scratch::take::<T>(comps * comp_rows * padded_len);
+        let mut acc = vec![[T::zero(); 8]; k_size];
+        let mut tail = vec![T::zero(); k_size];
         for bl in 0..b_pg {
-            for (k, map) in maps.iter().enumerate() {
-                let mut acc = [T::zero(); 8];
-                for n in 0..g.batch {
-                    let sr = &s[(n * a_ch + a) * small_size..][..small_size];
-                    let br = &b[(n * b_ch + group * b_pg + bl) * big_size..][..big_size];
-                    for (sc, mc) in sr.chunks(8).zip(map.chunks(8)) {
-                        for l in 0..sc.len() {
-                            if mc[l] != usize::MAX {
-                                acc[l] = acc[l] + sc[l] * br[mc[l]];
-                            }
-                        }
-                    }
-                }
-                row[bl * k_size + k] = acc.iter().fold(T::zero(), |t, &v| t + v);
+            acc.iter_mut().for_each(|v| *v = [T::zero(); 8]);
+            tail.iter_mut().for_each(|v| *v = T::zero());
+            for n in 0..g.batch {
+                let bp = &b[(n * b_ch + group * b_pg + bl) * big_size..][..big_size];
+                let sp = &s[(n * a_ch + a) * small_size..][..small_size];
+                padded.fill(T::zero());
+                let args = SmallArgs {
+                    bp,
+                    sp,
+                    big: &big_sp,
+                    strides: &strides,
+                    comp_ext: &comp_ext,
+                    margin,
+                    padded_len,
+                    small_outer,
+                    small_rows,
+                    l_small,
+                    pitch: &pitch,
+                    tap_start: &tap_start,
+                    tap_shift: &tap_shift,
+                };
+                small_plane(avx2, &args, &mut padded, &mut acc, &mut tail);
+            }
+            for k in 0..k_size {
+                row[bl * k_size + k] = acc[k].iter().fold(T::zero(), |t, &v| t + v) + tail[k];
             }
         }
-    });
+    };
+    par_fill(dw, b_pg * k_size, threads, run_row);
+}
+
+/// One `(S plane, B plane)` pair of [`grad_weight_small`].
+struct SmallArgs<'a, T> {
+    bp: &'a [T],
+    sp: &'a [T],
+    big: &'a [usize],
+    strides: &'a [usize],
+    comp_ext: &'a [usize],
+    margin: usize,
+    padded_len: usize,
+    small_outer: &'a [usize],
+    small_rows: usize,
+    l_small: usize,
+    pitch: &'a [usize],
+    tap_start: &'a [isize],
+    tap_shift: &'a [isize],
+}
+
+/// Add one plane pair's dot products to `acc`/`tail` (compiled for AVX2 where allowed).
+fn small_plane<T: Element>(
+    avx2: bool,
+    a: &SmallArgs<'_, T>,
+    padded: &mut [T],
+    acc: &mut [[T; 8]],
+    tail: &mut [T],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // Safety: the features were just detected.
+        unsafe { small_plane_avx2(a, padded, acc, tail) };
+        return;
+    }
+    let _ = avx2;
+    small_plane_body(a, padded, acc, tail);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn small_plane_avx2<T: Element>(
+    a: &SmallArgs<'_, T>,
+    padded: &mut [T],
+    acc: &mut [[T; 8]],
+    tail: &mut [T],
+) {
+    small_plane_body(a, padded, acc, tail);
+}
+
+#[inline(always)]
+fn small_plane_body<T: Element>(
+    a: &SmallArgs<'_, T>,
+    padded: &mut [T],
+    acc: &mut [[T; 8]],
+    tail: &mut [T],
+) {
+    crate::fast::depthwise::fill_components(
+        a.bp,
+        a.big,
+        a.strides,
+        a.comp_ext,
+        a.margin,
+        a.padded_len,
+        padded,
+    );
+    let last = a.small_outer.len();
+    let mut p = vec![0usize; last];
+    for r in 0..a.small_rows {
+        let mut rem = r;
+        for ax in (0..last).rev() {
+            p[ax] = rem % a.small_outer[ax];
+            rem /= a.small_outer[ax];
+        }
+        let srow = &a.sp[r * a.l_small..(r + 1) * a.l_small];
+        let base: usize = p.iter().zip(a.pitch).map(|(&pa, &pitch)| pa * pitch).sum();
+        for (k, &start) in a.tap_start.iter().enumerate() {
+            // Skip taps whose component row is outside the component (zero rows inside are
+            // read as they are).
+            let shifts = &a.tap_shift[k * last..(k + 1) * last];
+            let inside = (0..last).all(|ax| {
+                let u = p[ax] as isize + shifts[ax];
+                u >= 0 && (u as usize) < a.comp_ext[ax]
+            });
+            if !inside {
+                continue;
+            }
+            let at = (base as isize + start) as usize;
+            let brow = &padded[at..at + a.l_small];
+            let mut v = acc[k];
+            let (sc, bc) = (srow.chunks_exact(8), brow.chunks_exact(8));
+            let (sr, br) = (sc.remainder(), bc.remainder());
+            for (x, y) in sc.zip(bc) {
+                for l in 0..8 {
+                    v[l] = v[l] + x[l] * y[l];
+                }
+            }
+            acc[k] = v;
+            for (&x, &y) in sr.iter().zip(br) {
+                tail[k] = tail[k] + x * y;
+            }
+        }
+    }
 }
 
 /// One side of the weight-gradient GEMM, `(N, channels, plane)` in memory, and the channel
@@ -556,7 +712,7 @@ pub fn grad_weight_fast<T: Element>(
         .unwrap_or(if g.flops() < 4_000_000 { 1 } else { cores })
         .max(1);
     if a_pg * b_pg < SMALL_GEMM {
-        grad_weight_small(g, s, b, threads, &mut dw);
+        grad_weight_small(g, s, b, threads, isa, &mut dw);
         return dw;
     }
     let tl = v * isa.lanes();

@@ -181,43 +181,15 @@ impl<T: Element> DepthwiseRows<T> {
         let (padded, phase_rows) = buf.split_at_mut(rows * self.padded_len);
         padded.fill(T::zero());
         let inputs: Vec<usize> = g.axes.iter().map(|a| a.input).collect();
-        let (l_in, s_in) = (inputs[last], self.in_stride[last]);
-        // Input row by input row (outer coordinates `i`): element `j` goes to component
-        // `(i mod s, j mod s)`, row `i / s`, position `j / s`.
-        let in_rows = numel(&inputs[..last]);
-        let mut i = vec![0usize; last];
-        for r in 0..in_rows {
-            let mut rem = r;
-            for a in (0..last).rev() {
-                i[a] = rem % inputs[a];
-                rem /= inputs[a];
-            }
-            let (mut comp_outer, mut u_row) = (0usize, 0usize);
-            for ((&ia, &sa), &ea) in i.iter().zip(&self.in_stride).zip(&self.comp_ext) {
-                comp_outer = comp_outer * sa + ia % sa;
-                u_row = u_row * ea + ia / sa;
-            }
-            let row = &x[r * l_in..(r + 1) * l_in];
-            let first_comp = comp_outer * s_in;
-            if s_in == 1 {
-                let at = (first_comp * comp_rows + u_row) * self.padded_len + self.margin;
-                padded[at..at + l_in].copy_from_slice(row);
-                continue;
-            }
-            let at = |rho: usize| {
-                ((first_comp + rho) * comp_rows + u_row) * self.padded_len + self.margin
-            };
-            let mut chunks = row.chunks_exact(s_in);
-            for (uj, chunk) in (&mut chunks).enumerate() {
-                for (rho, &v) in chunk.iter().enumerate() {
-                    padded[at(rho) + uj] = v;
-                }
-            }
-            let uj = l_in / s_in;
-            for (rho, &v) in chunks.remainder().iter().enumerate() {
-                padded[at(rho) + uj] = v;
-            }
-        }
+        fill_components(
+            x,
+            &inputs,
+            &self.in_stride,
+            &self.comp_ext,
+            self.margin,
+            self.padded_len,
+            padded,
+        );
         let strides = &self.spec.out_stride;
         let mut taps: Vec<(T, usize)> = Vec::new();
         let mut o = vec![0usize; last];
@@ -336,5 +308,59 @@ fn spec_comp_plane(spec: &DirectSpec, fallback: usize) -> usize {
     match &spec.source {
         super::spec::SourceLayout::Polyphase { extents } => numel(extents).max(1),
         _ => fallback.max(1),
+    }
+}
+
+/// Copy one input plane (extents `inputs`) into margin-padded rows, split into its polyphase
+/// components (`x_ρ[u] = x[s·u + ρ]` per axis, component extents `comp_ext`): component `ρ`
+/// (row-major over `strides`), row `u` (row-major over the outer `comp_ext`), starts at
+/// `(ρ · rows + u) · padded_len + margin`. `padded` must be zero: positions no input lands
+/// on (margins, short components) are left as they are.
+#[inline(always)]
+pub(crate) fn fill_components<T: Element>(
+    x: &[T],
+    inputs: &[usize],
+    strides: &[usize],
+    comp_ext: &[usize],
+    margin: usize,
+    padded_len: usize,
+    padded: &mut [T],
+) {
+    let last = inputs.len() - 1;
+    let (l_in, s_in) = (inputs[last], strides[last]);
+    let comp_rows = numel(&comp_ext[..last]);
+    // Input row by input row (outer coordinates `i`): element `j` goes to component
+    // `(i mod s, j mod s)`, row `i / s`, position `j / s`.
+    let in_rows = numel(&inputs[..last]);
+    let mut i = vec![0usize; last];
+    for r in 0..in_rows {
+        let mut rem = r;
+        for a in (0..last).rev() {
+            i[a] = rem % inputs[a];
+            rem /= inputs[a];
+        }
+        let (mut comp_outer, mut u_row) = (0usize, 0usize);
+        for ((&ia, &sa), &ea) in i.iter().zip(strides).zip(comp_ext) {
+            comp_outer = comp_outer * sa + ia % sa;
+            u_row = u_row * ea + ia / sa;
+        }
+        let row = &x[r * l_in..(r + 1) * l_in];
+        let first_comp = comp_outer * s_in;
+        if s_in == 1 {
+            let at = (first_comp * comp_rows + u_row) * padded_len + margin;
+            padded[at..at + l_in].copy_from_slice(row);
+            continue;
+        }
+        let at = |rho: usize| ((first_comp + rho) * comp_rows + u_row) * padded_len + margin;
+        let mut chunks = row.chunks_exact(s_in);
+        for (uj, chunk) in (&mut chunks).enumerate() {
+            for (rho, &v) in chunk.iter().enumerate() {
+                padded[at(rho) + uj] = v;
+            }
+        }
+        let uj = l_in / s_in;
+        for (rho, &v) in chunks.remainder().iter().enumerate() {
+            padded[at(rho) + uj] = v;
+        }
     }
 }
