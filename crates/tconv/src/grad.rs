@@ -615,13 +615,16 @@ fn pack_positions<T: Element>(dst: &mut [T], width: usize, side: &Side<'_, T>, t
     }
     let line = (64 / std::mem::size_of::<T>()).max(1);
     let prefetch = batch * live >= 8;
+    let fast8 = width.is_multiple_of(8) && transpose8_available::<T>();
     for (pass, j0) in (0..len).step_by(tables.block).enumerate() {
         let j1 = (j0 + tables.block).min(len);
         for n in 0..batch {
-            // Row by row (channel planes are often a power of two apart: reading many of
-            // them at one offset would keep evicting the same cache set).
-            for w in 0..live {
-                let row = &side.src[((n * side.channels + side.first + w) * plane)..][..plane];
+            let row_of =
+                |w: usize| &side.src[((n * side.channels + side.first + w) * plane)..][..plane];
+            // Eight channels at a time where the positions run at stride 1 or 2: eight
+            // vector loads, an 8×8 transpose, eight vector stores.
+            let mut w0 = 0;
+            let prefetch_next = |row: &[T]| {
                 if prefetch {
                     for spans in &tables.spans {
                         if let Some(&Some((lo, hi))) = spans.get(pass + 1) {
@@ -631,6 +634,42 @@ fn pack_positions<T: Element>(dst: &mut [T], width: usize, side: &Side<'_, T>, t
                         }
                     }
                 }
+            };
+            while fast8 && w0 + 8 <= live {
+                let rows: [&[T]; 8] = std::array::from_fn(|i| row_of(w0 + i));
+                rows.iter().for_each(|r| prefetch_next(r));
+                for (ti, t) in tables.tables.iter().enumerate() {
+                    let out = &mut dst[ti * per_table..(ti + 1) * per_table];
+                    for j in (j0..j1).step_by(8) {
+                        let run = &t[j..(j + 8).min(j1)];
+                        let at = (j * batch + n) * width + w0;
+                        let st = run.get(1).map_or(0, |&o1| o1.wrapping_sub(run[0]));
+                        let regular = run.len() == 8
+                            && (st == 1 || st == 2)
+                            && run.iter().all(|&o| o != usize::MAX)
+                            && run.windows(2).all(|p| p[1].wrapping_sub(p[0]) == st);
+                        if regular && transpose8(&rows, run[0], st, &mut out[at..], batch * width) {
+                            continue;
+                        }
+                        for (i, &o) in run.iter().enumerate() {
+                            let d = &mut out[at + i * batch * width..][..8];
+                            for (c, slot) in d.iter_mut().enumerate() {
+                                *slot = if o == usize::MAX {
+                                    T::zero()
+                                } else {
+                                    rows[c][o]
+                                };
+                            }
+                        }
+                    }
+                }
+                w0 += 8;
+            }
+            // Row by row (channel planes are often a power of two apart: reading many of
+            // them at one offset would keep evicting the same cache set).
+            for w in w0..live {
+                let row = row_of(w);
+                prefetch_next(row);
                 for (ti, t) in tables.tables.iter().enumerate() {
                     let out = &mut dst[ti * per_table..(ti + 1) * per_table];
                     let out = &mut out[(j0 * batch + n) * width + w..];
@@ -640,6 +679,62 @@ fn pack_positions<T: Element>(dst: &mut [T], width: usize, side: &Side<'_, T>, t
                 }
             }
         }
+    }
+}
+
+/// Whether [`transpose8`] has a fast path for `T` on this CPU.
+fn transpose8_available<T: 'static>() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+        return is_x86_feature_detected!("avx2");
+    }
+    false
+}
+
+/// `dst[i * step + c] = rows[c][o + i * st]` for `i, c < 8` (`st` 1 or 2), with AVX2 for
+/// f32; returns `false` (doing nothing) where that path does not apply.
+fn transpose8<T: Element>(
+    rows: &[&[T]; 8],
+    o: usize,
+    st: usize,
+    dst: &mut [T],
+    step: usize,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if transpose8_available::<T>()
+        && (st == 1 || st == 2)
+        && rows.iter().all(|r| o + 8 * st <= r.len())
+        && dst.len() >= 7 * step + 8
+    {
+        let ptrs: [*const f32; 8] = std::array::from_fn(|c| rows[c][o..].as_ptr() as *const f32);
+        // Safety: `T` is `f32` (same TypeId); every load stays inside its row (`o + 8·st`
+        // elements, checked) and every store inside `dst` (checked); AVX2 was detected.
+        unsafe { transpose8_avx2(&ptrs, st, dst.as_mut_ptr() as *mut f32, step) };
+        return true;
+    }
+    let _ = (rows, o, st, dst, step);
+    false
+}
+
+/// # Safety
+/// AVX2 available; each `src[c]` readable for `8 · st` values, `dst` writable at
+/// `i * step .. i * step + 8` for `i < 8`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose8_avx2(src: &[*const f32; 8], st: usize, dst: *mut f32, step: usize) {
+    use std::arch::x86_64::*;
+    let mut x = [_mm256_setzero_ps(); 8];
+    for (slot, &p) in x.iter_mut().zip(src) {
+        *slot = if st == 1 {
+            _mm256_loadu_ps(p)
+        } else {
+            // Even elements of 16: a0 a2 b0 b2 | a4 a6 b4 b6, then the 64-bit pairs reordered.
+            let e = _mm256_shuffle_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), 0x88);
+            _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xD8))
+        };
+    }
+    for (i, col) in crate::fast::direct::transpose8x8(x).iter().enumerate() {
+        _mm256_storeu_ps(dst.add(i * step), *col);
     }
 }
 
@@ -702,10 +797,6 @@ pub fn grad_weight_fast<T: Element>(
     } else {
         Isa::Scalar
     };
-    let (mr, v, _) = tile_shapes(isa)[0];
-    let kernel = T::fast_kernel(isa, mr, v)
-        .or_else(|| portable::<T>(mr, v))
-        .expect("tile_shapes lists instantiated kernels");
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = options
         .threads
@@ -715,11 +806,33 @@ pub fn grad_weight_fast<T: Element>(
         grad_weight_small(g, s, b, threads, isa, &mut dw);
         return dw;
     }
-    let tl = v * isa.lanes();
-    // The register tile's rows (MR) take whichever side wastes less padding (e.g. the 3
-    // output channels of an RGB layer go on the rows, not on 16 lanes).
-    let waste = |m: usize, n: usize| m.div_ceil(mr) * mr * n.div_ceil(tl) * tl;
-    let s_on_rows = waste(a_pg, b_pg) <= waste(b_pg, a_pg);
+    // The tile shape and orientation with the least modelled time: work padded to whole
+    // tiles over the shape's measured efficiency (e.g. the 3 output channels of an RGB
+    // layer go on the rows of a 3-row tile, not on 16 lanes).
+    let lanes = isa.lanes();
+    let cost = |m: usize, n: usize, (mr, v, eff): (usize, usize, f32)| {
+        (m.div_ceil(mr) * mr * n.div_ceil(v * lanes) * v * lanes) as f32 / eff
+    };
+    let (mr, v, s_on_rows) = tile_shapes(isa)
+        .iter()
+        .flat_map(|&t| [(t, true), (t, false)])
+        .filter(|&((mr, v, _), _)| T::fast_kernel(isa, mr, v).is_some() || isa == Isa::Scalar)
+        .min_by(|&(t1, r1), &(t2, r2)| {
+            let c = |t, r| {
+                if r {
+                    cost(a_pg, b_pg, t)
+                } else {
+                    cost(b_pg, a_pg, t)
+                }
+            };
+            c(t1, r1).total_cmp(&c(t2, r2))
+        })
+        .map(|((mr, v, _), r)| (mr, v, r))
+        .expect("tile_shapes is not empty");
+    let kernel = T::fast_kernel(isa, mr, v)
+        .or_else(|| portable::<T>(mr, v))
+        .expect("tile_shapes lists instantiated kernels");
+    let tl = v * lanes;
     let (s_width, b_width) = if s_on_rows { (mr, tl) } else { (tl, mr) };
     let (s_blocks, b_blocks) = (a_pg.div_ceil(s_width), b_pg.div_ceil(b_width));
     let tile = mr * tl;

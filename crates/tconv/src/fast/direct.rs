@@ -626,32 +626,11 @@ unsafe fn interleave8_avx(dst: &mut [f32], r: &[&[f32]; 8], bias: f32) {
     while j + 8 <= n {
         let x: [__m256; 8] =
             std::array::from_fn(|i| _mm256_add_ps(_mm256_loadu_ps(r[i].as_ptr().add(j)), bv));
-        let t0 = _mm256_unpacklo_ps(x[0], x[1]);
-        let t1 = _mm256_unpackhi_ps(x[0], x[1]);
-        let t2 = _mm256_unpacklo_ps(x[2], x[3]);
-        let t3 = _mm256_unpackhi_ps(x[2], x[3]);
-        let t4 = _mm256_unpacklo_ps(x[4], x[5]);
-        let t5 = _mm256_unpackhi_ps(x[4], x[5]);
-        let t6 = _mm256_unpacklo_ps(x[6], x[7]);
-        let t7 = _mm256_unpackhi_ps(x[6], x[7]);
-        let u0 = _mm256_shuffle_ps(t0, t2, 0x44);
-        let u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-        let u2 = _mm256_shuffle_ps(t1, t3, 0x44);
-        let u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-        let u4 = _mm256_shuffle_ps(t4, t6, 0x44);
-        let u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-        let u6 = _mm256_shuffle_ps(t5, t7, 0x44);
-        let u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
         let out = dst.as_mut_ptr().add(8 * j);
         // Column c of the 8×8 block, i.e. output positions 8(j + c) .. 8(j + c) + 8.
-        _mm256_storeu_ps(out, _mm256_permute2f128_ps(u0, u4, 0x20));
-        _mm256_storeu_ps(out.add(8), _mm256_permute2f128_ps(u1, u5, 0x20));
-        _mm256_storeu_ps(out.add(16), _mm256_permute2f128_ps(u2, u6, 0x20));
-        _mm256_storeu_ps(out.add(24), _mm256_permute2f128_ps(u3, u7, 0x20));
-        _mm256_storeu_ps(out.add(32), _mm256_permute2f128_ps(u0, u4, 0x31));
-        _mm256_storeu_ps(out.add(40), _mm256_permute2f128_ps(u1, u5, 0x31));
-        _mm256_storeu_ps(out.add(48), _mm256_permute2f128_ps(u2, u6, 0x31));
-        _mm256_storeu_ps(out.add(56), _mm256_permute2f128_ps(u3, u7, 0x31));
+        for (c, col) in transpose8x8(x).iter().enumerate() {
+            _mm256_storeu_ps(out.add(8 * c), *col);
+        }
         j += 8;
     }
     for jj in j..n {
@@ -659,6 +638,45 @@ unsafe fn interleave8_avx(dst: &mut [f32], r: &[&[f32]; 8], bias: f32) {
             dst[8 * jj + i] = row[jj] + bias;
         }
     }
+}
+
+/// The 8×8 transpose of `x` (rows → columns): element `c` of result `r` is `x[c][r]`.
+///
+/// # Safety
+/// AVX available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+#[inline]
+pub(crate) unsafe fn transpose8x8(
+    x: [std::arch::x86_64::__m256; 8],
+) -> [std::arch::x86_64::__m256; 8] {
+    use std::arch::x86_64::*;
+    let t0 = _mm256_unpacklo_ps(x[0], x[1]);
+    let t1 = _mm256_unpackhi_ps(x[0], x[1]);
+    let t2 = _mm256_unpacklo_ps(x[2], x[3]);
+    let t3 = _mm256_unpackhi_ps(x[2], x[3]);
+    let t4 = _mm256_unpacklo_ps(x[4], x[5]);
+    let t5 = _mm256_unpackhi_ps(x[4], x[5]);
+    let t6 = _mm256_unpacklo_ps(x[6], x[7]);
+    let t7 = _mm256_unpackhi_ps(x[6], x[7]);
+    let u0 = _mm256_shuffle_ps(t0, t2, 0x44);
+    let u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+    let u2 = _mm256_shuffle_ps(t1, t3, 0x44);
+    let u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+    let u4 = _mm256_shuffle_ps(t4, t6, 0x44);
+    let u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+    let u6 = _mm256_shuffle_ps(t5, t7, 0x44);
+    let u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    [
+        _mm256_permute2f128_ps(u0, u4, 0x20),
+        _mm256_permute2f128_ps(u1, u5, 0x20),
+        _mm256_permute2f128_ps(u2, u6, 0x20),
+        _mm256_permute2f128_ps(u3, u7, 0x20),
+        _mm256_permute2f128_ps(u0, u4, 0x31),
+        _mm256_permute2f128_ps(u1, u5, 0x31),
+        _mm256_permute2f128_ps(u2, u6, 0x31),
+        _mm256_permute2f128_ps(u3, u7, 0x31),
+    ]
 }
 
 /// Copy a short slice inline (a `memcpy` call costs more than the copy for tile rows).
