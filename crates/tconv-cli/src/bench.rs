@@ -273,9 +273,12 @@ pub fn time_layer(l: &Layer, a: &BenchArgs, opts: &PlanOptions) -> Result<Vec<Ti
                 median_ms,
                 min_ms,
                 algorithm: if suffix == "grad_input" {
-                    "adjoint conv/direct".into()
+                    let adjoint = geometry.adjoint();
+                    let ws = w.as_slice().context("contiguous weight")?;
+                    let name = adjoint.op.name();
+                    format!("{name} {}", Plan::from_geometry(adjoint, ws, opts)?.label())
                 } else {
-                    "GEMM over positions".into()
+                    tconv::grad::weight_gradient_method(geometry).into()
                 },
                 workspace_bytes: 0,
             });

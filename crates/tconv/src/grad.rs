@@ -214,6 +214,19 @@ pub fn grad_weight_reference<T: Element>(g: &Geometry, x: &[T], gy: &[T]) -> Vec
     dw
 }
 
+/// How [`grad_weight_fast`] computes the weight gradient of `g`, in words (for reports).
+pub fn weight_gradient_method(g: &Geometry) -> &'static str {
+    let (a, b) = match g.op {
+        Op::ConvTranspose => (g.in_channels, g.out_channels),
+        Op::Conv => (g.out_channels, g.in_channels),
+    };
+    if (a / g.groups.max(1)) * (b / g.groups.max(1)) < SMALL_GEMM {
+        "row dot products"
+    } else {
+        "GEMM over positions"
+    }
+}
+
 /// Reduction positions per kernel call of the weight-gradient GEMM: the lane-side slice
 /// (`REDUCTION_CHUNK × 16` values) stays in L1 while the row-side slices stream from L2.
 const REDUCTION_CHUNK: usize = 256;
