@@ -776,9 +776,9 @@ fn par_fill<T: Send>(
 }
 
 /// `∂L/∂w` as GEMMs over `(position, batch)`: `dW[a, b, k] = Σ_q S[a, q] · B_k[b, q]`, on the
-/// packed-panel microkernel ([`grad_weight_small`] when a group has few channel pairs).
+/// packed-panel microkernel (row dot products, `grad_weight_small`, when a group has few channel pairs).
 ///
-/// `S` is packed once; the big side once per key (see [`TapKeys`]), all keys in one pass
+/// `S` is packed once; the big side once per key (taps sharing residues; see `TapKeys`), all keys in one pass
 /// over it, and each copy serves all of its key's taps as offset views. Tasks own
 /// `(group, range of S channel blocks)`: disjoint rows of `dW`, each element summed by one
 /// task in a fixed order, so the result is bitwise identical for any thread count.
