@@ -310,3 +310,30 @@ fn stride_8_upsamplers_match_reference() {
         }
     }
 }
+
+/// A depthwise output beyond the row engine's streaming threshold (16 MiB) is written with
+/// non-temporal stores: still exact against the reference, at 1 and 2 threads.
+#[test]
+fn streamed_depthwise_output_matches_reference() {
+    use tconv::ConvParams;
+    let (xs, ws) = ([1, 4, 128, 129], [4, 1, 16, 16]);
+    let p = ConvParams::new().stride(&[8]).padding(&[4]).groups(4);
+    let x = ints::<f32>(&xs, 21);
+    let w = ints::<f32>(&ws, 22);
+    let b = ints::<f32>(&[4], 23).into_dimensionality().unwrap();
+    let want = conv_transpose_scatter(&x, &w, Some(b.view()), &p).unwrap();
+    assert!(want.len() * 4 >= 16 << 20, "large enough to stream");
+    for threads in [1, 2] {
+        let o = PlanOptions {
+            threads: Some(threads),
+            ..PlanOptions::default()
+        };
+        let plan = Plan::new(Op::ConvTranspose, &xs, &w, Some(4), &p, &o).unwrap();
+        assert!(plan.label().contains("depthwise-rows"), "{}", plan.label());
+        assert_eq!(
+            plan.execute(&x, Some(b.view())).unwrap(),
+            want,
+            "threads {threads}"
+        );
+    }
+}

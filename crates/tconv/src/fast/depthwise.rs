@@ -14,13 +14,16 @@
 
 use rayon::prelude::*;
 
-use super::direct::{interleave2, interleave8, pool};
+use super::direct::{interleave2, interleave8_to, pool, store_fence};
 use super::scratch;
 use super::spec::DirectSpec;
 use super::Isa;
 use crate::geometry::Geometry;
 use crate::params::Op;
 use crate::tensor::{numel, Element};
+
+/// Output bytes from which the row engine writes with non-temporal stores.
+const STREAM_BYTES: usize = 16 << 20;
 
 /// A planned depthwise convolution or transposed convolution.
 pub struct DepthwiseRows<T> {
@@ -134,10 +137,16 @@ impl<T: Element> DepthwiseRows<T> {
         if out_plane == 0 {
             return;
         }
+        // Outputs far larger than the caches are written with non-temporal stores (no
+        // read for ownership): such layers are bound by memory traffic.
+        let stream = std::mem::size_of_val(y) >= STREAM_BYTES;
         let run = |(p, plane): (usize, &mut [T])| {
             let c = p % g.out_channels;
             let b = bias.map_or(T::zero(), |b| b[c]);
-            self.plane(g, &x[p * in_plane..(p + 1) * in_plane], c, b, plane);
+            self.plane(g, &x[p * in_plane..(p + 1) * in_plane], c, b, plane, stream);
+            if stream {
+                store_fence();
+            }
         };
         if threads <= 1 {
             y.chunks_mut(out_plane).enumerate().for_each(run);
@@ -147,24 +156,24 @@ impl<T: Element> DepthwiseRows<T> {
     }
 
     /// One channel plane, compiled for AVX2+FMA where the plan allows it.
-    fn plane(&self, g: &Geometry, x: &[T], c: usize, bias: T, y: &mut [T]) {
+    fn plane(&self, g: &Geometry, x: &[T], c: usize, bias: T, y: &mut [T], stream: bool) {
         #[cfg(target_arch = "x86_64")]
         if self.avx2 && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             // Safety: the features were just detected.
-            unsafe { self.plane_avx2(g, x, c, bias, y) };
+            unsafe { self.plane_avx2(g, x, c, bias, y, stream) };
             return;
         }
-        self.plane_body(g, x, c, bias, y);
+        self.plane_body(g, x, c, bias, y, stream);
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn plane_avx2(&self, g: &Geometry, x: &[T], c: usize, bias: T, y: &mut [T]) {
-        self.plane_body(g, x, c, bias, y);
+    unsafe fn plane_avx2(&self, g: &Geometry, x: &[T], c: usize, bias: T, y: &mut [T], s: bool) {
+        self.plane_body(g, x, c, bias, y, s);
     }
 
     #[inline(always)]
-    fn plane_body(&self, g: &Geometry, x: &[T], c: usize, bias: T, y: &mut [T]) {
+    fn plane_body(&self, g: &Geometry, x: &[T], c: usize, bias: T, y: &mut [T], stream: bool) {
         let dims = g.axes.len();
         let last = dims - 1;
         let k_size = numel(&g.kernel_shape());
@@ -242,14 +251,14 @@ impl<T: Element> DepthwiseRows<T> {
                 }
             }
             let out = &mut y[o_row * l_out..(o_row + 1) * l_out];
-            store_row(out, phase_rows, q_len, s, bias);
+            store_row(out, phase_rows, q_len, s, bias, stream);
         }
     }
 }
 
 /// `y[s·q + r] = rows[r][q] + bias` for the whole output row `out` (`rows` holds `s` rows of
 /// `q_len`; row `r` covers the positions `≡ r (mod s)`).
-fn store_row<T: Element>(out: &mut [T], rows: &[T], q_len: usize, s: usize, bias: T) {
+fn store_row<T: Element>(out: &mut [T], rows: &[T], q_len: usize, s: usize, bias: T, stream: bool) {
     let full = out.len() / s; // positions q where every residue lands inside the row
     let row = |r: usize| &rows[r * q_len..r * q_len + full];
     let done = match s {
@@ -263,7 +272,7 @@ fn store_row<T: Element>(out: &mut [T], rows: &[T], q_len: usize, s: usize, bias
         2 if interleave2(&mut out[..2 * full], row(0), row(1), bias) => 2 * full,
         8 => {
             let rs: Vec<&[T]> = (0..8).map(row).collect();
-            if interleave8(&mut out[..8 * full], &rs, bias) {
+            if interleave8_to(&mut out[..8 * full], &rs, bias, stream) {
                 8 * full
             } else {
                 0

@@ -589,6 +589,19 @@ unsafe fn interleave2_avx(dst: &mut [f32], a: &[f32], c: &[f32], bias: f32) {
 /// `dst[8j + r] = rows[r][j] + bias` (an 8×n → n×8 transpose) with AVX for f32; returns
 /// `false` (doing nothing) where that path does not apply.
 pub(crate) fn interleave8<T: Element>(dst: &mut [T], rows: &[&[T]], bias: T) -> bool {
+    interleave8_to(dst, rows, bias, false)
+}
+
+/// As [`interleave8`]; with `stream`, whole vectors go to memory with non-temporal stores
+/// (no read for ownership, the lines bypass the caches) where `dst` is 16-byte aligned: for
+/// outputs far larger than the caches. The caller issues [`store_fence`] before the data is
+/// handed to another thread.
+pub(crate) fn interleave8_to<T: Element>(
+    dst: &mut [T],
+    rows: &[&[T]],
+    bias: T,
+    stream: bool,
+) -> bool {
     #[cfg(target_arch = "x86_64")]
     if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
         && is_x86_feature_detected!("avx")
@@ -606,19 +619,30 @@ pub(crate) fn interleave8<T: Element>(dst: &mut [T], rows: &[&[T]], bias: T) -> 
             // Safety: as above.
             *slot = unsafe { std::slice::from_raw_parts(row.as_ptr() as *const f32, row.len()) };
         }
-        // Safety: AVX was detected and the lengths were checked above.
-        unsafe { interleave8_avx(dst, &r, bias.to_f32().unwrap_or(0.0)) };
+        let stream = stream && (dst.as_ptr() as usize).is_multiple_of(16);
+        // Safety: AVX was detected and the lengths were checked above; streaming stores
+        // are only used on a 16-byte aligned `dst`.
+        unsafe { interleave8_avx(dst, &r, bias.to_f32().unwrap_or(0.0), stream) };
         return true;
     }
-    let _ = (dst, rows, bias);
+    let _ = (dst, rows, bias, stream);
     false
+}
+
+/// Order earlier non-temporal stores before later stores (a no-op elsewhere).
+pub(crate) fn store_fence() {
+    #[cfg(target_arch = "x86_64")]
+    // Safety: SFENCE is part of the x86-64 baseline and has no operands.
+    unsafe {
+        std::arch::x86_64::_mm_sfence()
+    };
 }
 
 /// # Safety
 /// AVX available; 8 rows of equal length `n` and `dst.len() == 8 * n`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
-unsafe fn interleave8_avx(dst: &mut [f32], r: &[&[f32]; 8], bias: f32) {
+unsafe fn interleave8_avx(dst: &mut [f32], r: &[&[f32]; 8], bias: f32, stream: bool) {
     use std::arch::x86_64::*;
     let n = r[0].len();
     let bv = _mm256_set1_ps(bias);
@@ -629,7 +653,14 @@ unsafe fn interleave8_avx(dst: &mut [f32], r: &[&[f32]; 8], bias: f32) {
         let out = dst.as_mut_ptr().add(8 * j);
         // Column c of the 8×8 block, i.e. output positions 8(j + c) .. 8(j + c) + 8.
         for (c, col) in transpose8x8(x).iter().enumerate() {
-            _mm256_storeu_ps(out.add(8 * c), *col);
+            if stream {
+                // Two aligned 16-byte halves (`dst` is 16-byte aligned, offsets are
+                // multiples of 8 floats).
+                _mm_stream_ps(out.add(8 * c), _mm256_castps256_ps128(*col));
+                _mm_stream_ps(out.add(8 * c + 4), _mm256_extractf128_ps(*col, 1));
+            } else {
+                _mm256_storeu_ps(out.add(8 * c), *col);
+            }
         }
         j += 8;
     }
