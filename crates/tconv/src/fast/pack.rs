@@ -131,9 +131,14 @@ pub fn pack_source<T: Element>(
         .map(|a| strides[a + 1..].iter().product())
         .collect();
     let (last_s, last_in, last_ext) = (strides[dims - 1], inputs[dims - 1], extents[dims - 1]);
+    // Every element is written when the components tile the input exactly and fill the
+    // block; otherwise zeros go wherever no input lands (stale scratch otherwise).
+    let exact = (0..dims).all(|a| extents[a] * strides[a] == inputs[a])
+        && block == comp_plane * strides.iter().product::<usize>();
     let fill = |p: usize, dst: &mut [T]| {
-        // Zeros wherever no input lands (padding, short components); stale scratch otherwise.
-        dst.fill(T::zero());
+        if !exact {
+            dst.fill(T::zero());
+        }
         let src = &x[p * in_plane..(p + 1) * in_plane];
         // Each input row (all axes but the last) goes to one row of each last-axis component.
         for_each_index(&inputs[..dims - 1], |r| {
@@ -147,6 +152,20 @@ pub fn pack_source<T: Element>(
                 at += (r[a] / strides[a]) * ext_pitch[a];
             }
             let row = &src[from..from + last_in];
+            if last_s == 2 && last_in == 2 * last_ext {
+                // The common stride 2, as one deinterleaving pass (vectorised).
+                let (b0, b1) = (comp * comp_plane + at, (comp + 1) * comp_plane + at);
+                let (lo, hi) = dst.split_at_mut(b1);
+                for ((e, o), pair) in lo[b0..b0 + last_ext]
+                    .iter_mut()
+                    .zip(&mut hi[..last_ext])
+                    .zip(row.chunks_exact(2))
+                {
+                    *e = pair[0];
+                    *o = pair[1];
+                }
+                return;
+            }
             for rho in 0..last_s.min(last_in) {
                 let base = (comp + rho) * comp_plane + at;
                 let count = (last_in - rho).div_ceil(last_s).min(last_ext);
