@@ -304,7 +304,7 @@ impl<T> DirectKernel<T> {
         match self.kernel {
             Kernel::Inplace(_) => self.table.group_size * self.packed.blocks * self.mr * tl,
             Kernel::Packed(_) => {
-                let panel = self.panel_len(g.in_per_group()).max(1);
+                let panel = self.held_panel_len(g.in_per_group()).max(1);
                 self.items_per_group(g)
                     * (panel + self.table.group_size * self.packed.blocks * self.mr * tl)
             }
@@ -313,17 +313,67 @@ impl<T> DirectKernel<T> {
 }
 
 impl<T> DirectKernel<T> {
+    /// Reduction length of one k-slice: one tile's panel slice fits L1, and the weight
+    /// slices of all output-channel blocks fit L2.
+    pub fn slice_k(&self) -> usize {
+        let size = std::mem::size_of::<T>();
+        (L1_SLICE / (self.table.tile_lanes * size))
+            .min(WEIGHT_SLICE / (self.packed.blocks * self.mr * size))
+            .max(16)
+    }
+
+    /// Whether panels are packed slice by slice: when whole panels are so long (a long
+    /// reduction, e.g. the input gradient of a k16 s8 layer) that fewer than
+    /// [`MIN_WHOLE_PANELS`] fit the panel budget. A group then holds only the current
+    /// k-slice of each tile's panel, and many more tiles share each weight slice.
+    pub fn sliced(&self, cin_g: usize) -> bool {
+        let size = std::mem::size_of::<T>();
+        self.panel_len(cin_g) * size * MIN_WHOLE_PANELS > PANEL_BUDGET
+    }
+
+    /// Elements of one tile's panel as held by a group: the whole panel, or one k-slice.
+    fn held_panel_len(&self, cin_g: usize) -> usize {
+        if self.sliced(cin_g) {
+            self.slice_k() * self.table.tile_lanes
+        } else {
+            self.panel_len(cin_g)
+        }
+    }
+
     /// Tiles whose panels are packed together so that each weight slice is reused across
     /// them: as many as fit the panel budget, and whose accumulators fit the same budget.
     pub fn items_per_group(&self, g: &Geometry) -> usize {
         let size = std::mem::size_of::<T>();
-        let panel = self.panel_len(g.in_per_group()).max(1) * size;
+        let panel = self.held_panel_len(g.in_per_group()).max(1) * size;
         let acc =
             self.table.group_size * self.packed.blocks * self.mr * self.table.tile_lanes * size;
         (PANEL_BUDGET / panel)
             .min(PANEL_BUDGET / acc.max(1))
             .clamp(1, 16)
     }
+}
+
+/// Fewest whole panels a group must hold; below this, panels are packed slice by slice.
+const MIN_WHOLE_PANELS: usize = 4;
+
+/// The k-slices of a phase with `taps` taps over `cin` channels, each at most `kc` long and
+/// aligned to taps: `(taps, channels)` ranges, in reduction order (`k = tap · cin + ci`).
+fn k_slices(taps: usize, cin: usize, kc: usize) -> Vec<(Range<usize>, Range<usize>)> {
+    let mut out = Vec::new();
+    if cin >= kc {
+        let chunk = cin.div_ceil(cin.div_ceil(kc));
+        for t in 0..taps {
+            for c0 in (0..cin).step_by(chunk) {
+                out.push((t..t + 1, c0..(c0 + chunk).min(cin)));
+            }
+        }
+    } else {
+        let per = (kc / cin.max(1)).max(1);
+        for t0 in (0..taps).step_by(per) {
+            out.push((t0..(t0 + per).min(taps), 0..cin));
+        }
+    }
+    out
 }
 
 /// Thread pools by thread count.
@@ -846,12 +896,11 @@ fn run_task<T: Element>(
     let items: Vec<(usize, usize)> = (0..task.batch.len())
         .flat_map(|ni| tiles.clone().map(move |t| (ni, t)))
         .collect();
-    let panel_len = k.panel_len(cin_g).max(1);
+    let panel_len = k.held_panel_len(cin_g).max(1);
     let group = k.items_per_group(g).min(items.len().max(1));
-    // k-slices: one tile's panel slice fits L1, all blocks' weight slices fit L2.
-    let kc = (L1_SLICE / (tl * size))
-        .min(WEIGHT_SLICE / (blocks * k.mr * size))
-        .max(16);
+    let kc = k.slice_k();
+    let sliced = k.sliced(cin_g);
+    let _ = size;
     let per_phase = blocks * k.mr * tl;
     let per_slot = gs * per_phase;
     // Stale scratch: `pack_panel` writes every panel it returns `true` for, and the kernels
@@ -880,6 +929,52 @@ fn run_task<T: Element>(
                                     == table.masks[tile * total_taps + first + j]
                         })
                 };
+                if sliced {
+                    // Slice by slice: pack the slice of every tile's panel, then run every
+                    // block over all of them (each weight slice serves the whole group).
+                    for (slot, &(_, tile)) in chunk.iter().enumerate() {
+                        let live = table.live[tile * phases + pi];
+                        reached[slot * gs + r] = live != 0
+                            && taps
+                                .clone()
+                                .any(|t| table.masks[tile * total_taps + t] != 0);
+                    }
+                    let mut k0 = 0;
+                    for (ts, cs) in k_slices(phase.taps.len(), cin_g, kc) {
+                        let kn = ts.len() * cs.len();
+                        for (slot, &(ni, tile)) in chunk.iter().enumerate() {
+                            if !reached[slot * gs + r] {
+                                continue;
+                            }
+                            let n = task.batch.start + ni;
+                            let base =
+                                n * image + (task.group * cin_g + cs.start) * spec.channel_stride;
+                            pack_panel(
+                                src,
+                                base,
+                                spec.channel_stride,
+                                cs.len(),
+                                first + ts.start..first + ts.end,
+                                tile,
+                                table,
+                                &mut panels[slot * panel_len..slot * panel_len + kn * tl],
+                            );
+                        }
+                        // The slice's weights: rows k0..k0 + kn of the phase's reduction
+                        // (`k = tap · cin + ci` with the slice's taps and channels).
+                        for slot in (0..chunk.len()).filter(|&s| reached[s * gs + r]) {
+                            let panel = &panels[slot * panel_len..slot * panel_len + kn * tl];
+                            for block in 0..blocks {
+                                let run = k.packed.run(task.group, block, pi);
+                                let w = &run[k0 * k.mr..(k0 + kn) * k.mr];
+                                let at = slot * per_slot + r * per_phase + block * k.mr * tl;
+                                kernel(w, panel, kn, &mut acc[at..at + k.mr * tl], k0 > 0);
+                            }
+                        }
+                        k0 += kn;
+                    }
+                    continue;
+                }
                 for (slot, &(ni, tile)) in chunk.iter().enumerate() {
                     let n = task.batch.start + ni;
                     let base = n * image + task.group * cin_g * spec.channel_stride;
