@@ -1,7 +1,9 @@
 //! The direct driver: for each tile of a phase's flattened output grid, packs the input
 //! panel once (all taps × input channels, zeros where a tap reads padding), runs the
 //! microkernel for every output-channel block against it, and stores each output element
-//! once with the bias added.
+//! once with the bias added. Tiles are taken in groups that share each weight k-slice; where
+//! whole panels are very long, the group packs one k-slice of every tile's panel at a time.
+//! Input rows and output lines are prefetched a few tiles ahead.
 //!
 //! Work is split into tasks owning disjoint output rows — `(group, batch range, row chunk)`
 //! — handed out as `&mut` slices, so threads never share an output element and no reduction
