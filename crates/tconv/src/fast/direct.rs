@@ -326,7 +326,7 @@ impl<T> DirectKernel<T> {
 
     /// Whether panels are packed slice by slice: when whole panels are so long (a long
     /// reduction, e.g. the input gradient of a k16 s8 layer) that fewer than
-    /// [`MIN_WHOLE_PANELS`] fit the panel budget. A group then holds only the current
+    /// `MIN_WHOLE_PANELS` fit the panel budget. A group then holds only the current
     /// k-slice of each tile's panel, and many more tiles share each weight slice.
     pub fn sliced(&self, cin_g: usize) -> bool {
         let size = std::mem::size_of::<T>();
