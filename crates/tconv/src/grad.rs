@@ -181,15 +181,20 @@ fn sides<'a, T>(g: &Geometry, x: &'a [T], gy: &'a [T]) -> (&'a [T], &'a [T]) {
     }
 }
 
+/// Channels of the small side `S` and of the big side `B` (see [`sides`]).
+fn side_channels(g: &Geometry) -> (usize, usize) {
+    match g.op {
+        Op::ConvTranspose => (g.in_channels, g.out_channels),
+        Op::Conv => (g.out_channels, g.in_channels),
+    }
+}
+
 /// `∂L/∂w` by its definition (the oracle for the fast version).
 pub fn grad_weight_reference<T: Element>(g: &Geometry, x: &[T], gy: &[T]) -> Vec<T> {
     let (s, b) = sides(g, x, gy);
     let (small_sp, big_sp, k_sp) = (g.small_spatial(), g.big_spatial(), g.kernel_shape());
     let (small_size, big_size, k_size) = (numel(&small_sp), numel(&big_sp), numel(&k_sp));
-    let (a_ch, b_ch) = match g.op {
-        Op::ConvTranspose => (g.in_channels, g.out_channels),
-        Op::Conv => (g.out_channels, g.in_channels),
-    };
+    let (a_ch, b_ch) = side_channels(g);
     let (a_pg, b_pg) = (a_ch / g.groups, b_ch / g.groups);
     let mut dw = vec![T::zero(); a_ch * b_pg * k_size];
     for a in 0..a_ch {
@@ -216,10 +221,7 @@ pub fn grad_weight_reference<T: Element>(g: &Geometry, x: &[T], gy: &[T]) -> Vec
 
 /// How [`grad_weight_fast`] computes the weight gradient of `g`, in words (for reports).
 pub fn weight_gradient_method(g: &Geometry) -> &'static str {
-    let (a, b) = match g.op {
-        Op::ConvTranspose => (g.in_channels, g.out_channels),
-        Op::Conv => (g.out_channels, g.in_channels),
-    };
+    let (a, b) = side_channels(g);
     if (a / g.groups.max(1)) * (b / g.groups.max(1)) < SMALL_GEMM {
         "row dot products"
     } else {
@@ -246,32 +248,36 @@ const SMALL_GEMM: usize = 32;
 /// operand (packed once) is the same run for every tap: no per-tap packing.
 struct TapKeys {
     /// Per key: residue per axis, then the shifts of axes `1..`.
-    keys: Vec<(Vec<usize>, Vec<i64>)>,
+    keys: Vec<(Vec<usize>, Vec<isize>)>,
     /// Per key: its taps as `(flat tap index, c_0 - c0_min)`.
     taps: Vec<Vec<(usize, usize)>>,
     /// Smallest first-axis shift.
-    c0_min: i64,
+    c0_min: isize,
     /// Padded first-axis extent of a copy: `L_small_0 + c0_max - c0_min`.
     e0: usize,
+}
+
+/// Per axis, for each kernel index `k`: `(r, c)` with `k·d - p_begin = s·c + r`,
+/// `0 <= r < s` — the big-side residue a tap reads and its shift in that residue's grid.
+fn residues_and_shifts(g: &Geometry) -> Vec<Vec<(usize, isize)>> {
+    g.axes
+        .iter()
+        .map(|a| {
+            let s = a.stride as i64;
+            (0..a.kernel)
+                .map(|k| {
+                    let m = (k * a.dilation) as i64 - a.pad_begin;
+                    (m.rem_euclid(s) as usize, m.div_euclid(s) as isize)
+                })
+                .collect()
+        })
+        .collect()
 }
 
 impl TapKeys {
     fn new(g: &Geometry) -> TapKeys {
         let dims = g.axes.len();
-        // (r, c) of each tap index along each axis.
-        let rc: Vec<Vec<(usize, i64)>> = g
-            .axes
-            .iter()
-            .map(|a| {
-                let s = a.stride as i64;
-                (0..a.kernel)
-                    .map(|k| {
-                        let m = (k * a.dilation) as i64 - a.pad_begin;
-                        (m.rem_euclid(s) as usize, m.div_euclid(s))
-                    })
-                    .collect()
-            })
-            .collect();
+        let rc = residues_and_shifts(g);
         let c0_min = rc[0].iter().map(|x| x.1).min().unwrap_or(0);
         let c0_max = rc[0].iter().map(|x| x.1).max().unwrap_or(0);
         let mut t = TapKeys {
@@ -282,7 +288,7 @@ impl TapKeys {
         };
         for (flat, k) in positions(&g.kernel_shape()).enumerate() {
             let r: Vec<usize> = (0..dims).map(|a| rc[a][k[a]].0).collect();
-            let c: Vec<i64> = (1..dims).map(|a| rc[a][k[a]].1).collect();
+            let c: Vec<isize> = (1..dims).map(|a| rc[a][k[a]].1).collect();
             let key = (r, c);
             let id = match t.keys.iter().position(|x| *x == key) {
                 Some(id) => id,
@@ -314,7 +320,7 @@ impl TapKeys {
                 };
                 (0..extent)
                     .map(|p| {
-                        let o = axis.stride as i64 * (p as i64 + shift) + r[a] as i64;
+                        let o = axis.stride as i64 * (p as i64 + shift as i64) + r[a] as i64;
                         let inside = o >= 0 && (o as usize) < axis.big(g.op);
                         if inside {
                             o as usize
@@ -368,10 +374,7 @@ fn grad_weight_small<T: Element>(
     let last = dims - 1;
     let (small_sp, big_sp, k_sp) = (g.small_spatial(), g.big_spatial(), g.kernel_shape());
     let (small_size, big_size, k_size) = (numel(&small_sp), numel(&big_sp), numel(&k_sp));
-    let (a_ch, b_ch) = match g.op {
-        Op::ConvTranspose => (g.in_channels, g.out_channels),
-        Op::Conv => (g.out_channels, g.in_channels),
-    };
+    let (a_ch, b_ch) = side_channels(g);
     let (a_pg, b_pg) = (a_ch / g.groups, b_ch / g.groups);
     let strides: Vec<usize> = g.axes.iter().map(|a| a.stride).collect();
     let comp_ext: Vec<usize> = big_sp
@@ -379,20 +382,7 @@ fn grad_weight_small<T: Element>(
         .zip(&strides)
         .map(|(l, s)| l.div_ceil(*s))
         .collect();
-    // (r, c) of every tap index along every axis.
-    let rc: Vec<Vec<(usize, isize)>> = g
-        .axes
-        .iter()
-        .map(|a| {
-            let s = a.stride as i64;
-            (0..a.kernel)
-                .map(|k| {
-                    let m = (k * a.dilation) as i64 - a.pad_begin;
-                    (m.rem_euclid(s) as usize, m.div_euclid(s) as isize)
-                })
-                .collect()
-        })
-        .collect();
+    let rc = residues_and_shifts(g);
     let c_lo = rc[last].iter().map(|x| x.1).min().unwrap_or(0).min(0);
     let c_hi = rc[last].iter().map(|x| x.1).max().unwrap_or(0).max(0) as usize;
     let margin = c_lo.unsigned_abs();
@@ -751,6 +741,39 @@ unsafe fn transpose8_avx2(src: &[*const f32; 8], st: usize, dst: *mut f32, step:
     }
 }
 
+/// Pack one side (`(N, channels, plane)`, `per_group` channels per group) for every group and
+/// block of `width` channels, each block for every table: `[group][block][table][q][width]`,
+/// blocks on `threads` threads.
+#[allow(clippy::too_many_arguments)]
+fn pack_side<T: Element>(
+    g: &Geometry,
+    src: &[T],
+    channels: usize,
+    plane: usize,
+    per_group: usize,
+    width: usize,
+    tables: &Tables,
+    threads: usize,
+) -> scratch::Scratch<T> {
+    let blocks = per_group.div_ceil(width);
+    let unit = tables.tables.len() * tables.len() * g.batch * width;
+    let mut buf = scratch::take::<T>(g.groups * blocks * unit);
+    par_fill(&mut buf, unit.max(1), threads, |u, dst| {
+        let (group, blk) = (u / blocks, u % blocks);
+        let first = blk * width;
+        let side = Side {
+            src,
+            batch: g.batch,
+            channels,
+            plane,
+            first: group * per_group + first,
+            live: width.min(per_group - first),
+        };
+        pack_positions(dst, width, &side, tables);
+    });
+    buf
+}
+
 /// Bytes of packed destination filled per pass of [`pack_positions`].
 const PACK_BLOCK_BYTES: usize = 16 * 1024;
 
@@ -794,10 +817,7 @@ pub fn grad_weight_fast<T: Element>(
         numel(&g.big_spatial()),
         numel(&g.kernel_shape()),
     );
-    let (a_ch, b_ch) = match g.op {
-        Op::ConvTranspose => (g.in_channels, g.out_channels),
-        Op::Conv => (g.out_channels, g.in_channels),
-    };
+    let (a_ch, b_ch) = side_channels(g);
     let (a_pg, b_pg) = (a_ch / g.groups, b_ch / g.groups);
     let mut dw = vec![T::zero(); a_ch * b_pg * k_size];
     let q_len = g.batch * small_size;
@@ -856,21 +876,8 @@ pub fn grad_weight_fast<T: Element>(
 
     // S: `[group][block][q][s_width]`.
     let s_run = q_len * s_width;
-    let mut spack = scratch::take::<T>(g.groups * s_blocks * s_run);
     let identity = Tables::new::<T>(vec![(0..small_size).collect()], g.batch, s_width);
-    par_fill(&mut spack, s_run, threads, |unit, dst| {
-        let (group, blk) = (unit / s_blocks, unit % s_blocks);
-        let first = blk * s_width;
-        let side = Side {
-            src: s,
-            batch: g.batch,
-            channels: a_ch,
-            plane: small_size,
-            first: group * a_pg + first,
-            live: s_width.min(a_pg - first),
-        };
-        pack_positions(dst, s_width, &side, &identity);
-    });
+    let spack = pack_side(g, s, a_ch, small_size, a_pg, s_width, &identity, threads);
     // The big side: `[group][block][key][q'][b_width]`, every key from one pass.
     let tables = Tables::new::<T>(
         (0..n_keys).map(|k| keys.source_offsets(g, k)).collect(),
@@ -878,21 +885,7 @@ pub fn grad_weight_fast<T: Element>(
         b_width,
     );
     let b_run = copy_len * g.batch * b_width;
-    let mut bpack = scratch::take::<T>(g.groups * b_blocks * n_keys * b_run);
-    par_fill(&mut bpack, n_keys * b_run, threads, |unit, dst| {
-        let (group, blk) = (unit / b_blocks, unit % b_blocks);
-        let first = blk * b_width;
-        let side = Side {
-            src: b,
-            batch: g.batch,
-            channels: b_ch,
-            plane: big_size,
-            first: group * b_pg + first,
-            live: b_width.min(b_pg - first),
-        };
-        pack_positions(dst, b_width, &side, &tables);
-    });
-    let (spack, bpack) = (spack, bpack);
+    let bpack = pack_side(g, b, b_ch, big_size, b_pg, b_width, &tables, threads);
 
     // Tasks: (group, range of S blocks), enough to keep every thread busy.
     let splits = if threads <= 1 {
