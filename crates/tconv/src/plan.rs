@@ -122,7 +122,7 @@ impl<T: Element> Plan<T> {
                 expected: g.weight_shape(),
             });
         }
-        let (algorithm, reason) = match options.algorithm.or_else(Algorithm::from_env) {
+        let (algorithm, mut reason) = match options.algorithm.or_else(Algorithm::from_env) {
             Some(a) => (a, "forced by the caller or TCONV_ALGORITHM".to_string()),
             None => (Algorithm::Direct, direct_reason(&g)),
         };
@@ -149,6 +149,13 @@ impl<T: Element> Plan<T> {
             && options.inplace.is_none()
             && options.tile.is_none())
         .then(|| DepthwiseRows::new(&g, w, isa));
+        if rows.is_some() {
+            reason = format!(
+                "{reason}; depthwise (one input and one output channel per group), so by output \
+                 rows: each phase row summed in registers over a zero-margined copy of the \
+                 plane, the phase rows interleaved into the output"
+            );
+        }
         let direct = if algorithm == Algorithm::Direct && rows.is_none() {
             let spec = DirectSpec::new(&g);
             let lanes = isa.lanes();
@@ -475,6 +482,15 @@ impl<T: Element> fmt::Display for Plan<T> {
                 writeln!(f, "             ... {} phases in all", d.spec.phases.len())?;
             }
             writeln!(f, "source:      {:?}", d.spec.source)?;
+        }
+        if let Some(r) = &self.rows {
+            writeln!(
+                f,
+                "kernel:      {} depthwise rows, {} phases, {} channel planes",
+                self.isa,
+                r.spec.phases.len(),
+                g.batch * g.out_channels
+            )?;
         }
         writeln!(
             f,
