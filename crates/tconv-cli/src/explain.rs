@@ -13,6 +13,7 @@ use tconv::{ConvParams, Element, Geometry, Op};
 use crate::canvas::{Canvas, CellKind};
 use crate::compute::Loaded;
 use crate::data::grid;
+use crate::shape::size_arithmetic;
 
 /// Which parts of the explanation to print.
 #[derive(Clone, Copy, Debug)]
@@ -170,16 +171,9 @@ fn size_section(g: &Geometry) -> String {
                 s.push_str("Output size, per axis: (in - 1)·s - p_begin - p_end + d·(k - 1) + output_padding + 1\n");
                 for (i, a) in g.axes.iter().enumerate() {
                     s.push_str(&format!(
-                        "  {}: ({}-1)·{} - {} - {} + {}·({}-1) + {} + 1 = {}\n",
+                        "  {}: {}\n",
                         axis_name(i),
-                        a.input,
-                        a.stride,
-                        a.pad_begin,
-                        a.pad_end,
-                        a.dilation,
-                        a.kernel,
-                        a.output_padding,
-                        a.output
+                        size_arithmetic(g.op, a)
                     ));
                 }
             }
@@ -201,15 +195,9 @@ fn size_section(g: &Geometry) -> String {
                 s.push_str("Output size, per axis: floor((in + p_begin + p_end - d·(k - 1) - 1) / s) + 1\n");
                 for (i, a) in g.axes.iter().enumerate() {
                     s.push_str(&format!(
-                        "  {}: floor(({} + {} + {} - {}·({}-1) - 1) / {}) + 1 = {}\n",
+                        "  {}: {}\n",
                         axis_name(i),
-                        a.input,
-                        a.pad_begin,
-                        a.pad_end,
-                        a.dilation,
-                        a.kernel,
-                        a.stride,
-                        a.output
+                        size_arithmetic(g.op, a)
                     ));
                 }
             }

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
-use tconv::{ConvParams, Geometry, Op, OutputSize, Padding};
+use tconv::{AxisGeometry, ConvParams, Geometry, Op, OutputSize, Padding};
 
 use crate::args::{parse_list, List};
 
@@ -34,6 +34,28 @@ pub struct ShapeArgs {
     /// List the conv-transpose padding / output_padding choices giving this spatial size.
     #[arg(long, value_parser = parse_list)]
     pub want: Option<List>,
+}
+
+/// The general output-size formula of `op` with one axis's numbers filled in, e.g.
+/// `(2-1)·2 - 1 - 1 + 1·(3-1) + 1 + 1 = 4` (shared by `shape`, `explain` and the pictures).
+pub fn size_arithmetic(op: Op, a: &AxisGeometry) -> String {
+    match op {
+        Op::ConvTranspose => format!(
+            "({}-1)·{} - {} - {} + {}·({}-1) + {} + 1 = {}",
+            a.input,
+            a.stride,
+            a.pad_begin,
+            a.pad_end,
+            a.dilation,
+            a.kernel,
+            a.output_padding,
+            a.output
+        ),
+        Op::Conv => format!(
+            "floor(({} + {} + {} - {}·({}-1) - 1) / {}) + 1 = {}",
+            a.input, a.pad_begin, a.pad_end, a.dilation, a.kernel, a.stride, a.output
+        ),
+    }
 }
 
 fn list<T: ToString>(v: impl IntoIterator<Item = T>) -> String {
@@ -102,16 +124,7 @@ pub fn run(a: &ShapeArgs) -> Result<String> {
     match Geometry::new(Op::Conv, &x, &w, None, &p) {
         Ok(g) => {
             for (i, ax) in g.axes.iter().enumerate() {
-                s.push_str(&format!(
-                    "  axis {i}: floor(({} + {} + {} - {}·({}-1) - 1) / {}) + 1 = {}\n",
-                    ax.input,
-                    ax.pad_begin,
-                    ax.pad_end,
-                    ax.dilation,
-                    ax.kernel,
-                    ax.stride,
-                    ax.output
-                ));
+                s.push_str(&format!("  axis {i}: {}\n", size_arithmetic(Op::Conv, ax)));
             }
             s.push_str(&format!(
                 "  output spatial {}\n",
@@ -126,15 +139,8 @@ pub fn run(a: &ShapeArgs) -> Result<String> {
     let gt = Geometry::new(Op::ConvTranspose, &x, &w, None, &pt)?;
     for (i, ax) in gt.axes.iter().enumerate() {
         s.push_str(&format!(
-            "  axis {i}: ({}-1)·{} - {} - {} + {}·({}-1) + {} + 1 = {}\n",
-            ax.input,
-            ax.stride,
-            ax.pad_begin,
-            ax.pad_end,
-            ax.dilation,
-            ax.kernel,
-            ax.output_padding,
-            ax.output
+            "  axis {i}: {}\n",
+            size_arithmetic(Op::ConvTranspose, ax)
         ));
     }
     s.push_str(&format!(

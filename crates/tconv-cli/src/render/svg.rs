@@ -8,6 +8,7 @@ use tconv::Op;
 
 use super::{num, rc, CellKind, Problem};
 use crate::canvas::{padded_input, Canvas};
+use crate::shape::size_arithmetic;
 
 /// Side of one grid cell in pixels.
 pub const CELL: usize = 34;
@@ -211,23 +212,7 @@ pub fn explain_svg(p: &Problem) -> Result<String> {
                     (CellKind::Extra, "extra row/column from output_padding"),
                 ],
             );
-            let sizes: Vec<String> = g
-                .axes
-                .iter()
-                .map(|a| {
-                    format!(
-                        "({}-1)·{} - {} - {} + {}·({}-1) + {} + 1 = {}",
-                        a.input,
-                        a.stride,
-                        a.pad_begin,
-                        a.pad_end,
-                        a.dilation,
-                        a.kernel,
-                        a.output_padding,
-                        a.output
-                    )
-                })
-                .collect();
+            let sizes: Vec<String> = g.axes.iter().map(|a| size_arithmetic(g.op, a)).collect();
             svg.text(
                 10,
                 bo + 24,
@@ -256,16 +241,7 @@ pub fn explain_svg(p: &Problem) -> Result<String> {
             let (orr, oc) = rc(&out_sp);
             svg.grid(x, 30, "output y", orr, oc, &plain(&p.output()));
             let ly = legend(&mut svg, 10, b + 16, &[(CellKind::Padding, "zero padding")]);
-            let sizes: Vec<String> = g
-                .axes
-                .iter()
-                .map(|a| {
-                    format!(
-                        "floor(({} + {} + {} - {}·({}-1) - 1) / {}) + 1 = {}",
-                        a.input, a.pad_begin, a.pad_end, a.dilation, a.kernel, a.stride, a.output
-                    )
-                })
-                .collect();
+            let sizes: Vec<String> = g.axes.iter().map(|a| size_arithmetic(g.op, a)).collect();
             svg.text(
                 10,
                 ly + 16,
