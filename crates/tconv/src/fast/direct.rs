@@ -888,7 +888,6 @@ fn run_task<T: Element>(
     let gs = table.group_size;
     let image = g.in_channels * spec.channel_stride;
     let row_off = table.rows(task.chunks.clone()).start * table.out_row;
-    let size = std::mem::size_of::<T>();
     let blocks = k.packed.blocks;
     let biases: Vec<T> = (0..cout_g)
         .map(|c| bias.map_or(T::zero(), |b| b[task.group * cout_g + c]))
@@ -902,7 +901,6 @@ fn run_task<T: Element>(
     let group = k.items_per_group(g).min(items.len().max(1));
     let kc = k.slice_k();
     let sliced = k.sliced(cin_g);
-    let _ = size;
     let per_phase = blocks * k.mr * tl;
     let per_slot = gs * per_phase;
     // Stale scratch: `pack_panel` writes every panel it returns `true` for, and the kernels
@@ -921,6 +919,19 @@ fn run_task<T: Element>(
                 let phase = &spec.phases[pi];
                 let first = table.tap_start[pi];
                 let taps = first..first + phase.taps.len();
+                // acc[slot][r][block] (+)= weights[block][k0..k0 + kn] · rows `at..` of each
+                // reached slot's panel.
+                let multiply = |panels: &[T], acc: &mut [T], reached: &[bool], at, k0, kn| {
+                    for slot in (0..chunk.len()).filter(|&s| reached[s * gs + r]) {
+                        let panel = &panels[slot * panel_len + at..slot * panel_len + at + kn * tl];
+                        for block in 0..blocks {
+                            let run = k.packed.run(task.group, block, pi);
+                            let w = &run[k0 * k.mr..(k0 + kn) * k.mr];
+                            let out = slot * per_slot + r * per_phase + block * k.mr * tl;
+                            kernel(w, panel, kn, &mut acc[out..out + k.mr * tl], k0 > 0);
+                        }
+                    }
+                };
                 // Phases whose taps read the same shifted inputs (e.g. kernel == stride) share a panel.
                 let same_panel = |tile: usize, prev: usize| {
                     let pf = table.tap_start[prev];
@@ -962,17 +973,9 @@ fn run_task<T: Element>(
                                 &mut panels[slot * panel_len..slot * panel_len + kn * tl],
                             );
                         }
-                        // The slice's weights: rows k0..k0 + kn of the phase's reduction
+                        // The slice's weights are rows k0..k0 + kn of the phase's reduction
                         // (`k = tap · cin + ci` with the slice's taps and channels).
-                        for slot in (0..chunk.len()).filter(|&s| reached[s * gs + r]) {
-                            let panel = &panels[slot * panel_len..slot * panel_len + kn * tl];
-                            for block in 0..blocks {
-                                let run = k.packed.run(task.group, block, pi);
-                                let w = &run[k0 * k.mr..(k0 + kn) * k.mr];
-                                let at = slot * per_slot + r * per_phase + block * k.mr * tl;
-                                kernel(w, panel, kn, &mut acc[at..at + k.mr * tl], k0 > 0);
-                            }
-                        }
+                        multiply(&panels, &mut acc, &reached, 0, k0, kn);
                         k0 += kn;
                     }
                     continue;
@@ -1002,18 +1005,11 @@ fn run_task<T: Element>(
                     holds[slot] = if ok { Some(pi) } else { None };
                     reached[slot * gs + r] = ok;
                 }
-                // acc[slot][r][block] (+)= weights[block][k-slice] · panel[slot][k-slice]
+                // Whole panels, multiplied one k-slice at a time.
                 let kdim = phase.taps.len() * cin_g;
                 for k0 in (0..kdim).step_by(kc) {
-                    let k1 = (k0 + kc).min(kdim);
-                    for slot in (0..chunk.len()).filter(|&s| reached[s * gs + r]) {
-                        let panel = &panels[slot * panel_len + k0 * tl..slot * panel_len + k1 * tl];
-                        for block in 0..blocks {
-                            let w = &k.packed.run(task.group, block, pi)[k0 * k.mr..k1 * k.mr];
-                            let at = slot * per_slot + r * per_phase + block * k.mr * tl;
-                            kernel(w, panel, k1 - k0, &mut acc[at..at + k.mr * tl], k0 > 0);
-                        }
-                    }
+                    let kn = kc.min(kdim - k0);
+                    multiply(&panels, &mut acc, &reached, k0 * tl, k0, kn);
                 }
             }
             for (slot, &(ni, tile)) in chunk.iter().enumerate() {
