@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use ndarray::ArrayD;
-use tconv::npy::{read_npy, to_npy_bytes};
+use tconv::npy::{read_npy, to_npy_bytes, NpyArray};
 
 mod common;
 
@@ -154,75 +154,93 @@ fn case_list(v: &serde_json::Value, key: &str) -> String {
         .join(",")
 }
 
-#[test]
-fn conformance_cases_end_to_end_through_npy_files() {
-    let dir = conformance("");
-    let mut ran = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
+/// The case folders under `dir` whose number (the first four characters of the name) is a
+/// multiple of `every`, with their names and `case.json`.
+fn sampled_cases(dir: &Path, every: usize) -> Vec<(PathBuf, String, serde_json::Value)> {
+    let mut cases = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
         let case = entry.unwrap().path();
         let name = case.file_name().unwrap().to_string_lossy().to_string();
-        // Every 10th case keeps the test quick while covering 1-3-D, both ops, both dtypes.
         let number: usize = name.get(..4).and_then(|n| n.parse().ok()).unwrap_or(1);
-        if !number.is_multiple_of(10) {
+        if !number.is_multiple_of(every) {
             continue;
         }
         let meta: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(case.join("case.json")).unwrap())
                 .unwrap();
-        let op = meta["op"].as_str().unwrap();
+        cases.push((case, name, meta));
+    }
+    cases
+}
+
+/// The command and problem flags of a case: `conv` or `conv-transpose`, then stride,
+/// padding, output padding (transposed only), dilation and groups.
+fn problem_args(meta: &serde_json::Value) -> Vec<String> {
+    let op = meta["op"].as_str().unwrap();
+    let mut args: Vec<String> = vec![if op == "conv" {
+        "conv"
+    } else {
+        "conv-transpose"
+    }
+    .into()];
+    for (flag, key) in [
+        ("--stride", "stride"),
+        ("--padding", "padding"),
+        ("--output-padding", "output_padding"),
+        ("--dilation", "dilation"),
+    ] {
+        if key != "output_padding" || op != "conv" {
+            args.extend([flag.to_string(), case_list(meta, key)]);
+        }
+    }
+    args.extend(["--groups".to_string(), meta["groups"].to_string()]);
+    args
+}
+
+/// `got` matches `want` in shape and within the tolerances of their dtype.
+fn assert_close(
+    got: &NpyArray,
+    want: &NpyArray,
+    what: &str,
+    f32_tol: (f64, f64),
+    f64_tol: (f64, f64),
+) {
+    assert_eq!(got.shape(), want.shape(), "{what}: shape");
+    let (rtol, atol) = if want.dtype() == "float32" {
+        f32_tol
+    } else {
+        f64_tol
+    };
+    for (g, w) in got.to_f64().iter().zip(want.to_f64().iter()) {
+        assert!((g - w).abs() <= atol + rtol * w.abs(), "{what}: {g} vs {w}");
+    }
+}
+
+#[test]
+fn conformance_cases_end_to_end_through_npy_files() {
+    let mut ran = 0;
+    // Every 10th case keeps the test quick while covering 1-3-D, both ops, both dtypes.
+    for (case, name, meta) in sampled_cases(&conformance(""), 10) {
         let out = scratch(&format!("conf-{name}")).join("y.npy");
-        let (x, w, b) = (
-            case.join("input.npy"),
-            case.join("weight.npy"),
-            case.join("bias.npy"),
-        );
-        let groups = meta["groups"].to_string();
-        let (stride, padding, dilation, op_pad) = (
-            case_list(&meta, "stride"),
-            case_list(&meta, "padding"),
-            case_list(&meta, "dilation"),
-            case_list(&meta, "output_padding"),
-        );
-        let mut args: Vec<&str> = vec![if op == "conv" {
-            "conv"
-        } else {
-            "conv-transpose"
-        }];
+        let c = |f: &str| case.join(f).to_string_lossy().into_owned();
+        let mut args = problem_args(&meta);
         args.extend([
-            "--input",
-            x.to_str().unwrap(),
-            "--weight",
-            w.to_str().unwrap(),
+            "--input".into(),
+            c("input.npy"),
+            "--weight".into(),
+            c("weight.npy"),
         ]);
-        if b.exists() {
-            args.extend(["--bias", b.to_str().unwrap()]);
+        if case.join("bias.npy").exists() {
+            args.extend(["--bias".into(), c("bias.npy")]);
         }
-        args.extend(["--stride", &stride, "--padding", &padding]);
-        if op != "conv" {
-            args.extend(["--output-padding", &op_pad]);
-        }
-        args.extend([
-            "--dilation",
-            &dilation,
-            "--groups",
-            &groups,
-            "--output",
-            out.to_str().unwrap(),
-        ]);
-        let o = tconv(&args);
+        args.extend(["--output".into(), out.to_string_lossy().into_owned()]);
+        let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let o = tconv(&refs);
         assert!(o.status.success(), "{name}: {}", stderr(&o));
         let got = read_npy(&out).unwrap();
         let want = read_npy(case.join("expected.npy")).unwrap();
         assert_eq!(got.dtype(), want.dtype(), "{name}: dtype");
-        assert_eq!(got.shape(), want.shape(), "{name}: shape");
-        let (rtol, atol) = if want.dtype() == "float32" {
-            (1e-4, 1e-5)
-        } else {
-            (1e-10, 1e-10)
-        };
-        for (g, w) in got.to_f64().iter().zip(want.to_f64().iter()) {
-            assert!((g - w).abs() <= atol + rtol * w.abs(), "{name}: {g} vs {w}");
-        }
+        assert_close(&got, &want, &name, (1e-4, 1e-5), (1e-10, 1e-10));
         ran += 1;
     }
     assert!(ran >= 10, "ran {ran} cases");
@@ -543,51 +561,20 @@ fn shape_calculator() {
 fn gradients_end_to_end_through_npy_files() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tconv/tests/data/torch-grad");
     let mut ran = 0;
-    for entry in std::fs::read_dir(&root).unwrap() {
-        let case = entry.unwrap().path();
-        let name = case.file_name().unwrap().to_string_lossy().to_string();
-        let number: usize = name.get(..4).and_then(|n| n.parse().ok()).unwrap_or(1);
-        if !number.is_multiple_of(8) {
-            continue;
-        }
-        let meta: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(case.join("case.json")).unwrap())
-                .unwrap();
-        let op = meta["op"].as_str().unwrap();
+    for (case, name, meta) in sampled_cases(&root, 8) {
         let d = scratch(&format!("grad-{name}"));
         let p = |f: &str| d.join(f).to_string_lossy().into_owned();
         let c = |f: &str| case.join(f).to_string_lossy().into_owned();
-        let (stride, padding, dilation) = (
-            case_list(&meta, "stride"),
-            case_list(&meta, "padding"),
-            case_list(&meta, "dilation"),
-        );
-        let op_pad = case_list(&meta, "output_padding");
-        let groups = meta["groups"].to_string();
-        let mut args: Vec<String> = vec![if op == "conv" {
-            "conv"
-        } else {
-            "conv-transpose"
-        }
-        .into()];
+        let mut args = problem_args(&meta);
         for (flag, value) in [
             ("--input", c("input.npy")),
             ("--weight", c("weight.npy")),
             ("--grad-output", c("grad_output.npy")),
-            ("--stride", stride),
-            ("--padding", padding),
-            ("--dilation", dilation),
-            ("--groups", groups),
             ("--grad-input", p("gx.npy")),
             ("--grad-weight", p("gw.npy")),
             ("--grad-bias", p("gb.npy")),
         ] {
-            args.push(flag.into());
-            args.push(value);
-        }
-        if op != "conv" {
-            args.push("--output-padding".into());
-            args.push(op_pad);
+            args.extend([flag.into(), value]);
         }
         let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
         let o = tconv(&refs);
@@ -598,18 +585,13 @@ fn gradients_end_to_end_through_npy_files() {
         ] {
             let g = read_npy(d.join(got)).unwrap();
             let w = read_npy(case.join(want)).unwrap();
-            assert_eq!(g.shape(), w.shape(), "{name} {got}");
-            let (rtol, atol) = if w.dtype() == "float32" {
-                (1e-4, 1e-4)
-            } else {
-                (1e-9, 1e-10)
-            };
-            for (a, b) in g.to_f64().iter().zip(w.to_f64().iter()) {
-                assert!(
-                    (a - b).abs() <= atol + rtol * b.abs(),
-                    "{name} {got}: {a} vs {b}"
-                );
-            }
+            assert_close(
+                &g,
+                &w,
+                &format!("{name} {got}"),
+                (1e-4, 1e-4),
+                (1e-9, 1e-10),
+            );
         }
         assert!(d.join("gb.npy").exists());
         ran += 1;
