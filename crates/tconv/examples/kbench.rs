@@ -1,4 +1,5 @@
-//! Microkernel throughput on L1-resident operands, for each tile shape of this CPU's ISA.
+//! Microkernel throughput on L1-resident operands, for each tile shape of this CPU's ISA,
+//! then the preferred shape as the driver runs it (weights of many blocks streaming from L2).
 //! `cargo run --release --example kbench` — the efficiencies in `tile_shapes` come from here.
 
 use std::time::Instant;
@@ -28,5 +29,26 @@ fn main() {
             let gflops = (reps * k * mr * v * lanes * 2) as f64 / s / 1e9;
             println!("mr={mr:2} v={v} k={k:4}: {gflops:6.1} GFLOP/s");
         }
+    }
+    // As the driver runs it: one panel slice of `k` rows stays in L1 while the weights of
+    // `blocks` output-channel blocks (43 × 254 × 6 floats ≈ 262 KiB) stream from L2, each
+    // block accumulating into its own tile.
+    let &(mr, v, _) = &tile_shapes(isa)[0];
+    if let Some(f) = f32_kernel(isa, mr, v) {
+        let (blocks, k, tile) = (43usize, 254usize, mr * v * lanes);
+        let a = vec![1.0f32; blocks * k * mr];
+        let b = vec![1.0f32; k * v * lanes];
+        let mut out = vec![0.0f32; blocks * tile];
+        let reps = 400_000_000 / (k * tile * blocks);
+        let t = Instant::now();
+        for _ in 0..reps {
+            for bl in 0..blocks {
+                let w = &a[bl * k * mr..(bl + 1) * k * mr];
+                f(w, &b, k, &mut out[bl * tile..(bl + 1) * tile], true);
+            }
+        }
+        let s = t.elapsed().as_secs_f64();
+        let gflops = (reps * blocks * k * tile * 2) as f64 / s / 1e9;
+        println!("mr={mr:2} v={v} k={k:4}, {blocks} blocks' weights from L2: {gflops:6.1} GFLOP/s");
     }
 }

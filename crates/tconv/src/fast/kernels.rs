@@ -175,8 +175,10 @@ mod x86 {
     }
 }
 
-/// Tile shapes `(MR, V)` per ISA with their measured efficiency (fraction of FMA peak at
-/// large `k`, L1-resident operands; `cargo run --release --example kbench`). AVX-512 has 32
+/// Tile shapes `(MR, V)` per ISA with their efficiency as measured when the table was made
+/// (fraction of FMA peak at large `k`, L1-resident operands; `cargo run --release --example
+/// kbench`). The planner only compares them with each other; absolute figures move with the
+/// machine (the 6×2 tile has since measured 0.9–1.0). AVX-512 has 32
 /// registers, AVX2 (and the portable path, which mirrors it) 16; a tile needs `MR·V`
 /// accumulators + `V` loads + 1 broadcast. (AVX2 4×3 uses all 16 and measured 0.37: left out.)
 pub fn tile_shapes(isa: Isa) -> &'static [(usize, usize, f32)] {
