@@ -221,12 +221,18 @@ pub fn grad_weight_reference<T: Element>(g: &Geometry, x: &[T], gy: &[T]) -> Vec
 
 /// How [`grad_weight_fast`] computes the weight gradient of `g`, in words (for reports).
 pub fn weight_gradient_method(g: &Geometry) -> &'static str {
-    let (a, b) = side_channels(g);
-    if (a / g.groups.max(1)) * (b / g.groups.max(1)) < SMALL_GEMM {
+    if few_channel_pairs(g) {
         "row dot products"
     } else {
         "GEMM over positions"
     }
+}
+
+/// Whether a group has too few `(a, b)` channel pairs for a register tile (fewer than
+/// `SMALL_GEMM`): the weight gradient then takes row dot products.
+fn few_channel_pairs(g: &Geometry) -> bool {
+    let (a, b) = side_channels(g);
+    (a / g.groups.max(1)) * (b / g.groups.max(1)) < SMALL_GEMM
 }
 
 /// Reduction positions per kernel call of the weight-gradient GEMM: the lane-side slice
@@ -835,7 +841,7 @@ pub fn grad_weight_fast<T: Element>(
         .threads
         .unwrap_or(if g.flops() < 4_000_000 { 1 } else { cores })
         .max(1);
-    if a_pg * b_pg < SMALL_GEMM {
+    if few_channel_pairs(g) {
         grad_weight_small(g, s, b, threads, isa, &mut dw);
         return dw;
     }
