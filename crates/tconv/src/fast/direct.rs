@@ -810,6 +810,9 @@ fn pack_panel<T: Element>(
             rows.fill(T::zero());
             continue;
         }
+        if pack_tap_masked(src, start, channel_stride, mask, tl, rows) {
+            continue;
+        }
         // Runs of consecutive live lanes: (first lane, length).
         let mut runs = [(0usize, 0usize); 32];
         let mut n_runs = 0;
@@ -861,6 +864,85 @@ fn pack_panel<T: Element>(
         }
     }
     any
+}
+
+/// One tap of [`pack_panel`] with AVX masked loads, for f32 tiles of whole vectors: row
+/// `ci` of `rows` gets `src[start + ci·channel_stride + l]` in the lanes `l` set in `mask`
+/// and zeros elsewhere, two instructions per vector whatever the mask. Returns `false`
+/// (doing nothing) where that path does not apply.
+fn pack_tap_masked<T: Element>(
+    src: &[T],
+    start: isize,
+    channel_stride: usize,
+    mask: u64,
+    tl: usize,
+    rows: &mut [T],
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+        && tl.is_multiple_of(8)
+        && tl <= 64
+        && is_x86_feature_detected!("avx")
+    {
+        let channels = rows.len() / tl;
+        // Every lane the mask reads lies inside `src` (the table's masks only hold taps
+        // that read inside the source); check the first and last channel's extremes.
+        if channels > 0 {
+            let lo = mask.trailing_zeros() as isize;
+            let hi = 63 - mask.leading_zeros() as isize;
+            let last = start + ((channels - 1) * channel_stride) as isize;
+            assert!(
+                start + lo >= 0 && last + hi < src.len() as isize,
+                "packed lanes lie inside the source"
+            );
+        }
+        // Safety: `T` is `f32` (same TypeId); AVX was detected; the lanes loaded are the
+        // mask's, in bounds as checked above (masked-off lanes are not accessed).
+        unsafe {
+            let src = std::slice::from_raw_parts(src.as_ptr() as *const f32, src.len());
+            let rows = std::slice::from_raw_parts_mut(rows.as_mut_ptr() as *mut f32, rows.len());
+            pack_tap_avx(src, start, channel_stride, mask, tl, rows);
+        }
+        return true;
+    }
+    let _ = (src, start, channel_stride, mask, tl, rows);
+    false
+}
+
+/// # Safety
+/// AVX available; `tl` a multiple of 8, at most 64; `rows.len()` a multiple of `tl`; every
+/// lane set in `mask` of every row reads inside `src`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn pack_tap_avx(
+    src: &[f32],
+    start: isize,
+    channel_stride: usize,
+    mask: u64,
+    tl: usize,
+    rows: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let nv = tl / 8;
+    let mut masks = [_mm256_setzero_si256(); 8];
+    for (v, m) in masks.iter_mut().enumerate().take(nv) {
+        // Lane `l` of vector `v` loads where bit `8v + l` of `mask` is set (sign bit on).
+        let lanes: [i32; 8] = std::array::from_fn(|l| -(((mask >> (8 * v + l)) & 1) as i32));
+        *m = _mm256_loadu_si256(lanes.as_ptr() as *const __m256i);
+    }
+    let p = src.as_ptr();
+    for (ci, row) in rows.chunks_exact_mut(tl).enumerate() {
+        let s = start + (ci * channel_stride) as isize;
+        // The tiles that follow read on along the same rows: fetch them early.
+        let ahead = (s + (PREFETCH_TILES * tl) as isize).max(0) as usize;
+        prefetch_read(src, ahead);
+        prefetch_read(src, ahead + tl - 1);
+        let from = p.wrapping_offset(s);
+        for (v, m) in masks.iter().enumerate().take(nv) {
+            let x = _mm256_maskload_ps(from.wrapping_add(8 * v), *m);
+            _mm256_storeu_ps(row.as_mut_ptr().add(8 * v), x);
+        }
+    }
 }
 
 /// Bytes of input panels kept hot together, so that each packed weight block is reused
