@@ -223,6 +223,8 @@ pub fn grad_weight_reference<T: Element>(g: &Geometry, x: &[T], gy: &[T]) -> Vec
 pub fn weight_gradient_method(g: &Geometry) -> &'static str {
     if few_channel_pairs(g) {
         "row dot products"
+    } else if thin_big_side(g) {
+        "row dot products, thin side"
     } else {
         "GEMM over positions"
     }
@@ -361,13 +363,123 @@ fn flat_offsets(per_axis: &[Vec<usize>], big: &[usize]) -> Vec<usize> {
     flat
 }
 
+/// Where the weight gradient's row dot products read the big side: each `B` plane copied
+/// into margin-padded polyphase component rows (as the depthwise row engine does), and per
+/// tap, where its run for each row of `S` starts. Per tap `k`, along each axis
+/// `k·d - p = s·c + r`, so the big-side value a small position `p` meets is `B_r[p + c]` in
+/// the polyphase component `r`: a contiguous run of a padded component row.
+struct RowLayout {
+    big: Vec<usize>,
+    strides: Vec<usize>,
+    comp_ext: Vec<usize>,
+    margin: usize,
+    padded_len: usize,
+    /// Elements of one padded plane (all of its components).
+    len: usize,
+    /// Rows of `S` (all axes but the last) and their length.
+    small_rows: usize,
+    l_small: usize,
+    /// Per tap: the start of its run for small row 0, and its outer shifts.
+    tap_start: Vec<isize>,
+    tap_shift: Vec<isize>,
+    /// Per small row: its outer coordinates, and its offset in a padded component.
+    row_coords: Vec<usize>,
+    row_base: Vec<usize>,
+}
+
+impl RowLayout {
+    fn new(g: &Geometry) -> RowLayout {
+        let dims = g.axes.len();
+        let last = dims - 1;
+        let (small_sp, big_sp, k_sp) = (g.small_spatial(), g.big_spatial(), g.kernel_shape());
+        let strides: Vec<usize> = g.axes.iter().map(|a| a.stride).collect();
+        let comp_ext: Vec<usize> = big_sp
+            .iter()
+            .zip(&strides)
+            .map(|(l, s)| l.div_ceil(*s))
+            .collect();
+        let rc = residues_and_shifts(g);
+        let c_lo = rc[last].iter().map(|x| x.1).min().unwrap_or(0).min(0);
+        let c_hi = rc[last].iter().map(|x| x.1).max().unwrap_or(0).max(0) as usize;
+        let margin = c_lo.unsigned_abs();
+        let l_small = small_sp[last];
+        let padded_len = margin + comp_ext[last].max(l_small + c_hi);
+        let comp_rows = numel(&comp_ext[..last]);
+        let comps: usize = strides.iter().product();
+        let pitch: Vec<usize> = (0..last)
+            .map(|a| padded_len * comp_ext[a + 1..last].iter().product::<usize>())
+            .collect();
+        let mut tap_start = Vec::new();
+        let mut tap_shift = Vec::new();
+        for k in positions(&k_sp) {
+            let comp = (0..dims).fold(0, |f, a| f * strides[a] + rc[a][k[a]].0);
+            let mut at = (comp * comp_rows * padded_len + margin) as isize + rc[last][k[last]].1;
+            for a in 0..last {
+                at += rc[a][k[a]].1 * pitch[a] as isize;
+                tap_shift.push(rc[a][k[a]].1);
+            }
+            tap_start.push(at);
+        }
+        let small_outer = &small_sp[..last];
+        let small_rows = numel(small_outer);
+        let mut row_coords = Vec::with_capacity(small_rows * last);
+        let mut row_base = Vec::with_capacity(small_rows);
+        for p in positions(small_outer) {
+            row_base.push(p.iter().zip(&pitch).map(|(&pa, &pt)| pa * pt).sum());
+            row_coords.extend_from_slice(&p);
+        }
+        RowLayout {
+            big: big_sp,
+            strides,
+            comp_ext,
+            margin,
+            padded_len,
+            len: comps * comp_rows * padded_len,
+            small_rows,
+            l_small,
+            tap_start,
+            tap_shift,
+            row_coords,
+            row_base,
+        }
+    }
+
+    /// Copy the big-side plane `bp` into `padded` (`self.len` long, any contents).
+    fn fill<T: Element>(&self, bp: &[T], padded: &mut [T]) {
+        padded.fill(T::zero());
+        crate::fast::depthwise::fill_components(
+            bp,
+            &self.big,
+            &self.strides,
+            &self.comp_ext,
+            self.margin,
+            self.padded_len,
+            padded,
+        );
+    }
+
+    /// Where tap `k`'s run for small row `r` starts in a padded plane; `None` where its
+    /// component row lies outside the component (zero rows inside are read as they are).
+    #[inline(always)]
+    fn run(&self, k: usize, r: usize) -> Option<usize> {
+        let last = self.row_coords.len() / self.small_rows.max(1);
+        let shifts = &self.tap_shift[k * last..(k + 1) * last];
+        let p = &self.row_coords[r * last..(r + 1) * last];
+        for ax in 0..last {
+            let u = p[ax] as isize + shifts[ax];
+            if u < 0 || u as usize >= self.comp_ext[ax] {
+                return None;
+            }
+        }
+        Some((self.row_base[r] as isize + self.tap_start[k]) as usize)
+    }
+}
+
 /// `∂L/∂w` for groups with few channel pairs (depthwise and the like), where a register
-/// tile would be mostly padding. Per tap `k`, along each axis `k·d - p = s·c + r`, so the
-/// big-side value a small position `p` meets is `B_r[p + c]` in the polyphase component `r`.
-/// Each `B` plane is copied once into margin-padded component rows (as the depthwise row
-/// engine does), and then `dW[a, b, k]` is a sum of contiguous dot products, one per row of
-/// `S`, in 8 interleaved partial sums. Rows of `dW` (one `a` channel each) are shared out to
-/// the threads; each is summed in a fixed order.
+/// tile would be mostly padding: each `B` plane is copied into its [`RowLayout`], and then
+/// `dW[a, b, k]` is a sum of contiguous dot products, one per row of `S`, in 8 interleaved
+/// partial sums. Rows of `dW` (one `a` channel each) are shared out to the threads; each is
+/// summed in a fixed order.
 fn grad_weight_small<T: Element>(
     g: &Geometry,
     s: &[T],
@@ -376,47 +488,18 @@ fn grad_weight_small<T: Element>(
     isa: Isa,
     dw: &mut [T],
 ) {
-    let dims = g.axes.len();
-    let last = dims - 1;
-    let (small_sp, big_sp, k_sp) = (g.small_spatial(), g.big_spatial(), g.kernel_shape());
-    let (small_size, big_size, k_size) = (numel(&small_sp), numel(&big_sp), numel(&k_sp));
+    let lay = RowLayout::new(g);
+    let (small_size, big_size, k_size) = (
+        numel(&g.small_spatial()),
+        numel(&g.big_spatial()),
+        numel(&g.kernel_shape()),
+    );
     let (a_ch, b_ch) = side_channels(g);
     let (a_pg, b_pg) = (a_ch / g.groups, b_ch / g.groups);
-    let strides: Vec<usize> = g.axes.iter().map(|a| a.stride).collect();
-    let comp_ext: Vec<usize> = big_sp
-        .iter()
-        .zip(&strides)
-        .map(|(l, s)| l.div_ceil(*s))
-        .collect();
-    let rc = residues_and_shifts(g);
-    let c_lo = rc[last].iter().map(|x| x.1).min().unwrap_or(0).min(0);
-    let c_hi = rc[last].iter().map(|x| x.1).max().unwrap_or(0).max(0) as usize;
-    let margin = c_lo.unsigned_abs();
-    let l_small = small_sp[last];
-    let padded_len = margin + comp_ext[last].max(l_small + c_hi);
-    let comp_rows = numel(&comp_ext[..last]);
-    let comps: usize = strides.iter().product();
-    let pitch: Vec<usize> = (0..last)
-        .map(|a| padded_len * comp_ext[a + 1..last].iter().product::<usize>())
-        .collect();
-    // Per tap: the start of its run for small row 0 and its outer shifts.
-    let mut tap_start = Vec::with_capacity(k_size);
-    let mut tap_shift = Vec::with_capacity(k_size * last);
-    for k in positions(&k_sp) {
-        let comp = (0..dims).fold(0, |f, a| f * strides[a] + rc[a][k[a]].0);
-        let mut at = (comp * comp_rows * padded_len + margin) as isize + rc[last][k[last]].1;
-        for a in 0..last {
-            at += rc[a][k[a]].1 * pitch[a] as isize;
-            tap_shift.push(rc[a][k[a]].1);
-        }
-        tap_start.push(at);
-    }
-    let small_outer = &small_sp[..last];
-    let small_rows = numel(small_outer);
     let avx2 = cfg!(target_arch = "x86_64") && isa != Isa::Scalar;
     let run_row = |a: usize, row: &mut [T]| {
         let group = a / a_pg;
-        let mut padded = scratch::take::<T>(comps * comp_rows * padded_len);
+        let mut padded = scratch::take::<T>(lay.len);
         let mut acc = vec![[T::zero(); 8]; k_size];
         let mut tail = vec![T::zero(); k_size];
         for bl in 0..b_pg {
@@ -425,23 +508,8 @@ fn grad_weight_small<T: Element>(
             for n in 0..g.batch {
                 let bp = &b[(n * b_ch + group * b_pg + bl) * big_size..][..big_size];
                 let sp = &s[(n * a_ch + a) * small_size..][..small_size];
-                padded.fill(T::zero());
-                let args = SmallArgs {
-                    bp,
-                    sp,
-                    big: &big_sp,
-                    strides: &strides,
-                    comp_ext: &comp_ext,
-                    margin,
-                    padded_len,
-                    small_outer,
-                    small_rows,
-                    l_small,
-                    pitch: &pitch,
-                    tap_start: &tap_start,
-                    tap_shift: &tap_shift,
-                };
-                small_plane(avx2, &args, &mut padded, &mut acc, &mut tail);
+                lay.fill(bp, &mut padded);
+                small_plane(avx2, &lay, sp, &padded, &mut acc, &mut tail);
             }
             for k in 0..k_size {
                 row[bl * k_size + k] = acc[k].iter().fold(T::zero(), |t, &v| t + v) + tail[k];
@@ -451,104 +519,281 @@ fn grad_weight_small<T: Element>(
     par_fill(dw, b_pg * k_size, threads, run_row);
 }
 
-/// One `(S plane, B plane)` pair of [`grad_weight_small`].
-struct SmallArgs<'a, T> {
-    bp: &'a [T],
-    sp: &'a [T],
-    big: &'a [usize],
-    strides: &'a [usize],
-    comp_ext: &'a [usize],
-    margin: usize,
-    padded_len: usize,
-    small_outer: &'a [usize],
-    small_rows: usize,
-    l_small: usize,
-    pitch: &'a [usize],
-    tap_start: &'a [isize],
-    tap_shift: &'a [isize],
-}
-
 /// Add one plane pair's dot products to `acc`/`tail` (compiled for AVX2 where allowed).
 fn small_plane<T: Element>(
     avx2: bool,
-    a: &SmallArgs<'_, T>,
-    padded: &mut [T],
+    lay: &RowLayout,
+    sp: &[T],
+    padded: &[T],
     acc: &mut [[T; 8]],
     tail: &mut [T],
 ) {
     #[cfg(target_arch = "x86_64")]
     if avx2 && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
         // Safety: the features were just detected.
-        unsafe { small_plane_avx2(a, padded, acc, tail) };
+        unsafe { small_plane_avx2(lay, sp, padded, acc, tail) };
         return;
     }
     let _ = avx2;
-    small_plane_body(a, padded, acc, tail);
+    small_plane_body(lay, sp, padded, acc, tail);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn small_plane_avx2<T: Element>(
-    a: &SmallArgs<'_, T>,
-    padded: &mut [T],
+    lay: &RowLayout,
+    sp: &[T],
+    padded: &[T],
     acc: &mut [[T; 8]],
     tail: &mut [T],
 ) {
-    small_plane_body(a, padded, acc, tail);
+    small_plane_body(lay, sp, padded, acc, tail);
 }
 
 #[inline(always)]
 fn small_plane_body<T: Element>(
-    a: &SmallArgs<'_, T>,
-    padded: &mut [T],
+    lay: &RowLayout,
+    sp: &[T],
+    padded: &[T],
     acc: &mut [[T; 8]],
     tail: &mut [T],
 ) {
-    crate::fast::depthwise::fill_components(
-        a.bp,
-        a.big,
-        a.strides,
-        a.comp_ext,
-        a.margin,
-        a.padded_len,
-        padded,
-    );
-    let last = a.small_outer.len();
-    let mut p = vec![0usize; last];
-    for r in 0..a.small_rows {
-        let mut rem = r;
-        for ax in (0..last).rev() {
-            p[ax] = rem % a.small_outer[ax];
-            rem /= a.small_outer[ax];
-        }
-        let srow = &a.sp[r * a.l_small..(r + 1) * a.l_small];
-        let base: usize = p.iter().zip(a.pitch).map(|(&pa, &pitch)| pa * pitch).sum();
-        for (k, &start) in a.tap_start.iter().enumerate() {
-            // Skip taps whose component row is outside the component (zero rows inside are
-            // read as they are).
-            let shifts = &a.tap_shift[k * last..(k + 1) * last];
-            let inside = (0..last).all(|ax| {
-                let u = p[ax] as isize + shifts[ax];
-                u >= 0 && (u as usize) < a.comp_ext[ax]
-            });
-            if !inside {
+    let l = lay.l_small;
+    for r in 0..lay.small_rows {
+        let srow = &sp[r * l..(r + 1) * l];
+        for (k, (v, t)) in acc.iter_mut().zip(tail.iter_mut()).enumerate() {
+            let Some(at) = lay.run(k, r) else {
                 continue;
-            }
-            let at = (base as isize + start) as usize;
-            let brow = &padded[at..at + a.l_small];
-            let mut v = acc[k];
+            };
+            let brow = &padded[at..at + l];
+            let mut vk = *v;
             let (sc, bc) = (srow.chunks_exact(8), brow.chunks_exact(8));
             let (sr, br) = (sc.remainder(), bc.remainder());
             for (x, y) in sc.zip(bc) {
                 for l in 0..8 {
-                    v[l] = v[l] + x[l] * y[l];
+                    vk[l] = vk[l] + x[l] * y[l];
                 }
             }
-            acc[k] = v;
+            *v = vk;
             for (&x, &y) in sr.iter().zip(br) {
-                tail[k] = tail[k] + x * y;
+                *t = *t + x * y;
             }
         }
+    }
+}
+
+/// Channels of `S` per task of the thin-side weight gradient.
+const THIN_ROWS: usize = 4;
+/// Most `B` channels per group for which the weight gradient takes the thin-side path.
+const THIN_MAX: usize = 4;
+
+/// Whether the big side has so few channels per group (at most `THIN_MAX`, e.g. the RGB
+/// output of a generator's last layer) that the weight gradient runs as row dot products
+/// of `THIN_ROWS` channels of `S` against every `B` channel at once ([`grad_weight_thin`]).
+fn thin_big_side(g: &Geometry) -> bool {
+    let (_, b) = side_channels(g);
+    !few_channel_pairs(g) && b / g.groups.max(1) <= THIN_MAX
+}
+
+/// `∂L/∂w` when the big side is thin ([`thin_big_side`]): every `B` plane is copied once
+/// into its [`RowLayout`]; `S` is read in place. A task owns `THIN_ROWS` channels of `S` —
+/// rows of `dW` — and, per batch item and tap, sums the products of those rows with all
+/// `B` channels' runs in `THIN_ROWS × b` register accumulators, in a fixed order (bitwise
+/// identical for any thread count). No operand is transposed or packed, and each loaded
+/// vector serves several products.
+fn grad_weight_thin<T: Element>(
+    g: &Geometry,
+    s: &[T],
+    b: &[T],
+    threads: usize,
+    isa: Isa,
+    dw: &mut [T],
+) {
+    let lay = RowLayout::new(g);
+    let (small_size, big_size, k_size) = (
+        numel(&g.small_spatial()),
+        numel(&g.big_spatial()),
+        numel(&g.kernel_shape()),
+    );
+    let (a_ch, b_ch) = side_channels(g);
+    let (a_pg, b_pg) = (a_ch / g.groups, b_ch / g.groups);
+    // Every plane of B, padded once: `[n][channel][lay.len]`.
+    let mut padded = scratch::take::<T>(g.batch * b_ch * lay.len);
+    par_fill(&mut padded, lay.len.max(1), threads, |u, dst| {
+        lay.fill(&b[u * big_size..][..big_size], dst)
+    });
+    let zeros = vec![T::zero(); small_size];
+    let row_len = b_pg * k_size;
+    let mut parts: Vec<(usize, usize, &mut [T])> = Vec::new();
+    let mut rest: &mut [T] = dw;
+    for group in 0..g.groups {
+        for a0 in (0..a_pg).step_by(THIN_ROWS) {
+            let live = THIN_ROWS.min(a_pg - a0);
+            let (part, tail) = std::mem::take(&mut rest).split_at_mut(live * row_len);
+            rest = tail;
+            parts.push((group, a0, part));
+        }
+    }
+    let avx2 = cfg!(target_arch = "x86_64") && isa != Isa::Scalar;
+    let padded = &padded[..];
+    let run = |(group, a0, part): (usize, usize, &mut [T])| {
+        let tile = ThinTile {
+            lay: &lay,
+            s,
+            padded,
+            zeros: &zeros,
+            a_first: group * a_pg + a0,
+            live: part.len() / row_len,
+            a_ch,
+            b_first: group * b_pg,
+            b_ch,
+            batch: g.batch,
+        };
+        match b_pg {
+            1 => thin_tile::<T, 1>(avx2, &tile, part),
+            2 => thin_tile::<T, 2>(avx2, &tile, part),
+            3 => thin_tile::<T, 3>(avx2, &tile, part),
+            4 => thin_tile::<T, 4>(avx2, &tile, part),
+            _ => unreachable!("thin_big_side admits at most THIN_MAX channels"),
+        }
+    };
+    if threads <= 1 {
+        parts.into_iter().for_each(run);
+    } else {
+        crate::fast::direct::pool(threads).install(|| parts.into_par_iter().for_each(run));
+    }
+}
+
+/// One task of [`grad_weight_thin`]: `live` (at most `THIN_ROWS`) channels of `S` from
+/// `a_first`, against the `B` channels of their group from `b_first`.
+struct ThinTile<'a, T> {
+    lay: &'a RowLayout,
+    s: &'a [T],
+    padded: &'a [T],
+    /// A zero plane of `S`, read in place of the channels past `live`.
+    zeros: &'a [T],
+    a_first: usize,
+    live: usize,
+    a_ch: usize,
+    b_first: usize,
+    b_ch: usize,
+    batch: usize,
+}
+
+/// Rows `a_first..a_first + live` of `dW` (`[a][b][k]`, `TB` channels of `B`) into `out`.
+fn thin_tile<T: Element, const TB: usize>(avx2: bool, t: &ThinTile<'_, T>, out: &mut [T]) {
+    let k_size = t.lay.tap_start.len();
+    let small_size = t.zeros.len();
+    let mut acc = vec![[[[T::zero(); 8]; TB]; THIN_ROWS]; k_size];
+    let mut tail = vec![[[T::zero(); TB]; THIN_ROWS]; k_size];
+    for n in 0..t.batch {
+        let srows: [&[T]; THIN_ROWS] = std::array::from_fn(|i| {
+            if i < t.live {
+                &t.s[(n * t.a_ch + t.a_first + i) * small_size..][..small_size]
+            } else {
+                t.zeros
+            }
+        });
+        let bplanes: [&[T]; TB] = std::array::from_fn(|j| {
+            &t.padded[(n * t.b_ch + t.b_first + j) * t.lay.len..][..t.lay.len]
+        });
+        thin_plane(avx2, t.lay, &srows, &bplanes, &mut acc, &mut tail);
+    }
+    for i in 0..t.live {
+        for j in 0..TB {
+            for k in 0..k_size {
+                out[(i * TB + j) * k_size + k] =
+                    acc[k][i][j].iter().fold(T::zero(), |s, &v| s + v) + tail[k][i][j];
+            }
+        }
+    }
+}
+
+/// Per-tap accumulators of [`thin_plane`]: `[S row][B channel]`, 8 partial sums each.
+type ThinAcc<T, const TB: usize> = [[[T; 8]; TB]; THIN_ROWS];
+/// Per-tap sums of the positions past the last whole 8 of a row.
+type ThinTail<T, const TB: usize> = [[T; TB]; THIN_ROWS];
+
+/// Add one batch item's products to `acc`/`tail` (compiled for AVX2 where allowed).
+fn thin_plane<T: Element, const TB: usize>(
+    avx2: bool,
+    lay: &RowLayout,
+    srows: &[&[T]; THIN_ROWS],
+    bplanes: &[&[T]; TB],
+    acc: &mut [ThinAcc<T, TB>],
+    tail: &mut [ThinTail<T, TB>],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if avx2 && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // Safety: the features were just detected.
+        unsafe { thin_plane_avx2(lay, srows, bplanes, acc, tail) };
+        return;
+    }
+    let _ = avx2;
+    thin_plane_body::<T, TB, false>(lay, srows, bplanes, acc, tail);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn thin_plane_avx2<T: Element, const TB: usize>(
+    lay: &RowLayout,
+    srows: &[&[T]; THIN_ROWS],
+    bplanes: &[&[T]; TB],
+    acc: &mut [ThinAcc<T, TB>],
+    tail: &mut [ThinTail<T, TB>],
+) {
+    thin_plane_body::<T, TB, true>(lay, srows, bplanes, acc, tail);
+}
+
+/// With `FUSED`, each product is added with one fused multiply-add (one rounding; an
+/// instruction where FMA is enabled, a library call elsewhere).
+#[inline(always)]
+fn thin_plane_body<T: Element, const TB: usize, const FUSED: bool>(
+    lay: &RowLayout,
+    srows: &[&[T]; THIN_ROWS],
+    bplanes: &[&[T]; TB],
+    acc: &mut [ThinAcc<T, TB>],
+    tail: &mut [ThinTail<T, TB>],
+) {
+    let l = lay.l_small;
+    let whole = l / 8 * 8;
+    for (k, (acc_k, tail_k)) in acc.iter_mut().zip(tail.iter_mut()).enumerate() {
+        // The tap's sums stay in registers over all rows.
+        let mut v = *acc_k;
+        let mut t = *tail_k;
+        for r in 0..lay.small_rows {
+            let Some(at) = lay.run(k, r) else {
+                continue;
+            };
+            let s0 = r * l;
+            let brows: [&[T]; TB] = std::array::from_fn(|j| &bplanes[j][at..at + l]);
+            let srow: [&[T]; THIN_ROWS] = std::array::from_fn(|i| &srows[i][s0..s0 + l]);
+            for o in (0..whole).step_by(8) {
+                let bv: [[T; 8]; TB] =
+                    std::array::from_fn(|j| brows[j][o..o + 8].try_into().expect("8 lanes"));
+                for (vi, si) in v.iter_mut().zip(&srow) {
+                    let sv: &[T; 8] = si[o..o + 8].try_into().expect("8 lanes");
+                    for (vij, bj) in vi.iter_mut().zip(&bv) {
+                        for q in 0..8 {
+                            vij[q] = if FUSED {
+                                sv[q].mul_add(bj[q], vij[q])
+                            } else {
+                                vij[q] + sv[q] * bj[q]
+                            };
+                        }
+                    }
+                }
+            }
+            for o in whole..l {
+                for (ti, si) in t.iter_mut().zip(&srow) {
+                    for (tij, bj) in ti.iter_mut().zip(&brows) {
+                        *tij = *tij + si[o] * bj[o];
+                    }
+                }
+            }
+        }
+        *acc_k = v;
+        *tail_k = t;
     }
 }
 
@@ -843,6 +1088,10 @@ pub fn grad_weight_fast<T: Element>(
         .max(1);
     if few_channel_pairs(g) {
         grad_weight_small(g, s, b, threads, isa, &mut dw);
+        return dw;
+    }
+    if thin_big_side(g) {
+        grad_weight_thin(g, s, b, threads, isa, &mut dw);
         return dw;
     }
     // The tile shape and orientation with the least modelled time: work padded to whole

@@ -319,8 +319,8 @@ fn only_requested_gradients_are_computed() {
 }
 
 /// Wide layers (many channels per group, long rows) take the weight gradient's vector
-/// transpose packing, at stride 1 and 2 for both ops, and the depthwise path: exact on small
-/// integers against the reference, for 1 and 2 threads.
+/// transpose packing, at stride 1 and 2 for both ops; the depthwise path and the thin-side
+/// path (1-3-D) too: exact on small integers against the reference, for 1 and 2 threads.
 #[test]
 fn wide_weight_gradients_match_reference() {
     use tconv::ConvParams;
@@ -344,6 +344,26 @@ fn wide_weight_gradients_match_reference() {
             vec![2, 6, 7, 12],
             vec![6, 1, 16, 16],
             ConvParams::new().stride(&[8]).padding(&[4]).groups(6),
+        ),
+        // A thin big side (3 and 4 channels per group): row dot products of four S rows.
+        (
+            vec![2, 13, 9, 11],
+            vec![13, 3, 4, 4],
+            ConvParams::new().stride(&[2]).padding(&[1]),
+        ),
+        (
+            vec![1, 20, 37],
+            vec![20, 4, 5],
+            ConvParams::new()
+                .stride(&[3])
+                .dilation(&[2])
+                .padding(&[2])
+                .groups(2),
+        ),
+        (
+            vec![2, 9, 3, 4, 5],
+            vec![9, 4, 2, 3, 3],
+            ConvParams::new().stride(&[2]).padding(&[1]),
         ),
     ];
     for (xs, ws, p) in cases {
