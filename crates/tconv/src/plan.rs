@@ -153,7 +153,8 @@ impl<T: Element> Plan<T> {
             reason = format!(
                 "{reason}; depthwise (one input and one output channel per group), so by output \
                  rows: each phase row summed in registers over a zero-margined copy of the \
-                 plane, the phase rows interleaved into the output"
+                 plane, the phase rows interleaved into the output (at stride 8, blocks of \
+                 8 positions of all 8 phases summed and interleaved in registers)"
             );
         }
         let direct = if algorithm == Algorithm::Direct && rows.is_none() {

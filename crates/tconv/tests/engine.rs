@@ -316,6 +316,7 @@ fn stride_8_upsamplers_match_reference() {
 #[test]
 fn streamed_depthwise_output_matches_reference() {
     use tconv::ConvParams;
+    // Width 129: rows of 1032 outputs, not whole 64-output blocks (the phase-row path).
     let (xs, ws) = ([1, 4, 128, 129], [4, 1, 16, 16]);
     let p = ConvParams::new().stride(&[8]).padding(&[4]).groups(4);
     let x = ints::<f32>(&xs, 21);
@@ -335,6 +336,64 @@ fn streamed_depthwise_output_matches_reference() {
             want,
             "threads {threads}"
         );
+    }
+}
+
+/// Stride-8 depthwise rows of whole 64-output blocks whose taps all read inside the input
+/// are summed and interleaved in registers: exact on small integers against the reference
+/// (border rows take the general path), with and without non-temporal stores, 1-3-D
+/// shapes, 1 and 2 threads.
+#[test]
+fn stride_8_depthwise_blocks_match_reference() {
+    use tconv::ConvParams;
+    let cases = [
+        (
+            vec![2, 3, 9, 16],
+            vec![3, 1, 16, 16],
+            ConvParams::new().stride(&[8]).padding(&[4]),
+        ),
+        (
+            vec![1, 2, 5, 8],
+            vec![2, 1, 8, 8],
+            ConvParams::new().stride(&[8]),
+        ),
+        (
+            vec![1, 2, 24],
+            vec![2, 1, 24],
+            ConvParams::new().stride(&[8]).padding(&[8]),
+        ),
+        (
+            vec![1, 2, 3, 4, 8],
+            vec![2, 1, 3, 16, 16],
+            ConvParams::new().stride(&[1, 8, 8]).padding(&[1, 4, 4]),
+        ),
+        // 16 MiB of output: streamed.
+        (
+            vec![1, 4, 128, 128],
+            vec![4, 1, 16, 16],
+            ConvParams::new().stride(&[8]).padding(&[4]),
+        ),
+    ];
+    for (xs, ws, p) in cases {
+        let p = p.groups(xs[1]);
+        let x = ints::<f32>(&xs, 31);
+        let w = ints::<f32>(&ws, 32);
+        let b = ints::<f32>(&[xs[1]], 33).into_dimensionality().unwrap();
+        let want = conv_transpose_scatter(&x, &w, Some(b.view()), &p).unwrap();
+        assert_eq!(want.shape()[want.ndim() - 1] % 64, 0, "whole blocks");
+        for threads in [1, 2] {
+            let o = PlanOptions {
+                threads: Some(threads),
+                ..PlanOptions::default()
+            };
+            let plan = Plan::new(Op::ConvTranspose, &xs, &w, Some(xs[1]), &p, &o).unwrap();
+            assert!(plan.label().contains("depthwise-rows"), "{}", plan.label());
+            assert_eq!(
+                plan.execute(&x, Some(b.view())).unwrap(),
+                want,
+                "{xs:?} {ws:?} threads {threads}"
+            );
+        }
     }
 }
 

@@ -9,7 +9,10 @@
 //! outer coordinates), every last-axis phase `r` is one dense row
 //! `R_r[q] = Σ_taps w_t · x_t[q + shift_t]`, summed in registers, and the `s` phase rows are
 //! interleaved into the output row (`y[s·q + r] = R_r[q] + b`) with vector shuffles where
-//! the stride is 2 or 8 (a conv has one phase). Every output element is written exactly
+//! the stride is 2 or 8 (a conv has one phase). At stride 8 (FCN's upsampler), rows whose
+//! taps all read inside the input skip the phase rows: for each block of 8 positions the 8
+//! phases are summed in registers, transposed there, and stored as 64 consecutive outputs.
+//! Every output element is written exactly
 //! once, by one task, in a fixed order: the result is bitwise identical for any thread count.
 
 use rayon::prelude::*;
@@ -155,6 +158,49 @@ impl<T: Element> DepthwiseRows<T> {
         }
     }
 
+    /// The taps of phases `phases` (one outer residue combination, every last-axis
+    /// residue) for channel weights `w`, if there are 8 phases with 1 to 4 taps each and
+    /// the same number in every one (as in a k16 s8 upsampler): see [`UniformTaps`].
+    fn uniform_taps(&self, phases: std::ops::Range<usize>, w: &[T]) -> Option<UniformTaps> {
+        let n = self.tap_range[phases.start].len();
+        if phases.len() != 8 || !(1..=4).contains(&n) {
+            return None;
+        }
+        let last = self.pitch.len();
+        let mut u = UniformTaps {
+            n,
+            lo: vec![isize::MAX; last],
+            hi: vec![isize::MIN; last],
+            valid: vec![isize::MAX; last],
+            w: [0.0; 32],
+            offs: [0; 32],
+            off_lo: isize::MAX,
+            off_hi: isize::MIN,
+        };
+        let mut i = 0;
+        for pi in phases {
+            if self.tap_range[pi].len() != n {
+                return None;
+            }
+            for ti in self.tap_range[pi].clone() {
+                let outer = &self.tap_outer[2 * ti * last..2 * (ti + 1) * last];
+                let (shifts, valid) = outer.split_at(last);
+                for a in 0..last {
+                    u.lo[a] = u.lo[a].min(shifts[a]);
+                    u.hi[a] = u.hi[a].max(shifts[a]);
+                    u.valid[a] = u.valid[a].min(valid[a]);
+                }
+                let (k, at) = self.taps[ti];
+                u.w[i] = w[k].to_f32().unwrap_or(0.0);
+                u.offs[i] = at;
+                u.off_lo = u.off_lo.min(at);
+                u.off_hi = u.off_hi.max(at);
+                i += 1;
+            }
+        }
+        Some(u)
+    }
+
     /// One channel plane, compiled for AVX2+FMA where the plan allows it.
     fn plane(&self, g: &Geometry, x: &[T], c: usize, bias: T, y: &mut [T], stream: bool) {
         #[cfg(target_arch = "x86_64")]
@@ -200,8 +246,18 @@ impl<T: Element> DepthwiseRows<T> {
             padded,
         );
         let strides = &self.spec.out_stride;
+        // Per outer residue combination (a group of `s` phases): its taps as (weight,
+        // offset from the row base), when every phase has the same number of them, and the
+        // range of outer shifts a row must allow for all of them to read inside the input.
+        let groups = self.spec.phases.len() / s.max(1);
+        let uniform: Vec<Option<UniformTaps>> = (0..groups)
+            .map(|gi| self.uniform_taps(gi * s..(gi + 1) * s, w))
+            .collect();
         let mut taps: Vec<(T, usize)> = Vec::new();
+        let mut ends: Vec<usize> = Vec::new();
         let mut o = vec![0usize; last];
+        // The outer coordinates of the row over the strides (the input rows it reads).
+        let mut oq = vec![0isize; last];
         for o_row in 0..numel(&out_outer) {
             // Outer output coordinates of this row (no closure: the loop body must be
             // compiled inside this function, with its target features).
@@ -218,22 +274,30 @@ impl<T: Element> DepthwiseRows<T> {
             first_phase *= s;
             let mut base = 0usize;
             for a in 0..last {
+                oq[a] = (o[a] / strides[a]) as isize;
                 base += (o[a] / strides[a]) * self.pitch[a];
             }
+            let out = &mut y[o_row * l_out..(o_row + 1) * l_out];
+            // A row whose taps all read inside the input: the group's taps as they are.
+            if let Some(u) = &uniform[first_phase / s.max(1)] {
+                let interior =
+                    (0..last).all(|a| oq[a] + u.lo[a] >= 0 && oq[a] + u.hi[a] < u.valid[a]);
+                if interior && fused_uniform(out, padded, base, u, bias, stream) {
+                    continue;
+                }
+            }
+            // The taps of every last-axis phase of this row that read inside the input on
+            // the outer axes: (weight, start of the padded source run), phase by phase.
+            taps.clear();
+            ends.clear();
+            ends.push(0);
             for r in 0..s {
                 let pi = first_phase + r;
-                let row = &mut phase_rows[r * q_len..(r + 1) * q_len];
-                let q = self.spec.phases[pi].extents[last].min(q_len);
-                row[q..].fill(T::zero());
-                let row = &mut row[..q];
-                // The taps that read inside the input on the outer axes: (weight, start of
-                // the padded source run).
-                taps.clear();
                 for ti in self.tap_range[pi].clone() {
                     let outer = &self.tap_outer[2 * ti * last..2 * (ti + 1) * last];
                     let (shifts, valid) = outer.split_at(last);
                     let inside = (0..last).all(|a| {
-                        let i = (o[a] / strides[a]) as isize + shifts[a];
+                        let i = oq[a] + shifts[a];
                         i >= 0 && i < valid[a]
                     });
                     if inside {
@@ -241,16 +305,24 @@ impl<T: Element> DepthwiseRows<T> {
                         taps.push((w[k], (base as isize + at) as usize));
                     }
                 }
+                ends.push(taps.len());
+            }
+            for r in 0..s {
+                let pi = first_phase + r;
+                let row = &mut phase_rows[r * q_len..(r + 1) * q_len];
+                let q = self.spec.phases[pi].extents[last].min(q_len);
+                row[q..].fill(T::zero());
+                let row = &mut row[..q];
+                let taps = &taps[ends[r]..ends[r + 1]];
                 // Blocks of positions, every tap summed in registers, then the tail.
-                let mut q0 = phase_row::<T, 32>(row, 0, padded, &taps);
-                q0 = phase_row::<T, 8>(row, q0, padded, &taps);
+                let mut q0 = phase_row::<T, 32>(row, 0, padded, taps);
+                q0 = phase_row::<T, 8>(row, q0, padded, taps);
                 for (j, out) in row[q0..].iter_mut().enumerate() {
                     *out = taps
                         .iter()
                         .fold(T::zero(), |a, &(wt, start)| a + wt * padded[start + q0 + j]);
                 }
             }
-            let out = &mut y[o_row * l_out..(o_row + 1) * l_out];
             store_row(out, phase_rows, q_len, s, bias, stream);
         }
     }
@@ -282,6 +354,116 @@ fn store_row<T: Element>(out: &mut [T], rows: &[T], q_len: usize, s: usize, bias
     };
     for (i, d) in out.iter_mut().enumerate().skip(done) {
         *d = rows[(i % s) * q_len + i / s] + bias;
+    }
+}
+
+/// The taps of the 8 last-axis phases of a stride-8 output row, `n` per phase. A row reads
+/// inside the input with all of them when its outer coordinates `o` (over the strides)
+/// satisfy `0 <= o + lo` and `o + hi < valid` on every outer axis.
+struct UniformTaps {
+    n: usize,
+    lo: Vec<isize>,
+    hi: Vec<isize>,
+    valid: Vec<isize>,
+    /// Tap `j` of phase `r` is slot `r·n + j`: its weight (as f32) and its source offset
+    /// from the row's base.
+    w: [f32; 32],
+    offs: [isize; 32],
+    /// The lowest and highest offset.
+    off_lo: isize,
+    off_hi: isize,
+}
+
+/// A stride-8 output row `out` whose 8 phases all have `u.n` taps, all reading inside the
+/// input at `base + offset` in `padded`: output `8q + r` is the sum over phase `r`'s taps of
+/// `w · padded[base + offset + q]`, plus `bias`. For blocks of 8 positions `q`, every tap of
+/// every phase is summed in registers, the 8 phase vectors are transposed there and stored
+/// as 64 consecutive outputs (non-temporal with `stream`, where `out` is 16-byte aligned).
+/// Returns whether it ran (f32 with AVX2+FMA, rows of whole blocks); then it wrote the row.
+fn fused_uniform<T: Element>(
+    out: &mut [T],
+    padded: &[T],
+    base: usize,
+    u: &UniformTaps,
+    bias: T,
+    stream: bool,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+        && out.len().is_multiple_of(64)
+        && is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+    {
+        let q = out.len() / 8;
+        // Every run must hold the row's positions.
+        let (lo, hi) = (base as isize + u.off_lo, base as isize + u.off_hi);
+        if lo < 0 || hi as usize + q > padded.len() {
+            return false;
+        }
+        // Safety: `T` is `f32` (same TypeId), so the slices are valid `[f32]`; every load
+        // `padded[at[i] + j]`, `j < q`, is in bounds (checked), and every store `out[i]`,
+        // `i < 8q = out.len()`; AVX2+FMA were detected; streaming stores are only used on a
+        // 16-byte aligned `out`.
+        unsafe {
+            let outf = std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut f32, out.len());
+            let pf = std::slice::from_raw_parts(padded.as_ptr() as *const f32, padded.len());
+            let stream = stream && (outf.as_ptr() as usize).is_multiple_of(16);
+            let b = bias.to_f32().unwrap_or(0.0);
+            let w = &*(u.w.as_ptr() as *const [f32; 32]);
+            let src = pf.as_ptr().add(base);
+            match u.n {
+                1 => fused_uniform_avx2::<1>(outf, src, w, &u.offs, q, b, stream),
+                2 => fused_uniform_avx2::<2>(outf, src, w, &u.offs, q, b, stream),
+                3 => fused_uniform_avx2::<3>(outf, src, w, &u.offs, q, b, stream),
+                _ => fused_uniform_avx2::<4>(outf, src, w, &u.offs, q, b, stream),
+            }
+        }
+        return true;
+    }
+    let _ = (out, padded, base, u, bias, stream);
+    false
+}
+
+/// # Safety
+/// AVX2+FMA available; `src.offset(offs[i])` readable for `q` values for `i < 8N`;
+/// `8 · q <= out.len()`, `q` a multiple of 8; `stream` only where `out` is 16-byte aligned.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn fused_uniform_avx2<const N: usize>(
+    out: &mut [f32],
+    src: *const f32,
+    w: &[f32; 32],
+    offs: &[isize; 32],
+    q: usize,
+    bias: f32,
+    stream: bool,
+) {
+    use std::arch::x86_64::*;
+    let bv = _mm256_set1_ps(bias);
+    let o = out.as_mut_ptr();
+    let ptrs: [*const f32; 32] = std::array::from_fn(|i| src.wrapping_offset(offs[i]));
+    for q0 in (0..q).step_by(8) {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for j in 0..N {
+            for (r, a) in acc.iter_mut().enumerate() {
+                let i = r * N + j;
+                let x = _mm256_loadu_ps(ptrs[i].add(q0));
+                *a = _mm256_fmadd_ps(_mm256_broadcast_ss(&w[i]), x, *a);
+            }
+        }
+        for a in acc.iter_mut() {
+            *a = _mm256_add_ps(*a, bv);
+        }
+        // Column c holds the 8 residues of position q0 + c: outputs 8(q0 + c) .. + 8.
+        let dst = o.add(8 * q0);
+        for (c, col) in super::direct::transpose8x8(acc).iter().enumerate() {
+            if stream {
+                _mm_stream_ps(dst.add(8 * c), _mm256_castps256_ps128(*col));
+                _mm_stream_ps(dst.add(8 * c + 4), _mm256_extractf128_ps(*col, 1));
+            } else {
+                _mm256_storeu_ps(dst.add(8 * c), *col);
+            }
+        }
     }
 }
 
