@@ -527,6 +527,21 @@ fn store_group<T: Element>(
     let groups = phases.div_ceil(table.group_size);
     if table.interleave[tile * groups + first / table.group_size] {
         let s = table.last_stride;
+        if gs == 2
+            && s == 2
+            && store_pairs(
+                planes,
+                acc,
+                per_phase,
+                tl,
+                runs_of(first),
+                reached,
+                biases,
+                row_off,
+            )
+        {
+            return;
+        }
         let zeros = [T::zero(); 64];
         let mut srcs: [&[T]; MAX_GROUP] = [&[]; MAX_GROUP];
         for (co, plane) in planes.iter_mut().enumerate() {
@@ -574,6 +589,116 @@ fn store_group<T: Element>(
                 } else {
                     fill_run(plane, at - row_off, table.last_stride, len, biases[co]);
                 }
+            }
+        }
+    }
+}
+
+/// The interleaved store of a stride-2 phase pair (`gs == 2`, last stride 2) for every
+/// channel of a tile, in one AVX loop for f32: channel `co`'s run `(lo, len, at)` writes
+/// `plane[at - row_off + 2j + r] = acc[r·per_phase + co·tl + lo + j] + bias` (zeros for a
+/// phase not `reached`). Returns `false` (doing nothing) where that path does not apply.
+#[allow(clippy::too_many_arguments)]
+fn store_pairs<T: Element>(
+    planes: &mut [&mut [T]],
+    acc: &[T],
+    per_phase: usize,
+    tl: usize,
+    runs: &[(usize, usize, usize)],
+    reached: &[bool],
+    biases: &[T],
+    row_off: usize,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+        && reached.len() >= 2
+        && tl <= 64
+        && is_x86_feature_detected!("avx")
+    {
+        // Every read inside `acc` and every write inside its plane.
+        assert!(
+            acc.len() >= per_phase + planes.len() * tl
+                && biases.len() >= planes.len()
+                && runs.iter().all(|&(lo, len, at)| {
+                    lo + len <= tl
+                        && at >= row_off
+                        && planes.iter().all(|p| at - row_off + 2 * len <= p.len())
+                }),
+            "store_pairs bounds"
+        );
+        // Safety: `T` is `f32` (same TypeId), so the slices are valid `[f32]`; the bounds
+        // were checked above; AVX was detected.
+        unsafe {
+            let acc = std::slice::from_raw_parts(acc.as_ptr() as *const f32, acc.len());
+            let biases = std::slice::from_raw_parts(biases.as_ptr() as *const f32, biases.len());
+            let planes = std::slice::from_raw_parts_mut(
+                planes.as_mut_ptr() as *mut &mut [f32],
+                planes.len(),
+            );
+            store_pairs_avx(
+                planes,
+                acc,
+                per_phase,
+                tl,
+                runs,
+                [reached[0], reached[1]],
+                biases,
+                row_off,
+            );
+        }
+        return true;
+    }
+    let _ = (planes, acc, per_phase, tl, runs, reached, biases, row_off);
+    false
+}
+
+/// # Safety
+/// AVX available; the bounds [`store_pairs`] checks hold.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn store_pairs_avx(
+    planes: &mut [&mut [f32]],
+    acc: &[f32],
+    per_phase: usize,
+    tl: usize,
+    runs: &[(usize, usize, usize)],
+    reached: [bool; 2],
+    biases: &[f32],
+    row_off: usize,
+) {
+    use std::arch::x86_64::*;
+    let zeros = [0f32; 64];
+    for (co, plane) in planes.iter_mut().enumerate() {
+        let bias = biases[co];
+        let bv = _mm256_set1_ps(bias);
+        for &(lo, len, at) in runs {
+            let a = if reached[0] {
+                acc.as_ptr().add(co * tl + lo)
+            } else {
+                zeros.as_ptr()
+            };
+            let c = if reached[1] {
+                acc.as_ptr().add(per_phase + co * tl + lo)
+            } else {
+                zeros.as_ptr()
+            };
+            let at = at - row_off;
+            prefetch_span(plane, at + PREFETCH_TILES * 2 * len, 2 * len);
+            let d = plane.as_mut_ptr().add(at);
+            let mut i = 0;
+            while i + 8 <= len {
+                let x = _mm256_add_ps(_mm256_loadu_ps(a.add(i)), bv);
+                let y = _mm256_add_ps(_mm256_loadu_ps(c.add(i)), bv);
+                let lo8 = _mm256_unpacklo_ps(x, y); // a0 c0 a1 c1 | a4 c4 a5 c5
+                let hi8 = _mm256_unpackhi_ps(x, y); // a2 c2 a3 c3 | a6 c6 a7 c7
+                _mm256_storeu_ps(d.add(2 * i), _mm256_permute2f128_ps(lo8, hi8, 0x20));
+                _mm256_storeu_ps(d.add(2 * i + 8), _mm256_permute2f128_ps(lo8, hi8, 0x31));
+                i += 8;
+            }
+            for j in i..len {
+                *d.add(2 * j) = *a.add(j) + bias;
+                *d.add(2 * j + 1) = *c.add(j) + bias;
             }
         }
     }
