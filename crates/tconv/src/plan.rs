@@ -230,10 +230,11 @@ impl<T: Element> Plan<T> {
             let row_tasks = per_group.div_ceil(batch_tasks).min(q0);
             let chunk_rows = q0.div_ceil(row_tasks);
             // Store all last-axis residues of a tile together, in output order: in-place
-            // kernels always (measured ~10% faster on fcn_dw), packed kernels at stride 2,
-            // where the two residues interleave with vector shuffles.
+            // kernels always (measured ~10% faster on fcn_dw), packed kernels at stride 2
+            // and 8, where the residues interleave with vector shuffles (phase by phase,
+            // a stride-8 store is one scalar per element: 8% of hifigan1d's time).
             let s_last = spec.out_stride[g.axes.len() - 1];
-            let group_size = if (inplace || s_last == 2)
+            let group_size = if (inplace || s_last == 2 || s_last == 8)
                 && s_last > 1
                 && s_last <= crate::fast::direct::MAX_GROUP
             {

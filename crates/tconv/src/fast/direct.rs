@@ -527,15 +527,15 @@ fn store_group<T: Element>(
     let groups = phases.div_ceil(table.group_size);
     if table.interleave[tile * groups + first / table.group_size] {
         let s = table.last_stride;
-        if gs == 2
-            && s == 2
-            && store_pairs(
+        if gs == s
+            && (gs == 2 || gs == 8)
+            && store_interleaved(
                 planes,
                 acc,
                 per_phase,
                 tl,
                 runs_of(first),
-                reached,
+                &reached[..gs],
                 biases,
                 row_off,
             )
@@ -594,12 +594,13 @@ fn store_group<T: Element>(
     }
 }
 
-/// The interleaved store of a stride-2 phase pair (`gs == 2`, last stride 2) for every
-/// channel of a tile, in one AVX loop for f32: channel `co`'s run `(lo, len, at)` writes
-/// `plane[at - row_off + 2j + r] = acc[r·per_phase + co·tl + lo + j] + bias` (zeros for a
-/// phase not `reached`). Returns `false` (doing nothing) where that path does not apply.
+/// The interleaved store of the `G` last-axis phases of a group (`G` 2 or 8, the last
+/// stride) for every channel of a tile, in one AVX loop for f32: channel `co`'s run
+/// `(lo, len, at)` writes `acc[r·per_phase + co·tl + lo + j]` plus the bias to
+/// `plane[at - row_off + G·j + r]` (zeros plus the bias for a phase not `reached`).
+/// Returns `false` (doing nothing) where that path does not apply.
 #[allow(clippy::too_many_arguments)]
-fn store_pairs<T: Element>(
+fn store_interleaved<T: Element>(
     planes: &mut [&mut [T]],
     acc: &[T],
     per_phase: usize,
@@ -609,22 +610,23 @@ fn store_pairs<T: Element>(
     biases: &[T],
     row_off: usize,
 ) -> bool {
+    let g = reached.len();
     #[cfg(target_arch = "x86_64")]
     if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
-        && reached.len() >= 2
+        && (g == 2 || g == 8)
         && tl <= 64
         && is_x86_feature_detected!("avx")
     {
         // Every read inside `acc` and every write inside its plane.
         assert!(
-            acc.len() >= per_phase + planes.len() * tl
+            acc.len() >= (g - 1) * per_phase + planes.len() * tl
                 && biases.len() >= planes.len()
                 && runs.iter().all(|&(lo, len, at)| {
                     lo + len <= tl
                         && at >= row_off
-                        && planes.iter().all(|p| at - row_off + 2 * len <= p.len())
+                        && planes.iter().all(|p| at - row_off + g * len <= p.len())
                 }),
-            "store_pairs bounds"
+            "store_interleaved bounds"
         );
         // Safety: `T` is `f32` (same TypeId), so the slices are valid `[f32]`; the bounds
         // were checked above; AVX was detected.
@@ -635,70 +637,79 @@ fn store_pairs<T: Element>(
                 planes.as_mut_ptr() as *mut &mut [f32],
                 planes.len(),
             );
-            store_pairs_avx(
-                planes,
-                acc,
-                per_phase,
-                tl,
-                runs,
-                [reached[0], reached[1]],
-                biases,
-                row_off,
-            );
+            let args = (planes, acc, per_phase, tl, runs, reached, biases, row_off);
+            if g == 2 {
+                store_interleaved_avx::<2>(args);
+            } else {
+                store_interleaved_avx::<8>(args);
+            }
         }
         return true;
     }
-    let _ = (planes, acc, per_phase, tl, runs, reached, biases, row_off);
+    let _ = (
+        planes, acc, per_phase, tl, runs, reached, biases, row_off, g,
+    );
     false
 }
 
+/// The operands of [`store_interleaved_avx`], as [`store_interleaved`] takes them.
+type InterleavedArgs<'a, 'p> = (
+    &'a mut [&'p mut [f32]],
+    &'a [f32],
+    usize,
+    usize,
+    &'a [(usize, usize, usize)],
+    &'a [bool],
+    &'a [f32],
+    usize,
+);
+
 /// # Safety
-/// AVX available; the bounds [`store_pairs`] checks hold.
+/// AVX available; the bounds [`store_interleaved`] checks hold for `G` phases.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn store_pairs_avx(
-    planes: &mut [&mut [f32]],
-    acc: &[f32],
-    per_phase: usize,
-    tl: usize,
-    runs: &[(usize, usize, usize)],
-    reached: [bool; 2],
-    biases: &[f32],
-    row_off: usize,
-) {
+unsafe fn store_interleaved_avx<const G: usize>(args: InterleavedArgs<'_, '_>) {
     use std::arch::x86_64::*;
+    let (planes, acc, per_phase, tl, runs, reached, biases, row_off) = args;
     let zeros = [0f32; 64];
     for (co, plane) in planes.iter_mut().enumerate() {
         let bias = biases[co];
         let bv = _mm256_set1_ps(bias);
         for &(lo, len, at) in runs {
-            let a = if reached[0] {
-                acc.as_ptr().add(co * tl + lo)
-            } else {
-                zeros.as_ptr()
-            };
-            let c = if reached[1] {
-                acc.as_ptr().add(per_phase + co * tl + lo)
-            } else {
-                zeros.as_ptr()
-            };
+            let src: [*const f32; G] = std::array::from_fn(|r| {
+                if reached[r] {
+                    acc.as_ptr().add(r * per_phase + co * tl + lo)
+                } else {
+                    zeros.as_ptr()
+                }
+            });
             let at = at - row_off;
-            prefetch_span(plane, at + PREFETCH_TILES * 2 * len, 2 * len);
+            prefetch_span(plane, at + PREFETCH_TILES * G * len, G * len);
             let d = plane.as_mut_ptr().add(at);
             let mut i = 0;
             while i + 8 <= len {
-                let x = _mm256_add_ps(_mm256_loadu_ps(a.add(i)), bv);
-                let y = _mm256_add_ps(_mm256_loadu_ps(c.add(i)), bv);
-                let lo8 = _mm256_unpacklo_ps(x, y); // a0 c0 a1 c1 | a4 c4 a5 c5
-                let hi8 = _mm256_unpackhi_ps(x, y); // a2 c2 a3 c3 | a6 c6 a7 c7
-                _mm256_storeu_ps(d.add(2 * i), _mm256_permute2f128_ps(lo8, hi8, 0x20));
-                _mm256_storeu_ps(d.add(2 * i + 8), _mm256_permute2f128_ps(lo8, hi8, 0x31));
+                if G == 2 {
+                    let x = _mm256_add_ps(_mm256_loadu_ps(src[0].add(i)), bv);
+                    let y = _mm256_add_ps(_mm256_loadu_ps(src[1].add(i)), bv);
+                    let lo8 = _mm256_unpacklo_ps(x, y); // a0 c0 a1 c1 | a4 c4 a5 c5
+                    let hi8 = _mm256_unpackhi_ps(x, y); // a2 c2 a3 c3 | a6 c6 a7 c7
+                    _mm256_storeu_ps(d.add(2 * i), _mm256_permute2f128_ps(lo8, hi8, 0x20));
+                    _mm256_storeu_ps(d.add(2 * i + 8), _mm256_permute2f128_ps(lo8, hi8, 0x31));
+                } else {
+                    let x: [__m256; 8] = std::array::from_fn(|r| {
+                        _mm256_add_ps(_mm256_loadu_ps(src[r % G].add(i)), bv)
+                    });
+                    // Column c: the 8 residues of position i + c.
+                    for (c, col) in transpose8x8(x).iter().enumerate() {
+                        _mm256_storeu_ps(d.add(G * (i + c)), *col);
+                    }
+                }
                 i += 8;
             }
             for j in i..len {
-                *d.add(2 * j) = *a.add(j) + bias;
-                *d.add(2 * j + 1) = *c.add(j) + bias;
+                for (r, sr) in src.iter().enumerate() {
+                    *d.add(G * j + r) = *sr.add(j) + bias;
+                }
             }
         }
     }
