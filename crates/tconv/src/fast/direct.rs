@@ -561,12 +561,6 @@ fn store_group<T: Element>(
                 // Residue by residue into one small output span (it stays in L1): element
                 // j of residue r lands at j*s + r.
                 let dst = &mut plane[at..at + span];
-                if gs == 2 && s == 2 && interleave2(dst, srcs[0], srcs[1], b) {
-                    continue;
-                }
-                if gs == 8 && s == 8 && interleave8(dst, &srcs[..8], b) {
-                    continue;
-                }
                 for (r, src) in srcs[..gs].iter().enumerate() {
                     let lane = &mut dst[r..];
                     for (j, &v) in src.iter().enumerate() {
@@ -775,15 +769,10 @@ unsafe fn interleave2_avx(dst: &mut [f32], a: &[f32], c: &[f32], bias: f32) {
 }
 
 /// `dst[8j + r] = rows[r][j] + bias` (an 8×n → n×8 transpose) with AVX for f32; returns
-/// `false` (doing nothing) where that path does not apply.
-pub(crate) fn interleave8<T: Element>(dst: &mut [T], rows: &[&[T]], bias: T) -> bool {
-    interleave8_to(dst, rows, bias, false)
-}
-
-/// As [`interleave8`]; with `stream`, whole vectors go to memory with non-temporal stores
-/// (no read for ownership, the lines bypass the caches) where `dst` is 16-byte aligned: for
-/// outputs far larger than the caches. The caller issues [`store_fence`] before the data is
-/// handed to another thread.
+/// `false` (doing nothing) where that path does not apply. With `stream`, whole vectors go
+/// to memory with non-temporal stores (no read for ownership, the lines bypass the caches)
+/// where `dst` is 16-byte aligned: for outputs far larger than the caches. The caller
+/// issues [`store_fence`] before the data is handed to another thread.
 pub(crate) fn interleave8_to<T: Element>(
     dst: &mut [T],
     rows: &[&[T]],
