@@ -22,7 +22,7 @@ fn main() {
             let reps = 200_000_000 / (k * mr * v * lanes);
             let t = Instant::now();
             for _ in 0..reps {
-                f(&a, &b, k, &mut out, false);
+                f(&a, &b, k, v * lanes, &mut out, false);
                 std::hint::black_box(&mut out);
             }
             let s = t.elapsed().as_secs_f64();
@@ -44,7 +44,14 @@ fn main() {
         for _ in 0..reps {
             for bl in 0..blocks {
                 let w = &a[bl * k * mr..(bl + 1) * k * mr];
-                f(w, &b, k, &mut out[bl * tile..(bl + 1) * tile], true);
+                f(
+                    w,
+                    &b,
+                    k,
+                    v * lanes,
+                    &mut out[bl * tile..(bl + 1) * tile],
+                    true,
+                );
             }
         }
         let s = t.elapsed().as_secs_f64();

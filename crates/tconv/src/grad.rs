@@ -1182,9 +1182,9 @@ pub fn grad_weight_fast<T: Element>(
                             let at = ((sbl * b_blocks + blk) * k_size + k) * tile;
                             let out = &mut acc[at..at + tile];
                             if s_on_rows {
-                                kernel(sv, bv, kq, out, q0 > 0);
+                                kernel(sv, bv, kq, b_width, out, q0 > 0);
                             } else {
-                                kernel(bv, sv, kq, out, q0 > 0);
+                                kernel(bv, sv, kq, s_width, out, q0 > 0);
                             }
                         }
                     }

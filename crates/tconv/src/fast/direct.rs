@@ -1135,7 +1135,7 @@ fn run_task<T: Element>(
                             let run = k.packed.run(task.group, block, pi);
                             let w = &run[k0 * k.mr..(k0 + kn) * k.mr];
                             let out = slot * per_slot + r * per_phase + block * k.mr * tl;
-                            kernel(w, panel, kn, &mut acc[out..out + k.mr * tl], k0 > 0);
+                            kernel(w, panel, kn, tl, &mut acc[out..out + k.mr * tl], k0 > 0);
                         }
                     }
                 };

@@ -14,20 +14,33 @@ use crate::tensor::Element;
 /// Most vectors per tile.
 pub const MAX_V: usize = 8;
 
-/// A microkernel: `(a, b, k, out, accumulate)`; `a.len() >= k*MR`, `b.len() >= k*V*LANES`,
-/// `out.len() >= MR*V*LANES` (panics otherwise). Computes `out (+)= Σ_k a[k] ⊗ b[k]` into
-/// `out` (row-major `MR × V·LANES`), adding to its contents when `accumulate`.
-pub type KernelFn<T> = fn(&[T], &[T], usize, &mut [T], bool);
+/// A microkernel: `(a, b, k, pitch, out, accumulate)`; row `k` of `b` starts at `k · pitch`
+/// (`pitch >= V·LANES`; `V·LANES` for a packed panel); `a.len() >= k*MR`,
+/// `b.len() >= (k-1)·pitch + V·LANES`, `out.len() >= MR*V*LANES` (panics otherwise). Computes
+/// `out (+)= Σ_k a[k] ⊗ b[k]` into `out` (row-major `MR × V·LANES`), adding to its contents
+/// when `accumulate`.
+pub type KernelFn<T> = fn(&[T], &[T], usize, usize, &mut [T], bool);
+
+/// Whether `b` holds `k` rows of `width` values `pitch` apart.
+#[inline]
+fn rows_fit(b_len: usize, k: usize, pitch: usize, width: usize) -> bool {
+    pitch >= width && (k == 0 || b_len >= (k - 1) * pitch + width)
+}
 
 /// Portable kernel for any element type: 8 lanes per "vector".
 fn portable_kernel<T: Element, const MR: usize, const V: usize>(
     a: &[T],
     b: &[T],
     k: usize,
+    pitch: usize,
     out: &mut [T],
     accumulate: bool,
 ) {
     const L: usize = 8;
+    assert!(
+        a.len() >= k * MR && rows_fit(b.len(), k, pitch, V * L) && out.len() >= MR * V * L,
+        "kernel operand too short"
+    );
     let mut acc = [[[T::zero(); L]; V]; MR];
     if accumulate {
         for m in 0..MR {
@@ -36,7 +49,8 @@ fn portable_kernel<T: Element, const MR: usize, const V: usize>(
             }
         }
     }
-    for (am, bk) in a.chunks_exact(MR).zip(b.chunks_exact(V * L)).take(k) {
+    for (kk, am) in a.chunks_exact(MR).take(k).enumerate() {
+        let bk = &b[kk * pitch..kk * pitch + V * L];
         for m in 0..MR {
             for v in 0..V {
                 for l in 0..L {
@@ -57,12 +71,14 @@ mod x86 {
     use std::arch::x86_64::*;
 
     /// # Safety
-    /// AVX2 and FMA available; `a`, `b`, `out` hold `k*MR`, `k*V*8`, `MR*V*8` values.
+    /// AVX2 and FMA available; `a`, `out` hold `k*MR`, `MR*V*8` values, `b` `k` rows of
+    /// `V*8` values `pitch` apart.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn avx2_body<const MR: usize, const V: usize>(
         a: *const f32,
         b: *const f32,
         k: usize,
+        pitch: usize,
         out: *mut f32,
         accumulate: bool,
     ) {
@@ -87,7 +103,7 @@ mod x86 {
                 }
             }
             a = a.add(MR);
-            b = b.add(V * 8);
+            b = b.add(pitch);
         }
         for (m, row) in acc.iter().enumerate() {
             for (v, r) in row.iter().enumerate() {
@@ -100,11 +116,14 @@ mod x86 {
         a: &[f32],
         b: &[f32],
         k: usize,
+        pitch: usize,
         out: &mut [f32],
         accumulate: bool,
     ) {
         assert!(
-            a.len() >= k * MR && b.len() >= k * V * 8 && out.len() >= MR * V * 8,
+            a.len() >= k * MR
+                && super::rows_fit(b.len(), k, pitch, V * 8)
+                && out.len() >= MR * V * 8,
             "kernel operand too short"
         );
         assert!(
@@ -112,16 +131,27 @@ mod x86 {
             "AVX2+FMA kernel on a CPU without it"
         );
         // Safety: lengths and CPU features checked just above.
-        unsafe { avx2_body::<MR, V>(a.as_ptr(), b.as_ptr(), k, out.as_mut_ptr(), accumulate) }
+        unsafe {
+            avx2_body::<MR, V>(
+                a.as_ptr(),
+                b.as_ptr(),
+                k,
+                pitch,
+                out.as_mut_ptr(),
+                accumulate,
+            )
+        }
     }
 
     /// # Safety
-    /// AVX-512F available; `a`, `b`, `out` hold `k*MR`, `k*V*16`, `MR*V*16` values.
+    /// AVX-512F available; `a`, `out` hold `k*MR`, `MR*V*16` values, `b` `k` rows of
+    /// `V*16` values `pitch` apart.
     #[target_feature(enable = "avx512f")]
     unsafe fn avx512_body<const MR: usize, const V: usize>(
         a: *const f32,
         b: *const f32,
         k: usize,
+        pitch: usize,
         out: *mut f32,
         accumulate: bool,
     ) {
@@ -146,7 +176,7 @@ mod x86 {
                 }
             }
             a = a.add(MR);
-            b = b.add(V * 16);
+            b = b.add(pitch);
         }
         for (m, row) in acc.iter().enumerate() {
             for (v, r) in row.iter().enumerate() {
@@ -159,11 +189,14 @@ mod x86 {
         a: &[f32],
         b: &[f32],
         k: usize,
+        pitch: usize,
         out: &mut [f32],
         accumulate: bool,
     ) {
         assert!(
-            a.len() >= k * MR && b.len() >= k * V * 16 && out.len() >= MR * V * 16,
+            a.len() >= k * MR
+                && super::rows_fit(b.len(), k, pitch, V * 16)
+                && out.len() >= MR * V * 16,
             "kernel operand too short"
         );
         assert!(
@@ -171,7 +204,16 @@ mod x86 {
             "AVX-512 kernel on a CPU without it"
         );
         // Safety: lengths and CPU feature checked just above.
-        unsafe { avx512_body::<MR, V>(a.as_ptr(), b.as_ptr(), k, out.as_mut_ptr(), accumulate) }
+        unsafe {
+            avx512_body::<MR, V>(
+                a.as_ptr(),
+                b.as_ptr(),
+                k,
+                pitch,
+                out.as_mut_ptr(),
+                accumulate,
+            )
+        }
     }
 }
 
