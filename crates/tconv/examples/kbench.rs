@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use tconv::fast::kernels::{f32_kernel, tile_shapes};
+use tconv::fast::kernels::{f32_kernel, tile_shapes, Rows};
 use tconv::fast::Isa;
 
 fn main() {
@@ -22,7 +22,7 @@ fn main() {
             let reps = 200_000_000 / (k * mr * v * lanes);
             let t = Instant::now();
             for _ in 0..reps {
-                f(&a, &b, k, v * lanes, &mut out, false);
+                f(&a, &b, Rows::packed(k, v * lanes), &mut out, false);
                 std::hint::black_box(&mut out);
             }
             let s = t.elapsed().as_secs_f64();
@@ -44,14 +44,8 @@ fn main() {
         for _ in 0..reps {
             for bl in 0..blocks {
                 let w = &a[bl * k * mr..(bl + 1) * k * mr];
-                f(
-                    w,
-                    &b,
-                    k,
-                    v * lanes,
-                    &mut out[bl * tile..(bl + 1) * tile],
-                    true,
-                );
+                let rows = Rows::packed(k, v * lanes);
+                f(w, &b, rows, &mut out[bl * tile..(bl + 1) * tile], true);
             }
         }
         let s = t.elapsed().as_secs_f64();

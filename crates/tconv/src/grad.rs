@@ -18,7 +18,7 @@ use ndarray::{ArrayD, AsArray, Dimension, IxDyn};
 use rayon::prelude::*;
 
 use crate::error::{fail, ErrorKind, Result};
-use crate::fast::kernels::{portable, tile_shapes};
+use crate::fast::kernels::{portable, tile_shapes, Rows};
 use crate::fast::{scratch, Isa};
 use crate::geometry::Geometry;
 use crate::params::{ConvParams, Op};
@@ -1182,9 +1182,9 @@ pub fn grad_weight_fast<T: Element>(
                             let at = ((sbl * b_blocks + blk) * k_size + k) * tile;
                             let out = &mut acc[at..at + tile];
                             if s_on_rows {
-                                kernel(sv, bv, kq, b_width, out, q0 > 0);
+                                kernel(sv, bv, Rows::packed(kq, b_width), out, q0 > 0);
                             } else {
-                                kernel(bv, sv, kq, s_width, out, q0 > 0);
+                                kernel(bv, sv, Rows::packed(kq, s_width), out, q0 > 0);
                             }
                         }
                     }

@@ -15,12 +15,16 @@ use std::sync::{Arc, Mutex, OnceLock};
 use rayon::prelude::*;
 
 use super::inplace::{InplaceArgs, InplaceFn, TapRun};
-use super::kernels::{KernelFn, MAX_V};
+use super::kernels::{KernelFn, Rows, MAX_V};
 use super::pack::{pack_source, PackedWeights};
 use super::spec::DirectSpec;
 use super::{prefetch_read, prefetch_write, scratch};
 use crate::geometry::Geometry;
 use crate::tensor::{numel, Element};
+
+/// A wide group of taps: `(first tap, taps, lowest source offset)` (see
+/// `TileTable::wide_groups`).
+type WideGroup = (usize, usize, isize);
 
 /// Geometry-only bookkeeping of every tile, computed once per plan: which lanes each tap
 /// reads, which lanes each phase writes, and where each lane lands in the output.
@@ -56,6 +60,17 @@ pub struct TileTable {
     /// `interleave[tile * groups + group]`: the group's phases have identical runs, offset
     /// by their last-axis residue, so their results can be written interleaved, in order.
     interleave: Vec<bool>,
+    /// Wide groups of each phase: `wide_groups[wide_start[p]..wide_start[p + 1]]`, each
+    /// `(first tap, taps, lowest tap offset)`: consecutive taps whose source offsets step
+    /// by one lane, so their panel rows are shifted views of one wider row.
+    wide_groups: Vec<WideGroup>,
+    wide_start: Vec<usize>,
+    /// Widest group of any phase, in taps.
+    pub wide_taps: usize,
+    /// `wide_masks[tile * n_wide + group]`: the lanes of the group's wide row that hold
+    /// source values (the rest are zeros); `None` where the taps' masks disagree about a
+    /// source element (one reads it, another must see zero), so the tile packs tap by tap.
+    wide_masks: Vec<Option<u64>>,
     /// First tap of each phase in the flat tap numbering.
     tap_start: Vec<usize>,
     /// Source offset of each tap relative to the tile's first lane.
@@ -108,6 +123,38 @@ impl TileTable {
             }
         }
         let total_taps = tap_offset.len();
+        // Wide groups: runs of taps whose offsets step by +1 or -1 lane, as long as the
+        // wide row (tile lanes + taps - 1) fits a 64-bit mask.
+        let mut wide_groups = Vec::new();
+        let mut wide_start = vec![0];
+        for (pi, p) in spec.phases.iter().enumerate() {
+            let first = tap_start[pi];
+            let mut j = 0;
+            while j < p.taps.len() {
+                let mut len = 1;
+                let step = if j + 1 < p.taps.len() {
+                    tap_offset[first + j + 1] - tap_offset[first + j]
+                } else {
+                    0
+                };
+                if step == 1 || step == -1 {
+                    while j + len < p.taps.len()
+                        && tile_lanes + len <= 64
+                        && tap_offset[first + j + len] - tap_offset[first + j + len - 1] == step
+                    {
+                        len += 1;
+                    }
+                }
+                let lo = (0..len)
+                    .map(|i| tap_offset[first + j + i])
+                    .min()
+                    .unwrap_or(0);
+                wide_groups.push((first + j, len, lo));
+                j += len;
+            }
+            wide_start.push(wide_groups.len());
+        }
+        let wide_taps = wide_groups.iter().map(|g| g.1).max().unwrap_or(1);
         let phase_offset: Vec<usize> = spec
             .phases
             .iter()
@@ -129,6 +176,10 @@ impl TileTable {
             last_stride: spec.out_stride[dims - 1],
             group_size,
             interleave: Vec::new(),
+            wide_groups,
+            wide_start,
+            wide_taps,
+            wide_masks: Vec::new(),
             tap_start,
             tap_offset,
             phase_offset,
@@ -213,10 +264,36 @@ impl TileTable {
                         });
                     t.interleave.push(ok);
                 }
+                // Each wide group's row: consistent when every source element its taps
+                // read is either read by all of the taps that reach it or by none.
+                let lanes = if tile_lanes >= 64 {
+                    !0
+                } else {
+                    (1u64 << tile_lanes) - 1
+                };
+                for &(first, len, lo) in &t.wide_groups {
+                    let masks = &t.masks[tile * total_taps..(tile + 1) * total_taps];
+                    let shift = |tap: usize| (t.tap_offset[tap] - lo) as u32;
+                    let wide =
+                        (first..first + len).fold(0u64, |m, tap| m | masks[tap] << shift(tap));
+                    let ok =
+                        (first..first + len).all(|tap| (wide >> shift(tap)) & lanes == masks[tap]);
+                    t.wide_masks.push(ok.then_some(wide));
+                }
             }
             t.chunk_tiles.push(t.tile_start.len());
         }
         t
+    }
+
+    /// The wide groups of phase `pi` and, for `tile`, their row masks (see `wide_masks`).
+    fn wide(&self, tile: usize, pi: usize) -> (&[WideGroup], &[Option<u64>]) {
+        let r = self.wide_start[pi]..self.wide_start[pi + 1];
+        let n = self.wide_groups.len();
+        (
+            &self.wide_groups[r.clone()],
+            &self.wide_masks[tile * n + r.start..tile * n + r.end],
+        )
     }
 
     /// Number of chunks.
@@ -244,6 +321,8 @@ impl TileTable {
             + self.run_start.len())
             + 24 * self.runs.len()
             + 16 * self.tap_offset.len()
+            + 24 * self.wide_groups.len()
+            + 16 * self.wide_masks.len()
     }
 }
 
@@ -991,6 +1070,94 @@ fn pack_panel<T: Element>(
     any
 }
 
+/// Whether [`pack_wide`] runs for tiles of `tl` lanes and element type `T`: f32 with AVX,
+/// tiles of whole vectors.
+fn wide_packing<T: 'static>(tl: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+        return tl.is_multiple_of(8) && tl <= 64 && is_x86_feature_detected!("avx");
+    }
+    let _ = tl;
+    false
+}
+
+/// One wide group's rows for a tile: row `ci` of `rows` (`pitch` apart) gets
+/// `src[start + ci·channel_stride + j]` in the lanes `j` set in `mask` and zeros elsewhere,
+/// up to `pitch` lanes (the vector stores run up to 7 lanes further, into the next row or
+/// past the last; `rows` must hold them). Only where [`wide_packing`] holds.
+fn pack_wide<T: Element>(
+    src: &[T],
+    start: isize,
+    channel_stride: usize,
+    channels: usize,
+    mask: u64,
+    pitch: usize,
+    rows: &mut [T],
+) {
+    assert!(
+        wide_packing::<T>(8)
+            && pitch <= 64
+            && (channels == 0 || rows.len() >= (channels - 1) * pitch + pitch.div_ceil(8) * 8),
+        "pack_wide operands"
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        // Every lane the mask reads lies inside `src`: check the extremes.
+        if mask != 0 && channels > 0 {
+            let lo = mask.trailing_zeros() as isize;
+            let hi = 63 - mask.leading_zeros() as isize;
+            let last = start + ((channels - 1) * channel_stride) as isize;
+            assert!(
+                start + lo >= 0 && last + hi < src.len() as isize,
+                "packed lanes lie inside the source"
+            );
+        }
+        // Safety: `T` is `f32` and AVX is available (`wide_packing`); loads are the mask's
+        // lanes (checked in bounds), stores stay inside `rows` (checked above).
+        unsafe {
+            let src = std::slice::from_raw_parts(src.as_ptr() as *const f32, src.len());
+            let rows = std::slice::from_raw_parts_mut(rows.as_mut_ptr() as *mut f32, rows.len());
+            pack_wide_avx(src, start, channel_stride, channels, mask, pitch, rows);
+        }
+    }
+}
+
+/// # Safety
+/// AVX available; `pitch <= 64`; `rows` holds `(channels - 1)·pitch + ⌈pitch/8⌉·8` values;
+/// every lane set in `mask` reads inside `src` for every channel.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn pack_wide_avx(
+    src: &[f32],
+    start: isize,
+    channel_stride: usize,
+    channels: usize,
+    mask: u64,
+    pitch: usize,
+    rows: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let nv = pitch.div_ceil(8);
+    let mut masks = [_mm256_setzero_si256(); 8];
+    for (v, m) in masks.iter_mut().enumerate().take(nv) {
+        let lanes: [i32; 8] = std::array::from_fn(|l| -(((mask >> (8 * v + l)) & 1) as i32));
+        *m = _mm256_loadu_si256(lanes.as_ptr() as *const __m256i);
+    }
+    let p = src.as_ptr();
+    let out = rows.as_mut_ptr();
+    for ci in 0..channels {
+        let s = start + (ci * channel_stride) as isize;
+        let ahead = (s + (PREFETCH_TILES * pitch) as isize).max(0) as usize;
+        prefetch_read(src, ahead);
+        prefetch_read(src, ahead + pitch - 1);
+        let from = p.wrapping_offset(s);
+        for (v, m) in masks.iter().enumerate().take(nv) {
+            let x = _mm256_maskload_ps(from.wrapping_add(8 * v), *m);
+            _mm256_storeu_ps(out.add(ci * pitch + 8 * v), x);
+        }
+    }
+}
+
 /// One tap of [`pack_panel`] with AVX masked loads, for f32 tiles of whole vectors: row
 /// `ci` of `rows` gets `src[start + ci·channel_stride + l]` in the lanes `l` set in `mask`
 /// and zeros elsewhere, two instructions per vector whatever the mask. Returns `false`
@@ -1135,7 +1302,13 @@ fn run_task<T: Element>(
                             let run = k.packed.run(task.group, block, pi);
                             let w = &run[k0 * k.mr..(k0 + kn) * k.mr];
                             let out = slot * per_slot + r * per_phase + block * k.mr * tl;
-                            kernel(w, panel, kn, tl, &mut acc[out..out + k.mr * tl], k0 > 0);
+                            kernel(
+                                w,
+                                panel,
+                                Rows::packed(kn, tl),
+                                &mut acc[out..out + k.mr * tl],
+                                k0 > 0,
+                            );
                         }
                     }
                 };
@@ -1184,6 +1357,72 @@ fn run_task<T: Element>(
                         // (`k = tap · cin + ci` with the slice's taps and channels).
                         multiply(&panels, &mut acc, &reached, 0, k0, kn);
                         k0 += kn;
+                    }
+                    continue;
+                }
+                // Wide rows: where the phase has groups of taps whose panel rows are shifted
+                // views of one wider row, and every tile's rows are consistent, each group's
+                // row is packed once and each tap multiplies a strided view of it.
+                let (groups_w, _) = table.wide(chunk[0].1, pi);
+                let pitch = tl + table.wide_taps - 1;
+                let wide = wide_packing::<T>(tl)
+                    && groups_w.iter().any(|g| g.1 > 1)
+                    && groups_w.len() * cin_g * pitch + 8 <= panel_len
+                    && chunk
+                        .iter()
+                        .all(|&(_, tile)| table.wide(tile, pi).1.iter().all(|m| m.is_some()));
+                if wide {
+                    for (slot, &(ni, tile)) in chunk.iter().enumerate() {
+                        let n = task.batch.start + ni;
+                        let base = n * image + task.group * cin_g * spec.channel_stride;
+                        let live = table.live[tile * phases + pi];
+                        let (groups_w, masks) = table.wide(tile, pi);
+                        let panel = &mut panels[slot * panel_len..(slot + 1) * panel_len];
+                        let mut any = false;
+                        for (gi, (&(_, _, lo), m)) in groups_w.iter().zip(masks).enumerate() {
+                            let m = m.unwrap_or(0);
+                            any |= m != 0;
+                            let start = (base + table.tile_start[tile]) as isize + lo;
+                            let rows = &mut panel[gi * cin_g * pitch..];
+                            pack_wide(src, start, spec.channel_stride, cin_g, m, pitch, rows);
+                        }
+                        holds[slot] = None;
+                        reached[slot * gs + r] = live != 0 && any;
+                    }
+                    for (slot, _) in chunk.iter().enumerate() {
+                        if !reached[slot * gs + r] {
+                            continue;
+                        }
+                        let panel = &panels[slot * panel_len..(slot + 1) * panel_len];
+                        for block in 0..blocks {
+                            let run = k.packed.run(task.group, block, pi);
+                            let out = slot * per_slot + r * per_phase + block * k.mr * tl;
+                            let out = &mut acc[out..out + k.mr * tl];
+                            for (gi, &(tap0, len, lo)) in groups_w.iter().enumerate() {
+                                let rows = &panel[gi * cin_g * pitch..];
+                                let w = &run[(tap0 - first) * cin_g * k.mr..];
+                                if len > 1 && table.tap_offset[tap0] == lo {
+                                    // Offsets ascending: one call for the whole group.
+                                    let shape = Rows {
+                                        k: cin_g,
+                                        pitch,
+                                        taps: len,
+                                    };
+                                    kernel(w, rows, shape, out, gi > 0);
+                                    continue;
+                                }
+                                for j in 0..len {
+                                    let shift = (table.tap_offset[tap0 + j] - lo) as usize;
+                                    let w = &w[j * cin_g * k.mr..];
+                                    let shape = Rows {
+                                        k: cin_g,
+                                        pitch,
+                                        taps: 1,
+                                    };
+                                    kernel(w, &rows[shift..], shape, out, gi > 0 || j > 0);
+                                }
+                            }
+                        }
                     }
                     continue;
                 }

@@ -14,31 +14,61 @@ use crate::tensor::Element;
 /// Most vectors per tile.
 pub const MAX_V: usize = 8;
 
-/// A microkernel: `(a, b, k, pitch, out, accumulate)`; row `k` of `b` starts at `k · pitch`
-/// (`pitch >= V·LANES`; `V·LANES` for a packed panel); `a.len() >= k*MR`,
-/// `b.len() >= (k-1)·pitch + V·LANES`, `out.len() >= MR*V*LANES` (panics otherwise). Computes
-/// `out (+)= Σ_k a[k] ⊗ b[k]` into `out` (row-major `MR × V·LANES`), adding to its contents
-/// when `accumulate`.
-pub type KernelFn<T> = fn(&[T], &[T], usize, usize, &mut [T], bool);
-
-/// Whether `b` holds `k` rows of `width` values `pitch` apart.
-#[inline]
-fn rows_fit(b_len: usize, k: usize, pitch: usize, width: usize) -> bool {
-    pitch >= width && (k == 0 || b_len >= (k - 1) * pitch + width)
+/// Where the rows of a microkernel's panel operand `b` lie: `taps × k` rows, row `(t, i)`
+/// at `t + i·pitch` (`t < taps`, `i < k`), in that order (`t` outer). A packed panel is
+/// `taps = 1`, `pitch = V·LANES`; the taps of a wide group read one wider row per channel,
+/// each shifted one lane further.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rows {
+    /// Rows per tap.
+    pub k: usize,
+    /// Distance between consecutive rows of a tap (at least `V·LANES`).
+    pub pitch: usize,
+    /// Taps, each one lane after the previous.
+    pub taps: usize,
 }
+
+impl Rows {
+    /// `k` consecutive rows of a packed panel of `width` lanes.
+    pub fn packed(k: usize, width: usize) -> Rows {
+        Rows {
+            k,
+            pitch: width,
+            taps: 1,
+        }
+    }
+
+    /// Whether `b` holds every row of `width` values.
+    fn fit(&self, b_len: usize, width: usize) -> bool {
+        self.pitch >= width
+            && (self.k == 0
+                || self.taps == 0
+                || b_len >= (self.taps - 1) + (self.k - 1) * self.pitch + width)
+    }
+
+    /// Rows in all.
+    fn len(&self) -> usize {
+        self.k * self.taps
+    }
+}
+
+/// A microkernel: `(a, b, rows, out, accumulate)`; `a.len() >= rows.len()·MR`, `b` holds
+/// the [`Rows`] of `V·LANES` values, `out.len() >= MR·V·LANES` (panics otherwise). Computes
+/// `out (+)= Σ_rows a[row] ⊗ b[row]` into `out` (row-major `MR × V·LANES`), adding to its
+/// contents when `accumulate`.
+pub type KernelFn<T> = fn(&[T], &[T], Rows, &mut [T], bool);
 
 /// Portable kernel for any element type: 8 lanes per "vector".
 fn portable_kernel<T: Element, const MR: usize, const V: usize>(
     a: &[T],
     b: &[T],
-    k: usize,
-    pitch: usize,
+    rows: Rows,
     out: &mut [T],
     accumulate: bool,
 ) {
     const L: usize = 8;
     assert!(
-        a.len() >= k * MR && rows_fit(b.len(), k, pitch, V * L) && out.len() >= MR * V * L,
+        a.len() >= rows.len() * MR && rows.fit(b.len(), V * L) && out.len() >= MR * V * L,
         "kernel operand too short"
     );
     let mut acc = [[[T::zero(); L]; V]; MR];
@@ -49,8 +79,9 @@ fn portable_kernel<T: Element, const MR: usize, const V: usize>(
             }
         }
     }
-    for (kk, am) in a.chunks_exact(MR).take(k).enumerate() {
-        let bk = &b[kk * pitch..kk * pitch + V * L];
+    for (kk, am) in a.chunks_exact(MR).take(rows.len()).enumerate() {
+        let at = kk / rows.k.max(1) + (kk % rows.k.max(1)) * rows.pitch;
+        let bk = &b[at..at + V * L];
         for m in 0..MR {
             for v in 0..V {
                 for l in 0..L {
@@ -71,14 +102,13 @@ mod x86 {
     use std::arch::x86_64::*;
 
     /// # Safety
-    /// AVX2 and FMA available; `a`, `out` hold `k*MR`, `MR*V*8` values, `b` `k` rows of
-    /// `V*8` values `pitch` apart.
+    /// AVX2 and FMA available; `a`, `out` hold `rows.len()*MR`, `MR*V*8` values, `b` the
+    /// `rows` of `V*8` values.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn avx2_body<const MR: usize, const V: usize>(
         a: *const f32,
         b: *const f32,
-        k: usize,
-        pitch: usize,
+        rows: super::Rows,
         out: *mut f32,
         accumulate: bool,
     ) {
@@ -90,20 +120,23 @@ mod x86 {
                 }
             }
         }
-        let (mut a, mut b) = (a, b);
-        for _ in 0..k {
-            let mut bv = [_mm256_setzero_ps(); V];
-            for (v, slot) in bv.iter_mut().enumerate() {
-                *slot = _mm256_loadu_ps(b.add(v * 8));
-            }
-            for (m, row) in acc.iter_mut().enumerate() {
-                let av = _mm256_broadcast_ss(&*a.add(m));
-                for v in 0..V {
-                    row[v] = _mm256_fmadd_ps(av, bv[v], row[v]);
+        let mut a = a;
+        for t in 0..rows.taps {
+            let mut b = b.add(t);
+            for _ in 0..rows.k {
+                let mut bv = [_mm256_setzero_ps(); V];
+                for (v, slot) in bv.iter_mut().enumerate() {
+                    *slot = _mm256_loadu_ps(b.add(v * 8));
                 }
+                for (m, row) in acc.iter_mut().enumerate() {
+                    let av = _mm256_broadcast_ss(&*a.add(m));
+                    for v in 0..V {
+                        row[v] = _mm256_fmadd_ps(av, bv[v], row[v]);
+                    }
+                }
+                a = a.add(MR);
+                b = b.add(rows.pitch);
             }
-            a = a.add(MR);
-            b = b.add(pitch);
         }
         for (m, row) in acc.iter().enumerate() {
             for (v, r) in row.iter().enumerate() {
@@ -115,15 +148,12 @@ mod x86 {
     pub fn avx2<const MR: usize, const V: usize>(
         a: &[f32],
         b: &[f32],
-        k: usize,
-        pitch: usize,
+        rows: super::Rows,
         out: &mut [f32],
         accumulate: bool,
     ) {
         assert!(
-            a.len() >= k * MR
-                && super::rows_fit(b.len(), k, pitch, V * 8)
-                && out.len() >= MR * V * 8,
+            a.len() >= rows.len() * MR && rows.fit(b.len(), V * 8) && out.len() >= MR * V * 8,
             "kernel operand too short"
         );
         assert!(
@@ -131,27 +161,17 @@ mod x86 {
             "AVX2+FMA kernel on a CPU without it"
         );
         // Safety: lengths and CPU features checked just above.
-        unsafe {
-            avx2_body::<MR, V>(
-                a.as_ptr(),
-                b.as_ptr(),
-                k,
-                pitch,
-                out.as_mut_ptr(),
-                accumulate,
-            )
-        }
+        unsafe { avx2_body::<MR, V>(a.as_ptr(), b.as_ptr(), rows, out.as_mut_ptr(), accumulate) }
     }
 
     /// # Safety
-    /// AVX-512F available; `a`, `out` hold `k*MR`, `MR*V*16` values, `b` `k` rows of
-    /// `V*16` values `pitch` apart.
+    /// AVX-512F available; `a`, `out` hold `rows.len()*MR`, `MR*V*16` values, `b` the
+    /// `rows` of `V*16` values.
     #[target_feature(enable = "avx512f")]
     unsafe fn avx512_body<const MR: usize, const V: usize>(
         a: *const f32,
         b: *const f32,
-        k: usize,
-        pitch: usize,
+        rows: super::Rows,
         out: *mut f32,
         accumulate: bool,
     ) {
@@ -163,20 +183,23 @@ mod x86 {
                 }
             }
         }
-        let (mut a, mut b) = (a, b);
-        for _ in 0..k {
-            let mut bv = [_mm512_setzero_ps(); V];
-            for (v, slot) in bv.iter_mut().enumerate() {
-                *slot = _mm512_loadu_ps(b.add(v * 16));
-            }
-            for (m, row) in acc.iter_mut().enumerate() {
-                let av = _mm512_set1_ps(*a.add(m));
-                for v in 0..V {
-                    row[v] = _mm512_fmadd_ps(av, bv[v], row[v]);
+        let mut a = a;
+        for t in 0..rows.taps {
+            let mut b = b.add(t);
+            for _ in 0..rows.k {
+                let mut bv = [_mm512_setzero_ps(); V];
+                for (v, slot) in bv.iter_mut().enumerate() {
+                    *slot = _mm512_loadu_ps(b.add(v * 16));
                 }
+                for (m, row) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_ps(*a.add(m));
+                    for v in 0..V {
+                        row[v] = _mm512_fmadd_ps(av, bv[v], row[v]);
+                    }
+                }
+                a = a.add(MR);
+                b = b.add(rows.pitch);
             }
-            a = a.add(MR);
-            b = b.add(pitch);
         }
         for (m, row) in acc.iter().enumerate() {
             for (v, r) in row.iter().enumerate() {
@@ -188,15 +211,12 @@ mod x86 {
     pub fn avx512<const MR: usize, const V: usize>(
         a: &[f32],
         b: &[f32],
-        k: usize,
-        pitch: usize,
+        rows: super::Rows,
         out: &mut [f32],
         accumulate: bool,
     ) {
         assert!(
-            a.len() >= k * MR
-                && super::rows_fit(b.len(), k, pitch, V * 16)
-                && out.len() >= MR * V * 16,
+            a.len() >= rows.len() * MR && rows.fit(b.len(), V * 16) && out.len() >= MR * V * 16,
             "kernel operand too short"
         );
         assert!(
@@ -204,16 +224,7 @@ mod x86 {
             "AVX-512 kernel on a CPU without it"
         );
         // Safety: lengths and CPU feature checked just above.
-        unsafe {
-            avx512_body::<MR, V>(
-                a.as_ptr(),
-                b.as_ptr(),
-                k,
-                pitch,
-                out.as_mut_ptr(),
-                accumulate,
-            )
-        }
+        unsafe { avx512_body::<MR, V>(a.as_ptr(), b.as_ptr(), rows, out.as_mut_ptr(), accumulate) }
     }
 }
 

@@ -119,7 +119,10 @@ fn transpose_spec(g: &Geometry) -> DirectSpec {
                     } else {
                         0
                     };
+                    // Kernel index descending, so the shifts ascend: consecutive taps then
+                    // read consecutive source offsets (see the driver's wide groups).
                     let taps = (0..a.kernel)
+                        .rev()
                         .filter_map(|k| {
                             let num = r as i64 + a.pad_begin - (k * a.dilation) as i64;
                             (num.rem_euclid(s) == 0).then_some((k, num.div_euclid(s) as isize))
