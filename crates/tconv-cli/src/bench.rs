@@ -82,6 +82,10 @@ pub struct BenchArgs {
     /// Force the direct kernels' family: packed (input panels) or inplace (masked loads).
     #[arg(long, value_parser = ["packed", "inplace"])]
     pub kernels: Option<String>,
+    /// Force the direct kernels' tile: output channels and vectors, e.g. `6,2` (one of the
+    /// shapes `tconv plan` lists for the ISA).
+    #[arg(long, value_parser = parse_list)]
+    pub tile: Option<List>,
     /// FMA peak per core in GFLOP/s for the "% of peak" column.
     #[arg(long, default_value_t = PEAK_PER_CORE)]
     pub peak_gflops: f64,
@@ -411,6 +415,11 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         threads: Some(a.threads.max(1)),
         algorithm: algorithm(&a.algorithm)?,
         inplace: a.kernels.as_deref().map(|k| k == "inplace"),
+        tile: match a.tile.as_ref().map(|t| t.0.as_slice()) {
+            None => None,
+            Some(&[mr, v]) => Some((mr, v)),
+            Some(t) => bail!("--tile takes two numbers, output channels and vectors (got {t:?})"),
+        },
         ..PlanOptions::default()
     };
     if !a.json {
