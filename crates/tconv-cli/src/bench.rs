@@ -203,6 +203,9 @@ pub struct Timing {
     pub min_ms: f64,
     pub algorithm: String,
     pub workspace_bytes: usize,
+    /// Median milliseconds to build the plan (geometry, decomposition, weight packing, tile
+    /// table): what a caller pays when input sizes change between calls. Forward rows only.
+    pub plan_ms: Option<f64>,
 }
 
 fn time_plan(plan: &Plan<f32>, x: &ArrayD<f32>, warmup: usize, runs: usize) -> Result<(f64, f64)> {
@@ -227,6 +230,15 @@ pub fn time_layer(l: &Layer, a: &BenchArgs, opts: &PlanOptions) -> Result<Vec<Ti
     let w = random(&w_shape, 2);
     let x = random(&l.input, 1);
     let plan = Plan::new(Op::ConvTranspose, &l.input, &w, None, &l.params, opts)?;
+    let plan_ms = time_fn(
+        || {
+            Plan::new(Op::ConvTranspose, &l.input, &w, None, &l.params, opts)?;
+            Ok(())
+        },
+        1,
+        5,
+    )?
+    .0;
     let geometry: &Geometry = plan.geometry();
     let gflop = geometry.flops() as f64 / 1e9;
     let mut out = Vec::new();
@@ -240,6 +252,7 @@ pub fn time_layer(l: &Layer, a: &BenchArgs, opts: &PlanOptions) -> Result<Vec<Ti
             min_ms,
             algorithm: plan.label(),
             workspace_bytes: plan.workspace_bytes(),
+            plan_ms: Some(plan_ms),
         });
     }
     if a.pass != Pass::Forward {
@@ -285,6 +298,7 @@ pub fn time_layer(l: &Layer, a: &BenchArgs, opts: &PlanOptions) -> Result<Vec<Ti
                     tconv::grad::weight_gradient_method(geometry).into()
                 },
                 workspace_bytes: 0,
+                plan_ms: None,
             });
         }
     }
@@ -304,6 +318,7 @@ pub fn time_layer(l: &Layer, a: &BenchArgs, opts: &PlanOptions) -> Result<Vec<Ti
             min_ms,
             algorithm: plan.label(),
             workspace_bytes: plan.workspace_bytes(),
+            plan_ms: None,
         });
     }
     Ok(out)
@@ -438,6 +453,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                     "median_ms": t.median_ms, "min_ms": t.min_ms, "gflops_per_s": gflops,
                     "percent_of_peak": peak, "algorithm": t.algorithm,
                     "workspace_bytes": t.workspace_bytes, "runs": a.runs,
+                    "plan_ms": t.plan_ms,
                 });
                 println!("{obj}");
             } else {

@@ -60,19 +60,38 @@ pub fn pack_weights<T: Element>(
         }
     }
     offsets.push(data.len());
-    // Each (group, block) fills its own contiguous run: in parallel when asked.
+    // Every tap of every phase in run order: its kernel index (the taps of one
+    // (output, input) channel pair are contiguous in `w`).
+    let kernel_index: Vec<usize> = spec
+        .phases
+        .iter()
+        .flat_map(|p| &p.taps)
+        .map(|t| t.kernel_index)
+        .collect();
+    let tap_len = cin_g * mr;
+    // Each (group, block) fills its own contiguous run: in parallel when asked. A few input
+    // channels at a time: their kernels (a few KiB of `w`) stay in L1 while every tap's
+    // rows are written in order. (Tap by tap over all channels re-read every line of `w`
+    // once per tap; all taps per channel wrote to as many streams a multiple of 4 KiB
+    // apart, which share one L1 set.)
+    const CHUNK: usize = 8;
     let fill = |unit: usize, run: &mut [T]| {
         let (group, block) = (unit / blocks, unit % blocks);
         let live = mr.min(cout_g - block * mr);
-        let mut at = 0;
-        for tap in spec.phases.iter().flat_map(|p| &p.taps) {
-            let base = group_base(group) + block * mr * co_step + tap.kernel_index;
-            for ci in 0..cin_g {
-                let src = base + ci * ci_step;
-                for (m, d) in run[at..at + mr].iter_mut().enumerate().take(live) {
-                    *d = w[src + m * co_step];
+        if live < mr {
+            run.fill(T::zero());
+        }
+        let base = group_base(group) + block * mr * co_step;
+        for c0 in (0..cin_g).step_by(CHUNK) {
+            let c1 = (c0 + CHUNK).min(cin_g);
+            for (t, &k) in kernel_index.iter().enumerate() {
+                let rows = &mut run[t * tap_len + c0 * mr..t * tap_len + c1 * mr];
+                for (ci, row) in (c0..c1).zip(rows.chunks_exact_mut(mr)) {
+                    let src = base + ci * ci_step + k;
+                    for (m, d) in row.iter_mut().enumerate().take(live) {
+                        *d = w[src + m * co_step];
+                    }
                 }
-                at += mr;
             }
         }
     };
