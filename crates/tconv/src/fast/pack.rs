@@ -77,10 +77,8 @@ pub fn pack_weights<T: Element>(
     const CHUNK: usize = 8;
     let fill = |unit: usize, run: &mut [T]| {
         let (group, block) = (unit / blocks, unit % blocks);
+        // Rows past the last output channel stay zero (`data` starts zeroed).
         let live = mr.min(cout_g - block * mr);
-        if live < mr {
-            run.fill(T::zero());
-        }
         let base = group_base(group) + block * mr * co_step;
         for c0 in (0..cin_g).step_by(CHUNK) {
             let c1 = (c0 + CHUNK).min(cin_g);
