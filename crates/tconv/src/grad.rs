@@ -870,6 +870,7 @@ fn pack_positions<T: Element>(dst: &mut [T], width: usize, side: &Side<'_, T>, t
     let line = (64 / std::mem::size_of::<T>()).max(1);
     let prefetch = batch * live >= 8;
     let fast8 = width.is_multiple_of(8) && transpose8_available::<T>();
+    let fast_tail = transpose8_available::<T>();
     for (pass, j0) in (0..len).step_by(tables.block).enumerate() {
         let j1 = (j0 + tables.block).min(len);
         for n in 0..batch {
@@ -918,6 +919,49 @@ fn pack_positions<T: Element>(dst: &mut [T], width: usize, side: &Side<'_, T>, t
                     }
                 }
                 w0 += 8;
+            }
+            // Fewer than eight channels left, positions at stride 1 or 2: the same
+            // transposes with zero rows for the missing channels, storing only the live
+            // lanes (e.g. a 6-wide row side).
+            if fast_tail && w0 < live && live - w0 < 8 {
+                let cnt = live - w0;
+                let rows: [&[T]; 8] = std::array::from_fn(|i| row_of(w0 + i.min(cnt - 1)));
+                rows[..cnt].iter().for_each(|r| prefetch_next(r));
+                for (ti, t) in tables.tables.iter().enumerate() {
+                    let out = &mut dst[ti * per_table..(ti + 1) * per_table];
+                    for j in (j0..j1).step_by(8) {
+                        let run = &t[j..(j + 8).min(j1)];
+                        let at = (j * batch + n) * width + w0;
+                        let st = run.get(1).map_or(0, |&o1| o1.wrapping_sub(run[0]));
+                        let regular = run.len() == 8
+                            && (st == 1 || st == 2)
+                            && run.iter().all(|&o| o != usize::MAX)
+                            && run.windows(2).all(|p| p[1].wrapping_sub(p[0]) == st);
+                        if regular
+                            && transpose8_part(
+                                &rows,
+                                cnt,
+                                run[0],
+                                st,
+                                &mut out[at..],
+                                batch * width,
+                            )
+                        {
+                            continue;
+                        }
+                        for (i, &o) in run.iter().enumerate() {
+                            let d = &mut out[at + i * batch * width..][..cnt];
+                            for (c, slot) in d.iter_mut().enumerate() {
+                                *slot = if o == usize::MAX {
+                                    T::zero()
+                                } else {
+                                    rows[c][o]
+                                };
+                            }
+                        }
+                    }
+                }
+                w0 = live;
             }
             // Row by row (channel planes are often a power of two apart: reading many of
             // them at one offset would keep evicting the same cache set).
@@ -968,6 +1012,77 @@ fn transpose8<T: Element>(
     }
     let _ = (rows, o, st, dst, step);
     false
+}
+
+/// [`transpose8`] for the first `cnt` (< 8) of `rows`: `dst[i * step + c] = rows[c][o + i·st]`
+/// for `c < cnt` only.
+fn transpose8_part<T: Element>(
+    rows: &[&[T]; 8],
+    cnt: usize,
+    o: usize,
+    st: usize,
+    dst: &mut [T],
+    step: usize,
+) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if transpose8_available::<T>()
+        && (st == 1 || st == 2)
+        && (1..8).contains(&cnt)
+        && rows[..cnt].iter().all(|r| o + 8 * st <= r.len())
+        && dst.len() >= 7 * step + cnt
+    {
+        let ptrs: [*const f32; 8] =
+            std::array::from_fn(|c| rows[c.min(cnt - 1)][o..].as_ptr() as *const f32);
+        // Safety: `T` is `f32` (same TypeId); every load stays inside its row (checked) and
+        // every store inside `dst` (checked); AVX2 was detected.
+        unsafe { transpose8_part_avx2(&ptrs, cnt, st, dst.as_mut_ptr() as *mut f32, step) };
+        return true;
+    }
+    let _ = (rows, cnt, o, st, dst, step);
+    false
+}
+
+/// # Safety
+/// AVX2 available; each `src[c]` readable for `8 · st` values, `dst` writable at
+/// `i * step .. i * step + cnt` for `i < 8`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn transpose8_part_avx2(
+    src: &[*const f32; 8],
+    cnt: usize,
+    st: usize,
+    dst: *mut f32,
+    step: usize,
+) {
+    use std::arch::x86_64::*;
+    let mut x = [_mm256_setzero_ps(); 8];
+    for (slot, &p) in x.iter_mut().zip(src).take(cnt) {
+        *slot = if st == 1 {
+            _mm256_loadu_ps(p)
+        } else {
+            let e = _mm256_shuffle_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), 0x88);
+            _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xD8))
+        };
+    }
+    for (i, col) in crate::fast::direct::transpose8x8(x).iter().enumerate() {
+        // The first `cnt` lanes: four, two and one at a time.
+        let d = dst.add(i * step);
+        let mut part = _mm256_castps256_ps128(*col);
+        let mut at = 0;
+        if cnt >= 4 {
+            _mm_storeu_ps(d, part);
+            part = _mm256_extractf128_ps(*col, 1);
+            at = 4;
+        }
+        if cnt - at >= 2 {
+            _mm_storel_pd(d.add(at) as *mut f64, _mm_castps_pd(part));
+            part = _mm_movehl_ps(part, part);
+            at += 2;
+        }
+        if cnt > at {
+            _mm_store_ss(d.add(at), part);
+        }
+    }
 }
 
 /// # Safety
