@@ -363,6 +363,33 @@ fn flat_offsets(per_axis: &[Vec<usize>], big: &[usize]) -> Vec<usize> {
     flat
 }
 
+/// The sizes every weight-gradient path starts from: positions of the small side, of the
+/// big side and of the kernel; channels of each side ([`side_channels`]), all and per group.
+struct Sizes {
+    small_size: usize,
+    big_size: usize,
+    k_size: usize,
+    a_ch: usize,
+    b_ch: usize,
+    a_pg: usize,
+    b_pg: usize,
+}
+
+impl Sizes {
+    fn of(g: &Geometry) -> Sizes {
+        let (a_ch, b_ch) = side_channels(g);
+        Sizes {
+            small_size: numel(&g.small_spatial()),
+            big_size: numel(&g.big_spatial()),
+            k_size: numel(&g.kernel_shape()),
+            a_ch,
+            b_ch,
+            a_pg: a_ch / g.groups.max(1),
+            b_pg: b_ch / g.groups.max(1),
+        }
+    }
+}
+
 /// Where the weight gradient's row dot products read the big side: each `B` plane copied
 /// into margin-padded polyphase component rows (as the depthwise row engine does), and per
 /// tap, where its run for each row of `S` starts. Per tap `k`, along each axis
@@ -489,13 +516,15 @@ fn grad_weight_small<T: Element>(
     dw: &mut [T],
 ) {
     let lay = RowLayout::new(g);
-    let (small_size, big_size, k_size) = (
-        numel(&g.small_spatial()),
-        numel(&g.big_spatial()),
-        numel(&g.kernel_shape()),
-    );
-    let (a_ch, b_ch) = side_channels(g);
-    let (a_pg, b_pg) = (a_ch / g.groups, b_ch / g.groups);
+    let Sizes {
+        small_size,
+        big_size,
+        k_size,
+        a_ch,
+        b_ch,
+        a_pg,
+        b_pg,
+    } = Sizes::of(g);
     let avx2 = cfg!(target_arch = "x86_64") && isa != Isa::Scalar;
     let run_row = |a: usize, row: &mut [T]| {
         let group = a / a_pg;
@@ -610,13 +639,15 @@ fn grad_weight_thin<T: Element>(
     dw: &mut [T],
 ) {
     let lay = RowLayout::new(g);
-    let (small_size, big_size, k_size) = (
-        numel(&g.small_spatial()),
-        numel(&g.big_spatial()),
-        numel(&g.kernel_shape()),
-    );
-    let (a_ch, b_ch) = side_channels(g);
-    let (a_pg, b_pg) = (a_ch / g.groups, b_ch / g.groups);
+    let Sizes {
+        small_size,
+        big_size,
+        k_size,
+        a_ch,
+        b_ch,
+        a_pg,
+        b_pg,
+    } = Sizes::of(g);
     // Every plane of B, padded once: `[n][channel][lay.len]`.
     let mut padded = scratch::take::<T>(g.batch * b_ch * lay.len);
     par_fill(&mut padded, lay.len.max(1), threads, |u, dst| {
@@ -1180,13 +1211,15 @@ pub fn grad_weight_fast<T: Element>(
     options: &PlanOptions,
 ) -> Vec<T> {
     let (s, b) = sides(g, x, gy);
-    let (small_size, big_size, k_size) = (
-        numel(&g.small_spatial()),
-        numel(&g.big_spatial()),
-        numel(&g.kernel_shape()),
-    );
-    let (a_ch, b_ch) = side_channels(g);
-    let (a_pg, b_pg) = (a_ch / g.groups, b_ch / g.groups);
+    let Sizes {
+        small_size,
+        big_size,
+        k_size,
+        a_ch,
+        b_ch,
+        a_pg,
+        b_pg,
+    } = Sizes::of(g);
     let mut dw = vec![T::zero(); a_ch * b_pg * k_size];
     let q_len = g.batch * small_size;
     if q_len == 0 || dw.is_empty() {

@@ -1070,6 +1070,22 @@ fn pack_panel<T: Element>(
     any
 }
 
+/// Panics unless every lane set in `mask` (lane `l` at `start + l`), for each of `channels`
+/// channels `channel_stride` apart, lies inside a source of `len` values: the packing
+/// paths load those lanes unchecked. (The table's masks only hold taps that read inside the
+/// source, so the first and last channel's extremes are all there is to check.)
+fn check_mask_bounds(len: usize, start: isize, channel_stride: usize, channels: usize, mask: u64) {
+    if mask != 0 && channels > 0 {
+        let lo = mask.trailing_zeros() as isize;
+        let hi = 63 - mask.leading_zeros() as isize;
+        let last = start + ((channels - 1) * channel_stride) as isize;
+        assert!(
+            start + lo >= 0 && last + hi < len as isize,
+            "packed lanes lie inside the source"
+        );
+    }
+}
+
 /// Whether [`pack_wide`] runs for tiles of `tl` lanes and element type `T`: f32 with AVX,
 /// tiles of whole vectors.
 fn wide_packing<T: 'static>(tl: usize) -> bool {
@@ -1102,16 +1118,7 @@ fn pack_wide<T: Element>(
     );
     #[cfg(target_arch = "x86_64")]
     {
-        // Every lane the mask reads lies inside `src`: check the extremes.
-        if mask != 0 && channels > 0 {
-            let lo = mask.trailing_zeros() as isize;
-            let hi = 63 - mask.leading_zeros() as isize;
-            let last = start + ((channels - 1) * channel_stride) as isize;
-            assert!(
-                start + lo >= 0 && last + hi < src.len() as isize,
-                "packed lanes lie inside the source"
-            );
-        }
+        check_mask_bounds(src.len(), start, channel_stride, channels, mask);
         // Safety: `T` is `f32` and AVX is available (`wide_packing`); loads are the mask's
         // lanes (checked in bounds), stores stay inside `rows` (checked above).
         unsafe {
@@ -1176,65 +1183,19 @@ fn pack_tap_masked<T: Element>(
         && tl <= 64
         && is_x86_feature_detected!("avx")
     {
-        let channels = rows.len() / tl;
-        // Every lane the mask reads lies inside `src` (the table's masks only hold taps
-        // that read inside the source); check the first and last channel's extremes.
-        if channels > 0 {
-            let lo = mask.trailing_zeros() as isize;
-            let hi = 63 - mask.leading_zeros() as isize;
-            let last = start + ((channels - 1) * channel_stride) as isize;
-            assert!(
-                start + lo >= 0 && last + hi < src.len() as isize,
-                "packed lanes lie inside the source"
-            );
-        }
+        check_mask_bounds(src.len(), start, channel_stride, rows.len() / tl, mask);
         // Safety: `T` is `f32` (same TypeId); AVX was detected; the lanes loaded are the
         // mask's, in bounds as checked above (masked-off lanes are not accessed).
         unsafe {
             let src = std::slice::from_raw_parts(src.as_ptr() as *const f32, src.len());
             let rows = std::slice::from_raw_parts_mut(rows.as_mut_ptr() as *mut f32, rows.len());
-            pack_tap_avx(src, start, channel_stride, mask, tl, rows);
+            // One tap's rows are a wide group's rows of exactly the tile's width.
+            pack_wide_avx(src, start, channel_stride, rows.len() / tl, mask, tl, rows);
         }
         return true;
     }
     let _ = (src, start, channel_stride, mask, tl, rows);
     false
-}
-
-/// # Safety
-/// AVX available; `tl` a multiple of 8, at most 64; `rows.len()` a multiple of `tl`; every
-/// lane set in `mask` of every row reads inside `src`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-unsafe fn pack_tap_avx(
-    src: &[f32],
-    start: isize,
-    channel_stride: usize,
-    mask: u64,
-    tl: usize,
-    rows: &mut [f32],
-) {
-    use std::arch::x86_64::*;
-    let nv = tl / 8;
-    let mut masks = [_mm256_setzero_si256(); 8];
-    for (v, m) in masks.iter_mut().enumerate().take(nv) {
-        // Lane `l` of vector `v` loads where bit `8v + l` of `mask` is set (sign bit on).
-        let lanes: [i32; 8] = std::array::from_fn(|l| -(((mask >> (8 * v + l)) & 1) as i32));
-        *m = _mm256_loadu_si256(lanes.as_ptr() as *const __m256i);
-    }
-    let p = src.as_ptr();
-    for (ci, row) in rows.chunks_exact_mut(tl).enumerate() {
-        let s = start + (ci * channel_stride) as isize;
-        // The tiles that follow read on along the same rows: fetch them early.
-        let ahead = (s + (PREFETCH_TILES * tl) as isize).max(0) as usize;
-        prefetch_read(src, ahead);
-        prefetch_read(src, ahead + tl - 1);
-        let from = p.wrapping_offset(s);
-        for (v, m) in masks.iter().enumerate().take(nv) {
-            let x = _mm256_maskload_ps(from.wrapping_add(8 * v), *m);
-            _mm256_storeu_ps(row.as_mut_ptr().add(8 * v), x);
-        }
-    }
 }
 
 /// Bytes of input panels kept hot together, so that each packed weight block is reused
