@@ -900,16 +900,12 @@ fn pack_positions<T: Element>(dst: &mut [T], width: usize, side: &Side<'_, T>, t
     }
     let line = (64 / std::mem::size_of::<T>()).max(1);
     let prefetch = batch * live >= 8;
-    let fast8 = width.is_multiple_of(8) && transpose8_available::<T>();
-    let fast_tail = transpose8_available::<T>();
+    let fast = transpose8_available::<T>();
     for (pass, j0) in (0..len).step_by(tables.block).enumerate() {
         let j1 = (j0 + tables.block).min(len);
         for n in 0..batch {
             let row_of =
                 |w: usize| &side.src[((n * side.channels + side.first + w) * plane)..][..plane];
-            // Eight channels at a time where the positions run at stride 1 or 2: eight
-            // vector loads, an 8×8 transpose, eight vector stores.
-            let mut w0 = 0;
             let prefetch_next = |row: &[T]| {
                 if prefetch {
                     for spans in &tables.spans {
@@ -921,41 +917,12 @@ fn pack_positions<T: Element>(dst: &mut [T], width: usize, side: &Side<'_, T>, t
                     }
                 }
             };
-            while fast8 && w0 + 8 <= live {
-                let rows: [&[T]; 8] = std::array::from_fn(|i| row_of(w0 + i));
-                rows.iter().for_each(|r| prefetch_next(r));
-                for (ti, t) in tables.tables.iter().enumerate() {
-                    let out = &mut dst[ti * per_table..(ti + 1) * per_table];
-                    for j in (j0..j1).step_by(8) {
-                        let run = &t[j..(j + 8).min(j1)];
-                        let at = (j * batch + n) * width + w0;
-                        let st = run.get(1).map_or(0, |&o1| o1.wrapping_sub(run[0]));
-                        let regular = run.len() == 8
-                            && (st == 1 || st == 2)
-                            && run.iter().all(|&o| o != usize::MAX)
-                            && run.windows(2).all(|p| p[1].wrapping_sub(p[0]) == st);
-                        if regular && transpose8(&rows, run[0], st, &mut out[at..], batch * width) {
-                            continue;
-                        }
-                        for (i, &o) in run.iter().enumerate() {
-                            let d = &mut out[at + i * batch * width..][..8];
-                            for (c, slot) in d.iter_mut().enumerate() {
-                                *slot = if o == usize::MAX {
-                                    T::zero()
-                                } else {
-                                    rows[c][o]
-                                };
-                            }
-                        }
-                    }
-                }
-                w0 += 8;
-            }
-            // Fewer than eight channels left, positions at stride 1 or 2: the same
-            // transposes with zero rows for the missing channels, storing only the live
-            // lanes (e.g. a 6-wide row side).
-            if fast_tail && w0 < live && live - w0 < 8 {
-                let cnt = live - w0;
+            // Up to eight channels at a time where the positions run at stride 1 or 2: a
+            // vector load per channel, an 8×8 transpose, a store of the channels' lanes per
+            // position.
+            let mut w0 = 0;
+            while fast && w0 < live {
+                let cnt = (live - w0).min(8);
                 let rows: [&[T]; 8] = std::array::from_fn(|i| row_of(w0 + i.min(cnt - 1)));
                 rows[..cnt].iter().for_each(|r| prefetch_next(r));
                 for (ti, t) in tables.tables.iter().enumerate() {
@@ -969,14 +936,7 @@ fn pack_positions<T: Element>(dst: &mut [T], width: usize, side: &Side<'_, T>, t
                             && run.iter().all(|&o| o != usize::MAX)
                             && run.windows(2).all(|p| p[1].wrapping_sub(p[0]) == st);
                         if regular
-                            && transpose8_part(
-                                &rows,
-                                cnt,
-                                run[0],
-                                st,
-                                &mut out[at..],
-                                batch * width,
-                            )
+                            && transpose8(&rows, cnt, run[0], st, &mut out[at..], batch * width)
                         {
                             continue;
                         }
@@ -992,10 +952,9 @@ fn pack_positions<T: Element>(dst: &mut [T], width: usize, side: &Side<'_, T>, t
                         }
                     }
                 }
-                w0 = live;
+                w0 += cnt;
             }
-            // Row by row (channel planes are often a power of two apart: reading many of
-            // them at one offset would keep evicting the same cache set).
+            // Without the vector path (other element types, no AVX2): row by row.
             for w in w0..live {
                 let row = row_of(w);
                 prefetch_next(row);
@@ -1020,34 +979,10 @@ fn transpose8_available<T: 'static>() -> bool {
     false
 }
 
-/// `dst[i * step + c] = rows[c][o + i * st]` for `i, c < 8` (`st` 1 or 2), with AVX2 for
-/// f32; returns `false` (doing nothing) where that path does not apply.
+/// `dst[i * step + c] = rows[c][o + i * st]` for `i < 8` and the first `cnt` (1 to 8) of
+/// `rows` (`st` 1 or 2; the rows past `cnt` are not read, but must be rows of the same
+/// side), with AVX2 for f32; returns `false` (doing nothing) where that path does not apply.
 fn transpose8<T: Element>(
-    rows: &[&[T]; 8],
-    o: usize,
-    st: usize,
-    dst: &mut [T],
-    step: usize,
-) -> bool {
-    #[cfg(target_arch = "x86_64")]
-    if transpose8_available::<T>()
-        && (st == 1 || st == 2)
-        && rows.iter().all(|r| o + 8 * st <= r.len())
-        && dst.len() >= 7 * step + 8
-    {
-        let ptrs: [*const f32; 8] = std::array::from_fn(|c| rows[c][o..].as_ptr() as *const f32);
-        // Safety: `T` is `f32` (same TypeId); every load stays inside its row (`o + 8·st`
-        // elements, checked) and every store inside `dst` (checked); AVX2 was detected.
-        unsafe { transpose8_avx2(&ptrs, st, dst.as_mut_ptr() as *mut f32, step) };
-        return true;
-    }
-    let _ = (rows, o, st, dst, step);
-    false
-}
-
-/// [`transpose8`] for the first `cnt` (< 8) of `rows`: `dst[i * step + c] = rows[c][o + i·st]`
-/// for `c < cnt` only.
-fn transpose8_part<T: Element>(
     rows: &[&[T]; 8],
     cnt: usize,
     o: usize,
@@ -1058,27 +993,36 @@ fn transpose8_part<T: Element>(
     #[cfg(target_arch = "x86_64")]
     if transpose8_available::<T>()
         && (st == 1 || st == 2)
-        && (1..8).contains(&cnt)
-        && rows[..cnt].iter().all(|r| o + 8 * st <= r.len())
+        && (1..=8).contains(&cnt)
+        && rows.iter().all(|r| o + 8 * st <= r.len())
         && dst.len() >= 7 * step + cnt
     {
-        let ptrs: [*const f32; 8] =
-            std::array::from_fn(|c| rows[c.min(cnt - 1)][o..].as_ptr() as *const f32);
-        // Safety: `T` is `f32` (same TypeId); every load stays inside its row (checked) and
-        // every store inside `dst` (checked); AVX2 was detected.
-        unsafe { transpose8_part_avx2(&ptrs, cnt, st, dst.as_mut_ptr() as *mut f32, step) };
+        let ptrs: [*const f32; 8] = std::array::from_fn(|c| rows[c][o..].as_ptr() as *const f32);
+        // Safety: `T` is `f32` (same TypeId); every load stays inside its row (`o + 8·st`
+        // elements, checked) and every store inside `dst` (checked); AVX2 was detected.
+        let d = dst.as_mut_ptr() as *mut f32;
+        unsafe {
+            if cnt == 8 {
+                transpose8_avx2::<true>(&ptrs, 8, st, d, step)
+            } else {
+                transpose8_avx2::<false>(&ptrs, cnt, st, d, step)
+            }
+        };
         return true;
     }
-    let _ = (rows, cnt, o, st, dst, step);
+    let _ = (rows, o, st, dst, step, cnt);
     false
 }
 
+/// [`transpose8`]'s AVX2 body; `FULL` means `cnt == 8` (straight-line loads and stores;
+/// fewer channels take a loop).
+///
 /// # Safety
-/// AVX2 available; each `src[c]` readable for `8 · st` values, `dst` writable at
-/// `i * step .. i * step + cnt` for `i < 8`.
+/// AVX2 available; `1 <= cnt <= 8`; each `src[c]`, `c < cnt`, readable for `8 · st` values;
+/// `dst` writable at `i * step .. i * step + cnt` for `i < 8`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn transpose8_part_avx2(
+unsafe fn transpose8_avx2<const FULL: bool>(
     src: &[*const f32; 8],
     cnt: usize,
     st: usize,
@@ -1086,18 +1030,24 @@ unsafe fn transpose8_part_avx2(
     step: usize,
 ) {
     use std::arch::x86_64::*;
+    let cnt = if FULL { 8 } else { cnt };
     let mut x = [_mm256_setzero_ps(); 8];
     for (slot, &p) in x.iter_mut().zip(src).take(cnt) {
         *slot = if st == 1 {
             _mm256_loadu_ps(p)
         } else {
+            // Even elements of 16: a0 a2 b0 b2 | a4 a6 b4 b6, then the 64-bit pairs reordered.
             let e = _mm256_shuffle_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), 0x88);
             _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xD8))
         };
     }
     for (i, col) in crate::fast::direct::transpose8x8(x).iter().enumerate() {
-        // The first `cnt` lanes: four, two and one at a time.
         let d = dst.add(i * step);
+        if FULL {
+            _mm256_storeu_ps(d, *col);
+            continue;
+        }
+        // The first `cnt` lanes: four, two and one at a time.
         let mut part = _mm256_castps256_ps128(*col);
         let mut at = 0;
         if cnt >= 4 {
@@ -1113,28 +1063,6 @@ unsafe fn transpose8_part_avx2(
         if cnt > at {
             _mm_store_ss(d.add(at), part);
         }
-    }
-}
-
-/// # Safety
-/// AVX2 available; each `src[c]` readable for `8 · st` values, `dst` writable at
-/// `i * step .. i * step + 8` for `i < 8`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn transpose8_avx2(src: &[*const f32; 8], st: usize, dst: *mut f32, step: usize) {
-    use std::arch::x86_64::*;
-    let mut x = [_mm256_setzero_ps(); 8];
-    for (slot, &p) in x.iter_mut().zip(src) {
-        *slot = if st == 1 {
-            _mm256_loadu_ps(p)
-        } else {
-            // Even elements of 16: a0 a2 b0 b2 | a4 a6 b4 b6, then the 64-bit pairs reordered.
-            let e = _mm256_shuffle_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), 0x88);
-            _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xD8))
-        };
-    }
-    for (i, col) in crate::fast::direct::transpose8x8(x).iter().enumerate() {
-        _mm256_storeu_ps(dst.add(i * step), *col);
     }
 }
 
