@@ -22,7 +22,7 @@ use super::{prefetch_read, prefetch_write, scratch};
 use crate::geometry::Geometry;
 use crate::tensor::{numel, Element};
 
-/// A wide group of taps: `(first tap, taps, lowest source offset)` (see
+/// A wide group of taps: `(first tap, taps, the first tap's source offset)` (see
 /// `TileTable::wide_groups`).
 type WideGroup = (usize, usize, isize);
 
@@ -61,8 +61,8 @@ pub struct TileTable {
     /// by their last-axis residue, so their results can be written interleaved, in order.
     interleave: Vec<bool>,
     /// Wide groups of each phase: `wide_groups[wide_start[p]..wide_start[p + 1]]`, each
-    /// `(first tap, taps, lowest tap offset)`: consecutive taps whose source offsets step
-    /// by one lane, so their panel rows are shifted views of one wider row.
+    /// `(first tap, taps, its offset)`: consecutive taps whose source offsets rise by one
+    /// lane each, so their panel rows are views of one wider row, each one lane further.
     wide_groups: Vec<WideGroup>,
     wide_start: Vec<usize>,
     /// Widest group of any phase, in taps.
@@ -123,8 +123,9 @@ impl TileTable {
             }
         }
         let total_taps = tap_offset.len();
-        // Wide groups: runs of taps whose offsets step by +1 or -1 lane, as long as the
-        // wide row (tile lanes + taps - 1) fits a 64-bit mask.
+        // Wide groups: runs of taps whose offsets rise by one lane each (the taps of a
+        // kernel row, which the specs list by ascending shift), as long as the wide row
+        // (tile lanes + taps - 1) fits a 64-bit mask.
         let mut wide_groups = Vec::new();
         let mut wide_start = vec![0];
         for (pi, p) in spec.phases.iter().enumerate() {
@@ -132,24 +133,13 @@ impl TileTable {
             let mut j = 0;
             while j < p.taps.len() {
                 let mut len = 1;
-                let step = if j + 1 < p.taps.len() {
-                    tap_offset[first + j + 1] - tap_offset[first + j]
-                } else {
-                    0
-                };
-                if step == 1 || step == -1 {
-                    while j + len < p.taps.len()
-                        && tile_lanes + len <= 64
-                        && tap_offset[first + j + len] - tap_offset[first + j + len - 1] == step
-                    {
-                        len += 1;
-                    }
+                while j + len < p.taps.len()
+                    && tile_lanes + len <= 64
+                    && tap_offset[first + j + len] == tap_offset[first + j + len - 1] + 1
+                {
+                    len += 1;
                 }
-                let lo = (0..len)
-                    .map(|i| tap_offset[first + j + i])
-                    .min()
-                    .unwrap_or(0);
-                wide_groups.push((first + j, len, lo));
+                wide_groups.push((first + j, len, tap_offset[first + j]));
                 j += len;
             }
             wide_start.push(wide_groups.len());
@@ -1359,29 +1349,17 @@ fn run_task<T: Element>(
                             let run = k.packed.run(task.group, block, pi);
                             let out = slot * per_slot + r * per_phase + block * k.mr * tl;
                             let out = &mut acc[out..out + k.mr * tl];
-                            for (gi, &(tap0, len, lo)) in groups_w.iter().enumerate() {
+                            // One call per group: its taps are views of the group's row,
+                            // one lane apart.
+                            for (gi, &(tap0, len, _)) in groups_w.iter().enumerate() {
                                 let rows = &panel[gi * cin_g * pitch..];
                                 let w = &run[(tap0 - first) * cin_g * k.mr..];
-                                if len > 1 && table.tap_offset[tap0] == lo {
-                                    // Offsets ascending: one call for the whole group.
-                                    let shape = Rows {
-                                        k: cin_g,
-                                        pitch,
-                                        taps: len,
-                                    };
-                                    kernel(w, rows, shape, out, gi > 0);
-                                    continue;
-                                }
-                                for j in 0..len {
-                                    let shift = (table.tap_offset[tap0 + j] - lo) as usize;
-                                    let w = &w[j * cin_g * k.mr..];
-                                    let shape = Rows {
-                                        k: cin_g,
-                                        pitch,
-                                        taps: 1,
-                                    };
-                                    kernel(w, &rows[shift..], shape, out, gi > 0 || j > 0);
-                                }
+                                let shape = Rows {
+                                    k: cin_g,
+                                    pitch,
+                                    taps: len,
+                                };
+                                kernel(w, rows, shape, out, gi > 0);
                             }
                         }
                     }
