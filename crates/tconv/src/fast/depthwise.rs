@@ -18,6 +18,7 @@
 use rayon::prelude::*;
 
 use super::direct::{interleave2, interleave8_to, pool, store_fence};
+use super::pack::deal_row;
 use super::scratch;
 use super::spec::DirectSpec;
 use super::Isa;
@@ -493,48 +494,6 @@ fn phase_row<T: Element, const W: usize>(
     q0
 }
 
-/// `padded[starts[rho] + u] = row[8u + rho]` for the whole blocks of 64 values of `row`,
-/// with AVX 8×8 transposes for f32; returns the positions `u` done (0 where this path does
-/// not apply).
-fn deinterleave8<T: Element>(row: &[T], starts: &[usize; 8], padded: &mut [T]) -> usize {
-    #[cfg(target_arch = "x86_64")]
-    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
-        && is_x86_feature_detected!("avx")
-    {
-        let u = row.len() / 64 * 8;
-        assert!(
-            starts.iter().all(|&st| st + u <= padded.len()),
-            "deinterleave8 bounds"
-        );
-        // Safety: `T` is `f32` (same TypeId); loads stay below `8u <= row.len()`, stores
-        // below `starts[rho] + u <= padded.len()` (checked); AVX was detected.
-        unsafe {
-            let src = row.as_ptr() as *const f32;
-            let dst = padded.as_mut_ptr() as *mut f32;
-            deinterleave8_avx(src, u, starts, dst);
-        }
-        return u;
-    }
-    let _ = (row, starts, padded);
-    0
-}
-
-/// # Safety
-/// AVX available; `src` readable for `8u` values; `dst + starts[rho]` writable for `u`;
-/// `u` a multiple of 8.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-unsafe fn deinterleave8_avx(src: *const f32, u: usize, starts: &[usize; 8], dst: *mut f32) {
-    use std::arch::x86_64::*;
-    for u0 in (0..u).step_by(8) {
-        let x: [__m256; 8] = std::array::from_fn(|j| _mm256_loadu_ps(src.add(8 * (u0 + j))));
-        // Column rho: elements rho of the 8 loaded groups, i.e. component rho at u0..u0 + 8.
-        for (rho, col) in super::direct::transpose8x8(x).iter().enumerate() {
-            _mm256_storeu_ps(dst.add(starts[rho] + u0), *col);
-        }
-    }
-}
-
 /// Elements of one polyphase component in the spec's own source layout (whose inner extents
 /// may be padded): the unit of [`TapSpec::component`](super::spec::TapSpec).
 fn spec_comp_plane(spec: &DirectSpec, fallback: usize) -> usize {
@@ -579,47 +538,8 @@ pub(crate) fn fill_components<T: Element>(
         }
         let row = &x[r * l_in..(r + 1) * l_in];
         let first_comp = comp_outer * s_in;
-        if s_in == 1 {
-            let at = (first_comp * comp_rows + u_row) * padded_len + margin;
-            padded[at..at + l_in].copy_from_slice(row);
-            continue;
-        }
-        let at = |rho: usize| ((first_comp + rho) * comp_rows + u_row) * padded_len + margin;
-        if s_in == 2 {
-            // One deinterleaving pass (vectorised).
-            let (b0, b1) = (at(0), at(1));
-            let half = l_in / 2;
-            let (lo, hi) = padded.split_at_mut(b1);
-            for ((e, o), pair) in lo[b0..b0 + half]
-                .iter_mut()
-                .zip(&mut hi[..half])
-                .zip(row.chunks_exact(2))
-            {
-                *e = pair[0];
-                *o = pair[1];
-            }
-            if l_in % 2 == 1 {
-                padded[b0 + half] = row[l_in - 1];
-            }
-            continue;
-        }
-        let done = if s_in == 8 {
-            let starts: [usize; 8] = std::array::from_fn(at);
-            deinterleave8(row, &starts, padded)
-        } else {
-            0
-        };
-        let row = &row[done * s_in..];
-        let at = |rho: usize| at(rho) + done;
-        let mut chunks = row.chunks_exact(s_in);
-        for (uj, chunk) in (&mut chunks).enumerate() {
-            for (rho, &v) in chunk.iter().enumerate() {
-                padded[at(rho) + uj] = v;
-            }
-        }
-        let uj = row.len() / s_in;
-        for (rho, &v) in chunks.remainder().iter().enumerate() {
-            padded[at(rho) + uj] = v;
-        }
+        deal_row(row, s_in, usize::MAX, padded, |rho| {
+            ((first_comp + rho) * comp_rows + u_row) * padded_len + margin
+        });
     }
 }

@@ -169,30 +169,9 @@ pub fn pack_source<T: Element>(
                 at += (r[a] / strides[a]) * ext_pitch[a];
             }
             let row = &src[from..from + last_in];
-            if last_s == 2 && last_in == 2 * last_ext {
-                // The common stride 2, as one deinterleaving pass (vectorised).
-                let (b0, b1) = (comp * comp_plane + at, (comp + 1) * comp_plane + at);
-                let (lo, hi) = dst.split_at_mut(b1);
-                for ((e, o), pair) in lo[b0..b0 + last_ext]
-                    .iter_mut()
-                    .zip(&mut hi[..last_ext])
-                    .zip(row.chunks_exact(2))
-                {
-                    *e = pair[0];
-                    *o = pair[1];
-                }
-                return;
-            }
-            for rho in 0..last_s.min(last_in) {
-                let base = (comp + rho) * comp_plane + at;
-                let count = (last_in - rho).div_ceil(last_s).min(last_ext);
-                for (d, v) in dst[base..base + count]
-                    .iter_mut()
-                    .zip(row[rho..].iter().step_by(last_s))
-                {
-                    *d = *v;
-                }
-            }
+            deal_row(row, last_s, last_ext, dst, |rho| {
+                (comp + rho) * comp_plane + at
+            });
         });
     };
     let mut buf = scratch::take::<T>(planes * block);
@@ -211,4 +190,97 @@ pub fn pack_source<T: Element>(
         }
     }
     Some(buf)
+}
+
+/// Deal one row out to its `s` polyphase components along the last axis: element `j` goes
+/// to `dst[start(j % s) + j / s]`, at most `limit` per component. The components' runs
+/// must not overlap and must start in increasing order of `j % s`. Stride 1 is a copy,
+/// stride 2 one deinterleaving pass, stride 8 AVX 8×8 transposes (f32); the rest (and any
+/// tail) component by component.
+pub(crate) fn deal_row<T: Element>(
+    row: &[T],
+    s: usize,
+    limit: usize,
+    dst: &mut [T],
+    start: impl Fn(usize) -> usize,
+) {
+    let n = row.len();
+    // Positions `u` already dealt to every component.
+    let done = match s {
+        1 => {
+            let count = n.min(limit);
+            let b = start(0);
+            dst[b..b + count].copy_from_slice(&row[..count]);
+            return;
+        }
+        2 => {
+            let half = (n / 2).min(limit);
+            let (b0, b1) = (start(0), start(1));
+            let (lo, hi) = dst.split_at_mut(b1);
+            for ((e, o), pair) in lo[b0..b0 + half]
+                .iter_mut()
+                .zip(&mut hi[..half])
+                .zip(row.chunks_exact(2))
+            {
+                *e = pair[0];
+                *o = pair[1];
+            }
+            half
+        }
+        8 => {
+            let starts: [usize; 8] = std::array::from_fn(&start);
+            let whole = (n / 64 * 8).min(limit / 8 * 8);
+            deinterleave8(&row[..8 * whole], &starts, dst)
+        }
+        _ => 0,
+    };
+    for rho in 0..s.min(n) {
+        let count = (n - rho).div_ceil(s).min(limit);
+        let base = start(rho);
+        for u in done..count {
+            dst[base + u] = row[u * s + rho];
+        }
+    }
+}
+
+/// `padded[starts[rho] + u] = row[8u + rho]` for the whole blocks of 64 values of `row`,
+/// with AVX 8×8 transposes for f32; returns the positions `u` done (0 where this path does
+/// not apply).
+fn deinterleave8<T: Element>(row: &[T], starts: &[usize; 8], padded: &mut [T]) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+        && is_x86_feature_detected!("avx")
+    {
+        let u = row.len() / 64 * 8;
+        assert!(
+            starts.iter().all(|&st| st + u <= padded.len()),
+            "deinterleave8 bounds"
+        );
+        // Safety: `T` is `f32` (same TypeId); loads stay below `8u <= row.len()`, stores
+        // below `starts[rho] + u <= padded.len()` (checked); AVX was detected.
+        unsafe {
+            let src = row.as_ptr() as *const f32;
+            let dst = padded.as_mut_ptr() as *mut f32;
+            deinterleave8_avx(src, u, starts, dst);
+        }
+        return u;
+    }
+    let _ = (row, starts, padded);
+    0
+}
+
+/// # Safety
+/// AVX available; `src` readable for `8u` values; `dst + starts[rho]` writable for `u`;
+/// `u` a multiple of 8.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn deinterleave8_avx(src: *const f32, u: usize, starts: &[usize; 8], dst: *mut f32) {
+    use std::arch::x86_64::*;
+    for u0 in (0..u).step_by(8) {
+        let x: [__m256; 8] = std::array::from_fn(|j| _mm256_loadu_ps(src.add(8 * (u0 + j))));
+        // Column rho: elements rho of the 8 loaded groups, i.e. component rho at u0..u0 + 8.
+        for (rho, col) in super::direct::transpose8x8(x).iter().enumerate() {
+            _mm256_storeu_ps(dst.add(starts[rho] + u0), *col);
+        }
+    }
 }
