@@ -15,9 +15,9 @@
 //! in a fixed order, so results are bitwise identical for any thread count.
 
 use ndarray::{ArrayD, AsArray, Dimension, IxDyn};
-use rayon::prelude::*;
 
 use crate::error::{fail, ErrorKind, Result};
+use crate::fast::direct::{run_chunks, run_each};
 use crate::fast::kernels::{portable, tile_shapes, Rows};
 use crate::fast::{scratch, Isa};
 use crate::geometry::Geometry;
@@ -545,7 +545,7 @@ fn grad_weight_small<T: Element>(
             }
         }
     };
-    par_fill(dw, b_pg * k_size, threads, run_row);
+    run_chunks(threads, dw, b_pg * k_size, run_row);
 }
 
 /// Add one plane pair's dot products to `acc`/`tail` (compiled for AVX2 where allowed).
@@ -650,7 +650,7 @@ fn grad_weight_thin<T: Element>(
     } = Sizes::of(g);
     // Every plane of B, padded once: `[n][channel][lay.len]`.
     let mut padded = scratch::take::<T>(g.batch * b_ch * lay.len);
-    par_fill(&mut padded, lay.len.max(1), threads, |u, dst| {
+    run_chunks(threads, &mut padded, lay.len, |u, dst| {
         lay.fill(&b[u * big_size..][..big_size], dst)
     });
     let zeros = vec![T::zero(); small_size];
@@ -688,11 +688,7 @@ fn grad_weight_thin<T: Element>(
             _ => unreachable!("thin_big_side admits at most THIN_MAX channels"),
         }
     };
-    if threads <= 1 {
-        parts.into_iter().for_each(run);
-    } else {
-        crate::fast::direct::pool(threads).install(|| parts.into_par_iter().for_each(run));
-    }
+    run_each(threads, parts, run);
 }
 
 /// One task of [`grad_weight_thin`]: `live` (at most `THIN_ROWS`) channels of `S` from
@@ -1083,7 +1079,7 @@ fn pack_side<T: Element>(
     let blocks = per_group.div_ceil(width);
     let unit = tables.tables.len() * tables.len() * g.batch * width;
     let mut buf = scratch::take::<T>(g.groups * blocks * unit);
-    par_fill(&mut buf, unit.max(1), threads, |u, dst| {
+    run_chunks(threads, &mut buf, unit, |u, dst| {
         let (group, blk) = (u / blocks, u % blocks);
         let first = blk * width;
         let side = Side {
@@ -1103,27 +1099,6 @@ fn pack_side<T: Element>(
 /// 16 KiB, an L1's worth, the passes were so short that their overhead showed: unet's big
 /// side packed in 6.8-9.9 ms against 5.3-5.7 ms at 64 KiB).
 const PACK_BLOCK_BYTES: usize = 64 * 1024;
-
-/// Run `f(unit, chunk)` over the `len`-long chunks of `data`, on `threads` threads.
-fn par_fill<T: Send>(
-    data: &mut [T],
-    len: usize,
-    threads: usize,
-    f: impl Fn(usize, &mut [T]) + Sync,
-) {
-    if data.is_empty() {
-        return;
-    }
-    if threads <= 1 {
-        data.chunks_mut(len).enumerate().for_each(|(u, d)| f(u, d));
-    } else {
-        crate::fast::direct::pool(threads).install(|| {
-            data.par_chunks_mut(len)
-                .enumerate()
-                .for_each(|(u, d)| f(u, d))
-        });
-    }
-}
 
 /// `∂L/∂w` as GEMMs over `(position, batch)`: `dW[a, b, k] = Σ_q S[a, q] · B_k[b, q]`, on the
 /// packed-panel microkernel (row dot products, `grad_weight_small`, when a group has few channel pairs).
@@ -1305,11 +1280,6 @@ pub fn grad_weight_fast<T: Element>(
         rest_dw = tail;
         parts.push((task, part));
     }
-    if threads <= 1 {
-        parts.into_iter().for_each(|(t, d)| run(t, d));
-    } else {
-        crate::fast::direct::pool(threads)
-            .install(|| parts.into_par_iter().for_each(|(t, d)| run(t, d)));
-    }
+    run_each(threads, parts, |(t, d)| run(t, d));
     dw
 }

@@ -15,9 +15,7 @@
 //! Every output element is written exactly
 //! once, by one task, in a fixed order: the result is bitwise identical for any thread count.
 
-use rayon::prelude::*;
-
-use super::direct::{interleave2, interleave8_to, pool, store_fence};
+use super::direct::{interleave2, interleave8_to, run_chunks, store_fence};
 use super::pack::deal_row;
 use super::scratch;
 use super::spec::DirectSpec;
@@ -144,7 +142,7 @@ impl<T: Element> DepthwiseRows<T> {
         // Outputs far larger than the caches are written with non-temporal stores (no
         // read for ownership): such layers are bound by memory traffic.
         let stream = std::mem::size_of_val(y) >= STREAM_BYTES;
-        let run = |(p, plane): (usize, &mut [T])| {
+        let run = |p: usize, plane: &mut [T]| {
             let c = p % g.out_channels;
             let b = bias.map_or(T::zero(), |b| b[c]);
             self.plane(g, &x[p * in_plane..(p + 1) * in_plane], c, b, plane, stream);
@@ -152,11 +150,7 @@ impl<T: Element> DepthwiseRows<T> {
                 store_fence();
             }
         };
-        if threads <= 1 {
-            y.chunks_mut(out_plane).enumerate().for_each(run);
-        } else {
-            pool(threads).install(|| y.par_chunks_mut(out_plane).enumerate().for_each(run));
-        }
+        run_chunks(threads, y, out_plane, run);
     }
 
     /// The taps of phases `phases` (one outer residue combination, every last-axis

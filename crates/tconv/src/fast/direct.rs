@@ -451,7 +451,7 @@ fn k_slices(taps: usize, cin: usize, kc: usize) -> Vec<(Range<usize>, Range<usiz
 type Pools = Mutex<Vec<(usize, Arc<rayon::ThreadPool>)>>;
 
 /// A thread pool per thread count, built once.
-pub(crate) fn pool(threads: usize) -> Arc<rayon::ThreadPool> {
+fn pool(threads: usize) -> Arc<rayon::ThreadPool> {
     static POOLS: OnceLock<Pools> = OnceLock::new();
     let pools = POOLS.get_or_init(|| Mutex::new(Vec::new()));
     let mut pools = pools.lock().unwrap_or_else(|e| e.into_inner());
@@ -467,6 +467,35 @@ pub(crate) fn pool(threads: usize) -> Arc<rayon::ThreadPool> {
     );
     pools.push((threads, p.clone()));
     p
+}
+
+/// Run `f` on each of `items`, on `threads` threads (in order, on this thread, for one).
+pub(crate) fn run_each<I: Send>(threads: usize, items: Vec<I>, f: impl Fn(I) + Sync + Send) {
+    if threads <= 1 {
+        items.into_iter().for_each(f);
+    } else {
+        pool(threads).install(|| items.into_par_iter().for_each(f));
+    }
+}
+
+/// Run `f(index, chunk)` on each `len`-long chunk of `data` (the last may be shorter), on
+/// `threads` threads.
+pub(crate) fn run_chunks<T: Send>(
+    threads: usize,
+    data: &mut [T],
+    len: usize,
+    f: impl Fn(usize, &mut [T]) + Sync + Send,
+) {
+    let len = len.max(1);
+    if threads <= 1 {
+        data.chunks_mut(len).enumerate().for_each(|(u, d)| f(u, d));
+    } else {
+        pool(threads).install(|| {
+            data.par_chunks_mut(len)
+                .enumerate()
+                .for_each(|(u, d)| f(u, d))
+        });
+    }
 }
 
 /// One unit of parallel work: a band of output rows of one group for some batch items.
@@ -525,11 +554,7 @@ pub fn execute<T: Element>(
         Kernel::Packed(f) => run_task(g, k, f, src, bias, task),
         Kernel::Inplace(f) => run_task_inplace(g, k, f, src, bias, task),
     };
-    if threads <= 1 {
-        tasks.into_iter().for_each(run);
-    } else {
-        pool(threads).install(|| tasks.into_par_iter().for_each(run));
-    }
+    run_each(threads, tasks, run);
 }
 
 /// Prefetch for writing the cache lines of `plane[at..at + len]` (those in bounds).

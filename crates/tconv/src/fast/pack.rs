@@ -1,6 +1,7 @@
 //! Packing: weights once per plan into the order the kernels stream them, and (only where
 //! the decomposition needs it) the input into a padded or polyphase buffer.
 
+use super::direct::run_chunks;
 use super::scratch::{self, Scratch};
 use super::spec::{DirectSpec, SourceLayout};
 use crate::geometry::Geometry;
@@ -93,18 +94,9 @@ pub fn pack_weights<T: Element>(
             }
         }
     };
-    if threads > 1 && data.len() > 1 << 16 {
-        use rayon::prelude::*;
-        crate::fast::direct::pool(threads).install(|| {
-            data.par_chunks_mut(run_len.max(1))
-                .enumerate()
-                .for_each(|(u, run)| fill(u, run))
-        });
-    } else {
-        for (u, run) in data.chunks_mut(run_len.max(1)).enumerate() {
-            fill(u, run);
-        }
-    }
+    // Small weights are packed on this thread (a thread wake-up costs more).
+    let threads = if data.len() > 1 << 16 { threads } else { 1 };
+    run_chunks(threads, &mut data, run_len, fill);
     PackedWeights {
         data,
         mr,
@@ -176,18 +168,7 @@ pub fn pack_source<T: Element>(
     };
     let mut buf = scratch::take::<T>(planes * block);
     if block > 0 {
-        if threads > 1 && planes > 1 {
-            use rayon::prelude::*;
-            crate::fast::direct::pool(threads).install(|| {
-                buf.par_chunks_mut(block)
-                    .enumerate()
-                    .for_each(|(p, d)| fill(p, d))
-            });
-        } else {
-            buf.chunks_mut(block)
-                .enumerate()
-                .for_each(|(p, d)| fill(p, d));
-        }
+        run_chunks(if planes > 1 { threads } else { 1 }, &mut buf, block, fill);
     }
     Some(buf)
 }
