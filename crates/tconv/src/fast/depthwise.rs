@@ -53,6 +53,9 @@ pub struct DepthwiseRows<T> {
     in_stride: Vec<usize>,
     /// Extents of a polyphase component (the input itself when not strided).
     comp_ext: Vec<usize>,
+    /// Per outer residue combination (a group of last-axis phases): its taps, where the
+    /// fused stride-8 path takes them (see [`UniformTaps`]).
+    uniform: Vec<Option<UniformTaps>>,
 }
 
 impl<T: Element> DepthwiseRows<T> {
@@ -106,7 +109,7 @@ impl<T: Element> DepthwiseRows<T> {
             }
             tap_range.push(first..taps.len());
         }
-        DepthwiseRows {
+        let mut rows = DepthwiseRows {
             spec,
             weight: w.to_vec(),
             avx2: cfg!(target_arch = "x86_64") && isa != Isa::Scalar,
@@ -118,7 +121,13 @@ impl<T: Element> DepthwiseRows<T> {
             pitch,
             in_stride,
             comp_ext,
-        }
+            uniform: Vec::new(),
+        };
+        let s = rows.spec.out_stride[last];
+        rows.uniform = (0..rows.spec.phases.len() / s.max(1))
+            .map(|gi| rows.uniform_taps(gi * s..(gi + 1) * s))
+            .collect();
+        rows
     }
 
     /// Elements of scratch per thread: one padded input plane (all components) and the
@@ -154,9 +163,9 @@ impl<T: Element> DepthwiseRows<T> {
     }
 
     /// The taps of phases `phases` (one outer residue combination, every last-axis
-    /// residue) for channel weights `w`, if there are 8 phases with 1 to 4 taps each and
-    /// the same number in every one (as in a k16 s8 upsampler): see [`UniformTaps`].
-    fn uniform_taps(&self, phases: std::ops::Range<usize>, w: &[T]) -> Option<UniformTaps> {
+    /// residue), if there are 8 phases with 1 to 4 taps each and the same number in every
+    /// one (as in a k16 s8 upsampler): see [`UniformTaps`].
+    fn uniform_taps(&self, phases: std::ops::Range<usize>) -> Option<UniformTaps> {
         let n = self.tap_range[phases.start].len();
         if phases.len() != 8 || !(1..=4).contains(&n) {
             return None;
@@ -167,7 +176,7 @@ impl<T: Element> DepthwiseRows<T> {
             lo: vec![isize::MAX; last],
             hi: vec![isize::MIN; last],
             valid: vec![isize::MAX; last],
-            w: [0.0; 32],
+            k: [0; 32],
             offs: [0; 32],
             off_lo: isize::MAX,
             off_hi: isize::MIN,
@@ -186,7 +195,7 @@ impl<T: Element> DepthwiseRows<T> {
                     u.valid[a] = u.valid[a].min(valid[a]);
                 }
                 let (k, at) = self.taps[ti];
-                u.w[i] = w[k].to_f32().unwrap_or(0.0);
+                u.k[i] = k;
                 u.offs[i] = at;
                 u.off_lo = u.off_lo.min(at);
                 u.off_hi = u.off_hi.max(at);
@@ -241,12 +250,14 @@ impl<T: Element> DepthwiseRows<T> {
             padded,
         );
         let strides = &self.spec.out_stride;
-        // Per outer residue combination (a group of `s` phases): its taps as (weight,
-        // offset from the row base), when every phase has the same number of them, and the
-        // range of outer shifts a row must allow for all of them to read inside the input.
-        let groups = self.spec.phases.len() / s.max(1);
-        let uniform: Vec<Option<UniformTaps>> = (0..groups)
-            .map(|gi| self.uniform_taps(gi * s..(gi + 1) * s, w))
+        // This channel's weights of each group's uniform taps.
+        let uniform_w: Vec<[f32; 32]> = self
+            .uniform
+            .iter()
+            .map(|u| {
+                let k = u.as_ref().map_or([0; 32], |u| u.k);
+                std::array::from_fn(|i| w[k[i]].to_f32().unwrap_or(0.0))
+            })
             .collect();
         let mut taps: Vec<(T, usize)> = Vec::new();
         let mut ends: Vec<usize> = Vec::new();
@@ -274,10 +285,11 @@ impl<T: Element> DepthwiseRows<T> {
             }
             let out = &mut y[o_row * l_out..(o_row + 1) * l_out];
             // A row whose taps all read inside the input: the group's taps as they are.
-            if let Some(u) = &uniform[first_phase / s.max(1)] {
+            let gi = first_phase / s.max(1);
+            if let Some(u) = &self.uniform[gi] {
                 let interior =
                     (0..last).all(|a| oq[a] + u.lo[a] >= 0 && oq[a] + u.hi[a] < u.valid[a]);
-                if interior && fused_uniform(out, padded, base, u, bias, stream) {
+                if interior && fused_uniform(out, padded, base, u, &uniform_w[gi], bias, stream) {
                     continue;
                 }
             }
@@ -360,9 +372,9 @@ struct UniformTaps {
     lo: Vec<isize>,
     hi: Vec<isize>,
     valid: Vec<isize>,
-    /// Tap `j` of phase `r` is slot `r·n + j`: its weight (as f32) and its source offset
-    /// from the row's base.
-    w: [f32; 32],
+    /// Tap `j` of phase `r` is slot `r·n + j`: its kernel index and its source offset from
+    /// the row's base.
+    k: [usize; 32],
     offs: [isize; 32],
     /// The lowest and highest offset.
     off_lo: isize,
@@ -370,16 +382,18 @@ struct UniformTaps {
 }
 
 /// A stride-8 output row `out` whose 8 phases all have `u.n` taps, all reading inside the
-/// input at `base + offset` in `padded`: output `8q + r` is the sum over phase `r`'s taps of
-/// `w · padded[base + offset + q]`, plus `bias`. For blocks of 8 positions `q`, every tap of
-/// every phase is summed in registers, the 8 phase vectors are transposed there and stored
-/// as 64 consecutive outputs (non-temporal with `stream`, where `out` is 16-byte aligned).
+/// input at `base + offset` in `padded`, with weights `w` (slot by slot, as `u.k`): output
+/// `8q + r` is the sum over phase `r`'s taps of `w · padded[base + offset + q]`, plus
+/// `bias`. For blocks of 8 positions `q`, every tap of every phase is summed in registers,
+/// the 8 phase vectors are transposed there and stored as 64 consecutive outputs
+/// (non-temporal with `stream`, where `out` is 16-byte aligned).
 /// Returns whether it ran (f32 with AVX2+FMA, rows of whole blocks); then it wrote the row.
 fn fused_uniform<T: Element>(
     out: &mut [T],
     padded: &[T],
     base: usize,
     u: &UniformTaps,
+    w: &[f32; 32],
     bias: T,
     stream: bool,
 ) -> bool {
@@ -396,15 +410,14 @@ fn fused_uniform<T: Element>(
             return false;
         }
         // Safety: `T` is `f32` (same TypeId), so the slices are valid `[f32]`; every load
-        // `padded[at[i] + j]`, `j < q`, is in bounds (checked), and every store `out[i]`,
-        // `i < 8q = out.len()`; AVX2+FMA were detected; streaming stores are only used on a
-        // 16-byte aligned `out`.
+        // `padded[base + offs[i] + j]`, `j < q`, is in bounds (checked), and every store
+        // `out[i]`, `i < 8q = out.len()`; AVX2+FMA were detected; streaming stores are only
+        // used on a 16-byte aligned `out`.
         unsafe {
             let outf = std::slice::from_raw_parts_mut(out.as_mut_ptr() as *mut f32, out.len());
             let pf = std::slice::from_raw_parts(padded.as_ptr() as *const f32, padded.len());
             let stream = stream && (outf.as_ptr() as usize).is_multiple_of(16);
             let b = bias.to_f32().unwrap_or(0.0);
-            let w = &*(u.w.as_ptr() as *const [f32; 32]);
             let src = pf.as_ptr().add(base);
             match u.n {
                 1 => fused_uniform_avx2::<1>(outf, src, w, &u.offs, q, b, stream),
@@ -415,7 +428,7 @@ fn fused_uniform<T: Element>(
         }
         return true;
     }
-    let _ = (out, padded, base, u, bias, stream);
+    let _ = (out, padded, base, u, w, bias, stream);
     false
 }
 
