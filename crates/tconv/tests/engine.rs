@@ -311,32 +311,48 @@ fn stride_8_upsamplers_match_reference() {
     }
 }
 
+/// A depthwise conv_transpose (`groups` = channels) on small integers runs on the row engine
+/// and matches the reference exactly, with bias, at 1 and 2 threads; returns the output
+/// shape.
+fn depthwise_rows_match(
+    xs: &[usize],
+    ws: &[usize],
+    p: &tconv::ConvParams,
+    seed: u64,
+) -> Vec<usize> {
+    let p = p.clone().groups(xs[1]);
+    let x = ints::<f32>(xs, seed);
+    let w = ints::<f32>(ws, seed + 1);
+    let b = ints::<f32>(&[xs[1]], seed + 2)
+        .into_dimensionality()
+        .unwrap();
+    let want = conv_transpose_scatter(&x, &w, Some(b.view()), &p).unwrap();
+    for threads in [1, 2] {
+        let o = PlanOptions {
+            threads: Some(threads),
+            ..PlanOptions::default()
+        };
+        let plan = Plan::new(Op::ConvTranspose, xs, &w, Some(xs[1]), &p, &o).unwrap();
+        assert!(plan.label().contains("depthwise-rows"), "{}", plan.label());
+        assert_eq!(
+            plan.execute(&x, Some(b.view())).unwrap(),
+            want,
+            "{xs:?} {ws:?} threads {threads}"
+        );
+    }
+    want.shape().to_vec()
+}
+
 /// A depthwise output beyond the row engine's streaming threshold (16 MiB) is written with
 /// non-temporal stores: still exact against the reference, at 1 and 2 threads.
 #[test]
 fn streamed_depthwise_output_matches_reference() {
     use tconv::ConvParams;
     // Width 129: rows of 1032 outputs, not whole 64-output blocks (the phase-row path).
-    let (xs, ws) = ([1, 4, 128, 129], [4, 1, 16, 16]);
-    let p = ConvParams::new().stride(&[8]).padding(&[4]).groups(4);
-    let x = ints::<f32>(&xs, 21);
-    let w = ints::<f32>(&ws, 22);
-    let b = ints::<f32>(&[4], 23).into_dimensionality().unwrap();
-    let want = conv_transpose_scatter(&x, &w, Some(b.view()), &p).unwrap();
-    assert!(want.len() * 4 >= 16 << 20, "large enough to stream");
-    for threads in [1, 2] {
-        let o = PlanOptions {
-            threads: Some(threads),
-            ..PlanOptions::default()
-        };
-        let plan = Plan::new(Op::ConvTranspose, &xs, &w, Some(4), &p, &o).unwrap();
-        assert!(plan.label().contains("depthwise-rows"), "{}", plan.label());
-        assert_eq!(
-            plan.execute(&x, Some(b.view())).unwrap(),
-            want,
-            "threads {threads}"
-        );
-    }
+    let p = ConvParams::new().stride(&[8]).padding(&[4]);
+    let shape = depthwise_rows_match(&[1, 4, 128, 129], &[4, 1, 16, 16], &p, 21);
+    let len: usize = shape.iter().product();
+    assert!(len * 4 >= 16 << 20, "large enough to stream");
 }
 
 /// Stride-8 depthwise rows of whole 64-output blocks whose taps all read inside the input
@@ -375,25 +391,8 @@ fn stride_8_depthwise_blocks_match_reference() {
         ),
     ];
     for (xs, ws, p) in cases {
-        let p = p.groups(xs[1]);
-        let x = ints::<f32>(&xs, 31);
-        let w = ints::<f32>(&ws, 32);
-        let b = ints::<f32>(&[xs[1]], 33).into_dimensionality().unwrap();
-        let want = conv_transpose_scatter(&x, &w, Some(b.view()), &p).unwrap();
-        assert_eq!(want.shape()[want.ndim() - 1] % 64, 0, "whole blocks");
-        for threads in [1, 2] {
-            let o = PlanOptions {
-                threads: Some(threads),
-                ..PlanOptions::default()
-            };
-            let plan = Plan::new(Op::ConvTranspose, &xs, &w, Some(xs[1]), &p, &o).unwrap();
-            assert!(plan.label().contains("depthwise-rows"), "{}", plan.label());
-            assert_eq!(
-                plan.execute(&x, Some(b.view())).unwrap(),
-                want,
-                "{xs:?} {ws:?} threads {threads}"
-            );
-        }
+        let shape = depthwise_rows_match(&xs, &ws, &p, 31);
+        assert_eq!(shape[shape.len() - 1] % 64, 0, "whole blocks");
     }
 }
 
