@@ -2,7 +2,7 @@
 //!
 //! A [`Plan`] is a value: it names the algorithm and why, the tile and ISA, the work shapes,
 //! the workspace and the thread count, and it holds the packed weights, so it can be built
-//! once and executed many times. `TCONV_ALGORITHM=reference|direct` and `TCONV_ISA=…`
+//! once and executed many times. `TCONV_ALGORITHM=reference|direct|col2im` and `TCONV_ISA=…`
 //! force a choice (for tests), as do the fields of [`PlanOptions`].
 
 use std::fmt;
@@ -10,6 +10,7 @@ use std::fmt;
 use ndarray::{ArrayD, ArrayView1, AsArray, Dimension, IxDyn};
 
 use crate::error::{fail, ErrorKind, Result};
+use crate::fast::col2im::Col2im;
 use crate::fast::depthwise::DepthwiseRows;
 use crate::fast::direct::{execute, DirectKernel, Kernel, TileTable};
 use crate::fast::kernels::{portable, tile_shapes};
@@ -27,6 +28,9 @@ pub enum Algorithm {
     Reference,
     /// Phase decomposition into dense stride-1 sub-problems run by SIMD direct kernels.
     Direct,
+    /// Transposed conv as one GEMM over (output channel, tap) rows plus a col2im sum: for
+    /// few output channels per group (conv, and any forced use on a conv, runs `Direct`).
+    Col2im,
 }
 
 impl Algorithm {
@@ -35,6 +39,7 @@ impl Algorithm {
         match self {
             Algorithm::Reference => "reference",
             Algorithm::Direct => "direct",
+            Algorithm::Col2im => "col2im",
         }
     }
     /// The algorithm `TCONV_ALGORITHM` forces, if any.
@@ -48,6 +53,7 @@ impl Algorithm {
         match s.trim().to_ascii_lowercase().as_str() {
             "reference" | "naive" => Some(Algorithm::Reference),
             "direct" | "phase" | "fast" => Some(Algorithm::Direct),
+            "col2im" | "gemm" | "gemm-col2im" => Some(Algorithm::Col2im),
             _ => None,
         }
     }
@@ -81,6 +87,8 @@ pub struct Plan<T: Element> {
     direct: Option<DirectKernel<T>>,
     /// Depthwise conv or conv_transpose by output rows.
     rows: Option<DepthwiseRows<T>>,
+    /// GEMM over (output channel, tap) rows plus col2im.
+    col2im: Option<Col2im<T>>,
     /// Reference path keeps the weight.
     weight: Vec<T>,
 }
@@ -122,10 +130,20 @@ impl<T: Element> Plan<T> {
                 expected: g.weight_shape(),
             });
         }
-        let (algorithm, mut reason) = match options.algorithm.or_else(Algorithm::from_env) {
+        let (mut algorithm, mut reason) = match options.algorithm.or_else(Algorithm::from_env) {
             Some(a) => (a, "forced by the caller or TCONV_ALGORITHM".to_string()),
+            None if col2im_pays(&g) && options.inplace.is_none() && options.tile.is_none() => {
+                (Algorithm::Col2im, col2im_reason(&g))
+            }
             None => (Algorithm::Direct, direct_reason(&g)),
         };
+        if algorithm == Algorithm::Col2im && g.op == Op::Conv {
+            algorithm = Algorithm::Direct;
+            reason = format!(
+                "{reason}; col2im is for conv_transpose, so {}",
+                direct_reason(&g)
+            );
+        }
         let isa = match options.isa {
             Some(i) => i.or_below(),
             None => Isa::detect(),
@@ -258,6 +276,29 @@ impl<T: Element> Plan<T> {
         } else {
             None
         };
+        let col2im = (algorithm == Algorithm::Col2im).then(|| {
+            let lanes = isa.lanes();
+            let rows = g.out_per_group() * numel(&g.kernel_shape());
+            let positions = numel(&g.input_shape()[2..]);
+            let shapes = tile_shapes(isa);
+            let (mr, v) = options.tile.unwrap_or_else(|| {
+                shapes
+                    .iter()
+                    .min_by(|a, b| {
+                        let cost = |t: &(usize, usize, f32)| tile_cost(rows, positions, lanes, *t);
+                        cost(a).total_cmp(&cost(b))
+                    })
+                    .map_or((1, 4), |t| (t.0, t.1))
+            });
+            match kernel_for::<T>(isa, false, mr, v) {
+                Some(Kernel::Packed(f)) => Ok(Col2im::new(&g, w, f, (mr, v, lanes), threads)),
+                _ => fail(ErrorKind::NoSuchKernel {
+                    tile: (mr, v),
+                    available: shapes.iter().map(|t| (t.0, t.1)).collect(),
+                }),
+            }
+        });
+        let col2im = col2im.transpose()?;
         let weight = if algorithm == Algorithm::Reference {
             w.to_vec()
         } else {
@@ -271,6 +312,7 @@ impl<T: Element> Plan<T> {
             isa,
             direct,
             rows,
+            col2im,
             weight,
         })
     }
@@ -309,6 +351,9 @@ impl<T: Element> Plan<T> {
     /// Bytes the plan holds for its lifetime: the packed weights (about the weight's own
     /// size) and the tile table.
     pub fn packed_bytes(&self) -> usize {
+        if let Some(c) = &self.col2im {
+            return c.packed_bytes();
+        }
         match (&self.direct, &self.rows) {
             (Some(d), _) => d.packed.data.len() * std::mem::size_of::<T>() + d.table.bytes(),
             (None, Some(_)) => numel(&self.geometry.weight_shape()) * std::mem::size_of::<T>(),
@@ -323,6 +368,9 @@ impl<T: Element> Plan<T> {
         let size = std::mem::size_of::<T>();
         if let Some(r) = &self.rows {
             return self.threads * r.scratch_len(&self.geometry) * size;
+        }
+        if let Some(c) = &self.col2im {
+            return self.threads * c.scratch_len(&self.geometry) * size;
         }
         match &self.direct {
             None => 0,
@@ -353,6 +401,10 @@ impl<T: Element> Plan<T> {
                     d.mr,
                     d.v
                 )
+            }
+            None if self.col2im.is_some() => {
+                let c = self.col2im.as_ref().expect("checked");
+                format!("{}/{} {}x{}", self.algorithm.name(), self.isa, c.mr, c.v)
             }
             None if self.rows.is_some() => {
                 format!("{}/depthwise-rows/{}", self.algorithm.name(), self.isa)
@@ -407,6 +459,10 @@ impl<T: Element> Plan<T> {
             r.execute(g, x, bias, y, self.threads);
             return;
         }
+        if let Some(c) = &self.col2im {
+            c.execute(g, x, bias, y, self.threads);
+            return;
+        }
         match &self.direct {
             Some(d) => execute(d.exec.as_ref().unwrap_or(g), d, x, bias, y, self.threads),
             None => {
@@ -418,6 +474,29 @@ impl<T: Element> Plan<T> {
             }
         }
     }
+}
+
+/// Whether GEMM + col2im beats the phase decomposition: a transposed conv with few output
+/// channels per group (the phase GEMMs would have fewer rows than a register tile) but a
+/// real reduction over input channels, and overlapping taps (otherwise the phases already
+/// are the columns). Measured against the in-place kernels at 1 thread (BENCHMARKS.md):
+/// 1.3-2x faster from 32 input channels up, a tie at 16, 1.8x slower at 8.
+fn col2im_pays(g: &Geometry) -> bool {
+    g.op == Op::ConvTranspose
+        && g.out_per_group() < INPLACE_BELOW
+        && g.in_per_group() >= COL2IM_MIN_CIN
+        && g.axes.iter().any(|a| a.kernel > a.stride)
+}
+
+/// Fewest input channels per group for [`col2im_pays`].
+const COL2IM_MIN_CIN: usize = 32;
+
+fn col2im_reason(g: &Geometry) -> String {
+    format!(
+        "few output channels per group ({}) against {} input channels: one GEMM with a row per (output channel, tap) fills the register tile, then col2im sums the taps per output",
+        g.out_per_group(),
+        g.in_per_group()
+    )
 }
 
 fn direct_reason(g: &Geometry) -> String {
@@ -484,6 +563,22 @@ impl<T: Element> fmt::Display for Plan<T> {
                 writeln!(f, "             ... {} phases in all", d.spec.phases.len())?;
             }
             writeln!(f, "source:      {:?}", d.spec.source)?;
+        }
+        if let Some(c) = &self.col2im {
+            writeln!(
+                f,
+                "kernel:      {} tile of {} rows x {} vectors of {} positions",
+                self.isa, c.mr, c.v, c.lanes
+            )?;
+            writeln!(
+                f,
+                "gemm:        per image and group M={} (C_out/g x taps), K={} (C_in/g), N={} input positions; col2im sums {} taps per output at most",
+                c.rows,
+                g.in_per_group(),
+                numel(&g.input_shape()[2..]),
+                g.axes.iter().map(|a| a.kernel.div_ceil(a.stride)).product::<usize>()
+            )?;
+            writeln!(f, "bands:       {} output rows (axis 0) per band", c.band)?;
         }
         if let Some(r) = &self.rows {
             writeln!(

@@ -80,6 +80,22 @@ fn engine_matches_reference<T: Element>(c: &Case, op: Op) -> Result<(), TestCase
                 prop_assert_eq!(&got, &want, "{} threads {}", label, threads);
             }
         }
+        // GEMM + col2im, forced (a conv plans the direct engine instead).
+        for threads in [1, 3] {
+            let o = PlanOptions {
+                algorithm: Some(Algorithm::Col2im),
+                ..options(isa, None, threads)
+            };
+            let plan =
+                Plan::<T>::new(op, x.shape(), &w, b.as_ref().map(|b| b.len()), &p, &o).unwrap();
+            let expected = match op {
+                Op::ConvTranspose => Algorithm::Col2im,
+                Op::Conv => Algorithm::Direct,
+            };
+            prop_assert_eq!(plan.algorithm(), expected);
+            let got = plan.execute(&x, bv).unwrap();
+            prop_assert_eq!(&got, &want, "{} threads {}", plan.label(), threads);
+        }
     }
     Ok(())
 }
@@ -112,6 +128,13 @@ proptest! {
             o.tile = Some((mr, v));
             let plan = Plan::new(tconv::Op::ConvTranspose, x.shape(), &w, b.as_ref().map(|b| b.len()), &p, &o).unwrap();
             prop_assert_eq!(plan.execute(&x, bv).unwrap(), want.clone(), "{}", plan.label());
+            if !inplace {
+                // The same tile shapes run the GEMM of col2im.
+                o.algorithm = Some(Algorithm::Col2im);
+                o.inplace = None;
+                let plan = Plan::new(tconv::Op::ConvTranspose, x.shape(), &w, b.as_ref().map(|b| b.len()), &p, &o).unwrap();
+                prop_assert_eq!(plan.execute(&x, bv).unwrap(), want.clone(), "{}", plan.label());
+            }
         }
     }
 }
@@ -162,6 +185,26 @@ fn bitwise_identical_for_any_thread_count() {
             ConvParams::new().stride(&[2]).padding(&[1]).dilation(&[2]),
             Op::Conv,
         ),
+        // Few output channels (an RGB generator output, 1-D and 3-D kin): GEMM + col2im,
+        // cut into more output-row bands as the threads grow (shared rows computed twice).
+        (
+            vec![3, 32, 9, 7],
+            vec![32, 3, 4, 4],
+            ConvParams::new().stride(&[2]).padding(&[1]),
+            Op::ConvTranspose,
+        ),
+        (
+            vec![1, 32, 5, 4, 6],
+            vec![32, 2, 3, 3, 3],
+            ConvParams::new().stride(&[2]).padding(&[1]),
+            Op::ConvTranspose,
+        ),
+        (
+            vec![2, 40, 30],
+            vec![40, 1, 7],
+            ConvParams::new().stride(&[3]).padding(&[2]),
+            Op::ConvTranspose,
+        ),
     ];
     for (xs, ws, p, op) in cases {
         let (x, w) = (floats(&xs, 1), floats(&ws, 2));
@@ -172,6 +215,9 @@ fn bitwise_identical_for_any_thread_count() {
                 ..PlanOptions::default()
             };
             let plan = Plan::new(op, &xs, &w, None, &p, &o).unwrap();
+            if xs[1] >= 32 && ws[1] < 8 && op == Op::ConvTranspose {
+                assert_eq!(plan.algorithm(), Algorithm::Col2im, "{xs:?}");
+            }
             outs.push(plan.execute(&x, None).unwrap());
         }
         for o in &outs[1..] {
@@ -222,9 +268,14 @@ fn every_output_element_is_written() {
         let b = floats(&[ws[1] * p.groups], 5)
             .into_dimensionality::<ndarray::Ix1>()
             .unwrap();
-        for inplace in [false, true] {
+        for (inplace, algorithm) in [
+            (Some(false), None),
+            (Some(true), None),
+            (None, Some(Algorithm::Col2im)),
+        ] {
             let o = PlanOptions {
-                inplace: Some(inplace),
+                inplace,
+                algorithm,
                 threads: Some(2),
                 ..PlanOptions::default()
             };

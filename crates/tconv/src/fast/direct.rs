@@ -983,7 +983,7 @@ pub(crate) unsafe fn transpose8x8(
 
 /// Copy a short slice inline (a `memcpy` call costs more than the copy for tile rows).
 #[inline(always)]
-fn copy_short<T: Copy>(dst: &mut [T], src: &[T]) {
+pub(crate) fn copy_short<T: Copy>(dst: &mut [T], src: &[T]) {
     let mut d = dst.chunks_exact_mut(8);
     let mut s = src.chunks_exact(8);
     for (d8, s8) in (&mut d).zip(&mut s) {

@@ -5,10 +5,12 @@
 //! - [`kernels`]: register-tiled GEMM microkernels on packed panels (AVX-512, AVX2+FMA, portable).
 //! - [`inplace`]: the same tile reading the input in place through lane masks (few output channels).
 //! - [`direct`]: the driver, threads and stores.
+//! - [`col2im`]: GEMM over (output channel, tap) rows + col2im sums (few output channels).
 //! - [`depthwise`]: depthwise transposed conv by output rows (memory-bound layers).
 //! - [`isa`]: run-time CPU detection, overridable with `TCONV_ISA`.
 //! - [`scratch`]: per-thread scratch buffers reused across calls.
 
+pub mod col2im;
 pub mod depthwise;
 pub mod direct;
 pub mod inplace;
