@@ -10,7 +10,7 @@ use std::fmt;
 use ndarray::{ArrayD, ArrayView1, AsArray, Dimension, IxDyn};
 
 use crate::error::{fail, ErrorKind, Result};
-use crate::fast::col2im::Col2im;
+use crate::fast::col2im::{self, Col2im};
 use crate::fast::depthwise::DepthwiseRows;
 use crate::fast::direct::{execute, DirectKernel, Kernel, TileTable};
 use crate::fast::kernels::{portable, tile_shapes};
@@ -132,7 +132,10 @@ impl<T: Element> Plan<T> {
         }
         let (mut algorithm, mut reason) = match options.algorithm.or_else(Algorithm::from_env) {
             Some(a) => (a, "forced by the caller or TCONV_ALGORITHM".to_string()),
-            None if col2im_pays(&g) && options.inplace.is_none() && options.tile.is_none() => {
+            None if col2im_pays(&g, std::mem::size_of::<T>())
+                && options.inplace.is_none()
+                && options.tile.is_none() =>
+            {
                 (Algorithm::Col2im, col2im_reason(&g))
             }
             None => (Algorithm::Direct, direct_reason(&g)),
@@ -141,6 +144,16 @@ impl<T: Element> Plan<T> {
             algorithm = Algorithm::Direct;
             reason = format!(
                 "{reason}; col2im is for conv_transpose, so {}",
+                direct_reason(&g)
+            );
+        }
+        let elem = std::mem::size_of::<T>();
+        if algorithm == Algorithm::Col2im && !col2im::fits(&g, elem) {
+            algorithm = Algorithm::Direct;
+            reason = format!(
+                "{reason}; but col2im's columns for one input row would take {} bytes (at most {}), so {}",
+                col2im::row_bytes(&g, elem),
+                col2im::MAX_ROW_BYTES,
                 direct_reason(&g)
             );
         }
@@ -481,11 +494,12 @@ impl<T: Element> Plan<T> {
 /// real reduction over input channels, and overlapping taps (otherwise the phases already
 /// are the columns). Measured against the in-place kernels at 1 thread (BENCHMARKS.md):
 /// 1.3-2x faster from 32 input channels up, a tie at 16, 1.8x slower at 8.
-fn col2im_pays(g: &Geometry) -> bool {
+fn col2im_pays(g: &Geometry, elem: usize) -> bool {
     g.op == Op::ConvTranspose
         && g.out_per_group() < INPLACE_BELOW
         && g.in_per_group() >= COL2IM_MIN_CIN
         && g.axes.iter().any(|a| a.kernel > a.stride)
+        && col2im::fits(g, elem)
 }
 
 /// Fewest input channels per group for [`col2im_pays`].

@@ -515,3 +515,24 @@ fn sliced_reductions_match_reference() {
         );
     }
 }
+
+#[test]
+fn col2im_gives_way_where_its_columns_would_not_fit() {
+    use tconv::ConvParams;
+    // Few output channels, but a 64x64 kernel: one input row's columns alone would take
+    // 3 MiB, so even a forced col2im plans the direct engine, and says why.
+    let w = ndarray::Array4::<f32>::zeros((32, 3, 64, 64));
+    let p = ConvParams::new().stride(&[2]);
+    for algorithm in [None, Some(Algorithm::Col2im)] {
+        let o = PlanOptions {
+            algorithm,
+            threads: Some(1),
+            ..PlanOptions::default()
+        };
+        let plan = Plan::new(Op::ConvTranspose, &[1, 32, 64, 64], &w, None, &p, &o).unwrap();
+        assert_eq!(plan.algorithm(), Algorithm::Direct);
+        if algorithm.is_some() {
+            assert!(plan.to_string().contains("3145728 bytes"), "{plan}");
+        }
+    }
+}

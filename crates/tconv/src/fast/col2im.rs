@@ -54,6 +54,26 @@ pub struct Col2im<T> {
     kstride: Vec<usize>,
 }
 
+/// Bytes of columns one input row (axis 0; the whole line in 1-D) needs: the least a band
+/// holds.
+pub fn row_bytes(g: &Geometry, elem: usize) -> usize {
+    let in_row: usize = if g.axes.len() >= 2 {
+        g.axes[1..].iter().map(|a| a.input).product()
+    } else {
+        g.axes[0].input
+    };
+    g.out_per_group() * numel(&g.kernel_shape()) * in_row * elem
+}
+
+/// Whether a band of one input row keeps the columns within [`MAX_ROW_BYTES`] (a huge
+/// kernel or a very long 1-D line would not: the direct engine takes those).
+pub fn fits(g: &Geometry, elem: usize) -> bool {
+    row_bytes(g, elem) <= MAX_ROW_BYTES
+}
+
+/// Most bytes of columns for one input row.
+pub const MAX_ROW_BYTES: usize = 4 * BAND_BYTES;
+
 /// The `(tap, input)` pairs of one axis that reach output `o`: `o = i·s - p + k·d`.
 fn reaching(a: &crate::geometry::AxisGeometry, o: usize) -> Vec<(usize, usize)> {
     let s = a.stride as i64;
