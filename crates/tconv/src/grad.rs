@@ -418,6 +418,13 @@ struct RowLayout {
     /// Per small row: its outer coordinates, and its offset in a padded component.
     row_coords: Vec<usize>,
     row_base: Vec<usize>,
+    /// Per tap, its runs merged across rows: `(start in S', start in B, length)`. `S'`
+    /// holds the rows of `S` at the padded pitch with zeros past each row's end
+    /// ([`RowLayout::pad_small`]), so that the rows whose `B` runs lie one padded row apart
+    /// make one long run, the values between rows meeting zeros.
+    spans: Vec<Vec<(usize, usize, usize)>>,
+    /// Taps by ascending start in `B`.
+    tap_order: Vec<usize>,
 }
 
 impl RowLayout {
@@ -461,7 +468,7 @@ impl RowLayout {
             row_base.push(p.iter().zip(&pitch).map(|(&pa, &pt)| pa * pt).sum());
             row_coords.extend_from_slice(&p);
         }
-        RowLayout {
+        let mut lay = RowLayout {
             big: big_sp,
             strides,
             comp_ext,
@@ -474,6 +481,48 @@ impl RowLayout {
             tap_shift,
             row_coords,
             row_base,
+            spans: Vec::new(),
+            tap_order: Vec::new(),
+        };
+        lay.tap_order = (0..lay.tap_start.len()).collect();
+        lay.tap_order.sort_by_key(|&k| lay.tap_start[k]);
+        lay.spans = (0..lay.tap_start.len())
+            .map(|k| {
+                let mut spans: Vec<(usize, usize, usize)> = Vec::new();
+                let mut prev: Option<(usize, usize)> = None;
+                for r in 0..lay.small_rows {
+                    let Some(at) = lay.run(k, r) else {
+                        prev = None;
+                        continue;
+                    };
+                    match (prev, spans.last_mut()) {
+                        (Some((pr, pat)), Some(last)) if pr + 1 == r && pat + padded_len == at => {
+                            last.2 += padded_len;
+                        }
+                        _ => spans.push((r * padded_len, at, l_small)),
+                    }
+                    prev = Some((r, at));
+                }
+                spans
+            })
+            .collect();
+        lay
+    }
+
+    /// Elements of one plane of `S'` (see `spans`).
+    fn small_plane(&self) -> usize {
+        self.small_rows * self.padded_len
+    }
+
+    /// Copy the rows of one `S` plane into the row starts of `dst` (a plane of `S'`); the
+    /// rest of each padded row is left as it is (zero: the caller's buffer starts zeroed
+    /// and only row starts are ever written).
+    fn pad_small<T: Element>(&self, plane: &[T], dst: &mut [T]) {
+        for (d, s) in dst
+            .chunks_exact_mut(self.padded_len)
+            .zip(plane.chunks_exact(self.l_small.max(1)))
+        {
+            d[..self.l_small].copy_from_slice(s);
         }
     }
 
@@ -631,11 +680,13 @@ fn thin_big_side(g: &Geometry) -> bool {
 }
 
 /// `∂L/∂w` when the big side is thin ([`thin_big_side`]): every `B` plane is copied once
-/// into its [`RowLayout`]; `S` is read in place. A task owns `THIN_ROWS` channels of `S` —
-/// rows of `dW` — and, per batch item and tap, sums the products of those rows with all
-/// `B` channels' runs in `THIN_ROWS × b` register accumulators, in a fixed order (bitwise
-/// identical for any thread count). No operand is transposed or packed, and each loaded
-/// vector serves several products.
+/// into its [`RowLayout`]. A task owns `THIN_ROWS` channels of `S` — rows of `dW` — copies
+/// them per batch item at the padded row pitch (`S'`, so that a tap's runs over consecutive
+/// rows merge into one), and per tap sums the products of those rows with all `B`
+/// channels' runs in `THIN_ROWS × b` register accumulators, in a fixed order (bitwise
+/// identical for any thread count), the taps of one polyphase component together. No
+/// operand is transposed, and each loaded vector serves several products. (Merged runs and
+/// the component order: dcgan4's weight gradient 1.87 -> 1.74 ms, paired minima.)
 fn grad_weight_thin<T: Element>(
     g: &Geometry,
     s: &[T],
@@ -718,25 +769,24 @@ fn thin_tile<T: Element, const TB: usize>(avx2: bool, t: &ThinTile<'_, T>, out: 
     let k_size = t.lay.tap_start.len();
     let small_size = t.zeros.len();
     let mut acc = vec![[[[T::zero(); 8]; TB]; THIN_ROWS]; k_size];
-    let mut tail = vec![[[T::zero(); TB]; THIN_ROWS]; k_size];
+    // This task's rows of `S` as planes of `S'` (zero planes past `live`).
+    let plane = t.lay.small_plane();
+    let mut padded_s = vec![T::zero(); THIN_ROWS * plane];
     for n in 0..t.batch {
-        let srows: [&[T]; THIN_ROWS] = std::array::from_fn(|i| {
-            if i < t.live {
-                &t.s[(n * t.a_ch + t.a_first + i) * small_size..][..small_size]
-            } else {
-                t.zeros
-            }
-        });
+        for (i, dst) in padded_s.chunks_exact_mut(plane).enumerate().take(t.live) {
+            let src = &t.s[(n * t.a_ch + t.a_first + i) * small_size..][..small_size];
+            t.lay.pad_small(src, dst);
+        }
+        let srows: [&[T]; THIN_ROWS] = std::array::from_fn(|i| &padded_s[i * plane..][..plane]);
         let bplanes: [&[T]; TB] = std::array::from_fn(|j| {
             &t.padded[(n * t.b_ch + t.b_first + j) * t.lay.len..][..t.lay.len]
         });
-        thin_plane(avx2, t.lay, &srows, &bplanes, &mut acc, &mut tail);
+        thin_plane(avx2, t.lay, &srows, &bplanes, &mut acc);
     }
     for i in 0..t.live {
         for j in 0..TB {
             for k in 0..k_size {
-                out[(i * TB + j) * k_size + k] =
-                    acc[k][i][j].iter().fold(T::zero(), |s, &v| s + v) + tail[k][i][j];
+                out[(i * TB + j) * k_size + k] = acc[k][i][j].iter().fold(T::zero(), |s, &v| s + v);
             }
         }
     }
@@ -744,26 +794,23 @@ fn thin_tile<T: Element, const TB: usize>(avx2: bool, t: &ThinTile<'_, T>, out: 
 
 /// Per-tap accumulators of [`thin_plane`]: `[S row][B channel]`, 8 partial sums each.
 type ThinAcc<T, const TB: usize> = [[[T; 8]; TB]; THIN_ROWS];
-/// Per-tap sums of the positions past the last whole 8 of a row.
-type ThinTail<T, const TB: usize> = [[T; TB]; THIN_ROWS];
 
-/// Add one batch item's products to `acc`/`tail` (compiled for AVX2 where allowed).
+/// Add one batch item's products to `acc` (compiled for AVX2 where allowed).
 fn thin_plane<T: Element, const TB: usize>(
     avx2: bool,
     lay: &RowLayout,
     srows: &[&[T]; THIN_ROWS],
     bplanes: &[&[T]; TB],
     acc: &mut [ThinAcc<T, TB>],
-    tail: &mut [ThinTail<T, TB>],
 ) {
     #[cfg(target_arch = "x86_64")]
     if avx2 && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
         // Safety: the features were just detected.
-        unsafe { thin_plane_avx2(lay, srows, bplanes, acc, tail) };
+        unsafe { thin_plane_avx2(lay, srows, bplanes, acc) };
         return;
     }
     let _ = avx2;
-    thin_plane_body::<T, TB, false>(lay, srows, bplanes, acc, tail);
+    thin_plane_body::<T, TB, false>(lay, srows, bplanes, acc);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -773,9 +820,8 @@ unsafe fn thin_plane_avx2<T: Element, const TB: usize>(
     srows: &[&[T]; THIN_ROWS],
     bplanes: &[&[T]; TB],
     acc: &mut [ThinAcc<T, TB>],
-    tail: &mut [ThinTail<T, TB>],
 ) {
-    thin_plane_body::<T, TB, true>(lay, srows, bplanes, acc, tail);
+    thin_plane_body::<T, TB, true>(lay, srows, bplanes, acc);
 }
 
 /// With `FUSED`, each product is added with one fused multiply-add (one rounding; an
@@ -786,47 +832,57 @@ fn thin_plane_body<T: Element, const TB: usize, const FUSED: bool>(
     srows: &[&[T]; THIN_ROWS],
     bplanes: &[&[T]; TB],
     acc: &mut [ThinAcc<T, TB>],
-    tail: &mut [ThinTail<T, TB>],
 ) {
-    let l = lay.l_small;
-    let whole = l / 8 * 8;
-    for (k, (acc_k, tail_k)) in acc.iter_mut().zip(tail.iter_mut()).enumerate() {
-        // The tap's sums stay in registers over all rows.
+    // Taps in the order of their runs in `B` (component by component), so that the taps
+    // reading one component run while it is in L1.
+    for &k in &lay.tap_order {
+        let acc_k = &mut acc[k];
+        // The tap's sums stay in registers over all of its runs.
         let mut v = *acc_k;
-        let mut t = *tail_k;
-        for r in 0..lay.small_rows {
-            let Some(at) = lay.run(k, r) else {
-                continue;
-            };
-            let s0 = r * l;
+        for &(s0, at, l) in &lay.spans[k] {
             let brows: [&[T]; TB] = std::array::from_fn(|j| &bplanes[j][at..at + l]);
             let srow: [&[T]; THIN_ROWS] = std::array::from_fn(|i| &srows[i][s0..s0 + l]);
+            let whole = l / 8 * 8;
             for o in (0..whole).step_by(8) {
                 let bv: [[T; 8]; TB] =
                     std::array::from_fn(|j| brows[j][o..o + 8].try_into().expect("8 lanes"));
-                for (vi, si) in v.iter_mut().zip(&srow) {
-                    let sv: &[T; 8] = si[o..o + 8].try_into().expect("8 lanes");
-                    for (vij, bj) in vi.iter_mut().zip(&bv) {
-                        for q in 0..8 {
-                            vij[q] = if FUSED {
-                                sv[q].mul_add(bj[q], vij[q])
-                            } else {
-                                vij[q] + sv[q] * bj[q]
-                            };
-                        }
-                    }
-                }
+                let sv: [&[T; 8]; THIN_ROWS] =
+                    std::array::from_fn(|i| srow[i][o..o + 8].try_into().expect("8 lanes"));
+                thin_block::<T, TB, FUSED>(&mut v, &bv, &sv);
             }
-            for o in whole..l {
-                for (ti, si) in t.iter_mut().zip(&srow) {
-                    for (tij, bj) in ti.iter_mut().zip(&brows) {
-                        *tij = *tij + si[o] * bj[o];
-                    }
-                }
+            if whole < l {
+                // The last values, zero-padded to a vector.
+                let pad = |r: &[T]| {
+                    let mut a = [T::zero(); 8];
+                    a[..l - whole].copy_from_slice(&r[whole..]);
+                    a
+                };
+                let bv: [[T; 8]; TB] = std::array::from_fn(|j| pad(brows[j]));
+                let st: [[T; 8]; THIN_ROWS] = std::array::from_fn(|i| pad(srow[i]));
+                thin_block::<T, TB, FUSED>(&mut v, &bv, &std::array::from_fn(|i| &st[i]));
             }
         }
         *acc_k = v;
-        *tail_k = t;
+    }
+}
+
+/// `v[i][j] += s[i] · b[j]` lane by lane for 8 positions (see [`thin_plane_body`]).
+#[inline(always)]
+fn thin_block<T: Element, const TB: usize, const FUSED: bool>(
+    v: &mut ThinAcc<T, TB>,
+    bv: &[[T; 8]; TB],
+    sv: &[&[T; 8]; THIN_ROWS],
+) {
+    for (vi, si) in v.iter_mut().zip(sv) {
+        for (vij, bj) in vi.iter_mut().zip(bv) {
+            for q in 0..8 {
+                vij[q] = if FUSED {
+                    si[q].mul_add(bj[q], vij[q])
+                } else {
+                    vij[q] + si[q] * bj[q]
+                };
+            }
+        }
     }
 }
 
