@@ -274,7 +274,7 @@ impl<T: Element> Plan<T> {
                 1
             };
             let table = TileTable::new(&g, &spec, v * lanes, chunk_rows, group_size);
-            Some(DirectKernel {
+            let mut direct = DirectKernel {
                 spec,
                 packed,
                 kernel,
@@ -285,7 +285,13 @@ impl<T: Element> Plan<T> {
                 batch_chunk,
                 depthwise,
                 exec,
-            })
+                items_cap: usize::MAX,
+            };
+            // No more scratch than the output holds: fewer tiles per group where all
+            // threads' panels would outgrow it (dcgan1 at 2 threads: 1.31 MB for 1.05 MB).
+            let out_len = numel(&g.output_shape());
+            direct.items_cap = (out_len / (threads * direct.item_len(&g).max(1))).max(1);
+            Some(direct)
         } else {
             None
         };

@@ -536,3 +536,46 @@ fn col2im_gives_way_where_its_columns_would_not_fit() {
         }
     }
 }
+
+#[test]
+fn suite_workspaces_stay_within_the_output() {
+    use tconv::ConvParams;
+    // Issue 4's memory target, for every layer of the standard suite at 1 and 2 threads.
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/suite.json");
+    let suite: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let dims = |v: &serde_json::Value| -> Vec<usize> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect()
+    };
+    for l in suite["layers"].as_array().unwrap() {
+        let input = dims(&l["input"]);
+        let groups = l["groups"].as_u64().unwrap() as usize;
+        let mut w_shape = vec![input[1], l["c_out"].as_u64().unwrap() as usize / groups];
+        w_shape.extend(dims(&l["kernel"]));
+        let w = ndarray::ArrayD::<f32>::zeros(w_shape);
+        let p = ConvParams::new()
+            .stride(&dims(&l["stride"]))
+            .padding(&dims(&l["padding"]))
+            .output_padding(&dims(&l["output_padding"]))
+            .dilation(&dims(&l["dilation"]))
+            .groups(groups);
+        for threads in [1, 2] {
+            let o = PlanOptions {
+                threads: Some(threads),
+                ..PlanOptions::default()
+            };
+            let plan = Plan::new(Op::ConvTranspose, &input, &w, None, &p, &o).unwrap();
+            let out_bytes = plan.geometry().output_shape().iter().product::<usize>() * 4;
+            assert!(
+                plan.workspace_bytes() <= out_bytes,
+                "{} at {threads} threads: {} bytes of workspace for a {out_bytes}-byte output",
+                l["name"],
+                plan.workspace_bytes()
+            );
+        }
+    }
+}

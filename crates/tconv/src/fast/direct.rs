@@ -348,6 +348,9 @@ pub struct DirectKernel<T> {
     pub depthwise: bool,
     /// For depthwise kernels, the geometry the driver runs (one group of all channels).
     pub exec: Option<Geometry>,
+    /// Most tiles a group may hold (the planner's cap: all threads' scratch within the
+    /// output's size).
+    pub items_cap: usize,
 }
 
 impl<T> DirectKernel<T> {
@@ -420,7 +423,19 @@ impl<T> DirectKernel<T> {
             self.table.group_size * self.packed.blocks * self.mr * self.table.tile_lanes * size;
         (PANEL_BUDGET / panel)
             .min(PANEL_BUDGET / acc.max(1))
+            .min(self.items_cap)
             .clamp(1, 16)
+    }
+
+    /// Elements of scratch one tile adds to a group (its panel and accumulators).
+    pub fn item_len(&self, g: &Geometry) -> usize {
+        match self.kernel {
+            Kernel::Inplace(_) => 0,
+            Kernel::Packed(_) => {
+                self.held_panel_len(g.in_per_group()).max(1)
+                    + self.table.group_size * self.packed.blocks * self.mr * self.table.tile_lanes
+            }
+        }
     }
 }
 
