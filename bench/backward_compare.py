@@ -42,6 +42,9 @@ def torch_backward_ms(layer, threads, runs):
 
 
 def tconv_ms(name, threads, runs):
+    # Let the previous PyTorch call's worker threads stop spinning first: they can hold a
+    # core for a while after a parallel region and halve tconv's 2-thread speed.
+    time.sleep(0.5)
     out = subprocess.run(["target/release/tconv", "bench", "--pass", "both", "--layer", name, "--threads",
                           str(threads), "--runs", str(runs), "--json"], check=True, capture_output=True, text=True).stdout
     rows = {json.loads(l)["name"]: json.loads(l)["median_ms"] for l in out.strip().splitlines()}
