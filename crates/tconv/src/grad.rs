@@ -899,6 +899,29 @@ struct Side<'a, T> {
     live: usize,
 }
 
+impl<'a, T> Side<'a, T> {
+    /// Block `blk` of `width` channels of group `group` of `src`, whose `(channels,
+    /// per_group, plane)` are `dims`.
+    fn block(
+        src: &'a [T],
+        batch: usize,
+        (channels, per_group, plane): (usize, usize, usize),
+        width: usize,
+        group: usize,
+        blk: usize,
+    ) -> Side<'a, T> {
+        let first = blk * width;
+        Side {
+            src,
+            batch,
+            channels,
+            plane,
+            first: group * per_group + first,
+            live: width.min(per_group - first),
+        }
+    }
+}
+
 /// Copy-position tables of the weight-gradient packing (copy position → plane offset,
 /// `usize::MAX` for zero), with the passes [`pack_positions`] takes through them.
 struct Tables {
@@ -1151,15 +1174,14 @@ fn pack_side<T: Element>(
     let mut buf = scratch::take::<T>(g.groups * blocks * unit);
     run_chunks(threads, &mut buf, unit, |u, dst| {
         let (group, blk) = (u / blocks, u % blocks);
-        let first = blk * width;
-        let side = Side {
+        let side = Side::block(
             src,
-            batch: g.batch,
-            channels,
-            plane,
-            first: group * per_group + first,
-            live: width.min(per_group - first),
-        };
+            g.batch,
+            (channels, per_group, plane),
+            width,
+            group,
+            blk,
+        );
         pack_positions(dst, width, &side, tables, 0..tables.len(), true);
     });
     buf
@@ -1316,28 +1338,14 @@ pub fn grad_weight_fast<T: Element>(
         for j0 in (0..small_size).step_by(step) {
             let j1 = (j0 + step).min(small_size);
             if fused {
+                let s_dims = (a_ch, a_pg, small_size);
                 for (sbl, dst) in sbuf.chunks_mut(s_chunk).enumerate() {
-                    let first = (sbs.start + sbl) * s_width;
-                    let side = Side {
-                        src: s,
-                        batch: g.batch,
-                        channels: a_ch,
-                        plane: small_size,
-                        first: group * a_pg + first,
-                        live: s_width.min(a_pg - first),
-                    };
+                    let side = Side::block(s, g.batch, s_dims, s_width, group, sbs.start + sbl);
                     pack_positions(dst, s_width, &side, &identity, j0..j1, false);
                 }
+                let b_dims = (b_ch, b_pg, big_size);
                 for (blk, dst) in bbuf.chunks_mut(n_keys * b_key).enumerate() {
-                    let first = blk * b_width;
-                    let side = Side {
-                        src: b,
-                        batch: g.batch,
-                        channels: b_ch,
-                        plane: big_size,
-                        first: group * b_pg + first,
-                        live: b_width.min(b_pg - first),
-                    };
+                    let side = Side::block(b, g.batch, b_dims, b_width, group, blk);
                     pack_positions(dst, b_width, &side, &tables, j0..j1 + halo, false);
                 }
             }
