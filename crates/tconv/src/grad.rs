@@ -246,6 +246,9 @@ const REDUCTION_CHUNK: usize = 256;
 /// packed operands then stay in L2 instead of being written to memory and read back) when
 /// the positions a chunk's taps read past its end are at most `1 / FUSED_MAX_HALO` of it.
 const FUSED_MAX_HALO: usize = 4;
+/// Fewest positions per image for packing the weight gradient one image at a time (each
+/// kernel call then reduces over one image's positions).
+const IMAGE_MIN_POSITIONS: usize = 128;
 /// Below this many (a, b) channel pairs per group the weight gradient uses direct dot
 /// products: a 6×16 register tile would be mostly padding.
 const SMALL_GEMM: usize = 32;
@@ -1200,7 +1203,9 @@ const PACK_BLOCK_BYTES: usize = 64 * 1024;
 /// positions needs few positions past its end (kernel == stride, 1-D), the packing is fused
 /// into the tasks: each packs one chunk of both sides at a time into buffers that stay in
 /// L2, instead of writing whole packed copies to memory and reading them back (unet's
-/// weight gradient 19.9 -> 16.1 ms, vnet3d's 2.9 -> 2.2 ms, paired minima). Tasks own
+/// weight gradient 19.9 -> 16.1 ms, vnet3d's 2.9 -> 2.2 ms, paired minima); elsewhere, where
+/// an image has enough positions for efficient kernel calls, one image at a time, so no
+/// halo is packed twice (dcgan3 16.1 -> 13.9 ms, s1k3 9.2 -> 7.8 ms). Tasks own
 /// `(group, range of S channel blocks)`: disjoint rows of `dW`, each element summed by one
 /// task in a fixed order, so the result is bitwise identical for any thread count.
 pub fn grad_weight_fast<T: Element>(
@@ -1288,10 +1293,39 @@ pub fn grad_weight_fast<T: Element>(
     // first-axis shifts): packed with every chunk, so chunking pays only where few.
     let halo = copy_len - small_size;
     let chunk = (REDUCTION_CHUNK / g.batch).max(1);
-    let fused = halo * FUSED_MAX_HALO <= chunk;
+    let by_positions = halo * FUSED_MAX_HALO <= chunk;
+    // Otherwise, one image at a time where an image's reduction is long enough for
+    // efficient kernel calls: no halo is packed twice.
+    let by_images = !by_positions && small_size >= IMAGE_MIN_POSITIONS && g.batch > 1;
+    let fused = by_positions || by_images;
+    // Images per packed chunk (the batch innermost in `q`), and positions per chunk.
+    let (nb, step) = if by_images {
+        (1, small_size)
+    } else if by_positions {
+        (g.batch, chunk)
+    } else {
+        (g.batch, small_size)
+    };
+    let (identity_c, tables_c) = if by_images {
+        (
+            Tables::new::<T>(identity.tables.clone(), 1, s_width),
+            Tables::new::<T>(tables.tables.clone(), 1, b_width),
+        )
+    } else {
+        (
+            Tables::new::<T>(Vec::new(), 1, 1),
+            Tables::new::<T>(Vec::new(), 1, 1),
+        )
+    };
+    let (identity_c, tables_c) = if by_images {
+        (&identity_c, &tables_c)
+    } else {
+        (&identity, &tables)
+    };
     // Unfused: both sides packed whole up front, S `[group][block][q][s_width]` and the big
     // side `[group][block][key][q'][b_width]` (every key from one pass). Fused: each task
-    // packs one chunk of positions at a time, into buffers that stay in L2.
+    // packs one chunk (of positions, or one image) at a time into reused buffers, which
+    // stay in L2 (or at least are not written to memory and read back).
     let (spack, bpack) = if fused {
         (None, None)
     } else {
@@ -1328,25 +1362,26 @@ pub fn grad_weight_fast<T: Element>(
         // gather into dW's `[a][b][k]` order.
         let mut acc = scratch::take::<T>(nsb * b_blocks * k_size * tile);
         // One pass over `q` per step: the whole range (unfused), or chunk by chunk.
-        let step = if fused { chunk } else { small_size };
-        let (s_chunk, b_key) = (
-            (step * g.batch) * s_width,
-            (step + halo) * g.batch * b_width,
-        );
+        let (s_chunk, b_key) = ((step * nb) * s_width, (step + halo) * nb * b_width);
         let mut sbuf = scratch::take::<T>(if fused { nsb * s_chunk } else { 0 });
         let mut bbuf = scratch::take::<T>(if fused { b_blocks * n_keys * b_key } else { 0 });
-        for j0 in (0..small_size).step_by(step) {
+        for (n0, j0) in (0..g.batch)
+            .step_by(nb)
+            .flat_map(|n0| (0..small_size).step_by(step).map(move |j0| (n0, j0)))
+        {
             let j1 = (j0 + step).min(small_size);
             if fused {
+                let s_img = &s[n0 * a_ch * small_size..];
                 let s_dims = (a_ch, a_pg, small_size);
                 for (sbl, dst) in sbuf.chunks_mut(s_chunk).enumerate() {
-                    let side = Side::block(s, g.batch, s_dims, s_width, group, sbs.start + sbl);
-                    pack_positions(dst, s_width, &side, &identity, j0..j1, false);
+                    let side = Side::block(s_img, nb, s_dims, s_width, group, sbs.start + sbl);
+                    pack_positions(dst, s_width, &side, identity_c, j0..j1, false);
                 }
+                let b_img = &b[n0 * b_ch * big_size..];
                 let b_dims = (b_ch, b_pg, big_size);
                 for (blk, dst) in bbuf.chunks_mut(n_keys * b_key).enumerate() {
-                    let side = Side::block(b, g.batch, b_dims, b_width, group, blk);
-                    pack_positions(dst, b_width, &side, &tables, j0..j1 + halo, false);
+                    let side = Side::block(b_img, nb, b_dims, b_width, group, blk);
+                    pack_positions(dst, b_width, &side, tables_c, j0..j1 + halo, false);
                 }
             }
             // Where a tap's operands start, for reduction index `q` (at or after `j0`).
@@ -1355,7 +1390,7 @@ pub fn grad_weight_fast<T: Element>(
                     &p[..],
                     (group * s_blocks + sbs.start + sbl) * s_run + q * s_width,
                 ),
-                None => (&sbuf[..], sbl * s_chunk + (q - j0 * g.batch) * s_width),
+                None => (&sbuf[..], sbl * s_chunk + (q - j0 * nb) * s_width),
             };
             let b_at = |blk: usize, key: usize, c0: usize, q: usize| match &bpack {
                 Some(p) => (
@@ -1367,13 +1402,15 @@ pub fn grad_weight_fast<T: Element>(
                 None => (
                     &bbuf[..],
                     blk * n_keys * b_key
-                        + key * (j1 - j0 + halo) * g.batch * b_width
-                        + (c0 * rest * g.batch + q - j0 * g.batch) * b_width,
+                        + key * (j1 - j0 + halo) * nb * b_width
+                        + (c0 * rest * nb + q - j0 * nb) * b_width,
                 ),
             };
-            for q0 in (j0 * g.batch..j1 * g.batch).step_by(REDUCTION_CHUNK) {
-                let q1 = (q0 + REDUCTION_CHUNK).min(j1 * g.batch);
+            for q0 in (j0 * nb..j1 * nb).step_by(REDUCTION_CHUNK) {
+                let q1 = (q0 + REDUCTION_CHUNK).min(j1 * nb);
                 let kq = q1 - q0;
+                // Add to the tile from the second pass over `q` on (a later image or chunk).
+                let more = q0 > 0 || n0 > 0;
                 for (key, taps) in keys.taps.iter().enumerate() {
                     for &(k, c0) in taps {
                         // The lane-side slice stays in L1 while the row-side slices stream.
@@ -1392,9 +1429,9 @@ pub fn grad_weight_fast<T: Element>(
                                 let at = ((sbl * b_blocks + blk) * k_size + k) * tile;
                                 let out = &mut acc[at..at + tile];
                                 if s_on_rows {
-                                    kernel(sv, bv, Rows::packed(kq, b_width), out, q0 > 0);
+                                    kernel(sv, bv, Rows::packed(kq, b_width), out, more);
                                 } else {
-                                    kernel(bv, sv, Rows::packed(kq, s_width), out, q0 > 0);
+                                    kernel(bv, sv, Rows::packed(kq, s_width), out, more);
                                 }
                             }
                         }
