@@ -246,9 +246,6 @@ const REDUCTION_CHUNK: usize = 256;
 /// packed operands then stay in L2 instead of being written to memory and read back) when
 /// the positions a chunk's taps read past its end are at most `1 / FUSED_MAX_HALO` of it.
 const FUSED_MAX_HALO: usize = 4;
-/// Fewest positions per image for packing the weight gradient one image at a time (each
-/// kernel call then reduces over one image's positions).
-const IMAGE_MIN_POSITIONS: usize = 128;
 /// Below this many (a, b) channel pairs per group the weight gradient uses direct dot
 /// products: a 6×16 register tile would be mostly padding.
 const SMALL_GEMM: usize = 32;
@@ -1204,8 +1201,8 @@ const PACK_BLOCK_BYTES: usize = 64 * 1024;
 /// into the tasks: each packs one chunk of both sides at a time into buffers that stay in
 /// L2, instead of writing whole packed copies to memory and reading them back (unet's
 /// weight gradient 19.9 -> 16.1 ms, vnet3d's 2.9 -> 2.2 ms, paired minima); elsewhere, where
-/// an image has enough positions for efficient kernel calls, one image at a time, so no
-/// halo is packed twice (dcgan3 16.1 -> 13.9 ms, s1k3 9.2 -> 7.8 ms). Tasks own
+/// the batch has more images than one reduction chunk needs, a few whole images at a time,
+/// so no halo is packed twice (dcgan3 16.1 -> 13.9 ms, s1k3 9.2 -> 7.8 ms). Tasks own
 /// `(group, range of S channel blocks)`: disjoint rows of `dW`, each element summed by one
 /// task in a fixed order, so the result is bitwise identical for any thread count.
 pub fn grad_weight_fast<T: Element>(
@@ -1294,13 +1291,14 @@ pub fn grad_weight_fast<T: Element>(
     let halo = copy_len - small_size;
     let chunk = (REDUCTION_CHUNK / g.batch).max(1);
     let by_positions = halo * FUSED_MAX_HALO <= chunk;
-    // Otherwise, one image at a time where an image's reduction is long enough for
-    // efficient kernel calls: no halo is packed twice.
-    let by_images = !by_positions && small_size >= IMAGE_MIN_POSITIONS && g.batch > 1;
+    // Otherwise a few images at a time, enough for a reduction of `REDUCTION_CHUNK`: no
+    // halo is packed twice (each image has its own).
+    let per_chunk = REDUCTION_CHUNK.div_ceil(small_size.max(1)).min(g.batch);
+    let by_images = !by_positions && per_chunk < g.batch;
     let fused = by_positions || by_images;
     // Images per packed chunk (the batch innermost in `q`), and positions per chunk.
     let (nb, step) = if by_images {
-        (1, small_size)
+        (per_chunk, small_size)
     } else if by_positions {
         (g.batch, chunk)
     } else {
@@ -1308,8 +1306,8 @@ pub fn grad_weight_fast<T: Element>(
     };
     let (identity_c, tables_c) = if by_images {
         (
-            Tables::new::<T>(identity.tables.clone(), 1, s_width),
-            Tables::new::<T>(tables.tables.clone(), 1, b_width),
+            Tables::new::<T>(identity.tables.clone(), nb, s_width),
+            Tables::new::<T>(tables.tables.clone(), nb, b_width),
         )
     } else {
         (
@@ -1370,6 +1368,8 @@ pub fn grad_weight_fast<T: Element>(
             .flat_map(|n0| (0..small_size).step_by(step).map(move |j0| (n0, j0)))
         {
             let j1 = (j0 + step).min(small_size);
+            // Images in this chunk (the last may hold fewer).
+            let nb = nb.min(g.batch - n0);
             if fused {
                 let s_img = &s[n0 * a_ch * small_size..];
                 let s_dims = (a_ch, a_pg, small_size);

@@ -365,6 +365,13 @@ fn wide_weight_gradients_match_reference() {
             vec![9, 4, 2, 3, 3],
             ConvParams::new().stride(&[2]).padding(&[1]),
         ),
+        // A halo too wide for chunks of positions: packed two images at a time, the last
+        // chunk holding one.
+        (
+            vec![5, 8, 12, 20],
+            vec![8, 6, 3, 3],
+            ConvParams::new().padding(&[1]),
+        ),
     ];
     for (xs, ws, p) in cases {
         let (x, w) = (ints::<f32>(&xs, 3), ints::<f32>(&ws, 4));
