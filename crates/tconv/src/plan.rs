@@ -28,8 +28,9 @@ pub enum Algorithm {
     Reference,
     /// Phase decomposition into dense stride-1 sub-problems run by SIMD direct kernels.
     Direct,
-    /// Transposed conv as one GEMM over (output channel, tap) rows plus a col2im sum: for
-    /// few output channels per group (conv, and any forced use on a conv, runs `Direct`).
+    /// Transposed conv as one GEMM over (output channel, tap) rows plus a col2im sum, for
+    /// few output channels per group. Forced on a conv (or where its columns would not
+    /// fit), the plan runs `Direct` and says why.
     Col2im,
 }
 
