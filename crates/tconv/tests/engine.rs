@@ -434,6 +434,13 @@ fn stride_8_depthwise_blocks_match_reference() {
             vec![2, 1, 3, 16, 16],
             ConvParams::new().stride(&[1, 8, 8]).padding(&[1, 4, 4]),
         ),
+        // Dilated: the taps read more distinct runs than the by-source blocks take, so the
+        // blocks sum slot by slot.
+        (
+            vec![1, 2, 6, 8],
+            vec![2, 1, 8, 8],
+            ConvParams::new().stride(&[8]).dilation(&[3]).padding(&[7]),
+        ),
         // 16 MiB of output: streamed.
         (
             vec![1, 4, 128, 128],

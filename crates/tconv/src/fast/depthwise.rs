@@ -476,9 +476,9 @@ fn fused_uniform<T: Element>(
             let b = bias.to_f32().unwrap_or(0.0);
             let src = pf.as_ptr().add(base);
             // Few distinct sources (a k16 s8 layer's taps read 6 runs in 2-D, 3 in 1-D):
-            // one load per source, every phase's weight for it (zero where the phase does
-            // not read it) against that vector, skipping the half of the phases a source does not
-            // serve. fcn_dw 2.1 -> 1.5 ms at one thread.
+            // one load per source, against every phase's weight for it (zero where the
+            // phase does not read it), skipping the half of the phases it does not serve.
+            // fcn_dw 2.1 -> 1.5 ms at one thread. Otherwise (e.g. dilated): slot by slot.
             if u.by_source() {
                 match u.srcs.len() {
                     1 => fused_sources_avx2::<1>(outf, src, w2, u, q, b, stream),
