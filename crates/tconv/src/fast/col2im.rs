@@ -18,6 +18,7 @@
 
 use super::direct::{copy_short, interleave2, run_each};
 use super::kernels::{KernelFn, Rows};
+use super::spec::{pitches_of, residue_taps, ResidueTaps};
 use super::{prefetch_read, scratch};
 use crate::geometry::Geometry;
 use crate::tensor::{numel, Element};
@@ -49,20 +50,34 @@ pub struct Col2im<T> {
     lead: Vec<Vec<Vec<(usize, usize)>>>,
     /// Last axis, per residue `r` (output `s·q + r`): its extent and taps `(k, shift)`
     /// (input `q + shift`).
-    last: Vec<(usize, Vec<(usize, isize)>)>,
+    last: Vec<ResidueTaps>,
     /// Row-major strides of the kernel's flat tap index.
     kstride: Vec<usize>,
+}
+
+/// Input positions along the inner axes of one input row (axis 0; the line for 1-D).
+fn in_row(g: &Geometry) -> usize {
+    if g.axes.len() >= 2 {
+        g.axes[1..].iter().map(|a| a.input).product()
+    } else {
+        g.axes[0].input
+    }
+}
+
+/// Rows along axis 0 that bands divide (the output's axis-0 extent; 1 for 1-D, whose
+/// whole line is one row).
+fn rows0(g: &Geometry) -> usize {
+    if g.axes.len() >= 2 {
+        g.axes[0].output
+    } else {
+        1
+    }
 }
 
 /// Bytes of columns one input row (axis 0; the whole line in 1-D) needs: the least a band
 /// holds.
 pub fn row_bytes(g: &Geometry, elem: usize) -> usize {
-    let in_row: usize = if g.axes.len() >= 2 {
-        g.axes[1..].iter().map(|a| a.input).product()
-    } else {
-        g.axes[0].input
-    };
-    g.out_per_group() * numel(&g.kernel_shape()) * in_row * elem
+    g.out_per_group() * numel(&g.kernel_shape()) * in_row(g) * elem
 }
 
 /// Whether a band of one input row keeps the columns within [`MAX_ROW_BYTES`] (a huge
@@ -116,29 +131,8 @@ impl<T: Element> Col2im<T> {
             .iter()
             .map(|a| (0..a.output).map(|o| reaching(a, o)).collect())
             .collect();
-        let la = &g.axes[dims - 1];
-        let last = (0..la.stride)
-            .map(|r| {
-                let q = if r < la.output {
-                    (la.output - r).div_ceil(la.stride)
-                } else {
-                    0
-                };
-                let taps = (0..la.kernel)
-                    .rev()
-                    .filter_map(|k| {
-                        let num = r as i64 + la.pad_begin - (k * la.dilation) as i64;
-                        let s = la.stride as i64;
-                        (num.rem_euclid(s) == 0).then_some((k, num.div_euclid(s) as isize))
-                    })
-                    .collect();
-                (q, taps)
-            })
-            .collect();
-        let mut kstride = vec![1; dims];
-        for a in (0..dims.saturating_sub(1)).rev() {
-            kstride[a] = kstride[a + 1] * kshape[a + 1];
-        }
+        let last = residue_taps(&g.axes[dims - 1]);
+        let kstride = pitches_of(&kshape);
         let mut c = Col2im {
             kernel,
             mr,
@@ -156,33 +150,15 @@ impl<T: Element> Col2im<T> {
         c
     }
 
-    /// Output rows along axis 0 that one band covers (1 "row" for 1-D), and their count.
-    fn rows0(g: &Geometry) -> usize {
-        if g.axes.len() >= 2 {
-            g.axes[0].output
-        } else {
-            1
-        }
-    }
-
-    /// Input positions along the inner axes of one input row (axis 0; the line for 1-D).
-    fn in_row(g: &Geometry) -> usize {
-        if g.axes.len() >= 2 {
-            g.axes[1..].iter().map(|a| a.input).product()
-        } else {
-            g.axes[0].input
-        }
-    }
-
     /// Band height: columns within [`BAND_BYTES`], and enough bands for about four tasks
     /// per thread where the batch and groups do not already give them.
     fn choose_band(&self, g: &Geometry, threads: usize) -> usize {
-        let rows0 = Self::rows0(g);
+        let rows0 = rows0(g);
         if g.axes.len() < 2 {
             return 1;
         }
         let a0 = &g.axes[0];
-        let per_in_row = (self.rows * Self::in_row(g) * std::mem::size_of::<T>()).max(1);
+        let per_in_row = (self.rows * in_row(g) * std::mem::size_of::<T>()).max(1);
         let in_rows = (BAND_BYTES / per_in_row).max(1);
         let halo = (a0.span() - 1).div_ceil(a0.stride);
         let by_budget = (in_rows.saturating_sub(halo) * a0.stride).max(a0.stride);
@@ -220,13 +196,13 @@ impl<T: Element> Col2im<T> {
     /// Column-matrix pitch for a band reading `in_rows` input rows.
     fn pitch(&self, g: &Geometry, in_rows: usize) -> usize {
         let tl = self.tile_lanes();
-        (in_rows * Self::in_row(g)).div_ceil(tl) * tl
+        (in_rows * in_row(g)).div_ceil(tl) * tl
     }
 
     /// Elements of scratch one task allocates: the band's columns, the input panel, the
     /// register tile and the phase lines.
     pub fn scratch_len(&self, g: &Geometry) -> usize {
-        let rows0 = Self::rows0(g);
+        let rows0 = rows0(g);
         let widest = (0..rows0.div_ceil(self.band))
             .map(|b| {
                 let r = self.input_rows(g, b * self.band..((b + 1) * self.band).min(rows0));
@@ -250,7 +226,7 @@ impl<T: Element> Col2im<T> {
         if out_plane == 0 || g.batch == 0 {
             return;
         }
-        let rows0 = Self::rows0(g);
+        let rows0 = rows0(g);
         let out_row = out_plane / rows0;
         let bands = rows0.div_ceil(self.band);
         let cout_g = g.out_per_group();
@@ -289,10 +265,10 @@ impl<T: Element> Col2im<T> {
         mut planes: Vec<&mut [T]>,
     ) {
         let dims = g.axes.len();
-        let rows0 = Self::rows0(g);
+        let rows0 = rows0(g);
         let out_rows = band * self.band..((band + 1) * self.band).min(rows0);
         let in_rows = self.input_rows(g, out_rows.clone());
-        let in_row = Self::in_row(g);
+        let in_row = in_row(g);
         let npos = in_rows.len() * in_row;
         let pitch = self.pitch(g, in_rows.len());
         let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
@@ -337,49 +313,47 @@ impl<T: Element> Col2im<T> {
         let mut lines = scratch::take::<T>(self.last.iter().map(|(q, _)| q).sum());
         let lead_axes = dims - 1;
         // Input pitch of each leading axis within the band's columns.
-        let mut in_pitch = vec![0; lead_axes];
-        for (a, p) in in_pitch.iter_mut().enumerate() {
-            *p = g.axes[a + 1..].iter().map(|ax| ax.input).product();
-        }
+        let inputs: Vec<usize> = g.axes.iter().map(|ax| ax.input).collect();
+        let in_pitch = pitches_of(&inputs);
         // Output lines per band: axis-0 rows of the band times the middle axes' extents.
         let middle: Vec<usize> = g.axes[1.min(lead_axes)..lead_axes]
             .iter()
             .map(|a| a.output)
             .collect();
         let per_row = numel(&middle);
+        let n_lines = if dims >= 2 {
+            out_rows.len() * per_row
+        } else {
+            1
+        };
         let mut combos: Vec<(usize, usize)> = Vec::new();
         let mut next: Vec<(usize, usize)> = Vec::new();
         let mut coord = vec![0; lead_axes];
-        for (co, plane) in planes.iter_mut().enumerate() {
-            let bias = bias.map_or(T::zero(), |b| b[group * cout_g + co]);
-            let row_base = co * ksize;
-            let n_lines = if dims >= 2 {
-                out_rows.len() * per_row
-            } else {
-                1
-            };
-            for line in 0..n_lines {
-                // Leading coordinates of this line, then the (tap, column) pairs reaching it.
-                if dims >= 2 {
-                    coord[0] = out_rows.start + line / per_row.max(1);
-                    let mut rest = line % per_row.max(1);
-                    for a in (1..lead_axes).rev() {
-                        coord[a] = rest % g.axes[a].output;
-                        rest /= g.axes[a].output;
+        for line in 0..n_lines {
+            // Leading coordinates of this line, then the (tap, column) pairs reaching it:
+            // the same for every output channel.
+            if dims >= 2 {
+                coord[0] = out_rows.start + line / per_row.max(1);
+                let mut rest = line % per_row.max(1);
+                for a in (1..lead_axes).rev() {
+                    coord[a] = rest % g.axes[a].output;
+                    rest /= g.axes[a].output;
+                }
+            }
+            combos.clear();
+            combos.push((0, 0));
+            for a in 0..lead_axes {
+                next.clear();
+                for &(kp, off) in &combos {
+                    for &(k, i) in &self.lead[a][coord[a]] {
+                        let i = if a == 0 { i - in_rows.start } else { i };
+                        next.push((kp + k * self.kstride[a], off + i * in_pitch[a]));
                     }
                 }
-                combos.clear();
-                combos.push((0, 0));
-                for a in 0..lead_axes {
-                    next.clear();
-                    for &(kp, off) in &combos {
-                        for &(k, i) in &self.lead[a][coord[a]] {
-                            let i = if a == 0 { i - in_rows.start } else { i };
-                            next.push((kp + k * self.kstride[a], off + i * in_pitch[a]));
-                        }
-                    }
-                    std::mem::swap(&mut combos, &mut next);
-                }
+                std::mem::swap(&mut combos, &mut next);
+            }
+            for (co, plane) in planes.iter_mut().enumerate() {
+                let row_base = co * ksize;
                 let mut at = 0;
                 for (q, taps) in &self.last {
                     let acc = &mut lines[at..at + q];
@@ -399,6 +373,7 @@ impl<T: Element> Col2im<T> {
                         }
                     }
                 }
+                let bias = bias.map_or(T::zero(), |b| b[group * cout_g + co]);
                 let dst = &mut plane[line * line_len..(line + 1) * line_len];
                 store_line(dst, &lines, self.last.len(), bias);
             }

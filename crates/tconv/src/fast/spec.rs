@@ -17,7 +17,7 @@
 //! are lane masks. This needs the source's inner extents to cover the phase extents; where
 //! they do not, the source is copied once into a zero-padded buffer with larger pitches.
 
-use crate::geometry::Geometry;
+use crate::geometry::{AxisGeometry, Geometry};
 use crate::params::Op;
 use crate::tensor::positions;
 
@@ -93,7 +93,8 @@ impl DirectSpec {
     }
 }
 
-fn pitches_of(extents: &[usize]) -> Vec<usize> {
+/// Row-major pitches of a grid of `extents` (the last axis 1).
+pub(crate) fn pitches_of(extents: &[usize]) -> Vec<usize> {
     let mut p = vec![1; extents.len()];
     for a in (0..extents.len().saturating_sub(1)).rev() {
         p[a] = p[a + 1] * extents[a + 1];
@@ -102,37 +103,37 @@ fn pitches_of(extents: &[usize]) -> Vec<usize> {
 }
 
 /// For one residue of one axis: its extent and its taps `(k, shift)`.
-type ResidueTaps = (usize, Vec<(usize, isize)>);
+pub(crate) type ResidueTaps = (usize, Vec<(usize, isize)>);
+
+/// The transposed conv's phases along one axis: for each residue `r` (outputs `s·q + r`),
+/// the extent of `q` and the taps `(k, shift)` reaching it, tap `k` reading input
+/// `q + shift`. Kernel index descending, so the shifts ascend: consecutive taps then read
+/// consecutive source offsets (see the driver's wide groups).
+pub(crate) fn residue_taps(a: &AxisGeometry) -> Vec<ResidueTaps> {
+    let s = a.stride as i64;
+    (0..a.stride)
+        .map(|r| {
+            let q = if r < a.output {
+                (a.output - r).div_ceil(a.stride)
+            } else {
+                0
+            };
+            let taps = (0..a.kernel)
+                .rev()
+                .filter_map(|k| {
+                    let num = r as i64 + a.pad_begin - (k * a.dilation) as i64;
+                    (num.rem_euclid(s) == 0).then_some((k, num.div_euclid(s) as isize))
+                })
+                .collect();
+            (q, taps)
+        })
+        .collect()
+}
 
 fn transpose_spec(g: &Geometry) -> DirectSpec {
     let dims = g.axes.len();
     // Per axis: for each residue, its extent and its taps (k, shift).
-    let per_axis: Vec<Vec<ResidueTaps>> = g
-        .axes
-        .iter()
-        .map(|a| {
-            let s = a.stride as i64;
-            (0..a.stride)
-                .map(|r| {
-                    let q = if r < a.output {
-                        (a.output - r).div_ceil(a.stride)
-                    } else {
-                        0
-                    };
-                    // Kernel index descending, so the shifts ascend: consecutive taps then
-                    // read consecutive source offsets (see the driver's wide groups).
-                    let taps = (0..a.kernel)
-                        .rev()
-                        .filter_map(|k| {
-                            let num = r as i64 + a.pad_begin - (k * a.dilation) as i64;
-                            (num.rem_euclid(s) == 0).then_some((k, num.div_euclid(s) as isize))
-                        })
-                        .collect();
-                    (q, taps)
-                })
-                .collect()
-        })
-        .collect();
+    let per_axis: Vec<Vec<ResidueTaps>> = g.axes.iter().map(residue_taps).collect();
     let strides: Vec<usize> = g.axes.iter().map(|a| a.stride).collect();
     let inputs: Vec<usize> = g.axes.iter().map(|a| a.input).collect();
     let kernel: Vec<usize> = g.kernel_shape();
