@@ -697,20 +697,19 @@ fn grad_weight_thin<T: Element>(
 ) {
     let lay = RowLayout::new(g);
     let Sizes {
-        small_size,
         big_size,
         k_size,
         a_ch,
         b_ch,
         a_pg,
         b_pg,
+        ..
     } = Sizes::of(g);
     // Every plane of B, padded once: `[n][channel][lay.len]`.
     let mut padded = scratch::take::<T>(g.batch * b_ch * lay.len);
     run_chunks(threads, &mut padded, lay.len, |u, dst| {
         lay.fill(&b[u * big_size..][..big_size], dst)
     });
-    let zeros = vec![T::zero(); small_size];
     let row_len = b_pg * k_size;
     let mut parts: Vec<(usize, usize, &mut [T])> = Vec::new();
     let mut rest: &mut [T] = dw;
@@ -729,7 +728,6 @@ fn grad_weight_thin<T: Element>(
             lay: &lay,
             s,
             padded,
-            zeros: &zeros,
             a_first: group * a_pg + a0,
             live: part.len() / row_len,
             a_ch,
@@ -754,8 +752,6 @@ struct ThinTile<'a, T> {
     lay: &'a RowLayout,
     s: &'a [T],
     padded: &'a [T],
-    /// A zero plane of `S`, read in place of the channels past `live`.
-    zeros: &'a [T],
     a_first: usize,
     live: usize,
     a_ch: usize,
@@ -767,7 +763,7 @@ struct ThinTile<'a, T> {
 /// Rows `a_first..a_first + live` of `dW` (`[a][b][k]`, `TB` channels of `B`) into `out`.
 fn thin_tile<T: Element, const TB: usize>(avx2: bool, t: &ThinTile<'_, T>, out: &mut [T]) {
     let k_size = t.lay.tap_start.len();
-    let small_size = t.zeros.len();
+    let small_size = t.lay.small_rows * t.lay.l_small;
     let mut acc = vec![[[[T::zero(); 8]; TB]; THIN_ROWS]; k_size];
     // This task's rows of `S` as planes of `S'` (zero planes past `live`).
     let plane = t.lay.small_plane();
@@ -1280,12 +1276,6 @@ pub fn grad_weight_fast<T: Element>(
     let rest: usize = small_size / g.axes[0].small(g.op).max(1);
     let copy_len = keys.e0 * rest;
 
-    let identity = Tables::new::<T>(vec![(0..small_size).collect()], g.batch, s_width);
-    let tables = Tables::new::<T>(
-        (0..n_keys).map(|k| keys.source_offsets(g, k)).collect(),
-        g.batch,
-        b_width,
-    );
     // Copy positions past a chunk's last small position that its taps read (their
     // first-axis shifts): packed with every chunk, so chunking pays only where few.
     let halo = copy_len - small_size;
@@ -1304,22 +1294,13 @@ pub fn grad_weight_fast<T: Element>(
     } else {
         (g.batch, small_size)
     };
-    let (identity_c, tables_c) = if by_images {
-        (
-            Tables::new::<T>(identity.tables.clone(), nb, s_width),
-            Tables::new::<T>(tables.tables.clone(), nb, b_width),
-        )
-    } else {
-        (
-            Tables::new::<T>(Vec::new(), 1, 1),
-            Tables::new::<T>(Vec::new(), 1, 1),
-        )
-    };
-    let (identity_c, tables_c) = if by_images {
-        (&identity_c, &tables_c)
-    } else {
-        (&identity, &tables)
-    };
+    // Copy-position tables of both sides, their passes sized for `nb` images.
+    let identity = Tables::new::<T>(vec![(0..small_size).collect()], nb, s_width);
+    let tables = Tables::new::<T>(
+        (0..n_keys).map(|k| keys.source_offsets(g, k)).collect(),
+        nb,
+        b_width,
+    );
     // Unfused: both sides packed whole up front, S `[group][block][q][s_width]` and the big
     // side `[group][block][key][q'][b_width]` (every key from one pass). Fused: each task
     // packs one chunk (of positions, or one image) at a time into reused buffers, which
@@ -1375,13 +1356,13 @@ pub fn grad_weight_fast<T: Element>(
                 let s_dims = (a_ch, a_pg, small_size);
                 for (sbl, dst) in sbuf.chunks_mut(s_chunk).enumerate() {
                     let side = Side::block(s_img, nb, s_dims, s_width, group, sbs.start + sbl);
-                    pack_positions(dst, s_width, &side, identity_c, j0..j1, false);
+                    pack_positions(dst, s_width, &side, &identity, j0..j1, false);
                 }
                 let b_img = &b[n0 * b_ch * big_size..];
                 let b_dims = (b_ch, b_pg, big_size);
                 for (blk, dst) in bbuf.chunks_mut(n_keys * b_key).enumerate() {
                     let side = Side::block(b_img, nb, b_dims, b_width, group, blk);
-                    pack_positions(dst, b_width, &side, tables_c, j0..j1 + halo, false);
+                    pack_positions(dst, b_width, &side, &tables, j0..j1 + halo, false);
                 }
             }
             // Where a tap's operands start, for reduction index `q` (at or after `j0`).
