@@ -505,27 +505,6 @@ fn fused_uniform<T: Element>(
     false
 }
 
-/// Transpose a block's 8 phase vectors in registers (column `c` then holds the 8 residues
-/// of position `c`) and store them as 64 consecutive outputs at `dst`, non-temporal with
-/// `stream`.
-///
-/// # Safety
-/// AVX available; `dst` writable for 64 values, 16-byte aligned with `stream`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx")]
-#[inline]
-unsafe fn store_block(dst: *mut f32, acc: [std::arch::x86_64::__m256; 8], stream: bool) {
-    use std::arch::x86_64::*;
-    for (c, col) in super::direct::transpose8x8(acc).iter().enumerate() {
-        if stream {
-            _mm_stream_ps(dst.add(8 * c), _mm256_castps256_ps128(*col));
-            _mm_stream_ps(dst.add(8 * c + 4), _mm256_extractf128_ps(*col, 1));
-        } else {
-            _mm256_storeu_ps(dst.add(8 * c), *col);
-        }
-    }
-}
-
 /// # Safety
 /// As [`fused_uniform_avx2`], reading `src.offset(u.srcs[d])` for `d < ND`.
 #[cfg(target_arch = "x86_64")]
@@ -559,7 +538,7 @@ unsafe fn fused_sources_avx2<const ND: usize>(
                 }
             }
         }
-        store_block(o.add(8 * q0), acc, stream);
+        super::direct::store_block(o.add(8 * q0), acc, stream);
     }
 }
 
@@ -593,7 +572,7 @@ unsafe fn fused_uniform_avx2<const N: usize>(
         for a in acc.iter_mut() {
             *a = _mm256_add_ps(*a, bv);
         }
-        store_block(o.add(8 * q0), acc, stream);
+        super::direct::store_block(o.add(8 * q0), acc, stream);
     }
 }
 

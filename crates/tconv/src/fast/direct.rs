@@ -936,23 +936,34 @@ unsafe fn interleave8_avx(dst: &mut [f32], r: &[&[f32]; 8], bias: f32, stream: b
     while j + 8 <= n {
         let x: [__m256; 8] =
             std::array::from_fn(|i| _mm256_add_ps(_mm256_loadu_ps(r[i].as_ptr().add(j)), bv));
-        let out = dst.as_mut_ptr().add(8 * j);
-        // Column c of the 8×8 block, i.e. output positions 8(j + c) .. 8(j + c) + 8.
-        for (c, col) in transpose8x8(x).iter().enumerate() {
-            if stream {
-                // Two aligned 16-byte halves (`dst` is 16-byte aligned, offsets are
-                // multiples of 8 floats).
-                _mm_stream_ps(out.add(8 * c), _mm256_castps256_ps128(*col));
-                _mm_stream_ps(out.add(8 * c + 4), _mm256_extractf128_ps(*col, 1));
-            } else {
-                _mm256_storeu_ps(out.add(8 * c), *col);
-            }
-        }
+        // (With `stream`, `dst` is 16-byte aligned and offsets are multiples of 8 floats.)
+        store_block(dst.as_mut_ptr().add(8 * j), x, stream);
         j += 8;
     }
     for jj in j..n {
         for (i, row) in r.iter().enumerate() {
             dst[8 * jj + i] = row[jj] + bias;
+        }
+    }
+}
+
+/// Transpose 8 vectors of 8 phases in registers (column `c` then holds the 8 residues of
+/// position `c`) and store them as 64 consecutive values at `dst`, non-temporal with
+/// `stream`.
+///
+/// # Safety
+/// AVX available; `dst` writable for 64 values, 16-byte aligned with `stream`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+#[inline]
+pub(crate) unsafe fn store_block(dst: *mut f32, x: [std::arch::x86_64::__m256; 8], stream: bool) {
+    use std::arch::x86_64::*;
+    for (c, col) in transpose8x8(x).iter().enumerate() {
+        if stream {
+            _mm_stream_ps(dst.add(8 * c), _mm256_castps256_ps128(*col));
+            _mm_stream_ps(dst.add(8 * c + 4), _mm256_extractf128_ps(*col, 1));
+        } else {
+            _mm256_storeu_ps(dst.add(8 * c), *col);
         }
     }
 }
