@@ -21,6 +21,7 @@ use ndarray::{ArrayD, AsArray, Dimension, IxDyn};
 use crate::error::{fail, ErrorKind, Result};
 use crate::fast::direct::{run_chunks, run_each};
 use crate::fast::kernels::{portable, tile_shapes, Rows};
+use crate::fast::tap_rows::{self, TapRows};
 use crate::fast::{scratch, Isa};
 use crate::geometry::Geometry;
 use crate::params::{ConvParams, Op};
@@ -223,7 +224,9 @@ pub fn grad_weight_reference<T: Element>(g: &Geometry, x: &[T], gy: &[T]) -> Vec
 
 /// How [`grad_weight_fast`] computes the weight gradient of `g`, in words (for reports).
 pub fn weight_gradient_method(g: &Geometry) -> &'static str {
-    if few_channel_pairs(g) {
+    if tap_rows::applies(g, tap_rows::WEIGHT_MIN_STRIDE) {
+        "depthwise tap vectors"
+    } else if few_channel_pairs(g) {
         "row dot products"
     } else if thin_big_side(g) {
         "row dot products, thin side"
@@ -581,6 +584,21 @@ fn grad_weight_small<T: Element>(
         b_pg,
     } = Sizes::of(g);
     let avx2 = cfg!(target_arch = "x86_64") && isa != Isa::Scalar;
+    if tap_rows::applies(g, tap_rows::WEIGHT_MIN_STRIDE) {
+        // Depthwise with a large last-axis stride: each big row read in place, by tap
+        // vectors, instead of through a polyphase copy of its plane.
+        let taps = TapRows::new(g);
+        let run_channel = |a: usize, row: &mut [T]| {
+            row.fill(T::zero());
+            for n in 0..g.batch {
+                let sp = &s[(n * a_ch + a) * small_size..][..small_size];
+                let bp = &b[(n * b_ch + a) * big_size..][..big_size];
+                taps.weight_plane(avx2, sp, bp, row);
+            }
+        };
+        run_chunks(threads, dw, k_size, run_channel);
+        return;
+    }
     let run_row = |a: usize, row: &mut [T]| {
         let group = a / a_pg;
         let mut padded = scratch::take::<T>(lay.len);

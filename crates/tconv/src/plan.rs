@@ -181,7 +181,20 @@ impl<T: Element> Plan<T> {
             && options.inplace.is_none()
             && options.tile.is_none())
         .then(|| DepthwiseRows::new(&g, w, isa));
-        if rows.is_some() {
+        if rows.as_ref().is_some_and(|r| r.by_taps()) {
+            let taps = format!(
+                "depthwise (one input and one output channel per group) with a last-axis \
+                 stride of {} and a kernel of whole vectors, so by tap vectors: each input \
+                 row copied once into a zero-margined row cache (no polyphase split), 8 taps of a kernel row per vector, \
+                 the sums of 8 outputs reduced across lanes at the end",
+                g.axes.last().map_or(1, |a| a.stride)
+            );
+            reason = if reason == direct_reason(&g) {
+                taps
+            } else {
+                format!("{reason}; {taps}")
+            };
+        } else if rows.is_some() {
             reason = format!(
                 "{reason}; depthwise (one input and one output channel per group), so by output \
                  rows: each phase row summed in registers over a zero-margined copy of the \
@@ -427,7 +440,12 @@ impl<T: Element> Plan<T> {
                 format!("{}/{} {}x{}", self.algorithm.name(), self.isa, c.mr, c.v)
             }
             None if self.rows.is_some() => {
-                format!("{}/depthwise-rows/{}", self.algorithm.name(), self.isa)
+                let family = if self.rows.as_ref().is_some_and(|r| r.by_taps()) {
+                    "depthwise-taps"
+                } else {
+                    "depthwise-rows"
+                };
+                format!("{}/{family}/{}", self.algorithm.name(), self.isa)
             }
             None => self.algorithm.name().to_string(),
         }
@@ -602,13 +620,22 @@ impl<T: Element> fmt::Display for Plan<T> {
             writeln!(f, "bands:       {} output rows (axis 0) per band", c.band)?;
         }
         if let Some(r) = &self.rows {
-            writeln!(
-                f,
-                "kernel:      {} depthwise rows, {} phases, {} channel planes",
-                self.isa,
-                r.spec.phases.len(),
-                g.batch * g.out_channels
-            )?;
+            if r.by_taps() {
+                writeln!(
+                    f,
+                    "kernel:      {} depthwise tap vectors, {} channel planes",
+                    self.isa,
+                    g.batch * g.out_channels
+                )?;
+            } else {
+                writeln!(
+                    f,
+                    "kernel:      {} depthwise rows, {} phases, {} channel planes",
+                    self.isa,
+                    r.spec.phases.len(),
+                    g.batch * g.out_channels
+                )?;
+            }
         }
         writeln!(
             f,

@@ -586,3 +586,79 @@ fn suite_workspaces_stay_within_the_output() {
         }
     }
 }
+
+/// Depthwise convs with a large last-axis stride and a kernel of whole vectors read their
+/// input rows in place by tap vectors: exact on small integers against the reference, with
+/// bias, for 1-3-D shapes, asymmetric and wide padding (rows and positions that read only
+/// zeros), dilated outer axes, rows shorter than and not a multiple of 8 positions, f32 and
+/// f64, the scalar and AVX2 paths, 1 and 3 threads.
+#[test]
+fn depthwise_tap_vectors_match_reference() {
+    use tconv::ConvParams;
+    let cases = [
+        // FCN's upsampler seen as the conv of its input gradient.
+        (
+            vec![2, 3, 37, 45],
+            vec![3, 1, 16, 16],
+            ConvParams::new().stride(&[8]).padding(&[4]),
+        ),
+        (
+            vec![1, 2, 23, 83],
+            vec![2, 1, 3, 8],
+            ConvParams::new()
+                .stride(&[2, 4])
+                .dilation(&[2, 1])
+                .pads(&[3, 9], &[1, 2]),
+        ),
+        (
+            vec![3, 4, 150],
+            vec![4, 1, 24],
+            ConvParams::new().stride(&[5]).pads(&[30], &[7]),
+        ),
+        (
+            vec![1, 2, 5, 6, 40],
+            vec![2, 1, 2, 3, 8],
+            ConvParams::new().stride(&[1, 2, 4]).padding(&[1, 1, 2]),
+        ),
+        // Fewer than 8 positions per row.
+        (
+            vec![2, 2, 9, 30],
+            vec![2, 1, 16, 16],
+            ConvParams::new().stride(&[8]).padding(&[8]),
+        ),
+    ];
+    for (xs, ws, p) in cases {
+        let p = p.groups(xs[1]);
+        for threads in [1, 3] {
+            for isa in [Isa::Scalar, Isa::Avx2] {
+                tap_vectors_match::<f32>(&xs, &ws, &p, isa, threads);
+                tap_vectors_match::<f64>(&xs, &ws, &p, isa, threads);
+            }
+        }
+    }
+}
+
+fn tap_vectors_match<T: Element>(
+    xs: &[usize],
+    ws: &[usize],
+    p: &tconv::ConvParams,
+    isa: Isa,
+    threads: usize,
+) {
+    let x = ints::<T>(xs, 41);
+    let w = ints::<T>(ws, 42);
+    let b = ints::<T>(&[xs[1]], 43).into_dimensionality().unwrap();
+    let want = conv_gather(&x, &w, Some(b.view()), p).unwrap();
+    let o = PlanOptions {
+        threads: Some(threads),
+        isa: Some(isa),
+        ..PlanOptions::default()
+    };
+    let plan = Plan::new(Op::Conv, xs, &w, Some(xs[1]), p, &o).unwrap();
+    assert!(plan.label().contains("depthwise-taps"), "{}", plan.label());
+    assert_eq!(
+        plan.execute(&x, Some(b.view())).unwrap(),
+        want,
+        "{xs:?} {ws:?} {isa} threads {threads}"
+    );
+}

@@ -410,3 +410,107 @@ fn wide_weight_gradients_match_reference() {
         }
     }
 }
+
+/// Depthwise layers with a large last-axis stride (FCN's k16 s8 upsampler and the like):
+/// the weight gradient reads the big side's rows in place by tap vectors, and so does the
+/// input gradient of a transposed conv (a strided depthwise conv). Exact on small integers
+/// against the reference gradients, for both ops, 1-3-D, asymmetric and wide pads, dilated
+/// outer axes, a requested output size (negative padding), f32 and f64, scalar and AVX2, 1
+/// and 3 threads.
+#[test]
+fn depthwise_tap_vector_gradients_match_reference() {
+    use tconv::fast::Isa;
+    use tconv::{ConvParams, OutputSize};
+    // As transposed convs (input, weight, params); the conv reading of each takes the
+    // transposed conv's output shape as its input.
+    let cases = [
+        (
+            vec![2, 3, 5, 6],
+            vec![3, 1, 16, 16],
+            ConvParams::new().stride(&[8]).padding(&[4]),
+        ),
+        (
+            vec![1, 2, 4, 7],
+            vec![2, 1, 3, 8],
+            ConvParams::new()
+                .stride(&[2, 4])
+                .dilation(&[2, 1])
+                .pads(&[3, 5], &[1, 2]),
+        ),
+        (
+            vec![3, 2, 13],
+            vec![2, 1, 24],
+            ConvParams::new().stride(&[5]).pads(&[6], &[9]),
+        ),
+        (
+            vec![1, 2, 3, 2, 9],
+            vec![2, 1, 2, 3, 8],
+            ConvParams::new().stride(&[1, 2, 4]).padding(&[1, 1, 2]),
+        ),
+        (
+            vec![1, 2, 3, 5],
+            vec![2, 1, 8, 16],
+            ConvParams::new()
+                .stride(&[4, 8])
+                .output_size(OutputSize::Onnx(vec![19, 53])),
+        ),
+        // Stride 2: the weight gradient by tap vectors, the conv by polyphase rows.
+        (
+            vec![2, 2, 6, 9],
+            vec![2, 1, 3, 8],
+            ConvParams::new().stride(&[1, 2]).pads(&[1, 3], &[0, 2]),
+        ),
+    ];
+    for (xs, ws, p) in cases {
+        let p = p.groups(xs[1]);
+        for op in [Op::ConvTranspose, Op::Conv] {
+            let x = match op {
+                Op::ConvTranspose => ints::<f64>(&xs, 51),
+                Op::Conv => {
+                    let mut p = p.clone();
+                    p.output_size = None;
+                    let g = Geometry::new(Op::ConvTranspose, &xs, &ws, None, &p).unwrap();
+                    ints::<f64>(&g.user_output_shape(), 52)
+                }
+            };
+            let p = if op == Op::Conv {
+                let mut p = p.clone();
+                p.output_size = None;
+                p
+            } else {
+                p.clone()
+            };
+            let w = ints::<f64>(&ws, 53);
+            let g = Geometry::new(op, x.shape(), &ws, None, &p).unwrap();
+            assert_eq!(
+                tconv::grad::weight_gradient_method(&g),
+                "depthwise tap vectors"
+            );
+            let gy = ints::<f64>(&g.user_output_shape(), 54);
+            let reference = PlanOptions {
+                algorithm: Some(Algorithm::Reference),
+                ..PlanOptions::default()
+            };
+            let want = backward(op, &x, &w, &gy, &p, &reference);
+            for isa in [Isa::Scalar, Isa::Avx2] {
+                for threads in [1, 3] {
+                    let o = PlanOptions {
+                        threads: Some(threads),
+                        isa: Some(isa),
+                        ..PlanOptions::default()
+                    };
+                    let got = backward(op, &x, &w, &gy, &p, &o);
+                    assert_eq!(got, want, "{op:?} {xs:?} {ws:?} {isa} threads {threads}");
+                    let f = |a: &ArrayD<f64>| a.mapv(|v| v as f32);
+                    let got32 = backward(op, &f(&x), &f(&w), &f(&gy), &p, &o);
+                    assert_eq!(
+                        got32.weight.unwrap(),
+                        f(want.weight.as_ref().unwrap()),
+                        "f32 {op:?} {xs:?} {isa}"
+                    );
+                    assert_eq!(got32.input.unwrap(), f(want.input.as_ref().unwrap()));
+                }
+            }
+        }
+    }
+}

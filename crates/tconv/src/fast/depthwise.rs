@@ -19,6 +19,7 @@ use super::direct::{interleave2, interleave8_to, run_chunks, store_fence};
 use super::pack::deal_row;
 use super::scratch;
 use super::spec::DirectSpec;
+use super::tap_rows::{self, TapRows};
 use super::Isa;
 use crate::geometry::Geometry;
 use crate::params::Op;
@@ -56,6 +57,9 @@ pub struct DepthwiseRows<T> {
     /// Per outer residue combination (a group of last-axis phases): its taps, where the
     /// fused stride-8 path takes them (see [`UniformTaps`]).
     uniform: Vec<Option<UniformTaps>>,
+    /// A conv with a large last-axis stride: its runs read in place, by tap vectors
+    /// (see [`TapRows`]), instead of through a polyphase copy.
+    by_taps: Option<TapRows>,
 }
 
 impl<T: Element> DepthwiseRows<T> {
@@ -122,6 +126,8 @@ impl<T: Element> DepthwiseRows<T> {
             in_stride,
             comp_ext,
             uniform: Vec::new(),
+            by_taps: (g.op == Op::Conv && tap_rows::applies(g, tap_rows::CONV_MIN_STRIDE))
+                .then(|| TapRows::new(g)),
         };
         let s = rows.spec.out_stride[last];
         rows.uniform = (0..rows.spec.phases.len() / s.max(1))
@@ -133,6 +139,9 @@ impl<T: Element> DepthwiseRows<T> {
     /// Elements of scratch per thread: one padded input plane (all components) and the
     /// phase rows of one output row.
     pub fn scratch_len(&self, g: &Geometry) -> usize {
+        if let Some(t) = &self.by_taps {
+            return t.scratch_len();
+        }
         let last = g.axes.len() - 1;
         let comps: usize = self.in_stride.iter().product();
         let rows = comps * numel(&self.comp_ext[..last]);
@@ -151,15 +160,26 @@ impl<T: Element> DepthwiseRows<T> {
         // Outputs far larger than the caches are written with non-temporal stores (no
         // read for ownership): such layers are bound by memory traffic.
         let stream = std::mem::size_of_val(y) >= STREAM_BYTES;
+        let k_size = numel(&g.kernel_shape());
         let run = |p: usize, plane: &mut [T]| {
             let c = p % g.out_channels;
             let b = bias.map_or(T::zero(), |b| b[c]);
+            if let Some(t) = &self.by_taps {
+                let w = &self.weight[c * k_size..(c + 1) * k_size];
+                t.conv_plane(self.avx2, &x[p * in_plane..(p + 1) * in_plane], w, b, plane);
+                return;
+            }
             self.plane(g, &x[p * in_plane..(p + 1) * in_plane], c, b, plane, stream);
             if stream {
                 store_fence();
             }
         };
         run_chunks(threads, y, out_plane, run);
+    }
+
+    /// Whether the runs are read in place by tap vectors ([`TapRows`]).
+    pub fn by_taps(&self) -> bool {
+        self.by_taps.is_some()
     }
 
     /// The taps of phases `phases` (one outer residue combination, every last-axis

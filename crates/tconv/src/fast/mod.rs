@@ -7,6 +7,7 @@
 //! - [`direct`]: the driver, threads and stores.
 //! - [`col2im`]: GEMM over (output channel, tap) rows + col2im sums (few output channels).
 //! - [`depthwise`]: depthwise transposed conv by output rows (memory-bound layers).
+//! - [`tap_rows`]: strided depthwise conv and weight gradient by kernel-row vectors.
 //! - [`isa`]: run-time CPU detection, overridable with `TCONV_ISA`.
 //! - [`scratch`]: per-thread scratch buffers reused across calls.
 
@@ -19,6 +20,7 @@ pub mod kernels;
 pub mod pack;
 pub mod scratch;
 pub mod spec;
+pub mod tap_rows;
 
 pub use isa::Isa;
 
