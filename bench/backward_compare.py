@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Time the backward pass of transposed convolution: PyTorch's `y.backward(gy)` (grad of
-input and weight together) beside tconv's grad_input and grad_weight (`tconv bench --pass
-both`), layer by layer in one sitting, 1 and 2 threads. Prints a markdown table.
+input and weight together) beside tconv's (`tconv bench --pass both`: grad_input and
+grad_weight alone, and both together, the row compared), layer by layer in one sitting, 1
+and 2 threads. Prints a markdown table.
 
   .venv-peers/bin/python bench/backward_compare.py --runs 10
 """
@@ -48,7 +49,8 @@ def tconv_ms(name, threads, runs):
     out = subprocess.run(["target/release/tconv", "bench", "--pass", "both", "--layer", name, "--threads",
                           str(threads), "--runs", str(runs), "--json"], check=True, capture_output=True, text=True).stdout
     rows = {json.loads(l)["name"]: json.loads(l)["median_ms"] for l in out.strip().splitlines()}
-    return rows[name], rows[name + ":grad_input"], rows[name + ":grad_weight"]
+    return (rows[name], rows[name + ":grad_input"], rows[name + ":grad_weight"],
+            rows[name + ":backward"])
 
 
 def main():
@@ -59,9 +61,8 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|")
     for layer in SUITE:
         for t in (1, 2):
-            fwd, gi, gw = tconv_ms(layer["name"], t, a.runs)
+            fwd, gi, gw, ours = tconv_ms(layer["name"], t, a.runs)
             tb = torch_backward_ms(layer, t, a.runs)
-            ours = gi + gw
             print(f"| {layer['name']} | {t} | {fwd:.2f} | {gi:.2f} | {gw:.2f} | {ours:.2f} | {ours / fwd:.2f} | {tb:.2f} | {tb / ours:.2f}x |")
             sys.stdout.flush()
 

@@ -72,8 +72,8 @@ pub struct BenchArgs {
     /// Also time the ordinary conv each layer is the transpose of (rows named NAME:conv).
     #[arg(long)]
     pub with_conv: bool,
-    /// Which passes: the forward pass, the backward pass (rows NAME:grad_input and
-    /// NAME:grad_weight), or both.
+    /// Which passes: the forward pass, the backward pass (rows NAME:grad_input,
+    /// NAME:grad_weight, and NAME:backward for both together), or both.
     #[arg(long, value_enum, default_value = "forward")]
     pub pass: Pass,
     /// Force an algorithm (reference, direct or col2im).
@@ -274,6 +274,15 @@ pub fn time_layer(l: &Layer, a: &BenchArgs, opts: &PlanOptions) -> Result<Vec<Ti
                     bias: false,
                 },
             ),
+            // Both together, as a training step (and PyTorch's `y.backward(gy)`) asks.
+            (
+                "backward",
+                tconv::Wanted {
+                    input: true,
+                    weight: true,
+                    bias: false,
+                },
+            ),
         ] {
             let (median_ms, min_ms) = time_fn(
                 || {
@@ -286,16 +295,22 @@ pub fn time_layer(l: &Layer, a: &BenchArgs, opts: &PlanOptions) -> Result<Vec<Ti
             out.push(Timing {
                 name: format!("{}:{suffix}", l.name),
                 threads: plan.threads(),
-                gflop,
+                gflop: if suffix == "backward" {
+                    2.0 * gflop
+                } else {
+                    gflop
+                },
                 median_ms,
                 min_ms,
-                algorithm: if suffix == "grad_input" {
-                    let adjoint = geometry.adjoint();
-                    let ws = w.as_slice().context("contiguous weight")?;
-                    let name = adjoint.op.name();
-                    format!("{name} {}", Plan::from_geometry(adjoint, ws, opts)?.label())
-                } else {
-                    tconv::grad::weight_gradient_method(geometry).into()
+                algorithm: match suffix {
+                    "grad_input" => {
+                        let adjoint = geometry.adjoint();
+                        let ws = w.as_slice().context("contiguous weight")?;
+                        let name = adjoint.op.name();
+                        format!("{name} {}", Plan::from_geometry(adjoint, ws, opts)?.label())
+                    }
+                    "grad_weight" => tconv::grad::weight_gradient_method(geometry).into(),
+                    _ => tconv::grad::backward_method(geometry, opts).into(),
                 },
                 workspace_bytes: 0,
                 plan_ms: None,

@@ -709,7 +709,15 @@ fn bench_and_plan_report_what_outside_checks_read() {
                 .to_string()
         })
         .collect();
-    assert_eq!(names, ["custom", "custom:grad_input", "custom:grad_weight"]);
+    assert_eq!(
+        names,
+        [
+            "custom",
+            "custom:grad_input",
+            "custom:grad_weight",
+            "custom:backward"
+        ]
+    );
     let o = tconv(&["bench", "--layer", "nosuch"]);
     expect_usage_error(&o, "no layer named 'nosuch'");
     let o = tconv(&["plan", "--layer", "dcgan1", "--threads", "2"]);

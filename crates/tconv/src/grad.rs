@@ -126,6 +126,18 @@ fn backward<'x, 'w, 'g, T: Element, D1: Dimension, D2: Dimension, D3: Dimension>
     let shaped = |shape: &[usize], v: Vec<T>| {
         ArrayD::from_shape_vec(IxDyn(shape), v).expect("gradient buffer matches its shape")
     };
+    let fused = (wanted.input && wanted.weight)
+        .then(|| depthwise_taps_backward(&g, &ws, &xs, &gys, options))
+        .flatten();
+    if let Some((gx, gw)) = fused {
+        return Ok(Gradients {
+            input: Some(shaped(x.shape(), gx)),
+            weight: Some(shaped(w.shape(), gw)),
+            bias: wanted
+                .bias
+                .then(|| shaped(&[g.out_channels], grad_bias(&g, &gys))),
+        });
+    }
     let input = if wanted.input {
         let v = grad_input(&g, &ws, &gys, options)?;
         Some(shaped(x.shape(), v))
@@ -149,6 +161,94 @@ fn backward<'x, 'w, 'g, T: Element, D1: Dimension, D2: Dimension, D3: Dimension>
         weight,
         bias,
     })
+}
+
+/// How a backward pass asking for both `∂L/∂x` and `∂L/∂w` of `g` runs, in words (for
+/// reports).
+pub fn backward_method(g: &Geometry, options: &PlanOptions) -> &'static str {
+    if fuses_taps(g, options) {
+        "one pass by depthwise tap vectors"
+    } else {
+        "input gradient, then weight gradient"
+    }
+}
+
+/// Whether a backward pass of `g` asking for both gradients takes
+/// [`depthwise_taps_backward`].
+fn fuses_taps(g: &Geometry, options: &PlanOptions) -> bool {
+    let min = tap_rows::CONV_MIN_STRIDE.max(tap_rows::WEIGHT_MIN_STRIDE);
+    g.op == Op::ConvTranspose
+        && tap_rows::applies(g, min)
+        && options.algorithm.or_else(Algorithm::from_env).is_none()
+        && options.inplace.is_none()
+        && options.tile.is_none()
+}
+
+/// A channel's share of [`depthwise_taps_backward`]: the channel, its input-gradient planes
+/// (one per image) and its kernel gradient.
+type ChannelTask<'a, T> = (usize, Vec<&'a mut [T]>, &'a mut [T]);
+
+/// Both `∂L/∂x` and `∂L/∂w` of a depthwise transposed conv whose input gradient (a strided
+/// depthwise conv) and weight gradient both run by tap vectors ([`TapRows`]): one pass per
+/// plane of `gy` computes both, so the largest tensor is read from memory once, not twice.
+/// Each result is bitwise what the separate passes give. `None` where that does not apply
+/// (another op or layer, or an algorithm forced by the caller).
+fn depthwise_taps_backward<T: Element>(
+    g: &Geometry,
+    w: &[T],
+    x: &[T],
+    gy: &[T],
+    options: &PlanOptions,
+) -> Option<(Vec<T>, Vec<T>)> {
+    if !fuses_taps(g, options) {
+        return None;
+    }
+    let Sizes {
+        small_size,
+        big_size,
+        k_size,
+        a_ch,
+        ..
+    } = Sizes::of(g);
+    let isa = options.isa.map_or_else(Isa::detect, |i| i.or_below());
+    // As the planner decides for the conv alone: no SIMD kernels for this element type
+    // (f64), the portable loops.
+    let avx2 =
+        cfg!(target_arch = "x86_64") && isa != Isa::Scalar && T::fast_kernel(isa, 1, 4).is_some();
+    let threads = options
+        .threads
+        .unwrap_or(if g.flops() < 4_000_000 {
+            1
+        } else {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        })
+        .max(1);
+    let taps = TapRows::new(g);
+    let mut gx = vec![T::zero(); g.batch * a_ch * small_size];
+    let mut dw = vec![T::zero(); a_ch * k_size];
+    // One task per channel: its kernel gradient and its input-gradient plane of every image.
+    let mut tasks: Vec<ChannelTask<'_, T>> = dw
+        .chunks_mut(k_size.max(1))
+        .enumerate()
+        .map(|(c, row)| (c, Vec::new(), row))
+        .collect();
+    for (i, plane) in gx.chunks_mut(small_size.max(1)).enumerate() {
+        tasks[i % a_ch].1.push(plane);
+    }
+    run_each(threads, tasks, |(c, planes, dw_row)| {
+        let wc = &w[c * k_size..(c + 1) * k_size];
+        for (n, gx_plane) in planes.into_iter().enumerate() {
+            let pass = tap_rows::Pass {
+                conv: Some((wc, T::zero(), gx_plane)),
+                weight: Some((
+                    &x[(n * a_ch + c) * small_size..][..small_size],
+                    &mut *dw_row,
+                )),
+            };
+            taps.plane(avx2, &gy[(n * a_ch + c) * big_size..][..big_size], pass);
+        }
+    });
+    Some((gx, dw))
 }
 
 /// `∂L/∂x`: the adjoint op on `gy` with the same weight, through the planner.
@@ -573,7 +673,6 @@ fn grad_weight_small<T: Element>(
     isa: Isa,
     dw: &mut [T],
 ) {
-    let lay = RowLayout::new(g);
     let Sizes {
         small_size,
         big_size,
@@ -585,8 +684,8 @@ fn grad_weight_small<T: Element>(
     } = Sizes::of(g);
     let avx2 = cfg!(target_arch = "x86_64") && isa != Isa::Scalar;
     if tap_rows::applies(g, tap_rows::WEIGHT_MIN_STRIDE) {
-        // Depthwise with a large last-axis stride: each big row read in place, by tap
-        // vectors, instead of through a polyphase copy of its plane.
+        // Depthwise with a large last-axis stride: each big row copied once into a row
+        // cache and read by tap vectors, instead of through a polyphase copy of its plane.
         let taps = TapRows::new(g);
         let run_channel = |a: usize, row: &mut [T]| {
             row.fill(T::zero());
@@ -599,6 +698,7 @@ fn grad_weight_small<T: Element>(
         run_chunks(threads, dw, k_size, run_channel);
         return;
     }
+    let lay = RowLayout::new(g);
     let run_row = |a: usize, row: &mut [T]| {
         let group = a / a_pg;
         let mut padded = scratch::take::<T>(lay.len);

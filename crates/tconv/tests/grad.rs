@@ -412,8 +412,9 @@ fn wide_weight_gradients_match_reference() {
 }
 
 /// Depthwise layers with a large last-axis stride (FCN's k16 s8 upsampler and the like):
-/// the weight gradient reads the big side's rows in place by tap vectors, and so does the
-/// input gradient of a transposed conv (a strided depthwise conv). Exact on small integers
+/// the weight gradient reads the big side's rows by tap vectors, and so does the input
+/// gradient of a transposed conv (a strided depthwise conv), both in one pass when both are
+/// asked for. Exact on small integers
 /// against the reference gradients, for both ops, 1-3-D, asymmetric and wide pads, dilated
 /// outer axes, a requested output size (negative padding), f32 and f64, scalar and AVX2, 1
 /// and 3 threads.
@@ -501,6 +502,24 @@ fn depthwise_tap_vector_gradients_match_reference() {
                     };
                     let got = backward(op, &x, &w, &gy, &p, &o);
                     assert_eq!(got, want, "{op:?} {xs:?} {ws:?} {isa} threads {threads}");
+                    // Both gradients of a transposed conv in one pass over `gy`: bitwise
+                    // what each gives when asked for alone.
+                    let alone = |input: bool| {
+                        let wanted = Wanted {
+                            input,
+                            weight: !input,
+                            bias: false,
+                        };
+                        match op {
+                            Op::Conv => conv_backward(&x, &w, &gy, &p, wanted, &o),
+                            Op::ConvTranspose => {
+                                conv_transpose_backward(&x, &w, &gy, &p, wanted, &o)
+                            }
+                        }
+                        .unwrap()
+                    };
+                    assert_eq!(alone(true).input, got.input);
+                    assert_eq!(alone(false).weight, got.weight);
                     let f = |a: &ArrayD<f64>| a.mapv(|v| v as f32);
                     let got32 = backward(op, &f(&x), &f(&w), &f(&gy), &p, &o);
                     assert_eq!(

@@ -184,53 +184,11 @@ impl TapRows {
         bias: T,
         small_plane: &mut [T],
     ) {
-        #[cfg(target_arch = "x86_64")]
-        if avx2 && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
-            // Safety: the features were just detected.
-            unsafe { self.conv_plane_avx2(big_plane, w, bias, small_plane) };
-            return;
-        }
-        let _ = avx2;
-        self.conv_plane_body(big_plane, w, bias, small_plane);
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn conv_plane_avx2<T: Element>(&self, big: &[T], w: &[T], bias: T, small: &mut [T]) {
-        self.conv_plane_body(big, w, bias, small);
-    }
-
-    #[inline(always)]
-    fn conv_plane_body<T: Element>(&self, big: &[T], w: &[T], bias: T, small: &mut [T]) {
-        let last = self.last();
-        let (ls, s, kw) = (self.small[last], self.stride[last], self.kernel[last]);
-        if ls == 0 {
-            return;
-        }
-        let (mut cache, mut tags) = self.cache::<T>();
-        let (mut rows, mut at) = (Vec::new(), Vec::new());
-        for (r, out) in small.chunks_exact_mut(ls).enumerate() {
-            self.rows_for(r, &mut rows);
-            self.load(big, &rows, &mut cache, &mut tags, &mut at);
-            let ctx = RowCtx {
-                rows: &rows,
-                at: &at,
-                cache: &cache,
-                padded_len: self.padded_len,
-                s,
-                c0: self.c0,
-                kw,
-            };
-            let mut p0 = 0;
-            while p0 + LANES <= ls {
-                conv_block::<T, LANES>(&ctx, w, p0, bias, out);
-                p0 += LANES;
-            }
-            while p0 < ls {
-                conv_block::<T, 1>(&ctx, w, p0, bias, out);
-                p0 += 1;
-            }
-        }
+        let pass = Pass {
+            conv: Some((w, bias, small_plane)),
+            weight: None,
+        };
+        self.plane(avx2, big_plane, pass);
     }
 
     /// One plane pair's part of a depthwise weight gradient: `dw[k] += Σ_p
@@ -243,24 +201,50 @@ impl TapRows {
         big_plane: &[T],
         dw: &mut [T],
     ) {
+        let pass = Pass {
+            conv: None,
+            weight: Some((small_plane, dw)),
+        };
+        self.plane(avx2, big_plane, pass);
+    }
+
+    /// One pass over `big_plane` computing what `pass` asks for: each big row is copied
+    /// once, so a conv and a weight gradient of the same plane read it from memory once
+    /// (each gives the same result, bit for bit, as when computed alone).
+    pub fn plane<T: Element>(&self, avx2: bool, big_plane: &[T], pass: Pass<'_, T>) {
         #[cfg(target_arch = "x86_64")]
         if avx2 && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
             // Safety: the features were just detected.
-            unsafe { self.weight_plane_avx2(small_plane, big_plane, dw) };
+            unsafe { self.plane_avx2(big_plane, pass) };
             return;
         }
         let _ = avx2;
-        self.weight_plane_body(small_plane, big_plane, dw);
+        self.plane_body(big_plane, pass);
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn weight_plane_avx2<T: Element>(&self, small: &[T], big: &[T], dw: &mut [T]) {
-        self.weight_plane_body(small, big, dw);
+    unsafe fn plane_avx2<T: Element>(&self, big: &[T], pass: Pass<'_, T>) {
+        self.plane_body(big, pass);
+    }
+
+    /// [`TapRows::plane_rows`] compiled once per combination of passes.
+    #[inline(always)]
+    fn plane_body<T: Element>(&self, big: &[T], pass: Pass<'_, T>) {
+        match (pass.conv.is_some(), pass.weight.is_some()) {
+            (true, true) => self.plane_rows::<T, true, true>(big, pass),
+            (true, false) => self.plane_rows::<T, true, false>(big, pass),
+            (false, true) => self.plane_rows::<T, false, true>(big, pass),
+            (false, false) => {}
+        }
     }
 
     #[inline(always)]
-    fn weight_plane_body<T: Element>(&self, small: &[T], big: &[T], dw: &mut [T]) {
+    fn plane_rows<T: Element, const CONV: bool, const WEIGHT: bool>(
+        &self,
+        big: &[T],
+        mut pass: Pass<'_, T>,
+    ) {
         let last = self.last();
         let (ls, s, kw) = (self.small[last], self.stride[last], self.kernel[last]);
         if ls == 0 {
@@ -268,41 +252,81 @@ impl TapRows {
         }
         let (mut cache, mut tags) = self.cache::<T>();
         let (mut rows, mut at) = (Vec::new(), Vec::new());
-        for (r, srow) in small.chunks_exact(ls).enumerate() {
+        for r in 0..numel(&self.small[..last]) {
             self.rows_for(r, &mut rows);
             self.load(big, &rows, &mut cache, &mut tags, &mut at);
-            for (&(kr, _), &slot) in rows.iter().zip(&at) {
-                let brow = &cache[slot * self.padded_len..(slot + 1) * self.padded_len];
-                for (j, dv) in dw[kr * kw..(kr + 1) * kw]
-                    .chunks_exact_mut(LANES)
-                    .enumerate()
-                {
-                    let off = self.c0 + LANES * j;
-                    let mut acc = [[T::zero(); LANES]; 4];
-                    let mut quads = srow.chunks_exact(4);
-                    let mut p = 0;
-                    for sq in &mut quads {
-                        for (u, (a, &sv)) in acc.iter_mut().zip(sq).enumerate() {
-                            // Safety: `brow` is `padded_len` long, which holds every run
-                            // (`(ls - 1)·s + c0 + kw`, see `new`).
-                            let v = unsafe { vec_at(brow, (p + u) * s + off) };
-                            for l in 0..LANES {
-                                a[l] = a[l] + sv * v[l];
-                            }
-                        }
-                        p += 4;
-                    }
-                    for (u, &sv) in quads.remainder().iter().enumerate() {
-                        // Safety: as above.
-                        let v = unsafe { vec_at(brow, (p + u) * s + off) };
-                        for l in 0..LANES {
-                            acc[0][l] = acc[0][l] + sv * v[l];
-                        }
-                    }
+            let ctx = RowCtx {
+                rows: &rows,
+                at: &at,
+                cache: &cache,
+                padded_len: self.padded_len,
+                s,
+                c0: self.c0,
+                kw,
+            };
+            if let (true, Some((w, bias, small))) = (CONV, &mut pass.conv) {
+                let out = &mut small[r * ls..(r + 1) * ls];
+                let mut p0 = 0;
+                while p0 + LANES <= ls {
+                    conv_block::<T, LANES>(&ctx, w, p0, *bias, out);
+                    p0 += LANES;
+                }
+                while p0 < ls {
+                    conv_block::<T, 1>(&ctx, w, p0, *bias, out);
+                    p0 += 1;
+                }
+            }
+            if let (true, Some((small, dw))) = (WEIGHT, &mut pass.weight) {
+                weight_row(&ctx, &small[r * ls..(r + 1) * ls], dw);
+            }
+        }
+    }
+}
+
+/// What one pass of [`TapRows::plane`] over a big plane computes.
+pub struct Pass<'a, T> {
+    /// A conv: this channel's kernel, the bias, and the small plane it writes.
+    pub conv: Option<(&'a [T], T, &'a mut [T])>,
+    /// A weight gradient: the small plane it reads, and the channel's kernel gradient it
+    /// adds to.
+    pub weight: Option<(&'a [T], &'a mut [T])>,
+}
+
+/// One small row's part of the weight gradient: per kernel row and vector `j`,
+/// `dw[8j..] += Σ_p srow[p]·B_row[p·s + c0 + 8j..]` in four partial sums over `p`.
+#[inline(always)]
+fn weight_row<T: Element>(ctx: &RowCtx<'_, T>, srow: &[T], dw: &mut [T]) {
+    let (s, kw) = (ctx.s, ctx.kw);
+    for (&(kr, _), &slot) in ctx.rows.iter().zip(ctx.at) {
+        let brow = &ctx.cache[slot * ctx.padded_len..(slot + 1) * ctx.padded_len];
+        for (j, dv) in dw[kr * kw..(kr + 1) * kw]
+            .chunks_exact_mut(LANES)
+            .enumerate()
+        {
+            let off = ctx.c0 + LANES * j;
+            let mut acc = [[T::zero(); LANES]; 4];
+            let mut quads = srow.chunks_exact(4);
+            let mut p = 0;
+            for sq in &mut quads {
+                for (u, (a, &sv)) in acc.iter_mut().zip(sq).enumerate() {
+                    // Safety: `brow` is `padded_len` long, which holds every run
+                    // (`(ls - 1)·s + c0 + kw`, see `TapRows::new`).
+                    let v = unsafe { vec_at(brow, (p + u) * s + off) };
                     for l in 0..LANES {
-                        dv[l] = dv[l] + ((acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]));
+                        a[l] = a[l] + sv * v[l];
                     }
                 }
+                p += 4;
+            }
+            for (u, &sv) in quads.remainder().iter().enumerate() {
+                // Safety: as above.
+                let v = unsafe { vec_at(brow, (p + u) * s + off) };
+                for l in 0..LANES {
+                    acc[0][l] = acc[0][l] + sv * v[l];
+                }
+            }
+            for l in 0..LANES {
+                dv[l] = dv[l] + ((acc[0][l] + acc[1][l]) + (acc[2][l] + acc[3][l]));
             }
         }
     }
