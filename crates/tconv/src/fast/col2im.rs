@@ -199,8 +199,8 @@ impl<T: Element> Col2im<T> {
         (in_rows * in_row(g)).div_ceil(tl) * tl
     }
 
-    /// Elements of scratch one task allocates: the band's columns, the input panel, the
-    /// register tile and the phase lines.
+    /// Elements of scratch one task allocates: the band's columns (whole blocks of rows),
+    /// the input panel and the phase lines.
     pub fn scratch_len(&self, g: &Geometry) -> usize {
         let rows0 = rows0(g);
         let widest = (0..rows0.div_ceil(self.band))
@@ -212,7 +212,7 @@ impl<T: Element> Col2im<T> {
             .unwrap_or(0);
         let tl = self.tile_lanes();
         let line: usize = self.last.iter().map(|(q, _)| q).sum();
-        self.rows * widest + g.in_per_group() * tl + self.mr * tl + line
+        self.blocks * self.mr * widest + g.in_per_group() * tl + line
     }
 
     /// Bytes of the packed weights.
@@ -274,9 +274,9 @@ impl<T: Element> Col2im<T> {
         let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
         let tl = self.tile_lanes();
         let in_plane = numel(&g.input_shape()[2..]);
-        let mut cols = scratch::take::<T>(self.rows * pitch);
+        // Whole blocks of rows: the kernels write their tiles in place, `mr` rows each.
+        let mut cols = scratch::take::<T>(self.blocks * self.mr * pitch);
         let mut panel = scratch::take::<T>(cin_g * tl);
-        let mut tile = scratch::take::<T>(self.mr * tl);
         // The GEMM: columns of every (output channel, tap) row over the band's input rows.
         let first = (n * g.in_channels + group * cin_g) * in_plane + in_rows.start * in_row;
         for p0 in (0..npos).step_by(tl) {
@@ -295,17 +295,13 @@ impl<T: Element> Col2im<T> {
                 (self.kernel)(
                     &self.packed[run..run + cin_g * self.mr],
                     &panel,
-                    Rows::packed(cin_g, tl),
-                    &mut tile,
+                    Rows::packed(cin_g, tl).out_pitch(pitch),
+                    &mut cols[b * self.mr * pitch + p0..],
                     false,
                 );
-                for m in 0..self.mr.min(self.rows - b * self.mr) {
-                    let at = (b * self.mr + m) * pitch + p0;
-                    copy_short(&mut cols[at..at + tl], &tile[m * tl..(m + 1) * tl]);
-                }
             }
         }
-        drop((panel, tile));
+        drop(panel);
         // col2im: each output line sums the columns of the taps that reach it.
         let ksize = self.rows / cout_g;
         let last = &g.axes[dims - 1];

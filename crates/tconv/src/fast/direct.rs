@@ -1409,6 +1409,7 @@ fn run_task<T: Element>(
                                     k: cin_g,
                                     pitch,
                                     taps: len,
+                                    out_pitch: 0,
                                 };
                                 kernel(w, rows, shape, out, gi > 0);
                             }

@@ -26,6 +26,10 @@ pub struct Rows {
     pub pitch: usize,
     /// Taps, each one lane after the previous.
     pub taps: usize,
+    /// Distance between consecutive rows of the output tile: 0 for a contiguous
+    /// `MR × V·LANES` tile, else at least `V·LANES` (the tile written in place into a wider
+    /// matrix).
+    pub out_pitch: usize,
 }
 
 impl Rows {
@@ -35,7 +39,27 @@ impl Rows {
             k,
             pitch: width,
             taps: 1,
+            out_pitch: 0,
         }
+    }
+
+    /// The same rows, the output tile's rows `pitch` apart.
+    pub fn out_pitch(self, pitch: usize) -> Rows {
+        Rows {
+            out_pitch: pitch,
+            ..self
+        }
+    }
+
+    /// The output row pitch for a tile `width` values wide, and whether `out` holds the
+    /// tile's `mr` rows at it.
+    fn out_fit(&self, out_len: usize, mr: usize, width: usize) -> (usize, bool) {
+        let p = if self.out_pitch == 0 {
+            width
+        } else {
+            self.out_pitch
+        };
+        (p, p >= width && out_len >= (mr - 1) * p + width)
     }
 
     /// Whether `b` holds every row of `width` values.
@@ -53,9 +77,10 @@ impl Rows {
 }
 
 /// A microkernel: `(a, b, rows, out, accumulate)`; `a.len() >= rows.len()·MR`, `b` holds
-/// the [`Rows`] of `V·LANES` values, `out.len() >= MR·V·LANES` (panics otherwise). Computes
-/// `out (+)= Σ_rows a[row] ⊗ b[row]` into `out` (row-major `MR × V·LANES`), adding to its
-/// contents when `accumulate`.
+/// the [`Rows`] of `V·LANES` values, `out` the `MR` rows of `V·LANES` values at the rows'
+/// output pitch (panics otherwise). Computes `out (+)= Σ_rows a[row] ⊗ b[row]` into `out`
+/// (row-major `MR × V·LANES`, rows `out_pitch` apart), adding to its contents when
+/// `accumulate`.
 pub type KernelFn<T> = fn(&[T], &[T], Rows, &mut [T], bool);
 
 /// Portable kernel for any element type: 8 lanes per "vector".
@@ -67,15 +92,16 @@ fn portable_kernel<T: Element, const MR: usize, const V: usize>(
     accumulate: bool,
 ) {
     const L: usize = 8;
+    let (op, out_ok) = rows.out_fit(out.len(), MR, V * L);
     assert!(
-        a.len() >= rows.len() * MR && rows.fit(b.len(), V * L) && out.len() >= MR * V * L,
+        a.len() >= rows.len() * MR && rows.fit(b.len(), V * L) && out_ok,
         "kernel operand too short"
     );
     let mut acc = [[[T::zero(); L]; V]; MR];
     if accumulate {
         for m in 0..MR {
             for v in 0..V {
-                acc[m][v].copy_from_slice(&out[(m * V + v) * L..(m * V + v + 1) * L]);
+                acc[m][v].copy_from_slice(&out[m * op + v * L..m * op + (v + 1) * L]);
             }
         }
     }
@@ -92,7 +118,7 @@ fn portable_kernel<T: Element, const MR: usize, const V: usize>(
     }
     for m in 0..MR {
         for v in 0..V {
-            out[(m * V + v) * L..(m * V + v + 1) * L].copy_from_slice(&acc[m][v]);
+            out[m * op + v * L..m * op + (v + 1) * L].copy_from_slice(&acc[m][v]);
         }
     }
 }
@@ -102,21 +128,22 @@ mod x86 {
     use std::arch::x86_64::*;
 
     /// # Safety
-    /// AVX2 and FMA available; `a`, `out` hold `rows.len()*MR`, `MR*V*8` values, `b` the
-    /// `rows` of `V*8` values.
+    /// AVX2 and FMA available; `a` holds `rows.len()*MR` values, `b` the `rows` of `V*8`
+    /// values, `out` `MR` rows of `V*8` values `op` apart.
     #[target_feature(enable = "avx2,fma")]
     unsafe fn avx2_body<const MR: usize, const V: usize>(
         a: *const f32,
         b: *const f32,
         rows: super::Rows,
         out: *mut f32,
+        op: usize,
         accumulate: bool,
     ) {
         let mut acc = [[_mm256_setzero_ps(); V]; MR];
         if accumulate {
             for (m, row) in acc.iter_mut().enumerate() {
                 for (v, r) in row.iter_mut().enumerate() {
-                    *r = _mm256_loadu_ps(out.add((m * V + v) * 8));
+                    *r = _mm256_loadu_ps(out.add(m * op + v * 8));
                 }
             }
         }
@@ -140,7 +167,7 @@ mod x86 {
         }
         for (m, row) in acc.iter().enumerate() {
             for (v, r) in row.iter().enumerate() {
-                _mm256_storeu_ps(out.add((m * V + v) * 8), *r);
+                _mm256_storeu_ps(out.add(m * op + v * 8), *r);
             }
         }
     }
@@ -152,8 +179,9 @@ mod x86 {
         out: &mut [f32],
         accumulate: bool,
     ) {
+        let (op, out_ok) = rows.out_fit(out.len(), MR, V * 8);
         assert!(
-            a.len() >= rows.len() * MR && rows.fit(b.len(), V * 8) && out.len() >= MR * V * 8,
+            a.len() >= rows.len() * MR && rows.fit(b.len(), V * 8) && out_ok,
             "kernel operand too short"
         );
         assert!(
@@ -161,25 +189,35 @@ mod x86 {
             "AVX2+FMA kernel on a CPU without it"
         );
         // Safety: lengths and CPU features checked just above.
-        unsafe { avx2_body::<MR, V>(a.as_ptr(), b.as_ptr(), rows, out.as_mut_ptr(), accumulate) }
+        unsafe {
+            avx2_body::<MR, V>(
+                a.as_ptr(),
+                b.as_ptr(),
+                rows,
+                out.as_mut_ptr(),
+                op,
+                accumulate,
+            )
+        }
     }
 
     /// # Safety
-    /// AVX-512F available; `a`, `out` hold `rows.len()*MR`, `MR*V*16` values, `b` the
-    /// `rows` of `V*16` values.
+    /// AVX-512F available; `a` holds `rows.len()*MR` values, `b` the `rows` of `V*16`
+    /// values, `out` `MR` rows of `V*16` values `op` apart.
     #[target_feature(enable = "avx512f")]
     unsafe fn avx512_body<const MR: usize, const V: usize>(
         a: *const f32,
         b: *const f32,
         rows: super::Rows,
         out: *mut f32,
+        op: usize,
         accumulate: bool,
     ) {
         let mut acc = [[_mm512_setzero_ps(); V]; MR];
         if accumulate {
             for (m, row) in acc.iter_mut().enumerate() {
                 for (v, r) in row.iter_mut().enumerate() {
-                    *r = _mm512_loadu_ps(out.add((m * V + v) * 16));
+                    *r = _mm512_loadu_ps(out.add(m * op + v * 16));
                 }
             }
         }
@@ -203,7 +241,7 @@ mod x86 {
         }
         for (m, row) in acc.iter().enumerate() {
             for (v, r) in row.iter().enumerate() {
-                _mm512_storeu_ps(out.add((m * V + v) * 16), *r);
+                _mm512_storeu_ps(out.add(m * op + v * 16), *r);
             }
         }
     }
@@ -215,8 +253,9 @@ mod x86 {
         out: &mut [f32],
         accumulate: bool,
     ) {
+        let (op, out_ok) = rows.out_fit(out.len(), MR, V * 16);
         assert!(
-            a.len() >= rows.len() * MR && rows.fit(b.len(), V * 16) && out.len() >= MR * V * 16,
+            a.len() >= rows.len() * MR && rows.fit(b.len(), V * 16) && out_ok,
             "kernel operand too short"
         );
         assert!(
@@ -224,7 +263,16 @@ mod x86 {
             "AVX-512 kernel on a CPU without it"
         );
         // Safety: lengths and CPU feature checked just above.
-        unsafe { avx512_body::<MR, V>(a.as_ptr(), b.as_ptr(), rows, out.as_mut_ptr(), accumulate) }
+        unsafe {
+            avx512_body::<MR, V>(
+                a.as_ptr(),
+                b.as_ptr(),
+                rows,
+                out.as_mut_ptr(),
+                op,
+                accumulate,
+            )
+        }
     }
 }
 
