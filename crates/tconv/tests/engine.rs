@@ -205,6 +205,13 @@ fn bitwise_identical_for_any_thread_count() {
             ConvParams::new().stride(&[3]).padding(&[2]),
             Op::ConvTranspose,
         ),
+        // A strided depthwise conv (FCN's input gradient): by tap vectors, a plane per task.
+        (
+            vec![2, 5, 37, 45],
+            vec![5, 1, 16, 16],
+            ConvParams::new().stride(&[8]).padding(&[4]).groups(5),
+            Op::Conv,
+        ),
     ];
     for (xs, ws, p, op) in cases {
         let (x, w) = (floats(&xs, 1), floats(&ws, 2));

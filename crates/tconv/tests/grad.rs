@@ -533,3 +533,84 @@ fn depthwise_tap_vector_gradients_match_reference() {
         }
     }
 }
+
+/// Random floats in `[-1, 1)` (summation order shows in the last bits, unlike integers).
+fn floats(shape: &[usize], seed: u64) -> ArrayD<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    ArrayD::from_shape_fn(ndarray::IxDyn(shape), |_| {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    })
+}
+
+/// Every gradient path sums in a fixed order whatever the thread count: on random floats,
+/// the input, weight and bias gradients at 2, 3 and 5 threads are bitwise those at 1 (GEMM
+/// over positions by images and by position chunks, the thin side, depthwise tap vectors
+/// in one pass, row dot products).
+#[test]
+fn gradients_bitwise_identical_for_any_thread_count() {
+    use tconv::ConvParams;
+    let cases = [
+        (
+            vec![3, 16, 9, 7],
+            vec![16, 12, 4, 4],
+            ConvParams::new().stride(&[2]).padding(&[1]),
+        ),
+        (
+            vec![2, 16, 12, 12],
+            vec![16, 8, 2, 2],
+            ConvParams::new().stride(&[2]),
+        ),
+        (
+            vec![2, 24, 8, 8],
+            vec![24, 3, 4, 4],
+            ConvParams::new().stride(&[2]).padding(&[1]),
+        ),
+        (
+            vec![2, 5, 9, 7],
+            vec![5, 1, 16, 16],
+            ConvParams::new().stride(&[8]).padding(&[4]).groups(5),
+        ),
+        (
+            vec![2, 6, 11, 9],
+            vec![6, 1, 3, 3],
+            ConvParams::new().stride(&[2]).padding(&[1]).groups(6),
+        ),
+    ];
+    for (xs, ws, p) in cases {
+        let (x, w) = (floats(&xs, 1), floats(&ws, 2));
+        let g = Geometry::new(Op::ConvTranspose, &xs, &ws, None, &p).unwrap();
+        let gy = floats(&g.user_output_shape(), 3);
+        let run = |threads| {
+            let o = PlanOptions {
+                threads: Some(threads),
+                ..PlanOptions::default()
+            };
+            backward(Op::ConvTranspose, &x, &w, &gy, &p, &o)
+        };
+        let one = run(1);
+        let bits = |a: &Option<ArrayD<f32>>| -> Vec<u32> {
+            a.as_ref().unwrap().iter().map(|v| v.to_bits()).collect()
+        };
+        for threads in [2, 3, 5] {
+            let t = run(threads);
+            assert_eq!(
+                bits(&t.input),
+                bits(&one.input),
+                "{xs:?} input, {threads} threads"
+            );
+            assert_eq!(
+                bits(&t.weight),
+                bits(&one.weight),
+                "{xs:?} weight, {threads} threads"
+            );
+            assert_eq!(
+                bits(&t.bias),
+                bits(&one.bias),
+                "{xs:?} bias, {threads} threads"
+            );
+        }
+    }
+}
