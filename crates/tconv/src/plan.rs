@@ -13,6 +13,7 @@ use crate::error::{fail, ErrorKind, Result};
 use crate::fast::col2im::{self, Col2im};
 use crate::fast::depthwise::DepthwiseRows;
 use crate::fast::direct::{execute, DirectKernel, Kernel, TileTable};
+use crate::fast::im2col::{self, Im2col};
 use crate::fast::kernels::{portable, tile_shapes};
 use crate::fast::pack::pack_weights;
 use crate::fast::spec::{DirectSpec, SourceLayout};
@@ -29,8 +30,9 @@ pub enum Algorithm {
     /// Phase decomposition into dense stride-1 sub-problems run by SIMD direct kernels.
     Direct,
     /// Transposed conv as one GEMM over (output channel, tap) rows plus a col2im sum, for
-    /// few output channels per group. Forced on a conv (or where its columns would not
-    /// fit), the plan runs `Direct` and says why.
+    /// few output channels per group; for a conv with few input channels per group its
+    /// mirror, an im2col gather plus one GEMM over (input channel, tap). Forced where its
+    /// columns would not fit, the plan runs `Direct` and says why.
     Col2im,
 }
 
@@ -90,6 +92,8 @@ pub struct Plan<T: Element> {
     rows: Option<DepthwiseRows<T>>,
     /// GEMM over (output channel, tap) rows plus col2im.
     col2im: Option<Col2im<T>>,
+    /// im2col plus a GEMM over (input channel, tap) rows (a conv).
+    im2col: Option<Im2col<T>>,
     /// Reference path keeps the weight.
     weight: Vec<T>,
 }
@@ -141,15 +145,16 @@ impl<T: Element> Plan<T> {
             }
             None => (Algorithm::Direct, direct_reason(&g)),
         };
-        if algorithm == Algorithm::Col2im && g.op == Op::Conv {
+        let elem = std::mem::size_of::<T>();
+        if algorithm == Algorithm::Col2im && g.op == Op::Conv && !im2col::fits(&g, elem, 64) {
             algorithm = Algorithm::Direct;
             reason = format!(
-                "{reason}; col2im is for conv_transpose, so {}",
+                "{reason}; but im2col's columns for one tile of positions would take more than \
+                 a band, so {}",
                 direct_reason(&g)
             );
         }
-        let elem = std::mem::size_of::<T>();
-        if algorithm == Algorithm::Col2im && !col2im::fits(&g, elem) {
+        if algorithm == Algorithm::Col2im && g.op == Op::ConvTranspose && !col2im::fits(&g, elem) {
             algorithm = Algorithm::Direct;
             reason = format!(
                 "{reason}; but col2im's columns for one input row would take {} bytes (at most {}), so {}",
@@ -309,7 +314,7 @@ impl<T: Element> Plan<T> {
         } else {
             None
         };
-        let col2im = (algorithm == Algorithm::Col2im).then(|| {
+        let col2im = (algorithm == Algorithm::Col2im && g.op == Op::ConvTranspose).then(|| {
             let lanes = isa.lanes();
             let rows = g.out_per_group() * numel(&g.kernel_shape());
             let positions = numel(&g.input_shape()[2..]);
@@ -332,6 +337,30 @@ impl<T: Element> Plan<T> {
             }
         });
         let col2im = col2im.transpose()?;
+        let im2col = (algorithm == Algorithm::Col2im && g.op == Op::Conv).then(|| {
+            let lanes = isa.lanes();
+            let positions = numel(&g.output_shape()[2..]);
+            let shapes = tile_shapes(isa);
+            let (mr, v) = options.tile.unwrap_or_else(|| {
+                shapes
+                    .iter()
+                    .min_by(|a, b| {
+                        let cost = |t: &(usize, usize, f32)| {
+                            tile_cost(g.out_per_group(), positions, lanes, *t)
+                        };
+                        cost(a).total_cmp(&cost(b))
+                    })
+                    .map_or((1, 4), |t| (t.0, t.1))
+            });
+            match kernel_for::<T>(isa, false, mr, v) {
+                Some(Kernel::Packed(f)) => Ok(Im2col::new(&g, w, f, (mr, v, lanes), threads)),
+                _ => fail(ErrorKind::NoSuchKernel {
+                    tile: (mr, v),
+                    available: shapes.iter().map(|t| (t.0, t.1)).collect(),
+                }),
+            }
+        });
+        let im2col = im2col.transpose()?;
         let weight = if algorithm == Algorithm::Reference {
             w.to_vec()
         } else {
@@ -346,6 +375,7 @@ impl<T: Element> Plan<T> {
             direct,
             rows,
             col2im,
+            im2col,
             weight,
         })
     }
@@ -387,6 +417,9 @@ impl<T: Element> Plan<T> {
         if let Some(c) = &self.col2im {
             return c.packed_bytes();
         }
+        if let Some(c) = &self.im2col {
+            return c.packed_bytes();
+        }
         match (&self.direct, &self.rows) {
             (Some(d), _) => d.packed.data.len() * std::mem::size_of::<T>() + d.table.bytes(),
             (None, Some(_)) => numel(&self.geometry.weight_shape()) * std::mem::size_of::<T>(),
@@ -404,6 +437,9 @@ impl<T: Element> Plan<T> {
         }
         if let Some(c) = &self.col2im {
             return self.threads * c.scratch_len(&self.geometry) * size;
+        }
+        if let Some(c) = &self.im2col {
+            return self.threads * c.scratch_len() * size;
         }
         match &self.direct {
             None => 0,
@@ -438,6 +474,10 @@ impl<T: Element> Plan<T> {
             None if self.col2im.is_some() => {
                 let c = self.col2im.as_ref().expect("checked");
                 format!("{}/{} {}x{}", self.algorithm.name(), self.isa, c.mr, c.v)
+            }
+            None if self.im2col.is_some() => {
+                let c = self.im2col.as_ref().expect("checked");
+                format!("im2col/{} {}x{}", self.isa, c.mr, c.v)
             }
             None if self.rows.is_some() => {
                 let family = if self.rows.as_ref().is_some_and(|r| r.by_taps()) {
@@ -501,6 +541,10 @@ impl<T: Element> Plan<T> {
             c.execute(g, x, bias, y, self.threads);
             return;
         }
+        if let Some(c) = &self.im2col {
+            c.execute(g, x, bias, y, self.threads);
+            return;
+        }
         match &self.direct {
             Some(d) => execute(d.exec.as_ref().unwrap_or(g), d, x, bias, y, self.threads),
             None => {
@@ -519,18 +563,43 @@ impl<T: Element> Plan<T> {
 /// real reduction over input channels, and overlapping taps (otherwise the phases already
 /// are the columns). Measured against the in-place kernels at 1 thread (BENCHMARKS.md):
 /// 1.3-2x faster from 32 input channels up, a tie at 16, 1.8x slower at 8.
+///
+/// For a conv, its mirror (im2col + GEMM) where a group has few input channels (fewer than
+/// 8) and at least [`IM2COL_MIN_COUT`] output channels: its reduction is short, so the
+/// direct engine's tile stores weigh as much as its arithmetic. Measured against the direct
+/// engine at 1 thread (BENCHMARKS.md): 1.1-1.7x faster with 3 to 6 input channels, a tie
+/// at 8, 0.95x at 16.
 fn col2im_pays(g: &Geometry, elem: usize) -> bool {
-    g.op == Op::ConvTranspose
-        && g.out_per_group() < INPLACE_BELOW
-        && g.in_per_group() >= COL2IM_MIN_CIN
-        && g.axes.iter().any(|a| a.kernel > a.stride)
-        && col2im::fits(g, elem)
+    match g.op {
+        Op::ConvTranspose => {
+            g.out_per_group() < INPLACE_BELOW
+                && g.in_per_group() >= COL2IM_MIN_CIN
+                && g.axes.iter().any(|a| a.kernel > a.stride)
+                && col2im::fits(g, elem)
+        }
+        Op::Conv => {
+            g.in_per_group() < INPLACE_BELOW
+                && g.out_per_group() >= IM2COL_MIN_COUT
+                && im2col::fits(g, elem, 64)
+        }
+    }
 }
+
+/// Fewest output channels per group for which a conv takes im2col + GEMM (below it the
+/// layer is depthwise-like: the row engines serve it).
+const IM2COL_MIN_COUT: usize = 4;
 
 /// Fewest input channels per group for [`col2im_pays`].
 const COL2IM_MIN_CIN: usize = 32;
 
 fn col2im_reason(g: &Geometry) -> String {
+    if g.op == Op::Conv {
+        return format!(
+            "few input channels per group ({}) for {} output channels: im2col gathers the input once into (input channel, tap) rows, then one GEMM writes each register tile straight into the output planes",
+            g.in_per_group(),
+            g.out_per_group()
+        );
+    }
     format!(
         "few output channels per group ({}) against {} input channels: one GEMM with a row per (output channel, tap) fills the register tile, then col2im sums the taps per output",
         g.out_per_group(),
@@ -578,7 +647,15 @@ impl<T: Element> fmt::Display for Plan<T> {
             g.input_shape(),
             g.output_shape()
         )?;
-        writeln!(f, "algorithm:   {}", self.algorithm.name())?;
+        if self.im2col.is_some() {
+            writeln!(
+                f,
+                "algorithm:   {} (a conv: its mirror, im2col + GEMM)",
+                self.algorithm.name()
+            )?;
+        } else {
+            writeln!(f, "algorithm:   {}", self.algorithm.name())?;
+        }
         writeln!(f, "why:         {}", self.reason)?;
         if let Some(d) = &self.direct {
             writeln!(
@@ -618,6 +695,21 @@ impl<T: Element> fmt::Display for Plan<T> {
                 g.axes.iter().map(|a| a.kernel.div_ceil(a.stride)).product::<usize>()
             )?;
             writeln!(f, "bands:       {} output rows (axis 0) per band", c.band)?;
+        }
+        if let Some(c) = &self.im2col {
+            writeln!(
+                f,
+                "kernel:      {} tile of {} output channels x {} vectors of {} positions",
+                self.isa, c.mr, c.v, c.lanes
+            )?;
+            writeln!(
+                f,
+                "gemm:        per image and group M={} (C_out/g), K={} (C_in/g x taps), N={} output positions, over im2col columns",
+                g.out_per_group(),
+                c.kdim,
+                numel(&g.output_shape()[2..]),
+            )?;
+            writeln!(f, "bands:       {} output positions per band", c.band)?;
         }
         if let Some(r) = &self.rows {
             if r.by_taps() {

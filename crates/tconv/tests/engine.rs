@@ -80,7 +80,7 @@ fn engine_matches_reference<T: Element>(c: &Case, op: Op) -> Result<(), TestCase
                 prop_assert_eq!(&got, &want, "{} threads {}", label, threads);
             }
         }
-        // GEMM + col2im, forced (a conv plans the direct engine instead).
+        // GEMM + col2im forced (a conv: im2col + GEMM).
         for threads in [1, 3] {
             let o = PlanOptions {
                 algorithm: Some(Algorithm::Col2im),
@@ -88,11 +88,10 @@ fn engine_matches_reference<T: Element>(c: &Case, op: Op) -> Result<(), TestCase
             };
             let plan =
                 Plan::<T>::new(op, x.shape(), &w, b.as_ref().map(|b| b.len()), &p, &o).unwrap();
-            let expected = match op {
-                Op::ConvTranspose => Algorithm::Col2im,
-                Op::Conv => Algorithm::Direct,
-            };
-            prop_assert_eq!(plan.algorithm(), expected);
+            prop_assert_eq!(plan.algorithm(), Algorithm::Col2im);
+            if op == Op::Conv {
+                prop_assert!(plan.label().starts_with("im2col"), "{}", plan.label());
+            }
             let got = plan.execute(&x, bv).unwrap();
             prop_assert_eq!(&got, &want, "{} threads {}", plan.label(), threads);
         }
@@ -205,6 +204,14 @@ fn bitwise_identical_for_any_thread_count() {
             ConvParams::new().stride(&[3]).padding(&[2]),
             Op::ConvTranspose,
         ),
+        // A conv with 3 input channels (an RGB layer's input gradient): im2col + GEMM,
+        // its channel blocks shared out as the threads grow.
+        (
+            vec![3, 3, 20, 18],
+            vec![16, 3, 4, 4],
+            ConvParams::new().stride(&[2]).padding(&[1]),
+            Op::Conv,
+        ),
         // A strided depthwise conv (FCN's input gradient): by tap vectors, a plane per task.
         (
             vec![2, 5, 37, 45],
@@ -224,6 +231,9 @@ fn bitwise_identical_for_any_thread_count() {
             let plan = Plan::new(op, &xs, &w, None, &p, &o).unwrap();
             if xs[1] >= 32 && ws[1] < 8 && op == Op::ConvTranspose {
                 assert_eq!(plan.algorithm(), Algorithm::Col2im, "{xs:?}");
+            }
+            if op == Op::Conv && p.groups <= 1 && xs[1] < 8 && ws[0] >= 4 {
+                assert!(plan.label().starts_with("im2col"), "{}", plan.label());
             }
             outs.push(plan.execute(&x, None).unwrap());
         }
