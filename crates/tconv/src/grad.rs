@@ -184,6 +184,16 @@ fn fuses_taps(g: &Geometry, options: &PlanOptions) -> bool {
         && options.tile.is_none()
 }
 
+/// Threads a gradient runs on: as asked, else all cores (one for a problem under 4 MFLOP,
+/// where waking threads costs more, as the planner decides for a forward pass).
+fn gradient_threads(g: &Geometry, options: &PlanOptions) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    options
+        .threads
+        .unwrap_or(if g.flops() < 4_000_000 { 1 } else { cores })
+        .max(1)
+}
+
 /// A channel's share of [`depthwise_taps_backward`]: the channel, its input-gradient planes
 /// (one per image) and its kernel gradient.
 type ChannelTask<'a, T> = (usize, Vec<&'a mut [T]>, &'a mut [T]);
@@ -215,14 +225,7 @@ fn depthwise_taps_backward<T: Element>(
     // (f64), the portable loops.
     let avx2 =
         cfg!(target_arch = "x86_64") && isa != Isa::Scalar && T::fast_kernel(isa, 1, 4).is_some();
-    let threads = options
-        .threads
-        .unwrap_or(if g.flops() < 4_000_000 {
-            1
-        } else {
-            std::thread::available_parallelism().map_or(1, |n| n.get())
-        })
-        .max(1);
+    let threads = gradient_threads(g, options);
     let taps = TapRows::new(g);
     let mut gx = vec![T::zero(); g.batch * a_ch * small_size];
     let mut dw = vec![T::zero(); a_ch * k_size];
@@ -1346,11 +1349,7 @@ pub fn grad_weight_fast<T: Element>(
     } else {
         Isa::Scalar
     };
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let threads = options
-        .threads
-        .unwrap_or(if g.flops() < 4_000_000 { 1 } else { cores })
-        .max(1);
+    let threads = gradient_threads(g, options);
     if few_channel_pairs(g) {
         grad_weight_small(g, s, b, threads, isa, &mut dw);
         return dw;

@@ -14,7 +14,7 @@ use crate::fast::col2im::{self, Col2im};
 use crate::fast::depthwise::DepthwiseRows;
 use crate::fast::direct::{execute, DirectKernel, Kernel, TileTable};
 use crate::fast::im2col::{self, Im2col};
-use crate::fast::kernels::{portable, tile_shapes};
+use crate::fast::kernels::{portable, tile_shapes, KernelFn};
 use crate::fast::pack::pack_weights;
 use crate::fast::spec::{DirectSpec, SourceLayout};
 use crate::fast::Isa;
@@ -104,6 +104,34 @@ fn tile_cost(cout_g: usize, flat: usize, lanes: usize, (mr, v, eff): (usize, usi
     let blocks = cout_g.div_ceil(mr);
     let tiles = flat.div_ceil(v * lanes).max(1);
     (blocks * tiles * mr * v) as f32 / eff
+}
+
+/// The packed-panel kernel for a GEMM of `rows` rows over `positions` columns (col2im and
+/// im2col): the forced tile shape, else the one with the least modelled time.
+fn gemm_kernel<T: Element>(
+    isa: Isa,
+    options: &PlanOptions,
+    rows: usize,
+    positions: usize,
+) -> Result<(KernelFn<T>, usize, usize)> {
+    let lanes = isa.lanes();
+    let shapes = tile_shapes(isa);
+    let (mr, v) = options.tile.unwrap_or_else(|| {
+        shapes
+            .iter()
+            .min_by(|a, b| {
+                let cost = |t: &(usize, usize, f32)| tile_cost(rows, positions, lanes, *t);
+                cost(a).total_cmp(&cost(b))
+            })
+            .map_or((1, 4), |t| (t.0, t.1))
+    });
+    match kernel_for::<T>(isa, false, mr, v) {
+        Some(Kernel::Packed(f)) => Ok((f, mr, v)),
+        _ => fail(ErrorKind::NoSuchKernel {
+            tile: (mr, v),
+            available: shapes.iter().map(|t| (t.0, t.1)).collect(),
+        }),
+    }
 }
 
 /// Below this many output channels per group the input is read in place, not packed:
@@ -314,53 +342,20 @@ impl<T: Element> Plan<T> {
         } else {
             None
         };
-        let col2im = (algorithm == Algorithm::Col2im && g.op == Op::ConvTranspose).then(|| {
-            let lanes = isa.lanes();
-            let rows = g.out_per_group() * numel(&g.kernel_shape());
-            let positions = numel(&g.input_shape()[2..]);
-            let shapes = tile_shapes(isa);
-            let (mr, v) = options.tile.unwrap_or_else(|| {
-                shapes
-                    .iter()
-                    .min_by(|a, b| {
-                        let cost = |t: &(usize, usize, f32)| tile_cost(rows, positions, lanes, *t);
-                        cost(a).total_cmp(&cost(b))
-                    })
-                    .map_or((1, 4), |t| (t.0, t.1))
-            });
-            match kernel_for::<T>(isa, false, mr, v) {
-                Some(Kernel::Packed(f)) => Ok(Col2im::new(&g, w, f, (mr, v, lanes), threads)),
-                _ => fail(ErrorKind::NoSuchKernel {
-                    tile: (mr, v),
-                    available: shapes.iter().map(|t| (t.0, t.1)).collect(),
-                }),
-            }
-        });
-        let col2im = col2im.transpose()?;
-        let im2col = (algorithm == Algorithm::Col2im && g.op == Op::Conv).then(|| {
-            let lanes = isa.lanes();
-            let positions = numel(&g.output_shape()[2..]);
-            let shapes = tile_shapes(isa);
-            let (mr, v) = options.tile.unwrap_or_else(|| {
-                shapes
-                    .iter()
-                    .min_by(|a, b| {
-                        let cost = |t: &(usize, usize, f32)| {
-                            tile_cost(g.out_per_group(), positions, lanes, *t)
-                        };
-                        cost(a).total_cmp(&cost(b))
-                    })
-                    .map_or((1, 4), |t| (t.0, t.1))
-            });
-            match kernel_for::<T>(isa, false, mr, v) {
-                Some(Kernel::Packed(f)) => Ok(Im2col::new(&g, w, f, (mr, v, lanes), threads)),
-                _ => fail(ErrorKind::NoSuchKernel {
-                    tile: (mr, v),
-                    available: shapes.iter().map(|t| (t.0, t.1)).collect(),
-                }),
-            }
-        });
-        let im2col = im2col.transpose()?;
+        let gemm = |rows: usize, positions: usize| gemm_kernel::<T>(isa, options, rows, positions);
+        let col2im = (algorithm == Algorithm::Col2im && g.op == Op::ConvTranspose)
+            .then(|| {
+                let rows = g.out_per_group() * numel(&g.kernel_shape());
+                gemm(rows, numel(&g.input_shape()[2..]))
+                    .map(|(f, mr, v)| Col2im::new(&g, w, f, (mr, v, isa.lanes()), threads))
+            })
+            .transpose()?;
+        let im2col = (algorithm == Algorithm::Col2im && g.op == Op::Conv)
+            .then(|| {
+                gemm(g.out_per_group(), numel(&g.output_shape()[2..]))
+                    .map(|(f, mr, v)| Im2col::new(&g, w, f, (mr, v, isa.lanes()), threads))
+            })
+            .transpose()?;
         let weight = if algorithm == Algorithm::Reference {
             w.to_vec()
         } else {

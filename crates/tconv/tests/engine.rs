@@ -643,6 +643,14 @@ fn depthwise_tap_vectors_match_reference() {
             vec![2, 1, 16, 16],
             ConvParams::new().stride(&[8]).padding(&[8]),
         ),
+        // Four spatial axes.
+        (
+            vec![1, 2, 3, 4, 3, 40],
+            vec![2, 1, 2, 2, 2, 8],
+            ConvParams::new()
+                .stride(&[1, 2, 1, 4])
+                .padding(&[1, 0, 1, 2]),
+        ),
     ];
     for (xs, ws, p) in cases {
         let p = p.groups(xs[1]);

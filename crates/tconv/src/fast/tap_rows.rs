@@ -111,18 +111,16 @@ impl TapRows {
     fn rows_for(&self, r: usize, out: &mut Vec<(usize, usize)>) {
         out.clear();
         let last = self.last();
-        let mut p = [0usize; 8];
-        let mut rem = r;
-        for a in (0..last).rev() {
-            p[a] = rem % self.small[a];
-            rem /= self.small[a];
-        }
         'rows: for kr in 0..self.slots() {
-            let (mut rem, mut big_row, mut pitch) = (kr, 0usize, 1usize);
+            // Outer axes from the innermost: small row `r` and kernel row `kr` both
+            // row-major, so each coordinate is peeled off as the loop goes.
+            let (mut rem, mut big_row, mut pitch, mut p_rem) = (kr, 0usize, 1usize, r);
             for a in (0..last).rev() {
                 let k = rem % self.kernel[a];
                 rem /= self.kernel[a];
-                let o = (p[a] * self.stride[a] + k * self.dilation[a]) as i64 - self.pad[a];
+                let p = p_rem % self.small[a];
+                p_rem /= self.small[a];
+                let o = (p * self.stride[a] + k * self.dilation[a]) as i64 - self.pad[a];
                 if o < 0 || o as usize >= self.big[a] {
                     continue 'rows;
                 }
