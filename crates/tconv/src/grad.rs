@@ -129,30 +129,25 @@ fn backward<'x, 'w, 'g, T: Element, D1: Dimension, D2: Dimension, D3: Dimension>
     let fused = (wanted.input && wanted.weight)
         .then(|| depthwise_taps_backward(&g, &ws, &xs, &gys, options))
         .flatten();
-    if let Some((gx, gw)) = fused {
-        return Ok(Gradients {
-            input: Some(shaped(x.shape(), gx)),
-            weight: Some(shaped(w.shape(), gw)),
-            bias: wanted
-                .bias
-                .then(|| shaped(&[g.out_channels], grad_bias(&g, &gys))),
-        });
-    }
-    let input = if wanted.input {
-        let v = grad_input(&g, &ws, &gys, options)?;
-        Some(shaped(x.shape(), v))
-    } else {
-        None
+    let (input, weight) = match fused {
+        Some((gx, gw)) => (Some(gx), Some(gw)),
+        None => {
+            let input = wanted
+                .input
+                .then(|| grad_input(&g, &ws, &gys, options))
+                .transpose()?;
+            let weight =
+                wanted
+                    .weight
+                    .then(|| match options.algorithm.or_else(Algorithm::from_env) {
+                        Some(Algorithm::Reference) => grad_weight_reference(&g, &xs, &gys),
+                        _ => grad_weight_fast(&g, &xs, &gys, options),
+                    });
+            (input, weight)
+        }
     };
-    let weight = if wanted.weight {
-        let v = match options.algorithm.or_else(Algorithm::from_env) {
-            Some(Algorithm::Reference) => grad_weight_reference(&g, &xs, &gys),
-            _ => grad_weight_fast(&g, &xs, &gys, options),
-        };
-        Some(shaped(w.shape(), v))
-    } else {
-        None
-    };
+    let input = input.map(|v| shaped(x.shape(), v));
+    let weight = weight.map(|v| shaped(w.shape(), v));
     let bias = wanted
         .bias
         .then(|| shaped(&[g.out_channels], grad_bias(&g, &gys)));
@@ -184,16 +179,6 @@ fn fuses_taps(g: &Geometry, options: &PlanOptions) -> bool {
         && options.tile.is_none()
 }
 
-/// Threads a gradient runs on: as asked, else all cores (one for a problem under 4 MFLOP,
-/// where waking threads costs more, as the planner decides for a forward pass).
-fn gradient_threads(g: &Geometry, options: &PlanOptions) -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    options
-        .threads
-        .unwrap_or(if g.flops() < 4_000_000 { 1 } else { cores })
-        .max(1)
-}
-
 /// A channel's share of [`depthwise_taps_backward`]: the channel, its input-gradient planes
 /// (one per image) and its kernel gradient.
 type ChannelTask<'a, T> = (usize, Vec<&'a mut [T]>, &'a mut [T]);
@@ -220,12 +205,9 @@ fn depthwise_taps_backward<T: Element>(
         a_ch,
         ..
     } = Sizes::of(g);
-    let isa = options.isa.map_or_else(Isa::detect, |i| i.or_below());
-    // As the planner decides for the conv alone: no SIMD kernels for this element type
-    // (f64), the portable loops.
-    let avx2 =
-        cfg!(target_arch = "x86_64") && isa != Isa::Scalar && T::fast_kernel(isa, 1, 4).is_some();
-    let threads = gradient_threads(g, options);
+    // As the planner decides for the conv alone.
+    let avx2 = cfg!(target_arch = "x86_64") && options.isa_for::<T>() != Isa::Scalar;
+    let threads = options.threads_for(g);
     let taps = TapRows::new(g);
     let mut gx = vec![T::zero(); g.batch * a_ch * small_size];
     let mut dw = vec![T::zero(); a_ch * k_size];
@@ -1343,13 +1325,8 @@ pub fn grad_weight_fast<T: Element>(
     if q_len == 0 || dw.is_empty() {
         return dw;
     }
-    let isa = options.isa.map_or_else(Isa::detect, |i| i.or_below());
-    let isa = if T::fast_kernel(isa, 6, 2).is_some() {
-        isa
-    } else {
-        Isa::Scalar
-    };
-    let threads = gradient_threads(g, options);
+    let isa = options.isa_for::<T>();
+    let threads = options.threads_for(g);
     if few_channel_pairs(g) {
         grad_weight_small(g, s, b, threads, isa, &mut dw);
         return dw;

@@ -80,6 +80,30 @@ pub struct PlanOptions {
 /// Below this many FLOPs a problem runs on one thread (thread wake-up costs more).
 const SMALL_FLOPS: u128 = 4_000_000;
 
+impl PlanOptions {
+    /// The instruction set element type `T` runs on: the forced one (or the best available
+    /// below it), else the detected one; the portable loops where `T` has no SIMD kernels
+    /// (f64). Plans and gradients decide it alike.
+    pub fn isa_for<T: Element>(&self) -> Isa {
+        let isa = self.isa.map_or_else(Isa::detect, |i| i.or_below());
+        if T::fast_kernel(isa, 1, 4).is_some() {
+            isa
+        } else {
+            Isa::Scalar
+        }
+    }
+
+    /// Threads for a problem of geometry `g`: as asked, else all cores, but one below
+    /// `SMALL_FLOPS` (4 MFLOP).
+    pub fn threads_for(&self, g: &Geometry) -> usize {
+        match self.threads {
+            Some(t) => t.max(1),
+            None if g.flops() < SMALL_FLOPS => 1,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
 /// A ready-to-run computation.
 pub struct Plan<T: Element> {
     geometry: Geometry,
@@ -163,7 +187,8 @@ impl<T: Element> Plan<T> {
                 expected: g.weight_shape(),
             });
         }
-        let (mut algorithm, mut reason) = match options.algorithm.or_else(Algorithm::from_env) {
+        let forced = options.algorithm.or_else(Algorithm::from_env);
+        let (mut algorithm, mut reason) = match forced {
             Some(a) => (a, "forced by the caller or TCONV_ALGORITHM".to_string()),
             None if col2im_pays(&g, std::mem::size_of::<T>())
                 && options.inplace.is_none()
@@ -174,7 +199,7 @@ impl<T: Element> Plan<T> {
             None => (Algorithm::Direct, direct_reason(&g)),
         };
         let elem = std::mem::size_of::<T>();
-        if algorithm == Algorithm::Col2im && g.op == Op::Conv && !im2col::fits(&g, elem, 64) {
+        if algorithm == Algorithm::Col2im && g.op == Op::Conv && !im2col::fits(&g, elem) {
             algorithm = Algorithm::Direct;
             reason = format!(
                 "{reason}; but im2col's columns for one tile of positions would take more than \
@@ -191,21 +216,8 @@ impl<T: Element> Plan<T> {
                 direct_reason(&g)
             );
         }
-        let isa = match options.isa {
-            Some(i) => i.or_below(),
-            None => Isa::detect(),
-        };
-        let isa = if T::fast_kernel(isa, 1, 4).is_some() {
-            isa
-        } else {
-            Isa::Scalar
-        };
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let threads = match options.threads {
-            Some(t) => t.max(1),
-            None if g.flops() < SMALL_FLOPS => 1,
-            None => cores,
-        };
+        let isa = options.isa_for::<T>();
+        let threads = options.threads_for(&g);
         // Depthwise layers are bound by moving data: whole rows at a time (unless a test
         // forces the tile kernels).
         let rows = (algorithm == Algorithm::Direct
@@ -222,10 +234,9 @@ impl<T: Element> Plan<T> {
                  the sums of 8 outputs reduced across lanes at the end",
                 g.axes.last().map_or(1, |a| a.stride)
             );
-            reason = if reason == direct_reason(&g) {
-                taps
-            } else {
-                format!("{reason}; {taps}")
+            reason = match forced {
+                None => taps,
+                Some(_) => format!("{reason}; {taps}"),
             };
         } else if rows.is_some() {
             reason = format!(
@@ -575,7 +586,7 @@ fn col2im_pays(g: &Geometry, elem: usize) -> bool {
         Op::Conv => {
             g.in_per_group() < INPLACE_BELOW
                 && g.out_per_group() >= IM2COL_MIN_COUT
-                && im2col::fits(g, elem, 64)
+                && im2col::fits(g, elem)
         }
     }
 }

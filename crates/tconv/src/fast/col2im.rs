@@ -89,15 +89,21 @@ pub fn fits(g: &Geometry, elem: usize) -> bool {
 /// Most bytes of columns for one input row.
 pub const MAX_ROW_BYTES: usize = 4 * BAND_BYTES;
 
-/// The `(tap, input)` pairs of one axis that reach output `o`: `o = i·s - p + k·d`.
-fn reaching(a: &crate::geometry::AxisGeometry, o: usize) -> Vec<(usize, usize)> {
-    let s = a.stride as i64;
-    (0..a.kernel)
-        .rev()
-        .filter_map(|k| {
-            let num = o as i64 + a.pad_begin - (k * a.dilation) as i64;
-            let i = num.div_euclid(s);
-            (num.rem_euclid(s) == 0 && i >= 0 && (i as usize) < a.input).then_some((k, i as usize))
+/// Per output coordinate of one axis, the `(tap, input)` pairs that reach it
+/// (`o = i·s - p + k·d`): the taps of its residue ([`residue_taps`]) whose input lies inside.
+fn reaching(a: &crate::geometry::AxisGeometry) -> Vec<Vec<(usize, usize)>> {
+    let residues = residue_taps(a);
+    (0..a.output)
+        .map(|o| {
+            let q = (o / a.stride) as isize;
+            residues[o % a.stride]
+                .1
+                .iter()
+                .filter_map(|&(k, shift)| {
+                    let i = q + shift;
+                    (i >= 0 && (i as usize) < a.input).then_some((k, i as usize))
+                })
+                .collect()
         })
         .collect()
 }
@@ -127,10 +133,7 @@ impl<T: Element> Col2im<T> {
                 dst[..live].copy_from_slice(&w[src..src + live]);
             }
         }
-        let lead = g.axes[..dims - 1]
-            .iter()
-            .map(|a| (0..a.output).map(|o| reaching(a, o)).collect())
-            .collect();
+        let lead = g.axes[..dims - 1].iter().map(reaching).collect();
         let last = residue_taps(&g.axes[dims - 1]);
         let kstride = pitches_of(&kshape);
         let mut c = Col2im {

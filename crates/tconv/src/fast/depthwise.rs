@@ -57,8 +57,8 @@ pub struct DepthwiseRows<T> {
     /// Per outer residue combination (a group of last-axis phases): its taps, where the
     /// fused stride-8 path takes them (see [`UniformTaps`]).
     uniform: Vec<Option<UniformTaps>>,
-    /// A conv with a large last-axis stride: its runs read in place, by tap vectors
-    /// (see [`TapRows`]), instead of through a polyphase copy.
+    /// A conv with a large last-axis stride: each input row copied once and read by tap
+    /// vectors (see [`TapRows`]), instead of through a polyphase copy of the plane.
     by_taps: Option<TapRows>,
 }
 
@@ -177,7 +177,7 @@ impl<T: Element> DepthwiseRows<T> {
         run_chunks(threads, y, out_plane, run);
     }
 
-    /// Whether the runs are read in place by tap vectors ([`TapRows`]).
+    /// Whether the conv runs by tap vectors ([`TapRows`]).
     pub fn by_taps(&self) -> bool {
         self.by_taps.is_some()
     }

@@ -42,18 +42,21 @@ pub struct Im2col<T> {
     parts: usize,
 }
 
-/// Whether `g` is a conv the im2col GEMM serves: its columns for one tile of positions
-/// take at most a band.
-pub fn fits(g: &Geometry, elem: usize, tile_lanes: usize) -> bool {
-    g.op == Op::Conv
-        && g.in_per_group() * numel(&g.kernel_shape()) * tile_lanes * elem <= BAND_BYTES
+/// Positions of the widest register tile any ISA uses (AVX-512 6×4).
+const WIDEST_TILE: usize = 64;
+
+/// Whether the im2col GEMM serves conv `g` (elements of `elem` bytes): the columns of the
+/// widest tile of positions take at most a band.
+pub fn fits(g: &Geometry, elem: usize) -> bool {
+    g.in_per_group() * numel(&g.kernel_shape()) * WIDEST_TILE * elem <= BAND_BYTES
 }
 
-/// Column-matrix pitch for `n` positions: whole tiles, and not a multiple of 4 KiB (rows a
-/// multiple of 4 KiB apart would share L1 sets as the kernels read down a column).
-fn pitch(n: usize, tl: usize) -> usize {
+/// Column-matrix pitch for `n` positions of `elem` bytes: whole tiles, and not a multiple
+/// of 4 KiB (rows a multiple of 4 KiB apart would share L1 sets as the kernels read down a
+/// column).
+fn pitch(n: usize, tl: usize, elem: usize) -> usize {
     let p = n.div_ceil(tl).max(1) * tl;
-    if p.is_multiple_of(1024) {
+    if (p * elem).is_multiple_of(4096) {
         p + tl
     } else {
         p
@@ -116,7 +119,7 @@ impl<T: Element> Im2col<T> {
     /// Elements of scratch one task allocates: one band's columns and a register tile.
     pub fn scratch_len(&self) -> usize {
         let tl = self.tile_lanes();
-        self.kdim * pitch(self.band, tl) + self.mr * tl
+        self.kdim * pitch(self.band, tl, std::mem::size_of::<T>()) + self.mr * tl
     }
 
     /// Bytes of the packed weights.
@@ -163,11 +166,18 @@ impl<T: Element> Im2col<T> {
         let tl = self.tile_lanes();
         let in_plane = numel(&g.input_shape()[2..]);
         let image = &x[(n * g.in_channels + group * cin_g) * in_plane..][..cin_g * in_plane];
-        let cp = pitch(self.band, tl);
+        let cp = pitch(self.band, tl, std::mem::size_of::<T>());
         let mut cols = scratch::take::<T>(self.kdim * cp);
         let mut tile = scratch::take::<T>(self.mr * tl);
         let mut phases = Vec::new();
         let (b_lo, b_hi) = (c0 / self.mr, (c0 + channels).div_ceil(self.mr));
+        // Each tile reads its columns in place and writes its rows a plane apart.
+        let shape = Rows {
+            k: self.kdim,
+            pitch: cp,
+            taps: 1,
+            out_pitch: out_plane,
+        };
         for start in (0..out_plane).step_by(self.band) {
             let len = self.band.min(out_plane - start);
             gather(g, image, start..start + len, &mut cols, cp, &mut phases);
@@ -178,12 +188,6 @@ impl<T: Element> Im2col<T> {
                     let w = &self.packed[run..run + self.kdim * self.mr];
                     let first = b * self.mr - c0;
                     let rows_live = self.mr.min(channels - first);
-                    let shape = Rows {
-                        k: self.kdim,
-                        pitch: cp,
-                        taps: 1,
-                        out_pitch: out_plane,
-                    };
                     if live == tl && rows_live == self.mr {
                         let out = &mut planes[first * out_plane + start + p0..];
                         (self.kernel)(w, &cols[p0..], shape, out, false);
@@ -263,32 +267,26 @@ fn gather<T: Element>(
                 o[a] = rem % outs[a];
                 rem /= outs[a];
             }
-            let mut in_line = 0usize;
-            let mut inside = true;
-            for a in 0..dims - 1 {
+            let in_line = (0..dims - 1).try_fold(0usize, |flat, a| {
                 let ax = &g.axes[a];
-                let i = (o[a] * ax.stride + k[a] * ax.dilation) as i64 - ax.pad_begin;
-                if i < 0 || i as usize >= ax.input {
-                    inside = false;
-                    break;
+                ax.big_index(Op::Conv, o[a], k[a])
+                    .map(|i| flat * ax.input + i)
+            });
+            let comps: &[T] = match in_line {
+                None => &[],
+                Some(i) if s == 1 => &src[i * l_in..(i + 1) * l_in],
+                Some(i) => {
+                    let xs = &src[i * l_in..(i + 1) * l_in];
+                    super::pack::deal_row(xs, s, usize::MAX, phases, |r| r * plen);
+                    phases
                 }
-                in_line = in_line * ax.input + i as usize;
-            }
-            let xs = &src[in_line * l_in..(in_line + 1) * l_in];
-            let comps: &[T] = if !inside {
-                &[]
-            } else if s == 1 {
-                xs
-            } else {
-                super::pack::deal_row(xs, s, usize::MAX, phases, |r| r * plen);
-                phases
             };
             for (&(r, c, len), dst_row) in taps.iter().zip(kernel_row.chunks_exact_mut(pitch)) {
                 let dst = &mut dst_row[at..at + (q1 - q0)];
                 // Positions whose input lies inside: `0 <= q + c < len`.
                 let lo = (q0 as i64).max(-c).min(q1 as i64);
                 let hi = (q1 as i64).min(len - c).max(lo);
-                if !inside || lo >= hi {
+                if in_line.is_none() || lo >= hi {
                     dst.fill(T::zero());
                     continue;
                 }

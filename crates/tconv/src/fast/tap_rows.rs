@@ -5,9 +5,9 @@
 //! `s` times finer than the small side, and a small position `p` meets, per kernel row, one
 //! contiguous run of big values: `B[p·s + k - pad]` for `k < kw`. Splitting the big plane
 //! into its `s^D` polyphase components first (as the row engine does for other strided
-//! depthwise layers) reshuffles the largest tensor element by element; here the runs are
-//! read as they lie instead, vectors running along the kernel's last axis, 8 taps at a time
-//! (`kw` a multiple of 8, dilation 1 on that axis):
+//! depthwise layers) reshuffles the largest tensor element by element; here each row is
+//! copied whole and its runs read as they lie in it, vectors running along the kernel's last
+//! axis, 8 taps at a time (`kw` a multiple of 8, dilation 1 on that axis):
 //! - conv (the small side from the big one): `S[p] = Σ_rows Σ_j w_row[8j..] · B_row[p·s + 8j..]`,
 //!   the lane sums of 8 positions kept in registers and reduced across lanes at the end;
 //! - weight gradient: `dW_row[8j..] += Σ_p S[p] · B_row[p·s + 8j..]`, four partial sums over
@@ -19,15 +19,17 @@
 //! bitwise identical for any thread count.
 
 use super::scratch;
-use crate::geometry::Geometry;
-use crate::tensor::{numel, Element};
+use crate::geometry::{AxisGeometry, Geometry};
+use crate::params::Op;
+use crate::tensor::Element;
 
 /// Vector width of the tap vectors (lanes of `T`).
 const LANES: usize = 8;
 
 /// Smallest last-axis stride from which a depthwise conv runs by tap vectors. Measured
-/// (1 thread, 32 channels): k8 s4 5.8-9.5 ms against 10.0-10.3 ms through the polyphase
-/// row engine, k16 s4 2.4-4.1 against 5.0-9.9; at stride 2 a tie within the noise (k8).
+/// (1 thread, 32 channels, minima of two rounds each): k8 s4 5.8-9.0 ms against 9.9-10.2
+/// ms through the polyphase row engine, k16 s4 2.4-4.1 against 5.0-9.7; at stride 2 a tie
+/// (k8: 3.56 against 3.55 over four rounds).
 pub const CONV_MIN_STRIDE: usize = 4;
 /// Smallest last-axis stride from which a depthwise weight gradient runs by tap vectors.
 /// Measured as above: k8 s2 2.7-4.0 ms against 5.6 ms by row dot products over polyphase
@@ -51,14 +53,8 @@ pub fn applies(g: &Geometry, min_stride: usize) -> bool {
 /// The row mapping of a depthwise layer (see the module documentation).
 #[derive(Clone, Debug)]
 pub struct TapRows {
-    /// Small-side, big-side and kernel extents, all axes.
-    small: Vec<usize>,
-    big: Vec<usize>,
-    kernel: Vec<usize>,
-    /// Per axis: stride, dilation, padding at the beginning.
-    stride: Vec<usize>,
-    dilation: Vec<usize>,
-    pad: Vec<i64>,
+    op: Op,
+    axes: Vec<AxisGeometry>,
     /// Zero margin before each buffered big row, and where small position 0's run starts
     /// in it (`margin - pad_last`).
     margin: usize,
@@ -70,35 +66,38 @@ pub struct TapRows {
 impl TapRows {
     /// The mapping of `g` (a layer [`applies`] accepts).
     pub fn new(g: &Geometry) -> TapRows {
-        let small = g.small_spatial();
-        let big = g.big_spatial();
-        let kernel = g.kernel_shape();
-        let last = g.axes.len() - 1;
-        let pad: Vec<i64> = g.axes.iter().map(|a| a.pad_begin).collect();
-        let margin = pad[last].max(0) as usize;
-        let c0 = (margin as i64 - pad[last]) as usize;
-        let (ls, lb, s, kw) = (small[last], big[last], g.axes[last].stride, kernel[last]);
-        let reach = if ls == 0 { 0 } else { (ls - 1) * s + c0 + kw };
+        let last = &g.axes[g.axes.len() - 1];
+        let margin = last.pad_begin.max(0) as usize;
+        let c0 = (margin as i64 - last.pad_begin) as usize;
+        let (ls, lb) = (last.small(g.op), last.big(g.op));
+        let reach = if ls == 0 {
+            0
+        } else {
+            (ls - 1) * last.stride + c0 + last.kernel
+        };
         TapRows {
-            stride: g.axes.iter().map(|a| a.stride).collect(),
-            dilation: g.axes.iter().map(|a| a.dilation).collect(),
-            pad,
+            op: g.op,
+            axes: g.axes.clone(),
             margin,
             c0,
             padded_len: (margin + lb).max(reach),
-            small,
-            big,
-            kernel,
         }
     }
 
-    fn last(&self) -> usize {
-        self.small.len() - 1
+    /// Outer axes (all but the last) and the last one.
+    fn split(&self) -> (&[AxisGeometry], &AxisGeometry) {
+        let (last, outer) = self.axes.split_last().expect("at least one axis");
+        (outer, last)
     }
 
     /// Kernel rows (all kernel axes but the last): the row cache's slots.
     fn slots(&self) -> usize {
-        numel(&self.kernel[..self.last()]).max(1)
+        self.split()
+            .0
+            .iter()
+            .map(|a| a.kernel)
+            .product::<usize>()
+            .max(1)
     }
 
     /// Elements of scratch one plane takes (the row cache).
@@ -110,22 +109,20 @@ impl TapRows {
     /// `(kernel row, big row)`, both flat over the outer axes.
     fn rows_for(&self, r: usize, out: &mut Vec<(usize, usize)>) {
         out.clear();
-        let last = self.last();
+        let outer = self.split().0;
         'rows: for kr in 0..self.slots() {
             // Outer axes from the innermost: small row `r` and kernel row `kr` both
             // row-major, so each coordinate is peeled off as the loop goes.
-            let (mut rem, mut big_row, mut pitch, mut p_rem) = (kr, 0usize, 1usize, r);
-            for a in (0..last).rev() {
-                let k = rem % self.kernel[a];
-                rem /= self.kernel[a];
-                let p = p_rem % self.small[a];
-                p_rem /= self.small[a];
-                let o = (p * self.stride[a] + k * self.dilation[a]) as i64 - self.pad[a];
-                if o < 0 || o as usize >= self.big[a] {
+            let (mut k_rem, mut p_rem, mut big_row, mut pitch) = (kr, r, 0usize, 1usize);
+            for a in outer.iter().rev() {
+                let (k, p) = (k_rem % a.kernel, p_rem % a.small(self.op));
+                k_rem /= a.kernel;
+                p_rem /= a.small(self.op);
+                let Some(o) = a.big_index(self.op, p, k) else {
                     continue 'rows;
-                }
-                big_row += o as usize * pitch;
-                pitch *= self.big[a];
+                };
+                big_row += o * pitch;
+                pitch *= a.big(self.op);
             }
             out.push((kr, big_row));
         }
@@ -145,7 +142,7 @@ impl TapRows {
         at: &mut Vec<usize>,
     ) {
         let n = tags.len();
-        let lb = self.big[self.last()];
+        let lb = self.split().1.big(self.op);
         at.clear();
         at.extend(rows.iter().map(|&(_, b)| b % n));
         let mut seen = vec![false; n];
@@ -243,14 +240,15 @@ impl TapRows {
         big: &[T],
         mut pass: Pass<'_, T>,
     ) {
-        let last = self.last();
-        let (ls, s, kw) = (self.small[last], self.stride[last], self.kernel[last]);
+        let (outer, last) = self.split();
+        let (ls, s, kw) = (last.small(self.op), last.stride, last.kernel);
         if ls == 0 {
             return;
         }
         let (mut cache, mut tags) = self.cache::<T>();
         let (mut rows, mut at) = (Vec::new(), Vec::new());
-        for r in 0..numel(&self.small[..last]) {
+        let small_rows: usize = outer.iter().map(|a| a.small(self.op)).product();
+        for r in 0..small_rows {
             self.rows_for(r, &mut rows);
             self.load(big, &rows, &mut cache, &mut tags, &mut at);
             let ctx = RowCtx {
@@ -295,8 +293,7 @@ pub struct Pass<'a, T> {
 #[inline(always)]
 fn weight_row<T: Element>(ctx: &RowCtx<'_, T>, srow: &[T], dw: &mut [T]) {
     let (s, kw) = (ctx.s, ctx.kw);
-    for (&(kr, _), &slot) in ctx.rows.iter().zip(ctx.at) {
-        let brow = &ctx.cache[slot * ctx.padded_len..(slot + 1) * ctx.padded_len];
+    for (kr, brow) in ctx.kernel_rows() {
         for (j, dv) in dw[kr * kw..(kr + 1) * kw]
             .chunks_exact_mut(LANES)
             .enumerate()
@@ -330,7 +327,8 @@ fn weight_row<T: Element>(ctx: &RowCtx<'_, T>, srow: &[T], dw: &mut [T]) {
     }
 }
 
-/// What the conv blocks of one small row read.
+/// What the passes over one small row read: its kernel rows and where their big rows lie
+/// in the row cache.
 struct RowCtx<'a, T> {
     rows: &'a [(usize, usize)],
     at: &'a [usize],
@@ -339,6 +337,18 @@ struct RowCtx<'a, T> {
     s: usize,
     c0: usize,
     kw: usize,
+}
+
+impl<'a, T> RowCtx<'a, T> {
+    /// Each kernel row the small row meets, with its buffered big row.
+    fn kernel_rows(&self) -> impl Iterator<Item = (usize, &'a [T])> + '_ {
+        self.rows.iter().zip(self.at).map(|(&(kr, _), &slot)| {
+            (
+                kr,
+                &self.cache[slot * self.padded_len..(slot + 1) * self.padded_len],
+            )
+        })
+    }
 }
 
 /// `LANES` values of `row` from `at`.
@@ -362,8 +372,7 @@ fn conv_block<T: Element, const B: usize>(
     out: &mut [T],
 ) {
     let mut acc = [[T::zero(); LANES]; B];
-    for (&(kr, _), &slot) in ctx.rows.iter().zip(ctx.at) {
-        let brow = &ctx.cache[slot * ctx.padded_len..(slot + 1) * ctx.padded_len];
+    for (kr, brow) in ctx.kernel_rows() {
         for (j, wv) in w[kr * ctx.kw..(kr + 1) * ctx.kw]
             .chunks_exact(LANES)
             .enumerate()
