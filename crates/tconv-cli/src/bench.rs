@@ -76,7 +76,7 @@ pub struct BenchArgs {
     /// NAME:grad_weight, and NAME:backward for both together), or both.
     #[arg(long, value_enum, default_value = "forward")]
     pub pass: Pass,
-    /// Force an algorithm (reference, direct or col2im).
+    /// Force an algorithm (reference, direct, col2im or winograd).
     #[arg(long)]
     pub algorithm: Option<String>,
     /// Force the direct kernels' family: packed (input panels) or inplace (masked loads).
@@ -128,7 +128,7 @@ pub struct PlanArgs {
     /// Plan the ordinary conv this layer is the transpose of.
     #[arg(long)]
     pub conv: bool,
-    /// Force an algorithm (reference, direct or col2im).
+    /// Force an algorithm (reference, direct, col2im or winograd).
     #[arg(long)]
     pub algorithm: Option<String>,
 }
@@ -406,7 +406,7 @@ pub fn layers(a: &LayerArgs) -> Result<Vec<Layer>> {
 fn algorithm(name: &Option<String>) -> Result<Option<tconv::Algorithm>> {
     match name {
         Some(s) => Ok(Some(tconv::Algorithm::parse(s).with_context(|| {
-            format!("unknown algorithm '{s}' (reference, direct or col2im)")
+            format!("unknown algorithm '{s}' (reference, direct, col2im or winograd)")
         })?)),
         None => Ok(None),
     }

@@ -724,7 +724,9 @@ fn bench_and_plan_report_what_outside_checks_read() {
     assert!(o.status.success());
     let s = stdout(&o);
     assert!(
-        s.contains("algorithm:   direct") && s.contains("phase 3:") && s.contains("threads:     2"),
+        s.contains("algorithm:   winograd")
+            && s.contains("F(2x2,2x2) over 4 phases")
+            && s.contains("threads:     2"),
         "{s}"
     );
 }

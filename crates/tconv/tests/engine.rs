@@ -95,6 +95,20 @@ fn engine_matches_reference<T: Element>(c: &Case, op: Op) -> Result<(), TestCase
             let got = plan.execute(&x, bv).unwrap();
             prop_assert_eq!(&got, &want, "{} threads {}", plan.label(), threads);
         }
+        // Winograd tiles forced: exact on small integers (the transforms' coefficients are
+        // 0, ±1 and ±1/2); where the phases do not suit them, the direct engine.
+        for threads in [1, 3] {
+            let o = PlanOptions {
+                algorithm: Some(Algorithm::Winograd),
+                ..options(isa, None, threads)
+            };
+            let plan =
+                Plan::<T>::new(op, x.shape(), &w, b.as_ref().map(|b| b.len()), &p, &o).unwrap();
+            let applies = tconv::fast::winograd::applies(plan.geometry());
+            prop_assert_eq!(plan.algorithm() == Algorithm::Winograd, applies, "{}", plan);
+            let got = plan.execute(&x, bv).unwrap();
+            prop_assert_eq!(&got, &want, "{} threads {}", plan.label(), threads);
+        }
     }
     Ok(())
 }
@@ -686,4 +700,134 @@ fn tap_vectors_match<T: Element>(
         want,
         "{xs:?} {ws:?} {isa} threads {threads}"
     );
+}
+
+/// Winograd tiles on the layer kinds the planner gives them (DCGAN's k4 s2 phases, stride-1
+/// 3×3, dilated with bias-only phases, 1-D, 3-D, a stride-1 conv, groups, asymmetric
+/// padding): chosen by default, bitwise identical for any thread count, and within float
+/// rounding of the reference on random floats, in f32 and f64.
+#[test]
+fn winograd_tiles_match_reference() {
+    use tconv::ConvParams;
+    let cases = [
+        (
+            vec![3, 32, 6, 5],
+            vec![32, 24, 4, 4],
+            ConvParams::new().stride(&[2]).padding(&[1]),
+            Op::ConvTranspose,
+            "F(3x3,2x2)",
+        ),
+        (
+            vec![2, 24, 11, 13],
+            vec![24, 20, 3, 3],
+            ConvParams::new().padding(&[1]),
+            Op::ConvTranspose,
+            "F(2x2,3x3)",
+        ),
+        (
+            vec![2, 20, 9, 8],
+            vec![20, 16, 3, 3],
+            ConvParams::new()
+                .stride(&[2])
+                .padding(&[2])
+                .dilation(&[2])
+                .output_padding(&[1]),
+            Op::ConvTranspose,
+            "F(2x2,3x3)",
+        ),
+        (
+            vec![2, 32, 30],
+            vec![32, 16, 4],
+            ConvParams::new().stride(&[2]).padding(&[1]),
+            Op::ConvTranspose,
+            "F(3,2)",
+        ),
+        (
+            vec![1, 16, 5, 4, 6],
+            vec![16, 16, 3, 3, 3],
+            ConvParams::new().padding(&[1]),
+            Op::ConvTranspose,
+            "F(2x2x2,3x3x3)",
+        ),
+        (
+            vec![2, 20, 12, 10],
+            vec![24, 20, 3, 3],
+            ConvParams::new().padding(&[1]),
+            Op::Conv,
+            "F(2x2,3x3)",
+        ),
+        (
+            vec![2, 64, 7, 6],
+            vec![64, 16, 4, 4],
+            ConvParams::new().stride(&[2]).padding(&[1]).groups(2),
+            Op::ConvTranspose,
+            "F(2x3,2x2)",
+        ),
+        (
+            vec![2, 32, 7, 9],
+            vec![32, 16, 4, 4],
+            ConvParams::new()
+                .stride(&[2])
+                .pads(&[2, 0], &[1, 3])
+                .output_padding(&[1, 0]),
+            Op::ConvTranspose,
+            "F(2x3,2x2)",
+        ),
+    ];
+    for (xs, ws, p, op, tile) in cases {
+        let (x, w) = (floats(&xs, 11), floats(&ws, 12));
+        let c_out = match op {
+            Op::ConvTranspose => ws[1] * p.groups,
+            Op::Conv => ws[0],
+        };
+        let b = floats(&[c_out], 13).into_dimensionality().unwrap();
+        let mut outs = Vec::new();
+        for threads in [1, 2, 3, 5] {
+            let o = PlanOptions {
+                threads: Some(threads),
+                ..PlanOptions::default()
+            };
+            let plan = Plan::new(op, &xs, &w, Some(c_out), &p, &o).unwrap();
+            assert_eq!(plan.algorithm(), Algorithm::Winograd, "{plan}");
+            assert!(plan.label().contains(tile), "{} for {xs:?}", plan.label());
+            outs.push(plan.execute(&x, Some(b.view())).unwrap());
+        }
+        for o in &outs[1..] {
+            let same = o
+                .iter()
+                .zip(outs[0].iter())
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{op:?} {xs:?}: result depends on the thread count");
+        }
+        let want = match op {
+            Op::ConvTranspose => conv_transpose_scatter(&x, &w, Some(b.view()), &p).unwrap(),
+            Op::Conv => conv_gather(&x, &w, Some(b.view()), &p).unwrap(),
+        };
+        assert_eq!(outs[0].shape(), want.shape());
+        for (a, b) in outs[0].iter().zip(want.iter()) {
+            assert!(
+                (a - b).abs() <= 2e-5 * (1.0 + b.abs()),
+                "{tile} {xs:?}: {a} vs {b}"
+            );
+        }
+        // f64: the same tiles, far tighter.
+        let (x64, w64, b64) = (x.mapv(f64::from), w.mapv(f64::from), b.mapv(f64::from));
+        let o = PlanOptions {
+            algorithm: Some(Algorithm::Winograd),
+            ..PlanOptions::default()
+        };
+        let plan = Plan::new(op, &xs, &w64, Some(c_out), &p, &o).unwrap();
+        assert_eq!(plan.algorithm(), Algorithm::Winograd, "{plan}");
+        let got = plan.execute(&x64, Some(b64.view())).unwrap();
+        let want = match op {
+            Op::ConvTranspose => conv_transpose_scatter(&x64, &w64, Some(b64.view()), &p).unwrap(),
+            Op::Conv => conv_gather(&x64, &w64, Some(b64.view()), &p).unwrap(),
+        };
+        for (a, b) in got.iter().zip(want.iter()) {
+            assert!(
+                (a - b).abs() <= 1e-12 * (1.0 + b.abs()),
+                "{tile} f64 {xs:?}: {a} vs {b}"
+            );
+        }
+    }
 }

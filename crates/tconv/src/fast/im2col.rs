@@ -54,7 +54,7 @@ pub fn fits(g: &Geometry, elem: usize) -> bool {
 /// Column-matrix pitch for `n` positions of `elem` bytes: whole tiles, and not a multiple
 /// of 4 KiB (rows a multiple of 4 KiB apart would share L1 sets as the kernels read down a
 /// column).
-fn pitch(n: usize, tl: usize, elem: usize) -> usize {
+pub(crate) fn pitch(n: usize, tl: usize, elem: usize) -> usize {
     let p = n.div_ceil(tl).max(1) * tl;
     if (p * elem).is_multiple_of(4096) {
         p + tl

@@ -23,6 +23,7 @@ pub mod pack;
 pub mod scratch;
 pub mod spec;
 pub mod tap_rows;
+pub mod winograd;
 
 pub use isa::Isa;
 

@@ -1,0 +1,1143 @@
+//! Winograd (Toom-Cook) minimal filtering for phases with 2 or 3 taps per axis: the dense
+//! layers' multiplications cut by 1.8-2.25x.
+//!
+//! After the phase decomposition ([`spec`](super::spec)) every phase of a transposed conv is
+//! a dense stride-1 correlation `y[q] = Σ_j x[q + base + j] · w[k(j)]` over `r` consecutive
+//! source positions per axis (DCGAN's k4 s2: 2×2 taps per phase; a stride-1 3×3 layer: one
+//! phase of 3×3). A tile of `m` outputs per axis of such a correlation needs only
+//! `α = m + r − 1` multiplications per axis instead of `m·r` (Lavin & Gray, "Fast
+//! Algorithms for Convolutional Neural Networks", 2016): with the matrices of [`Transform`],
+//! `y = Aᵀ [(G g) ⊙ (Bᵀ d)]` for the `α` inputs `d` of a tile. In `D` dimensions the
+//! transforms are applied per axis, so a tile has `α^D` transformed points, and over
+//! channels the elementwise product becomes one GEMM per point:
+//! `M[ξ][co][tile] = Σ_ci U[ξ][co][ci] · V[ξ][ci][tile]`, with `U = G g Gᵀ` computed and
+//! packed once per plan and `V = Bᵀ d B` per tile. The GEMMs run on the same packed
+//! microkernels as the direct engine (`K = C_in/g`), the transforms are short vector loops
+//! over a row of tiles (each source row dealt once into its `m` polyphase components, so
+//! every term of `Bᵀ d` is a contiguous run), and `Aᵀ M A` plus the bias is stored once
+//! per output element.
+//!
+//! The results differ from the direct sums by rounding only (the transforms use the
+//! points 0, ±1 and ∞, whose matrices hold 0, ±1 and ±1/2): within a few ulps of the
+//! reference per term, and exact on small integers. Tasks own disjoint bands of output rows
+//! and each output element is computed by the same arithmetic whatever the band, so
+//! results are bitwise identical for any thread count.
+
+use std::ops::Range;
+
+use super::direct::run_each;
+use super::kernels::{KernelFn, Rows};
+use super::scratch;
+use super::spec::{pitches_of, residue_taps};
+use super::Isa;
+use crate::geometry::Geometry;
+use crate::params::Op;
+use crate::tensor::{numel, Element};
+
+/// Largest transform per axis: `α = m + r − 1 <= 4`, i.e. F(2,2), F(3,2) and F(2,3), whose
+/// points 0, ±1, ∞ keep every transform coefficient a power of two.
+pub const MAX_ALPHA: usize = 4;
+
+/// Fewest input and output channels per group: below this the transforms (linear in the
+/// channels) weigh as much as the GEMMs they shorten.
+pub const MIN_CHANNELS: usize = 16;
+
+/// Least ratio of direct to Winograd multiplications for the planner to take it.
+pub const MIN_GAIN: f64 = 1.5;
+
+/// Bytes of transformed input and GEMM results one task aims at (they stay in L2 between
+/// the transform, the GEMMs and the output transform).
+const BAND_BYTES: usize = 512 * 1024;
+
+/// Channels the transforms take at a time: each of their loops then runs over
+/// `CHUNK · pitch` values.
+const CHUNK: usize = 8;
+
+/// Finite interpolation points, in the order they are taken (∞ is always the last point).
+const POINTS: [f64; 3] = [0.0, 1.0, -1.0];
+
+/// A 1-D minimal filtering algorithm F(m, r): `m` outputs of an `r`-tap correlation from
+/// `α = m + r − 1` inputs with `α` multiplications, `y = Aᵀ [(G g) ⊙ (Bᵀ d)]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transform {
+    /// Outputs per tile.
+    pub m: usize,
+    /// Taps.
+    pub r: usize,
+    /// Inputs per tile and points: `m + r − 1`.
+    pub alpha: usize,
+    /// Input transform `Bᵀ` (`α × α`, row-major).
+    pub bt: Vec<f64>,
+    /// Weight transform `G` (`α × r`).
+    pub g: Vec<f64>,
+    /// Output transform `Aᵀ` (`m × α`).
+    pub at: Vec<f64>,
+}
+
+impl Transform {
+    /// The Toom-Cook algorithm F(m, r) on the points 0, 1, −1 (as many as needed) and ∞;
+    /// for `r = 1` the identity (`α = m`). `None` past [`MAX_ALPHA`].
+    ///
+    /// With `V` the Vandermonde matrix of the points (∞: the leading coefficient), a linear
+    /// convolution is `c = V⁻¹ [(E_r g) ⊙ (E_m h)]`; the correlation is its transpose in
+    /// `h`: `Bᵀ = V⁻ᵀ`, `G = E_r`, `Aᵀ = E_mᵀ`. Each row of `Bᵀ` is then scaled to a largest
+    /// magnitude of 1 and the row of `G` inversely.
+    pub fn new(m: usize, r: usize) -> Option<Transform> {
+        let alpha = m + r - 1;
+        if m == 0 || r == 0 || alpha > MAX_ALPHA {
+            return None;
+        }
+        let eye = |n: usize| -> Vec<f64> {
+            (0..n * n)
+                .map(|i| if i / n == i % n { 1.0 } else { 0.0 })
+                .collect()
+        };
+        if r == 1 {
+            return Some(Transform {
+                m,
+                r,
+                alpha,
+                bt: eye(alpha),
+                g: vec![1.0; alpha],
+                at: eye(alpha),
+            });
+        }
+        let pts = &POINTS[..alpha - 1];
+        // Row `p` of an evaluation matrix with `n` columns: the powers of point `p`, or the
+        // leading coefficient for ∞ (`p == pts.len()`).
+        let eval = |p: usize, n: usize| -> Vec<f64> {
+            (0..n)
+                .map(|e| match pts.get(p) {
+                    Some(&x) => x.powi(e as i32),
+                    None => f64::from(u8::from(e == n - 1)),
+                })
+                .collect()
+        };
+        let v: Vec<f64> = (0..alpha).flat_map(|p| eval(p, alpha)).collect();
+        let c = invert(&v, alpha);
+        let mut bt = vec![0.0; alpha * alpha];
+        for (x, row) in bt.chunks_exact_mut(alpha).enumerate() {
+            for (l, b) in row.iter_mut().enumerate() {
+                *b = c[l * alpha + x];
+            }
+        }
+        let mut g: Vec<f64> = (0..alpha).flat_map(|p| eval(p, r)).collect();
+        let mut at = vec![0.0; m * alpha];
+        for p in 0..alpha {
+            for (i, e) in eval(p, m).into_iter().enumerate() {
+                at[i * alpha + p] = e;
+            }
+        }
+        for (brow, grow) in bt.chunks_exact_mut(alpha).zip(g.chunks_exact_mut(r)) {
+            let s = brow.iter().fold(0.0f64, |a, b| a.max(b.abs()));
+            if s > 0.0 {
+                brow.iter_mut().for_each(|b| *b = snap(*b / s));
+                grow.iter_mut().for_each(|w| *w = snap(*w * s));
+            }
+        }
+        Some(Transform {
+            m,
+            r,
+            alpha,
+            bt,
+            g,
+            at,
+        })
+    }
+}
+
+/// `x` rounded to a multiple of 2⁻²⁰ where it is within 1e-12 of one (the inversion's
+/// round-off on coefficients that are dyadic rationals).
+fn snap(x: f64) -> f64 {
+    let s = 1048576.0;
+    let r = (x * s).round() / s;
+    if (x - r).abs() < 1e-12 {
+        r
+    } else {
+        x
+    }
+}
+
+/// The inverse of the `n × n` row-major matrix `a` (Gauss-Jordan, partial pivoting); `a`
+/// must be invertible (a Vandermonde matrix of distinct points is).
+fn invert(a: &[f64], n: usize) -> Vec<f64> {
+    let w = 2 * n;
+    let mut m = vec![0.0; n * w];
+    for i in 0..n {
+        m[i * w..i * w + n].copy_from_slice(&a[i * n..(i + 1) * n]);
+        m[i * w + n + i] = 1.0;
+    }
+    for col in 0..n {
+        let piv = (col..n)
+            .max_by(|&i, &j| m[i * w + col].abs().total_cmp(&m[j * w + col].abs()))
+            .expect("rows left");
+        for k in 0..w {
+            m.swap(col * w + k, piv * w + k);
+        }
+        let p = m[col * w + col];
+        for k in 0..w {
+            m[col * w + k] /= p;
+        }
+        for i in (0..n).filter(|&i| i != col) {
+            let f = m[i * w + col];
+            if f != 0.0 {
+                for k in 0..w {
+                    m[i * w + k] -= f * m[col * w + k];
+                }
+            }
+        }
+    }
+    (0..n * n).map(|i| m[(i / n) * w + n + i % n]).collect()
+}
+
+/// One phase as the transforms see it.
+#[derive(Clone, Debug)]
+struct Phase {
+    /// Output residue per axis (`o = out_stride · q + residue`).
+    residue: Vec<usize>,
+    /// Extents `Q` per axis.
+    extents: Vec<usize>,
+    /// Source offset of a tile's first input per axis: tile `t` reads from `m·t + base`.
+    base: Vec<isize>,
+    /// Kernel index of each tap per axis, in ascending source order (empty: bias only).
+    kidx: Vec<Vec<usize>>,
+}
+
+impl Phase {
+    fn live(&self) -> bool {
+        self.kidx.iter().all(|k| !k.is_empty())
+    }
+    fn empty(&self) -> bool {
+        self.extents.contains(&0)
+    }
+}
+
+/// The residues of every axis: `(extent, taps (kernel index, shift))` per residue, and the
+/// output stride; `None` where a Winograd tile does not apply (a strided or dilated conv).
+fn axis_residues(g: &Geometry) -> Option<(Vec<Vec<super::spec::ResidueTaps>>, Vec<usize>)> {
+    match g.op {
+        Op::ConvTranspose => Some((
+            g.axes.iter().map(residue_taps).collect(),
+            g.axes.iter().map(|a| a.stride).collect(),
+        )),
+        Op::Conv => {
+            if g.axes.iter().any(|a| a.stride != 1 || a.dilation != 1) {
+                return None;
+            }
+            let res = g
+                .axes
+                .iter()
+                .map(|a| {
+                    let taps = (0..a.kernel)
+                        .map(|k| (k, k as isize - a.pad_begin as isize))
+                        .collect();
+                    vec![(a.output, taps)]
+                })
+                .collect();
+            Some((res, vec![1; g.axes.len()]))
+        }
+    }
+}
+
+/// The transform per axis and the phases, where every live residue of an axis has the same
+/// number of taps (at most 3) reading consecutive source positions; the tile size per axis
+/// is the one with the fewest multiplications over the axis's residues.
+fn decompose(g: &Geometry) -> Option<(Vec<Transform>, Vec<Phase>, Vec<usize>)> {
+    if g.axes.is_empty() || g.axes.len() > MAX_DIMS {
+        return None;
+    }
+    let (per_axis, out_stride) = axis_residues(g)?;
+    let mut transforms = Vec::new();
+    for res in &per_axis {
+        let live: Vec<&super::spec::ResidueTaps> =
+            res.iter().filter(|(_, t)| !t.is_empty()).collect();
+        let r = live.first().map_or(1, |(_, t)| t.len());
+        let uniform = live
+            .iter()
+            .all(|(_, t)| t.len() == r && t.windows(2).all(|w| w[1].1 == w[0].1 + 1));
+        if !uniform || r > MAX_ALPHA - 1 {
+            return None;
+        }
+        let cost =
+            |m: usize| -> usize { live.iter().map(|(q, _)| q.div_ceil(m) * (m + r - 1)).sum() };
+        let m = if r == 1 {
+            1
+        } else {
+            (2..=MAX_ALPHA + 1 - r).min_by_key(|&m| cost(m))?
+        };
+        transforms.push(Transform::new(m, r)?);
+    }
+    let dims = g.axes.len();
+    let mut phases = Vec::new();
+    let counts: Vec<usize> = per_axis.iter().map(Vec::len).collect();
+    let total: usize = counts.iter().product();
+    for flat in 0..total {
+        let mut rem = flat;
+        let mut residue = vec![0; dims];
+        for a in (0..dims).rev() {
+            residue[a] = rem % counts[a];
+            rem /= counts[a];
+        }
+        let pick = |a: usize| &per_axis[a][residue[a]];
+        let taps_live = (0..dims).all(|a| !pick(a).1.is_empty());
+        phases.push(Phase {
+            extents: (0..dims).map(|a| pick(a).0).collect(),
+            base: (0..dims)
+                .map(|a| pick(a).1.first().map_or(0, |t| t.1))
+                .collect(),
+            kidx: (0..dims)
+                .map(|a| {
+                    if taps_live {
+                        pick(a).1.iter().map(|t| t.0).collect()
+                    } else {
+                        Vec::new()
+                    }
+                })
+                .collect(),
+            residue,
+        });
+    }
+    Some((transforms, phases, out_stride))
+}
+
+/// Direct and Winograd multiplications per output channel and input channel over the live
+/// phases, where the tiles apply.
+pub fn gain(g: &Geometry) -> Option<f64> {
+    let (tr, phases, _) = decompose(g)?;
+    let (mut direct, mut wino) = (0usize, 0usize);
+    for p in phases.iter().filter(|p| p.live() && !p.empty()) {
+        direct += (0..tr.len())
+            .map(|a| p.extents[a] * tr[a].r)
+            .product::<usize>();
+        wino += (0..tr.len())
+            .map(|a| p.extents[a].div_ceil(tr[a].m) * tr[a].alpha)
+            .product::<usize>();
+    }
+    (wino > 0).then(|| direct as f64 / wino as f64)
+}
+
+/// Whether the planner takes Winograd tiles for `g`: enough channels per group on both
+/// sides and at least [`MIN_GAIN`] fewer multiplications.
+pub fn pays(g: &Geometry) -> bool {
+    g.in_per_group() >= MIN_CHANNELS
+        && g.out_per_group() >= MIN_CHANNELS
+        && g.batch > 0
+        && gain(g).is_some_and(|x| x >= MIN_GAIN)
+}
+
+/// Whether Winograd tiles can run `g` at all (what a forced choice needs).
+pub fn applies(g: &Geometry) -> bool {
+    decompose(g).is_some()
+}
+
+/// A plan's Winograd part: transforms, phases, packed transformed weights and task sizes.
+pub struct Winograd<T> {
+    kernel: KernelFn<T>,
+    /// Instruction set the transforms are compiled for (AVX2 where the plan's ISA has it).
+    isa: Isa,
+    /// Rows of the register tile (output channels).
+    pub mr: usize,
+    /// Vectors of the register tile.
+    pub v: usize,
+    /// Lanes per vector.
+    pub lanes: usize,
+    /// The transform per axis.
+    pub transforms: Vec<Transform>,
+    phases: Vec<Phase>,
+    out_stride: Vec<usize>,
+    /// Transformed points per tile: `Π α`.
+    points: usize,
+    blocks: usize,
+    /// `U` packed as `[live phase][group][block][point][ci][mr]`, zero past the channels.
+    packed: Vec<T>,
+    /// Tiles along axis 0 per task and images per task.
+    band_tiles: usize,
+    batch_chunk: usize,
+    /// GEMM columns (tiles) of one task's phase, rounded up to whole register tiles.
+    pub pitch: usize,
+    /// `Bᵀ ⊗ … ⊗ Bᵀ` (per point: its inputs `(line·α + j)`) and `Aᵀ ⊗ … ⊗ Aᵀ` (per
+    /// output offset `(line·m + aw)`: its points) as nonzero terms, in `T`.
+    in_terms: Vec<Vec<(usize, T)>>,
+    out_terms: Vec<Vec<(usize, T)>>,
+    /// Input and output extents and row-major pitches per axis.
+    in_shape: Vec<usize>,
+    in_pitch: Vec<usize>,
+    out_pitch: Vec<usize>,
+    /// `α` and `m` of every axis but the last.
+    outer_alpha: Vec<usize>,
+    outer_m: Vec<usize>,
+}
+
+/// Most spatial axes Winograd tiles take (the odometers use fixed arrays).
+pub const MAX_DIMS: usize = 3;
+
+/// `∏ n[a]` odometer (at most [`MAX_DIMS`] axes): calls `f` with each multi-index, the
+/// last axis fastest.
+fn for_each_index(n: &[usize], mut f: impl FnMut(&[usize])) {
+    let d = n.len();
+    assert!(d <= MAX_DIMS, "at most {MAX_DIMS} axes");
+    if n.contains(&0) {
+        return;
+    }
+    let mut i = [0usize; MAX_DIMS];
+    loop {
+        f(&i[..d]);
+        let mut a = d;
+        loop {
+            if a == 0 {
+                return;
+            }
+            a -= 1;
+            i[a] += 1;
+            if i[a] < n[a] {
+                break;
+            }
+            i[a] = 0;
+        }
+    }
+}
+
+/// Nonzero terms of a tensor product of per-axis matrices: for each output multi-index
+/// (row-major over `rows`), the `(input flat index, coefficient)` pairs.
+fn kron_terms(mats: &[(&[f64], usize, usize)]) -> Vec<Vec<(usize, f64)>> {
+    let rows: Vec<usize> = mats.iter().map(|m| m.1).collect();
+    let cols: Vec<usize> = mats.iter().map(|m| m.2).collect();
+    let mut out = Vec::new();
+    for_each_index(&rows, |ri| {
+        let mut terms = Vec::new();
+        for_each_index(&cols, |ci| {
+            let mut c = 1.0;
+            let mut flat = 0;
+            for (a, (m, _, nc)) in mats.iter().enumerate() {
+                c *= m[ri[a] * nc + ci[a]];
+                flat = flat * nc + ci[a];
+            }
+            if c != 0.0 {
+                terms.push((flat, c));
+            }
+        });
+        out.push(terms);
+    });
+    out
+}
+
+impl<T: Element> Winograd<T> {
+    /// Plan `g` (where [`applies`]) with weight `w` for `kernel`, an `mr × v` tile of
+    /// `lanes`-wide vectors, with enough tasks for `threads` threads.
+    pub fn new(
+        g: &Geometry,
+        w: &[T],
+        kernel: KernelFn<T>,
+        (mr, v, lanes, isa): (usize, usize, usize, Isa),
+        threads: usize,
+    ) -> Option<Winograd<T>> {
+        let (transforms, phases, out_stride) = decompose(g)?;
+        let dims = g.axes.len();
+        let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
+        let blocks = cout_g.div_ceil(mr);
+        let points: usize = transforms.iter().map(|t| t.alpha).product();
+        let taps: usize = transforms.iter().map(|t| t.r).product();
+        let gmats: Vec<(&[f64], usize, usize)> = transforms
+            .iter()
+            .map(|t| (t.g.as_slice(), t.alpha, t.r))
+            .collect();
+        let gterms = kron_terms(&gmats);
+        let kshape = g.kernel_shape();
+        let kpitch = pitches_of(&kshape);
+        let ksize = numel(&kshape);
+        let live: Vec<&Phase> = phases.iter().filter(|p| p.live()).collect();
+        // Packed as [live phase][group][block][point][ci][mr]: one contiguous unit per
+        // (phase, group, block), packed in parallel.
+        let unit = points * cin_g * mr;
+        let units = g.groups * blocks;
+        let mut packed = vec![T::zero(); live.len() * units * unit];
+        let rs: Vec<usize> = transforms.iter().map(|t| t.r).collect();
+        // Flat kernel index of each tap of each live phase (row-major over its taps).
+        let kflat: Vec<Vec<usize>> = live
+            .iter()
+            .map(|p| {
+                let mut k = Vec::with_capacity(taps);
+                for_each_index(&rs, |j| {
+                    k.push(
+                        (0..dims)
+                            .map(|a| p.kidx[a][j[a]] * kpitch[a])
+                            .sum::<usize>(),
+                    );
+                });
+                k
+            })
+            .collect();
+        // (point, tap, coefficient) of `G ⊗ … ⊗ G`, in point order.
+        let flat_terms: Vec<(usize, usize, f64)> = gterms
+            .iter()
+            .enumerate()
+            .flat_map(|(xi, ts)| ts.iter().map(move |&(j, c)| (xi, j, c)))
+            .collect();
+        super::direct::run_chunks(threads, &mut packed, unit, |k, dst| {
+            let (pi, group, b) = (k / units, k / blocks % g.groups, k % blocks);
+            let mut tapw = vec![0.0f64; taps];
+            let mut u = vec![0.0f64; points];
+            for ci in 0..cin_g {
+                for mm in 0..mr.min(cout_g - b * mr) {
+                    let co = b * mr + mm;
+                    let wbase = match g.op {
+                        Op::ConvTranspose => ((group * cin_g + ci) * cout_g + co) * ksize,
+                        Op::Conv => ((group * cout_g + co) * cin_g + ci) * ksize,
+                    };
+                    for (t, k) in tapw.iter_mut().zip(&kflat[pi]) {
+                        *t = w[wbase + k].to_f64().unwrap_or(0.0);
+                    }
+                    u.fill(0.0);
+                    for &(xi, j, c) in &flat_terms {
+                        u[xi] += c * tapw[j];
+                    }
+                    for (xi, &u) in u.iter().enumerate() {
+                        dst[(xi * cin_g + ci) * mr + mm] = T::from(u).unwrap_or_else(T::zero);
+                    }
+                }
+            }
+        });
+        // Task sizes: about BAND_BYTES of transformed input and results per task, whole
+        // images where they are small, else bands of tile rows; then enough tasks.
+        let tl = v * lanes;
+        let m0 = transforms[0].m;
+        let q0 = phases.iter().map(|p| p.extents[0]).max().unwrap_or(0);
+        let t0 = q0.div_ceil(m0).max(1);
+        let row_tiles = live
+            .iter()
+            .map(|p| {
+                (1..dims)
+                    .map(|a| p.extents[a].div_ceil(transforms[a].m))
+                    .product::<usize>()
+            })
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let elem = std::mem::size_of::<T>();
+        let per_tile = points * (cin_g + blocks * mr) * elem;
+        let want = (BAND_BYTES / per_tile.max(1)).max(tl);
+        let per_image = t0 * row_tiles;
+        let batch = g.batch.max(1);
+        let (mut batch_chunk, mut band_tiles) = if per_image >= want {
+            (1, (want / row_tiles).clamp(1, t0))
+        } else {
+            ((want / per_image).clamp(1, batch), t0)
+        };
+        let tasks = |bc: usize, bt: usize| g.groups * batch.div_ceil(bc) * t0.div_ceil(bt);
+        while threads > 1 && tasks(batch_chunk, band_tiles) < 2 * threads {
+            if batch_chunk > 1 {
+                batch_chunk = batch_chunk.div_ceil(2);
+            } else if band_tiles > 1 {
+                band_tiles = band_tiles.div_ceil(2);
+            } else {
+                break;
+            }
+        }
+        let cols = batch_chunk * band_tiles * row_tiles;
+        let pitch = super::im2col::pitch(cols, tl, elem);
+        let to_t = |c: f64| T::from(c).unwrap_or_else(T::zero);
+        let terms = |pick: fn(&Transform) -> (&[f64], usize, usize)| -> Vec<Vec<(usize, T)>> {
+            let mats: Vec<(&[f64], usize, usize)> = transforms.iter().map(pick).collect();
+            kron_terms(&mats)
+                .into_iter()
+                .map(|ts| ts.into_iter().map(|(i, c)| (i, to_t(c))).collect())
+                .collect()
+        };
+        let in_terms = terms(|t| (t.bt.as_slice(), t.alpha, t.alpha));
+        let out_terms = terms(|t| (t.at.as_slice(), t.m, t.alpha));
+        let in_shape: Vec<usize> = g.axes.iter().map(|a| a.input).collect();
+        let out_shape: Vec<usize> = g.axes.iter().map(|a| a.output).collect();
+        Some(Winograd {
+            kernel,
+            isa,
+            mr,
+            v,
+            lanes,
+            phases,
+            out_stride,
+            points,
+            blocks,
+            packed,
+            band_tiles,
+            batch_chunk,
+            pitch,
+            in_terms,
+            out_terms,
+            in_pitch: pitches_of(&in_shape),
+            in_shape,
+            out_pitch: pitches_of(&out_shape),
+            outer_alpha: transforms[..dims - 1].iter().map(|t| t.alpha).collect(),
+            outer_m: transforms[..dims - 1].iter().map(|t| t.m).collect(),
+            transforms,
+        })
+    }
+
+    /// Bytes of the packed transformed weights.
+    pub fn packed_bytes(&self) -> usize {
+        self.packed.len() * std::mem::size_of::<T>()
+    }
+
+    /// Elements of scratch one task allocates: transformed input and GEMM results for a
+    /// band, and the row buffers of the transforms.
+    pub fn scratch_len(&self, g: &Geometry) -> usize {
+        let rows = self.points * (g.in_per_group() + self.blocks * self.mr) * self.pitch;
+        rows + self.row_scratch(g)
+    }
+
+    /// Elements of the transforms' buffers: the gathered and row-transformed inputs of
+    /// every outer line, or the output transform's partial sums.
+    fn row_scratch(&self, _g: &Geometry) -> usize {
+        let last = self.transforms.last().expect("one axis at least");
+        let _ = last;
+        self.points.max(self.out_terms.len()) * CHUNK * self.pitch
+    }
+
+    /// The Winograd tile as printed, e.g. `F(2x2,3x3)`.
+    pub fn name(&self) -> String {
+        let ms: Vec<String> = self.transforms.iter().map(|t| t.m.to_string()).collect();
+        let rs: Vec<String> = self.transforms.iter().map(|t| t.r.to_string()).collect();
+        format!("F({},{})", ms.join("x"), rs.join("x"))
+    }
+
+    /// Phases with taps.
+    pub fn live_phases(&self) -> usize {
+        self.phases.iter().filter(|p| p.live()).count()
+    }
+
+    /// Run on `x (N, C_in, *in)` into `y (N, C_out, *out)`, adding `bias`.
+    pub fn execute(&self, g: &Geometry, x: &[T], bias: Option<&[T]>, y: &mut [T], threads: usize) {
+        let out_shape = g.output_shape();
+        let out_plane = numel(&out_shape[2..]);
+        if out_plane == 0 || g.batch == 0 || g.out_channels == 0 {
+            return;
+        }
+        let row_len = numel(&out_shape[3..]);
+        let out0 = out_shape[2];
+        let (s0, m0) = (self.out_stride[0], self.transforms[0].m);
+        let q0 = self.phases.iter().map(|p| p.extents[0]).max().unwrap_or(0);
+        let t0 = q0.div_ceil(m0).max(1);
+        let bands = t0.div_ceil(self.band_tiles);
+        let n_chunks = g.batch.div_ceil(self.batch_chunk);
+        let cout_g = g.out_per_group();
+        let band_rows = |b: usize| {
+            let lo = (s0 * m0 * b * self.band_tiles).min(out0);
+            lo..(s0 * m0 * (b + 1) * self.band_tiles).min(out0)
+        };
+        let mut tasks: Vec<Task<'_, T>> = (0..g.groups * n_chunks * bands)
+            .map(|t| {
+                let (group, nc, b) = (t / (n_chunks * bands), t / bands % n_chunks, t % bands);
+                Task {
+                    group,
+                    batch: nc * self.batch_chunk..((nc + 1) * self.batch_chunk).min(g.batch),
+                    tiles: b * self.band_tiles..((b + 1) * self.band_tiles).min(t0),
+                    planes: Vec::new(),
+                }
+            })
+            .collect();
+        for (i, plane) in y.chunks_mut(out_plane).enumerate() {
+            let (n, co) = (i / g.out_channels, i % g.out_channels);
+            let group = co / cout_g;
+            let mut rest = plane;
+            for b in 0..bands {
+                let rows = band_rows(b);
+                let (band, tail) = rest.split_at_mut(rows.len() * row_len);
+                rest = tail;
+                tasks[(group * n_chunks + n / self.batch_chunk) * bands + b]
+                    .planes
+                    .push(band);
+            }
+        }
+        let avx2 = cfg!(target_arch = "x86_64") && self.isa >= Isa::Avx2 && Isa::Avx2.available();
+        run_each(threads, tasks, |task| {
+            #[cfg(target_arch = "x86_64")]
+            if avx2 {
+                // Safety: AVX2 and FMA are available (checked just above).
+                unsafe { self.run_task_avx2(g, x, bias, task) };
+                return;
+            }
+            let _ = avx2;
+            self.run_task(g, x, bias, task);
+        });
+    }
+
+    /// [`Self::run_task`] compiled for AVX2 and FMA: the transforms' loops vectorised 8
+    /// lanes wide.
+    ///
+    /// # Safety
+    /// AVX2 and FMA available.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_task_avx2(&self, g: &Geometry, x: &[T], bias: Option<&[T]>, task: Task<'_, T>) {
+        self.run_task(g, x, bias, task);
+    }
+
+    #[inline(always)]
+    fn run_task(&self, g: &Geometry, x: &[T], bias: Option<&[T]>, mut task: Task<'_, T>) {
+        let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
+        let cout_pad = self.blocks * self.mr;
+        let pitch = self.pitch;
+        let mut v = scratch::take::<T>(self.points * cin_g * pitch);
+        let mut mres = scratch::take::<T>(self.points * cout_pad * pitch);
+        let mut rows = scratch::take::<T>(self.row_scratch(g));
+        let unit = self.points * cin_g * self.mr;
+        let mut live_index = 0;
+        for p in &self.phases {
+            if p.empty() {
+                if p.live() {
+                    live_index += 1;
+                }
+                continue;
+            }
+            if !p.live() {
+                self.fill_bias(g, p, bias, &mut task);
+                continue;
+            }
+            let runs = self.runs(g, p, &task);
+            let n_cols: usize = runs.iter().map(|r| r.tiles.len()).sum();
+            if n_cols == 0 {
+                live_index += 1;
+                continue;
+            }
+            let (table, zeros) = self.gather_table(g, p, task.group, &runs, n_cols);
+            let in_plane = numel(&self.in_shape);
+            self.clear_columns(n_cols, &mut rows);
+            for c0 in (0..cin_g).step_by(CHUNK) {
+                let cn = CHUNK.min(cin_g - c0);
+                let dst = &mut v[c0 * pitch..];
+                let gather = (&table[..], &zeros[..]);
+                let chans = (c0, cn, in_plane);
+                self.input_transform(x, chans, gather, n_cols, (dst, cin_g * pitch), &mut rows);
+            }
+            let shape = Rows {
+                k: cin_g,
+                pitch,
+                taps: 1,
+                out_pitch: pitch,
+            };
+            let tl = self.v * self.lanes;
+            for xi in 0..self.points {
+                let b_rows = &v[xi * cin_g * pitch..];
+                for b in 0..self.blocks {
+                    let at = ((live_index * g.groups + task.group) * self.blocks + b) * unit
+                        + xi * cin_g * self.mr;
+                    let w = &self.packed[at..at + cin_g * self.mr];
+                    for p0 in (0..n_cols).step_by(tl) {
+                        let out = &mut mres[(xi * cout_pad + b * self.mr) * pitch + p0..];
+                        (self.kernel)(w, &b_rows[p0..], shape, out, false);
+                    }
+                }
+            }
+            let (scatter, spans) = self.scatter_table(g, p, &runs, task.tiles.start);
+            let mut b = [T::zero(); CHUNK];
+            for c0 in (0..cout_g).step_by(CHUNK) {
+                let cn = CHUNK.min(cout_g - c0);
+                for (cc, b) in b[..cn].iter_mut().enumerate() {
+                    *b = bias.map_or(T::zero(), |bias| bias[task.group * cout_g + c0 + cc]);
+                }
+                let y = self.output_transform(cn, &mres[c0 * pitch..], &b[..cn], &mut rows);
+                for cc in 0..cn {
+                    let y = &y[cc * pitch..];
+                    for (image, span) in &spans {
+                        let plane = &mut *task.planes[image * cout_g + c0 + cc];
+                        for &(yi, off) in &scatter[span.clone()] {
+                            plane[off] = y[yi];
+                        }
+                    }
+                }
+            }
+            live_index += 1;
+        }
+    }
+
+    /// The runs of tiles a task's phase `p` covers, in GEMM column order: per image and
+    /// outer tile index, a range of tiles along the last axis.
+    fn runs(&self, g: &Geometry, p: &Phase, task: &Task<'_, T>) -> Vec<Run> {
+        let dims = g.axes.len();
+        let tiles: Vec<usize> = (0..dims)
+            .map(|a| p.extents[a].div_ceil(self.transforms[a].m))
+            .collect();
+        let band = task.tiles.start.min(tiles[0])..task.tiles.end.min(tiles[0]);
+        let mut runs = Vec::new();
+        let mut col = 0;
+        for image in 0..task.batch.len() {
+            if dims == 1 {
+                runs.push(Run {
+                    image,
+                    n: task.batch.start + image,
+                    outer: [0; MAX_DIMS],
+                    tiles: band.clone(),
+                    col,
+                });
+                col += band.len();
+                continue;
+            }
+            let mut extent: Vec<usize> = tiles[..dims - 1].to_vec();
+            extent[0] = band.len();
+            for_each_index(&extent, |i| {
+                let mut outer = [0; MAX_DIMS];
+                outer[..dims - 1].copy_from_slice(i);
+                outer[0] += band.start;
+                runs.push(Run {
+                    image,
+                    n: task.batch.start + image,
+                    outer,
+                    tiles: 0..tiles[dims - 1],
+                    col,
+                });
+                col += tiles[dims - 1];
+            });
+        }
+        runs
+    }
+
+    /// Where each tile input of a task's phase comes from: for outer line `l`, tap `j`
+    /// of the last axis and column `c`, entry `(l·α + j)·n + c` is the index into `x` for
+    /// input channel 0 of `group` (add `ci · plane` for channel `ci`); padding reads the
+    /// image's first element and is listed in the second vector (`(l·α + j)·pitch + c`),
+    /// to be zeroed after the gather.
+    #[inline(always)]
+    fn gather_table(
+        &self,
+        g: &Geometry,
+        p: &Phase,
+        group: usize,
+        runs: &[Run],
+        n: usize,
+    ) -> (Vec<usize>, Vec<usize>) {
+        let dims = g.axes.len();
+        let last = &self.transforms[dims - 1];
+        let (m, alpha) = (last.m, last.alpha);
+        let in_plane = numel(&self.in_shape);
+        let lines = self.points / alpha;
+        let l_in = self.in_shape[dims - 1] as isize;
+        let mut table = vec![0usize; lines * alpha * n];
+        let mut zeros = Vec::new();
+        for run in runs {
+            let chan = (run.n * g.in_channels + group * g.in_per_group()) * in_plane;
+            let mut li = 0;
+            for_each_index(&self.outer_alpha, |io| {
+                let line = li;
+                li += 1;
+                let mut off = Some(chan as isize);
+                for (a, &i) in io.iter().enumerate() {
+                    let c = (self.transforms[a].m * run.outer[a]) as isize + p.base[a] + i as isize;
+                    off = off
+                        .filter(|_| c >= 0 && c < self.in_shape[a] as isize)
+                        .map(|o| o + c * self.in_pitch[a] as isize);
+                }
+                for j in 0..alpha {
+                    let row = (line * alpha + j) * n + run.col;
+                    for (k, t) in run.tiles.clone().enumerate() {
+                        let pos = (m * t) as isize + p.base[dims - 1] + j as isize;
+                        match off {
+                            Some(o) if pos >= 0 && pos < l_in => {
+                                table[row + k] = (o + pos) as usize
+                            }
+                            _ => {
+                                table[row + k] = chan;
+                                zeros.push((line * alpha + j) * self.pitch + run.col + k);
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        (table, zeros)
+    }
+
+    /// `V[ξ][c0..c0 + cn][..]` (`v` starts at `V[0][c0]`; points `cin_g · pitch` apart)
+    /// for input channels `c0..c0 + cn` (at most [`CHUNK`]) over a task's phase: each
+    /// tile's `α^D` inputs gathered through `table` ([`Self::gather_table`]) into rows
+    /// `(line, j)` of `cn · pitch` values (channel-major), then `Bᵀ d B` along the last
+    /// axis and the outer axes, each step one loop over all `cn · pitch` values. Columns
+    /// past `n` of `rows` must hold zeros (see [`Self::clear_columns`]).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn input_transform(
+        &self,
+        x: &[T],
+        (c0, cn, plane): (usize, usize, usize),
+        (table, zeros): (&[usize], &[usize]),
+        n: usize,
+        (v, point_stride): (&mut [T], usize),
+        rows: &mut [T],
+    ) {
+        let alpha = self.transforms.last().expect("one axis at least").alpha;
+        let lines = self.points / alpha;
+        let pitch = self.pitch;
+        let block = CHUNK * pitch;
+        let len = cn * pitch;
+        // d[line][j][cc][col]: the `α^D` inputs of each tile.
+        let (d, _) = rows.split_at_mut(lines * alpha * block);
+        for cc in 0..cn {
+            let x = &x[(c0 + cc) * plane..];
+            let rows = d.chunks_exact_mut(block).zip(table.chunks_exact(n));
+            for (drow, trow) in rows {
+                for (e, &i) in drow[cc * pitch..][..n].iter_mut().zip(trow) {
+                    *e = x[i];
+                }
+            }
+            for &z in zeros {
+                d[(z / pitch) * block + cc * pitch + z % pitch] = T::zero();
+            }
+        }
+        // V[ξ] = Σ (Bᵀ ⊗ … ⊗ Bᵀ)[ξ][(line, j)] · d[line][j].
+        for (xi, terms) in self.in_terms.iter().enumerate() {
+            let dst = &mut v[xi * point_stride..][..len];
+            combine(dst, d, block, terms, false);
+        }
+    }
+
+    /// Zero the columns `n..pitch` of every channel of every gathered row `(line, j)` of
+    /// `rows` (the gather writes only the first `n`; the transforms run over whole rows).
+    fn clear_columns(&self, n: usize, rows: &mut [T]) {
+        let alpha = self.transforms.last().expect("one axis at least").alpha;
+        let lines = self.points / alpha;
+        for row in rows[..lines * alpha * CHUNK * self.pitch].chunks_exact_mut(self.pitch) {
+            row[n..].fill(T::zero());
+        }
+    }
+
+    /// Where each output of a task's phase goes: `(index into the output transform's
+    /// results, index into the image's plane band)` pairs, and per run its image and range
+    /// of pairs. `band_start` is the band's first tile along axis 0.
+    #[allow(clippy::type_complexity)]
+    fn scatter_table(
+        &self,
+        g: &Geometry,
+        p: &Phase,
+        runs: &[Run],
+        band_start: usize,
+    ) -> (Vec<(usize, usize)>, Vec<(usize, Range<usize>)>) {
+        let dims = g.axes.len();
+        let m = self.transforms[dims - 1].m;
+        let pitch = self.pitch;
+        let out_pitch = &self.out_pitch;
+        // The plane slices start at output row s0·m0·band_start of axis 0.
+        let origin = self.out_stride[0] * self.transforms[0].m * band_start * out_pitch[0];
+        let (sl, rl, ql) = (
+            self.out_stride[dims - 1],
+            p.residue[dims - 1],
+            p.extents[dims - 1],
+        );
+        let mut pairs = Vec::new();
+        let mut spans = Vec::new();
+        for run in runs {
+            let start = pairs.len();
+            let mut ao_flat = 0;
+            for_each_index(&self.outer_m, |ao| {
+                let line = ao_flat;
+                ao_flat += 1;
+                let mut base = 0usize;
+                for a in 0..dims - 1 {
+                    let q = self.transforms[a].m * run.outer[a] + ao[a];
+                    if q >= p.extents[a] {
+                        return;
+                    }
+                    base += (self.out_stride[a] * q + p.residue[a]) * out_pitch[a];
+                }
+                for (t, tile) in run.tiles.clone().enumerate() {
+                    for aw in 0..m {
+                        let q = m * tile + aw;
+                        if q < ql {
+                            // At or after the band's start (axis 0's term is in `base`,
+                            // or is the last axis's own).
+                            let at = base + sl * q + rl - origin;
+                            pairs.push(((line * m + aw) * CHUNK * pitch + run.col + t, at));
+                        }
+                    }
+                }
+            });
+            spans.push((run.image, start..pairs.len()));
+        }
+        (pairs, spans)
+    }
+
+    /// `y = Aᵀ M A + bias` for output channels `c0..c0 + cn` (at most [`CHUNK`]; `mres`
+    /// starts at `M[0][c0]`, points `cout_pad · pitch` apart), in `rows`:
+    /// `y[(ao·m + aw)·CHUNK·pitch + cc·pitch + col]`, each step one loop over `cn · pitch`
+    /// values.
+    #[inline(always)]
+    fn output_transform<'r>(
+        &self,
+        cn: usize,
+        mres: &[T],
+        bias: &[T],
+        rows: &'r mut [T],
+    ) -> &'r [T] {
+        let last = self.transforms.last().expect("one axis at least");
+        let _ = last;
+        let pitch = self.pitch;
+        let block = CHUNK * pitch;
+        let len = cn * pitch;
+        let stride = self.blocks * self.mr * pitch;
+        // y[o] = bias + Σ (Aᵀ ⊗ … ⊗ Aᵀ)[o][ξ] · M[ξ].
+        for (o, terms) in self.out_terms.iter().enumerate() {
+            let dst = &mut rows[o * block..][..len];
+            for (seg, &b) in dst.chunks_exact_mut(pitch).zip(bias) {
+                seg.fill(b);
+            }
+            combine(dst, mres, stride, terms, true);
+        }
+        rows
+    }
+
+    /// The bias (or zeros) at every position of a phase no tap reaches, in the task's band.
+    #[inline(always)]
+    fn fill_bias(&self, g: &Geometry, p: &Phase, bias: Option<&[T]>, task: &mut Task<'_, T>) {
+        let dims = g.axes.len();
+        let out_pitch = &self.out_pitch;
+        let m0 = self.transforms[0].m;
+        let origin = self.out_stride[0] * m0 * task.tiles.start * out_pitch[0];
+        let q_band =
+            (m0 * task.tiles.start).min(p.extents[0])..(m0 * task.tiles.end).min(p.extents[0]);
+        // Outer positions (axis 0 within the band), then a strided run along the last axis.
+        let mut outer = p.extents[..dims - 1].to_vec();
+        let last = if dims == 1 {
+            q_band.clone()
+        } else {
+            outer[0] = q_band.len();
+            0..p.extents[dims - 1]
+        };
+        let (sl, rl) = (self.out_stride[dims - 1], p.residue[dims - 1]);
+        let cout_g = g.out_per_group();
+        let group = task.group;
+        for (k, plane) in task.planes.iter_mut().enumerate() {
+            let b = bias.map_or(T::zero(), |b| b[group * cout_g + k % cout_g]);
+            for_each_index(&outer, |q| {
+                let mut at = rl;
+                for a in 0..dims - 1 {
+                    let qa = if a == 0 { q[0] + q_band.start } else { q[a] };
+                    at += (self.out_stride[a] * qa + p.residue[a]) * out_pitch[a];
+                }
+                // At or after the band's start (axis 0's term is in `at` or in the run).
+                let first = at + sl * last.start - origin;
+                for v in plane[first..].iter_mut().step_by(sl).take(last.len()) {
+                    *v = b;
+                }
+            });
+        }
+    }
+}
+
+/// `dst (+)= Σ c · src[i·stride..][..dst.len()]` over `terms` (`(i, c)`), adding to
+/// `dst` with `accumulate`, else overwriting it (zeros for no terms): each group of up to
+/// four terms one pass over `dst`.
+#[inline(always)]
+fn combine<T: Element>(
+    dst: &mut [T],
+    src: &[T],
+    stride: usize,
+    terms: &[(usize, T)],
+    accumulate: bool,
+) {
+    let n = dst.len();
+    let row = |i: usize| &src[i * stride..i * stride + n];
+    if terms.is_empty() && !accumulate {
+        dst.fill(T::zero());
+    }
+    for (k, group) in terms.chunks(4).enumerate() {
+        let acc = accumulate || k > 0;
+        match *group {
+            [(a, ca)] => fused(dst, [row(a)], [ca], acc),
+            [(a, ca), (b, cb)] => fused(dst, [row(a), row(b)], [ca, cb], acc),
+            [(a, ca), (b, cb), (c, cc)] => fused(dst, [row(a), row(b), row(c)], [ca, cb, cc], acc),
+            [(a, ca), (b, cb), (c, cc), (d, cd)] => {
+                fused(dst, [row(a), row(b), row(c), row(d)], [ca, cb, cc, cd], acc)
+            }
+            _ => unreachable!("groups of one to four"),
+        }
+    }
+}
+
+/// `dst[i] (+)= Σ_k c[k] · src[k][i]` in one pass (vectorised by the compiler).
+#[inline(always)]
+fn fused<T: Element, const N: usize>(dst: &mut [T], src: [&[T]; N], c: [T; N], accumulate: bool) {
+    let n = dst.len();
+    assert!(src.iter().all(|s| s.len() == n), "rows of equal length");
+    for (i, d) in dst.iter_mut().enumerate() {
+        let mut s = if accumulate { *d } else { T::zero() };
+        for k in 0..N {
+            s = s + c[k] * src[k][i];
+        }
+        *d = s;
+    }
+}
+
+/// A task: a band of tile rows (axis 0) of one group for some images.
+struct Task<'y, T> {
+    group: usize,
+    batch: Range<usize>,
+    /// Tiles along axis 0 (in units of `m0` phase rows).
+    tiles: Range<usize>,
+    /// Row bands in `(image, co_local)` order.
+    planes: Vec<&'y mut [T]>,
+}
+
+/// A run of tiles along the last axis: GEMM columns `col..col + tiles.len()`.
+struct Run {
+    /// Image within the task, and in the batch.
+    image: usize,
+    n: usize,
+    /// Tile index on every axis but the last.
+    outer: [usize; MAX_DIMS],
+    /// Tiles along the last axis.
+    tiles: Range<usize>,
+    col: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every transform computes the correlation it stands for.
+    #[test]
+    fn transforms_correlate() {
+        for r in 1..=3 {
+            for m in 1..=4 {
+                let Some(t) = Transform::new(m, r) else {
+                    assert!(m + r - 1 > MAX_ALPHA);
+                    continue;
+                };
+                let d: Vec<f64> = (0..t.alpha).map(|i| (i as f64 * 1.7 - 2.3).sin()).collect();
+                let w: Vec<f64> = (0..r).map(|j| (j as f64 * 0.9 + 0.4).cos()).collect();
+                let bd: Vec<f64> = (0..t.alpha)
+                    .map(|x| (0..t.alpha).map(|l| t.bt[x * t.alpha + l] * d[l]).sum())
+                    .collect();
+                let gw: Vec<f64> = (0..t.alpha)
+                    .map(|x| (0..r).map(|j| t.g[x * r + j] * w[j]).sum())
+                    .collect();
+                for i in 0..m {
+                    let y: f64 = (0..t.alpha)
+                        .map(|x| t.at[i * t.alpha + x] * gw[x] * bd[x])
+                        .sum();
+                    let want: f64 = (0..r).map(|j| d[i + j] * w[j]).sum();
+                    assert!(
+                        (y - want).abs() < 1e-12,
+                        "F({m},{r}) output {i}: {y} vs {want}"
+                    );
+                }
+                // The points 0, ±1, ∞: every coefficient a signed power of two or zero.
+                for c in t.bt.iter().chain(&t.g).chain(&t.at) {
+                    assert!(
+                        *c == 0.0 || c.abs().log2().fract() == 0.0,
+                        "F({m},{r}): {c}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn lavin_f23() {
+        let t = Transform::new(2, 3).expect("F(2,3)");
+        let bt = [
+            1., 0., -1., 0., 0., 1., 1., 0., 0., -1., 1., 0., 0., 1., 0., -1.,
+        ];
+        // Rows may differ in sign from Lavin's; the product is what matters, so compare
+        // magnitudes.
+        for (a, b) in t.bt.iter().zip(bt) {
+            assert_eq!(a.abs(), f64::abs(b));
+        }
+    }
+}
