@@ -664,10 +664,11 @@ fn col2im_reason(g: &Geometry) -> String {
 
 fn winograd_reason(g: &Geometry) -> String {
     format!(
-        "phases of 2 or 3 taps per axis with {} input and {} output channels per group: Winograd tiles do {:.2}x fewer multiplications than the direct sums (one GEMM per transformed point, K = C_in/g)",
+        "phases of 2 or 3 taps per axis with {} input and {} output channels per group: Winograd tiles do {:.2}x fewer multiplications than the direct sums (one GEMM per transformed point, K = C_in/g); with the transforms, {:.2}x faster by the model",
         g.in_per_group(),
         g.out_per_group(),
-        winograd::gain(g).unwrap_or(1.0)
+        winograd::gain(g).unwrap_or(1.0),
+        winograd::modeled_speedup(g).unwrap_or(1.0)
     )
 }
 
