@@ -54,9 +54,15 @@ const OUTPUT_COST: f64 = 25.0;
 /// `C_in/g` long, the direct one `taps · C_in/g`).
 const GEMM_EFFICIENCY: f64 = 0.9;
 
-/// Bytes of transformed input and GEMM results one task aims at (they stay in L2 between
-/// the transform, the GEMMs and the output transform).
-const BAND_BYTES: usize = 512 * 1024;
+/// Bytes of one point's transformed input and GEMM results a task aims at: they stay in
+/// L2 while every block of output channels runs over them, and the columns are as many as
+/// this allows, so each packed weight block serves that many tiles (dcgan1's GEMMs took
+/// 17.4-18.1 instead of 22-23 million cycles with all 64 tiles of a phase in one task
+/// rather than 16).
+const POINT_BYTES: usize = 256 * 1024;
+
+/// Most bytes of transformed input and results of all points one task holds.
+const TASK_BYTES: usize = 8 << 20;
 
 /// Channels the transforms take at a time: each of their loops then runs over
 /// `CHUNK · pitch` values.
@@ -517,8 +523,8 @@ impl<T: Element> Winograd<T> {
                 }
             }
         });
-        // Task sizes: about BAND_BYTES of transformed input and results per task, whole
-        // images where they are small, else bands of tile rows; then enough tasks.
+        // Task sizes: about POINT_BYTES per point of transformed input and results, whole
+        // images where they are small, else bands of tile rows; then a task per thread.
         let tl = v * lanes;
         let m0 = transforms[0].m;
         let q0 = phases.iter().map(|p| p.extents[0]).max().unwrap_or(0);
@@ -534,8 +540,15 @@ impl<T: Element> Winograd<T> {
             .unwrap_or(1)
             .max(1);
         let elem = std::mem::size_of::<T>();
-        let per_tile = points * (cin_g + blocks * mr) * elem;
-        let want = (BAND_BYTES / per_tile.max(1)).max(tl);
+        let per_col = (cin_g + blocks * mr) * elem;
+        // No more scratch over all threads than the output holds.
+        let out_bytes = numel(&g.output_shape()) * elem;
+        let want = (POINT_BYTES / per_col.max(1))
+            .min(TASK_BYTES / (points * per_col).max(1))
+            .min(out_bytes / (threads.max(1) * points * per_col).max(1))
+            / tl
+            * tl;
+        let want = want.max(tl);
         let per_image = t0 * row_tiles;
         let batch = g.batch.max(1);
         let (mut batch_chunk, mut band_tiles) = if per_image >= want {
@@ -544,7 +557,7 @@ impl<T: Element> Winograd<T> {
             ((want / per_image).clamp(1, batch), t0)
         };
         let tasks = |bc: usize, bt: usize| g.groups * batch.div_ceil(bc) * t0.div_ceil(bt);
-        while threads > 1 && tasks(batch_chunk, band_tiles) < 2 * threads {
+        while threads > 1 && tasks(batch_chunk, band_tiles) < threads {
             if batch_chunk > 1 {
                 batch_chunk = batch_chunk.div_ceil(2);
             } else if band_tiles > 1 {
