@@ -307,7 +307,15 @@ pub fn time_layer(l: &Layer, a: &BenchArgs, opts: &PlanOptions) -> Result<Vec<Ti
                         let adjoint = geometry.adjoint();
                         let ws = w.as_slice().context("contiguous weight")?;
                         let name = adjoint.op.name();
-                        format!("{name} {}", Plan::from_geometry(adjoint, ws, opts)?.label())
+                        // As the gradient plans it: run once.
+                        let once = PlanOptions {
+                            once: true,
+                            ..opts.clone()
+                        };
+                        format!(
+                            "{name} {}",
+                            Plan::from_geometry(adjoint, ws, &once)?.label()
+                        )
                     }
                     "grad_weight" => tconv::grad::weight_gradient_method(geometry).into(),
                     _ => tconv::grad::backward_method(geometry, opts).into(),

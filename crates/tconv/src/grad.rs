@@ -244,7 +244,11 @@ pub fn grad_input<T: Element>(
     options: &PlanOptions,
 ) -> Result<Vec<T>> {
     let adjoint = g.adjoint();
-    let plan = Plan::from_geometry(adjoint, w, options)?;
+    let once = PlanOptions {
+        once: true,
+        ..options.clone()
+    };
+    let plan = Plan::from_geometry(adjoint, w, &once)?;
     let mut gx = vec![T::zero(); numel(&g.input_shape())];
     plan.run(gy, None, &mut gx);
     Ok(gx)

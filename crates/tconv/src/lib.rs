@@ -90,7 +90,10 @@ fn run<'x, 'w, T: Element, D1: Dimension, D2: Dimension>(
         w,
         bias.as_ref().map(|b| b.len()),
         params,
-        &plan::PlanOptions::default(),
+        &plan::PlanOptions {
+            once: true,
+            ..plan::PlanOptions::default()
+        },
     )?;
     plan.execute(x, bias)
 }

@@ -84,6 +84,9 @@ pub struct PlanOptions {
     pub tile: Option<(usize, usize)>,
     /// Force in-place (`true`) or packed-panel (`false`) kernels.
     pub inplace: Option<bool>,
+    /// The plan runs once (the gradients, the one-call functions): weigh the cost of
+    /// transforming and packing the weights in the choice of algorithm.
+    pub once: bool,
 }
 
 /// Below this many FLOPs a problem runs on one thread (thread wake-up costs more).
@@ -207,12 +210,12 @@ impl<T: Element> Plan<T> {
             {
                 (Algorithm::Col2im, col2im_reason(&g))
             }
-            None if winograd::pays(&g)
+            None if winograd::pays(&g, options.once)
                 && options.isa_for::<T>() != Isa::Scalar
                 && options.inplace.is_none()
                 && options.tile.is_none() =>
             {
-                (Algorithm::Winograd, winograd_reason(&g))
+                (Algorithm::Winograd, winograd_reason(&g, options.once))
             }
             None => (Algorithm::Direct, direct_reason(&g)),
         };
@@ -662,13 +665,13 @@ fn col2im_reason(g: &Geometry) -> String {
     )
 }
 
-fn winograd_reason(g: &Geometry) -> String {
+fn winograd_reason(g: &Geometry, once: bool) -> String {
     format!(
         "phases of 2 or 3 taps per axis with {} input and {} output channels per group: Winograd tiles do {:.2}x fewer multiplications than the direct sums (one GEMM per transformed point, K = C_in/g); with the transforms, {:.2}x faster by the model",
         g.in_per_group(),
         g.out_per_group(),
         winograd::gain(g).unwrap_or(1.0),
-        winograd::modeled_speedup(g).unwrap_or(1.0)
+        winograd::modeled_speedup(g, once).unwrap_or(1.0)
     )
 }
 

@@ -22,6 +22,7 @@ fn options(isa: Isa, inplace: Option<bool>, threads: usize) -> PlanOptions {
         isa: Some(isa),
         tile: None,
         inplace,
+        once: false,
     }
 }
 
@@ -703,8 +704,8 @@ fn tap_vectors_match<T: Element>(
 }
 
 /// Winograd tiles on the layer kinds they serve (DCGAN's k4 s2 phases, stride-1 3×3,
-/// dilated with bias-only phases, 1-D, 3-D, a stride-1 conv, groups, asymmetric padding):
-/// bitwise identical for any thread count, and within float rounding of the reference on
+/// dilated with bias-only phases, 1-D, 3-D, stride-1 and strided convs, groups, asymmetric
+/// padding): bitwise identical for any thread count, and within float rounding of the reference on
 /// random floats, in f32 and f64. And the planner takes them for the wide DCGAN layers
 /// only (its cost model: the transforms weigh less as the channels grow).
 #[test]
@@ -756,6 +757,22 @@ fn winograd_tiles_match_reference() {
             ConvParams::new().padding(&[1]),
             Op::Conv,
             "F(2x2,3x3)",
+        ),
+        // A strided conv (DCGAN's input gradient): its four polyphase components' 2×2
+        // correlations summed along the GEMMs' reduction; and a 1-D k16 s8 one (HiFi-GAN's).
+        (
+            vec![2, 24, 12, 10],
+            vec![20, 24, 4, 4],
+            ConvParams::new().stride(&[2]).padding(&[1]),
+            Op::Conv,
+            "F(3x3,2x2)",
+        ),
+        (
+            vec![2, 16, 75],
+            vec![24, 16, 16],
+            ConvParams::new().stride(&[8]).padding(&[4]),
+            Op::Conv,
+            "F(3,2)",
         ),
         (
             vec![2, 64, 7, 6],

@@ -50,6 +50,12 @@ pub const MIN_SPEEDUP: f64 = 1.12;
 const INPUT_COST: f64 = 40.0;
 const OUTPUT_COST: f64 = 25.0;
 
+/// Transforming and packing the weights (once per plan) relative to one execution's GEMMs,
+/// times the tiles of a phase (over the batch): measured 16 ms against 10.5 ms for dcgan1
+/// (64 tiles a phase) and 3.2 against 10 ms for dcgan2 (256 tiles). Counted where a plan
+/// runs once ([`crate::PlanOptions::once`]: the gradients, the one-call functions).
+const PACK_COST: f64 = 90.0;
+
 /// The Winograd GEMMs' efficiency relative to the direct engine's (their reduction is
 /// `C_in/g` long, the direct one `taps · C_in/g`).
 const GEMM_EFFICIENCY: f64 = 0.9;
@@ -205,6 +211,21 @@ fn invert(a: &[f64], n: usize) -> Vec<f64> {
     (0..n * n).map(|i| m[(i / n) * w + n + i % n]).collect()
 }
 
+/// One source of a phase: a polyphase component of the input (per axis `ρ`: input
+/// positions `s_in·u + ρ`) read through its own taps. A transposed conv's phases read the
+/// input itself (one source, `s_in = 1`); a strided conv's single phase sums the stride-1
+/// correlations of its `s^D` components, so their channels line up along the GEMMs'
+/// reduction (`K = sources · C_in/g`).
+#[derive(Clone, Debug)]
+struct Source {
+    /// Component per axis.
+    comp: Vec<usize>,
+    /// Component offset of a tile's first input per axis: tile `t` reads from `m·t + base`.
+    base: Vec<isize>,
+    /// Kernel index of each tap per axis, in ascending source order.
+    kidx: Vec<Vec<usize>>,
+}
+
 /// One phase as the transforms see it.
 #[derive(Clone, Debug)]
 struct Phase {
@@ -212,69 +233,104 @@ struct Phase {
     residue: Vec<usize>,
     /// Extents `Q` per axis.
     extents: Vec<usize>,
-    /// Source offset of a tile's first input per axis: tile `t` reads from `m·t + base`.
-    base: Vec<isize>,
-    /// Kernel index of each tap per axis, in ascending source order (empty: bias only).
-    kidx: Vec<Vec<usize>>,
+    /// Its sources (none: bias only).
+    sources: Vec<Source>,
 }
 
 impl Phase {
     fn live(&self) -> bool {
-        self.kidx.iter().all(|k| !k.is_empty())
+        !self.sources.is_empty()
     }
     fn empty(&self) -> bool {
         self.extents.contains(&0)
     }
 }
 
-/// The residues of every axis: `(extent, taps (kernel index, shift))` per residue, and the
-/// output stride; `None` where a Winograd tile does not apply (a strided or dilated conv).
-fn axis_residues(g: &Geometry) -> Option<(Vec<Vec<super::spec::ResidueTaps>>, Vec<usize>)> {
+/// Per axis: each output residue's extent and sources `(component, taps (kernel index,
+/// shift))`.
+type AxisResidues = Vec<(usize, Vec<(usize, Vec<(usize, isize)>)>)>;
+
+/// The residues of every axis, the output stride and the input stride (between a
+/// component's positions); `None` where the op has no such form.
+fn axis_residues(g: &Geometry) -> Option<(Vec<AxisResidues>, Vec<usize>, Vec<usize>)> {
+    let ones = vec![1; g.axes.len()];
     match g.op {
         Op::ConvTranspose => Some((
-            g.axes.iter().map(residue_taps).collect(),
+            g.axes
+                .iter()
+                .map(|a| {
+                    residue_taps(a)
+                        .into_iter()
+                        .map(|(q, taps)| {
+                            let sources = if taps.is_empty() {
+                                Vec::new()
+                            } else {
+                                vec![(0, taps)]
+                            };
+                            (q, sources)
+                        })
+                        .collect()
+                })
+                .collect(),
             g.axes.iter().map(|a| a.stride).collect(),
+            ones,
         )),
         Op::Conv => {
-            if g.axes.iter().any(|a| a.stride != 1 || a.dilation != 1) {
-                return None;
-            }
+            // Tap `k` reads `o·s + k·d − p`: component `(k·d − p) mod s` at `o + ⌊(k·d − p)/s⌋`.
             let res = g
                 .axes
                 .iter()
                 .map(|a| {
-                    let taps = (0..a.kernel)
-                        .map(|k| (k, k as isize - a.pad_begin as isize))
+                    let s = a.stride as i64;
+                    let sources = (0..a.stride)
+                        .filter_map(|rho| {
+                            let taps: Vec<(usize, isize)> = (0..a.kernel)
+                                .filter_map(|k| {
+                                    let off = (k * a.dilation) as i64 - a.pad_begin;
+                                    (off.rem_euclid(s) as usize == rho)
+                                        .then_some((k, off.div_euclid(s) as isize))
+                                })
+                                .collect();
+                            (!taps.is_empty()).then_some((rho, taps))
+                        })
                         .collect();
-                    vec![(a.output, taps)]
+                    vec![(a.output, sources)]
                 })
                 .collect();
-            Some((res, vec![1; g.axes.len()]))
+            Some((res, ones, g.axes.iter().map(|a| a.stride).collect()))
         }
     }
 }
 
-/// The transform per axis and the phases, where every live residue of an axis has the same
-/// number of taps (at most 3) reading consecutive source positions; the tile size per axis
-/// is the one with the fewest multiplications over the axis's residues.
-fn decompose(g: &Geometry) -> Option<(Vec<Transform>, Vec<Phase>, Vec<usize>)> {
+/// The transform per axis and the phases, where every source of every phase has the same
+/// number of taps (at most 3) per axis, reading consecutive positions of its component;
+/// the tile size per axis is the one with the fewest multiplications over the axis's
+/// residues.
+#[allow(clippy::type_complexity)]
+fn decompose(g: &Geometry) -> Option<(Vec<Transform>, Vec<Phase>, Vec<usize>, Vec<usize>)> {
     if g.axes.is_empty() || g.axes.len() > MAX_DIMS {
         return None;
     }
-    let (per_axis, out_stride) = axis_residues(g)?;
+    let (per_axis, out_stride, in_stride) = axis_residues(g)?;
     let mut transforms = Vec::new();
     for res in &per_axis {
-        let live: Vec<&super::spec::ResidueTaps> =
-            res.iter().filter(|(_, t)| !t.is_empty()).collect();
-        let r = live.first().map_or(1, |(_, t)| t.len());
-        let uniform = live
+        let taps: Vec<&Vec<(usize, isize)>> = res
             .iter()
-            .all(|(_, t)| t.len() == r && t.windows(2).all(|w| w[1].1 == w[0].1 + 1));
+            .flat_map(|(_, srcs)| srcs.iter().map(|(_, t)| t))
+            .collect();
+        let r = taps.first().map_or(1, |t| t.len());
+        let uniform = taps
+            .iter()
+            .all(|t| t.len() == r && t.windows(2).all(|w| w[1].1 == w[0].1 + 1));
         if !uniform || r > MAX_ALPHA - 1 {
             return None;
         }
-        let cost =
-            |m: usize| -> usize { live.iter().map(|(q, _)| q.div_ceil(m) * (m + r - 1)).sum() };
+        let cost = |m: usize| -> usize {
+            res.iter()
+                .filter(|(_, srcs)| !srcs.is_empty())
+                .map(|(q, srcs)| q.div_ceil(m) * (m + r - 1) * srcs.len())
+                .sum()
+        };
         let m = if r == 1 {
             1
         } else {
@@ -285,71 +341,93 @@ fn decompose(g: &Geometry) -> Option<(Vec<Transform>, Vec<Phase>, Vec<usize>)> {
     let dims = g.axes.len();
     let mut phases = Vec::new();
     let counts: Vec<usize> = per_axis.iter().map(Vec::len).collect();
-    let total: usize = counts.iter().product();
-    for flat in 0..total {
-        let mut rem = flat;
-        let mut residue = vec![0; dims];
-        for a in (0..dims).rev() {
-            residue[a] = rem % counts[a];
-            rem /= counts[a];
-        }
+    for_each_index(&counts, |residue| {
         let pick = |a: usize| &per_axis[a][residue[a]];
-        let taps_live = (0..dims).all(|a| !pick(a).1.is_empty());
-        phases.push(Phase {
-            extents: (0..dims).map(|a| pick(a).0).collect(),
-            base: (0..dims)
-                .map(|a| pick(a).1.first().map_or(0, |t| t.1))
-                .collect(),
-            kidx: (0..dims)
-                .map(|a| {
-                    if taps_live {
-                        pick(a).1.iter().map(|t| t.0).collect()
-                    } else {
-                        Vec::new()
-                    }
-                })
-                .collect(),
-            residue,
+        let n_src: Vec<usize> = (0..dims).map(|a| pick(a).1.len()).collect();
+        let mut sources = Vec::new();
+        for_each_index(&n_src, |si| {
+            let src = |a: usize| &pick(a).1[si[a]];
+            sources.push(Source {
+                comp: (0..dims).map(|a| src(a).0).collect(),
+                base: (0..dims).map(|a| src(a).1[0].1).collect(),
+                kidx: (0..dims)
+                    .map(|a| src(a).1.iter().map(|t| t.0).collect())
+                    .collect(),
+            });
         });
-    }
-    Some((transforms, phases, out_stride))
+        phases.push(Phase {
+            residue: residue.to_vec(),
+            extents: (0..dims).map(|a| pick(a).0).collect(),
+            sources,
+        });
+    });
+    Some((transforms, phases, out_stride, in_stride))
 }
 
 /// Direct and Winograd multiplications per output channel and input channel over the live
 /// phases, where the tiles apply.
 pub fn gain(g: &Geometry) -> Option<f64> {
-    let (tr, phases, _) = decompose(g)?;
+    let (tr, phases, _, _) = decompose(g)?;
     let (mut direct, mut wino) = (0usize, 0usize);
     for p in phases.iter().filter(|p| p.live() && !p.empty()) {
-        direct += (0..tr.len())
-            .map(|a| p.extents[a] * tr[a].r)
-            .product::<usize>();
-        wino += (0..tr.len())
-            .map(|a| p.extents[a].div_ceil(tr[a].m) * tr[a].alpha)
-            .product::<usize>();
+        let n = p.sources.len();
+        direct += n
+            * (0..tr.len())
+                .map(|a| p.extents[a] * tr[a].r)
+                .product::<usize>();
+        wino += n
+            * (0..tr.len())
+                .map(|a| p.extents[a].div_ceil(tr[a].m) * tr[a].alpha)
+                .product::<usize>();
     }
     (wino > 0).then(|| direct as f64 / wino as f64)
+}
+
+/// Most sources of a phase: the GEMMs' reduction is this many times `C_in/g`.
+fn most_sources(phases: &[Phase]) -> usize {
+    phases.iter().map(|p| p.sources.len()).max().unwrap_or(0)
 }
 
 /// The modelled speed-up of Winograd tiles over the direct engine: the cut in
 /// multiplications ([`gain`]) times the GEMMs' relative efficiency, over one plus the
 /// transforms' relative time, which falls as the channels grow (`INPUT_COST / (C_out/g) +
-/// OUTPUT_COST / (C_in/g)`). Fits the layers measured: dcgan1 1.33 (measured 1.15-1.44x),
+/// OUTPUT_COST / K`, `K = sources · C_in/g` the GEMMs' reduction). Fits the layers measured: dcgan1 1.33 (measured 1.15-1.44x),
 /// dcgan2 1.14 (1.01-1.24x), dcgan3 0.88 (0.71-1.0x), s1k3 1.0 (0.79-1.09x), hifigan1d 1.11
 /// (0.68-0.90x).
-pub fn modeled_speedup(g: &Geometry) -> Option<f64> {
-    let (cin, cout) = (g.in_per_group() as f64, g.out_per_group() as f64);
+///
+/// With `once` (a plan executed once) the weights' transform counts too:
+/// `PACK_COST / (tiles of a phase)` more.
+pub fn modeled_speedup(g: &Geometry, once: bool) -> Option<f64> {
+    let (tr, phases, _, _) = decompose(g)?;
+    let sources = most_sources(&phases);
+    let (cin, cout) = (
+        (sources * g.in_per_group()) as f64,
+        g.out_per_group() as f64,
+    );
     if cin == 0.0 || cout == 0.0 {
         return None;
     }
-    let transforms = INPUT_COST / cout + OUTPUT_COST / cin;
+    let tiles = phases
+        .iter()
+        .filter(|p| p.live())
+        .map(|p| {
+            g.batch
+                * (0..tr.len())
+                    .map(|a| p.extents[a].div_ceil(tr[a].m))
+                    .product::<usize>()
+        })
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64;
+    let pack = if once { PACK_COST / tiles } else { 0.0 };
+    let transforms = INPUT_COST / cout + OUTPUT_COST / cin + pack;
     gain(g).map(|x| x * GEMM_EFFICIENCY / (1.0 + transforms))
 }
 
-/// Whether the planner takes Winograd tiles for `g`: a modelled speed-up of at least
-/// [`MIN_SPEEDUP`].
-pub fn pays(g: &Geometry) -> bool {
-    g.batch > 0 && modeled_speedup(g).is_some_and(|x| x >= MIN_SPEEDUP)
+/// Whether the planner takes Winograd tiles for `g` (executed once with `once`): a
+/// modelled speed-up of at least [`MIN_SPEEDUP`].
+pub fn pays(g: &Geometry, once: bool) -> bool {
+    g.batch > 0 && modeled_speedup(g, once).is_some_and(|x| x >= MIN_SPEEDUP)
 }
 
 /// Whether Winograd tiles can run `g` at all (what a forced choice needs).
@@ -375,7 +453,8 @@ pub struct Winograd<T> {
     /// Transformed points per tile: `Π α`.
     points: usize,
     blocks: usize,
-    /// `U` packed as `[live phase][group][block][point][ci][mr]`, zero past the channels.
+    /// `U` packed as `[group][block][live phase][point][(source, ci)][mr]`, zero past the
+    /// channels.
     packed: Vec<T>,
     /// Tiles along axis 0 per task and images per task.
     band_tiles: usize,
@@ -386,6 +465,11 @@ pub struct Winograd<T> {
     /// output offset `(line·m + aw)`: its points) as nonzero terms, in `T`.
     in_terms: Vec<Vec<(usize, T)>>,
     out_terms: Vec<Vec<(usize, T)>>,
+    /// Input positions between a component's neighbours per axis (a strided conv's
+    /// stride, else 1).
+    in_stride: Vec<usize>,
+    /// The GEMMs' reduction length: most sources of a phase times `C_in/g`.
+    kdim: usize,
     /// Input and output extents and row-major pitches per axis.
     in_shape: Vec<usize>,
     in_pitch: Vec<usize>,
@@ -458,9 +542,11 @@ impl<T: Element> Winograd<T> {
         (mr, v, lanes, isa): (usize, usize, usize, Isa),
         threads: usize,
     ) -> Option<Winograd<T>> {
-        let (transforms, phases, out_stride) = decompose(g)?;
+        let (transforms, phases, out_stride, in_stride) = decompose(g)?;
         let dims = g.axes.len();
         let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
+        // The GEMMs' reduction: (source, input channel).
+        let kdim = most_sources(&phases) * cin_g;
         let blocks = cout_g.div_ceil(mr);
         let points: usize = transforms.iter().map(|t| t.alpha).product();
         let taps: usize = transforms.iter().map(|t| t.r).product();
@@ -473,25 +559,31 @@ impl<T: Element> Winograd<T> {
         let kpitch = pitches_of(&kshape);
         let ksize = numel(&kshape);
         let live: Vec<&Phase> = phases.iter().filter(|p| p.live()).collect();
-        // Packed as [live phase][group][block][point][ci][mr]: one contiguous unit per
-        // (phase, group, block), packed in parallel.
-        let unit = points * cin_g * mr;
+        // Packed as [group][block][live phase][point][(source, ci)][mr]: one contiguous
+        // unit per (group, block), packed in parallel.
+        let unit = live.len() * points * kdim * mr;
         let units = g.groups * blocks;
-        let mut packed = vec![T::zero(); live.len() * units * unit];
+        let mut packed = vec![T::zero(); units * unit];
         let rs: Vec<usize> = transforms.iter().map(|t| t.r).collect();
-        // Flat kernel index of each tap of each live phase (row-major over its taps).
-        let kflat: Vec<Vec<usize>> = live
+        // Flat kernel index of each tap of each source of each live phase (row-major over
+        // its taps).
+        let kflat: Vec<Vec<Vec<usize>>> = live
             .iter()
             .map(|p| {
-                let mut k = Vec::with_capacity(taps);
-                for_each_index(&rs, |j| {
-                    k.push(
-                        (0..dims)
-                            .map(|a| p.kidx[a][j[a]] * kpitch[a])
-                            .sum::<usize>(),
-                    );
-                });
-                k
+                p.sources
+                    .iter()
+                    .map(|src| {
+                        let mut k = Vec::with_capacity(taps);
+                        for_each_index(&rs, |j| {
+                            k.push(
+                                (0..dims)
+                                    .map(|a| src.kidx[a][j[a]] * kpitch[a])
+                                    .sum::<usize>(),
+                            );
+                        });
+                        k
+                    })
+                    .collect()
             })
             .collect();
         // (point, tap, coefficient) of `G ⊗ … ⊗ G`, in point order.
@@ -500,26 +592,52 @@ impl<T: Element> Winograd<T> {
             .enumerate()
             .flat_map(|(xi, ts)| ts.iter().map(move |&(j, c)| (xi, j, c)))
             .collect();
+        // Weight index of (ci, co) for channel offsets within the group.
+        let (ci_step, co_step) = match g.op {
+            Op::ConvTranspose => (cout_g * ksize, ksize),
+            Op::Conv => (ksize, cin_g * ksize),
+        };
+        let per_phase = points * kdim * mr;
         super::direct::run_chunks(threads, &mut packed, unit, |k, dst| {
-            let (pi, group, b) = (k / units, k / blocks % g.groups, k % blocks);
-            let mut tapw = vec![0.0f64; taps];
-            let mut u = vec![0.0f64; points];
+            let (group, b) = (k / blocks, k % blocks);
+            let rows = mr.min(cout_g - b * mr);
+            let first = match g.op {
+                Op::ConvTranspose => group * cin_g * cout_g * ksize,
+                Op::Conv => group * cout_g * cin_g * ksize,
+            } + b * mr * co_step;
+            // The block's kernels wk[tap position][mm], then per phase and source tapw[j][mm]
+            // and u[ξ][mm]: a register tile's output channels side by side. Each weight is
+            // read once.
+            let mut wk = vec![0.0f64; ksize * mr];
+            let mut tapw = vec![0.0f64; taps * mr];
+            let mut u = vec![0.0f64; points * mr];
             for ci in 0..cin_g {
-                for mm in 0..mr.min(cout_g - b * mr) {
-                    let co = b * mr + mm;
-                    let wbase = match g.op {
-                        Op::ConvTranspose => ((group * cin_g + ci) * cout_g + co) * ksize,
-                        Op::Conv => ((group * cout_g + co) * cin_g + ci) * ksize,
-                    };
-                    for (t, k) in tapw.iter_mut().zip(&kflat[pi]) {
-                        *t = w[wbase + k].to_f64().unwrap_or(0.0);
+                let wbase = first + ci * ci_step;
+                for mm in 0..rows {
+                    let src = &w[wbase + mm * co_step..][..ksize];
+                    for (kk, &x) in src.iter().enumerate() {
+                        wk[kk * mr + mm] = x.to_f64().unwrap_or(0.0);
                     }
-                    u.fill(0.0);
-                    for &(xi, j, c) in &flat_terms {
-                        u[xi] += c * tapw[j];
-                    }
-                    for (xi, &u) in u.iter().enumerate() {
-                        dst[(xi * cin_g + ci) * mr + mm] = T::from(u).unwrap_or_else(T::zero);
+                }
+                for (pi, sources) in kflat.iter().enumerate() {
+                    for (si, kf) in sources.iter().enumerate() {
+                        for (t, &kk) in tapw.chunks_exact_mut(mr).zip(kf) {
+                            t.copy_from_slice(&wk[kk * mr..][..mr]);
+                        }
+                        u.fill(0.0);
+                        for &(xi, j, c) in &flat_terms {
+                            let (ur, tr) = (&mut u[xi * mr..][..mr], &tapw[j * mr..][..mr]);
+                            for (u, &t) in ur.iter_mut().zip(tr) {
+                                *u += c * t;
+                            }
+                        }
+                        let kk = si * cin_g + ci;
+                        for (xi, ur) in u.chunks_exact(mr).enumerate() {
+                            let d = &mut dst[pi * per_phase + (xi * kdim + kk) * mr..][..mr];
+                            for (d, &u) in d.iter_mut().zip(ur) {
+                                *d = T::from(u).unwrap_or_else(T::zero);
+                            }
+                        }
                     }
                 }
             }
@@ -541,7 +659,7 @@ impl<T: Element> Winograd<T> {
             .unwrap_or(1)
             .max(1);
         let elem = std::mem::size_of::<T>();
-        let per_col = (cin_g + blocks * mr) * elem;
+        let per_col = (kdim + blocks * mr) * elem;
         // No more scratch over all threads than the output holds.
         let out_bytes = numel(&g.output_shape()) * elem;
         let want = (POINT_BYTES / per_col.max(1))
@@ -598,6 +716,8 @@ impl<T: Element> Winograd<T> {
             in_terms,
             out_terms,
             in_pitch: pitches_of(&in_shape),
+            in_stride,
+            kdim,
             in_shape,
             out_pitch: pitches_of(&out_shape),
             outer_alpha: transforms[..dims - 1].iter().map(|t| t.alpha).collect(),
@@ -614,7 +734,7 @@ impl<T: Element> Winograd<T> {
     /// Elements of scratch one task allocates: transformed input and GEMM results for a
     /// band, and the row buffers of the transforms.
     pub fn scratch_len(&self, g: &Geometry) -> usize {
-        let rows = self.points * (g.in_per_group() + self.blocks * self.mr) * self.pitch;
+        let rows = self.points * (self.kdim + self.blocks * self.mr) * self.pitch;
         rows + self.row_scratch(g)
     }
 
@@ -710,10 +830,11 @@ impl<T: Element> Winograd<T> {
         let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
         let cout_pad = self.blocks * self.mr;
         let pitch = self.pitch;
-        let mut v = scratch::take::<T>(self.points * cin_g * pitch);
+        let kdim = self.kdim;
+        let mut v = scratch::take::<T>(self.points * kdim * pitch);
         let mut mres = scratch::take::<T>(self.points * cout_pad * pitch);
         let mut rows = scratch::take::<T>(self.row_scratch(g));
-        let unit = self.points * cin_g * self.mr;
+        let unit = self.live_phases() * self.points * kdim * self.mr;
         let mut live_index = 0;
         for p in &self.phases {
             if p.empty() {
@@ -732,29 +853,34 @@ impl<T: Element> Winograd<T> {
                 live_index += 1;
                 continue;
             }
-            let (table, zeros) = self.gather_table(g, p, task.group, &runs, n_cols);
             let in_plane = numel(&self.in_shape);
             self.clear_columns(n_cols, &mut rows);
-            for c0 in (0..cin_g).step_by(CHUNK) {
-                let cn = CHUNK.min(cin_g - c0);
-                let dst = &mut v[c0 * pitch..];
-                let gather = (&table[..], &zeros[..]);
-                let chans = (c0, cn, in_plane);
-                self.input_transform(x, chans, gather, n_cols, (dst, cin_g * pitch), &mut rows);
+            // V[ξ][(source, ci)]: each source's channels in turn.
+            for (si, src) in p.sources.iter().enumerate() {
+                let (table, zeros) = self.gather_table(g, src, task.group, &runs, n_cols);
+                for c0 in (0..cin_g).step_by(CHUNK) {
+                    let cn = CHUNK.min(cin_g - c0);
+                    let dst = &mut v[(si * cin_g + c0) * pitch..];
+                    let gather = (&table[..], &zeros[..]);
+                    let chans = (c0, cn, in_plane);
+                    let v = (dst, kdim * pitch);
+                    self.input_transform(x, chans, gather, n_cols, v, &mut rows);
+                }
             }
+            let k = p.sources.len() * cin_g;
             let shape = Rows {
-                k: cin_g,
+                k,
                 pitch,
                 taps: 1,
                 out_pitch: pitch,
             };
             let tl = self.v * self.lanes;
             for xi in 0..self.points {
-                let b_rows = &v[xi * cin_g * pitch..];
+                let b_rows = &v[xi * kdim * pitch..];
                 for b in 0..self.blocks {
-                    let at = ((live_index * g.groups + task.group) * self.blocks + b) * unit
-                        + xi * cin_g * self.mr;
-                    let w = &self.packed[at..at + cin_g * self.mr];
+                    let at = (task.group * self.blocks + b) * unit
+                        + (live_index * self.points + xi) * kdim * self.mr;
+                    let w = &self.packed[at..at + k * self.mr];
                     for p0 in (0..n_cols).step_by(tl) {
                         let out = &mut mres[(xi * cout_pad + b * self.mr) * pitch + p0..];
                         (self.kernel)(w, &b_rows[p0..], shape, out, false);
@@ -833,7 +959,7 @@ impl<T: Element> Winograd<T> {
     fn gather_table(
         &self,
         g: &Geometry,
-        p: &Phase,
+        src: &Source,
         group: usize,
         runs: &[Run],
         n: usize,
@@ -844,6 +970,7 @@ impl<T: Element> Winograd<T> {
         let in_plane = numel(&self.in_shape);
         let lines = self.points / alpha;
         let l_in = self.in_shape[dims - 1] as isize;
+        let s_last = self.in_stride[dims - 1] as isize;
         let mut table = vec![0usize; lines * alpha * n];
         let mut zeros = Vec::new();
         for run in runs {
@@ -854,19 +981,20 @@ impl<T: Element> Winograd<T> {
                 li += 1;
                 let mut off = Some(chan as isize);
                 for (a, &i) in io.iter().enumerate() {
-                    let c = (self.transforms[a].m * run.outer[a]) as isize + p.base[a] + i as isize;
+                    let u =
+                        (self.transforms[a].m * run.outer[a]) as isize + src.base[a] + i as isize;
+                    let c = u * self.in_stride[a] as isize + src.comp[a] as isize;
                     off = off
-                        .filter(|_| c >= 0 && c < self.in_shape[a] as isize)
+                        .filter(|_| u >= 0 && c < self.in_shape[a] as isize)
                         .map(|o| o + c * self.in_pitch[a] as isize);
                 }
                 for j in 0..alpha {
                     let row = (line * alpha + j) * n + run.col;
                     for (k, t) in run.tiles.clone().enumerate() {
-                        let pos = (m * t) as isize + p.base[dims - 1] + j as isize;
+                        let u = (m * t) as isize + src.base[dims - 1] + j as isize;
+                        let pos = u * s_last + src.comp[dims - 1] as isize;
                         match off {
-                            Some(o) if pos >= 0 && pos < l_in => {
-                                table[row + k] = (o + pos) as usize
-                            }
+                            Some(o) if u >= 0 && pos < l_in => table[row + k] = (o + pos) as usize,
                             _ => {
                                 table[row + k] = chan;
                                 zeros.push((line * alpha + j) * self.pitch + run.col + k);
