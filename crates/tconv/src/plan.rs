@@ -2,8 +2,8 @@
 //!
 //! A [`Plan`] is a value: it names the algorithm and why, the tile and ISA, the work shapes,
 //! the workspace and the thread count, and it holds the packed weights, so it can be built
-//! once and executed many times. `TCONV_ALGORITHM=reference|direct|col2im` and `TCONV_ISA=…`
-//! force a choice (for tests), as do the fields of [`PlanOptions`].
+//! once and executed many times. `TCONV_ALGORITHM=reference|direct|col2im|winograd` and
+//! `TCONV_ISA=…` force a choice (for tests), as do the fields of [`PlanOptions`].
 
 use std::fmt;
 

@@ -9,6 +9,7 @@
 //! - [`im2col`]: im2col + one GEMM over (input channel, tap) rows (convs with few input channels).
 //! - [`depthwise`]: depthwise transposed conv by output rows (memory-bound layers).
 //! - [`tap_rows`]: strided depthwise conv and weight gradient by kernel-row vectors.
+//! - [`winograd`]: Winograd minimal-filtering tiles over the phases (wide layers).
 //! - [`isa`]: run-time CPU detection, overridable with `TCONV_ISA`.
 //! - [`scratch`]: per-thread scratch buffers reused across calls.
 
