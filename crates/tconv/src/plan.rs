@@ -489,7 +489,7 @@ impl<T: Element> Plan<T> {
             return self.threads * c.scratch_len() * size;
         }
         if let Some(c) = &self.winograd {
-            return self.threads * c.scratch_len(&self.geometry) * size;
+            return self.threads * c.scratch_len() * size;
         }
         match &self.direct {
             None => 0,
@@ -788,12 +788,12 @@ impl<T: Element> fmt::Display for Plan<T> {
             let points: usize = c.transforms.iter().map(|t| t.alpha).product();
             writeln!(
                 f,
-                "winograd:    {} over {} phases with taps: {} points per tile, per phase and point M={} (C_out/g), K={} (C_in/g), N<={} tiles per task",
+                "winograd:    {} over {} phases with taps: {} points per tile, per phase and point M={} (C_out/g), K={} (input components x C_in/g), N<={} tiles per task",
                 c.name(),
                 c.live_phases(),
                 points,
                 g.out_per_group(),
-                g.in_per_group(),
+                c.kdim,
                 c.pitch
             )?;
         }

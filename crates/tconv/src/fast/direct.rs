@@ -514,12 +514,52 @@ pub(crate) fn run_chunks<T: Send>(
 }
 
 /// One unit of parallel work: a band of output rows of one group for some batch items.
-struct Task<'y, T> {
-    group: usize,
-    batch: Range<usize>,
-    chunks: Range<usize>,
+pub(crate) struct Task<'y, T> {
+    pub(crate) group: usize,
+    pub(crate) batch: Range<usize>,
+    /// The band, in the caller's units (the direct driver: chunks of its tile table;
+    /// Winograd tiles: tile rows).
+    pub(crate) band: Range<usize>,
     /// Row bands in `(n, co_local)` order.
-    planes: Vec<&'y mut [T]>,
+    pub(crate) planes: Vec<&'y mut [T]>,
+}
+
+/// One task per (group, batch chunk of `batch_chunk` images, band), each band of every
+/// output plane (`bands`: its range in the caller's units and its length in elements,
+/// consecutive and covering the plane) handed to its task as a `&mut` slice.
+pub(crate) fn band_tasks<'y, T>(
+    g: &Geometry,
+    y: &'y mut [T],
+    batch_chunk: usize,
+    bands: &[(Range<usize>, usize)],
+) -> Vec<Task<'y, T>> {
+    let out_plane = numel(&g.output_shape()[2..]);
+    let cout_g = g.out_per_group();
+    let n_chunks = g.batch.div_ceil(batch_chunk);
+    let nb = bands.len();
+    let mut tasks: Vec<Task<'y, T>> = (0..g.groups * n_chunks * nb)
+        .map(|t| {
+            let nc = t / nb % n_chunks;
+            Task {
+                group: t / (n_chunks * nb),
+                batch: nc * batch_chunk..((nc + 1) * batch_chunk).min(g.batch),
+                band: bands[t % nb].0.clone(),
+                planes: Vec::new(),
+            }
+        })
+        .collect();
+    for (i, plane) in y.chunks_mut(out_plane.max(1)).enumerate() {
+        let (n, co) = (i / g.out_channels, i % g.out_channels);
+        let mut rest = plane;
+        for (b, (_, len)) in bands.iter().enumerate() {
+            let (band, tail) = rest.split_at_mut(*len);
+            rest = tail;
+            tasks[((co / cout_g) * n_chunks + n / batch_chunk) * nb + b]
+                .planes
+                .push(band);
+        }
+    }
+    tasks
 }
 
 /// Run `k` on `x (N, C_in, *in)` into `y (N, C_out, *out)`, adding `bias`.
@@ -538,33 +578,11 @@ pub fn execute<T: Element>(
         return;
     }
     let table = &k.table;
-    let cout_g = g.out_per_group();
-    let n_groups = g.batch.div_ceil(k.batch_chunk);
     // One task per (group, batch range, row chunk).
-    let c_groups = table.chunks();
-    let task_chunks = |c: usize| c..c + 1;
-    let mut tasks: Vec<Task<'_, T>> = (0..g.groups * n_groups * c_groups)
-        .map(|t| Task {
-            group: t / (n_groups * c_groups),
-            batch: (t / c_groups % n_groups) * k.batch_chunk
-                ..((t / c_groups % n_groups + 1) * k.batch_chunk).min(g.batch),
-            chunks: task_chunks(t % c_groups),
-            planes: Vec::new(),
-        })
+    let bands: Vec<(Range<usize>, usize)> = (0..table.chunks())
+        .map(|c| (c..c + 1, table.rows(c..c + 1).len() * table.out_row))
         .collect();
-    for (i, plane) in y.chunks_mut(out_plane).enumerate() {
-        let (n, co) = (i / g.out_channels, i % g.out_channels);
-        let group = co / cout_g;
-        let mut rest = plane;
-        for c in 0..c_groups {
-            let rows = table.rows(task_chunks(c));
-            let (band, tail) = rest.split_at_mut((rows.end - rows.start) * table.out_row);
-            rest = tail;
-            tasks[(group * n_groups + n / k.batch_chunk) * c_groups + c]
-                .planes
-                .push(band);
-        }
-    }
+    let tasks = band_tasks(g, y, k.batch_chunk, &bands);
     let run = |task: Task<'_, T>| match k.kernel {
         Kernel::Packed(f) => run_task(g, k, f, src, bias, task),
         Kernel::Inplace(f) => run_task_inplace(g, k, f, src, bias, task),
@@ -1263,12 +1281,12 @@ fn run_task<T: Element>(
     let phases = spec.phases.len();
     let gs = table.group_size;
     let image = g.in_channels * spec.channel_stride;
-    let row_off = table.rows(task.chunks.clone()).start * table.out_row;
+    let row_off = table.rows(task.band.clone()).start * table.out_row;
     let blocks = k.packed.blocks;
     let biases: Vec<T> = (0..cout_g)
         .map(|c| bias.map_or(T::zero(), |b| b[task.group * cout_g + c]))
         .collect();
-    let tiles = table.chunk_tiles[task.chunks.start]..table.chunk_tiles[task.chunks.end];
+    let tiles = table.chunk_tiles[task.band.start]..table.chunk_tiles[task.band.end];
     // Work items (batch index within the task, tile), processed in groups that share weights.
     let items: Vec<(usize, usize)> = (0..task.batch.len())
         .flat_map(|ni| tiles.clone().map(move |t| (ni, t)))
@@ -1482,12 +1500,12 @@ fn run_task_inplace<T: Element>(
     let gs = table.group_size;
     let total_taps = table.tap_offset.len();
     let image = g.in_channels * spec.channel_stride;
-    let row_off = table.rows(task.chunks.clone()).start * table.out_row;
+    let row_off = table.rows(task.band.clone()).start * table.out_row;
     let lane_mask = (1u64 << k.lanes) - 1;
     let biases: Vec<T> = (0..cout_g)
         .map(|c| bias.map_or(T::zero(), |b| b[task.group * cout_g + c]))
         .collect();
-    let tiles = table.chunk_tiles[task.chunks.start]..table.chunk_tiles[task.chunks.end];
+    let tiles = table.chunk_tiles[task.band.start]..table.chunk_tiles[task.band.end];
     let per_phase = k.packed.blocks * k.mr * tl;
     let mut acc = vec![T::zero(); gs * per_phase];
     let mut reached = vec![false; gs];

@@ -25,7 +25,7 @@
 
 use std::ops::Range;
 
-use super::direct::run_each;
+use super::direct::{band_tasks, run_each, Task};
 use super::kernels::{KernelFn, Rows};
 use super::scratch;
 use super::spec::{pitches_of, residue_taps};
@@ -469,7 +469,7 @@ pub struct Winograd<T> {
     /// stride, else 1).
     in_stride: Vec<usize>,
     /// The GEMMs' reduction length: most sources of a phase times `C_in/g`.
-    kdim: usize,
+    pub kdim: usize,
     /// Input and output extents and row-major pitches per axis.
     in_shape: Vec<usize>,
     in_pitch: Vec<usize>,
@@ -733,16 +733,14 @@ impl<T: Element> Winograd<T> {
 
     /// Elements of scratch one task allocates: transformed input and GEMM results for a
     /// band, and the row buffers of the transforms.
-    pub fn scratch_len(&self, g: &Geometry) -> usize {
+    pub fn scratch_len(&self) -> usize {
         let rows = self.points * (self.kdim + self.blocks * self.mr) * self.pitch;
-        rows + self.row_scratch(g)
+        rows + self.row_scratch()
     }
 
-    /// Elements of the transforms' buffers: the gathered and row-transformed inputs of
-    /// every outer line, or the output transform's partial sums.
-    fn row_scratch(&self, _g: &Geometry) -> usize {
-        let last = self.transforms.last().expect("one axis at least");
-        let _ = last;
+    /// Elements of the transforms' buffers: the gathered inputs of every tile (`α^D` rows),
+    /// or the output transform's results (`m^D` rows), for [`CHUNK`] channels.
+    fn row_scratch(&self) -> usize {
         self.points.max(self.out_terms.len()) * CHUNK * self.pitch
     }
 
@@ -770,37 +768,15 @@ impl<T: Element> Winograd<T> {
         let (s0, m0) = (self.out_stride[0], self.transforms[0].m);
         let q0 = self.phases.iter().map(|p| p.extents[0]).max().unwrap_or(0);
         let t0 = q0.div_ceil(m0).max(1);
-        let bands = t0.div_ceil(self.band_tiles);
-        let n_chunks = g.batch.div_ceil(self.batch_chunk);
-        let cout_g = g.out_per_group();
-        let band_rows = |b: usize| {
-            let lo = (s0 * m0 * b * self.band_tiles).min(out0);
-            lo..(s0 * m0 * (b + 1) * self.band_tiles).min(out0)
-        };
-        let mut tasks: Vec<Task<'_, T>> = (0..g.groups * n_chunks * bands)
-            .map(|t| {
-                let (group, nc, b) = (t / (n_chunks * bands), t / bands % n_chunks, t % bands);
-                Task {
-                    group,
-                    batch: nc * self.batch_chunk..((nc + 1) * self.batch_chunk).min(g.batch),
-                    tiles: b * self.band_tiles..((b + 1) * self.band_tiles).min(t0),
-                    planes: Vec::new(),
-                }
+        // One task per (group, batch chunk, band of tile rows along axis 0).
+        let bands: Vec<(Range<usize>, usize)> = (0..t0.div_ceil(self.band_tiles))
+            .map(|b| {
+                let tiles = b * self.band_tiles..((b + 1) * self.band_tiles).min(t0);
+                let rows = (s0 * m0 * tiles.start).min(out0)..(s0 * m0 * tiles.end).min(out0);
+                (tiles, rows.len() * row_len)
             })
             .collect();
-        for (i, plane) in y.chunks_mut(out_plane).enumerate() {
-            let (n, co) = (i / g.out_channels, i % g.out_channels);
-            let group = co / cout_g;
-            let mut rest = plane;
-            for b in 0..bands {
-                let rows = band_rows(b);
-                let (band, tail) = rest.split_at_mut(rows.len() * row_len);
-                rest = tail;
-                tasks[(group * n_chunks + n / self.batch_chunk) * bands + b]
-                    .planes
-                    .push(band);
-            }
-        }
+        let tasks = band_tasks(g, y, self.batch_chunk, &bands);
         let avx2 = cfg!(target_arch = "x86_64") && self.isa >= Isa::Avx2 && Isa::Avx2.available();
         run_each(threads, tasks, |task| {
             #[cfg(target_arch = "x86_64")]
@@ -833,7 +809,7 @@ impl<T: Element> Winograd<T> {
         let kdim = self.kdim;
         let mut v = scratch::take::<T>(self.points * kdim * pitch);
         let mut mres = scratch::take::<T>(self.points * cout_pad * pitch);
-        let mut rows = scratch::take::<T>(self.row_scratch(g));
+        let mut rows = scratch::take::<T>(self.row_scratch());
         let unit = self.live_phases() * self.points * kdim * self.mr;
         let mut live_index = 0;
         for p in &self.phases {
@@ -887,7 +863,7 @@ impl<T: Element> Winograd<T> {
                     }
                 }
             }
-            let (scatter, spans) = self.scatter_table(g, p, &runs, task.tiles.start);
+            let (scatter, spans) = self.scatter_table(g, p, &runs, task.band.start);
             let mut b = [T::zero(); CHUNK];
             for c0 in (0..cout_g).step_by(CHUNK) {
                 let cn = CHUNK.min(cout_g - c0);
@@ -916,7 +892,7 @@ impl<T: Element> Winograd<T> {
         let tiles: Vec<usize> = (0..dims)
             .map(|a| p.extents[a].div_ceil(self.transforms[a].m))
             .collect();
-        let band = task.tiles.start.min(tiles[0])..task.tiles.end.min(tiles[0]);
+        let band = task.band.start.min(tiles[0])..task.band.end.min(tiles[0]);
         let mut runs = Vec::new();
         let mut col = 0;
         for image in 0..task.batch.len() {
@@ -1127,8 +1103,6 @@ impl<T: Element> Winograd<T> {
         bias: &[T],
         rows: &'r mut [T],
     ) -> &'r [T] {
-        let last = self.transforms.last().expect("one axis at least");
-        let _ = last;
         let pitch = self.pitch;
         let block = CHUNK * pitch;
         let len = cn * pitch;
@@ -1150,9 +1124,9 @@ impl<T: Element> Winograd<T> {
         let dims = g.axes.len();
         let out_pitch = &self.out_pitch;
         let m0 = self.transforms[0].m;
-        let origin = self.out_stride[0] * m0 * task.tiles.start * out_pitch[0];
+        let origin = self.out_stride[0] * m0 * task.band.start * out_pitch[0];
         let q_band =
-            (m0 * task.tiles.start).min(p.extents[0])..(m0 * task.tiles.end).min(p.extents[0]);
+            (m0 * task.band.start).min(p.extents[0])..(m0 * task.band.end).min(p.extents[0]);
         // Outer positions (axis 0 within the band), then a strided run along the last axis.
         let mut outer = p.extents[..dims - 1].to_vec();
         let last = if dims == 1 {
@@ -1224,16 +1198,6 @@ fn fused<T: Element, const N: usize>(dst: &mut [T], src: [&[T]; N], c: [T; N], a
         }
         *d = s;
     }
-}
-
-/// A task: a band of tile rows (axis 0) of one group for some images.
-struct Task<'y, T> {
-    group: usize,
-    batch: Range<usize>,
-    /// Tiles along axis 0 (in units of `m0` phase rows).
-    tiles: Range<usize>,
-    /// Row bands in `(image, co_local)` order.
-    planes: Vec<&'y mut [T]>,
 }
 
 /// A run of tiles along the last axis: GEMM columns `col..col + tiles.len()`.
