@@ -304,18 +304,9 @@ pub fn time_layer(l: &Layer, a: &BenchArgs, opts: &PlanOptions) -> Result<Vec<Ti
                 min_ms,
                 algorithm: match suffix {
                     "grad_input" => {
-                        let adjoint = geometry.adjoint();
                         let ws = w.as_slice().context("contiguous weight")?;
-                        let name = adjoint.op.name();
-                        // As the gradient plans it: run once.
-                        let once = PlanOptions {
-                            once: true,
-                            ..opts.clone()
-                        };
-                        format!(
-                            "{name} {}",
-                            Plan::from_geometry(adjoint, ws, &once)?.label()
-                        )
+                        let plan = tconv::grad::input_plan(geometry, ws, opts)?;
+                        format!("{} {}", plan.geometry().op.name(), plan.label())
                     }
                     "grad_weight" => tconv::grad::weight_gradient_method(geometry).into(),
                     _ => tconv::grad::backward_method(geometry, opts).into(),

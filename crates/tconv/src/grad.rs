@@ -236,6 +236,16 @@ fn depthwise_taps_backward<T: Element>(
     Some((gx, dw))
 }
 
+/// The plan of `∂L/∂x`: the adjoint op of `g` with the same weight, planned to run once
+/// (its weight is packed on every call, as a training step does).
+pub fn input_plan<T: Element>(g: &Geometry, w: &[T], options: &PlanOptions) -> Result<Plan<T>> {
+    let once = PlanOptions {
+        once: true,
+        ..options.clone()
+    };
+    Plan::from_geometry(g.adjoint(), w, &once)
+}
+
 /// `∂L/∂x`: the adjoint op on `gy` with the same weight, through the planner.
 pub fn grad_input<T: Element>(
     g: &Geometry,
@@ -243,12 +253,7 @@ pub fn grad_input<T: Element>(
     gy: &[T],
     options: &PlanOptions,
 ) -> Result<Vec<T>> {
-    let adjoint = g.adjoint();
-    let once = PlanOptions {
-        once: true,
-        ..options.clone()
-    };
-    let plan = Plan::from_geometry(adjoint, w, &once)?;
+    let plan = input_plan(g, w, options)?;
     let mut gx = vec![T::zero(); numel(&g.input_shape())];
     plan.run(gy, None, &mut gx);
     Ok(gx)

@@ -16,7 +16,7 @@
 //! element is summed in a fixed order, so results are bitwise identical for any thread
 //! count.
 
-use super::direct::{copy_short, interleave2, run_each};
+use super::direct::{band_tasks, copy_short, interleave2, run_each};
 use super::kernels::{KernelFn, Rows};
 use super::spec::{pitches_of, residue_taps, ResidueTaps};
 use super::{prefetch_read, scratch};
@@ -231,28 +231,16 @@ impl<T: Element> Col2im<T> {
         }
         let rows0 = rows0(g);
         let out_row = out_plane / rows0;
-        let bands = rows0.div_ceil(self.band);
-        let cout_g = g.out_per_group();
-        // Tasks in (n, group, band) order, each holding its band of every channel's plane.
-        let mut tasks: Vec<(usize, usize, usize, Vec<&mut [T]>)> = (0..g.batch * g.groups * bands)
-            .map(|t| {
-                (
-                    t / (g.groups * bands),
-                    t / bands % g.groups,
-                    t % bands,
-                    Vec::new(),
-                )
+        // One task per (group, image, band), each holding its band of every channel's plane.
+        let bands: Vec<(std::ops::Range<usize>, usize)> = (0..rows0.div_ceil(self.band))
+            .map(|b| {
+                let rows = (b * self.band..((b + 1) * self.band).min(rows0)).len();
+                (b..b + 1, rows * out_row)
             })
             .collect();
-        for (i, plane) in y.chunks_mut(out_plane).enumerate() {
-            let (n, co) = (i / g.out_channels, i % g.out_channels);
-            let base = (n * g.groups + co / cout_g) * bands;
-            for (b, band) in plane.chunks_mut(self.band * out_row).enumerate() {
-                tasks[base + b].3.push(band);
-            }
-        }
-        run_each(threads, tasks, |(n, group, b, planes)| {
-            self.run_task(g, x, bias, n, group, b, planes);
+        let tasks = band_tasks(g, y, 1, &bands);
+        run_each(threads, tasks, |t| {
+            self.run_task(g, x, bias, t.batch.start, t.group, t.band.start, t.planes);
         });
     }
 
