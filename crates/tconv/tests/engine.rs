@@ -850,3 +850,38 @@ fn winograd_tiles_match_reference() {
         }
     }
 }
+
+/// The planner's choice by the Winograd cost model, on the DCGAN generator's widths (where
+/// the CPU has AVX2 or AVX-512; the portable kernels never take the tiles): the forward
+/// pass of a plan built once takes the tiles for the wide layers (512 → 256, 256 → 128) and
+/// not for 128 → 64; the input gradient (a strided conv planned to run once, its weights
+/// transformed on every call) takes them for the wide layers too, and not for a small batch,
+/// whose few tiles do not repay the weights' transform.
+#[test]
+fn planner_takes_winograd_where_the_model_pays() {
+    use tconv::{ConvParams, Geometry};
+    if Isa::detect() == Isa::Scalar {
+        return;
+    }
+    let p = ConvParams::new().stride(&[2]).padding(&[1]);
+    let o = PlanOptions {
+        threads: Some(1),
+        ..PlanOptions::default()
+    };
+    let cases = [
+        (16, 512, 256, 4, Algorithm::Winograd, Algorithm::Winograd),
+        (16, 256, 128, 8, Algorithm::Winograd, Algorithm::Winograd),
+        (16, 128, 64, 16, Algorithm::Direct, Algorithm::Winograd),
+        (1, 256, 128, 8, Algorithm::Winograd, Algorithm::Direct),
+    ];
+    for (n, cin, cout, side, forward, gradient) in cases {
+        let xs = [n, cin, side, side];
+        let w = ndarray::Array4::<f32>::zeros((cin, cout, 4, 4));
+        let plan = Plan::new(Op::ConvTranspose, &xs, &w, None, &p, &o).unwrap();
+        assert_eq!(plan.algorithm(), forward, "forward {xs:?}: {plan}");
+        let g = Geometry::new(Op::ConvTranspose, &xs, w.shape(), None, &p).unwrap();
+        let w = w.as_slice().unwrap();
+        let plan = tconv::grad::input_plan(&g, w, &o).unwrap();
+        assert_eq!(plan.algorithm(), gradient, "input gradient {xs:?}: {plan}");
+    }
+}

@@ -235,7 +235,9 @@ fn fast_matches_reference<T: Element>(c: &Case, op: Op) -> Result<(), TestCaseEr
             ..PlanOptions::default()
         },
     );
-    for threads in [1, 3] {
+    // The planner's choice, and the input gradient through Winograd tiles wherever they
+    // apply (exact on small integers: the transforms' coefficients are powers of two).
+    for (threads, algorithm) in [(1, None), (3, None), (2, Some(Algorithm::Winograd))] {
         let fast = backward(
             op,
             &x,
@@ -244,10 +246,11 @@ fn fast_matches_reference<T: Element>(c: &Case, op: Op) -> Result<(), TestCaseEr
             &p,
             &PlanOptions {
                 threads: Some(threads),
+                algorithm,
                 ..PlanOptions::default()
             },
         );
-        prop_assert_eq!(&fast, &reference, "threads {}", threads);
+        prop_assert_eq!(&fast, &reference, "threads {} {:?}", threads, algorithm);
     }
     // The adjoint identity ties forward and backward: <op(x), gy> == <x, grad_x>.
     let y = forward(op, &x, &w, None, &p);

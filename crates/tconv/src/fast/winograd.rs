@@ -11,7 +11,8 @@
 //! transforms are applied per axis, so a tile has `α^D` transformed points, and over
 //! channels the elementwise product becomes one GEMM per point:
 //! `M[ξ][co][tile] = Σ_ci U[ξ][co][ci] · V[ξ][ci][tile]`, with `U = G g Gᵀ` computed and
-//! packed once per plan and `V = Bᵀ d B` per tile. The GEMMs run on the same packed
+//! packed once per plan (each packed run of `U` a combination of whole runs of the
+//! transposed kernels) and `V = Bᵀ d B` per tile. The GEMMs run on the same packed
 //! microkernels as the direct engine (`K = C_in/g`, times the input components of a strided
 //! conv). Each tile's `α^D` inputs are gathered through a per-task index table, and the
 //! transforms run 8 channels at a time, each term one loop over all of a task's columns;
@@ -50,11 +51,16 @@ pub const MIN_SPEEDUP: f64 = 1.12;
 const INPUT_COST: f64 = 40.0;
 const OUTPUT_COST: f64 = 25.0;
 
-/// Transforming and packing the weights (once per plan) relative to one execution's GEMMs,
-/// times the tiles of a phase (over the batch): measured 16 ms against 10.5 ms for dcgan1
-/// (64 tiles a phase) and 3.2 against 10 ms for dcgan2 (256 tiles). Counted where a plan
-/// runs once ([`crate::PlanOptions::once`]: the gradients, the one-call functions).
-const PACK_COST: f64 = 90.0;
+/// Transforming and packing the weights (once per plan), beyond what the direct engine's
+/// packing costs, relative to one execution's GEMMs, times the tiles of a phase (over the
+/// batch). Each transformed run is a combination of whole runs of the block's transposed
+/// kernels, so this is mostly the larger packing's memory traffic: measured for the input
+/// gradients (strided convs) at 1 thread, minima of 10: dcgan1 4.2-4.6 against 2.4-4.4 ms
+/// (64 tiles a phase, GEMMs about 9 ms), dcgan2 0.7-1.4 against 0.55-1.05 ms (256 tiles,
+/// 8 ms), hifigan1d 4.2-6.3 against 2.8-4.5 ms (344 tiles, about 50 ms): 1-27, 16 taken.
+/// Counted where a plan runs once ([`crate::PlanOptions::once`]: the gradients, the
+/// one-call functions).
+const PACK_COST: f64 = 16.0;
 
 /// The Winograd GEMMs' efficiency relative to the direct engine's (their reduction is
 /// `C_in/g` long, the direct one `taps · C_in/g`): assumed, not measured apart; fitted with
@@ -568,11 +574,11 @@ impl<T: Element> Winograd<T> {
                     .collect()
             })
             .collect();
-        // (point, tap, coefficient) of `G ⊗ … ⊗ G`, in point order.
-        let flat_terms: Vec<(usize, usize, f64)> = gterms
+        // Per point, its `(tap, coefficient)` terms of `G ⊗ … ⊗ G`, in the element type.
+        let to_t = |c: f64| T::from(c).unwrap_or_else(T::zero);
+        let gterms_t: Vec<Vec<(usize, T)>> = gterms
             .iter()
-            .enumerate()
-            .flat_map(|(xi, ts)| ts.iter().map(move |&(j, c)| (xi, j, c)))
+            .map(|ts| ts.iter().map(|&(j, c)| (j, to_t(c))).collect())
             .collect();
         // Weight index of (ci, co) for channel offsets within the group.
         let (ci_step, co_step) = match g.op {
@@ -580,6 +586,8 @@ impl<T: Element> Winograd<T> {
             Op::Conv => (ksize, cin_g * ksize),
         };
         let per_phase = points * kdim * mr;
+        // One (source, point) run of U: `C_in/g × mr` values, contiguous in the packing.
+        let run = cin_g * mr;
         super::direct::run_chunks(threads, &mut packed, unit, |k, dst| {
             let (group, b) = (k / blocks, k % blocks);
             let rows = mr.min(cout_g - b * mr);
@@ -587,39 +595,27 @@ impl<T: Element> Winograd<T> {
                 Op::ConvTranspose => group * cin_g * cout_g * ksize,
                 Op::Conv => group * cout_g * cin_g * ksize,
             } + b * mr * co_step;
-            // The block's kernels wk[tap position][mm], then per phase and source tapw[j][mm]
-            // and u[ξ][mm]: a register tile's output channels side by side. Each weight is
-            // read once.
-            let mut wk = vec![0.0f64; ksize * mr];
-            let mut tapw = vec![0.0f64; taps * mr];
-            let mut u = vec![0.0f64; points * mr];
+            // The block's kernels as `wk[tap position][ci][mm]` (zero past the last output
+            // channel), each weight read once: every U run of a (phase, source, point) is
+            // then a combination of whole runs of `wk`, one vectorised pass each.
+            let mut wk = vec![T::zero(); ksize * run];
             for ci in 0..cin_g {
                 let wbase = first + ci * ci_step;
                 for mm in 0..rows {
                     let src = &w[wbase + mm * co_step..][..ksize];
                     for (kk, &x) in src.iter().enumerate() {
-                        wk[kk * mr + mm] = x.to_f64().unwrap_or(0.0);
+                        wk[kk * run + ci * mr + mm] = x;
                     }
                 }
-                for (pi, sources) in kflat.iter().enumerate() {
-                    for (si, kf) in sources.iter().enumerate() {
-                        for (t, &kk) in tapw.chunks_exact_mut(mr).zip(kf) {
-                            t.copy_from_slice(&wk[kk * mr..][..mr]);
-                        }
-                        u.fill(0.0);
-                        for &(xi, j, c) in &flat_terms {
-                            let (ur, tr) = (&mut u[xi * mr..][..mr], &tapw[j * mr..][..mr]);
-                            for (u, &t) in ur.iter_mut().zip(tr) {
-                                *u += c * t;
-                            }
-                        }
-                        let kk = si * cin_g + ci;
-                        for (xi, ur) in u.chunks_exact(mr).enumerate() {
-                            let d = &mut dst[pi * per_phase + (xi * kdim + kk) * mr..][..mr];
-                            for (d, &u) in d.iter_mut().zip(ur) {
-                                *d = T::from(u).unwrap_or_else(T::zero);
-                            }
-                        }
+            }
+            let mut terms: Vec<(usize, T)> = Vec::with_capacity(taps);
+            for (pi, sources) in kflat.iter().enumerate() {
+                for (si, kf) in sources.iter().enumerate() {
+                    for (xi, ts) in gterms_t.iter().enumerate() {
+                        terms.clear();
+                        terms.extend(ts.iter().map(|&(j, c)| (kf[j], c)));
+                        let at = pi * per_phase + (xi * kdim + si * cin_g) * mr;
+                        combine(&mut dst[at..at + run], &wk, run, &terms, false);
                     }
                 }
             }
@@ -669,7 +665,6 @@ impl<T: Element> Winograd<T> {
         }
         let cols = batch_chunk * band_tiles * row_tiles;
         let pitch = super::im2col::pitch(cols, tl, elem);
-        let to_t = |c: f64| T::from(c).unwrap_or_else(T::zero);
         let terms = |pick: fn(&Transform) -> (&[f64], usize, usize)| -> Vec<Vec<(usize, T)>> {
             let mats: Vec<(&[f64], usize, usize)> = transforms.iter().map(pick).collect();
             kron_terms(&mats)
@@ -1117,6 +1112,9 @@ impl<T: Element> Winograd<T> {
             outer[0] = q_band.len();
             0..p.extents[dims - 1]
         };
+        if last.is_empty() || outer.contains(&0) {
+            return; // none of the phase's positions in this band
+        }
         let (sl, rl) = (self.out_stride[dims - 1], p.residue[dims - 1]);
         let cout_g = g.out_per_group();
         let group = task.group;
