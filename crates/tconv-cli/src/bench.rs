@@ -308,7 +308,7 @@ pub fn time_layer(l: &Layer, a: &BenchArgs, opts: &PlanOptions) -> Result<Vec<Ti
                         let plan = tconv::grad::input_plan(geometry, ws, opts)?;
                         format!("{} {}", plan.geometry().op.name(), plan.label())
                     }
-                    "grad_weight" => tconv::grad::weight_gradient_method(geometry).into(),
+                    "grad_weight" => tconv::grad::weight_gradient_method(geometry, opts),
                     _ => tconv::grad::backward_method(geometry, opts).into(),
                 },
                 workspace_bytes: 0,

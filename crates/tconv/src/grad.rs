@@ -22,7 +22,7 @@ use crate::error::{fail, ErrorKind, Result};
 use crate::fast::direct::{run_chunks, run_each};
 use crate::fast::kernels::{portable, tile_shapes, Rows};
 use crate::fast::tap_rows::{self, TapRows};
-use crate::fast::{scratch, Isa};
+use crate::fast::{scratch, winograd, winograd_weight, Isa};
 use crate::geometry::Geometry;
 use crate::params::{ConvParams, Op};
 use crate::plan::{Algorithm, Plan, PlanOptions};
@@ -316,9 +316,23 @@ pub fn grad_weight_reference<T: Element>(g: &Geometry, x: &[T], gy: &[T]) -> Vec
     dw
 }
 
-/// How [`grad_weight_fast`] computes the weight gradient of `g`, in words (for reports).
-pub fn weight_gradient_method(g: &Geometry) -> &'static str {
-    if tap_rows::applies(g, tap_rows::WEIGHT_MIN_STRIDE) {
+/// Whether [`grad_weight_fast`] takes Winograd tiles ([`winograd_weight`]): where forced
+/// (and they apply), or, with no algorithm forced, where their cost model says they pay on
+/// a CPU with SIMD kernels.
+fn weight_by_winograd(g: &Geometry, options: &PlanOptions, isa: Isa) -> bool {
+    match options.algorithm.or_else(Algorithm::from_env) {
+        Some(a) => a == Algorithm::Winograd,
+        None => isa != Isa::Scalar && winograd_weight::pays(g),
+    }
+}
+
+/// How [`grad_weight_fast`] computes the weight gradient of `g` (f32), in words (for
+/// reports).
+pub fn weight_gradient_method(g: &Geometry, options: &PlanOptions) -> String {
+    if weight_by_winograd(g, options, options.isa_for::<f32>()) && winograd::applies(g) {
+        return format!("Winograd {} tiles over positions", winograd_weight::name(g));
+    }
+    let method = if tap_rows::applies(g, tap_rows::WEIGHT_MIN_STRIDE) {
         "depthwise tap vectors"
     } else if few_channel_pairs(g) {
         "row dot products"
@@ -326,7 +340,8 @@ pub fn weight_gradient_method(g: &Geometry) -> &'static str {
         "row dot products, thin side"
     } else {
         "GEMM over positions"
-    }
+    };
+    method.into()
 }
 
 /// Whether a group has too few `(a, b)` channel pairs for a register tile (fewer than
@@ -1329,13 +1344,18 @@ pub fn grad_weight_fast<T: Element>(
         a_pg,
         b_pg,
     } = Sizes::of(g);
+    let isa = options.isa_for::<T>();
+    let threads = options.threads_for(g);
+    if weight_by_winograd(g, options, isa) {
+        if let Some(dw) = winograd_weight::grad_weight(g, x, gy, isa, threads) {
+            return dw;
+        }
+    }
     let mut dw = vec![T::zero(); a_ch * b_pg * k_size];
     let q_len = g.batch * small_size;
     if q_len == 0 || dw.is_empty() {
         return dw;
     }
-    let isa = options.isa_for::<T>();
-    let threads = options.threads_for(g);
     if few_channel_pairs(g) {
         grad_weight_small(g, s, b, threads, isa, &mut dw);
         return dw;

@@ -487,7 +487,7 @@ fn depthwise_tap_vector_gradients_match_reference() {
             let w = ints::<f64>(&ws, 53);
             let g = Geometry::new(op, x.shape(), &ws, None, &p).unwrap();
             assert_eq!(
-                tconv::grad::weight_gradient_method(&g),
+                tconv::grad::weight_gradient_method(&g, &PlanOptions::default()),
                 "depthwise tap vectors"
             );
             let gy = ints::<f64>(&g.user_output_shape(), 54);
@@ -586,34 +586,43 @@ fn gradients_bitwise_identical_for_any_thread_count() {
         let (x, w) = (floats(&xs, 1), floats(&ws, 2));
         let g = Geometry::new(Op::ConvTranspose, &xs, &ws, None, &p).unwrap();
         let gy = floats(&g.user_output_shape(), 3);
-        let run = |threads| {
-            let o = PlanOptions {
-                threads: Some(threads),
-                ..PlanOptions::default()
+        // The planner's choice, and Winograd tiles forced (where they apply).
+        for algorithm in [None, Some(Algorithm::Winograd)] {
+            let run = |threads| {
+                let o = PlanOptions {
+                    threads: Some(threads),
+                    algorithm,
+                    ..PlanOptions::default()
+                };
+                backward(Op::ConvTranspose, &x, &w, &gy, &p, &o)
             };
-            backward(Op::ConvTranspose, &x, &w, &gy, &p, &o)
-        };
-        let one = run(1);
-        let bits = |a: &Option<ArrayD<f32>>| -> Vec<u32> {
-            a.as_ref().unwrap().iter().map(|v| v.to_bits()).collect()
-        };
-        for threads in [2, 3, 5] {
-            let t = run(threads);
-            assert_eq!(
-                bits(&t.input),
-                bits(&one.input),
-                "{xs:?} input, {threads} threads"
-            );
-            assert_eq!(
-                bits(&t.weight),
-                bits(&one.weight),
-                "{xs:?} weight, {threads} threads"
-            );
-            assert_eq!(
-                bits(&t.bias),
-                bits(&one.bias),
-                "{xs:?} bias, {threads} threads"
-            );
+            identical_across_threads(&xs, run);
         }
+    }
+}
+
+/// `run(threads)` gives bitwise the same gradients for 2, 3 and 5 threads as for 1.
+fn identical_across_threads(xs: &[usize], run: impl Fn(usize) -> tconv::Gradients<f32>) {
+    let one = run(1);
+    let bits = |a: &Option<ArrayD<f32>>| -> Vec<u32> {
+        a.as_ref().unwrap().iter().map(|v| v.to_bits()).collect()
+    };
+    for threads in [2, 3, 5] {
+        let t = run(threads);
+        assert_eq!(
+            bits(&t.input),
+            bits(&one.input),
+            "{xs:?} input, {threads} threads"
+        );
+        assert_eq!(
+            bits(&t.weight),
+            bits(&one.weight),
+            "{xs:?} weight, {threads} threads"
+        );
+        assert_eq!(
+            bits(&t.bias),
+            bits(&one.bias),
+            "{xs:?} bias, {threads} threads"
+        );
     }
 }

@@ -10,6 +10,7 @@
 //! - [`depthwise`]: depthwise transposed conv by output rows (memory-bound layers).
 //! - [`tap_rows`]: strided depthwise conv and weight gradient by kernel-row vectors.
 //! - [`winograd`]: Winograd minimal-filtering tiles over the phases (wide layers).
+//! - [`winograd_weight`]: the same tiles for the weight gradient (roles exchanged).
 //! - [`isa`]: run-time CPU detection, overridable with `TCONV_ISA`.
 //! - [`scratch`]: per-thread scratch buffers reused across calls.
 
@@ -25,6 +26,7 @@ pub mod scratch;
 pub mod spec;
 pub mod tap_rows;
 pub mod winograd;
+pub mod winograd_weight;
 
 pub use isa::Isa;
 

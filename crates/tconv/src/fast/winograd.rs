@@ -224,28 +224,28 @@ fn invert(a: &[f64], n: usize) -> Vec<f64> {
 /// correlations of its `s^D` components, so their channels line up along the GEMMs'
 /// reduction (`K = sources · C_in/g`).
 #[derive(Clone, Debug)]
-struct Source {
+pub(crate) struct Source {
     /// Component per axis.
-    comp: Vec<usize>,
+    pub(crate) comp: Vec<usize>,
     /// Component offset of a tile's first input per axis: tile `t` reads from `m·t + base`.
-    base: Vec<isize>,
+    pub(crate) base: Vec<isize>,
     /// Kernel index of each tap per axis, in ascending source order.
-    kidx: Vec<Vec<usize>>,
+    pub(crate) kidx: Vec<Vec<usize>>,
 }
 
 /// One phase as the transforms see it.
 #[derive(Clone, Debug)]
-struct Phase {
+pub(crate) struct Phase {
     /// Output residue per axis (`o = out_stride · q + residue`).
-    residue: Vec<usize>,
+    pub(crate) residue: Vec<usize>,
     /// Extents `Q` per axis.
-    extents: Vec<usize>,
+    pub(crate) extents: Vec<usize>,
     /// Its sources (none: bias only).
-    sources: Vec<Source>,
+    pub(crate) sources: Vec<Source>,
 }
 
 impl Phase {
-    fn live(&self) -> bool {
+    pub(crate) fn live(&self) -> bool {
         !self.sources.is_empty()
     }
     fn empty(&self) -> bool {
@@ -314,7 +314,9 @@ fn axis_residues(g: &Geometry) -> Option<(Vec<AxisResidues>, Vec<usize>, Vec<usi
 /// the tile size per axis is the one with the fewest multiplications over the axis's
 /// residues.
 #[allow(clippy::type_complexity)]
-fn decompose(g: &Geometry) -> Option<(Vec<Transform>, Vec<Phase>, Vec<usize>, Vec<usize>)> {
+pub(crate) fn decompose(
+    g: &Geometry,
+) -> Option<(Vec<Transform>, Vec<Phase>, Vec<usize>, Vec<usize>)> {
     if g.axes.is_empty() || g.axes.len() > MAX_DIMS {
         return None;
     }
@@ -498,7 +500,7 @@ pub const MAX_DIMS: usize = 3;
 
 /// Nonzero terms of a tensor product of per-axis matrices: for each output multi-index
 /// (row-major over `rows`), the `(input flat index, coefficient)` pairs.
-fn kron_terms(mats: &[(&[f64], usize, usize)]) -> Vec<Vec<(usize, f64)>> {
+pub(crate) fn kron_terms(mats: &[(&[f64], usize, usize)]) -> Vec<Vec<(usize, f64)>> {
     let rows: Vec<usize> = mats.iter().map(|m| m.1).collect();
     let cols: Vec<usize> = mats.iter().map(|m| m.2).collect();
     let mut out = Vec::new();
@@ -1140,7 +1142,7 @@ impl<T: Element> Winograd<T> {
 /// `dst` with `accumulate`, else overwriting it (zeros for no terms): each group of up to
 /// four terms one pass over `dst`.
 #[inline(always)]
-fn combine<T: Element>(
+pub(crate) fn combine<T: Element>(
     dst: &mut [T],
     src: &[T],
     stride: usize,

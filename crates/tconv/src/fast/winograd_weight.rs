@@ -1,0 +1,637 @@
+//! The weight gradient by Winograd tiles: the forward pass's minimal filtering with the
+//! roles of the weight and the upstream gradient exchanged.
+//!
+//! After the phase decomposition ([`winograd`](super::winograd)) a phase of the forward op is
+//! `y[q] = Σ_s Σ_j x_s[q + base_s + j] · w[k_s(j)]` (`x_s` the input, or for a strided conv its
+//! polyphase component `s`). So the weight gradient of tap `j` is
+//! `∂L/∂w[k_s(j)] = Σ_n Σ_q gy[q] · x_s[q + base_s + j]`: split the positions `q` into the
+//! forward's tiles of `m` per axis, and each tile's share is the correlation F(r, m) of the
+//! `α = m + r − 1` inputs `x_s[m·t + base_s ..]` with the `m` upstream gradients of the tile,
+//! giving the `r` taps: `Aᵀ [(G gy_t) ⊙ (Bᵀ d_t)]` with F(r, m)'s matrices. Summed over tiles
+//! (and the batch), the elementwise products become one GEMM per transformed point, reducing
+//! over the tiles: `M[ξ][ci][co] = Σ_t X̂[ξ][ci][t] · Ĝ[ξ][co][t]`, on the same packed
+//! microkernels (input channels on the register tile's rows, output channels on its lanes),
+//! then `∂L/∂w[k_s(j)] = Σ_ξ Aᵀ[j][ξ] · M[ξ]`. The multiplications fall as in the forward pass
+//! ([`winograd::gain`](super::winograd::gain): 1.8x for DCGAN's k4 s2 layers).
+//!
+//! Tiles are taken in chunks whose transformed operands fit 4 MiB; both transforms
+//! gather through per-chunk index tables (zeros past the borders) and combine whole rows of
+//! a chunk's tiles. Every `M` element is one kernel call per chunk, the chunks in order, and
+//! the chunk size depends on the sizes only: results are bitwise identical for any thread
+//! count. They differ from the direct sums by rounding only (the transforms' coefficients
+//! are 0, ±1, ±1/2): exact on small integers. Each row block of input channels runs its
+//! GEMMs and, after the last chunk, its output transform while its `M` is in cache, into
+//! `[ci][k][co]` rows that are then transposed into the weight's layout.
+//!
+//! The planner's model is the forward pass's ([`pays`]): it takes the tiles for dcgan1 and
+//! dcgan2, whose weight gradients ran 1.15-1.36x and 1.02-1.25x faster than the direct
+//! GEMMs (paired, 1 and 2 threads); for dcgan3 and hifigan1d the transforms (a gather of
+//! each tile's window, about one cycle per value) cost more than the multiplications save.
+
+use super::direct::{copy_short, run_chunks};
+use super::kernels::{portable, tile_shapes, KernelFn, Rows};
+use super::scratch;
+use super::spec::pitches_of;
+use super::winograd::{combine, decompose, kron_terms, Phase, Transform};
+use super::Isa;
+use crate::geometry::Geometry;
+use crate::params::Op;
+use crate::tensor::{for_each_index, numel, Element};
+
+/// Bytes of both sides' transformed operands one chunk of tiles holds (all points): each
+/// point's operands then stay in L2 while its GEMM runs over them.
+const CHUNK_BYTES: usize = 4 << 20;
+
+/// Index-table entry of a position outside the tensor (read as zero).
+const OUTSIDE: usize = usize::MAX;
+
+/// The tiles, transforms and kernel of one weight gradient.
+struct Setup<T> {
+    /// F(r, m) per axis (outputs: the taps; filter: a tile of the upstream gradient).
+    tr: Vec<Transform>,
+    phases: Vec<Phase>,
+    out_stride: Vec<usize>,
+    in_stride: Vec<usize>,
+    /// Per point: `(window index, coefficient)` of `Bᵀ ⊗ …` and `(tile index, coefficient)`
+    /// of `G ⊗ …`; per tap: `(point, coefficient)` of `Aᵀ ⊗ …`.
+    x_terms: Vec<Vec<(usize, T)>>,
+    g_terms: Vec<Vec<(usize, T)>>,
+    o_terms: Vec<Vec<(usize, T)>>,
+    kernel: KernelFn<T>,
+    isa: Isa,
+    /// Bytes of transformed operands a chunk of tiles holds ([`CHUNK_BYTES`]).
+    chunk_bytes: usize,
+    mr: usize,
+    tl: usize,
+}
+
+/// `∂L/∂w` of `g` by Winograd tiles, in the weight's PyTorch layout; `None` where the tiles
+/// do not apply (see [`winograd::applies`](super::winograd::applies)).
+pub fn grad_weight<T: Element>(
+    g: &Geometry,
+    x: &[T],
+    gy: &[T],
+    isa: Isa,
+    threads: usize,
+) -> Option<Vec<T>> {
+    grad_weight_chunked(g, x, gy, isa, threads, CHUNK_BYTES)
+}
+
+/// [`grad_weight`] with chunks of tiles sized for `chunk_bytes` of transformed operands.
+fn grad_weight_chunked<T: Element>(
+    g: &Geometry,
+    x: &[T],
+    gy: &[T],
+    isa: Isa,
+    threads: usize,
+    chunk_bytes: usize,
+) -> Option<Vec<T>> {
+    let s = setup::<T>(g, isa, chunk_bytes)?;
+    let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
+    let ksize = numel(&g.kernel_shape());
+    let per_group = cin_g * cout_g * ksize;
+    if g.batch == 0 || per_group * g.groups == 0 {
+        return Some(vec![T::zero(); g.groups * per_group]);
+    }
+    // Per group, first `[ci][k][co]` (each row block's rows written by one task), then each
+    // row transposed in place into `[ci][co][k]` (a transposed conv's weight).
+    let mut dw = vec![T::zero(); g.groups * per_group];
+    for (group, dwg) in dw.chunks_mut(per_group).enumerate() {
+        let mut covered = vec![false; ksize];
+        for p in s
+            .phases
+            .iter()
+            .filter(|p| p.live() && !p.extents.contains(&0))
+        {
+            phase_gradient(g, &s, p, group, x, gy, dwg, &mut covered, threads);
+        }
+        let covered = &covered[..];
+        let row_len = cout_g * ksize;
+        let per_task = cin_g.div_ceil(threads.max(1)) * row_len;
+        run_chunks(threads, dwg, per_task, |_, rows| {
+            let mut tmp = vec![T::zero(); row_len];
+            for row in rows.chunks_exact_mut(row_len) {
+                copy_short(&mut tmp, row);
+                for (k, _) in covered.iter().enumerate().filter(|(_, &c)| !c) {
+                    tmp[k * cout_g..(k + 1) * cout_g].fill(T::zero());
+                }
+                transpose(&tmp, ksize, cout_g, row);
+            }
+        });
+    }
+    if g.op == Op::Conv {
+        // `[group][ci][co][k]` → `[group][co][ci][k]` (a conv's weight).
+        let mut out = vec![T::zero(); dw.len()];
+        for grp in 0..g.groups {
+            let base = grp * per_group;
+            for ci in 0..cin_g {
+                for co in 0..cout_g {
+                    let from = base + (ci * cout_g + co) * ksize;
+                    let to = base + (co * cin_g + ci) * ksize;
+                    out[to..to + ksize].copy_from_slice(&dw[from..from + ksize]);
+                }
+            }
+        }
+        dw = out;
+    }
+    Some(dw)
+}
+
+/// The decomposition, the transforms of F(r, m) per axis and the kernel.
+fn setup<T: Element>(g: &Geometry, isa: Isa, chunk_bytes: usize) -> Option<Setup<T>> {
+    let (fwd, phases, out_stride, in_stride) = decompose(g)?;
+    let tr = fwd
+        .iter()
+        .map(|t| Transform::new(t.r, t.m))
+        .collect::<Option<Vec<_>>>()?;
+    let to_t = |c: f64| T::from(c).unwrap_or_else(T::zero);
+    let terms = |pick: fn(&Transform) -> (&[f64], usize, usize)| -> Vec<Vec<(usize, T)>> {
+        let mats: Vec<(&[f64], usize, usize)> = tr.iter().map(pick).collect();
+        kron_terms(&mats)
+            .into_iter()
+            .map(|ts| ts.into_iter().map(|(i, c)| (i, to_t(c))).collect())
+            .collect()
+    };
+    // In F(r, m): `t.r` is the gradient tile's length m, `t.m` the taps r.
+    let x_terms = terms(|t| (t.bt.as_slice(), t.alpha, t.alpha));
+    let g_terms = terms(|t| (t.g.as_slice(), t.alpha, t.r));
+    let o_terms = terms(|t| (t.at.as_slice(), t.m, t.alpha));
+    // The portable kernels where this ISA has none for `T`.
+    let isa = if tile_shapes(isa)
+        .iter()
+        .any(|&(mr, v, _)| T::fast_kernel(isa, mr, v).is_some())
+    {
+        isa
+    } else {
+        Isa::Scalar
+    };
+    let &(mr, v, _) = tile_shapes(isa)
+        .iter()
+        .find(|&&(mr, v, _)| T::fast_kernel(isa, mr, v).is_some() || isa == Isa::Scalar)?;
+    let kernel = T::fast_kernel(isa, mr, v).or_else(|| portable::<T>(mr, v))?;
+    Some(Setup {
+        tr,
+        phases,
+        out_stride,
+        in_stride,
+        x_terms,
+        g_terms,
+        o_terms,
+        kernel,
+        isa,
+        chunk_bytes,
+        mr,
+        tl: v * isa.lanes(),
+    })
+}
+
+/// Phase `p`'s taps of group `group` into `dk` (`[ci][k][co]`), marked in `covered`.
+#[allow(clippy::too_many_arguments)]
+fn phase_gradient<T: Element>(
+    g: &Geometry,
+    s: &Setup<T>,
+    p: &Phase,
+    group: usize,
+    x: &[T],
+    gy: &[T],
+    dk: &mut [T],
+    covered: &mut [bool],
+    threads: usize,
+) {
+    let dims = g.axes.len();
+    let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
+    let (mr, tl) = (s.mr, s.tl);
+    let (rb, lb) = (cin_g.div_ceil(mr), cout_g.div_ceil(tl));
+    let ms: Vec<usize> = s.tr.iter().map(|t| t.r).collect();
+    let alphas: Vec<usize> = s.tr.iter().map(|t| t.alpha).collect();
+    let points: usize = alphas.iter().product();
+    let tile_len: usize = ms.iter().product();
+    let window: usize = points;
+    let srcs = p.sources.len();
+    let grid: Vec<usize> = (0..dims).map(|a| p.extents[a].div_ceil(ms[a])).collect();
+    let per_image: usize = grid.iter().product();
+    let tiles = g.batch * per_image;
+    let elem = std::mem::size_of::<T>();
+    let per_tile = (srcs * rb * mr + lb * tl) * points * elem;
+    let kc = (s.chunk_bytes / per_tile.max(1)).clamp(8, tiles.max(8));
+    let inputs: Vec<usize> = g.axes.iter().map(|a| a.input).collect();
+    let outputs: Vec<usize> = g.axes.iter().map(|a| a.output).collect();
+    let (in_plane, out_plane) = (numel(&inputs), numel(&outputs));
+    let (in_pitch, out_pitch) = (pitches_of(&inputs), pitches_of(&outputs));
+    let (x_image, g_image) = (g.in_channels * in_plane, g.out_channels * out_plane);
+    let tile_pitch = pitches_of(&grid);
+
+    // Transformed operands: X̂ `[row block][source][point][tile][mr]`, Ĝ
+    // `[lane block][point][tile][tl]`; results M `[row block][source][point][lane block][mr·tl]`.
+    let x_run = kc * mr;
+    let g_run = kc * tl;
+    let mut xp = scratch::take::<T>(rb * srcs * points * x_run);
+    let mut gp = scratch::take::<T>(lb * points * g_run);
+    let tile_elems = mr * tl;
+    let m_block = srcs * points * lb * tile_elems;
+    let mut mres = scratch::take::<T>(rb * m_block);
+    let mut gtab = vec![OUTSIDE; tile_len * kc];
+    let mut xtab = vec![OUTSIDE; srcs * window * kc];
+    let simd = s.isa != Isa::Scalar;
+    // The phase's taps: (flat kernel index, source, tap of the source).
+    let ksize = covered.len();
+    let kpitch = pitches_of(&g.kernel_shape());
+    let rs: Vec<usize> = s.tr.iter().map(|t| t.m).collect();
+    let mut taps: Vec<(usize, usize, usize)> = Vec::new();
+    for (si, src) in p.sources.iter().enumerate() {
+        let mut j = 0;
+        for_each_index(&rs, |jj| {
+            let kf = (0..dims).map(|a| src.kidx[a][jj[a]] * kpitch[a]).sum();
+            covered[kf] = true;
+            taps.push((kf, si, j));
+            j += 1;
+        });
+    }
+
+    for k0 in (0..tiles).step_by(kc) {
+        let kn = kc.min(tiles - k0);
+        // Index tables of the chunk: per tile, where each of its gradient positions and each
+        // source's window inputs lie within an image's planes (plus the image's offset).
+        for kk in 0..kn {
+            let (n, t) = ((k0 + kk) / per_image, (k0 + kk) % per_image);
+            let tv: Vec<usize> = (0..dims).map(|a| t / tile_pitch[a] % grid[a]).collect();
+            let mut i = 0;
+            for_each_index(&ms, |off| {
+                let mut at = n * g_image;
+                for a in 0..dims {
+                    let q = ms[a] * tv[a] + off[a];
+                    if q >= p.extents[a] {
+                        at = OUTSIDE;
+                        break;
+                    }
+                    at += (s.out_stride[a] * q + p.residue[a]) * out_pitch[a];
+                }
+                gtab[i * kc + kk] = at;
+                i += 1;
+            });
+            for (si, src) in p.sources.iter().enumerate() {
+                let mut l = 0;
+                for_each_index(&alphas, |off| {
+                    let mut at = n * x_image;
+                    for a in 0..dims {
+                        let u = (ms[a] * tv[a] + off[a]) as isize + src.base[a];
+                        let pos = u * s.in_stride[a] as isize + src.comp[a] as isize;
+                        if u < 0 || pos >= inputs[a] as isize {
+                            at = OUTSIDE;
+                            break;
+                        }
+                        at += pos as usize * in_pitch[a];
+                    }
+                    xtab[(si * window + l) * kc + kk] = at;
+                    l += 1;
+                });
+            }
+        }
+        // Ĝ: per lane block, its output channels' tiles gathered side by side, then each
+        // point one combination of whole rows, straight into the packed layout.
+        run_chunks(threads, &mut gp, points * g_run, |lbi, dst| {
+            let mut rows = scratch::take::<T>(tile_len * g_run);
+            let block = Block {
+                src: gy,
+                first: (group * cout_g + lbi * tl) * out_plane,
+                plane: out_plane,
+                live: tl.min(cout_g - lbi * tl),
+                width: tl,
+                tab: &gtab,
+                kc,
+                kn,
+            };
+            transform(simd, &block, &s.g_terms, &mut rows, dst);
+        });
+        // X̂: per row block, its input channels' windows of each source.
+        run_chunks(threads, &mut xp, srcs * points * x_run, |rbi, dst| {
+            let mut rows = scratch::take::<T>(window * x_run);
+            for (si, dst) in dst.chunks_mut(points * x_run).enumerate() {
+                let block = Block {
+                    src: x,
+                    first: (group * cin_g + rbi * mr) * in_plane,
+                    plane: in_plane,
+                    live: mr.min(cin_g - rbi * mr),
+                    width: mr,
+                    tab: &xtab[si * window * kc..(si + 1) * window * kc],
+                    kc,
+                    kn,
+                };
+                transform(simd, &block, &s.x_terms, &mut rows, dst);
+            }
+        });
+        // Per row block: M[rb][s][ξ] (+)= X̂ · Ĝᵀ for every lane block, and after the last
+        // chunk ∂L/∂w[k_s(j)] = Σ_ξ Aᵀ[j][ξ] M[s][ξ] into the block's rows of `dk`, while
+        // its M is in cache.
+        let last = k0 + kn == tiles;
+        let (xp, gp) = (&xp[..], &gp[..]);
+        let items: Vec<(usize, &mut [T], &mut [T])> = mres
+            .chunks_mut(m_block)
+            .zip(dk.chunks_mut(mr * ksize * cout_g))
+            .enumerate()
+            .map(|(rbi, (m, d))| (rbi, m, d))
+            .collect();
+        super::direct::run_each(threads, items, |(rbi, m, rows)| {
+            for si in 0..srcs {
+                for xi in 0..points {
+                    let a = &xp[((rbi * srcs + si) * points + xi) * x_run..][..kn * mr];
+                    let out = &mut m[(si * points + xi) * lb * tile_elems..][..lb * tile_elems];
+                    for (lbi, o) in out.chunks_exact_mut(tile_elems).enumerate() {
+                        let b = &gp[(lbi * points + xi) * g_run..][..kn * tl];
+                        (s.kernel)(a, b, Rows::packed(kn, tl), o, k0 > 0);
+                    }
+                }
+            }
+            if last {
+                let out = Outputs {
+                    taps: &taps,
+                    terms: &s.o_terms,
+                    points,
+                    lb,
+                    tile_elems,
+                    tl,
+                    live_rows: mr.min(cin_g - rbi * mr),
+                    cout_g,
+                    ksize,
+                };
+                output_transform(simd, &out, m, rows);
+            }
+        });
+    }
+}
+
+/// `dst[c][r] = src[r][c]` for an `r × c` matrix `src` (8×8 AVX transposes for f32 where
+/// both sides are multiples of 8).
+fn transpose<T: Element>(src: &[T], r: usize, c: usize, dst: &mut [T]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+        && r.is_multiple_of(8)
+        && c.is_multiple_of(8)
+        && is_x86_feature_detected!("avx")
+    {
+        assert!(src.len() >= r * c && dst.len() >= r * c, "transpose bounds");
+        // Safety: `T` is `f32` (same TypeId); every load and store lies within the `r × c`
+        // values checked above; AVX was detected.
+        unsafe {
+            transpose_avx(
+                src.as_ptr() as *const f32,
+                r,
+                c,
+                dst.as_mut_ptr() as *mut f32,
+            );
+        }
+        return;
+    }
+    for (j, d) in dst[..r * c].chunks_exact_mut(r).enumerate() {
+        for (i, v) in d.iter_mut().enumerate() {
+            *v = src[i * c + j];
+        }
+    }
+}
+
+/// # Safety
+/// AVX available; `src` and `dst` valid for `r·c` values, `r` and `c` multiples of 8.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn transpose_avx(src: *const f32, r: usize, c: usize, dst: *mut f32) {
+    use std::arch::x86_64::*;
+    for i0 in (0..r).step_by(8) {
+        for j0 in (0..c).step_by(8) {
+            let x: [__m256; 8] =
+                std::array::from_fn(|i| _mm256_loadu_ps(src.add((i0 + i) * c + j0)));
+            for (j, col) in super::direct::transpose8x8(x).iter().enumerate() {
+                _mm256_storeu_ps(dst.add((j0 + j) * r + i0), *col);
+            }
+        }
+    }
+}
+
+/// A row block's output transform: its taps, `Aᵀ ⊗ …`, and the shapes of `M` and `dk`.
+struct Outputs<'a, T> {
+    taps: &'a [(usize, usize, usize)],
+    terms: &'a [Vec<(usize, T)>],
+    points: usize,
+    lb: usize,
+    tile_elems: usize,
+    tl: usize,
+    live_rows: usize,
+    cout_g: usize,
+    ksize: usize,
+}
+
+/// `∂L/∂w[k_s(j)] = Σ_ξ Aᵀ[j][ξ] M[s][ξ]` for a row block's `M` (`[s][ξ][lane block][tile]`)
+/// into its rows of `dk` (`[ci][k][co]`); compiled for AVX2 and FMA where `simd`.
+fn output_transform<T: Element>(simd: bool, o: &Outputs<'_, T>, m: &[T], rows: &mut [T]) {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // Safety: as in [`transform`].
+        unsafe { output_transform_avx2(o, m, rows) };
+        return;
+    }
+    let _ = simd;
+    output_body(o, m, rows);
+}
+
+/// # Safety
+/// AVX2 and FMA available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn output_transform_avx2<T: Element>(o: &Outputs<'_, T>, m: &[T], rows: &mut [T]) {
+    output_body(o, m, rows);
+}
+
+#[inline(always)]
+fn output_body<T: Element>(o: &Outputs<'_, T>, m: &[T], rows: &mut [T]) {
+    let mut tile = vec![T::zero(); o.tile_elems];
+    let points_stride = o.lb * o.tile_elems;
+    for &(kf, si, j) in o.taps {
+        for lbi in 0..o.lb {
+            let at = (si * o.points * o.lb + lbi) * o.tile_elems;
+            combine(&mut tile, &m[at..], points_stride, &o.terms[j], false);
+            let cols = o.tl.min(o.cout_g - lbi * o.tl);
+            for rr in 0..o.live_rows {
+                let d = &mut rows[(rr * o.ksize + kf) * o.cout_g + lbi * o.tl..][..cols];
+                copy_short(d, &tile[rr * o.tl..rr * o.tl + cols]);
+            }
+        }
+    }
+}
+
+/// One block of channels to transform: `live` (of `width`) channels from `first`, planes
+/// `plane` apart, read at the chunk's index table `tab` (rows of `kc`, `kn` used).
+struct Block<'a, T> {
+    src: &'a [T],
+    first: usize,
+    plane: usize,
+    live: usize,
+    width: usize,
+    tab: &'a [usize],
+    kc: usize,
+    kn: usize,
+}
+
+/// Transform a block: its channels' values gathered side by side
+/// (`rows[l][tile][channel]`, zeros outside and past the live channels), then each point
+/// `dst[point][tile][channel]` one combination of whole rows (compiled for AVX2 and FMA
+/// where `simd`).
+fn transform<T: Element>(
+    simd: bool,
+    b: &Block<'_, T>,
+    terms: &[Vec<(usize, T)>],
+    rows: &mut [T],
+    dst: &mut [T],
+) {
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // Safety: `simd` holds only where the plan's ISA (AVX2 or AVX-512, both with FMA)
+        // was detected on this CPU.
+        unsafe { transform_avx2(b, terms, rows, dst) };
+        return;
+    }
+    let _ = simd;
+    transform_body(b, terms, rows, dst);
+}
+
+/// # Safety
+/// AVX2 and FMA available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn transform_avx2<T: Element>(
+    b: &Block<'_, T>,
+    terms: &[Vec<(usize, T)>],
+    rows: &mut [T],
+    dst: &mut [T],
+) {
+    transform_body(b, terms, rows, dst);
+}
+
+#[inline(always)]
+fn transform_body<T: Element>(
+    b: &Block<'_, T>,
+    terms: &[Vec<(usize, T)>],
+    rows: &mut [T],
+    dst: &mut [T],
+) {
+    let (w, run) = (b.width, b.kc * b.width);
+    for (row, tab) in rows.chunks_exact_mut(run).zip(b.tab.chunks_exact(b.kc)) {
+        for (d, &at) in row[..b.kn * w].chunks_exact_mut(w).zip(&tab[..b.kn]) {
+            if at == OUTSIDE {
+                d.fill(T::zero());
+                continue;
+            }
+            for (c, v) in d.iter_mut().enumerate() {
+                *v = if c < b.live {
+                    b.src[b.first + c * b.plane + at]
+                } else {
+                    T::zero()
+                };
+            }
+        }
+    }
+    for (xi, ts) in terms.iter().enumerate() {
+        combine(&mut dst[xi * run..][..b.kn * w], rows, run, ts, false);
+    }
+}
+
+/// Whether the weight gradient of `g` takes Winograd tiles when no algorithm is forced: the
+/// forward pass's cost model ([`winograd::modeled_speedup`](super::winograd::modeled_speedup)),
+/// whose two transform costs reappear here (the inputs' windows per output channel, the
+/// upstream gradient's tiles per input channel of the reduction), at least
+/// [`winograd::MIN_SPEEDUP`](super::winograd::MIN_SPEEDUP).
+pub fn pays(g: &Geometry) -> bool {
+    g.batch > 0 && super::winograd::pays(g, false)
+}
+
+/// The tiles as printed, e.g. `F(2x2,2x2)` (taps × tile of the upstream gradient).
+pub fn name(g: &Geometry) -> String {
+    decompose(g).map_or_else(String::new, |(fwd, ..)| {
+        let rs: Vec<String> = fwd.iter().map(|t| t.r.to_string()).collect();
+        let ms: Vec<String> = fwd.iter().map(|t| t.m.to_string()).collect();
+        format!("F({},{})", rs.join("x"), ms.join("x"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::grad::grad_weight_reference;
+    use crate::params::ConvParams;
+
+    /// Small integers: the tiles' sums are then exact, so they must equal the reference's.
+    fn ints(n: usize, seed: u64) -> Vec<f64> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 33) % 7) as f64 - 3.0
+            })
+            .collect()
+    }
+
+    /// Every layer kind, in chunks of 8 tiles (several chunks, the last partial) and in one,
+    /// on 1 and 3 threads, with every ISA this CPU has: exactly the reference.
+    #[test]
+    fn chunks_and_layer_kinds_match_reference() {
+        let cases: Vec<(Op, Vec<usize>, Vec<usize>, ConvParams)> = vec![
+            (
+                Op::ConvTranspose,
+                vec![2, 12, 7, 5],
+                vec![12, 10, 4, 4],
+                ConvParams::new().stride(&[2]).padding(&[1]).groups(2),
+            ),
+            (
+                Op::ConvTranspose,
+                vec![2, 8, 6, 7],
+                vec![8, 9, 3, 3],
+                ConvParams::new()
+                    .stride(&[2])
+                    .padding(&[2])
+                    .dilation(&[2])
+                    .output_padding(&[1]),
+            ),
+            (
+                Op::ConvTranspose,
+                vec![3, 8, 11],
+                vec![8, 7, 16],
+                ConvParams::new().stride(&[8]).padding(&[4]),
+            ),
+            (
+                Op::ConvTranspose,
+                vec![1, 5, 4, 3, 5],
+                vec![5, 6, 3, 3, 3],
+                ConvParams::new().padding(&[1]),
+            ),
+            (
+                Op::Conv,
+                vec![2, 9, 13, 10],
+                vec![11, 9, 4, 4],
+                ConvParams::new().stride(&[2]).padding(&[1]),
+            ),
+        ];
+        for (op, xs, ws, p) in cases {
+            let g = Geometry::new(op, &xs, &ws, None, &p).unwrap();
+            let x = ints(numel(&xs), 1);
+            let gy = ints(numel(&g.output_shape()), 2);
+            let want = grad_weight_reference(&g, &x, &gy);
+            let (x32, gy32): (Vec<f32>, Vec<f32>) = (
+                x.iter().map(|&v| v as f32).collect(),
+                gy.iter().map(|&v| v as f32).collect(),
+            );
+            let want32: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+            for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+                if !isa.available() {
+                    continue;
+                }
+                for (threads, chunk) in [(1, 1), (3, 1), (1, CHUNK_BYTES), (3, CHUNK_BYTES)] {
+                    let what = format!("{op:?} {xs:?} {isa} {threads} threads, chunk {chunk}");
+                    let got = grad_weight_chunked(&g, &x, &gy, isa, threads, chunk);
+                    assert_eq!(got.as_ref(), Some(&want), "f64 {what}");
+                    let got = grad_weight_chunked(&g, &x32, &gy32, isa, threads, chunk);
+                    assert_eq!(got.as_ref(), Some(&want32), "f32 {what}");
+                }
+            }
+        }
+    }
+}
