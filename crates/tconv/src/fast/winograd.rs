@@ -498,9 +498,26 @@ pub struct Winograd<T> {
 /// array).
 pub const MAX_DIMS: usize = 3;
 
+/// [`kron_terms`] of one matrix of each axis's transform (`pick`: the matrix, its rows and
+/// columns), the coefficients in the element type.
+pub(crate) fn terms<T: Element>(
+    transforms: &[Transform],
+    pick: fn(&Transform) -> (&[f64], usize, usize),
+) -> Vec<Vec<(usize, T)>> {
+    let mats: Vec<(&[f64], usize, usize)> = transforms.iter().map(pick).collect();
+    kron_terms(&mats)
+        .into_iter()
+        .map(|ts| {
+            ts.into_iter()
+                .map(|(i, c)| (i, T::from(c).unwrap_or_else(T::zero)))
+                .collect()
+        })
+        .collect()
+}
+
 /// Nonzero terms of a tensor product of per-axis matrices: for each output multi-index
 /// (row-major over `rows`), the `(input flat index, coefficient)` pairs.
-pub(crate) fn kron_terms(mats: &[(&[f64], usize, usize)]) -> Vec<Vec<(usize, f64)>> {
+fn kron_terms(mats: &[(&[f64], usize, usize)]) -> Vec<Vec<(usize, f64)>> {
     let rows: Vec<usize> = mats.iter().map(|m| m.1).collect();
     let cols: Vec<usize> = mats.iter().map(|m| m.2).collect();
     let mut out = Vec::new();
@@ -540,11 +557,8 @@ impl<T: Element> Winograd<T> {
         let blocks = cout_g.div_ceil(mr);
         let points: usize = transforms.iter().map(|t| t.alpha).product();
         let taps: usize = transforms.iter().map(|t| t.r).product();
-        let gmats: Vec<(&[f64], usize, usize)> = transforms
-            .iter()
-            .map(|t| (t.g.as_slice(), t.alpha, t.r))
-            .collect();
-        let gterms = kron_terms(&gmats);
+        // Per point, its `(tap, coefficient)` terms of `G ⊗ … ⊗ G`, in the element type.
+        let gterms: Vec<Vec<(usize, T)>> = terms(&transforms, |t| (t.g.as_slice(), t.alpha, t.r));
         let kshape = g.kernel_shape();
         let kpitch = pitches_of(&kshape);
         let ksize = numel(&kshape);
@@ -575,12 +589,6 @@ impl<T: Element> Winograd<T> {
                     })
                     .collect()
             })
-            .collect();
-        // Per point, its `(tap, coefficient)` terms of `G ⊗ … ⊗ G`, in the element type.
-        let to_t = |c: f64| T::from(c).unwrap_or_else(T::zero);
-        let gterms_t: Vec<Vec<(usize, T)>> = gterms
-            .iter()
-            .map(|ts| ts.iter().map(|&(j, c)| (j, to_t(c))).collect())
             .collect();
         // Weight index of (ci, co) for channel offsets within the group.
         let (ci_step, co_step) = match g.op {
@@ -613,7 +621,7 @@ impl<T: Element> Winograd<T> {
             let mut terms: Vec<(usize, T)> = Vec::with_capacity(taps);
             for (pi, sources) in kflat.iter().enumerate() {
                 for (si, kf) in sources.iter().enumerate() {
-                    for (xi, ts) in gterms_t.iter().enumerate() {
+                    for (xi, ts) in gterms.iter().enumerate() {
                         terms.clear();
                         terms.extend(ts.iter().map(|&(j, c)| (kf[j], c)));
                         let at = pi * per_phase + (xi * kdim + si * cin_g) * mr;
@@ -667,15 +675,8 @@ impl<T: Element> Winograd<T> {
         }
         let cols = batch_chunk * band_tiles * row_tiles;
         let pitch = super::im2col::pitch(cols, tl, elem);
-        let terms = |pick: fn(&Transform) -> (&[f64], usize, usize)| -> Vec<Vec<(usize, T)>> {
-            let mats: Vec<(&[f64], usize, usize)> = transforms.iter().map(pick).collect();
-            kron_terms(&mats)
-                .into_iter()
-                .map(|ts| ts.into_iter().map(|(i, c)| (i, to_t(c))).collect())
-                .collect()
-        };
-        let in_terms = terms(|t| (t.bt.as_slice(), t.alpha, t.alpha));
-        let out_terms = terms(|t| (t.at.as_slice(), t.m, t.alpha));
+        let in_terms = terms(&transforms, |t| (t.bt.as_slice(), t.alpha, t.alpha));
+        let out_terms = terms(&transforms, |t| (t.at.as_slice(), t.m, t.alpha));
         let in_shape: Vec<usize> = g.axes.iter().map(|a| a.input).collect();
         let out_shape: Vec<usize> = g.axes.iter().map(|a| a.output).collect();
         Some(Winograd {

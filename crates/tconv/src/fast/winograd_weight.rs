@@ -32,7 +32,7 @@ use super::direct::{copy_short, run_chunks};
 use super::kernels::{portable, tile_shapes, KernelFn, Rows};
 use super::scratch;
 use super::spec::pitches_of;
-use super::winograd::{combine, decompose, kron_terms, Phase, Transform};
+use super::winograd::{combine, decompose, terms, Phase, Transform};
 use super::Isa;
 use crate::geometry::Geometry;
 use crate::params::Op;
@@ -144,18 +144,10 @@ fn setup<T: Element>(g: &Geometry, isa: Isa, chunk_bytes: usize) -> Option<Setup
         .iter()
         .map(|t| Transform::new(t.r, t.m))
         .collect::<Option<Vec<_>>>()?;
-    let to_t = |c: f64| T::from(c).unwrap_or_else(T::zero);
-    let terms = |pick: fn(&Transform) -> (&[f64], usize, usize)| -> Vec<Vec<(usize, T)>> {
-        let mats: Vec<(&[f64], usize, usize)> = tr.iter().map(pick).collect();
-        kron_terms(&mats)
-            .into_iter()
-            .map(|ts| ts.into_iter().map(|(i, c)| (i, to_t(c))).collect())
-            .collect()
-    };
     // In F(r, m): `t.r` is the gradient tile's length m, `t.m` the taps r.
-    let x_terms = terms(|t| (t.bt.as_slice(), t.alpha, t.alpha));
-    let g_terms = terms(|t| (t.g.as_slice(), t.alpha, t.r));
-    let o_terms = terms(|t| (t.at.as_slice(), t.m, t.alpha));
+    let x_terms = terms(&tr, |t| (t.bt.as_slice(), t.alpha, t.alpha));
+    let g_terms = terms(&tr, |t| (t.g.as_slice(), t.alpha, t.r));
+    let o_terms = terms(&tr, |t| (t.at.as_slice(), t.m, t.alpha));
     // The portable kernels where this ISA has none for `T`.
     let isa = if tile_shapes(isa)
         .iter()
