@@ -744,6 +744,15 @@ fn winograd_tiles_match_reference() {
             Op::ConvTranspose,
             "F(3,2)",
         ),
+        // HiFi-GAN's k16 s8: eight phases of two taps reading two inputs, each input
+        // transformed once for four phases.
+        (
+            vec![2, 16, 23],
+            vec![16, 24, 16],
+            ConvParams::new().stride(&[8]).padding(&[4]),
+            Op::ConvTranspose,
+            "F(3,2)",
+        ),
         (
             vec![1, 16, 5, 4, 6],
             vec![16, 16, 3, 3, 3],
@@ -856,7 +865,8 @@ fn winograd_tiles_match_reference() {
 /// pass of a plan built once takes the tiles for the wide layers (512 → 256, 256 → 128) and
 /// not for 128 → 64; the input gradient (a strided conv planned to run once, its weights
 /// transformed on every call) takes them for the wide layers too, and not for a small batch,
-/// whose few tiles do not repay the weights' transform.
+/// whose few tiles do not repay the weights' transform. HiFi-GAN's 1-D layer takes them
+/// both ways.
 #[test]
 fn planner_takes_winograd_where_the_model_pays() {
     use tconv::{ConvParams, Geometry};
@@ -884,4 +894,14 @@ fn planner_takes_winograd_where_the_model_pays() {
         let plan = tconv::grad::input_plan(&g, w, &o).unwrap();
         assert_eq!(plan.algorithm(), gradient, "input gradient {xs:?}: {plan}");
     }
+    // HiFi-GAN's k16 s8 upsampler: its eight phases read two inputs, so the input transform
+    // counts a quarter and the tiles pay, forward and for the input gradient.
+    let p = ConvParams::new().stride(&[8]).padding(&[4]);
+    let xs = [4, 512, 256];
+    let w = ndarray::Array3::<f32>::zeros((512, 256, 16));
+    let plan = Plan::new(Op::ConvTranspose, &xs, &w, None, &p, &o).unwrap();
+    assert_eq!(plan.algorithm(), Algorithm::Winograd, "{plan}");
+    let g = Geometry::new(Op::ConvTranspose, &xs, w.shape(), None, &p).unwrap();
+    let plan = tconv::grad::input_plan(&g, w.as_slice().unwrap(), &o).unwrap();
+    assert_eq!(plan.algorithm(), Algorithm::Winograd, "{plan}");
 }

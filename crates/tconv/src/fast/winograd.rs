@@ -17,6 +17,8 @@
 //! conv). Each tile's `α^D` inputs are gathered through a per-task index table, and the
 //! transforms run 8 channels at a time, each term one loop over all of a task's columns;
 //! `Aᵀ M A` plus the bias is stored once per output element through a scatter table.
+//! Consecutive phases that read the same inputs over the same tiles (HiFi-GAN's k16 s8:
+//! eight phases, two inputs) share one input transform.
 //!
 //! The results differ from the direct sums by rounding only (the transforms use the
 //! points 0, ±1 and ∞, whose matrices hold 0, ±1 and ±1/2): exact on small integers, and
@@ -41,7 +43,8 @@ use crate::tensor::{for_each_index, numel, Element};
 pub const MAX_ALPHA: usize = 4;
 
 /// Least modelled speed-up over the direct engine for the planner to take Winograd tiles
-/// (see [`modeled_speedup`]): hifigan1d's 1-D F(3,2), modelled 1.11, measured 0.68-0.90x.
+/// (see [`modeled_speedup`]): hifigan1d's 1-D F(3,2) before its phases shared their input
+/// transforms was modelled 1.11 and measured 0.68-0.90x.
 pub const MIN_SPEEDUP: f64 = 1.12;
 
 /// The transforms' time relative to the GEMMs', per output channel (input transform) and
@@ -68,11 +71,13 @@ const PACK_COST: f64 = 16.0;
 const GEMM_EFFICIENCY: f64 = 0.9;
 
 /// Bytes of one point's transformed input and GEMM results a task aims at: they stay in
-/// L2 while every block of output channels runs over them, and the columns are as many as
-/// this allows, so each packed weight block serves that many tiles (dcgan1's GEMMs took
-/// 17.4-18.1 instead of 22-23 million cycles with all 64 tiles of a phase in one task
-/// rather than 16).
-const POINT_BYTES: usize = 256 * 1024;
+/// L2 (1 MiB here) while every block of output channels runs over them, and the columns are
+/// as many as this allows, so each packed weight block serves that many tiles, streamed
+/// from memory once per task (dcgan1's GEMMs took 17.4-18.1 instead of 22-23 million
+/// cycles with all 64 tiles of a phase in one task rather than 16; hifigan1d, whose 16 MiB
+/// of transformed weights stream once per task, ran 39.8-42.0 ms at 768 KiB against
+/// 43.7-45.8 at 256 and 43.7-44.4 at 2048, minima at 1 thread).
+const POINT_BYTES: usize = 768 * 1024;
 
 /// Most bytes of transformed input and results of all points one task holds.
 const TASK_BYTES: usize = 8 << 20;
@@ -248,6 +253,17 @@ impl Phase {
     pub(crate) fn live(&self) -> bool {
         !self.sources.is_empty()
     }
+    /// Whether `other` reads the same inputs over the same tiles (its transformed input is
+    /// this phase's).
+    fn same_input(&self, other: &Phase) -> bool {
+        self.extents == other.extents
+            && self.sources.len() == other.sources.len()
+            && self
+                .sources
+                .iter()
+                .zip(&other.sources)
+                .all(|(a, b)| a.comp == b.comp && a.base == b.base)
+    }
     fn empty(&self) -> bool {
         self.extents.contains(&0)
     }
@@ -397,6 +413,24 @@ fn gain_of(tr: &[Transform], phases: &[Phase]) -> Option<f64> {
     (wino > 0).then(|| direct as f64 / wino as f64)
 }
 
+/// Whether consecutive phases of `g` read the same inputs (so the forward pass transforms
+/// them once for several phases).
+pub(crate) fn shares_inputs(g: &Geometry) -> bool {
+    decompose(g).is_some_and(|(_, phases, ..)| input_share(&phases) < 1.0)
+}
+
+/// The share of the live phases whose input is transformed: consecutive phases that read
+/// the same inputs share one transform (HiFi-GAN's k16 s8: 2 of 8).
+fn input_share(phases: &[Phase]) -> f64 {
+    let live: Vec<&Phase> = phases.iter().filter(|p| p.live() && !p.empty()).collect();
+    let transformed = live
+        .iter()
+        .enumerate()
+        .filter(|&(i, p)| i == 0 || !live[i - 1].same_input(p))
+        .count();
+    transformed as f64 / live.len().max(1) as f64
+}
+
 /// Most sources of a phase: the GEMMs' reduction is this many times `C_in/g`.
 fn most_sources(phases: &[Phase]) -> usize {
     phases.iter().map(|p| p.sources.len()).max().unwrap_or(0)
@@ -404,11 +438,13 @@ fn most_sources(phases: &[Phase]) -> usize {
 
 /// The modelled speed-up of Winograd tiles over the direct engine: the cut in
 /// multiplications ([`gain`]) times the GEMMs' relative efficiency, over one plus the
-/// transforms' relative time, which falls as the channels grow (`INPUT_COST / (C_out/g) +
-/// OUTPUT_COST / K`, `K = sources · C_in/g` the GEMMs' reduction). Against the layers
+/// transforms' relative time, which falls as the channels grow (`INPUT_COST · share /
+/// (C_out/g) + OUTPUT_COST / K`, `K = sources · C_in/g` the GEMMs' reduction, `share` the
+/// fraction of the live phases whose input is transformed). Against the layers
 /// measured (paired runs against the direct engine, 1 and 2 threads): dcgan1 1.33
-/// (1.10-1.64x), dcgan2 1.14 (0.86-1.24x), dcgan3 0.88 (0.71-1.0x), s1k3 1.0
-/// (0.79-1.09x), hifigan1d 1.11 (0.68-0.90x).
+/// (1.10-1.64x), dcgan2 1.13 (0.86-1.24x), dcgan3 0.88 (0.71-1.0x), s1k3 1.0
+/// (0.79-1.09x), hifigan1d 1.23 (1.17-1.24x at 1 thread; its eight phases read two
+/// inputs, so the input transform counts a quarter).
 ///
 /// With `once` (a plan executed once) the weights' transform counts too:
 /// `PACK_COST / (tiles of a phase)` more.
@@ -435,7 +471,7 @@ pub fn modeled_speedup(g: &Geometry, once: bool) -> Option<f64> {
         .unwrap_or(0)
         .max(1) as f64;
     let pack = if once { PACK_COST / tiles } else { 0.0 };
-    let transforms = INPUT_COST / cout + OUTPUT_COST / cin + pack;
+    let transforms = INPUT_COST * input_share(&phases) / cout + OUTPUT_COST / cin + pack;
     gain_of(&tr, &phases).map(|x| x * GEMM_EFFICIENCY / (1.0 + transforms))
 }
 
@@ -792,6 +828,9 @@ impl<T: Element> Winograd<T> {
         let mut rows = scratch::take::<T>(self.row_scratch());
         let unit = self.live_phases() * self.points * kdim * self.mr;
         let mut live_index = 0;
+        // The phase whose transformed input `v` holds: consecutive phases that read the
+        // same inputs (HiFi-GAN's k16 s8: four phases per base) transform it once.
+        let mut v_of: Option<&Phase> = None;
         for p in &self.phases {
             if p.empty() {
                 if p.live() {
@@ -810,9 +849,17 @@ impl<T: Element> Winograd<T> {
                 continue;
             }
             let in_plane = numel(&self.in_shape);
-            self.clear_columns(n_cols, &mut rows);
+            if !v_of.is_some_and(|q| q.same_input(p)) {
+                self.clear_columns(n_cols, &mut rows);
+            }
             // V[ξ][(source, ci)]: each source's channels in turn.
-            for (si, src) in p.sources.iter().enumerate() {
+            let sources = if v_of.is_some_and(|q| q.same_input(p)) {
+                &[][..]
+            } else {
+                &p.sources[..]
+            };
+            v_of = Some(p);
+            for (si, src) in sources.iter().enumerate() {
                 let (table, zeros) = self.gather_table(g, src, task.group, &runs, n_cols);
                 for c0 in (0..cin_g).step_by(CHUNK) {
                     let cn = CHUNK.min(cin_g - c0);

@@ -530,8 +530,12 @@ fn transform_body<T: Element>(
 /// whose two transform costs reappear here (the inputs' windows per output channel, the
 /// upstream gradient's tiles per input channel of the reduction), at least
 /// [`winograd::MIN_SPEEDUP`](super::winograd::MIN_SPEEDUP).
+///
+/// Not where consecutive phases read the same inputs: the forward pass transforms those
+/// once for several phases, this gradient once per phase (hifigan1d's weight gradient by
+/// these tiles tied with the direct GEMMs).
 pub fn pays(g: &Geometry) -> bool {
-    g.batch > 0 && super::winograd::pays(g, false)
+    g.batch > 0 && super::winograd::pays(g, false) && !super::winograd::shares_inputs(g)
 }
 
 /// The tiles as printed, e.g. `F(2x2,2x2)` (taps × tile of the upstream gradient).
