@@ -79,6 +79,12 @@ const GEMM_EFFICIENCY: f64 = 0.9;
 /// 43.7-45.8 at 256 and 43.7-44.4 at 2048, minima at 1 thread).
 const POINT_BYTES: usize = 768 * 1024;
 
+/// [`POINT_BYTES`] for a strided conv (several sources: an input gradient), whose weight
+/// blocks are as many times longer: hifigan1d's input gradient (8 sources, K = 2048) ran
+/// 49.6-55.5 ms at 256 KiB against 62.7-69.3 at 768 (4 alternating rounds), dcgan1-3's
+/// alike within noise.
+const POINT_BYTES_SOURCES: usize = 256 * 1024;
+
 /// Most bytes of transformed input and results of all points one task holds.
 const TASK_BYTES: usize = 8 << 20;
 
@@ -684,9 +690,14 @@ impl<T: Element> Winograd<T> {
             .max(1);
         let elem = std::mem::size_of::<T>();
         let per_col = (kdim + blocks * mr) * elem;
+        let point_bytes = if most_sources(&phases) > 1 {
+            POINT_BYTES_SOURCES
+        } else {
+            POINT_BYTES
+        };
         // No more scratch over all threads than the output holds.
         let out_bytes = numel(&g.output_shape()) * elem;
-        let want = (POINT_BYTES / per_col.max(1))
+        let want = (point_bytes / per_col.max(1))
             .min(TASK_BYTES / (points * per_col).max(1))
             .min(out_bytes / (threads.max(1) * points * per_col).max(1))
             / tl
