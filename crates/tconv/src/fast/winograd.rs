@@ -261,7 +261,7 @@ impl Phase {
     }
     /// Whether `other` reads the same inputs over the same tiles (its transformed input is
     /// this phase's).
-    fn same_input(&self, other: &Phase) -> bool {
+    pub(crate) fn same_input(&self, other: &Phase) -> bool {
         self.extents == other.extents
             && self.sources.len() == other.sources.len()
             && self
@@ -417,12 +417,6 @@ fn gain_of(tr: &[Transform], phases: &[Phase]) -> Option<f64> {
                 .product::<usize>();
     }
     (wino > 0).then(|| direct as f64 / wino as f64)
-}
-
-/// Whether consecutive phases of `g` read the same inputs (so the forward pass transforms
-/// them once for several phases).
-pub(crate) fn shares_inputs(g: &Geometry) -> bool {
-    decompose(g).is_some_and(|(_, phases, ..)| input_share(&phases) < 1.0)
 }
 
 /// The share of the live phases whose input is transformed: consecutive phases that read

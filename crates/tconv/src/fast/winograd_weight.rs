@@ -23,10 +23,12 @@
 //! GEMMs and, after the last chunk, its output transform while its `M` is in cache, into
 //! `[ci][k][co]` rows that are then transposed into the weight's layout.
 //!
-//! The planner's model is the forward pass's ([`pays`]): it takes the tiles for dcgan1 and
-//! dcgan2, whose weight gradients ran 1.15-1.36x and 1.02-1.25x faster than the direct
-//! GEMMs (paired, 1 and 2 threads); for dcgan3 and hifigan1d the transforms (a gather of
-//! each tile's window, about one cycle per value) cost more than the multiplications save.
+//! The planner's model is the forward pass's ([`pays`]): it takes the tiles for dcgan1,
+//! dcgan2 and hifigan1d, whose weight gradients ran 1.15-1.36x, 1.02-1.25x (paired, 1 and 2
+//! threads) and 1.03-1.35x (alternating, 1 thread) faster than the direct GEMMs; for dcgan3
+//! the transforms (a gather of each tile's window, about one cycle per value) cost more
+//! than the multiplications save. Consecutive phases that read the same inputs share their
+//! transformed input, as in the forward pass.
 
 use super::direct::{copy_short, run_chunks};
 use super::kernels::{portable, tile_shapes, KernelFn, Rows};
@@ -98,12 +100,21 @@ fn grad_weight_chunked<T: Element>(
     let mut dw = vec![T::zero(); g.groups * per_group];
     for (group, dwg) in dw.chunks_mut(per_group).enumerate() {
         let mut covered = vec![false; ksize];
-        for p in s
+        // Consecutive phases that read the same inputs share their transformed input.
+        let live: Vec<&Phase> = s
             .phases
             .iter()
             .filter(|p| p.live() && !p.extents.contains(&0))
-        {
-            phase_gradient(g, &s, p, group, x, gy, dwg, &mut covered, threads);
+            .collect();
+        let mut first = 0;
+        while first < live.len() {
+            let mut end = first + 1;
+            while end < live.len() && live[first].same_input(live[end]) {
+                end += 1;
+            }
+            let ps = &live[first..end];
+            phase_gradient(g, &s, ps, group, x, gy, dwg, &mut covered, threads);
+            first = end;
         }
         let covered = &covered[..];
         let row_len = cout_g * ksize;
@@ -177,12 +188,13 @@ fn setup<T: Element>(g: &Geometry, isa: Isa, chunk_bytes: usize) -> Option<Setup
     })
 }
 
-/// Phase `p`'s taps of group `group` into `dk` (`[ci][k][co]`), marked in `covered`.
+/// The taps of phases `ps` (consecutive phases reading the same inputs, whose transformed
+/// input is computed once) of group `group` into `dk` (`[ci][k][co]`), marked in `covered`.
 #[allow(clippy::too_many_arguments)]
 fn phase_gradient<T: Element>(
     g: &Geometry,
     s: &Setup<T>,
-    p: &Phase,
+    ps: &[&Phase],
     group: usize,
     x: &[T],
     gy: &[T],
@@ -191,6 +203,7 @@ fn phase_gradient<T: Element>(
     threads: usize,
 ) {
     let dims = g.axes.len();
+    let p = ps[0];
     let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
     let (mr, tl) = (s.mr, s.tl);
     let (rb, lb) = (cin_g.div_ceil(mr), cout_g.div_ceil(tl));
@@ -221,7 +234,7 @@ fn phase_gradient<T: Element>(
     let mut gp = scratch::take::<T>(lb * points * g_run);
     let tile_elems = mr * tl;
     let m_block = srcs * points * lb * tile_elems;
-    let mut mres = scratch::take::<T>(rb * m_block);
+    let mut mres = scratch::take::<T>(ps.len() * rb * m_block);
     let mut gtab = vec![OUTSIDE; tile_len * kc];
     let mut xtab = vec![OUTSIDE; srcs * window * kc];
     let simd = s.isa != Isa::Scalar;
@@ -229,38 +242,33 @@ fn phase_gradient<T: Element>(
     let ksize = covered.len();
     let kpitch = pitches_of(&g.kernel_shape());
     let rs: Vec<usize> = s.tr.iter().map(|t| t.m).collect();
-    let mut taps: Vec<(usize, usize, usize)> = Vec::new();
-    for (si, src) in p.sources.iter().enumerate() {
-        let mut j = 0;
-        for_each_index(&rs, |jj| {
-            let kf = (0..dims).map(|a| src.kidx[a][jj[a]] * kpitch[a]).sum();
-            covered[kf] = true;
-            taps.push((kf, si, j));
-            j += 1;
-        });
-    }
+    let taps: Vec<Vec<(usize, usize, usize)>> = ps
+        .iter()
+        .map(|p| {
+            let mut taps = Vec::new();
+            for (si, src) in p.sources.iter().enumerate() {
+                let mut j = 0;
+                for_each_index(&rs, |jj| {
+                    let kf = (0..dims).map(|a| src.kidx[a][jj[a]] * kpitch[a]).sum();
+                    covered[kf] = true;
+                    taps.push((kf, si, j));
+                    j += 1;
+                });
+            }
+            taps
+        })
+        .collect();
 
     for k0 in (0..tiles).step_by(kc) {
         let kn = kc.min(tiles - k0);
         // Index tables of the chunk: per tile, where each of its gradient positions and each
         // source's window inputs lie within an image's planes (plus the image's offset).
-        for kk in 0..kn {
+        let tile = |kk: usize| -> (usize, Vec<usize>) {
             let (n, t) = ((k0 + kk) / per_image, (k0 + kk) % per_image);
-            let tv: Vec<usize> = (0..dims).map(|a| t / tile_pitch[a] % grid[a]).collect();
-            let mut i = 0;
-            for_each_index(&ms, |off| {
-                let mut at = n * g_image;
-                for a in 0..dims {
-                    let q = ms[a] * tv[a] + off[a];
-                    if q >= p.extents[a] {
-                        at = OUTSIDE;
-                        break;
-                    }
-                    at += (s.out_stride[a] * q + p.residue[a]) * out_pitch[a];
-                }
-                gtab[i * kc + kk] = at;
-                i += 1;
-            });
+            (n, (0..dims).map(|a| t / tile_pitch[a] % grid[a]).collect())
+        };
+        for kk in 0..kn {
+            let (n, tv) = tile(kk);
             for (si, src) in p.sources.iter().enumerate() {
                 let mut l = 0;
                 for_each_index(&alphas, |off| {
@@ -279,22 +287,6 @@ fn phase_gradient<T: Element>(
                 });
             }
         }
-        // Ĝ: per lane block, its output channels' tiles gathered side by side, then each
-        // point one combination of whole rows, straight into the packed layout.
-        run_chunks(threads, &mut gp, points * g_run, |lbi, dst| {
-            let mut rows = scratch::take::<T>(tile_len * g_run);
-            let block = Block {
-                src: gy,
-                first: (group * cout_g + lbi * tl) * out_plane,
-                plane: out_plane,
-                live: tl.min(cout_g - lbi * tl),
-                width: tl,
-                tab: &gtab,
-                kc,
-                kn,
-            };
-            transform(simd, &block, &s.g_terms, &mut rows, dst);
-        });
         // X̂: per row block, its input channels' windows of each source.
         run_chunks(threads, &mut xp, srcs * points * x_run, |rbi, dst| {
             let mut rows = scratch::take::<T>(window * x_run);
@@ -312,43 +304,79 @@ fn phase_gradient<T: Element>(
                 transform(simd, &block, &s.x_terms, &mut rows, dst);
             }
         });
-        // Per row block: M[rb][s][ξ] (+)= X̂ · Ĝᵀ for every lane block, and after the last
-        // chunk ∂L/∂w[k_s(j)] = Σ_ξ Aᵀ[j][ξ] M[s][ξ] into the block's rows of `dk`, while
-        // its M is in cache.
         let last = k0 + kn == tiles;
-        let (xp, gp) = (&xp[..], &gp[..]);
-        let items: Vec<(usize, &mut [T], &mut [T])> = mres
-            .chunks_mut(m_block)
-            .zip(dk.chunks_mut(mr * ksize * cout_g))
-            .enumerate()
-            .map(|(rbi, (m, d))| (rbi, m, d))
-            .collect();
-        super::direct::run_each(threads, items, |(rbi, m, rows)| {
-            for si in 0..srcs {
-                for xi in 0..points {
-                    let a = &xp[((rbi * srcs + si) * points + xi) * x_run..][..kn * mr];
-                    let out = &mut m[(si * points + xi) * lb * tile_elems..][..lb * tile_elems];
-                    for (lbi, o) in out.chunks_exact_mut(tile_elems).enumerate() {
-                        let b = &gp[(lbi * points + xi) * g_run..][..kn * tl];
-                        (s.kernel)(a, b, Rows::packed(kn, tl), o, k0 > 0);
+        for ((p, taps), mres) in ps.iter().zip(&taps).zip(mres.chunks_mut(rb * m_block)) {
+            // Where each of a tile's upstream-gradient positions lies (plus the image's offset).
+            for kk in 0..kn {
+                let (n, tv) = tile(kk);
+                let mut i = 0;
+                for_each_index(&ms, |off| {
+                    let mut at = n * g_image;
+                    for a in 0..dims {
+                        let q = ms[a] * tv[a] + off[a];
+                        if q >= p.extents[a] {
+                            at = OUTSIDE;
+                            break;
+                        }
+                        at += (s.out_stride[a] * q + p.residue[a]) * out_pitch[a];
+                    }
+                    gtab[i * kc + kk] = at;
+                    i += 1;
+                });
+            }
+            // Ĝ: per lane block, its output channels' tiles gathered side by side, then each
+            // point one combination of whole rows, straight into the packed layout.
+            run_chunks(threads, &mut gp, points * g_run, |lbi, dst| {
+                let mut rows = scratch::take::<T>(tile_len * g_run);
+                let block = Block {
+                    src: gy,
+                    first: (group * cout_g + lbi * tl) * out_plane,
+                    plane: out_plane,
+                    live: tl.min(cout_g - lbi * tl),
+                    width: tl,
+                    tab: &gtab,
+                    kc,
+                    kn,
+                };
+                transform(simd, &block, &s.g_terms, &mut rows, dst);
+            });
+            // Per row block: M[rb][s][ξ] (+)= X̂ · Ĝᵀ for every lane block, and after the last
+            // chunk ∂L/∂w[k_s(j)] = Σ_ξ Aᵀ[j][ξ] M[s][ξ] into the block's rows of `dk`, while
+            // its M is in cache.
+            let (xp, gp) = (&xp[..], &gp[..]);
+            let items: Vec<(usize, &mut [T], &mut [T])> = mres
+                .chunks_mut(m_block)
+                .zip(dk.chunks_mut(mr * ksize * cout_g))
+                .enumerate()
+                .map(|(rbi, (m, d))| (rbi, m, d))
+                .collect();
+            super::direct::run_each(threads, items, |(rbi, m, rows)| {
+                for si in 0..srcs {
+                    for xi in 0..points {
+                        let a = &xp[((rbi * srcs + si) * points + xi) * x_run..][..kn * mr];
+                        let out = &mut m[(si * points + xi) * lb * tile_elems..][..lb * tile_elems];
+                        for (lbi, o) in out.chunks_exact_mut(tile_elems).enumerate() {
+                            let b = &gp[(lbi * points + xi) * g_run..][..kn * tl];
+                            (s.kernel)(a, b, Rows::packed(kn, tl), o, k0 > 0);
+                        }
                     }
                 }
-            }
-            if last {
-                let out = Outputs {
-                    taps: &taps,
-                    terms: &s.o_terms,
-                    points,
-                    lb,
-                    tile_elems,
-                    tl,
-                    live_rows: mr.min(cin_g - rbi * mr),
-                    cout_g,
-                    ksize,
-                };
-                output_transform(simd, &out, m, rows);
-            }
-        });
+                if last {
+                    let out = Outputs {
+                        taps,
+                        terms: &s.o_terms,
+                        points,
+                        lb,
+                        tile_elems,
+                        tl,
+                        live_rows: mr.min(cin_g - rbi * mr),
+                        cout_g,
+                        ksize,
+                    };
+                    output_transform(simd, &out, m, rows);
+                }
+            });
+        }
     }
 }
 
@@ -530,12 +558,11 @@ fn transform_body<T: Element>(
 /// whose two transform costs reappear here (the inputs' windows per output channel, the
 /// upstream gradient's tiles per input channel of the reduction), at least
 /// [`winograd::MIN_SPEEDUP`](super::winograd::MIN_SPEEDUP).
-///
-/// Not where consecutive phases read the same inputs: the forward pass transforms those
-/// once for several phases, this gradient once per phase (hifigan1d's weight gradient by
-/// these tiles tied with the direct GEMMs).
+/// As in the forward pass, consecutive phases that read the same inputs transform them
+/// once (hifigan1d: 2 of 8; its weight gradient then ran 46-59 ms against 58-76 ms for the
+/// direct GEMMs, alternating at 1 thread, minima of 6; 55-58 against 55-75 before).
 pub fn pays(g: &Geometry) -> bool {
-    g.batch > 0 && super::winograd::pays(g, false) && !super::winograd::shares_inputs(g)
+    g.batch > 0 && super::winograd::pays(g, false)
 }
 
 /// The tiles as printed, e.g. `F(2x2,2x2)` (taps × tile of the upstream gradient).
