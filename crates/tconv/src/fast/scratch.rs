@@ -24,7 +24,10 @@ thread_local! {
 /// A scratch buffer of `len` elements of stale contents; returned to the current thread's
 /// pool when dropped.
 pub struct Scratch<T: Element> {
+    /// Every element initialised (the buffer only grows), so a reuse never writes it again.
     buf: Vec<T>,
+    /// The length handed out.
+    len: usize,
 }
 
 /// Take a buffer of `len` elements from this thread's pool (the smallest that is large
@@ -50,12 +53,12 @@ pub fn take<T: Element>(len: usize) -> Scratch<T> {
     let mut buf = found
         .and_then(|b| b.downcast::<Vec<T>>().ok())
         .map_or_else(Vec::new, |b| *b);
-    if buf.len() > len {
-        buf.truncate(len);
-    } else {
+    // Only the part never initialised is written (a buffer grown to a larger request);
+    // truncating and growing again would zero-fill what is already initialised.
+    if buf.len() < len {
         buf.resize(len, T::zero());
     }
-    Scratch { buf }
+    Scratch { buf, len }
 }
 
 impl<T: Element> Drop for Scratch<T> {
@@ -95,13 +98,13 @@ fn size_of_any(b: &Box<dyn Any>) -> usize {
 impl<T: Element> Deref for Scratch<T> {
     type Target = [T];
     fn deref(&self) -> &[T] {
-        &self.buf
+        &self.buf[..self.len]
     }
 }
 
 impl<T: Element> DerefMut for Scratch<T> {
     fn deref_mut(&mut self) -> &mut [T] {
-        &mut self.buf
+        &mut self.buf[..self.len]
     }
 }
 
@@ -119,6 +122,10 @@ mod tests {
         let b = take::<f32>(500);
         assert_eq!(b.len(), 500);
         assert_eq!(b.as_ptr(), p, "the returned buffer is reused");
+        drop(b);
+        // Grown back within what was initialised: no zero-fill, the stale value is there.
+        let d = take::<f32>(1000);
+        assert_eq!((d.len(), d.as_ptr(), d[999]), (1000, p, 7.0));
         let c = take::<f64>(10);
         assert_eq!(c.len(), 10);
         assert!(c.iter().all(|&v| v == 0.0), "a fresh buffer starts at zero");
