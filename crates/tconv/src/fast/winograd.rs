@@ -58,9 +58,9 @@ const OUTPUT_COST: f64 = 25.0;
 /// packing costs, relative to one execution's GEMMs, times the tiles of a phase (over the
 /// batch). Each transformed run is a combination of whole runs of the block's transposed
 /// kernels, so this is mostly the larger packing's memory traffic: measured for the input
-/// gradients (strided convs) at 1 thread, minima of 10: dcgan1 4.2-4.6 against 2.4-4.4 ms
+/// gradients (strided convs) at 1 thread, minima of 8-10: dcgan1 4.2-4.6 against 2.4-4.4 ms
 /// (64 tiles a phase, GEMMs about 9 ms), dcgan2 0.7-1.4 against 0.55-1.05 ms (256 tiles,
-/// 8 ms), hifigan1d 4.2-6.3 against 2.8-4.5 ms (344 tiles, about 50 ms): 1-27, 16 taken.
+/// 8 ms), hifigan1d 4.2-6.3 against 2.8-4.5 ms (344 tiles, about 50 ms): up to 27, 16 taken.
 /// Counted where a plan runs once ([`crate::PlanOptions::once`]: the gradients, the
 /// one-call functions).
 const PACK_COST: f64 = 16.0;
@@ -534,6 +534,13 @@ pub struct Winograd<T> {
 /// array).
 pub const MAX_DIMS: usize = 3;
 
+/// Per-axis transforms as printed, e.g. `F(2x2,3x3)` (outputs, then taps).
+pub(crate) fn tile_name(transforms: &[Transform]) -> String {
+    let ms: Vec<String> = transforms.iter().map(|t| t.m.to_string()).collect();
+    let rs: Vec<String> = transforms.iter().map(|t| t.r.to_string()).collect();
+    format!("F({},{})", ms.join("x"), rs.join("x"))
+}
+
 /// [`kron_terms`] of one matrix of each axis's transform (`pick`: the matrix, its rows and
 /// columns), the coefficients in the element type.
 pub(crate) fn terms<T: Element>(
@@ -767,9 +774,7 @@ impl<T: Element> Winograd<T> {
 
     /// The Winograd tile as printed, e.g. `F(2x2,3x3)`.
     pub fn name(&self) -> String {
-        let ms: Vec<String> = self.transforms.iter().map(|t| t.m.to_string()).collect();
-        let rs: Vec<String> = self.transforms.iter().map(|t| t.r.to_string()).collect();
-        format!("F({},{})", ms.join("x"), rs.join("x"))
+        tile_name(&self.transforms)
     }
 
     /// Phases with taps.
@@ -854,13 +859,11 @@ impl<T: Element> Winograd<T> {
                 continue;
             }
             let in_plane = numel(&self.in_shape);
-            if !v_of.is_some_and(|q| q.same_input(p)) {
-                self.clear_columns(n_cols, &mut rows);
-            }
-            // V[ξ][(source, ci)]: each source's channels in turn.
+            // V[ξ][(source, ci)]: each source's channels in turn (none where `v` holds it).
             let sources = if v_of.is_some_and(|q| q.same_input(p)) {
                 &[][..]
             } else {
+                self.clear_columns(n_cols, &mut rows);
                 &p.sources[..]
             };
             v_of = Some(p);

@@ -26,15 +26,15 @@
 //! The planner's model is the forward pass's ([`pays`]): it takes the tiles for dcgan1,
 //! dcgan2 and hifigan1d, whose weight gradients ran 1.15-1.36x, 1.02-1.25x (paired, 1 and 2
 //! threads) and 1.03-1.35x (alternating, 1 thread) faster than the direct GEMMs; for dcgan3
-//! the transforms (a gather of each tile's window, about one cycle per value) cost more
-//! than the multiplications save. Consecutive phases that read the same inputs share their
+//! the transforms (mostly the gathers of each tile's window: 47-65 % of its time in perf,
+//! forced) cost more than the multiplications save. Consecutive phases that read the same inputs share their
 //! transformed input, as in the forward pass.
 
 use super::direct::{copy_short, run_chunks};
 use super::kernels::{portable, tile_shapes, KernelFn, Rows};
 use super::scratch;
 use super::spec::pitches_of;
-use super::winograd::{combine, decompose, terms, Phase, Transform};
+use super::winograd::{combine, decompose, terms, tile_name, Phase, Transform};
 use super::Isa;
 use crate::geometry::Geometry;
 use crate::params::Op;
@@ -150,16 +150,14 @@ fn grad_weight_chunked<T: Element>(
 
 /// The decomposition, the transforms of F(r, m) per axis and the kernel.
 fn setup<T: Element>(g: &Geometry, isa: Isa, chunk_bytes: usize) -> Option<Setup<T>> {
-    let (fwd, phases, out_stride, in_stride) = decompose(g)?;
-    let tr = fwd
-        .iter()
-        .map(|t| Transform::new(t.r, t.m))
-        .collect::<Option<Vec<_>>>()?;
+    let (tr, phases, out_stride, in_stride) = gradient_transforms(g)?;
     // In F(r, m): `t.r` is the gradient tile's length m, `t.m` the taps r.
     let x_terms = terms(&tr, |t| (t.bt.as_slice(), t.alpha, t.alpha));
     let g_terms = terms(&tr, |t| (t.g.as_slice(), t.alpha, t.r));
     let o_terms = terms(&tr, |t| (t.at.as_slice(), t.m, t.alpha));
-    // The portable kernels where this ISA has none for `T`.
+    // An ISA this CPU has (the transforms run AVX2 code for any but the portable one),
+    // and the portable kernels where it has none for `T`.
+    let isa = isa.or_below();
     let isa = if tile_shapes(isa)
         .iter()
         .any(|&(mr, v, _)| T::fast_kernel(isa, mr, v).is_some())
@@ -263,12 +261,14 @@ fn phase_gradient<T: Element>(
         let kn = kc.min(tiles - k0);
         // Index tables of the chunk: per tile, where each of its gradient positions and each
         // source's window inputs lie within an image's planes (plus the image's offset).
-        let tile = |kk: usize| -> (usize, Vec<usize>) {
-            let (n, t) = ((k0 + kk) / per_image, (k0 + kk) % per_image);
-            (n, (0..dims).map(|a| t / tile_pitch[a] % grid[a]).collect())
-        };
-        for kk in 0..kn {
-            let (n, tv) = tile(kk);
+        // Each tile's image and position in the grid.
+        let tiles_at: Vec<(usize, Vec<usize>)> = (k0..k0 + kn)
+            .map(|k| {
+                let (n, t) = (k / per_image, k % per_image);
+                (n, (0..dims).map(|a| t / tile_pitch[a] % grid[a]).collect())
+            })
+            .collect();
+        for (kk, (n, tv)) in tiles_at.iter().enumerate() {
             for (si, src) in p.sources.iter().enumerate() {
                 let mut l = 0;
                 for_each_index(&alphas, |off| {
@@ -307,8 +307,7 @@ fn phase_gradient<T: Element>(
         let last = k0 + kn == tiles;
         for ((p, taps), mres) in ps.iter().zip(&taps).zip(mres.chunks_mut(rb * m_block)) {
             // Where each of a tile's upstream-gradient positions lies (plus the image's offset).
-            for kk in 0..kn {
-                let (n, tv) = tile(kk);
+            for (kk, (n, tv)) in tiles_at.iter().enumerate() {
                 let mut i = 0;
                 for_each_index(&ms, |off| {
                     let mut at = n * g_image;
@@ -560,18 +559,27 @@ fn transform_body<T: Element>(
 /// [`winograd::MIN_SPEEDUP`](super::winograd::MIN_SPEEDUP).
 /// As in the forward pass, consecutive phases that read the same inputs transform them
 /// once (hifigan1d: 2 of 8; its weight gradient then ran 46-59 ms against 58-76 ms for the
-/// direct GEMMs, alternating at 1 thread, minima of 6; 55-58 against 55-75 before).
+/// direct GEMMs, alternating at 1 thread, minima of 6; before, 55-75 ms either way).
 pub fn pays(g: &Geometry) -> bool {
-    g.batch > 0 && super::winograd::pays(g, false)
+    super::winograd::pays(g, false)
 }
 
 /// The tiles as printed, e.g. `F(2x2,2x2)` (taps × tile of the upstream gradient).
 pub fn name(g: &Geometry) -> String {
-    decompose(g).map_or_else(String::new, |(fwd, ..)| {
-        let rs: Vec<String> = fwd.iter().map(|t| t.r.to_string()).collect();
-        let ms: Vec<String> = fwd.iter().map(|t| t.m.to_string()).collect();
-        format!("F({},{})", rs.join("x"), ms.join("x"))
-    })
+    gradient_transforms(g).map_or_else(String::new, |(tr, ..)| tile_name(&tr))
+}
+
+/// The forward's decomposition and, per axis, its F(m, r) turned into F(r, m).
+#[allow(clippy::type_complexity)]
+fn gradient_transforms(
+    g: &Geometry,
+) -> Option<(Vec<Transform>, Vec<Phase>, Vec<usize>, Vec<usize>)> {
+    let (fwd, phases, out_stride, in_stride) = decompose(g)?;
+    let tr = fwd
+        .iter()
+        .map(|t| Transform::new(t.r, t.m))
+        .collect::<Option<Vec<_>>>()?;
+    Some((tr, phases, out_stride, in_stride))
 }
 
 #[cfg(test)]
