@@ -10,6 +10,7 @@
 //! - [`depthwise`]: depthwise transposed conv by output rows (memory-bound layers).
 //! - [`tap_rows`]: strided depthwise conv and weight gradient by kernel-row vectors.
 //! - [`winograd`]: Winograd minimal-filtering tiles over the phases (wide layers).
+//! - [`winograd_input`]: their input transform in registers from a channels-last copy (f32, AVX2).
 //! - [`winograd_weight`]: the same tiles for the weight gradient (roles exchanged).
 //! - [`isa`]: run-time CPU detection, overridable with `TCONV_ISA`.
 //! - [`scratch`]: per-thread scratch buffers reused across calls.
@@ -26,6 +27,7 @@ pub mod scratch;
 pub mod spec;
 pub mod tap_rows;
 pub mod winograd;
+pub mod winograd_input;
 pub mod winograd_weight;
 
 pub use isa::Isa;
@@ -57,4 +59,18 @@ pub(crate) fn prefetch_write<T>(slice: &mut [T], at: usize) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (slice, at);
+}
+
+/// `s` as `f32` values, where `T` is `f32`.
+pub(crate) fn as_f32<T: 'static>(s: &[T]) -> Option<&[f32]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        // Safety: `T` is `f32` (same TypeId), so the slice is a valid `[f32]` of its length.
+        .then(|| unsafe { std::slice::from_raw_parts(s.as_ptr() as *const f32, s.len()) })
+}
+
+/// [`as_f32`] for a mutable slice.
+pub(crate) fn as_f32_mut<T: 'static>(s: &mut [T]) -> Option<&mut [f32]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        // Safety: as in `as_f32`; the borrow is handed on.
+        .then(|| unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut f32, s.len()) })
 }

@@ -14,9 +14,11 @@
 //! packed once per plan (each packed run of `U` a combination of whole runs of the
 //! transposed kernels) and `V = Bᵀ d B` per tile. The GEMMs run on the same packed
 //! microkernels as the direct engine (`K = C_in/g`, times the input components of a strided
-//! conv). Each tile's `α^D` inputs are gathered through a per-task index table, and the
-//! transforms run 8 channels at a time, each term one loop over all of a task's columns;
-//! `Aᵀ M A` plus the bias is stored once per output element through a scatter table.
+//! conv). In f32 on AVX2 the transforms run in registers from a channels-last copy of each
+//! task's input rows ([`super::winograd_input`]); elsewhere each tile's `α^D` inputs are
+//! gathered through a per-task index table, and the transforms run 8 channels at a time,
+//! each term one loop over all of a task's columns. `Aᵀ M A` plus the bias is stored once
+//! per output element through a scatter table.
 //! Consecutive phases that read the same inputs over the same tiles (HiFi-GAN's k16 s8:
 //! eight phases, two inputs) share one input transform.
 //!
@@ -33,6 +35,7 @@ use super::direct::{band_tasks, run_each, Task};
 use super::kernels::{KernelFn, Rows};
 use super::scratch;
 use super::spec::{pitches_of, residue_taps};
+use super::winograd_input::{self, Slab, SlabSource};
 use super::Isa;
 use crate::geometry::Geometry;
 use crate::params::Op;
@@ -48,11 +51,18 @@ pub const MAX_ALPHA: usize = 4;
 pub const MIN_SPEEDUP: f64 = 1.12;
 
 /// The transforms' time relative to the GEMMs', per output channel (input transform) and
-/// per channel of the reduction (output transform): measured on this project's machine
-/// with section timers, alike for F(2x2,2x2) and F(2x2,3x3) (dcgan1-3, s1k3): input
-/// transform / GEMM = 31-47 / (C_out/g), output transform / GEMM = 21-30 / K.
-const INPUT_COST: f64 = 40.0;
+/// per channel of the reduction (output transform and store), for the transforms in
+/// registers ([`super::winograd_input`], the f32 AVX2 path every plan the planner chooses
+/// takes): from the shares of a perf profile at 1 thread, input transform (slab, offsets,
+/// transform) / GEMM = 0.31 · 64 / (C_out/g) for dcgan3, 0.27 · 64 for s1k3, 0.14 · 128 for
+/// dcgan2; output transform and store / GEMM = 0.21 · 128 / K (dcgan3), 0.23 · 64 (s1k3),
+/// 0.12 · 256 (dcgan2). The portable transforms (rows gathered through a table, one pass
+/// per group of terms) took 31-47 / (C_out/g) for the input, measured with section timers
+/// on dcgan1-3 and s1k3: [`INPUT_COST_PORTABLE`] (the weight gradient's transforms are
+/// still of that kind).
+const INPUT_COST: f64 = 20.0;
 const OUTPUT_COST: f64 = 25.0;
+pub(crate) const INPUT_COST_PORTABLE: f64 = 40.0;
 
 /// Transforming and packing the weights (once per plan), beyond what the direct engine's
 /// packing costs, relative to one execution's GEMMs, times the tiles of a phase (over the
@@ -440,15 +450,20 @@ fn most_sources(phases: &[Phase]) -> usize {
 /// multiplications ([`gain`]) times the GEMMs' relative efficiency, over one plus the
 /// transforms' relative time, which falls as the channels grow (`INPUT_COST · share /
 /// (C_out/g) + OUTPUT_COST / K`, `K = sources · C_in/g` the GEMMs' reduction, `share` the
-/// fraction of the live phases whose input is transformed). Against the layers
-/// measured (paired runs against the direct engine, 1 and 2 threads): dcgan1 1.33
-/// (1.10-1.64x), dcgan2 1.13 (0.86-1.24x), dcgan3 0.88 (0.71-1.0x), s1k3 1.0
-/// (0.79-1.09x), hifigan1d 1.23 (1.17-1.24x at 1 thread; its eight phases read two
-/// inputs, so the input transform counts a quarter).
+/// fraction of the live phases whose input is transformed). Against the layers measured
+/// (paired runs against the direct engine at 1 thread, minima): dcgan1 1.33 (1.28-1.56x),
+/// dcgan2 1.28 (1.38-1.40x), dcgan3 1.07 (1.04-1.16x), s1k3 1.20 (1.03-1.41x), hifigan1d
+/// 1.24 (1.06-1.07x; its eight phases read two inputs, so the input transform counts a
+/// quarter).
 ///
 /// With `once` (a plan executed once) the weights' transform counts too:
 /// `PACK_COST / (tiles of a phase)` more.
 pub fn modeled_speedup(g: &Geometry, once: bool) -> Option<f64> {
+    speedup_with(g, once, INPUT_COST)
+}
+
+/// [`modeled_speedup`] with the input transform costing `input_cost`.
+pub(crate) fn speedup_with(g: &Geometry, once: bool, input_cost: f64) -> Option<f64> {
     let (tr, phases, _, _) = decompose(g)?;
     let sources = most_sources(&phases);
     let (cin, cout) = (
@@ -471,7 +486,7 @@ pub fn modeled_speedup(g: &Geometry, once: bool) -> Option<f64> {
         .unwrap_or(0)
         .max(1) as f64;
     let pack = if once { PACK_COST / tiles } else { 0.0 };
-    let transforms = INPUT_COST * input_share(&phases) / cout + OUTPUT_COST / cin + pack;
+    let transforms = input_cost * input_share(&phases) / cout + OUTPUT_COST / cin + pack;
     gain_of(&tr, &phases).map(|x| x * GEMM_EFFICIENCY / (1.0 + transforms))
 }
 
@@ -512,10 +527,20 @@ pub struct Winograd<T> {
     batch_chunk: usize,
     /// GEMM columns (tiles) of one task's phase, rounded up to whole register tiles.
     pub pitch: usize,
+    /// Most elements of a task's channels-last input copy (0 without the transforms in
+    /// registers).
+    slab_len: usize,
     /// `Bᵀ ⊗ … ⊗ Bᵀ` (per point: its inputs `(line·α + j)`) and `Aᵀ ⊗ … ⊗ Aᵀ` (per
     /// output offset `(line·m + aw)`: its points) as nonzero terms, in `T`.
     in_terms: Vec<Vec<(usize, T)>>,
     out_terms: Vec<Vec<(usize, T)>>,
+    /// `in_terms` in f32, for the transform in registers ([`super::winograd_input`]).
+    in_terms_f32: Vec<Vec<(usize, f32)>>,
+    /// How [`super::winograd_input`] forms the points.
+    in_form: winograd_input::Points,
+    /// `out_terms` in f32, and how [`super::winograd_input`] forms the outputs.
+    out_terms_f32: Vec<Vec<(usize, f32)>>,
+    out_form: winograd_input::Outputs,
     /// Input positions between a component's neighbours per axis (a strided conv's
     /// stride, else 1).
     in_stride: Vec<usize>,
@@ -721,11 +746,45 @@ impl<T: Element> Winograd<T> {
                 break;
             }
         }
-        let cols = batch_chunk * band_tiles * row_tiles;
-        let pitch = super::im2col::pitch(cols, tl, elem);
+        let in_shape: Vec<usize> = g.axes.iter().map(|a| a.input).collect();
         let in_terms = terms(&transforms, |t| (t.bt.as_slice(), t.alpha, t.alpha));
         let out_terms = terms(&transforms, |t| (t.at.as_slice(), t.m, t.alpha));
-        let in_shape: Vec<usize> = g.axes.iter().map(|a| a.input).collect();
+        // The transforms in registers copy each task's input rows channels-last
+        // ([`super::winograd_input`]): at most the rows its band of tiles spans (the
+        // sources' offsets apart), for each of its images.
+        let registers = super::as_f32::<T>(&[]).is_some() && isa >= Isa::Avx2 && tl % 8 == 0;
+        let bases = live
+            .iter()
+            .flat_map(|p| p.sources.iter().map(|s| s.base[0]));
+        let spread = (bases.clone().max().unwrap_or(0) - bases.min().unwrap_or(0)) as usize;
+        let slab_len = |bc: usize, bt: usize| -> usize {
+            let cpad = cin_g.div_ceil(8) * 8;
+            let rows = ((m0 * (bt - 1) + transforms[0].alpha + spread) * in_stride[0]
+                + in_stride[0])
+                .min(in_shape[0]);
+            if registers {
+                bc * rows * numel(&in_shape[1..]) * cpad + cpad
+            } else {
+                0
+            }
+        };
+        let rows_len = points.max(out_terms.len()) * CHUNK;
+        let task_len = |bc: usize, bt: usize| -> usize {
+            let pitch = super::im2col::pitch(bc * bt * row_tiles, tl, elem);
+            points * (kdim + blocks * mr) * pitch + rows_len * pitch + slab_len(bc, bt)
+        };
+        while threads.max(1) * task_len(batch_chunk, band_tiles) * elem > out_bytes {
+            if batch_chunk > 1 {
+                batch_chunk = batch_chunk.div_ceil(2);
+            } else if band_tiles > 1 {
+                band_tiles = band_tiles.div_ceil(2);
+            } else {
+                break;
+            }
+        }
+        let cols = batch_chunk * band_tiles * row_tiles;
+        let pitch = super::im2col::pitch(cols, tl, elem);
+        let slab_len = slab_len(batch_chunk, band_tiles);
         let out_shape: Vec<usize> = g.axes.iter().map(|a| a.output).collect();
         Some(Winograd {
             kernel,
@@ -741,6 +800,21 @@ impl<T: Element> Winograd<T> {
             band_tiles,
             batch_chunk,
             pitch,
+            slab_len,
+            in_terms_f32: terms(&transforms, |t| (t.bt.as_slice(), t.alpha, t.alpha)),
+            in_form: winograd_input::Points::of(
+                &transforms
+                    .iter()
+                    .map(|t| t.bt.as_slice())
+                    .collect::<Vec<_>>(),
+            ),
+            out_terms_f32: terms(&transforms, |t| (t.at.as_slice(), t.m, t.alpha)),
+            out_form: winograd_input::Outputs::of(
+                &transforms
+                    .iter()
+                    .map(|t| t.at.as_slice())
+                    .collect::<Vec<_>>(),
+            ),
             in_terms,
             out_terms,
             in_pitch: pitches_of(&in_shape),
@@ -760,10 +834,10 @@ impl<T: Element> Winograd<T> {
     }
 
     /// Elements of scratch one task allocates: transformed input and GEMM results for a
-    /// band, and the row buffers of the transforms.
+    /// band, the row buffers of the transforms and the channels-last input copy.
     pub fn scratch_len(&self) -> usize {
         let rows = self.points * (self.kdim + self.blocks * self.mr) * self.pitch;
-        rows + self.row_scratch()
+        rows + self.row_scratch() + self.slab_len
     }
 
     /// Elements of the transforms' buffers: the gathered inputs of every tile (`α^D` rows),
@@ -812,7 +886,7 @@ impl<T: Element> Winograd<T> {
                 return;
             }
             let _ = avx2;
-            self.run_task(g, x, bias, task);
+            self.run_task(g, x, bias, task, false);
         });
     }
 
@@ -824,15 +898,30 @@ impl<T: Element> Winograd<T> {
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn run_task_avx2(&self, g: &Geometry, x: &[T], bias: Option<&[T]>, task: Task<'_, T>) {
-        self.run_task(g, x, bias, task);
+        self.run_task(g, x, bias, task, true);
     }
 
+    /// One task; with `avx2` (AVX2 and FMA available), f32 inputs are transformed in
+    /// registers from a channels-last copy of the band's input rows
+    /// ([`super::winograd_input`]).
     #[inline(always)]
-    fn run_task(&self, g: &Geometry, x: &[T], bias: Option<&[T]>, mut task: Task<'_, T>) {
+    fn run_task(
+        &self,
+        g: &Geometry,
+        x: &[T],
+        bias: Option<&[T]>,
+        mut task: Task<'_, T>,
+        avx2: bool,
+    ) {
         let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
         let cout_pad = self.blocks * self.mr;
         let pitch = self.pitch;
         let kdim = self.kdim;
+        let tl = self.v * self.lanes;
+        let slab = match super::as_f32(x) {
+            Some(x) if avx2 && tl.is_multiple_of(8) => self.slab(g, x, &task),
+            _ => None,
+        };
         let mut v = scratch::take::<T>(self.points * kdim * pitch);
         let mut mres = scratch::take::<T>(self.points * cout_pad * pitch);
         let mut rows = scratch::take::<T>(self.row_scratch());
@@ -841,6 +930,21 @@ impl<T: Element> Winograd<T> {
         // The phase whose transformed input `v` holds: consecutive phases that read the
         // same inputs (HiFi-GAN's k16 s8: four phases per base) transform it once.
         let mut v_of: Option<&Phase> = None;
+        // Where most phases take the bias only (a dilation sharing a factor with the stride:
+        // 3 of 4 phases), the whole band is filled with it first, one contiguous pass per
+        // plane, and the live phases overwrite their positions.
+        let bias_only = self
+            .phases
+            .iter()
+            .filter(|p| !p.live() && !p.empty())
+            .count();
+        let filled = 2 * bias_only >= self.phases.len();
+        if filled {
+            let cout_g = g.out_per_group();
+            for (k, plane) in task.planes.iter_mut().enumerate() {
+                plane.fill(bias.map_or(T::zero(), |b| b[task.group * cout_g + k % cout_g]));
+            }
+        }
         for p in &self.phases {
             if p.empty() {
                 if p.live() {
@@ -849,7 +953,9 @@ impl<T: Element> Winograd<T> {
                 continue;
             }
             if !p.live() {
-                self.fill_bias(g, p, bias, &mut task);
+                if !filled {
+                    self.fill_bias(g, p, bias, &mut task);
+                }
                 continue;
             }
             let runs = self.runs(g, p, &task);
@@ -869,6 +975,18 @@ impl<T: Element> Winograd<T> {
             v_of = Some(p);
             for (si, src) in sources.iter().enumerate() {
                 let (table, zeros) = self.gather_table(g, src, task.group, &runs, n_cols);
+                let n_pad = n_cols.div_ceil(tl) * tl;
+                let fast = slab.as_ref().and_then(|slab| {
+                    let offs =
+                        slab.offsets((&table, &zeros), (n_cols, n_pad, pitch), self.points)?;
+                    Some((slab, offs, super::as_f32_mut(&mut v)?))
+                });
+                if let Some((slab, offs, v)) = fast {
+                    let rows = (si * cin_g, pitch, kdim * pitch);
+                    let form = (&self.in_terms_f32[..], self.in_form);
+                    winograd_input::transform(slab, &offs, form, cin_g, v, rows);
+                    continue;
+                }
                 for c0 in (0..cin_g).step_by(CHUNK) {
                     let cn = CHUNK.min(cin_g - c0);
                     let dst = &mut v[(si * cin_g + c0) * pitch..];
@@ -885,7 +1003,6 @@ impl<T: Element> Winograd<T> {
                 taps: 1,
                 out_pitch: pitch,
             };
-            let tl = self.v * self.lanes;
             for xi in 0..self.points {
                 let b_rows = &v[xi * kdim * pitch..];
                 for b in 0..self.blocks {
@@ -905,7 +1022,24 @@ impl<T: Element> Winograd<T> {
                 for (cc, b) in b[..cn].iter_mut().enumerate() {
                     *b = bias.map_or(T::zero(), |bias| bias[task.group * cout_g + c0 + cc]);
                 }
-                let y = self.output_transform(cn, &mres[c0 * pitch..], &b[..cn], &mut rows);
+                let y = match (&slab, super::as_f32(&mres), super::as_f32(&b[..cn])) {
+                    // The transform in registers on the AVX2 path (where the slab is).
+                    (Some(_), Some(m), Some(b)) => {
+                        let r32 = super::as_f32_mut(&mut rows).expect("f32 like the results");
+                        let args = winograd_input::OutputArgs {
+                            mres: &m[c0 * pitch..],
+                            point_stride: cout_pad * pitch,
+                            pitch,
+                            cols: n_cols.div_ceil(tl) * tl,
+                            bias: b,
+                            block: CHUNK * pitch,
+                        };
+                        let form = (&self.out_terms_f32[..], self.out_form);
+                        winograd_input::output(&args, form, self.points, r32);
+                        &rows[..]
+                    }
+                    _ => self.output_transform(cn, &mres[c0 * pitch..], &b[..cn], &mut rows),
+                };
                 for cc in 0..cn {
                     let y = &y[cc * pitch..];
                     for (image, span) in &spans {
@@ -918,6 +1052,41 @@ impl<T: Element> Winograd<T> {
             }
             live_index += 1;
         }
+    }
+
+    /// The channels-last copy of the input rows (axis 0) a task reads, over every source of
+    /// every live phase; `None` where it reads none.
+    fn slab(&self, g: &Geometry, x: &[f32], task: &Task<'_, T>) -> Option<Slab> {
+        let (m0, alpha0) = (self.transforms[0].m, self.transforms[0].alpha);
+        let (s0, in0) = (self.in_stride[0], self.in_shape[0]);
+        let mut rows: Option<Range<usize>> = None;
+        for p in self.phases.iter().filter(|p| p.live() && !p.empty()) {
+            let tiles0 = p.extents[0].div_ceil(m0);
+            let band = task.band.start.min(tiles0)..task.band.end.min(tiles0);
+            if band.is_empty() {
+                continue;
+            }
+            for src in &p.sources {
+                let u_lo = (m0 * band.start) as isize + src.base[0];
+                let u_hi = (m0 * (band.end - 1) + alpha0 - 1) as isize + src.base[0];
+                let pos = |u: isize| u * s0 as isize + src.comp[0] as isize;
+                let lo = pos(u_lo).clamp(0, in0 as isize) as usize;
+                let hi = (pos(u_hi) + 1).clamp(0, in0 as isize) as usize;
+                if lo < hi {
+                    rows = Some(rows.map_or(lo..hi, |r| r.start.min(lo)..r.end.max(hi)));
+                }
+            }
+        }
+        let source = SlabSource {
+            channels: g.in_channels,
+            cin_g: g.in_per_group(),
+            group: task.group,
+            in_plane: numel(&self.in_shape),
+            row_len: numel(&self.in_shape[1..]),
+            rows: rows?,
+            batch: task.batch.clone(),
+        };
+        Some(Slab::new(x, &source))
     }
 
     /// The runs of tiles a task's phase `p` covers, in GEMM column order: per image and

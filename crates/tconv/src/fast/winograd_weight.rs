@@ -555,13 +555,15 @@ fn transform_body<T: Element>(
 /// Whether the weight gradient of `g` takes Winograd tiles when no algorithm is forced: the
 /// forward pass's cost model ([`winograd::modeled_speedup`](super::winograd::modeled_speedup)),
 /// whose two transform costs reappear here (the inputs' windows per output channel, the
-/// upstream gradient's tiles per input channel of the reduction), at least
+/// upstream gradient's tiles per input channel of the reduction), with the input transform
+/// at the portable transforms' cost (this module's transforms are of that kind), at least
 /// [`winograd::MIN_SPEEDUP`](super::winograd::MIN_SPEEDUP).
 /// As in the forward pass, consecutive phases that read the same inputs transform them
 /// once (hifigan1d: 2 of 8; its weight gradient then ran 46-59 ms against 58-76 ms for the
 /// direct GEMMs, alternating at 1 thread, minima of 6; before, 55-75 ms either way).
 pub fn pays(g: &Geometry) -> bool {
-    super::winograd::pays(g, false)
+    use super::winograd::{speedup_with, INPUT_COST_PORTABLE, MIN_SPEEDUP};
+    g.batch > 0 && speedup_with(g, false, INPUT_COST_PORTABLE).is_some_and(|x| x >= MIN_SPEEDUP)
 }
 
 /// The tiles as printed, e.g. `F(2x2,2x2)` (taps × tile of the upstream gradient).

@@ -1,0 +1,688 @@
+//! The Winograd tiles' transforms in registers (f32, AVX2): the input transform from a
+//! channels-last copy of the input, and the output transform.
+//!
+//! The portable transforms ([`super::winograd`]) gather each tile's `α^D` inputs channel by
+//! channel through an index table into rows, then form every point with passes over those
+//! rows, and the outputs likewise from the GEMM results: scalar gathers and passes through
+//! L2, which took 47–65 % of dcgan3's time. Here a task first copies the input rows its
+//! band reads into a channels-last slab (`[image][position][channel]`, by 8×8 transposes),
+//! so one tile's input at one position is a vector of 8 channels. For 16 tiles at a time
+//! the `α^D` inputs are loaded as such vectors, the points are formed in registers, and
+//! each point's 8×8 blocks (tiles × channels) are transposed into the GEMM operand
+//! `V[ξ][ci][tile]`. The outputs are formed in registers from 8 columns of every point's
+//! GEMM results at a time.
+//!
+//! The transforms the plans use (F(2, 2), F(3, 2), F(2, 3), in 1 or 2 axes) run as one
+//! pass per axis with their matrices as constants (0 skipped, ±1 an add or subtract); any
+//! other runs the Kronecker product's terms. Coefficients are 0, ±1 and ±1/2, so small
+//! integers stay exact; the order of the additions differs from the portable transforms',
+//! so the two agree to rounding. Each output element is computed by the same arithmetic
+//! whatever the task, so results stay bitwise identical for any thread count.
+
+use std::ops::Range;
+
+use super::scratch;
+
+/// A task's input rows in channels-last order, `[image][position][channel]` with the
+/// channels padded to a multiple of 8 (zeros), and one position of zeros at the end that
+/// padding reads.
+pub(crate) struct Slab {
+    data: scratch::Scratch<f32>,
+    /// First input row (axis 0) held, and positions per row (the other axes' product).
+    lo: usize,
+    row_len: usize,
+    /// Positions held per image.
+    plane: usize,
+    /// Channels per position, padded.
+    cpad: usize,
+    batch: Range<usize>,
+    /// Positions per image and channels of the whole input.
+    in_plane: usize,
+    channels: usize,
+    /// Offset of the zero position.
+    zero: usize,
+}
+
+/// Where a slab's rows come from: the input's channels, its channels per group and the
+/// group, positions per image, positions per axis-0 row, the rows and the images.
+pub(crate) struct SlabSource {
+    pub channels: usize,
+    pub cin_g: usize,
+    pub group: usize,
+    pub in_plane: usize,
+    pub row_len: usize,
+    pub rows: Range<usize>,
+    pub batch: Range<usize>,
+}
+
+impl Slab {
+    /// Copy rows `src.rows` of every image of `src.batch` and every channel of the group.
+    /// Needs AVX (checked by the caller: only AVX2 plans build slabs).
+    pub(crate) fn new(x: &[f32], src: &SlabSource) -> Slab {
+        let cpad = src.cin_g.div_ceil(8) * 8;
+        let plane = src.rows.len() * src.row_len;
+        let images = src.batch.len();
+        let zero = images * plane * cpad;
+        let mut data = scratch::take::<f32>(zero + cpad);
+        let first = src.rows.start * src.row_len;
+        assert!(
+            src.rows.end * src.row_len <= src.in_plane
+                && src.batch.end * src.channels * src.in_plane <= x.len()
+                && (src.group + 1) * src.cin_g <= src.channels,
+            "slab outside the input"
+        );
+        data[zero..zero + cpad].fill(0.0);
+        for (b, n) in src.batch.clone().enumerate() {
+            let chan0 = (n * src.channels + src.group * src.cin_g) * src.in_plane + first;
+            let dst = &mut data[b * plane * cpad..(b + 1) * plane * cpad];
+            for c0 in (0..cpad).step_by(8) {
+                let cn = 8.min(src.cin_g.saturating_sub(c0));
+                let mut p0 = 0;
+                #[cfg(target_arch = "x86_64")]
+                if cn == 8 {
+                    while p0 + 8 <= plane {
+                        let rows: [&[f32]; 8] = std::array::from_fn(|c| {
+                            &x[chan0 + (c0 + c) * src.in_plane + p0..][..8]
+                        });
+                        let out = &mut dst[p0 * cpad..(p0 + 8) * cpad];
+                        // Safety: AVX is available (the caller's plan is AVX2); the rows
+                        // hold 8 values each and `out` 8 positions of `cpad >= c0 + 8`.
+                        unsafe { transpose_block(rows, out, cpad, c0) };
+                        p0 += 8;
+                    }
+                }
+                for p in p0..plane {
+                    let at = &mut dst[p * cpad + c0..p * cpad + c0 + 8];
+                    for (c, e) in at.iter_mut().enumerate() {
+                        *e = if c < cn {
+                            x[chan0 + (c0 + c) * src.in_plane + p]
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+            }
+        }
+        Slab {
+            data,
+            lo: src.rows.start,
+            row_len: src.row_len,
+            plane,
+            cpad,
+            batch: src.batch.clone(),
+            in_plane: src.in_plane,
+            channels: src.channels,
+            zero,
+        }
+    }
+
+    /// A gather table ([`super::winograd`]'s: entry `i·n + col` the index into `x` of
+    /// channel 0 of tile `col`'s input `i`, and the `zeros` at `i·pitch + col`) as slab
+    /// offsets `[col][i]` for `n_pad` columns (columns past `n` read zeros); `None` where an
+    /// entry lies outside the slab.
+    pub(crate) fn offsets(
+        &self,
+        (table, zeros): (&[usize], &[usize]),
+        (n, n_pad, pitch): (usize, usize, usize),
+        points: usize,
+    ) -> Option<Vec<u32>> {
+        u32::try_from(self.zero).ok()?;
+        let zero = self.zero as u32;
+        // Padding first (its table entries are placeholders), marked by `u32::MAX`.
+        let mut offs = vec![zero; n_pad * points];
+        for &z in zeros {
+            offs[(z % pitch) * points + z / pitch] = u32::MAX;
+        }
+        let held = self.lo * self.row_len..self.lo * self.row_len + self.plane;
+        for (i, row) in table.chunks_exact(n).take(points).enumerate() {
+            for (col, &e) in row.iter().enumerate() {
+                let o = &mut offs[col * points + i];
+                if *o == u32::MAX {
+                    *o = zero;
+                    continue;
+                }
+                let (image, pos) = (e / self.in_plane / self.channels, e % self.in_plane);
+                if !self.batch.contains(&image) || !held.contains(&pos) {
+                    return None;
+                }
+                *o = (((image - self.batch.start) * self.plane + pos - held.start) * self.cpad)
+                    as u32;
+            }
+        }
+        Some(offs)
+    }
+}
+
+/// `V[ξ][row0 + c][col]` (points `point_stride` apart, rows `pitch` apart) for the
+/// slab's first `channels` channels and the tiles of `offs` ([`Slab::offsets`], `points`
+/// per tile, a multiple of 8 tiles): each point the sum of its `terms` `(input,
+/// coefficient)` in order. Each block of 8 tiles takes all channels in turn, so its
+/// inputs are read from the slab once.
+pub(crate) fn transform(
+    slab: &Slab,
+    offs: &[u32],
+    (terms, form): (&[Vec<(usize, f32)>], Points),
+    channels: usize,
+    v: &mut [f32],
+    (row0, pitch, point_stride): (usize, usize, usize),
+) {
+    let points = terms.len();
+    let tiles = offs.len() / points.max(1);
+    assert!(
+        points <= MAX_POINTS
+            && offs.len() == tiles * points
+            && tiles.is_multiple_of(8)
+            && tiles <= pitch
+            && channels <= slab.cpad
+            && offs
+                .iter()
+                .all(|&o| o as usize + slab.cpad <= slab.data.len())
+            && terms.iter().flatten().all(|&(i, _)| i < points)
+            && match form {
+                Points::Separable { alpha, dims } => alpha.pow(dims as u32) == points,
+                Points::Terms => true,
+            }
+            && (points == 0
+                || channels == 0
+                || v.len() >= (points - 1) * point_stride + (row0 + channels - 1) * pitch + tiles),
+        "input transform operands"
+    );
+    #[cfg(target_arch = "x86_64")]
+    // Safety: AVX2 and FMA are available (the caller's plan is AVX2); every load is at an
+    // offset checked above to leave `cpad` values in the slab, every store inside `v`.
+    unsafe {
+        transform_avx2(
+            slab,
+            offs,
+            (terms, form),
+            channels,
+            v,
+            (row0, pitch, point_stride),
+        )
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("slabs are built for AVX2 plans only");
+}
+
+/// Most points of a tile (`α^D`, [`super::winograd::MAX_ALPHA`]³).
+const MAX_POINTS: usize = 64;
+
+/// # Safety
+/// AVX available; `rows` hold 8 values, `out` 8 positions of `cpad >= c0 + 8` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn transpose_block(rows: [&[f32]; 8], out: &mut [f32], cpad: usize, c0: usize) {
+    use std::arch::x86_64::*;
+    let x: [__m256; 8] = std::array::from_fn(|c| _mm256_loadu_ps(rows[c].as_ptr()));
+    let t = super::direct::transpose8x8(x);
+    for (p, r) in t.iter().enumerate() {
+        _mm256_storeu_ps(out.as_mut_ptr().add(p * cpad + c0), *r);
+    }
+}
+
+/// How a tile's points are formed from its inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Points {
+    /// One axis-by-axis pass per axis (1 or 2 axes) of [`BT3`] (`α = 3`) or [`BT4`]
+    /// (`α = 4`), unrolled with the coefficients as constants.
+    Separable { alpha: usize, dims: usize },
+    /// The Kronecker product's terms, point by point.
+    Terms,
+}
+
+/// `Bᵀ` of F(2, 2) (and F(1, 3)), as [`super::winograd::Transform::new`] builds it.
+pub(crate) const BT3: [[f32; 3]; 3] = [[1.0, -1.0, 0.0], [0.0, 1.0, 0.0], [0.0, -1.0, 1.0]];
+/// `Bᵀ` of F(3, 2) and F(2, 3).
+pub(crate) const BT4: [[f32; 4]; 4] = [
+    [1.0, 0.0, -1.0, 0.0],
+    [0.0, 1.0, 1.0, 0.0],
+    [0.0, -1.0, 1.0, 0.0],
+    [0.0, -1.0, 0.0, 1.0],
+];
+
+impl Points {
+    /// The form for per-axis input transforms `bts` (row-major `α × α` each).
+    pub(crate) fn of(bts: &[&[f64]]) -> Points {
+        let is = |bt: &[f64], c: &[&[f32]]| {
+            bt.len() == c.len() * c.len()
+                && bt
+                    .iter()
+                    .zip(c.iter().flat_map(|r| r.iter()))
+                    .all(|(&a, &b)| a == f64::from(b))
+        };
+        let all = |c: &[&[f32]]| bts.iter().all(|bt| is(bt, c));
+        let dims = bts.len();
+        if dims == 0 || dims > 2 {
+            Points::Terms
+        } else if all(&BT3.iter().map(|r| &r[..]).collect::<Vec<_>>()) {
+            Points::Separable { alpha: 3, dims }
+        } else if all(&BT4.iter().map(|r| &r[..]).collect::<Vec<_>>()) {
+            Points::Separable { alpha: 4, dims }
+        } else {
+            Points::Terms
+        }
+    }
+}
+
+/// # Safety
+/// As [`transform`] checks, and AVX2 and FMA available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn transform_avx2(
+    slab: &Slab,
+    offs: &[u32],
+    (terms, form): (&[Vec<(usize, f32)>], Points),
+    channels: usize,
+    v: &mut [f32],
+    rows: (usize, usize, usize),
+) {
+    let op = (slab, offs, terms, channels, v, rows);
+    match form {
+        Points::Separable { alpha: 3, dims: 1 } => each_tile::<SEP3_1D>(op),
+        Points::Separable { alpha: 4, dims: 1 } => each_tile::<SEP4_1D>(op),
+        Points::Separable { alpha: 3, dims: 2 } => each_tile::<SEP3_2D>(op),
+        Points::Separable { alpha: 4, dims: 2 } => each_tile::<SEP4_2D>(op),
+        _ => each_tile::<TERMS>(op),
+    }
+}
+
+/// [`each_tile`]'s operands: slab, offsets, terms, channels, `V` and where its rows lie.
+type TileArgs<'a> = (
+    &'a Slab,
+    &'a [u32],
+    &'a [Vec<(usize, f32)>],
+    usize,
+    &'a mut [f32],
+    (usize, usize, usize),
+);
+
+/// The forms [`each_tile`] is compiled for.
+const TERMS: u8 = 0;
+const SEP3_1D: u8 = 1;
+const SEP4_1D: u8 = 2;
+const SEP3_2D: u8 = 3;
+const SEP4_2D: u8 = 4;
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::__m256;
+
+/// One axis's transform of `x`: `Σ_k bt[j][k] · x[k]` for every `j`, the constant
+/// coefficients folded (0 skipped, ±1 an add or subtract).
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn axis<const A: usize>(bt: &[[f32; A]; A], x: [__m256; A]) -> [__m256; A] {
+    use std::arch::x86_64::*;
+    let mut out = [_mm256_setzero_ps(); A];
+    for (j, o) in out.iter_mut().enumerate() {
+        let mut acc = _mm256_setzero_ps();
+        for (k, &c) in bt[j].iter().enumerate() {
+            acc = if c == 0.0 {
+                acc
+            } else if c == 1.0 {
+                _mm256_add_ps(acc, x[k])
+            } else if c == -1.0 {
+                _mm256_sub_ps(acc, x[k])
+            } else {
+                _mm256_fmadd_ps(_mm256_set1_ps(c), x[k], acc)
+            };
+        }
+        *o = acc;
+    }
+    out
+}
+
+/// A 2-D tile's points from its inputs `d[l·A + k]` (axis 0 outer), point `i·A + j` into
+/// `tmp[(i·A + j)·16 + t]`: the last axis's transform of every line, then axis 0's of
+/// every column.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn plane<const A: usize>(bt: &[[f32; A]; A], d: &[__m256], tmp: &mut [__m256], t: usize) {
+    let mut h = [[std::arch::x86_64::_mm256_setzero_ps(); A]; A];
+    for (l, hl) in h.iter_mut().enumerate() {
+        let mut line = [std::arch::x86_64::_mm256_setzero_ps(); A];
+        line.copy_from_slice(&d[l * A..(l + 1) * A]);
+        *hl = axis(bt, line);
+    }
+    for j in 0..A {
+        let mut col = [std::arch::x86_64::_mm256_setzero_ps(); A];
+        for (l, c) in col.iter_mut().enumerate() {
+            *c = h[l][j];
+        }
+        for (i, c) in axis(bt, col).into_iter().enumerate() {
+            tmp[(i * A + j) * 16 + t] = c;
+        }
+    }
+}
+
+/// The driver of [`transform_avx2`]: per block of 8 tiles and group of 8 channels, each
+/// tile's inputs loaded, its points formed (`FORM`: [`TERMS`] or a separable form), and
+/// each point's 8×8 block transposed into `V`.
+///
+/// # Safety
+/// As [`transform`] checks, and AVX2 and FMA available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn each_tile<const FORM: u8>(
+    (slab, offs, terms, channels, v, (row0, pitch, point_stride)): TileArgs<'_>,
+) {
+    use std::arch::x86_64::*;
+    let points = terms.len();
+    let base = slab.data.as_ptr();
+    let out = v.as_mut_ptr();
+    let mut d = [_mm256_setzero_ps(); MAX_POINTS];
+    let mut tmp = [_mm256_setzero_ps(); MAX_POINTS * 16];
+    // Blocks of 16 tiles where they fit (each store then fills a whole 64-byte run of a
+    // row of `V`), else of 8.
+    let mut col = 0;
+    let tiles = offs.len() / points.max(1);
+    while col < tiles {
+        let width = if col + 16 <= tiles { 16 } else { 8 };
+        let offs = &offs[col * points..(col + width) * points];
+        for c0 in (0..channels).step_by(8) {
+            let cn = 8.min(channels - c0);
+            for (t, o) in offs.chunks_exact(points).enumerate() {
+                for (di, &oi) in d.iter_mut().zip(o) {
+                    *di = _mm256_loadu_ps(base.add(oi as usize + c0));
+                }
+                match FORM {
+                    SEP3_1D => {
+                        for (i, x) in axis(&BT3, [d[0], d[1], d[2]]).into_iter().enumerate() {
+                            tmp[i * 16 + t] = x;
+                        }
+                    }
+                    SEP4_1D => {
+                        for (i, x) in axis(&BT4, [d[0], d[1], d[2], d[3]]).into_iter().enumerate() {
+                            tmp[i * 16 + t] = x;
+                        }
+                    }
+                    SEP3_2D => plane(&BT3, &d, &mut tmp, t),
+                    SEP4_2D => plane(&BT4, &d, &mut tmp, t),
+                    _ => {
+                        for (xi, ts) in terms.iter().enumerate() {
+                            let mut acc = _mm256_setzero_ps();
+                            for &(i, c) in ts {
+                                acc = _mm256_fmadd_ps(_mm256_set1_ps(c), d[i], acc);
+                            }
+                            tmp[xi * 16 + t] = acc;
+                        }
+                    }
+                }
+            }
+            for xi in 0..points {
+                let dst = out.add(xi * point_stride + (row0 + c0) * pitch + col);
+                let lo = super::direct::transpose8x8(std::array::from_fn(|t| tmp[xi * 16 + t]));
+                if width == 16 {
+                    let hi =
+                        super::direct::transpose8x8(std::array::from_fn(|t| tmp[xi * 16 + 8 + t]));
+                    for cc in 0..cn {
+                        _mm256_storeu_ps(dst.add(cc * pitch), lo[cc]);
+                        _mm256_storeu_ps(dst.add(cc * pitch + 8), hi[cc]);
+                    }
+                } else {
+                    for (cc, r) in lo.iter().enumerate().take(cn) {
+                        _mm256_storeu_ps(dst.add(cc * pitch), *r);
+                    }
+                }
+            }
+        }
+        col += width;
+    }
+}
+
+/// How a tile's outputs are formed from its points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Outputs {
+    /// One pass per axis (1 or 2 axes, all alike) of [`AT22`], [`AT32`] or [`AT23`].
+    Separable { at: usize, dims: usize },
+    /// The Kronecker product's terms, output by output.
+    Terms,
+}
+
+/// `Aᵀ` of F(2, 2), F(3, 2) and F(2, 3), as [`super::winograd::Transform::new`] builds them.
+pub(crate) const AT22: [[f32; 3]; 2] = [[1.0, 1.0, 0.0], [0.0, 1.0, 1.0]];
+pub(crate) const AT32: [[f32; 4]; 3] = [
+    [1.0, 1.0, 1.0, 0.0],
+    [0.0, 1.0, -1.0, 0.0],
+    [0.0, 1.0, 1.0, 1.0],
+];
+pub(crate) const AT23: [[f32; 4]; 2] = [[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, 1.0]];
+
+impl Outputs {
+    /// The form for per-axis output transforms `ats` (row-major `m × α` each).
+    pub(crate) fn of(ats: &[&[f64]]) -> Outputs {
+        fn is<const C: usize>(at: &[f64], c: &[[f32; C]]) -> bool {
+            at.len() == c.len() * C
+                && at
+                    .iter()
+                    .zip(c.iter().flatten())
+                    .all(|(&a, &b)| a == f64::from(b))
+        }
+        let dims = ats.len();
+        if dims == 0 || dims > 2 {
+            Outputs::Terms
+        } else if ats.iter().all(|a| is(a, &AT22)) {
+            Outputs::Separable { at: 22, dims }
+        } else if ats.iter().all(|a| is(a, &AT32)) {
+            Outputs::Separable { at: 32, dims }
+        } else if ats.iter().all(|a| is(a, &AT23)) {
+            Outputs::Separable { at: 23, dims }
+        } else {
+            Outputs::Terms
+        }
+    }
+}
+
+/// Where [`output`] reads and writes: the GEMM results `M[ξ][c][col]` (points
+/// `point_stride` apart, rows `pitch` apart, starting at the first channel), the columns
+/// (a multiple of 8), and the rows `y[o][c][col]` (outputs `block` apart).
+pub(crate) struct OutputArgs<'a> {
+    pub mres: &'a [f32],
+    pub point_stride: usize,
+    pub pitch: usize,
+    pub cols: usize,
+    pub bias: &'a [f32],
+    pub block: usize,
+}
+
+/// `y[o][c][col] = bias[c] + Σ_ξ (Aᵀ ⊗ … ⊗ Aᵀ)[o][ξ] · M[ξ][c][col]` for the channels of
+/// `bias` (at most 8) into `rows`, 8 columns at a time in registers.
+pub(crate) fn output(
+    a: &OutputArgs<'_>,
+    (terms, form): (&[Vec<(usize, f32)>], Outputs),
+    points: usize,
+    rows: &mut [f32],
+) {
+    let outs = terms.len();
+    let cn = a.bias.len();
+    assert!(
+        points <= MAX_POINTS
+            && outs <= MAX_POINTS
+            && cn <= 8
+            && a.cols.is_multiple_of(8)
+            && a.cols <= a.pitch
+            && cn * a.pitch <= a.block
+            && terms.iter().flatten().all(|&(i, _)| i < points)
+            && match form {
+                Outputs::Separable { at, dims } => {
+                    let (m, alpha) = (at / 10, at / 10 + at % 10 - 1);
+                    m.pow(dims as u32) == outs && alpha.pow(dims as u32) == points
+                }
+                Outputs::Terms => true,
+            }
+            && (points == 0
+                || cn == 0
+                || a.mres.len() >= (points - 1) * a.point_stride + (cn - 1) * a.pitch + a.cols)
+            && (outs == 0
+                || cn == 0
+                || rows.len() >= (outs - 1) * a.block + (cn - 1) * a.pitch + a.cols),
+        "output transform operands"
+    );
+    #[cfg(target_arch = "x86_64")]
+    // Safety: AVX2 and FMA are available (the caller's plan is AVX2); every load and store
+    // lies inside the slices checked above.
+    unsafe {
+        output_avx2(a, (terms, form), points, rows)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!("the transforms in registers run on AVX2 plans only");
+}
+
+/// The forms [`output_tiles`] is compiled for.
+const OUT_TERMS: u8 = 0;
+const OUT22_1D: u8 = 1;
+const OUT32_1D: u8 = 2;
+const OUT23_1D: u8 = 3;
+const OUT22_2D: u8 = 4;
+const OUT32_2D: u8 = 5;
+const OUT23_2D: u8 = 6;
+
+/// # Safety
+/// As [`output`] checks, and AVX2 and FMA available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn output_avx2(
+    a: &OutputArgs<'_>,
+    (terms, form): (&[Vec<(usize, f32)>], Outputs),
+    points: usize,
+    rows: &mut [f32],
+) {
+    match form {
+        Outputs::Separable { at: 22, dims: 1 } => output_tiles::<OUT22_1D>(a, terms, points, rows),
+        Outputs::Separable { at: 32, dims: 1 } => output_tiles::<OUT32_1D>(a, terms, points, rows),
+        Outputs::Separable { at: 23, dims: 1 } => output_tiles::<OUT23_1D>(a, terms, points, rows),
+        Outputs::Separable { at: 22, dims: 2 } => output_tiles::<OUT22_2D>(a, terms, points, rows),
+        Outputs::Separable { at: 32, dims: 2 } => output_tiles::<OUT32_2D>(a, terms, points, rows),
+        Outputs::Separable { at: 23, dims: 2 } => output_tiles::<OUT23_2D>(a, terms, points, rows),
+        _ => output_tiles::<OUT_TERMS>(a, terms, points, rows),
+    }
+}
+
+/// One axis's transform by a constant `R × C` matrix: `Σ_k at[j][k] · x[k]` for every `j`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn rect<const R: usize, const C: usize>(at: &[[f32; C]; R], x: [__m256; C]) -> [__m256; R] {
+    use std::arch::x86_64::*;
+    let mut out = [_mm256_setzero_ps(); R];
+    for (j, o) in out.iter_mut().enumerate() {
+        let mut acc = _mm256_setzero_ps();
+        for (k, &c) in at[j].iter().enumerate() {
+            acc = if c == 0.0 {
+                acc
+            } else if c == 1.0 {
+                _mm256_add_ps(acc, x[k])
+            } else if c == -1.0 {
+                _mm256_sub_ps(acc, x[k])
+            } else {
+                _mm256_fmadd_ps(_mm256_set1_ps(c), x[k], acc)
+            };
+        }
+        *o = acc;
+    }
+    out
+}
+
+/// A 2-D tile's outputs `y[a·R + b]` from its points `m[i·C + j]`: the last axis's
+/// transform of every line of points, then axis 0's of every column.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn rect2<const R: usize, const C: usize>(
+    at: &[[f32; C]; R],
+    m: &[__m256; MAX_POINTS],
+    y: &mut [__m256; MAX_POINTS],
+) {
+    let zero = std::arch::x86_64::_mm256_setzero_ps();
+    let mut h = [[zero; R]; C];
+    for (i, hi) in h.iter_mut().enumerate() {
+        let mut line = [zero; C];
+        line.copy_from_slice(&m[i * C..(i + 1) * C]);
+        *hi = rect(at, line);
+    }
+    for b in 0..R {
+        let mut col = [zero; C];
+        for (i, c) in col.iter_mut().enumerate() {
+            *c = h[i][b];
+        }
+        for (a, v) in rect(at, col).into_iter().enumerate() {
+            y[a * R + b] = v;
+        }
+    }
+}
+
+/// The driver of [`output_avx2`]: per channel and 8 columns, the points loaded, the
+/// outputs formed (`FORM`) and stored with the bias.
+///
+/// # Safety
+/// As [`output`] checks, and AVX2 and FMA available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn output_tiles<const FORM: u8>(
+    a: &OutputArgs<'_>,
+    terms: &[Vec<(usize, f32)>],
+    points: usize,
+    rows: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let outs = terms.len();
+    let src = a.mres.as_ptr();
+    let dst = rows.as_mut_ptr();
+    let mut m = [_mm256_setzero_ps(); MAX_POINTS];
+    let mut y = [_mm256_setzero_ps(); MAX_POINTS];
+    for (cc, &b) in a.bias.iter().enumerate() {
+        let bv = _mm256_set1_ps(b);
+        for col in (0..a.cols).step_by(8) {
+            for (xi, mx) in m.iter_mut().enumerate().take(points) {
+                *mx = _mm256_loadu_ps(src.add(xi * a.point_stride + cc * a.pitch + col));
+            }
+            match FORM {
+                OUT22_1D => y[..2].copy_from_slice(&rect(&AT22, [m[0], m[1], m[2]])),
+                OUT32_1D => y[..3].copy_from_slice(&rect(&AT32, [m[0], m[1], m[2], m[3]])),
+                OUT23_1D => y[..2].copy_from_slice(&rect(&AT23, [m[0], m[1], m[2], m[3]])),
+                OUT22_2D => rect2(&AT22, &m, &mut y),
+                OUT32_2D => rect2(&AT32, &m, &mut y),
+                OUT23_2D => rect2(&AT23, &m, &mut y),
+                _ => {
+                    for (o, ts) in terms.iter().enumerate() {
+                        let mut acc = _mm256_setzero_ps();
+                        for &(i, c) in ts {
+                            acc = _mm256_fmadd_ps(_mm256_set1_ps(c), m[i], acc);
+                        }
+                        y[o] = acc;
+                    }
+                }
+            }
+            for (o, &yo) in y.iter().enumerate().take(outs) {
+                _mm256_storeu_ps(
+                    dst.add(o * a.block + cc * a.pitch + col),
+                    _mm256_add_ps(bv, yo),
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fast::winograd::Transform;
+
+    /// The constant matrices are the ones the plans build, so the planner's layers take
+    /// the unrolled passes; three axes and mixed transforms take the terms.
+    #[test]
+    fn constant_transforms_are_the_plans() {
+        for ((m, r), at) in [((2, 2), 22), ((3, 2), 32), ((2, 3), 23)] {
+            let t = Transform::new(m, r).unwrap();
+            for dims in 1..=2 {
+                let bts = vec![t.bt.as_slice(); dims];
+                let alpha = t.alpha;
+                assert_eq!(Points::of(&bts), Points::Separable { alpha, dims });
+                let ats = vec![t.at.as_slice(); dims];
+                assert_eq!(Outputs::of(&ats), Outputs::Separable { at, dims });
+            }
+            assert_eq!(Points::of(&[t.bt.as_slice(); 3]), Points::Terms);
+            assert_eq!(Outputs::of(&[t.at.as_slice(); 3]), Outputs::Terms);
+        }
+        let (a, b) = (Transform::new(2, 2).unwrap(), Transform::new(2, 3).unwrap());
+        assert_eq!(Points::of(&[&a.bt, &b.bt]), Points::Terms);
+        assert_eq!(Outputs::of(&[&a.at, &b.at]), Outputs::Terms);
+    }
+}
