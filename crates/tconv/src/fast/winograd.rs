@@ -530,6 +530,9 @@ pub struct Winograd<T> {
     /// Most elements of a task's channels-last input copy (0 without the transforms in
     /// registers).
     slab_len: usize,
+    /// Whether the transforms run in registers (f32 on AVX2, where the input copy fits
+    /// the workspace bound).
+    registers: bool,
     /// `Bᵀ ⊗ … ⊗ Bᵀ` (per point: its inputs `(line·α + j)`) and `Aᵀ ⊗ … ⊗ Aᵀ` (per
     /// output offset `(line·m + aw)`: its points) as nonzero terms, in `T`.
     in_terms: Vec<Vec<(usize, T)>>,
@@ -752,12 +755,13 @@ impl<T: Element> Winograd<T> {
         // The transforms in registers copy each task's input rows channels-last
         // ([`super::winograd_input`]): at most the rows its band of tiles spans (the
         // sources' offsets apart), for each of its images.
-        let registers = super::as_f32::<T>(&[]).is_some() && isa >= Isa::Avx2 && tl % 8 == 0;
+        let mut registers =
+            super::as_f32::<T>(&[]).is_some() && isa >= Isa::Avx2 && tl.is_multiple_of(8);
         let bases = live
             .iter()
             .flat_map(|p| p.sources.iter().map(|s| s.base[0]));
         let spread = (bases.clone().max().unwrap_or(0) - bases.min().unwrap_or(0)) as usize;
-        let slab_len = |bc: usize, bt: usize| -> usize {
+        let slab_len = |bc: usize, bt: usize, registers: bool| -> usize {
             let cpad = cin_g.div_ceil(8) * 8;
             let rows = ((m0 * (bt - 1) + transforms[0].alpha + spread) * in_stride[0]
                 + in_stride[0])
@@ -769,11 +773,20 @@ impl<T: Element> Winograd<T> {
             }
         };
         let rows_len = points.max(out_terms.len()) * CHUNK;
-        let task_len = |bc: usize, bt: usize| -> usize {
+        let task_len = |bc: usize, bt: usize, registers: bool| -> usize {
             let pitch = super::im2col::pitch(bc * bt * row_tiles, tl, elem);
-            points * (kdim + blocks * mr) * pitch + rows_len * pitch + slab_len(bc, bt)
+            points * (kdim + blocks * mr) * pitch + rows_len * pitch + slab_len(bc, bt, registers)
         };
-        while threads.max(1) * task_len(batch_chunk, band_tiles) * elem > out_bytes {
+        let over = |bc: usize, bt: usize, registers: bool| {
+            threads.max(1) * task_len(bc, bt, registers) * elem > out_bytes
+        };
+        // Halved while over the output's size (as `want` above, now counting everything a
+        // task holds), but not below a register panel's columns (dcgan1's input gradient,
+        // whose output is half its input, ran 5x slower in tasks of one tile row); where
+        // that is not enough, the portable transforms (no copy of the input).
+        while over(batch_chunk, band_tiles, registers)
+            && batch_chunk * band_tiles * row_tiles >= 2 * tl
+        {
             if batch_chunk > 1 {
                 batch_chunk = batch_chunk.div_ceil(2);
             } else if band_tiles > 1 {
@@ -782,9 +795,12 @@ impl<T: Element> Winograd<T> {
                 break;
             }
         }
+        if over(batch_chunk, band_tiles, registers) && !over(batch_chunk, band_tiles, false) {
+            registers = false;
+        }
         let cols = batch_chunk * band_tiles * row_tiles;
         let pitch = super::im2col::pitch(cols, tl, elem);
-        let slab_len = slab_len(batch_chunk, band_tiles);
+        let slab_len = slab_len(batch_chunk, band_tiles, registers);
         let out_shape: Vec<usize> = g.axes.iter().map(|a| a.output).collect();
         Some(Winograd {
             kernel,
@@ -801,6 +817,7 @@ impl<T: Element> Winograd<T> {
             batch_chunk,
             pitch,
             slab_len,
+            registers,
             in_terms_f32: terms(&transforms, |t| (t.bt.as_slice(), t.alpha, t.alpha)),
             in_form: winograd_input::Points::of(
                 &transforms
@@ -919,7 +936,7 @@ impl<T: Element> Winograd<T> {
         let kdim = self.kdim;
         let tl = self.v * self.lanes;
         let slab = match super::as_f32(x) {
-            Some(x) if avx2 && tl.is_multiple_of(8) => self.slab(g, x, &task),
+            Some(x) if avx2 && self.registers => self.slab(g, x, &task),
             _ => None,
         };
         let mut v = scratch::take::<T>(self.points * kdim * pitch);
