@@ -52,8 +52,8 @@ pub const MIN_SPEEDUP: f64 = 1.12;
 
 /// The transforms' time relative to the GEMMs', per output channel (input transform) and
 /// per channel of the reduction (output transform and store), for the transforms in
-/// registers ([`super::winograd_input`], the f32 AVX2 path every plan the planner chooses
-/// takes): from the shares of a perf profile at 1 thread, input transform (slab, offsets,
+/// registers ([`super::winograd_input`], the f32 AVX2 path every 2-D plan the planner
+/// chooses takes): from the shares of a perf profile at 1 thread, input transform (slab, offsets,
 /// transform) / GEMM = 0.31 · 64 / (C_out/g) for dcgan3, 0.27 · 64 for s1k3, 0.14 · 128 for
 /// dcgan2; output transform and store / GEMM = 0.21 · 128 / K (dcgan3), 0.23 · 64 (s1k3),
 /// 0.12 · 256 (dcgan2). The portable transforms (rows gathered through a table, one pass
@@ -450,16 +450,23 @@ fn most_sources(phases: &[Phase]) -> usize {
 /// multiplications ([`gain`]) times the GEMMs' relative efficiency, over one plus the
 /// transforms' relative time, which falls as the channels grow (`INPUT_COST · share /
 /// (C_out/g) + OUTPUT_COST / K`, `K = sources · C_in/g` the GEMMs' reduction, `share` the
-/// fraction of the live phases whose input is transformed). Against the layers measured
-/// (paired runs against the direct engine at 1 thread, minima): dcgan1 1.33 (1.28-1.56x),
-/// dcgan2 1.28 (1.38-1.40x), dcgan3 1.07 (1.04-1.16x), s1k3 1.20 (1.03-1.41x), hifigan1d
-/// 1.24 (1.06-1.07x; its eight phases read two inputs, so the input transform counts a
-/// quarter).
+/// fraction of the live phases whose input is transformed; `INPUT_COST` is the portable
+/// transforms' for one axis, which keeps them). Against the layers measured (forced, against
+/// the direct engine at 1 thread, minima of 3-4 alternating rounds): dcgan1 1.42
+/// (1.28-1.56x), dcgan2 1.28 (1.38-1.40x), dcgan3 1.07 (1.04-1.16x), s1k3 1.19
+/// (1.03-1.41x), hifigan1d 1.23 (1.06-1.07x; its eight phases read two inputs, so the
+/// input transform counts a quarter).
 ///
 /// With `once` (a plan executed once) the weights' transform counts too:
 /// `PACK_COST / (tiles of a phase)` more.
 pub fn modeled_speedup(g: &Geometry, once: bool) -> Option<f64> {
-    speedup_with(g, once, INPUT_COST)
+    // One axis keeps the portable transforms (see `Winograd::new`).
+    let cost = if g.axes.len() >= 2 {
+        INPUT_COST
+    } else {
+        INPUT_COST_PORTABLE
+    };
+    speedup_with(g, once, cost)
 }
 
 /// [`modeled_speedup`] with the input transform costing `input_cost`.
@@ -755,8 +762,13 @@ impl<T: Element> Winograd<T> {
         // The transforms in registers copy each task's input rows channels-last
         // ([`super::winograd_input`]): at most the rows its band of tiles spans (the
         // sources' offsets apart), for each of its images.
-        let mut registers =
-            super::as_f32::<T>(&[]).is_some() && isa >= Isa::Avx2 && tl.is_multiple_of(8);
+        // Not for one axis: there the portable gathers read consecutive positions, and
+        // hifigan1d (512 channels, two of eight phases transforming) ran 0.91-0.94x with
+        // the copy (alternating, minima of 5 and 8 rounds at 1 and 2 threads).
+        let mut registers = super::as_f32::<T>(&[]).is_some()
+            && isa >= Isa::Avx2
+            && tl.is_multiple_of(8)
+            && dims >= 2;
         let bases = live
             .iter()
             .flat_map(|p| p.sources.iter().map(|s| s.base[0]));
@@ -1033,6 +1045,7 @@ impl<T: Element> Winograd<T> {
                 }
             }
             let (scatter, spans) = self.scatter_table(g, p, &runs, task.band.start);
+            let step = self.out_stride[g.axes.len() - 1] * self.transforms[g.axes.len() - 1].m;
             let mut b = [T::zero(); CHUNK];
             for c0 in (0..cout_g).step_by(CHUNK) {
                 let cn = CHUNK.min(cout_g - c0);
@@ -1061,8 +1074,11 @@ impl<T: Element> Winograd<T> {
                     let y = &y[cc * pitch..];
                     for (image, span) in &spans {
                         let plane = &mut *task.planes[image * cout_g + c0 + cc];
-                        for &(yi, off) in &scatter[span.clone()] {
-                            plane[off] = y[yi];
+                        for &(yi, off, n) in &scatter[span.clone()] {
+                            let dst = plane[off..].iter_mut().step_by(step);
+                            for (d, &v) in dst.zip(&y[yi..yi + n]) {
+                                *d = v;
+                            }
                         }
                     }
                 }
@@ -1257,9 +1273,11 @@ impl<T: Element> Winograd<T> {
         }
     }
 
-    /// Where each output of a task's phase goes: `(index into the output transform's
-    /// results, index into the image's plane band)` pairs, and per run its image and range
-    /// of pairs. `band_start` is the band's first tile along axis 0.
+    /// Where the outputs of a task's phase go: segments `(index into the output
+    /// transform's results, index into the image's plane band, count)`, each a run of
+    /// tiles' outputs at one offset within the tile (consecutive results, stored
+    /// `out_stride · m` apart along the last axis), and per run its image and range of
+    /// segments. `band_start` is the band's first tile along axis 0.
     #[allow(clippy::type_complexity)]
     fn scatter_table(
         &self,
@@ -1267,7 +1285,7 @@ impl<T: Element> Winograd<T> {
         p: &Phase,
         runs: &[Run],
         band_start: usize,
-    ) -> (Vec<(usize, usize)>, Vec<(usize, Range<usize>)>) {
+    ) -> (Vec<(usize, usize, usize)>, Vec<(usize, Range<usize>)>) {
         let dims = g.axes.len();
         let m = self.transforms[dims - 1].m;
         let pitch = self.pitch;
@@ -1279,10 +1297,10 @@ impl<T: Element> Winograd<T> {
             p.residue[dims - 1],
             p.extents[dims - 1],
         );
-        let mut pairs = Vec::new();
+        let mut segments = Vec::new();
         let mut spans = Vec::new();
         for run in runs {
-            let start = pairs.len();
+            let start = segments.len();
             let mut ao_flat = 0;
             for_each_index(&self.outer_m, |ao| {
                 let line = ao_flat;
@@ -1295,21 +1313,21 @@ impl<T: Element> Winograd<T> {
                     }
                     base += (self.out_stride[a] * q + p.residue[a]) * out_pitch[a];
                 }
-                for (t, tile) in run.tiles.clone().enumerate() {
-                    for aw in 0..m {
-                        let q = m * tile + aw;
-                        if q < ql {
-                            // At or after the band's start (axis 0's term is in `base`,
-                            // or is the last axis's own).
-                            let at = base + sl * q + rl - origin;
-                            pairs.push(((line * m + aw) * CHUNK * pitch + run.col + t, at));
-                        }
+                for aw in 0..m {
+                    // The run's tiles whose output at `aw` lies inside the phase: a prefix.
+                    let n = run.tiles.clone().filter(|&t| m * t + aw < ql).count();
+                    if n > 0 {
+                        let q = m * run.tiles.start + aw;
+                        // At or after the band's start (axis 0's term is in `base`, or is
+                        // the last axis's own).
+                        let at = base + sl * q + rl - origin;
+                        segments.push(((line * m + aw) * CHUNK * pitch + run.col, at, n));
                     }
                 }
             });
-            spans.push((run.image, start..pairs.len()));
+            spans.push((run.image, start..segments.len()));
         }
-        (pairs, spans)
+        (segments, spans)
     }
 
     /// `y = Aᵀ M A + bias` for output channels `c0..c0 + cn` (at most [`CHUNK`]; `mres`

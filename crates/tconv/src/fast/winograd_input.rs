@@ -12,7 +12,7 @@
 //! `V[ξ][ci][tile]`. The outputs are formed in registers from 8 columns of every point's
 //! GEMM results at a time.
 //!
-//! The transforms the plans use (F(2, 2), F(3, 2), F(2, 3), in 1 or 2 axes) run as one
+//! The 2-D transforms the plans use (F(2, 2), F(3, 2), F(2, 3) on both axes) run as one
 //! pass per axis with their matrices as constants (0 skipped, ±1 an add or subtract); any
 //! other runs the Kronecker product's terms. Coefficients are 0, ±1 and ±1/2, so small
 //! integers stay exact; the order of the additions differs from the portable transforms',
@@ -223,8 +223,8 @@ unsafe fn transpose_block(rows: [&[f32]; 8], out: &mut [f32], cpad: usize, c0: u
 /// How a tile's points are formed from its inputs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Points {
-    /// One axis-by-axis pass per axis (1 or 2 axes) of [`BT3`] (`α = 3`) or [`BT4`]
-    /// (`α = 4`), unrolled with the coefficients as constants.
+    /// One pass per axis (2 axes) of [`BT3`] (`α = 3`) or [`BT4`] (`α = 4`), unrolled with
+    /// the coefficients as constants.
     Separable { alpha: usize, dims: usize },
     /// The Kronecker product's terms, point by point.
     Terms,
@@ -252,7 +252,7 @@ impl Points {
         };
         let all = |c: &[&[f32]]| bts.iter().all(|bt| is(bt, c));
         let dims = bts.len();
-        if dims == 0 || dims > 2 {
+        if dims != 2 {
             Points::Terms
         } else if all(&BT3.iter().map(|r| &r[..]).collect::<Vec<_>>()) {
             Points::Separable { alpha: 3, dims }
@@ -278,8 +278,6 @@ unsafe fn transform_avx2(
 ) {
     let op = (slab, offs, terms, channels, v, rows);
     match form {
-        Points::Separable { alpha: 3, dims: 1 } => each_tile::<SEP3_1D>(op),
-        Points::Separable { alpha: 4, dims: 1 } => each_tile::<SEP4_1D>(op),
         Points::Separable { alpha: 3, dims: 2 } => each_tile::<SEP3_2D>(op),
         Points::Separable { alpha: 4, dims: 2 } => each_tile::<SEP4_2D>(op),
         _ => each_tile::<TERMS>(op),
@@ -298,10 +296,8 @@ type TileArgs<'a> = (
 
 /// The forms [`each_tile`] is compiled for.
 const TERMS: u8 = 0;
-const SEP3_1D: u8 = 1;
-const SEP4_1D: u8 = 2;
-const SEP3_2D: u8 = 3;
-const SEP4_2D: u8 = 4;
+const SEP3_2D: u8 = 1;
+const SEP4_2D: u8 = 2;
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::__m256;
@@ -385,16 +381,6 @@ unsafe fn each_tile<const FORM: u8>(
                     *di = _mm256_loadu_ps(base.add(oi as usize + c0));
                 }
                 match FORM {
-                    SEP3_1D => {
-                        for (i, x) in axis(&BT3, [d[0], d[1], d[2]]).into_iter().enumerate() {
-                            tmp[i * 16 + t] = x;
-                        }
-                    }
-                    SEP4_1D => {
-                        for (i, x) in axis(&BT4, [d[0], d[1], d[2], d[3]]).into_iter().enumerate() {
-                            tmp[i * 16 + t] = x;
-                        }
-                    }
                     SEP3_2D => plane(&BT3, &d, &mut tmp, t),
                     SEP4_2D => plane(&BT4, &d, &mut tmp, t),
                     _ => {
@@ -432,7 +418,7 @@ unsafe fn each_tile<const FORM: u8>(
 /// How a tile's outputs are formed from its points.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Outputs {
-    /// One pass per axis (1 or 2 axes, all alike) of [`AT22`], [`AT32`] or [`AT23`].
+    /// One pass per axis (2 axes, alike) of [`AT22`], [`AT32`] or [`AT23`].
     Separable { at: usize, dims: usize },
     /// The Kronecker product's terms, output by output.
     Terms,
@@ -458,7 +444,7 @@ impl Outputs {
                     .all(|(&a, &b)| a == f64::from(b))
         }
         let dims = ats.len();
-        if dims == 0 || dims > 2 {
+        if dims != 2 {
             Outputs::Terms
         } else if ats.iter().all(|a| is(a, &AT22)) {
             Outputs::Separable { at: 22, dims }
@@ -529,12 +515,9 @@ pub(crate) fn output(
 
 /// The forms [`output_tiles`] is compiled for.
 const OUT_TERMS: u8 = 0;
-const OUT22_1D: u8 = 1;
-const OUT32_1D: u8 = 2;
-const OUT23_1D: u8 = 3;
-const OUT22_2D: u8 = 4;
-const OUT32_2D: u8 = 5;
-const OUT23_2D: u8 = 6;
+const OUT22_2D: u8 = 1;
+const OUT32_2D: u8 = 2;
+const OUT23_2D: u8 = 3;
 
 /// # Safety
 /// As [`output`] checks, and AVX2 and FMA available.
@@ -547,9 +530,6 @@ unsafe fn output_avx2(
     rows: &mut [f32],
 ) {
     match form {
-        Outputs::Separable { at: 22, dims: 1 } => output_tiles::<OUT22_1D>(a, terms, points, rows),
-        Outputs::Separable { at: 32, dims: 1 } => output_tiles::<OUT32_1D>(a, terms, points, rows),
-        Outputs::Separable { at: 23, dims: 1 } => output_tiles::<OUT23_1D>(a, terms, points, rows),
         Outputs::Separable { at: 22, dims: 2 } => output_tiles::<OUT22_2D>(a, terms, points, rows),
         Outputs::Separable { at: 32, dims: 2 } => output_tiles::<OUT32_2D>(a, terms, points, rows),
         Outputs::Separable { at: 23, dims: 2 } => output_tiles::<OUT23_2D>(a, terms, points, rows),
@@ -634,9 +614,6 @@ unsafe fn output_tiles<const FORM: u8>(
                 *mx = _mm256_loadu_ps(src.add(xi * a.point_stride + cc * a.pitch + col));
             }
             match FORM {
-                OUT22_1D => y[..2].copy_from_slice(&rect(&AT22, [m[0], m[1], m[2]])),
-                OUT32_1D => y[..3].copy_from_slice(&rect(&AT32, [m[0], m[1], m[2], m[3]])),
-                OUT23_1D => y[..2].copy_from_slice(&rect(&AT23, [m[0], m[1], m[2], m[3]])),
                 OUT22_2D => rect2(&AT22, &m, &mut y),
                 OUT32_2D => rect2(&AT32, &m, &mut y),
                 OUT23_2D => rect2(&AT23, &m, &mut y),
@@ -665,21 +642,20 @@ mod tests {
     use super::*;
     use crate::fast::winograd::Transform;
 
-    /// The constant matrices are the ones the plans build, so the planner's layers take
-    /// the unrolled passes; three axes and mixed transforms take the terms.
+    /// The constant matrices are the ones the plans build, so the planner's 2-D layers take
+    /// the unrolled passes; other axis counts and mixed transforms take the terms.
     #[test]
     fn constant_transforms_are_the_plans() {
         for ((m, r), at) in [((2, 2), 22), ((3, 2), 32), ((2, 3), 23)] {
             let t = Transform::new(m, r).unwrap();
-            for dims in 1..=2 {
-                let bts = vec![t.bt.as_slice(); dims];
-                let alpha = t.alpha;
-                assert_eq!(Points::of(&bts), Points::Separable { alpha, dims });
-                let ats = vec![t.at.as_slice(); dims];
-                assert_eq!(Outputs::of(&ats), Outputs::Separable { at, dims });
+            let (bts, ats) = ([t.bt.as_slice(); 2], [t.at.as_slice(); 2]);
+            let (alpha, dims) = (t.alpha, 2);
+            assert_eq!(Points::of(&bts), Points::Separable { alpha, dims });
+            assert_eq!(Outputs::of(&ats), Outputs::Separable { at, dims });
+            for dims in [1, 3] {
+                assert_eq!(Points::of(&vec![t.bt.as_slice(); dims]), Points::Terms);
+                assert_eq!(Outputs::of(&vec![t.at.as_slice(); dims]), Outputs::Terms);
             }
-            assert_eq!(Points::of(&[t.bt.as_slice(); 3]), Points::Terms);
-            assert_eq!(Outputs::of(&[t.at.as_slice(); 3]), Outputs::Terms);
         }
         let (a, b) = (Transform::new(2, 2).unwrap(), Transform::new(2, 3).unwrap());
         assert_eq!(Points::of(&[&a.bt, &b.bt]), Points::Terms);
