@@ -56,8 +56,8 @@ pub(crate) struct SlabSource {
 }
 
 impl Slab {
-    /// Copy rows `src.rows` of every image of `src.batch` and every channel of the group.
-    /// Needs AVX (checked by the caller: only AVX2 plans build slabs).
+    /// Copy rows `src.rows` of every image of `src.batch` and every channel of the group
+    /// (8×8 blocks by AVX transposes where it is available).
     pub(crate) fn new(x: &[f32], src: &SlabSource) -> Slab {
         let cpad = src.cin_g.div_ceil(8) * 8;
         let plane = src.rows.len() * src.row_len;
@@ -79,14 +79,14 @@ impl Slab {
                 let cn = 8.min(src.cin_g.saturating_sub(c0));
                 let mut p0 = 0;
                 #[cfg(target_arch = "x86_64")]
-                if cn == 8 {
+                if cn == 8 && is_x86_feature_detected!("avx") {
                     while p0 + 8 <= plane {
                         let rows: [&[f32]; 8] = std::array::from_fn(|c| {
                             &x[chan0 + (c0 + c) * src.in_plane + p0..][..8]
                         });
                         let out = &mut dst[p0 * cpad..(p0 + 8) * cpad];
-                        // Safety: AVX is available (the caller's plan is AVX2); the rows
-                        // hold 8 values each and `out` 8 positions of `cpad >= c0 + 8`.
+                        // Safety: AVX was detected; the rows hold 8 values each and `out`
+                        // 8 positions of `cpad >= c0 + 8`.
                         unsafe { transpose_block(rows, out, cpad, c0) };
                         p0 += 8;
                     }
@@ -128,6 +128,9 @@ impl Slab {
     ) -> Option<Vec<u32>> {
         u32::try_from(self.zero).ok()?;
         let zero = self.zero as u32;
+        if n == 0 {
+            return Some(vec![zero; n_pad * points]);
+        }
         // Padding first (its table entries are placeholders), marked by `u32::MAX`.
         let mut offs = vec![zero; n_pad * points];
         for &z in zeros {
@@ -156,8 +159,8 @@ impl Slab {
 /// `V[ξ][row0 + c][col]` (points `point_stride` apart, rows `pitch` apart) for the
 /// slab's first `channels` channels and the tiles of `offs` ([`Slab::offsets`], `points`
 /// per tile, a multiple of 8 tiles): each point the sum of its `terms` `(input,
-/// coefficient)` in order. Each block of 8 tiles takes all channels in turn, so its
-/// inputs are read from the slab once.
+/// coefficient)` in order. Each block of 16 tiles takes all channels in turn, so its
+/// inputs are read from the slab once. Panics without AVX2 and FMA.
 pub(crate) fn transform(
     slab: &Slab,
     offs: &[u32],
@@ -169,7 +172,8 @@ pub(crate) fn transform(
     let points = terms.len();
     let tiles = offs.len() / points.max(1);
     assert!(
-        points <= MAX_POINTS
+        avx2_fma()
+            && points <= MAX_POINTS
             && offs.len() == tiles * points
             && tiles.is_multiple_of(8)
             && tiles <= pitch
@@ -188,8 +192,8 @@ pub(crate) fn transform(
         "input transform operands"
     );
     #[cfg(target_arch = "x86_64")]
-    // Safety: AVX2 and FMA are available (the caller's plan is AVX2); every load is at an
-    // offset checked above to leave `cpad` values in the slab, every store inside `v`.
+    // Safety: AVX2 and FMA are available (checked above); every load is at an offset
+    // checked above to leave `cpad` values in the slab, every store inside `v`.
     unsafe {
         transform_avx2(
             slab,
@@ -201,7 +205,15 @@ pub(crate) fn transform(
         )
     };
     #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("slabs are built for AVX2 plans only");
+    unreachable!("checked above: AVX2 is x86-64 only");
+}
+
+/// Whether this CPU has AVX2 and FMA (what the transforms in registers need).
+pub(crate) fn avx2_fma() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    false
 }
 
 /// Most points of a tile (`α^D`, [`super::winograd::MAX_ALPHA`]³).
@@ -418,7 +430,8 @@ unsafe fn each_tile<const FORM: u8>(
 /// How a tile's outputs are formed from its points.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Outputs {
-    /// One pass per axis (2 axes, alike) of [`AT22`], [`AT32`] or [`AT23`].
+    /// One pass per axis (2 axes, alike) of [`AT22`], [`AT32`] or [`AT23`], named by `at`
+    /// as `10·m + r` (22, 32 or 23).
     Separable { at: usize, dims: usize },
     /// The Kronecker product's terms, output by output.
     Terms,
@@ -471,7 +484,8 @@ pub(crate) struct OutputArgs<'a> {
 }
 
 /// `y[o][c][col] = bias[c] + Σ_ξ (Aᵀ ⊗ … ⊗ Aᵀ)[o][ξ] · M[ξ][c][col]` for the channels of
-/// `bias` (at most 8) into `rows`, 8 columns at a time in registers.
+/// `bias` (at most 8) into `rows`, 8 columns at a time in registers. Panics without AVX2
+/// and FMA.
 pub(crate) fn output(
     a: &OutputArgs<'_>,
     (terms, form): (&[Vec<(usize, f32)>], Outputs),
@@ -481,7 +495,8 @@ pub(crate) fn output(
     let outs = terms.len();
     let cn = a.bias.len();
     assert!(
-        points <= MAX_POINTS
+        avx2_fma()
+            && points <= MAX_POINTS
             && outs <= MAX_POINTS
             && cn <= 8
             && a.cols.is_multiple_of(8)
@@ -504,13 +519,13 @@ pub(crate) fn output(
         "output transform operands"
     );
     #[cfg(target_arch = "x86_64")]
-    // Safety: AVX2 and FMA are available (the caller's plan is AVX2); every load and store
-    // lies inside the slices checked above.
+    // Safety: AVX2 and FMA are available (checked above); every load and store lies
+    // inside the slices checked above.
     unsafe {
         output_avx2(a, (terms, form), points, rows)
     };
     #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("the transforms in registers run on AVX2 plans only");
+    unreachable!("checked above: AVX2 is x86-64 only");
 }
 
 /// The forms [`output_tiles`] is compiled for.
