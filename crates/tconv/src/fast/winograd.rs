@@ -747,15 +747,21 @@ impl<T: Element> Winograd<T> {
             ((want / per_image).clamp(1, batch), t0)
         };
         let tasks = |bc: usize, bt: usize| g.groups * batch.div_ceil(bc) * t0.div_ceil(bt);
-        while threads > 1 && tasks(batch_chunk, band_tiles) < threads {
-            if batch_chunk > 1 {
-                batch_chunk = batch_chunk.div_ceil(2);
-            } else if band_tiles > 1 {
-                band_tiles = band_tiles.div_ceil(2);
+        // Halve the images per task, else the band; false where both are one.
+        let halve = |bc: &mut usize, bt: &mut usize| {
+            if *bc > 1 {
+                *bc = bc.div_ceil(2);
+            } else if *bt > 1 {
+                *bt = bt.div_ceil(2);
             } else {
-                break;
+                return false;
             }
-        }
+            true
+        };
+        while threads > 1
+            && tasks(batch_chunk, band_tiles) < threads
+            && halve(&mut batch_chunk, &mut band_tiles)
+        {}
         let in_shape: Vec<usize> = g.axes.iter().map(|a| a.input).collect();
         let in_terms = terms(&transforms, |t| (t.bt.as_slice(), t.alpha, t.alpha));
         let out_terms = terms(&transforms, |t| (t.at.as_slice(), t.m, t.alpha));
@@ -798,15 +804,8 @@ impl<T: Element> Winograd<T> {
         // that is not enough, the portable transforms (no copy of the input).
         while over(batch_chunk, band_tiles, registers)
             && batch_chunk * band_tiles * row_tiles >= 2 * tl
-        {
-            if batch_chunk > 1 {
-                batch_chunk = batch_chunk.div_ceil(2);
-            } else if band_tiles > 1 {
-                band_tiles = band_tiles.div_ceil(2);
-            } else {
-                break;
-            }
-        }
+            && halve(&mut batch_chunk, &mut band_tiles)
+        {}
         if over(batch_chunk, band_tiles, registers) && !over(batch_chunk, band_tiles, false) {
             registers = false;
         }

@@ -314,54 +314,6 @@ const SEP4_2D: u8 = 2;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::__m256;
 
-/// One axis's transform of `x`: `Σ_k bt[j][k] · x[k]` for every `j`, the constant
-/// coefficients folded (0 skipped, ±1 an add or subtract).
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn axis<const A: usize>(bt: &[[f32; A]; A], x: [__m256; A]) -> [__m256; A] {
-    use std::arch::x86_64::*;
-    let mut out = [_mm256_setzero_ps(); A];
-    for (j, o) in out.iter_mut().enumerate() {
-        let mut acc = _mm256_setzero_ps();
-        for (k, &c) in bt[j].iter().enumerate() {
-            acc = if c == 0.0 {
-                acc
-            } else if c == 1.0 {
-                _mm256_add_ps(acc, x[k])
-            } else if c == -1.0 {
-                _mm256_sub_ps(acc, x[k])
-            } else {
-                _mm256_fmadd_ps(_mm256_set1_ps(c), x[k], acc)
-            };
-        }
-        *o = acc;
-    }
-    out
-}
-
-/// A 2-D tile's points from its inputs `d[l·A + k]` (axis 0 outer), point `i·A + j` into
-/// `tmp[(i·A + j)·16 + t]`: the last axis's transform of every line, then axis 0's of
-/// every column.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn plane<const A: usize>(bt: &[[f32; A]; A], d: &[__m256], tmp: &mut [__m256], t: usize) {
-    let mut h = [[std::arch::x86_64::_mm256_setzero_ps(); A]; A];
-    for (l, hl) in h.iter_mut().enumerate() {
-        let mut line = [std::arch::x86_64::_mm256_setzero_ps(); A];
-        line.copy_from_slice(&d[l * A..(l + 1) * A]);
-        *hl = axis(bt, line);
-    }
-    for j in 0..A {
-        let mut col = [std::arch::x86_64::_mm256_setzero_ps(); A];
-        for (l, c) in col.iter_mut().enumerate() {
-            *c = h[l][j];
-        }
-        for (i, c) in axis(bt, col).into_iter().enumerate() {
-            tmp[(i * A + j) * 16 + t] = c;
-        }
-    }
-}
-
 /// The driver of [`transform_avx2`]: per block of 8 tiles and group of 8 channels, each
 /// tile's inputs loaded, its points formed (`FORM`: [`TERMS`] or a separable form), and
 /// each point's 8×8 block transposed into `V`.
@@ -393,8 +345,8 @@ unsafe fn each_tile<const FORM: u8>(
                     *di = _mm256_loadu_ps(base.add(oi as usize + c0));
                 }
                 match FORM {
-                    SEP3_2D => plane(&BT3, &d, &mut tmp, t),
-                    SEP4_2D => plane(&BT4, &d, &mut tmp, t),
+                    SEP3_2D => rect2(&BT3, &d, (&mut tmp, 16, t)),
+                    SEP4_2D => rect2(&BT4, &d, (&mut tmp, 16, t)),
                     _ => {
                         for (xi, ts) in terms.iter().enumerate() {
                             let mut acc = _mm256_setzero_ps();
@@ -552,7 +504,8 @@ unsafe fn output_avx2(
     }
 }
 
-/// One axis's transform by a constant `R × C` matrix: `Σ_k at[j][k] · x[k]` for every `j`.
+/// One axis's transform by a constant `R × C` matrix: `Σ_k at[j][k] · x[k]` for every `j`,
+/// the coefficients folded (0 skipped, ±1 an add or subtract).
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn rect<const R: usize, const C: usize>(at: &[[f32; C]; R], x: [__m256; C]) -> [__m256; R] {
@@ -576,14 +529,15 @@ unsafe fn rect<const R: usize, const C: usize>(at: &[[f32; C]; R], x: [__m256; C
     out
 }
 
-/// A 2-D tile's outputs `y[a·R + b]` from its points `m[i·C + j]`: the last axis's
-/// transform of every line of points, then axis 0's of every column.
+/// A 2-D tile's `R × R` results `y[(a·R + b)·stride + t]` from its `C × C` values
+/// `m[i·C + j]` (axis 0 outer; the points from the inputs by `Bᵀ`, the outputs from the
+/// points by `Aᵀ`): the last axis's transform of every line, then axis 0's of every column.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
 unsafe fn rect2<const R: usize, const C: usize>(
     at: &[[f32; C]; R],
     m: &[__m256; MAX_POINTS],
-    y: &mut [__m256; MAX_POINTS],
+    (y, stride, t): (&mut [__m256], usize, usize),
 ) {
     let zero = std::arch::x86_64::_mm256_setzero_ps();
     let mut h = [[zero; R]; C];
@@ -598,7 +552,7 @@ unsafe fn rect2<const R: usize, const C: usize>(
             *c = h[i][b];
         }
         for (a, v) in rect(at, col).into_iter().enumerate() {
-            y[a * R + b] = v;
+            y[(a * R + b) * stride + t] = v;
         }
     }
 }
@@ -629,9 +583,9 @@ unsafe fn output_tiles<const FORM: u8>(
                 *mx = _mm256_loadu_ps(src.add(xi * a.point_stride + cc * a.pitch + col));
             }
             match FORM {
-                OUT22_2D => rect2(&AT22, &m, &mut y),
-                OUT32_2D => rect2(&AT32, &m, &mut y),
-                OUT23_2D => rect2(&AT23, &m, &mut y),
+                OUT22_2D => rect2(&AT22, &m, (&mut y, 1, 0)),
+                OUT32_2D => rect2(&AT32, &m, (&mut y, 1, 0)),
+                OUT23_2D => rect2(&AT23, &m, (&mut y, 1, 0)),
                 _ => {
                     for (o, ts) in terms.iter().enumerate() {
                         let mut acc = _mm256_setzero_ps();
