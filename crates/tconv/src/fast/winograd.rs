@@ -540,6 +540,10 @@ pub struct Winograd<T> {
     /// Whether the transforms run in registers (f32 on AVX2, where the input copy fits
     /// the workspace bound).
     registers: bool,
+    /// Whether most phases take the bias only (a dilation sharing a factor with the
+    /// stride: 3 of 4 phases): then each task fills its band with the bias first, one
+    /// contiguous pass per plane, and the live phases overwrite their positions.
+    fill_first: bool,
     /// `Bᵀ ⊗ … ⊗ Bᵀ` (per point: its inputs `(line·α + j)`) and `Aᵀ ⊗ … ⊗ Aᵀ` (per
     /// output offset `(line·m + aw)`: its points) as nonzero terms, in `T`.
     in_terms: Vec<Vec<(usize, T)>>,
@@ -813,6 +817,8 @@ impl<T: Element> Winograd<T> {
         let pitch = super::im2col::pitch(cols, tl, elem);
         let slab_len = slab_len(batch_chunk, band_tiles, registers);
         let out_shape: Vec<usize> = g.axes.iter().map(|a| a.output).collect();
+        let bias_only = phases.iter().filter(|p| !p.live() && !p.empty()).count();
+        let fill_first = 2 * bias_only >= phases.len();
         Some(Winograd {
             kernel,
             isa,
@@ -829,20 +835,11 @@ impl<T: Element> Winograd<T> {
             pitch,
             slab_len,
             registers,
+            fill_first,
             in_terms_f32: terms(&transforms, |t| (t.bt.as_slice(), t.alpha, t.alpha)),
-            in_form: winograd_input::Points::of(
-                &transforms
-                    .iter()
-                    .map(|t| t.bt.as_slice())
-                    .collect::<Vec<_>>(),
-            ),
+            in_form: winograd_input::Points::of(&transforms),
             out_terms_f32: terms(&transforms, |t| (t.at.as_slice(), t.m, t.alpha)),
-            out_form: winograd_input::Outputs::of(
-                &transforms
-                    .iter()
-                    .map(|t| t.at.as_slice())
-                    .collect::<Vec<_>>(),
-            ),
+            out_form: winograd_input::Outputs::of(&transforms),
             in_terms,
             out_terms,
             in_pitch: pitches_of(&in_shape),
@@ -946,8 +943,10 @@ impl<T: Element> Winograd<T> {
         let pitch = self.pitch;
         let kdim = self.kdim;
         let tl = self.v * self.lanes;
+        // The transforms in registers (f32 only; `registers` implies it).
+        let registers = avx2 && self.registers;
         let slab = match super::as_f32(x) {
-            Some(x) if avx2 && self.registers => self.slab(g, x, &task),
+            Some(x) if registers => self.slab(g, x, &task),
             _ => None,
         };
         let mut v = scratch::take::<T>(self.points * kdim * pitch);
@@ -958,16 +957,7 @@ impl<T: Element> Winograd<T> {
         // The phase whose transformed input `v` holds: consecutive phases that read the
         // same inputs (HiFi-GAN's k16 s8: four phases per base) transform it once.
         let mut v_of: Option<&Phase> = None;
-        // Where most phases take the bias only (a dilation sharing a factor with the stride:
-        // 3 of 4 phases), the whole band is filled with it first, one contiguous pass per
-        // plane, and the live phases overwrite their positions.
-        let bias_only = self
-            .phases
-            .iter()
-            .filter(|p| !p.live() && !p.empty())
-            .count();
-        let filled = 2 * bias_only >= self.phases.len();
-        if filled {
+        if self.fill_first {
             let cout_g = g.out_per_group();
             for (k, plane) in task.planes.iter_mut().enumerate() {
                 plane.fill(bias.map_or(T::zero(), |b| b[task.group * cout_g + k % cout_g]));
@@ -981,7 +971,7 @@ impl<T: Element> Winograd<T> {
                 continue;
             }
             if !p.live() {
-                if !filled {
+                if !self.fill_first {
                     self.fill_bias(g, p, bias, &mut task);
                 }
                 continue;
@@ -1001,9 +991,10 @@ impl<T: Element> Winograd<T> {
                 &p.sources[..]
             };
             v_of = Some(p);
+            // Columns the GEMMs run over: whole register panels.
+            let n_pad = n_cols.div_ceil(tl) * tl;
             for (si, src) in sources.iter().enumerate() {
                 let (table, zeros) = self.gather_table(g, src, task.group, &runs, n_cols);
-                let n_pad = n_cols.div_ceil(tl) * tl;
                 let fast = slab.as_ref().and_then(|slab| {
                     let offs =
                         slab.offsets((&table, &zeros), (n_cols, n_pad, pitch), self.points)?;
@@ -1051,15 +1042,14 @@ impl<T: Element> Winograd<T> {
                 for (cc, b) in b[..cn].iter_mut().enumerate() {
                     *b = bias.map_or(T::zero(), |bias| bias[task.group * cout_g + c0 + cc]);
                 }
-                let y = match (&slab, super::as_f32(&mres), super::as_f32(&b[..cn])) {
-                    // The transform in registers on the AVX2 path (where the slab is).
-                    (Some(_), Some(m), Some(b)) => {
+                let y = match (super::as_f32(&mres), super::as_f32(&b[..cn])) {
+                    (Some(m), Some(b)) if registers => {
                         let r32 = super::as_f32_mut(&mut rows).expect("f32 like the results");
                         let args = winograd_input::OutputArgs {
                             mres: &m[c0 * pitch..],
                             point_stride: cout_pad * pitch,
                             pitch,
-                            cols: n_cols.div_ceil(tl) * tl,
+                            cols: n_pad,
                             bias: b,
                             block: CHUNK * pitch,
                         };

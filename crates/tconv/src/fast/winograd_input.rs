@@ -22,6 +22,7 @@
 use std::ops::Range;
 
 use super::scratch;
+use super::winograd::Transform;
 
 /// A task's input rows in channels-last order, `[image][position][channel]` with the
 /// channels padded to a multiple of 8 (zeros), and one position of zeros at the end that
@@ -253,27 +254,27 @@ pub(crate) const BT4: [[f32; 4]; 4] = [
 ];
 
 impl Points {
-    /// The form for per-axis input transforms `bts` (row-major `α × α` each).
-    pub(crate) fn of(bts: &[&[f64]]) -> Points {
-        let is = |bt: &[f64], c: &[&[f32]]| {
-            bt.len() == c.len() * c.len()
-                && bt
-                    .iter()
-                    .zip(c.iter().flat_map(|r| r.iter()))
-                    .all(|(&a, &b)| a == f64::from(b))
-        };
-        let all = |c: &[&[f32]]| bts.iter().all(|bt| is(bt, c));
-        let dims = bts.len();
+    /// The form for the per-axis transforms' `Bᵀ`.
+    pub(crate) fn of(transforms: &[Transform]) -> Points {
+        let dims = transforms.len();
         if dims != 2 {
             Points::Terms
-        } else if all(&BT3.iter().map(|r| &r[..]).collect::<Vec<_>>()) {
+        } else if transforms.iter().all(|t| same(&t.bt, &BT3)) {
             Points::Separable { alpha: 3, dims }
-        } else if all(&BT4.iter().map(|r| &r[..]).collect::<Vec<_>>()) {
+        } else if transforms.iter().all(|t| same(&t.bt, &BT4)) {
             Points::Separable { alpha: 4, dims }
         } else {
             Points::Terms
         }
     }
+}
+
+/// Whether the row-major matrix `m` is the constant `c`.
+fn same<const C: usize>(m: &[f64], c: &[[f32; C]]) -> bool {
+    m.len() == c.len() * C
+        && m.iter()
+            .zip(c.iter().flatten())
+            .all(|(&a, &b)| a == f64::from(b))
 }
 
 /// # Safety
@@ -399,23 +400,16 @@ pub(crate) const AT32: [[f32; 4]; 3] = [
 pub(crate) const AT23: [[f32; 4]; 2] = [[1.0, 1.0, 1.0, 0.0], [0.0, 1.0, -1.0, 1.0]];
 
 impl Outputs {
-    /// The form for per-axis output transforms `ats` (row-major `m × α` each).
-    pub(crate) fn of(ats: &[&[f64]]) -> Outputs {
-        fn is<const C: usize>(at: &[f64], c: &[[f32; C]]) -> bool {
-            at.len() == c.len() * C
-                && at
-                    .iter()
-                    .zip(c.iter().flatten())
-                    .all(|(&a, &b)| a == f64::from(b))
-        }
-        let dims = ats.len();
+    /// The form for the per-axis transforms' `Aᵀ`.
+    pub(crate) fn of(transforms: &[Transform]) -> Outputs {
+        let dims = transforms.len();
         if dims != 2 {
             Outputs::Terms
-        } else if ats.iter().all(|a| is(a, &AT22)) {
+        } else if transforms.iter().all(|t| same(&t.at, &AT22)) {
             Outputs::Separable { at: 22, dims }
-        } else if ats.iter().all(|a| is(a, &AT32)) {
+        } else if transforms.iter().all(|t| same(&t.at, &AT32)) {
             Outputs::Separable { at: 32, dims }
-        } else if ats.iter().all(|a| is(a, &AT23)) {
+        } else if transforms.iter().all(|t| same(&t.at, &AT23)) {
             Outputs::Separable { at: 23, dims }
         } else {
             Outputs::Terms
@@ -609,7 +603,6 @@ unsafe fn output_tiles<const FORM: u8>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fast::winograd::Transform;
 
     /// The constant matrices are the ones the plans build, so the planner's 2-D layers take
     /// the unrolled passes; other axis counts and mixed transforms take the terms.
@@ -617,17 +610,18 @@ mod tests {
     fn constant_transforms_are_the_plans() {
         for ((m, r), at) in [((2, 2), 22), ((3, 2), 32), ((2, 3), 23)] {
             let t = Transform::new(m, r).unwrap();
-            let (bts, ats) = ([t.bt.as_slice(); 2], [t.at.as_slice(); 2]);
             let (alpha, dims) = (t.alpha, 2);
-            assert_eq!(Points::of(&bts), Points::Separable { alpha, dims });
-            assert_eq!(Outputs::of(&ats), Outputs::Separable { at, dims });
+            let two = [t.clone(), t.clone()];
+            assert_eq!(Points::of(&two), Points::Separable { alpha, dims });
+            assert_eq!(Outputs::of(&two), Outputs::Separable { at, dims });
             for dims in [1, 3] {
-                assert_eq!(Points::of(&vec![t.bt.as_slice(); dims]), Points::Terms);
-                assert_eq!(Outputs::of(&vec![t.at.as_slice(); dims]), Outputs::Terms);
+                let ts = vec![t.clone(); dims];
+                assert_eq!(Points::of(&ts), Points::Terms);
+                assert_eq!(Outputs::of(&ts), Outputs::Terms);
             }
         }
-        let (a, b) = (Transform::new(2, 2).unwrap(), Transform::new(2, 3).unwrap());
-        assert_eq!(Points::of(&[&a.bt, &b.bt]), Points::Terms);
-        assert_eq!(Outputs::of(&[&a.at, &b.at]), Outputs::Terms);
+        let mixed = [Transform::new(2, 2).unwrap(), Transform::new(2, 3).unwrap()];
+        assert_eq!(Points::of(&mixed), Points::Terms);
+        assert_eq!(Outputs::of(&mixed), Outputs::Terms);
     }
 }

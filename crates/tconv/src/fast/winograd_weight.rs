@@ -383,23 +383,14 @@ fn phase_gradient<T: Element>(
 /// both sides are multiples of 8).
 fn transpose<T: Element>(src: &[T], r: usize, c: usize, dst: &mut [T]) {
     #[cfg(target_arch = "x86_64")]
-    if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
-        && r.is_multiple_of(8)
-        && c.is_multiple_of(8)
-        && is_x86_feature_detected!("avx")
-    {
-        assert!(src.len() >= r * c && dst.len() >= r * c, "transpose bounds");
-        // Safety: `T` is `f32` (same TypeId); every load and store lies within the `r × c`
-        // values checked above; AVX was detected.
-        unsafe {
-            transpose_avx(
-                src.as_ptr() as *const f32,
-                r,
-                c,
-                dst.as_mut_ptr() as *mut f32,
-            );
+    if r.is_multiple_of(8) && c.is_multiple_of(8) && is_x86_feature_detected!("avx") {
+        if let (Some(s32), Some(d32)) = (super::as_f32(src), super::as_f32_mut(dst)) {
+            assert!(s32.len() >= r * c && d32.len() >= r * c, "transpose bounds");
+            // Safety: every load and store lies within the `r × c` values checked above;
+            // AVX was detected.
+            unsafe { transpose_avx(s32.as_ptr(), r, c, d32.as_mut_ptr()) };
+            return;
         }
-        return;
     }
     for (j, d) in dst[..r * c].chunks_exact_mut(r).enumerate() {
         for (i, v) in d.iter_mut().enumerate() {
