@@ -52,8 +52,8 @@ pub const MIN_SPEEDUP: f64 = 1.12;
 
 /// The transforms' time relative to the GEMMs', per output channel (input transform) and
 /// per channel of the reduction (output transform and store), for the transforms in
-/// registers ([`super::winograd_input`], the f32 AVX2 path every 2-D plan the planner
-/// chooses takes): from the shares of a perf profile at 1 thread, input transform (slab, offsets,
+/// registers ([`super::winograd_input`], which f32 AVX2 plans of two axes take unless their
+/// input copy would not fit the workspace bound): from the shares of a perf profile at 1 thread, input transform (slab, offsets,
 /// transform) / GEMM = 0.31 · 64 / (C_out/g) for dcgan3, 0.27 · 64 for s1k3, 0.14 · 128 for
 /// dcgan2; output transform and store / GEMM = 0.21 · 128 / K (dcgan3), 0.23 · 64 (s1k3),
 /// 0.12 · 256 (dcgan2). The portable transforms (rows gathered through a table, one pass
@@ -450,12 +450,13 @@ fn most_sources(phases: &[Phase]) -> usize {
 /// multiplications ([`gain`]) times the GEMMs' relative efficiency, over one plus the
 /// transforms' relative time, which falls as the channels grow (`INPUT_COST · share /
 /// (C_out/g) + OUTPUT_COST / K`, `K = sources · C_in/g` the GEMMs' reduction, `share` the
-/// fraction of the live phases whose input is transformed; `INPUT_COST` is the portable
-/// transforms' for one axis, which keeps them). Against the layers measured (forced, against
-/// the direct engine at 1 thread, minima of 3-4 alternating rounds): dcgan1 1.42
-/// (1.28-1.56x), dcgan2 1.28 (1.38-1.40x), dcgan3 1.07 (1.04-1.16x), s1k3 1.19
-/// (1.03-1.41x), hifigan1d 1.23 (1.06-1.07x; its eight phases read two inputs, so the
-/// input transform counts a quarter).
+/// fraction of the live phases whose input is transformed; for one axis, which keeps the
+/// portable transforms, their input cost). Against the layers measured (forced, against the
+/// direct engine at 1 thread, 3-4 alternating rounds, median / min): dcgan1 1.42
+/// (1.27-1.82x / 1.28-1.56x), dcgan2 1.28 (1.15-1.18x / 1.38-1.40x), dcgan3 1.07
+/// (0.96-0.99x / 1.04-1.16x), s1k3 1.19 (1.15-1.24x / 1.03-1.37x), dilated 1.19 (0.90x /
+/// 1.25x), hifigan1d 1.23 (1.15x / 1.11x; its eight phases read two inputs, so the input
+/// transform counts a quarter).
 ///
 /// With `once` (a plan executed once) the weights' transform counts too:
 /// `PACK_COST / (tiles of a phase)` more.
