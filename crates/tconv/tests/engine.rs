@@ -862,10 +862,11 @@ fn winograd_tiles_match_reference() {
 
 /// The planner's choice by the Winograd cost model, on the DCGAN generator's widths (where
 /// the CPU has AVX2 or AVX-512; the portable kernels never take the tiles): the forward
-/// pass of a plan built once takes the tiles for the wide layers (512 → 256, 256 → 128) and
-/// not for 128 → 64; the input gradient (a strided conv planned to run once, its weights
-/// transformed on every call) takes them for the wide layers too, and not for a small batch,
-/// whose few tiles do not repay the weights' transform. HiFi-GAN's 1-D layer takes them
+/// pass of a plan built once takes the tiles for the wide layers (512 → 256, 256 → 128,
+/// 128 → 64) and not for 64 → 32, whose 32 output channels share each input transform too
+/// little; the input gradient (a strided conv planned to run once, its weights transformed
+/// on every call, 64 output channels for the last) takes them for all four, and not for a
+/// small batch, whose few tiles do not repay the weights' transform. HiFi-GAN's 1-D layer takes them
 /// both ways.
 #[test]
 fn planner_takes_winograd_where_the_model_pays() {
@@ -881,7 +882,8 @@ fn planner_takes_winograd_where_the_model_pays() {
     let cases = [
         (16, 512, 256, 4, Algorithm::Winograd, Algorithm::Winograd),
         (16, 256, 128, 8, Algorithm::Winograd, Algorithm::Winograd),
-        (16, 128, 64, 16, Algorithm::Direct, Algorithm::Winograd),
+        (16, 128, 64, 16, Algorithm::Winograd, Algorithm::Winograd),
+        (16, 64, 32, 32, Algorithm::Direct, Algorithm::Winograd),
         (1, 256, 128, 8, Algorithm::Winograd, Algorithm::Direct),
     ];
     for (n, cin, cout, side, forward, gradient) in cases {
