@@ -9,6 +9,8 @@
 //!   axis always indexes the "small" side). Per group and tap this is a GEMM over
 //!   `(position, batch)`, run on the same packed-panel microkernels; taps that read the same
 //!   stride residue share one packed copy of `B` as shifted views ([`grad_weight_fast`]).
+//!   Where the kernel equals the stride, `B` is read in place instead
+//!   ([`fast::weight_strided`](crate::fast::weight_strided)).
 //! - `∂L/∂b[c] = Σ_n Σ_positions gy[n, c, ·]`.
 //!
 //! Only the requested gradients are computed. Every gradient element is produced by one task
@@ -22,7 +24,7 @@ use crate::error::{fail, ErrorKind, Result};
 use crate::fast::direct::{run_chunks, run_each};
 use crate::fast::kernels::{portable, tile_shapes, Rows};
 use crate::fast::tap_rows::{self, TapRows};
-use crate::fast::{scratch, winograd, winograd_weight, Isa};
+use crate::fast::{scratch, weight_strided, winograd, winograd_weight, Isa};
 use crate::geometry::Geometry;
 use crate::params::{ConvParams, Op};
 use crate::plan::{Algorithm, Plan, PlanOptions};
@@ -338,6 +340,8 @@ pub fn weight_gradient_method(g: &Geometry, options: &PlanOptions) -> String {
         "row dot products"
     } else if thin_big_side(g) {
         "row dot products, thin side"
+    } else if weight_strided::applies::<f32>(g, options.isa_for::<f32>()) {
+        "GEMM over positions, big side in place"
     } else {
         "GEMM over positions"
     };
@@ -1362,6 +1366,9 @@ pub fn grad_weight_fast<T: Element>(
     }
     if thin_big_side(g) {
         grad_weight_thin(g, s, b, threads, isa, &mut dw);
+        return dw;
+    }
+    if let Some(dw) = weight_strided::grad_weight(g, s, b, isa, threads) {
         return dw;
     }
     // The tile shape and orientation with the least modelled time: work padded to whole

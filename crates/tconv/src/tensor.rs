@@ -209,3 +209,18 @@ impl<'a, T: Element> Problem<'a, T> {
         })
     }
 }
+
+/// Small integers in `-3..=3` (a fixed pseudo-random sequence per `seed`): sums of their
+/// products are exact in any order, so fast paths must equal the reference bit for bit.
+#[cfg(test)]
+pub(crate) fn small_ints<T: Element>(n: usize, seed: u64) -> Vec<T> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            T::from((s >> 33) % 7).expect("a small integer") - T::from(3).expect("3")
+        })
+        .collect()
+}

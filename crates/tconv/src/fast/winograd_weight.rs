@@ -581,17 +581,8 @@ mod tests {
     use crate::grad::grad_weight_reference;
     use crate::params::ConvParams;
 
-    /// Small integers: the tiles' sums are then exact, so they must equal the reference's.
     fn ints(n: usize, seed: u64) -> Vec<f64> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                ((s >> 33) % 7) as f64 - 3.0
-            })
-            .collect()
+        crate::tensor::small_ints(n, seed)
     }
 
     /// Every layer kind, in chunks of 8 tiles (several chunks, the last partial) and in one,
