@@ -273,7 +273,7 @@ pub fn grad_bias<T: Element>(g: &Geometry, gy: &[T]) -> Vec<T> {
 }
 
 /// The small-side tensor `S` and big-side tensor `B` of the weight-gradient correlation.
-fn sides<'a, T>(g: &Geometry, x: &'a [T], gy: &'a [T]) -> (&'a [T], &'a [T]) {
+pub(crate) fn sides<'a, T>(g: &Geometry, x: &'a [T], gy: &'a [T]) -> (&'a [T], &'a [T]) {
     match g.op {
         Op::ConvTranspose => (x, gy),
         Op::Conv => (gy, x),
@@ -281,7 +281,7 @@ fn sides<'a, T>(g: &Geometry, x: &'a [T], gy: &'a [T]) -> (&'a [T], &'a [T]) {
 }
 
 /// Channels of the small side `S` and of the big side `B` (see [`sides`]).
-fn side_channels(g: &Geometry) -> (usize, usize) {
+pub(crate) fn side_channels(g: &Geometry) -> (usize, usize) {
     match g.op {
         Op::ConvTranspose => (g.in_channels, g.out_channels),
         Op::Conv => (g.out_channels, g.in_channels),
@@ -1015,7 +1015,7 @@ fn thin_block<T: Element, const TB: usize, const FUSED: bool>(
 
 /// One side of the weight-gradient GEMM, `(N, channels, plane)` in memory, and the channel
 /// block being packed from it.
-struct Side<'a, T> {
+pub(crate) struct Side<'a, T> {
     src: &'a [T],
     batch: usize,
     channels: usize,
@@ -1029,7 +1029,7 @@ struct Side<'a, T> {
 impl<'a, T> Side<'a, T> {
     /// Block `blk` of `width` channels of group `group` of `src`, whose `(channels,
     /// per_group, plane)` are `dims`.
-    fn block(
+    pub(crate) fn block(
         src: &'a [T],
         batch: usize,
         (channels, per_group, plane): (usize, usize, usize),
@@ -1051,7 +1051,7 @@ impl<'a, T> Side<'a, T> {
 
 /// Copy-position tables of the weight-gradient packing (copy position → plane offset,
 /// `usize::MAX` for zero), with the passes [`pack_positions`] takes through them.
-struct Tables {
+pub(crate) struct Tables {
     tables: Vec<Vec<usize>>,
     /// Positions per pass.
     block: usize,
@@ -1061,7 +1061,7 @@ struct Tables {
 
 impl Tables {
     /// `tables` (all of one length) packed `batch × width` values per position of each.
-    fn new<T>(tables: Vec<Vec<usize>>, batch: usize, width: usize) -> Tables {
+    pub(crate) fn new<T>(tables: Vec<Vec<usize>>, batch: usize, width: usize) -> Tables {
         let size = std::mem::size_of::<T>();
         let block = (PACK_BLOCK_BYTES / (tables.len() * batch * width * size).max(1)).max(8);
         let spans = tables
@@ -1094,7 +1094,7 @@ impl Tables {
 /// L2; with `prefetch`, the next pass's source lines are prefetched where a pass reads many
 /// rows at once (more streams than the hardware prefetchers follow). (Packing a chunk at a
 /// time, the prefetches cost more than they save: unet's packing 8.3 -> 6.0 ms without.)
-fn pack_positions<T: Element>(
+pub(crate) fn pack_positions<T: Element>(
     dst: &mut [T],
     width: usize,
     side: &Side<'_, T>,
@@ -1368,7 +1368,8 @@ pub fn grad_weight_fast<T: Element>(
         grad_weight_thin(g, s, b, threads, isa, &mut dw);
         return dw;
     }
-    if let Some(dw) = weight_strided::grad_weight(g, s, b, isa, threads) {
+    if weight_strided::applies::<T>(g, isa) {
+        weight_strided::grad_weight(g, s, b, threads, &mut dw);
         return dw;
     }
     // The tile shape and orientation with the least modelled time: work padded to whole

@@ -866,8 +866,8 @@ fn winograd_tiles_match_reference() {
 /// 128 → 64) and not for 64 → 32, whose 32 output channels share each input transform too
 /// little; the input gradient (a strided conv planned to run once, its weights transformed
 /// on every call, 64 output channels for the last) takes them for all four, and not for a
-/// small batch, whose few tiles do not repay the weights' transform. HiFi-GAN's 1-D layer takes them
-/// both ways.
+/// small batch, whose few tiles do not repay the weights' transform. HiFi-GAN's 1-D layer
+/// takes them both ways.
 #[test]
 fn planner_takes_winograd_where_the_model_pays() {
     use tconv::{ConvParams, Geometry};

@@ -1,22 +1,24 @@
 //! The weight gradient of layers whose kernel equals their stride (U-Net's and V-Net's
 //! up-convolutions), with the big side read where it lies.
 //!
-//! With kernel == stride, no padding and no dilation, tap `k` meets small position `p` at big
-//! position `s·p + k` on every axis: each tap reads the big side at a constant stride along
-//! the last axis, from a row start that depends on the small row only. So the GEMM over
-//! positions `dW[a, b, k] = Σ_n Σ_p S[n, a, p] · B[n, b, s·p + k]` can take the big side as
-//! the broadcast operand of the 6×16 register tile straight from memory — six channel planes,
-//! each read at that stride — and only the small side is packed (positions × 16 channels, by
-//! 8×8 transposes). The tile's six rows are pairs of a big-side channel and a last-axis tap:
-//! the taps of one channel read neighbouring values, so a tile reads three planes' lines,
-//! not six (one tap at a time, six channels' planes per tile, unet's weight gradient ran
-//! 0.84x / 0.91x of the packed GEMM's, its kernel about 1.2x slower per multiplication than
-//! on packed panels). The GEMM
-//! over positions in [`grad`](crate::grad) packs both sides; for unet the big side is twice
-//! the small one, and its packing (a deinterleave and a transpose) took about a fifth of the
-//! weight gradient's time. Paired against it (`tconv bench --pass backward`, median / min):
-//! unet 1.18x / 1.19x at 1 thread (5 rounds), 1.34x / 1.32x at 2 (4 rounds; there each task
-//! had packed the whole big side); vnet3d 1.00x / 1.17x and 1.40x / 1.24x.
+//! With kernel == stride, no padding and no dilation, tap `k` meets small position `p` at
+//! big position `s·p + k` on every axis: each tap reads the big side at a constant stride
+//! along the last axis, from a row start that depends on the small row only. So the GEMM
+//! over positions `dW[a, b, k] = Σ_n Σ_p S[n, a, p] · B[n, b, s·p + k]` can take the big
+//! side as the broadcast operand of the 6×16 register tile straight from memory — its
+//! six rows, each read at that stride — and only the small side is packed (positions
+//! × 16 channels, by the GEMM over positions' own packing, `pack_positions`: 8×8
+//! transposes). The tile's six rows are pairs of a big-side channel and a last-axis tap:
+//! the taps of one channel read neighbouring values, so with two taps per axis (unet) a
+//! tile reads three planes' lines, not six (one tap at a time, six channels' planes per
+//! tile, unet's weight gradient ran 0.84x / 0.91x of the packed GEMM's, the kernel's share
+//! of the samples 1.2x the input gradient's for as many multiplications). The GEMM over
+//! positions in [`grad`](crate::grad) packs both sides; in unet's backward profile (perf, 1
+//! thread) that packing, transposes included, took 17 % of the samples, about a third of
+//! the weight gradient's time, two thirds of the values the big side's. Paired against it
+//! (`tconv bench --pass backward`, median / min): unet 1.18x / 1.19x at 1 thread (5
+//! rounds), 1.34x / 1.32x at 2 (4 rounds; there each task had packed the whole big side);
+//! vnet3d 1.00x / 1.17x and 1.40x / 1.24x.
 //!
 //! Tasks own blocks of 16 small-side channels (rows of `dW`); each reduces over the images in
 //! order and the positions in chunks of rows, so the sums' order depends on the sizes only:
@@ -26,7 +28,7 @@
 use super::direct::run_each;
 use super::{scratch, Isa};
 use crate::geometry::Geometry;
-use crate::params::Op;
+use crate::grad::{pack_positions, side_channels, Side, Tables};
 use crate::tensor::{numel, positions, Element};
 
 /// Rows (big-side channels) and lanes (small-side channels) of the register tile.
@@ -52,32 +54,20 @@ pub(crate) fn applies<T: Element>(g: &Geometry, isa: Isa) -> bool {
         })
 }
 
-/// `∂L/∂w` (`[a][b_pg][k]`, the small side's channels first) from the small side `s` and
-/// the big side `b`; `None` where [`applies`] does not hold.
+/// `∂L/∂w` (`[a][b_pg][k]`, the small side's channels first) from the small
+/// side `s` and the big side `b` into `dw`, where [`applies`] holds (panics elsewhere).
 pub(crate) fn grad_weight<T: Element>(
     g: &Geometry,
     s: &[T],
     b: &[T],
-    isa: Isa,
     threads: usize,
-) -> Option<Vec<T>> {
-    if !applies::<T>(g, isa) {
-        return None;
-    }
-    let s = super::as_f32(s)?;
-    let b = super::as_f32(b)?;
-    let dw = grad_weight_f32(g, s, b, threads);
-    // `T` is `f32` (checked by `applies`): hand the vector over as it is.
-    let mut dw = std::mem::ManuallyDrop::new(dw);
-    // Safety: `T` and `f32` are the same type, so the vector's layout and allocation are.
-    Some(unsafe { Vec::from_raw_parts(dw.as_mut_ptr() as *mut T, dw.len(), dw.capacity()) })
-}
-
-fn grad_weight_f32(g: &Geometry, s: &[f32], b: &[f32], threads: usize) -> Vec<f32> {
-    let (a_ch, b_ch) = match g.op {
-        Op::ConvTranspose => (g.in_channels, g.out_channels),
-        Op::Conv => (g.out_channels, g.in_channels),
+    dw: &mut [T],
+) {
+    let f32s = (super::as_f32(s), super::as_f32(b), super::as_f32_mut(dw));
+    let (Some(s), Some(b), Some(dw)) = f32s else {
+        panic!("the in-place weight gradient is f32 only (see `applies`)");
     };
+    let (a_ch, b_ch) = side_channels(g);
     let groups = g.groups.max(1);
     let (a_pg, b_pg) = (a_ch / groups, b_ch / groups);
     let dims = g.axes.len();
@@ -87,14 +77,15 @@ fn grad_weight_f32(g: &Geometry, s: &[f32], b: &[f32], threads: usize) -> Vec<f3
     let k_shape = g.kernel_shape();
     let k_size = numel(&k_shape);
     let (small_size, big_size) = (numel(&small), numel(&big));
-    let mut dw = vec![0f32; a_ch * b_pg * k_size];
-    if dw.is_empty() {
-        return dw;
-    }
     assert!(
-        s.len() == g.batch * a_ch * small_size && b.len() == g.batch * b_ch * big_size,
+        s.len() == g.batch * a_ch * small_size
+            && b.len() == g.batch * b_ch * big_size
+            && dw.len() == a_ch * b_pg * k_size,
         "weight gradient operands of the wrong size"
     );
+    if dw.is_empty() {
+        return;
+    }
     let row_len = small[dims - 1];
     let small_rows = small_size / row_len.max(1);
     let big_pitch: Vec<usize> = (0..dims).map(|a| big[a + 1..].iter().product()).collect();
@@ -125,7 +116,7 @@ fn grad_weight_f32(g: &Geometry, s: &[f32], b: &[f32], threads: usize) -> Vec<f3
         .map(|(r0, j0)| (r0, (r0 + rows_per).min(small_rows), j0))
         .collect();
     // The tile's rows are (big-side channel, last-axis tap) pairs: the taps of one channel
-    // read neighbouring values, so six rows touch three planes' lines, not six.
+    // read neighbouring values (with two taps, six rows touch three planes' lines).
     let k_last = step;
     let pairs = b_pg * k_last;
     let outer_taps = taps.len();
@@ -137,7 +128,7 @@ fn grad_weight_f32(g: &Geometry, s: &[f32], b: &[f32], threads: usize) -> Vec<f3
     let splits = threads.div_ceil(groups).clamp(1, a_blocks.max(1));
     let per_split = a_blocks.div_ceil(splits);
     let mut parts: Vec<(usize, usize, &mut [f32])> = Vec::new();
-    let mut rest: &mut [f32] = &mut dw;
+    let mut rest: &mut [f32] = dw;
     for group in 0..groups {
         for blk0 in (0..a_blocks).step_by(per_split) {
             let lo = blk0 * TL;
@@ -147,8 +138,11 @@ fn grad_weight_f32(g: &Geometry, s: &[f32], b: &[f32], threads: usize) -> Vec<f3
             parts.push((group, blk0, part));
         }
     }
+    // The small side is packed at its own positions, `[q][16]` per block of channels.
+    let identity = Tables::new::<f32>(vec![(0..small_size).collect()], 1, TL);
     let run = |(group, blk0, part): (usize, usize, &mut [f32])| {
-        let nab = (part.len() / row_w).div_ceil(TL);
+        let a_rows = part.len() / row_w;
+        let nab = a_rows.div_ceil(TL);
         // acc[a block][b block][tap][tile], then gathered into `dW`.
         let mut acc = scratch::take::<f32>(nab * b_blocks * outer_taps * tile);
         let mut sbuf = scratch::take::<f32>(nab * rows_per * seg * TL);
@@ -158,18 +152,14 @@ fn grad_weight_f32(g: &Geometry, s: &[f32], b: &[f32], threads: usize) -> Vec<f3
             for &(r0, r1, j0) in &chunks {
                 let len = seg.min(row_len - j0);
                 let q = (r1 - r0) * len;
-                // The small side of this chunk, `[a block][q][16]` (lanes past the group's
-                // channels repeat its last one; their sums are not kept).
+                // The small side of this chunk, `[a block][q][16]`: its positions are
+                // consecutive (whole rows, or a piece of one).
+                let js = r0 * row_len + j0..r0 * row_len + j0 + q;
+                let image = &s[n * a_ch * small_size..];
                 for (abl, dst) in sbuf.chunks_mut(rows_per * seg * TL).take(nab).enumerate() {
-                    let a0 = (blk0 + abl) * TL;
-                    let live = TL.min(a_pg - a0);
-                    for (ri, r) in (r0..r1).enumerate() {
-                        let rows: [&[f32]; TL] = std::array::from_fn(|c| {
-                            let ch = group * a_pg + a0 + c.min(live - 1);
-                            &s[(n * a_ch + ch) * small_size + r * row_len + j0..][..len]
-                        });
-                        pack_rows(&rows, &mut dst[ri * len * TL..(ri + 1) * len * TL]);
-                    }
+                    let dims = (a_ch, a_pg, small_size);
+                    let side = Side::block(image, 1, dims, TL, group, blk0 + abl);
+                    pack_positions(dst, TL, &side, &identity, js.clone(), false);
                 }
                 // Per outer tap, where each row of the chunk starts.
                 for (ti, offs) in offs.chunks_exact_mut(rows_per).enumerate() {
@@ -207,9 +197,8 @@ fn grad_weight_f32(g: &Geometry, s: &[f32], b: &[f32], threads: usize) -> Vec<f3
                 first = false;
             }
         }
-        // Into `dW[a][b][k]`: tile row `m` is big-side channel `bbl·6 + m`, lane `l` small-side
-        // channel `a0 + l`.
-        let a_first = blk0 * TL;
+        // Into `dW[a][b][k]`: tile row `m` is the pair `bbl·6 + m` (big-side channel, last-axis
+        // tap), lane `l` small-side channel `abl·16 + l` of the task.
         for abl in 0..nab {
             for bbl in 0..b_blocks {
                 for m in 0..MR {
@@ -220,7 +209,7 @@ fn grad_weight_f32(g: &Geometry, s: &[f32], b: &[f32], threads: usize) -> Vec<f3
                     let (bc, kl) = (r / k_last, r % k_last);
                     for l in 0..TL {
                         let al = abl * TL + l;
-                        if a_first + al >= a_pg || al * row_w >= part.len() {
+                        if al >= a_rows {
                             break;
                         }
                         let dst = &mut part[(al * b_pg + bc) * k_size..][..k_size];
@@ -234,34 +223,6 @@ fn grad_weight_f32(g: &Geometry, s: &[f32], b: &[f32], threads: usize) -> Vec<f3
         }
     };
     run_each(threads, parts, run);
-    dw
-}
-
-/// `dst[j·16 + c] = rows[c][j]`, by 8×8 transposes where 8 positions remain.
-fn pack_rows(rows: &[&[f32]; TL], dst: &mut [f32]) {
-    let len = rows[0].len();
-    assert!(
-        dst.len() >= len * TL && rows.iter().all(|r| r.len() == len),
-        "pack_rows operands"
-    );
-    let mut done = 0;
-    #[cfg(target_arch = "x86_64")]
-    while done + 8 <= len {
-        for half in 0..TL / 8 {
-            let block: [&[f32]; 8] = std::array::from_fn(|c| &rows[half * 8 + c][done..done + 8]);
-            // Safety: AVX is available (the callers hold AVX2, checked in `applies`); each
-            // row holds 8 values and `dst` 8 positions of 16 from `done`.
-            unsafe {
-                super::winograd_input::transpose_block(block, &mut dst[done * TL..], TL, half * 8)
-            };
-        }
-        done += 8;
-    }
-    for (j, d) in dst.chunks_exact_mut(TL).take(len).enumerate().skip(done) {
-        for (c, v) in d.iter_mut().enumerate() {
-            *v = rows[c][j];
-        }
-    }
 }
 
 /// Where [`strided_tile`]'s broadcast operand lies in the big side: tile row `m` reads
@@ -353,7 +314,7 @@ unsafe fn strided_tile_avx2(
 mod tests {
     use super::*;
     use crate::grad::grad_weight_reference;
-    use crate::params::ConvParams;
+    use crate::params::{ConvParams, Op};
 
     fn ints(n: usize, seed: u64) -> Vec<f32> {
         crate::tensor::small_ints(n, seed)
@@ -413,13 +374,11 @@ mod tests {
             let x = ints(numel(&xs), 7);
             let gy = ints(numel(&g.output_shape()), 8);
             let want = grad_weight_reference(&g, &x, &gy);
-            let (s, b) = match op {
-                Op::ConvTranspose => (&x, &gy),
-                Op::Conv => (&gy, &x),
-            };
+            let (s, b) = crate::grad::sides(&g, &x, &gy);
             for threads in [1, 3] {
-                let got = grad_weight(&g, s, b, Isa::Avx2, threads);
-                assert_eq!(got.as_ref(), Some(&want), "{op:?} {xs:?} {ws:?} {threads}");
+                let mut got = vec![0.0; want.len()];
+                grad_weight(&g, s, b, threads, &mut got);
+                assert_eq!(got, want, "{op:?} {xs:?} {ws:?} {threads}");
             }
         }
     }

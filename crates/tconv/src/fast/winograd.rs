@@ -59,9 +59,9 @@ pub const MIN_SPEEDUP: f64 = 1.05;
 /// The transforms' time relative to the GEMMs', per output channel (input transform) and
 /// per channel of the reduction (output transform and store), for the transforms in
 /// registers ([`super::winograd_input`], which f32 AVX2 plans of two axes take unless their
-/// input copy would not fit the workspace bound): from the shares of a perf profile at 1 thread, input transform (slab, offsets,
-/// transform) / GEMM = 0.31 · 64 / (C_out/g) for dcgan3, 0.27 · 64 for s1k3, 0.14 · 128 for
-/// dcgan2; output transform and store / GEMM = 0.21 · 128 / K (dcgan3), 0.23 · 64 (s1k3),
+/// input copy would not fit the workspace bound): from the shares of a perf profile at 1
+/// thread, input transform (slab, offsets, transform) / GEMM = 0.31 · 64 / (C_out/g) for
+/// dcgan3, 0.27 · 64 for s1k3, 0.14 · 128 for dcgan2; output transform and store / GEMM = 0.21 · 128 / K (dcgan3), 0.23 · 64 (s1k3),
 /// 0.12 · 256 (dcgan2). The portable transforms (rows gathered through a table, one pass
 /// per group of terms) took 31-47 / (C_out/g) for the input, measured with section timers
 /// on dcgan1-3 and s1k3: [`INPUT_COST_PORTABLE`] (the weight gradient's transforms are
@@ -461,7 +461,7 @@ fn most_sources(phases: &[Phase]) -> usize {
 /// direct engine at 1 thread, 3-4 alternating rounds, median / min): dcgan1 1.42
 /// (1.27-1.82x / 1.28-1.56x), dcgan2 1.28 (1.15-1.18x / 1.38-1.40x), dcgan3 1.07
 /// (0.96-0.99x / 1.04-1.16x with the portable transforms; 1.16-1.21x / 1.19-1.20x with
-/// those in registers), s1k3 1.19 (1.15-1.24x / 1.03-1.37x), dilated 1.19 (0.90x /
+/// those in registers, 5 and 6 rounds), s1k3 1.19 (1.15-1.24x / 1.03-1.37x), dilated 1.19 (0.90x /
 /// 1.25x), hifigan1d 1.23 (1.15x / 1.11x; its eight phases read two inputs, so the input
 /// transform counts a quarter).
 ///

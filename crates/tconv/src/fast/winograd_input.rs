@@ -226,7 +226,7 @@ const MAX_POINTS: usize = 64;
 /// AVX available; `rows` hold 8 values, `out` 8 positions of `cpad >= c0 + 8` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
-pub(crate) unsafe fn transpose_block(rows: [&[f32]; 8], out: &mut [f32], cpad: usize, c0: usize) {
+unsafe fn transpose_block(rows: [&[f32]; 8], out: &mut [f32], cpad: usize, c0: usize) {
     use std::arch::x86_64::*;
     let x: [__m256; 8] = std::array::from_fn(|c| _mm256_loadu_ps(rows[c].as_ptr()));
     let t = super::direct::transpose8x8(x);
