@@ -720,7 +720,7 @@ fn bench_and_plan_report_what_outside_checks_read() {
     );
     let o = tconv(&["bench", "--layer", "nosuch"]);
     expect_usage_error(&o, "no layer named 'nosuch'");
-    let o = tconv(&["plan", "--layer", "dcgan1", "--threads", "2"]);
+    let o = tconv(&["plan", "--layer", "dcgan2", "--threads", "2"]);
     assert!(o.status.success());
     let s = stdout(&o);
     assert!(

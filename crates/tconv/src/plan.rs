@@ -172,6 +172,45 @@ fn gemm_kernel<T: Element>(
     }
 }
 
+/// The Winograd GEMMs' tile: the forced one, else the one with the least modelled time
+/// (as [`gemm_kernel`] models it, over an image's output positions, as tuned, or the tiles
+/// of a phase over the batch where those are fewer: a 64-column panel for the 4 tiles of a
+/// batch of one 4x4 image wasted 15 columns in 16) among those whose scratch
+/// over all threads fits in the output (issue 4's memory bound: on AVX-512, dcgan1's 64-tile panels held 2.3 MB at 1
+/// thread for a 1 MB output), and among those, where the transforms could run in registers,
+/// only tiles that keep them there: with the portable transforms, dcgan1 at 2 threads ran
+/// 4.0-4.4 ms (12x2) and 3.3-3.5 (24x1) against the direct engine's 2.9-3.2 on AVX-512, and
+/// 7.7-8.3 against 5.5-5.9 on AVX2 (three and two alternating rounds, medians of 30 runs).
+/// Chosen for [`winograd::DECISION_THREADS`] threads whatever the plan runs on, so that the
+/// results' bits do not depend on the thread count. Where no tile qualifies: the cheapest if
+/// the caller forced Winograd tiles, else `None`.
+fn winograd_tile<T: Element>(
+    g: &Geometry,
+    isa: Isa,
+    options: &PlanOptions,
+    forced: bool,
+) -> Option<(usize, usize)> {
+    if let Some(t) = options.tile {
+        return Some(t);
+    }
+    let lanes = isa.lanes();
+    let positions = numel(&g.output_shape()[2..]).min(winograd::tiles(g)?);
+    let rows = g.out_per_group();
+    let out_bytes = numel(&g.output_shape()) * std::mem::size_of::<T>();
+    let mut shapes: Vec<(usize, usize, f32)> = tile_shapes(isa).to_vec();
+    shapes.sort_by(|a, b| {
+        tile_cost(rows, positions, lanes, *a).total_cmp(&tile_cost(rows, positions, lanes, *b))
+    });
+    shapes
+        .iter()
+        .find(|&&(mr, v, _)| {
+            winograd::footprint::<T>(g, (mr, v, lanes, isa), winograd::DECISION_THREADS)
+                .is_some_and(|f| f.bytes <= out_bytes && (f.registers || !f.registers_wanted))
+        })
+        .or_else(|| shapes.first().filter(|_| forced))
+        .map(|&(mr, v, _)| (mr, v))
+}
+
 /// Below this many output channels per group the input is read in place, not packed:
 /// a packed panel is reused by every output channel, so it pays only when there are many.
 const INPLACE_BELOW: usize = 8;
@@ -247,6 +286,18 @@ impl<T: Element> Plan<T> {
         }
         let isa = options.isa_for::<T>();
         let threads = options.threads_for(&g);
+        let winograd_tile = (algorithm == Algorithm::Winograd)
+            .then(|| winograd_tile::<T>(&g, isa, options, forced.is_some()))
+            .flatten();
+        if algorithm == Algorithm::Winograd && winograd_tile.is_none() {
+            algorithm = Algorithm::Direct;
+            reason = format!(
+                "{reason}; but with every tile either the transformed input and results \
+                 would take more scratch than the output holds, or the transforms would \
+                 leave registers for that bound, so {}",
+                direct_reason(&g)
+            );
+        }
         // Depthwise layers are bound by moving data: whole rows at a time (unless a test
         // forces the tile kernels).
         let rows = (algorithm == Algorithm::Direct
@@ -396,9 +447,13 @@ impl<T: Element> Plan<T> {
                     .map(|(f, mr, v)| Im2col::new(&g, w, f, (mr, v, isa.lanes()), threads))
             })
             .transpose()?;
-        let winograd = (algorithm == Algorithm::Winograd)
-            .then(|| {
-                gemm(g.out_per_group(), numel(&g.output_shape()[2..])).map(|(f, mr, v)| {
+        let winograd = winograd_tile
+            .map(|tile| {
+                let options = PlanOptions {
+                    tile: Some(tile),
+                    ..options.clone()
+                };
+                gemm_kernel::<T>(isa, &options, 0, 0).map(|(f, mr, v)| {
                     Winograd::new(&g, w, f, (mr, v, isa.lanes(), isa), threads)
                         .expect("the planner checked that Winograd tiles apply")
                 })

@@ -488,7 +488,15 @@ pub(crate) fn speedup_with(g: &Geometry, once: bool, input_cost: f64) -> Option<
     if cin == 0.0 || cout == 0.0 {
         return None;
     }
-    let tiles = phases
+    let tiles = tiles_of(g, &tr, &phases) as f64;
+    let pack = if once { PACK_COST / tiles } else { 0.0 };
+    let transforms = input_cost * input_share(&phases) / cout + OUTPUT_COST / cin + pack;
+    gain_of(&tr, &phases).map(|x| x * GEMM_EFFICIENCY / (1.0 + transforms))
+}
+
+/// Tiles of the largest live phase over the whole batch: the GEMMs' columns (at least 1).
+fn tiles_of(g: &Geometry, tr: &[Transform], phases: &[Phase]) -> usize {
+    phases
         .iter()
         .filter(|p| p.live())
         .map(|p| {
@@ -499,10 +507,14 @@ pub(crate) fn speedup_with(g: &Geometry, once: bool, input_cost: f64) -> Option<
         })
         .max()
         .unwrap_or(0)
-        .max(1) as f64;
-    let pack = if once { PACK_COST / tiles } else { 0.0 };
-    let transforms = input_cost * input_share(&phases) / cout + OUTPUT_COST / cin + pack;
-    gain_of(&tr, &phases).map(|x| x * GEMM_EFFICIENCY / (1.0 + transforms))
+        .max(1)
+}
+
+/// Tiles of the largest live phase of `g` over the whole batch (the GEMMs' columns), or
+/// `None` where Winograd tiles do not apply.
+pub fn tiles(g: &Geometry) -> Option<usize> {
+    let (tr, phases, _, _) = decompose(g)?;
+    Some(tiles_of(g, &tr, &phases))
 }
 
 /// Whether the planner takes Winograd tiles for `g` (executed once with `once`): a
@@ -577,6 +589,12 @@ pub struct Winograd<T> {
     outer_m: Vec<usize>,
 }
 
+/// The thread count the memory-bound choices are made for, whatever a plan runs on: the
+/// tile ([`crate::Plan`]'s planner) and whether the transforms run in registers. They change
+/// the results' rounding, which must not depend on the thread count; the bound is a target
+/// at 1 and 2 threads (this machine kind's cores), and a plan on more threads may hold more.
+pub const DECISION_THREADS: usize = 2;
+
 /// Most spatial axes Winograd tiles take (a run holds its outer tile index in a fixed
 /// array).
 pub const MAX_DIMS: usize = 3;
@@ -627,6 +645,201 @@ fn kron_terms(mats: &[(&[f64], usize, usize)]) -> Vec<Vec<(usize, f64)>> {
         out.push(terms);
     });
     out
+}
+
+/// How a plan's work is cut into tasks: images and tile rows per task, the GEMMs' column
+/// pitch, and whether (and with how large a copy) the transforms run in registers.
+struct Sizing {
+    batch_chunk: usize,
+    band_tiles: usize,
+    pitch: usize,
+    slab_len: usize,
+    registers: bool,
+    /// Whether the transforms would run in registers but for the workspace bound.
+    registers_wanted: bool,
+}
+
+impl Sizing {
+    /// Elements of scratch one task allocates (see [`Winograd::scratch_len`]).
+    fn scratch_len(&self, points: usize, outputs: usize, kdim: usize, rows: usize) -> usize {
+        points * (kdim + rows) * self.pitch
+            + points.max(outputs) * CHUNK * self.pitch
+            + self.slab_len
+    }
+}
+
+/// Cut `g`'s work for an `mr × v` tile of `lanes`-wide vectors on `threads` threads.
+fn sizing<T: Element>(
+    g: &Geometry,
+    transforms: &[Transform],
+    phases: &[Phase],
+    in_stride: &[usize],
+    (mr, v, lanes, isa): (usize, usize, usize, Isa),
+    threads: usize,
+) -> Sizing {
+    let dims = g.axes.len();
+    let cin_g = g.in_per_group();
+    let kdim = most_sources(phases) * cin_g;
+    let blocks = g.out_per_group().div_ceil(mr);
+    let points: usize = transforms.iter().map(|t| t.alpha).product();
+    let live: Vec<&Phase> = phases.iter().filter(|p| p.live()).collect();
+    // Task sizes: about POINT_BYTES per point of transformed input and results, whole
+    // images where they are small, else bands of tile rows; then a task per thread.
+    let tl = v * lanes;
+    let m0 = transforms[0].m;
+    let q0 = phases.iter().map(|p| p.extents[0]).max().unwrap_or(0);
+    let t0 = q0.div_ceil(m0).max(1);
+    let row_tiles = live
+        .iter()
+        .map(|p| {
+            (1..dims)
+                .map(|a| p.extents[a].div_ceil(transforms[a].m))
+                .product::<usize>()
+        })
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let elem = std::mem::size_of::<T>();
+    let per_col = (kdim + blocks * mr) * elem;
+    let point_bytes = if most_sources(phases) > 1 {
+        POINT_BYTES_SOURCES
+    } else {
+        POINT_BYTES
+    };
+    // No more scratch over all threads than the output holds.
+    let out_bytes = numel(&g.output_shape()) * elem;
+    let want = (point_bytes / per_col.max(1))
+        .min(TASK_BYTES / (points * per_col).max(1))
+        .min(out_bytes / (threads.max(1) * points * per_col).max(1))
+        / tl
+        * tl;
+    let want = want.max(tl);
+    let per_image = t0 * row_tiles;
+    let batch = g.batch.max(1);
+    let (mut batch_chunk, mut band_tiles) = if per_image >= want {
+        (1, (want / row_tiles).clamp(1, t0))
+    } else {
+        ((want / per_image).clamp(1, batch), t0)
+    };
+    let tasks = |bc: usize, bt: usize| g.groups * batch.div_ceil(bc) * t0.div_ceil(bt);
+    // Halve the images per task, else the band; false where both are one.
+    let halve = |bc: &mut usize, bt: &mut usize| {
+        if *bc > 1 {
+            *bc = bc.div_ceil(2);
+        } else if *bt > 1 {
+            *bt = bt.div_ceil(2);
+        } else {
+            return false;
+        }
+        true
+    };
+    while threads > 1
+        && tasks(batch_chunk, band_tiles) < threads
+        && halve(&mut batch_chunk, &mut band_tiles)
+    {}
+    let in_shape: Vec<usize> = g.axes.iter().map(|a| a.input).collect();
+    let outputs: usize = transforms.iter().map(|t| t.m).product();
+    // The transforms in registers copy each task's input rows channels-last
+    // ([`super::winograd_input`]): at most the rows its band of tiles spans (the
+    // sources' offsets apart), for each of its images.
+    // Not for one axis: there the portable gathers read consecutive positions, and
+    // hifigan1d (512 channels, two of eight phases transforming) ran 0.91-0.94x with
+    // the copy (alternating, minima of 5 and 8 rounds at 1 and 2 threads).
+    let mut registers =
+        super::as_f32::<T>(&[]).is_some() && isa >= Isa::Avx2 && tl.is_multiple_of(8) && dims >= 2;
+    let registers_wanted = registers;
+    let bases = live
+        .iter()
+        .flat_map(|p| p.sources.iter().map(|s| s.base[0]));
+    let spread = (bases.clone().max().unwrap_or(0) - bases.min().unwrap_or(0)) as usize;
+    let slab_len = |bc: usize, bt: usize, registers: bool| -> usize {
+        let cpad = cin_g.div_ceil(8) * 8;
+        let rows = ((m0 * (bt - 1) + transforms[0].alpha + spread) * in_stride[0] + in_stride[0])
+            .min(in_shape[0]);
+        if registers {
+            bc * rows * numel(&in_shape[1..]) * cpad + cpad
+        } else {
+            0
+        }
+    };
+    let rows_len = points.max(outputs) * CHUNK;
+    let task_len = |bc: usize, bt: usize, registers: bool| -> usize {
+        let pitch = super::im2col::pitch(bc * bt * row_tiles, tl, elem);
+        points * (kdim + blocks * mr) * pitch + rows_len * pitch + slab_len(bc, bt, registers)
+    };
+    let over_on = |n: usize, bc: usize, bt: usize, registers: bool| {
+        n.max(1) * task_len(bc, bt, registers) * elem > out_bytes
+    };
+    // Whether the transforms run in registers is decided for DECISION_THREADS threads,
+    // whatever the plan runs on (the two transforms round differently): on the smallest
+    // tasks halving reaches, the portable transforms (no copy of the input) where only
+    // they keep all threads' scratch within the output.
+    let (mut fbc, mut fbt) = (batch, t0);
+    while fbc * fbt * row_tiles >= 2 * tl && halve(&mut fbc, &mut fbt) {}
+    if over_on(DECISION_THREADS, fbc, fbt, registers) && !over_on(DECISION_THREADS, fbc, fbt, false)
+    {
+        registers = false;
+    }
+    // Halved while over the output's size (as `want` above, now counting everything a
+    // task holds), but not below a register panel's columns (dcgan1's input gradient,
+    // whose output is half its input, ran 5x slower in tasks of one tile row).
+    while over_on(threads, batch_chunk, band_tiles, registers)
+        && batch_chunk * band_tiles * row_tiles >= 2 * tl
+        && halve(&mut batch_chunk, &mut band_tiles)
+    {}
+    let cols = batch_chunk * band_tiles * row_tiles;
+    let pitch = super::im2col::pitch(cols, tl, elem);
+    let slab_len = slab_len(batch_chunk, band_tiles, registers);
+    Sizing {
+        batch_chunk,
+        band_tiles,
+        pitch,
+        slab_len,
+        registers,
+        registers_wanted,
+    }
+}
+
+/// What a plan of `g` with a given tile would hold and how it would transform.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Footprint {
+    /// Bytes of scratch all threads' tasks hold at once (as
+    /// [`crate::Plan::workspace_bytes`] reports).
+    pub bytes: usize,
+    /// Whether the transforms run in registers ([`super::winograd_input`]); decided for
+    /// [`DECISION_THREADS`] threads.
+    pub registers: bool,
+    /// Whether they would but for the workspace bound (f32, AVX2 or better, 2 or 3 axes).
+    pub registers_wanted: bool,
+}
+
+/// The [`Footprint`] of a plan of `g` with an `mr × v` tile of `lanes`-wide vectors on
+/// `threads` threads, or `None` where Winograd tiles do not apply. Cheap: nothing is packed.
+pub fn footprint<T: Element>(
+    g: &Geometry,
+    (mr, v, lanes, isa): (usize, usize, usize, Isa),
+    threads: usize,
+) -> Option<Footprint> {
+    let (transforms, phases, _, in_stride) = decompose(g)?;
+    let s = sizing::<T>(
+        g,
+        &transforms,
+        &phases,
+        &in_stride,
+        (mr, v, lanes, isa),
+        threads,
+    );
+    let points: usize = transforms.iter().map(|t| t.alpha).product();
+    let outputs: usize = transforms.iter().map(|t| t.m).product();
+    let kdim = most_sources(&phases) * g.in_per_group();
+    let rows = g.out_per_group().div_ceil(mr) * mr;
+    Some(Footprint {
+        bytes: threads.max(1)
+            * s.scratch_len(points, outputs, kdim, rows)
+            * std::mem::size_of::<T>(),
+        registers: s.registers,
+        registers_wanted: s.registers_wanted,
+    })
 }
 
 impl<T: Element> Winograd<T> {
@@ -720,110 +933,24 @@ impl<T: Element> Winograd<T> {
                 }
             }
         });
-        // Task sizes: about POINT_BYTES per point of transformed input and results, whole
-        // images where they are small, else bands of tile rows; then a task per thread.
-        let tl = v * lanes;
-        let m0 = transforms[0].m;
-        let q0 = phases.iter().map(|p| p.extents[0]).max().unwrap_or(0);
-        let t0 = q0.div_ceil(m0).max(1);
-        let row_tiles = live
-            .iter()
-            .map(|p| {
-                (1..dims)
-                    .map(|a| p.extents[a].div_ceil(transforms[a].m))
-                    .product::<usize>()
-            })
-            .max()
-            .unwrap_or(1)
-            .max(1);
-        let elem = std::mem::size_of::<T>();
-        let per_col = (kdim + blocks * mr) * elem;
-        let point_bytes = if most_sources(&phases) > 1 {
-            POINT_BYTES_SOURCES
-        } else {
-            POINT_BYTES
-        };
-        // No more scratch over all threads than the output holds.
-        let out_bytes = numel(&g.output_shape()) * elem;
-        let want = (point_bytes / per_col.max(1))
-            .min(TASK_BYTES / (points * per_col).max(1))
-            .min(out_bytes / (threads.max(1) * points * per_col).max(1))
-            / tl
-            * tl;
-        let want = want.max(tl);
-        let per_image = t0 * row_tiles;
-        let batch = g.batch.max(1);
-        let (mut batch_chunk, mut band_tiles) = if per_image >= want {
-            (1, (want / row_tiles).clamp(1, t0))
-        } else {
-            ((want / per_image).clamp(1, batch), t0)
-        };
-        let tasks = |bc: usize, bt: usize| g.groups * batch.div_ceil(bc) * t0.div_ceil(bt);
-        // Halve the images per task, else the band; false where both are one.
-        let halve = |bc: &mut usize, bt: &mut usize| {
-            if *bc > 1 {
-                *bc = bc.div_ceil(2);
-            } else if *bt > 1 {
-                *bt = bt.div_ceil(2);
-            } else {
-                return false;
-            }
-            true
-        };
-        while threads > 1
-            && tasks(batch_chunk, band_tiles) < threads
-            && halve(&mut batch_chunk, &mut band_tiles)
-        {}
+        let Sizing {
+            batch_chunk,
+            band_tiles,
+            pitch,
+            slab_len,
+            registers,
+            ..
+        } = sizing::<T>(
+            g,
+            &transforms,
+            &phases,
+            &in_stride,
+            (mr, v, lanes, isa),
+            threads,
+        );
         let in_shape: Vec<usize> = g.axes.iter().map(|a| a.input).collect();
         let in_terms = terms(&transforms, |t| (t.bt.as_slice(), t.alpha, t.alpha));
         let out_terms = terms(&transforms, |t| (t.at.as_slice(), t.m, t.alpha));
-        // The transforms in registers copy each task's input rows channels-last
-        // ([`super::winograd_input`]): at most the rows its band of tiles spans (the
-        // sources' offsets apart), for each of its images.
-        // Not for one axis: there the portable gathers read consecutive positions, and
-        // hifigan1d (512 channels, two of eight phases transforming) ran 0.91-0.94x with
-        // the copy (alternating, minima of 5 and 8 rounds at 1 and 2 threads).
-        let mut registers = super::as_f32::<T>(&[]).is_some()
-            && isa >= Isa::Avx2
-            && tl.is_multiple_of(8)
-            && dims >= 2;
-        let bases = live
-            .iter()
-            .flat_map(|p| p.sources.iter().map(|s| s.base[0]));
-        let spread = (bases.clone().max().unwrap_or(0) - bases.min().unwrap_or(0)) as usize;
-        let slab_len = |bc: usize, bt: usize, registers: bool| -> usize {
-            let cpad = cin_g.div_ceil(8) * 8;
-            let rows = ((m0 * (bt - 1) + transforms[0].alpha + spread) * in_stride[0]
-                + in_stride[0])
-                .min(in_shape[0]);
-            if registers {
-                bc * rows * numel(&in_shape[1..]) * cpad + cpad
-            } else {
-                0
-            }
-        };
-        let rows_len = points.max(out_terms.len()) * CHUNK;
-        let task_len = |bc: usize, bt: usize, registers: bool| -> usize {
-            let pitch = super::im2col::pitch(bc * bt * row_tiles, tl, elem);
-            points * (kdim + blocks * mr) * pitch + rows_len * pitch + slab_len(bc, bt, registers)
-        };
-        let over = |bc: usize, bt: usize, registers: bool| {
-            threads.max(1) * task_len(bc, bt, registers) * elem > out_bytes
-        };
-        // Halved while over the output's size (as `want` above, now counting everything a
-        // task holds), but not below a register panel's columns (dcgan1's input gradient,
-        // whose output is half its input, ran 5x slower in tasks of one tile row); where
-        // that is not enough, the portable transforms (no copy of the input).
-        while over(batch_chunk, band_tiles, registers)
-            && batch_chunk * band_tiles * row_tiles >= 2 * tl
-            && halve(&mut batch_chunk, &mut band_tiles)
-        {}
-        if over(batch_chunk, band_tiles, registers) && !over(batch_chunk, band_tiles, false) {
-            registers = false;
-        }
-        let cols = batch_chunk * band_tiles * row_tiles;
-        let pitch = super::im2col::pitch(cols, tl, elem);
-        let slab_len = slab_len(batch_chunk, band_tiles, registers);
         let out_shape: Vec<usize> = g.axes.iter().map(|a| a.output).collect();
         let bias_only = phases.iter().filter(|p| !p.live() && !p.empty()).count();
         let fill_first = 2 * bias_only >= phases.len();
