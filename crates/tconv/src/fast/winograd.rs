@@ -560,6 +560,9 @@ pub struct Winograd<T> {
     /// Whether the transforms run in registers (f32 on AVX2, where the input copy fits
     /// the workspace bound).
     registers: bool,
+    /// Output channels whose GEMM results a task holds at a time: all (`blocks · mr`), or
+    /// where that would outgrow the workspace bound, `lcm(mr, CHUNK)`.
+    slice: usize,
     /// Whether most phases take the bias only (a dilation sharing a factor with the
     /// stride: 3 of 4 phases): then each task fills its band with the bias first, one
     /// contiguous pass per plane, and the live phases overwrite their positions.
@@ -657,12 +660,14 @@ struct Sizing {
     registers: bool,
     /// Whether the transforms would run in registers but for the workspace bound.
     registers_wanted: bool,
+    /// Output channels whose GEMM results a task holds at a time (whole blocks).
+    slice: usize,
 }
 
 impl Sizing {
     /// Elements of scratch one task allocates (see [`Winograd::scratch_len`]).
-    fn scratch_len(&self, points: usize, outputs: usize, kdim: usize, rows: usize) -> usize {
-        points * (kdim + rows) * self.pitch
+    fn scratch_len(&self, points: usize, outputs: usize, kdim: usize) -> usize {
+        points * (kdim + self.slice) * self.pitch
             + points.max(outputs) * CHUNK * self.pitch
             + self.slab_len
     }
@@ -763,27 +768,39 @@ fn sizing<T: Element>(
         }
     };
     let rows_len = points.max(outputs) * CHUNK;
-    let task_len = |bc: usize, bt: usize, registers: bool| -> usize {
+    let task_len = |bc: usize, bt: usize, registers: bool, slice: usize| -> usize {
         let pitch = super::im2col::pitch(bc * bt * row_tiles, tl, elem);
-        points * (kdim + blocks * mr) * pitch + rows_len * pitch + slab_len(bc, bt, registers)
+        points * (kdim + slice) * pitch + rows_len * pitch + slab_len(bc, bt, registers)
     };
-    let over_on = |n: usize, bc: usize, bt: usize, registers: bool| {
-        n.max(1) * task_len(bc, bt, registers) * elem > out_bytes
+    let over_on = |n: usize, bc: usize, bt: usize, registers: bool, slice: usize| {
+        n.max(1) * task_len(bc, bt, registers, slice) * elem > out_bytes
     };
-    // Whether the transforms run in registers is decided for DECISION_THREADS threads,
-    // whatever the plan runs on (the two transforms round differently): on the smallest
-    // tasks halving reaches, the portable transforms (no copy of the input) where only
-    // they keep all threads' scratch within the output.
+    // The GEMM results of all output channels at once, or, where that would not fit on
+    // the smallest tasks halving reaches, of the fewest whole blocks that are whole
+    // chunks of the output transform (lcm(mr, CHUNK) channels, at most 24), each slice
+    // running over the whole transformed input again (which stays in L2 on such tasks).
+    let full = blocks * mr;
+    let least = lcm(mr, CHUNK).min(full);
     let (mut fbc, mut fbt) = (batch, t0);
     while fbc * fbt * row_tiles >= 2 * tl && halve(&mut fbc, &mut fbt) {}
-    if over_on(DECISION_THREADS, fbc, fbt, registers) && !over_on(DECISION_THREADS, fbc, fbt, false)
+    let slice = if over_on(threads, fbc, fbt, registers, full) {
+        least
+    } else {
+        full
+    };
+    // Whether the transforms run in registers is decided for DECISION_THREADS threads,
+    // whatever the plan runs on (the two transforms round differently), on the least
+    // slice: the portable transforms (no copy of the input) where only they keep all
+    // threads' scratch within the output.
+    if over_on(DECISION_THREADS, fbc, fbt, registers, least)
+        && !over_on(DECISION_THREADS, fbc, fbt, false, least)
     {
         registers = false;
     }
     // Halved while over the output's size (as `want` above, now counting everything a
     // task holds), but not below a register panel's columns (dcgan1's input gradient,
     // whose output is half its input, ran 5x slower in tasks of one tile row).
-    while over_on(threads, batch_chunk, band_tiles, registers)
+    while over_on(threads, batch_chunk, band_tiles, registers, slice)
         && batch_chunk * band_tiles * row_tiles >= 2 * tl
         && halve(&mut batch_chunk, &mut band_tiles)
     {}
@@ -797,7 +814,17 @@ fn sizing<T: Element>(
         slab_len,
         registers,
         registers_wanted,
+        slice,
     }
+}
+
+/// Least common multiple.
+fn lcm(a: usize, b: usize) -> usize {
+    let (mut x, mut y) = (a, b);
+    while y != 0 {
+        (x, y) = (y, x % y);
+    }
+    a / x.max(1) * b
 }
 
 /// What a plan of `g` with a given tile would hold and how it would transform.
@@ -832,11 +859,8 @@ pub fn footprint<T: Element>(
     let points: usize = transforms.iter().map(|t| t.alpha).product();
     let outputs: usize = transforms.iter().map(|t| t.m).product();
     let kdim = most_sources(&phases) * g.in_per_group();
-    let rows = g.out_per_group().div_ceil(mr) * mr;
     Some(Footprint {
-        bytes: threads.max(1)
-            * s.scratch_len(points, outputs, kdim, rows)
-            * std::mem::size_of::<T>(),
+        bytes: threads.max(1) * s.scratch_len(points, outputs, kdim) * std::mem::size_of::<T>(),
         registers: s.registers,
         registers_wanted: s.registers_wanted,
     })
@@ -939,6 +963,7 @@ impl<T: Element> Winograd<T> {
             pitch,
             slab_len,
             registers,
+            slice,
             ..
         } = sizing::<T>(
             g,
@@ -970,6 +995,7 @@ impl<T: Element> Winograd<T> {
             pitch,
             slab_len,
             registers,
+            slice,
             fill_first,
             in_terms_f32: terms(&transforms, |t| (t.bt.as_slice(), t.alpha, t.alpha)),
             in_form: winograd_input::Points::of(&transforms),
@@ -996,7 +1022,7 @@ impl<T: Element> Winograd<T> {
     /// Elements of scratch one task allocates: transformed input and GEMM results for a
     /// band, the row buffers of the transforms and the channels-last input copy.
     pub fn scratch_len(&self) -> usize {
-        let rows = self.points * (self.kdim + self.blocks * self.mr) * self.pitch;
+        let rows = self.points * (self.kdim + self.slice) * self.pitch;
         rows + self.row_scratch() + self.slab_len
     }
 
@@ -1074,7 +1100,7 @@ impl<T: Element> Winograd<T> {
         avx2: bool,
     ) {
         let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
-        let cout_pad = self.blocks * self.mr;
+        let slice = self.slice;
         let pitch = self.pitch;
         let kdim = self.kdim;
         let tl = self.v * self.lanes;
@@ -1085,7 +1111,7 @@ impl<T: Element> Winograd<T> {
             _ => None,
         };
         let mut v = scratch::take::<T>(self.points * kdim * pitch);
-        let mut mres = scratch::take::<T>(self.points * cout_pad * pitch);
+        let mut mres = scratch::take::<T>(self.points * slice * pitch);
         let mut rows = scratch::take::<T>(self.row_scratch());
         let unit = self.live_phases() * self.points * kdim * self.mr;
         let mut live_index = 0;
@@ -1157,51 +1183,58 @@ impl<T: Element> Winograd<T> {
                 taps: 1,
                 out_pitch: pitch,
             };
-            for xi in 0..self.points {
-                let b_rows = &v[xi * kdim * pitch..];
-                for b in 0..self.blocks {
-                    let at = (task.group * self.blocks + b) * unit
-                        + (live_index * self.points + xi) * kdim * self.mr;
-                    let w = &self.packed[at..at + k * self.mr];
-                    for p0 in (0..n_cols).step_by(tl) {
-                        let out = &mut mres[(xi * cout_pad + b * self.mr) * pitch + p0..];
-                        (self.kernel)(w, &b_rows[p0..], shape, out, false);
-                    }
-                }
-            }
             let (scatter, spans) = self.scatter_table(g, p, &runs, task.band.start);
             let step = self.out_stride[g.axes.len() - 1] * self.transforms[g.axes.len() - 1].m;
-            let mut b = [T::zero(); CHUNK];
-            for c0 in (0..cout_g).step_by(CHUNK) {
-                let cn = CHUNK.min(cout_g - c0);
-                for (cc, b) in b[..cn].iter_mut().enumerate() {
-                    *b = bias.map_or(T::zero(), |bias| bias[task.group * cout_g + c0 + cc]);
-                }
-                let y = match (super::as_f32(&mres), super::as_f32(&b[..cn])) {
-                    (Some(m), Some(b)) if registers => {
-                        let r32 = super::as_f32_mut(&mut rows).expect("f32 like the results");
-                        let args = winograd_input::OutputArgs {
-                            mres: &m[c0 * pitch..],
-                            point_stride: cout_pad * pitch,
-                            pitch,
-                            cols: n_pad,
-                            bias: b,
-                            block: CHUNK * pitch,
-                        };
-                        let form = (&self.out_terms_f32[..], self.out_form);
-                        winograd_input::output(&args, form, self.points, r32);
-                        &rows[..]
+            let per_slice = slice / self.mr;
+            for b0 in (0..self.blocks).step_by(per_slice) {
+                let blocks = b0..self.blocks.min(b0 + per_slice);
+                for xi in 0..self.points {
+                    let b_rows = &v[xi * kdim * pitch..];
+                    for b in blocks.clone() {
+                        let at = (task.group * self.blocks + b) * unit
+                            + (live_index * self.points + xi) * kdim * self.mr;
+                        let w = &self.packed[at..at + k * self.mr];
+                        for p0 in (0..n_cols).step_by(tl) {
+                            let out = &mut mres[(xi * slice + (b - b0) * self.mr) * pitch + p0..];
+                            (self.kernel)(w, &b_rows[p0..], shape, out, false);
+                        }
                     }
-                    _ => self.output_transform(cn, &mres[c0 * pitch..], &b[..cn], &mut rows),
-                };
-                for cc in 0..cn {
-                    let y = &y[cc * pitch..];
-                    for (image, span) in &spans {
-                        let plane = &mut *task.planes[image * cout_g + c0 + cc];
-                        for &(yi, off, n) in &scatter[span.clone()] {
-                            let dst = plane[off..].iter_mut().step_by(step);
-                            for (d, &v) in dst.zip(&y[yi..yi + n]) {
-                                *d = v;
+                }
+                // The slice's channels, CHUNK at a time (`c0` from the slice's start).
+                let first = b0 * self.mr;
+                let mut b = [T::zero(); CHUNK];
+                for c0 in (first..cout_g.min(first + slice)).step_by(CHUNK) {
+                    let cn = CHUNK.min(cout_g - c0);
+                    for (cc, b) in b[..cn].iter_mut().enumerate() {
+                        *b = bias.map_or(T::zero(), |bias| bias[task.group * cout_g + c0 + cc]);
+                    }
+                    let m_at = (c0 - first) * pitch;
+                    let y = match (super::as_f32(&mres), super::as_f32(&b[..cn])) {
+                        (Some(m), Some(b)) if registers => {
+                            let r32 = super::as_f32_mut(&mut rows).expect("f32 like the results");
+                            let args = winograd_input::OutputArgs {
+                                mres: &m[m_at..],
+                                point_stride: slice * pitch,
+                                pitch,
+                                cols: n_pad,
+                                bias: b,
+                                block: CHUNK * pitch,
+                            };
+                            let form = (&self.out_terms_f32[..], self.out_form);
+                            winograd_input::output(&args, form, self.points, r32);
+                            &rows[..]
+                        }
+                        _ => self.output_transform(cn, &mres[m_at..], &b[..cn], &mut rows),
+                    };
+                    for cc in 0..cn {
+                        let y = &y[cc * pitch..];
+                        for (image, span) in &spans {
+                            let plane = &mut *task.planes[image * cout_g + c0 + cc];
+                            for &(yi, off, n) in &scatter[span.clone()] {
+                                let dst = plane[off..].iter_mut().step_by(step);
+                                for (d, &v) in dst.zip(&y[yi..yi + n]) {
+                                    *d = v;
+                                }
                             }
                         }
                     }
@@ -1455,7 +1488,7 @@ impl<T: Element> Winograd<T> {
     }
 
     /// `y = Aᵀ M A + bias` for output channels `c0..c0 + cn` (at most [`CHUNK`]; `mres`
-    /// starts at `M[0][c0]`, points `cout_pad · pitch` apart), in `rows`:
+    /// starts at `M[0][c0]`, points `slice · pitch` apart), in `rows`:
     /// `y[(ao·m + aw)·CHUNK·pitch + cc·pitch + col]`, each step one loop over `cn · pitch`
     /// values.
     #[inline(always)]
@@ -1469,7 +1502,7 @@ impl<T: Element> Winograd<T> {
         let pitch = self.pitch;
         let block = CHUNK * pitch;
         let len = cn * pitch;
-        let stride = self.blocks * self.mr * pitch;
+        let stride = self.slice * pitch;
         // y[o] = bias + Σ (Aᵀ ⊗ … ⊗ Aᵀ)[o][ξ] · M[ξ].
         for (o, terms) in self.out_terms.iter().enumerate() {
             let dst = &mut rows[o * block..][..len];
