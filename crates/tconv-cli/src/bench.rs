@@ -14,9 +14,6 @@ use crate::args::{parse_list, List};
 /// The suite shipped with tconv (a copy of shared/bench/suite.json).
 const SUITE: &str = include_str!("../../../bench/suite.json");
 
-/// FMA peak of one core of the reference machine (Zen 4, measured): GFLOP/s.
-const PEAK_PER_CORE: f64 = 116.0;
-
 /// Which layers: the suite (or one of its layers), or a single layer given by its shapes.
 #[derive(Args, Debug)]
 pub struct LayerArgs {
@@ -86,9 +83,10 @@ pub struct BenchArgs {
     /// shapes `tconv plan` lists for the ISA).
     #[arg(long, value_parser = parse_list)]
     pub tile: Option<List>,
-    /// FMA peak per core in GFLOP/s for the "% of peak" column.
-    #[arg(long, default_value_t = PEAK_PER_CORE)]
-    pub peak_gflops: f64,
+    /// FMA peak per core in GFLOP/s for the "% of peak" column (default: measured on this
+    /// machine at start, about 20 ms, for the instruction set the plans use).
+    #[arg(long)]
+    pub peak_gflops: Option<f64>,
 }
 
 /// Passes to time.
@@ -451,7 +449,19 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         },
         ..PlanOptions::default()
     };
+    let isa = tconv::fast::Isa::detect();
+    let peak_per_core = match a.peak_gflops {
+        Some(p) if p.is_finite() && p > 0.0 => p,
+        Some(p) => bail!("--peak-gflops must be a positive number of GFLOP/s (got {p})"),
+        None => tconv::fast::isa::fma_peak_gflops(isa),
+    };
     if !a.json {
+        let how = if a.peak_gflops.is_some() {
+            "as given"
+        } else {
+            "measured"
+        };
+        println!("FMA peak: {peak_per_core:.1} GFLOP/s per core ({isa}, {how})");
         println!(
             "{:<14} {:>7} {:>8} {:>10} {:>10} {:>9} {:>7}  algorithm",
             "layer", "threads", "GFLOP", "median ms", "min ms", "GFLOP/s", "% peak"
@@ -460,12 +470,13 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     for l in &layers {
         for t in time_layer(l, a, &opts)? {
             let gflops = t.gflop / (t.median_ms / 1e3);
-            let peak = 100.0 * gflops / (a.peak_gflops * t.threads as f64);
+            let peak = 100.0 * gflops / (peak_per_core * t.threads as f64);
             if a.json {
                 let obj = serde_json::json!({
                     "name": t.name, "threads": t.threads, "gflop": t.gflop,
                     "median_ms": t.median_ms, "min_ms": t.min_ms, "gflops_per_s": gflops,
-                    "percent_of_peak": peak, "algorithm": t.algorithm,
+                    "percent_of_peak": peak, "peak_gflops_per_core": peak_per_core,
+                    "algorithm": t.algorithm,
                     "workspace_bytes": t.workspace_bytes, "runs": a.runs,
                     "plan_ms": t.plan_ms,
                 });

@@ -677,6 +677,33 @@ fn bench_and_plan_report_what_outside_checks_read() {
     }
     assert_eq!(line["name"], "dcgan4");
     assert_eq!(line["threads"], 2);
+    // "% peak" divides by the FMA peak measured on this machine (or given), per core.
+    let peak = line["peak_gflops_per_core"].as_f64().unwrap();
+    let share = line["percent_of_peak"].as_f64().unwrap();
+    let rate = line["gflops_per_s"].as_f64().unwrap();
+    assert!(
+        peak > 0.0 && (share - 100.0 * rate / (2.0 * peak)).abs() < 1e-6 * share,
+        "{line}"
+    );
+    let o = tconv(&[
+        "bench",
+        "--layer",
+        "dcgan4",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--peak-gflops",
+        "50",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).starts_with("FMA peak: 50.0 GFLOP/s per core"),
+        "{}",
+        stdout(&o)
+    );
+    let o = tconv(&["bench", "--layer", "dcgan4", "--peak-gflops=-3"]);
+    expect_usage_error(&o, "--peak-gflops must be a positive number");
     let o = tconv(&[
         "bench",
         "--input",
@@ -729,4 +756,37 @@ fn bench_and_plan_report_what_outside_checks_read() {
             && s.contains("threads:     2"),
         "{s}"
     );
+}
+
+/// Output to a closed pipe (`tconv … | head -c 10`) ends the command quietly, as for other
+/// Unix tools: no panic message, killed by SIGPIPE.
+#[cfg(unix)]
+#[test]
+fn closed_stdout_ends_quietly() {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    // About 3.5 MB of steps, far more than a pipe buffers.
+    let x: Vec<String> = (0..20)
+        .map(|i| {
+            let row: Vec<String> = (0..20).map(|j| (i * 20 + j).to_string()).collect();
+            format!("[{}]", row.join(","))
+        })
+        .collect();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tconv"))
+        .args(["explain", "conv-transpose", "--input"])
+        .arg(format!("[{}]", x.join(",")))
+        .args(["--weight", "[[1,0,1],[0,-1,0],[1,1,1]]", "--stride", "2"])
+        .args(["--max-steps", "400"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = [0u8; 10];
+    child.stdout.take().unwrap().read_exact(&mut first).unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    // Killed by SIGPIPE (13 on Linux and the BSDs).
+    assert_eq!(o.status.signal(), Some(13), "{:?}: {err}", o.status);
 }

@@ -83,3 +83,107 @@ impl fmt::Display for Isa {
         f.write_str(self.name())
     }
 }
+
+/// Independent FMA chains the peak loops keep in flight: more than the two FMA pipes times
+/// their 4-cycle latency, and no more than the registers hold (16 ymm without AVX-512).
+const CHAINS: usize = 12;
+
+/// The f32 FMA peak of one core on `isa`'s vectors, in GFLOP/s (2 per lane per FMA),
+/// measured here: `CHAINS` independent chains of fused multiply-adds, the best of 5
+/// rounds of about 4 ms each (about 20 ms in all; the best, because a shared machine only
+/// ever slows a loop down). What `tconv bench` divides by for its "% peak" column; on this
+/// project's Zen 5 machine AVX-512 measured about 235 and AVX2 about 122 per core.
+pub fn fma_peak_gflops(isa: Isa) -> f64 {
+    let isa = isa.or_below();
+    let mut best: f64 = 0.0;
+    let mut iters: u64 = 1 << 14;
+    let mut rounds = 0;
+    while rounds < 5 {
+        let t = std::time::Instant::now();
+        let lanes = fma_loop(isa, iters);
+        let secs = t.elapsed().as_secs_f64();
+        // Grow the loop until a round takes a few milliseconds, then count the rounds.
+        if secs < 0.004 {
+            iters *= 2;
+            continue;
+        }
+        let flops = 2.0 * (CHAINS as f64) * (lanes as f64) * iters as f64;
+        best = best.max(flops / secs / 1e9);
+        rounds += 1;
+    }
+    best
+}
+
+/// `iters` rounds of `CHAINS` FMAs on `isa`'s vectors; the lanes per vector.
+fn fma_loop(isa: Isa, iters: u64) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if isa == Isa::Avx512 {
+            // SAFETY: `or_below` returned AVX-512, so the CPU has AVX-512F.
+            unsafe { peak_avx512(iters) };
+            return 16;
+        }
+        if isa == Isa::Avx2 {
+            // SAFETY: `or_below` returned AVX2, so the CPU has AVX2 and FMA.
+            unsafe { peak_avx2(iters) };
+            return 8;
+        }
+    }
+    // The portable path: one lane, a multiply and an add (a fused `mul_add` is a library
+    // call on CPUs the portable code is compiled for).
+    let mut acc = [1.0f32; CHAINS];
+    for _ in 0..iters {
+        for a in &mut acc {
+            *a = *a * std::hint::black_box(0.999_999_9) + 1e-9;
+        }
+    }
+    std::hint::black_box(acc);
+    1
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn peak_avx512(iters: u64) {
+    use std::arch::x86_64::*;
+    let (b, c) = (_mm512_set1_ps(0.999_999_9), _mm512_set1_ps(1e-9));
+    let mut acc = [_mm512_set1_ps(1.0); CHAINS];
+    for _ in 0..iters {
+        // An explicit loop (not a closure) so that it is compiled with the feature.
+        for a in acc.iter_mut() {
+            *a = _mm512_fmadd_ps(*a, b, c);
+        }
+    }
+    std::hint::black_box(acc);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn peak_avx2(iters: u64) {
+    use std::arch::x86_64::*;
+    let (b, c) = (_mm256_set1_ps(0.999_999_9), _mm256_set1_ps(1e-9));
+    let mut acc = [_mm256_set1_ps(1.0); CHAINS];
+    for _ in 0..iters {
+        for a in acc.iter_mut() {
+            *a = _mm256_fmadd_ps(*a, b, c);
+        }
+    }
+    std::hint::black_box(acc);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The measured peak is a positive, finite rate, and vectors beat scalars where the
+    /// CPU has them (by far: 8 or 16 lanes against 1).
+    #[test]
+    fn fma_peak_is_measured() {
+        let scalar = fma_peak_gflops(Isa::Scalar);
+        assert!(scalar.is_finite() && scalar > 0.0, "{scalar}");
+        let best = Isa::Avx512.or_below();
+        if best != Isa::Scalar {
+            let v = fma_peak_gflops(best);
+            assert!(v > 2.0 * scalar, "{best}: {v} against scalar {scalar}");
+        }
+    }
+}
