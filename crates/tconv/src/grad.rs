@@ -1369,7 +1369,7 @@ pub fn grad_weight_fast<T: Element>(
         return dw;
     }
     if weight_strided::applies::<T>(g, isa) {
-        weight_strided::grad_weight(g, s, b, threads, &mut dw);
+        weight_strided::grad_weight(g, s, b, (threads, isa), &mut dw);
         return dw;
     }
     // The tile shape and orientation with the least modelled time: work padded to whole

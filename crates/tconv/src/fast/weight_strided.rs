@@ -5,10 +5,10 @@
 //! big position `s·p + k` on every axis: each tap reads the big side at a constant stride
 //! along the last axis, from a row start that depends on the small row only. So the GEMM
 //! over positions `dW[a, b, k] = Σ_n Σ_p S[n, a, p] · B[n, b, s·p + k]` can take the big
-//! side as the broadcast operand of the 6×16 register tile straight from memory — its
+//! side as the broadcast operand of the 6-row register tile straight from memory — its
 //! six rows, each read at that stride — and only the small side is packed (positions
-//! × 16 channels, by the GEMM over positions' own packing, `pack_positions`: 8×8
-//! transposes). The tile's six rows are pairs of a big-side channel and a last-axis tap:
+//! × 16 channels on AVX2, 32 on AVX-512: two vectors; by the GEMM over positions' own
+//! packing, `pack_positions`: 8×8 transposes). The tile's six rows are pairs of a big-side channel and a last-axis tap:
 //! the taps of one channel read neighbouring values, so with two taps per axis (unet) a
 //! tile reads three planes' lines, not six (one tap at a time, six channels' planes per
 //! tile, unet's weight gradient ran 0.84x / 0.91x of the packed GEMM's, the kernel's share
@@ -18,12 +18,14 @@
 //! the weight gradient's time, two thirds of the values the big side's. Paired against it
 //! (`tconv bench --pass backward`, median / min): unet 1.18x / 1.19x at 1 thread (5
 //! rounds), 1.34x / 1.32x at 2 (4 rounds; there each task had packed the whole big side);
-//! vnet3d 1.00x / 1.17x and 1.40x / 1.24x.
+//! vnet3d 1.00x / 1.17x and 1.40x / 1.24x. On AVX-512 (Zen 5, full-width) the 6×32 tile
+//! ran unet's 1.69x / 1.72x faster than the 6×16 one at 1 thread, 1.60x / 1.61x at 2;
+//! vnet3d's 1.85x / 1.85x and 1.55x / 1.47x (4 alternating rounds, medians of 15).
 //!
-//! Tasks own blocks of 16 small-side channels (rows of `dW`); each reduces over the images in
+//! Tasks own blocks of 16 (or 32) small-side channels (rows of `dW`); each reduces over the images in
 //! order and the positions in chunks of rows, so the sums' order depends on the sizes only:
-//! bitwise identical for any thread count. f32 on AVX2 and FMA only (elsewhere the GEMM over
-//! positions runs).
+//! bitwise identical for any thread count, and for either width. f32 on AVX2 and FMA only
+//! (elsewhere the GEMM over positions runs).
 
 use super::direct::run_each;
 use super::{scratch, Isa};
@@ -31,11 +33,21 @@ use crate::geometry::Geometry;
 use crate::grad::{pack_positions, side_channels, Side, Tables};
 use crate::tensor::{numel, positions, Element};
 
-/// Rows (big-side channels) and lanes (small-side channels) of the register tile.
+/// Rows ((big-side channel, last-axis tap) pairs) of the register tile; its lanes are
+/// two vectors of small-side channels: 16 on AVX2, 32 on AVX-512 ([`lanes`]).
 const MR: usize = 6;
-const TL: usize = 16;
+
+/// The tile's lanes on `isa`: two vectors.
+fn lanes(isa: Isa) -> usize {
+    if isa == Isa::Avx512 && isa.available() {
+        32
+    } else {
+        16
+    }
+}
 /// Positions per chunk of the reduction (whole small rows; a longer row is cut): the
-/// chunk's packed small side, 16 KiB per block of channels, stays in L1.
+/// chunk's packed small side, 16 KiB per block of 16 channels (32 KiB of 32 on AVX-512),
+/// stays in L1.
 const CHUNK: usize = 256;
 
 /// Whether the weight gradient of `g` (elements `T`, on `isa`) can read the big side in
@@ -60,7 +72,7 @@ pub(crate) fn grad_weight<T: Element>(
     g: &Geometry,
     s: &[T],
     b: &[T],
-    threads: usize,
+    (threads, isa): (usize, Isa),
     dw: &mut [T],
 ) {
     let f32s = (super::as_f32(s), super::as_f32(b), super::as_f32_mut(dw));
@@ -86,6 +98,7 @@ pub(crate) fn grad_weight<T: Element>(
     if dw.is_empty() {
         return;
     }
+    let tl = lanes(isa);
     let row_len = small[dims - 1];
     let small_rows = small_size / row_len.max(1);
     let big_pitch: Vec<usize> = (0..dims).map(|a| big[a + 1..].iter().product()).collect();
@@ -120,8 +133,8 @@ pub(crate) fn grad_weight<T: Element>(
     let k_last = step;
     let pairs = b_pg * k_last;
     let outer_taps = taps.len();
-    let (a_blocks, b_blocks) = (a_pg.div_ceil(TL), pairs.div_ceil(MR));
-    let tile = MR * TL;
+    let (a_blocks, b_blocks) = (a_pg.div_ceil(tl), pairs.div_ceil(MR));
+    let tile = MR * tl;
     let row_w = b_pg * k_size;
 
     // Tasks: (group, range of `a` blocks), one per thread.
@@ -131,35 +144,35 @@ pub(crate) fn grad_weight<T: Element>(
     let mut rest: &mut [f32] = dw;
     for group in 0..groups {
         for blk0 in (0..a_blocks).step_by(per_split) {
-            let lo = blk0 * TL;
-            let hi = ((blk0 + per_split) * TL).min(a_pg);
+            let lo = blk0 * tl;
+            let hi = ((blk0 + per_split) * tl).min(a_pg);
             let (part, tail) = std::mem::take(&mut rest).split_at_mut((hi - lo) * row_w);
             rest = tail;
             parts.push((group, blk0, part));
         }
     }
-    // The small side is packed at its own positions, `[q][16]` per block of channels.
-    let identity = Tables::new::<f32>(vec![(0..small_size).collect()], 1, TL);
+    // The small side is packed at its own positions, `[q][tl]` per block of channels.
+    let identity = Tables::new::<f32>(vec![(0..small_size).collect()], 1, tl);
     let run = |(group, blk0, part): (usize, usize, &mut [f32])| {
         let a_rows = part.len() / row_w;
-        let nab = a_rows.div_ceil(TL);
+        let nab = a_rows.div_ceil(tl);
         // acc[a block][b block][tap][tile], then gathered into `dW`.
         let mut acc = scratch::take::<f32>(nab * b_blocks * outer_taps * tile);
-        let mut sbuf = scratch::take::<f32>(nab * rows_per * seg * TL);
+        let mut sbuf = scratch::take::<f32>(nab * rows_per * seg * tl);
         let mut offs = vec![0usize; rows_per * outer_taps];
         let mut first = true;
         for n in 0..g.batch {
             for &(r0, r1, j0) in &chunks {
                 let len = seg.min(row_len - j0);
                 let q = (r1 - r0) * len;
-                // The small side of this chunk, `[a block][q][16]`: its positions are
+                // The small side of this chunk, `[a block][q][tl]`: its positions are
                 // consecutive (whole rows, or a piece of one).
                 let js = r0 * row_len + j0..r0 * row_len + j0 + q;
                 let image = &s[n * a_ch * small_size..];
-                for (abl, dst) in sbuf.chunks_mut(rows_per * seg * TL).take(nab).enumerate() {
+                for (abl, dst) in sbuf.chunks_mut(rows_per * seg * tl).take(nab).enumerate() {
                     let dims = (a_ch, a_pg, small_size);
-                    let side = Side::block(image, 1, dims, TL, group, blk0 + abl);
-                    pack_positions(dst, TL, &side, &identity, js.clone(), false);
+                    let side = Side::block(image, 1, dims, tl, group, blk0 + abl);
+                    pack_positions(dst, tl, &side, &identity, js.clone(), false);
                 }
                 // Per outer tap, where each row of the chunk starts.
                 for (ti, offs) in offs.chunks_exact_mut(rows_per).enumerate() {
@@ -186,10 +199,9 @@ pub(crate) fn grad_weight<T: Element>(
                             step,
                         };
                         for abl in 0..nab {
-                            let bv = &sbuf[abl * rows_per * seg * TL..][..q * TL];
+                            let bv = &sbuf[abl * rows_per * seg * tl..][..q * tl];
                             let at = ((abl * b_blocks + bbl) * outer_taps + ti) * tile;
-                            let out: &mut [f32; MR * TL] =
-                                (&mut acc[at..at + tile]).try_into().expect("a tile");
+                            let out = &mut acc[at..at + tile];
                             strided_tile(b, &a, bv, out, !first);
                         }
                     }
@@ -198,7 +210,7 @@ pub(crate) fn grad_weight<T: Element>(
             }
         }
         // Into `dW[a][b][k]`: tile row `m` is the pair `bbl·6 + m` (big-side channel, last-axis
-        // tap), lane `l` small-side channel `abl·16 + l` of the task.
+        // tap), lane `l` small-side channel `abl·tl + l` of the task.
         for abl in 0..nab {
             for bbl in 0..b_blocks {
                 for m in 0..MR {
@@ -207,13 +219,13 @@ pub(crate) fn grad_weight<T: Element>(
                         break;
                     }
                     let (bc, kl) = (r / k_last, r % k_last);
-                    for l in 0..TL {
-                        let al = abl * TL + l;
+                    for l in 0..tl {
+                        let al = abl * tl + l;
                         if al >= a_rows {
                             break;
                         }
                         let dst = &mut part[(al * b_pg + bc) * k_size..][..k_size];
-                        let t0 = (abl * b_blocks + bbl) * outer_taps * tile + m * TL + l;
+                        let t0 = (abl * b_blocks + bbl) * outer_taps * tile + m * tl + l;
                         for ti in 0..outer_taps {
                             dst[ti * k_last + kl] = acc[t0 + ti * tile];
                         }
@@ -235,19 +247,17 @@ struct StridedRows<'a> {
     step: usize,
 }
 
-/// `out[m][l] (+)= Σ_q A[q][m] · bv[q][l]` (`+=` with `accumulate`) for the 6×16 tile, `A`
-/// read in place from `b` as `a` says.
-fn strided_tile(
-    b: &[f32],
-    a: &StridedRows<'_>,
-    bv: &[f32],
-    out: &mut [f32; MR * TL],
-    accumulate: bool,
-) {
+/// `out[m][l] (+)= Σ_q A[q][m] · bv[q][l]` (`+=` with `accumulate`) for the 6-row tile of
+/// `out.len() / 6` lanes (16, or 32 on AVX-512), `A` read in place from `b` as `a` says.
+/// Each lane's sum runs in the same order at either width: the same bits.
+fn strided_tile(b: &[f32], a: &StridedRows<'_>, bv: &[f32], out: &mut [f32], accumulate: bool) {
     let q = a.offs.len() * a.len;
+    let tl = out.len() / MR;
     assert!(
         super::winograd_input::avx2_fma()
-            && bv.len() >= q * TL
+            && out.len() == MR * tl
+            && (tl == 16 || (tl == 32 && Isa::Avx512.available()))
+            && bv.len() >= q * tl
             && (a.len == 0
                 || a.planes.iter().all(|&p| {
                     a.offs
@@ -257,28 +267,34 @@ fn strided_tile(
         "strided tile operands"
     );
     #[cfg(target_arch = "x86_64")]
-    // Safety: AVX2 and FMA are available and every read lies inside `b` or `bv` (checked
-    // above); `out` holds the tile.
+    // Safety: AVX2 and FMA (and AVX-512F for 32 lanes) are available and every read lies
+    // inside `b` or `bv` (checked above); `out` holds the tile.
     unsafe {
-        strided_tile_avx2(b.as_ptr(), a, bv.as_ptr(), out, accumulate)
+        let o = out.as_mut_ptr();
+        if tl == 32 {
+            strided_tile_avx512(b.as_ptr(), a, bv.as_ptr(), o, accumulate)
+        } else {
+            strided_tile_avx2(b.as_ptr(), a, bv.as_ptr(), o, accumulate)
+        }
     };
     #[cfg(not(target_arch = "x86_64"))]
     unreachable!("checked above: AVX2 is x86-64 only");
 }
 
 /// # Safety
-/// AVX2 and FMA available; the reads [`strided_tile`] checks lie inside their slices.
+/// AVX2 and FMA available; the reads [`strided_tile`] checks lie inside their slices, and
+/// `o` points at the 6×16 tile.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn strided_tile_avx2(
     b: *const f32,
     a: &StridedRows<'_>,
     bv: *const f32,
-    out: &mut [f32; MR * TL],
+    o: *mut f32,
     accumulate: bool,
 ) {
     use std::arch::x86_64::*;
-    let o = out.as_mut_ptr();
+    const TL: usize = 16;
     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
     if accumulate {
         for (m, row) in acc.iter_mut().enumerate() {
@@ -307,6 +323,53 @@ unsafe fn strided_tile_avx2(
     for (m, row) in acc.iter().enumerate() {
         _mm256_storeu_ps(o.add(m * TL), row[0]);
         _mm256_storeu_ps(o.add(m * TL + 8), row[1]);
+    }
+}
+
+/// [`strided_tile_avx2`] on two 16-lane vectors: the 6×32 tile.
+///
+/// # Safety
+/// AVX-512F available; the reads [`strided_tile`] checks lie inside their slices, and `o`
+/// points at the 6×32 tile.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn strided_tile_avx512(
+    b: *const f32,
+    a: &StridedRows<'_>,
+    bv: *const f32,
+    o: *mut f32,
+    accumulate: bool,
+) {
+    use std::arch::x86_64::*;
+    const TL: usize = 32;
+    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+    if accumulate {
+        for (m, row) in acc.iter_mut().enumerate() {
+            row[0] = _mm512_loadu_ps(o.add(m * TL));
+            row[1] = _mm512_loadu_ps(o.add(m * TL + 16));
+        }
+    }
+    let mut bp = bv;
+    for &off in a.offs {
+        let mut p = [b; MR];
+        for (m, pm) in p.iter_mut().enumerate() {
+            *pm = b.add(a.planes[m] + off);
+        }
+        for _ in 0..a.len {
+            let b0 = _mm512_loadu_ps(bp);
+            let b1 = _mm512_loadu_ps(bp.add(16));
+            for m in 0..MR {
+                let av = _mm512_set1_ps(*p[m]);
+                acc[m][0] = _mm512_fmadd_ps(av, b0, acc[m][0]);
+                acc[m][1] = _mm512_fmadd_ps(av, b1, acc[m][1]);
+                p[m] = p[m].add(a.step);
+            }
+            bp = bp.add(TL);
+        }
+    }
+    for (m, row) in acc.iter().enumerate() {
+        _mm512_storeu_ps(o.add(m * TL), row[0]);
+        _mm512_storeu_ps(o.add(m * TL + 16), row[1]);
     }
 }
 
@@ -375,10 +438,12 @@ mod tests {
             let gy = ints(numel(&g.output_shape()), 8);
             let want = grad_weight_reference(&g, &x, &gy);
             let (s, b) = crate::grad::sides(&g, &x, &gy);
-            for threads in [1, 3] {
-                let mut got = vec![0.0; want.len()];
-                grad_weight(&g, s, b, threads, &mut got);
-                assert_eq!(got, want, "{op:?} {xs:?} {ws:?} {threads}");
+            for isa in [Isa::Avx2, Isa::Avx512] {
+                for threads in [1, 3] {
+                    let mut got = vec![0.0; want.len()];
+                    grad_weight(&g, s, b, (threads, isa), &mut got);
+                    assert_eq!(got, want, "{op:?} {xs:?} {ws:?} {threads} {isa}");
+                }
             }
         }
     }
