@@ -1547,29 +1547,41 @@ pub fn grad_weight_fast<T: Element>(
     let b_run = copy_len * g.batch * b_width;
 
     // Tasks: (group, range of S blocks), enough to keep every thread busy. Fused tasks
-    // each pack the whole big side's chunks, so there is one per thread.
-    let splits = if threads <= 1 {
-        1
-    } else if fused {
-        threads.div_ceil(g.groups).clamp(1, s_blocks)
-    } else {
-        (4 * threads).div_ceil(g.groups).clamp(1, s_blocks)
+    // each pack the whole big side's chunks, so there is one per thread; where the big
+    // side's packing is the larger (its keys' copies) and it has a block per thread, fused
+    // tasks own ranges of its blocks instead and each packs the whole small side (dcgan3's
+    // weight gradient: 147 K values of the big side and 34 K of the small one per image).
+    let by_big =
+        fused && threads > 1 && b_blocks >= threads.div_ceil(g.groups) && b_pg * n_keys > a_pg;
+    let (split_blocks, splits) = match (threads <= 1, fused, by_big) {
+        (true, _, _) => (s_blocks, 1),
+        (false, true, true) => (b_blocks, threads.div_ceil(g.groups).clamp(1, b_blocks)),
+        (false, true, false) => (s_blocks, threads.div_ceil(g.groups).clamp(1, s_blocks)),
+        (false, false, _) => (
+            s_blocks,
+            (4 * threads).div_ceil(g.groups).clamp(1, s_blocks),
+        ),
     };
-    let per_split = s_blocks.div_ceil(splits);
-    let run = |task: usize, dw_rows: &mut [T]| {
-        let (group, split) = (task / splits, task % splits);
-        let sbs = split * per_split..((split + 1) * per_split).min(s_blocks);
-        if sbs.is_empty() {
-            return;
+    let per_split = split_blocks.div_ceil(splits);
+    // A task's S blocks and big-side blocks; `acc[sb][blk][tap][tile]` (the taps of one tile
+    // position together) holds its sums, gathered into dW's `[a][b][k]` order at the end.
+    let ranges = |task: usize| {
+        let split = task % splits;
+        let mine = split * per_split..((split + 1) * per_split).min(split_blocks);
+        if by_big {
+            (0..s_blocks, mine)
+        } else {
+            (mine, 0..b_blocks)
         }
-        let nsb = sbs.len();
-        // acc[sb][blk][tap][tile]: the taps of one tile position together, for the final
-        // gather into dW's `[a][b][k]` order.
-        let mut acc = scratch::take::<T>(nsb * b_blocks * k_size * tile);
+    };
+    let sums = |task: usize, acc: &mut [T]| {
+        let group = task / splits;
+        let (sbs, blks) = ranges(task);
+        let (nsb, nbb) = (sbs.len(), blks.len());
         // One pass over `q` per step: the whole range (unfused), or chunk by chunk.
         let (s_chunk, b_key) = ((step * nb) * s_width, (step + halo) * nb * b_width);
         let mut sbuf = scratch::take::<T>(if fused { nsb * s_chunk } else { 0 });
-        let mut bbuf = scratch::take::<T>(if fused { b_blocks * n_keys * b_key } else { 0 });
+        let mut bbuf = scratch::take::<T>(if fused { nbb * n_keys * b_key } else { 0 });
         for (n0, j0) in (0..g.batch)
             .step_by(nb)
             .flat_map(|n0| (0..small_size).step_by(step).map(move |j0| (n0, j0)))
@@ -1586,8 +1598,8 @@ pub fn grad_weight_fast<T: Element>(
                 }
                 let b_img = &b[n0 * b_ch * big_size..];
                 let b_dims = (b_ch, b_pg, big_size);
-                for (blk, dst) in bbuf.chunks_mut(n_keys * b_key).enumerate() {
-                    let side = Side::block(b_img, nb, b_dims, b_width, group, blk);
+                for (bbl, dst) in bbuf.chunks_mut(n_keys * b_key).enumerate() {
+                    let side = Side::block(b_img, nb, b_dims, b_width, group, blks.start + bbl);
                     pack_positions(dst, b_width, &side, &tables, j0..j1 + halo, false);
                 }
             }
@@ -1599,16 +1611,16 @@ pub fn grad_weight_fast<T: Element>(
                 ),
                 None => (&sbuf[..], sbl * s_chunk + (q - j0 * nb) * s_width),
             };
-            let b_at = |blk: usize, key: usize, c0: usize, q: usize| match &bpack {
+            let b_at = |bbl: usize, key: usize, c0: usize, q: usize| match &bpack {
                 Some(p) => (
                     &p[..],
-                    ((group * b_blocks + blk) * n_keys + key) * b_run
+                    ((group * b_blocks + blks.start + bbl) * n_keys + key) * b_run
                         + (c0 * rest * g.batch + q) * b_width,
                 ),
                 // (A short last chunk packs its keys closer together.)
                 None => (
                     &bbuf[..],
-                    blk * n_keys * b_key
+                    bbl * n_keys * b_key
                         + key * (j1 - j0 + halo) * nb * b_width
                         + (c0 * rest * nb + q - j0 * nb) * b_width,
                 ),
@@ -1621,19 +1633,15 @@ pub fn grad_weight_fast<T: Element>(
                 for (key, taps) in keys.taps.iter().enumerate() {
                     for &(k, c0) in taps {
                         // The lane-side slice stays in L1 while the row-side slices stream.
-                        let (outer, inner) = if s_on_rows {
-                            (b_blocks, nsb)
-                        } else {
-                            (nsb, b_blocks)
-                        };
+                        let (outer, inner) = if s_on_rows { (nbb, nsb) } else { (nsb, nbb) };
                         for o in 0..outer {
                             for i in 0..inner {
-                                let (sbl, blk) = if s_on_rows { (i, o) } else { (o, i) };
+                                let (sbl, bbl) = if s_on_rows { (i, o) } else { (o, i) };
                                 let (sp, sa) = s_at(sbl, q0);
-                                let (bp, ba) = b_at(blk, key, c0, q0);
+                                let (bp, ba) = b_at(bbl, key, c0, q0);
                                 let sv = &sp[sa..][..kq * s_width];
                                 let bv = &bp[ba..][..kq * b_width];
-                                let at = ((sbl * b_blocks + blk) * k_size + k) * tile;
+                                let at = ((sbl * nbb + bbl) * k_size + k) * tile;
                                 let out = &mut acc[at..at + tile];
                                 if s_on_rows {
                                     kernel(sv, bv, Rows::packed(kq, b_width), out, more);
@@ -1646,12 +1654,17 @@ pub fn grad_weight_fast<T: Element>(
                 }
             }
         }
-        // Into this task's rows of `dW[a][b][k]`: for each tile position, all taps in a row
-        // (the writes run along `k`, contiguous).
+    };
+    // A task's sums into its rows of `dW[a][b][k]` (`rows` from its first S block's first
+    // channel): for each tile position, all taps in a row (the writes run along `k`).
+    let gather = |task: usize, acc: &[T], rows: &mut [T]| {
+        let (sbs, blks) = ranges(task);
+        let nbb = blks.len();
         let row0 = sbs.start * s_width;
-        for sbl in 0..nsb {
-            for blk in 0..b_blocks {
-                let t0 = (sbl * b_blocks + blk) * k_size * tile;
+        for sbl in 0..sbs.len() {
+            for bbl in 0..nbb {
+                let t0 = (sbl * nbb + bbl) * k_size * tile;
+                let blk = blks.start + bbl;
                 for (rr, ll) in (0..mr).flat_map(|r| (0..tl).map(move |l| (r, l))) {
                     let (sc, bc) = if s_on_rows {
                         ((sbs.start + sbl) * s_width + rr, blk * b_width + ll)
@@ -1661,7 +1674,7 @@ pub fn grad_weight_fast<T: Element>(
                     if sc >= a_pg || bc >= b_pg {
                         continue;
                     }
-                    let dst = &mut dw_rows[((sc - row0) * b_pg + bc) * k_size..][..k_size];
+                    let dst = &mut rows[((sc - row0) * b_pg + bc) * k_size..][..k_size];
                     let from = t0 + rr * tl + ll;
                     for (k, d) in dst.iter_mut().enumerate() {
                         *d = acc[k * tile + from];
@@ -1670,9 +1683,27 @@ pub fn grad_weight_fast<T: Element>(
             }
         }
     };
+    let acc_len = |task: usize| {
+        let (sbs, blks) = ranges(task);
+        sbs.len() * blks.len() * k_size * tile
+    };
+    let row_len = b_pg * k_size;
+    let group_len = a_pg * row_len;
+    if by_big {
+        // Tasks share dW's rows: each keeps its sums, and they are gathered in order.
+        let mut accs: Vec<Vec<T>> = (0..g.groups * splits)
+            .map(|t| vec![T::zero(); acc_len(t)])
+            .collect();
+        let items: Vec<(usize, &mut Vec<T>)> = accs.iter_mut().enumerate().collect();
+        run_each(threads, items, |(t, acc)| sums(t, acc));
+        for (t, acc) in accs.iter().enumerate() {
+            let group = t / splits;
+            gather(t, acc, &mut dw[group * group_len..(group + 1) * group_len]);
+        }
+        return dw;
+    }
     // Each task's rows of dW: `(group, S blocks)` → a contiguous run of `a` channels.
     let mut parts: Vec<(usize, &mut [T])> = Vec::with_capacity(g.groups * splits);
-    let row_len = b_pg * k_size;
     let mut rest_dw: &mut [T] = &mut dw;
     for task in 0..g.groups * splits {
         let split = task % splits;
@@ -1682,6 +1713,13 @@ pub fn grad_weight_fast<T: Element>(
         rest_dw = tail;
         parts.push((task, part));
     }
-    run_each(threads, parts, |(t, d)| run(t, d));
+    run_each(threads, parts, |(t, d)| {
+        if d.is_empty() {
+            return;
+        }
+        let mut acc = scratch::take::<T>(acc_len(t));
+        sums(t, &mut acc);
+        gather(t, &acc, d);
+    });
     dw
 }
