@@ -175,20 +175,32 @@ fn gemm_kernel<T: Element>(
 /// The Winograd GEMMs' tile: the forced one, else the one with the least modelled time
 /// (as [`gemm_kernel`] models it, over an image's output positions, as tuned, or the tiles
 /// of a phase over the batch where those are fewer: a 64-column panel for the 4 tiles of a
-/// batch of one 4x4 image wasted 15 columns in 16) among those whose scratch
-/// over all threads fits in the output (issue 4's memory bound: on AVX-512, dcgan1's 64-tile panels held 2.3 MB at 1
-/// thread for a 1 MB output), and among those, where the transforms could run in registers,
-/// only tiles that keep them there: with the portable transforms, dcgan1 at 2 threads ran
-/// 4.0-4.4 ms (12x2) and 3.3-3.5 (24x1) against the direct engine's 2.9-3.2 on AVX-512, and
-/// 7.7-8.3 against 5.5-5.9 on AVX2 (three and two alternating rounds, medians of 30 runs).
-/// Chosen for [`winograd::DECISION_THREADS`] threads whatever the plan runs on, so that the
-/// results' bits do not depend on the thread count. Where no tile qualifies: the cheapest if
-/// the caller forced Winograd tiles, else `None`.
+/// batch of one 4x4 image wasted 15 columns in 16) among those whose scratch over all
+/// threads fits in the output (issue 4's memory bound: on AVX-512, dcgan1's 64-tile panels
+/// held 2.3 MB at 1 thread for a 1 MB output), and among those, where the transforms could
+/// run in registers, only tiles that keep them there: with the portable transforms, dcgan1
+/// at 2 threads ran 4.0-4.4 ms (12x2) and 3.3-3.5 (24x1) against the direct engine's
+/// 2.9-3.2 on AVX-512, and 7.7-8.3 against 5.5-5.9 on AVX2 (three and two alternating
+/// rounds, medians of 30 runs).
+///
+/// Whether the tiles run at all, and with which transforms, is decided for
+/// [`winograd::DECISION_THREADS`] threads whatever the plan runs on: those change the
+/// results' rounding. The tile does not (each output's sums run in the same order on every
+/// tile shape), so a plan that runs once ([`PlanOptions::once`]: the gradients) on another
+/// thread count then takes the cheapest tile that fits its own threads' scratch with the
+/// same transforms: dcgan2's input gradient, whose 1 MB output holds two tasks' 16-tile
+/// panels, takes 32-tile panels at 1 thread (1.33x / 1.33x, 4 alternating rounds; forced,
+/// 3.5-3.7 ms against 4.8-5.0). Only with the transforms in registers: with the portable
+/// ones (1-D), hifigan1d's input gradient ran 0.87x / 0.87x on 32-tile panels at 1 thread.
+/// Plans built to run many times keep the tile chosen for two threads: dcgan1's forward
+/// pass ran 0.90x / 0.92x on the 32-tile panels at 1 thread.
+/// Where no tile qualifies: the cheapest if the caller forced Winograd tiles, else `None`.
 fn winograd_tile<T: Element>(
     g: &Geometry,
     isa: Isa,
     options: &PlanOptions,
     forced: bool,
+    threads: usize,
 ) -> Option<(usize, usize)> {
     if let Some(t) = options.tile {
         return Some(t);
@@ -201,14 +213,29 @@ fn winograd_tile<T: Element>(
     shapes.sort_by(|a, b| {
         tile_cost(rows, positions, lanes, *a).total_cmp(&tile_cost(rows, positions, lanes, *b))
     });
-    shapes
+    let fits = |&(mr, v, _): &(usize, usize, f32), on: usize| {
+        winograd::footprint::<T>(g, (mr, v, lanes, isa), on).filter(|f| f.bytes <= out_bytes)
+    };
+    let decided = shapes
         .iter()
-        .find(|&&(mr, v, _)| {
-            winograd::footprint::<T>(g, (mr, v, lanes, isa), winograd::DECISION_THREADS)
-                .is_some_and(|f| f.bytes <= out_bytes && (f.registers || !f.registers_wanted))
+        .find(|t| {
+            fits(t, winograd::DECISION_THREADS).is_some_and(|f| f.registers || !f.registers_wanted)
         })
-        .or_else(|| shapes.first().filter(|_| forced))
-        .map(|&(mr, v, _)| (mr, v))
+        .or_else(|| shapes.first().filter(|_| forced))?;
+    let registers = winograd::footprint::<T>(
+        g,
+        (decided.0, decided.1, lanes, isa),
+        winograd::DECISION_THREADS,
+    )
+    .is_some_and(|f| f.registers);
+    let own = shapes
+        .iter()
+        .find(|t| fits(t, threads).is_some_and(|f| f.registers == registers));
+    let &(mr, v, _) = match own {
+        Some(t) if options.once && registers && threads != winograd::DECISION_THREADS => t,
+        _ => decided,
+    };
+    Some((mr, v))
 }
 
 /// Below this many output channels per group the input is read in place, not packed:
@@ -287,7 +314,7 @@ impl<T: Element> Plan<T> {
         let isa = options.isa_for::<T>();
         let threads = options.threads_for(&g);
         let winograd_tile = (algorithm == Algorithm::Winograd)
-            .then(|| winograd_tile::<T>(&g, isa, options, forced.is_some()))
+            .then(|| winograd_tile::<T>(&g, isa, options, forced.is_some(), threads))
             .flatten();
         if algorithm == Algorithm::Winograd && winograd_tile.is_none() {
             algorithm = Algorithm::Direct;

@@ -910,3 +910,41 @@ fn planner_takes_winograd_where_the_model_pays() {
     let plan = tconv::grad::input_plan(&g, w.as_slice().unwrap(), &o).unwrap();
     assert_eq!(plan.algorithm(), Algorithm::Winograd, "{plan}");
 }
+
+/// An input gradient planned to run once may take a wider Winograd tile on fewer threads
+/// than the two its algorithm and transforms are chosen for (DCGAN's 256 → 128 layer: 32
+/// tiles at 1 thread on AVX-512, 16 at 2): the bits are the same on 1, 2 and 3 threads.
+#[test]
+fn gradient_tiles_chosen_per_thread_count_keep_the_bits() {
+    use tconv::{ConvParams, Geometry};
+    let p = ConvParams::new().stride(&[2]).padding(&[1]);
+    let xs = [16, 256, 8, 8];
+    let w = floats(&[256, 128, 4, 4], 21);
+    let g = Geometry::new(Op::ConvTranspose, &xs, w.shape(), None, &p).unwrap();
+    let gy = floats(&g.output_shape(), 22);
+    let w = w.as_slice().unwrap();
+    let mut outs = Vec::new();
+    let mut labels = Vec::new();
+    for threads in [1, 2, 3] {
+        let o = PlanOptions {
+            threads: Some(threads),
+            ..PlanOptions::default()
+        };
+        let plan = tconv::grad::input_plan(&g, w, &o).unwrap();
+        labels.push(plan.label());
+        outs.push(plan.execute(&gy, None).unwrap());
+    }
+    if Isa::detect() == Isa::Avx512 {
+        assert!(
+            labels[0].contains("12x2") && labels[1].contains("24x1"),
+            "{labels:?}"
+        );
+    }
+    for (o, l) in outs[1..].iter().zip(&labels[1..]) {
+        let same = o
+            .iter()
+            .zip(outs[0].iter())
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "{l} against {}: the bits differ", labels[0]);
+    }
+}
