@@ -1088,7 +1088,7 @@ fn thin_plane_body<T: Element, const TB: usize, const L: usize, const FUSED: boo
     }
 }
 
-/// `v[i][j] += s[i] · b[j]` lane by lane for 8 positions (see [`thin_plane_body`]).
+/// `v[i][j] += s[i] · b[j]` lane by lane for `L` positions (see [`thin_plane_body`]).
 #[inline(always)]
 fn thin_block<T: Element, const TB: usize, const L: usize, const FUSED: bool>(
     v: &mut ThinAcc<T, TB, L>,
@@ -1567,7 +1567,8 @@ pub fn grad_weight_fast<T: Element>(
     // position together) holds its sums, gathered into dW's `[a][b][k]` order at the end.
     let ranges = |task: usize| {
         let split = task % splits;
-        let mine = split * per_split..((split + 1) * per_split).min(split_blocks);
+        let mine =
+            (split * per_split).min(split_blocks)..((split + 1) * per_split).min(split_blocks);
         if by_big {
             (0..s_blocks, mine)
         } else {
@@ -1578,6 +1579,9 @@ pub fn grad_weight_fast<T: Element>(
         let group = task / splits;
         let (sbs, blks) = ranges(task);
         let (nsb, nbb) = (sbs.len(), blks.len());
+        if nsb == 0 || nbb == 0 {
+            return;
+        }
         // One pass over `q` per step: the whole range (unfused), or chunk by chunk.
         let (s_chunk, b_key) = ((step * nb) * s_width, (step + halo) * nb * b_width);
         let mut sbuf = scratch::take::<T>(if fused { nsb * s_chunk } else { 0 });
@@ -1691,10 +1695,10 @@ pub fn grad_weight_fast<T: Element>(
     let group_len = a_pg * row_len;
     if by_big {
         // Tasks share dW's rows: each keeps its sums, and they are gathered in order.
-        let mut accs: Vec<Vec<T>> = (0..g.groups * splits)
-            .map(|t| vec![T::zero(); acc_len(t)])
+        let mut accs: Vec<scratch::Scratch<T>> = (0..g.groups * splits)
+            .map(|t| scratch::take::<T>(acc_len(t)))
             .collect();
-        let items: Vec<(usize, &mut Vec<T>)> = accs.iter_mut().enumerate().collect();
+        let items: Vec<(usize, &mut scratch::Scratch<T>)> = accs.iter_mut().enumerate().collect();
         run_each(threads, items, |(t, acc)| sums(t, acc));
         for (t, acc) in accs.iter().enumerate() {
             let group = t / splits;
@@ -1714,9 +1718,6 @@ pub fn grad_weight_fast<T: Element>(
         parts.push((task, part));
     }
     run_each(threads, parts, |(t, d)| {
-        if d.is_empty() {
-            return;
-        }
         let mut acc = scratch::take::<T>(acc_len(t));
         sums(t, &mut acc);
         gather(t, &acc, d);

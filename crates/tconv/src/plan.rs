@@ -216,18 +216,20 @@ fn winograd_tile<T: Element>(
     let fits = |&(mr, v, _): &(usize, usize, f32), on: usize| {
         winograd::footprint::<T>(g, (mr, v, lanes, isa), on).filter(|f| f.bytes <= out_bytes)
     };
-    let decided = shapes
+    // The tile for two threads and whether its transforms run in registers.
+    let (decided, registers) = shapes
         .iter()
-        .find(|t| {
-            fits(t, winograd::DECISION_THREADS).is_some_and(|f| f.registers || !f.registers_wanted)
+        .find_map(|t| {
+            fits(t, winograd::DECISION_THREADS)
+                .filter(|f| f.registers || !f.registers_wanted)
+                .map(|f| (t, f.registers))
         })
-        .or_else(|| shapes.first().filter(|_| forced))?;
-    let registers = winograd::footprint::<T>(
-        g,
-        (decided.0, decided.1, lanes, isa),
-        winograd::DECISION_THREADS,
-    )
-    .is_some_and(|f| f.registers);
+        .or_else(|| {
+            let t = shapes.first().filter(|_| forced)?;
+            let at = winograd::DECISION_THREADS;
+            let f = winograd::footprint::<T>(g, (t.0, t.1, lanes, isa), at)?;
+            Some((t, f.registers))
+        })?;
     let own = shapes
         .iter()
         .find(|t| fits(t, threads).is_some_and(|f| f.registers == registers));

@@ -8,24 +8,25 @@
 //! side as the broadcast operand of the 6-row register tile straight from memory — its
 //! six rows, each read at that stride — and only the small side is packed (positions
 //! × 16 channels on AVX2, 32 on AVX-512: two vectors; by the GEMM over positions' own
-//! packing, `pack_positions`: 8×8 transposes). The tile's six rows are pairs of a big-side channel and a last-axis tap:
-//! the taps of one channel read neighbouring values, so with two taps per axis (unet) a
-//! tile reads three planes' lines, not six (one tap at a time, six channels' planes per
-//! tile, unet's weight gradient ran 0.84x / 0.91x of the packed GEMM's, the kernel's share
-//! of the samples 1.2x the input gradient's for as many multiplications). The GEMM over
-//! positions in [`grad`](crate::grad) packs both sides; in unet's backward profile (perf, 1
-//! thread) that packing, transposes included, took 17 % of the samples, about a third of
-//! the weight gradient's time, two thirds of the values the big side's. Paired against it
-//! (`tconv bench --pass backward`, median / min): unet 1.18x / 1.19x at 1 thread (5
-//! rounds), 1.34x / 1.32x at 2 (4 rounds; there each task had packed the whole big side);
-//! vnet3d 1.00x / 1.17x and 1.40x / 1.24x. On AVX-512 (Zen 5, full-width) the 6×32 tile
-//! ran unet's 1.69x / 1.72x faster than the 6×16 one at 1 thread, 1.60x / 1.61x at 2;
-//! vnet3d's 1.85x / 1.85x and 1.55x / 1.47x (4 alternating rounds, medians of 15).
+//! packing, `pack_positions`: 8×8 transposes). The tile's six rows are pairs of a
+//! big-side channel and a last-axis tap: the taps of one channel read neighbouring
+//! values, so with two taps per axis (unet) a tile reads three planes' lines, not six (one
+//! tap at a time, six channels' planes per tile, unet's weight gradient ran 0.84x / 0.91x
+//! of the packed GEMM's, the kernel's share of the samples 1.2x the input gradient's for
+//! as many multiplications). The GEMM over positions in [`grad`](crate::grad) packs both
+//! sides; in unet's backward profile (perf, 1 thread) that packing, transposes included,
+//! took 17 % of the samples, about a third of the weight gradient's time, two thirds of
+//! the values the big side's. Paired against it (`tconv bench --pass backward`, median /
+//! min): unet 1.18x / 1.19x at 1 thread (5 rounds), 1.34x / 1.32x at 2 (4 rounds; there
+//! each task had packed the whole big side); vnet3d 1.00x / 1.17x and 1.40x / 1.24x. On
+//! AVX-512 (Zen 5, full-width) the 6×32 tile ran unet's 1.69x / 1.72x faster than the
+//! 6×16 one at 1 thread, 1.60x / 1.61x at 2; vnet3d's 1.85x / 1.85x and 1.55x / 1.47x (4
+//! alternating rounds, medians of 15).
 //!
-//! Tasks own blocks of 16 (or 32) small-side channels (rows of `dW`); each reduces over the images in
-//! order and the positions in chunks of rows, so the sums' order depends on the sizes only:
-//! bitwise identical for any thread count, and for either width. f32 on AVX2 and FMA only
-//! (elsewhere the GEMM over positions runs).
+//! Tasks own blocks of 16 (or 32) small-side channels (rows of `dW`); each reduces over the
+//! images in order and the positions in chunks of rows, so the sums' order depends on the
+//! sizes only: bitwise identical for any thread count, and for either width. f32 on AVX2
+//! and FMA only (elsewhere the GEMM over positions runs).
 
 use super::direct::run_each;
 use super::{scratch, Isa};
@@ -281,97 +282,71 @@ fn strided_tile(b: &[f32], a: &StridedRows<'_>, bv: &[f32], out: &mut [f32], acc
     unreachable!("checked above: AVX2 is x86-64 only");
 }
 
-/// # Safety
-/// AVX2 and FMA available; the reads [`strided_tile`] checks lie inside their slices, and
-/// `o` points at the 6×16 tile.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn strided_tile_avx2(
-    b: *const f32,
-    a: &StridedRows<'_>,
-    bv: *const f32,
-    o: *mut f32,
-    accumulate: bool,
-) {
-    use std::arch::x86_64::*;
-    const TL: usize = 16;
-    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-    if accumulate {
-        for (m, row) in acc.iter_mut().enumerate() {
-            row[0] = _mm256_loadu_ps(o.add(m * TL));
-            row[1] = _mm256_loadu_ps(o.add(m * TL + 8));
-        }
-    }
-    let mut bp = bv;
-    for &off in a.offs {
-        let mut p = [b; MR];
-        for (m, pm) in p.iter_mut().enumerate() {
-            *pm = b.add(a.planes[m] + off);
-        }
-        for _ in 0..a.len {
-            let b0 = _mm256_loadu_ps(bp);
-            let b1 = _mm256_loadu_ps(bp.add(8));
-            for m in 0..MR {
-                let av = _mm256_broadcast_ss(&*p[m]);
-                acc[m][0] = _mm256_fmadd_ps(av, b0, acc[m][0]);
-                acc[m][1] = _mm256_fmadd_ps(av, b1, acc[m][1]);
-                p[m] = p[m].add(a.step);
+/// The 6-row tile kernel on two vectors of `$w` lanes (`$ty`, with its load, store,
+/// broadcast, FMA and zero), compiled for `$feat`: the same loop at either width.
+macro_rules! strided_tile_kernel {
+    ($(#[$doc:meta])* $name:ident, $feat:literal, $w:literal, $ty:ident,
+     $load:ident, $store:ident, $set1:ident, $fmadd:ident, $zero:ident) => {
+        $(#[$doc])*
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feat)]
+        unsafe fn $name(
+            b: *const f32,
+            a: &StridedRows<'_>,
+            bv: *const f32,
+            o: *mut f32,
+            accumulate: bool,
+        ) {
+            use std::arch::x86_64::*;
+            const TL: usize = 2 * $w;
+            let mut acc: [[$ty; 2]; MR] = [[$zero(); 2]; MR];
+            if accumulate {
+                for (m, row) in acc.iter_mut().enumerate() {
+                    row[0] = $load(o.add(m * TL));
+                    row[1] = $load(o.add(m * TL + $w));
+                }
             }
-            bp = bp.add(TL);
+            let mut bp = bv;
+            for &off in a.offs {
+                let mut p = [b; MR];
+                for (m, pm) in p.iter_mut().enumerate() {
+                    *pm = b.add(a.planes[m] + off);
+                }
+                for _ in 0..a.len {
+                    let b0 = $load(bp);
+                    let b1 = $load(bp.add($w));
+                    for m in 0..MR {
+                        let av = $set1(*p[m]);
+                        acc[m][0] = $fmadd(av, b0, acc[m][0]);
+                        acc[m][1] = $fmadd(av, b1, acc[m][1]);
+                        p[m] = p[m].add(a.step);
+                    }
+                    bp = bp.add(TL);
+                }
+            }
+            for (m, row) in acc.iter().enumerate() {
+                $store(o.add(m * TL), row[0]);
+                $store(o.add(m * TL + $w), row[1]);
+            }
         }
-    }
-    for (m, row) in acc.iter().enumerate() {
-        _mm256_storeu_ps(o.add(m * TL), row[0]);
-        _mm256_storeu_ps(o.add(m * TL + 8), row[1]);
-    }
+    };
 }
 
-/// [`strided_tile_avx2`] on two 16-lane vectors: the 6×32 tile.
-///
-/// # Safety
-/// AVX-512F available; the reads [`strided_tile`] checks lie inside their slices, and `o`
-/// points at the 6×32 tile.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn strided_tile_avx512(
-    b: *const f32,
-    a: &StridedRows<'_>,
-    bv: *const f32,
-    o: *mut f32,
-    accumulate: bool,
-) {
-    use std::arch::x86_64::*;
-    const TL: usize = 32;
-    let mut acc = [[_mm512_setzero_ps(); 2]; MR];
-    if accumulate {
-        for (m, row) in acc.iter_mut().enumerate() {
-            row[0] = _mm512_loadu_ps(o.add(m * TL));
-            row[1] = _mm512_loadu_ps(o.add(m * TL + 16));
-        }
-    }
-    let mut bp = bv;
-    for &off in a.offs {
-        let mut p = [b; MR];
-        for (m, pm) in p.iter_mut().enumerate() {
-            *pm = b.add(a.planes[m] + off);
-        }
-        for _ in 0..a.len {
-            let b0 = _mm512_loadu_ps(bp);
-            let b1 = _mm512_loadu_ps(bp.add(16));
-            for m in 0..MR {
-                let av = _mm512_set1_ps(*p[m]);
-                acc[m][0] = _mm512_fmadd_ps(av, b0, acc[m][0]);
-                acc[m][1] = _mm512_fmadd_ps(av, b1, acc[m][1]);
-                p[m] = p[m].add(a.step);
-            }
-            bp = bp.add(TL);
-        }
-    }
-    for (m, row) in acc.iter().enumerate() {
-        _mm512_storeu_ps(o.add(m * TL), row[0]);
-        _mm512_storeu_ps(o.add(m * TL + 16), row[1]);
-    }
-}
+strided_tile_kernel!(
+    /// # Safety
+    /// AVX2 and FMA available; the reads [`strided_tile`] checks lie inside their slices,
+    /// and `o` points at the 6×16 tile.
+    strided_tile_avx2, "avx2,fma", 8, __m256,
+    _mm256_loadu_ps, _mm256_storeu_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_setzero_ps
+);
+
+strided_tile_kernel!(
+    /// # Safety
+    /// AVX-512F available; the reads [`strided_tile`] checks lie inside their slices, and
+    /// `o` points at the 6×32 tile.
+    strided_tile_avx512, "avx512f", 16, __m512,
+    _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_setzero_ps
+);
 
 #[cfg(test)]
 mod tests {

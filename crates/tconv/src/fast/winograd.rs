@@ -554,15 +554,14 @@ pub struct Winograd<T> {
     batch_chunk: usize,
     /// GEMM columns (tiles) of one task's phase, rounded up to whole register tiles.
     pub pitch: usize,
-    /// Most elements of a task's channels-last input copy (0 without the transforms in
-    /// registers).
-    slab_len: usize,
     /// Whether the transforms run in registers (f32 on AVX2, where the input copy fits
     /// the workspace bound).
     registers: bool,
     /// Output channels whose GEMM results a task holds at a time: all (`blocks · mr`), or
     /// where that would outgrow the workspace bound, `lcm(mr, CHUNK)`.
     slice: usize,
+    /// Elements of scratch one task allocates ([`Winograd::scratch_len`]).
+    task_len: usize,
     /// Whether most phases take the bias only (a dilation sharing a factor with the
     /// stride: 3 of 4 phases): then each task fills its band with the bias first, one
     /// contiguous pass per plane, and the live phases overwrite their positions.
@@ -651,26 +650,19 @@ fn kron_terms(mats: &[(&[f64], usize, usize)]) -> Vec<Vec<(usize, f64)>> {
 }
 
 /// How a plan's work is cut into tasks: images and tile rows per task, the GEMMs' column
-/// pitch, and whether (and with how large a copy) the transforms run in registers.
+/// pitch, whether the transforms run in registers, the slice of output channels, and the
+/// scratch a task holds.
 struct Sizing {
     batch_chunk: usize,
     band_tiles: usize,
     pitch: usize,
-    slab_len: usize,
     registers: bool,
     /// Whether the transforms would run in registers but for the workspace bound.
     registers_wanted: bool,
     /// Output channels whose GEMM results a task holds at a time (whole blocks).
     slice: usize,
-}
-
-impl Sizing {
     /// Elements of scratch one task allocates (see [`Winograd::scratch_len`]).
-    fn scratch_len(&self, points: usize, outputs: usize, kdim: usize) -> usize {
-        points * (kdim + self.slice) * self.pitch
-            + points.max(outputs) * CHUNK * self.pitch
-            + self.slab_len
-    }
+    task_len: usize,
 }
 
 /// Cut `g`'s work for an `mr × v` tile of `lanes`-wide vectors on `threads` threads.
@@ -778,16 +770,12 @@ fn sizing<T: Element>(
     // The GEMM results of all output channels at once, or, where that would not fit on
     // the smallest tasks halving reaches, of the fewest whole blocks that are whole
     // chunks of the output transform (lcm(mr, CHUNK) channels, at most 24), each slice
-    // running over the whole transformed input again (which stays in L2 on such tasks).
+    // running over the whole transformed input again (on such tasks a few hundred KB:
+    // dcgan1's is 295 KB on 16-tile panels, within a 1 MB L2).
     let full = blocks * mr;
     let least = lcm(mr, CHUNK).min(full);
     let (mut fbc, mut fbt) = (batch, t0);
     while fbc * fbt * row_tiles >= 2 * tl && halve(&mut fbc, &mut fbt) {}
-    let slice = if over_on(threads, fbc, fbt, registers, full) {
-        least
-    } else {
-        full
-    };
     // Whether the transforms run in registers is decided for DECISION_THREADS threads,
     // whatever the plan runs on (the two transforms round differently), on the least
     // slice: the portable transforms (no copy of the input) where only they keep all
@@ -797,6 +785,11 @@ fn sizing<T: Element>(
     {
         registers = false;
     }
+    let slice = if over_on(threads, fbc, fbt, registers, full) {
+        least
+    } else {
+        full
+    };
     // Halved while over the output's size (as `want` above, now counting everything a
     // task holds), but not below a register panel's columns (dcgan1's input gradient,
     // whose output is half its input, ran 5x slower in tasks of one tile row).
@@ -805,16 +798,14 @@ fn sizing<T: Element>(
         && halve(&mut batch_chunk, &mut band_tiles)
     {}
     let cols = batch_chunk * band_tiles * row_tiles;
-    let pitch = super::im2col::pitch(cols, tl, elem);
-    let slab_len = slab_len(batch_chunk, band_tiles, registers);
     Sizing {
         batch_chunk,
         band_tiles,
-        pitch,
-        slab_len,
+        pitch: super::im2col::pitch(cols, tl, elem),
         registers,
         registers_wanted,
         slice,
+        task_len: task_len(batch_chunk, band_tiles, registers, slice),
     }
 }
 
@@ -856,11 +847,8 @@ pub fn footprint<T: Element>(
         (mr, v, lanes, isa),
         threads,
     );
-    let points: usize = transforms.iter().map(|t| t.alpha).product();
-    let outputs: usize = transforms.iter().map(|t| t.m).product();
-    let kdim = most_sources(&phases) * g.in_per_group();
     Some(Footprint {
-        bytes: threads.max(1) * s.scratch_len(points, outputs, kdim) * std::mem::size_of::<T>(),
+        bytes: threads.max(1) * s.task_len * std::mem::size_of::<T>(),
         registers: s.registers,
         registers_wanted: s.registers_wanted,
     })
@@ -961,9 +949,9 @@ impl<T: Element> Winograd<T> {
             batch_chunk,
             band_tiles,
             pitch,
-            slab_len,
             registers,
             slice,
+            task_len,
             ..
         } = sizing::<T>(
             g,
@@ -993,9 +981,9 @@ impl<T: Element> Winograd<T> {
             band_tiles,
             batch_chunk,
             pitch,
-            slab_len,
             registers,
             slice,
+            task_len,
             fill_first,
             in_terms_f32: terms(&transforms, |t| (t.bt.as_slice(), t.alpha, t.alpha)),
             in_form: winograd_input::Points::of(&transforms),
@@ -1022,8 +1010,7 @@ impl<T: Element> Winograd<T> {
     /// Elements of scratch one task allocates: transformed input and GEMM results for a
     /// band, the row buffers of the transforms and the channels-last input copy.
     pub fn scratch_len(&self) -> usize {
-        let rows = self.points * (self.kdim + self.slice) * self.pitch;
-        rows + self.row_scratch() + self.slab_len
+        self.task_len
     }
 
     /// Elements of the transforms' buffers: the gathered inputs of every tile (`α^D` rows),
