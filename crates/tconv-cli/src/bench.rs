@@ -84,7 +84,7 @@ pub struct BenchArgs {
     #[arg(long, value_parser = parse_list)]
     pub tile: Option<List>,
     /// FMA peak per core in GFLOP/s for the "% of peak" column (default: measured on this
-    /// machine at start, about 20 ms, for the instruction set the plans use).
+    /// machine at start, 40-50 ms, for the instruction set the plans use).
     #[arg(long)]
     pub peak_gflops: Option<f64>,
 }

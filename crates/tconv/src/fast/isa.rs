@@ -90,9 +90,10 @@ const CHAINS: usize = 12;
 
 /// The f32 FMA peak of one core on `isa`'s vectors, in GFLOP/s (2 per lane per FMA),
 /// measured here: `CHAINS` independent chains of fused multiply-adds, the best of 5
-/// rounds of about 4 ms each (about 20 ms in all; the best, because a shared machine only
-/// ever slows a loop down). What `tconv bench` divides by for its "% peak" column; on this
-/// project's Zen 5 machine AVX-512 measured about 235 and AVX2 about 122 per core.
+/// rounds of 4-8 ms each (40-50 ms in all, ramp-up included; the best, because a shared
+/// machine only ever slows a loop down). What `tconv bench` divides by for its "% peak"
+/// column; on this project's Zen 5 machine it measured 245-250 GFLOP/s per core with
+/// AVX-512 and 122-124 with AVX2.
 pub fn fma_peak_gflops(isa: Isa) -> f64 {
     let isa = isa.or_below();
     let mut best: f64 = 0.0;
