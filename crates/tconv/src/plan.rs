@@ -407,9 +407,9 @@ impl<T: Element> Plan<T> {
                     out_channels: g.groups,
                     ..g.clone()
                 };
-                pack_weights(&view, &spec, w, mr, threads)
+                pack_weights(&view, &spec, w, mr, (threads, options.once))
             } else {
-                pack_weights(&g, &spec, w, mr, threads)
+                pack_weights(&g, &spec, w, mr, (threads, options.once))
             };
             // Split the work into about 4 tasks per thread: batch items first, then row bands.
             let q0 = spec

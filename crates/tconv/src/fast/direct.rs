@@ -326,7 +326,7 @@ pub enum Kernel<T> {
 }
 
 /// A direct plan's compute part: decomposition, packed weights, kernel and tile table.
-pub struct DirectKernel<T> {
+pub struct DirectKernel<T: Element> {
     /// The phase decomposition.
     pub spec: DirectSpec,
     /// Weights packed for `kernel`'s tile.
@@ -353,7 +353,7 @@ pub struct DirectKernel<T> {
     pub items_cap: usize,
 }
 
-impl<T> DirectKernel<T> {
+impl<T: Element> DirectKernel<T> {
     /// Elements of the per-thread input panel: most taps of a phase × C_in/g × tile lanes
     /// (0 for in-place kernels).
     pub fn panel_len(&self, cin_g: usize) -> usize {
@@ -371,7 +371,7 @@ impl<T> DirectKernel<T> {
     }
 }
 
-impl<T> DirectKernel<T> {
+impl<T: Element> DirectKernel<T> {
     /// Elements of scratch one task allocates: panels, accumulators and the tile buffer.
     pub fn scratch_len(&self, g: &Geometry) -> usize {
         let tl = self.table.tile_lanes;
@@ -386,7 +386,7 @@ impl<T> DirectKernel<T> {
     }
 }
 
-impl<T> DirectKernel<T> {
+impl<T: Element> DirectKernel<T> {
     /// Reduction length of one k-slice: one tile's panel slice fits L1, and the weight
     /// slices of all output-channel blocks fit L2.
     pub fn slice_k(&self) -> usize {

@@ -28,6 +28,18 @@ pub struct Scratch<T: Element> {
     buf: Vec<T>,
     /// The length handed out.
     len: usize,
+    /// Whether the buffer goes back to the pool when dropped ([`owned`] buffers do not).
+    pooled: bool,
+}
+
+/// A buffer of `len` zeros outside the pool: it is freed, not pooled, when dropped (for
+/// what lives as long as a plan: a pooled buffer could be larger than asked).
+pub fn owned<T: Element>(len: usize) -> Scratch<T> {
+    Scratch {
+        buf: vec![T::zero(); len],
+        len,
+        pooled: false,
+    }
 }
 
 /// Take a buffer of `len` elements from this thread's pool (the smallest that is large
@@ -58,14 +70,18 @@ pub fn take<T: Element>(len: usize) -> Scratch<T> {
     if buf.len() < len {
         buf.resize(len, T::zero());
     }
-    Scratch { buf, len }
+    Scratch {
+        buf,
+        len,
+        pooled: true,
+    }
 }
 
 impl<T: Element> Drop for Scratch<T> {
     fn drop(&mut self) {
         let buf = std::mem::take(&mut self.buf);
         let bytes = buf.capacity() * std::mem::size_of::<T>();
-        if bytes == 0 || bytes > KEEP_BYTES {
+        if !self.pooled || bytes == 0 || bytes > KEEP_BYTES {
             return;
         }
         // `try_with`: a thread being torn down simply frees the buffer.
