@@ -365,6 +365,8 @@ const FUSED_MAX_HALO: usize = 4;
 /// Below this many (a, b) channel pairs per group the weight gradient uses direct dot
 /// products: a 6×16 register tile would be mostly padding.
 const SMALL_GEMM: usize = 32;
+/// Independent sums the weight gradient's fused reduction runs over consecutive images.
+const REDUCTION_PARTS: usize = 2;
 
 /// How the weight gradient's taps map onto shifted views of the big side.
 ///
@@ -1505,20 +1507,32 @@ pub fn grad_weight_fast<T: Element>(
     // Copy positions past a chunk's last small position that its taps read (their
     // first-axis shifts): packed with every chunk, so chunking pays only where few.
     let halo = copy_len - small_size;
-    let chunk = (REDUCTION_CHUNK / g.batch).max(1);
-    let by_positions = halo * FUSED_MAX_HALO <= chunk;
-    // Otherwise a few images at a time, enough for a reduction of `REDUCTION_CHUNK`: no
+    // For a batch of `batch` images: chunks of positions of all of them, or ...
+    let by_positions = |batch: usize| halo * FUSED_MAX_HALO <= (REDUCTION_CHUNK / batch).max(1);
+    // ... otherwise a few images at a time, enough for a reduction of `REDUCTION_CHUNK`: no
     // halo is packed twice (each image has its own).
-    let per_chunk = REDUCTION_CHUNK.div_ceil(small_size.max(1)).min(g.batch);
-    let by_images = !by_positions && per_chunk < g.batch;
-    let fused = by_positions || by_images;
+    let per_chunk = |batch: usize| REDUCTION_CHUNK.div_ceil(small_size.max(1)).min(batch);
+    let fused_for = |batch: usize| by_positions(batch) || per_chunk(batch) < batch;
+    // The fused reduction runs as `parts` independent sums over consecutive images, added
+    // in order at the end: two where the batch allows, whatever the thread count (the
+    // results' bits then do not depend on it), so that two threads each pack and multiply
+    // half the images with the whole tiles of one thread, instead of splitting the tiles
+    // and packing one side twice.
+    let parts = if g.batch >= REDUCTION_PARTS && fused_for(g.batch.div_ceil(REDUCTION_PARTS)) {
+        REDUCTION_PARTS
+    } else {
+        1
+    };
+    let part_batch = g.batch.div_ceil(parts);
+    let by_images = !by_positions(part_batch) && per_chunk(part_batch) < part_batch;
+    let fused = fused_for(part_batch);
     // Images per packed chunk (the batch innermost in `q`), and positions per chunk.
     let (nb, step) = if by_images {
-        (per_chunk, small_size)
-    } else if by_positions {
-        (g.batch, chunk)
+        (per_chunk(part_batch), small_size)
+    } else if by_positions(part_batch) {
+        (part_batch, (REDUCTION_CHUNK / part_batch).max(1))
     } else {
-        (g.batch, small_size)
+        (part_batch, small_size)
     };
     // Copy-position tables of both sides, their passes sized for `nb` images.
     let identity = Tables::new::<T>(vec![(0..small_size).collect()], nb, s_width);
@@ -1551,12 +1565,13 @@ pub fn grad_weight_fast<T: Element>(
     // side's packing is the larger (its keys' copies) and it has a block per thread, fused
     // tasks own ranges of its blocks instead and each packs the whole small side (dcgan3's
     // weight gradient: 147 K values of the big side and 34 K of the small one per image).
-    let by_big =
-        fused && threads > 1 && b_blocks >= threads.div_ceil(g.groups) && b_pg * n_keys > a_pg;
+    let units = g.groups * parts;
+    let want = threads.div_ceil(units);
+    let by_big = fused && want > 1 && b_blocks >= want && b_pg * n_keys > a_pg;
     let (split_blocks, splits) = match (threads <= 1, fused, by_big) {
         (true, _, _) => (s_blocks, 1),
-        (false, true, true) => (b_blocks, threads.div_ceil(g.groups).clamp(1, b_blocks)),
-        (false, true, false) => (s_blocks, threads.div_ceil(g.groups).clamp(1, s_blocks)),
+        (false, true, true) => (b_blocks, want.clamp(1, b_blocks)),
+        (false, true, false) => (s_blocks, want.clamp(1, s_blocks)),
         (false, false, _) => (
             s_blocks,
             (4 * threads).div_ceil(g.groups).clamp(1, s_blocks),
@@ -1575,9 +1590,15 @@ pub fn grad_weight_fast<T: Element>(
             (mine, 0..b_blocks)
         }
     };
+    // Task `(part, group, split)`: `(part · groups + group) · splits + split`.
+    let images = |task: usize| {
+        let part = task / (splits * g.groups);
+        (part * part_batch).min(g.batch)..((part + 1) * part_batch).min(g.batch)
+    };
     let sums = |task: usize, acc: &mut [T]| {
-        let group = task / splits;
+        let group = (task / splits) % g.groups;
         let (sbs, blks) = ranges(task);
+        let mine = images(task);
         let (nsb, nbb) = (sbs.len(), blks.len());
         if nsb == 0 || nbb == 0 {
             return;
@@ -1586,13 +1607,14 @@ pub fn grad_weight_fast<T: Element>(
         let (s_chunk, b_key) = ((step * nb) * s_width, (step + halo) * nb * b_width);
         let mut sbuf = scratch::take::<T>(if fused { nsb * s_chunk } else { 0 });
         let mut bbuf = scratch::take::<T>(if fused { nbb * n_keys * b_key } else { 0 });
-        for (n0, j0) in (0..g.batch)
+        for (n0, j0) in mine
+            .clone()
             .step_by(nb)
             .flat_map(|n0| (0..small_size).step_by(step).map(move |j0| (n0, j0)))
         {
             let j1 = (j0 + step).min(small_size);
             // Images in this chunk (the last may hold fewer).
-            let nb = nb.min(g.batch - n0);
+            let nb = nb.min(mine.end - n0);
             if fused {
                 let s_img = &s[n0 * a_ch * small_size..];
                 let s_dims = (a_ch, a_pg, small_size);
@@ -1633,7 +1655,7 @@ pub fn grad_weight_fast<T: Element>(
                 let q1 = (q0 + REDUCTION_CHUNK).min(j1 * nb);
                 let kq = q1 - q0;
                 // Add to the tile from the second pass over `q` on (a later image or chunk).
-                let more = q0 > 0 || n0 > 0;
+                let more = q0 > 0 || n0 > mine.start;
                 for (key, taps) in keys.taps.iter().enumerate() {
                     for &(k, c0) in taps {
                         // The lane-side slice stays in L1 while the row-side slices stream.
@@ -1660,8 +1682,9 @@ pub fn grad_weight_fast<T: Element>(
         }
     };
     // A task's sums into its rows of `dW[a][b][k]` (`rows` from its first S block's first
-    // channel): for each tile position, all taps in a row (the writes run along `k`).
-    let gather = |task: usize, acc: &[T], rows: &mut [T]| {
+    // channel), or added to them: for each tile position, all taps in a row (the writes run
+    // along `k`).
+    let gather = |task: usize, acc: &[T], rows: &mut [T], add: bool| {
         let (sbs, blks) = ranges(task);
         let nbb = blks.len();
         let row0 = sbs.start * s_width;
@@ -1680,8 +1703,14 @@ pub fn grad_weight_fast<T: Element>(
                     }
                     let dst = &mut rows[((sc - row0) * b_pg + bc) * k_size..][..k_size];
                     let from = t0 + rr * tl + ll;
-                    for (k, d) in dst.iter_mut().enumerate() {
-                        *d = acc[k * tile + from];
+                    if add {
+                        for (k, d) in dst.iter_mut().enumerate() {
+                            *d = *d + acc[k * tile + from];
+                        }
+                    } else {
+                        for (k, d) in dst.iter_mut().enumerate() {
+                            *d = acc[k * tile + from];
+                        }
                     }
                 }
             }
@@ -1693,16 +1722,20 @@ pub fn grad_weight_fast<T: Element>(
     };
     let row_len = b_pg * k_size;
     let group_len = a_pg * row_len;
-    if by_big {
-        // Tasks share dW's rows: each keeps its sums, and they are gathered in order.
-        let mut accs: Vec<scratch::Scratch<T>> = (0..g.groups * splits)
+    if by_big || parts > 1 {
+        // Tasks share dW's rows: each keeps its sums, and they are gathered in order (the
+        // later parts added).
+        let mut accs: Vec<scratch::Scratch<T>> = (0..units * splits)
             .map(|t| scratch::take::<T>(acc_len(t)))
             .collect();
         let items: Vec<(usize, &mut scratch::Scratch<T>)> = accs.iter_mut().enumerate().collect();
         run_each(threads, items, |(t, acc)| sums(t, acc));
         for (t, acc) in accs.iter().enumerate() {
-            let group = t / splits;
-            gather(t, acc, &mut dw[group * group_len..(group + 1) * group_len]);
+            let group = (t / splits) % g.groups;
+            // From the task's first row (tasks over big-side blocks start at row 0).
+            let first = (ranges(t).0.start * s_width).min(a_pg) * row_len;
+            let rows = &mut dw[group * group_len + first..(group + 1) * group_len];
+            gather(t, acc, rows, t >= g.groups * splits);
         }
         return dw;
     }
@@ -1720,7 +1753,7 @@ pub fn grad_weight_fast<T: Element>(
     run_each(threads, parts, |(t, d)| {
         let mut acc = scratch::take::<T>(acc_len(t));
         sums(t, &mut acc);
-        gather(t, &acc, d);
+        gather(t, &acc, d, false);
     });
     dw
 }
