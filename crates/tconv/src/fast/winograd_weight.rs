@@ -16,9 +16,10 @@
 //!
 //! Tiles are taken in chunks whose transformed operands fit 4 MiB; both transforms
 //! gather through per-chunk index tables (zeros past the borders) and combine whole rows of
-//! a chunk's tiles. Every `M` element is one kernel call per chunk, the chunks in order, and
-//! the chunk size depends on the sizes only: results are bitwise identical for any thread
-//! count. They differ from the direct sums by rounding only (the transforms' coefficients
+//! a chunk's tiles. Every `M` element is one kernel call per chunk, the chunks in order;
+//! where each image has many tiles the batch is cut into two parts whose sums are added in
+//! order. The chunk size and the parts depend on the sizes only: results are bitwise
+//! identical for any thread count. They differ from the direct sums by rounding only (the transforms' coefficients
 //! are 0, ±1, ±1/2): exact on small integers. Each row block of input channels runs its
 //! GEMMs and, after the last chunk, its output transform while its `M` is in cache, into
 //! `[ci][k][co]` rows that are then transposed into the weight's layout.
@@ -43,6 +44,14 @@ use crate::tensor::{for_each_index, numel, Element};
 /// Bytes of both sides' transformed operands one chunk of tiles holds (all points): each
 /// point's operands then stay in L2 while its GEMM runs over them.
 const CHUNK_BYTES: usize = 4 << 20;
+
+/// A row block of `dk` in the output transform: its index, its `M` of each phase, its rows.
+type RowBlock<'a, T> = (usize, Vec<&'a mut [T]>, &'a mut [T]);
+
+/// Independent sums the reduction over tiles runs over consecutive images.
+const REDUCTION_PARTS: usize = 2;
+/// Fewest tiles a part of the reduction must have.
+const MIN_PART_TILES: usize = 128;
 
 /// Index-table entry of a position outside the tensor (read as zero).
 const OUTSIDE: usize = usize::MAX;
@@ -213,10 +222,28 @@ fn phase_gradient<T: Element>(
     let srcs = p.sources.len();
     let grid: Vec<usize> = (0..dims).map(|a| p.extents[a].div_ceil(ms[a])).collect();
     let per_image: usize = grid.iter().product();
-    let tiles = g.batch * per_image;
+    // The reduction over tiles runs as `parts` independent sums over consecutive images
+    // (each its own chunks, the chunk size from the sizes only), added in order before the
+    // output transform, whatever the thread count: the bits do not depend on it. On two
+    // threads each part is one thread's whole pipeline (transforms and GEMMs), instead of
+    // twelve short parallel steps per call for dcgan2. Only where each part has at least
+    // `MIN_PART_TILES` tiles: every part writes and adds a whole M (dcgan1's 4.7 MB per
+    // phase for 32 tiles a part ran 0.83x at 1 thread and 0.90x at 2).
+    let parts =
+        if g.batch >= REDUCTION_PARTS && g.batch / REDUCTION_PARTS * per_image >= MIN_PART_TILES {
+            REDUCTION_PARTS
+        } else {
+            1
+        };
+    let part_batch = g.batch.div_ceil(parts);
+    let part_tiles = |part: usize| {
+        (part * part_batch).min(g.batch) * per_image
+            ..((part + 1) * part_batch).min(g.batch) * per_image
+    };
     let elem = std::mem::size_of::<T>();
     let per_tile = (srcs * rb * mr + lb * tl) * points * elem;
-    let kc = (s.chunk_bytes / per_tile.max(1)).clamp(8, tiles.max(8));
+    let most = part_batch * per_image;
+    let kc = (s.chunk_bytes / per_tile.max(1)).clamp(8, most.max(8));
     let inputs: Vec<usize> = g.axes.iter().map(|a| a.input).collect();
     let outputs: Vec<usize> = g.axes.iter().map(|a| a.output).collect();
     let (in_plane, out_plane) = (numel(&inputs), numel(&outputs));
@@ -228,13 +255,8 @@ fn phase_gradient<T: Element>(
     // `[lane block][point][tile][tl]`; results M `[row block][source][point][lane block][mr·tl]`.
     let x_run = kc * mr;
     let g_run = kc * tl;
-    let mut xp = scratch::take::<T>(rb * srcs * points * x_run);
-    let mut gp = scratch::take::<T>(lb * points * g_run);
     let tile_elems = mr * tl;
     let m_block = srcs * points * lb * tile_elems;
-    let mut mres = scratch::take::<T>(ps.len() * rb * m_block);
-    let mut gtab = vec![OUTSIDE; tile_len * kc];
-    let mut xtab = vec![OUTSIDE; srcs * window * kc];
     let simd = s.isa != Isa::Scalar;
     // The phase's taps: (flat kernel index, source, tap of the source).
     let ksize = covered.len();
@@ -257,126 +279,164 @@ fn phase_gradient<T: Element>(
         })
         .collect();
 
-    for k0 in (0..tiles).step_by(kc) {
-        let kn = kc.min(tiles - k0);
-        // Index tables of the chunk: per tile, where each of its gradient positions and each
-        // source's window inputs lie within an image's planes (plus the image's offset).
-        // Each tile's image and position in the grid.
-        let tiles_at: Vec<(usize, Vec<usize>)> = (k0..k0 + kn)
-            .map(|k| {
-                let (n, t) = (k / per_image, k % per_image);
-                (n, (0..dims).map(|a| t / tile_pitch[a] % grid[a]).collect())
-            })
-            .collect();
-        for (kk, (n, tv)) in tiles_at.iter().enumerate() {
-            for (si, src) in p.sources.iter().enumerate() {
-                let mut l = 0;
-                for_each_index(&alphas, |off| {
-                    let mut at = n * x_image;
-                    for a in 0..dims {
-                        let u = (ms[a] * tv[a] + off[a]) as isize + src.base[a];
-                        let pos = u * s.in_stride[a] as isize + src.comp[a] as isize;
-                        if u < 0 || pos >= inputs[a] as isize {
-                            at = OUTSIDE;
-                            break;
+    // One part's sums, chunk by chunk over its tiles, into `mres` (`[phase][row block]`).
+    let part_sums = |part: usize, mres: &mut [T], threads: usize| {
+        let range = part_tiles(part);
+        let mut xp = scratch::take::<T>(rb * srcs * points * x_run);
+        let mut gp = scratch::take::<T>(lb * points * g_run);
+        let mut gtab = vec![OUTSIDE; tile_len * kc];
+        let mut xtab = vec![OUTSIDE; srcs * window * kc];
+        for k0 in range.clone().step_by(kc) {
+            let kn = kc.min(range.end - k0);
+            // Index tables of the chunk: per tile, where each of its gradient positions and
+            // each source's window inputs lie within an image's planes (plus the image's
+            // offset). Each tile's image and position in the grid.
+            let tiles_at: Vec<(usize, Vec<usize>)> = (k0..k0 + kn)
+                .map(|k| {
+                    let (n, t) = (k / per_image, k % per_image);
+                    (n, (0..dims).map(|a| t / tile_pitch[a] % grid[a]).collect())
+                })
+                .collect();
+            for (kk, (n, tv)) in tiles_at.iter().enumerate() {
+                for (si, src) in p.sources.iter().enumerate() {
+                    let mut l = 0;
+                    for_each_index(&alphas, |off| {
+                        let mut at = n * x_image;
+                        for a in 0..dims {
+                            let u = (ms[a] * tv[a] + off[a]) as isize + src.base[a];
+                            let pos = u * s.in_stride[a] as isize + src.comp[a] as isize;
+                            if u < 0 || pos >= inputs[a] as isize {
+                                at = OUTSIDE;
+                                break;
+                            }
+                            at += pos as usize * in_pitch[a];
                         }
-                        at += pos as usize * in_pitch[a];
+                        xtab[(si * window + l) * kc + kk] = at;
+                        l += 1;
+                    });
+                }
+            }
+            // X̂: per row block, its input channels' windows of each source.
+            run_chunks(threads, &mut xp, srcs * points * x_run, |rbi, dst| {
+                let mut rows = scratch::take::<T>(window * x_run);
+                for (si, dst) in dst.chunks_mut(points * x_run).enumerate() {
+                    let block = Block {
+                        src: x,
+                        first: (group * cin_g + rbi * mr) * in_plane,
+                        plane: in_plane,
+                        live: mr.min(cin_g - rbi * mr),
+                        width: mr,
+                        tab: &xtab[si * window * kc..(si + 1) * window * kc],
+                        kc,
+                        kn,
+                    };
+                    transform(simd, &block, &s.x_terms, &mut rows, dst);
+                }
+            });
+            for (p, mres) in ps.iter().zip(mres.chunks_mut(rb * m_block)) {
+                // Where each of a tile's upstream-gradient positions lies (plus the image's
+                // offset).
+                for (kk, (n, tv)) in tiles_at.iter().enumerate() {
+                    let mut i = 0;
+                    for_each_index(&ms, |off| {
+                        let mut at = n * g_image;
+                        for a in 0..dims {
+                            let q = ms[a] * tv[a] + off[a];
+                            if q >= p.extents[a] {
+                                at = OUTSIDE;
+                                break;
+                            }
+                            at += (s.out_stride[a] * q + p.residue[a]) * out_pitch[a];
+                        }
+                        gtab[i * kc + kk] = at;
+                        i += 1;
+                    });
+                }
+                // Ĝ: per lane block, its output channels' tiles gathered side by side, then
+                // each point one combination of whole rows, straight into the packed layout.
+                run_chunks(threads, &mut gp, points * g_run, |lbi, dst| {
+                    let mut rows = scratch::take::<T>(tile_len * g_run);
+                    let block = Block {
+                        src: gy,
+                        first: (group * cout_g + lbi * tl) * out_plane,
+                        plane: out_plane,
+                        live: tl.min(cout_g - lbi * tl),
+                        width: tl,
+                        tab: &gtab,
+                        kc,
+                        kn,
+                    };
+                    transform(simd, &block, &s.g_terms, &mut rows, dst);
+                });
+                // Per row block: M[rb][s][ξ] (+)= X̂ · Ĝᵀ for every lane block.
+                let (xp, gp) = (&xp[..], &gp[..]);
+                let items: Vec<(usize, &mut [T])> = mres.chunks_mut(m_block).enumerate().collect();
+                super::direct::run_each(threads, items, |(rbi, m)| {
+                    for si in 0..srcs {
+                        for xi in 0..points {
+                            let a = &xp[((rbi * srcs + si) * points + xi) * x_run..][..kn * mr];
+                            let out =
+                                &mut m[(si * points + xi) * lb * tile_elems..][..lb * tile_elems];
+                            for (lbi, o) in out.chunks_exact_mut(tile_elems).enumerate() {
+                                let b = &gp[(lbi * points + xi) * g_run..][..kn * tl];
+                                (s.kernel)(a, b, Rows::packed(kn, tl), o, k0 > range.start);
+                            }
+                        }
                     }
-                    xtab[(si * window + l) * kc + kk] = at;
-                    l += 1;
                 });
             }
         }
-        // X̂: per row block, its input channels' windows of each source.
-        run_chunks(threads, &mut xp, srcs * points * x_run, |rbi, dst| {
-            let mut rows = scratch::take::<T>(window * x_run);
-            for (si, dst) in dst.chunks_mut(points * x_run).enumerate() {
-                let block = Block {
-                    src: x,
-                    first: (group * cin_g + rbi * mr) * in_plane,
-                    plane: in_plane,
-                    live: mr.min(cin_g - rbi * mr),
-                    width: mr,
-                    tab: &xtab[si * window * kc..(si + 1) * window * kc],
-                    kc,
-                    kn,
-                };
-                transform(simd, &block, &s.x_terms, &mut rows, dst);
-            }
+    };
+    let m_len = ps.len() * rb * m_block;
+    let mut sums: Vec<scratch::Scratch<T>> =
+        (0..parts).map(|_| scratch::take::<T>(m_len)).collect();
+    if parts > 1 && threads > 1 {
+        let inner = (threads / parts).max(1);
+        let items: Vec<(usize, &mut scratch::Scratch<T>)> = sums.iter_mut().enumerate().collect();
+        super::direct::run_each(threads.min(parts), items, |(part, m)| {
+            part_sums(part, m, inner)
         });
-        let last = k0 + kn == tiles;
-        for ((p, taps), mres) in ps.iter().zip(&taps).zip(mres.chunks_mut(rb * m_block)) {
-            // Where each of a tile's upstream-gradient positions lies (plus the image's offset).
-            for (kk, (n, tv)) in tiles_at.iter().enumerate() {
-                let mut i = 0;
-                for_each_index(&ms, |off| {
-                    let mut at = n * g_image;
-                    for a in 0..dims {
-                        let q = ms[a] * tv[a] + off[a];
-                        if q >= p.extents[a] {
-                            at = OUTSIDE;
-                            break;
-                        }
-                        at += (s.out_stride[a] * q + p.residue[a]) * out_pitch[a];
-                    }
-                    gtab[i * kc + kk] = at;
-                    i += 1;
-                });
-            }
-            // Ĝ: per lane block, its output channels' tiles gathered side by side, then each
-            // point one combination of whole rows, straight into the packed layout.
-            run_chunks(threads, &mut gp, points * g_run, |lbi, dst| {
-                let mut rows = scratch::take::<T>(tile_len * g_run);
-                let block = Block {
-                    src: gy,
-                    first: (group * cout_g + lbi * tl) * out_plane,
-                    plane: out_plane,
-                    live: tl.min(cout_g - lbi * tl),
-                    width: tl,
-                    tab: &gtab,
-                    kc,
-                    kn,
-                };
-                transform(simd, &block, &s.g_terms, &mut rows, dst);
-            });
-            // Per row block: M[rb][s][ξ] (+)= X̂ · Ĝᵀ for every lane block, and after the last
-            // chunk ∂L/∂w[k_s(j)] = Σ_ξ Aᵀ[j][ξ] M[s][ξ] into the block's rows of `dk`, while
-            // its M is in cache.
-            let (xp, gp) = (&xp[..], &gp[..]);
-            let items: Vec<(usize, &mut [T], &mut [T])> = mres
-                .chunks_mut(m_block)
-                .zip(dk.chunks_mut(mr * ksize * cout_g))
-                .enumerate()
-                .map(|(rbi, (m, d))| (rbi, m, d))
-                .collect();
-            super::direct::run_each(threads, items, |(rbi, m, rows)| {
-                for si in 0..srcs {
-                    for xi in 0..points {
-                        let a = &xp[((rbi * srcs + si) * points + xi) * x_run..][..kn * mr];
-                        let out = &mut m[(si * points + xi) * lb * tile_elems..][..lb * tile_elems];
-                        for (lbi, o) in out.chunks_exact_mut(tile_elems).enumerate() {
-                            let b = &gp[(lbi * points + xi) * g_run..][..kn * tl];
-                            (s.kernel)(a, b, Rows::packed(kn, tl), o, k0 > 0);
-                        }
-                    }
-                }
-                if last {
-                    let out = Outputs {
-                        taps,
-                        terms: &s.o_terms,
-                        points,
-                        lb,
-                        tile_elems,
-                        tl,
-                        live_rows: mr.min(cin_g - rbi * mr),
-                        cout_g,
-                        ksize,
-                    };
-                    output_transform(simd, &out, m, rows);
-                }
-            });
+    } else {
+        for (part, m) in sums.iter_mut().enumerate() {
+            part_sums(part, m, threads);
         }
     }
+    // Per row block: the parts' M added in order, then for each phase
+    // ∂L/∂w[k_s(j)] = Σ_ξ Aᵀ[j][ξ] M[s][ξ] into the block's rows of `dk`.
+    let (first, rest) = sums.split_at_mut(1);
+    let mut blocks: Vec<RowBlock<'_, T>> = dk
+        .chunks_mut(mr * ksize * cout_g)
+        .enumerate()
+        .map(|(rbi, rows)| (rbi, Vec::with_capacity(ps.len()), rows))
+        .collect();
+    for phase in first[0].chunks_mut(rb * m_block) {
+        for (b, m) in blocks.iter_mut().zip(phase.chunks_mut(m_block)) {
+            b.1.push(m);
+        }
+    }
+    let rest = &*rest;
+    super::direct::run_each(threads, blocks, |(rbi, ms, rows)| {
+        for (pi, m) in ms.into_iter().enumerate() {
+            for other in rest {
+                let o = &other[(pi * rb + rbi) * m_block..][..m_block];
+                for (a, &b) in m.iter_mut().zip(o) {
+                    *a = *a + b;
+                }
+            }
+            let out = Outputs {
+                taps: &taps[pi],
+                terms: &s.o_terms,
+                points,
+                lb,
+                tile_elems,
+                tl,
+                live_rows: mr.min(cin_g - rbi * mr),
+                cout_g,
+                ksize,
+            };
+            output_transform(simd, &out, m, rows);
+        }
+    });
 }
 
 /// `dst[c][r] = src[r][c]` for an `r × c` matrix `src` (8×8 AVX transposes for f32 where
@@ -622,6 +682,20 @@ mod tests {
                 Op::Conv,
                 vec![2, 9, 13, 10],
                 vec![11, 9, 4, 4],
+                ConvParams::new().stride(&[2]).padding(&[1]),
+            ),
+            // At least `MIN_PART_TILES` tiles per image: the reduction in two parts (the
+            // second of one image of three).
+            (
+                Op::ConvTranspose,
+                vec![3, 4, 600],
+                vec![4, 5, 4],
+                ConvParams::new().stride(&[2]).padding(&[1]),
+            ),
+            (
+                Op::ConvTranspose,
+                vec![2, 3, 40, 40],
+                vec![3, 4, 4, 4],
                 ConvParams::new().stride(&[2]).padding(&[1]),
             ),
         ];
