@@ -107,6 +107,17 @@ fn grad_weight_chunked<T: Element>(
     // Per group, first `[ci][k][co]` (each row block's rows written by one task), then each
     // row transposed in place into `[ci][co][k]` (a transposed conv's weight).
     let mut dw = vec![T::zero(); g.groups * per_group];
+    // Both sides in blocks of the transforms' channels, each block channels-last
+    // (`[n][block][position][channel]`, zeros past a group's channels): a transform then
+    // gathers each position's channels as one contiguous run, and a block's positions lie
+    // together. From the planes, one scalar load per channel, the gathers took a third of
+    // dcgan2's weight gradient; from whole channels-last images (every position's 256
+    // channels together), they still missed the caches on every position.
+    let in_plane: usize = g.axes.iter().map(|a| a.input).product();
+    let out_plane: usize = g.axes.iter().map(|a| a.output).product();
+    let xt = blocked(x, (g.batch, g.groups, cin_g, in_plane), s.mr, threads);
+    let gt = blocked(gy, (g.batch, g.groups, cout_g, out_plane), s.tl, threads);
+    let (x, gy) = (&xt[..], &gt[..]);
     for (group, dwg) in dw.chunks_mut(per_group).enumerate() {
         let mut covered = vec![false; ksize];
         // Consecutive phases that read the same inputs share their transformed input.
@@ -155,6 +166,43 @@ fn grad_weight_chunked<T: Element>(
         dw = out;
     }
     Some(dw)
+}
+
+/// `src` (`[n][group][channel][position]`, `per_group` channels a group) in blocks of
+/// `width` channels, `[n][group][block][position][channel]`, zeros past each group's last
+/// channel; in pooled scratch.
+fn blocked<T: Element>(
+    src: &[T],
+    (batch, groups, per_group, plane): (usize, usize, usize, usize),
+    width: usize,
+    threads: usize,
+) -> scratch::Scratch<T> {
+    let blocks = per_group.div_ceil(width);
+    let image = groups * blocks * plane * width;
+    let mut out = scratch::take::<T>(batch * image);
+    let threads = if batch * image > 1 << 16 { threads } else { 1 };
+    run_chunks(threads, &mut out, image.max(1), |n, dst| {
+        for (gb, dst) in dst.chunks_exact_mut(plane * width).enumerate() {
+            let (group, blk) = (gb / blocks, gb % blocks);
+            let first = blk * width;
+            let live = width.min(per_group - first);
+            let rows = &src[((n * groups + group) * per_group + first) * plane..][..live * plane];
+            if live == width {
+                transpose(rows, width, plane, dst);
+                continue;
+            }
+            for (pos, d) in dst.chunks_exact_mut(width).enumerate() {
+                for (c, v) in d.iter_mut().enumerate() {
+                    *v = if c < live {
+                        rows[c * plane + pos]
+                    } else {
+                        T::zero()
+                    };
+                }
+            }
+        }
+    });
+    out
 }
 
 /// The decomposition, the transforms of F(r, m) per axis and the kernel.
@@ -248,8 +296,9 @@ fn phase_gradient<T: Element>(
     let outputs: Vec<usize> = g.axes.iter().map(|a| a.output).collect();
     let (in_plane, out_plane) = (numel(&inputs), numel(&outputs));
     let (in_pitch, out_pitch) = (pitches_of(&inputs), pitches_of(&outputs));
-    let (x_image, g_image) = (g.in_channels * in_plane, g.out_channels * out_plane);
     let tile_pitch = pitches_of(&grid);
+    // Blocks an image of each side holds (all groups').
+    let (x_blocks, g_blocks) = (g.groups * rb, g.groups * lb);
 
     // Transformed operands: X̂ `[row block][source][point][tile][mr]`, Ĝ
     // `[lane block][point][tile][tl]`; results M `[row block][source][point][lane block][mr·tl]`.
@@ -301,7 +350,9 @@ fn phase_gradient<T: Element>(
                 for (si, src) in p.sources.iter().enumerate() {
                     let mut l = 0;
                     for_each_index(&alphas, |off| {
-                        let mut at = n * x_image;
+                        // The position in image `n` of the blocked layout (its blocks'
+                        // offsets come with each block).
+                        let mut at = n * in_plane;
                         for a in 0..dims {
                             let u = (ms[a] * tv[a] + off[a]) as isize + src.base[a];
                             let pos = u * s.in_stride[a] as isize + src.comp[a] as isize;
@@ -310,6 +361,9 @@ fn phase_gradient<T: Element>(
                                 break;
                             }
                             at += pos as usize * in_pitch[a];
+                        }
+                        if at != OUTSIDE {
+                            at = (at + n * (x_blocks - 1) * in_plane) * mr;
                         }
                         xtab[(si * window + l) * kc + kk] = at;
                         l += 1;
@@ -322,9 +376,7 @@ fn phase_gradient<T: Element>(
                 for (si, dst) in dst.chunks_mut(points * x_run).enumerate() {
                     let block = Block {
                         src: x,
-                        first: (group * cin_g + rbi * mr) * in_plane,
-                        plane: in_plane,
-                        live: mr.min(cin_g - rbi * mr),
+                        first: (group * rb + rbi) * in_plane * mr,
                         width: mr,
                         tab: &xtab[si * window * kc..(si + 1) * window * kc],
                         kc,
@@ -339,7 +391,7 @@ fn phase_gradient<T: Element>(
                 for (kk, (n, tv)) in tiles_at.iter().enumerate() {
                     let mut i = 0;
                     for_each_index(&ms, |off| {
-                        let mut at = n * g_image;
+                        let mut at = n * out_plane;
                         for a in 0..dims {
                             let q = ms[a] * tv[a] + off[a];
                             if q >= p.extents[a] {
@@ -347,6 +399,9 @@ fn phase_gradient<T: Element>(
                                 break;
                             }
                             at += (s.out_stride[a] * q + p.residue[a]) * out_pitch[a];
+                        }
+                        if at != OUTSIDE {
+                            at = (at + n * (g_blocks - 1) * out_plane) * tl;
                         }
                         gtab[i * kc + kk] = at;
                         i += 1;
@@ -358,9 +413,7 @@ fn phase_gradient<T: Element>(
                     let mut rows = scratch::take::<T>(tile_len * g_run);
                     let block = Block {
                         src: gy,
-                        first: (group * cout_g + lbi * tl) * out_plane,
-                        plane: out_plane,
-                        live: tl.min(cout_g - lbi * tl),
+                        first: (group * lb + lbi) * out_plane * tl,
                         width: tl,
                         tab: &gtab,
                         kc,
@@ -530,10 +583,9 @@ fn output_body<T: Element>(o: &Outputs<'_, T>, m: &[T], rows: &mut [T]) {
 /// One block of channels to transform: `live` (of `width`) channels from `first`, planes
 /// `plane` apart, read at the chunk's index table `tab` (rows of `kc`, `kn` used).
 struct Block<'a, T> {
+    /// A side in blocks ([`blocked`]) and where the block starts in an image.
     src: &'a [T],
     first: usize,
-    plane: usize,
-    live: usize,
     width: usize,
     tab: &'a [usize],
     kc: usize,
@@ -589,13 +641,7 @@ fn transform_body<T: Element>(
                 d.fill(T::zero());
                 continue;
             }
-            for (c, v) in d.iter_mut().enumerate() {
-                *v = if c < b.live {
-                    b.src[b.first + c * b.plane + at]
-                } else {
-                    T::zero()
-                };
-            }
+            copy_short(d, &b.src[b.first + at..][..w]);
         }
     }
     for (xi, ts) in terms.iter().enumerate() {
