@@ -332,6 +332,29 @@ fn isa_names_and_fallback() {
     assert_eq!(Isa::parse("sse9"), None);
 }
 
+/// Where the phases' outputs interleave, the planner counts tiles row by row: on AVX-512,
+/// unet's rows of 64 take the 6x4 tile (one row each) over 8x3 (48 positions, half the
+/// tiles across two rows); vnet3d's rows of 16 hold no tile and keep the flat count.
+#[test]
+fn interleaved_tiles_cover_whole_rows() {
+    use tconv::ConvParams;
+    if !Isa::Avx512.available() {
+        return;
+    }
+    let o = PlanOptions {
+        isa: Some(Isa::Avx512),
+        threads: Some(1),
+        ..PlanOptions::default()
+    };
+    let p = ConvParams::new().stride(&[2]);
+    let w = ArrayD::<f32>::zeros(ndarray::IxDyn(&[128, 64, 2, 2]));
+    let plan = Plan::new(Op::ConvTranspose, &[4, 128, 64, 64], &w, None, &p, &o).unwrap();
+    assert!(plan.label().ends_with("6x4"), "{}", plan.label());
+    let w = ArrayD::<f32>::zeros(ndarray::IxDyn(&[64, 32, 2, 2, 2]));
+    let plan = Plan::new(Op::ConvTranspose, &[1, 64, 16, 16, 16], &w, None, &p, &o).unwrap();
+    assert!(plan.label().ends_with("8x3"), "{}", plan.label());
+}
+
 #[test]
 fn stride_8_upsamplers_match_reference() {
     use tconv::ConvParams;
