@@ -24,7 +24,7 @@ use crate::error::{fail, ErrorKind, Result};
 use crate::fast::direct::{run_chunks, run_each};
 use crate::fast::kernels::{portable, tile_shapes, Rows};
 use crate::fast::tap_rows::{self, TapRows};
-use crate::fast::{scratch, weight_strided, winograd, winograd_weight, Isa};
+use crate::fast::{scratch, weight_strided, winograd, winograd_weight, Isa, REDUCTION_PARTS};
 use crate::geometry::Geometry;
 use crate::params::{ConvParams, Op};
 use crate::plan::{Algorithm, Plan, PlanOptions};
@@ -365,8 +365,6 @@ const FUSED_MAX_HALO: usize = 4;
 /// Below this many (a, b) channel pairs per group the weight gradient uses direct dot
 /// products: a 6×16 register tile would be mostly padding.
 const SMALL_GEMM: usize = 32;
-/// Independent sums the weight gradient's fused reduction runs over consecutive images.
-const REDUCTION_PARTS: usize = 2;
 
 /// How the weight gradient's taps map onto shifted views of the big side.
 ///

@@ -34,6 +34,11 @@ pub mod winograd_weight;
 
 pub use isa::Isa;
 
+/// Independent sums the weight gradients' reductions run over consecutive images (their
+/// GEMM over positions, and the Winograd tiles where each image has many), added in order
+/// at the end whatever the thread count: fixed, so that the bits do not depend on it.
+pub(crate) const REDUCTION_PARTS: usize = 2;
+
 /// Hint the CPU to bring the cache line holding `slice[at]` into L1 for reading (no effect
 /// past the end of `slice`, or off x86-64). Used one tile ahead where the kernels walk many
 /// channel planes at once, more streams than the hardware prefetchers follow.

@@ -14,15 +14,17 @@
 //! then `∂L/∂w[k_s(j)] = Σ_ξ Aᵀ[j][ξ] · M[ξ]`. The multiplications fall as in the forward pass
 //! ([`winograd::gain`](super::winograd::gain): 1.8x for DCGAN's k4 s2 layers).
 //!
-//! Tiles are taken in chunks whose transformed operands fit 4 MiB; both transforms
-//! gather through per-chunk index tables (zeros past the borders) and combine whole rows of
-//! a chunk's tiles. Every `M` element is one kernel call per chunk, the chunks in order;
-//! where each image has many tiles the batch is cut into two parts whose sums are added in
-//! order. The chunk size and the parts depend on the sizes only: results are bitwise
-//! identical for any thread count. They differ from the direct sums by rounding only (the transforms' coefficients
-//! are 0, ±1, ±1/2): exact on small integers. Each row block of input channels runs its
-//! GEMMs and, after the last chunk, its output transform while its `M` is in cache, into
-//! `[ci][k][co]` rows that are then transposed into the weight's layout.
+//! Both sides are first copied into blocks of the transforms' channels, channels-last.
+//! Tiles are taken in chunks whose transformed operands fit 4 MiB; both transforms gather
+//! through per-chunk index tables (zeros past the borders; each position's channels of a
+//! block one contiguous run) and combine whole rows of a chunk's tiles. Every `M` element
+//! is one kernel call per chunk, the chunks in order; where each image has many tiles the
+//! batch is cut into two parts whose sums are added in order. The chunk size and the parts
+//! depend on the sizes only: results are bitwise identical for any thread count. They
+//! differ from the direct sums by rounding only (the transforms' coefficients are 0, ±1,
+//! ±1/2): exact on small integers. After the last chunk, each row block of input channels
+//! adds its parts' `M` and runs its output transform into `[ci][k][co]` rows, which are
+//! then transposed into the weight's layout.
 //!
 //! The planner's model is the forward pass's ([`pays`]): it takes the tiles for dcgan1,
 //! dcgan2 and hifigan1d, whose weight gradients ran 1.15-1.36x, 1.02-1.25x (paired, 1 and 2
@@ -37,6 +39,7 @@ use super::scratch;
 use super::spec::pitches_of;
 use super::winograd::{combine, decompose, terms, tile_name, Phase, Transform};
 use super::Isa;
+use super::REDUCTION_PARTS;
 use crate::geometry::Geometry;
 use crate::params::Op;
 use crate::tensor::{for_each_index, numel, Element};
@@ -48,8 +51,6 @@ const CHUNK_BYTES: usize = 4 << 20;
 /// A row block of `dk` in the output transform: its index, its `M` of each phase, its rows.
 type RowBlock<'a, T> = (usize, Vec<&'a mut [T]>, &'a mut [T]);
 
-/// Independent sums the reduction over tiles runs over consecutive images.
-const REDUCTION_PARTS: usize = 2;
 /// Fewest tiles a part of the reduction must have.
 const MIN_PART_TILES: usize = 128;
 
@@ -593,7 +594,8 @@ struct Block<'a, T> {
 }
 
 /// Transform a block: its channels' values gathered side by side
-/// (`rows[l][tile][channel]`, zeros outside and past the live channels), then each point
+/// (`rows[l][tile][channel]`, zeros outside the tensor; the blocked copy holds zeros past
+/// the last channel), then each point
 /// `dst[point][tile][channel]` one combination of whole rows (compiled for AVX2 and FMA
 /// where `simd`).
 fn transform<T: Element>(
