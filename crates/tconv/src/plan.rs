@@ -256,6 +256,103 @@ fn kernel_for<T: Element>(isa: Isa, inplace: bool, mr: usize, v: usize) -> Optio
     }
 }
 
+/// The planner's choice for `g`, before anything is packed: the algorithm and why, and for
+/// Winograd tiles their tile.
+struct Choice {
+    algorithm: Algorithm,
+    reason: String,
+    forced: Option<Algorithm>,
+    winograd_tile: Option<(usize, usize)>,
+}
+
+fn choose<T: Element>(g: &Geometry, options: &PlanOptions) -> Choice {
+    let forced = options.algorithm.or_else(Algorithm::from_env);
+    let (mut algorithm, mut reason) = match forced {
+        Some(a) => (a, "forced by the caller or TCONV_ALGORITHM".to_string()),
+        None if col2im_pays(g, std::mem::size_of::<T>())
+            && options.inplace.is_none()
+            && options.tile.is_none() =>
+        {
+            (Algorithm::Col2im, col2im_reason(g))
+        }
+        None if winograd::pays(g, options.once)
+            && options.isa_for::<T>() != Isa::Scalar
+            && options.inplace.is_none()
+            && options.tile.is_none() =>
+        {
+            (Algorithm::Winograd, winograd_reason(g, options.once))
+        }
+        None => (Algorithm::Direct, direct_reason(g)),
+    };
+    let elem = std::mem::size_of::<T>();
+    if algorithm == Algorithm::Col2im && g.op == Op::Conv && !im2col::fits(g, elem) {
+        algorithm = Algorithm::Direct;
+        reason = format!(
+            "{reason}; but im2col's columns for one tile of positions would take more than \
+             a band, so {}",
+            direct_reason(g)
+        );
+    }
+    if algorithm == Algorithm::Col2im && g.op == Op::ConvTranspose && !col2im::fits(g, elem) {
+        algorithm = Algorithm::Direct;
+        reason = format!(
+            "{reason}; but col2im's columns for one input row would take {} bytes (at most {}), so {}",
+            col2im::row_bytes(g, elem),
+            col2im::MAX_ROW_BYTES,
+            direct_reason(g)
+        );
+    }
+    if algorithm == Algorithm::Winograd && !winograd::applies(g) {
+        algorithm = Algorithm::Direct;
+        reason = format!(
+            "{reason}; but Winograd tiles need every phase to have the same 1 to 3 taps per \
+             axis on consecutive positions (a conv: stride and dilation 1), so {}",
+            direct_reason(g)
+        );
+    }
+    let isa = options.isa_for::<T>();
+    let threads = options.threads_for(g);
+    let winograd_tile = (algorithm == Algorithm::Winograd)
+        .then(|| winograd_tile::<T>(g, isa, options, forced.is_some(), threads))
+        .flatten();
+    if algorithm == Algorithm::Winograd && winograd_tile.is_none() {
+        algorithm = Algorithm::Direct;
+        reason = format!(
+            "{reason}; but with every tile either the transformed input and results \
+             would take more scratch than the output holds, or the transforms would \
+             leave registers for that bound, so {}",
+            direct_reason(g)
+        );
+    }
+    Choice {
+        algorithm,
+        reason,
+        forced,
+        winograd_tile,
+    }
+}
+
+/// Whether the input gradient of `g` (its adjoint, planned to run once) takes Winograd tiles
+/// with fewer columns on `threads` threads than on one: its scratch bound then holds two
+/// tasks' smaller panels only (dcgan2's input gradient: 16-tile panels at 2 threads, 32 at
+/// 1).
+pub(crate) fn input_tiles_shrink<T: Element>(
+    g: &Geometry,
+    options: &PlanOptions,
+    threads: usize,
+) -> bool {
+    let adjoint = g.adjoint();
+    let on = |t: usize| {
+        let o = PlanOptions {
+            threads: Some(t),
+            once: true,
+            ..options.clone()
+        };
+        choose::<T>(&adjoint, &o).winograd_tile.map(|(_, v)| v)
+    };
+    matches!((on(1), on(threads)), (Some(one), Some(many)) if many < one)
+}
+
 impl<T: Element> Plan<T> {
     /// Plan `g` with weight `w` (PyTorch layout, row-major).
     ///
@@ -269,64 +366,14 @@ impl<T: Element> Plan<T> {
                 expected: g.weight_shape(),
             });
         }
-        let forced = options.algorithm.or_else(Algorithm::from_env);
-        let (mut algorithm, mut reason) = match forced {
-            Some(a) => (a, "forced by the caller or TCONV_ALGORITHM".to_string()),
-            None if col2im_pays(&g, std::mem::size_of::<T>())
-                && options.inplace.is_none()
-                && options.tile.is_none() =>
-            {
-                (Algorithm::Col2im, col2im_reason(&g))
-            }
-            None if winograd::pays(&g, options.once)
-                && options.isa_for::<T>() != Isa::Scalar
-                && options.inplace.is_none()
-                && options.tile.is_none() =>
-            {
-                (Algorithm::Winograd, winograd_reason(&g, options.once))
-            }
-            None => (Algorithm::Direct, direct_reason(&g)),
-        };
-        let elem = std::mem::size_of::<T>();
-        if algorithm == Algorithm::Col2im && g.op == Op::Conv && !im2col::fits(&g, elem) {
-            algorithm = Algorithm::Direct;
-            reason = format!(
-                "{reason}; but im2col's columns for one tile of positions would take more than \
-                 a band, so {}",
-                direct_reason(&g)
-            );
-        }
-        if algorithm == Algorithm::Col2im && g.op == Op::ConvTranspose && !col2im::fits(&g, elem) {
-            algorithm = Algorithm::Direct;
-            reason = format!(
-                "{reason}; but col2im's columns for one input row would take {} bytes (at most {}), so {}",
-                col2im::row_bytes(&g, elem),
-                col2im::MAX_ROW_BYTES,
-                direct_reason(&g)
-            );
-        }
-        if algorithm == Algorithm::Winograd && !winograd::applies(&g) {
-            algorithm = Algorithm::Direct;
-            reason = format!(
-                "{reason}; but Winograd tiles need every phase to have the same 1 to 3 taps per \
-                 axis on consecutive positions (a conv: stride and dilation 1), so {}",
-                direct_reason(&g)
-            );
-        }
+        let Choice {
+            algorithm,
+            mut reason,
+            forced,
+            winograd_tile,
+        } = choose::<T>(&g, options);
         let isa = options.isa_for::<T>();
         let threads = options.threads_for(&g);
-        let winograd_tile = (algorithm == Algorithm::Winograd)
-            .then(|| winograd_tile::<T>(&g, isa, options, forced.is_some(), threads))
-            .flatten();
-        if algorithm == Algorithm::Winograd && winograd_tile.is_none() {
-            algorithm = Algorithm::Direct;
-            reason = format!(
-                "{reason}; but with every tile either the transformed input and results \
-                 would take more scratch than the output holds, or the transforms would \
-                 leave registers for that bound, so {}",
-                direct_reason(&g)
-            );
-        }
         // Depthwise layers are bound by moving data: whole rows at a time (unless a test
         // forces the tile kernels).
         let rows = (algorithm == Algorithm::Direct
