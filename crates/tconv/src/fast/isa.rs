@@ -92,7 +92,7 @@ const CHAINS: usize = 12;
 /// measured here: `CHAINS` independent chains of fused multiply-adds, the best of 5
 /// rounds of 4-8 ms each (40-50 ms in all, ramp-up included; the best, because a shared
 /// machine only ever slows a loop down). What `tconv bench` divides by for its "% peak"
-/// column; on this project's Zen 5 machine it measured 245-250 GFLOP/s per core with
+/// column; on this project's Zen 5 machine it measured 243-262 GFLOP/s per core with
 /// AVX-512 and 122-124 with AVX2.
 pub fn fma_peak_gflops(isa: Isa) -> f64 {
     let isa = isa.or_below();

@@ -86,8 +86,8 @@ pub fn pack_weights<T: Element>(
     // The chunk's kernels are first copied, one `ksize` run per (input, output) channel
     // pair, into a buffer ordered `[ci][m][tap]`: read in place, a conv's weight (C_out
     // outermost) put the chunk's `mr` rows one output channel's 4 * C_in/g * ksize bytes
-    // apart, all in one L1 set at 16 KiB, and every tap missed L1 again (dcgan1's input
-    // gradient spent 17 % of its time here).
+    // apart, all in one L1 set at 16 KiB, and every tap missed L1 again (packing dcgan1's
+    // input gradient took 17 % of its backward pass's perf samples).
     const CHUNK: usize = 8;
     let fill = |unit: usize, run: &mut [T]| {
         let (group, block) = (unit / blocks, unit % blocks);
