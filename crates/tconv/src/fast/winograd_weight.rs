@@ -17,7 +17,8 @@
 //! Both sides are first copied into blocks of the transforms' channels, channels-last.
 //! Tiles are taken in chunks whose transformed operands fit 4 MiB; both transforms gather
 //! through per-chunk index tables (zeros past the borders; each position's channels of a
-//! block one contiguous run) and combine whole rows of a chunk's tiles. Every `M` element
+//! block one contiguous run; a window or tile wholly inside is its origin plus fixed
+//! offsets) and combine whole rows of a few tiles at a time. Every `M` element
 //! is one kernel call per chunk, the chunks in order; where each image has many tiles the
 //! batch is cut into two parts whose sums are added in order. The chunk size and the parts
 //! depend on the sizes only: results are bitwise identical for any thread count. They
@@ -29,8 +30,8 @@
 //! The planner's model is the forward pass's ([`pays`]): it takes the tiles for dcgan1,
 //! dcgan2 and hifigan1d, whose weight gradients ran 1.15-1.36x, 1.02-1.25x (paired, 1 and 2
 //! threads) and 1.03-1.35x (alternating, 1 thread) faster than the direct GEMMs; for dcgan3
-//! the transforms (mostly the gathers of each tile's window: 47-65 % of its time in perf,
-//! forced) cost more than the multiplications save. Consecutive phases that read the same inputs share their
+//! the transforms (mostly the gathers of each tile's window) cost more than the
+//! multiplications save. Consecutive phases that read the same inputs share their
 //! transformed input, as in the forward pass.
 
 use super::direct::{copy_short, run_chunks};
@@ -328,6 +329,32 @@ fn phase_gradient<T: Element>(
         })
         .collect();
 
+    // Offsets of a window's positions from its first (row-major over `alphas`) in the
+    // input's planes, and of a tile's gradient positions (over `ms`) in the output's; the
+    // first position of a window that lies wholly inside the input.
+    let offsets_of = |shape: &[usize], step: &dyn Fn(usize) -> usize| {
+        let mut out = Vec::with_capacity(numel(shape));
+        for_each_index(shape, |off| {
+            out.push((0..dims).map(|a| off[a] * step(a)).sum())
+        });
+        out
+    };
+    let x_delta: Vec<usize> = offsets_of(&alphas, &|a| s.in_stride[a] * in_pitch[a]);
+    let g_delta: Vec<usize> = offsets_of(&ms, &|a| s.out_stride[a] * out_pitch[a]);
+    let x_origin = |src: &super::winograd::Source, tv: &[usize]| -> Option<usize> {
+        let mut at = 0;
+        for a in 0..dims {
+            let u = (ms[a] * tv[a]) as isize + src.base[a];
+            let last =
+                (u + alphas[a] as isize - 1) * s.in_stride[a] as isize + src.comp[a] as isize;
+            if u < 0 || last >= inputs[a] as isize {
+                return None;
+            }
+            at += (u as usize * s.in_stride[a] + src.comp[a]) * in_pitch[a];
+        }
+        Some(at)
+    };
+
     // One part's sums, chunk by chunk over its tiles, into `mres` (`[phase][row block]`).
     let part_sums = |part: usize, mres: &mut [T], threads: usize| {
         let range = part_tiles(part);
@@ -348,6 +375,14 @@ fn phase_gradient<T: Element>(
                 .collect();
             for (kk, (n, tv)) in tiles_at.iter().enumerate() {
                 for (si, src) in p.sources.iter().enumerate() {
+                    // A window wholly inside: its origin plus each position's offset.
+                    if let Some(origin) = x_origin(src, tv) {
+                        let image = n * x_blocks * in_plane;
+                        for (l, &d) in x_delta.iter().enumerate() {
+                            xtab[(si * window + l) * kc + kk] = (image + origin + d) * mr;
+                        }
+                        continue;
+                    }
                     let mut l = 0;
                     for_each_index(&alphas, |off| {
                         // The position in image `n` of the blocked layout (its blocks'
@@ -372,7 +407,7 @@ fn phase_gradient<T: Element>(
             }
             // X̂: per row block, its input channels' windows of each source.
             run_chunks(threads, &mut xp, srcs * points * x_run, |rbi, dst| {
-                let mut rows = scratch::take::<T>(window * x_run);
+                let mut rows = scratch::take::<T>(window * SUB_TILES.min(kc) * mr);
                 for (si, dst) in dst.chunks_mut(points * x_run).enumerate() {
                     let block = Block {
                         src: x,
@@ -382,13 +417,26 @@ fn phase_gradient<T: Element>(
                         kc,
                         kn,
                     };
-                    transform(simd, &block, &s.x_terms, &mut rows, dst);
+                    transform(s.isa, &block, &s.x_terms, &mut rows, dst);
                 }
             });
             for (p, mres) in ps.iter().zip(mres.chunks_mut(rb * m_block)) {
                 // Where each of a tile's upstream-gradient positions lies (plus the image's
                 // offset).
                 for (kk, (n, tv)) in tiles_at.iter().enumerate() {
+                    // A tile wholly inside the phase: its origin plus each position's offset.
+                    if (0..dims).all(|a| ms[a] * (tv[a] + 1) <= p.extents[a]) {
+                        let origin: usize = (0..dims)
+                            .map(|a| {
+                                (s.out_stride[a] * ms[a] * tv[a] + p.residue[a]) * out_pitch[a]
+                            })
+                            .sum();
+                        let image = n * g_blocks * out_plane;
+                        for (i, &d) in g_delta.iter().enumerate() {
+                            gtab[i * kc + kk] = (image + origin + d) * tl;
+                        }
+                        continue;
+                    }
                     let mut i = 0;
                     for_each_index(&ms, |off| {
                         let mut at = n * out_plane;
@@ -410,7 +458,7 @@ fn phase_gradient<T: Element>(
                 // Ĝ: per lane block, its output channels' tiles gathered side by side, then
                 // each point one combination of whole rows, straight into the packed layout.
                 run_chunks(threads, &mut gp, points * g_run, |lbi, dst| {
-                    let mut rows = scratch::take::<T>(tile_len * g_run);
+                    let mut rows = scratch::take::<T>(tile_len * SUB_TILES.min(kc) * tl);
                     let block = Block {
                         src: gy,
                         first: (group * lb + lbi) * out_plane * tl,
@@ -419,7 +467,7 @@ fn phase_gradient<T: Element>(
                         kc,
                         kn,
                     };
-                    transform(simd, &block, &s.g_terms, &mut rows, dst);
+                    transform(s.isa, &block, &s.g_terms, &mut rows, dst);
                 });
                 // Per row block: M[rb][s][ξ] (+)= X̂ · Ĝᵀ for every lane block.
                 let (xp, gp) = (&xp[..], &gp[..]);
@@ -492,11 +540,11 @@ fn phase_gradient<T: Element>(
     });
 }
 
-/// `dst[c][r] = src[r][c]` for an `r × c` matrix `src` (8×8 AVX transposes for f32 where
-/// both sides are multiples of 8).
+/// `dst[c][r] = src[r][c]` for an `r × c` matrix `src` (for f32 with AVX: 8×8 blocks,
+/// then 4×4 blocks of the rows and columns left, then element by element).
 fn transpose<T: Element>(src: &[T], r: usize, c: usize, dst: &mut [T]) {
     #[cfg(target_arch = "x86_64")]
-    if r.is_multiple_of(8) && c.is_multiple_of(8) && is_x86_feature_detected!("avx") {
+    if r >= 4 && c >= 4 && is_x86_feature_detected!("avx") {
         if let (Some(s32), Some(d32)) = (super::as_f32(src), super::as_f32_mut(dst)) {
             assert!(s32.len() >= r * c && d32.len() >= r * c, "transpose bounds");
             // Safety: every load and store lies within the `r × c` values checked above;
@@ -505,21 +553,34 @@ fn transpose<T: Element>(src: &[T], r: usize, c: usize, dst: &mut [T]) {
             return;
         }
     }
-    for (j, d) in dst[..r * c].chunks_exact_mut(r).enumerate() {
-        for (i, v) in d.iter_mut().enumerate() {
-            *v = src[i * c + j];
+    transpose_range(src, (0..r, 0..c), r, c, dst);
+}
+
+/// [`transpose`] element by element for rows `rows` and columns `cols` of the `r × c`
+/// matrix.
+fn transpose_range<T: Copy>(
+    src: &[T],
+    (rows, cols): (std::ops::Range<usize>, std::ops::Range<usize>),
+    r: usize,
+    c: usize,
+    dst: &mut [T],
+) {
+    for j in cols {
+        for i in rows.clone() {
+            dst[j * r + i] = src[i * c + j];
         }
     }
 }
 
 /// # Safety
-/// AVX available; `src` and `dst` valid for `r·c` values, `r` and `c` multiples of 8.
+/// AVX available; `src` and `dst` valid for `r·c` values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
 unsafe fn transpose_avx(src: *const f32, r: usize, c: usize, dst: *mut f32) {
     use std::arch::x86_64::*;
-    for i0 in (0..r).step_by(8) {
-        for j0 in (0..c).step_by(8) {
+    let (r8, c8) = (r / 8 * 8, c / 8 * 8);
+    for i0 in (0..r8).step_by(8) {
+        for j0 in (0..c8).step_by(8) {
             let x: [__m256; 8] =
                 std::array::from_fn(|i| _mm256_loadu_ps(src.add((i0 + i) * c + j0)));
             for (j, col) in super::direct::transpose8x8(x).iter().enumerate() {
@@ -527,6 +588,37 @@ unsafe fn transpose_avx(src: *const f32, r: usize, c: usize, dst: *mut f32) {
             }
         }
     }
+    // Four rows left (r = 12: a block of 12 channels): 4×4 blocks.
+    let (r4, c4) = if r - r8 >= 4 {
+        (r8 + 4, c / 4 * 4)
+    } else {
+        (r8, 0)
+    };
+    for j0 in (0..c4).step_by(4) {
+        let x: [__m128; 4] = std::array::from_fn(|i| _mm_loadu_ps(src.add((r8 + i) * c + j0)));
+        let t0 = _mm_unpacklo_ps(x[0], x[1]); // a0 b0 a1 b1
+        let t1 = _mm_unpackhi_ps(x[0], x[1]); // a2 b2 a3 b3
+        let t2 = _mm_unpacklo_ps(x[2], x[3]); // c0 d0 c1 d1
+        let t3 = _mm_unpackhi_ps(x[2], x[3]); // c2 d2 c3 d3
+        let cols = [
+            _mm_movelh_ps(t0, t2),
+            _mm_movehl_ps(t2, t0),
+            _mm_movelh_ps(t1, t3),
+            _mm_movehl_ps(t3, t1),
+        ];
+        for (j, col) in cols.iter().enumerate() {
+            _mm_storeu_ps(dst.add((j0 + j) * r + r8), *col);
+        }
+    }
+    // The rest element by element: columns past the 8×8 blocks, past the 4×4 ones, and
+    // the rows past both.
+    let (s, d) = (
+        std::slice::from_raw_parts(src, r * c),
+        std::slice::from_raw_parts_mut(dst, r * c),
+    );
+    transpose_range(s, (0..r8, c8..c), r, c, d);
+    transpose_range(s, (r8..r4, c4..c), r, c, d);
+    transpose_range(s, (r4..r, 0..c), r, c, d);
 }
 
 /// A row block's output transform: its taps, `Aᵀ ⊗ …`, and the shapes of `M` and `dk`.
@@ -592,26 +684,45 @@ struct Block<'a, T> {
     kn: usize,
 }
 
-/// Transform a block: its channels' values gathered side by side
-/// (`rows[l][tile][channel]`, zeros outside the tensor; the blocked copy holds zeros past
-/// the last channel), then each point
-/// `dst[point][tile][channel]` one combination of whole rows (compiled for AVX2 and FMA
-/// where `simd`).
+/// Transform a block, [`SUB_TILES`] tiles at a time: their channels' values gathered side
+/// by side (`rows[l][tile][channel]`, zeros outside the tensor; the blocked copy holds
+/// zeros past the last channel), then each point `dst[point][tile][channel]` one
+/// combination of whole rows (compiled for AVX-512, or AVX2 and FMA, as the ISA has them:
+/// the same sums in the same order on every path).
 fn transform<T: Element>(
-    simd: bool,
+    isa: Isa,
     b: &Block<'_, T>,
     terms: &[Vec<(usize, T)>],
     rows: &mut [T],
     dst: &mut [T],
 ) {
     #[cfg(target_arch = "x86_64")]
-    if simd {
-        // Safety: `simd` holds only where the plan's ISA (AVX2 or AVX-512, both with FMA)
-        // was detected on this CPU.
+    if isa == Isa::Avx512 {
+        // Safety: the plan's ISA is only AVX-512 where it was detected on this CPU.
+        unsafe { transform_avx512(b, terms, rows, dst) };
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if isa != Isa::Scalar {
+        // Safety: a SIMD ISA (AVX2 or AVX-512, both with FMA) is only planned where it was
+        // detected on this CPU.
         unsafe { transform_avx2(b, terms, rows, dst) };
         return;
     }
-    let _ = simd;
+    let _ = isa;
+    transform_body(b, terms, rows, dst);
+}
+
+/// # Safety
+/// AVX-512F available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transform_avx512<T: Element>(
+    b: &Block<'_, T>,
+    terms: &[Vec<(usize, T)>],
+    rows: &mut [T],
+    dst: &mut [T],
+) {
     transform_body(b, terms, rows, dst);
 }
 
@@ -636,19 +747,34 @@ fn transform_body<T: Element>(
     dst: &mut [T],
 ) {
     let (w, run) = (b.width, b.kc * b.width);
-    for (row, tab) in rows.chunks_exact_mut(run).zip(b.tab.chunks_exact(b.kc)) {
-        for (d, &at) in row[..b.kn * w].chunks_exact_mut(w).zip(&tab[..b.kn]) {
-            if at == OUTSIDE {
-                d.fill(T::zero());
-                continue;
+    // `SUB_TILES` tiles at a time: their gathered rows stay in L1 for the combinations.
+    let sub = SUB_TILES.min(b.kc).max(1);
+    let pitch = sub * w;
+    for t0 in (0..b.kn).step_by(sub) {
+        let tn = sub.min(b.kn - t0);
+        for (row, tab) in rows.chunks_exact_mut(pitch).zip(b.tab.chunks_exact(b.kc)) {
+            for (d, &at) in row[..tn * w].chunks_exact_mut(w).zip(&tab[t0..t0 + tn]) {
+                if at == OUTSIDE {
+                    d.fill(T::zero());
+                    continue;
+                }
+                copy_short(d, &b.src[b.first + at..][..w]);
             }
-            copy_short(d, &b.src[b.first + at..][..w]);
+        }
+        for (xi, ts) in terms.iter().enumerate() {
+            combine(
+                &mut dst[xi * run + t0 * w..][..tn * w],
+                rows,
+                pitch,
+                ts,
+                false,
+            );
         }
     }
-    for (xi, ts) in terms.iter().enumerate() {
-        combine(&mut dst[xi * run..][..b.kn * w], rows, run, ts, false);
-    }
 }
+
+/// Tiles a transform gathers and combines at a time.
+const SUB_TILES: usize = 32;
 
 /// Whether the weight gradient of `g` takes Winograd tiles when no algorithm is forced: the
 /// forward pass's cost model ([`winograd::modeled_speedup`](super::winograd::modeled_speedup)),
@@ -690,6 +816,34 @@ mod tests {
 
     fn ints(n: usize, seed: u64) -> Vec<f64> {
         crate::tensor::small_ints(n, seed)
+    }
+
+    /// Every shape's transpose (8×8 blocks, 4×4 blocks, the edges), f32 and f64.
+    #[test]
+    fn transposes_of_every_shape() {
+        for (r, c) in [
+            (12, 1024),
+            (12, 37),
+            (9, 64),
+            (16, 16),
+            (13, 13),
+            (4, 4),
+            (5, 7),
+            (3, 9),
+            (1, 5),
+            (20, 6),
+        ] {
+            let src: Vec<f64> = (0..r * c).map(|v| v as f64).collect();
+            let want: Vec<f64> = (0..r * c).map(|k| src[(k % r) * c + k / r]).collect();
+            let mut got = vec![-1.0; r * c];
+            transpose(&src, r, c, &mut got);
+            assert_eq!(got, want, "f64 {r}x{c}");
+            let src32: Vec<f32> = src.iter().map(|&v| v as f32).collect();
+            let want32: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+            let mut got32 = vec![-1.0f32; r * c];
+            transpose(&src32, r, c, &mut got32);
+            assert_eq!(got32, want32, "f32 {r}x{c}");
+        }
     }
 
     /// Every layer kind, in chunks of 8 tiles (several chunks, the last partial) and in one,
