@@ -353,7 +353,7 @@ pub fn grad_weight_reference<T: Element>(g: &Geometry, x: &[T], gy: &[T]) -> Vec
 fn weight_by_winograd(g: &Geometry, options: &PlanOptions, isa: Isa) -> bool {
     match options.algorithm.or_else(Algorithm::from_env) {
         Some(a) => a == Algorithm::Winograd,
-        None => isa != Isa::Scalar && winograd_weight::pays(g),
+        None => isa != Isa::Scalar && winograd_weight::pays(g, isa),
     }
 }
 

@@ -29,10 +29,10 @@
 //!
 //! The planner's model is the forward pass's ([`pays`]): it takes the tiles for dcgan1,
 //! dcgan2 and hifigan1d, whose weight gradients ran 1.15-1.36x, 1.02-1.25x (paired, 1 and 2
-//! threads) and 1.03-1.35x (alternating, 1 thread) faster than the direct GEMMs; for dcgan3
-//! the transforms (mostly the gathers of each tile's window) cost more than the
-//! multiplications save. Consecutive phases that read the same inputs share their
-//! transformed input, as in the forward pass.
+//! threads) and 1.03-1.35x (alternating, 1 thread) faster than the direct GEMMs, and on
+//! AVX-512 for s1k3 (1.21x at 1 thread, 1.09x at 2); for dcgan3 the transforms (mostly the
+//! gathers of each tile's window) cost about what the multiplications save. Consecutive
+//! phases that read the same inputs share their transformed input, as in the forward pass.
 
 use super::direct::{copy_short, run_chunks};
 use super::kernels::{portable, tile_shapes, KernelFn, Rows};
@@ -776,19 +776,40 @@ fn transform_body<T: Element>(
 /// Tiles a transform gathers and combines at a time.
 const SUB_TILES: usize = 32;
 
-/// Whether the weight gradient of `g` takes Winograd tiles when no algorithm is forced: the
-/// forward pass's cost model ([`winograd::modeled_speedup`](super::winograd::modeled_speedup)),
-/// whose two transform costs reappear here (the inputs' windows per output channel, the
-/// upstream gradient's tiles per input channel of the reduction), with the input transform
-/// at the portable transforms' cost (this module's transforms are of that kind), at least
-/// [`winograd::MIN_SPEEDUP`](super::winograd::MIN_SPEEDUP).
+/// Whether the weight gradient of `g` takes Winograd tiles on `isa` when no algorithm is
+/// forced: the forward pass's cost model
+/// ([`winograd::modeled_speedup`](super::winograd::modeled_speedup)), whose two transform
+/// costs reappear here (the inputs' windows per output channel, the upstream gradient's
+/// tiles per input channel of the reduction), at least
+/// [`winograd::MIN_SPEEDUP`](super::winograd::MIN_SPEEDUP). The input transform costs
+/// `INPUT_COST_AVX512` (25; the forward pass's is 20) on AVX-512 where every phase is
+/// live, else the portable transforms' cost.
 /// As in the forward pass, consecutive phases that read the same inputs transform them
 /// once (hifigan1d: 2 of 8; its weight gradient then ran 46-59 ms against 58-76 ms for the
 /// direct GEMMs, alternating at 1 thread, minima of 6; before, 55-75 ms either way).
-pub fn pays(g: &Geometry) -> bool {
+pub fn pays(g: &Geometry, isa: Isa) -> bool {
     use super::winograd::{speedup_with, INPUT_COST_PORTABLE, MIN_SPEEDUP};
-    g.batch > 0 && speedup_with(g, false, INPUT_COST_PORTABLE).is_some_and(|x| x >= MIN_SPEEDUP)
+    let all_live = decompose(g).is_some_and(|(_, phases, ..)| phases.iter().all(|p| p.live()));
+    let cost = if isa == Isa::Avx512 && isa.available() && all_live {
+        INPUT_COST_AVX512
+    } else {
+        INPUT_COST_PORTABLE
+    };
+    g.batch > 0 && speedup_with(g, false, cost).is_some_and(|x| x >= MIN_SPEEDUP)
 }
+
+/// The input transform's cost in [`pays`] on AVX-512, whose transforms combine 16 lanes at
+/// a time, a few tiles at a time. Paired against the direct GEMMs (`tconv bench --pass
+/// backward`, 5-7 alternating rounds, median / min of the ratios):
+/// - s1k3 (model 1.14 here): weight gradient 1.21x / 1.23x at 1 thread and 1.09x / 1.12x
+///   at 2; the backward pass 1.06-1.10x / 1.07-1.11x at 1 thread, 0.97-0.98x / 1.00-1.02x
+///   at 2.
+/// - dcgan3 (model 1.01, not taken): weight gradient 1.07x / 1.09x at 1 thread and
+///   0.99x / 1.02x at 2, but the backward pass 0.97-0.99x at 1 thread and 0.90-0.91x at 2.
+/// - dilated (model 1.14, not taken: three phases of four receive bias only, so the
+///   gradient's blocked copy and strided gathers are mostly waste): weight gradient 0.92x
+///   at 1 thread and 0.83x at 2 (medians of 7, `gwbench`).
+const INPUT_COST_AVX512: f64 = 25.0;
 
 /// The tiles as printed, e.g. `F(2x2,2x2)` (taps × tile of the upstream gradient).
 pub fn name(g: &Geometry) -> String {
