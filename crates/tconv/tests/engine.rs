@@ -971,3 +971,58 @@ fn gradient_tiles_chosen_per_thread_count_keep_the_bits() {
         assert!(same, "{l} against {}: the bits differ", labels[0]);
     }
 }
+
+/// Weight packing by 8×8 transposes: register blocks of 8, 16 and 24 rows over kernels of
+/// 8 and 16 taps (every block's rows at several offsets, a last block partly live), in a
+/// plan kept and in a run-once plan (pooled scratch), conv and transposed conv, exactly
+/// the reference.
+#[test]
+fn wide_weight_blocks_pack_exactly() {
+    use tconv::ConvParams;
+    let cases = [
+        (
+            vec![2, 5, 6, 5],
+            vec![5, 40, 4, 4],
+            ConvParams::new().stride(&[2]).padding(&[1]),
+            Op::ConvTranspose,
+        ),
+        (
+            vec![2, 6, 9, 8],
+            vec![48, 6, 4, 4],
+            ConvParams::new().stride(&[2]).padding(&[1]),
+            Op::Conv,
+        ),
+        (
+            vec![1, 3, 4, 4, 4],
+            vec![3, 40, 2, 2, 2],
+            ConvParams::new().stride(&[2]),
+            Op::ConvTranspose,
+        ),
+    ];
+    for (xs, ws, p, op) in cases {
+        let x = ints::<f32>(&xs, 3);
+        let w = ints::<f32>(&ws, 5);
+        let want = match op {
+            Op::ConvTranspose => conv_transpose_scatter(&x, &w, None, &p),
+            Op::Conv => conv_gather(&x, &w, None, &p),
+        }
+        .unwrap();
+        for isa in ISAS.into_iter().filter(|i| i.available()) {
+            for (mr, v, _) in tconv::fast::kernels::tile_shapes(isa) {
+                if !mr.is_multiple_of(8) {
+                    continue;
+                }
+                for once in [false, true] {
+                    let o = PlanOptions {
+                        tile: Some((*mr, *v)),
+                        once,
+                        ..options(isa, Some(false), 2)
+                    };
+                    let plan = Plan::new(op, x.shape(), &w, None, &p, &o).unwrap();
+                    let got = plan.execute(&x, None).unwrap();
+                    assert_eq!(got, want, "{op:?} {xs:?} {} once {once}", plan.label());
+                }
+            }
+        }
+    }
+}
