@@ -974,8 +974,9 @@ fn gradient_tiles_chosen_per_thread_count_keep_the_bits() {
 
 /// Weight packing by 8×8 transposes: register blocks of 8, 16 and 24 rows over kernels of
 /// 8 and 16 taps (every block's rows at several offsets, a last block partly live), in a
-/// plan kept and in a run-once plan (pooled scratch), conv and transposed conv, exactly
-/// the reference.
+/// plan kept and in a run-once plan (pooled scratch), conv and transposed conv, for the
+/// direct engine and Winograd tiles (whose weight transform starts from the same
+/// packing), exactly the reference.
 #[test]
 fn wide_weight_blocks_pack_exactly() {
     use tconv::ConvParams;
@@ -1012,10 +1013,15 @@ fn wide_weight_blocks_pack_exactly() {
                 if !mr.is_multiple_of(8) {
                     continue;
                 }
-                for once in [false, true] {
+                for (once, algorithm) in [
+                    (false, Algorithm::Direct),
+                    (true, Algorithm::Direct),
+                    (true, Algorithm::Winograd),
+                ] {
                     let o = PlanOptions {
                         tile: Some((*mr, *v)),
                         once,
+                        algorithm: Some(algorithm),
                         ..options(isa, Some(false), 2)
                     };
                     let plan = Plan::new(op, x.shape(), &w, None, &p, &o).unwrap();

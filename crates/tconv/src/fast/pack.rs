@@ -77,23 +77,7 @@ pub fn pack_weights<T: Element>(
         .map(|t| t.kernel_index)
         .collect();
     let tap_len = cin_g * mr;
-    // Per kernel index, the runs' taps that take it (the transposes' destinations).
-    let mut slots: Vec<Vec<usize>> = vec![Vec::new(); ksize];
-    for (t, &k) in kernel_index.iter().enumerate() {
-        slots[k].push(t);
-    }
-    // Each (group, block) fills its own contiguous run: in parallel when asked. A few input
-    // channels at a time: their kernels (a few KiB of `w`) stay in L1 while every tap's
-    // rows are written in order. (Tap by tap over all channels re-read every line of `w`
-    // once per tap; all taps per channel wrote to as many streams a multiple of 4 KiB
-    // apart, which share one L1 set.)
-    //
-    // The chunk's kernels are first copied, one `ksize` run per (input, output) channel
-    // pair, into a buffer ordered `[ci][m][tap]`: read in place, a conv's weight (C_out
-    // outermost) put the chunk's `mr` rows one output channel's 4 * C_in/g * ksize bytes
-    // apart, all in one L1 set at 16 KiB, and every tap missed L1 again (packing dcgan1's
-    // input gradient took 17 % of its backward pass's perf samples).
-    const CHUNK: usize = 8;
+    // Each (group, block) fills its own contiguous run: in parallel when asked.
     let fill = |unit: usize, run: &mut [T]| {
         let (group, block) = (unit / blocks, unit % blocks);
         // Rows past the last output channel are zero (a pooled buffer is stale).
@@ -102,37 +86,17 @@ pub fn pack_weights<T: Element>(
             run.fill(T::zero());
         }
         let base = group_base(group) + block * mr * co_step;
-        let mut buf = vec![T::zero(); CHUNK * live * ksize];
-        for c0 in (0..cin_g).step_by(CHUNK) {
-            let c1 = (c0 + CHUNK).min(cin_g);
-            // In `w`'s order: a conv's chunk is one run per output channel.
-            let copy = |buf: &mut [T], ci: usize, m: usize| {
-                let src = &w[base + ci * ci_step + m * co_step..][..ksize];
-                let at = ((ci - c0) * live + m) * ksize;
-                for (d, &x) in buf[at..at + ksize].iter_mut().zip(src) {
-                    *d = x;
-                }
-            };
-            if co_step > ci_step {
-                (0..live).for_each(|m| (c0..c1).for_each(|ci| copy(&mut buf, ci, m)));
-            } else {
-                (c0..c1).for_each(|ci| (0..live).for_each(|m| copy(&mut buf, ci, m)));
-            }
-            if transpose_chunk(&buf, (c0, c1), (live, ksize, mr, tap_len), &slots, run) {
-                continue;
-            }
-            for (t, &k) in kernel_index.iter().enumerate() {
-                let rows = &mut run[t * tap_len + c0 * mr..t * tap_len + c1 * mr];
-                for (kernels, row) in buf
-                    .chunks_exact(live * ksize)
-                    .zip(rows.chunks_exact_mut(mr))
-                {
-                    for (d, kernel) in row.iter_mut().zip(kernels.chunks_exact(ksize)) {
-                        *d = kernel[k];
-                    }
-                }
-            }
-        }
+        let kernels = BlockKernels {
+            w,
+            base,
+            ci_step,
+            co_step,
+            ksize,
+            live,
+            cin: cin_g,
+            mr,
+        };
+        kernels.by_tap(&kernel_index, run, tap_len);
     };
     // Small weights are packed on this thread (a thread wake-up costs more).
     let threads = if data.len() > 1 << 16 { threads } else { 1 };
@@ -143,6 +107,78 @@ pub fn pack_weights<T: Element>(
         blocks,
         offsets,
         phases: spec.phases.len(),
+    }
+}
+
+/// One block of `live` output channels' kernels in a weight: kernel `(ci, m)` is the
+/// `ksize` values at `base + ci·ci_step + m·co_step` (the taps of one channel pair are
+/// contiguous in PyTorch's layouts).
+pub(crate) struct BlockKernels<'a, T> {
+    pub(crate) w: &'a [T],
+    pub(crate) base: usize,
+    pub(crate) ci_step: usize,
+    pub(crate) co_step: usize,
+    pub(crate) ksize: usize,
+    pub(crate) live: usize,
+    /// Input channels.
+    pub(crate) cin: usize,
+    /// Row pitch of the destination runs (at least `live`).
+    pub(crate) mr: usize,
+}
+
+impl<T: Element> BlockKernels<'_, T> {
+    /// `out[t·tap_len + ci·mr + m] = kernel (ci, m)[kernel_index[t]]` for every tap `t`
+    /// (rows `m >= live` untouched).
+    ///
+    /// A few input channels at a time: their kernels (a few KiB of `w`) stay in L1 while
+    /// every tap's rows are written in order. (Tap by tap over all channels re-read every
+    /// line of `w` once per tap; all taps per channel wrote to as many streams a multiple
+    /// of 4 KiB apart, which share one L1 set.) The chunk's kernels are first copied, one
+    /// `ksize` run per (input, output) channel pair, into a buffer ordered `[ci][m][tap]`:
+    /// read in place, a conv's weight (C_out outermost) put the chunk's rows one output
+    /// channel's `4 · C_in/g · ksize` bytes apart, all in one L1 set at 16 KiB, and every
+    /// tap missed L1 again (packing dcgan1's input gradient took 17 % of its backward
+    /// pass's perf samples). From the buffer, 8×8 transposes where they apply
+    /// ([`transpose_chunk`]).
+    pub(crate) fn by_tap(&self, kernel_index: &[usize], out: &mut [T], tap_len: usize) {
+        const CHUNK: usize = 8;
+        let (live, ksize, mr) = (self.live, self.ksize, self.mr);
+        // Per kernel index, the taps that take it (the transposes' destinations).
+        let mut slots: Vec<Vec<usize>> = vec![Vec::new(); ksize];
+        for (t, &k) in kernel_index.iter().enumerate() {
+            slots[k].push(t);
+        }
+        let mut buf = vec![T::zero(); CHUNK * live * ksize];
+        for c0 in (0..self.cin).step_by(CHUNK) {
+            let c1 = (c0 + CHUNK).min(self.cin);
+            // In `w`'s order: a conv's chunk is one run per output channel.
+            let copy = |buf: &mut [T], ci: usize, m: usize| {
+                let src = &self.w[self.base + ci * self.ci_step + m * self.co_step..][..ksize];
+                let at = ((ci - c0) * live + m) * ksize;
+                for (d, &x) in buf[at..at + ksize].iter_mut().zip(src) {
+                    *d = x;
+                }
+            };
+            if self.co_step > self.ci_step {
+                (0..live).for_each(|m| (c0..c1).for_each(|ci| copy(&mut buf, ci, m)));
+            } else {
+                (c0..c1).for_each(|ci| (0..live).for_each(|m| copy(&mut buf, ci, m)));
+            }
+            if transpose_chunk(&buf, (c0, c1), (live, ksize, mr, tap_len), &slots, out) {
+                continue;
+            }
+            for (t, &k) in kernel_index.iter().enumerate() {
+                let rows = &mut out[t * tap_len + c0 * mr..t * tap_len + c1 * mr];
+                for (kernels, row) in buf
+                    .chunks_exact(live * ksize)
+                    .zip(rows.chunks_exact_mut(mr))
+                {
+                    for (d, kernel) in row.iter_mut().zip(kernels.chunks_exact(ksize)) {
+                        *d = kernel[k];
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -911,6 +911,7 @@ impl<T: Element> Winograd<T> {
             Op::Conv => (ksize, cin_g * ksize),
         };
         let per_phase = points * kdim * mr;
+        let identity: Vec<usize> = (0..ksize).collect();
         // One (source, point) run of U: `C_in/g × mr` values, contiguous in the packing.
         let run = cin_g * mr;
         super::direct::run_chunks(threads, &mut packed, unit, |k, dst| {
@@ -924,26 +925,28 @@ impl<T: Element> Winograd<T> {
             // channel), each weight read once: every U run of a (phase, source, point) is
             // then a combination of whole runs of `wk`, one vectorised pass each.
             let mut wk = vec![T::zero(); ksize * run];
-            for ci in 0..cin_g {
-                let wbase = first + ci * ci_step;
-                for mm in 0..rows {
-                    let src = &w[wbase + mm * co_step..][..ksize];
-                    for (kk, &x) in src.iter().enumerate() {
-                        wk[kk * run + ci * mr + mm] = x;
-                    }
-                }
-            }
-            let mut terms: Vec<(usize, T)> = Vec::with_capacity(taps);
-            for (pi, sources) in kflat.iter().enumerate() {
-                for (si, kf) in sources.iter().enumerate() {
-                    for (xi, ts) in gterms.iter().enumerate() {
-                        terms.clear();
-                        terms.extend(ts.iter().map(|&(j, c)| (kf[j], c)));
-                        let at = pi * per_phase + (xi * kdim + si * cin_g) * mr;
-                        combine(&mut dst[at..at + run], &wk, run, &terms, false);
-                    }
-                }
-            }
+            let kernels = super::pack::BlockKernels {
+                w,
+                base: first,
+                ci_step,
+                co_step,
+                ksize,
+                live: rows,
+                cin: cin_g,
+                mr,
+            };
+            kernels.by_tap(&identity, &mut wk, run);
+            let terms = KernelTerms {
+                kflat: &kflat,
+                gterms: &gterms,
+                wk: &wk,
+                run,
+                per_phase,
+                kdim,
+                cin: cin_g,
+                mr,
+            };
+            transform_kernels(isa, &terms, dst);
         });
         let Sizing {
             batch_chunk,
@@ -1538,6 +1541,66 @@ impl<T: Element> Winograd<T> {
                     *v = b;
                 }
             });
+        }
+    }
+}
+
+/// A block's transformed weights: for each live phase, source and point, `dst`'s run
+/// `[(source, ci)][mr]` is `Σ c · wk[tap]` over the point's terms of `G ⊗ … ⊗ G` (`wk`: the
+/// block's kernels `[tap][ci][mr]`, `run` values a tap).
+struct KernelTerms<'a, T> {
+    kflat: &'a [Vec<Vec<usize>>],
+    gterms: &'a [Vec<(usize, T)>],
+    wk: &'a [T],
+    run: usize,
+    per_phase: usize,
+    kdim: usize,
+    cin: usize,
+    mr: usize,
+}
+
+/// [`KernelTerms`] into `dst`, compiled for `isa` (AVX-512, or AVX2 and FMA; portable
+/// otherwise) so that [`combine`]'s loops use its widest vectors; the same operations in
+/// the same order on every path.
+fn transform_kernels<T: Element>(isa: Isa, k: &KernelTerms<'_, T>, dst: &mut [T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        /// # Safety
+        /// AVX-512F available.
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512<T: Element>(k: &KernelTerms<'_, T>, dst: &mut [T]) {
+            kernel_terms_body(k, dst)
+        }
+        /// # Safety
+        /// AVX2 and FMA available.
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<T: Element>(k: &KernelTerms<'_, T>, dst: &mut [T]) {
+            kernel_terms_body(k, dst)
+        }
+        if isa == Isa::Avx512 && Isa::Avx512.available() {
+            // Safety: AVX-512F was detected.
+            return unsafe { avx512(k, dst) };
+        }
+        if isa == Isa::Avx2 && Isa::Avx2.available() {
+            // Safety: AVX2 and FMA were detected.
+            return unsafe { avx2(k, dst) };
+        }
+    }
+    let _ = isa;
+    kernel_terms_body(k, dst)
+}
+
+#[inline(always)]
+fn kernel_terms_body<T: Element>(k: &KernelTerms<'_, T>, dst: &mut [T]) {
+    let mut terms: Vec<(usize, T)> = Vec::new();
+    for (pi, sources) in k.kflat.iter().enumerate() {
+        for (si, kf) in sources.iter().enumerate() {
+            for (xi, ts) in k.gterms.iter().enumerate() {
+                terms.clear();
+                terms.extend(ts.iter().map(|&(j, c)| (kf[j], c)));
+                let at = pi * k.per_phase + (xi * k.kdim + si * k.cin) * k.mr;
+                combine(&mut dst[at..at + k.run], k.wk, k.run, &terms, false);
+            }
         }
     }
 }
