@@ -342,10 +342,12 @@ pub(crate) fn deal_row<T: Element>(
             let half = (n / 2).min(limit);
             let (b0, b1) = (start(0), start(1));
             let (lo, hi) = dst.split_at_mut(b1);
-            for ((e, o), pair) in lo[b0..b0 + half]
+            let (evens, odds) = (&mut lo[b0..b0 + half], &mut hi[..half]);
+            let done = deinterleave2(&row[..2 * half], evens, odds);
+            for ((e, o), pair) in evens[done..]
                 .iter_mut()
-                .zip(&mut hi[..half])
-                .zip(row.chunks_exact(2))
+                .zip(&mut odds[done..])
+                .zip(row[2 * done..].chunks_exact(2))
             {
                 *e = pair[0];
                 *o = pair[1];
@@ -365,6 +367,49 @@ pub(crate) fn deal_row<T: Element>(
         for u in done..count {
             dst[base + u] = row[u * s + rho];
         }
+    }
+}
+
+/// `evens[u] = row[2u]`, `odds[u] = row[2u + 1]` for the whole blocks of 16 values of
+/// `row`, with AVX2 shuffles for f32; returns the positions `u` done (0 where this path
+/// does not apply). (Element by element, dealing the 16.8 MB upstream gradient of unet's
+/// input gradient took 15 % of its perf samples, and 36 % through im2col.)
+fn deinterleave2<T: Element>(row: &[T], evens: &mut [T], odds: &mut [T]) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        if let (Some(r), Some(e), Some(o)) = (
+            super::as_f32(row),
+            super::as_f32_mut(evens),
+            super::as_f32_mut(odds),
+        ) {
+            let u = (r.len() / 16 * 8).min(e.len() / 8 * 8).min(o.len() / 8 * 8);
+            // Safety: loads stay below `2u <= row.len()`, stores below `u` in both
+            // destinations (`u` bounded by their lengths above); AVX2 was detected.
+            unsafe { deinterleave2_avx2(r.as_ptr(), u, e.as_mut_ptr(), o.as_mut_ptr()) };
+            return u;
+        }
+    }
+    let _ = (row, evens, odds);
+    0
+}
+
+/// # Safety
+/// AVX2 available; `src` readable for `2u` values; `evens` and `odds` writable for `u`; `u`
+/// a multiple of 8.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn deinterleave2_avx2(src: *const f32, u: usize, evens: *mut f32, odds: *mut f32) {
+    use std::arch::x86_64::*;
+    for u0 in (0..u).step_by(8) {
+        let a = _mm256_loadu_ps(src.add(2 * u0));
+        let b = _mm256_loadu_ps(src.add(2 * u0 + 8));
+        // a0 a2 b0 b2 | a4 a6 b4 b6 and a1 a3 b1 b3 | a5 a7 b5 b7, then the 64-bit pairs
+        // reordered: a0 a2 a4 a6 b0 b2 b4 b6 and a1 a3 a5 a7 b1 b3 b5 b7.
+        let e = _mm256_shuffle_ps(a, b, 0x88);
+        let o = _mm256_shuffle_ps(a, b, 0xDD);
+        let order = |v: __m256| _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), 0xD8));
+        _mm256_storeu_ps(evens.add(u0), order(e));
+        _mm256_storeu_ps(odds.add(u0), order(o));
     }
 }
 
@@ -406,6 +451,41 @@ unsafe fn deinterleave8_avx(src: *const f32, u: usize, starts: &[usize; 8], dst:
         // Column rho: elements rho of the 8 loaded groups, i.e. component rho at u0..u0 + 8.
         for (rho, col) in super::direct::transpose8x8(x).iter().enumerate() {
             _mm256_storeu_ps(dst.add(starts[rho] + u0), *col);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every stride's dealing (the vector paths of strides 2 and 8 and the element-by-element
+    /// rest), with and without a limit per component, f32 and f64: each element where the
+    /// definition puts it, nothing else written.
+    #[test]
+    fn rows_deal_to_their_components() {
+        for s in [1, 2, 3, 8] {
+            for n in [0usize, 1, 7, 15, 16, 17, 33, 64, 100, 131] {
+                for limit in [usize::MAX, 5, 9] {
+                    let row: Vec<f64> = (0..n).map(|v| v as f64 + 1.0).collect();
+                    let per = n.div_ceil(s).min(limit) + 3;
+                    let start = |rho: usize| rho * per + 1;
+                    let mut want = vec![-1.0; s * per + 1];
+                    for (j, &v) in row.iter().enumerate() {
+                        if j / s < limit {
+                            want[start(j % s) + j / s] = v;
+                        }
+                    }
+                    let mut got = vec![-1.0; s * per + 1];
+                    deal_row(&row, s, limit, &mut got, start);
+                    assert_eq!(got, want, "f64 s {s} n {n} limit {limit}");
+                    let row32: Vec<f32> = row.iter().map(|&v| v as f32).collect();
+                    let want32: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+                    let mut got32 = vec![-1.0f32; s * per + 1];
+                    deal_row(&row32, s, limit, &mut got32, start);
+                    assert_eq!(got32, want32, "f32 s {s} n {n} limit {limit}");
+                }
+            }
         }
     }
 }
