@@ -374,10 +374,11 @@ fn phase_gradient<T: Element>(
                 })
                 .collect();
             for (kk, (n, tv)) in tiles_at.iter().enumerate() {
+                // Image `n` in the blocked layout (its blocks' offsets come with each block).
+                let image = n * x_blocks * in_plane;
                 for (si, src) in p.sources.iter().enumerate() {
                     // A window wholly inside: its origin plus each position's offset.
                     if let Some(origin) = x_origin(src, tv) {
-                        let image = n * x_blocks * in_plane;
                         for (l, &d) in x_delta.iter().enumerate() {
                             xtab[(si * window + l) * kc + kk] = (image + origin + d) * mr;
                         }
@@ -385,9 +386,7 @@ fn phase_gradient<T: Element>(
                     }
                     let mut l = 0;
                     for_each_index(&alphas, |off| {
-                        // The position in image `n` of the blocked layout (its blocks'
-                        // offsets come with each block).
-                        let mut at = n * in_plane;
+                        let mut at = image;
                         for a in 0..dims {
                             let u = (ms[a] * tv[a] + off[a]) as isize + src.base[a];
                             let pos = u * s.in_stride[a] as isize + src.comp[a] as isize;
@@ -397,10 +396,8 @@ fn phase_gradient<T: Element>(
                             }
                             at += pos as usize * in_pitch[a];
                         }
-                        if at != OUTSIDE {
-                            at = (at + n * (x_blocks - 1) * in_plane) * mr;
-                        }
-                        xtab[(si * window + l) * kc + kk] = at;
+                        xtab[(si * window + l) * kc + kk] =
+                            if at == OUTSIDE { OUTSIDE } else { at * mr };
                         l += 1;
                     });
                 }
@@ -424,6 +421,7 @@ fn phase_gradient<T: Element>(
                 // Where each of a tile's upstream-gradient positions lies (plus the image's
                 // offset).
                 for (kk, (n, tv)) in tiles_at.iter().enumerate() {
+                    let image = n * g_blocks * out_plane;
                     // A tile wholly inside the phase: its origin plus each position's offset.
                     if (0..dims).all(|a| ms[a] * (tv[a] + 1) <= p.extents[a]) {
                         let origin: usize = (0..dims)
@@ -431,7 +429,6 @@ fn phase_gradient<T: Element>(
                                 (s.out_stride[a] * ms[a] * tv[a] + p.residue[a]) * out_pitch[a]
                             })
                             .sum();
-                        let image = n * g_blocks * out_plane;
                         for (i, &d) in g_delta.iter().enumerate() {
                             gtab[i * kc + kk] = (image + origin + d) * tl;
                         }
@@ -439,7 +436,7 @@ fn phase_gradient<T: Element>(
                     }
                     let mut i = 0;
                     for_each_index(&ms, |off| {
-                        let mut at = n * out_plane;
+                        let mut at = image;
                         for a in 0..dims {
                             let q = ms[a] * tv[a] + off[a];
                             if q >= p.extents[a] {
@@ -448,10 +445,7 @@ fn phase_gradient<T: Element>(
                             }
                             at += (s.out_stride[a] * q + p.residue[a]) * out_pitch[a];
                         }
-                        if at != OUTSIDE {
-                            at = (at + n * (g_blocks - 1) * out_plane) * tl;
-                        }
-                        gtab[i * kc + kk] = at;
+                        gtab[i * kc + kk] = if at == OUTSIDE { OUTSIDE } else { at * tl };
                         i += 1;
                     });
                 }
@@ -672,8 +666,9 @@ fn output_body<T: Element>(o: &Outputs<'_, T>, m: &[T], rows: &mut [T]) {
     }
 }
 
-/// One block of channels to transform: `live` (of `width`) channels from `first`, planes
-/// `plane` apart, read at the chunk's index table `tab` (rows of `kc`, `kn` used).
+/// One block of `width` channels to transform, each position's channels one contiguous
+/// run from `first` plus its entry in the chunk's index table `tab` (rows of `kc`, `kn`
+/// used).
 struct Block<'a, T> {
     /// A side in blocks ([`blocked`]) and where the block starts in an image.
     src: &'a [T],
