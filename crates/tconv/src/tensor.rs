@@ -129,18 +129,9 @@ pub fn for_each_index(shape: &[usize], mut f: impl FnMut(&[usize])) {
     if shape.contains(&0) {
         return;
     }
-    // On the stack for up to 8 axes (callers run this per tile: an allocation each time
-    // showed in profiles).
-    let mut stack = [0usize; 8];
-    let mut heap = Vec::new();
-    let idx: &mut [usize] = if shape.len() <= stack.len() {
-        &mut stack[..shape.len()]
-    } else {
-        heap.resize(shape.len(), 0);
-        &mut heap
-    };
+    let mut idx = vec![0usize; shape.len()];
     loop {
-        f(idx);
+        f(&idx);
         let mut axis = shape.len();
         loop {
             if axis == 0 {
