@@ -138,17 +138,12 @@ fn backward<'x, 'w, 'g, T: Element, D1: Dimension, D2: Dimension, D3: Dimension>
                 threads: Some(1),
                 ..options.clone()
             };
-            enum Job<'a, T> {
-                Input(&'a mut Option<Result<Vec<T>>>),
-                Weight(&'a mut Option<Vec<T>>),
-            }
-            let (mut gi, mut gw) = (None, None);
-            let jobs = vec![Job::Input(&mut gi), Job::Weight(&mut gw)];
-            crate::fast::direct::run_each(2, jobs, |job| match job {
-                Job::Input(slot) => *slot = Some(grad_input(&g, &ws, &gys, &one)),
-                Job::Weight(slot) => *slot = Some(grad_weight_fast(&g, &xs, &gys, &one)),
-            });
-            (gi.transpose()?, gw)
+            let (gi, gw) = crate::fast::direct::run_both(
+                2,
+                || grad_input(&g, &ws, &gys, &one),
+                || grad_weight_fast(&g, &xs, &gys, &one),
+            );
+            (Some(gi?), Some(gw))
         }
         None => {
             let input = wanted
@@ -1767,17 +1762,17 @@ pub fn grad_weight_fast<T: Element>(
         return dw;
     }
     // Each task's rows of dW: `(group, S blocks)` → a contiguous run of `a` channels.
-    let mut parts: Vec<(usize, &mut [T])> = Vec::with_capacity(g.groups * splits);
+    let mut task_rows: Vec<(usize, &mut [T])> = Vec::with_capacity(g.groups * splits);
     let mut rest_dw: &mut [T] = &mut dw;
     for task in 0..g.groups * splits {
         let split = task % splits;
         let lo = (split * per_split * s_width).min(a_pg);
         let hi = ((split + 1) * per_split * s_width).min(a_pg);
-        let (part, tail) = std::mem::take(&mut rest_dw).split_at_mut((hi - lo) * row_len);
+        let (rows, tail) = std::mem::take(&mut rest_dw).split_at_mut((hi - lo) * row_len);
         rest_dw = tail;
-        parts.push((task, part));
+        task_rows.push((task, rows));
     }
-    run_each(threads, parts, |(t, d)| {
+    run_each(threads, task_rows, |(t, d)| {
         let mut acc = scratch::take::<T>(acc_len(t));
         sums(t, &mut acc);
         gather(t, &acc, d, false);

@@ -493,6 +493,20 @@ pub(crate) fn run_each<I: Send>(threads: usize, items: Vec<I>, f: impl Fn(I) + S
     }
 }
 
+/// Run `a` and `b` at once on a pool of two threads (one after the other for fewer), and
+/// return both results.
+pub(crate) fn run_both<RA: Send, RB: Send>(
+    threads: usize,
+    a: impl FnOnce() -> RA + Send,
+    b: impl FnOnce() -> RB + Send,
+) -> (RA, RB) {
+    if threads <= 1 {
+        (a(), b())
+    } else {
+        pool(2).join(a, b)
+    }
+}
+
 /// Run `f(index, chunk)` on each `len`-long chunk of `data` (the last may be shorter), on
 /// `threads` threads.
 pub(crate) fn run_chunks<T: Send>(
