@@ -1371,9 +1371,7 @@ unsafe fn transpose8_avx2<const FULL: bool>(
         *slot = if st == 1 {
             _mm256_loadu_ps(p)
         } else {
-            // Even elements of 16: a0 a2 b0 b2 | a4 a6 b4 b6, then the 64-bit pairs reordered.
-            let e = _mm256_shuffle_ps(_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), 0x88);
-            _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(e), 0xD8))
+            crate::fast::direct::evens_odds16(p).0
         };
     }
     for (i, col) in crate::fast::direct::transpose8x8(x).iter().enumerate() {

@@ -1000,6 +1000,28 @@ pub(crate) unsafe fn store_block(dst: *mut f32, x: [std::arch::x86_64::__m256; 8
     }
 }
 
+/// The even and the odd elements of the 16 values at `p`: `(p[0], p[2], …, p[14])` and
+/// `(p[1], p[3], …, p[15])`.
+///
+/// # Safety
+/// AVX2 available; `p` readable for 16 values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+pub(crate) unsafe fn evens_odds16(
+    p: *const f32,
+) -> (std::arch::x86_64::__m256, std::arch::x86_64::__m256) {
+    use std::arch::x86_64::*;
+    let (a, b) = (_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)));
+    // a0 a2 b0 b2 | a4 a6 b4 b6 and a1 a3 b1 b3 | a5 a7 b5 b7, then the 64-bit pairs
+    // reordered: a0 a2 a4 a6 b0 b2 b4 b6 and a1 a3 a5 a7 b1 b3 b5 b7.
+    let order = |v: __m256| _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), 0xD8));
+    (
+        order(_mm256_shuffle_ps(a, b, 0x88)),
+        order(_mm256_shuffle_ps(a, b, 0xDD)),
+    )
+}
+
 /// The 8×8 transpose of `x` (rows → columns): element `c` of result `r` is `x[c][r]`.
 ///
 /// # Safety

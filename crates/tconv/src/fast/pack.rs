@@ -406,17 +406,11 @@ fn deinterleave2<T: Element>(row: &[T], evens: &mut [T], odds: &mut [T]) -> usiz
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn deinterleave2_avx2(src: *const f32, u: usize, evens: *mut f32, odds: *mut f32) {
-    use std::arch::x86_64::*;
+    use std::arch::x86_64::_mm256_storeu_ps;
     for u0 in (0..u).step_by(8) {
-        let a = _mm256_loadu_ps(src.add(2 * u0));
-        let b = _mm256_loadu_ps(src.add(2 * u0 + 8));
-        // a0 a2 b0 b2 | a4 a6 b4 b6 and a1 a3 b1 b3 | a5 a7 b5 b7, then the 64-bit pairs
-        // reordered: a0 a2 a4 a6 b0 b2 b4 b6 and a1 a3 a5 a7 b1 b3 b5 b7.
-        let e = _mm256_shuffle_ps(a, b, 0x88);
-        let o = _mm256_shuffle_ps(a, b, 0xDD);
-        let order = |v: __m256| _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(v), 0xD8));
-        _mm256_storeu_ps(evens.add(u0), order(e));
-        _mm256_storeu_ps(odds.add(u0), order(o));
+        let (e, o) = super::direct::evens_odds16(src.add(2 * u0));
+        _mm256_storeu_ps(evens.add(u0), e);
+        _mm256_storeu_ps(odds.add(u0), o);
     }
 }
 
