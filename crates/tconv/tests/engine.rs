@@ -26,6 +26,20 @@ fn options(isa: Isa, inplace: Option<bool>, threads: usize) -> PlanOptions {
     }
 }
 
+/// The reference result of `op` (the scatter for a transposed conv, the gather for a conv).
+fn reference<T: Element>(
+    op: Op,
+    x: &ArrayD<T>,
+    w: &ArrayD<T>,
+    b: Option<ndarray::ArrayView1<'_, T>>,
+    p: &tconv::ConvParams,
+) -> tconv::Result<ArrayD<T>> {
+    match op {
+        Op::ConvTranspose => conv_transpose_scatter(x, w, b, p),
+        Op::Conv => conv_gather(x, w, b, p),
+    }
+}
+
 /// Run `op` of case `c` through every engine configuration and compare with the reference.
 fn engine_matches_reference<T: Element>(c: &Case, op: Op) -> Result<(), TestCaseError> {
     let (x, w, b) = c.data::<T>();
@@ -49,10 +63,7 @@ fn engine_matches_reference<T: Element>(c: &Case, op: Op) -> Result<(), TestCase
         }),
     };
     let bv = b.as_ref().map(|b| b.view());
-    let want = match op {
-        Op::ConvTranspose => conv_transpose_scatter(&x, &w, bv, &p),
-        Op::Conv => conv_gather(&x, &w, bv, &p),
-    };
+    let want = reference(op, &x, &w, bv, &p);
     let Ok(want) = want else {
         return Ok(()); // an invalid conv reading of the case (kernel longer than the input)
     };
@@ -260,10 +271,7 @@ fn bitwise_identical_for_any_thread_count() {
             assert!(same, "{op:?} {xs:?}: result depends on the thread count");
         }
         // And close to the reference (random floats: summation order differs).
-        let want = match op {
-            Op::ConvTranspose => conv_transpose_scatter(&x, &w, None, &p).unwrap(),
-            Op::Conv => conv_gather(&x, &w, None, &p).unwrap(),
-        };
+        let want = reference(op, &x, &w, None, &p).unwrap();
         for (a, b) in outs[0].iter().zip(want.iter()) {
             assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{a} vs {b}");
         }
@@ -552,10 +560,7 @@ fn sliced_reductions_match_reference() {
     for (xs, ws, p, op) in cases {
         let x = ints::<f32>(&xs, 11);
         let w = ints::<f32>(&ws, 12);
-        let want = match op {
-            Op::ConvTranspose => conv_transpose_scatter(&x, &w, None, &p).unwrap(),
-            Op::Conv => conv_gather(&x, &w, None, &p).unwrap(),
-        };
+        let want = reference(op, &x, &w, None, &p).unwrap();
         for isa in ISAS {
             for threads in [1, 3] {
                 let o = options(isa, Some(false), threads);
@@ -850,10 +855,7 @@ fn winograd_tiles_match_reference() {
                 .all(|(a, b)| a.to_bits() == b.to_bits());
             assert!(same, "{op:?} {xs:?}: result depends on the thread count");
         }
-        let want = match op {
-            Op::ConvTranspose => conv_transpose_scatter(&x, &w, Some(b.view()), &p).unwrap(),
-            Op::Conv => conv_gather(&x, &w, Some(b.view()), &p).unwrap(),
-        };
+        let want = reference(op, &x, &w, Some(b.view()), &p).unwrap();
         assert_eq!(outs[0].shape(), want.shape());
         for (a, b) in outs[0].iter().zip(want.iter()) {
             assert!(
@@ -1003,11 +1005,7 @@ fn wide_weight_blocks_pack_exactly() {
     for (xs, ws, p, op) in cases {
         let x = ints::<f32>(&xs, 3);
         let w = ints::<f32>(&ws, 5);
-        let want = match op {
-            Op::ConvTranspose => conv_transpose_scatter(&x, &w, None, &p),
-            Op::Conv => conv_gather(&x, &w, None, &p),
-        }
-        .unwrap();
+        let want = reference(op, &x, &w, None, &p).unwrap();
         for isa in ISAS.into_iter().filter(|i| i.available()) {
             for (mr, v, _) in tconv::fast::kernels::tile_shapes(isa) {
                 if !mr.is_multiple_of(8) {
