@@ -208,13 +208,12 @@ fn winograd_tile<T: Element>(
     let lanes = isa.lanes();
     let positions = numel(&g.output_shape()[2..]).min(winograd::tiles(g)?);
     let rows = g.out_per_group();
-    let out_bytes = numel(&g.output_shape()) * std::mem::size_of::<T>();
     let mut shapes: Vec<(usize, usize, f32)> = tile_shapes(isa).to_vec();
     shapes.sort_by(|a, b| {
         tile_cost(rows, positions, lanes, *a).total_cmp(&tile_cost(rows, positions, lanes, *b))
     });
     let fits = |&(mr, v, _): &(usize, usize, f32), on: usize| {
-        winograd::footprint::<T>(g, (mr, v, lanes, isa), on).filter(|f| f.bytes <= out_bytes)
+        winograd::footprint::<T>(g, (mr, v, lanes, isa), on).filter(|f| f.bytes <= f.bound)
     };
     // The tile for two threads and whether its transforms run in registers.
     let (decided, registers) = shapes
@@ -319,7 +318,8 @@ fn choose<T: Element>(g: &Geometry, options: &PlanOptions) -> Choice {
         algorithm = Algorithm::Direct;
         reason = format!(
             "{reason}; but with every tile either the transformed input and results \
-             would take more scratch than the output holds, or the transforms would \
+             would take more scratch than the output holds (for a strided conv that no \
+             tile can run within it, the input per thread), or the transforms would \
              leave registers for that bound, so {}",
             direct_reason(g)
         );

@@ -665,7 +665,8 @@ struct Sizing {
     task_len: usize,
 }
 
-/// Cut `g`'s work for an `mr × v` tile of `lanes`-wide vectors on `threads` threads.
+/// Cut `g`'s work for an `mr × v` tile of `lanes`-wide vectors on `threads` threads, within
+/// the scratch bound of [`Bound::of`].
 fn sizing<T: Element>(
     g: &Geometry,
     transforms: &[Transform],
@@ -673,6 +674,88 @@ fn sizing<T: Element>(
     in_stride: &[usize],
     (mr, v, lanes, isa): (usize, usize, usize, Isa),
     threads: usize,
+) -> Sizing {
+    let bound = Bound::of::<T>(g, transforms, phases, in_stride, (lanes, isa));
+    let tile = (mr, v, lanes, isa);
+    sizing_within::<T>(g, transforms, phases, in_stride, tile, threads, bound)
+}
+
+/// Most bytes of scratch a Winograd plan holds over all its threads.
+///
+/// The output's size (issue 4's bound, tested on the suite), except for a conv whose input
+/// is the larger (a strided conv: the input gradients) where not even the least task of any
+/// tile fits that bound with the transforms as they would run: there the input's size per
+/// thread. The direct engine copies such an input's components whole, plus its panels per
+/// thread: dcgan1's input gradient (0.5 MB output, 1 MB input) holds 1.5 MB on it at 2
+/// threads; the Winograd tiles' least task there, one 16-tile panel with the transforms in
+/// registers, holds 0.85 MB, so under the output's bound they did not run at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Bound {
+    bytes: usize,
+    per_thread: bool,
+}
+
+impl Bound {
+    fn of<T: Element>(
+        g: &Geometry,
+        transforms: &[Transform],
+        phases: &[Phase],
+        in_stride: &[usize],
+        (lanes, isa): (usize, Isa),
+    ) -> Bound {
+        let elem = std::mem::size_of::<T>();
+        let output = Bound {
+            bytes: numel(&g.output_shape()) * elem,
+            per_thread: false,
+        };
+        let input = numel(&g.input_shape()) * elem;
+        if input <= output.bytes {
+            return output;
+        }
+        // Decided for DECISION_THREADS, as the transforms are: the same on any thread count.
+        let fits = super::kernels::tile_shapes(isa).iter().any(|&(mr, v, _)| {
+            let tile = (mr, v, lanes, isa);
+            let s = sizing_within::<T>(
+                g,
+                transforms,
+                phases,
+                in_stride,
+                tile,
+                DECISION_THREADS,
+                output,
+            );
+            DECISION_THREADS * s.task_len * elem <= output.bytes
+                && (s.registers || !s.registers_wanted)
+        });
+        if fits {
+            output
+        } else {
+            Bound {
+                bytes: input,
+                per_thread: true,
+            }
+        }
+    }
+
+    /// The bound for `threads` threads.
+    fn over(self, threads: usize) -> usize {
+        if self.per_thread {
+            threads.max(1) * self.bytes
+        } else {
+            self.bytes
+        }
+    }
+}
+
+/// [`sizing`] within `bound`.
+fn sizing_within<T: Element>(
+    g: &Geometry,
+    transforms: &[Transform],
+    phases: &[Phase],
+    in_stride: &[usize],
+    (mr, v, lanes, isa): (usize, usize, usize, Isa),
+    threads: usize,
+    bound: Bound,
 ) -> Sizing {
     let dims = g.axes.len();
     let cin_g = g.in_per_group();
@@ -703,11 +786,10 @@ fn sizing<T: Element>(
     } else {
         POINT_BYTES
     };
-    // No more scratch over all threads than the output holds.
-    let out_bytes = numel(&g.output_shape()) * elem;
+    // No more scratch over all threads than the bound.
     let want = (point_bytes / per_col.max(1))
         .min(TASK_BYTES / (points * per_col).max(1))
-        .min(out_bytes / (threads.max(1) * points * per_col).max(1))
+        .min(bound.over(threads) / (threads.max(1) * points * per_col).max(1))
         / tl
         * tl;
     let want = want.max(tl);
@@ -765,7 +847,7 @@ fn sizing<T: Element>(
         points * (kdim + slice) * pitch + rows_len * pitch + slab_len(bc, bt, registers)
     };
     let over_on = |n: usize, bc: usize, bt: usize, registers: bool, slice: usize| {
-        n.max(1) * task_len(bc, bt, registers, slice) * elem > out_bytes
+        n.max(1) * task_len(bc, bt, registers, slice) * elem > bound.over(n)
     };
     // The GEMM results of all output channels at once, or, where that would not fit on
     // the smallest tasks halving reaches, of the fewest whole blocks that are whole
@@ -829,6 +911,9 @@ pub struct Footprint {
     pub registers: bool,
     /// Whether they would but for the workspace bound (f32, AVX2 or better, 2 or 3 axes).
     pub registers_wanted: bool,
+    /// The most bytes of scratch allowed: the output's size, or, for a strided conv that
+    /// no tile could run within it, the input's size per thread.
+    pub bound: usize,
 }
 
 /// The [`Footprint`] of a plan of `g` with an `mr × v` tile of `lanes`-wide vectors on
@@ -839,18 +924,14 @@ pub fn footprint<T: Element>(
     threads: usize,
 ) -> Option<Footprint> {
     let (transforms, phases, _, in_stride) = decompose(g)?;
-    let s = sizing::<T>(
-        g,
-        &transforms,
-        &phases,
-        &in_stride,
-        (mr, v, lanes, isa),
-        threads,
-    );
+    let bound = Bound::of::<T>(g, &transforms, &phases, &in_stride, (lanes, isa));
+    let tile = (mr, v, lanes, isa);
+    let s = sizing_within::<T>(g, &transforms, &phases, &in_stride, tile, threads, bound);
     Some(Footprint {
         bytes: threads.max(1) * s.task_len * std::mem::size_of::<T>(),
         registers: s.registers,
         registers_wanted: s.registers_wanted,
+        bound: bound.over(threads),
     })
 }
 
