@@ -639,6 +639,10 @@ impl<T: Element> Plan<T> {
         }
         match &self.direct {
             None => 0,
+            // No copy of the input: a panel and a tile per thread.
+            Some(d) if crate::fast::strided_conv::applies(&self.geometry, d) => {
+                self.threads * crate::fast::strided_conv::scratch_len(&self.geometry, d) * size
+            }
             Some(d) => {
                 let g = &self.geometry;
                 let source = match &d.spec.source {
@@ -655,6 +659,7 @@ impl<T: Element> Plan<T> {
         match &self.direct {
             Some(d) => {
                 let family = match d.kernel {
+                    _ if crate::fast::strided_conv::applies(&self.geometry, d) => "strided-loads",
                     Kernel::Packed(_) => "packed",
                     Kernel::Inplace(_) => "inplace",
                 };
@@ -846,7 +851,15 @@ fn direct_reason(g: &Geometry) -> String {
         (Op::ConvTranspose, false) => {
             "stride 1: the equivalent ordinary correlation (flipped kernel, swapped channel roles), one phase".into()
         }
-        (Op::Conv, true) => "strided conv: polyphase split of the input, dense stride-1 taps".into(),
+        (Op::Conv, true) => {
+            if crate::fast::strided_conv::shape_applies(g) {
+                "strided conv, kernel == stride: each tile's panel dealt from the input by \
+                 stride-2 vector loads on SIMD ISAs (else a polyphase split), dense taps"
+                    .into()
+            } else {
+                "strided conv: polyphase split of the input, dense stride-1 taps".into()
+            }
+        }
         (Op::Conv, false) => "stride-1 conv: dense taps as shifted, masked vectors".into(),
     }
 }
@@ -892,7 +905,15 @@ impl<T: Element> fmt::Display for Plan<T> {
             if d.spec.phases.len() > 8 {
                 writeln!(f, "             ... {} phases in all", d.spec.phases.len())?;
             }
-            writeln!(f, "source:      {:?}", d.spec.source)?;
+            if crate::fast::strided_conv::applies(g, d) {
+                writeln!(
+                    f,
+                    "source:      the input itself: each tile's panel dealt from it by \
+                     stride-2 vector loads (no polyphase copy)"
+                )?;
+            } else {
+                writeln!(f, "source:      {:?}", d.spec.source)?;
+            }
         }
         if let Some(c) = &self.col2im {
             writeln!(

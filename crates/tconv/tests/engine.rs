@@ -1048,3 +1048,51 @@ fn wide_weight_blocks_pack_exactly() {
         }
     }
 }
+
+/// Convs whose kernel equals their stride with stride 2 on the last axis (the input
+/// gradients of U-Net's and V-Net's up-convolutions) read their input in place on AVX-512
+/// and AVX2 (`fast::strided_conv`; few output channels take the in-place kernels): exact on small integers against the reference for 1-3-D
+/// shapes, tiles that span several output rows and rows shorter than, equal to and longer
+/// than a tile, rows not a multiple of 16 positions, a last block of output channels partly
+/// live, groups, bias, 1 and 3 threads (the same bits), through plans kept and run once.
+#[test]
+fn kernel_stride_convs_read_in_place() {
+    use tconv::ConvParams;
+    let cases = [
+        (vec![2, 6, 10, 70], vec![13, 6, 2, 2], vec![2, 2], 1),
+        (vec![1, 5, 4, 128], vec![8, 5, 2, 2], vec![2, 2], 1),
+        (vec![3, 5, 66], vec![9, 5, 2], vec![2], 1),
+        (vec![1, 4, 4, 6, 40], vec![9, 4, 2, 2, 2], vec![2, 2, 2], 1),
+        (vec![2, 8, 6, 34], vec![18, 4, 3, 2], vec![3, 2], 2),
+        (vec![1, 3, 2, 2], vec![30, 3, 2, 2], vec![2, 2], 1),
+    ];
+    for (xs, ws, stride, groups) in cases {
+        let x = ints::<f32>(&xs, 5);
+        let w = ints::<f32>(&ws, 6);
+        let b = ints::<f32>(&[ws[0]], 7);
+        let p = ConvParams::new().stride(&stride).groups(groups);
+        let bv = b.view().into_dimensionality::<ndarray::Ix1>().unwrap();
+        let want = reference(Op::Conv, &x, &w, Some(bv), &p).unwrap();
+        let mut bits = None;
+        for (threads, once) in [(1, false), (3, false), (1, true)] {
+            // (Few channels would take im2col: the direct engine is what reads in place.)
+            let o = PlanOptions {
+                threads: Some(threads),
+                once,
+                algorithm: Some(Algorithm::Direct),
+                ..PlanOptions::default()
+            };
+            let plan = Plan::new(Op::Conv, &xs, &w, Some(ws[0]), &p, &o).unwrap();
+            if Isa::detect() != Isa::Scalar {
+                assert!(plan.label().contains("strided-loads"), "{xs:?}: {plan}");
+                // A panel and a tile per thread (the panel budget), no copy of the input.
+                assert!(plan.workspace_bytes() <= threads * 512 * 1024, "{plan}");
+                assert!(!plan.to_string().contains("Polyphase"), "{plan}");
+            }
+            let got = plan.execute(&x, Some(bv)).unwrap();
+            assert_eq!(got, want, "{xs:?} {ws:?} {threads} threads: {plan}");
+            let b: Vec<u32> = got.iter().map(|v| v.to_bits()).collect();
+            assert!(bits.get_or_insert(b.clone()) == &b, "{xs:?}: bits differ");
+        }
+    }
+}

@@ -585,6 +585,10 @@ pub fn execute<T: Element>(
     y: &mut [T],
     threads: usize,
 ) {
+    if super::strided_conv::applies(g, k) {
+        super::strided_conv::execute(g, k, x, bias, y, threads);
+        return;
+    }
     let packed_source = pack_source(g, &k.spec, x, threads);
     let src: &[T] = packed_source.as_deref().unwrap_or(x);
     let out_plane = numel(&g.output_shape()[2..]);
@@ -1316,7 +1320,7 @@ fn pack_tap_masked<T: Element>(
 
 /// Bytes of input panels kept hot together, so that each packed weight block is reused
 /// across several tiles (half of a 1 MiB L2).
-const PANEL_BUDGET: usize = 512 * 1024;
+pub(crate) const PANEL_BUDGET: usize = 512 * 1024;
 /// How many tiles ahead the packing and the stores prefetch along their rows.
 const PREFETCH_TILES: usize = 2;
 /// Bytes of one tile's panel slice that stays in L1 while every channel block uses it.

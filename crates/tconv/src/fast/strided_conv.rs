@@ -1,0 +1,320 @@
+//! A strided conv whose kernel equals its stride, read in place with stride-2 vector loads
+//! (the input gradient of U-Net's and V-Net's up-convolutions; a "patchify" conv).
+//!
+//! With kernel == stride, no padding and no dilation, output position `u` (all axes but the
+//! last) and `v` (the last) reads input row `s·u + k_outer` at `2v + k_last` (last-axis
+//! stride 2): every input value is read by exactly one tap of one output. The direct engine
+//! first copies the whole input into its polyphase components (unet's input gradient: 16.8
+//! MB written, then read back), then packs each tile's panel from that copy. Here each
+//! tile's panel (the plan's tile of consecutive output positions, `K = taps × C_in/g` rows)
+//! is packed straight from the input: per channel and outer tap, two 16-value loads of an
+//! input row and two `vpermt2ps` give the even (`k_last = 0`) and odd (`k_last = 1`) lanes
+//! of 16 outputs. The plan's own microkernel and packed weights then run every block of
+//! output channels over the panel, and each tile is stored once with the bias.
+//!
+//! f32 plans of 16-lane vectors on AVX-512 and of 8-lane ones on AVX2; elsewhere (the
+//! portable ISA, f64) the direct engine's polyphase copy.
+//! Each output's sum runs in the microkernel's order over `K` whatever the thread count:
+//! bitwise identical for any thread count.
+
+use super::direct::{run_each, DirectKernel, Kernel};
+use super::kernels::Rows;
+use super::scratch;
+use crate::geometry::Geometry;
+use crate::params::Op;
+use crate::tensor::{numel, Element};
+
+/// Whether [`execute`] runs the direct plan `k` of `g`: f32, a conv whose every axis has
+/// kernel == stride, dilation 1, no padding and input = stride × output, stride 2 on the
+/// last axis, packed (not depthwise, nor in-place) weights, vectors of 16 lanes with
+/// AVX-512F or of 8 with AVX2 on this CPU, and a task's panel within the direct engine's
+/// panel budget.
+pub(crate) fn applies<T: Element>(g: &Geometry, k: &DirectKernel<T>) -> bool {
+    std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+        && g.op == Op::Conv
+        && matches!(k.kernel, Kernel::Packed(_))
+        && !k.depthwise
+        && simd(k.lanes).is_some()
+        && k.spec.phases.len() == 1
+        && k.spec.phases[0].taps.len() == numel(&g.kernel_shape())
+        && shape_applies(g)
+        && scratch_len(g, k) * std::mem::size_of::<T>() <= super::direct::PANEL_BUDGET
+}
+
+/// Elements of scratch one task holds: its panel (`K × tile` lanes) and a tile of sums.
+/// (Where the panel would outgrow [`PANEL_BUDGET`](super::direct::PANEL_BUDGET), the
+/// direct engine's polyphase copy runs, whose panels are sliced along `K`.)
+pub(crate) fn scratch_len<T: Element>(g: &Geometry, k: &DirectKernel<T>) -> usize {
+    let taps = k.spec.phases.first().map_or(0, |p| p.taps.len());
+    (taps * g.in_per_group() + k.mr) * k.v * k.lanes
+}
+
+/// The geometry part of [`applies`]: every axis kernel == stride, dilation 1, no padding,
+/// input = stride × output, and stride 2 on the last.
+pub(crate) fn shape_applies(g: &Geometry) -> bool {
+    let last = g.axes.len().saturating_sub(1);
+    !g.axes.is_empty()
+        && g.axes.iter().enumerate().all(|(i, a)| {
+            a.kernel == a.stride
+                && a.dilation == 1
+                && a.pad_begin == 0
+                && a.input == a.stride * a.output
+                && (i != last || a.stride == 2)
+        })
+}
+
+/// The vector width the dealing runs at for a plan of `lanes`-wide vectors: 16 with
+/// AVX-512F, 8 with AVX2, `None` elsewhere.
+fn simd(lanes: usize) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if lanes == 16 && is_x86_feature_detected!("avx512f") {
+            return Some(16);
+        }
+        if lanes == 8 && is_x86_feature_detected!("avx2") {
+            return Some(8);
+        }
+    }
+    let _ = lanes;
+    None
+}
+
+/// `y = conv(x, w) + bias` for a plan where [`applies`] holds (panics elsewhere), on
+/// `threads` threads: tasks own (image, group, range of channel blocks), a contiguous run of
+/// output planes.
+pub(crate) fn execute<T: Element>(
+    g: &Geometry,
+    k: &DirectKernel<T>,
+    x: &[T],
+    bias: Option<&[T]>,
+    y: &mut [T],
+    threads: usize,
+) {
+    assert!(applies(g, k), "the strided conv's plan");
+    let Kernel::Packed(kernel) = k.kernel else {
+        unreachable!("checked by `applies`")
+    };
+    let dims = g.axes.len();
+    let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
+    let in_shape: Vec<usize> = g.axes.iter().map(|a| a.input).collect();
+    let out_shape: Vec<usize> = g.axes.iter().map(|a| a.output).collect();
+    let (in_plane, out_plane) = (numel(&in_shape), numel(&out_shape));
+    let row = out_shape[dims - 1];
+    assert!(
+        x.len() == g.batch * g.in_channels * in_plane
+            && y.len() == g.batch * g.out_channels * out_plane,
+        "strided conv operands"
+    );
+    if y.is_empty() || row == 0 {
+        return;
+    }
+    // Input offset of each output row's source row, per outer tap (row-major over the
+    // outer axes, taps row-major over the kernel's outer axes).
+    let in_pitch = super::spec::pitches_of(&in_shape);
+    let outer_k: Vec<usize> = g.kernel_shape()[..dims - 1].to_vec();
+    let outer_taps = numel(&outer_k);
+    let mut starts = Vec::with_capacity(out_plane / row * outer_taps);
+    for u in crate::tensor::positions(&out_shape[..dims - 1]) {
+        for ko in crate::tensor::positions(&outer_k) {
+            starts.push(
+                (0..dims - 1)
+                    .map(|a| (g.axes[a].stride * u[a] + ko[a]) * in_pitch[a])
+                    .sum::<usize>(),
+            );
+        }
+    }
+    // Panel rows of each (outer tap, last tap): the tap's place among the phase's taps (the
+    // packed reduction index is `tap · C_in/g + channel`).
+    let taps = &k.spec.phases[0].taps;
+    let tap_of = |flat: usize| {
+        taps.iter()
+            .position(|t| t.kernel_index == flat)
+            .expect("every kernel index is a tap")
+    };
+    let pairs: Vec<[usize; 2]> = (0..outer_taps)
+        .map(|ko| [tap_of(2 * ko), tap_of(2 * ko + 1)])
+        .collect();
+    let (mr, tl) = (k.mr, k.v * k.lanes);
+    let kdim = taps.len() * cin_g;
+    let blocks = k.packed.blocks;
+    let groups = g.groups.max(1);
+    let splits = threads.div_ceil(g.batch * groups).clamp(1, blocks.max(1));
+    let per_split = blocks.div_ceil(splits);
+    // Tasks: (image, group, first block) with their output planes.
+    let mut tasks: Vec<(usize, usize, usize, &mut [T])> = Vec::new();
+    let mut rest: &mut [T] = y;
+    for n in 0..g.batch {
+        for group in 0..groups {
+            for b0 in (0..blocks).step_by(per_split) {
+                let lo = b0 * mr;
+                let hi = ((b0 + per_split) * mr).min(cout_g);
+                let (mine, tail) = std::mem::take(&mut rest).split_at_mut((hi - lo) * out_plane);
+                rest = tail;
+                tasks.push((n, group, b0, mine));
+            }
+        }
+    }
+    let run = |(n, group, b0, out): (usize, usize, usize, &mut [T])| {
+        let channels = out.len() / out_plane;
+        let image = &x[(n * g.in_channels + group * cin_g) * in_plane..][..cin_g * in_plane];
+        let mut panel = scratch::take::<T>(kdim * tl);
+        let mut acc = scratch::take::<T>(mr * tl);
+        for p0 in (0..out_plane).step_by(tl) {
+            let live = tl.min(out_plane - p0);
+            // The tile's positions row by row: segments of one output row each.
+            let mut lo = 0;
+            while lo < live {
+                let (u, v) = ((p0 + lo) / row, (p0 + lo) % row);
+                let len = (row - v).min(live - lo);
+                let srcs = &starts[u * outer_taps..(u + 1) * outer_taps];
+                for (&src, pair) in srcs.iter().zip(&pairs) {
+                    let seg = Segment {
+                        at: src + 2 * v,
+                        len,
+                        lane: lo,
+                        rows: *pair,
+                    };
+                    deal_segment(image, in_plane, cin_g, (tl, k.lanes), &seg, &mut panel);
+                }
+                lo += len;
+            }
+            if live < tl {
+                for r in panel.chunks_exact_mut(tl) {
+                    r[live..].fill(T::zero());
+                }
+            }
+            for blk in 0..channels.div_ceil(mr) {
+                let w = k.packed.run(group, b0 + blk, 0);
+                kernel(w, &panel, Rows::packed(kdim, tl), &mut acc, false);
+                for r in 0..mr.min(channels - blk * mr) {
+                    let c = blk * mr + r;
+                    let b = bias.map_or(T::zero(), |b| b[group * cout_g + b0 * mr + c]);
+                    let dst = &mut out[c * out_plane + p0..][..live];
+                    for (d, a) in dst.iter_mut().zip(&acc[r * tl..r * tl + live]) {
+                        *d = *a + b;
+                    }
+                }
+            }
+        }
+    };
+    run_each(threads, tasks, run);
+}
+
+/// One output row's run of a tile: `len` positions from input offset `at` (within each
+/// channel's plane, two values per position), into panel lanes `lane..lane + len` of the
+/// rows `rows[0] · C_in/g + c` (even values) and `rows[1] · C_in/g + c` (odd values).
+struct Segment {
+    at: usize,
+    len: usize,
+    lane: usize,
+    rows: [usize; 2],
+}
+
+/// Deal a segment of every channel into the panel (`tl` lanes a row): 16 positions at a
+/// time with AVX-512 shuffles (8 with AVX2 ones, for plans of 8-lane vectors), the rest
+/// value by value.
+fn deal_segment<T: Element>(
+    image: &[T],
+    in_plane: usize,
+    channels: usize,
+    (tl, lanes): (usize, usize),
+    s: &Segment,
+    panel: &mut [T],
+) {
+    let width = simd(lanes).unwrap_or(1);
+    let vec = s.len / width * width;
+    assert!(
+        (channels == 0 || (channels - 1) * in_plane + s.at + 2 * s.len <= image.len())
+            && s.lane + s.len <= tl
+            && (s.rows[0].max(s.rows[1]) + 1) * channels * tl <= panel.len(),
+        "strided conv segment"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if vec > 0 && width > 1 {
+        if let (Some(src), Some(dst)) = (super::as_f32(image), super::as_f32_mut(panel)) {
+            // Safety: AVX-512F (width 16) or AVX2 (width 8) is available (`simd`); every
+            // load lies in the channel's `2 · len` values and every store in the panel's
+            // rows (checked above).
+            unsafe {
+                if width == 16 {
+                    deal_avx512(src, in_plane, channels, tl, s, vec, dst)
+                } else {
+                    deal_avx2(src, in_plane, channels, tl, s, vec, dst)
+                }
+            };
+        }
+    }
+    for c in 0..channels {
+        let from = &image[c * in_plane + s.at..][..2 * s.len];
+        for (kl, &r) in s.rows.iter().enumerate() {
+            let to = &mut panel[(r * channels + c) * tl + s.lane..][..s.len];
+            for j in vec..s.len {
+                to[j] = from[2 * j + kl];
+            }
+        }
+    }
+}
+
+/// [`deal_segment`]'s first `vec` positions (a multiple of 16).
+///
+/// # Safety
+/// AVX-512F available; the operands as [`deal_segment`] checks them.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn deal_avx512(
+    image: &[f32],
+    in_plane: usize,
+    channels: usize,
+    tl: usize,
+    s: &Segment,
+    vec: usize,
+    panel: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    let (src, dst) = (image.as_ptr(), panel.as_mut_ptr());
+    for c in 0..channels {
+        let from = src.add(c * in_plane + s.at);
+        // The values two segments further on, which the next tiles deal.
+        super::prefetch_read(image, c * in_plane + s.at + 4 * tl);
+        let de = dst.add((s.rows[0] * channels + c) * tl + s.lane);
+        let dodd = dst.add((s.rows[1] * channels + c) * tl + s.lane);
+        for j in (0..vec).step_by(16) {
+            let z0 = _mm512_loadu_ps(from.add(2 * j));
+            let z1 = _mm512_loadu_ps(from.add(2 * j + 16));
+            _mm512_storeu_ps(de.add(j), _mm512_permutex2var_ps(z0, evens, z1));
+            _mm512_storeu_ps(dodd.add(j), _mm512_permutex2var_ps(z0, odds, z1));
+        }
+    }
+}
+
+/// [`deal_segment`]'s first `vec` positions (a multiple of 8) with AVX2.
+///
+/// # Safety
+/// AVX2 available; the operands as [`deal_segment`] checks them.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn deal_avx2(
+    image: &[f32],
+    in_plane: usize,
+    channels: usize,
+    tl: usize,
+    s: &Segment,
+    vec: usize,
+    panel: &mut [f32],
+) {
+    use std::arch::x86_64::*;
+    let (src, dst) = (image.as_ptr(), panel.as_mut_ptr());
+    for c in 0..channels {
+        let from = src.add(c * in_plane + s.at);
+        super::prefetch_read(image, c * in_plane + s.at + 4 * tl);
+        let de = dst.add((s.rows[0] * channels + c) * tl + s.lane);
+        let dodd = dst.add((s.rows[1] * channels + c) * tl + s.lane);
+        for j in (0..vec).step_by(8) {
+            let (e, o) = super::direct::evens_odds16(from.add(2 * j));
+            _mm256_storeu_ps(de.add(j), e);
+            _mm256_storeu_ps(dodd.add(j), o);
+        }
+    }
+}
