@@ -175,12 +175,25 @@ fn backward<'x, 'w, 'g, T: Element, D1: Dimension, D2: Dimension, D3: Dimension>
 /// Whether a backward pass asking for both gradients of `g` runs them side by side, one
 /// thread each: on two threads, where the input gradient's Winograd tiles would have fewer
 /// columns on two threads than on one (its scratch bound holds two tasks' smaller panels
-/// only). dcgan2 then ran 1.27x / 1.29x faster (3 rounds); where the tiles do not shrink the
-/// layers lost (dcgan1 0.90x, dcgan3 0.93x, s1k3 0.88x, dilated 0.94x, hifigan1d 0.91x:
+/// only), or where each gradient is small (at most [`SIDE_BY_SIDE_FLOPS`]). dcgan2 then ran
+/// 1.27x / 1.29x faster (3 rounds); where the tiles do not shrink the large layers lost
+/// (dcgan1 0.90x, dcgan3 0.87-0.93x, s1k3 0.88-0.96x, dilated 0.94-0.96x, hifigan1d 0.91x:
 /// their gradients' times differ, or two threads serve each well).
 fn side_by_side<T: Element>(g: &Geometry, options: &PlanOptions) -> bool {
-    options.threads_for(g) == 2 && crate::plan::input_tiles_shrink::<T>(g, options, 2)
+    options.threads_for(g) == 2
+        && (g.flops() <= SIDE_BY_SIDE_FLOPS || crate::plan::input_tiles_shrink::<T>(g, options, 2))
 }
+
+/// Multiply-adds (×2) of one gradient at or below which a backward pass on two threads runs
+/// its gradients side by side: small gradients gain little from a second thread (dcgan4's
+/// 0.1 GFLOP input and weight gradients ran 1.65x and 1.24x faster on two threads than on
+/// one, vnet3d's 0.13 GFLOP ones 1.12x and 1.45x), while two of them at once keep both cores
+/// busy. Their backward passes side by side, median / min of alternating rounds: vnet3d
+/// 1.20x / 1.17x and 1.18x / 1.16x (6 and 8 rounds), dcgan4 1.11x / 1.12x and 1.02x /
+/// 1.03x (6 and 10 rounds; its times jump between 0.9 and 1.6 ms from call to call on this
+/// machine); with AVX2, 1.10x / 1.12x and 1.04x / 1.04x. The suite's next smallest layer
+/// has 0.6 GFLOP a gradient (s1k3: 0.96x / 1.06x, not taken).
+const SIDE_BY_SIDE_FLOPS: u128 = 1 << 28;
 
 /// How a backward pass asking for both `∂L/∂x` and `∂L/∂w` of `g` runs, in words (for
 /// reports).

@@ -627,45 +627,73 @@ fn identical_across_threads(xs: &[usize], run: impl Fn(usize) -> tconv::Gradient
     }
 }
 
-/// dcgan2's gradients on two threads, where its input gradient's Winograd tiles would
-/// shrink there (on AVX-512), run side by side, one thread each: bitwise the same as on one
-/// thread and as on three (which run one after the other), and the same as the input and
-/// weight gradients asked for alone.
+/// Gradients that run side by side on two threads, one thread each: dcgan2's, whose input
+/// gradient's Winograd tiles would shrink there (on AVX-512), and small layers' (at most
+/// 2^28 FLOPs a gradient: a generator's RGB layer, a 3-D up-convolution) on any ISA.
+/// Bitwise the same as on one thread and as on three (which run one after the other), and
+/// the same as the input and weight gradients asked for alone.
 #[test]
 fn side_by_side_gradients_keep_the_bits() {
-    let (xs, ws) = ([16, 256, 8, 8], [256, 128, 4, 4]);
-    let p = tconv::ConvParams::new().stride(&[2]).padding(&[1]);
-    let (x, w) = (floats(&xs, 41), floats(&ws, 42));
-    let g = Geometry::new(Op::ConvTranspose, &xs, &ws, None, &p).unwrap();
-    let gy = floats(&g.user_output_shape(), 43);
-    let two = PlanOptions {
-        threads: Some(2),
-        ..PlanOptions::default()
-    };
-    let method = tconv::grad::backward_method(&g, &two);
-    if two.isa_for::<f32>() == tconv::fast::Isa::Avx512 {
-        assert!(method.contains("side by side"), "{method}");
-    }
-    let run = |threads| {
-        let o = PlanOptions {
-            threads: Some(threads),
+    let cases = [
+        (
+            vec![16, 256, 8, 8],
+            vec![256, 128, 4, 4],
+            vec![2],
+            vec![1],
+            true,
+        ),
+        (
+            vec![4, 16, 8, 8],
+            vec![16, 3, 4, 4],
+            vec![2],
+            vec![1],
+            false,
+        ),
+        (
+            vec![1, 8, 4, 4, 4],
+            vec![8, 12, 2, 2, 2],
+            vec![2],
+            vec![0],
+            false,
+        ),
+    ];
+    for (xs, ws, stride, padding, avx512_only) in cases {
+        let p = tconv::ConvParams::new().stride(&stride).padding(&padding);
+        let (x, w) = (floats(&xs, 41), floats(&ws, 42));
+        let g = Geometry::new(Op::ConvTranspose, &xs, &ws, None, &p).unwrap();
+        let gy = floats(&g.user_output_shape(), 43);
+        let two = PlanOptions {
+            threads: Some(2),
             ..PlanOptions::default()
         };
-        backward(Op::ConvTranspose, &x, &w, &gy, &p, &o)
-    };
-    identical_across_threads(&xs, run);
-    let both = backward(Op::ConvTranspose, &x, &w, &gy, &p, &two);
-    let alone = |wanted| conv_transpose_backward(&x, &w, &gy, &p, wanted, &two).unwrap();
-    let input = alone(Wanted {
-        input: true,
-        weight: false,
-        bias: false,
-    });
-    let weight = alone(Wanted {
-        input: false,
-        weight: true,
-        bias: false,
-    });
-    assert!(both.input == input.input, "input gradient alone");
-    assert!(both.weight == weight.weight, "weight gradient alone");
+        let method = tconv::grad::backward_method(&g, &two);
+        if !avx512_only || two.isa_for::<f32>() == tconv::fast::Isa::Avx512 {
+            assert!(method.contains("side by side"), "{xs:?}: {method}");
+        }
+        let run = |threads| {
+            let o = PlanOptions {
+                threads: Some(threads),
+                ..PlanOptions::default()
+            };
+            backward(Op::ConvTranspose, &x, &w, &gy, &p, &o)
+        };
+        identical_across_threads(&xs, run);
+        let both = backward(Op::ConvTranspose, &x, &w, &gy, &p, &two);
+        let alone = |wanted| conv_transpose_backward(&x, &w, &gy, &p, wanted, &two).unwrap();
+        let input = alone(Wanted {
+            input: true,
+            weight: false,
+            bias: false,
+        });
+        let weight = alone(Wanted {
+            input: false,
+            weight: true,
+            bias: false,
+        });
+        assert!(both.input == input.input, "{xs:?}: input gradient alone");
+        assert!(
+            both.weight == weight.weight,
+            "{xs:?}: weight gradient alone"
+        );
+    }
 }
