@@ -226,22 +226,34 @@ fn deal_segment<T: Element>(
     assert!(
         (channels == 0 || (channels - 1) * in_plane + s.at + 2 * s.len <= image.len())
             && s.lane + s.len <= tl
+            && s.rows[0] != s.rows[1]
             && (s.rows[0].max(s.rows[1]) + 1) * channels * tl <= panel.len(),
         "strided conv segment"
     );
     #[cfg(target_arch = "x86_64")]
     if vec > 0 && width > 1 {
         if let (Some(src), Some(dst)) = (super::as_f32(image), super::as_f32_mut(panel)) {
-            // Safety: AVX-512F (width 16) or AVX2 (width 8) is available (`simd`); every
-            // load lies in the channel's `2 · len` values and every store in the panel's
-            // rows (checked above).
-            unsafe {
-                if width == 16 {
-                    deal_avx512(src, in_plane, channels, tl, s, vec, dst)
-                } else {
-                    deal_avx2(src, in_plane, channels, tl, s, vec, dst)
+            let dst = dst.as_mut_ptr();
+            for c in 0..channels {
+                let from = c * in_plane + s.at;
+                // The values two tiles further on, which the next tiles deal.
+                super::prefetch_read(src, from + 4 * tl);
+                let (even, odd) = (
+                    (s.rows[0] * channels + c) * tl + s.lane,
+                    (s.rows[1] * channels + c) * tl + s.lane,
+                );
+                // Safety: AVX-512F (width 16) or AVX2 (width 8) is available (`simd`); the
+                // loads are the channel's `2 · vec` values and the stores `vec` values of
+                // two distinct panel rows, all in bounds (checked above).
+                unsafe {
+                    let run = (src.as_ptr().add(from), dst.add(even), dst.add(odd));
+                    if width == 16 {
+                        deal_avx512(run, vec)
+                    } else {
+                        deal_avx2(run, vec)
+                    }
                 }
-            };
+            }
         }
     }
     for c in 0..channels {
@@ -255,66 +267,37 @@ fn deal_segment<T: Element>(
     }
 }
 
-/// [`deal_segment`]'s first `vec` positions (a multiple of 16).
+/// One channel's first `vec` values (a multiple of 16) of a segment: the even values of
+/// the `2 · vec` at `from` to `even`, the odd ones to `odd`.
 ///
 /// # Safety
-/// AVX-512F available; the operands as [`deal_segment`] checks them.
+/// AVX-512F available; `from` readable for `2 · vec` values, `even` and `odd` writable for
+/// `vec`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn deal_avx512(
-    image: &[f32],
-    in_plane: usize,
-    channels: usize,
-    tl: usize,
-    s: &Segment,
-    vec: usize,
-    panel: &mut [f32],
-) {
+unsafe fn deal_avx512((from, even, odd): (*const f32, *mut f32, *mut f32), vec: usize) {
     use std::arch::x86_64::*;
     let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     let odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    let (src, dst) = (image.as_ptr(), panel.as_mut_ptr());
-    for c in 0..channels {
-        let from = src.add(c * in_plane + s.at);
-        // The values two segments further on, which the next tiles deal.
-        super::prefetch_read(image, c * in_plane + s.at + 4 * tl);
-        let de = dst.add((s.rows[0] * channels + c) * tl + s.lane);
-        let dodd = dst.add((s.rows[1] * channels + c) * tl + s.lane);
-        for j in (0..vec).step_by(16) {
-            let z0 = _mm512_loadu_ps(from.add(2 * j));
-            let z1 = _mm512_loadu_ps(from.add(2 * j + 16));
-            _mm512_storeu_ps(de.add(j), _mm512_permutex2var_ps(z0, evens, z1));
-            _mm512_storeu_ps(dodd.add(j), _mm512_permutex2var_ps(z0, odds, z1));
-        }
+    for j in (0..vec).step_by(16) {
+        let z0 = _mm512_loadu_ps(from.add(2 * j));
+        let z1 = _mm512_loadu_ps(from.add(2 * j + 16));
+        _mm512_storeu_ps(even.add(j), _mm512_permutex2var_ps(z0, evens, z1));
+        _mm512_storeu_ps(odd.add(j), _mm512_permutex2var_ps(z0, odds, z1));
     }
 }
 
-/// [`deal_segment`]'s first `vec` positions (a multiple of 8) with AVX2.
+/// [`deal_avx512`] with AVX2, 8 values at a time (`vec` a multiple of 8).
 ///
 /// # Safety
-/// AVX2 available; the operands as [`deal_segment`] checks them.
+/// AVX2 available; as [`deal_avx512`] for the pointers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn deal_avx2(
-    image: &[f32],
-    in_plane: usize,
-    channels: usize,
-    tl: usize,
-    s: &Segment,
-    vec: usize,
-    panel: &mut [f32],
-) {
+unsafe fn deal_avx2((from, even, odd): (*const f32, *mut f32, *mut f32), vec: usize) {
     use std::arch::x86_64::*;
-    let (src, dst) = (image.as_ptr(), panel.as_mut_ptr());
-    for c in 0..channels {
-        let from = src.add(c * in_plane + s.at);
-        super::prefetch_read(image, c * in_plane + s.at + 4 * tl);
-        let de = dst.add((s.rows[0] * channels + c) * tl + s.lane);
-        let dodd = dst.add((s.rows[1] * channels + c) * tl + s.lane);
-        for j in (0..vec).step_by(8) {
-            let (e, o) = super::direct::evens_odds16(from.add(2 * j));
-            _mm256_storeu_ps(de.add(j), e);
-            _mm256_storeu_ps(dodd.add(j), o);
-        }
+    for j in (0..vec).step_by(8) {
+        let (e, o) = super::direct::evens_odds16(from.add(2 * j));
+        _mm256_storeu_ps(even.add(j), e);
+        _mm256_storeu_ps(odd.add(j), o);
     }
 }
