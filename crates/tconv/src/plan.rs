@@ -510,6 +510,7 @@ impl<T: Element> Plan<T> {
                 mr,
                 v,
                 lanes,
+                isa,
                 table,
                 batch_chunk,
                 depthwise,

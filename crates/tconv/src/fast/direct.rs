@@ -339,6 +339,9 @@ pub struct DirectKernel<T: Element> {
     pub v: usize,
     /// Lanes per vector.
     pub lanes: usize,
+    /// The instruction set the plan runs on (its kernel's; the portable one for any type
+    /// without SIMD kernels).
+    pub isa: super::Isa,
     /// Per-tile masks and offsets.
     pub table: TileTable,
     /// Batch items per task.

@@ -12,29 +12,28 @@
 //! of 16 outputs. The plan's own microkernel and packed weights then run every block of
 //! output channels over the panel, and each tile is stored once with the bias.
 //!
-//! f32 plans of 16-lane vectors on AVX-512 and of 8-lane ones on AVX2; elsewhere (the
-//! portable ISA, f64) the direct engine's polyphase copy.
+//! f32 plans on AVX-512 and AVX2; elsewhere (the portable ISA, forced or not, and f64)
+//! the direct engine's polyphase copy.
 //! Each output's sum runs in the microkernel's order over `K` whatever the thread count:
 //! bitwise identical for any thread count.
 
 use super::direct::{run_each, DirectKernel, Kernel};
 use super::kernels::Rows;
-use super::scratch;
+use super::{scratch, Isa};
 use crate::geometry::Geometry;
 use crate::params::Op;
 use crate::tensor::{numel, Element};
 
 /// Whether [`execute`] runs the direct plan `k` of `g`: f32, a conv whose every axis has
 /// kernel == stride, dilation 1, no padding and input = stride × output, stride 2 on the
-/// last axis, packed (not depthwise, nor in-place) weights, vectors of 16 lanes with
-/// AVX-512F or of 8 with AVX2 on this CPU, and a task's panel within the direct engine's
-/// panel budget.
+/// last axis, packed (not depthwise, nor in-place) weights, a plan on AVX-512 (16 lanes)
+/// or AVX2 (8), and a task's panel within the direct engine's panel budget.
 pub(crate) fn applies<T: Element>(g: &Geometry, k: &DirectKernel<T>) -> bool {
     std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
         && g.op == Op::Conv
         && matches!(k.kernel, Kernel::Packed(_))
         && !k.depthwise
-        && simd(k.lanes).is_some()
+        && simd(k.isa, k.lanes).is_some()
         && k.spec.phases.len() == 1
         && k.spec.phases[0].taps.len() == numel(&g.kernel_shape())
         && shape_applies(g)
@@ -63,20 +62,14 @@ pub(crate) fn shape_applies(g: &Geometry) -> bool {
         })
 }
 
-/// The vector width the dealing runs at for a plan of `lanes`-wide vectors: 16 with
-/// AVX-512F, 8 with AVX2, `None` elsewhere.
-fn simd(lanes: usize) -> Option<usize> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if lanes == 16 && is_x86_feature_detected!("avx512f") {
-            return Some(16);
-        }
-        if lanes == 8 && is_x86_feature_detected!("avx2") {
-            return Some(8);
-        }
+/// The vector width the dealing runs at for a plan on `isa` with `lanes`-wide vectors: 16
+/// on AVX-512, 8 on AVX2, `None` for the portable ISA (forced or not, it runs no SIMD).
+fn simd(isa: Isa, lanes: usize) -> Option<usize> {
+    match (isa, lanes) {
+        (Isa::Avx512, 16) if isa.available() => Some(16),
+        (Isa::Avx2, 8) if isa.available() => Some(8),
+        _ => None,
     }
-    let _ = lanes;
-    None
 }
 
 /// `y = conv(x, w) + bias` for a plan where [`applies`] holds (panics elsewhere), on
@@ -174,7 +167,14 @@ pub(crate) fn execute<T: Element>(
                         lane: lo,
                         rows: *pair,
                     };
-                    deal_segment(image, in_plane, cin_g, (tl, k.lanes), &seg, &mut panel);
+                    deal_segment(
+                        image,
+                        in_plane,
+                        cin_g,
+                        (tl, k.isa, k.lanes),
+                        &seg,
+                        &mut panel,
+                    );
                 }
                 lo += len;
             }
@@ -217,11 +217,11 @@ fn deal_segment<T: Element>(
     image: &[T],
     in_plane: usize,
     channels: usize,
-    (tl, lanes): (usize, usize),
+    (tl, isa, lanes): (usize, Isa, usize),
     s: &Segment,
     panel: &mut [T],
 ) {
-    let width = simd(lanes).unwrap_or(1);
+    let width = simd(isa, lanes).unwrap_or(1);
     let vec = s.len / width * width;
     assert!(
         (channels == 0 || (channels - 1) * in_plane + s.at + 2 * s.len <= image.len())
