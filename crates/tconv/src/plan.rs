@@ -510,7 +510,7 @@ impl<T: Element> Plan<T> {
                 mr,
                 v,
                 lanes,
-                isa,
+                strided_loads: false,
                 table,
                 batch_chunk,
                 depthwise,
@@ -521,6 +521,7 @@ impl<T: Element> Plan<T> {
             // threads' panels would outgrow it (dcgan1 at 2 threads: 1.31 MB for 1.05 MB).
             let out_len = numel(&g.output_shape());
             direct.items_cap = (out_len / (threads * direct.item_len(&g).max(1))).max(1);
+            direct.strided_loads = crate::fast::strided_conv::applies(&g, &direct, isa);
             Some(direct)
         } else {
             None
@@ -641,7 +642,7 @@ impl<T: Element> Plan<T> {
         match &self.direct {
             None => 0,
             // No copy of the input: a panel and a tile per thread.
-            Some(d) if crate::fast::strided_conv::applies(&self.geometry, d) => {
+            Some(d) if d.strided_loads => {
                 self.threads * crate::fast::strided_conv::scratch_len(&self.geometry, d) * size
             }
             Some(d) => {
@@ -660,7 +661,7 @@ impl<T: Element> Plan<T> {
         match &self.direct {
             Some(d) => {
                 let family = match d.kernel {
-                    _ if crate::fast::strided_conv::applies(&self.geometry, d) => "strided-loads",
+                    _ if d.strided_loads => "strided-loads",
                     Kernel::Packed(_) => "packed",
                     Kernel::Inplace(_) => "inplace",
                 };
@@ -906,7 +907,7 @@ impl<T: Element> fmt::Display for Plan<T> {
             if d.spec.phases.len() > 8 {
                 writeln!(f, "             ... {} phases in all", d.spec.phases.len())?;
             }
-            if crate::fast::strided_conv::applies(g, d) {
+            if d.strided_loads {
                 writeln!(
                     f,
                     "source:      the input itself: each tile's panel dealt from it by \

@@ -339,9 +339,10 @@ pub struct DirectKernel<T: Element> {
     pub v: usize,
     /// Lanes per vector.
     pub lanes: usize,
-    /// The instruction set the plan runs on (its kernel's; the portable one for any type
-    /// without SIMD kernels).
-    pub isa: super::Isa,
+    /// Whether [`execute`] deals each tile's panel straight from the input
+    /// ([`strided_conv`](super::strided_conv)) instead of a polyphase copy: decided by the
+    /// planner once (`strided_conv::applies`).
+    pub strided_loads: bool,
     /// Per-tile masks and offsets.
     pub table: TileTable,
     /// Batch items per task.
@@ -588,7 +589,7 @@ pub fn execute<T: Element>(
     y: &mut [T],
     threads: usize,
 ) {
-    if super::strided_conv::applies(g, k) {
+    if k.strided_loads {
         super::strided_conv::execute(g, k, x, bias, y, threads);
         return;
     }

@@ -7,9 +7,9 @@
 //! first copies the whole input into its polyphase components (unet's input gradient: 16.8
 //! MB written, then read back), then packs each tile's panel from that copy. Here each
 //! tile's panel (the plan's tile of consecutive output positions, `K = taps × C_in/g` rows)
-//! is packed straight from the input: per channel and outer tap, two 16-value loads of an
-//! input row and two `vpermt2ps` give the even (`k_last = 0`) and odd (`k_last = 1`) lanes
-//! of 16 outputs. The plan's own microkernel and packed weights then run every block of
+//! is packed straight from the input: per channel and outer tap, the even (`k_last = 0`)
+//! and odd (`k_last = 1`) values of an input row go to the two taps' panel rows by the
+//! direct engine's stride-2 dealing (`pack::deinterleave2`). The plan's own microkernel and packed weights then run every block of
 //! output channels over the panel, and each tile is stored once with the bias.
 //!
 //! f32 plans on AVX-512 and AVX2; elsewhere (the portable ISA, forced or not, and f64)
@@ -24,16 +24,17 @@ use crate::geometry::Geometry;
 use crate::params::Op;
 use crate::tensor::{numel, Element};
 
-/// Whether [`execute`] runs the direct plan `k` of `g`: f32, a conv whose every axis has
-/// kernel == stride, dilation 1, no padding and input = stride × output, stride 2 on the
-/// last axis, packed (not depthwise, nor in-place) weights, a plan on AVX-512 (16 lanes)
-/// or AVX2 (8), and a task's panel within the direct engine's panel budget.
-pub(crate) fn applies<T: Element>(g: &Geometry, k: &DirectKernel<T>) -> bool {
+/// Whether [`execute`] can run the direct plan `k` of `g` on `isa` (the planner decides
+/// once, in [`DirectKernel::strided_loads`]): f32, a conv whose every axis has kernel ==
+/// stride, dilation 1, no padding and input = stride × output, stride 2 on the last axis,
+/// packed (not depthwise, nor in-place) weights, a plan on AVX-512 (16 lanes) or AVX2 (8),
+/// and a task's panel within the direct engine's panel budget.
+pub(crate) fn applies<T: Element>(g: &Geometry, k: &DirectKernel<T>, isa: Isa) -> bool {
     std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
         && g.op == Op::Conv
         && matches!(k.kernel, Kernel::Packed(_))
         && !k.depthwise
-        && simd(k.isa, k.lanes).is_some()
+        && simd(isa, k.lanes)
         && k.spec.phases.len() == 1
         && k.spec.phases[0].taps.len() == numel(&g.kernel_shape())
         && shape_applies(g)
@@ -62,17 +63,14 @@ pub(crate) fn shape_applies(g: &Geometry) -> bool {
         })
 }
 
-/// The vector width the dealing runs at for a plan on `isa` with `lanes`-wide vectors: 16
-/// on AVX-512, 8 on AVX2, `None` for the portable ISA (forced or not, it runs no SIMD).
-fn simd(isa: Isa, lanes: usize) -> Option<usize> {
-    match (isa, lanes) {
-        (Isa::Avx512, 16) if isa.available() => Some(16),
-        (Isa::Avx2, 8) if isa.available() => Some(8),
-        _ => None,
-    }
+/// Whether a plan on `isa` with `lanes`-wide vectors is a SIMD one: AVX-512 (16 lanes) or
+/// AVX2 (8) on this CPU; not the portable ISA, forced or not, which runs no SIMD.
+fn simd(isa: Isa, lanes: usize) -> bool {
+    matches!((isa, lanes), (Isa::Avx512, 16) | (Isa::Avx2, 8)) && isa.available()
 }
 
-/// `y = conv(x, w) + bias` for a plan where [`applies`] holds (panics elsewhere), on
+/// `y = conv(x, w) + bias` for a plan that takes this path ([`applies`]; panics on a plan
+/// this module cannot run), on
 /// `threads` threads: tasks own (image, group, range of channel blocks), a contiguous run of
 /// output planes.
 pub(crate) fn execute<T: Element>(
@@ -83,7 +81,10 @@ pub(crate) fn execute<T: Element>(
     y: &mut [T],
     threads: usize,
 ) {
-    assert!(applies(g, k), "the strided conv's plan");
+    assert!(
+        k.strided_loads && shape_applies(g),
+        "the strided conv's plan"
+    );
     let Kernel::Packed(kernel) = k.kernel else {
         unreachable!("checked by `applies`")
     };
@@ -167,14 +168,7 @@ pub(crate) fn execute<T: Element>(
                         lane: lo,
                         rows: *pair,
                     };
-                    deal_segment(
-                        image,
-                        in_plane,
-                        cin_g,
-                        (tl, k.isa, k.lanes),
-                        &seg,
-                        &mut panel,
-                    );
+                    deal_segment(image, in_plane, cin_g, tl, &seg, &mut panel);
                 }
                 lo += len;
             }
@@ -210,94 +204,40 @@ struct Segment {
     rows: [usize; 2],
 }
 
-/// Deal a segment of every channel into the panel (`tl` lanes a row): 16 positions at a
-/// time with AVX-512 shuffles (8 with AVX2 ones, for plans of 8-lane vectors), the rest
-/// value by value.
+/// Deal a segment of every channel into the panel (`tl` lanes a row): the whole blocks of
+/// 8 positions by [`deinterleave2`](super::pack::deinterleave2)'s shuffles, the rest value
+/// by value.
 fn deal_segment<T: Element>(
     image: &[T],
     in_plane: usize,
     channels: usize,
-    (tl, isa, lanes): (usize, Isa, usize),
+    tl: usize,
     s: &Segment,
     panel: &mut [T],
 ) {
-    let width = simd(isa, lanes).unwrap_or(1);
-    let vec = s.len / width * width;
-    assert!(
-        (channels == 0 || (channels - 1) * in_plane + s.at + 2 * s.len <= image.len())
-            && s.lane + s.len <= tl
-            && s.rows[0] != s.rows[1]
-            && (s.rows[0].max(s.rows[1]) + 1) * channels * tl <= panel.len(),
-        "strided conv segment"
-    );
-    #[cfg(target_arch = "x86_64")]
-    if vec > 0 && width > 1 {
-        if let (Some(src), Some(dst)) = (super::as_f32(image), super::as_f32_mut(panel)) {
-            let dst = dst.as_mut_ptr();
-            for c in 0..channels {
-                let from = c * in_plane + s.at;
-                // The values two tiles further on, which the next tiles deal.
-                super::prefetch_read(src, from + 4 * tl);
-                let (even, odd) = (
-                    (s.rows[0] * channels + c) * tl + s.lane,
-                    (s.rows[1] * channels + c) * tl + s.lane,
-                );
-                // Safety: AVX-512F (width 16) or AVX2 (width 8) is available (`simd`); the
-                // loads are the channel's `2 · vec` values and the stores `vec` values of
-                // two distinct panel rows, all in bounds (checked above).
-                unsafe {
-                    let run = (src.as_ptr().add(from), dst.add(even), dst.add(odd));
-                    if width == 16 {
-                        deal_avx512(run, vec)
-                    } else {
-                        deal_avx2(run, vec)
-                    }
-                }
-            }
-        }
-    }
+    let [r0, r1] = s.rows;
+    assert!(r0 != r1, "a segment's even and odd rows are distinct");
     for c in 0..channels {
-        let from = &image[c * in_plane + s.at..][..2 * s.len];
-        for (kl, &r) in s.rows.iter().enumerate() {
-            let to = &mut panel[(r * channels + c) * tl + s.lane..][..s.len];
-            for j in vec..s.len {
-                to[j] = from[2 * j + kl];
-            }
+        let from = c * in_plane + s.at;
+        let row = &image[from..][..2 * s.len];
+        // The values two tiles further on, which the next tiles deal.
+        super::prefetch_read(image, from + 4 * tl);
+        let (e, o) = ((r0 * channels + c) * tl, (r1 * channels + c) * tl);
+        let (evens, odds) = if e < o {
+            let (lo, hi) = panel.split_at_mut(o);
+            (&mut lo[e..], hi)
+        } else {
+            let (lo, hi) = panel.split_at_mut(e);
+            (hi, &mut lo[o..])
+        };
+        let (evens, odds) = (
+            &mut evens[s.lane..s.lane + s.len],
+            &mut odds[s.lane..s.lane + s.len],
+        );
+        let done = super::pack::deinterleave2(row, evens, odds);
+        for j in done..s.len {
+            evens[j] = row[2 * j];
+            odds[j] = row[2 * j + 1];
         }
-    }
-}
-
-/// One channel's first `vec` values (a multiple of 16) of a segment: the even values of
-/// the `2 · vec` at `from` to `even`, the odd ones to `odd`.
-///
-/// # Safety
-/// AVX-512F available; `from` readable for `2 · vec` values, `even` and `odd` writable for
-/// `vec`.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn deal_avx512((from, even, odd): (*const f32, *mut f32, *mut f32), vec: usize) {
-    use std::arch::x86_64::*;
-    let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-    let odds = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-    for j in (0..vec).step_by(16) {
-        let z0 = _mm512_loadu_ps(from.add(2 * j));
-        let z1 = _mm512_loadu_ps(from.add(2 * j + 16));
-        _mm512_storeu_ps(even.add(j), _mm512_permutex2var_ps(z0, evens, z1));
-        _mm512_storeu_ps(odd.add(j), _mm512_permutex2var_ps(z0, odds, z1));
-    }
-}
-
-/// [`deal_avx512`] with AVX2, 8 values at a time (`vec` a multiple of 8).
-///
-/// # Safety
-/// AVX2 available; as [`deal_avx512`] for the pointers.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn deal_avx2((from, even, odd): (*const f32, *mut f32, *mut f32), vec: usize) {
-    use std::arch::x86_64::*;
-    for j in (0..vec).step_by(8) {
-        let (e, o) = super::direct::evens_odds16(from.add(2 * j));
-        _mm256_storeu_ps(even.add(j), e);
-        _mm256_storeu_ps(odd.add(j), o);
     }
 }
