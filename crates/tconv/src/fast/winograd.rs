@@ -663,6 +663,8 @@ struct Sizing {
     slice: usize,
     /// Elements of scratch one task allocates (see [`Winograd::scratch_len`]).
     task_len: usize,
+    /// The most bytes of scratch all threads' tasks may hold ([`Bound::over`]).
+    bound: usize,
 }
 
 /// Cut `g`'s work for an `mr × v` tile of `lanes`-wide vectors on `threads` threads, within
@@ -888,6 +890,7 @@ fn sizing_within<T: Element>(
         registers_wanted,
         slice,
         task_len: task_len(batch_chunk, band_tiles, registers, slice),
+        bound: bound.over(threads),
     }
 }
 
@@ -924,14 +927,13 @@ pub fn footprint<T: Element>(
     threads: usize,
 ) -> Option<Footprint> {
     let (transforms, phases, _, in_stride) = decompose(g)?;
-    let bound = Bound::of::<T>(g, &transforms, &phases, &in_stride, (lanes, isa));
     let tile = (mr, v, lanes, isa);
-    let s = sizing_within::<T>(g, &transforms, &phases, &in_stride, tile, threads, bound);
+    let s = sizing::<T>(g, &transforms, &phases, &in_stride, tile, threads);
     Some(Footprint {
         bytes: threads.max(1) * s.task_len * std::mem::size_of::<T>(),
         registers: s.registers,
         registers_wanted: s.registers_wanted,
-        bound: bound.over(threads),
+        bound: s.bound,
     })
 }
 
