@@ -12,7 +12,7 @@
 //! - [`winograd`]: Winograd minimal-filtering tiles over the phases (wide layers).
 //! - [`winograd_input`]: their input transform in registers from a channels-last copy (f32, AVX2).
 //! - [`winograd_weight`]: the same tiles for the weight gradient (roles exchanged).
-//! - [`strided_conv`]: kernel == stride convs (input gradients of up-convolutions), the input read in place.
+//! - [`strided_conv`]: kernel == stride convs (input gradients of up-convolutions), panels dealt from the input.
 //! - [`weight_strided`]: the weight gradient of kernel == stride layers, the big side read in place.
 //! - [`isa`]: run-time CPU detection, overridable with `TCONV_ISA`.
 //! - [`scratch`]: per-thread scratch buffers reused across calls.

@@ -378,10 +378,10 @@ pub(crate) fn deal_row<T: Element>(
 }
 
 /// `evens[u] = row[2u]`, `odds[u] = row[2u + 1]` for the whole blocks of 16 values of
-/// `row`, with AVX2 shuffles for f32 (AVX-512 ones for the blocks of 32, where the CPU has
-/// them); returns the positions `u` done (0 where this path does not apply). (Element by element, dealing the 16.8 MB upstream gradient of unet's
+/// `row`, with AVX2 shuffles for f32; returns the positions `u` done (0 where this path
+/// does not apply). (Element by element, dealing the 16.8 MB upstream gradient of unet's
 /// input gradient took 15 % of its perf samples, and 36 % through im2col.)
-pub(crate) fn deinterleave2<T: Element>(row: &[T], evens: &mut [T], odds: &mut [T]) -> usize {
+fn deinterleave2<T: Element>(row: &[T], evens: &mut [T], odds: &mut [T]) -> usize {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx2") {
         if let (Some(r), Some(e), Some(o)) = (
@@ -390,21 +390,9 @@ pub(crate) fn deinterleave2<T: Element>(row: &[T], evens: &mut [T], odds: &mut [
             super::as_f32_mut(odds),
         ) {
             let u = (r.len() / 16 * 8).min(e.len() / 8 * 8).min(o.len() / 8 * 8);
-            let wide = if is_x86_feature_detected!("avx512f") {
-                u / 16 * 16
-            } else {
-                0
-            };
-            let (r, e, o) = (r.as_ptr(), e.as_mut_ptr(), o.as_mut_ptr());
             // Safety: loads stay below `2u <= row.len()`, stores below `u` in both
-            // destinations (`u` bounded by their lengths above, `wide <= u`, both multiples
-            // of 8); AVX2, and AVX-512F where `wide > 0`, were detected.
-            unsafe {
-                if wide > 0 {
-                    deinterleave2_avx512(r, wide, e, o);
-                }
-                deinterleave2_avx2(r.add(2 * wide), u - wide, e.add(wide), o.add(wide));
-            }
+            // destinations (`u` bounded by their lengths above); AVX2 was detected.
+            unsafe { deinterleave2_avx2(r.as_ptr(), u, e.as_mut_ptr(), o.as_mut_ptr()) };
             return u;
         }
     }
@@ -417,7 +405,12 @@ pub(crate) fn deinterleave2<T: Element>(row: &[T], evens: &mut [T], odds: &mut [
 /// a multiple of 8.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn deinterleave2_avx2(src: *const f32, u: usize, evens: *mut f32, odds: *mut f32) {
+pub(crate) unsafe fn deinterleave2_avx2(
+    src: *const f32,
+    u: usize,
+    evens: *mut f32,
+    odds: *mut f32,
+) {
     use std::arch::x86_64::_mm256_storeu_ps;
     for u0 in (0..u).step_by(8) {
         let (e, o) = super::direct::evens_odds16(src.add(2 * u0));
@@ -426,13 +419,19 @@ unsafe fn deinterleave2_avx2(src: *const f32, u: usize, evens: *mut f32, odds: *
     }
 }
 
-/// [`deinterleave2_avx2`] 16 positions at a time (`u` a multiple of 16).
+/// [`deinterleave2_avx2`] 16 positions at a time with AVX-512 shuffles (`u` a multiple of
+/// 16), for the panels of [`strided_conv`](super::strided_conv) on AVX-512 plans.
 ///
 /// # Safety
 /// AVX-512F available; as [`deinterleave2_avx2`] for the pointers.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn deinterleave2_avx512(src: *const f32, u: usize, evens: *mut f32, odds: *mut f32) {
+pub(crate) unsafe fn deinterleave2_avx512(
+    src: *const f32,
+    u: usize,
+    evens: *mut f32,
+    odds: *mut f32,
+) {
     use std::arch::x86_64::*;
     let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);

@@ -1,5 +1,5 @@
-//! A strided conv whose kernel equals its stride, read in place with stride-2 vector loads
-//! (the input gradient of U-Net's and V-Net's up-convolutions; a "patchify" conv).
+//! A strided conv whose kernel equals its stride, each tile's panel dealt straight from the
+//! input (the input gradient of U-Net's and V-Net's up-convolutions; a "patchify" conv).
 //!
 //! With kernel == stride, no padding and no dilation, output position `u` (all axes but the
 //! last) and `v` (the last) reads input row `s·u + k_outer` at `2v + k_last` (last-axis
@@ -9,7 +9,8 @@
 //! tile's panel (the plan's tile of consecutive output positions, `K = taps × C_in/g` rows)
 //! is packed straight from the input: per channel and outer tap, the even (`k_last = 0`)
 //! and odd (`k_last = 1`) values of an input row go to the two taps' panel rows by the
-//! direct engine's stride-2 dealing (`pack::deinterleave2`). The plan's own microkernel and packed weights then run every block of
+//! direct engine's stride-2 dealing kernels (`pack::deinterleave2_avx2`, and on AVX-512
+//! its 16-lane version). The plan's own microkernel and packed weights then run every block of
 //! output channels over the panel, and each tile is stored once with the bias.
 //!
 //! f32 plans on AVX-512 and AVX2; elsewhere (the portable ISA, forced or not, and f64)
@@ -168,7 +169,7 @@ pub(crate) fn execute<T: Element>(
                         lane: lo,
                         rows: *pair,
                     };
-                    deal_segment(image, in_plane, cin_g, tl, &seg, &mut panel);
+                    deal_segment(image, in_plane, cin_g, (tl, k.lanes), &seg, &mut panel);
                 }
                 lo += len;
             }
@@ -204,40 +205,66 @@ struct Segment {
     rows: [usize; 2],
 }
 
-/// Deal a segment of every channel into the panel (`tl` lanes a row): the whole blocks of
-/// 8 positions by [`deinterleave2`](super::pack::deinterleave2)'s shuffles, the rest value
-/// by value.
+/// Deal a segment of every channel into the panel (`tl` lanes a row) by the direct
+/// engine's stride-2 dealing kernels (`pack::deinterleave2_avx512` on AVX-512 plans, whose
+/// vectors have 16 lanes, for the blocks of 16 positions; `pack::deinterleave2_avx2` for
+/// those of 8), the rest value by value. One channel loop for the whole segment: per
+/// channel, only the kernels' calls.
 fn deal_segment<T: Element>(
     image: &[T],
     in_plane: usize,
     channels: usize,
-    tl: usize,
+    (tl, lanes): (usize, usize),
     s: &Segment,
     panel: &mut [T],
 ) {
     let [r0, r1] = s.rows;
-    assert!(r0 != r1, "a segment's even and odd rows are distinct");
+    assert!(
+        (channels == 0 || (channels - 1) * in_plane + s.at + 2 * s.len <= image.len())
+            && s.lane + s.len <= tl
+            && r0 != r1
+            && (r0.max(r1) + 1) * channels * tl <= panel.len(),
+        "strided conv segment"
+    );
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(src), Some(dst)) = (super::as_f32(image), super::as_f32_mut(panel)) {
+        // A plan of this path is AVX-512 with 16 lanes or AVX2 with 8 (`applies`).
+        let wide = if lanes == 16 { s.len / 16 * 16 } else { 0 };
+        let vec = s.len / 8 * 8;
+        let dst = dst.as_mut_ptr();
+        for c in 0..channels {
+            let from = c * in_plane + s.at;
+            // The values two tiles further on, which the next tiles deal.
+            super::prefetch_read(src, from + 4 * tl);
+            let (even, odd) = (
+                (r0 * channels + c) * tl + s.lane,
+                (r1 * channels + c) * tl + s.lane,
+            );
+            // Safety: the plan's ISA (AVX-512F for 16 lanes, else AVX2) was detected; the
+            // loads are the channel's `2 · vec` values and the stores `vec` values of two
+            // distinct panel rows, all in bounds (checked above).
+            unsafe {
+                let (p, e, o) = (src.as_ptr().add(from), dst.add(even), dst.add(odd));
+                if wide > 0 {
+                    super::pack::deinterleave2_avx512(p, wide, e, o);
+                }
+                if vec > wide {
+                    let (p, e, o) = (p.add(2 * wide), e.add(wide), o.add(wide));
+                    super::pack::deinterleave2_avx2(p, vec - wide, e, o);
+                }
+            }
+        }
+        done = vec;
+    }
+    let _ = lanes;
     for c in 0..channels {
-        let from = c * in_plane + s.at;
-        let row = &image[from..][..2 * s.len];
-        // The values two tiles further on, which the next tiles deal.
-        super::prefetch_read(image, from + 4 * tl);
-        let (e, o) = ((r0 * channels + c) * tl, (r1 * channels + c) * tl);
-        let (evens, odds) = if e < o {
-            let (lo, hi) = panel.split_at_mut(o);
-            (&mut lo[e..], hi)
-        } else {
-            let (lo, hi) = panel.split_at_mut(e);
-            (hi, &mut lo[o..])
-        };
-        let (evens, odds) = (
-            &mut evens[s.lane..s.lane + s.len],
-            &mut odds[s.lane..s.lane + s.len],
-        );
-        let done = super::pack::deinterleave2(row, evens, odds);
-        for j in done..s.len {
-            evens[j] = row[2 * j];
-            odds[j] = row[2 * j + 1];
+        let from = &image[c * in_plane + s.at..][..2 * s.len];
+        for (kl, &r) in s.rows.iter().enumerate() {
+            let to = &mut panel[(r * channels + c) * tl + s.lane..][..s.len];
+            for j in done..s.len {
+                to[j] = from[2 * j + kl];
+            }
         }
     }
 }
