@@ -502,7 +502,8 @@ impl<T: Element> Plan<T> {
             let batch_chunk = g.batch.max(1).div_ceil(batch_tasks);
             let row_tasks = per_group.div_ceil(batch_tasks).min(q0);
             let chunk_rows = q0.div_ceil(row_tasks);
-            let table = TileTable::new(&g, &spec, v * lanes, chunk_rows, group_size);
+            // The tiles are built below unless the strided-conv path, which has its own, runs.
+            let table = TileTable::without_tiles(&g, &spec, v * lanes, group_size);
             let mut direct = DirectKernel {
                 spec,
                 packed,
@@ -522,6 +523,9 @@ impl<T: Element> Plan<T> {
             let out_len = numel(&g.output_shape());
             direct.items_cap = (out_len / (threads * direct.item_len(&g).max(1))).max(1);
             direct.strided_loads = crate::fast::strided_conv::applies(&g, &direct, isa);
+            if !direct.strided_loads {
+                direct.table = TileTable::new(&g, &direct.spec, v * lanes, chunk_rows, group_size);
+            }
             Some(direct)
         } else {
             None
