@@ -15,7 +15,8 @@
 //! ([`winograd::gain`](super::winograd::gain): 1.8x for DCGAN's k4 s2 layers).
 //!
 //! Both sides are first copied into blocks of the transforms' channels, channels-last.
-//! Tiles are taken in chunks whose transformed operands fit 4 MiB; both transforms gather
+//! Tiles are taken in chunks whose transformed operands fit 4 MiB, or 1 MiB where the sums
+//! are small (`chunk_tiles`); both transforms gather
 //! through per-chunk index tables (zeros past the borders; each position's channels of a
 //! block one contiguous run; a window or tile wholly inside is its origin plus fixed
 //! offsets) and combine whole rows of a few tiles at a time. Every `M` element
@@ -45,9 +46,35 @@ use crate::geometry::Geometry;
 use crate::params::Op;
 use crate::tensor::{for_each_index, numel, Element};
 
-/// Bytes of both sides' transformed operands one chunk of tiles holds (all points): each
-/// point's operands then stay in L2 while its GEMM runs over them.
+/// Bytes of both sides' transformed operands one chunk of tiles holds at most (all
+/// points); [`chunk_tiles`] takes a quarter of it where the sums are small.
 const CHUNK_BYTES: usize = 4 << 20;
+
+/// Tiles per chunk for `per_tile` bytes of transformed operands a tile, `m_bytes` of sums
+/// and `most` tiles a part: what `chunk_bytes` holds, or, where the sums are small beside
+/// the operands (at most half), what a quarter of it holds (an L2's worth: the transforms'
+/// output is still in L2 when the GEMMs read it), but at least `MIN_CHUNK_TILES` (each
+/// chunk loads and stores every sum once).
+///
+/// Of the suite, only s1k3 takes the smaller chunks (128 tiles of 8.5 KiB, sums 288 KiB,
+/// against 481): its weight gradient ran 1.25x / 1.11x faster at 2 threads and 1.00x /
+/// 1.01x at 1, the backward pass 1.14x / 1.15x and 1.05x / 1.03x (paired, median / min,
+/// 8 and 6 rounds). hifigan1d's sums (8 MiB) keep whole parts: in 128-tile chunks its
+/// weight gradient ran 0.84x-0.87x; dcgan1's and dcgan2's parts fit one chunk either way.
+fn chunk_tiles(chunk_bytes: usize, per_tile: usize, m_bytes: usize, most: usize) -> usize {
+    let per_tile = per_tile.max(1);
+    let whole = chunk_bytes / per_tile;
+    let in_l2 = (chunk_bytes / 4 / per_tile).max(MIN_CHUNK_TILES);
+    let kc = if 2 * m_bytes <= in_l2 * per_tile {
+        whole.min(in_l2)
+    } else {
+        whole
+    };
+    kc.clamp(8, most.max(8))
+}
+
+/// Fewest tiles in a chunk that [`chunk_tiles`] sizes for L2.
+const MIN_CHUNK_TILES: usize = 128;
 
 /// A row block of `dk` in the output transform: its index, its `M` of each phase, its rows.
 type RowBlock<'a, T> = (usize, Vec<&'a mut [T]>, &'a mut [T]);
@@ -292,7 +319,9 @@ fn phase_gradient<T: Element>(
     let elem = std::mem::size_of::<T>();
     let per_tile = (srcs * rb * mr + lb * tl) * points * elem;
     let most = part_batch * per_image;
-    let kc = (s.chunk_bytes / per_tile.max(1)).clamp(8, most.max(8));
+    // The sums `M` of every phase here, loaded and stored once per chunk.
+    let m_bytes = ps.len() * rb * srcs * points * lb * mr * tl * elem;
+    let kc = chunk_tiles(s.chunk_bytes, per_tile, m_bytes, most);
     let inputs: Vec<usize> = g.axes.iter().map(|a| a.input).collect();
     let outputs: Vec<usize> = g.axes.iter().map(|a| a.output).collect();
     let (in_plane, out_plane) = (numel(&inputs), numel(&outputs));
@@ -832,6 +861,27 @@ mod tests {
 
     fn ints(n: usize, seed: u64) -> Vec<f64> {
         crate::tensor::small_ints(n, seed)
+    }
+
+    /// Chunks sized for L2 only where the sums are small beside the operands, never fewer
+    /// than `MIN_CHUNK_TILES` tiles there, never more than `chunk_bytes` holds, and at
+    /// least 8 and at most a part.
+    #[test]
+    fn chunks_fit_l2_where_the_sums_are_small() {
+        // s1k3: 8.5 KiB a tile, 288 KiB of sums, 1024 tiles a part.
+        assert_eq!(chunk_tiles(CHUNK_BYTES, 8704, 294912, 1024), 128);
+        // Fewer tiles per L2 than the least: the least.
+        assert_eq!(
+            chunk_tiles(CHUNK_BYTES, 16384, 294912, 1024),
+            MIN_CHUNK_TILES
+        );
+        // Tiny tiles: what a quarter holds.
+        assert_eq!(chunk_tiles(CHUNK_BYTES, 1024, 1024, 4096), 1024);
+        // hifigan1d: 8 MiB of sums keep the whole part in one chunk.
+        assert_eq!(chunk_tiles(CHUNK_BYTES, 12352, 8454144, 172), 172);
+        assert_eq!(chunk_tiles(CHUNK_BYTES, 12352, 8454144, 1000), 339);
+        assert_eq!(chunk_tiles(1, 12352, 0, 1000), 8);
+        assert_eq!(chunk_tiles(CHUNK_BYTES, 8704, 294912, 100), 100);
     }
 
     /// Every shape's transpose (8×8 blocks, 4×4 blocks, the edges), f32 and f64.
