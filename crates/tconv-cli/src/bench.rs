@@ -225,6 +225,8 @@ pub fn time_layer(l: &Layer, a: &BenchArgs, opts: &PlanOptions) -> Result<Vec<Ti
     let g = l.params.groups.max(1);
     let mut w_shape = vec![l.input[1], l.c_out / g];
     w_shape.extend(&l.kernel);
+    // The shapes checked (sizes within the limit) before any tensor is allocated.
+    Geometry::new(Op::ConvTranspose, &l.input, &w_shape, None, &l.params)?;
     let w = random(&w_shape, 2);
     let x = random(&l.input, 1);
     let plan = Plan::new(Op::ConvTranspose, &l.input, &w, None, &l.params, opts)?;

@@ -747,6 +747,35 @@ fn bench_and_plan_report_what_outside_checks_read() {
     );
     let o = tconv(&["bench", "--layer", "nosuch"]);
     expect_usage_error(&o, "no layer named 'nosuch'");
+    // Shapes whose tensors would pass the size limit are refused before anything is
+    // allocated (these aborted on a failed 40 GB and 120 GB allocation).
+    let o = tconv(&[
+        "bench",
+        "--input",
+        "1,100000,1,1",
+        "--c-out",
+        "100000",
+        "--kernel",
+        "1",
+        "--runs",
+        "1",
+    ]);
+    expect_usage_error(
+        &o,
+        "weight would have 10000000000 elements, more than the limit",
+    );
+    let o = tconv(&[
+        "bench",
+        "--input",
+        "1,3,100000,100000",
+        "--c-out",
+        "64",
+        "--kernel",
+        "3",
+        "--runs",
+        "1",
+    ]);
+    expect_usage_error(&o, "would have 640025600256 elements, more than the limit");
     let o = tconv(&["plan", "--layer", "dcgan2", "--threads", "2"]);
     assert!(o.status.success());
     let s = stdout(&o);

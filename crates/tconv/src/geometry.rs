@@ -472,6 +472,8 @@ impl Geometry {
             axes,
         };
         geometry.check_size("output", &geometry.output_shape())?;
+        geometry.check_size("input", input_shape)?;
+        geometry.check_size("weight", weight_shape)?;
         Ok(geometry)
     }
 

@@ -208,3 +208,34 @@ proptest! {
         }
     }
 }
+
+/// Every tensor a geometry describes is within the size limit, not only the output: a conv
+/// whose huge input strides down to one value, and a huge weight, are refused (a caller that
+/// allocates from the shapes, as `tconv bench` does, checks them first).
+#[test]
+fn input_and_weight_sizes_are_limited_too() {
+    let p = ConvParams::new().stride(&[50000]);
+    let e = Geometry::new(Op::Conv, &[1, 1, 50000, 50000], &[1, 1, 1, 1], None, &p).unwrap_err();
+    assert!(matches!(e.kind(), ErrorKind::TooLarge { .. }), "{e}");
+    assert!(
+        e.to_string()
+            .contains("input would have 2500000000 elements, more than the limit"),
+        "{e}"
+    );
+    let e = Geometry::new(
+        Op::ConvTranspose,
+        &[1, 100000, 1, 1],
+        &[100000, 100000, 1, 1],
+        None,
+        &ConvParams::new(),
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("weight would have 10000000000 elements"),
+        "{e}"
+    );
+    // At the limit: accepted.
+    let ok = Geometry::new(Op::Conv, &[1, 1, 32768, 65536], &[1, 1, 1, 1], None, &p);
+    assert!(ok.is_ok(), "{:?}", ok.err());
+}
