@@ -4,7 +4,11 @@ input and weight together) beside tconv's (`tconv bench --pass both`: grad_input
 grad_weight alone, and both together, the row compared), layer by layer in one sitting, 1
 and 2 threads. Prints a markdown table.
 
-  .venv-peers/bin/python bench/backward_compare.py --runs 10
+With `--rounds R`, each row is timed R times, tconv and PyTorch alternating, and every
+figure is the median over the rounds of each call's median: on a shared machine a burst of
+interference then moves one round, not the row.
+
+  .venv-peers/bin/python bench/backward_compare.py --runs 10 --rounds 3
 """
 import argparse
 import json
@@ -56,13 +60,16 @@ def tconv_ms(name, threads, runs):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=10)
+    ap.add_argument("--rounds", type=int, default=1)
     a = ap.parse_args()
     print("| layer | threads | tconv forward ms | tconv grad_input ms | tconv grad_weight ms | tconv backward ms | backward / forward | PyTorch backward ms | PyTorch / tconv |")
     print("|---|---|---|---|---|---|---|---|---|")
     for layer in SUITE:
         for t in (1, 2):
-            fwd, gi, gw, ours = tconv_ms(layer["name"], t, a.runs)
-            tb = torch_backward_ms(layer, t, a.runs)
+            rounds = [(tconv_ms(layer["name"], t, a.runs), torch_backward_ms(layer, t, a.runs))
+                      for _ in range(max(a.rounds, 1))]
+            fwd, gi, gw, ours = (statistics.median(r[0][i] for r in rounds) for i in range(4))
+            tb = statistics.median(r[1] for r in rounds)
             print(f"| {layer['name']} | {t} | {fwd:.2f} | {gi:.2f} | {gw:.2f} | {ours:.2f} | {ours / fwd:.2f} | {tb:.2f} | {tb / ours:.2f}x |")
             sys.stdout.flush()
 
