@@ -954,6 +954,44 @@ fn planner_takes_winograd_where_the_model_pays() {
     assert_eq!(plan.algorithm(), Algorithm::Winograd, "{plan}");
 }
 
+/// Winograd tasks whose packed weights are too large to stay in cache (DCGAN's 512 → 256
+/// layer: 19.5 MB) take the least slice of output channels at a time where the full one
+/// would leave them one register panel of columns: 32 tiles a task at 1 thread, not 16,
+/// within the output's size, with the same bits on 1, 2 and 3 threads. Smaller weights
+/// keep the full slice (DCGAN's 256 → 128 layer at 2 threads: 32 tiles).
+#[test]
+fn winograd_tasks_widen_where_the_weights_stream() {
+    use tconv::ConvParams;
+    if Isa::detect() == Isa::Scalar {
+        return;
+    }
+    let p = ConvParams::new().stride(&[2]).padding(&[1]);
+    let opts = |threads| PlanOptions {
+        threads: Some(threads),
+        ..PlanOptions::default()
+    };
+    let xs = [16, 512, 4, 4];
+    let w = ints::<f32>(&[512, 256, 4, 4], 3);
+    let plan = Plan::new(Op::ConvTranspose, &xs, &w, None, &p, &opts(1)).unwrap();
+    let text = plan.to_string();
+    assert_eq!(plan.algorithm(), Algorithm::Winograd, "{text}");
+    assert!(text.contains("N<=32 tiles per task"), "{text}");
+    assert!(plan.workspace_bytes() <= 4 * 16 * 256 * 8 * 8, "{text}");
+    let x = ints::<f32>(&xs, 4);
+    let one = plan.execute(&x, None).unwrap();
+    for threads in [2, 3] {
+        let plan = Plan::new(Op::ConvTranspose, &xs, &w, None, &p, &opts(threads)).unwrap();
+        assert_eq!(
+            plan.execute(&x, None).unwrap(),
+            one,
+            "{threads} threads: {plan}"
+        );
+    }
+    let w = ndarray::Array4::<f32>::zeros((256, 128, 4, 4));
+    let plan = Plan::new(Op::ConvTranspose, &[16, 256, 8, 8], &w, None, &p, &opts(2)).unwrap();
+    assert!(plan.to_string().contains("N<=32 tiles per task"), "{plan}");
+}
+
 /// An input gradient planned to run once may take a wider Winograd tile on fewer threads
 /// than the two its algorithm and transforms are chosen for (DCGAN's 256 → 128 layer: 32
 /// tiles at 1 thread on AVX-512, 16 at 2): the bits are the same on 1, 2 and 3 threads.

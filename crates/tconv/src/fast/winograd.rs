@@ -101,6 +101,10 @@ const POINT_BYTES: usize = 768 * 1024;
 /// alike within noise.
 const POINT_BYTES_SOURCES: usize = 256 * 1024;
 
+/// Packed weights beyond which a task's columns are widened at the cost of slicing its
+/// results (see [`sizing_within`]): half the L3, so they stream from memory once per task.
+const STREAMED_WEIGHTS: usize = 16 << 20;
+
 /// Most bytes of transformed input and results of all points one task holds.
 const TASK_BYTES: usize = 8 << 20;
 
@@ -869,7 +873,7 @@ fn sizing_within<T: Element>(
     {
         registers = false;
     }
-    let slice = if over_on(threads, fbc, fbt, registers, full) {
+    let mut slice = if over_on(threads, fbc, fbt, registers, full) {
         least
     } else {
         full
@@ -877,10 +881,37 @@ fn sizing_within<T: Element>(
     // Halved while over the output's size (as `want` above, now counting everything a
     // task holds), but not below a register panel's columns (dcgan1's input gradient,
     // whose output is half its input, ran 5x slower in tasks of one tile row).
-    while over_on(threads, batch_chunk, band_tiles, registers, slice)
-        && batch_chunk * band_tiles * row_tiles >= 2 * tl
-        && halve(&mut batch_chunk, &mut band_tiles)
-    {}
+    let halved = |mut bc: usize, mut bt: usize, slice: usize| {
+        while over_on(threads, bc, bt, registers, slice)
+            && bc * bt * row_tiles >= 2 * tl
+            && halve(&mut bc, &mut bt)
+        {}
+        (bc, bt)
+    };
+    let wanted = (batch_chunk, band_tiles);
+    let (mut batch_chunk, mut band_tiles) = halved(wanted.0, wanted.1, slice);
+    // Where that leaves a task one register panel of columns and the packed weights, which
+    // every task streams once, are larger than `STREAMED_WEIGHTS`, the results of the
+    // least slice of output channels at a time if the bound then holds two panels or more:
+    // each packed weight block then serves as many kernel calls per task, the weights
+    // stream half as often or less (the transformed input, re-read per slice, stays in
+    // L2). dcgan1's forward pass at 1 thread (19.5 MB of packed weights): 32 columns
+    // instead of 16, 1.06-1.42x faster on AVX-512 (median / min of alternating rounds, two
+    // sittings of 6 and 8) with 1.2-1.35x fewer perf samples (3 rounds), 1.44-1.46x with
+    // AVX2 (6 rounds). Where the weights are smaller it did not pay: dcgan2's input
+    // gradient at 1 thread and its forward pass at 2, dcgan3's input gradient at 2 (4.9,
+    // 4.9 and 1.2 MB) read 0.97-1.05x.
+    let weight_bytes = g.groups * live.len() * points * kdim * blocks * mr * elem;
+    if slice == full
+        && least < full
+        && weight_bytes > STREAMED_WEIGHTS
+        && batch_chunk * band_tiles * row_tiles <= tl
+    {
+        let (bc, bt) = halved(wanted.0, wanted.1, least);
+        if bc * bt * row_tiles >= 2 * tl && !over_on(threads, bc, bt, registers, least) {
+            (slice, batch_chunk, band_tiles) = (least, bc, bt);
+        }
+    }
     let cols = batch_chunk * band_tiles * row_tiles;
     Sizing {
         batch_chunk,
