@@ -502,8 +502,18 @@ impl<T: Element> Plan<T> {
             let batch_chunk = g.batch.max(1).div_ceil(batch_tasks);
             let row_tasks = per_group.div_ceil(batch_tasks).min(q0);
             let chunk_rows = q0.div_ceil(row_tasks);
-            // The tiles are built below unless the strided-conv path, which has its own, runs.
-            let table = TileTable::without_tiles(&g, &spec, v * lanes, group_size);
+            let strided_loads = crate::fast::strided_conv::applies(
+                &g,
+                (&spec, &kernel, depthwise),
+                (mr, v, lanes),
+                isa,
+            );
+            // The strided-conv path tiles its panels itself: its table has no tiles.
+            let table = if strided_loads {
+                TileTable::without_tiles(&g, &spec, v * lanes, group_size)
+            } else {
+                TileTable::new(&g, &spec, v * lanes, chunk_rows, group_size)
+            };
             let mut direct = DirectKernel {
                 spec,
                 packed,
@@ -511,7 +521,7 @@ impl<T: Element> Plan<T> {
                 mr,
                 v,
                 lanes,
-                strided_loads: false,
+                strided_loads,
                 table,
                 batch_chunk,
                 depthwise,
@@ -522,10 +532,6 @@ impl<T: Element> Plan<T> {
             // threads' panels would outgrow it (dcgan1 at 2 threads: 1.31 MB for 1.05 MB).
             let out_len = numel(&g.output_shape());
             direct.items_cap = (out_len / (threads * direct.item_len(&g).max(1))).max(1);
-            direct.strided_loads = crate::fast::strided_conv::applies(&g, &direct, isa);
-            if !direct.strided_loads {
-                direct.table = TileTable::new(&g, &direct.spec, v * lanes, chunk_rows, group_size);
-            }
             Some(direct)
         } else {
             None
@@ -647,7 +653,10 @@ impl<T: Element> Plan<T> {
             None => 0,
             // No copy of the input: a panel and a tile per thread.
             Some(d) if d.strided_loads => {
-                self.threads * crate::fast::strided_conv::scratch_len(&self.geometry, d) * size
+                let tile = (d.mr, d.v, d.lanes);
+                self.threads
+                    * crate::fast::strided_conv::scratch_len(&self.geometry, &d.spec, tile)
+                    * size
             }
             Some(d) => {
                 let g = &self.geometry;

@@ -647,7 +647,7 @@ fn prefetch_span<T>(plane: &mut [T], at: usize, len: usize) {
 
 /// `plane[at + j*stride] = row[j] + b` for each `j` (the output positions of a run).
 #[inline(always)]
-fn store_run<T: Element>(plane: &mut [T], at: usize, stride: usize, row: &[T], b: T) {
+pub(crate) fn store_run<T: Element>(plane: &mut [T], at: usize, stride: usize, row: &[T], b: T) {
     if stride == 1 {
         for (d, v) in plane[at..at + row.len()].iter_mut().zip(row) {
             *d = *v + b;

@@ -18,36 +18,49 @@
 //! Each output's sum runs in the microkernel's order over `K` whatever the thread count:
 //! bitwise identical for any thread count.
 
-use super::direct::{run_each, DirectKernel, Kernel};
+use super::direct::{run_each, store_run, DirectKernel, Kernel};
 use super::kernels::Rows;
+use super::spec::DirectSpec;
 use super::{scratch, Isa};
 use crate::geometry::Geometry;
 use crate::params::Op;
 use crate::tensor::{numel, Element};
 
-/// Whether [`execute`] can run the direct plan `k` of `g` on `isa` (the planner decides
-/// once, in [`DirectKernel::strided_loads`]): f32, a conv whose every axis has kernel ==
-/// stride, dilation 1, no padding and input = stride × output, stride 2 on the last axis,
-/// packed (not depthwise, nor in-place) weights, a plan on AVX-512 (16 lanes) or AVX2 (8),
-/// and a task's panel within the direct engine's panel budget.
-pub(crate) fn applies<T: Element>(g: &Geometry, k: &DirectKernel<T>, isa: Isa) -> bool {
+/// Whether [`execute`] can run a direct plan of `g` with `spec`, `kernel` and an
+/// `mr × v` tile of `lanes`-wide vectors on `isa` (the planner decides once, before it
+/// builds the plan's tile table, in [`DirectKernel::strided_loads`]): f32, a conv whose
+/// every axis has kernel == stride, dilation 1, no padding and input = stride × output,
+/// stride 2 on the last axis, packed (not depthwise, nor in-place) weights, a plan on
+/// AVX-512 (16 lanes) or AVX2 (8), and a task's panel within the direct engine's panel
+/// budget.
+pub(crate) fn applies<T: Element>(
+    g: &Geometry,
+    (spec, kernel, depthwise): (&DirectSpec, &Kernel<T>, bool),
+    tile: (usize, usize, usize),
+    isa: Isa,
+) -> bool {
     std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
         && g.op == Op::Conv
-        && matches!(k.kernel, Kernel::Packed(_))
-        && !k.depthwise
-        && simd(isa, k.lanes)
-        && k.spec.phases.len() == 1
-        && k.spec.phases[0].taps.len() == numel(&g.kernel_shape())
+        && matches!(kernel, Kernel::Packed(_))
+        && !depthwise
+        && simd(isa, tile.2)
+        && spec.phases.len() == 1
+        && spec.phases[0].taps.len() == numel(&g.kernel_shape())
         && shape_applies(g)
-        && scratch_len(g, k) * std::mem::size_of::<T>() <= super::direct::PANEL_BUDGET
+        && scratch_len(g, spec, tile) * std::mem::size_of::<T>() <= super::direct::PANEL_BUDGET
 }
 
-/// Elements of scratch one task holds: its panel (`K × tile` lanes) and a tile of sums.
-/// (Where the panel would outgrow [`PANEL_BUDGET`](super::direct::PANEL_BUDGET), the
-/// direct engine's polyphase copy runs, whose panels are sliced along `K`.)
-pub(crate) fn scratch_len<T: Element>(g: &Geometry, k: &DirectKernel<T>) -> usize {
-    let taps = k.spec.phases.first().map_or(0, |p| p.taps.len());
-    (taps * g.in_per_group() + k.mr) * k.v * k.lanes
+/// Elements of scratch one task holds: its panel (`K × tile` lanes) and a tile of sums, for
+/// an `mr × v` tile of `lanes`-wide vectors. (Where the panel would outgrow
+/// [`PANEL_BUDGET`](super::direct::PANEL_BUDGET), the direct engine's polyphase copy runs,
+/// whose panels are sliced along `K`.)
+pub(crate) fn scratch_len(
+    g: &Geometry,
+    spec: &DirectSpec,
+    (mr, v, lanes): (usize, usize, usize),
+) -> usize {
+    let taps = spec.phases.first().map_or(0, |p| p.taps.len());
+    (taps * g.in_per_group() + mr) * v * lanes
 }
 
 /// The geometry part of [`applies`]: every axis kernel == stride, dilation 1, no padding,
@@ -184,10 +197,8 @@ pub(crate) fn execute<T: Element>(
                 for r in 0..mr.min(channels - blk * mr) {
                     let c = blk * mr + r;
                     let b = bias.map_or(T::zero(), |b| b[group * cout_g + b0 * mr + c]);
-                    let dst = &mut out[c * out_plane + p0..][..live];
-                    for (d, a) in dst.iter_mut().zip(&acc[r * tl..r * tl + live]) {
-                        *d = *a + b;
-                    }
+                    let plane = &mut out[c * out_plane..][..out_plane];
+                    store_run(plane, p0, 1, &acc[r * tl..r * tl + live], b);
                 }
             }
         }

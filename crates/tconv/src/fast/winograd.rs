@@ -878,8 +878,8 @@ fn sizing_within<T: Element>(
     } else {
         full
     };
-    // Halved while over the output's size (as `want` above, now counting everything a
-    // task holds), but not below a register panel's columns (dcgan1's input gradient,
+    // Halved while over the bound (as `want` above, now counting everything a task
+    // holds), but not below a register panel's columns (dcgan1's input gradient,
     // whose output is half its input, ran 5x slower in tasks of one tile row).
     let halved = |mut bc: usize, mut bt: usize, slice: usize| {
         while over_on(threads, bc, bt, registers, slice)
