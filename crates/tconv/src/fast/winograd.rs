@@ -897,7 +897,7 @@ fn sizing_within<T: Element>(
     // stream half as often or less (the transformed input, re-read per slice, stays in
     // L2). dcgan1's forward pass at 1 thread (19.5 MB of packed weights): 32 columns
     // instead of 16, 1.06-1.42x faster on AVX-512 (median / min of alternating rounds, two
-    // sittings of 6 and 8) with 1.2-1.35x fewer perf samples (3 rounds), 1.44-1.46x with
+    // sittings of 6 and 8) with 1.2-1.4x fewer perf samples (3 rounds), 1.44-1.46x with
     // AVX2 (6 rounds). Where the weights are smaller it did not pay: dcgan2's input
     // gradient at 1 thread and its forward pass at 2, dcgan3's input gradient at 2 (4.9,
     // 4.9 and 1.2 MB) read 0.97-1.05x.
