@@ -245,7 +245,7 @@ fn depthwise_taps_backward<T: Element>(
         ..
     } = Sizes::of(g);
     // As the planner decides for the conv alone.
-    let avx2 = cfg!(target_arch = "x86_64") && options.isa_for::<T>() != Isa::Scalar;
+    let isa = options.isa_for::<T>();
     let threads = options.threads_for(g);
     let taps = TapRows::new(g);
     let mut gx = vec![T::zero(); g.batch * a_ch * small_size];
@@ -269,7 +269,7 @@ fn depthwise_taps_backward<T: Element>(
                     &mut *dw_row,
                 )),
             };
-            taps.plane(avx2, &gy[(n * a_ch + c) * big_size..][..big_size], pass);
+            taps.plane(isa, &gy[(n * a_ch + c) * big_size..][..big_size], pass);
         }
     });
     Some((gx, dw))
@@ -742,7 +742,7 @@ fn grad_weight_small<T: Element>(
             for n in 0..g.batch {
                 let sp = &s[(n * a_ch + a) * small_size..][..small_size];
                 let bp = &b[(n * b_ch + a) * big_size..][..big_size];
-                taps.weight_plane(avx2, sp, bp, row);
+                taps.weight_plane(isa, sp, bp, row);
             }
         };
         run_chunks(threads, dw, k_size, run_channel);

@@ -383,11 +383,18 @@ impl<T: Element> Plan<T> {
             && options.tile.is_none())
         .then(|| DepthwiseRows::new(&g, w, isa));
         if rows.as_ref().is_some_and(|r| r.by_taps()) {
+            let rows_read = if crate::fast::tap_rows::in_place::<T>(isa) {
+                "each input row read where it lies, eight rows at a time (masked loads at \
+                 its ends), 16 taps of a kernel row per vector, the sums of 16 outputs \
+                 reduced across lanes at the end"
+            } else {
+                "each input row copied once into a zero-margined row cache, 8 taps of a \
+                 kernel row per vector, the sums of 8 outputs reduced across lanes at the end"
+            };
             let taps = format!(
                 "depthwise (one input and one output channel per group) with a last-axis \
-                 stride of {} and a kernel of whole vectors, so by tap vectors: each input \
-                 row copied once into a zero-margined row cache (no polyphase split), 8 taps of a kernel row per vector, \
-                 the sums of 8 outputs reduced across lanes at the end",
+                 stride of {} and a kernel of whole vectors, so by tap vectors (no polyphase \
+                 split): {rows_read}",
                 g.axes.last().map_or(1, |a| a.stride)
             );
             reason = match forced {

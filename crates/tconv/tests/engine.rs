@@ -651,7 +651,8 @@ fn suite_workspaces_stay_within_the_output() {
 /// input rows in place by tap vectors: exact on small integers against the reference, with
 /// bias, for 1-3-D shapes, asymmetric and wide padding (rows and positions that read only
 /// zeros), dilated outer axes, rows shorter than and not a multiple of 8 positions, f32 and
-/// f64, the scalar and AVX2 paths, 1 and 3 threads.
+/// f64, the scalar, AVX2 and AVX-512 paths (f32 on AVX-512 reads the rows in place, kernels
+/// of 8 and 24 taps a row with masked tails), 1 and 3 threads.
 #[test]
 fn depthwise_tap_vectors_match_reference() {
     use tconv::ConvParams;
@@ -698,7 +699,7 @@ fn depthwise_tap_vectors_match_reference() {
     for (xs, ws, p) in cases {
         let p = p.groups(xs[1]);
         for threads in [1, 3] {
-            for isa in [Isa::Scalar, Isa::Avx2] {
+            for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
                 tap_vectors_match::<f32>(&xs, &ws, &p, isa, threads);
                 tap_vectors_match::<f64>(&xs, &ws, &p, isa, threads);
             }
@@ -729,6 +730,41 @@ fn tap_vectors_match<T: Element>(
         want,
         "{xs:?} {ws:?} {isa} threads {threads}"
     );
+}
+
+/// A non-finite input value reaches only the outputs whose windows hold it: the tap
+/// vectors' loads past a kernel row's last tap (24 taps: a second vector of 8) or past a
+/// row's ends read nothing (a zero tap times an infinity would be NaN), on every path.
+#[test]
+fn depthwise_tap_vectors_keep_infinities_to_their_windows() {
+    use tconv::ConvParams;
+    let (xs, ws) = ([1, 2, 3, 61], [2, 1, 2, 24]);
+    let p = ConvParams::new()
+        .stride(&[1, 5])
+        .pads(&[0, 3], &[1, 2])
+        .groups(2);
+    let mut x = ints::<f32>(&xs, 44);
+    x[[0, 0, 1, 33]] = f32::INFINITY;
+    x[[0, 1, 2, 0]] = f32::NEG_INFINITY;
+    x[[0, 1, 0, 60]] = f32::INFINITY;
+    let w = ints::<f32>(&ws, 45).mapv(|v| if v == 0.0 { 1.0 } else { v });
+    let want = conv_gather(&x, &w, None, &p).unwrap();
+    assert!(want.iter().any(|v| v.is_finite()) && want.iter().any(|v| !v.is_finite()));
+    for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512] {
+        let o = PlanOptions {
+            isa: Some(isa),
+            ..PlanOptions::default()
+        };
+        let plan = Plan::new(Op::Conv, &xs, &w, None, &p, &o).unwrap();
+        assert!(plan.label().contains("depthwise-taps"), "{}", plan.label());
+        let got = plan.execute(&x, None).unwrap();
+        for (g, e) in got.iter().zip(&want) {
+            assert!(
+                g == e || (g.is_nan() && e.is_nan()),
+                "{isa}: {g} against {e}"
+            );
+        }
+    }
 }
 
 /// Winograd tiles on the layer kinds they serve (DCGAN's k4 s2 phases, stride-1 3×3,

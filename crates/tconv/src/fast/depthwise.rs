@@ -36,6 +36,8 @@ pub struct DepthwiseRows<T> {
     weight: Vec<T>,
     /// Run the row loops compiled for AVX2+FMA.
     avx2: bool,
+    /// The plan's ISA (the tap-vector loops read rows in place on AVX-512).
+    isa: Isa,
     /// Zero margin before each padded input row.
     margin: usize,
     /// Length of a padded input row.
@@ -117,6 +119,7 @@ impl<T: Element> DepthwiseRows<T> {
             spec,
             weight: w.to_vec(),
             avx2: cfg!(target_arch = "x86_64") && isa != Isa::Scalar,
+            isa,
             margin,
             padded_len,
             tap_range,
@@ -140,7 +143,7 @@ impl<T: Element> DepthwiseRows<T> {
     /// phase rows of one output row.
     pub fn scratch_len(&self, g: &Geometry) -> usize {
         if let Some(t) = &self.by_taps {
-            return t.scratch_len();
+            return t.scratch_len_on::<T>(self.isa);
         }
         let last = g.axes.len() - 1;
         let comps: usize = self.in_stride.iter().product();
@@ -166,7 +169,7 @@ impl<T: Element> DepthwiseRows<T> {
             let b = bias.map_or(T::zero(), |b| b[c]);
             if let Some(t) = &self.by_taps {
                 let w = &self.weight[c * k_size..(c + 1) * k_size];
-                t.conv_plane(self.avx2, &x[p * in_plane..(p + 1) * in_plane], w, b, plane);
+                t.conv_plane(self.isa, &x[p * in_plane..(p + 1) * in_plane], w, b, plane);
                 return;
             }
             self.plane(g, &x[p * in_plane..(p + 1) * in_plane], c, b, plane, stream);
