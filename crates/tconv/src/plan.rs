@@ -384,12 +384,16 @@ impl<T: Element> Plan<T> {
         .then(|| DepthwiseRows::new(&g, w, isa));
         if rows.as_ref().is_some_and(|r| r.by_taps()) {
             let rows_read = if crate::fast::tap_rows::in_place::<T>(isa) {
-                "each input row read where it lies, eight rows at a time (masked loads at \
-                 its ends), 16 taps of a kernel row per vector, the sums of 16 outputs \
-                 reduced across lanes at the end"
+                format!(
+                    "each input row read where it lies, eight rows at a time (masked loads \
+                     at its ends), {0} taps of a kernel row per vector, the sums of {0} \
+                     outputs reduced across lanes at the end",
+                    isa.lanes()
+                )
             } else {
                 "each input row copied once into a zero-margined row cache, 8 taps of a \
                  kernel row per vector, the sums of 8 outputs reduced across lanes at the end"
+                    .to_string()
             };
             let taps = format!(
                 "depthwise (one input and one output channel per group) with a last-axis \

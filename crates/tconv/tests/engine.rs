@@ -651,8 +651,8 @@ fn suite_workspaces_stay_within_the_output() {
 /// input rows in place by tap vectors: exact on small integers against the reference, with
 /// bias, for 1-3-D shapes, asymmetric and wide padding (rows and positions that read only
 /// zeros), dilated outer axes, rows shorter than and not a multiple of 8 positions, f32 and
-/// f64, the scalar, AVX2 and AVX-512 paths (f32 on AVX-512 reads the rows in place, kernels
-/// of 8 and 24 taps a row with masked tails), 1 and 3 threads.
+/// f64, the scalar, AVX2 and AVX-512 paths (f32 on AVX2 and AVX-512 without the row cache,
+/// kernels of 8 and 24 taps a row with masked tails), 1 and 3 threads.
 #[test]
 fn depthwise_tap_vectors_match_reference() {
     use tconv::ConvParams;

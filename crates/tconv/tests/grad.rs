@@ -420,7 +420,7 @@ fn wide_weight_gradients_match_reference() {
 /// asked for. Exact on small integers
 /// against the reference gradients, for both ops, 1-3-D, asymmetric and wide pads, dilated
 /// outer axes, a requested output size (negative padding), f32 and f64, scalar, AVX2 and
-/// AVX-512 (f32 reads the rows in place there, the one pass bitwise what each gradient
+/// AVX-512 (f32 reads the rows in place on both, the one pass bitwise what each gradient
 /// gives alone), 1 and 3 threads.
 #[test]
 fn depthwise_tap_vector_gradients_match_reference() {
@@ -532,7 +532,7 @@ fn depthwise_tap_vector_gradients_match_reference() {
                         "f32 {op:?} {xs:?} {isa}"
                     );
                     assert_eq!(got32.input.unwrap(), f(want.input.as_ref().unwrap()));
-                    // And in f32 (which AVX-512 reads in place) on values that round (so
+                    // And in f32 (which AVX2 and AVX-512 read in place) on values that round (so
                     // the order of the sums shows): the one pass's gradients bitwise what
                     // each gives alone.
                     let r = |a: &ArrayD<f64>| a.mapv(|v| (v * 0.3 + 0.01) as f32);

@@ -15,11 +15,13 @@
 //!
 //! Each big row is copied once into a zero-margined row buffer, a small cache of the rows
 //! the current small row reads (consecutive small rows share most of them), so no border
-//! test is left in the loops. For f32 on AVX-512 ([`in_place`]) the big rows are read
-//! where they lie instead, 16 taps per vector with masked loads at the rows' ends, eight
-//! kernel rows at a time, each front to back, the next small row's new rows prefetched; a
-//! backward pass asking for both gradients feeds each loaded run to both (the big side is
-//! read from memory once). fcn_dw's input gradient spent half its time in the row copies;
+//! test is left in the loops. For f32 on AVX-512 or AVX2 ([`in_place`]) the big rows are
+//! read where they lie instead, a vector of taps (16 or 8) at a time with masked loads at
+//! the rows' ends, eight kernel rows at a time, each front to back, the next small row's
+//! new rows prefetched; a backward pass asking for both gradients feeds each loaded run to
+//! both (the big side is read from memory once). With AVX2, against the row cache, fcn_dw's
+//! input gradient ran 2.44x / 2.65x faster at 1 thread, its weight gradient 2.39x / 2.50x
+//! and its backward pass 2.47x / 2.43x (6 rounds). fcn_dw's input gradient spent half its time in the row copies;
 //! against them (paired, 10 alternating rounds, median / min of the calls) its input
 //! gradient ran 2.01x / 2.10x faster at 1 thread, its weight gradient 2.12x / 2.29x and its
 //! backward pass 2.46x / 2.54x (1.71x / 1.66x, 1.45x / 1.65x and 2.34x / 2.77x at 2
@@ -213,10 +215,12 @@ impl TapRows {
     }
 
     /// Elements of scratch one plane takes on `isa`: the row cache, or where the rows are
-    /// read in place ([`in_place`]) the conv's lane sums of a small row (16 per position).
+    /// read in place ([`in_place`]) the conv's lane sums of a small row (a vector per
+    /// position).
     pub fn scratch_len_on<T: 'static>(&self, isa: Isa) -> usize {
         if in_place::<T>(isa) {
-            self.split().1.small(self.op).div_ceil(WIDE) * WIDE * WIDE
+            let lanes = isa.lanes();
+            self.split().1.small(self.op).div_ceil(lanes) * lanes * lanes
         } else {
             self.scratch_len()
         }
@@ -224,9 +228,10 @@ impl TapRows {
 
     /// One pass over `big_plane` computing what `pass` asks for, so that a conv and a
     /// weight gradient of the same plane read it from memory once (each gives the same
-    /// result, bit for bit, as when computed alone). f32 on AVX-512 reads the big rows in
-    /// place ([`in_place`]); elsewhere each big row is copied once into the row cache, and
-    /// the loops are compiled for AVX2 and FMA unless `isa` is the portable one.
+    /// result, bit for bit, as when computed alone). f32 reads the big rows in
+    /// place ([`in_place`]) on AVX-512 or AVX2; elsewhere (f64, or the portable ISA) each
+    /// big row is copied once into the row cache, and the loops are compiled for AVX2 and
+    /// FMA unless `isa` is the portable one.
     pub fn plane<T: Element>(&self, isa: Isa, big_plane: &[T], pass: Pass<'_, T>) {
         #[cfg(target_arch = "x86_64")]
         if in_place::<T>(isa) {
@@ -246,8 +251,14 @@ impl TapRows {
                 (Some(sp), Some(dw)) => (sp, dw),
                 _ => unreachable!("`in_place` holds for f32 only"),
             });
-            // Safety: `in_place` checked that AVX-512F is available.
-            unsafe { self.plane_avx512(big, conv, weight) };
+            // Safety: `in_place` checked that the ISA is available.
+            unsafe {
+                if isa == Isa::Avx512 {
+                    self.plane_avx512(big, conv, weight)
+                } else {
+                    self.plane_avx2_in_place(big, conv, weight)
+                }
+            };
             return;
         }
         #[cfg(target_arch = "x86_64")]
@@ -323,36 +334,217 @@ impl TapRows {
     }
 }
 
-/// Whether elements `T` on `isa` take the in-place loops: f32 with AVX-512F. Each small
-/// row's big rows are then read where they lie, 16 taps of a kernel row per vector, with
-/// masked loads where a run crosses a row's ends or the kernel's last tap, instead of
-/// each big row being copied into the zero-margined row cache first (half of fcn_dw's
-/// input-gradient time went to that copy).
+/// Whether elements `T` on `isa` take the in-place loops: f32 with AVX-512F, or AVX2 and
+/// FMA. Each small row's big rows are then read where they lie, a vector of taps of a
+/// kernel row at a time, with masked loads where a run crosses a row's ends or the
+/// kernel's last tap, instead of each big row being copied into the zero-margined row
+/// cache first (half of fcn_dw's input-gradient time went to that copy).
 pub fn in_place<T: 'static>(isa: Isa) -> bool {
     std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
-        && isa == Isa::Avx512
+        && isa != Isa::Scalar
         && isa.available()
 }
 
-/// Lanes of the in-place loops' vectors (f32 on AVX-512).
-const WIDE: usize = 16;
+/// The f32 vectors the in-place loops run on: 16 lanes with AVX-512F, 8 with AVX2 (each
+/// with its masks: a bit per lane, or a lane of all ones).
+#[cfg(target_arch = "x86_64")]
+trait Lanes {
+    const W: usize;
+    type V: Copy;
+    type M: Copy;
+    /// The lanes `l` with `lo <= l < hi`.
+    fn mask(lo: isize, hi: isize) -> Self::M;
+    fn and(a: Self::M, b: Self::M) -> Self::M;
+    unsafe fn zero() -> Self::V;
+    unsafe fn set1(x: f32) -> Self::V;
+    /// The lanes of `m` from `at` (no other lane is read), zeros elsewhere.
+    unsafe fn load(m: Self::M, at: *const f32) -> Self::V;
+    /// `at[l] += v[l]` on the lanes of `m`.
+    unsafe fn add_into(m: Self::M, at: *mut f32, v: Self::V);
+    unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// `W` vectors' lane sums in one vector (lane `i`: `acc[i]`'s), plus `b` in each.
+    unsafe fn sums(acc: &[Self::V], b: f32) -> Self::V;
+    unsafe fn store(at: *mut f32, v: Self::V);
+}
+
+/// 16 lanes, AVX-512F.
+#[cfg(target_arch = "x86_64")]
+struct Avx512Lanes;
+
+#[cfg(target_arch = "x86_64")]
+impl Lanes for Avx512Lanes {
+    const W: usize = 16;
+    type V = std::arch::x86_64::__m512;
+    type M = u16;
+    fn mask(lo: isize, hi: isize) -> u16 {
+        let (lo, hi) = (lo.clamp(0, 16), hi.clamp(0, 16));
+        let below = |n: isize| ((1u32 << n) - 1) as u16;
+        if hi <= lo {
+            0
+        } else {
+            below(hi) & !below(lo)
+        }
+    }
+    fn and(a: u16, b: u16) -> u16 {
+        a & b
+    }
+    #[inline(always)]
+    unsafe fn zero() -> Self::V {
+        std::arch::x86_64::_mm512_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn set1(x: f32) -> Self::V {
+        std::arch::x86_64::_mm512_set1_ps(x)
+    }
+    #[inline(always)]
+    unsafe fn load(m: u16, at: *const f32) -> Self::V {
+        std::arch::x86_64::_mm512_maskz_loadu_ps(m, at)
+    }
+    #[inline(always)]
+    unsafe fn add_into(m: u16, at: *mut f32, v: Self::V) {
+        use std::arch::x86_64::*;
+        _mm512_mask_storeu_ps(at, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, at), v));
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        std::arch::x86_64::_mm512_fmadd_ps(a, b, c)
+    }
+    /// A fixed tree of pairwise additions: neighbouring lanes' pairs, then quadruples,
+    /// then the four 128-bit quarters.
+    #[inline(always)]
+    unsafe fn sums(acc: &[Self::V], b: f32) -> Self::V {
+        use std::arch::x86_64::*;
+        // (Loops, not closures: a closure is not compiled for the caller's features, and its
+        // intrinsics would not be inlined.)
+        // Per 128-bit quarter of (x, y): [x0 + x2, y0 + y2, x1 + x3, y1 + y3].
+        let mut pairs = [_mm512_setzero_ps(); 8];
+        for (k, pair) in pairs.iter_mut().enumerate() {
+            let (x, y) = (acc[2 * k], acc[2 * k + 1]);
+            *pair = _mm512_add_ps(_mm512_unpacklo_ps(x, y), _mm512_unpackhi_ps(x, y));
+        }
+        // Per quarter: the quarter's sums of positions 4k..4k + 4.
+        let mut quads = [_mm512_setzero_ps(); 4];
+        for (k, quad) in quads.iter_mut().enumerate() {
+            let (x, y) = (
+                _mm512_castps_pd(pairs[2 * k]),
+                _mm512_castps_pd(pairs[2 * k + 1]),
+            );
+            *quad = _mm512_add_ps(
+                _mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
+                _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)),
+            );
+        }
+        // The four quarters of each: [q0 + q1, q2 + q3] of two vectors side by side, then
+        // the two halves.
+        let mut halves = [_mm512_setzero_ps(); 2];
+        for (k, half) in halves.iter_mut().enumerate() {
+            let (a, b) = (quads[2 * k], quads[2 * k + 1]);
+            *half = _mm512_add_ps(
+                _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
+                _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
+            );
+        }
+        let (a, c) = (halves[0], halves[1]);
+        let all = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(a, c),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(a, c),
+        );
+        _mm512_add_ps(all, _mm512_set1_ps(b))
+    }
+    #[inline(always)]
+    unsafe fn store(at: *mut f32, v: Self::V) {
+        std::arch::x86_64::_mm512_storeu_ps(at, v)
+    }
+}
+
+/// 8 lanes, AVX2 and FMA (masks of all-ones lanes: `vmaskmovps`).
+#[cfg(target_arch = "x86_64")]
+struct Avx2Lanes;
+
+#[cfg(target_arch = "x86_64")]
+impl Lanes for Avx2Lanes {
+    const W: usize = 8;
+    type V = std::arch::x86_64::__m256;
+    type M = [i32; 8];
+    fn mask(lo: isize, hi: isize) -> [i32; 8] {
+        std::array::from_fn(|l| -i32::from((lo..hi).contains(&(l as isize))))
+    }
+    fn and(a: [i32; 8], b: [i32; 8]) -> [i32; 8] {
+        std::array::from_fn(|l| a[l] & b[l])
+    }
+    #[inline(always)]
+    unsafe fn zero() -> Self::V {
+        std::arch::x86_64::_mm256_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn set1(x: f32) -> Self::V {
+        std::arch::x86_64::_mm256_set1_ps(x)
+    }
+    #[inline(always)]
+    unsafe fn load(m: [i32; 8], at: *const f32) -> Self::V {
+        use std::arch::x86_64::*;
+        _mm256_maskload_ps(at, _mm256_loadu_si256(m.as_ptr() as *const __m256i))
+    }
+    #[inline(always)]
+    unsafe fn add_into(m: [i32; 8], at: *mut f32, v: Self::V) {
+        use std::arch::x86_64::*;
+        let m = _mm256_loadu_si256(m.as_ptr() as *const __m256i);
+        _mm256_maskstore_ps(at, m, _mm256_add_ps(_mm256_maskload_ps(at, m), v));
+    }
+    #[inline(always)]
+    unsafe fn fmadd(a: Self::V, b: Self::V, c: Self::V) -> Self::V {
+        std::arch::x86_64::_mm256_fmadd_ps(a, b, c)
+    }
+    /// As the 16-lane tree: pairs, quadruples, then the two 128-bit halves.
+    #[inline(always)]
+    unsafe fn sums(acc: &[Self::V], b: f32) -> Self::V {
+        use std::arch::x86_64::*;
+        let mut pairs = [_mm256_setzero_ps(); 4];
+        for (k, pair) in pairs.iter_mut().enumerate() {
+            let (x, y) = (acc[2 * k], acc[2 * k + 1]);
+            *pair = _mm256_add_ps(_mm256_unpacklo_ps(x, y), _mm256_unpackhi_ps(x, y));
+        }
+        let mut quads = [_mm256_setzero_ps(); 2];
+        for (k, quad) in quads.iter_mut().enumerate() {
+            let (x, y) = (
+                _mm256_castps_pd(pairs[2 * k]),
+                _mm256_castps_pd(pairs[2 * k + 1]),
+            );
+            *quad = _mm256_add_ps(
+                _mm256_castpd_ps(_mm256_unpacklo_pd(x, y)),
+                _mm256_castpd_ps(_mm256_unpackhi_pd(x, y)),
+            );
+        }
+        let halves = _mm256_add_ps(
+            _mm256_permute2f128_ps::<0x20>(quads[0], quads[1]),
+            _mm256_permute2f128_ps::<0x31>(quads[0], quads[1]),
+        );
+        _mm256_add_ps(halves, _mm256_set1_ps(b))
+    }
+    #[inline(always)]
+    unsafe fn store(at: *mut f32, v: Self::V) {
+        std::arch::x86_64::_mm256_storeu_ps(at, v)
+    }
+}
 
 /// Where the in-place loops read a big row for each small position: per position `p` and
-/// chunk `j` of 16 taps, the run's start and the lanes inside both the kernel and the row.
-/// Positions are padded to whole blocks of 16 (no lanes past the row's last position).
-struct Runs {
-    /// Chunks of 16 taps per kernel row.
+/// chunk `j` of `W` taps, the run's start and the lanes inside both the kernel and the
+/// row. Positions are padded to whole blocks of `W` (no lanes past the row's last one).
+#[cfg(target_arch = "x86_64")]
+struct Runs<E: Lanes> {
+    /// Chunks of `W` taps per kernel row.
     nj: usize,
     /// Per chunk: the lanes whose taps are in the kernel.
-    kernel: Vec<u16>,
+    kernel: Vec<E::M>,
     /// Per position: where its run starts in its big row (negative: before the row).
     start: Vec<isize>,
     /// Per position and chunk: the lanes inside the kernel and the row.
-    lanes: Vec<u16>,
+    lanes: Vec<E::M>,
 }
 
-impl Runs {
-    fn new(taps: &TapRows) -> Runs {
+#[cfg(target_arch = "x86_64")]
+impl<E: Lanes> Runs<E> {
+    fn new(taps: &TapRows) -> Self {
         let last = taps.split().1;
         let (ls, kw, lb, s) = (
             last.small(taps.op),
@@ -360,18 +552,18 @@ impl Runs {
             last.big(taps.op) as isize,
             last.stride,
         );
-        let nj = kw.div_ceil(WIDE);
-        let kernel: Vec<u16> = (0..nj)
-            .map(|j| lane_range(0, (kw - WIDE * j) as isize))
+        let nj = kw.div_ceil(E::W);
+        let kernel: Vec<E::M> = (0..nj)
+            .map(|j| E::mask(0, (kw - E::W * j) as isize))
             .collect();
-        let padded = ls.div_ceil(WIDE) * WIDE;
+        let padded = ls.div_ceil(E::W) * E::W;
         let mut start = vec![0isize; padded];
-        let mut lanes = vec![0u16; padded * nj];
+        let mut lanes = vec![E::mask(0, 0); padded * nj];
         for p in 0..ls {
             start[p] = (p * s + taps.c0) as isize - taps.margin as isize;
             for j in 0..nj {
-                let o = start[p] + (WIDE * j) as isize;
-                lanes[p * nj + j] = kernel[j] & lane_range(-o, lb - o);
+                let o = start[p] + (E::W * j) as isize;
+                lanes[p * nj + j] = E::and(kernel[j], E::mask(-o, lb - o));
             }
         }
         Runs {
@@ -383,28 +575,8 @@ impl Runs {
     }
 }
 
-/// The lanes `l` of a 16-lane vector with `lo <= l < hi`, as a mask.
-fn lane_range(lo: isize, hi: isize) -> u16 {
-    let (lo, hi) = (lo.clamp(0, WIDE as isize), hi.clamp(0, WIDE as isize));
-    if hi <= lo {
-        return 0;
-    }
-    let below = |n: isize| ((1u32 << n) - 1) as u16;
-    below(hi) & !below(lo)
-}
-
 impl TapRows {
-    /// [`TapRows::plane`] for f32 on AVX-512 ([`in_place`]). Per small row, its big rows
-    /// are read where they lie, eight at a time, each front to back ([`row_group`]), and
-    /// each run a position meets there feeds both passes:
-    /// - conv: the position's lane sums, kept per position (`acc`), gain the run times the
-    ///   kernel row's taps; at the end of the small row each position's lanes are summed
-    ///   ([`reduce16`]) and the bias added;
-    /// - weight gradient: the kernel row's tap sums gain the run times the small value, one
-    ///   sum over the positions in order, added to `dw` after the row.
-    ///
-    /// Each pass's sums run in the same order whether or not the other is asked for: the
-    /// same bits either way.
+    /// [`TapRows::plane`] for f32 on AVX-512 ([`in_place`]): [`TapRows::plane_lanes`].
     ///
     /// # Safety
     /// AVX-512F available.
@@ -413,10 +585,49 @@ impl TapRows {
     unsafe fn plane_avx512(
         &self,
         big: &[f32],
+        conv: Option<(&[f32], f32, &mut [f32])>,
+        weight: Option<(&[f32], &mut [f32])>,
+    ) {
+        self.plane_lanes::<Avx512Lanes>(big, conv, weight);
+    }
+
+    /// [`TapRows::plane`] for f32 on AVX2 ([`in_place`]): [`TapRows::plane_lanes`].
+    ///
+    /// # Safety
+    /// AVX2 and FMA available.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn plane_avx2_in_place(
+        &self,
+        big: &[f32],
+        conv: Option<(&[f32], f32, &mut [f32])>,
+        weight: Option<(&[f32], &mut [f32])>,
+    ) {
+        self.plane_lanes::<Avx2Lanes>(big, conv, weight);
+    }
+
+    /// The in-place loops on vectors `E` ([`in_place`]). Per small row, its big rows are
+    /// read where they lie, eight at a time, each front to back ([`RowGroups`]), and each
+    /// run a position meets there feeds both passes:
+    /// - conv: the position's lane sums, kept per position (`acc`), gain the run times the
+    ///   kernel row's taps; at the end of the small row each position's lanes are summed
+    ///   (a fixed tree) and the bias added;
+    /// - weight gradient: the kernel row's tap sums gain the run times the small value, one
+    ///   sum over the positions in order, added to `dw` after the row.
+    ///
+    /// Each pass's sums run in the same order whether or not the other is asked for: the
+    /// same bits either way.
+    ///
+    /// # Safety
+    /// `E`'s instructions available (inlined into a function compiled for them).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn plane_lanes<E: Lanes>(
+        &self,
+        big: &[f32],
         mut conv: Option<(&[f32], f32, &mut [f32])>,
         mut weight: Option<(&[f32], &mut [f32])>,
     ) {
-        use std::arch::x86_64::*;
         let (outer, last) = self.split();
         let (ls, kw, lb) = (last.small(self.op), last.kernel, last.big(self.op));
         let small_rows: usize = outer.iter().map(|a| a.small(self.op)).product();
@@ -435,8 +646,8 @@ impl TapRows {
         if ls == 0 || lb == 0 {
             return;
         }
-        let runs = Runs::new(self);
-        let mut acc = vec![_mm512_setzero_ps(); runs.start.len()];
+        let runs = Runs::<E>::new(self);
+        let mut acc = vec![E::zero(); runs.start.len()];
         let (mut rows, mut next) = (Vec::new(), Vec::new());
         self.rows_for(0, &mut next);
         for r in 0..small_rows {
@@ -450,12 +661,12 @@ impl TapRows {
                 let held = rows.iter().map(|x| x.1).max();
                 for &(_, br) in next.iter().filter(|x| Some(x.1) > held) {
                     let row = &big[br * lb..(br + 1) * lb];
-                    for at in (0..lb).step_by(WIDE) {
+                    for at in (0..lb).step_by(16) {
                         super::prefetch_read(row, at);
                     }
                 }
             }
-            acc.fill(_mm512_setzero_ps());
+            acc.fill(E::zero());
             let mut pass = RowGroups {
                 big,
                 lb,
@@ -472,14 +683,13 @@ impl TapRows {
             }
             if let Some((_, bias, small)) = &mut conv {
                 let out = &mut small[r * ls..][..ls];
-                for (p0, lanes) in (0..ls).step_by(WIDE).zip(acc.chunks_exact(WIDE)) {
-                    let lanes: &[__m512; WIDE] = lanes.try_into().expect("16 positions");
-                    let sums = _mm512_add_ps(reduce16(lanes), _mm512_set1_ps(*bias));
-                    if p0 + WIDE <= ls {
-                        _mm512_storeu_ps(out.as_mut_ptr().add(p0), sums);
+                for (p0, lanes) in (0..ls).step_by(E::W).zip(acc.chunks_exact(E::W)) {
+                    let sums = E::sums(lanes, *bias);
+                    if p0 + E::W <= ls {
+                        E::store(out.as_mut_ptr().add(p0), sums);
                     } else {
-                        let mut tail = [0f32; WIDE];
-                        _mm512_storeu_ps(tail.as_mut_ptr(), sums);
+                        let mut tail = [0f32; 16];
+                        E::store(tail.as_mut_ptr(), sums);
                         out[p0..].copy_from_slice(&tail[..ls - p0]);
                     }
                 }
@@ -495,24 +705,24 @@ impl TapRows {
 /// rounds), which also lets one pass feed both gradients.
 const GROUP: usize = 8;
 
-/// One small row's passes over groups of its kernel rows (see [`TapRows::plane_avx512`]).
+/// One small row's passes over groups of its kernel rows (see [`TapRows::plane_lanes`]).
 #[cfg(target_arch = "x86_64")]
-struct RowGroups<'a> {
+struct RowGroups<'a, E: Lanes> {
     big: &'a [f32],
     /// The big rows' length and the small row's.
     lb: usize,
     ls: usize,
-    runs: &'a Runs,
+    runs: &'a Runs<E>,
     /// The conv's kernel (`kw` taps a row), if asked for.
     conv: Option<(&'a [f32], usize)>,
     /// The conv's lane sums per (padded) position.
-    acc: &'a mut [std::arch::x86_64::__m512],
+    acc: &'a mut [E::V],
     /// The weight gradient's small row and kernel gradient (`kw` taps a row), if asked for.
     weight: Option<(&'a [f32], &'a mut [f32], usize)>,
 }
 
 #[cfg(target_arch = "x86_64")]
-impl RowGroups<'_> {
+impl<E: Lanes> RowGroups<'_, E> {
     /// The passes asked for over `group` (at most [`GROUP`] kernel rows), compiled for its
     /// size (8, 4 or 1 rows at a time).
     #[inline(always)]
@@ -534,7 +744,7 @@ impl RowGroups<'_> {
         }
     }
 
-    /// The first `R` of `rows`, per chunk `j` of 16 taps and position `p` in order: with
+    /// The first `R` of `rows`, per chunk `j` of taps and position `p` in order: with
     /// `CONV`, `acc[p] += Σ_t w_t · run_t(p)` (the rows in order); with `WEIGHT`, per row
     /// `g_t += srow[p] · run_t(p)`, then `dw_t += g_t`. Returns `R`.
     #[inline(always)]
@@ -542,7 +752,6 @@ impl RowGroups<'_> {
         &mut self,
         rows: &[(usize, usize)],
     ) -> usize {
-        use std::arch::x86_64::*;
         let runs = self.runs;
         let nj = runs.nj;
         let ptrs: [*const f32; R] =
@@ -552,38 +761,36 @@ impl RowGroups<'_> {
             None => (&[][..], &mut [][..], 0),
         };
         let (w, kw) = self.conv.unwrap_or((&[], 0));
-        let ls = self.ls;
         for j in 0..nj {
             let km = runs.kernel[j];
-            let wv: [__m512; R] = std::array::from_fn(|t| {
-                if CONV {
-                    _mm512_maskz_loadu_ps(km, w.as_ptr().add(rows[t].0 * kw + WIDE * j))
-                } else {
-                    _mm512_setzero_ps()
+            let mut wv = [E::zero(); R];
+            if CONV {
+                for (wt, &(kr, _)) in wv.iter_mut().zip(rows) {
+                    *wt = E::load(km, w.as_ptr().add(kr * kw + E::W * j));
                 }
-            });
-            let mut g = [_mm512_setzero_ps(); R];
-            for p in 0..ls {
+            }
+            let mut g = [E::zero(); R];
+            for p in 0..self.ls {
                 let mask = *runs.lanes.get_unchecked(p * nj + j);
-                let o = *runs.start.get_unchecked(p) + (WIDE * j) as isize;
+                let o = *runs.start.get_unchecked(p) + (E::W * j) as isize;
                 let sv = if WEIGHT {
-                    _mm512_set1_ps(*srow.get_unchecked(p))
+                    E::set1(*srow.get_unchecked(p))
                 } else {
-                    _mm512_setzero_ps()
+                    E::zero()
                 };
                 let mut sum = if CONV {
                     *self.acc.get_unchecked(p)
                 } else {
-                    _mm512_setzero_ps()
+                    E::zero()
                 };
                 for t in 0..R {
                     // Masked: no lane outside the row (or past the kernel) is read.
-                    let v = _mm512_maskz_loadu_ps(mask, ptrs[t].wrapping_offset(o));
+                    let v = E::load(mask, ptrs[t].wrapping_offset(o));
                     if CONV {
-                        sum = _mm512_fmadd_ps(wv[t], v, sum);
+                        sum = E::fmadd(wv[t], v, sum);
                     }
                     if WEIGHT {
-                        g[t] = _mm512_fmadd_ps(sv, v, g[t]);
+                        g[t] = E::fmadd(sv, v, g[t]);
                     }
                 }
                 if CONV {
@@ -592,49 +799,12 @@ impl RowGroups<'_> {
             }
             if WEIGHT {
                 for (gt, &(kr, _)) in g.iter().zip(rows) {
-                    let d = dw.as_mut_ptr().add(kr * dkw + WIDE * j);
-                    let sum = _mm512_add_ps(_mm512_maskz_loadu_ps(km, d), *gt);
-                    _mm512_mask_storeu_ps(d, km, sum);
+                    E::add_into(km, dw.as_mut_ptr().add(kr * dkw + E::W * j), *gt);
                 }
             }
         }
         R
     }
-}
-
-/// The sums across the lanes of 16 vectors, in one vector (lane `i`: `acc[i]`'s sum), by
-/// a fixed tree of pairwise additions: neighbouring lanes' pairs, then quadruples, then the
-/// four 128-bit quarters.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn reduce16(acc: &[std::arch::x86_64::__m512; WIDE]) -> std::arch::x86_64::__m512 {
-    use std::arch::x86_64::*;
-    // Per 128-bit quarter of (x, y): [x0 + x2, y0 + y2, x1 + x3, y1 + y3].
-    let pairs: [__m512; 8] = std::array::from_fn(|k| {
-        let (x, y) = (acc[2 * k], acc[2 * k + 1]);
-        _mm512_add_ps(_mm512_unpacklo_ps(x, y), _mm512_unpackhi_ps(x, y))
-    });
-    // Per quarter: the quarter's sums of positions 4k..4k + 4.
-    let quads: [__m512; 4] = std::array::from_fn(|k| {
-        let (x, y) = (
-            _mm512_castps_pd(pairs[2 * k]),
-            _mm512_castps_pd(pairs[2 * k + 1]),
-        );
-        _mm512_add_ps(
-            _mm512_castpd_ps(_mm512_unpacklo_pd(x, y)),
-            _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)),
-        )
-    });
-    // The four quarters of each: [q0 + q1, q2 + q3] of two vectors side by side, then the
-    // two halves.
-    let halves = |a: __m512, b: __m512| {
-        _mm512_add_ps(
-            _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b),
-            _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b),
-        )
-    };
-    let (h01, h23) = (halves(quads[0], quads[1]), halves(quads[2], quads[3]));
-    halves(h01, h23)
 }
 
 /// What one pass of [`TapRows::plane`] over a big plane computes.
