@@ -11,10 +11,16 @@ Run from the repository root:
 For each layer the peers script (PyTorch and onnxruntime interleaved, 1 and 2 threads) runs
 first, then `tconv bench` at 1 and 2 threads, so that drift of this shared machine hits all
 of them within seconds of each other.
+
+With `--rounds R`, each layer is timed so R times over (peers, then tconv), and every
+figure is the median over the rounds of each call's median: a burst of interference then
+moves one round, not the row (one call of dcgan1 at 2 threads read 4.09 ms against
+2.2 in the sittings around it).
 """
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -37,22 +43,27 @@ def main():
     ap.add_argument("--layers", default=",".join(LAYERS))
     ap.add_argument("--binary", default="target/release/tconv")
     ap.add_argument("--json-out", default=None)
+    ap.add_argument("--rounds", type=int, default=1)
     a = ap.parse_args()
     rows = []
     for layer in a.layers.split(","):
-        with tempfile.TemporaryDirectory() as d:
-            path = os.path.join(d, "peers.json")
-            subprocess.run(
-                [sys.executable, a.peers, "--no-jax", "--no-gemm", "--runs", str(a.runs), "--layers", layer, "--out", path],
-                check=True, capture_output=True, text=True,
-            )
-            peers = json.load(open(path))["layers"][layer]["peers"]
-        ours = {t: tconv(layer, t, a.runs, a.binary) for t in (1, 2)}
-        row = {"layer": layer, "gflop": ours[1]["gflop"], "algorithm": ours[1]["algorithm"]}
+        rounds = []
+        for _ in range(max(a.rounds, 1)):
+            with tempfile.TemporaryDirectory() as d:
+                path = os.path.join(d, "peers.json")
+                subprocess.run(
+                    [sys.executable, a.peers, "--no-jax", "--no-gemm", "--runs", str(a.runs), "--layers", layer, "--out", path],
+                    check=True, capture_output=True, text=True,
+                )
+                peers = json.load(open(path))["layers"][layer]["peers"]
+            ours = {t: tconv(layer, t, a.runs, a.binary) for t in (1, 2)}
+            rounds.append((peers, ours))
+        ours1 = rounds[0][1][1]
+        row = {"layer": layer, "gflop": ours1["gflop"], "algorithm": ours1["algorithm"], "rounds": len(rounds)}
         for t in (1, 2):
-            row[f"tconv-{t}t"] = ours[t]["median_ms"]
-            row[f"torch-{t}t"] = peers[f"torch-{t}t"]["median_ms"]
-            row[f"ort-{t}t"] = peers[f"ort-{t}t"]["median_ms"]
+            row[f"tconv-{t}t"] = statistics.median(o[t]["median_ms"] for _, o in rounds)
+            row[f"torch-{t}t"] = statistics.median(p[f"torch-{t}t"]["median_ms"] for p, _ in rounds)
+            row[f"ort-{t}t"] = statistics.median(p[f"ort-{t}t"]["median_ms"] for p, _ in rounds)
         rows.append(row)
         print(f"{layer}: done", file=sys.stderr)
     if a.json_out:
