@@ -361,7 +361,9 @@ pub fn grad_weight_reference<T: Element>(g: &Geometry, x: &[T], gy: &[T]) -> Vec
 fn weight_by_winograd(g: &Geometry, options: &PlanOptions, isa: Isa) -> bool {
     match options.algorithm.or_else(Algorithm::from_env) {
         Some(a) => a == Algorithm::Winograd,
-        None => isa != Isa::Scalar && winograd_weight::pays(g, isa),
+        // (Groups with few channel pairs never pay for the transforms; the model's
+        // decomposition took 28 µs of each fcn_dw weight gradient.)
+        None => isa != Isa::Scalar && !few_channel_pairs(g) && winograd_weight::pays(g, isa),
     }
 }
 
