@@ -19,16 +19,15 @@
 //! read where they lie instead, a vector of taps (16 or 8) at a time with masked loads at
 //! the rows' ends, eight kernel rows at a time, each front to back, the next small row's
 //! new rows prefetched; a backward pass asking for both gradients feeds each loaded run to
-//! both (the big side is read from memory once). With AVX2, against the row cache, fcn_dw's
-//! input gradient ran 2.44x / 2.65x faster at 1 thread, its weight gradient 2.39x / 2.50x
-//! and its backward pass 2.47x / 2.43x (6 rounds). fcn_dw's input gradient spent half its time in the row copies;
-//! against them (paired, 10 alternating rounds, median / min of the calls) its input
-//! gradient ran 2.01x / 2.10x faster at 1 thread, its weight gradient 2.12x / 2.29x and its
-//! backward pass 2.46x / 2.54x (1.71x / 1.66x, 1.45x / 1.65x and 2.34x / 2.77x at 2
-//! threads). Reading several rows at a time matters: one row at a time, front to back, its
-//! weight gradient ran at less than half the speed; without the prefetch, all three at
-//! two thirds. Each plane is summed by one task in a fixed order: results are bitwise
-//! identical for any thread count.
+//! both (the big side is read from memory once). fcn_dw's input gradient had spent half
+//! its time in the row copies. Against them (paired, median / min of the calls), at 1
+//! thread: on AVX-512 its input gradient ran 2.01x / 2.10x faster, its weight gradient
+//! 2.12x / 2.29x and its backward pass 2.46x / 2.54x (10 rounds; at 2 threads 1.71x /
+//! 1.66x, 1.45x / 1.65x and 2.34x / 2.77x); on AVX2 2.44x / 2.65x, 2.39x / 2.50x and 2.47x
+//! / 2.43x (6 rounds). Reading several rows at a time matters: one row at a time, front to
+//! back, its weight gradient ran at less than half the speed; without the prefetch, all
+//! three at two thirds. Each plane is summed by one task in a fixed order: results are
+//! bitwise identical for any thread count.
 
 use super::{scratch, Isa};
 use crate::geometry::{AxisGeometry, Geometry};
