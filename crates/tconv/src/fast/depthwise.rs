@@ -36,7 +36,7 @@ pub struct DepthwiseRows<T> {
     weight: Vec<T>,
     /// Run the row loops compiled for AVX2+FMA.
     avx2: bool,
-    /// The plan's ISA (the tap-vector loops read rows in place on AVX-512).
+    /// The plan's ISA (the tap-vector loops read f32 rows in place on AVX-512 and AVX2).
     isa: Isa,
     /// Zero margin before each padded input row.
     margin: usize,
