@@ -733,8 +733,9 @@ fn tap_vectors_match<T: Element>(
 }
 
 /// A non-finite input value reaches only the outputs whose windows hold it: the tap
-/// vectors' loads past a kernel row's last tap (24 taps: a second vector of 8) or past a
-/// row's ends read nothing (a zero tap times an infinity would be NaN), on every path.
+/// vectors' loads past a kernel row's last tap (24 taps: on AVX-512 a second vector of 8
+/// lanes) or past a row's ends read nothing (a zero tap times an infinity would be NaN), on
+/// every path.
 #[test]
 fn depthwise_tap_vectors_keep_infinities_to_their_windows() {
     use tconv::ConvParams;

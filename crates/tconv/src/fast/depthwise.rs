@@ -34,9 +34,8 @@ pub struct DepthwiseRows<T> {
     pub spec: DirectSpec,
     /// The weight (`(C, 1, *k)` either way): one contiguous kernel per channel.
     weight: Vec<T>,
-    /// Run the row loops compiled for AVX2+FMA.
-    avx2: bool,
-    /// The plan's ISA (the tap-vector loops read f32 rows in place on AVX-512 and AVX2).
+    /// The plan's ISA: the row loops are compiled for AVX2+FMA unless it is the portable
+    /// one, and the tap-vector loops read f32 rows in place on AVX-512 and AVX2.
     isa: Isa,
     /// Zero margin before each padded input row.
     margin: usize,
@@ -118,7 +117,6 @@ impl<T: Element> DepthwiseRows<T> {
         let mut rows = DepthwiseRows {
             spec,
             weight: w.to_vec(),
-            avx2: cfg!(target_arch = "x86_64") && isa != Isa::Scalar,
             isa,
             margin,
             padded_len,
@@ -245,7 +243,10 @@ impl<T: Element> DepthwiseRows<T> {
     /// One channel plane, compiled for AVX2+FMA where the plan allows it.
     fn plane(&self, g: &Geometry, x: &[T], c: usize, bias: T, y: &mut [T], stream: bool) {
         #[cfg(target_arch = "x86_64")]
-        if self.avx2 && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        if self.isa != Isa::Scalar
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+        {
             // Safety: the features were just detected.
             unsafe { self.plane_avx2(g, x, c, bias, y, stream) };
             return;

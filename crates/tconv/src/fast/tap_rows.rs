@@ -234,21 +234,20 @@ impl TapRows {
     pub fn plane<T: Element>(&self, isa: Isa, big_plane: &[T], pass: Pass<'_, T>) {
         #[cfg(target_arch = "x86_64")]
         if in_place::<T>(isa) {
-            let Pass { conv, weight } = pass;
-            let (Some(big), conv, weight) = (
-                super::as_f32(big_plane),
-                conv.map(|(w, b, out)| (super::as_f32(w), b.to_f32(), super::as_f32_mut(out))),
-                weight.map(|(sp, dw)| (super::as_f32(sp), super::as_f32_mut(dw))),
-            ) else {
-                unreachable!("`in_place` holds for f32 only");
-            };
-            let conv = conv.map(|c| match c {
-                (Some(w), Some(b), Some(out)) => (w, b, out),
-                _ => unreachable!("`in_place` holds for f32 only"),
+            // `T` is f32 (`in_place`), so every view below exists.
+            let f32_only = "`in_place` holds for f32 only";
+            let big = super::as_f32(big_plane).expect(f32_only);
+            let conv = pass.conv.map(|(w, b, out)| {
+                let w = super::as_f32(w).expect(f32_only);
+                (
+                    w,
+                    b.to_f32().expect(f32_only),
+                    super::as_f32_mut(out).expect(f32_only),
+                )
             });
-            let weight = weight.map(|c| match c {
-                (Some(sp), Some(dw)) => (sp, dw),
-                _ => unreachable!("`in_place` holds for f32 only"),
+            let weight = pass.weight.map(|(sp, dw)| {
+                let sp = super::as_f32(sp).expect(f32_only);
+                (sp, super::as_f32_mut(dw).expect(f32_only))
             });
             // Safety: `in_place` checked that the ISA is available.
             unsafe {
@@ -666,20 +665,19 @@ impl TapRows {
                 }
             }
             acc.fill(E::zero());
-            let mut pass = RowGroups {
+            RowGroups {
                 big,
                 lb,
                 ls,
+                kw,
                 runs: &runs,
-                conv: conv.as_ref().map(|(w, ..)| (*w, kw)),
+                conv: conv.as_ref().map(|(w, ..)| *w),
                 acc: &mut acc,
                 weight: weight
                     .as_mut()
-                    .map(|(sp, dw)| (&sp[r * ls..][..ls], &mut **dw, kw)),
-            };
-            for group in rows.chunks(GROUP) {
-                pass.run(group);
+                    .map(|(sp, dw)| (&sp[r * ls..][..ls], &mut **dw)),
             }
+            .run(&rows);
             if let Some((_, bias, small)) = &mut conv {
                 let out = &mut small[r * ls..][..ls];
                 for (p0, lanes) in (0..ls).step_by(E::W).zip(acc.chunks_exact(E::W)) {
@@ -699,40 +697,41 @@ impl TapRows {
 
 /// Kernel rows read together by the in-place loops: as many streams from memory at once.
 /// All sixteen of fcn_dw's at a time ran its weight gradient at about half the speed (0.54x,
-/// 4 rounds: the tile no longer fits the registers); its conv by blocks of 16 positions
-/// over all sixteen rows ran as fast as eight whole rows at a time (0.96x / 1.05x, 10
-/// rounds), which also lets one pass feed both gradients.
+/// 4 rounds); its conv by blocks of 16 positions over all sixteen rows ran as fast as eight
+/// whole rows at a time (0.96x / 1.05x, 10 rounds), which also lets one pass feed both
+/// gradients.
 const GROUP: usize = 8;
 
 /// One small row's passes over groups of its kernel rows (see [`TapRows::plane_lanes`]).
 #[cfg(target_arch = "x86_64")]
 struct RowGroups<'a, E: Lanes> {
     big: &'a [f32],
-    /// The big rows' length and the small row's.
+    /// The big rows' length, the small row's, and the kernel rows' (taps).
     lb: usize,
     ls: usize,
+    kw: usize,
     runs: &'a Runs<E>,
-    /// The conv's kernel (`kw` taps a row), if asked for.
-    conv: Option<(&'a [f32], usize)>,
+    /// The conv's kernel, if asked for.
+    conv: Option<&'a [f32]>,
     /// The conv's lane sums per (padded) position.
     acc: &'a mut [E::V],
-    /// The weight gradient's small row and kernel gradient (`kw` taps a row), if asked for.
-    weight: Option<(&'a [f32], &'a mut [f32], usize)>,
+    /// The weight gradient's small row and kernel gradient, if asked for.
+    weight: Option<(&'a [f32], &'a mut [f32])>,
 }
 
 #[cfg(target_arch = "x86_64")]
 impl<E: Lanes> RowGroups<'_, E> {
-    /// The passes asked for over `group` (at most [`GROUP`] kernel rows), compiled for its
-    /// size (8, 4 or 1 rows at a time).
+    /// The passes asked for over the small row's kernel rows `rows`, [`GROUP`] at a time
+    /// (then 4, then 1), each group size compiled on its own.
     #[inline(always)]
-    unsafe fn run(&mut self, group: &[(usize, usize)]) {
+    unsafe fn run(&mut self, rows: &[(usize, usize)]) {
         let mut at = 0;
-        while at < group.len() {
-            let rows = &group[at..];
+        while at < rows.len() {
+            let rows = &rows[at..];
             at += match (rows.len(), self.conv.is_some(), self.weight.is_some()) {
-                (8.., true, true) => self.rows::<8, true, true>(rows),
-                (8.., true, false) => self.rows::<8, true, false>(rows),
-                (8.., false, _) => self.rows::<8, false, true>(rows),
+                (GROUP.., true, true) => self.rows::<GROUP, true, true>(rows),
+                (GROUP.., true, false) => self.rows::<GROUP, true, false>(rows),
+                (GROUP.., false, _) => self.rows::<GROUP, false, true>(rows),
                 (4.., true, true) => self.rows::<4, true, true>(rows),
                 (4.., true, false) => self.rows::<4, true, false>(rows),
                 (4.., false, _) => self.rows::<4, false, true>(rows),
@@ -755,11 +754,12 @@ impl<E: Lanes> RowGroups<'_, E> {
         let nj = runs.nj;
         let ptrs: [*const f32; R] =
             std::array::from_fn(|t| self.big.as_ptr().add(rows[t].1 * self.lb));
-        let (srow, dw, dkw) = match &mut self.weight {
-            Some((srow, dw, kw)) => (*srow, &mut **dw, *kw),
-            None => (&[][..], &mut [][..], 0),
+        let kw = self.kw;
+        let (srow, dw) = match &mut self.weight {
+            Some((srow, dw)) => (*srow, &mut **dw),
+            None => (&[][..], &mut [][..]),
         };
-        let (w, kw) = self.conv.unwrap_or((&[], 0));
+        let w = self.conv.unwrap_or(&[]);
         for j in 0..nj {
             let km = runs.kernel[j];
             let mut wv = [E::zero(); R];
@@ -798,7 +798,7 @@ impl<E: Lanes> RowGroups<'_, E> {
             }
             if WEIGHT {
                 for (gt, &(kr, _)) in g.iter().zip(rows) {
-                    E::add_into(km, dw.as_mut_ptr().add(kr * dkw + E::W * j), *gt);
+                    E::add_into(km, dw.as_mut_ptr().add(kr * kw + E::W * j), *gt);
                 }
             }
         }
