@@ -204,6 +204,36 @@ pub struct Timing {
     /// Median milliseconds to build the plan (geometry, decomposition, weight packing, tile
     /// table): what a caller pays when input sizes change between calls. Forward rows only.
     pub plan_ms: Option<f64>,
+    /// Median milliseconds for a [`tconv::Layer`] that has planned the layer's input to plan
+    /// each of [`REPLAN_SHAPES`] new inputs (the last spatial extent 1, 2, ... longer):
+    /// what a caller pays per new input size when the packed weights are shared. Forward
+    /// rows only.
+    pub replan_ms: Option<f64>,
+}
+
+/// New input shapes [`Timing::replan_ms`] plans.
+pub const REPLAN_SHAPES: usize = 8;
+
+/// The median time for a layer that has planned `input` to plan each of
+/// [`REPLAN_SHAPES`] longer inputs.
+fn time_replan(
+    w: &ArrayD<f32>,
+    input: &[usize],
+    params: &tconv::ConvParams,
+    opts: &PlanOptions,
+) -> Result<f64> {
+    let layer = tconv::Layer::new(Op::ConvTranspose, w, None, params, opts)?;
+    layer.plan(input)?;
+    let mut times = Vec::with_capacity(REPLAN_SHAPES);
+    for extra in 1..=REPLAN_SHAPES {
+        let mut shape = input.to_vec();
+        *shape.last_mut().context("a spatial axis")? += extra;
+        let start = std::time::Instant::now();
+        layer.plan(&shape)?;
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
 }
 
 fn time_plan(plan: &Plan<f32>, x: &ArrayD<f32>, warmup: usize, runs: usize) -> Result<(f64, f64)> {
@@ -239,6 +269,7 @@ pub fn time_layer(l: &Layer, a: &BenchArgs, opts: &PlanOptions) -> Result<Vec<Ti
         5,
     )?
     .0;
+    let replan_ms = time_replan(&w, &l.input, &l.params, opts)?;
     let geometry: &Geometry = plan.geometry();
     let gflop = geometry.flops() as f64 / 1e9;
     let mut out = Vec::new();
@@ -253,6 +284,7 @@ pub fn time_layer(l: &Layer, a: &BenchArgs, opts: &PlanOptions) -> Result<Vec<Ti
             algorithm: plan.label(),
             workspace_bytes: plan.workspace_bytes(),
             plan_ms: Some(plan_ms),
+            replan_ms: Some(replan_ms),
         });
     }
     if a.pass != Pass::Forward {
@@ -313,6 +345,7 @@ pub fn time_layer(l: &Layer, a: &BenchArgs, opts: &PlanOptions) -> Result<Vec<Ti
                 },
                 workspace_bytes: 0,
                 plan_ms: None,
+                replan_ms: None,
             });
         }
     }
@@ -333,6 +366,7 @@ pub fn time_layer(l: &Layer, a: &BenchArgs, opts: &PlanOptions) -> Result<Vec<Ti
             algorithm: plan.label(),
             workspace_bytes: plan.workspace_bytes(),
             plan_ms: None,
+            replan_ms: None,
         });
     }
     Ok(out)
@@ -465,8 +499,16 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         };
         println!("FMA peak: {peak_per_core:.1} GFLOP/s per core ({isa}, {how})");
         println!(
-            "{:<14} {:>7} {:>8} {:>10} {:>10} {:>9} {:>7}  algorithm",
-            "layer", "threads", "GFLOP", "median ms", "min ms", "GFLOP/s", "% peak"
+            "{:<18} {:>7} {:>8} {:>10} {:>10} {:>9} {:>7} {:>8} {:>9}  algorithm",
+            "layer",
+            "threads",
+            "GFLOP",
+            "median ms",
+            "min ms",
+            "GFLOP/s",
+            "% peak",
+            "plan ms",
+            "replan ms"
         );
     }
     for l in &layers {
@@ -480,13 +522,23 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                     "percent_of_peak": peak, "peak_gflops_per_core": peak_per_core,
                     "algorithm": t.algorithm,
                     "workspace_bytes": t.workspace_bytes, "runs": a.runs,
-                    "plan_ms": t.plan_ms,
+                    "plan_ms": t.plan_ms, "replan_ms": t.replan_ms,
                 });
                 println!("{obj}");
             } else {
+                let ms = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.3}"));
                 println!(
-                    "{:<14} {:>7} {:>8.3} {:>10.3} {:>10.3} {:>9.1} {:>6.1}%  {}",
-                    t.name, t.threads, t.gflop, t.median_ms, t.min_ms, gflops, peak, t.algorithm
+                    "{:<18} {:>7} {:>8.3} {:>10.3} {:>10.3} {:>9.1} {:>6.1}% {:>8} {:>9}  {}",
+                    t.name,
+                    t.threads,
+                    t.gflop,
+                    t.median_ms,
+                    t.min_ms,
+                    gflops,
+                    peak,
+                    ms(t.plan_ms),
+                    ms(t.replan_ms),
+                    t.algorithm
                 );
             }
         }

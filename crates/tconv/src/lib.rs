@@ -28,15 +28,18 @@ pub mod explain;
 pub mod fast;
 pub mod geometry;
 pub mod grad;
+pub mod layer;
 pub mod npy;
 pub mod params;
 pub mod plan;
+mod recent;
 pub mod reference;
 pub mod tensor;
 
 pub use error::{Error, ErrorKind, Result};
 pub use geometry::{AxisGeometry, Geometry};
 pub use grad::{conv_backward, conv_transpose_backward, Gradients, Wanted};
+pub use layer::Layer;
 pub use params::{ConvParams, Op, OutputSize, Padding};
 pub use plan::{Algorithm, Plan, PlanOptions};
 pub use tensor::Element;

@@ -15,7 +15,7 @@ use crate::fast::depthwise::DepthwiseRows;
 use crate::fast::direct::{execute, DirectKernel, Kernel, TileTable};
 use crate::fast::im2col::{self, Im2col};
 use crate::fast::kernels::{portable, tile_shapes, KernelFn};
-use crate::fast::pack::pack_weights;
+use crate::fast::pack::{pack_key, pack_weights, PackCache};
 use crate::fast::spec::{DirectSpec, SourceLayout};
 use crate::fast::winograd::{self, Winograd};
 use crate::fast::Isa;
@@ -359,6 +359,18 @@ impl<T: Element> Plan<T> {
     /// # Errors
     /// A forced tile shape that no kernel implements, or a weight of the wrong length.
     pub fn from_geometry(g: Geometry, w: &[T], options: &PlanOptions) -> Result<Plan<T>> {
+        Plan::build(g, w, options, None)
+    }
+
+    /// [`Plan::from_geometry`], taking the packed weights from `packs` where it holds them
+    /// for this plan's packing (and keeping them there otherwise): `w` must be the weight
+    /// `packs` was filled from.
+    pub(crate) fn build(
+        g: Geometry,
+        w: &[T],
+        options: &PlanOptions,
+        packs: Option<&PackCache>,
+    ) -> Result<Plan<T>> {
         if w.len() != numel(&g.weight_shape()) {
             return fail(ErrorKind::ShapeMismatch {
                 what: "weight data",
@@ -485,18 +497,20 @@ impl<T: Element> Plan<T> {
                 groups: 1,
                 ..g.clone()
             });
-            let packed = if depthwise {
-                // The (G, 1, *k) weight read as one group of G output channels from 1 input.
-                let view = Geometry {
-                    groups: 1,
-                    in_channels: 1,
-                    out_channels: g.groups,
-                    ..g.clone()
-                };
-                pack_weights(&view, &spec, w, mr, (threads, options.once))
-            } else {
-                pack_weights(&g, &spec, w, mr, (threads, options.once))
-            };
+            // The (G, 1, *k) weight of a depthwise layer is read as one group of G output
+            // channels from 1 input.
+            let view = depthwise.then(|| Geometry {
+                groups: 1,
+                in_channels: 1,
+                out_channels: g.groups,
+                ..g.clone()
+            });
+            let view = view.as_ref().unwrap_or(&g);
+            let packed = PackCache::get_or_pack(
+                packs,
+                || pack_key(view, &spec, mr),
+                || pack_weights(view, &spec, w, mr, (threads, options.once)),
+            );
             // Split the work into about 4 tasks per thread: batch items first, then row bands.
             let q0 = spec
                 .phases
@@ -568,7 +582,7 @@ impl<T: Element> Plan<T> {
                     ..options.clone()
                 };
                 gemm_kernel::<T>(isa, &options, 0, 0).map(|(f, mr, v)| {
-                    Winograd::new(&g, w, f, (mr, v, isa.lanes(), isa), threads)
+                    Winograd::new(&g, w, f, (mr, v, isa.lanes(), isa), threads, packs)
                         .expect("the planner checked that Winograd tiles apply")
                 })
             })

@@ -351,7 +351,7 @@ pub struct DirectKernel<T: Element> {
     /// The phase decomposition.
     pub spec: DirectSpec,
     /// Weights packed for `kernel`'s tile.
-    pub packed: PackedWeights<T>,
+    pub packed: std::sync::Arc<PackedWeights<T>>,
     /// The microkernel.
     pub kernel: Kernel<T>,
     /// Output channels per tile.

@@ -1,11 +1,15 @@
 //! Packing: weights once per plan into the order the kernels stream them, and (only where
 //! the decomposition needs it) the input into a padded or polyphase buffer.
 
+use std::any::Any;
+use std::sync::Arc;
+
 use super::direct::run_chunks;
 use super::scratch::{self, Scratch};
 use super::spec::{DirectSpec, SourceLayout};
 use crate::geometry::Geometry;
 use crate::params::Op;
+use crate::recent::Recent;
 use crate::tensor::{for_each_index, numel, Element};
 
 /// Weights packed as `[group][co_block][phase][tap][ci][MR]`, zero-filled past `C_out/g`.
@@ -27,6 +31,76 @@ impl<T: Element> PackedWeights<T> {
         let i = (group * self.blocks + block) * self.phases + phase;
         &self.data[self.offsets[i]..self.offsets[i + 1]]
     }
+}
+
+/// Packed weights kept between the plans of one weight (see [`crate::Layer`]), by what
+/// their contents depend on: a plan for a new input shape whose packing has the same key
+/// shares the packed values instead of packing `w` again (dcgan1's Winograd weight
+/// transform and hifigan1d's are most of their planning time). The last [`PackCache::KEEP`]
+/// packings are kept.
+pub struct PackCache(Recent<Arc<dyn Any + Send + Sync>>);
+
+impl Default for PackCache {
+    fn default() -> Self {
+        PackCache(Recent::new(Self::KEEP))
+    }
+}
+
+impl PackCache {
+    /// Packings kept (most recently used last).
+    pub const KEEP: usize = 4;
+
+    /// The packing under `key` from `cache`, else `pack()` (kept in `cache` if any).
+    /// `key` must name everything `pack`'s result depends on besides the cache's weight.
+    pub(crate) fn get_or_pack<P: Any + Send + Sync>(
+        cache: Option<&PackCache>,
+        key: impl FnOnce() -> Vec<usize>,
+        pack: impl FnOnce() -> P,
+    ) -> Arc<P> {
+        let Some(cache) = cache else {
+            return Arc::new(pack());
+        };
+        let key = key();
+        if let Some(found) = cache.0.get(&key).and_then(|p| p.downcast::<P>().ok()) {
+            return found;
+        }
+        // Packed without the lock: another plan of the same weight may pack meanwhile.
+        let packed = Arc::new(pack());
+        cache
+            .0
+            .insert(key, Arc::clone(&packed) as Arc<dyn Any + Send + Sync>);
+        packed
+    }
+
+    /// Packings held now.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What [`pack_weights`]' result depends on besides `w`: the channel layout, the tile's
+/// rows and every phase's taps in order.
+pub(crate) fn pack_key(g: &Geometry, spec: &DirectSpec, mr: usize) -> Vec<usize> {
+    let mut key = vec![
+        1, // this packing
+        g.op as usize,
+        g.groups,
+        g.in_per_group(),
+        g.out_per_group(),
+        numel(&g.kernel_shape()),
+        mr,
+        spec.phases.len(),
+    ];
+    for p in &spec.phases {
+        key.push(p.taps.len());
+        key.extend(p.taps.iter().map(|t| t.kernel_index));
+    }
+    key
 }
 
 /// Pack `w` (PyTorch layout for `g.op`) for the phases of `spec`, on `threads` threads;

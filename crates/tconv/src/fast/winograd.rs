@@ -33,6 +33,7 @@ use std::ops::Range;
 
 use super::direct::{band_tasks, run_each, Task};
 use super::kernels::{KernelFn, Rows};
+use super::pack::PackCache;
 use super::scratch;
 use super::spec::{pitches_of, residue_taps};
 use super::winograd_input::{self, Slab, SlabSource};
@@ -552,7 +553,7 @@ pub struct Winograd<T> {
     blocks: usize,
     /// `U` packed as `[group][block][live phase][point][(source, ci)][mr]`, zero past the
     /// channels.
-    packed: Vec<T>,
+    packed: std::sync::Arc<Vec<T>>,
     /// Tiles along axis 0 per task and images per task.
     band_tiles: usize,
     batch_chunk: usize,
@@ -977,6 +978,7 @@ impl<T: Element> Winograd<T> {
         kernel: KernelFn<T>,
         (mr, v, lanes, isa): (usize, usize, usize, Isa),
         threads: usize,
+        packs: Option<&PackCache>,
     ) -> Option<Winograd<T>> {
         let (transforms, phases, out_stride, in_stride) = decompose(g)?;
         let dims = g.axes.len();
@@ -996,7 +998,6 @@ impl<T: Element> Winograd<T> {
         // unit per (group, block), packed in parallel.
         let unit = live.len() * points * kdim * mr;
         let units = g.groups * blocks;
-        let mut packed = vec![T::zero(); units * unit];
         let rs: Vec<usize> = transforms.iter().map(|t| t.r).collect();
         // Flat kernel index of each tap of each source of each live phase (row-major over
         // its taps).
@@ -1028,40 +1029,69 @@ impl<T: Element> Winograd<T> {
         let identity: Vec<usize> = (0..ksize).collect();
         // One (source, point) run of U: `C_in/g × mr` values, contiguous in the packing.
         let run = cin_g * mr;
-        super::direct::run_chunks(threads, &mut packed, unit, |k, dst| {
-            let (group, b) = (k / blocks, k % blocks);
-            let rows = mr.min(cout_g - b * mr);
-            let first = match g.op {
-                Op::ConvTranspose => group * cin_g * cout_g * ksize,
-                Op::Conv => group * cout_g * cin_g * ksize,
-            } + b * mr * co_step;
-            // The block's kernels as `wk[tap position][ci][mm]` (zero past the last output
-            // channel), each weight read once: every U run of a (phase, source, point) is
-            // then a combination of whole runs of `wk`, one vectorised pass each.
-            let mut wk = vec![T::zero(); ksize * run];
-            let kernels = super::pack::BlockKernels {
-                w,
-                base: first,
-                ci_step,
-                co_step,
+        // What the packing depends on besides `w`: the channel layout, the tile's rows, the
+        // transforms (and the ISA computing them) and every live phase's sources' taps.
+        let key = || {
+            let mut key = vec![
+                2, // this packing
+                g.op as usize,
+                g.groups,
+                cin_g,
+                cout_g,
                 ksize,
-                live: rows,
-                cin: cin_g,
                 mr,
-            };
-            kernels.by_tap(&identity, &mut wk, run);
-            let terms = KernelTerms {
-                kflat: &kflat,
-                gterms: &gterms,
-                wk: &wk,
-                run,
-                per_phase,
+                isa as usize,
                 kdim,
-                cin: cin_g,
-                mr,
-            };
-            transform_kernels(isa, &terms, dst);
-        });
+            ];
+            key.extend(transforms.iter().flat_map(|t| [t.m, t.r]));
+            for sources in &kflat {
+                key.push(sources.len());
+                for k in sources {
+                    key.push(k.len());
+                    key.extend(k);
+                }
+            }
+            key
+        };
+        let pack = || {
+            let mut packed = vec![T::zero(); units * unit];
+            super::direct::run_chunks(threads, &mut packed, unit, |k, dst| {
+                let (group, b) = (k / blocks, k % blocks);
+                let rows = mr.min(cout_g - b * mr);
+                let first = match g.op {
+                    Op::ConvTranspose => group * cin_g * cout_g * ksize,
+                    Op::Conv => group * cout_g * cin_g * ksize,
+                } + b * mr * co_step;
+                // The block's kernels as `wk[tap position][ci][mm]` (zero past the last output
+                // channel), each weight read once: every U run of a (phase, source, point) is
+                // then a combination of whole runs of `wk`, one vectorised pass each.
+                let mut wk = vec![T::zero(); ksize * run];
+                let kernels = super::pack::BlockKernels {
+                    w,
+                    base: first,
+                    ci_step,
+                    co_step,
+                    ksize,
+                    live: rows,
+                    cin: cin_g,
+                    mr,
+                };
+                kernels.by_tap(&identity, &mut wk, run);
+                let terms = KernelTerms {
+                    kflat: &kflat,
+                    gterms: &gterms,
+                    wk: &wk,
+                    run,
+                    per_phase,
+                    kdim,
+                    cin: cin_g,
+                    mr,
+                };
+                transform_kernels(isa, &terms, dst);
+            });
+            packed
+        };
+        let packed = PackCache::get_or_pack(packs, key, pack);
         let Sizing {
             batch_chunk,
             band_tiles,

@@ -1,0 +1,148 @@
+//! A layer: one weight (and bias) with its parameters, run on inputs of any shape.
+//!
+//! A [`Plan`] is built for one input shape. Where input sizes change between calls (an
+//! audio vocoder's clips, a decoder's variable image sizes), a [`Layer`] plans each new
+//! shape as it comes and keeps the last [`Layer::KEEP_PLANS`] plans; and a plan for a new
+//! shape whose packed weights would be the same as an earlier plan's (the usual case: the
+//! packing depends on the kernel, the channels, the phases and the register tile, not on
+//! the input's extent) shares them instead of packing the weight again. dcgan1's plan packs
+//! and transforms an 8 MB weight: `tconv bench` reports `plan_ms` (a fresh plan) beside
+//! `replan_ms` (a layer's plan for a new input shape).
+
+use std::sync::Arc;
+
+use ndarray::{ArrayD, ArrayView1, AsArray, Dimension};
+
+use crate::error::{fail, ErrorKind, Result};
+use crate::fast::pack::PackCache;
+use crate::geometry::Geometry;
+use crate::params::{ConvParams, Op};
+use crate::plan::{Plan, PlanOptions};
+use crate::recent::Recent;
+use crate::tensor::{contiguous, Element};
+
+/// One weight and bias with their parameters, planned per input shape.
+///
+/// ```
+/// use tconv::{ConvParams, Layer, Op, PlanOptions};
+/// use ndarray::{Array3, ArrayD, IxDyn};
+///
+/// // A 1-D upsampler: 2 -> 1 channels, kernel 4, stride 2, padding 1.
+/// let w = ArrayD::from_shape_fn(IxDyn(&[2, 1, 4]), |i| (i[0] + i[2]) as f32);
+/// let params = ConvParams::new().stride(&[2]).padding(&[1]);
+/// let layer = Layer::new(Op::ConvTranspose, &w, None, &params, &PlanOptions::default())?;
+/// for len in [5, 6, 7, 5] {
+///     let x = Array3::<f32>::ones((1, 2, len));
+///     let y = layer.forward(&x)?;
+///     assert_eq!(y.shape(), &[1, 1, 2 * len]);
+///     assert_eq!(y, tconv::conv_transpose(&x, &w, None, &params)?);
+/// }
+/// # Ok::<(), tconv::Error>(())
+/// ```
+pub struct Layer<T: Element> {
+    op: Op,
+    params: ConvParams,
+    options: PlanOptions,
+    weight_shape: Vec<usize>,
+    weight: Vec<T>,
+    bias: Option<Vec<T>>,
+    /// Plans by input shape.
+    plans: Recent<Arc<Plan<T>>>,
+    packs: PackCache,
+}
+
+impl<T: Element> Layer<T> {
+    /// Plans kept (most recently used last); a plan holds no copy of the packed weights it
+    /// shares.
+    pub const KEEP_PLANS: usize = 8;
+
+    /// A layer of `op` with weight `w` (PyTorch layout: conv `(C_out, C_in/g, *k)`,
+    /// conv_transpose `(C_in, C_out/g, *k)`) and optional bias `(C_out,)`. Plans are built
+    /// for `options` (whose `once` is ignored: a layer's plans run many times).
+    ///
+    /// # Errors
+    /// A weight of fewer than 3 axes. The shapes are checked against each other and the
+    /// parameters when an input's shape is first planned ([`Layer::plan`]).
+    pub fn new<'w, D: Dimension>(
+        op: Op,
+        w: impl AsArray<'w, T, D>,
+        bias: Option<ArrayView1<'_, T>>,
+        params: &ConvParams,
+        options: &PlanOptions,
+    ) -> Result<Layer<T>> {
+        let w = w.into().into_dyn();
+        if w.ndim() < 3 {
+            return fail(ErrorKind::WeightRank { rank: w.ndim() });
+        }
+        Ok(Layer {
+            op,
+            params: params.clone(),
+            options: PlanOptions {
+                once: false,
+                ..options.clone()
+            },
+            weight_shape: w.shape().to_vec(),
+            weight: contiguous(&w).into_owned(),
+            bias: bias.map(|b| b.to_vec()),
+            plans: Recent::new(Self::KEEP_PLANS),
+            packs: PackCache::default(),
+        })
+    }
+
+    /// The operation.
+    pub fn op(&self) -> Op {
+        self.op
+    }
+
+    /// The parameters.
+    pub fn params(&self) -> &ConvParams {
+        &self.params
+    }
+
+    /// The weight's shape.
+    pub fn weight_shape(&self) -> &[usize] {
+        &self.weight_shape
+    }
+
+    /// The plan for inputs of `input_shape` (`(N, C, *spatial)` or `(C, *spatial)`): a
+    /// kept one, else a new one sharing packed weights with earlier plans where it can.
+    ///
+    /// # Errors
+    /// Any invalid shape or parameter for this input (see [`Geometry::new`]).
+    pub fn plan(&self, input_shape: &[usize]) -> Result<Arc<Plan<T>>> {
+        if let Some(plan) = self.plans.get(input_shape) {
+            return Ok(plan);
+        }
+        let bias_shape = self.bias.as_ref().map(|b| vec![b.len()]);
+        let g = Geometry::new(
+            self.op,
+            input_shape,
+            &self.weight_shape,
+            bias_shape.as_deref(),
+            &self.params,
+        )?;
+        let plan = Arc::new(Plan::build(
+            g,
+            &self.weight,
+            &self.options,
+            Some(&self.packs),
+        )?);
+        self.plans.insert(input_shape.to_vec(), Arc::clone(&plan));
+        Ok(plan)
+    }
+
+    /// Run on `x` (any shape the parameters accept), planning its shape if it is new.
+    ///
+    /// # Errors
+    /// As [`Layer::plan`].
+    pub fn forward<'x, D: Dimension>(&self, x: impl AsArray<'x, T, D>) -> Result<ArrayD<T>> {
+        let x = x.into().into_dyn();
+        let plan = self.plan(x.shape())?;
+        plan.execute(x, self.bias.as_deref().map(ArrayView1::from))
+    }
+
+    /// Packed weights held for this layer's plans now (at most [`PackCache::KEEP`]).
+    pub fn packings(&self) -> usize {
+        self.packs.len()
+    }
+}

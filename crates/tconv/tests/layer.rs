@@ -1,0 +1,216 @@
+//! A [`Layer`] planned for one input shape after another gives what a fresh plan for each
+//! shape gives, bit for bit (so the packed weights it shares between its plans are those a
+//! fresh plan would pack), and does share them where only the input's extent changes.
+
+mod common;
+
+use common::gen::*;
+use ndarray::{ArrayD, IxDyn};
+use proptest::prelude::*;
+use tconv::fast::Isa;
+use tconv::{Algorithm, ConvParams, Element, Layer, Op, Padding, Plan, PlanOptions};
+
+/// Values that round (so a wrong order of sums or a wrong tap shows in the bits).
+fn rounding<T: Element>(shape: &[usize], seed: u64) -> ArrayD<T> {
+    ints::<T>(shape, seed).mapv(|v| v * T::from(0.37).unwrap() + T::from(0.011).unwrap())
+}
+
+/// Run `layer` on inputs of each of `shapes` in turn and compare with a fresh plan.
+fn layer_matches_fresh<T: Element>(
+    op: Op,
+    w: &ArrayD<T>,
+    bias: Option<&ndarray::Array1<T>>,
+    params: &ConvParams,
+    options: &PlanOptions,
+    shapes: &[Vec<usize>],
+) -> Result<(), TestCaseError> {
+    let layer = Layer::new(op, w, bias.map(|b| b.view()), params, options).unwrap();
+    for (i, shape) in shapes.iter().enumerate() {
+        let x = rounding::<T>(shape, i as u64 + 3);
+        let fresh = Plan::new(op, shape, w, bias.map(|b| b.len()), params, options);
+        let (Ok(fresh), got) = (fresh, layer.forward(&x)) else {
+            // A shape the parameters reject: the layer rejects it too.
+            let fresh = Plan::new(op, shape, w, bias.map(|b| b.len()), params, options);
+            prop_assert!(fresh.is_err() && layer.forward(&x).is_err(), "{shape:?}");
+            continue;
+        };
+        let want = fresh.execute(&x, bias.map(|b| b.view())).unwrap();
+        prop_assert_eq!(got.unwrap(), want, "{:?}: {}", shape, fresh);
+        prop_assert!(layer.packings() <= tconv::fast::pack::PackCache::KEEP);
+    }
+    Ok(())
+}
+
+/// The case's input shape with each spatial extent changed by the deltas (cycled), at
+/// least 1.
+fn variants(c: &Case, deltas: &[Vec<i64>]) -> Vec<Vec<usize>> {
+    deltas
+        .iter()
+        .map(|d| {
+            let mut s = c.x_shape();
+            for (a, e) in s[2..].iter_mut().enumerate() {
+                *e = (*e as i64 + d[a % d.len()]).max(1) as usize;
+            }
+            s
+        })
+        .collect()
+}
+
+fn algorithms() -> [(Option<Algorithm>, Option<bool>); 5] {
+    [
+        (None, None),
+        (Some(Algorithm::Direct), Some(false)),
+        (Some(Algorithm::Direct), Some(true)),
+        (Some(Algorithm::Winograd), None),
+        (Some(Algorithm::Col2im), None),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 32, ..ProptestConfig::default() })]
+
+    #[test]
+    fn layer_matches_fresh_plans(
+        c in case_upto(9, 6, 2),
+        deltas in prop::collection::vec(prop::collection::vec(-3i64..=3, 1..=3), 2..=5),
+        same in 0usize..3,
+        threads in 1usize..=2,
+    ) {
+        let shapes = variants(&c, &deltas);
+        // A transposed conv as generated, or with SAME padding (whose split depends on the
+        // input's extent, and with it the phases' taps).
+        let mut p = c.params();
+        p.output_padding.clear();
+        if same > 0 {
+            p = p.padding_spec(if same == 1 { Padding::SameUpper } else { Padding::SameLower });
+        }
+        let (_, w, b) = c.data::<f32>();
+        // The same weight read as a conv's: input channels = out_pg * groups.
+        let conv_shapes: Vec<Vec<usize>> = shapes
+            .iter()
+            .map(|s| {
+                let mut s = s.clone();
+                s[1] = c.c_out();
+                s
+            })
+            .collect();
+        let conv_bias = b.as_ref().map(|_| rounding::<f32>(&[c.c_in()], 9).into_dimensionality().unwrap());
+        for (algorithm, inplace) in algorithms() {
+            let options = PlanOptions {
+                threads: Some(threads),
+                algorithm,
+                inplace,
+                ..PlanOptions::default()
+            };
+            let wr = rounding::<f32>(w.shape(), c.seed);
+            let br = b.as_ref().map(|b| rounding::<f32>(&[b.len()], 5).into_dimensionality().unwrap());
+            layer_matches_fresh(Op::ConvTranspose, &wr, br.as_ref(), &p, &options, &shapes)?;
+            layer_matches_fresh(Op::Conv, &wr, conv_bias.as_ref(), &p, &options, &conv_shapes)?;
+        }
+        // f64 and the portable ISA: the planner's choice only.
+        let options = PlanOptions { isa: Some(Isa::Scalar), ..PlanOptions::default() };
+        let w64 = rounding::<f64>(w.shape(), c.seed);
+        layer_matches_fresh(Op::ConvTranspose, &w64, None, &p, &options, &shapes)?;
+    }
+}
+
+/// A dense stride-2 upsampler on Winograd tiles and a 1-D one (hifigan's shape, smaller;
+/// the planner's choice): a plan for a new input extent packs only where its packing differs
+/// from every earlier plan's.
+#[test]
+fn new_input_extents_share_the_packed_weights() {
+    let options = PlanOptions {
+        threads: Some(1),
+        algorithm: Some(Algorithm::Winograd),
+        ..PlanOptions::default()
+    };
+    let params = ConvParams::new().stride(&[2, 2]).padding(&[1, 1]);
+    let w = rounding::<f32>(&[64, 32, 4, 4], 1);
+    let layer = Layer::new(Op::ConvTranspose, &w, None, &params, &options).unwrap();
+    let mut labels = std::collections::BTreeSet::new();
+    for (h, wd) in [(16, 16), (16, 20), (20, 16), (24, 24), (32, 32), (16, 16)] {
+        let x = rounding::<f32>(&[1, 64, h, wd], h as u64);
+        let y = layer.forward(&x).unwrap();
+        let fresh = Plan::new(Op::ConvTranspose, x.shape(), &w, None, &params, &options).unwrap();
+        assert_eq!(y, fresh.execute(&x, None).unwrap(), "{h}x{wd}");
+        assert_eq!(fresh.algorithm(), Algorithm::Winograd);
+        labels.insert(fresh.label());
+    }
+    // The transforms and the tile follow the extents (here F(2x2), F(2x3), F(3x2), F(3x3);
+    // 12x2 or 16x1): one packing per (transforms, tile) seen, no more.
+    assert!(labels.len() > 1 && labels.len() < 6, "{labels:?}");
+    assert_eq!(layer.packings(), labels.len(), "{labels:?}");
+
+    let options = PlanOptions {
+        threads: Some(1),
+        ..PlanOptions::default()
+    };
+    let params = ConvParams::new().stride(&[8]).padding(&[4]);
+    let w = rounding::<f32>(&[64, 32, 16], 2);
+    let layer = Layer::new(Op::ConvTranspose, &w, None, &params, &options).unwrap();
+    let mut labels = std::collections::BTreeSet::new();
+    for len in [50, 51, 97, 50, 64] {
+        let x = rounding::<f32>(&[1, 64, len], len as u64);
+        let y = layer.forward(&x).unwrap();
+        let fresh = Plan::new(Op::ConvTranspose, x.shape(), &w, None, &params, &options).unwrap();
+        assert_eq!(y, fresh.execute(&x, None).unwrap(), "{len}");
+        labels.insert(fresh.label());
+    }
+    assert_eq!(layer.packings(), labels.len(), "{labels:?}");
+
+    // SAME_UPPER (ONNX): the crop's split moves with the extent, and with it the phases'
+    // taps; each plan is still the fresh plan's.
+    let params = ConvParams::new()
+        .stride(&[2])
+        .padding_spec(Padding::SameUpper);
+    let w = rounding::<f32>(&[16, 16, 3], 3);
+    let layer = Layer::new(Op::ConvTranspose, &w, None, &params, &options).unwrap();
+    for len in [20, 21, 22] {
+        let x = rounding::<f32>(&[2, 16, len], len as u64);
+        let fresh = Plan::new(Op::ConvTranspose, x.shape(), &w, None, &params, &options).unwrap();
+        assert_eq!(layer.forward(&x).unwrap(), fresh.execute(&x, None).unwrap());
+    }
+    assert!((1..=3).contains(&layer.packings()), "{}", layer.packings());
+}
+
+/// A layer rejects what a plan rejects, with the same error, and keeps working after.
+#[test]
+fn layer_errors_name_the_numbers() {
+    let w = ArrayD::<f32>::zeros(IxDyn(&[4, 2, 3, 3]));
+    let layer = Layer::new(
+        Op::Conv,
+        &w,
+        None,
+        &ConvParams::new(),
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    let bad = ArrayD::<f32>::zeros(IxDyn(&[1, 3, 5, 5]));
+    let err = layer.forward(&bad).unwrap_err().to_string();
+    let plan_err = Plan::new(
+        Op::Conv,
+        &[1, 3, 5, 5],
+        &w,
+        None,
+        &ConvParams::new(),
+        &PlanOptions::default(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert_eq!(err, plan_err);
+    assert!(err.contains('3') && err.contains('2'), "{err}");
+    let small = ArrayD::<f32>::zeros(IxDyn(&[1, 2, 2, 2]));
+    assert!(layer.forward(&small).is_err());
+    let ok = ArrayD::<f32>::zeros(IxDyn(&[1, 2, 5, 5]));
+    assert_eq!(layer.forward(&ok).unwrap().shape(), &[1, 4, 3, 3]);
+    let flat = ArrayD::<f32>::zeros(IxDyn(&[4, 2]));
+    assert!(Layer::new(
+        Op::Conv,
+        &flat,
+        None,
+        &ConvParams::new(),
+        &PlanOptions::default()
+    )
+    .is_err());
+}
