@@ -214,3 +214,37 @@ fn layer_errors_name_the_numbers() {
     )
     .is_err());
 }
+
+/// A layer can be shared between threads (its plans and packings behind locks).
+#[test]
+fn layer_is_shared_between_threads() {
+    fn shared<L: Send + Sync>(_: &L) {}
+    let w = rounding::<f32>(&[8, 4, 3], 1);
+    let params = ConvParams::new().stride(&[2]);
+    let layer = Layer::new(
+        Op::ConvTranspose,
+        &w,
+        None,
+        &params,
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    shared(&layer);
+    let results: Vec<ArrayD<f32>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|i| {
+                let layer = &layer;
+                s.spawn(move || {
+                    layer
+                        .forward(&rounding::<f32>(&[1, 8, 5 + i % 2], 7))
+                        .unwrap()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, y) in results.iter().enumerate() {
+        let x = rounding::<f32>(&[1, 8, 5 + i % 2], 7);
+        assert_eq!(y, &tconv::conv_transpose(&x, &w, None, &params).unwrap());
+    }
+}
