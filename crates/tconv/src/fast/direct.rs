@@ -288,25 +288,22 @@ impl TileTable {
                         coords[a] += 1;
                     }
                 }
+                // A phase's store runs: its live lanes, joined where the next lane's output
+                // is one last-axis stride further (`follows`, the same for every phase).
+                let base = &t.out_base[tile * tile_lanes..(tile + 1) * tile_lanes];
+                let follows = (0..tile_lanes.saturating_sub(1))
+                    .filter(|&l| base[l + 1] == base[l] + t.last_stride)
+                    .fold(0u64, |m, l| m | 1 << l);
                 for pi in 0..spec.phases.len() {
                     let live = t.live[tile * spec.phases.len() + pi];
-                    let base = &t.out_base[tile * tile_lanes..(tile + 1) * tile_lanes];
+                    let joined = live & (live >> 1) & follows;
                     let off = t.phase_offset[pi];
-                    let mut l = 0;
-                    while l < tile_lanes {
-                        if live & (1 << l) == 0 {
-                            l += 1;
-                            continue;
-                        }
-                        let first = l;
-                        while l + 1 < tile_lanes
-                            && live & (1 << (l + 1)) != 0
-                            && base[l + 1] == base[l] + t.last_stride
-                        {
-                            l += 1;
-                        }
-                        t.runs.push((first, l + 1 - first, base[first] + off));
-                        l += 1;
+                    let mut left = live;
+                    while left != 0 {
+                        let first = left.trailing_zeros() as usize;
+                        let len = (joined >> first).trailing_ones() as usize + 1;
+                        t.runs.push((first, len, base[first] + off));
+                        left &= !lane_range(first, first + len);
                     }
                     t.run_start.push(t.runs.len());
                 }
