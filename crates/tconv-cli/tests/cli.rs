@@ -677,6 +677,10 @@ fn bench_and_plan_report_what_outside_checks_read() {
     }
     assert_eq!(line["name"], "dcgan4");
     assert_eq!(line["threads"], 2);
+    // Planning a fresh plan and, for a Layer, a new input shape: positive times.
+    for key in ["plan_ms", "replan_ms"] {
+        assert!(line[key].as_f64().is_some_and(|t| t > 0.0), "{key}: {line}");
+    }
     // "% peak" divides by the FMA peak measured on this machine (or given), per core.
     let peak = line["peak_gflops_per_core"].as_f64().unwrap();
     let share = line["percent_of_peak"].as_f64().unwrap();
