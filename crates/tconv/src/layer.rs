@@ -11,11 +11,12 @@
 
 use std::sync::Arc;
 
-use ndarray::{ArrayD, ArrayView1, AsArray, Dimension};
+use ndarray::{ArrayD, ArrayView1, ArrayViewD, AsArray, Dimension, IxDyn};
 
 use crate::error::{fail, ErrorKind, Result};
 use crate::fast::pack::PackCache;
 use crate::geometry::Geometry;
+use crate::grad::{self, Gradients, Wanted};
 use crate::params::{ConvParams, Op};
 use crate::plan::{Plan, PlanOptions};
 use crate::recent::Recent;
@@ -104,6 +105,73 @@ impl<T: Element> Layer<T> {
         &self.weight_shape
     }
 
+    /// The weight (PyTorch layout).
+    pub fn weight(&self) -> ArrayViewD<'_, T> {
+        ArrayViewD::from_shape(IxDyn(&self.weight_shape), &self.weight)
+            .expect("the weight's values match its shape")
+    }
+
+    /// The bias, if any.
+    pub fn bias(&self) -> Option<ArrayView1<'_, T>> {
+        self.bias.as_deref().map(ArrayView1::from)
+    }
+
+    /// Replace the weight and bias (a training step's update) by values of the same shapes;
+    /// the plans and packed weights kept for the old values are dropped.
+    ///
+    /// # Errors
+    /// A weight of another shape, or a bias where there was none (or none where there was
+    /// one, or of another length); the layer is then unchanged.
+    pub fn set_parameters<'w, D: Dimension>(
+        &mut self,
+        w: impl AsArray<'w, T, D>,
+        bias: Option<ArrayView1<'_, T>>,
+    ) -> Result<()> {
+        let w = w.into().into_dyn();
+        if w.shape() != self.weight_shape.as_slice() {
+            return fail(ErrorKind::ShapeMismatch {
+                what: "new weight",
+                got: w.shape().to_vec(),
+                expected: self.weight_shape.clone(),
+            });
+        }
+        let old_bias = self.bias.as_ref().map(|b| vec![b.len()]);
+        let new_bias = bias.as_ref().map(|b| vec![b.len()]);
+        if old_bias != new_bias {
+            return fail(ErrorKind::ShapeMismatch {
+                what: "new bias",
+                got: new_bias.unwrap_or_default(),
+                expected: old_bias.unwrap_or_default(),
+            });
+        }
+        self.weight = contiguous(&w).into_owned();
+        self.bias = bias.map(|b| b.to_vec());
+        self.plans = Recent::new(Self::KEEP_PLANS);
+        self.packs = PackCache::default();
+        Ok(())
+    }
+
+    /// The gradients of this layer's output for input `x` and upstream gradient `grad_y`
+    /// (those of [`crate::conv_backward`] / [`crate::conv_transpose_backward`] with this
+    /// layer's weight, parameters and options); `wanted` says which.
+    ///
+    /// # Errors
+    /// As those functions.
+    pub fn backward<'x, 'g, D1: Dimension, D2: Dimension>(
+        &self,
+        x: impl AsArray<'x, T, D1>,
+        grad_y: impl AsArray<'g, T, D2>,
+        wanted: Wanted,
+    ) -> Result<Gradients<T>> {
+        let w = self.weight();
+        match self.op {
+            Op::Conv => grad::conv_backward(x, w, grad_y, &self.params, wanted, &self.options),
+            Op::ConvTranspose => {
+                grad::conv_transpose_backward(x, w, grad_y, &self.params, wanted, &self.options)
+            }
+        }
+    }
+
     /// The plan for inputs of `input_shape` (`(N, C, *spatial)` or `(C, *spatial)`): a
     /// kept one, else a new one sharing packed weights with earlier plans where it can.
     ///
@@ -138,7 +206,7 @@ impl<T: Element> Layer<T> {
     pub fn forward<'x, D: Dimension>(&self, x: impl AsArray<'x, T, D>) -> Result<ArrayD<T>> {
         let x = x.into().into_dyn();
         let plan = self.plan(x.shape())?;
-        plan.execute(x, self.bias.as_deref().map(ArrayView1::from))
+        plan.execute(x, self.bias())
     }
 
     /// Packed weights held for this layer's plans now (at most [`PackCache::KEEP`]).

@@ -8,7 +8,7 @@ use common::gen::*;
 use ndarray::{ArrayD, IxDyn};
 use proptest::prelude::*;
 use tconv::fast::Isa;
-use tconv::{Algorithm, ConvParams, Element, Layer, Op, Padding, Plan, PlanOptions};
+use tconv::{Algorithm, ConvParams, Element, Layer, Op, Padding, Plan, PlanOptions, Wanted};
 
 /// Values that round (so a wrong order of sums or a wrong tap shows in the bits).
 fn rounding<T: Element>(shape: &[usize], seed: u64) -> ArrayD<T> {
@@ -247,4 +247,58 @@ fn layer_is_shared_between_threads() {
         let x = rounding::<f32>(&[1, 8, 5 + i % 2], 7);
         assert_eq!(y, &tconv::conv_transpose(&x, &w, None, &params).unwrap());
     }
+}
+
+/// A training step through a layer: its gradients are the functions', and after the update
+/// its forward pass runs the new weight and bias (no plan or packing of the old ones).
+#[test]
+fn layer_trains_through_its_own_gradients() {
+    let params = ConvParams::new().stride(&[2, 2]).padding(&[1, 1]);
+    let options = PlanOptions {
+        threads: Some(1),
+        algorithm: Some(Algorithm::Winograd),
+        ..PlanOptions::default()
+    };
+    let w0 = rounding::<f32>(&[64, 32, 4, 4], 1);
+    let b0: ndarray::Array1<f32> = rounding::<f32>(&[32], 2).into_dimensionality().unwrap();
+    let mut layer = Layer::new(Op::ConvTranspose, &w0, Some(b0.view()), &params, &options).unwrap();
+    let x = rounding::<f32>(&[2, 64, 8, 8], 3);
+    let y0 = layer.forward(&x).unwrap();
+    assert_eq!(layer.packings(), 1);
+    let gy = rounding::<f32>(y0.shape(), 4);
+    let got = layer.backward(&x, &gy, Wanted::all()).unwrap();
+    let want =
+        tconv::conv_transpose_backward(&x, &w0, &gy, &params, Wanted::all(), &options).unwrap();
+    assert_eq!(got.input, want.input);
+    assert_eq!(got.weight, want.weight);
+    assert_eq!(got.bias, want.bias);
+
+    let w1 = &w0 - &(got.weight.unwrap() * 1e-3);
+    let gb: ndarray::Array1<f32> = got.bias.unwrap().into_dimensionality().unwrap();
+    let b1 = &b0 - &(gb * 1e-3);
+    layer.set_parameters(&w1, Some(b1.view())).unwrap();
+    assert_eq!(layer.packings(), 0);
+    let y1 = layer.forward(&x).unwrap();
+    let fresh = Plan::new(
+        Op::ConvTranspose,
+        x.shape(),
+        &w1,
+        Some(32),
+        &params,
+        &options,
+    )
+    .unwrap();
+    assert_eq!(y1, fresh.execute(&x, Some(b1.view())).unwrap());
+    assert_ne!(y1, y0);
+    assert_eq!(layer.weight(), w1.view());
+    assert_eq!(layer.bias(), Some(b1.view()));
+
+    // Shapes other than the layer's are refused, and the layer keeps its values.
+    let other = rounding::<f32>(&[64, 32, 3, 3], 5);
+    let err = layer.set_parameters(&other, Some(b1.view())).unwrap_err();
+    assert!(err.to_string().contains("[64, 32, 3, 3]"), "{err}");
+    assert!(layer.set_parameters(&w1, None).is_err());
+    let short: ndarray::Array1<f32> = ndarray::Array1::zeros(31);
+    assert!(layer.set_parameters(&w1, Some(short.view())).is_err());
+    assert_eq!(layer.forward(&x).unwrap(), y1);
 }
