@@ -17,6 +17,7 @@
 //! in a fixed order, so results are bitwise identical for any thread count.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use ndarray::{ArrayD, AsArray, Dimension, IxDyn};
 
@@ -110,6 +111,27 @@ fn backward<'x, 'w, 'g, T: Element, D1: Dimension, D2: Dimension, D3: Dimension>
     wanted: Wanted,
     options: &PlanOptions,
 ) -> Result<Gradients<T>> {
+    backward_with(op, x, w, grad_y, params, wanted, options, None)
+}
+
+/// Where an input gradient's plan ([`input_plan`]) comes from, for a geometry and the
+/// options it runs with: a [`crate::Layer`] keeps them (its weight is fixed between
+/// updates); `None` builds one per call.
+pub(crate) type InputPlans<'a, T> =
+    Option<&'a (dyn Fn(&Geometry, &PlanOptions) -> Result<Arc<Plan<T>>> + Sync)>;
+
+/// [`backward`], the input gradient's plan from `plans` where given.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn backward_with<'x, 'w, 'g, T: Element, D1: Dimension, D2: Dimension, D3: Dimension>(
+    op: Op,
+    x: impl AsArray<'x, T, D1>,
+    w: impl AsArray<'w, T, D2>,
+    grad_y: impl AsArray<'g, T, D3>,
+    params: &ConvParams,
+    wanted: Wanted,
+    options: &PlanOptions,
+    plans: InputPlans<'_, T>,
+) -> Result<Gradients<T>> {
     let (x, w, gy) = (
         x.into().into_dyn(),
         w.into().into_dyn(),
@@ -127,6 +149,15 @@ fn backward<'x, 'w, 'g, T: Element, D1: Dimension, D2: Dimension, D3: Dimension>
     let (xs, ws, gys) = (contiguous(&x), contiguous(&w), contiguous(&gy));
     let shaped = |shape: &[usize], v: Vec<T>| {
         ArrayD::from_shape_vec(IxDyn(shape), v).expect("gradient buffer matches its shape")
+    };
+    let grad_input = |g: &Geometry, w: &[T], gy: &[T], o: &PlanOptions| match plans {
+        Some(plans) => {
+            let plan = plans(g, o)?;
+            let mut gx = vec![T::zero(); numel(&g.input_shape())];
+            plan.run(gy, None, &mut gx);
+            Ok(gx)
+        }
+        None => grad_input(g, w, gy, o),
     };
     let fused = (wanted.input && wanted.weight)
         .then(|| depthwise_taps_backward(&g, &ws, &xs, &gys, options))

@@ -50,6 +50,9 @@ pub struct Layer<T: Element> {
     /// Plans by input shape.
     plans: Recent<Arc<Plan<T>>>,
     packs: PackCache,
+    /// The input gradient's plans, by input shape and threads, and their packings.
+    adjoints: Recent<Arc<Plan<T>>>,
+    adjoint_packs: PackCache,
 }
 
 impl<T: Element> Layer<T> {
@@ -87,6 +90,8 @@ impl<T: Element> Layer<T> {
             bias: bias.map(|b| b.to_vec()),
             plans: Recent::new(Self::KEEP_PLANS),
             packs: PackCache::default(),
+            adjoints: Recent::new(Self::KEEP_PLANS),
+            adjoint_packs: PackCache::default(),
         })
     }
 
@@ -148,12 +153,21 @@ impl<T: Element> Layer<T> {
         self.bias = bias.map(|b| b.to_vec());
         self.plans = Recent::new(Self::KEEP_PLANS);
         self.packs = PackCache::default();
+        self.adjoints = Recent::new(Self::KEEP_PLANS);
+        self.adjoint_packs = PackCache::default();
         Ok(())
     }
 
-    /// The gradients of this layer's output for input `x` and upstream gradient `grad_y`
-    /// (those of [`crate::conv_backward`] / [`crate::conv_transpose_backward`] with this
-    /// layer's weight, parameters and options); `wanted` says which.
+    /// The gradients of this layer's output for input `x` and upstream gradient `grad_y`,
+    /// bit for bit those of [`crate::conv_backward`] / [`crate::conv_transpose_backward`]
+    /// with this layer's weight, parameters and options; `wanted` says which.
+    ///
+    /// The input gradient's plan (the adjoint op with this weight, packed) is kept by input
+    /// shape until [`Layer::set_parameters`], and its packings shared between shapes as the
+    /// forward pass's are: where the weight stays fixed over many calls (gradients with
+    /// respect to the input of a trained network: inversion, saliency, adversarial inputs)
+    /// the weight is not packed again each call. In training, where each step updates the
+    /// weight, each step packs it once, as the functions do.
     ///
     /// # Errors
     /// As those functions.
@@ -163,13 +177,35 @@ impl<T: Element> Layer<T> {
         grad_y: impl AsArray<'g, T, D2>,
         wanted: Wanted,
     ) -> Result<Gradients<T>> {
-        let w = self.weight();
-        match self.op {
-            Op::Conv => grad::conv_backward(x, w, grad_y, &self.params, wanted, &self.options),
-            Op::ConvTranspose => {
-                grad::conv_transpose_backward(x, w, grad_y, &self.params, wanted, &self.options)
+        let plans = |g: &Geometry, options: &PlanOptions| -> Result<Arc<Plan<T>>> {
+            let mut key = g.input_shape();
+            key.push(options.threads.map_or(0, |t| t + 1));
+            if let Some(plan) = self.adjoints.get(&key) {
+                return Ok(plan);
             }
-        }
+            let once = PlanOptions {
+                once: true,
+                ..options.clone()
+            };
+            let plan = Arc::new(Plan::build(
+                g.adjoint(),
+                &self.weight,
+                &once,
+                Some(&self.adjoint_packs),
+            )?);
+            self.adjoints.insert(key, Arc::clone(&plan));
+            Ok(plan)
+        };
+        grad::backward_with(
+            self.op,
+            x,
+            self.weight(),
+            grad_y,
+            &self.params,
+            wanted,
+            &self.options,
+            Some(&plans),
+        )
     }
 
     /// The plan for inputs of `input_shape` (`(N, C, *spatial)` or `(C, *spatial)`): a
@@ -209,8 +245,9 @@ impl<T: Element> Layer<T> {
         plan.execute(x, self.bias())
     }
 
-    /// Packed weights held for this layer's plans now (at most [`PackCache::KEEP`]).
+    /// Packed weights held for this layer's plans now: the forward pass's and the input
+    /// gradient's (at most [`PackCache::KEEP`] each).
     pub fn packings(&self) -> usize {
-        self.packs.len()
+        self.packs.len() + self.adjoint_packs.len()
     }
 }

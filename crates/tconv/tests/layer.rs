@@ -35,8 +35,21 @@ fn layer_matches_fresh<T: Element>(
             continue;
         };
         let want = fresh.execute(&x, bias.map(|b| b.view())).unwrap();
+        let gy = rounding::<T>(want.shape(), i as u64 + 11);
         prop_assert_eq!(got.unwrap(), want, "{:?}: {}", shape, fresh);
-        prop_assert!(layer.packings() <= tconv::fast::pack::PackCache::KEEP);
+        // The gradients through the layer's kept input-gradient plans: the functions'.
+        let wanted = Wanted::all();
+        let got = layer.backward(&x, &gy, wanted).unwrap();
+        let want = match op {
+            Op::Conv => tconv::conv_backward(&x, w, &gy, params, wanted, options),
+            Op::ConvTranspose => {
+                tconv::conv_transpose_backward(&x, w, &gy, params, wanted, options)
+            }
+        }
+        .unwrap();
+        prop_assert_eq!(got.input, want.input, "{:?}", shape);
+        prop_assert_eq!(got.weight, want.weight, "{:?}", shape);
+        prop_assert!(layer.packings() <= 2 * tconv::fast::pack::PackCache::KEEP);
     }
     Ok(())
 }
@@ -262,7 +275,7 @@ fn layer_trains_through_its_own_gradients() {
     let w0 = rounding::<f32>(&[64, 32, 4, 4], 1);
     let b0: ndarray::Array1<f32> = rounding::<f32>(&[32], 2).into_dimensionality().unwrap();
     let mut layer = Layer::new(Op::ConvTranspose, &w0, Some(b0.view()), &params, &options).unwrap();
-    let x = rounding::<f32>(&[2, 64, 8, 8], 3);
+    let x = rounding::<f32>(&[2, 64, 16, 16], 3);
     let y0 = layer.forward(&x).unwrap();
     assert_eq!(layer.packings(), 1);
     let gy = rounding::<f32>(y0.shape(), 4);
@@ -272,6 +285,33 @@ fn layer_trains_through_its_own_gradients() {
     assert_eq!(got.input, want.input);
     assert_eq!(got.weight, want.weight);
     assert_eq!(got.bias, want.bias);
+    // The input gradient's plan packed the weight once; another batch size shares that
+    // packing where its plan packs alike (the same algorithm and tile: here the tile
+    // follows the batch).
+    assert_eq!(layer.packings(), 2);
+    let adjoint_label = |x: &ArrayD<f32>| {
+        let g =
+            tconv::Geometry::new(Op::ConvTranspose, x.shape(), w0.shape(), None, &params).unwrap();
+        tconv::grad::input_plan(&g, w0.as_slice().unwrap(), &options)
+            .unwrap()
+            .label()
+    };
+    let x3 = rounding::<f32>(&[3, 64, 16, 16], 6);
+    let gy3 = rounding::<f32>(&[3, 32, 32, 32], 7);
+    for _ in 0..2 {
+        let got3 = layer.backward(&x3, &gy3, Wanted::all()).unwrap();
+        let want3 =
+            tconv::conv_transpose_backward(&x3, &w0, &gy3, &params, Wanted::all(), &options)
+                .unwrap();
+        assert_eq!(got3.input, want3.input);
+        assert_eq!(got3.weight, want3.weight);
+    }
+    let shared = adjoint_label(&x) == adjoint_label(&x3);
+    assert_eq!(layer.packings(), if shared { 2 } else { 3 });
+    // The kept plans: the first shape again packs nothing more.
+    let again = layer.backward(&x, &gy, Wanted::all()).unwrap();
+    assert_eq!(again.input, want.input);
+    assert_eq!(layer.packings(), if shared { 2 } else { 3 });
 
     let w1 = &w0 - &(got.weight.unwrap() * 1e-3);
     let gb: ndarray::Array1<f32> = got.bias.unwrap().into_dimensionality().unwrap();
