@@ -582,8 +582,15 @@ impl<T: Element> Plan<T> {
                     ..options.clone()
                 };
                 gemm_kernel::<T>(isa, &options, 0, 0).map(|(f, mr, v)| {
-                    Winograd::new(&g, w, f, (mr, v, isa.lanes(), isa), threads, packs)
-                        .expect("the planner checked that Winograd tiles apply")
+                    Winograd::new(
+                        &g,
+                        w,
+                        f,
+                        (mr, v, isa.lanes(), isa),
+                        (threads, options.once),
+                        packs,
+                    )
+                    .expect("the planner checked that Winograd tiles apply")
                 })
             })
             .transpose()?;

@@ -534,7 +534,7 @@ pub fn applies(g: &Geometry) -> bool {
 }
 
 /// A plan's Winograd part: transforms, phases, packed transformed weights and task sizes.
-pub struct Winograd<T> {
+pub struct Winograd<T: Element> {
     kernel: KernelFn<T>,
     /// Instruction set the transforms are compiled for (AVX2 where the plan's ISA has it).
     isa: Isa,
@@ -553,7 +553,7 @@ pub struct Winograd<T> {
     blocks: usize,
     /// `U` packed as `[group][block][live phase][point][(source, ci)][mr]`, zero past the
     /// channels.
-    packed: std::sync::Arc<Vec<T>>,
+    packed: std::sync::Arc<scratch::Scratch<T>>,
     /// Tiles along axis 0 per task and images per task.
     band_tiles: usize,
     batch_chunk: usize,
@@ -977,7 +977,7 @@ impl<T: Element> Winograd<T> {
         w: &[T],
         kernel: KernelFn<T>,
         (mr, v, lanes, isa): (usize, usize, usize, Isa),
-        threads: usize,
+        (threads, once): (usize, bool),
         packs: Option<&PackCache>,
     ) -> Option<Winograd<T>> {
         let (transforms, phases, out_stride, in_stride) = decompose(g)?;
@@ -1053,8 +1053,15 @@ impl<T: Element> Winograd<T> {
             }
             key
         };
+        // A plan that runs once packs into a pooled buffer of stale values (zero-filling and
+        // page-faulting 19.5 MB afresh took 5-6 % of dcgan1's input gradient): every value
+        // is written below.
         let pack = || {
-            let mut packed = vec![T::zero(); units * unit];
+            let mut packed = if once {
+                scratch::take::<T>(units * unit)
+            } else {
+                scratch::owned::<T>(units * unit)
+            };
             super::direct::run_chunks(threads, &mut packed, unit, |k, dst| {
                 let (group, b) = (k / blocks, k % blocks);
                 let rows = mr.min(cout_g - b * mr);
@@ -1088,6 +1095,16 @@ impl<T: Element> Winograd<T> {
                     mr,
                 };
                 transform_kernels(isa, &terms, dst);
+                // The sources a phase lacks (fewer than the most a phase has), if any: zeros.
+                // (No such decomposition turned up in a sweep of 1-D geometries, kernels
+                // 1-6, strides 1-4, dilations 1-3, pads 0-3 at each end, both ops; this
+                // keeps a stale pooled buffer harmless should one exist.)
+                for (pi, sources) in kflat.iter().enumerate() {
+                    for xi in 0..points {
+                        let at = pi * per_phase + xi * kdim * mr;
+                        dst[at + sources.len() * run..at + kdim * mr].fill(T::zero());
+                    }
+                }
             });
             packed
         };
