@@ -78,6 +78,7 @@ impl<T: Element> Layer<T> {
         if w.ndim() < 3 {
             return fail(ErrorKind::WeightRank { rank: w.ndim() });
         }
+        let bytes = w.len() * std::mem::size_of::<T>();
         Ok(Layer {
             op,
             params: params.clone(),
@@ -89,9 +90,9 @@ impl<T: Element> Layer<T> {
             weight: contiguous(&w).into_owned(),
             bias: bias.map(|b| b.to_vec()),
             plans: Recent::new(Self::KEEP_PLANS),
-            packs: PackCache::default(),
+            packs: PackCache::new(bytes),
             adjoints: Recent::new(Self::KEEP_PLANS),
-            adjoint_packs: PackCache::default(),
+            adjoint_packs: PackCache::new(bytes),
         })
     }
 
@@ -151,10 +152,11 @@ impl<T: Element> Layer<T> {
         }
         self.weight = contiguous(&w).into_owned();
         self.bias = bias.map(|b| b.to_vec());
+        let bytes = std::mem::size_of_val(self.weight.as_slice());
         self.plans = Recent::new(Self::KEEP_PLANS);
-        self.packs = PackCache::default();
+        self.packs = PackCache::new(bytes);
         self.adjoints = Recent::new(Self::KEEP_PLANS);
-        self.adjoint_packs = PackCache::default();
+        self.adjoint_packs = PackCache::new(bytes);
         Ok(())
     }
 
@@ -194,6 +196,9 @@ impl<T: Element> Layer<T> {
                 Some(&self.adjoint_packs),
             )?);
             self.adjoints.insert(key, Arc::clone(&plan));
+            let packs = &self.adjoint_packs;
+            self.adjoints
+                .retain(|p| p.packing_id().is_none_or(|id| packs.holds(id)));
             Ok(plan)
         };
         grad::backward_with(
@@ -232,6 +237,9 @@ impl<T: Element> Layer<T> {
             Some(&self.packs),
         )?);
         self.plans.insert(input_shape.to_vec(), Arc::clone(&plan));
+        // Plans whose packing the cache let go would keep it alive past its budget.
+        self.plans
+            .retain(|p| p.packing_id().is_none_or(|id| self.packs.holds(id)));
         Ok(plan)
     }
 
@@ -249,5 +257,12 @@ impl<T: Element> Layer<T> {
     /// gradient's (at most [`PackCache::KEEP`] each).
     pub fn packings(&self) -> usize {
         self.packs.len() + self.adjoint_packs.len()
+    }
+
+    /// Bytes of the packed weights held: the forward pass's and the input gradient's, each
+    /// at most [`PackCache::BUDGET`] times the weight's but always the last packing (a plan
+    /// in use keeps its own packing alive beyond that).
+    pub fn packed_bytes(&self) -> usize {
+        self.packs.bytes() + self.adjoint_packs.bytes()
     }
 }

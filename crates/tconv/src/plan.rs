@@ -510,6 +510,7 @@ impl<T: Element> Plan<T> {
                 packs,
                 || pack_key(view, &spec, mr),
                 || pack_weights(view, &spec, w, mr, (threads, options.once)),
+                |p| p.data.len() * std::mem::size_of::<T>(),
             );
             // Split the work into about 4 tasks per thread: batch items first, then row bands.
             let q0 = spec
@@ -631,6 +632,16 @@ impl<T: Element> Plan<T> {
         let g = Geometry::new(op, input_shape, w.shape(), bias_shape.as_deref(), params)?;
         let wc = contiguous(&w);
         Plan::from_geometry(g, &wc, options)
+    }
+
+    /// The address of the packed weights this plan shares through a
+    /// [`PackCache`], if it has any.
+    pub(crate) fn packing_id(&self) -> Option<*const ()> {
+        match (&self.direct, &self.winograd) {
+            (Some(d), _) => Some(std::sync::Arc::as_ptr(&d.packed) as *const ()),
+            (_, Some(w)) => Some(w.packing_id()),
+            _ => None,
+        }
     }
 
     /// The resolved geometry.

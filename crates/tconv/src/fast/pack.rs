@@ -37,25 +37,33 @@ impl<T: Element> PackedWeights<T> {
 /// their contents depend on: a plan for a new input shape whose packing has the same key
 /// shares the packed values instead of packing `w` again (dcgan1's Winograd weight
 /// transform and hifigan1d's are most of their planning time). The last [`PackCache::KEEP`]
-/// packings are kept.
+/// packings are kept, together at most [`PackCache::BUDGET`] times the weight's bytes (a
+/// Winograd packing takes 2.25x its weight with F(2x2) tiles, 4x with F(3x3), and dcgan1's
+/// input extents alternate between them), but always the last one.
 pub struct PackCache(Recent<Arc<dyn Any + Send + Sync>>);
-
-impl Default for PackCache {
-    fn default() -> Self {
-        PackCache(Recent::new(Self::KEEP))
-    }
-}
 
 impl PackCache {
     /// Packings kept (most recently used last).
     pub const KEEP: usize = 4;
+    /// Bytes kept, in weights.
+    pub const BUDGET: usize = 8;
 
-    /// The packing under `key` from `cache`, else `pack()` (kept in `cache` if any).
-    /// `key` must name everything `pack`'s result depends on besides the cache's weight.
+    /// A cache for the packings of a weight of `weight_bytes`.
+    pub fn new(weight_bytes: usize) -> PackCache {
+        PackCache(Recent::with_budget(
+            Self::KEEP,
+            weight_bytes.saturating_mul(Self::BUDGET),
+        ))
+    }
+
+    /// The packing under `key` from `cache`, else `pack()` (kept in `cache` if any), of
+    /// `bytes(packing)` bytes. `key` must name everything `pack`'s result depends on
+    /// besides the cache's weight.
     pub(crate) fn get_or_pack<P: Any + Send + Sync>(
         cache: Option<&PackCache>,
         key: impl FnOnce() -> Vec<usize>,
         pack: impl FnOnce() -> P,
+        bytes: impl FnOnce(&P) -> usize,
     ) -> Arc<P> {
         let Some(cache) = cache else {
             return Arc::new(pack());
@@ -66,9 +74,9 @@ impl PackCache {
         }
         // Packed without the lock: another plan of the same weight may pack meanwhile.
         let packed = Arc::new(pack());
-        cache
-            .0
-            .insert(key, Arc::clone(&packed) as Arc<dyn Any + Send + Sync>);
+        let size = bytes(&packed);
+        let shared = Arc::clone(&packed) as Arc<dyn Any + Send + Sync>;
+        cache.0.insert_sized(key, shared, size);
         packed
     }
 
@@ -80,6 +88,16 @@ impl PackCache {
     /// Whether none is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Bytes of the packings held now.
+    pub fn bytes(&self) -> usize {
+        self.0.bytes()
+    }
+
+    /// Whether the packing at `id` (its `Arc`'s address) is held.
+    pub(crate) fn holds(&self, id: *const ()) -> bool {
+        self.0.any(|p| Arc::as_ptr(p) as *const () == id)
     }
 }
 

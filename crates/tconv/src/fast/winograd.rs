@@ -1108,7 +1108,8 @@ impl<T: Element> Winograd<T> {
             });
             packed
         };
-        let packed = PackCache::get_or_pack(packs, key, pack);
+        let bytes = |p: &scratch::Scratch<T>| p.len() * std::mem::size_of::<T>();
+        let packed = PackCache::get_or_pack(packs, key, pack, bytes);
         let Sizing {
             batch_chunk,
             band_tiles,
@@ -1164,6 +1165,12 @@ impl<T: Element> Winograd<T> {
             outer_m: transforms[..dims - 1].iter().map(|t| t.m).collect(),
             transforms,
         })
+    }
+
+    /// The packed transformed weights' address (which a [`super::pack::PackCache`] may
+    /// hold).
+    pub(crate) fn packing_id(&self) -> *const () {
+        std::sync::Arc::as_ptr(&self.packed) as *const ()
     }
 
     /// Bytes of the packed transformed weights.
