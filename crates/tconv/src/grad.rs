@@ -76,7 +76,7 @@ pub fn conv_backward<'x, 'w, 'g, T: Element, D1: Dimension, D2: Dimension, D3: D
     wanted: Wanted,
     options: &PlanOptions,
 ) -> Result<Gradients<T>> {
-    backward(Op::Conv, x, w, grad_y, params, wanted, options)
+    backward(Op::Conv, x, w, grad_y, params, wanted, options, None)
 }
 
 /// Gradients of `conv_transpose(x, w, b)` for the upstream gradient `grad_y`.
@@ -99,19 +99,16 @@ pub fn conv_transpose_backward<
     wanted: Wanted,
     options: &PlanOptions,
 ) -> Result<Gradients<T>> {
-    backward(Op::ConvTranspose, x, w, grad_y, params, wanted, options)
-}
-
-fn backward<'x, 'w, 'g, T: Element, D1: Dimension, D2: Dimension, D3: Dimension>(
-    op: Op,
-    x: impl AsArray<'x, T, D1>,
-    w: impl AsArray<'w, T, D2>,
-    grad_y: impl AsArray<'g, T, D3>,
-    params: &ConvParams,
-    wanted: Wanted,
-    options: &PlanOptions,
-) -> Result<Gradients<T>> {
-    backward_with(op, x, w, grad_y, params, wanted, options, None)
+    backward(
+        Op::ConvTranspose,
+        x,
+        w,
+        grad_y,
+        params,
+        wanted,
+        options,
+        None,
+    )
 }
 
 /// Where an input gradient's plan ([`input_plan`]) comes from, for a geometry and the
@@ -120,9 +117,9 @@ fn backward<'x, 'w, 'g, T: Element, D1: Dimension, D2: Dimension, D3: Dimension>
 pub(crate) type InputPlans<'a, T> =
     Option<&'a (dyn Fn(&Geometry, &PlanOptions) -> Result<Arc<Plan<T>>> + Sync)>;
 
-/// [`backward`], the input gradient's plan from `plans` where given.
+/// The gradients of `op` asked for, the input gradient's plan from `plans` where given.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn backward_with<'x, 'w, 'g, T: Element, D1: Dimension, D2: Dimension, D3: Dimension>(
+pub(crate) fn backward<'x, 'w, 'g, T: Element, D1: Dimension, D2: Dimension, D3: Dimension>(
     op: Op,
     x: impl AsArray<'x, T, D1>,
     w: impl AsArray<'w, T, D2>,
@@ -150,7 +147,8 @@ pub(crate) fn backward_with<'x, 'w, 'g, T: Element, D1: Dimension, D2: Dimension
     let shaped = |shape: &[usize], v: Vec<T>| {
         ArrayD::from_shape_vec(IxDyn(shape), v).expect("gradient buffer matches its shape")
     };
-    let grad_input = |g: &Geometry, w: &[T], gy: &[T], o: &PlanOptions| match plans {
+    // The input gradient, by the kept plan where given.
+    let input_gradient = |g: &Geometry, w: &[T], gy: &[T], o: &PlanOptions| match plans {
         Some(plans) => {
             let plan = plans(g, o)?;
             let mut gx = vec![T::zero(); numel(&g.input_shape())];
@@ -171,7 +169,7 @@ pub(crate) fn backward_with<'x, 'w, 'g, T: Element, D1: Dimension, D2: Dimension
             };
             let (gi, gw) = crate::fast::direct::run_both(
                 2,
-                || grad_input(&g, &ws, &gys, &one),
+                || input_gradient(&g, &ws, &gys, &one),
                 || grad_weight_fast(&g, &xs, &gys, &one),
             );
             (Some(gi?), Some(gw))
@@ -179,7 +177,7 @@ pub(crate) fn backward_with<'x, 'w, 'g, T: Element, D1: Dimension, D2: Dimension
         None => {
             let input = wanted
                 .input
-                .then(|| grad_input(&g, &ws, &gys, options))
+                .then(|| input_gradient(&g, &ws, &gys, options))
                 .transpose()?;
             let weight =
                 wanted

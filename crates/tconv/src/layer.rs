@@ -3,11 +3,13 @@
 //! A [`Plan`] is built for one input shape. Where input sizes change between calls (an
 //! audio vocoder's clips, a decoder's variable image sizes), a [`Layer`] plans each new
 //! shape as it comes and keeps the last [`Layer::KEEP_PLANS`] plans; and a plan for a new
-//! shape whose packed weights would be the same as an earlier plan's (the usual case: the
-//! packing depends on the kernel, the channels, the phases and the register tile, not on
-//! the input's extent) shares them instead of packing the weight again. dcgan1's plan packs
-//! and transforms an 8 MB weight: `tconv bench` reports `plan_ms` (a fresh plan) beside
-//! `replan_ms` (a layer's plan for a new input shape).
+//! shape whose packed weights would be the same as an earlier plan's shares them instead of
+//! packing the weight again. The packing depends on the kernel, the channels and the
+//! phases, and for Winograd tiles on their transforms and register tile, which can change
+//! with the input's extent (dcgan1's widths 5-12 take four variants); the
+//! [`PackCache`] keeps a few. dcgan1's plan packs and transforms an 8 MB weight: `tconv
+//! bench` reports `plan_ms` (a fresh plan) beside `replan_ms` (a layer's plan for a new
+//! input shape).
 
 use std::sync::Arc;
 
@@ -201,7 +203,7 @@ impl<T: Element> Layer<T> {
                 .retain(|p| p.packing_id().is_none_or(|id| packs.holds(id)));
             Ok(plan)
         };
-        grad::backward_with(
+        grad::backward(
             self.op,
             x,
             self.weight(),
