@@ -204,6 +204,30 @@ fn new_input_extents_share_the_packed_weights() {
     assert!((1..=3).contains(&layer.packings()), "{}", layer.packings());
 }
 
+/// Unbatched inputs `(C, *spatial)`, as the functions take them, beside batched ones.
+#[test]
+fn layer_takes_unbatched_inputs() {
+    let w = rounding::<f32>(&[6, 4, 3], 1);
+    let params = ConvParams::new().stride(&[2]).padding(&[1]);
+    let layer = Layer::new(
+        Op::ConvTranspose,
+        &w,
+        None,
+        &params,
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    for len in [5, 9, 5] {
+        let x = rounding::<f32>(&[6, len], len as u64);
+        let y = layer.forward(&x).unwrap();
+        assert_eq!(y.shape(), &[4, 2 * len - 1]);
+        assert_eq!(y, tconv::conv_transpose(&x, &w, None, &params).unwrap());
+        let xb = x.clone().insert_axis(ndarray::Axis(0));
+        let yb = layer.forward(&xb).unwrap();
+        assert_eq!(yb.index_axis(ndarray::Axis(0), 0), y.view());
+    }
+}
+
 /// A layer rejects what a plan rejects, with the same error, and keeps working after.
 #[test]
 fn layer_errors_name_the_numbers() {
