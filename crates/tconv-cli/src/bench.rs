@@ -202,7 +202,8 @@ pub struct Timing {
     pub algorithm: String,
     pub workspace_bytes: usize,
     /// Median milliseconds to build the plan (geometry, decomposition, weight packing, tile
-    /// table): what a caller pays when input sizes change between calls. Forward rows only.
+    /// table): what a caller that builds a `Plan` per input shape pays when input sizes
+    /// change between calls. Forward rows only.
     pub plan_ms: Option<f64>,
     /// Median milliseconds for a [`tconv::Layer`] that has planned the layer's input to plan
     /// each of [`REPLAN_SHAPES`] new inputs (the last spatial extent 1, 2, ... longer):
@@ -224,16 +225,17 @@ fn time_replan(
 ) -> Result<f64> {
     let layer = tconv::Layer::new(Op::ConvTranspose, w, None, params, opts)?;
     layer.plan(input)?;
-    let mut times = Vec::with_capacity(REPLAN_SHAPES);
-    for extra in 1..=REPLAN_SHAPES {
-        let mut shape = input.to_vec();
-        *shape.last_mut().context("a spatial axis")? += extra;
-        let start = std::time::Instant::now();
-        layer.plan(&shape)?;
-        times.push(start.elapsed().as_secs_f64() * 1e3);
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+    let mut shape = input.to_vec();
+    let timed = time_fn(
+        || {
+            *shape.last_mut().context("a spatial axis")? += 1;
+            layer.plan(&shape)?;
+            Ok(())
+        },
+        0,
+        REPLAN_SHAPES,
+    )?;
+    Ok(timed.0)
 }
 
 fn time_plan(plan: &Plan<f32>, x: &ArrayD<f32>, warmup: usize, runs: usize) -> Result<(f64, f64)> {
@@ -260,7 +262,7 @@ pub fn time_layer(l: &Layer, a: &BenchArgs, opts: &PlanOptions) -> Result<Vec<Ti
     let w = random(&w_shape, 2);
     let x = random(&l.input, 1);
     // For the forward rows only, and before the plan below is built: a Layer's packings
-    // and that plan's are not held at once (dcgan1's are 19.5-32 MB each).
+    // and that plan's are not held at once (dcgan1's are 19.5-26 MB each).
     let replan_ms = (a.pass != Pass::Backward)
         .then(|| time_replan(&w, &l.input, &l.params, opts))
         .transpose()?;

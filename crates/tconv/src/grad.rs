@@ -390,11 +390,7 @@ pub fn grad_weight_reference<T: Element>(g: &Geometry, x: &[T], gy: &[T]) -> Vec
 fn weight_by_winograd(g: &Geometry, options: &PlanOptions, isa: Isa) -> bool {
     match options.algorithm.or_else(Algorithm::from_env) {
         Some(a) => a == Algorithm::Winograd,
-        // (Groups with few channel pairs do not pay for the transforms: the model declined
-        // every one of 3190 such geometries tried on AVX-512 and AVX2, 1-128 channels,
-        // kernels 2-16, strides 1-8; its decomposition took 28 µs of each fcn_dw weight
-        // gradient.)
-        None => isa != Isa::Scalar && !few_channel_pairs(g) && winograd_weight::pays(g, isa),
+        None => isa != Isa::Scalar && winograd_weight::pays(g, isa),
     }
 }
 

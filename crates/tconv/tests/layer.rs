@@ -15,6 +15,11 @@ fn rounding<T: Element>(shape: &[usize], seed: u64) -> ArrayD<T> {
     ints::<T>(shape, seed).mapv(|v| v * T::from(0.37).unwrap() + T::from(0.011).unwrap())
 }
 
+/// A layer of `w` without bias, planned with the default options.
+fn default_layer(op: Op, w: &ArrayD<f32>, params: &ConvParams) -> Layer<f32> {
+    Layer::new(op, w, None, params, &PlanOptions::default()).unwrap()
+}
+
 /// Run `layer` on inputs of each of `shapes` in turn and compare with a fresh plan.
 fn layer_matches_fresh<T: Element>(
     op: Op,
@@ -209,14 +214,7 @@ fn new_input_extents_share_the_packed_weights() {
 fn layer_takes_unbatched_inputs() {
     let w = rounding::<f32>(&[6, 4, 3], 1);
     let params = ConvParams::new().stride(&[2]).padding(&[1]);
-    let layer = Layer::new(
-        Op::ConvTranspose,
-        &w,
-        None,
-        &params,
-        &PlanOptions::default(),
-    )
-    .unwrap();
+    let layer = default_layer(Op::ConvTranspose, &w, &params);
     for len in [5, 9, 5] {
         let x = rounding::<f32>(&[6, len], len as u64);
         let y = layer.forward(&x).unwrap();
@@ -232,14 +230,7 @@ fn layer_takes_unbatched_inputs() {
 #[test]
 fn layer_errors_name_the_numbers() {
     let w = ArrayD::<f32>::zeros(IxDyn(&[4, 2, 3, 3]));
-    let layer = Layer::new(
-        Op::Conv,
-        &w,
-        None,
-        &ConvParams::new(),
-        &PlanOptions::default(),
-    )
-    .unwrap();
+    let layer = default_layer(Op::Conv, &w, &ConvParams::new());
     let bad = ArrayD::<f32>::zeros(IxDyn(&[1, 3, 5, 5]));
     let err = layer.forward(&bad).unwrap_err().to_string();
     let plan_err = Plan::new(
@@ -276,14 +267,7 @@ fn layer_is_shared_between_threads() {
     fn shared<L: Send + Sync>(_: &L) {}
     let w = rounding::<f32>(&[8, 4, 3], 1);
     let params = ConvParams::new().stride(&[2]);
-    let layer = Layer::new(
-        Op::ConvTranspose,
-        &w,
-        None,
-        &params,
-        &PlanOptions::default(),
-    )
-    .unwrap();
+    let layer = default_layer(Op::ConvTranspose, &w, &params);
     shared(&layer);
     let results: Vec<ArrayD<f32>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..4)

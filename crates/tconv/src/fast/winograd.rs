@@ -536,8 +536,9 @@ pub fn pays(g: &Geometry, once: bool) -> bool {
 /// product under 16, kernels 1-16 (1-6 in 3-D), strides 1-8, dilations 1-3, three
 /// paddings, extents 5-200, batch 1 and 16, planned to run once or not; the fewest pairs
 /// it took were 31, in 3-D); its decomposition took 40 % of a depthwise layer's plan
-/// (fcn_dw: 64 phases).
-const MIN_CHANNEL_PAIRS: usize = 16;
+/// (fcn_dw: 64 phases). The weight gradient's model ([`super::winograd_weight::pays`])
+/// skips them too.
+pub(crate) const MIN_CHANNEL_PAIRS: usize = 16;
 
 /// Whether Winograd tiles can run `g` at all (what a forced choice needs).
 pub fn applies(g: &Geometry) -> bool {

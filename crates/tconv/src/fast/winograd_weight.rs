@@ -812,7 +812,14 @@ const SUB_TILES: usize = 32;
 /// once (hifigan1d: 2 of 8; its weight gradient then ran 46-59 ms against 58-76 ms for the
 /// direct GEMMs, alternating at 1 thread, minima of 6; before, 55-75 ms either way).
 pub fn pays(g: &Geometry, isa: Isa) -> bool {
-    use super::winograd::{speedup_with, INPUT_COST_PORTABLE, MIN_SPEEDUP};
+    use super::winograd::{speedup_with, INPUT_COST_PORTABLE, MIN_CHANNEL_PAIRS, MIN_SPEEDUP};
+    // As for the forward pass, groups with few channel pairs are not modelled: this model
+    // too declined every one of 3190 geometries with fewer than 32 tried on AVX-512 and
+    // AVX2 (1-128 channels, kernels 2-16, strides 1-8), and its decomposition took 28 µs of
+    // each fcn_dw weight gradient.
+    if g.in_per_group() * g.out_per_group() < MIN_CHANNEL_PAIRS {
+        return false;
+    }
     let all_live = decompose(g).is_some_and(|(_, phases, ..)| phases.iter().all(|p| p.live()));
     let cost = if isa == Isa::Avx512 && isa.available() && all_live {
         INPUT_COST_AVX512
