@@ -4,10 +4,10 @@
 //! audio vocoder's clips, a decoder's variable image sizes), a [`Layer`] plans each new
 //! shape as it comes and keeps the last [`Layer::KEEP_PLANS`] plans; and a plan for a new
 //! shape whose packed weights would be the same as an earlier plan's shares them instead of
-//! packing the weight again. The packing depends on the kernel, the channels and the
-//! phases, and for Winograd tiles on their transforms and register tile, which can change
-//! with the input's extent (dcgan1's widths 5-12 take four variants); the
-//! [`PackCache`] keeps a few. dcgan1's plan packs and transforms an 8 MB weight: `tconv
+//! packing the weight again. The packing depends on the kernel, the channels, the phases
+//! and the register tile, and for Winograd tiles on their transforms; the planner picks
+//! the tile (and transforms) for the input's extent, so they can change with it (dcgan1's
+//! widths 5-12 take four variants); the [`PackCache`] keeps a few. dcgan1's plan packs and transforms an 8 MB weight: `tconv
 //! bench` reports `plan_ms` (a fresh plan) beside `replan_ms` (a layer's plan for a new
 //! input shape).
 
