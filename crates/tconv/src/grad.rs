@@ -1218,6 +1218,61 @@ pub(crate) struct Tables {
     block: usize,
     /// `spans[t][pass]`: the lowest and highest plane offsets table `t` reads in that pass.
     spans: Vec<Vec<Option<(usize, usize)>>>,
+    /// `runs[t][j]`: how the eight positions from `j` of table `t` read the source.
+    runs: Vec<Vec<Run8>>,
+}
+
+/// How a run of eight copy positions reads the source: at `start + i · stride` (`stride` 1
+/// or 2; 0 where no such stride fits: copied value by value), the positions with bit `i`
+/// of `outside` set lying outside the source (a tap's run that starts or ends past the edge
+/// of a row: its eight values are read from the row's neighbours and those zeroed).
+#[derive(Clone, Copy, Default)]
+struct Run8 {
+    start: usize,
+    stride: usize,
+    outside: u8,
+}
+
+impl Run8 {
+    /// The run of the eight offsets of `run` (`usize::MAX`: outside the source).
+    fn of(run: &[usize]) -> Run8 {
+        let none = Run8::default();
+        if run.len() != 8 {
+            return none;
+        }
+        // Most runs: every position inside, at stride 1 or 2.
+        let stride = run[1].wrapping_sub(run[0]);
+        if run[0] != usize::MAX
+            && (stride == 1 || stride == 2)
+            && run.windows(2).all(|p| p[1].wrapping_sub(p[0]) == stride)
+        {
+            return Run8 {
+                start: run[0],
+                stride,
+                outside: 0,
+            };
+        }
+        let mut inside = run.iter().enumerate().filter(|p| *p.1 != usize::MAX);
+        let (Some((i0, &o0)), Some((i1, &o1))) = (inside.next(), inside.next()) else {
+            return none;
+        };
+        let stride = o1.saturating_sub(o0) / (i1 - i0);
+        let Some(start) = o0.checked_sub(i0 * stride) else {
+            return none;
+        };
+        let fits = |(i, &o): (usize, &usize)| o == usize::MAX || o == start + i * stride;
+        if !(stride == 1 || stride == 2) || !run.iter().enumerate().all(fits) {
+            return none;
+        }
+        let outside = (0..8)
+            .filter(|&i| run[i] == usize::MAX)
+            .fold(0, |m, i| m | 1 << i);
+        Run8 {
+            start,
+            stride,
+            outside,
+        }
+    }
 }
 
 impl Tables {
@@ -1237,10 +1292,19 @@ impl Tables {
                     .collect()
             })
             .collect();
+        let runs = tables
+            .iter()
+            .map(|t| {
+                (0..t.len())
+                    .map(|j| Run8::of(&t[j..(j + 8).min(t.len())]))
+                    .collect()
+            })
+            .collect();
         Tables {
             tables,
             block,
             spans,
+            runs,
         }
     }
 
@@ -1307,14 +1371,16 @@ pub(crate) fn pack_positions<T: Element>(
                     for j in (j0..j1).step_by(8) {
                         let run = &t[j..(j + 8).min(j1)];
                         let at = ((j - js.start) * batch + n) * width + w0;
-                        let st = run.get(1).map_or(0, |&o1| o1.wrapping_sub(run[0]));
-                        let regular = run.len() == 8
-                            && (st == 1 || st == 2)
-                            && run.iter().all(|&o| o != usize::MAX)
-                            && run.windows(2).all(|p| p[1].wrapping_sub(p[0]) == st);
-                        if regular
-                            && transpose8(&rows, cnt, run[0], st, &mut out[at..], batch * width)
+                        let r = &tables.runs[ti][j];
+                        let step = batch * width;
+                        if run.len() == 8
+                            && r.stride > 0
+                            && transpose8(&rows, cnt, r.start, r.stride, &mut out[at..], step)
                         {
+                            // Positions outside the source read a neighbour: zeroed.
+                            for i in (0..8).filter(|i| r.outside & (1 << i) != 0) {
+                                out[at + i * step..][..cnt].fill(T::zero());
+                            }
                             continue;
                         }
                         for (i, &o) in run.iter().enumerate() {
@@ -1818,4 +1884,40 @@ pub fn grad_weight_fast<T: Element>(
         gather(t, &acc, d, false);
     });
     dw
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Run8;
+
+    const OUT: usize = usize::MAX;
+
+    fn of(run: &[usize]) -> (usize, usize, u8) {
+        let r = Run8::of(run);
+        (r.start, r.stride, r.outside)
+    }
+
+    #[test]
+    fn runs_of_eight_read_at_a_stride_with_the_outside_positions_marked() {
+        assert_eq!(of(&[5, 6, 7, 8, 9, 10, 11, 12]), (5, 1, 0));
+        assert_eq!(of(&[3, 5, 7, 9, 11, 13, 15, 17]), (3, 2, 0));
+        // A tap's run past the start or the end of a row: the neighbours, marked.
+        assert_eq!(of(&[OUT, 33, 35, 37, 39, 41, 43, 45]), (31, 2, 0b1));
+        assert_eq!(of(&[OUT, OUT, 4, 5, 6, 7, 8, 9]), (2, 1, 0b11));
+        assert_eq!(of(&[17, 19, 21, 23, 25, 27, 29, OUT]), (17, 2, 0b1000_0000));
+        assert_eq!(
+            of(&[17, OUT, 21, OUT, 25, 27, 29, OUT]),
+            (17, 2, 0b1000_1010)
+        );
+        // Not such a run: copied value by value.
+        let none = (0, 0, 0);
+        assert_eq!(of(&[OUT, 1, 3, 5, 7, 9, 11, 13]), none); // would start before 0
+        assert_eq!(of(&[OUT, 0, 1, 2, 3, 4, 5, 6]), none);
+        assert_eq!(of(&[OUT; 8]), none);
+        assert_eq!(of(&[OUT, OUT, OUT, OUT, OUT, OUT, OUT, 9]), none);
+        assert_eq!(of(&[0, 3, 6, 9, 12, 15, 18, 21]), none); // stride 3
+        assert_eq!(of(&[0, 1, 2, 3, 5, 6, 7, 8]), none); // a row's end
+        assert_eq!(of(&[0, 2, 4, 6, 8, 10, 12]), none); // short
+        assert_eq!(of(&[1, OUT, 4, 5, 6, 7, 8, 9]), none); // 4 - 1 not a multiple of 2
+    }
 }
