@@ -76,6 +76,13 @@ fn chunk_tiles(chunk_bytes: usize, per_tile: usize, m_bytes: usize, most: usize)
 /// Fewest tiles in a chunk that [`chunk_tiles`] sizes for L2.
 const MIN_CHUNK_TILES: usize = 128;
 
+/// Where [`phase_gradient`]'s GEMMs put their sums: into `M` (`[phase][row block]`), or
+/// through the output transform into the rows of `dk`.
+enum Sink<'a, T> {
+    Sums(&'a mut [T]),
+    Weights(&'a mut [T]),
+}
+
 /// A row block of `dk` in the output transform: its index, its `M` of each phase, its rows.
 type RowBlock<'a, T> = (usize, Vec<&'a mut [T]>, &'a mut [T]);
 
@@ -384,8 +391,28 @@ fn phase_gradient<T: Element>(
         Some(at)
     };
 
-    // One part's sums, chunk by chunk over its tiles, into `mres` (`[phase][row block]`).
-    let part_sums = |part: usize, mres: &mut [T], threads: usize| {
+    // The output transform of phase `pi`'s taps for row block `rbi`, from an `M` of every
+    // lane block.
+    let outputs = |pi: usize, rbi: usize| Outputs {
+        taps: &taps[pi],
+        terms: &s.o_terms,
+        points,
+        lb,
+        first_lb: 0,
+        tile_elems,
+        tl,
+        live_rows: mr.min(cin_g - rbi * mr),
+        cout_g,
+        ksize,
+    };
+    // Where the whole reduction is one chunk of one part, each row block's sums over every
+    // point for one lane block at a time (a few KiB) go through the output transform as
+    // soon as the GEMMs have made them, instead of the whole `M` of the phase being
+    // written to memory and read back (4.7 MB a phase for dcgan1).
+    let fused = parts == 1 && kc >= most;
+    // One part's sums, chunk by chunk over its tiles, into the sums `M` (`[phase][row
+    // block]`), or (fused) through the output transform into `dk`.
+    let part_sums = |part: usize, mut sink: Sink<'_, T>, threads: usize| {
         let range = part_tiles(part);
         let mut xp = scratch::take::<T>(rb * srcs * points * x_run);
         let mut gp = scratch::take::<T>(lb * points * g_run);
@@ -446,7 +473,7 @@ fn phase_gradient<T: Element>(
                     transform(s.isa, &block, &s.x_terms, &mut rows, dst);
                 }
             });
-            for (p, mres) in ps.iter().zip(mres.chunks_mut(rb * m_block)) {
+            for (pi, p) in ps.iter().enumerate() {
                 // Where each of a tile's upstream-gradient positions lies (plus the image's
                 // offset).
                 for (kk, (n, tv)) in tiles_at.iter().enumerate() {
@@ -492,8 +519,35 @@ fn phase_gradient<T: Element>(
                     };
                     transform(s.isa, &block, &s.g_terms, &mut rows, dst);
                 });
-                // Per row block: M[rb][s][ξ] (+)= X̂ · Ĝᵀ for every lane block.
                 let (xp, gp) = (&xp[..], &gp[..]);
+                let mres = match &mut sink {
+                    Sink::Sums(mres) => &mut mres[pi * rb * m_block..][..rb * m_block],
+                    Sink::Weights(dk) => {
+                        // Per row block and lane block: M[s][ξ] = X̂ · Ĝᵀ, then its taps.
+                        let items: Vec<(usize, &mut [T])> =
+                            dk.chunks_mut(mr * ksize * cout_g).enumerate().collect();
+                        super::direct::run_each(threads, items, |(rbi, rows)| {
+                            let mut m = scratch::take::<T>(srcs * points * tile_elems);
+                            for lbi in 0..lb {
+                                for (sx, o) in m.chunks_exact_mut(tile_elems).enumerate() {
+                                    let (si, xi) = (sx / points, sx % points);
+                                    let a =
+                                        &xp[((rbi * srcs + si) * points + xi) * x_run..][..kn * mr];
+                                    let b = &gp[(lbi * points + xi) * g_run..][..kn * tl];
+                                    (s.kernel)(a, b, Rows::packed(kn, tl), o, false);
+                                }
+                                let out = Outputs {
+                                    lb: 1,
+                                    first_lb: lbi,
+                                    ..outputs(pi, rbi)
+                                };
+                                output_transform(simd, &out, &m, rows);
+                            }
+                        });
+                        continue;
+                    }
+                };
+                // Per row block: M[rb][s][ξ] (+)= X̂ · Ĝᵀ for every lane block.
                 let items: Vec<(usize, &mut [T])> = mres.chunks_mut(m_block).enumerate().collect();
                 super::direct::run_each(threads, items, |(rbi, m)| {
                     for si in 0..srcs {
@@ -511,6 +565,10 @@ fn phase_gradient<T: Element>(
             }
         }
     };
+    if fused {
+        part_sums(0, Sink::Weights(dk), threads);
+        return;
+    }
     let m_len = ps.len() * rb * m_block;
     let mut sums: Vec<scratch::Scratch<T>> =
         (0..parts).map(|_| scratch::take::<T>(m_len)).collect();
@@ -518,11 +576,11 @@ fn phase_gradient<T: Element>(
         let inner = (threads / parts).max(1);
         let items: Vec<(usize, &mut scratch::Scratch<T>)> = sums.iter_mut().enumerate().collect();
         super::direct::run_each(threads.min(parts), items, |(part, m)| {
-            part_sums(part, m, inner)
+            part_sums(part, Sink::Sums(m), inner)
         });
     } else {
         for (part, m) in sums.iter_mut().enumerate() {
-            part_sums(part, m, threads);
+            part_sums(part, Sink::Sums(m), threads);
         }
     }
     // Per row block: the parts' M added in order, then for each phase
@@ -547,18 +605,7 @@ fn phase_gradient<T: Element>(
                     *a = *a + b;
                 }
             }
-            let out = Outputs {
-                taps: &taps[pi],
-                terms: &s.o_terms,
-                points,
-                lb,
-                tile_elems,
-                tl,
-                live_rows: mr.min(cin_g - rbi * mr),
-                cout_g,
-                ksize,
-            };
-            output_transform(simd, &out, m, rows);
+            output_transform(simd, &outputs(pi, rbi), m, rows);
         }
     });
 }
@@ -649,7 +696,9 @@ struct Outputs<'a, T> {
     taps: &'a [(usize, usize, usize)],
     terms: &'a [Vec<(usize, T)>],
     points: usize,
+    /// Lane blocks `M` holds, the first of them lane block `first_lb` of `dk`.
     lb: usize,
+    first_lb: usize,
     tile_elems: usize,
     tl: usize,
     live_rows: usize,
@@ -686,9 +735,10 @@ fn output_body<T: Element>(o: &Outputs<'_, T>, m: &[T], rows: &mut [T]) {
         for lbi in 0..o.lb {
             let at = (si * o.points * o.lb + lbi) * o.tile_elems;
             combine(&mut tile, &m[at..], points_stride, &o.terms[j], false);
-            let cols = o.tl.min(o.cout_g - lbi * o.tl);
+            let col0 = (o.first_lb + lbi) * o.tl;
+            let cols = o.tl.min(o.cout_g - col0);
             for rr in 0..o.live_rows {
-                let d = &mut rows[(rr * o.ksize + kf) * o.cout_g + lbi * o.tl..][..cols];
+                let d = &mut rows[(rr * o.ksize + kf) * o.cout_g + col0..][..cols];
                 copy_short(d, &tile[rr * o.tl..rr * o.tl + cols]);
             }
         }
@@ -956,6 +1006,14 @@ mod tests {
                 Op::Conv,
                 vec![2, 9, 13, 10],
                 vec![11, 9, 4, 4],
+                ConvParams::new().stride(&[2]).padding(&[1]),
+            ),
+            // Several row and lane blocks (16 input channels, 40 output channels), their
+            // sums through the output transform as they come (one chunk, one part).
+            (
+                Op::ConvTranspose,
+                vec![2, 16, 5, 4],
+                vec![16, 40, 4, 4],
                 ConvParams::new().stride(&[2]).padding(&[1]),
             ),
             // At least `MIN_PART_TILES` tiles per image: the reduction in two parts (the
