@@ -8,7 +8,7 @@ With `--rounds R`, each row is timed R times, tconv and PyTorch alternating, and
 figure is the median over the rounds of each call's median: on a shared machine a burst of
 interference then moves one round, not the row.
 
-  .venv-peers/bin/python bench/backward_compare.py --runs 10 --rounds 3
+  .venv-peers/bin/python bench/backward_compare.py --runs 10 --rounds 3 [--layers dcgan3,s1k3]
 """
 import argparse
 import json
@@ -61,10 +61,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--layers", help="only these layers (comma-separated names)")
     a = ap.parse_args()
+    wanted = a.layers.split(",") if a.layers else [l["name"] for l in SUITE]
     print("| layer | threads | tconv forward ms | tconv grad_input ms | tconv grad_weight ms | tconv backward ms | backward / forward | PyTorch backward ms | PyTorch / tconv |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for layer in SUITE:
+    for layer in (l for l in SUITE if l["name"] in wanted):
         for t in (1, 2):
             rounds = [(tconv_ms(layer["name"], t, a.runs), torch_backward_ms(layer, t, a.runs))
                       for _ in range(max(a.rounds, 1))]
