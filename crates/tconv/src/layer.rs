@@ -152,13 +152,7 @@ impl<T: Element> Layer<T> {
                 expected: old_bias.unwrap_or_default(),
             });
         }
-        self.weight = contiguous(&w).into_owned();
-        self.bias = bias.map(|b| b.to_vec());
-        let bytes = std::mem::size_of_val(self.weight.as_slice());
-        self.plans = Recent::new(Self::KEEP_PLANS);
-        self.packs = PackCache::new(bytes);
-        self.adjoints = Recent::new(Self::KEEP_PLANS);
-        self.adjoint_packs = PackCache::new(bytes);
+        *self = Layer::new(self.op, &w, bias, &self.params, &self.options)?;
         Ok(())
     }
 
@@ -184,24 +178,13 @@ impl<T: Element> Layer<T> {
         let plans = |g: &Geometry, options: &PlanOptions| -> Result<Arc<Plan<T>>> {
             let mut key = g.input_shape();
             key.push(options.threads.map_or(0, |t| t + 1));
-            if let Some(plan) = self.adjoints.get(&key) {
-                return Ok(plan);
-            }
-            let once = PlanOptions {
-                once: true,
-                ..options.clone()
-            };
-            let plan = Arc::new(Plan::build(
-                g.adjoint(),
-                &self.weight,
-                &once,
-                Some(&self.adjoint_packs),
-            )?);
-            self.adjoints.insert(key, Arc::clone(&plan));
-            let packs = &self.adjoint_packs;
-            self.adjoints
-                .retain(|p| p.packing_id().is_none_or(|id| packs.holds(id)));
-            Ok(plan)
+            kept_plan(&self.adjoints, &self.adjoint_packs, &key, |packs| {
+                let once = PlanOptions {
+                    once: true,
+                    ..options.clone()
+                };
+                Plan::build(g.adjoint(), &self.weight, &once, Some(packs))
+            })
         };
         grad::backward(
             self.op,
@@ -221,28 +204,17 @@ impl<T: Element> Layer<T> {
     /// # Errors
     /// Any invalid shape or parameter for this input (see [`Geometry::new`]).
     pub fn plan(&self, input_shape: &[usize]) -> Result<Arc<Plan<T>>> {
-        if let Some(plan) = self.plans.get(input_shape) {
-            return Ok(plan);
-        }
-        let bias_shape = self.bias.as_ref().map(|b| vec![b.len()]);
-        let g = Geometry::new(
-            self.op,
-            input_shape,
-            &self.weight_shape,
-            bias_shape.as_deref(),
-            &self.params,
-        )?;
-        let plan = Arc::new(Plan::build(
-            g,
-            &self.weight,
-            &self.options,
-            Some(&self.packs),
-        )?);
-        self.plans.insert(input_shape.to_vec(), Arc::clone(&plan));
-        // Plans whose packing the cache let go would keep it alive past its budget.
-        self.plans
-            .retain(|p| p.packing_id().is_none_or(|id| self.packs.holds(id)));
-        Ok(plan)
+        kept_plan(&self.plans, &self.packs, input_shape, |packs| {
+            let bias_shape = self.bias.as_ref().map(|b| vec![b.len()]);
+            let g = Geometry::new(
+                self.op,
+                input_shape,
+                &self.weight_shape,
+                bias_shape.as_deref(),
+                &self.params,
+            )?;
+            Plan::build(g, &self.weight, &self.options, Some(packs))
+        })
     }
 
     /// Run on `x` (any shape the parameters accept), planning its shape if it is new.
@@ -267,4 +239,21 @@ impl<T: Element> Layer<T> {
     pub fn packed_bytes(&self) -> usize {
         self.packs.bytes() + self.adjoint_packs.bytes()
     }
+}
+
+/// The plan kept in `plans` under `key`, else `build(packs)`, kept there; plans whose
+/// packing `packs` has let go are dropped (they would keep it alive past its budget).
+fn kept_plan<T: Element>(
+    plans: &Recent<Arc<Plan<T>>>,
+    packs: &PackCache,
+    key: &[usize],
+    build: impl FnOnce(&PackCache) -> Result<Plan<T>>,
+) -> Result<Arc<Plan<T>>> {
+    if let Some(plan) = plans.get(key) {
+        return Ok(plan);
+    }
+    let plan = Arc::new(build(packs)?);
+    plans.insert(key.to_vec(), Arc::clone(&plan));
+    plans.retain(|p| p.packing_id().is_none_or(|id| packs.holds(id)));
+    Ok(plan)
 }

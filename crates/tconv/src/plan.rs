@@ -386,6 +386,10 @@ impl<T: Element> Plan<T> {
         } = choose::<T>(&g, options);
         let isa = options.isa_for::<T>();
         let threads = options.threads_for(&g);
+        // Packed weights go into a thread's scratch pool only where they live as long as
+        // one call: a plan that runs once and keeps its packing in no cache (a pooled
+        // buffer may be larger than asked, and the pool would lose it to the cache).
+        let pooled = options.once && packs.is_none();
         // Depthwise layers are bound by moving data: whole rows at a time (unless a test
         // forces the tile kernels).
         let rows = (algorithm == Algorithm::Direct
@@ -509,7 +513,7 @@ impl<T: Element> Plan<T> {
             let packed = PackCache::get_or_pack(
                 packs,
                 || pack_key(view, &spec, mr),
-                || pack_weights(view, &spec, w, mr, (threads, options.once)),
+                || pack_weights(view, &spec, w, mr, (threads, pooled)),
                 |p| p.data.len() * std::mem::size_of::<T>(),
             );
             // Split the work into about 4 tasks per thread: batch items first, then row bands.
@@ -588,7 +592,7 @@ impl<T: Element> Plan<T> {
                         w,
                         f,
                         (mr, v, isa.lanes(), isa),
-                        (threads, options.once),
+                        (threads, pooled),
                         packs,
                     )
                     .expect("the planner checked that Winograd tiles apply")

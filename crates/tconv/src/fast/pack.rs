@@ -122,15 +122,15 @@ pub(crate) fn pack_key(g: &Geometry, spec: &DirectSpec, mr: usize) -> Vec<usize>
 }
 
 /// Pack `w` (PyTorch layout for `g.op`) for the phases of `spec`, on `threads` threads;
-/// into a pooled scratch buffer where the plan runs `once` (a gradient's 8.6 MB of packed
-/// weights, zeroed and page-faulted afresh, took 6 % of dcgan1's backward pass), else into
-/// memory of its own.
+/// into a pooled scratch buffer where `pooled` (a plan that runs once and keeps its packing
+/// nowhere: a gradient's 8.6 MB of packed weights, zeroed and page-faulted afresh, took 6 %
+/// of dcgan1's backward pass), else into memory of its own.
 pub fn pack_weights<T: Element>(
     g: &Geometry,
     spec: &DirectSpec,
     w: &[T],
     mr: usize,
-    (threads, once): (usize, bool),
+    (threads, pooled): (usize, bool),
 ) -> PackedWeights<T> {
     let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
     let ksize = numel(&g.kernel_shape());
@@ -146,7 +146,7 @@ pub fn pack_weights<T: Element>(
     };
     let run_len = spec.total_taps() * cin_g * mr;
     let len = g.groups * blocks * run_len;
-    let mut data = if once {
+    let mut data = if pooled {
         scratch::take::<T>(len)
     } else {
         scratch::owned::<T>(len)

@@ -983,13 +983,15 @@ pub fn footprint<T: Element>(
 
 impl<T: Element> Winograd<T> {
     /// Plan `g` (where [`applies`]) with weight `w` for `kernel`, an `mr × v` tile of
-    /// `lanes`-wide vectors, with enough tasks for `threads` threads.
+    /// `lanes`-wide vectors, with enough tasks for `threads` threads; the transformed
+    /// weights packed into a pooled scratch buffer where `pooled` (see
+    /// [`super::pack::pack_weights`]), and taken from or kept in `packs` where given.
     pub fn new(
         g: &Geometry,
         w: &[T],
         kernel: KernelFn<T>,
         (mr, v, lanes, isa): (usize, usize, usize, Isa),
-        (threads, once): (usize, bool),
+        (threads, pooled): (usize, bool),
         packs: Option<&PackCache>,
     ) -> Option<Winograd<T>> {
         let (transforms, phases, out_stride, in_stride) = decompose(g)?;
@@ -1065,11 +1067,10 @@ impl<T: Element> Winograd<T> {
             }
             key
         };
-        // A plan that runs once packs into a pooled buffer of stale values (zero-filling and
-        // page-faulting 19.5 MB afresh took 5-6 % of dcgan1's input gradient): every value
-        // is written below.
+        // A pooled buffer holds stale values (zero-filling and page-faulting 19.5 MB afresh
+        // took 5-6 % of dcgan1's input gradient): every value is written below.
         let pack = || {
-            let mut packed = if once {
+            let mut packed = if pooled {
                 scratch::take::<T>(units * unit)
             } else {
                 scratch::owned::<T>(units * unit)
