@@ -708,6 +708,12 @@ fn sizing<T: Element>(
 /// thread: dcgan1's input gradient (0.5 MB output, 1 MB input) holds 1.5 MB on it at 2
 /// threads; the Winograd tiles' least task there, one 16-tile panel with the transforms in
 /// registers, holds 0.85 MB, so under the output's bound they did not run at all.
+///
+/// That per-thread bound is doubled where the transformed weights exceed
+/// [`STREAMED_WEIGHTS`]: every task streams them once, so tasks of twice the columns halve
+/// that stream. dcgan1's input gradient (18.9 MB of them, 0.87 MB more scratch a thread for
+/// 32 tiles a task instead of 16): 1.06x at 1 thread and 1.04x at 2 alone, its backward pass
+/// 1.07x and 1.01x (medians of 8 alternating rounds); with AVX2 1.22x and 0.99x.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Bound {
     bytes: usize,
@@ -747,12 +753,16 @@ impl Bound {
                 && (s.registers || !s.registers_wanted)
         });
         if fits {
-            output
-        } else {
-            Bound {
-                bytes: input,
-                per_thread: true,
-            }
+            return output;
+        }
+        let live = phases.iter().filter(|p| p.live()).count();
+        let points: usize = transforms.iter().map(|t| t.alpha).product();
+        let kdim = most_sources(phases) * g.in_per_group();
+        let weights = g.groups * live * points * kdim * g.out_per_group() * elem;
+        let widen = if weights > STREAMED_WEIGHTS { 2 } else { 1 };
+        Bound {
+            bytes: widen * input,
+            per_thread: true,
         }
     }
 
@@ -959,7 +969,8 @@ pub struct Footprint {
     /// Whether they would but for the workspace bound (f32, AVX2 or better, 2 or 3 axes).
     pub registers_wanted: bool,
     /// The most bytes of scratch allowed: the output's size, or, for a strided conv that
-    /// no tile could run within it, the input's size per thread.
+    /// no tile could run within it, the input's size per thread (twice that where the
+    /// transformed weights exceed 16 MB).
     pub bound: usize,
 }
 
