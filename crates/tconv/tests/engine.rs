@@ -933,7 +933,7 @@ fn winograd_tiles_match_reference() {
 /// transform. Their scratch stays within the output, except for 512 → 256, whose output
 /// (half its input: 512 KB) cannot hold two tasks' transformed input with the transforms in
 /// registers: there within twice its input per thread (its 18.9 MB of transformed weights
-/// stream once per task: see `input_gradient_tasks_widen_where_the_weights_stream`; the
+/// stream once per task: see `winograd_tasks_widen_where_the_weights_stream`; the
 /// direct engine, which copies the input's components whole, holds 1.55 MB at 1 thread).
 /// HiFi-GAN's 1-D layer takes them both ways.
 #[test]
@@ -991,9 +991,16 @@ fn planner_takes_winograd_where_the_model_pays() {
 /// would leave them one register panel of columns: 32 tiles a task at 1 thread, not 16,
 /// within the output's size, with the same bits on 1, 2 and 3 threads. Smaller weights
 /// keep the full slice (DCGAN's 256 → 128 layer at 2 threads: 32 tiles).
+///
+/// A strided conv whose Winograd tiles fit no task within the output (an input gradient)
+/// has a bound of its input's size per thread, doubled where its transformed weights exceed
+/// 16 MB (each task streams them once): DCGAN's 512 → 256 layer's input gradient (18.9 MB
+/// of them) then takes 32 tiles a task, not 16, on 1 and 2 threads (AVX-512 and AVX2),
+/// within twice its input a thread, on small integers exactly the direct engine's on 1, 2
+/// and 3 threads; with half its channels (4.7 MB) 16 tiles within its input a thread.
 #[test]
 fn winograd_tasks_widen_where_the_weights_stream() {
-    use tconv::ConvParams;
+    use tconv::{ConvParams, Geometry};
     if Isa::detect() == Isa::Scalar {
         return;
     }
@@ -1022,26 +1029,7 @@ fn winograd_tasks_widen_where_the_weights_stream() {
     let w = ndarray::Array4::<f32>::zeros((256, 128, 4, 4));
     let plan = Plan::new(Op::ConvTranspose, &[16, 256, 8, 8], &w, None, &p, &opts(2)).unwrap();
     assert!(plan.to_string().contains("N<=32 tiles per task"), "{plan}");
-}
-
-/// A strided conv whose Winograd tiles fit no task within the output (an input gradient)
-/// has a bound of its input's size per thread, doubled where its transformed weights exceed
-/// 16 MB (each task streams them once): DCGAN's 512 → 256 layer's input gradient (18.9 MB
-/// of them) then takes 32 tiles a task, not 16, on 1 and 2 threads (AVX-512 and AVX2),
-/// within twice its input a thread, on small integers exactly the direct engine's on 1, 2
-/// and 3 threads; with half its channels (4.7 MB) 16 tiles within its input a thread.
-#[test]
-fn input_gradient_tasks_widen_where_the_weights_stream() {
-    use tconv::{ConvParams, Geometry};
-    if Isa::detect() == Isa::Scalar {
-        return;
-    }
-    let p = ConvParams::new().stride(&[2]).padding(&[1]);
-    let opts = |threads| PlanOptions {
-        threads: Some(threads),
-        ..PlanOptions::default()
-    };
-    let xs = [16, 512, 4, 4];
+    // The input gradient of the 512 → 256 layer.
     let w = ints::<f32>(&[512, 256, 4, 4], 31);
     let g = Geometry::new(Op::ConvTranspose, &xs, w.shape(), None, &p).unwrap();
     let gy = ints::<f32>(&g.output_shape(), 32);
