@@ -791,6 +791,15 @@ fn winograd_tiles_match_reference() {
             Op::ConvTranspose,
             "F(2x2,3x3)",
         ),
+        // Rows of 10 tiles: each tile column's outputs a run of a vector or more, the two
+        // interleaved when stored.
+        (
+            vec![2, 24, 7, 20],
+            vec![24, 20, 3, 3],
+            ConvParams::new().padding(&[1]),
+            Op::ConvTranspose,
+            "F(2x2,3x3)",
+        ),
         (
             vec![2, 20, 9, 8],
             vec![20, 16, 3, 3],

@@ -422,7 +422,7 @@ fn store_line<T: Element>(dst: &mut [T], lines: &[T], s: usize, bias: T) {
     } else if s == 2 {
         let (na, nc) = (len.div_ceil(2), len / 2);
         let (a, c) = (&lines[..na], &lines[na..na + nc]);
-        if !interleave2(&mut dst[..2 * nc], &a[..nc], c, bias) {
+        if !interleave2(&mut dst[..2 * nc], &a[..nc], c, Some(bias)) {
             for q in 0..nc {
                 dst[2 * q] = a[q] + bias;
                 dst[2 * q + 1] = c[q] + bias;

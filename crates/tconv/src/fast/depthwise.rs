@@ -413,7 +413,7 @@ fn store_row<T: Element>(out: &mut [T], rows: &[T], q_len: usize, s: usize, bias
             }
             out.len()
         }
-        2 if interleave2(&mut out[..2 * full], row(0), row(1), bias) => 2 * full,
+        2 if interleave2(&mut out[..2 * full], row(0), row(1), Some(bias)) => 2 * full,
         8 => {
             let rs: [&[T]; 8] = std::array::from_fn(row);
             if interleave8_to(&mut out[..8 * full], &rs, bias, stream) {

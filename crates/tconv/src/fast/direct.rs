@@ -932,8 +932,9 @@ unsafe fn store_interleaved_avx<const G: usize>(args: InterleavedArgs<'_, '_>) {
 
 /// `dst = [a0+b, c0+b, a1+b, c1+b, …]` for `a`, `c` of equal length (`dst` twice as long),
 /// with AVX unpack/permute for f32; returns `false` (doing nothing) where that path does
-/// not apply, so the caller stores element by element.
-pub(crate) fn interleave2<T: Element>(dst: &mut [T], a: &[T], c: &[T], bias: T) -> bool {
+/// not apply, so the caller stores element by element. Without `bias` the values are
+/// moved as they are (adding a zero would turn a -0 into +0).
+pub(crate) fn interleave2<T: Element>(dst: &mut [T], a: &[T], c: &[T], bias: Option<T>) -> bool {
     #[cfg(target_arch = "x86_64")]
     if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
         && is_x86_feature_detected!("avx")
@@ -950,9 +951,11 @@ pub(crate) fn interleave2<T: Element>(dst: &mut [T], a: &[T], c: &[T], bias: T) 
                 std::slice::from_raw_parts(c.as_ptr() as *const f32, c.len()),
             )
         };
-        let bias = bias.to_f32().unwrap_or(0.0);
         // Safety: AVX was detected and the lengths were checked above.
-        unsafe { interleave2_avx(dst, a, c, bias) };
+        match bias {
+            Some(b) => unsafe { interleave2_avx::<true>(dst, a, c, b.to_f32().unwrap_or(0.0)) },
+            None => unsafe { interleave2_avx::<false>(dst, a, c, 0.0) },
+        }
         return true;
     }
     let _ = (dst, a, c, bias);
@@ -963,14 +966,15 @@ pub(crate) fn interleave2<T: Element>(dst: &mut [T], a: &[T], c: &[T], bias: T) 
 /// AVX available; `dst.len() == 2 * a.len()` and `c.len() == a.len()`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx")]
-unsafe fn interleave2_avx(dst: &mut [f32], a: &[f32], c: &[f32], bias: f32) {
+unsafe fn interleave2_avx<const ADD: bool>(dst: &mut [f32], a: &[f32], c: &[f32], bias: f32) {
     use std::arch::x86_64::*;
     let n = a.len();
     let bv = _mm256_set1_ps(bias);
+    let add = |v: __m256| if ADD { _mm256_add_ps(v, bv) } else { v };
     let mut i = 0;
     while i + 8 <= n {
-        let x = _mm256_add_ps(_mm256_loadu_ps(a.as_ptr().add(i)), bv);
-        let y = _mm256_add_ps(_mm256_loadu_ps(c.as_ptr().add(i)), bv);
+        let x = add(_mm256_loadu_ps(a.as_ptr().add(i)));
+        let y = add(_mm256_loadu_ps(c.as_ptr().add(i)));
         let lo = _mm256_unpacklo_ps(x, y); // a0 c0 a1 c1 | a4 c4 a5 c5
         let hi = _mm256_unpackhi_ps(x, y); // a2 c2 a3 c3 | a6 c6 a7 c7
         _mm256_storeu_ps(
@@ -984,8 +988,11 @@ unsafe fn interleave2_avx(dst: &mut [f32], a: &[f32], c: &[f32], bias: f32) {
         i += 8;
     }
     for j in i..n {
-        dst[2 * j] = a[j] + bias;
-        dst[2 * j + 1] = c[j] + bias;
+        (dst[2 * j], dst[2 * j + 1]) = if ADD {
+            (a[j] + bias, c[j] + bias)
+        } else {
+            (a[j], c[j])
+        };
     }
 }
 
