@@ -140,14 +140,26 @@ impl Slab {
             offs[(z % pitch) * points + z / pitch] = u32::MAX;
         }
         let held = self.lo * self.row_len..self.lo * self.row_len + self.plane;
-        for (i, row) in table.chunks_exact(n).take(points).enumerate() {
-            for (col, &e) in row.iter().enumerate() {
-                let o = &mut offs[col * points + i];
+        let table = &table[..points * n];
+        // Column by column: a tile's inputs lie in one channel plane, whose start and image
+        // are divided out once (two divisions per entry were 4-5 % of s1k3's forward pass).
+        let mut plane_of = (usize::MAX, 0, 0); // (first index, its end, image)
+        for (col, o) in offs.chunks_exact_mut(points).take(n).enumerate() {
+            for (i, o) in o.iter_mut().enumerate() {
                 if *o == u32::MAX {
                     *o = zero;
                     continue;
                 }
-                let (image, pos) = (e / self.in_plane / self.channels, e % self.in_plane);
+                let e = table[i * n + col];
+                if !(plane_of.0..plane_of.1).contains(&e) {
+                    let q = e / self.in_plane;
+                    plane_of = (
+                        q * self.in_plane,
+                        (q + 1) * self.in_plane,
+                        q / self.channels,
+                    );
+                }
+                let (image, pos) = (plane_of.2, e - plane_of.0);
                 if !self.batch.contains(&image) || !held.contains(&pos) {
                     return None;
                 }
