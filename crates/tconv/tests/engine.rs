@@ -791,6 +791,15 @@ fn winograd_tiles_match_reference() {
             Op::ConvTranspose,
             "F(2x2,3x3)",
         ),
+        // Stride 2, rows of 5 tiles a phase: a tile's two columns two positions apart, four
+        // tiles a masked store on AVX-512 and one left over.
+        (
+            vec![2, 32, 4, 10],
+            vec![32, 24, 4, 4],
+            ConvParams::new().stride(&[2]).padding(&[1]),
+            Op::ConvTranspose,
+            "F(2x2,2x2)",
+        ),
         // Rows of 10 tiles: each tile column's outputs a run of a vector or more, the two
         // interleaved when stored.
         (
