@@ -7,9 +7,9 @@
 //! packing the weight again. The packing depends on the kernel, the channels, the phases
 //! and the register tile, and for Winograd tiles on their transforms; the planner picks
 //! the tile (and transforms) for the input's extent, so they can change with it (dcgan1's
-//! widths 5-12 take four variants); the [`PackCache`] keeps a few. dcgan1's plan packs and transforms an 8 MB weight: `tconv
-//! bench` reports `plan_ms` (a fresh plan) beside `replan_ms` (a layer's plan for a new
-//! input shape).
+//! widths 5-12 take four variants); the [`PackCache`] keeps a few. dcgan1's plan packs and
+//! transforms an 8 MB weight: `tconv bench` reports `plan_ms` (a fresh plan) beside
+//! `replan_ms` (a layer's plan for a new input shape).
 
 use std::sync::Arc;
 

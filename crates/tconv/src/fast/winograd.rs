@@ -713,7 +713,7 @@ fn sizing<T: Element>(
 /// [`STREAMED_WEIGHTS`]: every task streams them once, so tasks of twice the columns halve
 /// that stream. dcgan1's input gradient (18.9 MB of them, 0.87 MB more scratch a thread for
 /// 32 tiles a task instead of 16): 1.06x at 1 thread and 1.04x at 2 alone, its backward pass
-/// 1.07x and 1.01x (medians of 8 alternating rounds); with AVX2 1.22x and 0.99x.
+/// 1.07x and 1.01x (medians of 8 alternating rounds); with AVX2 1.22x and 0.99x (6 rounds).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Bound {
     bytes: usize,
@@ -755,10 +755,7 @@ impl Bound {
         if fits {
             return output;
         }
-        let live = phases.iter().filter(|p| p.live()).count();
-        let points: usize = transforms.iter().map(|t| t.alpha).product();
-        let kdim = most_sources(phases) * g.in_per_group();
-        let weights = g.groups * live * points * kdim * g.out_per_group() * elem;
+        let weights = transformed_weight_bytes::<T>(g, transforms, phases, g.out_per_group());
         let widen = if weights > STREAMED_WEIGHTS { 2 } else { 1 };
         Bound {
             bytes: widen * input,
@@ -774,6 +771,20 @@ impl Bound {
             self.bytes
         }
     }
+}
+
+/// Bytes of the transformed weights of `g`'s live phases, `rows` output channels a group
+/// (the group's, or its register blocks' padded to whole blocks).
+fn transformed_weight_bytes<T: Element>(
+    g: &Geometry,
+    transforms: &[Transform],
+    phases: &[Phase],
+    rows: usize,
+) -> usize {
+    let live = phases.iter().filter(|p| p.live()).count();
+    let points: usize = transforms.iter().map(|t| t.alpha).product();
+    let kdim = most_sources(phases) * g.in_per_group();
+    g.groups * live * points * kdim * rows * std::mem::size_of::<T>()
 }
 
 /// [`sizing`] within `bound`.
@@ -924,7 +935,7 @@ fn sizing_within<T: Element>(
     // AVX2 (6 rounds). Where the weights are smaller it did not pay: dcgan2's input
     // gradient at 1 thread and its forward pass at 2, dcgan3's input gradient at 2 (4.9,
     // 4.9 and 1.2 MB) read 0.97-1.05x.
-    let weight_bytes = g.groups * live.len() * points * kdim * blocks * mr * elem;
+    let weight_bytes = transformed_weight_bytes::<T>(g, transforms, phases, blocks * mr);
     if slice == full
         && least < full
         && weight_bytes > STREAMED_WEIGHTS
@@ -967,32 +978,21 @@ fn scatter_outputs<T: Element>(
     let mut i = 0;
     while i < segments.len() {
         let (yi, off, n) = segments[i];
-        if step == 4 && avx512 && n >= 4 {
-            if let Some(&(yj, next, m)) = segments.get(i + 1) {
-                if next == off + 2
-                    && m == n
-                    && store_pairs_2_apart(&mut plane[off..], &y[yi..yi + n], &y[yj..yj + n])
-                {
-                    i += 2;
-                    continue;
-                }
-            }
-        }
-        // (Runs shorter than a vector stay element by element.)
-        if step == 2 && n >= 8 {
-            if let Some(&(yj, next, m)) = segments.get(i + 1) {
-                if next == off + 1
-                    && m == n
-                    && super::direct::interleave2(
-                        &mut plane[off..off + 2 * n],
-                        &y[yi..yi + n],
-                        &y[yj..yj + n],
-                        None,
-                    )
-                {
-                    i += 2;
-                    continue;
-                }
+        // A tile's other column: the next segment, half a step further.
+        let pair = segments
+            .get(i + 1)
+            .filter(|&&(_, next, m)| m == n && next == off + step / 2);
+        if let Some(&(yj, ..)) = pair {
+            let (a, c) = (&y[yi..yi + n], &y[yj..yj + n]);
+            // (Runs shorter than a vector stay element by element.)
+            let stored = match step {
+                2 => n >= 8 && super::direct::interleave2(&mut plane[off..off + 2 * n], a, c, None),
+                4 => avx512 && n >= 4 && store_pairs_2_apart(&mut plane[off..], a, c),
+                _ => false,
+            };
+            if stored {
+                i += 2;
+                continue;
             }
         }
         for (d, &v) in plane[off..].iter_mut().step_by(step).zip(&y[yi..yi + n]) {

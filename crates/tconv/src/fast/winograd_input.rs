@@ -143,7 +143,7 @@ impl Slab {
         let table = &table[..points * n];
         // Column by column: a tile's inputs lie in one channel plane, whose start and image
         // are divided out once (two divisions per entry were 4-5 % of s1k3's forward pass).
-        let mut plane_of = (usize::MAX, 0, 0); // (first index, its end, image)
+        let mut plane_of: Option<(usize, usize)> = None; // (its first index, its image)
         for (col, o) in offs.chunks_exact_mut(points).take(n).enumerate() {
             for (i, o) in o.iter_mut().enumerate() {
                 if *o == u32::MAX {
@@ -151,15 +151,16 @@ impl Slab {
                     continue;
                 }
                 let e = table[i * n + col];
-                if !(plane_of.0..plane_of.1).contains(&e) {
-                    let q = e / self.in_plane;
-                    plane_of = (
-                        q * self.in_plane,
-                        (q + 1) * self.in_plane,
-                        q / self.channels,
-                    );
-                }
-                let (image, pos) = (plane_of.2, e - plane_of.0);
+                let (first, image) = match plane_of {
+                    Some((first, image)) if (first..first + self.in_plane).contains(&e) => {
+                        (first, image)
+                    }
+                    _ => {
+                        let q = e / self.in_plane;
+                        *plane_of.insert((q * self.in_plane, q / self.channels))
+                    }
+                };
+                let pos = e - first;
                 if !self.batch.contains(&image) || !held.contains(&pos) {
                     return None;
                 }
