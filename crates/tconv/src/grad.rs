@@ -1368,21 +1368,18 @@ pub(crate) fn pack_positions<T: Element>(
                 rows[..cnt].iter().for_each(|r| prefetch_next(r));
                 for (ti, t) in tables.tables.iter().enumerate() {
                     let out = &mut dst[ti * per_table..(ti + 1) * per_table];
-                    for j in (j0..j1).step_by(8) {
-                        let run = &t[j..(j + 8).min(j1)];
-                        let at = ((j - js.start) * batch + n) * width + w0;
-                        let r = &tables.runs[ti][j];
-                        let step = batch * width;
-                        if run.len() == 8
-                            && r.stride > 0
-                            && transpose8(&rows, cnt, r.start, r.stride, &mut out[at..], step)
-                        {
-                            // Positions outside the source read a neighbour: zeroed.
-                            for i in (0..8).filter(|i| r.outside & (1 << i) != 0) {
-                                out[at + i * step..][..cnt].fill(T::zero());
-                            }
-                            continue;
+                    let at = |j: usize| ((j - js.start) * batch + n) * width + w0;
+                    let mut j = j0;
+                    while j < j1 {
+                        // A stretch of runs by vectors, then one by values.
+                        let runs = &tables.runs[ti][j..j1];
+                        j += transpose_runs(&rows, cnt, runs, &mut out[at(j)..], batch * width);
+                        if j >= j1 {
+                            break;
                         }
+                        let run = &t[j..(j + 8).min(j1)];
+                        let at = at(j);
+                        j += 8;
                         for (i, &o) in run.iter().enumerate() {
                             let d = &mut out[at + i * batch * width..][..cnt];
                             for (c, slot) in d.iter_mut().enumerate() {
@@ -1422,88 +1419,110 @@ fn transpose8_available<T: 'static>() -> bool {
     false
 }
 
-/// `dst[i * step + c] = rows[c][o + i * st]` for `i < 8` and the first `cnt` (1 to 8) of
-/// `rows` (`st` 1 or 2; the rows past `cnt` are not read, but must be rows of the same
-/// side), with AVX2 for f32; returns `false` (doing nothing) where that path does not apply.
-fn transpose8<T: Element>(
+/// Pack the runs of eight positions `runs[0], runs[8], …` (the first `8 · m`, for the
+/// largest `m` with all of them read by vectors: a stride and within the source) of the
+/// first `cnt` (1 to 8) of `rows`: `dst[(8k + i) * step + c] = rows[c][start + i · stride]`
+/// of run `8k`, zero at its outside positions, by 8×8 transposes (AVX2, f32). Returns the
+/// positions packed, `8 · m` (0 where this path does not apply). `rows` hold the source's
+/// planes (the runs' offsets are within them); the rows past `cnt` are not read.
+fn transpose_runs<T: Element>(
     rows: &[&[T]; 8],
     cnt: usize,
-    o: usize,
-    st: usize,
+    runs: &[Run8],
     dst: &mut [T],
     step: usize,
-) -> bool {
+) -> usize {
     #[cfg(target_arch = "x86_64")]
-    if transpose8_available::<T>()
-        && (st == 1 || st == 2)
-        && (1..=8).contains(&cnt)
-        && rows.iter().all(|r| o + 8 * st <= r.len())
-        && dst.len() >= 7 * step + cnt
-    {
-        let ptrs: [*const f32; 8] = std::array::from_fn(|c| rows[c][o..].as_ptr() as *const f32);
-        // Safety: `T` is `f32` (same TypeId); every load stays inside its row (`o + 8·st`
-        // elements, checked) and every store inside `dst` (checked); AVX2 was detected.
+    if transpose8_available::<T>() && (1..=8).contains(&cnt) {
+        // The stretch, checked: its runs' loads within every row, its stores within `dst`.
+        let len = rows.iter().map(|r| r.len()).min().unwrap_or(0);
+        let within = |r: &Run8| matches!(r.stride, 1 | 2) && r.start + 8 * r.stride <= len;
+        let runs8 = runs.iter().step_by(8).take(runs.len() / 8);
+        let m = runs8.take_while(|r| within(r)).count();
+        let m = m.min((dst.len() + step).saturating_sub(cnt) / (8 * step));
+        if m == 0 {
+            return 0;
+        }
+        let ptrs: [*const f32; 8] = std::array::from_fn(|c| rows[c].as_ptr() as *const f32);
         let d = dst.as_mut_ptr() as *mut f32;
+        // Safety: `T` is `f32` (same TypeId); every load, `8 · stride` values from a run's
+        // start, stays inside its row and the last store, `(8m - 1) · step + cnt`, inside
+        // `dst` (both checked); AVX2 was detected.
         unsafe {
             if cnt == 8 {
-                transpose8_avx2::<true>(&ptrs, 8, st, d, step)
+                transpose8_avx2::<true>(&ptrs, 8, &runs[..8 * m], d, step)
             } else {
-                transpose8_avx2::<false>(&ptrs, cnt, st, d, step)
+                transpose8_avx2::<false>(&ptrs, cnt, &runs[..8 * m], d, step)
             }
         };
-        return true;
+        return 8 * m;
     }
-    let _ = (rows, o, st, dst, step, cnt);
-    false
+    let _ = (rows, cnt, runs, dst, step);
+    0
 }
 
-/// [`transpose8`]'s AVX2 body; `FULL` means `cnt == 8` (straight-line loads and stores;
-/// fewer channels take a loop).
+/// [`transpose_runs`]' AVX2 body: each of the runs `runs[0], runs[8], …`, its outside
+/// positions zeroed; `FULL` means `cnt == 8` (straight-line loads and stores; fewer channels
+/// take a loop).
 ///
 /// # Safety
-/// AVX2 available; `1 <= cnt <= 8`; each `src[c]`, `c < cnt`, readable for `8 · st` values;
-/// `dst` writable at `i * step .. i * step + cnt` for `i < 8`.
+/// AVX2 available; `1 <= cnt <= 8`; each `src[c]`, `c < cnt`, readable for `start + 8 ·
+/// stride` values of every run (`stride` 1 or 2); `dst` writable at `(8k + i) * step .. +
+/// cnt` for `i < 8` and every run `8k`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn transpose8_avx2<const FULL: bool>(
     src: &[*const f32; 8],
     cnt: usize,
-    st: usize,
-    dst: *mut f32,
+    runs: &[Run8],
+    mut dst: *mut f32,
     step: usize,
 ) {
     use std::arch::x86_64::*;
     let cnt = if FULL { 8 } else { cnt };
-    let mut x = [_mm256_setzero_ps(); 8];
-    for (slot, &p) in x.iter_mut().zip(src).take(cnt) {
-        *slot = if st == 1 {
-            _mm256_loadu_ps(p)
-        } else {
-            crate::fast::direct::evens_odds16(p).0
-        };
-    }
-    for (i, col) in crate::fast::direct::transpose8x8(x).iter().enumerate() {
-        let d = dst.add(i * step);
-        if FULL {
-            _mm256_storeu_ps(d, *col);
-            continue;
+    let bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    for r in runs.iter().step_by(8) {
+        let mut x = [_mm256_setzero_ps(); 8];
+        for (slot, &p) in x.iter_mut().zip(src).take(cnt) {
+            let p = p.add(r.start);
+            *slot = if r.stride == 1 {
+                _mm256_loadu_ps(p)
+            } else {
+                crate::fast::direct::evens_odds16(p).0
+            };
         }
-        // The first `cnt` lanes: four, two and one at a time.
-        let mut part = _mm256_castps256_ps128(*col);
-        let mut at = 0;
-        if cnt >= 4 {
-            _mm_storeu_ps(d, part);
-            part = _mm256_extractf128_ps(*col, 1);
-            at = 4;
+        if r.outside != 0 {
+            // Positions outside the source read a neighbour: zeroed, lane `i` by bit `i`.
+            let out = _mm256_and_si256(_mm256_set1_epi32(r.outside as i32), bits);
+            let keep = _mm256_castsi256_ps(_mm256_cmpeq_epi32(out, _mm256_setzero_si256()));
+            for v in x.iter_mut().take(cnt) {
+                *v = _mm256_and_ps(*v, keep);
+            }
         }
-        if cnt - at >= 2 {
-            _mm_storel_pd(d.add(at) as *mut f64, _mm_castps_pd(part));
-            part = _mm_movehl_ps(part, part);
-            at += 2;
+        for (i, col) in crate::fast::direct::transpose8x8(x).iter().enumerate() {
+            let d = dst.add(i * step);
+            if FULL {
+                _mm256_storeu_ps(d, *col);
+                continue;
+            }
+            // The first `cnt` lanes: four, two and one at a time.
+            let mut part = _mm256_castps256_ps128(*col);
+            let mut at = 0;
+            if cnt >= 4 {
+                _mm_storeu_ps(d, part);
+                part = _mm256_extractf128_ps(*col, 1);
+                at = 4;
+            }
+            if cnt - at >= 2 {
+                _mm_storel_pd(d.add(at) as *mut f64, _mm_castps_pd(part));
+                part = _mm_movehl_ps(part, part);
+                at += 2;
+            }
+            if cnt > at {
+                _mm_store_ss(d.add(at), part);
+            }
         }
-        if cnt > at {
-            _mm_store_ss(d.add(at), part);
-        }
+        dst = dst.add(8 * step);
     }
 }
 
