@@ -1829,9 +1829,17 @@ pub fn grad_weight_fast<T: Element>(
         }
     };
     // A task's sums into its rows of `dW[a][b][k]` (`rows` from its first S block's first
-    // channel), or added to them: for each tile position, all taps in a row (the writes run
-    // along `k`).
-    let gather = |task: usize, acc: &[T], rows: &mut [T], add: bool| {
+    // channel): for each tile row, its lanes' taps transposed eight taps by eight lanes
+    // into the lanes' rows (`transpose_runs`), element by element where that path does not
+    // apply.
+    let lane_runs: Vec<Run8> = (0..tl)
+        .map(|l| Run8 {
+            start: l,
+            stride: 1,
+            outside: 0,
+        })
+        .collect();
+    let gather = |task: usize, acc: &[T], rows: &mut [T]| {
         let (sbs, blks) = ranges(task);
         let nbb = blks.len();
         let row0 = sbs.start * s_width;
@@ -1839,24 +1847,33 @@ pub fn grad_weight_fast<T: Element>(
             for bbl in 0..nbb {
                 let t0 = (sbl * nbb + bbl) * k_size * tile;
                 let blk = blks.start + bbl;
-                for (rr, ll) in (0..mr).flat_map(|r| (0..tl).map(move |l| (r, l))) {
-                    let (sc, bc) = if s_on_rows {
-                        ((sbs.start + sbl) * s_width + rr, blk * b_width + ll)
+                for rr in 0..mr {
+                    // The tile row's first (a, b) channels, its live lanes, and the step
+                    // between its lanes' rows of dW.
+                    let (sc, bc, live, step) = if s_on_rows {
+                        let (sc, bc) = ((sbs.start + sbl) * s_width + rr, blk * b_width);
+                        let live = if sc < a_pg { b_pg - bc } else { 0 };
+                        (sc, bc, live.min(tl), k_size)
                     } else {
-                        ((sbs.start + sbl) * s_width + ll, blk * b_width + rr)
+                        let (sc, bc) = ((sbs.start + sbl) * s_width, blk * b_width + rr);
+                        let live = if bc < b_pg { a_pg - sc } else { 0 };
+                        (sc, bc, live.min(tl), b_pg * k_size)
                     };
-                    if sc >= a_pg || bc >= b_pg {
+                    if live == 0 {
                         continue;
                     }
-                    let dst = &mut rows[((sc - row0) * b_pg + bc) * k_size..][..k_size];
-                    let from = t0 + rr * tl + ll;
-                    if add {
-                        for (k, d) in dst.iter_mut().enumerate() {
-                            *d = *d + acc[k * tile + from];
-                        }
-                    } else {
-                        for (k, d) in dst.iter_mut().enumerate() {
-                            *d = acc[k * tile + from];
+                    let base = ((sc - row0) * b_pg + bc) * k_size;
+                    for k0 in (0..k_size).step_by(8) {
+                        let cnt = (k_size - k0).min(8);
+                        let src: [&[T]; 8] = std::array::from_fn(|c| {
+                            &acc[t0 + (k0 + c.min(cnt - 1)) * tile + rr * tl..][..tl]
+                        });
+                        let dst = &mut rows[base + k0..];
+                        let done = transpose_runs(&src, cnt, &lane_runs[..live], dst, step);
+                        for l in done..live {
+                            for (c, row) in src.iter().enumerate().take(cnt) {
+                                dst[l * step + c] = row[l];
+                            }
                         }
                     }
                 }
@@ -1877,12 +1894,21 @@ pub fn grad_weight_fast<T: Element>(
             .collect();
         let items: Vec<(usize, &mut scratch::Scratch<T>)> = accs.iter_mut().enumerate().collect();
         run_each(threads, items, |(t, acc)| sums(t, acc));
-        for (t, acc) in accs.iter().enumerate() {
-            let group = (t / splits) % g.groups;
+        // The later parts' sums added to the first part's, in order (each task of a part
+        // has the same tiles as the first part's task of its group and split).
+        let (first, later) = accs.split_at_mut(g.groups * splits);
+        for (t, acc) in later.iter().enumerate() {
+            let to = &mut first[t % (g.groups * splits)];
+            for (a, &b) in to.iter_mut().zip(acc.iter()) {
+                *a = *a + b;
+            }
+        }
+        for (t, acc) in first.iter().enumerate() {
+            let group = t / splits;
             // From the task's first row (tasks over big-side blocks start at row 0).
             let first = (ranges(t).0.start * s_width).min(a_pg) * row_len;
             let rows = &mut dw[group * group_len + first..(group + 1) * group_len];
-            gather(t, acc, rows, t >= g.groups * splits);
+            gather(t, acc, rows);
         }
         return dw;
     }
@@ -1900,7 +1926,7 @@ pub fn grad_weight_fast<T: Element>(
     run_each(threads, task_rows, |(t, d)| {
         let mut acc = scratch::take::<T>(acc_len(t));
         sums(t, &mut acc);
-        gather(t, &acc, d, false);
+        gather(t, &acc, d);
     });
     dw
 }
