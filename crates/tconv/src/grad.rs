@@ -1279,7 +1279,10 @@ impl Tables {
     /// `tables` (all of one length) packed `batch × width` values per position of each.
     pub(crate) fn new<T>(tables: Vec<Vec<usize>>, batch: usize, width: usize) -> Tables {
         let size = std::mem::size_of::<T>();
-        let block = (PACK_BLOCK_BYTES / (tables.len() * batch * width * size).max(1)).max(8);
+        // Whole runs of eight: a pass of 85 positions (dilated's big side) began its runs
+        // mid-row, and every run crossing a row's end was copied value by value.
+        let block =
+            (PACK_BLOCK_BYTES / (tables.len() * batch * width * size).max(1)).max(8) / 8 * 8;
         let spans = tables
             .iter()
             .map(|t| {
@@ -1933,7 +1936,7 @@ pub fn grad_weight_fast<T: Element>(
 
 #[cfg(test)]
 mod tests {
-    use super::Run8;
+    use super::{Run8, Tables};
 
     const OUT: usize = usize::MAX;
 
@@ -1964,5 +1967,21 @@ mod tests {
         assert_eq!(of(&[0, 1, 2, 3, 5, 6, 7, 8]), none); // a row's end
         assert_eq!(of(&[0, 2, 4, 6, 8, 10, 12]), none); // short
         assert_eq!(of(&[1, OUT, 4, 5, 6, 7, 8, 9]), none); // 4 - 1 not a multiple of 2
+    }
+
+    #[test]
+    fn packing_passes_hold_whole_runs_of_eight() {
+        // dilated's big side: three keys of 64 channels, 85 positions a pass unrounded.
+        for (tables, batch, width) in [(3, 1, 64), (1, 1, 48), (8, 1, 32), (1, 3, 6), (40, 4, 64)] {
+            let t = Tables::new::<f32>(vec![(0..4096).collect(); tables], batch, width);
+            assert!(
+                t.block >= 8 && t.block.is_multiple_of(8),
+                "{tables} tables: {}",
+                t.block
+            );
+            // Every run of eight in a pass of rows 32 wide reads at stride 1: no value copies.
+            let runs = &t.runs[0];
+            assert!((0..t.block).step_by(8).all(|j| runs[j].stride == 1));
+        }
     }
 }
