@@ -1343,7 +1343,7 @@ pub(crate) fn pack_positions<T: Element>(
     }
     let line = (64 / std::mem::size_of::<T>()).max(1);
     let prefetch = prefetch && batch * live >= 8;
-    let fast = transpose8_available::<T>();
+    let fast = transposes_available::<T>();
     for j0 in js.clone().step_by(tables.block) {
         let j1 = (j0 + tables.block).min(js.end);
         let pass = j0 / tables.block;
@@ -1413,8 +1413,8 @@ pub(crate) fn pack_positions<T: Element>(
     }
 }
 
-/// Whether [`transpose8`] has a fast path for `T` on this CPU.
-fn transpose8_available<T: 'static>() -> bool {
+/// Whether [`transpose_runs`] has a fast path for `T` on this CPU.
+fn transposes_available<T: 'static>() -> bool {
     #[cfg(target_arch = "x86_64")]
     if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
         return is_x86_feature_detected!("avx2");
@@ -1436,7 +1436,7 @@ fn transpose_runs<T: Element>(
     step: usize,
 ) -> usize {
     #[cfg(target_arch = "x86_64")]
-    if transpose8_available::<T>() && (1..=8).contains(&cnt) {
+    if transposes_available::<T>() && (1..=8).contains(&cnt) {
         // The stretch, checked: its runs' loads within every row, its stores within `dst`.
         let len = rows.iter().map(|r| r.len()).min().unwrap_or(0);
         let within = |r: &Run8| matches!(r.stride, 1 | 2) && r.start + 8 * r.stride <= len;
@@ -1971,17 +1971,21 @@ mod tests {
 
     #[test]
     fn packing_passes_hold_whole_runs_of_eight() {
-        // dilated's big side: three keys of 64 channels, 85 positions a pass unrounded.
+        // A key's copy positions: rows of 32, each read at a stride of 2 from a row of 128
+        // (a run of eight crossing a row's end has no one stride: copied value by value).
+        let key: Vec<usize> = (0..4096).map(|j| j / 32 * 128 + 2 * (j % 32)).collect();
+        // dilated's big side first: three keys of 64 channels, 85 positions a pass unrounded.
         for (tables, batch, width) in [(3, 1, 64), (1, 1, 48), (8, 1, 32), (1, 3, 6), (40, 4, 64)] {
-            let t = Tables::new::<f32>(vec![(0..4096).collect(); tables], batch, width);
+            let t = Tables::new::<f32>(vec![key.clone(); tables], batch, width);
             assert!(
                 t.block >= 8 && t.block.is_multiple_of(8),
                 "{tables} tables: {}",
                 t.block
             );
-            // Every run of eight in a pass of rows 32 wide reads at stride 1: no value copies.
-            let runs = &t.runs[0];
-            assert!((0..t.block).step_by(8).all(|j| runs[j].stride == 1));
+            // Every run of eight a pass takes (from the pass's start) reads at the stride.
+            let passes = (0..key.len()).step_by(t.block);
+            let mut runs = passes.flat_map(|p| (p..(p + t.block).min(key.len())).step_by(8));
+            assert!(runs.all(|j| t.runs[0][j].stride == 2), "{tables} tables");
         }
     }
 }
