@@ -712,8 +712,9 @@ fn sizing<T: Element>(
 /// That per-thread bound is doubled where the transformed weights exceed
 /// [`STREAMED_WEIGHTS`]: every task streams them once, so tasks of twice the columns halve
 /// that stream. dcgan1's input gradient (18.9 MB of them, 0.87 MB more scratch a thread for
-/// 32 tiles a task instead of 16): 1.06x at 1 thread and 1.04x at 2 alone, its backward pass
-/// 1.07x and 1.01x (medians of 8 alternating rounds); with AVX2 1.22x and 0.99x (6 rounds).
+/// 32 tiles a task instead of 16): 1.06-1.11x at 1 thread and 1.02-1.06x at 2 alone, its
+/// backward pass 1.05-1.13x and 0.99-1.05x (`bench/paired.sh dcgan1 T 8`, medians and
+/// minima of 6-8 alternating rounds, three sittings); with AVX2 1.22x and 0.99x (6 rounds).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Bound {
     bytes: usize,
@@ -1073,7 +1074,7 @@ pub struct Footprint {
     pub registers_wanted: bool,
     /// The most bytes of scratch allowed: the output's size, or, for a strided conv that
     /// no tile could run within it, the input's size per thread (twice that where the
-    /// transformed weights exceed 16 MB).
+    /// transformed weights exceed 16 MiB).
     pub bound: usize,
 }
 
