@@ -531,6 +531,22 @@ impl Geometry {
     pub fn big_spatial(&self) -> Vec<usize> {
         self.axes.iter().map(|a| a.big(self.op)).collect()
     }
+    /// Channels of the small side and of the big side: `(C_in, C_out)` for conv_transpose,
+    /// `(C_out, C_in)` for conv. The weight's first axis indexes the small side's channels.
+    pub fn side_channels(&self) -> (usize, usize) {
+        match self.op {
+            Op::ConvTranspose => (self.in_channels, self.out_channels),
+            Op::Conv => (self.out_channels, self.in_channels),
+        }
+    }
+    /// The weight gradient's small-side tensor `S` and big-side tensor `B` of `x` and the
+    /// output's gradient `gy`: `(x, gy)` for conv_transpose, `(gy, x)` for conv.
+    pub(crate) fn weight_sides<'a, T>(&self, x: &'a [T], gy: &'a [T]) -> (&'a [T], &'a [T]) {
+        match self.op {
+            Op::ConvTranspose => (x, gy),
+            Op::Conv => (gy, x),
+        }
+    }
     /// Useful multiply-adds x 2: `2·N·C_small·(C_big/g)·∏small·∏k`, where for conv_transpose
     /// this is `2·N·C_in·(C_out/g)·∏in·∏k` and for conv `2·N·C_out·(C_in/g)·∏out·∏k`.
     pub fn flops(&self) -> u128 {

@@ -12,6 +12,10 @@
 //! - [`winograd`]: Winograd minimal-filtering tiles over the phases (wide layers).
 //! - [`winograd_input`]: their input transform in registers from a channels-last copy (f32, AVX2).
 //! - [`winograd_weight`]: the same tiles for the weight gradient (roles exchanged).
+//! - [`weight`]: the weight gradient's fast paths, and which one a layer takes:
+//!   - [`weight_gemm`]: GEMMs over positions on packed copies of both sides ([`weight_pack`]);
+//!   - [`weight_rows`], [`weight_thin`]: row dot products where a register tile would be mostly padding;
+//!   - [`weight_strided`] and [`winograd_weight`] (below).
 //! - [`strided_conv`]: kernel == stride convs (input gradients of up-convolutions), panels dealt from the input.
 //! - [`weight_strided`]: the weight gradient of kernel == stride layers, the big side read in place.
 //! - [`isa`]: run-time CPU detection, overridable with `TCONV_ISA`.
@@ -29,7 +33,12 @@ pub mod scratch;
 pub mod spec;
 pub mod strided_conv;
 pub mod tap_rows;
+pub mod weight;
+pub mod weight_gemm;
+pub mod weight_pack;
+pub mod weight_rows;
 pub mod weight_strided;
+pub mod weight_thin;
 pub mod winograd;
 pub mod winograd_input;
 pub mod winograd_weight;

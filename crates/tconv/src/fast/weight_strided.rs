@@ -13,7 +13,7 @@
 //! values, so with two taps per axis (unet) a tile reads three planes' lines, not six (one
 //! tap at a time, six channels' planes per tile, unet's weight gradient ran 0.84x / 0.91x
 //! of the packed GEMM's, the kernel's share of the samples 1.2x the input gradient's for
-//! as many multiplications). The GEMM over positions in [`grad`](crate::grad) packs both
+//! as many multiplications). The GEMM over positions ([`weight_gemm`](super::weight_gemm)) packs both
 //! sides; in unet's backward profile (perf, 1 thread) that packing, transposes included,
 //! took 17 % of the samples, about a third of the weight gradient's time, two thirds of
 //! the values the big side's. Paired against it (`tconv bench --pass backward`, median /
@@ -29,9 +29,9 @@
 //! and FMA only (elsewhere the GEMM over positions runs).
 
 use super::direct::run_each;
+use super::weight_pack::{pack_positions, Side, Tables};
 use super::{scratch, Isa};
 use crate::geometry::Geometry;
-use crate::grad::{pack_positions, side_channels, Side, Tables};
 use crate::tensor::{numel, positions, Element};
 
 /// Rows ((big-side channel, last-axis tap) pairs) of the register tile; its lanes are
@@ -80,7 +80,7 @@ pub(crate) fn grad_weight<T: Element>(
     let (Some(s), Some(b), Some(dw)) = f32s else {
         panic!("the in-place weight gradient is f32 only (see `applies`)");
     };
-    let (a_ch, b_ch) = side_channels(g);
+    let (a_ch, b_ch) = g.side_channels();
     let groups = g.groups.max(1);
     let (a_pg, b_pg) = (a_ch / groups, b_ch / groups);
     let dims = g.axes.len();
@@ -351,8 +351,8 @@ strided_tile_kernel!(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::grad::grad_weight_reference;
     use crate::params::{ConvParams, Op};
+    use crate::reference::weight_gradient as grad_weight_reference;
 
     fn ints(n: usize, seed: u64) -> Vec<f32> {
         crate::tensor::small_ints(n, seed)
@@ -412,7 +412,7 @@ mod tests {
             let x = ints(numel(&xs), 7);
             let gy = ints(numel(&g.output_shape()), 8);
             let want = grad_weight_reference(&g, &x, &gy);
-            let (s, b) = crate::grad::sides(&g, &x, &gy);
+            let (s, b) = g.weight_sides(&x, &gy);
             for isa in [Isa::Avx2, Isa::Avx512] {
                 for threads in [1, 3] {
                     let mut got = vec![0.0; want.len()];

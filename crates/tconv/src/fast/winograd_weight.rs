@@ -939,8 +939,8 @@ fn gradient_transforms(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::grad::grad_weight_reference;
     use crate::params::ConvParams;
+    use crate::reference::weight_gradient as grad_weight_reference;
 
     fn ints(n: usize, seed: u64) -> Vec<f64> {
         crate::tensor::small_ints(n, seed)

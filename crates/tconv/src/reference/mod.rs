@@ -9,10 +9,13 @@
 //!   stride 1 with the kernel rotated 180° and its channel roles swapped.
 //! - [`conv_transpose_by_matrix`]: build the matrix `C` of the ordinary convolution and apply
 //!   `Cᵀ` — transposed convolution *is* the transpose.
+//! - [`weight_gradient`]: the gradient of either op with respect to its weight, by its
+//!   definition.
 
 mod gather;
 mod matrix;
 mod scatter;
+mod weight;
 mod zero_insertion;
 
 pub use gather::conv_gather;
@@ -22,6 +25,7 @@ pub use matrix::{
 };
 pub use scatter::conv_transpose_scatter;
 pub(crate) use scatter::scatter as scatter_flat;
+pub use weight::weight_gradient;
 pub use zero_insertion::{conv_transpose_zero_insertion, zero_insertion_view, ZeroInsertionView};
 
 use crate::geometry::Geometry;

@@ -1,0 +1,144 @@
+//! The weight gradient's fast paths, and which one a layer takes.
+//!
+//! `∂L/∂w[a, b', k] = Σ_n Σ_i S[n, a, i] · B[n, b, i*s + k*d - p_begin]`, where for
+//! conv_transpose `(S, B) = (x, gy)` and for conv `(S, B) = (gy, x)`
+//! (`Geometry::weight_sides`; the weight's first axis always indexes the small side).
+//! [`grad_weight`] picks, in this order:
+//! - Winograd tiles over positions where their cost model says they pay
+//!   ([`winograd_weight`]);
+//! - depthwise tap vectors, or row dot products where a group has too few `(a, b)` channel
+//!   pairs for a register tile ([`weight_rows`]);
+//! - row dot products against a thin big side, e.g. a generator's RGB output
+//!   ([`weight_thin`]);
+//! - the GEMM over positions with the big side read in place where the kernel equals the
+//!   stride ([`weight_strided`]);
+//! - otherwise the GEMM over positions on packed copies of both sides ([`weight_gemm`],
+//!   packed by [`weight_pack`](super::weight_pack)).
+//!
+//! Every element of `dW` is summed by one task in a fixed order, so the result is bitwise
+//! identical for any thread count.
+
+use super::{tap_rows, weight_gemm, weight_rows, weight_strided, weight_thin, winograd};
+use super::{winograd_weight, Isa};
+use crate::geometry::Geometry;
+use crate::plan::{Algorithm, PlanOptions};
+use crate::tensor::{numel, Element};
+
+/// Below this many (a, b) channel pairs per group the weight gradient uses direct dot
+/// products: a 6×16 register tile would be mostly padding.
+const SMALL_GEMM: usize = 32;
+
+/// The sizes every weight-gradient path starts from: positions of the small side, of the
+/// big side and of the kernel; channels of each side ([`Geometry::side_channels`]), all
+/// and per group.
+pub(crate) struct Sizes {
+    pub(crate) small_size: usize,
+    pub(crate) big_size: usize,
+    pub(crate) k_size: usize,
+    pub(crate) a_ch: usize,
+    pub(crate) b_ch: usize,
+    pub(crate) a_pg: usize,
+    pub(crate) b_pg: usize,
+}
+
+impl Sizes {
+    pub(crate) fn of(g: &Geometry) -> Sizes {
+        let (a_ch, b_ch) = g.side_channels();
+        Sizes {
+            small_size: numel(&g.small_spatial()),
+            big_size: numel(&g.big_spatial()),
+            k_size: numel(&g.kernel_shape()),
+            a_ch,
+            b_ch,
+            a_pg: a_ch / g.groups.max(1),
+            b_pg: b_ch / g.groups.max(1),
+        }
+    }
+}
+
+/// Per axis, for each kernel index `k`: `(r, c)` with `k·d - p_begin = s·c + r`,
+/// `0 <= r < s` — the big-side residue a tap reads and its shift in that residue's grid.
+pub(crate) fn residues_and_shifts(g: &Geometry) -> Vec<Vec<(usize, isize)>> {
+    g.axes
+        .iter()
+        .map(|a| {
+            let s = a.stride as i64;
+            (0..a.kernel)
+                .map(|k| {
+                    let m = (k * a.dilation) as i64 - a.pad_begin;
+                    (m.rem_euclid(s) as usize, m.div_euclid(s) as isize)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Whether a group has too few `(a, b)` channel pairs for a register tile (fewer than
+/// `SMALL_GEMM`): the weight gradient then takes row dot products.
+pub(crate) fn few_channel_pairs(g: &Geometry) -> bool {
+    let (a, b) = g.side_channels();
+    (a / g.groups.max(1)) * (b / g.groups.max(1)) < SMALL_GEMM
+}
+
+/// Whether [`grad_weight`] takes Winograd tiles ([`winograd_weight`]): where forced
+/// (and they apply), or, with no algorithm forced, where their cost model says they pay on
+/// a CPU with SIMD kernels.
+fn by_winograd(g: &Geometry, options: &PlanOptions, isa: Isa) -> bool {
+    match options.algorithm.or_else(Algorithm::from_env) {
+        Some(a) => a == Algorithm::Winograd,
+        None => isa != Isa::Scalar && winograd_weight::pays(g, isa),
+    }
+}
+
+/// How [`grad_weight`] computes the weight gradient of `g` (f32), in words (for reports).
+pub fn method(g: &Geometry, options: &PlanOptions) -> String {
+    if by_winograd(g, options, options.isa_for::<f32>()) && winograd::applies(g) {
+        return format!("Winograd {} tiles over positions", winograd_weight::name(g));
+    }
+    let method = if tap_rows::applies(g, tap_rows::WEIGHT_MIN_STRIDE) {
+        "depthwise tap vectors"
+    } else if few_channel_pairs(g) {
+        "row dot products"
+    } else if weight_thin::applies(g) {
+        "row dot products, thin side"
+    } else if weight_strided::applies::<f32>(g, options.isa_for::<f32>()) {
+        "GEMM over positions, big side in place"
+    } else {
+        "GEMM over positions"
+    };
+    method.into()
+}
+
+/// `∂L/∂w` of `g` (shaped `[a][b'][k]`, as the weight) from `x` and the output's gradient
+/// `gy`, by the path [`method`] names.
+pub fn grad_weight<T: Element>(g: &Geometry, x: &[T], gy: &[T], options: &PlanOptions) -> Vec<T> {
+    let (s, b) = g.weight_sides(x, gy);
+    let Sizes {
+        small_size,
+        k_size,
+        a_ch,
+        b_pg,
+        ..
+    } = Sizes::of(g);
+    let isa = options.isa_for::<T>();
+    let threads = options.threads_for(g);
+    if by_winograd(g, options, isa) {
+        if let Some(dw) = winograd_weight::grad_weight(g, x, gy, isa, threads) {
+            return dw;
+        }
+    }
+    let mut dw = vec![T::zero(); a_ch * b_pg * k_size];
+    if g.batch * small_size == 0 || dw.is_empty() {
+        return dw;
+    }
+    if few_channel_pairs(g) {
+        weight_rows::grad_weight(g, s, b, threads, isa, &mut dw);
+    } else if weight_thin::applies(g) {
+        weight_thin::grad_weight(g, s, b, threads, isa, &mut dw);
+    } else if weight_strided::applies::<T>(g, isa) {
+        weight_strided::grad_weight(g, s, b, (threads, isa), &mut dw);
+    } else {
+        weight_gemm::grad_weight(g, s, b, threads, isa, &mut dw);
+    }
+    dw
+}
