@@ -1,0 +1,637 @@
+//! Executing a plan's Winograd part: per task, the input transform, one GEMM per
+//! transformed point, and the output transform stored with the bias.
+
+use super::*;
+use crate::tensor::for_each_index;
+use std::ops::Range;
+
+use crate::fast::direct::{band_tasks, run_each, Task};
+use crate::fast::kernels::Rows;
+use crate::fast::winograd_input::{Slab, SlabSource};
+use crate::tensor::numel;
+
+impl<T: Element> Winograd<T> {
+    /// Run on `x (N, C_in, *in)` into `y (N, C_out, *out)`, adding `bias`.
+    pub fn execute(&self, g: &Geometry, x: &[T], bias: Option<&[T]>, y: &mut [T], threads: usize) {
+        let out_shape = g.output_shape();
+        let out_plane = numel(&out_shape[2..]);
+        if out_plane == 0 || g.batch == 0 || g.out_channels == 0 {
+            return;
+        }
+        let row_len = numel(&out_shape[3..]);
+        let out0 = out_shape[2];
+        let (s0, m0) = (self.out_stride[0], self.transforms[0].m);
+        let q0 = self.phases.iter().map(|p| p.extents[0]).max().unwrap_or(0);
+        let t0 = q0.div_ceil(m0).max(1);
+        // One task per (group, batch chunk, band of tile rows along axis 0).
+        let bands: Vec<(Range<usize>, usize)> = (0..t0.div_ceil(self.band_tiles))
+            .map(|b| {
+                let tiles = b * self.band_tiles..((b + 1) * self.band_tiles).min(t0);
+                let rows = (s0 * m0 * tiles.start).min(out0)..(s0 * m0 * tiles.end).min(out0);
+                (tiles, rows.len() * row_len)
+            })
+            .collect();
+        let tasks = band_tasks(g, y, self.batch_chunk, &bands);
+        let avx2 = cfg!(target_arch = "x86_64") && self.isa >= Isa::Avx2 && Isa::Avx2.available();
+        run_each(threads, tasks, |task| {
+            #[cfg(target_arch = "x86_64")]
+            if avx2 {
+                // Safety: AVX2 and FMA are available (checked just above).
+                unsafe { self.run_task_avx2(g, x, bias, task) };
+                return;
+            }
+            let _ = avx2;
+            self.run_task(g, x, bias, task, false);
+        });
+    }
+
+    /// [`Self::run_task`] compiled for AVX2 and FMA: the transforms' loops vectorised 8
+    /// lanes wide.
+    ///
+    /// # Safety
+    /// AVX2 and FMA available.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_task_avx2(&self, g: &Geometry, x: &[T], bias: Option<&[T]>, task: Task<'_, T>) {
+        self.run_task(g, x, bias, task, true);
+    }
+
+    /// One task; with `avx2` (AVX2 and FMA available), f32 inputs are transformed in
+    /// registers from a channels-last copy of the band's input rows
+    /// ([`crate::fast::winograd_input`]).
+    #[inline(always)]
+    fn run_task(
+        &self,
+        g: &Geometry,
+        x: &[T],
+        bias: Option<&[T]>,
+        mut task: Task<'_, T>,
+        avx2: bool,
+    ) {
+        let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
+        let slice = self.slice;
+        let pitch = self.pitch;
+        // The plan's ISA, for the output stores (AVX-512's masked stores where it is).
+        let avx512 = self.isa == Isa::Avx512;
+        let kdim = self.kdim;
+        let tl = self.v * self.lanes;
+        // The transforms in registers (f32 only; `registers` implies it).
+        let registers = avx2 && self.registers;
+        let slab = match crate::fast::as_f32(x) {
+            Some(x) if registers => self.slab(g, x, &task),
+            _ => None,
+        };
+        let mut v = scratch::take::<T>(self.points * kdim * pitch);
+        let mut mres = scratch::take::<T>(self.points * slice * pitch);
+        let mut rows = scratch::take::<T>(self.row_scratch());
+        let unit = self.live_phases() * self.points * kdim * self.mr;
+        let mut live_index = 0;
+        // The phase whose transformed input `v` holds: consecutive phases that read the
+        // same inputs (HiFi-GAN's k16 s8: four phases per base) transform it once.
+        let mut v_of: Option<&Phase> = None;
+        if self.fill_first {
+            let cout_g = g.out_per_group();
+            for (k, plane) in task.planes.iter_mut().enumerate() {
+                plane.fill(bias.map_or(T::zero(), |b| b[task.group * cout_g + k % cout_g]));
+            }
+        }
+        for p in &self.phases {
+            if p.empty() {
+                if p.live() {
+                    live_index += 1;
+                }
+                continue;
+            }
+            if !p.live() {
+                if !self.fill_first {
+                    self.fill_bias(g, p, bias, &mut task);
+                }
+                continue;
+            }
+            let runs = self.runs(g, p, &task);
+            let n_cols: usize = runs.iter().map(|r| r.tiles.len()).sum();
+            if n_cols == 0 {
+                live_index += 1;
+                continue;
+            }
+            let in_plane = numel(&self.in_shape);
+            // V[ξ][(source, ci)]: each source's channels in turn (none where `v` holds it).
+            let sources = if v_of.is_some_and(|q| q.same_input(p)) {
+                &[][..]
+            } else {
+                self.clear_columns(n_cols, &mut rows);
+                &p.sources[..]
+            };
+            v_of = Some(p);
+            // Columns the GEMMs run over: whole register panels.
+            let n_pad = n_cols.div_ceil(tl) * tl;
+            for (si, src) in sources.iter().enumerate() {
+                let (table, zeros) = self.gather_table(g, src, task.group, &runs, n_cols);
+                let fast = slab.as_ref().and_then(|slab| {
+                    let offs =
+                        slab.offsets((&table, &zeros), (n_cols, n_pad, pitch), self.points)?;
+                    Some((slab, offs, crate::fast::as_f32_mut(&mut v)?))
+                });
+                if let Some((slab, offs, v)) = fast {
+                    let rows = (si * cin_g, pitch, kdim * pitch);
+                    let form = (&self.in_terms_f32[..], self.in_form);
+                    winograd_input::transform(slab, &offs, form, cin_g, v, rows);
+                    continue;
+                }
+                for c0 in (0..cin_g).step_by(CHUNK) {
+                    let cn = CHUNK.min(cin_g - c0);
+                    let dst = &mut v[(si * cin_g + c0) * pitch..];
+                    let gather = (&table[..], &zeros[..]);
+                    let chans = (c0, cn, in_plane);
+                    let v = (dst, kdim * pitch);
+                    self.input_transform(x, chans, gather, n_cols, v, &mut rows);
+                }
+            }
+            let k = p.sources.len() * cin_g;
+            let shape = Rows {
+                k,
+                pitch,
+                taps: 1,
+                out_pitch: pitch,
+            };
+            let (scatter, spans) = self.scatter_table(g, p, &runs, task.band.start);
+            let step = self.out_stride[g.axes.len() - 1] * self.transforms[g.axes.len() - 1].m;
+            let per_slice = slice / self.mr;
+            for b0 in (0..self.blocks).step_by(per_slice) {
+                let blocks = b0..self.blocks.min(b0 + per_slice);
+                for xi in 0..self.points {
+                    let b_rows = &v[xi * kdim * pitch..];
+                    for b in blocks.clone() {
+                        let at = (task.group * self.blocks + b) * unit
+                            + (live_index * self.points + xi) * kdim * self.mr;
+                        let w = &self.packed[at..at + k * self.mr];
+                        for p0 in (0..n_cols).step_by(tl) {
+                            let out = &mut mres[(xi * slice + (b - b0) * self.mr) * pitch + p0..];
+                            (self.kernel)(w, &b_rows[p0..], shape, out, false);
+                        }
+                    }
+                }
+                // The slice's channels, CHUNK at a time (`c0` from the slice's start).
+                let first = b0 * self.mr;
+                let mut b = [T::zero(); CHUNK];
+                for c0 in (first..cout_g.min(first + slice)).step_by(CHUNK) {
+                    let cn = CHUNK.min(cout_g - c0);
+                    for (cc, b) in b[..cn].iter_mut().enumerate() {
+                        *b = bias.map_or(T::zero(), |bias| bias[task.group * cout_g + c0 + cc]);
+                    }
+                    let m_at = (c0 - first) * pitch;
+                    let y = match (crate::fast::as_f32(&mres), crate::fast::as_f32(&b[..cn])) {
+                        (Some(m), Some(b)) if registers => {
+                            let r32 =
+                                crate::fast::as_f32_mut(&mut rows).expect("f32 like the results");
+                            let args = winograd_input::OutputArgs {
+                                mres: &m[m_at..],
+                                point_stride: slice * pitch,
+                                pitch,
+                                cols: n_pad,
+                                bias: b,
+                                block: CHUNK * pitch,
+                            };
+                            let form = (&self.out_terms_f32[..], self.out_form);
+                            winograd_input::output(&args, form, self.points, r32);
+                            &rows[..]
+                        }
+                        _ => self.output_transform(cn, &mres[m_at..], &b[..cn], &mut rows),
+                    };
+                    for cc in 0..cn {
+                        let y = &y[cc * pitch..];
+                        for (image, span) in &spans {
+                            let plane = &mut *task.planes[image * cout_g + c0 + cc];
+                            scatter_outputs(plane, y, &scatter[span.clone()], step, avx512);
+                        }
+                    }
+                }
+            }
+            live_index += 1;
+        }
+    }
+
+    /// The channels-last copy of the input rows (axis 0) a task reads, over every source of
+    /// every live phase; `None` where it reads none.
+    fn slab(&self, g: &Geometry, x: &[f32], task: &Task<'_, T>) -> Option<Slab> {
+        let (m0, alpha0) = (self.transforms[0].m, self.transforms[0].alpha);
+        let (s0, in0) = (self.in_stride[0], self.in_shape[0]);
+        let mut rows: Option<Range<usize>> = None;
+        for p in self.phases.iter().filter(|p| p.live() && !p.empty()) {
+            let tiles0 = p.extents[0].div_ceil(m0);
+            let band = task.band.start.min(tiles0)..task.band.end.min(tiles0);
+            if band.is_empty() {
+                continue;
+            }
+            for src in &p.sources {
+                let u_lo = (m0 * band.start) as isize + src.base[0];
+                let u_hi = (m0 * (band.end - 1) + alpha0 - 1) as isize + src.base[0];
+                let pos = |u: isize| u * s0 as isize + src.comp[0] as isize;
+                let lo = pos(u_lo).clamp(0, in0 as isize) as usize;
+                let hi = (pos(u_hi) + 1).clamp(0, in0 as isize) as usize;
+                if lo < hi {
+                    rows = Some(rows.map_or(lo..hi, |r| r.start.min(lo)..r.end.max(hi)));
+                }
+            }
+        }
+        let source = SlabSource {
+            channels: g.in_channels,
+            cin_g: g.in_per_group(),
+            group: task.group,
+            in_plane: numel(&self.in_shape),
+            row_len: numel(&self.in_shape[1..]),
+            rows: rows?,
+            batch: task.batch.clone(),
+        };
+        Some(Slab::new(x, &source))
+    }
+
+    /// The runs of tiles a task's phase `p` covers, in GEMM column order: per image and
+    /// outer tile index, a range of tiles along the last axis.
+    fn runs(&self, g: &Geometry, p: &Phase, task: &Task<'_, T>) -> Vec<Run> {
+        let dims = g.axes.len();
+        let tiles: Vec<usize> = (0..dims)
+            .map(|a| p.extents[a].div_ceil(self.transforms[a].m))
+            .collect();
+        let band = task.band.start.min(tiles[0])..task.band.end.min(tiles[0]);
+        let mut runs = Vec::new();
+        let mut col = 0;
+        for image in 0..task.batch.len() {
+            if dims == 1 {
+                runs.push(Run {
+                    image,
+                    n: task.batch.start + image,
+                    outer: [0; MAX_DIMS],
+                    tiles: band.clone(),
+                    col,
+                });
+                col += band.len();
+                continue;
+            }
+            let mut extent: Vec<usize> = tiles[..dims - 1].to_vec();
+            extent[0] = band.len();
+            for_each_index(&extent, |i| {
+                let mut outer = [0; MAX_DIMS];
+                outer[..dims - 1].copy_from_slice(i);
+                outer[0] += band.start;
+                runs.push(Run {
+                    image,
+                    n: task.batch.start + image,
+                    outer,
+                    tiles: 0..tiles[dims - 1],
+                    col,
+                });
+                col += tiles[dims - 1];
+            });
+        }
+        runs
+    }
+
+    /// Where each tile input of a task's phase comes from: for outer line `l`, tap `j`
+    /// of the last axis and column `c`, entry `(l·α + j)·n + c` is the index into `x` for
+    /// input channel 0 of `group` (add `ci · plane` for channel `ci`); padding reads the
+    /// image's first element and is listed in the second vector (`(l·α + j)·pitch + c`),
+    /// to be zeroed after the gather.
+    #[inline(always)]
+    fn gather_table(
+        &self,
+        g: &Geometry,
+        src: &Source,
+        group: usize,
+        runs: &[Run],
+        n: usize,
+    ) -> (Vec<usize>, Vec<usize>) {
+        let dims = g.axes.len();
+        let last = &self.transforms[dims - 1];
+        let (m, alpha) = (last.m, last.alpha);
+        let in_plane = numel(&self.in_shape);
+        let lines = self.points / alpha;
+        let l_in = self.in_shape[dims - 1] as isize;
+        let s_last = self.in_stride[dims - 1] as isize;
+        let mut table = vec![0usize; lines * alpha * n];
+        let mut zeros = Vec::new();
+        for run in runs {
+            let chan = (run.n * g.in_channels + group * g.in_per_group()) * in_plane;
+            let mut li = 0;
+            for_each_index(&self.outer_alpha, |io| {
+                let line = li;
+                li += 1;
+                let mut off = Some(chan as isize);
+                for (a, &i) in io.iter().enumerate() {
+                    let u =
+                        (self.transforms[a].m * run.outer[a]) as isize + src.base[a] + i as isize;
+                    let c = u * self.in_stride[a] as isize + src.comp[a] as isize;
+                    off = off
+                        .filter(|_| u >= 0 && c < self.in_shape[a] as isize)
+                        .map(|o| o + c * self.in_pitch[a] as isize);
+                }
+                for j in 0..alpha {
+                    let row = (line * alpha + j) * n + run.col;
+                    for (k, t) in run.tiles.clone().enumerate() {
+                        let u = (m * t) as isize + src.base[dims - 1] + j as isize;
+                        let pos = u * s_last + src.comp[dims - 1] as isize;
+                        match off {
+                            Some(o) if u >= 0 && pos < l_in => table[row + k] = (o + pos) as usize,
+                            _ => {
+                                table[row + k] = chan;
+                                zeros.push((line * alpha + j) * self.pitch + run.col + k);
+                            }
+                        }
+                    }
+                }
+            });
+        }
+        (table, zeros)
+    }
+
+    /// `V[ξ][c0..c0 + cn][..]` (`v` starts at `V[0][c0]`; points `point_stride` apart)
+    /// for input channels `c0..c0 + cn` (at most [`CHUNK`]) of one source over a task's
+    /// phase: each tile's `α^D` inputs gathered through `table` ([`Self::gather_table`])
+    /// into rows `(line, j)` of `cn · pitch` values (channel-major), then each point
+    /// `(Bᵀ ⊗ … ⊗ Bᵀ) d` one loop over all `cn · pitch` values per four terms. Columns past
+    /// `n` of `rows` must hold zeros (see [`Self::clear_columns`]).
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn input_transform(
+        &self,
+        x: &[T],
+        (c0, cn, plane): (usize, usize, usize),
+        (table, zeros): (&[usize], &[usize]),
+        n: usize,
+        (v, point_stride): (&mut [T], usize),
+        rows: &mut [T],
+    ) {
+        let alpha = self.transforms.last().expect("one axis at least").alpha;
+        let lines = self.points / alpha;
+        let pitch = self.pitch;
+        let block = CHUNK * pitch;
+        let len = cn * pitch;
+        // d[line][j][cc][col]: the `α^D` inputs of each tile.
+        let (d, _) = rows.split_at_mut(lines * alpha * block);
+        for cc in 0..cn {
+            let x = &x[(c0 + cc) * plane..];
+            let rows = d.chunks_exact_mut(block).zip(table.chunks_exact(n));
+            for (drow, trow) in rows {
+                for (e, &i) in drow[cc * pitch..][..n].iter_mut().zip(trow) {
+                    *e = x[i];
+                }
+            }
+            for &z in zeros {
+                d[(z / pitch) * block + cc * pitch + z % pitch] = T::zero();
+            }
+        }
+        // V[ξ] = Σ (Bᵀ ⊗ … ⊗ Bᵀ)[ξ][(line, j)] · d[line][j].
+        for (xi, terms) in self.in_terms.iter().enumerate() {
+            let dst = &mut v[xi * point_stride..][..len];
+            combine(dst, d, block, terms, false);
+        }
+    }
+
+    /// Zero the columns `n..pitch` of every channel of every gathered row `(line, j)` of
+    /// `rows` (the gather writes only the first `n`; the transforms run over whole rows).
+    fn clear_columns(&self, n: usize, rows: &mut [T]) {
+        let alpha = self.transforms.last().expect("one axis at least").alpha;
+        let lines = self.points / alpha;
+        for row in rows[..lines * alpha * CHUNK * self.pitch].chunks_exact_mut(self.pitch) {
+            row[n..].fill(T::zero());
+        }
+    }
+
+    /// Where the outputs of a task's phase go: segments `(index into the output
+    /// transform's results, index into the image's plane band, count)`, each a run of
+    /// tiles' outputs at one offset within the tile (consecutive results, stored
+    /// `out_stride · m` apart along the last axis), and per run its image and range of
+    /// segments. `band_start` is the band's first tile along axis 0.
+    #[allow(clippy::type_complexity)]
+    fn scatter_table(
+        &self,
+        g: &Geometry,
+        p: &Phase,
+        runs: &[Run],
+        band_start: usize,
+    ) -> (Vec<(usize, usize, usize)>, Vec<(usize, Range<usize>)>) {
+        let dims = g.axes.len();
+        let m = self.transforms[dims - 1].m;
+        let pitch = self.pitch;
+        let out_pitch = &self.out_pitch;
+        // The plane slices start at output row s0·m0·band_start of axis 0.
+        let origin = self.out_stride[0] * self.transforms[0].m * band_start * out_pitch[0];
+        let (sl, rl, ql) = (
+            self.out_stride[dims - 1],
+            p.residue[dims - 1],
+            p.extents[dims - 1],
+        );
+        let mut segments = Vec::new();
+        let mut spans = Vec::new();
+        for run in runs {
+            let start = segments.len();
+            let mut ao_flat = 0;
+            for_each_index(&self.outer_m, |ao| {
+                let line = ao_flat;
+                ao_flat += 1;
+                let mut base = 0usize;
+                for a in 0..dims - 1 {
+                    let q = self.transforms[a].m * run.outer[a] + ao[a];
+                    if q >= p.extents[a] {
+                        return;
+                    }
+                    base += (self.out_stride[a] * q + p.residue[a]) * out_pitch[a];
+                }
+                for aw in 0..m {
+                    // The run's tiles whose output at `aw` lies inside the phase: a prefix.
+                    let n = run.tiles.clone().filter(|&t| m * t + aw < ql).count();
+                    if n > 0 {
+                        let q = m * run.tiles.start + aw;
+                        // At or after the band's start (axis 0's term is in `base`, or is
+                        // the last axis's own).
+                        let at = base + sl * q + rl - origin;
+                        segments.push(((line * m + aw) * CHUNK * pitch + run.col, at, n));
+                    }
+                }
+            });
+            spans.push((run.image, start..segments.len()));
+        }
+        (segments, spans)
+    }
+
+    /// `y = Aᵀ M A + bias` for output channels `c0..c0 + cn` (at most [`CHUNK`]; `mres`
+    /// starts at `M[0][c0]`, points `slice · pitch` apart), in `rows`:
+    /// `y[(ao·m + aw)·CHUNK·pitch + cc·pitch + col]`, each step one loop over `cn · pitch`
+    /// values.
+    #[inline(always)]
+    fn output_transform<'r>(
+        &self,
+        cn: usize,
+        mres: &[T],
+        bias: &[T],
+        rows: &'r mut [T],
+    ) -> &'r [T] {
+        let pitch = self.pitch;
+        let block = CHUNK * pitch;
+        let len = cn * pitch;
+        let stride = self.slice * pitch;
+        // y[o] = bias + Σ (Aᵀ ⊗ … ⊗ Aᵀ)[o][ξ] · M[ξ].
+        for (o, terms) in self.out_terms.iter().enumerate() {
+            let dst = &mut rows[o * block..][..len];
+            for (seg, &b) in dst.chunks_exact_mut(pitch).zip(bias) {
+                seg.fill(b);
+            }
+            combine(dst, mres, stride, terms, true);
+        }
+        rows
+    }
+
+    /// The bias (or zeros) at every position of a phase no tap reaches, in the task's band.
+    #[inline(always)]
+    fn fill_bias(&self, g: &Geometry, p: &Phase, bias: Option<&[T]>, task: &mut Task<'_, T>) {
+        let dims = g.axes.len();
+        let out_pitch = &self.out_pitch;
+        let m0 = self.transforms[0].m;
+        let origin = self.out_stride[0] * m0 * task.band.start * out_pitch[0];
+        let q_band =
+            (m0 * task.band.start).min(p.extents[0])..(m0 * task.band.end).min(p.extents[0]);
+        // Outer positions (axis 0 within the band), then a strided run along the last axis.
+        let mut outer = p.extents[..dims - 1].to_vec();
+        let last = if dims == 1 {
+            q_band.clone()
+        } else {
+            outer[0] = q_band.len();
+            0..p.extents[dims - 1]
+        };
+        if last.is_empty() || outer.contains(&0) {
+            return; // none of the phase's positions in this band
+        }
+        let (sl, rl) = (self.out_stride[dims - 1], p.residue[dims - 1]);
+        let cout_g = g.out_per_group();
+        let group = task.group;
+        for (k, plane) in task.planes.iter_mut().enumerate() {
+            let b = bias.map_or(T::zero(), |b| b[group * cout_g + k % cout_g]);
+            for_each_index(&outer, |q| {
+                let mut at = rl;
+                for a in 0..dims - 1 {
+                    let qa = if a == 0 { q[0] + q_band.start } else { q[a] };
+                    at += (self.out_stride[a] * qa + p.residue[a]) * out_pitch[a];
+                }
+                // At or after the band's start (axis 0's term is in `at` or in the run).
+                let first = at + sl * last.start - origin;
+                for v in plane[first..].iter_mut().step_by(sl).take(last.len()) {
+                    *v = b;
+                }
+            });
+        }
+    }
+}
+
+/// A band's outputs of one channel from its output transform's rows `y`: each segment
+/// `(row offset in y, offset in the plane, n)` to `n` positions `step` apart. With step 2
+/// (tiles 2 wide on an output of one phase: s1k3's, and the input gradients of the strided
+/// layers), a tile's two columns are two segments one position apart, interleaved by vectors
+/// (their element-by-element stores took about a seventh of s1k3's forward pass). With step
+/// 4 (2-wide tiles of a stride-2 phase: dcgan1-3), the two columns are two positions apart,
+/// and on AVX-512 (`avx512`) they go out four tiles at a time, interleaved in a register and
+/// written with one masked store (element by element they took 10-18 % of dcgan2-3's forward
+/// pass). Either way the same values to the same places as one by one.
+fn scatter_outputs<T: Element>(
+    plane: &mut [T],
+    y: &[T],
+    segments: &[(usize, usize, usize)],
+    step: usize,
+    avx512: bool,
+) {
+    let mut i = 0;
+    while i < segments.len() {
+        let (yi, off, n) = segments[i];
+        // A tile's other column: the next segment, half a step further.
+        let pair = segments
+            .get(i + 1)
+            .filter(|&&(_, next, m)| m == n && next == off + step / 2);
+        if let Some(&(yj, ..)) = pair {
+            let (a, c) = (&y[yi..yi + n], &y[yj..yj + n]);
+            // (Runs shorter than a vector stay element by element.)
+            let stored = match step {
+                2 => {
+                    n >= 8
+                        && crate::fast::direct::interleave2(
+                            &mut plane[off..off + 2 * n],
+                            a,
+                            c,
+                            None,
+                        )
+                }
+                4 => avx512 && n >= 4 && store_pairs_2_apart(&mut plane[off..], a, c),
+                _ => false,
+            };
+            if stored {
+                i += 2;
+                continue;
+            }
+        }
+        for (d, &v) in plane[off..].iter_mut().step_by(step).zip(&y[yi..yi + n]) {
+            *d = v;
+        }
+        i += 1;
+    }
+}
+
+/// `dst[4k] = a[k]`, `dst[4k + 2] = c[k]` for every `k`, leaving the other positions as they
+/// are, with AVX-512 for f32 (four `k` a masked store); `false` (nothing done) where that
+/// path does not apply. `dst` must hold position `4·(len - 1) + 2`.
+fn store_pairs_2_apart<T: Element>(dst: &mut [T], a: &[T], c: &[T]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if let (Some(d), Some(a), Some(c)) = (
+        crate::fast::as_f32_mut(dst),
+        crate::fast::as_f32(a),
+        crate::fast::as_f32(c),
+    ) {
+        if is_x86_feature_detected!("avx512f") {
+            let n = a.len();
+            assert!(
+                c.len() == n && (n == 0 || d.len() > 4 * (n - 1) + 2),
+                "store_pairs_2_apart lengths"
+            );
+            // Safety: AVX-512F was detected; the lengths were checked above.
+            unsafe { store_pairs_2_apart_avx512(d, a, c) };
+            return true;
+        }
+    }
+    let _ = (dst, a, c);
+    false
+}
+
+/// # Safety
+/// AVX-512F available; `c.len() == a.len()` and `dst` holds position `4·(a.len() − 1) + 2`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn store_pairs_2_apart_avx512(dst: &mut [f32], a: &[f32], c: &[f32]) {
+    use std::arch::x86_64::*;
+    let n = a.len();
+    // Lanes 4j and 4j + 2 take a[j] and c[j] (indices of c from 16); the odd lanes are
+    // masked off.
+    let idx = _mm512_setr_epi32(0, 0, 16, 0, 1, 0, 17, 0, 2, 0, 18, 0, 3, 0, 19, 0);
+    let mask: __mmask16 = 0b0101_0101_0101_0101;
+    let mut k = 0;
+    // Whole vectors only where all 16 positions lie in `dst`.
+    while k + 4 <= n && 4 * k + 16 <= dst.len() {
+        let av = _mm512_castps128_ps512(_mm_loadu_ps(a.as_ptr().add(k)));
+        let cv = _mm512_castps128_ps512(_mm_loadu_ps(c.as_ptr().add(k)));
+        let v = _mm512_permutex2var_ps(av, idx, cv);
+        _mm512_mask_storeu_ps(dst.as_mut_ptr().add(4 * k), mask, v);
+        k += 4;
+    }
+    for j in k..n {
+        dst[4 * j] = a[j];
+        dst[4 * j + 2] = c[j];
+    }
+}
+
+/// A run of tiles along the last axis: GEMM columns `col..col + tiles.len()`.
+struct Run {
+    /// Image within the task, and in the batch.
+    image: usize,
+    n: usize,
+    /// Tile index on every axis but the last.
+    outer: [usize; MAX_DIMS],
+    /// Tiles along the last axis.
+    tiles: Range<usize>,
+    col: usize,
+}

@@ -1,0 +1,369 @@
+//! How a plan's work is cut into tasks: images and tile rows per task, the GEMMs' column
+//! pitch, and the scratch a task holds, within the workspace bound.
+
+use super::*;
+use crate::tensor::numel;
+
+/// Bytes of one point's transformed input and GEMM results a task aims at: they stay in
+/// L2 (1 MiB here) while every block of output channels runs over them, and the columns are
+/// as many as this allows, so each packed weight block serves that many tiles, streamed
+/// from memory once per task (dcgan1's GEMMs took 17.4-18.1 instead of 22-23 million
+/// cycles with all 64 tiles of a phase in one task rather than 16; hifigan1d, whose 16 MiB
+/// of transformed weights stream once per task, ran 39.8-42.0 ms at 768 KiB against
+/// 43.7-45.8 at 256 and 43.7-44.4 at 2048, minima at 1 thread).
+const POINT_BYTES: usize = 768 * 1024;
+
+/// [`POINT_BYTES`] for a strided conv (several sources: an input gradient), whose weight
+/// blocks are as many times longer: hifigan1d's input gradient (8 sources, K = 2048) ran
+/// 49.6-55.5 ms at 256 KiB against 62.7-69.3 at 768 (4 alternating rounds), dcgan1-3's
+/// alike within noise.
+const POINT_BYTES_SOURCES: usize = 256 * 1024;
+
+/// Packed weights beyond which a task's columns are widened at the cost of slicing its
+/// results (see [`sizing_within`]): half the L3, so they stream from memory once per task.
+const STREAMED_WEIGHTS: usize = 16 << 20;
+
+/// Most bytes of transformed input and results of all points one task holds.
+const TASK_BYTES: usize = 8 << 20;
+
+/// How a plan's work is cut into tasks: images and tile rows per task, the GEMMs' column
+/// pitch, whether the transforms run in registers, the slice of output channels, and the
+/// scratch a task holds.
+pub(super) struct Sizing {
+    pub(super) batch_chunk: usize,
+    pub(super) band_tiles: usize,
+    pub(super) pitch: usize,
+    pub(super) registers: bool,
+    /// Whether the transforms would run in registers but for the workspace bound.
+    pub(super) registers_wanted: bool,
+    /// Output channels whose GEMM results a task holds at a time (whole blocks).
+    pub(super) slice: usize,
+    /// Elements of scratch one task allocates (see [`Winograd::scratch_len`]).
+    pub(super) task_len: usize,
+    /// The most bytes of scratch all threads' tasks may hold ([`Bound::over`]).
+    pub(super) bound: usize,
+}
+
+/// Cut `g`'s work for an `mr × v` tile of `lanes`-wide vectors on `threads` threads, within
+/// the scratch bound of [`Bound::of`].
+pub(super) fn sizing<T: Element>(
+    g: &Geometry,
+    transforms: &[Transform],
+    phases: &[Phase],
+    in_stride: &[usize],
+    (mr, v, lanes, isa): (usize, usize, usize, Isa),
+    threads: usize,
+) -> Sizing {
+    let bound = Bound::of::<T>(g, transforms, phases, in_stride, (lanes, isa));
+    let tile = (mr, v, lanes, isa);
+    sizing_within::<T>(g, transforms, phases, in_stride, tile, threads, bound)
+}
+
+/// Most bytes of scratch a Winograd plan holds over all its threads.
+///
+/// The output's size (issue 4's bound, tested on the suite), except for a conv whose input
+/// is the larger (a strided conv: the input gradients) where not even the least task of any
+/// tile fits that bound with the transforms as they would run: there the input's size per
+/// thread. The direct engine copies such an input's components whole, plus its panels per
+/// thread: dcgan1's input gradient (0.5 MB output, 1 MB input) holds 1.5 MB on it at 2
+/// threads; the Winograd tiles' least task there, one 16-tile panel with the transforms in
+/// registers, holds 0.85 MB, so under the output's bound they did not run at all.
+///
+/// That per-thread bound is doubled where the transformed weights exceed
+/// [`STREAMED_WEIGHTS`]: every task streams them once, so tasks of twice the columns halve
+/// that stream. dcgan1's input gradient (18.9 MB of them, 0.87 MB more scratch a thread for
+/// 32 tiles a task instead of 16): 1.06-1.11x at 1 thread and 1.02-1.06x at 2 alone, its
+/// backward pass 1.05-1.13x and 0.99-1.05x (`bench/paired.sh dcgan1 T 8`, medians and
+/// minima of 6-8 alternating rounds, three sittings); with AVX2 1.22x and 0.99x (6 rounds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Bound {
+    bytes: usize,
+    per_thread: bool,
+}
+
+impl Bound {
+    fn of<T: Element>(
+        g: &Geometry,
+        transforms: &[Transform],
+        phases: &[Phase],
+        in_stride: &[usize],
+        (lanes, isa): (usize, Isa),
+    ) -> Bound {
+        let elem = std::mem::size_of::<T>();
+        let output = Bound {
+            bytes: numel(&g.output_shape()) * elem,
+            per_thread: false,
+        };
+        let input = numel(&g.input_shape()) * elem;
+        if input <= output.bytes {
+            return output;
+        }
+        // Decided for DECISION_THREADS, as the transforms are: the same on any thread count.
+        let fits = crate::fast::kernels::tile_shapes(isa)
+            .iter()
+            .any(|&(mr, v, _)| {
+                let tile = (mr, v, lanes, isa);
+                let s = sizing_within::<T>(
+                    g,
+                    transforms,
+                    phases,
+                    in_stride,
+                    tile,
+                    DECISION_THREADS,
+                    output,
+                );
+                DECISION_THREADS * s.task_len * elem <= output.bytes
+                    && (s.registers || !s.registers_wanted)
+            });
+        if fits {
+            return output;
+        }
+        let weights = transformed_weight_bytes::<T>(g, transforms, phases, g.out_per_group());
+        let widen = if weights > STREAMED_WEIGHTS { 2 } else { 1 };
+        Bound {
+            bytes: widen * input,
+            per_thread: true,
+        }
+    }
+
+    /// The bound for `threads` threads.
+    fn over(self, threads: usize) -> usize {
+        if self.per_thread {
+            threads.max(1) * self.bytes
+        } else {
+            self.bytes
+        }
+    }
+}
+
+/// Bytes of the transformed weights of `g`'s live phases, `rows` output channels a group
+/// (the group's, or its register blocks' padded to whole blocks).
+fn transformed_weight_bytes<T: Element>(
+    g: &Geometry,
+    transforms: &[Transform],
+    phases: &[Phase],
+    rows: usize,
+) -> usize {
+    let live = phases.iter().filter(|p| p.live()).count();
+    let points: usize = transforms.iter().map(|t| t.alpha).product();
+    let kdim = most_sources(phases) * g.in_per_group();
+    g.groups * live * points * kdim * rows * std::mem::size_of::<T>()
+}
+
+/// [`sizing`] within `bound`.
+fn sizing_within<T: Element>(
+    g: &Geometry,
+    transforms: &[Transform],
+    phases: &[Phase],
+    in_stride: &[usize],
+    (mr, v, lanes, isa): (usize, usize, usize, Isa),
+    threads: usize,
+    bound: Bound,
+) -> Sizing {
+    let dims = g.axes.len();
+    let cin_g = g.in_per_group();
+    let kdim = most_sources(phases) * cin_g;
+    let blocks = g.out_per_group().div_ceil(mr);
+    let points: usize = transforms.iter().map(|t| t.alpha).product();
+    let live: Vec<&Phase> = phases.iter().filter(|p| p.live()).collect();
+    // Task sizes: about POINT_BYTES per point of transformed input and results, whole
+    // images where they are small, else bands of tile rows; then a task per thread.
+    let tl = v * lanes;
+    let m0 = transforms[0].m;
+    let q0 = phases.iter().map(|p| p.extents[0]).max().unwrap_or(0);
+    let t0 = q0.div_ceil(m0).max(1);
+    let row_tiles = live
+        .iter()
+        .map(|p| {
+            (1..dims)
+                .map(|a| p.extents[a].div_ceil(transforms[a].m))
+                .product::<usize>()
+        })
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let elem = std::mem::size_of::<T>();
+    let per_col = (kdim + blocks * mr) * elem;
+    let point_bytes = if most_sources(phases) > 1 {
+        POINT_BYTES_SOURCES
+    } else {
+        POINT_BYTES
+    };
+    // No more scratch over all threads than the bound.
+    let want = (point_bytes / per_col.max(1))
+        .min(TASK_BYTES / (points * per_col).max(1))
+        .min(bound.over(threads) / (threads.max(1) * points * per_col).max(1))
+        / tl
+        * tl;
+    let want = want.max(tl);
+    let per_image = t0 * row_tiles;
+    let batch = g.batch.max(1);
+    let (mut batch_chunk, mut band_tiles) = if per_image >= want {
+        (1, (want / row_tiles).clamp(1, t0))
+    } else {
+        ((want / per_image).clamp(1, batch), t0)
+    };
+    let tasks = |bc: usize, bt: usize| g.groups * batch.div_ceil(bc) * t0.div_ceil(bt);
+    // Halve the images per task, else the band; false where both are one.
+    let halve = |bc: &mut usize, bt: &mut usize| {
+        if *bc > 1 {
+            *bc = bc.div_ceil(2);
+        } else if *bt > 1 {
+            *bt = bt.div_ceil(2);
+        } else {
+            return false;
+        }
+        true
+    };
+    while threads > 1
+        && tasks(batch_chunk, band_tiles) < threads
+        && halve(&mut batch_chunk, &mut band_tiles)
+    {}
+    let in_shape: Vec<usize> = g.axes.iter().map(|a| a.input).collect();
+    let outputs: usize = transforms.iter().map(|t| t.m).product();
+    // The transforms in registers copy each task's input rows channels-last
+    // ([`crate::fast::winograd_input`]): at most the rows its band of tiles spans (the
+    // sources' offsets apart), for each of its images.
+    // Not for one axis: there the portable gathers read consecutive positions, and
+    // hifigan1d (512 channels, two of eight phases transforming) ran 0.91-0.94x with
+    // the copy (alternating, minima of 5 and 8 rounds at 1 and 2 threads).
+    let mut registers = crate::fast::as_f32::<T>(&[]).is_some()
+        && isa >= Isa::Avx2
+        && tl.is_multiple_of(8)
+        && dims >= 2;
+    let registers_wanted = registers;
+    let bases = live
+        .iter()
+        .flat_map(|p| p.sources.iter().map(|s| s.base[0]));
+    let spread = (bases.clone().max().unwrap_or(0) - bases.min().unwrap_or(0)) as usize;
+    let slab_len = |bc: usize, bt: usize, registers: bool| -> usize {
+        let cpad = cin_g.div_ceil(8) * 8;
+        let rows = ((m0 * (bt - 1) + transforms[0].alpha + spread) * in_stride[0] + in_stride[0])
+            .min(in_shape[0]);
+        if registers {
+            bc * rows * numel(&in_shape[1..]) * cpad + cpad
+        } else {
+            0
+        }
+    };
+    let rows_len = points.max(outputs) * CHUNK;
+    let task_len = |bc: usize, bt: usize, registers: bool, slice: usize| -> usize {
+        let pitch = crate::fast::im2col::pitch(bc * bt * row_tiles, tl, elem);
+        points * (kdim + slice) * pitch + rows_len * pitch + slab_len(bc, bt, registers)
+    };
+    let over_on = |n: usize, bc: usize, bt: usize, registers: bool, slice: usize| {
+        n.max(1) * task_len(bc, bt, registers, slice) * elem > bound.over(n)
+    };
+    // The GEMM results of all output channels at once, or, where that would not fit on
+    // the smallest tasks halving reaches, of the fewest whole blocks that are whole
+    // chunks of the output transform (lcm(mr, CHUNK) channels, at most 24), each slice
+    // running over the whole transformed input again (on such tasks a few hundred KB:
+    // dcgan1's is 295 KB on 16-tile panels, within a 1 MB L2).
+    let full = blocks * mr;
+    let least = lcm(mr, CHUNK).min(full);
+    let (mut fbc, mut fbt) = (batch, t0);
+    while fbc * fbt * row_tiles >= 2 * tl && halve(&mut fbc, &mut fbt) {}
+    // Whether the transforms run in registers is decided for DECISION_THREADS threads,
+    // whatever the plan runs on (the two transforms round differently), on the least
+    // slice: the portable transforms (no copy of the input) where only they keep all
+    // threads' scratch within the output.
+    if over_on(DECISION_THREADS, fbc, fbt, registers, least)
+        && !over_on(DECISION_THREADS, fbc, fbt, false, least)
+    {
+        registers = false;
+    }
+    let mut slice = if over_on(threads, fbc, fbt, registers, full) {
+        least
+    } else {
+        full
+    };
+    // Halved while over the bound (as `want` above, now counting everything a task
+    // holds), but not below a register panel's columns (dcgan1's input gradient,
+    // whose output is half its input, ran 5x slower in tasks of one tile row).
+    let halved = |mut bc: usize, mut bt: usize, slice: usize| {
+        while over_on(threads, bc, bt, registers, slice)
+            && bc * bt * row_tiles >= 2 * tl
+            && halve(&mut bc, &mut bt)
+        {}
+        (bc, bt)
+    };
+    let wanted = (batch_chunk, band_tiles);
+    let (mut batch_chunk, mut band_tiles) = halved(wanted.0, wanted.1, slice);
+    // Where that leaves a task one register panel of columns and the packed weights, which
+    // every task streams once, are larger than `STREAMED_WEIGHTS`, the results of the
+    // least slice of output channels at a time if the bound then holds two panels or more:
+    // each packed weight block then serves as many kernel calls per task, the weights
+    // stream half as often or less (the transformed input, re-read per slice, stays in
+    // L2). dcgan1's forward pass at 1 thread (19.5 MB of packed weights): 32 columns
+    // instead of 16, 1.06-1.42x faster on AVX-512 (median / min of alternating rounds, two
+    // sittings of 6 and 8) with 1.2-1.4x fewer perf samples (3 rounds), 1.44-1.46x with
+    // AVX2 (6 rounds). Where the weights are smaller it did not pay: dcgan2's input
+    // gradient at 1 thread and its forward pass at 2, dcgan3's input gradient at 2 (4.9,
+    // 4.9 and 1.2 MB) read 0.97-1.05x.
+    let weight_bytes = transformed_weight_bytes::<T>(g, transforms, phases, blocks * mr);
+    if slice == full
+        && least < full
+        && weight_bytes > STREAMED_WEIGHTS
+        && batch_chunk * band_tiles * row_tiles <= tl
+    {
+        let (bc, bt) = halved(wanted.0, wanted.1, least);
+        if bc * bt * row_tiles >= 2 * tl && !over_on(threads, bc, bt, registers, least) {
+            (slice, batch_chunk, band_tiles) = (least, bc, bt);
+        }
+    }
+    let cols = batch_chunk * band_tiles * row_tiles;
+    Sizing {
+        batch_chunk,
+        band_tiles,
+        pitch: crate::fast::im2col::pitch(cols, tl, elem),
+        registers,
+        registers_wanted,
+        slice,
+        task_len: task_len(batch_chunk, band_tiles, registers, slice),
+        bound: bound.over(threads),
+    }
+}
+
+/// Least common multiple.
+fn lcm(a: usize, b: usize) -> usize {
+    let (mut x, mut y) = (a, b);
+    while y != 0 {
+        (x, y) = (y, x % y);
+    }
+    a / x.max(1) * b
+}
+
+/// What a plan of `g` with a given tile would hold and how it would transform.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Footprint {
+    /// Bytes of scratch all threads' tasks hold at once (as
+    /// [`crate::Plan::workspace_bytes`] reports).
+    pub bytes: usize,
+    /// Whether the transforms run in registers ([`crate::fast::winograd_input`]); decided for
+    /// [`DECISION_THREADS`] threads.
+    pub registers: bool,
+    /// Whether they would but for the workspace bound (f32, AVX2 or better, 2 or 3 axes).
+    pub registers_wanted: bool,
+    /// The most bytes of scratch allowed: the output's size, or, for a strided conv that
+    /// no tile could run within it, the input's size per thread (twice that where the
+    /// transformed weights exceed 16 MiB).
+    pub bound: usize,
+}
+
+/// The [`Footprint`] of a plan of `g` with an `mr × v` tile of `lanes`-wide vectors on
+/// `threads` threads, or `None` where Winograd tiles do not apply. Cheap: nothing is packed.
+pub fn footprint<T: Element>(
+    g: &Geometry,
+    (mr, v, lanes, isa): (usize, usize, usize, Isa),
+    threads: usize,
+) -> Option<Footprint> {
+    let (transforms, phases, _, in_stride) = decompose(g)?;
+    let tile = (mr, v, lanes, isa);
+    let s = sizing::<T>(g, &transforms, &phases, &in_stride, tile, threads);
+    Some(Footprint {
+        bytes: threads.max(1) * s.task_len * std::mem::size_of::<T>(),
+        registers: s.registers,
+        registers_wanted: s.registers_wanted,
+        bound: s.bound,
+    })
+}

@@ -1,0 +1,345 @@
+//! Building a plan's Winograd part: the decomposition, the task sizes, and the weights
+//! transformed and packed once.
+
+use super::*;
+use crate::fast::pack::PackCache;
+use crate::fast::spec::pitches_of;
+use crate::params::Op;
+use crate::tensor::{for_each_index, numel};
+
+impl<T: Element> Winograd<T> {
+    /// Plan `g` (where [`applies`]) with weight `w` for `kernel`, an `mr × v` tile of
+    /// `lanes`-wide vectors, with enough tasks for `threads` threads; the transformed
+    /// weights packed into a pooled scratch buffer where `pooled` (see
+    /// [`crate::fast::pack::pack_weights`]), and taken from or kept in `packs` where given.
+    pub fn new(
+        g: &Geometry,
+        w: &[T],
+        kernel: KernelFn<T>,
+        (mr, v, lanes, isa): (usize, usize, usize, Isa),
+        (threads, pooled): (usize, bool),
+        packs: Option<&PackCache>,
+    ) -> Option<Winograd<T>> {
+        let (transforms, phases, out_stride, in_stride) = decompose(g)?;
+        let dims = g.axes.len();
+        let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
+        // The GEMMs' reduction: (source, input channel).
+        let kdim = most_sources(&phases) * cin_g;
+        let blocks = cout_g.div_ceil(mr);
+        let points: usize = transforms.iter().map(|t| t.alpha).product();
+        let taps: usize = transforms.iter().map(|t| t.r).product();
+        // Per point, its `(tap, coefficient)` terms of `G ⊗ … ⊗ G`, in the element type.
+        let gterms: Vec<Vec<(usize, T)>> = terms(&transforms, |t| (t.g.as_slice(), t.alpha, t.r));
+        let kshape = g.kernel_shape();
+        let kpitch = pitches_of(&kshape);
+        let ksize = numel(&kshape);
+        let live: Vec<&Phase> = phases.iter().filter(|p| p.live()).collect();
+        // Packed as [group][block][live phase][point][(source, ci)][mr]: one contiguous
+        // unit per (group, block), packed in parallel.
+        let unit = live.len() * points * kdim * mr;
+        let units = g.groups * blocks;
+        let rs: Vec<usize> = transforms.iter().map(|t| t.r).collect();
+        // Flat kernel index of each tap of each source of each live phase (row-major over
+        // its taps).
+        let kflat: Vec<Vec<Vec<usize>>> = live
+            .iter()
+            .map(|p| {
+                p.sources
+                    .iter()
+                    .map(|src| {
+                        let mut k = Vec::with_capacity(taps);
+                        for_each_index(&rs, |j| {
+                            k.push(
+                                (0..dims)
+                                    .map(|a| src.kidx[a][j[a]] * kpitch[a])
+                                    .sum::<usize>(),
+                            );
+                        });
+                        k
+                    })
+                    .collect()
+            })
+            .collect();
+        // Weight index of (ci, co) for channel offsets within the group.
+        let (ci_step, co_step) = match g.op {
+            Op::ConvTranspose => (cout_g * ksize, ksize),
+            Op::Conv => (ksize, cin_g * ksize),
+        };
+        let per_phase = points * kdim * mr;
+        let identity: Vec<usize> = (0..ksize).collect();
+        // One (source, point) run of U: `C_in/g × mr` values, contiguous in the packing.
+        let run = cin_g * mr;
+        // What the packing depends on besides `w`: the channel layout, the tile's rows, the
+        // transforms (and the ISA computing them) and every live phase's sources' taps.
+        let key = || {
+            let mut key = vec![
+                2, // this packing
+                g.op as usize,
+                g.groups,
+                cin_g,
+                cout_g,
+                ksize,
+                mr,
+                isa as usize,
+                kdim,
+            ];
+            key.extend(transforms.iter().flat_map(|t| [t.m, t.r]));
+            for sources in &kflat {
+                key.push(sources.len());
+                for k in sources {
+                    key.push(k.len());
+                    key.extend(k);
+                }
+            }
+            key
+        };
+        // A pooled buffer holds stale values (zero-filling and page-faulting 19.5 MB afresh
+        // took 5-6 % of dcgan1's input gradient): every value is written below.
+        let pack = || {
+            let mut packed = if pooled {
+                scratch::take::<T>(units * unit)
+            } else {
+                scratch::owned::<T>(units * unit)
+            };
+            crate::fast::direct::run_chunks(threads, &mut packed, unit, |k, dst| {
+                let (group, b) = (k / blocks, k % blocks);
+                let rows = mr.min(cout_g - b * mr);
+                let first = match g.op {
+                    Op::ConvTranspose => group * cin_g * cout_g * ksize,
+                    Op::Conv => group * cout_g * cin_g * ksize,
+                } + b * mr * co_step;
+                // The block's kernels as `wk[tap position][ci][mm]` (zero past the last output
+                // channel), each weight read once: every U run of a (phase, source, point) is
+                // then a combination of whole runs of `wk`, one vectorised pass each.
+                let mut wk = vec![T::zero(); ksize * run];
+                let kernels = crate::fast::pack::BlockKernels {
+                    w,
+                    base: first,
+                    ci_step,
+                    co_step,
+                    ksize,
+                    live: rows,
+                    cin: cin_g,
+                    mr,
+                };
+                kernels.by_tap(&identity, &mut wk, run);
+                let terms = KernelTerms {
+                    kflat: &kflat,
+                    gterms: &gterms,
+                    wk: &wk,
+                    run,
+                    per_phase,
+                    kdim,
+                    cin: cin_g,
+                    mr,
+                };
+                transform_kernels(isa, &terms, dst);
+                // The sources a phase lacks (fewer than the most a phase has), if any: zeros.
+                // (No such decomposition turned up in a sweep of 1-D geometries, kernels
+                // 1-6, strides 1-4, dilations 1-3, pads 0-3 at each end, both ops; this
+                // keeps a stale pooled buffer harmless should one exist.)
+                for (pi, sources) in kflat.iter().enumerate() {
+                    for xi in 0..points {
+                        let at = pi * per_phase + xi * kdim * mr;
+                        dst[at + sources.len() * run..at + kdim * mr].fill(T::zero());
+                    }
+                }
+            });
+            packed
+        };
+        let bytes = |p: &scratch::Scratch<T>| p.len() * std::mem::size_of::<T>();
+        let packed = PackCache::get_or_pack(packs, key, pack, bytes);
+        let Sizing {
+            batch_chunk,
+            band_tiles,
+            pitch,
+            registers,
+            slice,
+            task_len,
+            ..
+        } = sizing::<T>(
+            g,
+            &transforms,
+            &phases,
+            &in_stride,
+            (mr, v, lanes, isa),
+            threads,
+        );
+        let in_shape: Vec<usize> = g.axes.iter().map(|a| a.input).collect();
+        let in_terms = terms(&transforms, |t| (t.bt.as_slice(), t.alpha, t.alpha));
+        let out_terms = terms(&transforms, |t| (t.at.as_slice(), t.m, t.alpha));
+        let out_shape: Vec<usize> = g.axes.iter().map(|a| a.output).collect();
+        let bias_only = phases.iter().filter(|p| !p.live() && !p.empty()).count();
+        let fill_first = 2 * bias_only >= phases.len();
+        Some(Winograd {
+            kernel,
+            isa,
+            mr,
+            v,
+            lanes,
+            phases,
+            out_stride,
+            points,
+            blocks,
+            packed,
+            band_tiles,
+            batch_chunk,
+            pitch,
+            registers,
+            slice,
+            task_len,
+            fill_first,
+            in_terms_f32: terms(&transforms, |t| (t.bt.as_slice(), t.alpha, t.alpha)),
+            in_form: winograd_input::Points::of(&transforms),
+            out_terms_f32: terms(&transforms, |t| (t.at.as_slice(), t.m, t.alpha)),
+            out_form: winograd_input::Outputs::of(&transforms),
+            in_terms,
+            out_terms,
+            in_pitch: pitches_of(&in_shape),
+            in_stride,
+            kdim,
+            in_shape,
+            out_pitch: pitches_of(&out_shape),
+            outer_alpha: transforms[..dims - 1].iter().map(|t| t.alpha).collect(),
+            outer_m: transforms[..dims - 1].iter().map(|t| t.m).collect(),
+            transforms,
+        })
+    }
+
+    /// The packed transformed weights' address (which a [`crate::fast::pack::PackCache`] may
+    /// hold).
+    pub(crate) fn packing_id(&self) -> *const () {
+        std::sync::Arc::as_ptr(&self.packed) as *const ()
+    }
+
+    /// Bytes of the packed transformed weights.
+    pub fn packed_bytes(&self) -> usize {
+        self.packed.len() * std::mem::size_of::<T>()
+    }
+
+    /// Elements of scratch one task allocates: transformed input and GEMM results for a
+    /// band, the row buffers of the transforms and the channels-last input copy.
+    pub fn scratch_len(&self) -> usize {
+        self.task_len
+    }
+
+    /// Elements of the transforms' buffers: the gathered inputs of every tile (`α^D` rows),
+    /// or the output transform's results (`m^D` rows), for [`CHUNK`] channels.
+    pub(super) fn row_scratch(&self) -> usize {
+        self.points.max(self.out_terms.len()) * CHUNK * self.pitch
+    }
+
+    /// The Winograd tile as printed, e.g. `F(2x2,3x3)`.
+    pub fn name(&self) -> String {
+        tile_name(&self.transforms)
+    }
+
+    /// Phases with taps.
+    pub fn live_phases(&self) -> usize {
+        self.phases.iter().filter(|p| p.live()).count()
+    }
+}
+
+/// A block's transformed weights: for each live phase, source and point, `dst`'s run
+/// `[(source, ci)][mr]` is `Σ c · wk[tap]` over the point's terms of `G ⊗ … ⊗ G` (`wk`: the
+/// block's kernels `[tap][ci][mr]`, `run` values a tap).
+struct KernelTerms<'a, T> {
+    kflat: &'a [Vec<Vec<usize>>],
+    gterms: &'a [Vec<(usize, T)>],
+    wk: &'a [T],
+    run: usize,
+    per_phase: usize,
+    kdim: usize,
+    cin: usize,
+    mr: usize,
+}
+
+/// [`KernelTerms`] into `dst`, compiled for `isa` (AVX-512, or AVX2 and FMA; portable
+/// otherwise) so that [`combine`]'s loops use its widest vectors; the same operations in
+/// the same order on every path.
+fn transform_kernels<T: Element>(isa: Isa, k: &KernelTerms<'_, T>, dst: &mut [T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        /// # Safety
+        /// AVX-512F available.
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512<T: Element>(k: &KernelTerms<'_, T>, dst: &mut [T]) {
+            kernel_terms_body(k, dst)
+        }
+        /// # Safety
+        /// AVX2 and FMA available.
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<T: Element>(k: &KernelTerms<'_, T>, dst: &mut [T]) {
+            kernel_terms_body(k, dst)
+        }
+        if isa == Isa::Avx512 && Isa::Avx512.available() {
+            // Safety: AVX-512F was detected.
+            return unsafe { avx512(k, dst) };
+        }
+        if isa == Isa::Avx2 && Isa::Avx2.available() {
+            // Safety: AVX2 and FMA were detected.
+            return unsafe { avx2(k, dst) };
+        }
+    }
+    let _ = isa;
+    kernel_terms_body(k, dst)
+}
+
+#[inline(always)]
+fn kernel_terms_body<T: Element>(k: &KernelTerms<'_, T>, dst: &mut [T]) {
+    let mut terms: Vec<(usize, T)> = Vec::new();
+    for (pi, sources) in k.kflat.iter().enumerate() {
+        for (si, kf) in sources.iter().enumerate() {
+            for (xi, ts) in k.gterms.iter().enumerate() {
+                terms.clear();
+                terms.extend(ts.iter().map(|&(j, c)| (kf[j], c)));
+                let at = pi * k.per_phase + (xi * k.kdim + si * k.cin) * k.mr;
+                combine(&mut dst[at..at + k.run], k.wk, k.run, &terms, false);
+            }
+        }
+    }
+}
+
+/// `dst (+)= Σ c · src[i·stride..][..dst.len()]` over `terms` (`(i, c)`), adding to
+/// `dst` with `accumulate`, else overwriting it (zeros for no terms): each group of up to
+/// four terms one pass over `dst`.
+#[inline(always)]
+pub(crate) fn combine<T: Element>(
+    dst: &mut [T],
+    src: &[T],
+    stride: usize,
+    terms: &[(usize, T)],
+    accumulate: bool,
+) {
+    let n = dst.len();
+    let row = |i: usize| &src[i * stride..i * stride + n];
+    if terms.is_empty() && !accumulate {
+        dst.fill(T::zero());
+    }
+    for (k, group) in terms.chunks(4).enumerate() {
+        let acc = accumulate || k > 0;
+        match *group {
+            [(a, ca)] => fused(dst, [row(a)], [ca], acc),
+            [(a, ca), (b, cb)] => fused(dst, [row(a), row(b)], [ca, cb], acc),
+            [(a, ca), (b, cb), (c, cc)] => fused(dst, [row(a), row(b), row(c)], [ca, cb, cc], acc),
+            [(a, ca), (b, cb), (c, cc), (d, cd)] => {
+                fused(dst, [row(a), row(b), row(c), row(d)], [ca, cb, cc, cd], acc)
+            }
+            _ => unreachable!("groups of one to four"),
+        }
+    }
+}
+
+/// `dst[i] (+)= Σ_k c[k] · src[k][i]` in one pass (vectorised by the compiler).
+#[inline(always)]
+fn fused<T: Element, const N: usize>(dst: &mut [T], src: [&[T]; N], c: [T; N], accumulate: bool) {
+    let n = dst.len();
+    assert!(src.iter().all(|s| s.len() == n), "rows of equal length");
+    for (i, d) in dst.iter_mut().enumerate() {
+        let mut s = if accumulate { *d } else { T::zero() };
+        for k in 0..N {
+            s = s + c[k] * src[k][i];
+        }
+        *d = s;
+    }
+}
