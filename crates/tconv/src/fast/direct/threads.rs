@@ -1,0 +1,120 @@
+//! Thread pools, and work split into tasks that own disjoint output bands.
+
+use super::*;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use rayon::prelude::*;
+
+/// Thread pools by thread count.
+type Pools = Mutex<Vec<(usize, Arc<rayon::ThreadPool>)>>;
+
+/// A thread pool per thread count, built once.
+fn pool(threads: usize) -> Arc<rayon::ThreadPool> {
+    static POOLS: OnceLock<Pools> = OnceLock::new();
+    let pools = POOLS.get_or_init(|| Mutex::new(Vec::new()));
+    let mut pools = pools.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = pools.iter().find(|(n, _)| *n == threads) {
+        return p.clone();
+    }
+    let p = Arc::new(
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("tconv-{i}"))
+            .build()
+            .expect("thread pool"),
+    );
+    pools.push((threads, p.clone()));
+    p
+}
+
+/// Run `f` on each of `items`, on `threads` threads (in order, on this thread, for one).
+pub(crate) fn run_each<I: Send>(threads: usize, items: Vec<I>, f: impl Fn(I) + Sync + Send) {
+    if threads <= 1 {
+        items.into_iter().for_each(f);
+    } else {
+        pool(threads).install(|| items.into_par_iter().for_each(f));
+    }
+}
+
+/// Run `a` and `b` at once on a pool of two threads (one after the other for fewer), and
+/// return both results.
+pub(crate) fn run_both<RA: Send, RB: Send>(
+    threads: usize,
+    a: impl FnOnce() -> RA + Send,
+    b: impl FnOnce() -> RB + Send,
+) -> (RA, RB) {
+    if threads <= 1 {
+        (a(), b())
+    } else {
+        pool(2).join(a, b)
+    }
+}
+
+/// Run `f(index, chunk)` on each `len`-long chunk of `data` (the last may be shorter), on
+/// `threads` threads.
+pub(crate) fn run_chunks<T: Send>(
+    threads: usize,
+    data: &mut [T],
+    len: usize,
+    f: impl Fn(usize, &mut [T]) + Sync + Send,
+) {
+    let len = len.max(1);
+    if threads <= 1 {
+        data.chunks_mut(len).enumerate().for_each(|(u, d)| f(u, d));
+    } else {
+        pool(threads).install(|| {
+            data.par_chunks_mut(len)
+                .enumerate()
+                .for_each(|(u, d)| f(u, d))
+        });
+    }
+}
+
+/// One unit of parallel work: a band of output rows of one group for some batch items.
+pub(crate) struct Task<'y, T> {
+    pub(crate) group: usize,
+    pub(crate) batch: Range<usize>,
+    /// The band, in the caller's units (the direct driver: chunks of its tile table;
+    /// Winograd tiles: tile rows).
+    pub(crate) band: Range<usize>,
+    /// Row bands in `(n, co_local)` order.
+    pub(crate) planes: Vec<&'y mut [T]>,
+}
+
+/// One task per (group, batch chunk of `batch_chunk` images, band), each band of every
+/// output plane (`bands`: its range in the caller's units and its length in elements,
+/// consecutive and covering the plane) handed to its task as a `&mut` slice.
+pub(crate) fn band_tasks<'y, T>(
+    g: &Geometry,
+    y: &'y mut [T],
+    batch_chunk: usize,
+    bands: &[(Range<usize>, usize)],
+) -> Vec<Task<'y, T>> {
+    let out_plane = numel(&g.output_shape()[2..]);
+    let cout_g = g.out_per_group();
+    let n_chunks = g.batch.div_ceil(batch_chunk);
+    let nb = bands.len();
+    let mut tasks: Vec<Task<'y, T>> = (0..g.groups * n_chunks * nb)
+        .map(|t| {
+            let nc = t / nb % n_chunks;
+            Task {
+                group: t / (n_chunks * nb),
+                batch: nc * batch_chunk..((nc + 1) * batch_chunk).min(g.batch),
+                band: bands[t % nb].0.clone(),
+                planes: Vec::new(),
+            }
+        })
+        .collect();
+    for (i, plane) in y.chunks_mut(out_plane.max(1)).enumerate() {
+        let (n, co) = (i / g.out_channels, i % g.out_channels);
+        let mut rest = plane;
+        for (b, (_, len)) in bands.iter().enumerate() {
+            let (band, tail) = rest.split_at_mut(*len);
+            rest = tail;
+            tasks[((co / cout_g) * n_chunks + n / batch_chunk) * nb + b]
+                .planes
+                .push(band);
+        }
+    }
+    tasks
+}
