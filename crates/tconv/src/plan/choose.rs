@@ -1,0 +1,390 @@
+//! The planner's choice: which algorithm runs a geometry and why, and with which tile.
+
+use super::{Algorithm, PlanOptions};
+use crate::error::{fail, ErrorKind, Result};
+use crate::fast::col2im;
+use crate::fast::direct::Kernel;
+use crate::fast::im2col;
+use crate::fast::kernels::{portable, tile_shapes, KernelFn};
+use crate::fast::spec::residue_taps;
+use crate::fast::winograd;
+use crate::fast::Isa;
+use crate::geometry::Geometry;
+use crate::params::Op;
+use crate::tensor::{numel, positions, Element};
+
+/// Modelled time for a tile shape: the FMA work including padding waste (channels rounded
+/// up to `mr`, positions to `v` vectors), divided by the shape's measured efficiency.
+pub(super) fn tile_cost(
+    cout_g: usize,
+    flat: usize,
+    lanes: usize,
+    (mr, v, eff): (usize, usize, f32),
+) -> f32 {
+    let blocks = cout_g.div_ceil(mr);
+    let tiles = flat.div_ceil(v * lanes).max(1);
+    (blocks * tiles * mr * v) as f32 / eff
+}
+
+/// The packed-panel kernel for a GEMM of `rows` rows over `positions` columns (col2im and
+/// im2col): the forced tile shape, else the one with the least modelled time.
+pub(super) fn gemm_kernel<T: Element>(
+    isa: Isa,
+    options: &PlanOptions,
+    rows: usize,
+    positions: usize,
+) -> Result<(KernelFn<T>, usize, usize)> {
+    let lanes = isa.lanes();
+    let shapes = tile_shapes(isa);
+    let (mr, v) = options.tile.unwrap_or_else(|| {
+        shapes
+            .iter()
+            .min_by(|a, b| {
+                let cost = |t: &(usize, usize, f32)| tile_cost(rows, positions, lanes, *t);
+                cost(a).total_cmp(&cost(b))
+            })
+            .map_or((1, 4), |t| (t.0, t.1))
+    });
+    match kernel_for::<T>(isa, false, mr, v) {
+        Some(Kernel::Packed(f)) => Ok((f, mr, v)),
+        _ => fail(ErrorKind::NoSuchKernel {
+            tile: (mr, v),
+            available: shapes.iter().map(|t| (t.0, t.1)).collect(),
+        }),
+    }
+}
+
+/// The Winograd GEMMs' tile: the forced one, else the one with the least modelled time
+/// (as [`gemm_kernel`] models it, over an image's output positions, as tuned, or the tiles
+/// of a phase over the batch where those are fewer: a 64-column panel for the 4 tiles of a
+/// batch of one 4x4 image wasted 15 columns in 16) among those whose scratch over all
+/// threads fits in the output (issue 4's memory bound: on AVX-512, dcgan1's 64-tile panels
+/// held 2.3 MB at 1 thread for a 1 MB output), and among those, where the transforms could
+/// run in registers, only tiles that keep them there: with the portable transforms, dcgan1
+/// at 2 threads ran 4.0-4.4 ms (12x2) and 3.3-3.5 (24x1) against the direct engine's
+/// 2.9-3.2 on AVX-512, and 7.7-8.3 against 5.5-5.9 on AVX2 (three and two alternating
+/// rounds, medians of 30 runs).
+///
+/// Whether the tiles run at all, and with which transforms, is decided for
+/// [`winograd::DECISION_THREADS`] threads whatever the plan runs on: those change the
+/// results' rounding. The tile does not (each output's sums run in the same order on every
+/// tile shape), so a plan that runs once ([`PlanOptions::once`]: the gradients) on another
+/// thread count then takes the cheapest tile that fits its own threads' scratch with the
+/// same transforms: dcgan2's input gradient, whose 1 MB output holds two tasks' 16-tile
+/// panels, takes 32-tile panels at 1 thread (1.33x / 1.33x, 4 alternating rounds; forced,
+/// 3.5-3.7 ms against 4.8-5.0). Only with the transforms in registers: with the portable
+/// ones (1-D), hifigan1d's input gradient ran 0.87x / 0.87x on 32-tile panels at 1 thread.
+/// Plans built to run many times keep the tile chosen for two threads: dcgan1's forward
+/// pass ran 0.90x / 0.92x on the 32-tile panels at 1 thread.
+/// Where no tile qualifies: the cheapest if the caller forced Winograd tiles, else `None`.
+fn winograd_tile<T: Element>(
+    g: &Geometry,
+    isa: Isa,
+    options: &PlanOptions,
+    forced: bool,
+    threads: usize,
+) -> Option<(usize, usize)> {
+    if let Some(t) = options.tile {
+        return Some(t);
+    }
+    let lanes = isa.lanes();
+    let positions = numel(&g.output_shape()[2..]).min(winograd::tiles(g)?);
+    let rows = g.out_per_group();
+    let mut shapes: Vec<(usize, usize, f32)> = tile_shapes(isa).to_vec();
+    shapes.sort_by(|a, b| {
+        tile_cost(rows, positions, lanes, *a).total_cmp(&tile_cost(rows, positions, lanes, *b))
+    });
+    let fits = |&(mr, v, _): &(usize, usize, f32), on: usize| {
+        winograd::footprint::<T>(g, (mr, v, lanes, isa), on).filter(|f| f.bytes <= f.bound)
+    };
+    // The tile for two threads and whether its transforms run in registers.
+    let (decided, registers) = shapes
+        .iter()
+        .find_map(|t| {
+            fits(t, winograd::DECISION_THREADS)
+                .filter(|f| f.registers || !f.registers_wanted)
+                .map(|f| (t, f.registers))
+        })
+        .or_else(|| {
+            let t = shapes.first().filter(|_| forced)?;
+            let at = winograd::DECISION_THREADS;
+            let f = winograd::footprint::<T>(g, (t.0, t.1, lanes, isa), at)?;
+            Some((t, f.registers))
+        })?;
+    let own = shapes
+        .iter()
+        .find(|t| fits(t, threads).is_some_and(|f| f.registers == registers));
+    let &(mr, v, _) = match own {
+        Some(t) if options.once && registers && threads != winograd::DECISION_THREADS => t,
+        _ => decided,
+    };
+    Some((mr, v))
+}
+
+/// Below this many output channels per group the input is read in place, not packed:
+/// a packed panel is reused by every output channel, so it pays only when there are many.
+pub(super) const INPLACE_BELOW: usize = 8;
+
+pub(super) fn kernel_for<T: Element>(
+    isa: Isa,
+    inplace: bool,
+    mr: usize,
+    v: usize,
+) -> Option<Kernel<T>> {
+    if inplace {
+        T::fast_inplace(isa, mr, v)
+            .or_else(|| crate::fast::inplace::portable::<T>(mr, v))
+            .map(Kernel::Inplace)
+    } else {
+        T::fast_kernel(isa, mr, v)
+            .or_else(|| portable::<T>(mr, v))
+            .map(Kernel::Packed)
+    }
+}
+
+/// The planner's choice for `g`, before anything is packed: the algorithm and why, and for
+/// Winograd tiles their tile.
+pub(super) struct Choice {
+    pub(super) algorithm: Algorithm,
+    pub(super) reason: String,
+    pub(super) forced: Option<Algorithm>,
+    pub(super) winograd_tile: Option<(usize, usize)>,
+}
+
+pub(super) fn choose<T: Element>(g: &Geometry, options: &PlanOptions) -> Choice {
+    let forced = options.algorithm.or_else(Algorithm::from_env);
+    let (mut algorithm, mut reason) = match forced {
+        Some(a) => (a, "forced by the caller or TCONV_ALGORITHM".to_string()),
+        None if col2im_pays(g, std::mem::size_of::<T>())
+            && options.inplace.is_none()
+            && options.tile.is_none() =>
+        {
+            (Algorithm::Col2im, col2im_reason(g))
+        }
+        None if winograd::pays(g, options.once)
+            && options.isa_for::<T>() != Isa::Scalar
+            && options.inplace.is_none()
+            && options.tile.is_none() =>
+        {
+            (Algorithm::Winograd, winograd_reason(g, options.once))
+        }
+        None => (Algorithm::Direct, direct_reason(g)),
+    };
+    let elem = std::mem::size_of::<T>();
+    if algorithm == Algorithm::Col2im && g.op == Op::Conv && !im2col::fits(g, elem) {
+        algorithm = Algorithm::Direct;
+        reason = format!(
+            "{reason}; but im2col's columns for one tile of positions would take more than \
+             a band, so {}",
+            direct_reason(g)
+        );
+    }
+    if algorithm == Algorithm::Col2im && g.op == Op::ConvTranspose && !col2im::fits(g, elem) {
+        algorithm = Algorithm::Direct;
+        reason = format!(
+            "{reason}; but col2im's columns for one input row would take {} bytes (at most {}), so {}",
+            col2im::row_bytes(g, elem),
+            col2im::MAX_ROW_BYTES,
+            direct_reason(g)
+        );
+    }
+    if algorithm == Algorithm::Winograd && !winograd::applies(g) {
+        algorithm = Algorithm::Direct;
+        reason = format!(
+            "{reason}; but Winograd tiles need every phase to have the same 1 to 3 taps per \
+             axis on consecutive positions (a conv: stride and dilation 1), so {}",
+            direct_reason(g)
+        );
+    }
+    let isa = options.isa_for::<T>();
+    let threads = options.threads_for(g);
+    let winograd_tile = (algorithm == Algorithm::Winograd)
+        .then(|| winograd_tile::<T>(g, isa, options, forced.is_some(), threads))
+        .flatten();
+    if algorithm == Algorithm::Winograd && winograd_tile.is_none() {
+        algorithm = Algorithm::Direct;
+        reason = format!(
+            "{reason}; but with every tile either the transformed input and results \
+             would take more scratch than the output holds (for a strided conv that no \
+             tile can run within it, the input per thread), or the transforms would \
+             leave registers for that bound, so {}",
+            direct_reason(g)
+        );
+    }
+    Choice {
+        algorithm,
+        reason,
+        forced,
+        winograd_tile,
+    }
+}
+
+/// Whether the input gradient of `g` (its adjoint, planned to run once) takes Winograd tiles
+/// with fewer columns on `threads` threads than on one: its scratch bound then holds two
+/// tasks' smaller panels only (dcgan2's input gradient: 16-tile panels at 2 threads, 32 at
+/// 1).
+pub(crate) fn input_tiles_shrink<T: Element>(
+    g: &Geometry,
+    options: &PlanOptions,
+    threads: usize,
+) -> bool {
+    let adjoint = g.adjoint();
+    let on = |t: usize| {
+        let o = PlanOptions {
+            threads: Some(t),
+            once: true,
+            ..options.clone()
+        };
+        choose::<T>(&adjoint, &o).winograd_tile.map(|(_, v)| v)
+    };
+    matches!((on(1), on(threads)), (Some(one), Some(many)) if many < one)
+}
+
+/// Whether GEMM + col2im beats the phase decomposition: a transposed conv with few output
+/// channels per group (the phase GEMMs would have fewer rows than a register tile) but a
+/// real reduction over input channels, and overlapping taps (otherwise the phases already
+/// are the columns). Measured against the in-place kernels at 1 thread (BENCHMARKS.md):
+/// 1.3-2x faster from 32 input channels up, a tie at 16, 1.8x slower at 8.
+///
+/// For a conv, its mirror (im2col + GEMM) where a group has few input channels (fewer than
+/// 8) and at least [`IM2COL_MIN_COUT`] output channels: its reduction is short, so the
+/// direct engine's tile stores weigh as much as its arithmetic. Measured against the direct
+/// engine at 1 thread (BENCHMARKS.md): 1.1-1.7x faster with 3 to 6 input channels, a tie
+/// at 8, 0.95x at 16.
+fn col2im_pays(g: &Geometry, elem: usize) -> bool {
+    match g.op {
+        Op::ConvTranspose => {
+            g.out_per_group() < INPLACE_BELOW
+                && g.in_per_group() >= COL2IM_MIN_CIN
+                && g.axes.iter().any(|a| a.kernel > a.stride)
+                && col2im::fits(g, elem)
+        }
+        Op::Conv => {
+            g.in_per_group() < INPLACE_BELOW
+                && g.out_per_group() >= IM2COL_MIN_COUT
+                && im2col::fits(g, elem)
+        }
+    }
+}
+
+/// Fewest output channels per group for which a conv takes im2col + GEMM (below it the
+/// layer is depthwise-like: the row engines serve it).
+const IM2COL_MIN_COUT: usize = 4;
+
+/// Fewest input channels per group for [`col2im_pays`].
+const COL2IM_MIN_CIN: usize = 32;
+
+fn col2im_reason(g: &Geometry) -> String {
+    if g.op == Op::Conv {
+        return format!(
+            "few input channels per group ({}) for {} output channels: im2col gathers the input once into (input channel, tap) rows, then one GEMM writes each register tile straight into the output planes",
+            g.in_per_group(),
+            g.out_per_group()
+        );
+    }
+    format!(
+        "few output channels per group ({}) against {} input channels: one GEMM with a row per (output channel, tap) fills the register tile, then col2im sums the taps per output",
+        g.out_per_group(),
+        g.in_per_group()
+    )
+}
+
+fn winograd_reason(g: &Geometry, once: bool) -> String {
+    format!(
+        "phases of 2 or 3 taps per axis with {} input and {} output channels per group: Winograd tiles do {:.2}x fewer multiplications than the direct sums (one GEMM per transformed point, K = C_in/g); with the transforms, {:.2}x faster by the model",
+        g.in_per_group(),
+        g.out_per_group(),
+        winograd::gain(g).unwrap_or(1.0),
+        winograd::modeled_speedup(g, once).unwrap_or(1.0)
+    )
+}
+
+fn direct_reason(g: &Geometry) -> String {
+    let strided = g.axes.iter().any(|a| a.stride > 1);
+    match (g.op, strided) {
+        (Op::ConvTranspose, true) => {
+            // Each phase's taps, counted per axis (the phases' tap lists are not needed:
+            // building them for the text took a fifth of fcn_dw's plan).
+            let per_axis: Vec<Vec<usize>> = g
+                .axes
+                .iter()
+                .map(|a| residue_taps(a).iter().map(|(_, t)| t.len()).collect())
+                .collect();
+            let strides: Vec<usize> = g.axes.iter().map(|a| a.stride).collect();
+            let mut counts: Vec<usize> = positions(&strides)
+                .map(|r| r.iter().zip(&per_axis).map(|(&r, c)| c[r]).product())
+                .collect();
+            let phases = counts.len();
+            let live = counts.iter().filter(|&&c| c > 0).count();
+            counts.sort_unstable();
+            counts.dedup();
+            let taps: Vec<String> = counts.iter().map(|c| c.to_string()).collect();
+            let kernel_eq_stride = g.axes.iter().all(|a| a.kernel == a.stride && a.dilation == 1);
+            if kernel_eq_stride {
+                format!("kernel == stride: {phases} phases of one tap each, no overlap (one GEMM-like pass + depth-to-space store)")
+            } else {
+                format!(
+                    "stride > 1: phase decomposition into {} dense stride-1 phases ({} with taps; taps per phase: {}), no zero multiplies, no col2im workspace",
+                    phases,
+                    live,
+                    taps.join(" or ")
+                )
+            }
+        }
+        (Op::ConvTranspose, false) => {
+            "stride 1: the equivalent ordinary correlation (flipped kernel, swapped channel roles), one phase".into()
+        }
+        (Op::Conv, true) => {
+            if crate::fast::strided_conv::shape_applies(g) {
+                "strided conv, kernel == stride: each tile's panel dealt from the input by \
+                 stride-2 vector loads on SIMD ISAs (else a polyphase split), dense taps"
+                    .into()
+            } else {
+                "strided conv: polyphase split of the input, dense stride-1 taps".into()
+            }
+        }
+        (Op::Conv, false) => "stride-1 conv: dense taps as shifted, masked vectors".into(),
+    }
+}
+
+/// `reason` extended with how depthwise rows run `g` (by tap vectors where `by_taps`, else
+/// by output rows); by tap vectors, unless the caller forced the algorithm, that replaces it.
+pub(super) fn depthwise_reason<T: Element>(
+    g: &Geometry,
+    isa: Isa,
+    by_taps: bool,
+    forced: Option<Algorithm>,
+    reason: String,
+) -> String {
+    if by_taps {
+        let rows_read = if crate::fast::tap_rows::in_place::<T>(isa) {
+            format!(
+                "each input row read where it lies, eight rows at a time (masked loads \
+                 at its ends), {0} taps of a kernel row per vector, the sums of {0} \
+                 outputs reduced across lanes at the end",
+                isa.lanes()
+            )
+        } else {
+            "each input row copied once into a zero-margined row cache, 8 taps of a \
+             kernel row per vector, the sums of 8 outputs reduced across lanes at the end"
+                .to_string()
+        };
+        let taps = format!(
+            "depthwise (one input and one output channel per group) with a last-axis \
+             stride of {} and a kernel of whole vectors, so by tap vectors (no polyphase \
+             split): {rows_read}",
+            g.axes.last().map_or(1, |a| a.stride)
+        );
+        match forced {
+            None => taps,
+            Some(_) => format!("{reason}; {taps}"),
+        }
+    } else {
+        format!(
+            "{reason}; depthwise (one input and one output channel per group), so by output \
+             rows: each phase row summed in registers over a zero-margined copy of the \
+             plane, the phase rows interleaved into the output (at stride 8, blocks of \
+             8 positions of all 8 phases summed and interleaved in registers)"
+        )
+    }
+}

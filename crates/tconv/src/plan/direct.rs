@@ -1,0 +1,155 @@
+//! The direct engine's part of a plan: its tile, packed weights, tile table and tasks.
+
+use super::choose::{kernel_for, tile_cost, INPLACE_BELOW};
+use super::PlanOptions;
+use crate::error::{fail, ErrorKind, Result};
+use crate::fast::direct::{DirectKernel, TileTable};
+use crate::fast::kernels::tile_shapes;
+use crate::fast::pack::{pack_key, pack_weights, PackCache};
+use crate::fast::spec::DirectSpec;
+use crate::fast::Isa;
+use crate::geometry::Geometry;
+use crate::tensor::{numel, Element};
+
+/// The direct engine's kernel for `g` with weight `w`: the phase decomposition, the forced
+/// tile or the one with the least modelled time, the weights packed (or taken from
+/// `packs`), the tile table, and the work split into about four tasks per thread.
+///
+/// # Errors
+/// A forced tile shape that no kernel implements.
+pub(super) fn kernel<T: Element>(
+    g: &Geometry,
+    w: &[T],
+    options: &PlanOptions,
+    packs: Option<&PackCache>,
+    (isa, threads, pooled): (Isa, usize, bool),
+) -> Result<DirectKernel<T>> {
+    let spec = DirectSpec::new(g);
+    let lanes = isa.lanes();
+    let per_image = spec.flat_len();
+    let inplace = match options.inplace {
+        Some(b) => b,
+        None => g.out_per_group() < INPLACE_BELOW,
+    };
+    // Depthwise layers run as one group of `groups` output channels, each kernel row
+    // reading its own input channel: MR channels per kernel call instead of one.
+    let depthwise = inplace && g.groups > 1 && g.in_per_group() == 1 && g.out_per_group() == 1;
+    let rows_per_group = if depthwise {
+        g.groups
+    } else {
+        g.out_per_group()
+    };
+    let shapes = if inplace {
+        crate::fast::inplace::tile_shapes(isa)
+    } else {
+        tile_shapes(isa)
+    };
+    // Store all last-axis residues of a tile together, in output order: in-place
+    // kernels always (measured ~10% faster on fcn_dw), packed kernels at stride 2
+    // and 8, where the residues interleave with vector shuffles (phase by phase,
+    // a stride-8 store is one scalar per element: 8% of hifigan1d's time).
+    let s_last = spec.out_stride[g.axes.len() - 1];
+    let group_size = if (inplace || s_last == 2 || s_last == 8)
+        && s_last > 1
+        && s_last <= crate::fast::direct::MAX_GROUP
+    {
+        s_last
+    } else {
+        1
+    };
+    // Where the residues interleave, a tile across two rows packs and stores in two
+    // runs: the tiles are counted as if each row were tiled on its own (where rows
+    // hold a tile). unet (rows of 64) then takes 6x4, one row a tile, over 8x3:
+    // 5.93-5.99 ms against 6.23-6.38 (medians of 30, two rounds; 4x4: 5.85-5.98).
+    let row = spec
+        .phases
+        .iter()
+        .map(|p| p.extents[g.axes.len() - 1])
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let cost = |t: &(usize, usize, f32)| {
+        let tl = t.1 * lanes;
+        let flat = if group_size > 1 && row >= tl {
+            per_image / row * row.div_ceil(tl) * tl
+        } else {
+            per_image
+        };
+        tile_cost(rows_per_group, flat, lanes, *t)
+    };
+    let (mr, v) = match options.tile {
+        Some(t) => t,
+        None => shapes
+            .iter()
+            .min_by(|a, b| cost(a).total_cmp(&cost(b)))
+            .map_or((1, 4), |t| (t.0, t.1)),
+    };
+    let Some(kernel) = kernel_for::<T>(isa, inplace, mr, v) else {
+        return fail(ErrorKind::NoSuchKernel {
+            tile: (mr, v),
+            available: shapes.iter().map(|t| (t.0, t.1)).collect(),
+        });
+    };
+    let exec = depthwise.then(|| Geometry {
+        groups: 1,
+        ..g.clone()
+    });
+    // The (G, 1, *k) weight of a depthwise layer is read as one group of G output
+    // channels from 1 input.
+    let view = depthwise.then(|| Geometry {
+        groups: 1,
+        in_channels: 1,
+        out_channels: g.groups,
+        ..g.clone()
+    });
+    let view = view.as_ref().unwrap_or(g);
+    let packed = PackCache::get_or_pack(
+        packs,
+        || pack_key(view, &spec, mr),
+        || pack_weights(view, &spec, w, mr, (threads, pooled)),
+        |p| p.data.len() * std::mem::size_of::<T>(),
+    );
+    // Split the work into about 4 tasks per thread: batch items first, then row bands.
+    let q0 = spec
+        .phases
+        .iter()
+        .map(|p| p.extents[0])
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let want = if threads <= 1 { 1 } else { 4 * threads };
+    let per_group = want
+        .div_ceil(exec.as_ref().map_or(g.groups, |e| e.groups))
+        .max(1);
+    let batch_tasks = per_group.min(g.batch.max(1));
+    let batch_chunk = g.batch.max(1).div_ceil(batch_tasks);
+    let row_tasks = per_group.div_ceil(batch_tasks).min(q0);
+    let chunk_rows = q0.div_ceil(row_tasks);
+    let strided_loads =
+        crate::fast::strided_conv::applies(g, (&spec, &kernel, depthwise), (mr, v, lanes), isa);
+    // The strided-conv path tiles its panels itself: its table has no tiles.
+    let table = if strided_loads {
+        TileTable::without_tiles(g, &spec, v * lanes, group_size)
+    } else {
+        TileTable::new(g, &spec, v * lanes, chunk_rows, group_size)
+    };
+    let mut direct = DirectKernel {
+        spec,
+        packed,
+        kernel,
+        mr,
+        v,
+        lanes,
+        strided_loads,
+        table,
+        batch_chunk,
+        depthwise,
+        exec,
+        items_cap: usize::MAX,
+    };
+    // No more scratch than the output holds: fewer tiles per group where all
+    // threads' panels would outgrow it (dcgan1 at 2 threads: 1.31 MB for 1.05 MB).
+    let out_len = numel(&g.output_shape());
+    direct.items_cap = (out_len / (threads * direct.item_len(g).max(1))).max(1);
+    Ok(direct)
+}

@@ -1,0 +1,417 @@
+//! The planner: chooses how to compute a problem, and is the only thing that dispatches.
+//!
+//! A [`Plan`] is a value: it names the algorithm and why, the tile and ISA, the work shapes,
+//! the workspace and the thread count, and it holds the packed weights, so it can be built
+//! once and executed many times. `TCONV_ALGORITHM=reference|direct|col2im|winograd` and
+//! `TCONV_ISA=…` force a choice (for tests), as do the fields of [`PlanOptions`].
+
+//!
+//! Here: the options, the plan and its execution; `choose` (which algorithm and tile, and
+//! why), `direct` (building the direct engine's part), `report` (a plan in words).
+
+mod choose;
+mod direct;
+mod report;
+
+pub(crate) use choose::input_tiles_shrink;
+use choose::{choose, gemm_kernel, Choice};
+
+use ndarray::{ArrayD, ArrayView1, AsArray, Dimension, IxDyn};
+
+use crate::error::{fail, ErrorKind, Result};
+use crate::fast::col2im::Col2im;
+use crate::fast::depthwise::DepthwiseRows;
+use crate::fast::direct::{execute, DirectKernel};
+use crate::fast::im2col::Im2col;
+use crate::fast::pack::PackCache;
+use crate::fast::spec::SourceLayout;
+use crate::fast::winograd::Winograd;
+use crate::fast::Isa;
+use crate::geometry::Geometry;
+use crate::params::{ConvParams, Op};
+use crate::tensor::{contiguous, numel, Element};
+
+/// The algorithms a plan can run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// The reference loops (scatter for conv_transpose, gather for conv).
+    Reference,
+    /// Phase decomposition into dense stride-1 sub-problems run by SIMD direct kernels.
+    Direct,
+    /// Transposed conv as one GEMM over (output channel, tap) rows plus a col2im sum, for
+    /// few output channels per group; for a conv with few input channels per group its
+    /// mirror, an im2col gather plus one GEMM over (input channel, tap). Forced where its
+    /// columns would not fit, the plan runs `Direct` and says why.
+    Col2im,
+    /// The phase decomposition with Winograd minimal-filtering tiles (F(2,2), F(3,2),
+    /// F(2,3) per axis): one GEMM per transformed point, 1.8-2.25x fewer multiplications
+    /// for phases of 2 or 3 taps per axis. Rounds differently from the direct sums (exact
+    /// on small integers; within 2e-5 relative on the tests' random f32 data). Forced
+    /// where the phases do not suit it, the plan runs `Direct` and says why.
+    Winograd,
+}
+
+impl Algorithm {
+    /// Name as printed and as accepted by `TCONV_ALGORITHM`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::Reference => "reference",
+            Algorithm::Direct => "direct",
+            Algorithm::Col2im => "col2im",
+            Algorithm::Winograd => "winograd",
+        }
+    }
+    /// The algorithm `TCONV_ALGORITHM` forces, if any.
+    pub fn from_env() -> Option<Algorithm> {
+        std::env::var("TCONV_ALGORITHM")
+            .ok()
+            .and_then(|s| Algorithm::parse(&s))
+    }
+    /// Parse a name.
+    pub fn parse(s: &str) -> Option<Algorithm> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "reference" | "naive" => Some(Algorithm::Reference),
+            "direct" | "phase" | "fast" => Some(Algorithm::Direct),
+            "col2im" | "gemm" | "gemm-col2im" => Some(Algorithm::Col2im),
+            "winograd" => Some(Algorithm::Winograd),
+            _ => None,
+        }
+    }
+}
+
+/// Choices a caller may force; `None` means let the planner decide.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PlanOptions {
+    /// Worker threads (default: all cores; tiny problems run on one).
+    pub threads: Option<usize>,
+    /// Force an algorithm.
+    pub algorithm: Option<Algorithm>,
+    /// Force an instruction set (falls back to the best available one below it).
+    pub isa: Option<Isa>,
+    /// Force a tile shape `(output channels, vectors)`.
+    pub tile: Option<(usize, usize)>,
+    /// Force in-place (`true`) or packed-panel (`false`) kernels.
+    pub inplace: Option<bool>,
+    /// The plan runs once (the gradients, the one-call functions): weigh the cost of
+    /// transforming and packing the weights in the choice of algorithm.
+    pub once: bool,
+}
+
+/// Below this many FLOPs a problem runs on one thread (thread wake-up costs more).
+const SMALL_FLOPS: u128 = 4_000_000;
+
+impl PlanOptions {
+    /// The instruction set element type `T` runs on: the forced one (or the best available
+    /// below it), else the detected one; the portable loops where `T` has no SIMD kernels
+    /// (f64). Plans and gradients decide it alike.
+    pub fn isa_for<T: Element>(&self) -> Isa {
+        let isa = self.isa.map_or_else(Isa::detect, |i| i.or_below());
+        if T::fast_kernel(isa, 1, 4).is_some() {
+            isa
+        } else {
+            Isa::Scalar
+        }
+    }
+
+    /// Threads for a problem of geometry `g`: as asked, else all cores, but one below
+    /// `SMALL_FLOPS` (4 MFLOP).
+    pub fn threads_for(&self, g: &Geometry) -> usize {
+        match self.threads {
+            Some(t) => t.max(1),
+            None if g.flops() < SMALL_FLOPS => 1,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        }
+    }
+}
+
+/// A ready-to-run computation.
+pub struct Plan<T: Element> {
+    geometry: Geometry,
+    algorithm: Algorithm,
+    reason: String,
+    threads: usize,
+    isa: Isa,
+    direct: Option<DirectKernel<T>>,
+    /// Depthwise conv or conv_transpose by output rows.
+    rows: Option<DepthwiseRows<T>>,
+    /// GEMM over (output channel, tap) rows plus col2im.
+    col2im: Option<Col2im<T>>,
+    /// im2col plus a GEMM over (input channel, tap) rows (a conv).
+    im2col: Option<Im2col<T>>,
+    /// Winograd tiles over the phases.
+    winograd: Option<Winograd<T>>,
+    /// Reference path keeps the weight.
+    weight: Vec<T>,
+}
+
+impl<T: Element> Plan<T> {
+    /// Plan `g` with weight `w` (PyTorch layout, row-major).
+    ///
+    /// # Errors
+    /// A forced tile shape that no kernel implements, or a weight of the wrong length.
+    pub fn from_geometry(g: Geometry, w: &[T], options: &PlanOptions) -> Result<Plan<T>> {
+        Plan::build(g, w, options, None)
+    }
+
+    /// [`Plan::from_geometry`], taking the packed weights from `packs` where it holds them
+    /// for this plan's packing (and keeping them there otherwise): `w` must be the weight
+    /// `packs` was filled from.
+    pub(crate) fn build(
+        g: Geometry,
+        w: &[T],
+        options: &PlanOptions,
+        packs: Option<&PackCache>,
+    ) -> Result<Plan<T>> {
+        if w.len() != numel(&g.weight_shape()) {
+            return fail(ErrorKind::ShapeMismatch {
+                what: "weight data",
+                got: vec![w.len()],
+                expected: g.weight_shape(),
+            });
+        }
+        let Choice {
+            algorithm,
+            mut reason,
+            forced,
+            winograd_tile,
+        } = choose::<T>(&g, options);
+        let isa = options.isa_for::<T>();
+        let threads = options.threads_for(&g);
+        // Packed weights go into a thread's scratch pool only where they live as long as
+        // one call: a plan that runs once and keeps its packing in no cache (a pooled
+        // buffer may be larger than asked, and the pool would lose it to the cache).
+        let pooled = options.once && packs.is_none();
+        // Depthwise layers are bound by moving data: whole rows at a time (unless a test
+        // forces the tile kernels).
+        let rows = (algorithm == Algorithm::Direct
+            && g.in_per_group() == 1
+            && g.out_per_group() == 1
+            && options.inplace.is_none()
+            && options.tile.is_none())
+        .then(|| DepthwiseRows::new(&g, w, isa));
+        if let Some(r) = &rows {
+            reason = choose::depthwise_reason::<T>(&g, isa, r.by_taps(), forced, reason);
+        }
+        let direct = (algorithm == Algorithm::Direct && rows.is_none())
+            .then(|| direct::kernel(&g, w, options, packs, (isa, threads, pooled)))
+            .transpose()?;
+        let gemm = |rows: usize, positions: usize| gemm_kernel::<T>(isa, options, rows, positions);
+        let col2im = (algorithm == Algorithm::Col2im && g.op == Op::ConvTranspose)
+            .then(|| {
+                let rows = g.out_per_group() * numel(&g.kernel_shape());
+                gemm(rows, numel(&g.input_shape()[2..]))
+                    .map(|(f, mr, v)| Col2im::new(&g, w, f, (mr, v, isa.lanes()), threads))
+            })
+            .transpose()?;
+        let im2col = (algorithm == Algorithm::Col2im && g.op == Op::Conv)
+            .then(|| {
+                gemm(g.out_per_group(), numel(&g.output_shape()[2..]))
+                    .map(|(f, mr, v)| Im2col::new(&g, w, f, (mr, v, isa.lanes()), threads))
+            })
+            .transpose()?;
+        let winograd = winograd_tile
+            .map(|tile| {
+                let options = PlanOptions {
+                    tile: Some(tile),
+                    ..options.clone()
+                };
+                gemm_kernel::<T>(isa, &options, 0, 0).map(|(f, mr, v)| {
+                    Winograd::new(
+                        &g,
+                        w,
+                        f,
+                        (mr, v, isa.lanes(), isa),
+                        (threads, pooled),
+                        packs,
+                    )
+                    .expect("the planner checked that Winograd tiles apply")
+                })
+            })
+            .transpose()?;
+        let weight = if algorithm == Algorithm::Reference {
+            w.to_vec()
+        } else {
+            Vec::new()
+        };
+        Ok(Plan {
+            geometry: g,
+            algorithm,
+            reason,
+            threads,
+            isa,
+            direct,
+            rows,
+            col2im,
+            im2col,
+            winograd,
+            weight,
+        })
+    }
+
+    /// Plan `op` for arrays of these shapes, packing `w` once.
+    ///
+    /// # Errors
+    /// Any invalid shape or parameter (see [`Geometry::new`]).
+    pub fn new<'w, D: Dimension>(
+        op: Op,
+        input_shape: &[usize],
+        w: impl AsArray<'w, T, D>,
+        bias_len: Option<usize>,
+        params: &ConvParams,
+        options: &PlanOptions,
+    ) -> Result<Plan<T>> {
+        let w = w.into().into_dyn();
+        let bias_shape = bias_len.map(|b| vec![b]);
+        let g = Geometry::new(op, input_shape, w.shape(), bias_shape.as_deref(), params)?;
+        let wc = contiguous(&w);
+        Plan::from_geometry(g, &wc, options)
+    }
+
+    /// The address of the packed weights this plan shares through a
+    /// [`PackCache`], if it has any.
+    pub(crate) fn packing_id(&self) -> Option<*const ()> {
+        match (&self.direct, &self.winograd) {
+            (Some(d), _) => Some(std::sync::Arc::as_ptr(&d.packed) as *const ()),
+            (_, Some(w)) => Some(w.packing_id()),
+            _ => None,
+        }
+    }
+
+    /// The resolved geometry.
+    pub fn geometry(&self) -> &Geometry {
+        &self.geometry
+    }
+    /// The chosen algorithm.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+    /// Threads the plan runs on.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+    /// Bytes the plan holds for its lifetime: the packed weights (about the weight's own
+    /// size) and the tile table.
+    pub fn packed_bytes(&self) -> usize {
+        if let Some(c) = &self.col2im {
+            return c.packed_bytes();
+        }
+        if let Some(c) = &self.im2col {
+            return c.packed_bytes();
+        }
+        if let Some(c) = &self.winograd {
+            return c.packed_bytes();
+        }
+        match (&self.direct, &self.rows) {
+            (Some(d), _) => d.packed.data.len() * std::mem::size_of::<T>() + d.table.bytes(),
+            (None, Some(_)) => numel(&self.geometry.weight_shape()) * std::mem::size_of::<T>(),
+            (None, None) => self.weight.len() * std::mem::size_of::<T>(),
+        }
+    }
+
+    /// Bytes of scratch memory one execution allocates beyond input and output: any
+    /// repacked input, plus per thread its input panels and tile accumulators (bounded by
+    /// the L2 budget, independent of the batch).
+    pub fn workspace_bytes(&self) -> usize {
+        let size = std::mem::size_of::<T>();
+        if let Some(r) = &self.rows {
+            return self.threads * r.scratch_len(&self.geometry) * size;
+        }
+        if let Some(c) = &self.col2im {
+            return self.threads * c.scratch_len(&self.geometry) * size;
+        }
+        if let Some(c) = &self.im2col {
+            return self.threads * c.scratch_len() * size;
+        }
+        if let Some(c) = &self.winograd {
+            return self.threads * c.scratch_len() * size;
+        }
+        match &self.direct {
+            None => 0,
+            // No copy of the input: a panel and a tile per thread.
+            Some(d) if d.strided_loads => {
+                let tile = (d.mr, d.v, d.lanes);
+                self.threads
+                    * crate::fast::strided_conv::scratch_len(&self.geometry, &d.spec, tile)
+                    * size
+            }
+            Some(d) => {
+                let g = &self.geometry;
+                let source = match &d.spec.source {
+                    SourceLayout::Direct => 0,
+                    _ => g.batch * g.in_channels * d.spec.channel_stride,
+                };
+                (source + self.threads * d.scratch_len(g)) * size
+            }
+        }
+    }
+
+    /// Run on `x` (the planned input shape) with an optional bias.
+    ///
+    /// # Errors
+    /// `x` or the bias not of the planned shapes.
+    pub fn execute<'x, D: Dimension>(
+        &self,
+        x: impl AsArray<'x, T, D>,
+        bias: Option<ArrayView1<'_, T>>,
+    ) -> Result<ArrayD<T>> {
+        let x = x.into().into_dyn();
+        let g = &self.geometry;
+        let expected = if g.batched {
+            g.input_shape()
+        } else {
+            g.input_shape()[1..].to_vec()
+        };
+        if x.shape() != expected.as_slice() {
+            return fail(ErrorKind::ShapeMismatch {
+                what: "input",
+                got: x.shape().to_vec(),
+                expected,
+            });
+        }
+        if let Some(b) = &bias {
+            if b.len() != g.out_channels {
+                return fail(ErrorKind::BiasShape {
+                    got: b.shape().to_vec(),
+                    expected: g.out_channels,
+                });
+            }
+        }
+        let xc = contiguous(&x);
+        let bc = bias.map(|b| b.to_vec());
+        let mut y = vec![T::zero(); numel(&g.output_shape())];
+        self.run(&xc, bc.as_deref(), &mut y);
+        let shape = g.user_output_shape();
+        Ok(ArrayD::from_shape_vec(IxDyn(&shape), y).expect("output buffer matches the geometry"))
+    }
+
+    /// Run on contiguous data: `x (N, C_in, *in)`, `y (N, C_out, *out)` (overwritten).
+    pub fn run(&self, x: &[T], bias: Option<&[T]>, y: &mut [T]) {
+        let g = &self.geometry;
+        if let Some(r) = &self.rows {
+            r.execute(g, x, bias, y, self.threads);
+            return;
+        }
+        if let Some(c) = &self.col2im {
+            c.execute(g, x, bias, y, self.threads);
+            return;
+        }
+        if let Some(c) = &self.im2col {
+            c.execute(g, x, bias, y, self.threads);
+            return;
+        }
+        if let Some(c) = &self.winograd {
+            c.execute(g, x, bias, y, self.threads);
+            return;
+        }
+        match &self.direct {
+            Some(d) => execute(d.exec.as_ref().unwrap_or(g), d, x, bias, y, self.threads),
+            None => {
+                let r = match g.op {
+                    Op::ConvTranspose => crate::reference::scatter_flat(g, x, &self.weight, bias),
+                    Op::Conv => crate::reference::gather_flat(g, x, &self.weight, bias),
+                };
+                y.copy_from_slice(&r);
+            }
+        }
+    }
+}

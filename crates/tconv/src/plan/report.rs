@@ -1,0 +1,184 @@
+//! A plan in words: its one-line label and its full description (`tconv plan`).
+
+use std::fmt;
+
+use super::Plan;
+use crate::fast::direct::Kernel;
+use crate::tensor::{numel, Element};
+
+impl<T: Element> Plan<T> {
+    /// A one-line name for the algorithm and kernel, e.g. `direct/avx512 16x1`.
+    pub fn label(&self) -> String {
+        match &self.direct {
+            Some(d) => {
+                let family = match d.kernel {
+                    _ if d.strided_loads => "strided-loads",
+                    Kernel::Packed(_) => "packed",
+                    Kernel::Inplace(_) => "inplace",
+                };
+                format!(
+                    "{}/{}/{} {}x{}",
+                    self.algorithm.name(),
+                    family,
+                    self.isa,
+                    d.mr,
+                    d.v
+                )
+            }
+            None if self.col2im.is_some() => {
+                let c = self.col2im.as_ref().expect("checked");
+                format!("{}/{} {}x{}", self.algorithm.name(), self.isa, c.mr, c.v)
+            }
+            None if self.im2col.is_some() => {
+                let c = self.im2col.as_ref().expect("checked");
+                format!("im2col/{} {}x{}", self.isa, c.mr, c.v)
+            }
+            None if self.winograd.is_some() => {
+                let c = self.winograd.as_ref().expect("checked");
+                format!("winograd {}/{} {}x{}", c.name(), self.isa, c.mr, c.v)
+            }
+            None if self.rows.is_some() => {
+                let family = if self.rows.as_ref().is_some_and(|r| r.by_taps()) {
+                    "depthwise-taps"
+                } else {
+                    "depthwise-rows"
+                };
+                format!("{}/{family}/{}", self.algorithm.name(), self.isa)
+            }
+            None => self.algorithm.name().to_string(),
+        }
+    }
+}
+
+impl<T: Element> fmt::Display for Plan<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let g = &self.geometry;
+        writeln!(
+            f,
+            "op:          {} input {:?} -> output {:?}",
+            g.op.name(),
+            g.input_shape(),
+            g.output_shape()
+        )?;
+        if self.im2col.is_some() {
+            writeln!(
+                f,
+                "algorithm:   {} (a conv: its mirror, im2col + GEMM)",
+                self.algorithm.name()
+            )?;
+        } else {
+            writeln!(f, "algorithm:   {}", self.algorithm.name())?;
+        }
+        writeln!(f, "why:         {}", self.reason)?;
+        if let Some(d) = &self.direct {
+            writeln!(
+                f,
+                "kernel:      {} tile of {} output channels x {} vectors of {} positions",
+                self.isa, d.mr, d.v, d.lanes
+            )?;
+            for (i, p) in d.spec.phases.iter().enumerate().take(8) {
+                writeln!(
+                    f,
+                    "phase {i}:     residue {:?}, extents {:?}, {} taps -> per image M={} (C_out/g), K={} (C_in/g x taps), N={} positions",
+                    p.residue,
+                    p.extents,
+                    p.taps.len(),
+                    g.out_per_group(),
+                    g.in_per_group() * p.taps.len(),
+                    numel(&p.extents)
+                )?;
+            }
+            if d.spec.phases.len() > 8 {
+                writeln!(f, "             ... {} phases in all", d.spec.phases.len())?;
+            }
+            if d.strided_loads {
+                writeln!(
+                    f,
+                    "source:      the input itself: each tile's panel dealt from it by \
+                     stride-2 vector loads (no polyphase copy)"
+                )?;
+            } else {
+                writeln!(f, "source:      {:?}", d.spec.source)?;
+            }
+        }
+        if let Some(c) = &self.col2im {
+            writeln!(
+                f,
+                "kernel:      {} tile of {} rows x {} vectors of {} positions",
+                self.isa, c.mr, c.v, c.lanes
+            )?;
+            writeln!(
+                f,
+                "gemm:        per image and group M={} (C_out/g x taps), K={} (C_in/g), N={} input positions; col2im sums {} taps per output at most",
+                c.rows,
+                g.in_per_group(),
+                numel(&g.input_shape()[2..]),
+                g.axes.iter().map(|a| a.kernel.div_ceil(a.stride)).product::<usize>()
+            )?;
+            writeln!(f, "bands:       {} output rows (axis 0) per band", c.band)?;
+        }
+        if let Some(c) = &self.im2col {
+            writeln!(
+                f,
+                "kernel:      {} tile of {} output channels x {} vectors of {} positions",
+                self.isa, c.mr, c.v, c.lanes
+            )?;
+            writeln!(
+                f,
+                "gemm:        per image and group M={} (C_out/g), K={} (C_in/g x taps), N={} output positions, over im2col columns",
+                g.out_per_group(),
+                c.kdim,
+                numel(&g.output_shape()[2..]),
+            )?;
+            writeln!(f, "bands:       {} output positions per band", c.band)?;
+        }
+        if let Some(c) = &self.winograd {
+            writeln!(
+                f,
+                "kernel:      {} tile of {} output channels x {} vectors of {} tiles",
+                self.isa, c.mr, c.v, c.lanes
+            )?;
+            let points: usize = c.transforms.iter().map(|t| t.alpha).product();
+            writeln!(
+                f,
+                "winograd:    {} over {} phases with taps: {} points per tile, per phase and point M={} (C_out/g), K={} (input components x C_in/g), N<={} tiles per task",
+                c.name(),
+                c.live_phases(),
+                points,
+                g.out_per_group(),
+                c.kdim,
+                c.pitch
+            )?;
+        }
+        if let Some(r) = &self.rows {
+            if r.by_taps() {
+                writeln!(
+                    f,
+                    "kernel:      {} depthwise tap vectors, {} channel planes",
+                    self.isa,
+                    g.batch * g.out_channels
+                )?;
+            } else {
+                writeln!(
+                    f,
+                    "kernel:      {} depthwise rows, {} phases, {} channel planes",
+                    self.isa,
+                    r.spec.phases.len(),
+                    g.batch * g.out_channels
+                )?;
+            }
+        }
+        writeln!(
+            f,
+            "packed:      {} bytes (weights packed once, tile table)",
+            self.packed_bytes()
+        )?;
+        writeln!(
+            f,
+            "workspace:   {} bytes per execution",
+            self.workspace_bytes()
+        )?;
+        writeln!(f, "threads:     {}", self.threads)?;
+        write!(f, "flops:       {}", g.flops())
+    }
+}
