@@ -130,6 +130,8 @@ fn fma_loop(isa: Isa, iters: u64) -> usize {
             return 8;
         }
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = isa;
     // The portable path: one lane, a multiply and an add (a fused `mul_add` is a library
     // call on CPUs the portable code is compiled for).
     let mut acc = [1.0f32; CHAINS];

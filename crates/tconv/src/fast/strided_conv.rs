@@ -237,6 +237,7 @@ fn deal_segment<T: Element>(
             && (r0.max(r1) + 1) * channels * tl <= panel.len(),
         "strided conv segment"
     );
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if let (Some(src), Some(dst)) = (super::as_f32(image), super::as_f32_mut(panel)) {

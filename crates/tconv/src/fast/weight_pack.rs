@@ -69,6 +69,8 @@ pub(crate) struct Tables {
 /// of `outside` set lying outside the source (a tap's run that starts or ends past the edge
 /// of a row: its eight values are read from the row's neighbours and those zeroed).
 #[derive(Clone, Copy, Default)]
+// (Read by the transposes only, which are x86-64 code.)
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) struct Run8 {
     pub(crate) start: usize,
     pub(crate) stride: usize,
@@ -256,6 +258,10 @@ pub(crate) fn pack_positions<T: Element>(
 }
 
 /// Whether [`transpose_runs`] has a fast path for `T` on this CPU.
+#[cfg_attr(
+    not(target_arch = "x86_64"),
+    allow(clippy::extra_unused_type_parameters)
+)]
 fn transposes_available<T: 'static>() -> bool {
     #[cfg(target_arch = "x86_64")]
     if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {

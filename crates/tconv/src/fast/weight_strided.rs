@@ -279,7 +279,10 @@ fn strided_tile(b: &[f32], a: &StridedRows<'_>, bv: &[f32], out: &mut [f32], acc
         }
     };
     #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("checked above: AVX2 is x86-64 only");
+    {
+        let _ = accumulate;
+        unreachable!("checked above: AVX2 is x86-64 only");
+    }
 }
 
 /// The 6-row tile kernel on two vectors of `$w` lanes (`$ty`, with its load, store,

@@ -80,6 +80,7 @@ impl Slab {
             let dst = &mut data[b * plane * cpad..(b + 1) * plane * cpad];
             for c0 in (0..cpad).step_by(8) {
                 let cn = 8.min(src.cin_g.saturating_sub(c0));
+                #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
                 let mut p0 = 0;
                 #[cfg(target_arch = "x86_64")]
                 if cn == 8 && is_x86_feature_detected!("avx") {
@@ -313,6 +314,7 @@ unsafe fn transform_avx2(
 }
 
 /// [`each_tile`]'s operands: slab, offsets, terms, channels, `V` and where its rows lie.
+#[cfg(target_arch = "x86_64")]
 type TileArgs<'a> = (
     &'a Slab,
     &'a [u32],
@@ -323,8 +325,11 @@ type TileArgs<'a> = (
 );
 
 /// The forms [`each_tile`] is compiled for.
+#[cfg(target_arch = "x86_64")]
 const TERMS: u8 = 0;
+#[cfg(target_arch = "x86_64")]
 const SEP3_2D: u8 = 1;
+#[cfg(target_arch = "x86_64")]
 const SEP4_2D: u8 = 2;
 
 #[cfg(target_arch = "x86_64")]
@@ -490,9 +495,13 @@ pub(crate) fn output(
 }
 
 /// The forms [`output_tiles`] is compiled for.
+#[cfg(target_arch = "x86_64")]
 const OUT_TERMS: u8 = 0;
+#[cfg(target_arch = "x86_64")]
 const OUT22_2D: u8 = 1;
+#[cfg(target_arch = "x86_64")]
 const OUT32_2D: u8 = 2;
+#[cfg(target_arch = "x86_64")]
 const OUT23_2D: u8 = 3;
 
 /// # Safety

@@ -21,10 +21,9 @@ mod threads;
 mod tiles;
 
 pub use store::MAX_GROUP;
-pub(crate) use store::{
-    copy_short, evens_odds16, interleave2, interleave8_to, store_block, store_fence, store_run,
-    transpose8x8,
-};
+pub(crate) use store::{copy_short, interleave2, interleave8_to, store_fence, store_run};
+#[cfg(target_arch = "x86_64")]
+pub(crate) use store::{evens_odds16, store_block, transpose8x8};
 use task::{run_task, run_task_inplace};
 pub(crate) use threads::{band_tasks, run_both, run_chunks, run_each, Task};
 pub use tiles::TileTable;

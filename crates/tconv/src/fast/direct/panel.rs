@@ -90,6 +90,7 @@ pub(super) fn pack_panel<T: Element>(
 /// channels `channel_stride` apart, lies inside a source of `len` values: the packing
 /// paths load those lanes unchecked. (The table's masks only hold taps that read inside the
 /// source, so the first and last channel's extremes are all there is to check.)
+#[cfg(target_arch = "x86_64")]
 fn check_mask_bounds(len: usize, start: isize, channel_stride: usize, channels: usize, mask: u64) {
     if mask != 0 && channels > 0 {
         let lo = mask.trailing_zeros() as isize;
@@ -104,6 +105,10 @@ fn check_mask_bounds(len: usize, start: isize, channel_stride: usize, channels: 
 
 /// Whether [`pack_wide`] runs for tiles of `tl` lanes and element type `T`: f32 with AVX,
 /// tiles of whole vectors.
+#[cfg_attr(
+    not(target_arch = "x86_64"),
+    allow(clippy::extra_unused_type_parameters)
+)]
 pub(super) fn wide_packing<T: 'static>(tl: usize) -> bool {
     #[cfg(target_arch = "x86_64")]
     if std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
@@ -143,6 +148,8 @@ pub(super) fn pack_wide<T: Element>(
             pack_wide_avx(src, start, channel_stride, channels, mask, pitch, rows);
         }
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (src, start, channel_stride, mask);
 }
 
 /// # Safety

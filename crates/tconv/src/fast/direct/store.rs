@@ -188,6 +188,7 @@ fn store_interleaved<T: Element>(
 }
 
 /// The operands of [`store_interleaved_avx`], as [`store_interleaved`] takes them.
+#[cfg(target_arch = "x86_64")]
 type InterleavedArgs<'a, 'p> = (
     &'a mut [&'p mut [f32]],
     &'a [f32],
