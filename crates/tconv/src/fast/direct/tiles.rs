@@ -71,6 +71,80 @@ fn lane_range(from: usize, to: usize) -> u64 {
     width(to) & !width(from)
 }
 
+/// Output pitches per axis, and the source grid's extent per axis (unbounded on axis 0).
+struct Grid {
+    out_pitch: Vec<usize>,
+    src_ext: Vec<usize>,
+}
+
+impl Grid {
+    fn new(spec: &DirectSpec, out_ext: &[usize]) -> Grid {
+        let dims = out_ext.len();
+        let mut out_pitch = vec![1usize; dims];
+        for a in (0..dims.saturating_sub(1)).rev() {
+            out_pitch[a] = out_pitch[a + 1] * out_ext[a + 1];
+        }
+        let src_ext = (0..dims)
+            .map(|a| {
+                if a == 0 {
+                    usize::MAX
+                } else {
+                    spec.pitches[a - 1] / spec.pitches[a]
+                }
+            })
+            .collect();
+        Grid { out_pitch, src_ext }
+    }
+}
+
+/// The first tap of each phase in the flat tap numbering, and each tap's source offset
+/// relative to a tile's first lane.
+fn taps_of(spec: &DirectSpec) -> (Vec<usize>, Vec<isize>) {
+    let mut tap_start = Vec::new();
+    let mut tap_offset = Vec::new();
+    for p in &spec.phases {
+        tap_start.push(tap_offset.len());
+        for t in &p.taps {
+            let mut off = t.component as isize;
+            for (a, &shift) in t.shift.iter().enumerate() {
+                off += shift * spec.pitches[a] as isize;
+            }
+            tap_offset.push(off);
+        }
+    }
+    (tap_start, tap_offset)
+}
+
+/// Wide groups of each phase (with their starts per phase): runs of taps whose offsets
+/// rise by one lane each (the taps of a kernel row, which the specs list by ascending
+/// shift), as long as the wide row (tile lanes + taps - 1) fits a 64-bit mask.
+fn wide_groups_of(
+    spec: &DirectSpec,
+    tap_start: &[usize],
+    tap_offset: &[isize],
+    tile_lanes: usize,
+) -> (Vec<WideGroup>, Vec<usize>) {
+    let mut wide_groups = Vec::new();
+    let mut wide_start = vec![0];
+    for (pi, p) in spec.phases.iter().enumerate() {
+        let first = tap_start[pi];
+        let mut j = 0;
+        while j < p.taps.len() {
+            let mut len = 1;
+            while j + len < p.taps.len()
+                && tile_lanes + len <= 64
+                && tap_offset[first + j + len] == tap_offset[first + j + len - 1] + 1
+            {
+                len += 1;
+            }
+            wide_groups.push((first + j, len, tap_offset[first + j]));
+            j += len;
+        }
+        wide_start.push(wide_groups.len());
+    }
+    (wide_groups, wide_start)
+}
+
 impl TileTable {
     /// Build the table for `spec` on `g`, tiles of `tile_lanes` lanes, chunks of `chunk_rows`.
     pub fn new(
@@ -104,58 +178,20 @@ impl TileTable {
         assert!(tile_lanes <= 64, "a tile mask is one u64");
         let dims = g.axes.len();
         let out_ext: Vec<usize> = g.axes.iter().map(|a| a.output).collect();
-        let mut out_pitch = vec![1usize; dims];
-        for a in (0..dims.saturating_sub(1)).rev() {
-            out_pitch[a] = out_pitch[a + 1] * out_ext[a + 1];
-        }
-        let src_ext: Vec<usize> = (0..dims)
-            .map(|a| {
-                if a == 0 {
-                    usize::MAX
-                } else {
-                    spec.pitches[a - 1] / spec.pitches[a]
-                }
-            })
-            .collect();
-        let mut tap_start = Vec::new();
-        let mut tap_offset = Vec::new();
-        for p in &spec.phases {
-            tap_start.push(tap_offset.len());
-            for t in &p.taps {
-                let mut off = t.component as isize;
-                for a in 0..dims {
-                    off += t.shift[a] * spec.pitches[a] as isize;
-                }
-                tap_offset.push(off);
-            }
-        }
-        let total_taps = tap_offset.len();
-        // Wide groups: runs of taps whose offsets rise by one lane each (the taps of a
-        // kernel row, which the specs list by ascending shift), as long as the wide row
-        // (tile lanes + taps - 1) fits a 64-bit mask.
-        let mut wide_groups = Vec::new();
-        let mut wide_start = vec![0];
-        for (pi, p) in spec.phases.iter().enumerate() {
-            let first = tap_start[pi];
-            let mut j = 0;
-            while j < p.taps.len() {
-                let mut len = 1;
-                while j + len < p.taps.len()
-                    && tile_lanes + len <= 64
-                    && tap_offset[first + j + len] == tap_offset[first + j + len - 1] + 1
-                {
-                    len += 1;
-                }
-                wide_groups.push((first + j, len, tap_offset[first + j]));
-                j += len;
-            }
-            wide_start.push(wide_groups.len());
-        }
+        let grid = Grid::new(spec, &out_ext);
+        let (tap_start, tap_offset) = taps_of(spec);
+        let (wide_groups, wide_start) = wide_groups_of(spec, &tap_start, &tap_offset, tile_lanes);
         let wide_taps = wide_groups.iter().map(|g| g.1).max().unwrap_or(1);
         let phase_offset: Vec<usize> = spec
             .phases
             .iter()
-            .map(|p| p.residue.iter().zip(&out_pitch).map(|(r, op)| r * op).sum())
+            .map(|p| {
+                p.residue
+                    .iter()
+                    .zip(&grid.out_pitch)
+                    .map(|(r, op)| r * op)
+                    .sum()
+            })
             .collect();
         let q0 = spec.phases.iter().map(|p| p.extents[0]).max().unwrap_or(0);
         let chunk_rows = chunk_rows.clamp(1, q0.max(1));
@@ -181,7 +217,7 @@ impl TileTable {
             tap_offset,
             phase_offset,
             row_stride: spec.out_stride[0],
-            out_row: out_pitch[0],
+            out_row: grid.out_pitch[0],
             out_rows: out_ext[0],
         };
         // Every per-tile vector sized once (growing them copied and page-faulted them
@@ -192,17 +228,7 @@ impl TileTable {
                 (rows * spec.pitches[0]).div_ceil(tile_lanes)
             })
             .sum();
-        let phases = spec.phases.len();
-        t.tile_start.reserve_exact(n_tiles);
-        t.out_base.reserve_exact(n_tiles * tile_lanes);
-        t.live.reserve_exact(n_tiles * phases);
-        t.masks.reserve_exact(n_tiles * total_taps);
-        t.run_start.reserve_exact(n_tiles * phases + 1);
-        t.runs.reserve(n_tiles * phases);
-        t.interleave
-            .reserve_exact(n_tiles * phases.div_ceil(group_size.max(1)));
-        t.wide_masks.reserve_exact(n_tiles * t.wide_groups.len());
-        t.chunk_tiles.reserve_exact(chunks + 1);
+        t.reserve(n_tiles, spec.phases.len(), chunks);
         let mut coords = vec![0usize; dims];
         for c in 0..chunks {
             let lo = c * chunk_rows * spec.pitches[0];
@@ -210,122 +236,164 @@ impl TileTable {
             for f0 in (lo..hi).step_by(tile_lanes) {
                 let tile = t.tile_start.len();
                 t.tile_start.push(f0);
+                let phases = spec.phases.len();
                 t.out_base.extend(std::iter::repeat_n(0, tile_lanes));
-                t.live.extend(std::iter::repeat_n(0, spec.phases.len()));
-                t.masks.extend(std::iter::repeat_n(0, total_taps));
-                // The tile's lanes in runs along one source row (lane by lane, the divisions
-                // and per-tap tests took 73 % of vnet3d's 0.31 ms plan): the outer
-                // coordinates are fixed in a run, and each phase's live lanes and each tap's
-                // inside lanes are one range of it.
-                let last = dims - 1;
-                for a in 0..dims {
-                    coords[a] = (f0 / spec.pitches[a]) % src_ext[a];
-                }
-                let lanes = tile_lanes.min(hi - f0);
-                let mut l = 0;
-                while l < lanes {
-                    let col = coords[last];
-                    let seg = (src_ext[last] - col).min(lanes - l);
-                    let outer: usize = (0..last)
-                        .map(|a| coords[a] * spec.out_stride[a] * out_pitch[a])
-                        .sum();
-                    let step = spec.out_stride[last] * out_pitch[last];
-                    for j in 0..seg {
-                        t.out_base[tile * tile_lanes + l + j] = outer + (col + j) * step;
-                    }
-                    let mut tap = 0;
-                    for (pi, p) in spec.phases.iter().enumerate() {
-                        let outer_live = (0..last).all(|a| coords[a] < p.extents[a]);
-                        // Lanes `l + j` with `col + j < extent`.
-                        let live = if outer_live {
-                            p.extents[last].saturating_sub(col).min(seg)
-                        } else {
-                            0
-                        };
-                        t.live[tile * phases + pi] |= lane_range(l, l + live);
-                        for ts in &p.taps {
-                            let outer_inside = (0..last).all(|a| {
-                                let s = coords[a] as isize + ts.shift[a];
-                                s >= 0 && (s as usize) < ts.valid[a]
-                            });
-                            // Live lanes with `0 <= col + j + shift < valid`.
-                            let from = (-ts.shift[last] - col as isize).max(0);
-                            let to = (ts.valid[last] as isize - ts.shift[last] - col as isize)
-                                .min(live as isize);
-                            if outer_inside && to > from {
-                                t.masks[tile * total_taps + tap] |=
-                                    lane_range(l + from as usize, l + to as usize);
-                            }
-                            tap += 1;
-                        }
-                    }
-                    l += seg;
-                    let mut a = last;
-                    coords[a] += seg;
-                    while a > 0 && coords[a] == src_ext[a] {
-                        coords[a] = 0;
-                        a -= 1;
-                        coords[a] += 1;
-                    }
-                }
-                // A phase's store runs: its live lanes, joined where the next lane's output
-                // is one last-axis stride further (`follows`, the same for every phase).
-                let base = &t.out_base[tile * tile_lanes..(tile + 1) * tile_lanes];
-                let follows = (0..tile_lanes.saturating_sub(1))
-                    .filter(|&l| base[l + 1] == base[l] + t.last_stride)
-                    .fold(0u64, |m, l| m | 1 << l);
-                for pi in 0..spec.phases.len() {
-                    let live = t.live[tile * spec.phases.len() + pi];
-                    let joined = live & (live >> 1) & follows;
-                    let off = t.phase_offset[pi];
-                    let mut left = live;
-                    while left != 0 {
-                        let first = left.trailing_zeros() as usize;
-                        let len = (joined >> first).trailing_ones() as usize + 1;
-                        t.runs.push((first, len, base[first] + off));
-                        left &= !lane_range(first, first + len);
-                    }
-                    t.run_start.push(t.runs.len());
-                }
-                for first in (0..spec.phases.len()).step_by(group_size) {
-                    let runs_of = |pi: usize| {
-                        let i = tile * spec.phases.len() + pi;
-                        &t.runs[t.run_start[i]..t.run_start[i + 1]]
-                    };
-                    let r0 = runs_of(first);
-                    let ok = group_size > 1
-                        && first + group_size <= spec.phases.len()
-                        && !r0.is_empty()
-                        && (1..group_size).all(|r| {
-                            let rr = runs_of(first + r);
-                            rr.len() == r0.len()
-                                && rr
-                                    .iter()
-                                    .zip(r0)
-                                    .all(|(a, b)| a.0 == b.0 && a.1 == b.1 && a.2 == b.2 + r)
-                        });
-                    t.interleave.push(ok);
-                }
-                // Each wide group's row: consistent when every source element its taps
-                // read is either read by all of the taps that reach it or by none.
-                let lanes = if tile_lanes >= 64 {
-                    !0
-                } else {
-                    (1u64 << tile_lanes) - 1
-                };
-                for &(first, len, lo) in &t.wide_groups {
-                    let masks = &t.masks[tile * total_taps..(tile + 1) * total_taps];
-                    let shift = |tap: usize| (t.tap_offset[tap] - lo) as u32;
-                    let wide =
-                        (first..first + len).fold(0u64, |m, tap| m | masks[tap] << shift(tap));
-                    let ok =
-                        (first..first + len).all(|tap| (wide >> shift(tap)) & lanes == masks[tap]);
-                    t.wide_masks.push(ok.then_some(wide));
-                }
+                t.live.extend(std::iter::repeat_n(0, phases));
+                t.masks.extend(std::iter::repeat_n(0, t.tap_offset.len()));
+                t.tile_lanes_of(spec, &grid, (tile, tile_lanes.min(hi - f0)), &mut coords);
+                t.store_runs(tile, phases);
+                t.interleaves(tile, phases);
+                t.wide_rows(tile);
             }
             t.chunk_tiles.push(t.tile_start.len());
         }
         t
+    }
+
+    /// Every per-tile vector reserved for `n_tiles` tiles of `phases` phases in `chunks`
+    /// chunks.
+    fn reserve(&mut self, n_tiles: usize, phases: usize, chunks: usize) {
+        self.tile_start.reserve_exact(n_tiles);
+        self.out_base.reserve_exact(n_tiles * self.tile_lanes);
+        self.live.reserve_exact(n_tiles * phases);
+        self.masks.reserve_exact(n_tiles * self.tap_offset.len());
+        self.run_start.reserve_exact(n_tiles * phases + 1);
+        self.runs.reserve(n_tiles * phases);
+        self.interleave
+            .reserve_exact(n_tiles * phases.div_ceil(self.group_size.max(1)));
+        self.wide_masks
+            .reserve_exact(n_tiles * self.wide_groups.len());
+        self.chunk_tiles.reserve_exact(chunks + 1);
+    }
+
+    /// Tile `tile`'s first `lanes` lanes (`coords`: scratch of one per axis): each one's output offset, each phase's live lanes
+    /// and each tap's lanes that read inside the source. The lanes go in runs along one
+    /// source row (lane by lane, the divisions and per-tap tests took 73 % of vnet3d's
+    /// 0.31 ms plan): the outer coordinates are fixed in a run, and each phase's live lanes
+    /// and each tap's inside lanes are one range of it.
+    fn tile_lanes_of(
+        &mut self,
+        spec: &DirectSpec,
+        grid: &Grid,
+        (tile, lanes): (usize, usize),
+        coords: &mut [usize],
+    ) {
+        let (tile_lanes, total_taps, phases) =
+            (self.tile_lanes, self.tap_offset.len(), spec.phases.len());
+        let f0 = self.tile_start[tile];
+        let dims = grid.src_ext.len();
+        let last = dims - 1;
+        for (a, c) in coords.iter_mut().enumerate() {
+            *c = (f0 / spec.pitches[a]) % grid.src_ext[a];
+        }
+        let mut l = 0;
+        while l < lanes {
+            let col = coords[last];
+            let seg = (grid.src_ext[last] - col).min(lanes - l);
+            let outer: usize = (0..last)
+                .map(|a| coords[a] * spec.out_stride[a] * grid.out_pitch[a])
+                .sum();
+            let step = spec.out_stride[last] * grid.out_pitch[last];
+            for j in 0..seg {
+                self.out_base[tile * tile_lanes + l + j] = outer + (col + j) * step;
+            }
+            let mut tap = 0;
+            for (pi, p) in spec.phases.iter().enumerate() {
+                let outer_live = (0..last).all(|a| coords[a] < p.extents[a]);
+                // Lanes `l + j` with `col + j < extent`.
+                let live = if outer_live {
+                    p.extents[last].saturating_sub(col).min(seg)
+                } else {
+                    0
+                };
+                self.live[tile * phases + pi] |= lane_range(l, l + live);
+                for ts in &p.taps {
+                    let outer_inside = (0..last).all(|a| {
+                        let s = coords[a] as isize + ts.shift[a];
+                        s >= 0 && (s as usize) < ts.valid[a]
+                    });
+                    // Live lanes with `0 <= col + j + shift < valid`.
+                    let from = (-ts.shift[last] - col as isize).max(0);
+                    let to = (ts.valid[last] as isize - ts.shift[last] - col as isize)
+                        .min(live as isize);
+                    if outer_inside && to > from {
+                        self.masks[tile * total_taps + tap] |=
+                            lane_range(l + from as usize, l + to as usize);
+                    }
+                    tap += 1;
+                }
+            }
+            l += seg;
+            let mut a = last;
+            coords[a] += seg;
+            while a > 0 && coords[a] == grid.src_ext[a] {
+                coords[a] = 0;
+                a -= 1;
+                coords[a] += 1;
+            }
+        }
+    }
+
+    /// Tile `tile`'s store runs of each phase: its live lanes, joined where the next lane's
+    /// output is one last-axis stride further (`follows`, the same for every phase).
+    fn store_runs(&mut self, tile: usize, phases: usize) {
+        let tile_lanes = self.tile_lanes;
+        let base = &self.out_base[tile * tile_lanes..(tile + 1) * tile_lanes];
+        let follows = (0..tile_lanes.saturating_sub(1))
+            .filter(|&l| base[l + 1] == base[l] + self.last_stride)
+            .fold(0u64, |m, l| m | 1 << l);
+        for pi in 0..phases {
+            let live = self.live[tile * phases + pi];
+            let joined = live & (live >> 1) & follows;
+            let off = self.phase_offset[pi];
+            let mut left = live;
+            while left != 0 {
+                let first = left.trailing_zeros() as usize;
+                let len = (joined >> first).trailing_ones() as usize + 1;
+                self.runs.push((first, len, base[first] + off));
+                left &= !lane_range(first, first + len);
+            }
+            self.run_start.push(self.runs.len());
+        }
+    }
+
+    /// Whether each group of tile `tile`'s phases can be stored interleaved: identical runs,
+    /// offset by their last-axis residue.
+    fn interleaves(&mut self, tile: usize, phases: usize) {
+        let group_size = self.group_size;
+        for first in (0..phases).step_by(group_size) {
+            let runs_of = |pi: usize| {
+                let i = tile * phases + pi;
+                &self.runs[self.run_start[i]..self.run_start[i + 1]]
+            };
+            let r0 = runs_of(first);
+            let ok = group_size > 1
+                && first + group_size <= phases
+                && !r0.is_empty()
+                && (1..group_size).all(|r| {
+                    let rr = runs_of(first + r);
+                    rr.len() == r0.len()
+                        && rr
+                            .iter()
+                            .zip(r0)
+                            .all(|(a, b)| a.0 == b.0 && a.1 == b.1 && a.2 == b.2 + r)
+                });
+            self.interleave.push(ok);
+        }
+    }
+
+    /// Each wide group's row for tile `tile`: consistent when every source element its taps
+    /// read is either read by all of the taps that reach it or by none.
+    fn wide_rows(&mut self, tile: usize) {
+        let total_taps = self.tap_offset.len();
+        let lanes = lane_range(0, self.tile_lanes);
+        for &(first, len, lo) in &self.wide_groups {
+            let masks = &self.masks[tile * total_taps..(tile + 1) * total_taps];
+            let shift = |tap: usize| (self.tap_offset[tap] - lo) as u32;
+            let wide = (first..first + len).fold(0u64, |m, tap| m | masks[tap] << shift(tap));
+            let ok = (first..first + len).all(|tap| (wide >> shift(tap)) & lanes == masks[tap]);
+            self.wide_masks.push(ok.then_some(wide));
+        }
     }
 
     /// The wide groups of phase `pi` and, for `tile`, their row masks (see `wide_masks`).
