@@ -22,133 +22,20 @@ impl<T: Element> Winograd<T> {
     ) -> Option<Winograd<T>> {
         let (transforms, phases, out_stride, in_stride) = decompose(g)?;
         let dims = g.axes.len();
-        let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
         // The GEMMs' reduction: (source, input channel).
-        let kdim = most_sources(&phases) * cin_g;
-        let blocks = cout_g.div_ceil(mr);
+        let kdim = most_sources(&phases) * g.in_per_group();
         let points: usize = transforms.iter().map(|t| t.alpha).product();
-        let taps: usize = transforms.iter().map(|t| t.r).product();
-        // Per point, its `(tap, coefficient)` terms of `G ⊗ … ⊗ G`, in the element type.
-        let gterms: Vec<Vec<(usize, T)>> = terms(&transforms, |t| (t.g.as_slice(), t.alpha, t.r));
-        let kshape = g.kernel_shape();
-        let kpitch = pitches_of(&kshape);
-        let ksize = numel(&kshape);
         let live: Vec<&Phase> = phases.iter().filter(|p| p.live()).collect();
-        // Packed as [group][block][live phase][point][(source, ci)][mr]: one contiguous
-        // unit per (group, block), packed in parallel.
-        let unit = live.len() * points * kdim * mr;
-        let units = g.groups * blocks;
-        let rs: Vec<usize> = transforms.iter().map(|t| t.r).collect();
-        // Flat kernel index of each tap of each source of each live phase (row-major over
-        // its taps).
-        let kflat: Vec<Vec<Vec<usize>>> = live
-            .iter()
-            .map(|p| {
-                p.sources
-                    .iter()
-                    .map(|src| {
-                        let mut k = Vec::with_capacity(taps);
-                        for_each_index(&rs, |j| {
-                            k.push(
-                                (0..dims)
-                                    .map(|a| src.kidx[a][j[a]] * kpitch[a])
-                                    .sum::<usize>(),
-                            );
-                        });
-                        k
-                    })
-                    .collect()
-            })
-            .collect();
-        // Weight index of (ci, co) for channel offsets within the group.
-        let (ci_step, co_step) = match g.op {
-            Op::ConvTranspose => (cout_g * ksize, ksize),
-            Op::Conv => (ksize, cin_g * ksize),
+        let kflat = kernel_taps(g, &transforms, &live);
+        let packing = Packing {
+            g,
+            transforms: &transforms,
+            kflat: &kflat,
+            mr,
+            kdim,
+            isa,
         };
-        let per_phase = points * kdim * mr;
-        let identity: Vec<usize> = (0..ksize).collect();
-        // One (source, point) run of U: `C_in/g × mr` values, contiguous in the packing.
-        let run = cin_g * mr;
-        // What the packing depends on besides `w`: the channel layout, the tile's rows, the
-        // transforms (and the ISA computing them) and every live phase's sources' taps.
-        let key = || {
-            let mut key = vec![
-                2, // this packing
-                g.op as usize,
-                g.groups,
-                cin_g,
-                cout_g,
-                ksize,
-                mr,
-                isa as usize,
-                kdim,
-            ];
-            key.extend(transforms.iter().flat_map(|t| [t.m, t.r]));
-            for sources in &kflat {
-                key.push(sources.len());
-                for k in sources {
-                    key.push(k.len());
-                    key.extend(k);
-                }
-            }
-            key
-        };
-        // A pooled buffer holds stale values (zero-filling and page-faulting 19.5 MB afresh
-        // took 5-6 % of dcgan1's input gradient): every value is written below.
-        let pack = || {
-            let mut packed = if pooled {
-                scratch::take::<T>(units * unit)
-            } else {
-                scratch::owned::<T>(units * unit)
-            };
-            crate::fast::direct::run_chunks(threads, &mut packed, unit, |k, dst| {
-                let (group, b) = (k / blocks, k % blocks);
-                let rows = mr.min(cout_g - b * mr);
-                let first = match g.op {
-                    Op::ConvTranspose => group * cin_g * cout_g * ksize,
-                    Op::Conv => group * cout_g * cin_g * ksize,
-                } + b * mr * co_step;
-                // The block's kernels as `wk[tap position][ci][mm]` (zero past the last output
-                // channel), each weight read once: every U run of a (phase, source, point) is
-                // then a combination of whole runs of `wk`, one vectorised pass each.
-                let mut wk = vec![T::zero(); ksize * run];
-                let kernels = crate::fast::pack::BlockKernels {
-                    w,
-                    base: first,
-                    ci_step,
-                    co_step,
-                    ksize,
-                    live: rows,
-                    cin: cin_g,
-                    mr,
-                };
-                kernels.by_tap(&identity, &mut wk, run);
-                let terms = KernelTerms {
-                    kflat: &kflat,
-                    gterms: &gterms,
-                    wk: &wk,
-                    run,
-                    per_phase,
-                    kdim,
-                    cin: cin_g,
-                    mr,
-                };
-                transform_kernels(isa, &terms, dst);
-                // The sources a phase lacks (fewer than the most a phase has), if any: zeros.
-                // (No such decomposition turned up in a sweep of 1-D geometries, kernels
-                // 1-6, strides 1-4, dilations 1-3, pads 0-3 at each end, both ops; this
-                // keeps a stale pooled buffer harmless should one exist.)
-                for (pi, sources) in kflat.iter().enumerate() {
-                    for xi in 0..points {
-                        let at = pi * per_phase + xi * kdim * mr;
-                        dst[at + sources.len() * run..at + kdim * mr].fill(T::zero());
-                    }
-                }
-            });
-            packed
-        };
-        let bytes = |p: &scratch::Scratch<T>| p.len() * std::mem::size_of::<T>();
-        let packed = PackCache::get_or_pack(packs, key, pack, bytes);
+        let packed = packing.packed(w, (threads, pooled), packs);
         let Sizing {
             batch_chunk,
             band_tiles,
@@ -180,7 +67,7 @@ impl<T: Element> Winograd<T> {
             phases,
             out_stride,
             points,
-            blocks,
+            blocks: g.out_per_group().div_ceil(mr),
             packed,
             band_tiles,
             batch_chunk,
@@ -237,6 +124,165 @@ impl<T: Element> Winograd<T> {
     /// Phases with taps.
     pub fn live_phases(&self) -> usize {
         self.phases.iter().filter(|p| p.live()).count()
+    }
+}
+
+/// Flat kernel index of each tap of each source of each live phase (row-major over its
+/// taps).
+fn kernel_taps(g: &Geometry, transforms: &[Transform], live: &[&Phase]) -> Vec<Vec<Vec<usize>>> {
+    let kpitch = pitches_of(&g.kernel_shape());
+    let rs: Vec<usize> = transforms.iter().map(|t| t.r).collect();
+    let taps: usize = rs.iter().product();
+    live.iter()
+        .map(|p| {
+            p.sources
+                .iter()
+                .map(|src| {
+                    let mut k = Vec::with_capacity(taps);
+                    for_each_index(&rs, |j| {
+                        k.push(
+                            (0..g.axes.len())
+                                .map(|a| src.kidx[a][j[a]] * kpitch[a])
+                                .sum::<usize>(),
+                        );
+                    });
+                    k
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// How a plan's weights are transformed and packed: `U = G g Gᵀ` per live phase, source
+/// and point, as `[group][block][live phase][point][(source, ci)][mr]`, one contiguous unit
+/// per (group, block).
+struct Packing<'a> {
+    g: &'a Geometry,
+    transforms: &'a [Transform],
+    /// The live phases' taps ([`kernel_taps`]).
+    kflat: &'a [Vec<Vec<usize>>],
+    mr: usize,
+    /// The GEMMs' reduction: the most sources of a phase times `C_in/g`.
+    kdim: usize,
+    isa: Isa,
+}
+
+impl Packing<'_> {
+    /// What the packing depends on besides `w`: the channel layout, the tile's rows, the
+    /// transforms (and the ISA computing them) and every live phase's sources' taps.
+    fn key(&self) -> Vec<usize> {
+        let g = self.g;
+        let mut key = vec![
+            2, // this packing
+            g.op as usize,
+            g.groups,
+            g.in_per_group(),
+            g.out_per_group(),
+            numel(&g.kernel_shape()),
+            self.mr,
+            self.isa as usize,
+            self.kdim,
+        ];
+        key.extend(self.transforms.iter().flat_map(|t| [t.m, t.r]));
+        for sources in self.kflat {
+            key.push(sources.len());
+            for k in sources {
+                key.push(k.len());
+                key.extend(k);
+            }
+        }
+        key
+    }
+
+    /// The packed transformed weights of `w`, from `packs` where it holds them (else packed
+    /// on `threads` threads, and kept there); into a pooled scratch buffer where `pooled`.
+    fn packed<T: Element>(
+        &self,
+        w: &[T],
+        (threads, pooled): (usize, bool),
+        packs: Option<&PackCache>,
+    ) -> std::sync::Arc<scratch::Scratch<T>> {
+        let bytes = |p: &scratch::Scratch<T>| p.len() * std::mem::size_of::<T>();
+        PackCache::get_or_pack(
+            packs,
+            || self.key(),
+            || self.pack(w, threads, pooled),
+            bytes,
+        )
+    }
+
+    /// Transform and pack `w`. A pooled buffer holds stale values (zero-filling and
+    /// page-faulting 19.5 MB afresh took 5-6 % of dcgan1's input gradient): every value is
+    /// written.
+    fn pack<T: Element>(&self, w: &[T], threads: usize, pooled: bool) -> scratch::Scratch<T> {
+        let (g, mr, kdim, kflat) = (self.g, self.mr, self.kdim, self.kflat);
+        let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
+        let blocks = cout_g.div_ceil(mr);
+        let points: usize = self.transforms.iter().map(|t| t.alpha).product();
+        let ksize = numel(&g.kernel_shape());
+        // Per point, its `(tap, coefficient)` terms of `G ⊗ … ⊗ G`, in the element type.
+        let gterms: Vec<Vec<(usize, T)>> =
+            terms(self.transforms, |t| (t.g.as_slice(), t.alpha, t.r));
+        let unit = kflat.len() * points * kdim * mr;
+        // Weight index of (ci, co) for channel offsets within the group.
+        let (ci_step, co_step) = match g.op {
+            Op::ConvTranspose => (cout_g * ksize, ksize),
+            Op::Conv => (ksize, cin_g * ksize),
+        };
+        let per_phase = points * kdim * mr;
+        let identity: Vec<usize> = (0..ksize).collect();
+        // One (source, point) run of U: `C_in/g × mr` values, contiguous in the packing.
+        let run = cin_g * mr;
+        let mut packed = if pooled {
+            scratch::take::<T>(g.groups * blocks * unit)
+        } else {
+            scratch::owned::<T>(g.groups * blocks * unit)
+        };
+        crate::fast::direct::run_chunks(threads, &mut packed, unit, |k, dst| {
+            let (group, b) = (k / blocks, k % blocks);
+            let rows = mr.min(cout_g - b * mr);
+            let first = match g.op {
+                Op::ConvTranspose => group * cin_g * cout_g * ksize,
+                Op::Conv => group * cout_g * cin_g * ksize,
+            } + b * mr * co_step;
+            // The block's kernels as `wk[tap position][ci][mm]` (zero past the last output
+            // channel), each weight read once: every U run of a (phase, source, point) is
+            // then a combination of whole runs of `wk`, one vectorised pass each.
+            let mut wk = vec![T::zero(); ksize * run];
+            let kernels = crate::fast::pack::BlockKernels {
+                w,
+                base: first,
+                ci_step,
+                co_step,
+                ksize,
+                live: rows,
+                cin: cin_g,
+                mr,
+            };
+            kernels.by_tap(&identity, &mut wk, run);
+            let terms = KernelTerms {
+                kflat,
+                gterms: &gterms,
+                wk: &wk,
+                run,
+                per_phase,
+                kdim,
+                cin: cin_g,
+                mr,
+            };
+            transform_kernels(self.isa, &terms, dst);
+            // The sources a phase lacks (fewer than the most a phase has), if any: zeros.
+            // (No such decomposition turned up in a sweep of 1-D geometries, kernels
+            // 1-6, strides 1-4, dilations 1-3, pads 0-3 at each end, both ops; this
+            // keeps a stale pooled buffer harmless should one exist.)
+            for (pi, sources) in kflat.iter().enumerate() {
+                for xi in 0..points {
+                    let at = pi * per_phase + xi * kdim * mr;
+                    dst[at + sources.len() * run..at + kdim * mr].fill(T::zero());
+                }
+            }
+        });
+        packed
     }
 }
 
