@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use ndarray::{ArrayD, IxDyn};
 use serde_json::Value;
-use tconv::{ConvParams, Geometry, Op, Plan, PlanOptions};
+use tconv::{ConvParams, Element, Geometry, Op, Plan, PlanOptions};
 
 use crate::args::{parse_list, List};
 
@@ -84,9 +84,22 @@ pub struct BenchArgs {
     #[arg(long, value_parser = parse_list)]
     pub tile: Option<List>,
     /// FMA peak per core in GFLOP/s for the "% of peak" column (default: measured on this
-    /// machine at start, 40-50 ms, for the instruction set the plans use).
+    /// machine at start, 40-50 ms, for the instruction set the plans use; for float64 half
+    /// the float32 figure, a vector holding half as many lanes).
     #[arg(long)]
     pub peak_gflops: Option<f64>,
+    /// Element type of the tensors.
+    #[arg(long, value_enum, default_value = "float32")]
+    pub dtype: Dtype,
+}
+
+/// Element types `tconv bench` times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Dtype {
+    /// f32, as the suite's reference timings.
+    Float32,
+    /// f64.
+    Float64,
 }
 
 /// Passes to time.
@@ -182,13 +195,14 @@ pub fn parse_suite(text: &str) -> Result<Vec<Layer>> {
         .collect()
 }
 
-fn random(shape: &[usize], seed: u64) -> ArrayD<f32> {
+fn random<T: Element>(shape: &[usize], seed: u64) -> ArrayD<T> {
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     ArrayD::from_shape_fn(IxDyn(shape), |_| {
         s ^= s << 13;
         s ^= s >> 7;
         s ^= s << 17;
-        ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        let v = ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0;
+        T::from(v).unwrap_or_else(T::zero)
     })
 }
 
@@ -217,8 +231,8 @@ pub const REPLAN_SHAPES: usize = 8;
 
 /// The median time for a layer that has planned `input` to plan each of
 /// [`REPLAN_SHAPES`] longer inputs.
-fn time_replan(
-    w: &ArrayD<f32>,
+fn time_replan<T: Element>(
+    w: &ArrayD<T>,
     input: &[usize],
     params: &tconv::ConvParams,
     opts: &PlanOptions,
@@ -238,9 +252,14 @@ fn time_replan(
     Ok(timed.0)
 }
 
-fn time_plan(plan: &Plan<f32>, x: &ArrayD<f32>, warmup: usize, runs: usize) -> Result<(f64, f64)> {
+fn time_plan<T: Element>(
+    plan: &Plan<T>,
+    x: &ArrayD<T>,
+    warmup: usize,
+    runs: usize,
+) -> Result<(f64, f64)> {
     let xs = x.as_slice().context("contiguous input")?;
-    let mut y = vec![0.0f32; plan.geometry().output_shape().iter().product()];
+    let mut y = vec![T::zero(); plan.geometry().output_shape().iter().product()];
     time_fn(
         || {
             plan.run(xs, None, &mut y);
@@ -251,16 +270,23 @@ fn time_plan(plan: &Plan<f32>, x: &ArrayD<f32>, warmup: usize, runs: usize) -> R
     )
 }
 
-/// Time one layer (and optionally its conv) with the given options.
+/// Time one layer (and optionally its conv) with the given options, in `a.dtype`.
 pub fn time_layer(l: &Layer, a: &BenchArgs, opts: &PlanOptions) -> Result<Vec<Timing>> {
+    match a.dtype {
+        Dtype::Float32 => time_layer_in::<f32>(l, a, opts),
+        Dtype::Float64 => time_layer_in::<f64>(l, a, opts),
+    }
+}
+
+fn time_layer_in<T: Element>(l: &Layer, a: &BenchArgs, opts: &PlanOptions) -> Result<Vec<Timing>> {
     let dims = l.kernel.len();
     let g = l.params.groups.max(1);
     let mut w_shape = vec![l.input[1], l.c_out / g];
     w_shape.extend(&l.kernel);
     // The shapes checked (sizes within the limit) before any tensor is allocated.
     Geometry::new(Op::ConvTranspose, &l.input, &w_shape, None, &l.params)?;
-    let w = random(&w_shape, 2);
-    let x = random(&l.input, 1);
+    let w = random::<T>(&w_shape, 2);
+    let x = random::<T>(&l.input, 1);
     // For the forward rows only, and before the plan below is built: a Layer's packings
     // and that plan's are not held at once (dcgan1's are 19.5-26 MB each).
     let replan_ms = (a.pass != Pass::Backward)
@@ -294,7 +320,7 @@ pub fn time_layer(l: &Layer, a: &BenchArgs, opts: &PlanOptions) -> Result<Vec<Ti
         });
     }
     if a.pass != Pass::Forward {
-        let gy = random(&geometry.output_shape(), 4);
+        let gy = random::<T>(&geometry.output_shape(), 4);
         for (suffix, wanted) in [
             (
                 "grad_input",
@@ -361,7 +387,7 @@ pub fn time_layer(l: &Layer, a: &BenchArgs, opts: &PlanOptions) -> Result<Vec<Ti
         p.output_padding = vec![0; dims];
         let yshape = geometry.output_shape();
         let plan = Plan::new(Op::Conv, &yshape, &w, None, &p, opts)?;
-        let xc = random(&yshape, 3);
+        let xc = random::<T>(&yshape, 3);
         let (median_ms, min_ms) = time_plan(&plan, &xc, a.warmup, a.runs)?;
         out.push(Timing {
             name: format!("{}:conv", l.name),
@@ -495,6 +521,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let peak_per_core = match a.peak_gflops {
         Some(p) if p.is_finite() && p > 0.0 => p,
         Some(p) => bail!("--peak-gflops must be a positive number of GFLOP/s (got {p})"),
+        None if a.dtype == Dtype::Float64 => tconv::fast::isa::fma_peak_gflops(isa) / 2.0,
         None => tconv::fast::isa::fma_peak_gflops(isa),
     };
     if !a.json {
@@ -503,7 +530,11 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         } else {
             "measured"
         };
-        println!("FMA peak: {peak_per_core:.1} GFLOP/s per core ({isa}, {how})");
+        let dtype = match a.dtype {
+            Dtype::Float32 => "float32",
+            Dtype::Float64 => "float64",
+        };
+        println!("FMA peak: {peak_per_core:.1} GFLOP/s per core ({isa}, {dtype}, {how})");
         println!(
             "{:<18} {:>7} {:>8} {:>10} {:>10} {:>9} {:>7} {:>8} {:>9}  algorithm",
             "layer",
@@ -529,6 +560,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                     "algorithm": t.algorithm,
                     "workspace_bytes": t.workspace_bytes, "runs": a.runs,
                     "plan_ms": t.plan_ms, "replan_ms": t.replan_ms,
+                    "dtype": match a.dtype { Dtype::Float32 => "float32", Dtype::Float64 => "float64" },
                 });
                 println!("{obj}");
             } else {

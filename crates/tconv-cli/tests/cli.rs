@@ -708,6 +708,41 @@ fn bench_and_plan_report_what_outside_checks_read() {
     );
     let o = tconv(&["bench", "--layer", "dcgan4", "--peak-gflops=-3"]);
     expect_usage_error(&o, "--peak-gflops must be a positive number");
+    // float64: the same layer in f64, both passes, its peak half the float32 one.
+    let o = tconv(&[
+        "bench",
+        "--layer",
+        "dcgan4",
+        "--dtype",
+        "float64",
+        "--pass",
+        "both",
+        "--json",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+        "--peak-gflops",
+        "50",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let rows: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "dcgan4",
+            "dcgan4:grad_input",
+            "dcgan4:grad_weight",
+            "dcgan4:backward"
+        ]
+    );
+    assert!(rows.iter().all(|r| r["dtype"] == "float64"), "{rows:?}");
+    let o = tconv(&["bench", "--layer", "dcgan4", "--dtype", "float16"]);
+    expect_usage_error(&o, "float16");
     let o = tconv(&[
         "bench",
         "--input",

@@ -276,7 +276,7 @@ fn depthwise_taps_backward<T: Element>(
         ..
     } = Sizes::of(g);
     // As the planner decides for the conv alone.
-    let isa = options.isa_for::<T>();
+    let isa = options.isa_for::<T>().loops_for::<T>();
     let threads = options.threads_for(g);
     let taps = TapRows::new(g);
     let mut gx = vec![T::zero(); g.batch * a_ch * small_size];

@@ -65,9 +65,10 @@ impl Element for f64 {
         mr: usize,
         v: usize,
     ) -> Option<crate::fast::kernels::KernelFn<f64>> {
-        // f64 runs the portable kernels.
+        // f64 runs the portable kernels' layout (its plans are `Scalar`), compiled for the
+        // CPU's vectors where it has them.
         if isa == crate::fast::Isa::Scalar {
-            crate::fast::kernels::portable(mr, v)
+            crate::fast::kernels::f64_kernel(mr, v)
         } else {
             None
         }

@@ -117,7 +117,7 @@ impl<T: Element> DepthwiseRows<T> {
         let mut rows = DepthwiseRows {
             spec,
             weight: w.to_vec(),
-            isa,
+            isa: isa.loops_for::<T>(),
             margin,
             padded_len,
             tap_range,

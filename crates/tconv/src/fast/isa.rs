@@ -65,6 +65,18 @@ impl Isa {
             .unwrap_or(Isa::Scalar)
     }
 
+    /// The instruction set the generic loops over `T` (row engines, dot products) are
+    /// compiled for in a plan of `self`: `self`, except for f64 on `Scalar` (f64 plans are
+    /// `Scalar`, the layout of the portable kernels, as it has no kernels of its own), whose
+    /// loops take the best path on this CPU that `TCONV_ISA` allows.
+    pub fn loops_for<T: 'static>(self) -> Isa {
+        if self == Isa::Scalar && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f64>() {
+            Isa::detect()
+        } else {
+            self
+        }
+    }
+
     /// The best path on this CPU, or the one `TCONV_ISA` asks for.
     pub fn detect() -> Isa {
         match std::env::var("TCONV_ISA")

@@ -91,6 +91,19 @@ fn portable_kernel<T: Element, const MR: usize, const V: usize>(
     out: &mut [T],
     accumulate: bool,
 ) {
+    portable_body::<T, MR, V, false>(a, b, rows, out, accumulate)
+}
+
+/// The portable kernel's body; with `FUSED`, each product added by one fused multiply-add
+/// (one rounding: an instruction where FMA is enabled, a library call elsewhere).
+#[inline(always)]
+fn portable_body<T: Element, const MR: usize, const V: usize, const FUSED: bool>(
+    a: &[T],
+    b: &[T],
+    rows: Rows,
+    out: &mut [T],
+    accumulate: bool,
+) {
     const L: usize = 8;
     let (op, out_ok) = rows.out_fit(out.len(), MR, V * L);
     assert!(
@@ -111,7 +124,11 @@ fn portable_kernel<T: Element, const MR: usize, const V: usize>(
         for m in 0..MR {
             for v in 0..V {
                 for l in 0..L {
-                    acc[m][v][l] = acc[m][v][l] + am[m] * bk[v * L + l];
+                    acc[m][v][l] = if FUSED {
+                        am[m].mul_add(bk[v * L + l], acc[m][v][l])
+                    } else {
+                        acc[m][v][l] + am[m] * bk[v * L + l]
+                    };
                 }
             }
         }
@@ -120,6 +137,66 @@ fn portable_kernel<T: Element, const MR: usize, const V: usize>(
         for v in 0..V {
             out[m * op + v * L..m * op + (v + 1) * L].copy_from_slice(&acc[m][v]);
         }
+    }
+}
+
+/// f64 kernels: the portable kernel's layout (8 lanes per "vector", the tiles of
+/// [`tile_shapes`]`(Isa::Scalar)`) compiled for AVX-512F or AVX2 and FMA, each product one
+/// fused multiply-add. 8 f64 lanes are one AVX-512 register (two AVX2 ones).
+#[cfg(target_arch = "x86_64")]
+mod f64x {
+    use super::{portable_body, Rows};
+
+    /// # Safety
+    /// AVX-512F available.
+    #[target_feature(enable = "avx512f,fma")]
+    unsafe fn avx512_body<const MR: usize, const V: usize>(
+        a: &[f64],
+        b: &[f64],
+        rows: Rows,
+        out: &mut [f64],
+        accumulate: bool,
+    ) {
+        portable_body::<f64, MR, V, true>(a, b, rows, out, accumulate)
+    }
+
+    /// # Safety
+    /// AVX2 and FMA available.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn avx2_body<const MR: usize, const V: usize>(
+        a: &[f64],
+        b: &[f64],
+        rows: Rows,
+        out: &mut [f64],
+        accumulate: bool,
+    ) {
+        portable_body::<f64, MR, V, true>(a, b, rows, out, accumulate)
+    }
+
+    /// The AVX-512 f64 kernel (checks the CPU; the body checks the operands).
+    pub fn avx512<const MR: usize, const V: usize>(
+        a: &[f64],
+        b: &[f64],
+        rows: Rows,
+        out: &mut [f64],
+        accumulate: bool,
+    ) {
+        assert!(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma"));
+        // Safety: the features were just checked.
+        unsafe { avx512_body::<MR, V>(a, b, rows, out, accumulate) }
+    }
+
+    /// The AVX2 f64 kernel (checks the CPU; the body checks the operands).
+    pub fn avx2<const MR: usize, const V: usize>(
+        a: &[f64],
+        b: &[f64],
+        rows: Rows,
+        out: &mut [f64],
+        accumulate: bool,
+    ) {
+        assert!(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"));
+        // Safety: the features were just checked.
+        unsafe { avx2_body::<MR, V>(a, b, rows, out, accumulate) }
     }
 }
 
@@ -327,6 +404,29 @@ pub fn portable<T: Element>(mr: usize, v: usize) -> Option<KernelFn<T>> {
         |M, W| portable_kernel::<T, M, W> as KernelFn<T>,
         [(6, 2), (3, 3), (12, 1), (8, 1), (2, 4), (1, 4)]
     )
+}
+
+/// An f64 kernel for a tile shape of the portable layout: compiled for the best of AVX-512F
+/// and AVX2 with FMA that this CPU has and `TCONV_ISA` allows (fused multiply-adds), else the
+/// portable one.
+pub fn f64_kernel(mr: usize, v: usize) -> Option<KernelFn<f64>> {
+    match Isa::detect() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => table!(
+            mr,
+            v,
+            |M, W| f64x::avx512::<M, W> as KernelFn<f64>,
+            [(6, 2), (3, 3), (12, 1), (8, 1), (2, 4), (1, 4)]
+        ),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => table!(
+            mr,
+            v,
+            |M, W| f64x::avx2::<M, W> as KernelFn<f64>,
+            [(6, 2), (3, 3), (12, 1), (8, 1), (2, 4), (1, 4)]
+        ),
+        _ => portable::<f64>(mr, v),
+    }
 }
 
 /// An f32 kernel for `isa` and a tile shape, if instantiated.

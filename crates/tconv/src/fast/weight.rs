@@ -132,9 +132,9 @@ pub fn grad_weight<T: Element>(g: &Geometry, x: &[T], gy: &[T], options: &PlanOp
         return dw;
     }
     if few_channel_pairs(g) {
-        weight_rows::grad_weight(g, s, b, threads, isa, &mut dw);
+        weight_rows::grad_weight(g, s, b, threads, isa.loops_for::<T>(), &mut dw);
     } else if weight_thin::applies(g) {
-        weight_thin::grad_weight(g, s, b, threads, isa, &mut dw);
+        weight_thin::grad_weight(g, s, b, threads, isa.loops_for::<T>(), &mut dw);
     } else if weight_strided::applies::<T>(g, isa) {
         weight_strided::grad_weight(g, s, b, (threads, isa), &mut dw);
     } else {

@@ -7,6 +7,18 @@ use crate::fast::direct::Kernel;
 use crate::tensor::{numel, Element};
 
 impl<T: Element> Plan<T> {
+    /// The instruction set as reported: the plan's, or for f64 (whose plans are `Scalar`,
+    /// the portable kernels' layout of 8-lane vectors; [`Isa::loops_for`] is the only type
+    /// it differs for) the one its loops are compiled for, e.g. `avx512-f64`.
+    fn isa_shown(&self) -> String {
+        let loops = self.isa.loops_for::<T>();
+        if loops == self.isa {
+            self.isa.to_string()
+        } else {
+            format!("{loops}-f64")
+        }
+    }
+
     /// A one-line name for the algorithm and kernel, e.g. `direct/avx512 16x1`.
     pub fn label(&self) -> String {
         match &self.direct {
@@ -20,22 +32,34 @@ impl<T: Element> Plan<T> {
                     "{}/{}/{} {}x{}",
                     self.algorithm.name(),
                     family,
-                    self.isa,
+                    self.isa_shown(),
                     d.mr,
                     d.v
                 )
             }
             None if self.col2im.is_some() => {
                 let c = self.col2im.as_ref().expect("checked");
-                format!("{}/{} {}x{}", self.algorithm.name(), self.isa, c.mr, c.v)
+                format!(
+                    "{}/{} {}x{}",
+                    self.algorithm.name(),
+                    self.isa_shown(),
+                    c.mr,
+                    c.v
+                )
             }
             None if self.im2col.is_some() => {
                 let c = self.im2col.as_ref().expect("checked");
-                format!("im2col/{} {}x{}", self.isa, c.mr, c.v)
+                format!("im2col/{} {}x{}", self.isa_shown(), c.mr, c.v)
             }
             None if self.winograd.is_some() => {
                 let c = self.winograd.as_ref().expect("checked");
-                format!("winograd {}/{} {}x{}", c.name(), self.isa, c.mr, c.v)
+                format!(
+                    "winograd {}/{} {}x{}",
+                    c.name(),
+                    self.isa_shown(),
+                    c.mr,
+                    c.v
+                )
             }
             None if self.rows.is_some() => {
                 let family = if self.rows.as_ref().is_some_and(|r| r.by_taps()) {
@@ -43,7 +67,7 @@ impl<T: Element> Plan<T> {
                 } else {
                     "depthwise-rows"
                 };
-                format!("{}/{family}/{}", self.algorithm.name(), self.isa)
+                format!("{}/{family}/{}", self.algorithm.name(), self.isa_shown())
             }
             None => self.algorithm.name().to_string(),
         }
@@ -74,7 +98,10 @@ impl<T: Element> fmt::Display for Plan<T> {
             writeln!(
                 f,
                 "kernel:      {} tile of {} output channels x {} vectors of {} positions",
-                self.isa, d.mr, d.v, d.lanes
+                self.isa_shown(),
+                d.mr,
+                d.v,
+                d.lanes
             )?;
             for (i, p) in d.spec.phases.iter().enumerate().take(8) {
                 writeln!(
@@ -105,7 +132,10 @@ impl<T: Element> fmt::Display for Plan<T> {
             writeln!(
                 f,
                 "kernel:      {} tile of {} rows x {} vectors of {} positions",
-                self.isa, c.mr, c.v, c.lanes
+                self.isa_shown(),
+                c.mr,
+                c.v,
+                c.lanes
             )?;
             writeln!(
                 f,
@@ -121,7 +151,10 @@ impl<T: Element> fmt::Display for Plan<T> {
             writeln!(
                 f,
                 "kernel:      {} tile of {} output channels x {} vectors of {} positions",
-                self.isa, c.mr, c.v, c.lanes
+                self.isa_shown(),
+                c.mr,
+                c.v,
+                c.lanes
             )?;
             writeln!(
                 f,
@@ -136,7 +169,10 @@ impl<T: Element> fmt::Display for Plan<T> {
             writeln!(
                 f,
                 "kernel:      {} tile of {} output channels x {} vectors of {} tiles",
-                self.isa, c.mr, c.v, c.lanes
+                self.isa_shown(),
+                c.mr,
+                c.v,
+                c.lanes
             )?;
             let points: usize = c.transforms.iter().map(|t| t.alpha).product();
             writeln!(
@@ -155,14 +191,14 @@ impl<T: Element> fmt::Display for Plan<T> {
                 writeln!(
                     f,
                     "kernel:      {} depthwise tap vectors, {} channel planes",
-                    self.isa,
+                    self.isa_shown(),
                     g.batch * g.out_channels
                 )?;
             } else {
                 writeln!(
                     f,
                     "kernel:      {} depthwise rows, {} phases, {} channel planes",
-                    self.isa,
+                    self.isa_shown(),
                     r.spec.phases.len(),
                     g.batch * g.out_channels
                 )?;
