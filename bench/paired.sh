@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
 # Paired timing of tconv binaries, alternating round by round on one machine.
 # usage: bench/paired.sh LAYERS THREADS ROUNDS BIN1 BIN2 [BIN...]
-#   env RUNS (runs per `tconv bench` call, default 15), PASS (backward|forward, default backward)
+#   env RUNS (runs per `tconv bench` call, default 15), PASS (backward|forward, default backward),
+#   EXTRA (more `tconv bench` arguments, e.g. "--dtype float64")
 # Prints, per row, each binary's median per round and, for each later binary, BIN1's time
 # over its time (above 1: faster than BIN1) as two figures: the ratio of the medians and
 # the ratio of the minima of each `tconv bench` call, each the median over the rounds.
 set -euo pipefail
 layers=$1; threads=$2; rounds=$3; shift 3
-runs=${RUNS:-15}; pass=${PASS:-backward}
+runs=${RUNS:-15}; pass=${PASS:-backward}; extra=${EXTRA:-}
 for _ in $(seq "$rounds"); do
   for b in "$@"; do
-    "$b" bench --pass "$pass" --layer "$layers" --threads "$threads" --runs "$runs" --json |
+    # shellcheck disable=SC2086 # EXTRA is split into arguments
+    "$b" bench --pass "$pass" --layer "$layers" --threads "$threads" --runs "$runs" --json $extra |
       python3 -c "
 import sys, json
 for line in sys.stdin:

@@ -161,6 +161,22 @@ proptest! {
                 prop_assert_eq!(plan.execute(&x, bv).unwrap(), want.clone(), "{}", plan.label());
             }
         }
+        // f64's own tiles (its kernels compiled for this CPU's vectors), direct and col2im.
+        let (x, w, b) = c.data::<f64>();
+        let bv = b.as_ref().map(|b| b.view());
+        let want = conv_transpose_scatter(&x, &w, bv, &p).unwrap();
+        let shapes = tconv::fast::kernels::tile_shapes_for::<f64>(Isa::Scalar);
+        let (mr, v, _) = shapes[pick % shapes.len()];
+        for algorithm in [Algorithm::Direct, Algorithm::Col2im] {
+            let mut o = options(isa, Some(false), 2);
+            o.tile = Some((mr, v));
+            o.algorithm = Some(algorithm);
+            if algorithm == Algorithm::Col2im {
+                o.inplace = None;
+            }
+            let plan = Plan::new(tconv::Op::ConvTranspose, x.shape(), &w, b.as_ref().map(|b| b.len()), &p, &o).unwrap();
+            prop_assert_eq!(plan.execute(&x, bv).unwrap(), want.clone(), "{}", plan.label());
+        }
     }
 }
 

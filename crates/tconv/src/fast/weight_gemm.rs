@@ -16,7 +16,7 @@
 use std::ops::Range;
 
 use super::direct::run_each;
-use super::kernels::{portable, tile_shapes, KernelFn, Rows};
+use super::kernels::{portable, tile_shapes_for, KernelFn, Rows};
 use super::scratch::{self, Scratch};
 use super::weight::{residues_and_shifts, Sizes};
 use super::weight_pack::{pack_positions, pack_side, transpose_runs, Run8, Side, Tables};
@@ -152,7 +152,7 @@ impl<T: Element> Tile<T> {
         let cost = |m: usize, n: usize, (mr, v, eff): (usize, usize, f32)| {
             (m.div_ceil(mr) * mr * n.div_ceil(v * lanes) * v * lanes) as f32 / eff
         };
-        let (mr, v, s_on_rows) = tile_shapes(isa)
+        let (mr, v, s_on_rows) = tile_shapes_for::<T>(isa)
             .iter()
             .flat_map(|&t| [(t, true), (t, false)])
             .filter(|&((mr, v, _), _)| T::fast_kernel(isa, mr, v).is_some() || isa == Isa::Scalar)

@@ -5,7 +5,7 @@ use crate::error::{fail, ErrorKind, Result};
 use crate::fast::col2im;
 use crate::fast::direct::Kernel;
 use crate::fast::im2col;
-use crate::fast::kernels::{portable, tile_shapes, KernelFn};
+use crate::fast::kernels::{portable, tile_shapes_for, KernelFn};
 use crate::fast::spec::residue_taps;
 use crate::fast::winograd;
 use crate::fast::Isa;
@@ -35,7 +35,7 @@ pub(super) fn gemm_kernel<T: Element>(
     positions: usize,
 ) -> Result<(KernelFn<T>, usize, usize)> {
     let lanes = isa.lanes();
-    let shapes = tile_shapes(isa);
+    let shapes = tile_shapes_for::<T>(isa);
     let (mr, v) = options.tile.unwrap_or_else(|| {
         shapes
             .iter()
@@ -90,7 +90,7 @@ fn winograd_tile<T: Element>(
     let lanes = isa.lanes();
     let positions = numel(&g.output_shape()[2..]).min(winograd::tiles(g)?);
     let rows = g.out_per_group();
-    let mut shapes: Vec<(usize, usize, f32)> = tile_shapes(isa).to_vec();
+    let mut shapes: Vec<(usize, usize, f32)> = tile_shapes_for::<T>(isa).to_vec();
     shapes.sort_by(|a, b| {
         tile_cost(rows, positions, lanes, *a).total_cmp(&tile_cost(rows, positions, lanes, *b))
     });

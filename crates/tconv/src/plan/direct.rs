@@ -4,7 +4,7 @@ use super::choose::{kernel_for, tile_cost, INPLACE_BELOW};
 use super::PlanOptions;
 use crate::error::{fail, ErrorKind, Result};
 use crate::fast::direct::{DirectKernel, TileTable};
-use crate::fast::kernels::tile_shapes;
+use crate::fast::kernels::tile_shapes_for;
 use crate::fast::pack::{pack_key, pack_weights, PackCache};
 use crate::fast::spec::DirectSpec;
 use crate::fast::Isa;
@@ -42,7 +42,7 @@ pub(super) fn kernel<T: Element>(
     let shapes = if inplace {
         crate::fast::inplace::tile_shapes(isa)
     } else {
-        tile_shapes(isa)
+        tile_shapes_for::<T>(isa)
     };
     // Store all last-axis residues of a tile together, in output order: in-place
     // kernels always (measured ~10% faster on fcn_dw), packed kernels at stride 2
