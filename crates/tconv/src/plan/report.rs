@@ -8,7 +8,7 @@ use crate::tensor::{numel, Element};
 
 impl<T: Element> Plan<T> {
     /// The instruction set as reported: the plan's, or for f64 (whose plans are `Scalar`,
-    /// the portable kernels' layout of 8-lane vectors; [`Isa::loops_for`] is the only type
+    /// the portable kernels' layout of 8-lane vectors; [`crate::fast::Isa::loops_for`] is the only type
     /// it differs for) the one its loops are compiled for, e.g. `avx512-f64`.
     fn isa_shown(&self) -> String {
         let loops = self.isa.loops_for::<T>();

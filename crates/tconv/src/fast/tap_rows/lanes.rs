@@ -1,4 +1,4 @@
-//! The in-place loops ([`in_place`](super::in_place)) on f32 vectors: 16 lanes with AVX-512F,
+//! The in-place loops ([`in_place`]) on f32 vectors: 16 lanes with AVX-512F,
 //! 8 with AVX2, each big row read where it lies through masked loads, eight kernel rows at a
 //! time.
 

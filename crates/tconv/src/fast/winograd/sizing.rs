@@ -150,7 +150,7 @@ fn transformed_weight_bytes<T: Element>(
     g.groups * live * points * kdim * rows * std::mem::size_of::<T>()
 }
 
-/// [`sizing`] within `bound`.
+/// [`sizing()`] within `bound`.
 fn sizing_within<T: Element>(
     g: &Geometry,
     transforms: &[Transform],
