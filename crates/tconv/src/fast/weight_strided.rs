@@ -80,65 +80,19 @@ pub(crate) fn grad_weight<T: Element>(
     let (Some(s), Some(b), Some(dw)) = f32s else {
         panic!("the in-place weight gradient is f32 only (see `applies`)");
     };
-    let (a_ch, b_ch) = g.side_channels();
-    let groups = g.groups.max(1);
-    let (a_pg, b_pg) = (a_ch / groups, b_ch / groups);
-    let dims = g.axes.len();
-    let small: Vec<usize> = g.axes.iter().map(|a| a.small(g.op)).collect();
-    let big: Vec<usize> = g.axes.iter().map(|a| a.big(g.op)).collect();
-    let strides: Vec<usize> = g.axes.iter().map(|a| a.stride).collect();
-    let k_shape = g.kernel_shape();
-    let k_size = numel(&k_shape);
-    let (small_size, big_size) = (numel(&small), numel(&big));
+    let w = InPlace::new(g, s, b, lanes(isa));
     assert!(
-        s.len() == g.batch * a_ch * small_size
-            && b.len() == g.batch * b_ch * big_size
-            && dw.len() == a_ch * b_pg * k_size,
+        s.len() == g.batch * w.a_ch * w.small_size
+            && b.len() == g.batch * w.b_ch * w.big_size
+            && dw.len() == w.a_ch * w.b_pg * w.k_size,
         "weight gradient operands of the wrong size"
     );
     if dw.is_empty() {
         return;
     }
-    let tl = lanes(isa);
-    let row_len = small[dims - 1];
-    let small_rows = small_size / row_len.max(1);
-    let big_pitch: Vec<usize> = (0..dims).map(|a| big[a + 1..].iter().product()).collect();
-    // Per small row (all axes but the last) and tap: where the tap's run starts in a big
-    // plane; along the run, values `s_last` apart.
-    let step = strides[dims - 1];
-    let taps: Vec<Vec<usize>> = positions(&k_shape[..dims - 1]).collect();
-    let run_start: Vec<usize> = positions(&small[..dims - 1])
-        .flat_map(|p| {
-            let big_pitch = &big_pitch;
-            let strides = &strides;
-            taps.iter().map(move |k| {
-                (0..dims - 1)
-                    .map(|a| (strides[a] * p[a] + k[a]) * big_pitch[a])
-                    .sum::<usize>()
-            })
-        })
-        .collect();
-    // Chunks of the reduction within an image: whole rows, or pieces of one long row.
-    let (rows_per, seg) = if row_len <= CHUNK {
-        ((CHUNK / row_len).max(1), row_len)
-    } else {
-        (1, CHUNK)
-    };
-    let chunks: Vec<(usize, usize, usize)> = (0..small_rows)
-        .step_by(rows_per)
-        .flat_map(|r0| (0..row_len).step_by(seg).map(move |j0| (r0, j0)))
-        .map(|(r0, j0)| (r0, (r0 + rows_per).min(small_rows), j0))
-        .collect();
-    // The tile's rows are (big-side channel, last-axis tap) pairs: the taps of one channel
-    // read neighbouring values (with two taps, six rows touch three planes' lines).
-    let k_last = step;
-    let pairs = b_pg * k_last;
-    let outer_taps = taps.len();
-    let (a_blocks, b_blocks) = (a_pg.div_ceil(tl), pairs.div_ceil(MR));
-    let tile = MR * tl;
-    let row_w = b_pg * k_size;
-
     // Tasks: (group, range of `a` blocks), one per thread.
+    let (groups, tl, row_w) = (g.groups.max(1), w.tl, w.row_w);
+    let a_blocks = w.a_pg.div_ceil(tl);
     let splits = threads.div_ceil(groups).clamp(1, a_blocks.max(1));
     let per_split = a_blocks.div_ceil(splits);
     let mut parts: Vec<(usize, usize, &mut [f32])> = Vec::new();
@@ -146,77 +100,204 @@ pub(crate) fn grad_weight<T: Element>(
     for group in 0..groups {
         for blk0 in (0..a_blocks).step_by(per_split) {
             let lo = blk0 * tl;
-            let hi = ((blk0 + per_split) * tl).min(a_pg);
+            let hi = ((blk0 + per_split) * tl).min(w.a_pg);
             let (part, tail) = std::mem::take(&mut rest).split_at_mut((hi - lo) * row_w);
             rest = tail;
             parts.push((group, blk0, part));
         }
     }
-    // The small side is packed at its own positions, `[q][tl]` per block of channels.
-    let identity = Tables::new::<f32>(vec![(0..small_size).collect()], 1, tl);
-    let run = |(group, blk0, part): (usize, usize, &mut [f32])| {
-        let a_rows = part.len() / row_w;
-        let nab = a_rows.div_ceil(tl);
+    run_each(threads, parts, |(group, blk0, part)| {
+        let nab = (part.len() / row_w).div_ceil(tl);
         // acc[a block][b block][tap][tile], then gathered into `dW`.
-        let mut acc = scratch::take::<f32>(nab * b_blocks * outer_taps * tile);
+        let mut acc = scratch::take::<f32>(nab * w.b_blocks * w.outer_taps * w.tile);
+        w.sums((group, blk0, nab), &mut acc);
+        w.gather(nab, &acc, part);
+    });
+}
+
+/// One weight gradient of [`grad_weight`]: its sizes, the chunks of its reduction and where
+/// each tap's runs start.
+struct InPlace<'a> {
+    g: &'a Geometry,
+    s: &'a [f32],
+    b: &'a [f32],
+    /// Channels of each side, all and per group; positions of each side's planes and of the
+    /// kernel.
+    a_ch: usize,
+    b_ch: usize,
+    a_pg: usize,
+    b_pg: usize,
+    small_size: usize,
+    big_size: usize,
+    k_size: usize,
+    /// Lanes of the tile (small-side channels).
+    tl: usize,
+    /// The small side's last-axis extent, the big side's last-axis stride (the distance
+    /// between a run's values).
+    row_len: usize,
+    step: usize,
+    /// Chunks of the reduction within an image: `rows_per` whole rows, or pieces of `seg`
+    /// of one long row, as `(first row, end row, first position)`.
+    rows_per: usize,
+    seg: usize,
+    chunks: Vec<(usize, usize, usize)>,
+    /// Per small row (all axes but the last) and outer tap: where the tap's run starts in a
+    /// big plane.
+    run_start: Vec<usize>,
+    outer_taps: usize,
+    /// Last-axis taps, and the tile's rows: (big-side channel, last-axis tap) pairs.
+    k_last: usize,
+    pairs: usize,
+    b_blocks: usize,
+    tile: usize,
+    /// Values of a row of `dW` (one small-side channel).
+    row_w: usize,
+    /// The small side is packed at its own positions, `[q][tl]` per block of channels.
+    identity: Tables,
+}
+
+impl<'a> InPlace<'a> {
+    fn new(g: &'a Geometry, s: &'a [f32], b: &'a [f32], tl: usize) -> InPlace<'a> {
+        let (a_ch, b_ch) = g.side_channels();
+        let groups = g.groups.max(1);
+        let (a_pg, b_pg) = (a_ch / groups, b_ch / groups);
+        let dims = g.axes.len();
+        let small: Vec<usize> = g.axes.iter().map(|a| a.small(g.op)).collect();
+        let big: Vec<usize> = g.axes.iter().map(|a| a.big(g.op)).collect();
+        let strides: Vec<usize> = g.axes.iter().map(|a| a.stride).collect();
+        let k_shape = g.kernel_shape();
+        let k_size = numel(&k_shape);
+        let (small_size, big_size) = (numel(&small), numel(&big));
+        let row_len = small[dims - 1];
+        let small_rows = small_size / row_len.max(1);
+        let big_pitch: Vec<usize> = (0..dims).map(|a| big[a + 1..].iter().product()).collect();
+        // Along a run, values `s_last` apart.
+        let step = strides[dims - 1];
+        let taps: Vec<Vec<usize>> = positions(&k_shape[..dims - 1]).collect();
+        let run_start: Vec<usize> = positions(&small[..dims - 1])
+            .flat_map(|p| {
+                let big_pitch = &big_pitch;
+                let strides = &strides;
+                taps.iter().map(move |k| {
+                    (0..dims - 1)
+                        .map(|a| (strides[a] * p[a] + k[a]) * big_pitch[a])
+                        .sum::<usize>()
+                })
+            })
+            .collect();
+        let (rows_per, seg) = if row_len <= CHUNK {
+            ((CHUNK / row_len).max(1), row_len)
+        } else {
+            (1, CHUNK)
+        };
+        let chunks: Vec<(usize, usize, usize)> = (0..small_rows)
+            .step_by(rows_per)
+            .flat_map(|r0| (0..row_len).step_by(seg).map(move |j0| (r0, j0)))
+            .map(|(r0, j0)| (r0, (r0 + rows_per).min(small_rows), j0))
+            .collect();
+        // The tile's rows are (big-side channel, last-axis tap) pairs: the taps of one
+        // channel read neighbouring values (with two taps, six rows touch three planes'
+        // lines).
+        let k_last = step;
+        let pairs = b_pg * k_last;
+        InPlace {
+            g,
+            s,
+            b,
+            a_ch,
+            b_ch,
+            a_pg,
+            b_pg,
+            small_size,
+            big_size,
+            k_size,
+            tl,
+            row_len,
+            step,
+            rows_per,
+            seg,
+            chunks,
+            run_start,
+            outer_taps: taps.len(),
+            k_last,
+            pairs,
+            b_blocks: pairs.div_ceil(MR),
+            tile: MR * tl,
+            row_w: b_pg * k_size,
+            identity: Tables::new::<f32>(vec![(0..small_size).collect()], 1, tl),
+        }
+    }
+
+    /// The sums of the task owning `nab` blocks of small-side channels from block `blk0` of
+    /// group `group`, into `acc` (`[a block][b block][tap][tile]`), over every image and
+    /// chunk in order.
+    fn sums(&self, (group, blk0, nab): (usize, usize, usize), acc: &mut [f32]) {
+        let (tl, rows_per, seg, outer_taps) = (self.tl, self.rows_per, self.seg, self.outer_taps);
         let mut sbuf = scratch::take::<f32>(nab * rows_per * seg * tl);
         let mut offs = vec![0usize; rows_per * outer_taps];
         let mut first = true;
-        for n in 0..g.batch {
-            for &(r0, r1, j0) in &chunks {
-                let len = seg.min(row_len - j0);
+        for n in 0..self.g.batch {
+            for &(r0, r1, j0) in &self.chunks {
+                let len = seg.min(self.row_len - j0);
                 let q = (r1 - r0) * len;
                 // The small side of this chunk, `[a block][q][tl]`: its positions are
                 // consecutive (whole rows, or a piece of one).
-                let js = r0 * row_len + j0..r0 * row_len + j0 + q;
-                let image = &s[n * a_ch * small_size..];
+                let js = r0 * self.row_len + j0..r0 * self.row_len + j0 + q;
+                let image = &self.s[n * self.a_ch * self.small_size..];
                 for (abl, dst) in sbuf.chunks_mut(rows_per * seg * tl).take(nab).enumerate() {
-                    let dims = (a_ch, a_pg, small_size);
+                    let dims = (self.a_ch, self.a_pg, self.small_size);
                     let side = Side::block(image, 1, dims, tl, group, blk0 + abl);
-                    pack_positions(dst, tl, &side, &identity, js.clone(), false);
+                    pack_positions(dst, tl, &side, &self.identity, js.clone(), false);
                 }
                 // Per outer tap, where each row of the chunk starts.
                 for (ti, offs) in offs.chunks_exact_mut(rows_per).enumerate() {
                     for (oi, o) in offs.iter_mut().enumerate().take(r1 - r0) {
-                        *o = run_start[(r0 + oi) * outer_taps + ti] + j0 * step;
+                        *o = self.run_start[(r0 + oi) * outer_taps + ti] + j0 * self.step;
                     }
                 }
                 // Per outer tap and block of tile rows, over every block of small-side
                 // channels: the tile's six strided rows stay in L1 across the blocks.
                 for ti in 0..outer_taps {
                     let offs = &offs[ti * rows_per..ti * rows_per + r1 - r0];
-                    for bbl in 0..b_blocks {
+                    for bbl in 0..self.b_blocks {
                         // The tile's rows: (channel, last-axis tap) pairs (the last pair
                         // repeated past the group's channels; those rows are not kept).
-                        let live = MR.min(pairs - bbl * MR);
+                        let live = MR.min(self.pairs - bbl * MR);
                         let planes: [usize; MR] = std::array::from_fn(|m| {
                             let r = bbl * MR + m.min(live - 1);
-                            (n * b_ch + group * b_pg + r / k_last) * big_size + r % k_last
+                            let channel = n * self.b_ch + group * self.b_pg + r / self.k_last;
+                            channel * self.big_size + r % self.k_last
                         });
                         let a = StridedRows {
                             planes: &planes,
                             offs,
                             len,
-                            step,
+                            step: self.step,
                         };
                         for abl in 0..nab {
                             let bv = &sbuf[abl * rows_per * seg * tl..][..q * tl];
-                            let at = ((abl * b_blocks + bbl) * outer_taps + ti) * tile;
-                            let out = &mut acc[at..at + tile];
-                            strided_tile(b, &a, bv, out, !first);
+                            let at = ((abl * self.b_blocks + bbl) * outer_taps + ti) * self.tile;
+                            let out = &mut acc[at..at + self.tile];
+                            strided_tile(self.b, &a, bv, out, !first);
                         }
                     }
                 }
                 first = false;
             }
         }
-        // Into `dW[a][b][k]`: tile row `m` is the pair `bbl·6 + m` (big-side channel, last-axis
-        // tap), lane `l` small-side channel `abl·tl + l` of the task.
+    }
+
+    /// A task's sums into its rows of `dW[a][b][k]` (`part`): tile row `m` is the pair
+    /// `bbl·6 + m` (big-side channel, last-axis tap), lane `l` small-side channel
+    /// `abl·tl + l` of the task.
+    fn gather(&self, nab: usize, acc: &[f32], part: &mut [f32]) {
+        let (tl, k_size, k_last, tile) = (self.tl, self.k_size, self.k_last, self.tile);
+        let a_rows = part.len() / self.row_w;
         for abl in 0..nab {
-            for bbl in 0..b_blocks {
+            for bbl in 0..self.b_blocks {
                 for m in 0..MR {
                     let r = bbl * MR + m;
-                    if r >= pairs {
+                    if r >= self.pairs {
                         break;
                     }
                     let (bc, kl) = (r / k_last, r % k_last);
@@ -225,17 +306,16 @@ pub(crate) fn grad_weight<T: Element>(
                         if al >= a_rows {
                             break;
                         }
-                        let dst = &mut part[(al * b_pg + bc) * k_size..][..k_size];
-                        let t0 = (abl * b_blocks + bbl) * outer_taps * tile + m * tl + l;
-                        for ti in 0..outer_taps {
+                        let dst = &mut part[(al * self.b_pg + bc) * k_size..][..k_size];
+                        let t0 = (abl * self.b_blocks + bbl) * self.outer_taps * tile + m * tl + l;
+                        for ti in 0..self.outer_taps {
                             dst[ti * k_last + kl] = acc[t0 + ti * tile];
                         }
                     }
                 }
             }
         }
-    };
-    run_each(threads, parts, run);
+    }
 }
 
 /// Where [`strided_tile`]'s broadcast operand lies in the big side: tile row `m` reads
