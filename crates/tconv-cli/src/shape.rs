@@ -70,6 +70,37 @@ fn list<T: ToString>(v: impl IntoIterator<Item = T>) -> String {
 
 /// Run `tconv shape`.
 pub fn run(a: &ShapeArgs) -> Result<String> {
+    let (spatial, kernel) = shapes(a)?;
+    let dims = kernel.len();
+    let mut x = vec![1, 1];
+    x.extend(&spatial);
+    let mut w = vec![1, 1];
+    w.extend(&kernel);
+    let (p, pt) = params(a)?;
+    let shape = Shape { x, w, p, pt };
+    let mut s = format!(
+        "input spatial {}, kernel {}\n",
+        list(&spatial),
+        list(&kernel)
+    );
+    shape.conv(&mut s);
+    let gt = shape.conv_transpose(&mut s)?;
+    shape.auto_pad(&mut s);
+    if let Some(List(want)) = &a.want {
+        if want.len() != dims {
+            bail!(
+                "--want has {} values; give {dims} (one per spatial axis)",
+                want.len()
+            );
+        }
+        shape.choices(&gt, want, &mut s);
+    }
+    Ok(s)
+}
+
+/// The input's spatial extents and the kernel's, one per axis (a single kernel extent
+/// serves every axis).
+fn shapes(a: &ShapeArgs) -> Result<(Vec<usize>, Vec<usize>)> {
     let (input, kernel_arg) = (&a.input.0, &a.kernel.0);
     let dims = if kernel_arg.len() > 1 {
         kernel_arg.len()
@@ -92,10 +123,11 @@ pub fn run(a: &ShapeArgs) -> Result<String> {
     } else {
         kernel_arg.clone()
     };
-    let mut x = vec![1, 1];
-    x.extend(&spatial);
-    let mut w = vec![1, 1];
-    w.extend(&kernel);
+    Ok((spatial, kernel))
+}
+
+/// The parameters for the conv, and for the transposed conv (the same plus output_padding).
+fn params(a: &ShapeArgs) -> Result<(ConvParams, ConvParams)> {
     let mut p = ConvParams::new();
     if let Some(s) = &a.stride {
         p = p.stride(&s.0);
@@ -114,69 +146,84 @@ pub fn run(a: &ShapeArgs) -> Result<String> {
     if let Some(op) = &a.output_padding {
         pt = pt.output_padding(&op.0);
     }
+    Ok((p, pt))
+}
 
-    let mut s = format!(
-        "input spatial {}, kernel {}\n",
-        list(&spatial),
-        list(&kernel)
-    );
-    s.push_str("\nconv: out = floor((in + p_begin + p_end - d·(k-1) - 1) / s) + 1\n");
-    match Geometry::new(Op::Conv, &x, &w, None, &p) {
-        Ok(g) => {
-            for (i, ax) in g.axes.iter().enumerate() {
-                s.push_str(&format!("  axis {i}: {}\n", size_arithmetic(Op::Conv, ax)));
+/// One channel's shapes (`x`, `w`) and the parameters of each op.
+struct Shape {
+    x: Vec<usize>,
+    w: Vec<usize>,
+    p: ConvParams,
+    pt: ConvParams,
+}
+
+impl Shape {
+    /// The conv's formula and sizes, or why it is impossible.
+    fn conv(&self, s: &mut String) {
+        s.push_str("\nconv: out = floor((in + p_begin + p_end - d·(k-1) - 1) / s) + 1\n");
+        match Geometry::new(Op::Conv, &self.x, &self.w, None, &self.p) {
+            Ok(g) => {
+                for (i, ax) in g.axes.iter().enumerate() {
+                    s.push_str(&format!("  axis {i}: {}\n", size_arithmetic(Op::Conv, ax)));
+                }
+                s.push_str(&format!(
+                    "  output spatial {}\n",
+                    list(g.axes.iter().map(|a| a.output))
+                ));
             }
+            Err(e) => s.push_str(&format!("  impossible: {e}\n")),
+        }
+    }
+
+    /// The transposed conv's formula and sizes (an error where it is impossible).
+    fn conv_transpose(&self, s: &mut String) -> Result<Geometry> {
+        s.push_str(
+            "\nconv_transpose: out = (in-1)·s - p_begin - p_end + d·(k-1) + output_padding + 1\n",
+        );
+        let gt = Geometry::new(Op::ConvTranspose, &self.x, &self.w, None, &self.pt)?;
+        for (i, ax) in gt.axes.iter().enumerate() {
             s.push_str(&format!(
-                "  output spatial {}\n",
-                list(g.axes.iter().map(|a| a.output))
+                "  axis {i}: {}\n",
+                size_arithmetic(Op::ConvTranspose, ax)
             ));
         }
-        Err(e) => s.push_str(&format!("  impossible: {e}\n")),
-    }
-    s.push_str(
-        "\nconv_transpose: out = (in-1)·s - p_begin - p_end + d·(k-1) + output_padding + 1\n",
-    );
-    let gt = Geometry::new(Op::ConvTranspose, &x, &w, None, &pt)?;
-    for (i, ax) in gt.axes.iter().enumerate() {
         s.push_str(&format!(
-            "  axis {i}: {}\n",
-            size_arithmetic(Op::ConvTranspose, ax)
+            "  output spatial {}\n",
+            list(gt.axes.iter().map(|a| a.output))
         ));
-    }
-    s.push_str(&format!(
-        "  output spatial {}\n",
-        list(gt.axes.iter().map(|a| a.output))
-    ));
-
-    s.push_str("\nONNX auto_pad (padding flags ignored):\n");
-    for (name, pad) in [
-        ("SAME_UPPER", Padding::SameUpper),
-        ("SAME_LOWER", Padding::SameLower),
-        ("VALID", Padding::Valid),
-    ] {
-        let show = |op: Op, params: ConvParams| match Geometry::new(op, &x, &w, None, &params) {
-            Ok(g) => format!(
-                "{} (pads begin {}, end {})",
-                list(g.axes.iter().map(|a| a.output)),
-                list(g.axes.iter().map(|a| a.pad_begin)),
-                list(g.axes.iter().map(|a| a.pad_end))
-            ),
-            Err(e) => format!("impossible: {e}"),
-        };
-        s.push_str(&format!(
-            "  {name:<10} conv {}; conv_transpose {}\n",
-            show(Op::Conv, p.clone().padding_spec(pad.clone())),
-            show(Op::ConvTranspose, pt.clone().padding_spec(pad))
-        ));
+        Ok(gt)
     }
 
-    if let Some(List(want)) = &a.want {
-        if want.len() != dims {
-            bail!(
-                "--want has {} values; give {dims} (one per spatial axis)",
-                want.len()
-            );
+    /// Both ops' sizes and pads under each ONNX `auto_pad`.
+    fn auto_pad(&self, s: &mut String) {
+        s.push_str("\nONNX auto_pad (padding flags ignored):\n");
+        for (name, pad) in [
+            ("SAME_UPPER", Padding::SameUpper),
+            ("SAME_LOWER", Padding::SameLower),
+            ("VALID", Padding::Valid),
+        ] {
+            let show = |op: Op, params: ConvParams| match Geometry::new(
+                op, &self.x, &self.w, None, &params,
+            ) {
+                Ok(g) => format!(
+                    "{} (pads begin {}, end {})",
+                    list(g.axes.iter().map(|a| a.output)),
+                    list(g.axes.iter().map(|a| a.pad_begin)),
+                    list(g.axes.iter().map(|a| a.pad_end))
+                ),
+                Err(e) => format!("impossible: {e}"),
+            };
+            s.push_str(&format!(
+                "  {name:<10} conv {}; conv_transpose {}\n",
+                show(Op::Conv, self.p.clone().padding_spec(pad.clone())),
+                show(Op::ConvTranspose, self.pt.clone().padding_spec(pad))
+            ));
         }
+    }
+
+    /// The symmetric padding and output_padding choices per axis giving the spatial size
+    /// `want` (`gt`: the transposed conv as given), and what ONNX's `output_shape` derives.
+    fn choices(&self, gt: &Geometry, want: &[usize], s: &mut String) {
         s.push_str(&format!(
             "\nconv_transpose choices giving output spatial {}:\n",
             list(want)
@@ -207,11 +254,10 @@ pub fn run(a: &ShapeArgs) -> Result<String> {
                 total.div_euclid(2)
             ));
         }
-        let mut check = pt.clone();
-        check.output_size = Some(OutputSize::Onnx(want.clone()));
-        if let Err(e) = Geometry::new(Op::ConvTranspose, &x, &w, None, &check) {
+        let mut check = self.pt.clone();
+        check.output_size = Some(OutputSize::Onnx(want.to_vec()));
+        if let Err(e) = Geometry::new(Op::ConvTranspose, &self.x, &self.w, None, &check) {
             s.push_str(&format!("  (ONNX output_shape is impossible here: {e})\n"));
         }
     }
-    Ok(s)
 }
