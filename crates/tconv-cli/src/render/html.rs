@@ -17,147 +17,10 @@ fn grid(spatial: &[usize], values: &[String], kinds: &[&str]) -> Value {
 /// The frames of one problem: a JSON object the page's script plays.
 pub fn frames(p: &Problem, title: &str) -> Result<Value> {
     let g = &p.geometry;
-    let in_sp: Vec<usize> = g.axes.iter().map(|a| a.input).collect();
     let k_sp = g.kernel_shape();
-    let b = p.bias.unwrap_or(0.0);
-    let strs = |v: &[f64]| v.iter().map(|&x| num(x)).collect::<Vec<_>>();
-    let mut frames = Vec::new();
-    let (input, output) = match g.op {
-        Op::ConvTranspose => {
-            // The uncropped canvas, as in the SVG.
-            let cv = Canvas::new(g);
-            let ext = cv.extents.clone();
-            let kinds: Vec<&str> = cv.kinds.iter().map(|k| k.class()).collect();
-            let mut canvas = vec![b; ext.iter().product()];
-            frames.push(json!({
-                "text": "Start: the output canvas holds the bias (0 without one).",
-                "formula": format!("size per axis: (in-1)·s - p_begin - p_end + d·(k-1) + output_padding + 1 = {}",
-                    g.axes.iter().map(|a| a.output.to_string()).collect::<Vec<_>>().join(" × ")),
-                "hot_input": [], "hot_output": [], "output": strs(&canvas),
-            }));
-            for st in scatter_steps(g, &p.x, &p.w) {
-                let mut hot = Vec::new();
-                let mut terms = Vec::new();
-                for c in &st.contributions {
-                    let at = cv.index(&c.position);
-                    canvas[at] += c.product;
-                    hot.push(at);
-                    if c.weight != 0.0 {
-                        terms.push(format!(
-                            "({}) += {}·{}",
-                            c.position
-                                .iter()
-                                .map(|v| v.to_string())
-                                .collect::<Vec<_>>()
-                                .join(","),
-                            num(st.value),
-                            num(c.weight)
-                        ));
-                    }
-                }
-                let label = st
-                    .index
-                    .iter()
-                    .map(|v| v.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",");
-                frames.push(json!({
-                    "text": format!("x[{label}] = {} multiplies the whole kernel; the scaled kernel lands at ({}) (i·s - p_begin) and is added in.",
-                        num(st.value), st.offset.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(",")),
-                    "formula": if terms.is_empty() { "all products are 0".to_string() } else { terms.join(";  ") },
-                    "hot_input": [tconv::tensor::flat_index(&in_sp, &st.index)],
-                    "hot_output": hot,
-                    "output": strs(&canvas),
-                }));
-            }
-            let cropped = cv.cropped();
-            frames.push(json!({
-                "text": if cropped { "Done: the cells outside the dashed border are cropped by the padding; the rest is y." } else { "Done: overlapping products have been summed; this is y." },
-                "formula": format!("y = {}", strs(&p.output()).join(", ")),
-                "hot_input": [], "hot_output": [], "output": strs(&canvas),
-            }));
-            (
-                grid(&in_sp, &strs(&p.x), &vec!["value"; p.x.len()]),
-                grid(&ext, &strs(&canvas), &kinds),
-            )
-        }
-        Op::Conv => {
-            let (padded, sources) = padded_input(g);
-            let values: Vec<String> = sources
-                .iter()
-                .map(|s| s.map_or_else(|| "0".to_string(), |i| num(p.x[i])))
-                .collect();
-            let kinds: Vec<&str> = sources
-                .iter()
-                .map(|s| if s.is_some() { "value" } else { "padding" })
-                .collect();
-            let out_sp: Vec<usize> = g.axes.iter().map(|a| a.output).collect();
-            let mut out = vec![String::new(); out_sp.iter().product()];
-            frames.push(json!({
-                "text": "Start: the kernel will slide over the (padded) input.",
-                "formula": format!("size per axis: floor((in + p_begin + p_end - d·(k-1) - 1) / s) + 1 = {}",
-                    out_sp.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(" × ")),
-                "hot_input": [], "hot_output": [], "output": out.clone(),
-            }));
-            let bias = p.bias.map(|b| vec![b]);
-            for (oi, st) in dot_steps(g, &p.x, &p.w, bias.as_deref()).iter().enumerate() {
-                let hot: Vec<usize> = st
-                    .terms
-                    .iter()
-                    .map(|t| {
-                        let j: Vec<usize> = t
-                            .position
-                            .iter()
-                            .zip(&g.axes)
-                            .map(|(&q, a)| (q + a.pad_begin) as usize)
-                            .collect();
-                        tconv::tensor::flat_index(&padded, &j)
-                    })
-                    .collect();
-                let terms: Vec<String> = st
-                    .terms
-                    .iter()
-                    .map(|t| {
-                        let w = if t.weight < 0.0 {
-                            format!("({})", num(t.weight))
-                        } else {
-                            num(t.weight)
-                        };
-                        match t.input {
-                            Some(v) => format!(
-                                "{}·{w}",
-                                if v < 0.0 {
-                                    format!("({})", num(v))
-                                } else {
-                                    num(v)
-                                }
-                            ),
-                            None => format!("0·{w}"),
-                        }
-                    })
-                    .collect();
-                out[oi] = num(st.value);
-                let label = st
-                    .index
-                    .iter()
-                    .map(|v| v.to_string())
-                    .collect::<Vec<_>>()
-                    .join(",");
-                let b = st
-                    .bias
-                    .map(|b| format!(" + {}", num(b)))
-                    .unwrap_or_default();
-                frames.push(json!({
-                    "text": format!("y({label}): the kernel covers the highlighted window; multiply and add."),
-                    "formula": format!("y({label}) = {}{b} = {}", terms.join(" + "), num(st.value)),
-                    "hot_input": hot, "hot_output": [oi], "output": out.clone(),
-                }));
-            }
-            (
-                grid(&padded, &values, &kinds),
-                grid(&out_sp, &out, &vec!["value"; out.len()]),
-            )
-        }
+    let (input, output, frames) = match g.op {
+        Op::ConvTranspose => transpose_frames(p),
+        Op::Conv => conv_frames(p),
     };
     Ok(json!({
         "title": title,
@@ -167,6 +30,144 @@ pub fn frames(p: &Problem, title: &str) -> Result<Value> {
         "output": output,
         "frames": frames,
     }))
+}
+
+/// Values as printed.
+fn strs(v: &[f64]) -> Vec<String> {
+    v.iter().map(|&x| num(x)).collect()
+}
+
+/// Numbers joined by `sep`, e.g. an index `1,2`.
+fn joined<T: ToString>(v: &[T], sep: &str) -> String {
+    v.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
+/// A transposed conv's input and output grids and its frames: each input element scales
+/// the kernel, added into the uncropped output canvas (as in the SVG).
+fn transpose_frames(p: &Problem) -> (Value, Value, Vec<Value>) {
+    let g = &p.geometry;
+    let in_sp: Vec<usize> = g.axes.iter().map(|a| a.input).collect();
+    let out_sizes: Vec<usize> = g.axes.iter().map(|a| a.output).collect();
+    let cv = Canvas::new(g);
+    let ext = cv.extents.clone();
+    let kinds: Vec<&str> = cv.kinds.iter().map(|k| k.class()).collect();
+    let mut canvas = vec![p.bias.unwrap_or(0.0); ext.iter().product()];
+    let mut frames = vec![json!({
+        "text": "Start: the output canvas holds the bias (0 without one).",
+        "formula": format!("size per axis: (in-1)·s - p_begin - p_end + d·(k-1) + output_padding + 1 = {}",
+            joined(&out_sizes, " × ")),
+        "hot_input": [], "hot_output": [], "output": strs(&canvas),
+    })];
+    for st in scatter_steps(g, &p.x, &p.w) {
+        let mut hot = Vec::new();
+        let mut terms = Vec::new();
+        for c in &st.contributions {
+            let at = cv.index(&c.position);
+            canvas[at] += c.product;
+            hot.push(at);
+            if c.weight != 0.0 {
+                terms.push(format!(
+                    "({}) += {}·{}",
+                    joined(&c.position, ","),
+                    num(st.value),
+                    num(c.weight)
+                ));
+            }
+        }
+        frames.push(json!({
+            "text": format!("x[{}] = {} multiplies the whole kernel; the scaled kernel lands at ({}) (i·s - p_begin) and is added in.",
+                joined(&st.index, ","), num(st.value), joined(&st.offset, ",")),
+            "formula": if terms.is_empty() { "all products are 0".to_string() } else { terms.join(";  ") },
+            "hot_input": [tconv::tensor::flat_index(&in_sp, &st.index)],
+            "hot_output": hot,
+            "output": strs(&canvas),
+        }));
+    }
+    frames.push(json!({
+        "text": if cv.cropped() { "Done: the cells outside the dashed border are cropped by the padding; the rest is y." } else { "Done: overlapping products have been summed; this is y." },
+        "formula": format!("y = {}", strs(&p.output()).join(", ")),
+        "hot_input": [], "hot_output": [], "output": strs(&canvas),
+    }));
+    (
+        grid(&in_sp, &strs(&p.x), &vec!["value"; p.x.len()]),
+        grid(&ext, &strs(&canvas), &kinds),
+        frames,
+    )
+}
+
+/// A value as a factor of a printed product: in parentheses where negative.
+fn factor(v: f64) -> String {
+    if v < 0.0 {
+        format!("({})", num(v))
+    } else {
+        num(v)
+    }
+}
+
+/// A conv's (padded) input and output grids and its frames: the kernel slides over the
+/// input, each output a dot product.
+fn conv_frames(p: &Problem) -> (Value, Value, Vec<Value>) {
+    let g = &p.geometry;
+    let (padded, sources) = padded_input(g);
+    let values: Vec<String> = sources
+        .iter()
+        .map(|s| s.map_or_else(|| "0".to_string(), |i| num(p.x[i])))
+        .collect();
+    let kinds: Vec<&str> = sources
+        .iter()
+        .map(|s| if s.is_some() { "value" } else { "padding" })
+        .collect();
+    let out_sp: Vec<usize> = g.axes.iter().map(|a| a.output).collect();
+    let mut out = vec![String::new(); out_sp.iter().product()];
+    let mut frames = vec![json!({
+        "text": "Start: the kernel will slide over the (padded) input.",
+        "formula": format!("size per axis: floor((in + p_begin + p_end - d·(k-1) - 1) / s) + 1 = {}",
+            joined(&out_sp, " × ")),
+        "hot_input": [], "hot_output": [], "output": out.clone(),
+    })];
+    let bias = p.bias.map(|b| vec![b]);
+    for (oi, st) in dot_steps(g, &p.x, &p.w, bias.as_deref()).iter().enumerate() {
+        let hot: Vec<usize> = st
+            .terms
+            .iter()
+            .map(|t| {
+                let j: Vec<usize> = t
+                    .position
+                    .iter()
+                    .zip(&g.axes)
+                    .map(|(&q, a)| (q + a.pad_begin) as usize)
+                    .collect();
+                tconv::tensor::flat_index(&padded, &j)
+            })
+            .collect();
+        let terms: Vec<String> = st
+            .terms
+            .iter()
+            .map(|t| match t.input {
+                Some(v) => format!("{}·{}", factor(v), factor(t.weight)),
+                None => format!("0·{}", factor(t.weight)),
+            })
+            .collect();
+        out[oi] = num(st.value);
+        let label = joined(&st.index, ",");
+        let b = st
+            .bias
+            .map(|b| format!(" + {}", num(b)))
+            .unwrap_or_default();
+        frames.push(json!({
+            "text": format!("y({label}): the kernel covers the highlighted window; multiply and add."),
+            "formula": format!("y({label}) = {}{b} = {}", terms.join(" + "), num(st.value)),
+            "hot_input": hot, "hot_output": [oi], "output": out.clone(),
+        }));
+    }
+    (
+        grid(&padded, &values, &kinds),
+        grid(&out_sp, &out, &vec!["value"; out.len()]),
+        frames,
+    )
 }
 
 const STYLE: &str = r#"
