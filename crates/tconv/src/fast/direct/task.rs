@@ -17,212 +17,324 @@ pub(super) fn run_task<T: Element>(
     bias: Option<&[T]>,
     mut task: Task<'_, T>,
 ) {
-    let (spec, table) = (&k.spec, &k.table);
-    let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
-    let tl = table.tile_lanes;
-    let phases = spec.phases.len();
-    let gs = table.group_size;
-    let image = g.in_channels * spec.channel_stride;
-    let row_off = table.rows(task.band.clone()).start * table.out_row;
-    let blocks = k.packed.blocks;
-    let biases: Vec<T> = (0..cout_g)
-        .map(|c| bias.map_or(T::zero(), |b| b[task.group * cout_g + c]))
-        .collect();
-    let tiles = table.chunk_tiles[task.band.start]..table.chunk_tiles[task.band.end];
-    // Work items (batch index within the task, tile), processed in groups that share weights.
-    let items: Vec<(usize, usize)> = (0..task.batch.len())
-        .flat_map(|ni| tiles.clone().map(move |t| (ni, t)))
-        .collect();
-    let panel_len = k.held_panel_len(cin_g).max(1);
-    let group = k.items_per_group(g).min(items.len().max(1));
-    let kc = k.slice_k();
-    let sliced = k.sliced(cin_g);
-    let per_phase = blocks * k.mr * tl;
-    let per_slot = gs * per_phase;
+    let t = PackedTask::new(g, k, kernel, src, bias, &task);
+    let (phases, gs) = (k.spec.phases.len(), k.table.group_size);
     // Stale scratch: `pack_panel` writes every panel it returns `true` for, and the kernels
     // write each accumulator tile (`accumulate == false` first) before the stores read it.
-    let mut panels = scratch::take::<T>(group * panel_len);
-    let mut reached = vec![false; group * gs];
-    let mut acc = scratch::take::<T>(group * per_slot);
-    let total_taps = table.tap_offset.len();
-
-    for chunk in items.chunks(group) {
+    let mut b = Buffers {
+        panels: scratch::take::<T>(t.group * t.panel_len),
+        reached: vec![false; t.group * gs],
+        acc: scratch::take::<T>(t.group * t.per_slot),
+    };
+    for chunk in t.items.chunks(t.group) {
         // Which phase each slot's panel currently holds.
         let mut holds: Vec<Option<usize>> = vec![None; chunk.len()];
         for first_phase in (0..phases).step_by(gs) {
             for pi in first_phase..(first_phase + gs).min(phases) {
                 let r = pi - first_phase;
-                let phase = &spec.phases[pi];
-                let first = table.tap_start[pi];
-                let taps = first..first + phase.taps.len();
-                // acc[slot][r][block] (+)= weights[block][k0..k0 + kn] · rows `at..` of each
-                // reached slot's panel.
-                let multiply = |panels: &[T], acc: &mut [T], reached: &[bool], at, k0, kn| {
-                    for slot in (0..chunk.len()).filter(|&s| reached[s * gs + r]) {
-                        let panel = &panels[slot * panel_len + at..slot * panel_len + at + kn * tl];
-                        for block in 0..blocks {
-                            let run = k.packed.run(task.group, block, pi);
-                            let w = &run[k0 * k.mr..(k0 + kn) * k.mr];
-                            let out = slot * per_slot + r * per_phase + block * k.mr * tl;
-                            kernel(
-                                w,
-                                panel,
-                                Rows::packed(kn, tl),
-                                &mut acc[out..out + k.mr * tl],
-                                k0 > 0,
-                            );
-                        }
-                    }
-                };
-                // Phases whose taps read the same shifted inputs (e.g. kernel == stride) share a panel.
-                let same_panel = |tile: usize, prev: usize| {
-                    let pf = table.tap_start[prev];
-                    spec.phases[prev].taps.len() == phase.taps.len()
-                        && (0..phase.taps.len()).all(|j| {
-                            table.tap_offset[pf + j] == table.tap_offset[first + j]
-                                && table.masks[tile * total_taps + pf + j]
-                                    == table.masks[tile * total_taps + first + j]
-                        })
-                };
-                if sliced {
-                    // Slice by slice: pack the slice of every tile's panel, then run every
-                    // block over all of them (each weight slice serves the whole group).
-                    for (slot, &(_, tile)) in chunk.iter().enumerate() {
-                        let live = table.live[tile * phases + pi];
-                        reached[slot * gs + r] = live != 0
-                            && taps
-                                .clone()
-                                .any(|t| table.masks[tile * total_taps + t] != 0);
-                    }
-                    let mut k0 = 0;
-                    for (ts, cs) in k_slices(phase.taps.len(), cin_g, kc) {
-                        let kn = ts.len() * cs.len();
-                        for (slot, &(ni, tile)) in chunk.iter().enumerate() {
-                            if !reached[slot * gs + r] {
-                                continue;
-                            }
-                            let n = task.batch.start + ni;
-                            let base =
-                                n * image + (task.group * cin_g + cs.start) * spec.channel_stride;
-                            pack_panel(
-                                src,
-                                base,
-                                spec.channel_stride,
-                                cs.len(),
-                                first + ts.start..first + ts.end,
-                                tile,
-                                table,
-                                &mut panels[slot * panel_len..slot * panel_len + kn * tl],
-                            );
-                        }
-                        // The slice's weights are rows k0..k0 + kn of the phase's reduction
-                        // (`k = tap · cin + ci` with the slice's taps and channels).
-                        multiply(&panels, &mut acc, &reached, 0, k0, kn);
-                        k0 += kn;
-                    }
-                    continue;
-                }
-                // Wide rows: where the phase has groups of taps whose panel rows are shifted
-                // views of one wider row, and every tile's rows are consistent, each group's
-                // row is packed once and each tap multiplies a strided view of it.
-                let (groups_w, _) = table.wide(chunk[0].1, pi);
-                let pitch = tl + table.wide_taps - 1;
-                let wide = wide_packing::<T>(tl)
-                    && groups_w.iter().any(|g| g.1 > 1)
-                    && groups_w.len() * cin_g * pitch + 8 <= panel_len
-                    && chunk
-                        .iter()
-                        .all(|&(_, tile)| table.wide(tile, pi).1.iter().all(|m| m.is_some()));
-                if wide {
-                    for (slot, &(ni, tile)) in chunk.iter().enumerate() {
-                        let n = task.batch.start + ni;
-                        let base = n * image + task.group * cin_g * spec.channel_stride;
-                        let live = table.live[tile * phases + pi];
-                        let (groups_w, masks) = table.wide(tile, pi);
-                        let panel = &mut panels[slot * panel_len..(slot + 1) * panel_len];
-                        let mut any = false;
-                        for (gi, (&(_, _, lo), m)) in groups_w.iter().zip(masks).enumerate() {
-                            let m = m.unwrap_or(0);
-                            any |= m != 0;
-                            let start = (base + table.tile_start[tile]) as isize + lo;
-                            let rows = &mut panel[gi * cin_g * pitch..];
-                            pack_wide(src, start, spec.channel_stride, cin_g, m, pitch, rows);
-                        }
-                        holds[slot] = None;
-                        reached[slot * gs + r] = live != 0 && any;
-                    }
-                    for (slot, _) in chunk.iter().enumerate() {
-                        if !reached[slot * gs + r] {
-                            continue;
-                        }
-                        let panel = &panels[slot * panel_len..(slot + 1) * panel_len];
-                        for block in 0..blocks {
-                            let run = k.packed.run(task.group, block, pi);
-                            let out = slot * per_slot + r * per_phase + block * k.mr * tl;
-                            let out = &mut acc[out..out + k.mr * tl];
-                            // One call per group: its taps are views of the group's row,
-                            // one lane apart.
-                            for (gi, &(tap0, len, _)) in groups_w.iter().enumerate() {
-                                let rows = &panel[gi * cin_g * pitch..];
-                                let w = &run[(tap0 - first) * cin_g * k.mr..];
-                                let shape = Rows {
-                                    k: cin_g,
-                                    pitch,
-                                    taps: len,
-                                    out_pitch: 0,
-                                };
-                                kernel(w, rows, shape, out, gi > 0);
-                            }
-                        }
-                    }
-                    continue;
-                }
-                for (slot, &(ni, tile)) in chunk.iter().enumerate() {
-                    let n = task.batch.start + ni;
-                    let base = n * image + task.group * cin_g * spec.channel_stride;
-                    let live = table.live[tile * phases + pi];
-                    // `holds` names a phase only while the slot's panel holds its packed input.
-                    let reuse = live != 0 && holds[slot].is_some_and(|prev| same_panel(tile, prev));
-                    let ok = if reuse {
-                        true
-                    } else {
-                        live != 0
-                            && !phase.taps.is_empty()
-                            && pack_panel(
-                                src,
-                                base,
-                                spec.channel_stride,
-                                cin_g,
-                                taps.clone(),
-                                tile,
-                                table,
-                                &mut panels[slot * panel_len..(slot + 1) * panel_len],
-                            )
-                    };
-                    holds[slot] = if ok { Some(pi) } else { None };
-                    reached[slot * gs + r] = ok;
-                }
-                // Whole panels, multiplied one k-slice at a time.
-                let kdim = phase.taps.len() * cin_g;
-                for k0 in (0..kdim).step_by(kc) {
-                    let kn = kc.min(kdim - k0);
-                    multiply(&panels, &mut acc, &reached, k0 * tl, k0, kn);
+                if t.sliced {
+                    t.sliced_phase(chunk, (pi, r), &mut b);
+                } else if t.wide_rows(chunk, pi) {
+                    t.wide_phase(chunk, (pi, r), &mut holds, &mut b);
+                } else {
+                    t.whole_phase(chunk, (pi, r), &mut holds, &mut b);
                 }
             }
             for (slot, &(ni, tile)) in chunk.iter().enumerate() {
                 store_group(
-                    table,
+                    &k.table,
                     tile,
                     first_phase,
                     phases,
-                    &mut task.planes[ni * cout_g..(ni + 1) * cout_g],
-                    &acc[slot * per_slot..(slot + 1) * per_slot],
-                    per_phase,
-                    &reached[slot * gs..(slot + 1) * gs],
-                    &biases,
-                    row_off,
+                    &mut task.planes[ni * t.cout_g..(ni + 1) * t.cout_g],
+                    &b.acc[slot * t.per_slot..(slot + 1) * t.per_slot],
+                    t.per_phase,
+                    &b.reached[slot * gs..(slot + 1) * gs],
+                    &t.biases,
+                    t.row_off,
                 );
             }
+        }
+    }
+}
+
+/// A group of work items' scratch: their panels (`panel_len` each), whether each slot's
+/// phase `r` of the current group of phases has any input (`reached[slot · gs + r]`), and
+/// their accumulator tiles (`per_slot` each: `[r][block][mr · tl]`).
+struct Buffers<T: Element> {
+    panels: scratch::Scratch<T>,
+    reached: Vec<bool>,
+    acc: scratch::Scratch<T>,
+}
+
+/// One task of [`run_task`]: its kernel, sizes and work items.
+struct PackedTask<'a, T: Element> {
+    k: &'a DirectKernel<T>,
+    kernel: KernelFn<T>,
+    src: &'a [T],
+    /// The task's group and first image.
+    group_index: usize,
+    batch_start: usize,
+    cin_g: usize,
+    cout_g: usize,
+    /// Values of an input image, and the task's first output offset in a plane.
+    image: usize,
+    row_off: usize,
+    biases: Vec<T>,
+    /// Work items (batch index within the task, tile), processed in groups of `group`
+    /// that share weights.
+    items: Vec<(usize, usize)>,
+    group: usize,
+    panel_len: usize,
+    /// Reduction rows per k-slice, and whether panels are packed slice by slice.
+    kc: usize,
+    sliced: bool,
+    per_phase: usize,
+    per_slot: usize,
+}
+
+impl<'a, T: Element> PackedTask<'a, T> {
+    fn new(
+        g: &Geometry,
+        k: &'a DirectKernel<T>,
+        kernel: KernelFn<T>,
+        src: &'a [T],
+        bias: Option<&[T]>,
+        task: &Task<'_, T>,
+    ) -> Self {
+        let (spec, table) = (&k.spec, &k.table);
+        let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
+        let tiles = table.chunk_tiles[task.band.start]..table.chunk_tiles[task.band.end];
+        let items: Vec<(usize, usize)> = (0..task.batch.len())
+            .flat_map(|ni| tiles.clone().map(move |t| (ni, t)))
+            .collect();
+        let per_phase = k.packed.blocks * k.mr * table.tile_lanes;
+        PackedTask {
+            k,
+            kernel,
+            src,
+            group_index: task.group,
+            batch_start: task.batch.start,
+            cin_g,
+            cout_g,
+            image: g.in_channels * spec.channel_stride,
+            row_off: table.rows(task.band.clone()).start * table.out_row,
+            biases: (0..cout_g)
+                .map(|c| bias.map_or(T::zero(), |b| b[task.group * cout_g + c]))
+                .collect(),
+            group: k.items_per_group(g).min(items.len().max(1)),
+            items,
+            panel_len: k.held_panel_len(cin_g).max(1),
+            kc: k.slice_k(),
+            sliced: k.sliced(cin_g),
+            per_phase,
+            per_slot: table.group_size * per_phase,
+        }
+    }
+
+    /// Where image `ni` of the task (within its group) starts in the source.
+    fn base(&self, ni: usize) -> usize {
+        let spec = &self.k.spec;
+        (self.batch_start + ni) * self.image + self.group_index * self.cin_g * spec.channel_stride
+    }
+
+    /// `acc[slot][r][block] (+)= weights[block][k0..k0 + kn]` · rows `at..` of each reached
+    /// slot's panel, for phase `pi`.
+    fn multiply(
+        &self,
+        slots: usize,
+        (pi, r): (usize, usize),
+        (at, k0, kn): (usize, usize, usize),
+        b: &mut Buffers<T>,
+    ) {
+        let (k, tl, gs) = (self.k, self.k.table.tile_lanes, self.k.table.group_size);
+        for slot in (0..slots).filter(|&s| b.reached[s * gs + r]) {
+            let from = slot * self.panel_len + at;
+            let panel = &b.panels[from..from + kn * tl];
+            for block in 0..k.packed.blocks {
+                let run = k.packed.run(self.group_index, block, pi);
+                let w = &run[k0 * k.mr..(k0 + kn) * k.mr];
+                let out = slot * self.per_slot + r * self.per_phase + block * k.mr * tl;
+                (self.kernel)(
+                    w,
+                    panel,
+                    Rows::packed(kn, tl),
+                    &mut b.acc[out..out + k.mr * tl],
+                    k0 > 0,
+                );
+            }
+        }
+    }
+
+    /// Phase `pi` slice by slice: pack the slice of every tile's panel, then run every
+    /// block over all of them (each weight slice serves the whole group).
+    fn sliced_phase(&self, chunk: &[(usize, usize)], (pi, r): (usize, usize), b: &mut Buffers<T>) {
+        let (spec, table) = (&self.k.spec, &self.k.table);
+        let (tl, gs, phases) = (table.tile_lanes, table.group_size, spec.phases.len());
+        let total_taps = table.tap_offset.len();
+        let phase = &spec.phases[pi];
+        let first = table.tap_start[pi];
+        let taps = first..first + phase.taps.len();
+        for (slot, &(_, tile)) in chunk.iter().enumerate() {
+            let live = table.live[tile * phases + pi];
+            b.reached[slot * gs + r] = live != 0
+                && taps
+                    .clone()
+                    .any(|t| table.masks[tile * total_taps + t] != 0);
+        }
+        let mut k0 = 0;
+        for (ts, cs) in k_slices(phase.taps.len(), self.cin_g, self.kc) {
+            let kn = ts.len() * cs.len();
+            for (slot, &(ni, tile)) in chunk.iter().enumerate() {
+                if !b.reached[slot * gs + r] {
+                    continue;
+                }
+                let base = self.base(ni) + cs.start * spec.channel_stride;
+                pack_panel(
+                    self.src,
+                    base,
+                    spec.channel_stride,
+                    cs.len(),
+                    first + ts.start..first + ts.end,
+                    tile,
+                    table,
+                    &mut b.panels[slot * self.panel_len..slot * self.panel_len + kn * tl],
+                );
+            }
+            // The slice's weights are rows k0..k0 + kn of the phase's reduction
+            // (`k = tap · cin + ci` with the slice's taps and channels).
+            self.multiply(chunk.len(), (pi, r), (0, k0, kn), b);
+            k0 += kn;
+        }
+    }
+
+    /// Whether phase `pi` takes wide rows for this chunk: it has groups of taps whose panel
+    /// rows are shifted views of one wider row, and every tile's rows are consistent.
+    fn wide_rows(&self, chunk: &[(usize, usize)], pi: usize) -> bool {
+        let table = &self.k.table;
+        let tl = table.tile_lanes;
+        let (groups_w, _) = table.wide(chunk[0].1, pi);
+        let pitch = tl + table.wide_taps - 1;
+        wide_packing::<T>(tl)
+            && groups_w.iter().any(|g| g.1 > 1)
+            && groups_w.len() * self.cin_g * pitch + 8 <= self.panel_len
+            && chunk
+                .iter()
+                .all(|&(_, tile)| table.wide(tile, pi).1.iter().all(|m| m.is_some()))
+    }
+
+    /// Phase `pi` by wide rows: each group's row packed once, each tap multiplying a
+    /// strided view of it.
+    fn wide_phase(
+        &self,
+        chunk: &[(usize, usize)],
+        (pi, r): (usize, usize),
+        holds: &mut [Option<usize>],
+        b: &mut Buffers<T>,
+    ) {
+        let (k, spec, table) = (self.k, &self.k.spec, &self.k.table);
+        let (tl, gs, phases, cin_g) = (
+            table.tile_lanes,
+            table.group_size,
+            spec.phases.len(),
+            self.cin_g,
+        );
+        let first = table.tap_start[pi];
+        let pitch = tl + table.wide_taps - 1;
+        for (slot, &(ni, tile)) in chunk.iter().enumerate() {
+            let base = self.base(ni);
+            let live = table.live[tile * phases + pi];
+            let (groups_w, masks) = table.wide(tile, pi);
+            let panel = &mut b.panels[slot * self.panel_len..(slot + 1) * self.panel_len];
+            let mut any = false;
+            for (gi, (&(_, _, lo), m)) in groups_w.iter().zip(masks).enumerate() {
+                let m = m.unwrap_or(0);
+                any |= m != 0;
+                let start = (base + table.tile_start[tile]) as isize + lo;
+                let rows = &mut panel[gi * cin_g * pitch..];
+                pack_wide(self.src, start, spec.channel_stride, cin_g, m, pitch, rows);
+            }
+            holds[slot] = None;
+            b.reached[slot * gs + r] = live != 0 && any;
+        }
+        let (groups_w, _) = table.wide(chunk[0].1, pi);
+        for slot in 0..chunk.len() {
+            if !b.reached[slot * gs + r] {
+                continue;
+            }
+            let panel = &b.panels[slot * self.panel_len..(slot + 1) * self.panel_len];
+            for block in 0..k.packed.blocks {
+                let run = k.packed.run(self.group_index, block, pi);
+                let out = slot * self.per_slot + r * self.per_phase + block * k.mr * tl;
+                let out = &mut b.acc[out..out + k.mr * tl];
+                // One call per group: its taps are views of the group's row, one lane apart.
+                for (gi, &(tap0, len, _)) in groups_w.iter().enumerate() {
+                    let rows = &panel[gi * cin_g * pitch..];
+                    let w = &run[(tap0 - first) * cin_g * k.mr..];
+                    let shape = Rows {
+                        k: cin_g,
+                        pitch,
+                        taps: len,
+                        out_pitch: 0,
+                    };
+                    (self.kernel)(w, rows, shape, out, gi > 0);
+                }
+            }
+        }
+    }
+
+    /// Phase `pi` by whole panels (reused where the slot's panel holds a phase whose taps
+    /// read the same shifted inputs, e.g. kernel == stride), multiplied one k-slice at a
+    /// time.
+    fn whole_phase(
+        &self,
+        chunk: &[(usize, usize)],
+        (pi, r): (usize, usize),
+        holds: &mut [Option<usize>],
+        b: &mut Buffers<T>,
+    ) {
+        let (spec, table) = (&self.k.spec, &self.k.table);
+        let (tl, gs, phases) = (table.tile_lanes, table.group_size, spec.phases.len());
+        let total_taps = table.tap_offset.len();
+        let phase = &spec.phases[pi];
+        let first = table.tap_start[pi];
+        let taps = first..first + phase.taps.len();
+        let same_panel = |tile: usize, prev: usize| {
+            let pf = table.tap_start[prev];
+            spec.phases[prev].taps.len() == phase.taps.len()
+                && (0..phase.taps.len()).all(|j| {
+                    table.tap_offset[pf + j] == table.tap_offset[first + j]
+                        && table.masks[tile * total_taps + pf + j]
+                            == table.masks[tile * total_taps + first + j]
+                })
+        };
+        for (slot, &(ni, tile)) in chunk.iter().enumerate() {
+            let live = table.live[tile * phases + pi];
+            // `holds` names a phase only while the slot's panel holds its packed input.
+            let reuse = live != 0 && holds[slot].is_some_and(|prev| same_panel(tile, prev));
+            let ok = if reuse {
+                true
+            } else {
+                live != 0
+                    && !phase.taps.is_empty()
+                    && pack_panel(
+                        self.src,
+                        self.base(ni),
+                        spec.channel_stride,
+                        self.cin_g,
+                        taps.clone(),
+                        tile,
+                        table,
+                        &mut b.panels[slot * self.panel_len..(slot + 1) * self.panel_len],
+                    )
+            };
+            holds[slot] = if ok { Some(pi) } else { None };
+            b.reached[slot * gs + r] = ok;
+        }
+        let kdim = phase.taps.len() * self.cin_g;
+        for k0 in (0..kdim).step_by(self.kc) {
+            let kn = self.kc.min(kdim - k0);
+            self.multiply(chunk.len(), (pi, r), (k0 * tl, k0, kn), b);
         }
     }
 }
