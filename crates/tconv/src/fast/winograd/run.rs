@@ -68,13 +68,7 @@ impl<T: Element> Winograd<T> {
         mut task: Task<'_, T>,
         avx2: bool,
     ) {
-        let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
-        let slice = self.slice;
-        let pitch = self.pitch;
-        // The plan's ISA, for the output stores (AVX-512's masked stores where it is).
-        let avx512 = self.isa == Isa::Avx512;
-        let kdim = self.kdim;
-        let tl = self.v * self.lanes;
+        let (slice, pitch, kdim) = (self.slice, self.pitch, self.kdim);
         // The transforms in registers (f32 only; `registers` implies it).
         let registers = avx2 && self.registers;
         let slab = match crate::fast::as_f32(x) {
@@ -84,7 +78,6 @@ impl<T: Element> Winograd<T> {
         let mut v = scratch::take::<T>(self.points * kdim * pitch);
         let mut mres = scratch::take::<T>(self.points * slice * pitch);
         let mut rows = scratch::take::<T>(self.row_scratch());
-        let unit = self.live_phases() * self.points * kdim * self.mr;
         let mut live_index = 0;
         // The phase whose transformed input `v` holds: consecutive phases that read the
         // same inputs (HiFi-GAN's k16 s8: four phases per base) transform it once.
@@ -114,100 +107,156 @@ impl<T: Element> Winograd<T> {
                 live_index += 1;
                 continue;
             }
-            let in_plane = numel(&self.in_shape);
             // V[ξ][(source, ci)]: each source's channels in turn (none where `v` holds it).
-            let sources = if v_of.is_some_and(|q| q.same_input(p)) {
-                &[][..]
-            } else {
+            if !v_of.is_some_and(|q| q.same_input(p)) {
                 self.clear_columns(n_cols, &mut rows);
-                &p.sources[..]
-            };
+                let cols = (&runs[..], n_cols);
+                self.phase_inputs(
+                    g,
+                    x,
+                    p,
+                    (task.group, cols),
+                    slab.as_ref(),
+                    &mut v,
+                    &mut rows,
+                );
+            }
             v_of = Some(p);
-            // Columns the GEMMs run over: whole register panels.
-            let n_pad = n_cols.div_ceil(tl) * tl;
-            for (si, src) in sources.iter().enumerate() {
-                let (table, zeros) = self.gather_table(g, src, task.group, &runs, n_cols);
-                let fast = slab.as_ref().and_then(|slab| {
-                    let offs =
-                        slab.offsets((&table, &zeros), (n_cols, n_pad, pitch), self.points)?;
-                    Some((slab, offs, crate::fast::as_f32_mut(&mut v)?))
-                });
-                if let Some((slab, offs, v)) = fast {
-                    let rows = (si * cin_g, pitch, kdim * pitch);
-                    let form = (&self.in_terms_f32[..], self.in_form);
-                    winograd_input::transform(slab, &offs, form, cin_g, v, rows);
-                    continue;
-                }
-                for c0 in (0..cin_g).step_by(CHUNK) {
-                    let cn = CHUNK.min(cin_g - c0);
-                    let dst = &mut v[(si * cin_g + c0) * pitch..];
-                    let gather = (&table[..], &zeros[..]);
-                    let chans = (c0, cn, in_plane);
-                    let v = (dst, kdim * pitch);
-                    self.input_transform(x, chans, gather, n_cols, v, &mut rows);
-                }
-            }
-            let k = p.sources.len() * cin_g;
-            let shape = Rows {
-                k,
-                pitch,
-                taps: 1,
-                out_pitch: pitch,
-            };
-            let (scatter, spans) = self.scatter_table(g, p, &runs, task.band.start);
-            let step = self.out_stride[g.axes.len() - 1] * self.transforms[g.axes.len() - 1].m;
-            let per_slice = slice / self.mr;
-            for b0 in (0..self.blocks).step_by(per_slice) {
-                let blocks = b0..self.blocks.min(b0 + per_slice);
-                for xi in 0..self.points {
-                    let b_rows = &v[xi * kdim * pitch..];
-                    for b in blocks.clone() {
-                        let at = (task.group * self.blocks + b) * unit
-                            + (live_index * self.points + xi) * kdim * self.mr;
-                        let w = &self.packed[at..at + k * self.mr];
-                        for p0 in (0..n_cols).step_by(tl) {
-                            let out = &mut mres[(xi * slice + (b - b0) * self.mr) * pitch + p0..];
-                            (self.kernel)(w, &b_rows[p0..], shape, out, false);
-                        }
-                    }
-                }
-                // The slice's channels, CHUNK at a time (`c0` from the slice's start).
-                let first = b0 * self.mr;
-                let mut b = [T::zero(); CHUNK];
-                for c0 in (first..cout_g.min(first + slice)).step_by(CHUNK) {
-                    let cn = CHUNK.min(cout_g - c0);
-                    for (cc, b) in b[..cn].iter_mut().enumerate() {
-                        *b = bias.map_or(T::zero(), |bias| bias[task.group * cout_g + c0 + cc]);
-                    }
-                    let m_at = (c0 - first) * pitch;
-                    let y = match (crate::fast::as_f32(&mres), crate::fast::as_f32(&b[..cn])) {
-                        (Some(m), Some(b)) if registers => {
-                            let r32 =
-                                crate::fast::as_f32_mut(&mut rows).expect("f32 like the results");
-                            let args = winograd_input::OutputArgs {
-                                mres: &m[m_at..],
-                                point_stride: slice * pitch,
-                                pitch,
-                                cols: n_pad,
-                                bias: b,
-                                block: CHUNK * pitch,
-                            };
-                            let form = (&self.out_terms_f32[..], self.out_form);
-                            winograd_input::output(&args, form, self.points, r32);
-                            &rows[..]
-                        }
-                        _ => self.output_transform(cn, &mres[m_at..], &b[..cn], &mut rows),
-                    };
-                    for cc in 0..cn {
-                        let y = &y[cc * pitch..];
-                        for (image, span) in &spans {
-                            let plane = &mut *task.planes[image * cout_g + c0 + cc];
-                            scatter_outputs(plane, y, &scatter[span.clone()], step, avx512);
-                        }
-                    }
-                }
-            }
+            let scratch = (&mut mres[..], &mut rows[..]);
+            let operands = (&v[..], bias, registers);
+            self.phase_outputs(
+                g,
+                p,
+                (live_index, &runs, n_cols),
+                operands,
+                scratch,
+                &mut task,
+            );
             live_index += 1;
+        }
+    }
+
+    /// Phase `p`'s transformed input `V[ξ][(source, ci)]` over the `n_cols` tiles of `runs`
+    /// (group `group`): each source's channels in turn, in registers from `slab` where it
+    /// can (f32 on AVX2), else gathered through a table, `CHUNK` channels at a time.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn phase_inputs(
+        &self,
+        g: &Geometry,
+        x: &[T],
+        p: &Phase,
+        (group, (runs, n_cols)): (usize, (&[Run], usize)),
+        slab: Option<&Slab>,
+        v: &mut [T],
+        rows: &mut [T],
+    ) {
+        let (cin_g, kdim, pitch) = (g.in_per_group(), self.kdim, self.pitch);
+        let in_plane = numel(&self.in_shape);
+        // Columns the GEMMs run over: whole register panels.
+        let n_pad = n_cols.div_ceil(self.v * self.lanes) * self.v * self.lanes;
+        for (si, src) in p.sources.iter().enumerate() {
+            let (table, zeros) = self.gather_table(g, src, group, runs, n_cols);
+            let fast = slab.and_then(|slab| {
+                let offs = slab.offsets((&table, &zeros), (n_cols, n_pad, pitch), self.points)?;
+                Some((slab, offs, crate::fast::as_f32_mut(v)?))
+            });
+            if let Some((slab, offs, v)) = fast {
+                let rows = (si * cin_g, pitch, kdim * pitch);
+                let form = (&self.in_terms_f32[..], self.in_form);
+                winograd_input::transform(slab, &offs, form, cin_g, v, rows);
+                continue;
+            }
+            for c0 in (0..cin_g).step_by(CHUNK) {
+                let cn = CHUNK.min(cin_g - c0);
+                let dst = &mut v[(si * cin_g + c0) * pitch..];
+                let gather = (&table[..], &zeros[..]);
+                let chans = (c0, cn, in_plane);
+                let v = (dst, kdim * pitch);
+                self.input_transform(x, chans, gather, n_cols, v, rows);
+            }
+        }
+    }
+
+    /// Phase `p`'s outputs (the `live_index`-th live phase, over the `n_cols` tiles of
+    /// `runs`): per slice of output channels, one GEMM per transformed point of `v` into
+    /// `mres`, then the output transform with the bias `CHUNK` channels at a time (in
+    /// registers for f32 on AVX2, `registers`), scattered into the task's planes.
+    #[inline(always)]
+    fn phase_outputs(
+        &self,
+        g: &Geometry,
+        p: &Phase,
+        (live_index, runs, n_cols): (usize, &[Run], usize),
+        (v, bias, registers): (&[T], Option<&[T]>, bool),
+        (mres, rows): (&mut [T], &mut [T]),
+        task: &mut Task<'_, T>,
+    ) {
+        let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
+        let (slice, pitch, kdim) = (self.slice, self.pitch, self.kdim);
+        let tl = self.v * self.lanes;
+        let n_pad = n_cols.div_ceil(tl) * tl;
+        // The plan's ISA, for the output stores (AVX-512's masked stores where it is).
+        let avx512 = self.isa == Isa::Avx512;
+        let unit = self.live_phases() * self.points * kdim * self.mr;
+        let k = p.sources.len() * cin_g;
+        let shape = Rows {
+            k,
+            pitch,
+            taps: 1,
+            out_pitch: pitch,
+        };
+        let (scatter, spans) = self.scatter_table(g, p, runs, task.band.start);
+        let step = self.out_stride[g.axes.len() - 1] * self.transforms[g.axes.len() - 1].m;
+        let per_slice = slice / self.mr;
+        for b0 in (0..self.blocks).step_by(per_slice) {
+            let blocks = b0..self.blocks.min(b0 + per_slice);
+            for xi in 0..self.points {
+                let b_rows = &v[xi * kdim * pitch..];
+                for b in blocks.clone() {
+                    let at = (task.group * self.blocks + b) * unit
+                        + (live_index * self.points + xi) * kdim * self.mr;
+                    let w = &self.packed[at..at + k * self.mr];
+                    for p0 in (0..n_cols).step_by(tl) {
+                        let out = &mut mres[(xi * slice + (b - b0) * self.mr) * pitch + p0..];
+                        (self.kernel)(w, &b_rows[p0..], shape, out, false);
+                    }
+                }
+            }
+            // The slice's channels, CHUNK at a time (`c0` from the slice's start).
+            let first = b0 * self.mr;
+            let mut b = [T::zero(); CHUNK];
+            for c0 in (first..cout_g.min(first + slice)).step_by(CHUNK) {
+                let cn = CHUNK.min(cout_g - c0);
+                for (cc, b) in b[..cn].iter_mut().enumerate() {
+                    *b = bias.map_or(T::zero(), |bias| bias[task.group * cout_g + c0 + cc]);
+                }
+                let m_at = (c0 - first) * pitch;
+                let y = match (crate::fast::as_f32(mres), crate::fast::as_f32(&b[..cn])) {
+                    (Some(m), Some(b)) if registers => {
+                        let r32 = crate::fast::as_f32_mut(rows).expect("f32 like the results");
+                        let args = winograd_input::OutputArgs {
+                            mres: &m[m_at..],
+                            point_stride: slice * pitch,
+                            pitch,
+                            cols: n_pad,
+                            bias: b,
+                            block: CHUNK * pitch,
+                        };
+                        let form = (&self.out_terms_f32[..], self.out_form);
+                        winograd_input::output(&args, form, self.points, r32);
+                        &rows[..]
+                    }
+                    _ => self.output_transform(cn, &mres[m_at..], &b[..cn], rows),
+                };
+                for cc in 0..cn {
+                    let y = &y[cc * pitch..];
+                    for (image, span) in &spans {
+                        let plane = &mut *task.planes[image * cout_g + c0 + cc];
+                        scatter_outputs(plane, y, &scatter[span.clone()], step, avx512);
+                    }
+                }
+            }
         }
     }
 
