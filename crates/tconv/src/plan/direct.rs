@@ -26,7 +26,6 @@ pub(super) fn kernel<T: Element>(
 ) -> Result<DirectKernel<T>> {
     let spec = DirectSpec::new(g);
     let lanes = isa.lanes();
-    let per_image = spec.flat_len();
     let inplace = match options.inplace {
         Some(b) => b,
         None => g.out_per_group() < INPLACE_BELOW,
@@ -44,45 +43,10 @@ pub(super) fn kernel<T: Element>(
     } else {
         tile_shapes_for::<T>(isa)
     };
-    // Store all last-axis residues of a tile together, in output order: in-place
-    // kernels always (measured ~10% faster on fcn_dw), packed kernels at stride 2
-    // and 8, where the residues interleave with vector shuffles (phase by phase,
-    // a stride-8 store is one scalar per element: 8% of hifigan1d's time).
-    let s_last = spec.out_stride[g.axes.len() - 1];
-    let group_size = if (inplace || s_last == 2 || s_last == 8)
-        && s_last > 1
-        && s_last <= crate::fast::direct::MAX_GROUP
-    {
-        s_last
-    } else {
-        1
-    };
-    // Where the residues interleave, a tile across two rows packs and stores in two
-    // runs: the tiles are counted as if each row were tiled on its own (where rows
-    // hold a tile). unet (rows of 64) then takes 6x4, one row a tile, over 8x3:
-    // 5.93-5.99 ms against 6.23-6.38 (medians of 30, two rounds; 4x4: 5.85-5.98).
-    let row = spec
-        .phases
-        .iter()
-        .map(|p| p.extents[g.axes.len() - 1])
-        .max()
-        .unwrap_or(1)
-        .max(1);
-    let cost = |t: &(usize, usize, f32)| {
-        let tl = t.1 * lanes;
-        let flat = if group_size > 1 && row >= tl {
-            per_image / row * row.div_ceil(tl) * tl
-        } else {
-            per_image
-        };
-        tile_cost(rows_per_group, flat, lanes, *t)
-    };
+    let group_size = group_size(&spec, inplace);
     let (mr, v) = match options.tile {
         Some(t) => t,
-        None => shapes
-            .iter()
-            .min_by(|a, b| cost(a).total_cmp(&cost(b)))
-            .map_or((1, 4), |t| (t.0, t.1)),
+        None => cheapest_tile(&spec, shapes, (rows_per_group, lanes), group_size),
     };
     let Some(kernel) = kernel_for::<T>(isa, inplace, mr, v) else {
         return fail(ErrorKind::NoSuchKernel {
@@ -109,22 +73,8 @@ pub(super) fn kernel<T: Element>(
         || pack_weights(view, &spec, w, mr, (threads, pooled)),
         |p| p.data.len() * std::mem::size_of::<T>(),
     );
-    // Split the work into about 4 tasks per thread: batch items first, then row bands.
-    let q0 = spec
-        .phases
-        .iter()
-        .map(|p| p.extents[0])
-        .max()
-        .unwrap_or(1)
-        .max(1);
-    let want = if threads <= 1 { 1 } else { 4 * threads };
-    let per_group = want
-        .div_ceil(exec.as_ref().map_or(g.groups, |e| e.groups))
-        .max(1);
-    let batch_tasks = per_group.min(g.batch.max(1));
-    let batch_chunk = g.batch.max(1).div_ceil(batch_tasks);
-    let row_tasks = per_group.div_ceil(batch_tasks).min(q0);
-    let chunk_rows = q0.div_ceil(row_tasks);
+    let groups = exec.as_ref().map_or(g.groups, |e| e.groups);
+    let (batch_chunk, chunk_rows) = task_split(&spec, g.batch, groups, threads);
     let strided_loads =
         crate::fast::strided_conv::applies(g, (&spec, &kernel, depthwise), (mr, v, lanes), isa);
     // The strided-conv path tiles its panels itself: its table has no tiles.
@@ -152,4 +102,73 @@ pub(super) fn kernel<T: Element>(
     let out_len = numel(&g.output_shape());
     direct.items_cap = (out_len / (threads * direct.item_len(g).max(1))).max(1);
     Ok(direct)
+}
+
+/// Phases stored together: all last-axis residues of a tile, in output order, for in-place
+/// kernels always (measured ~10% faster on fcn_dw), for packed kernels at stride 2 and 8,
+/// where the residues interleave with vector shuffles (phase by phase, a stride-8 store is
+/// one scalar per element: 8% of hifigan1d's time); else 1, phase by phase.
+fn group_size(spec: &DirectSpec, inplace: bool) -> usize {
+    let s_last = spec.out_stride[spec.out_stride.len() - 1];
+    if (inplace || s_last == 2 || s_last == 8)
+        && s_last > 1
+        && s_last <= crate::fast::direct::MAX_GROUP
+    {
+        s_last
+    } else {
+        1
+    }
+}
+
+/// The tile of `shapes` with the least modelled time for `rows` output channels per group
+/// on `lanes`-wide vectors. Where the residues interleave (`group_size` > 1), a tile across
+/// two rows packs and stores in two runs: the tiles are counted as if each row were tiled on
+/// its own (where rows hold a tile). unet (rows of 64) then takes 6x4, one row a tile, over
+/// 8x3: 5.93-5.99 ms against 6.23-6.38 (medians of 30, two rounds; 4x4: 5.85-5.98).
+fn cheapest_tile(
+    spec: &DirectSpec,
+    shapes: &[(usize, usize, f32)],
+    (rows, lanes): (usize, usize),
+    group_size: usize,
+) -> (usize, usize) {
+    let per_image = spec.flat_len();
+    let dims = spec.out_stride.len();
+    let row = spec
+        .phases
+        .iter()
+        .map(|p| p.extents[dims - 1])
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let cost = |t: &(usize, usize, f32)| {
+        let tl = t.1 * lanes;
+        let flat = if group_size > 1 && row >= tl {
+            per_image / row * row.div_ceil(tl) * tl
+        } else {
+            per_image
+        };
+        tile_cost(rows, flat, lanes, *t)
+    };
+    shapes
+        .iter()
+        .min_by(|a, b| cost(a).total_cmp(&cost(b)))
+        .map_or((1, 4), |t| (t.0, t.1))
+}
+
+/// Images per task and phase rows (axis 0) per chunk: the work split into about 4 tasks
+/// per thread over `groups` groups, batch items first, then row bands.
+fn task_split(spec: &DirectSpec, batch: usize, groups: usize, threads: usize) -> (usize, usize) {
+    let q0 = spec
+        .phases
+        .iter()
+        .map(|p| p.extents[0])
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    let want = if threads <= 1 { 1 } else { 4 * threads };
+    let per_group = want.div_ceil(groups).max(1);
+    let batch_tasks = per_group.min(batch.max(1));
+    let batch_chunk = batch.max(1).div_ceil(batch_tasks);
+    let row_tasks = per_group.div_ceil(batch_tasks).min(q0);
+    (batch_chunk, q0.div_ceil(row_tasks))
 }
