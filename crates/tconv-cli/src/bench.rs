@@ -279,7 +279,6 @@ pub fn time_layer(l: &Layer, a: &BenchArgs, opts: &PlanOptions) -> Result<Vec<Ti
 }
 
 fn time_layer_in<T: Element>(l: &Layer, a: &BenchArgs, opts: &PlanOptions) -> Result<Vec<Timing>> {
-    let dims = l.kernel.len();
     let g = l.params.groups.max(1);
     let mut w_shape = vec![l.input[1], l.c_out / g];
     w_shape.extend(&l.kernel);
@@ -293,115 +292,132 @@ fn time_layer_in<T: Element>(l: &Layer, a: &BenchArgs, opts: &PlanOptions) -> Re
         .then(|| time_replan(&w, &l.input, &l.params, opts))
         .transpose()?;
     let plan = Plan::new(Op::ConvTranspose, &l.input, &w, None, &l.params, opts)?;
+    let mut out = Vec::new();
+    if a.pass != Pass::Backward {
+        out.push(forward_row(l, a, opts, (&plan, &x, &w), replan_ms)?);
+    }
+    if a.pass != Pass::Forward {
+        out.extend(backward_rows(l, a, opts, (&plan, &x, &w))?);
+    }
+    if a.with_conv {
+        out.push(conv_row(l, a, opts, (plan.geometry(), &w))?);
+    }
+    Ok(out)
+}
+
+/// The forward row: `plan` timed on `x`, and the time to build it afresh.
+fn forward_row<T: Element>(
+    l: &Layer,
+    a: &BenchArgs,
+    opts: &PlanOptions,
+    (plan, x, w): (&Plan<T>, &ArrayD<T>, &ArrayD<T>),
+    replan_ms: Option<f64>,
+) -> Result<Timing> {
     let plan_ms = time_fn(
         || {
-            Plan::new(Op::ConvTranspose, &l.input, &w, None, &l.params, opts)?;
+            Plan::new(Op::ConvTranspose, &l.input, w, None, &l.params, opts)?;
             Ok(())
         },
         1,
         5,
     )?
     .0;
+    let (median_ms, min_ms) = time_plan(plan, x, a.warmup, a.runs)?;
+    Ok(Timing {
+        name: l.name.clone(),
+        threads: plan.threads(),
+        gflop: plan.geometry().flops() as f64 / 1e9,
+        median_ms,
+        min_ms,
+        algorithm: plan.label(),
+        workspace_bytes: plan.workspace_bytes(),
+        plan_ms: Some(plan_ms),
+        replan_ms,
+    })
+}
+
+/// The backward rows: `NAME:grad_input` and `NAME:grad_weight` each alone, and
+/// `NAME:backward` both together, as a training step (and PyTorch's `y.backward(gy)`) asks.
+fn backward_rows<T: Element>(
+    l: &Layer,
+    a: &BenchArgs,
+    opts: &PlanOptions,
+    (plan, x, w): (&Plan<T>, &ArrayD<T>, &ArrayD<T>),
+) -> Result<Vec<Timing>> {
     let geometry: &Geometry = plan.geometry();
     let gflop = geometry.flops() as f64 / 1e9;
+    let gy = random::<T>(&geometry.output_shape(), 4);
+    let wanted = |input, weight| tconv::Wanted {
+        input,
+        weight,
+        bias: false,
+    };
     let mut out = Vec::new();
-    if a.pass != Pass::Backward {
-        let (median_ms, min_ms) = time_plan(&plan, &x, a.warmup, a.runs)?;
+    for (suffix, wanted) in [
+        ("grad_input", wanted(true, false)),
+        ("grad_weight", wanted(false, true)),
+        ("backward", wanted(true, true)),
+    ] {
+        let (median_ms, min_ms) = time_fn(
+            || {
+                tconv::conv_transpose_backward(x, w, &gy, &l.params, wanted, opts)?;
+                Ok(())
+            },
+            a.warmup,
+            a.runs,
+        )?;
         out.push(Timing {
-            name: l.name.clone(),
+            name: format!("{}:{suffix}", l.name),
             threads: plan.threads(),
-            gflop,
+            gflop: if suffix == "backward" {
+                2.0 * gflop
+            } else {
+                gflop
+            },
             median_ms,
             min_ms,
-            algorithm: plan.label(),
-            workspace_bytes: plan.workspace_bytes(),
-            plan_ms: Some(plan_ms),
-            replan_ms,
-        });
-    }
-    if a.pass != Pass::Forward {
-        let gy = random::<T>(&geometry.output_shape(), 4);
-        for (suffix, wanted) in [
-            (
-                "grad_input",
-                tconv::Wanted {
-                    input: true,
-                    weight: false,
-                    bias: false,
-                },
-            ),
-            (
-                "grad_weight",
-                tconv::Wanted {
-                    input: false,
-                    weight: true,
-                    bias: false,
-                },
-            ),
-            // Both together, as a training step (and PyTorch's `y.backward(gy)`) asks.
-            (
-                "backward",
-                tconv::Wanted {
-                    input: true,
-                    weight: true,
-                    bias: false,
-                },
-            ),
-        ] {
-            let (median_ms, min_ms) = time_fn(
-                || {
-                    tconv::conv_transpose_backward(&x, &w, &gy, &l.params, wanted, opts)?;
-                    Ok(())
-                },
-                a.warmup,
-                a.runs,
-            )?;
-            out.push(Timing {
-                name: format!("{}:{suffix}", l.name),
-                threads: plan.threads(),
-                gflop: if suffix == "backward" {
-                    2.0 * gflop
-                } else {
-                    gflop
-                },
-                median_ms,
-                min_ms,
-                algorithm: match suffix {
-                    "grad_input" => {
-                        let ws = w.as_slice().context("contiguous weight")?;
-                        let plan = tconv::grad::input_plan(geometry, ws, opts)?;
-                        format!("{} {}", plan.geometry().op.name(), plan.label())
-                    }
-                    "grad_weight" => tconv::grad::weight_gradient_method(geometry, opts),
-                    _ => tconv::grad::backward_method(geometry, opts).into(),
-                },
-                workspace_bytes: 0,
-                plan_ms: None,
-                replan_ms: None,
-            });
-        }
-    }
-    if a.with_conv {
-        // The conv this layer is the transpose of: input = the layer's output, same weight.
-        let mut p = l.params.clone();
-        p.output_padding = vec![0; dims];
-        let yshape = geometry.output_shape();
-        let plan = Plan::new(Op::Conv, &yshape, &w, None, &p, opts)?;
-        let xc = random::<T>(&yshape, 3);
-        let (median_ms, min_ms) = time_plan(&plan, &xc, a.warmup, a.runs)?;
-        out.push(Timing {
-            name: format!("{}:conv", l.name),
-            threads: plan.threads(),
-            gflop: plan.geometry().flops() as f64 / 1e9,
-            median_ms,
-            min_ms,
-            algorithm: plan.label(),
-            workspace_bytes: plan.workspace_bytes(),
+            algorithm: match suffix {
+                "grad_input" => {
+                    let ws = w.as_slice().context("contiguous weight")?;
+                    let plan = tconv::grad::input_plan(geometry, ws, opts)?;
+                    format!("{} {}", plan.geometry().op.name(), plan.label())
+                }
+                "grad_weight" => tconv::grad::weight_gradient_method(geometry, opts),
+                _ => tconv::grad::backward_method(geometry, opts).into(),
+            },
+            workspace_bytes: 0,
             plan_ms: None,
             replan_ms: None,
         });
     }
     Ok(out)
+}
+
+/// The row `NAME:conv`: the conv this layer is the transpose of (input = the layer's
+/// output, the same weight).
+fn conv_row<T: Element>(
+    l: &Layer,
+    a: &BenchArgs,
+    opts: &PlanOptions,
+    (geometry, w): (&Geometry, &ArrayD<T>),
+) -> Result<Timing> {
+    let mut p = l.params.clone();
+    p.output_padding = vec![0; l.kernel.len()];
+    let yshape = geometry.output_shape();
+    let plan = Plan::new(Op::Conv, &yshape, w, None, &p, opts)?;
+    let xc = random::<T>(&yshape, 3);
+    let (median_ms, min_ms) = time_plan(&plan, &xc, a.warmup, a.runs)?;
+    Ok(Timing {
+        name: format!("{}:conv", l.name),
+        threads: plan.threads(),
+        gflop: plan.geometry().flops() as f64 / 1e9,
+        median_ms,
+        min_ms,
+        algorithm: plan.label(),
+        workspace_bytes: plan.workspace_bytes(),
+        plan_ms: None,
+        replan_ms: None,
+    })
 }
 
 /// The layers the flags select.
