@@ -479,36 +479,12 @@ fn explain_typed<T: Element>(
 ) -> Result<String> {
     let bshape = b.map(|b| b.shape().to_vec());
     let g = Geometry::new(op, x.shape(), w.shape(), bshape.as_deref(), params)?;
-    if g.spatial_dims() > 2 {
-        bail!(
-            "explain shows 1-D and 2-D problems; this one has {} spatial axes",
-            g.spatial_dims()
-        );
-    }
-    let steps = match op {
-        Op::ConvTranspose => g.batch * g.in_channels * numel(&g.small_spatial()),
-        Op::Conv => g.batch * g.out_channels * numel(&g.small_spatial()),
-    };
-    if steps > max_steps {
-        bail!(
-            "this problem has {steps} steps to show, more than --max-steps {max_steps}; pass --max-steps {steps} to print them all, or try a smaller input"
-        );
-    }
+    check_size(&g, max_steps)?;
     let xs = x.as_standard_layout();
     let ws = w.as_standard_layout();
     let (xd, wd) = (xs.as_slice().unwrap_or(&[]), ws.as_slice().unwrap_or(&[]));
     let bd: Option<Vec<T>> = b.map(|b| b.iter().copied().collect());
-    let labels = Labels {
-        batch: g.batch,
-        channels_in: g.in_channels,
-    };
-    let mut out = String::new();
-    let mut step = 0;
-    let mut section = |title: String, out: &mut String| {
-        step += 1;
-        out.push_str(&format!("\nStep {step}. {title}"));
-    };
-    out.push_str(&format!(
+    let mut out = format!(
         "{}: input {:?}, weight {:?}{}\n  {}\n",
         match op {
             Op::Conv => "Convolution",
@@ -519,43 +495,93 @@ fn explain_typed<T: Element>(
         b.map(|b| format!(", bias {:?}", b.shape()))
             .unwrap_or_default(),
         params_line(&g)
-    ));
+    );
     out.push_str(&planes(
         "input x",
         xd,
         (g.batch, g.in_channels),
         &g.axes.iter().map(|a| a.input).collect::<Vec<_>>(),
     ));
-    let k_sp = g.kernel_shape();
     let wl = (ws.shape()[0], ws.shape()[1]);
-    out.push_str(&planes("kernel w", wd, wl, &k_sp));
-    if sections.size {
-        section(size_section(&g), &mut out);
+    out.push_str(&planes("kernel w", wd, wl, &g.kernel_shape()));
+    for (step, title) in steps(&g, (xd, wd, bd.as_deref()), sections)?
+        .into_iter()
+        .enumerate()
+    {
+        out.push_str(&format!("\nStep {}. {title}", step + 1));
     }
-    match op {
+    out.push_str(&result(&g, x, w, b, params)?);
+    Ok(out)
+}
+
+/// An error unless `g` is 1-D or 2-D with at most `max_steps` steps to show.
+fn check_size(g: &Geometry, max_steps: usize) -> Result<()> {
+    if g.spatial_dims() > 2 {
+        bail!(
+            "explain shows 1-D and 2-D problems; this one has {} spatial axes",
+            g.spatial_dims()
+        );
+    }
+    let steps = match g.op {
+        Op::ConvTranspose => g.batch * g.in_channels * numel(&g.small_spatial()),
+        Op::Conv => g.batch * g.out_channels * numel(&g.small_spatial()),
+    };
+    if steps > max_steps {
+        bail!(
+            "this problem has {steps} steps to show, more than --max-steps {max_steps}; pass --max-steps {steps} to print them all, or try a smaller input"
+        );
+    }
+    Ok(())
+}
+
+/// The sections asked for, in order: the size arithmetic, then the op's steps (a transposed
+/// conv's scatter, overlaps and zero insertion; a conv's dot products), then the matrix.
+fn steps<T: Element>(
+    g: &Geometry,
+    (xd, wd, bd): (&[T], &[T], Option<&[T]>),
+    sections: Sections,
+) -> Result<Vec<String>> {
+    let labels = Labels {
+        batch: g.batch,
+        channels_in: g.in_channels,
+    };
+    let mut out = Vec::new();
+    if sections.size {
+        out.push(size_section(g));
+    }
+    match g.op {
         Op::ConvTranspose => {
-            let st = scatter_steps(&g, xd, wd);
+            let st = scatter_steps(g, xd, wd);
             if sections.steps {
-                section(scatter_section(&g, &st, bd.as_deref(), &labels), &mut out);
+                out.push(scatter_section(g, &st, bd, &labels));
             }
             if sections.overlaps {
-                section(overlap_section(&g, &st, bd.as_deref(), &labels), &mut out);
+                out.push(overlap_section(g, &st, bd, &labels));
             }
             if sections.zero_insertion {
-                section(zero_insertion_section(&g, xd, wd)?, &mut out);
+                out.push(zero_insertion_section(g, xd, wd)?);
             }
         }
         Op::Conv => {
             if sections.steps {
-                section(dots_section(&g, xd, wd, bd.as_deref()), &mut out);
+                out.push(dots_section(g, xd, wd, bd));
             }
         }
     }
     if sections.matrix {
-        if let Some(m) = matrix_section(&g, xd, wd)? {
-            section(m, &mut out);
-        }
+        out.extend(matrix_section(g, xd, wd)?);
     }
+    Ok(out)
+}
+
+/// The result through the library (as a user would compute it), planes and nested list.
+fn result<T: Element>(
+    g: &Geometry,
+    x: &ndarray::ArrayD<T>,
+    w: &ndarray::ArrayD<T>,
+    b: Option<&ndarray::ArrayD<T>>,
+    params: &ConvParams,
+) -> Result<String> {
     let bv = match b {
         Some(b) => match b.view().into_dimensionality::<ndarray::Ix1>() {
             Ok(v) => Some(v),
@@ -563,12 +589,12 @@ fn explain_typed<T: Element>(
         },
         None => None,
     };
-    let y = match op {
+    let y = match g.op {
         Op::Conv => tconv::conv(x, w, bv, params)?,
         Op::ConvTranspose => tconv::conv_transpose(x, w, bv, params)?,
     };
     let ys = y.as_standard_layout();
-    out.push_str("\nResult:\n");
+    let mut out = String::from("\nResult:\n");
     out.push_str(&planes(
         "y",
         ys.as_slice().unwrap_or(&[]),
