@@ -92,6 +92,17 @@ pub fn demo_text() -> Result<String> {
     s.push_str(&banner(
         "Example 4. The matrix view: transposed convolution IS the transpose",
     ));
+    s.push_str(&matrix_example(&kernel, &x3, &x2)?);
+    Ok(s)
+}
+
+/// Example 4: the convolution of Example 1 as its matrix `C` (`kernel` over `x3`), and
+/// `Cᵀ` applied to Example 2's input `x2`, equal to its transposed convolution.
+fn matrix_example(
+    kernel: &ndarray::ArrayD<f64>,
+    x3: &ndarray::ArrayD<f64>,
+    x2: &ndarray::ArrayD<f64>,
+) -> Result<String> {
     let g = Geometry::new(
         Op::Conv,
         &[1, 1, 3, 3],
@@ -100,12 +111,12 @@ pub fn demo_text() -> Result<String> {
         &ConvParams::new(),
     )?;
     let c = convolution_matrix(&g, kernel.as_slice().unwrap_or(&[]))?;
-    s.push_str(&format!(
+    let mut s = format!(
         "The convolution of Example 1 maps 9 input values to 4 outputs: it is a {}×{} matrix C\n\
          (row = output element, column = input element, entries = kernel weights):\n",
         c.nrows(),
         c.ncols()
-    ));
+    );
     let cells: Vec<String> = c.iter().map(|&v| n(v)).collect();
     s.push_str(&grid(c.nrows(), c.ncols(), &cells, "  "));
     let x1 = ArrayView1::from(x3.as_slice().unwrap_or(&[]));
@@ -124,7 +135,7 @@ pub fn demo_text() -> Result<String> {
     s.push_str(&format!("Cᵀ · [1, 2, 3, 4] = [{}]\n", yc.join(", ")));
     s.push_str("read as 3×3:\n");
     s.push_str(&grid(3, 3, &yc, "  "));
-    let direct = tconv::conv_transpose(&x2, &kernel, None, &ConvParams::new())?;
+    let direct = tconv::conv_transpose(x2, kernel, None, &ConvParams::new())?;
     let same = direct.iter().zip(y.iter()).all(|(a, b)| a == b);
     s.push_str(&format!(
         "{} Example 2's output: transposed convolution is exactly the transpose of the convolution's matrix\n\
