@@ -160,67 +160,29 @@ fn sizing_within<T: Element>(
     threads: usize,
     bound: Bound,
 ) -> Sizing {
-    let dims = g.axes.len();
-    let cin_g = g.in_per_group();
-    let kdim = most_sources(phases) * cin_g;
+    let cut = Cut::new::<T>(
+        g,
+        (transforms, phases, in_stride),
+        v * lanes,
+        (threads, bound),
+    );
     let blocks = g.out_per_group().div_ceil(mr);
-    let points: usize = transforms.iter().map(|t| t.alpha).product();
-    let live: Vec<&Phase> = phases.iter().filter(|p| p.live()).collect();
     // Task sizes: about POINT_BYTES per point of transformed input and results, whole
     // images where they are small, else bands of tile rows; then a task per thread.
-    let tl = v * lanes;
-    let m0 = transforms[0].m;
-    let q0 = phases.iter().map(|p| p.extents[0]).max().unwrap_or(0);
-    let t0 = q0.div_ceil(m0).max(1);
-    let row_tiles = live
-        .iter()
-        .map(|p| {
-            (1..dims)
-                .map(|a| p.extents[a].div_ceil(transforms[a].m))
-                .product::<usize>()
-        })
-        .max()
-        .unwrap_or(1)
-        .max(1);
-    let elem = std::mem::size_of::<T>();
-    let per_col = (kdim + blocks * mr) * elem;
+    let per_col = (cut.kdim + blocks * mr) * cut.elem;
     let point_bytes = if most_sources(phases) > 1 {
         POINT_BYTES_SOURCES
     } else {
         POINT_BYTES
     };
     // No more scratch over all threads than the bound.
+    let tl = cut.tl;
     let want = (point_bytes / per_col.max(1))
-        .min(TASK_BYTES / (points * per_col).max(1))
-        .min(bound.over(threads) / (threads.max(1) * points * per_col).max(1))
+        .min(TASK_BYTES / (cut.points * per_col).max(1))
+        .min(bound.over(threads) / (threads.max(1) * cut.points * per_col).max(1))
         / tl
         * tl;
-    let want = want.max(tl);
-    let per_image = t0 * row_tiles;
-    let batch = g.batch.max(1);
-    let (mut batch_chunk, mut band_tiles) = if per_image >= want {
-        (1, (want / row_tiles).clamp(1, t0))
-    } else {
-        ((want / per_image).clamp(1, batch), t0)
-    };
-    let tasks = |bc: usize, bt: usize| g.groups * batch.div_ceil(bc) * t0.div_ceil(bt);
-    // Halve the images per task, else the band; false where both are one.
-    let halve = |bc: &mut usize, bt: &mut usize| {
-        if *bc > 1 {
-            *bc = bc.div_ceil(2);
-        } else if *bt > 1 {
-            *bt = bt.div_ceil(2);
-        } else {
-            return false;
-        }
-        true
-    };
-    while threads > 1
-        && tasks(batch_chunk, band_tiles) < threads
-        && halve(&mut batch_chunk, &mut band_tiles)
-    {}
-    let in_shape: Vec<usize> = g.axes.iter().map(|a| a.input).collect();
-    let outputs: usize = transforms.iter().map(|t| t.m).product();
+    let (mut batch_chunk, mut band_tiles) = cut.first_cut(want.max(tl));
     // The transforms in registers copy each task's input rows channels-last
     // ([`crate::fast::winograd_input`]): at most the rows its band of tiles spans (the
     // sources' offsets apart), for each of its images.
@@ -230,30 +192,8 @@ fn sizing_within<T: Element>(
     let mut registers = crate::fast::as_f32::<T>(&[]).is_some()
         && isa >= Isa::Avx2
         && tl.is_multiple_of(8)
-        && dims >= 2;
+        && g.axes.len() >= 2;
     let registers_wanted = registers;
-    let bases = live
-        .iter()
-        .flat_map(|p| p.sources.iter().map(|s| s.base[0]));
-    let spread = (bases.clone().max().unwrap_or(0) - bases.min().unwrap_or(0)) as usize;
-    let slab_len = |bc: usize, bt: usize, registers: bool| -> usize {
-        let cpad = cin_g.div_ceil(8) * 8;
-        let rows = ((m0 * (bt - 1) + transforms[0].alpha + spread) * in_stride[0] + in_stride[0])
-            .min(in_shape[0]);
-        if registers {
-            bc * rows * numel(&in_shape[1..]) * cpad + cpad
-        } else {
-            0
-        }
-    };
-    let rows_len = points.max(outputs) * CHUNK;
-    let task_len = |bc: usize, bt: usize, registers: bool, slice: usize| -> usize {
-        let pitch = crate::fast::im2col::pitch(bc * bt * row_tiles, tl, elem);
-        points * (kdim + slice) * pitch + rows_len * pitch + slab_len(bc, bt, registers)
-    };
-    let over_on = |n: usize, bc: usize, bt: usize, registers: bool, slice: usize| {
-        n.max(1) * task_len(bc, bt, registers, slice) * elem > bound.over(n)
-    };
     // The GEMM results of all output channels at once, or, where that would not fit on
     // the smallest tasks halving reaches, of the fewest whole blocks that are whole
     // chunks of the output transform (lcm(mr, CHUNK) channels, at most 24), each slice
@@ -261,34 +201,24 @@ fn sizing_within<T: Element>(
     // dcgan1's is 295 KB on 16-tile panels, within a 1 MB L2).
     let full = blocks * mr;
     let least = lcm(mr, CHUNK).min(full);
-    let (mut fbc, mut fbt) = (batch, t0);
-    while fbc * fbt * row_tiles >= 2 * tl && halve(&mut fbc, &mut fbt) {}
+    let (mut fbc, mut fbt) = (cut.batch, cut.t0);
+    while fbc * fbt * cut.row_tiles >= 2 * tl && halve(&mut fbc, &mut fbt) {}
     // Whether the transforms run in registers is decided for DECISION_THREADS threads,
     // whatever the plan runs on (the two transforms round differently), on the least
     // slice: the portable transforms (no copy of the input) where only they keep all
     // threads' scratch within the output.
-    if over_on(DECISION_THREADS, fbc, fbt, registers, least)
-        && !over_on(DECISION_THREADS, fbc, fbt, false, least)
+    if cut.over_on(DECISION_THREADS, (fbc, fbt), registers, least)
+        && !cut.over_on(DECISION_THREADS, (fbc, fbt), false, least)
     {
         registers = false;
     }
-    let mut slice = if over_on(threads, fbc, fbt, registers, full) {
+    let mut slice = if cut.over_on(threads, (fbc, fbt), registers, full) {
         least
     } else {
         full
     };
-    // Halved while over the bound (as `want` above, now counting everything a task
-    // holds), but not below a register panel's columns (dcgan1's input gradient,
-    // whose output is half its input, ran 5x slower in tasks of one tile row).
-    let halved = |mut bc: usize, mut bt: usize, slice: usize| {
-        while over_on(threads, bc, bt, registers, slice)
-            && bc * bt * row_tiles >= 2 * tl
-            && halve(&mut bc, &mut bt)
-        {}
-        (bc, bt)
-    };
     let wanted = (batch_chunk, band_tiles);
-    let (mut batch_chunk, mut band_tiles) = halved(wanted.0, wanted.1, slice);
+    (batch_chunk, band_tiles) = cut.halved(wanted, registers, slice);
     // Where that leaves a task one register panel of columns and the packed weights, which
     // every task streams once, are larger than `STREAMED_WEIGHTS`, the results of the
     // least slice of output channels at a time if the bound then holds two panels or more:
@@ -304,23 +234,168 @@ fn sizing_within<T: Element>(
     if slice == full
         && least < full
         && weight_bytes > STREAMED_WEIGHTS
-        && batch_chunk * band_tiles * row_tiles <= tl
+        && batch_chunk * band_tiles * cut.row_tiles <= tl
     {
-        let (bc, bt) = halved(wanted.0, wanted.1, least);
-        if bc * bt * row_tiles >= 2 * tl && !over_on(threads, bc, bt, registers, least) {
+        let (bc, bt) = cut.halved(wanted, registers, least);
+        if bc * bt * cut.row_tiles >= 2 * tl && !cut.over_on(threads, (bc, bt), registers, least) {
             (slice, batch_chunk, band_tiles) = (least, bc, bt);
         }
     }
-    let cols = batch_chunk * band_tiles * row_tiles;
+    let cols = batch_chunk * band_tiles * cut.row_tiles;
     Sizing {
         batch_chunk,
         band_tiles,
-        pitch: crate::fast::im2col::pitch(cols, tl, elem),
+        pitch: crate::fast::im2col::pitch(cols, tl, cut.elem),
         registers,
         registers_wanted,
         slice,
-        task_len: task_len(batch_chunk, band_tiles, registers, slice),
+        task_len: cut.task_len((batch_chunk, band_tiles), registers, slice),
         bound: bound.over(threads),
+    }
+}
+
+/// Halve the images per task, else the band of tile rows; `false` where both are one.
+fn halve(bc: &mut usize, bt: &mut usize) -> bool {
+    if *bc > 1 {
+        *bc = bc.div_ceil(2);
+    } else if *bt > 1 {
+        *bt = bt.div_ceil(2);
+    } else {
+        return false;
+    }
+    true
+}
+
+/// What [`sizing_within`] decides a cut from: the plan's sizes for one tile of `tl`
+/// columns on `threads` threads, and what a task of `(images, tile rows)` holds.
+struct Cut<'a> {
+    g: &'a Geometry,
+    transforms: &'a [Transform],
+    in_stride: &'a [usize],
+    threads: usize,
+    bound: Bound,
+    tl: usize,
+    elem: usize,
+    /// Transformed points per tile, and the GEMMs' reduction.
+    points: usize,
+    kdim: usize,
+    /// Images (at least one); tile rows along axis 0; tiles of one tile row (the most of
+    /// any live phase).
+    batch: usize,
+    t0: usize,
+    row_tiles: usize,
+    /// How far apart the live phases' sources start along axis 0.
+    spread: usize,
+    /// Scratch rows of the transforms, per column.
+    rows_len: usize,
+}
+
+impl<'a> Cut<'a> {
+    fn new<T: Element>(
+        g: &'a Geometry,
+        (transforms, phases, in_stride): (&'a [Transform], &[Phase], &'a [usize]),
+        tl: usize,
+        (threads, bound): (usize, Bound),
+    ) -> Self {
+        let dims = g.axes.len();
+        let live: Vec<&Phase> = phases.iter().filter(|p| p.live()).collect();
+        let q0 = phases.iter().map(|p| p.extents[0]).max().unwrap_or(0);
+        let row_tiles = live
+            .iter()
+            .map(|p| {
+                (1..dims)
+                    .map(|a| p.extents[a].div_ceil(transforms[a].m))
+                    .product::<usize>()
+            })
+            .max()
+            .unwrap_or(1)
+            .max(1);
+        let bases = live
+            .iter()
+            .flat_map(|p| p.sources.iter().map(|s| s.base[0]));
+        let spread = (bases.clone().max().unwrap_or(0) - bases.min().unwrap_or(0)) as usize;
+        let points: usize = transforms.iter().map(|t| t.alpha).product();
+        let outputs: usize = transforms.iter().map(|t| t.m).product();
+        Cut {
+            g,
+            transforms,
+            in_stride,
+            threads,
+            bound,
+            tl,
+            elem: std::mem::size_of::<T>(),
+            points,
+            kdim: most_sources(phases) * g.in_per_group(),
+            batch: g.batch.max(1),
+            t0: q0.div_ceil(transforms[0].m).max(1),
+            row_tiles,
+            spread,
+            rows_len: points.max(outputs) * CHUNK,
+        }
+    }
+
+    /// Tasks of `(bc, bt)` (images, tile rows) over the whole plan.
+    fn tasks(&self, (bc, bt): (usize, usize)) -> usize {
+        self.g.groups * self.batch.div_ceil(bc) * self.t0.div_ceil(bt)
+    }
+
+    /// The cut aiming at `want` columns a task (whole images where they are small, else
+    /// bands of tile rows), halved until every thread has a task.
+    fn first_cut(&self, want: usize) -> (usize, usize) {
+        let per_image = self.t0 * self.row_tiles;
+        let (mut bc, mut bt) = if per_image >= want {
+            (1, (want / self.row_tiles).clamp(1, self.t0))
+        } else {
+            ((want / per_image).clamp(1, self.batch), self.t0)
+        };
+        while self.threads > 1 && self.tasks((bc, bt)) < self.threads && halve(&mut bc, &mut bt) {}
+        (bc, bt)
+    }
+
+    /// Elements of the channels-last input copy a task of `(bc, bt)` holds where the
+    /// transforms run in `registers` (0 otherwise).
+    fn slab_len(&self, (bc, bt): (usize, usize), registers: bool) -> usize {
+        let in_shape: Vec<usize> = self.g.axes.iter().map(|a| a.input).collect();
+        let cpad = self.g.in_per_group().div_ceil(8) * 8;
+        let m0 = self.transforms[0].m;
+        let s0 = self.in_stride[0];
+        let rows =
+            ((m0 * (bt - 1) + self.transforms[0].alpha + self.spread) * s0 + s0).min(in_shape[0]);
+        if registers {
+            bc * rows * numel(&in_shape[1..]) * cpad + cpad
+        } else {
+            0
+        }
+    }
+
+    /// Elements of scratch a task of `(bc, bt)` allocates, its results `slice` channels at
+    /// a time.
+    fn task_len(&self, (bc, bt): (usize, usize), registers: bool, slice: usize) -> usize {
+        let pitch = crate::fast::im2col::pitch(bc * bt * self.row_tiles, self.tl, self.elem);
+        self.points * (self.kdim + slice) * pitch
+            + self.rows_len * pitch
+            + self.slab_len((bc, bt), registers)
+    }
+
+    /// Whether `n` threads' tasks of `(bc, bt)` would hold more than the bound.
+    fn over_on(&self, n: usize, cut: (usize, usize), registers: bool, slice: usize) -> bool {
+        n.max(1) * self.task_len(cut, registers, slice) * self.elem > self.bound.over(n)
+    }
+
+    /// `cut` halved while over the bound on the plan's threads (counting everything a task
+    /// holds), but not below a register panel's columns (dcgan1's input gradient, whose
+    /// output is half its input, ran 5x slower in tasks of one tile row).
+    fn halved(
+        &self,
+        (mut bc, mut bt): (usize, usize),
+        registers: bool,
+        slice: usize,
+    ) -> (usize, usize) {
+        while self.over_on(self.threads, (bc, bt), registers, slice)
+            && bc * bt * self.row_tiles >= 2 * self.tl
+            && halve(&mut bc, &mut bt)
+        {}
+        (bc, bt)
     }
 }
 
