@@ -444,46 +444,41 @@ pub fn portable<T: Element>(mr: usize, v: usize) -> Option<KernelFn<T>> {
 
 /// An f64 kernel for a tile shape of the portable layout: compiled for the best of AVX-512F
 /// and AVX2 with FMA that this CPU has and `TCONV_ISA` allows (fused multiply-adds), else the
-/// portable one.
+/// portable one. The shapes: those of [`tile_shapes`]`(Isa::Scalar)` (Winograd tiles, forced
+/// on f64, choose among them) and of [`tile_shapes_for`]`::<f64>` on either ISA.
 pub fn f64_kernel(mr: usize, v: usize) -> Option<KernelFn<f64>> {
-    match Isa::detect() {
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => table!(
-            mr,
-            v,
-            |M, W| f64x::avx512::<M, W> as KernelFn<f64>,
-            [
-                (6, 2),
-                (3, 3),
-                (12, 1),
-                (8, 1),
-                (2, 4),
-                (1, 4),
-                (12, 2),
-                (6, 4),
-                (4, 4)
-            ]
-        ),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => table!(
-            mr,
-            v,
-            |M, W| f64x::avx2::<M, W> as KernelFn<f64>,
-            [
-                (6, 2),
-                (3, 3),
-                (12, 1),
-                (8, 1),
-                (2, 4),
-                (1, 4),
-                (6, 1),
-                (5, 1),
-                (4, 1),
-                (2, 2)
-            ]
-        ),
-        _ => portable::<f64>(mr, v),
+    #[cfg(target_arch = "x86_64")]
+    {
+        let isa = Isa::detect();
+        if isa != Isa::Scalar {
+            let avx512 = isa == Isa::Avx512;
+            return table!(
+                mr,
+                v,
+                |M, W| if avx512 {
+                    f64x::avx512::<M, W> as KernelFn<f64>
+                } else {
+                    f64x::avx2::<M, W> as KernelFn<f64>
+                },
+                [
+                    (6, 2),
+                    (3, 3),
+                    (12, 1),
+                    (8, 1),
+                    (2, 4),
+                    (1, 4),
+                    (12, 2),
+                    (6, 4),
+                    (4, 4),
+                    (6, 1),
+                    (5, 1),
+                    (4, 1),
+                    (2, 2)
+                ]
+            );
+        }
     }
+    portable::<f64>(mr, v)
 }
 
 /// An f32 kernel for `isa` and a tile shape, if instantiated.
