@@ -102,6 +102,16 @@ pub enum Dtype {
     Float64,
 }
 
+impl Dtype {
+    /// NumPy's name, as the flag takes it.
+    fn name(self) -> &'static str {
+        match self {
+            Dtype::Float32 => f32::DTYPE,
+            Dtype::Float64 => f64::DTYPE,
+        }
+    }
+}
+
 /// Passes to time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Pass {
@@ -252,22 +262,34 @@ fn time_replan<T: Element>(
     Ok(timed.0)
 }
 
-fn time_plan<T: Element>(
+/// The row `name`: `plan` timed on `x` (no planning times).
+fn plan_row<T: Element>(
+    name: String,
     plan: &Plan<T>,
     x: &ArrayD<T>,
-    warmup: usize,
-    runs: usize,
-) -> Result<(f64, f64)> {
+    a: &BenchArgs,
+) -> Result<Timing> {
     let xs = x.as_slice().context("contiguous input")?;
     let mut y = vec![T::zero(); plan.geometry().output_shape().iter().product()];
-    time_fn(
+    let (median_ms, min_ms) = time_fn(
         || {
             plan.run(xs, None, &mut y);
             Ok(())
         },
-        warmup,
-        runs,
-    )
+        a.warmup,
+        a.runs,
+    )?;
+    Ok(Timing {
+        name,
+        threads: plan.threads(),
+        gflop: plan.geometry().flops() as f64 / 1e9,
+        median_ms,
+        min_ms,
+        algorithm: plan.label(),
+        workspace_bytes: plan.workspace_bytes(),
+        plan_ms: None,
+        replan_ms: None,
+    })
 }
 
 /// Time one layer (and optionally its conv) with the given options, in `a.dtype`.
@@ -322,17 +344,10 @@ fn forward_row<T: Element>(
         5,
     )?
     .0;
-    let (median_ms, min_ms) = time_plan(plan, x, a.warmup, a.runs)?;
     Ok(Timing {
-        name: l.name.clone(),
-        threads: plan.threads(),
-        gflop: plan.geometry().flops() as f64 / 1e9,
-        median_ms,
-        min_ms,
-        algorithm: plan.label(),
-        workspace_bytes: plan.workspace_bytes(),
         plan_ms: Some(plan_ms),
         replan_ms,
+        ..plan_row(l.name.clone(), plan, x, a)?
     })
 }
 
@@ -406,18 +421,7 @@ fn conv_row<T: Element>(
     let yshape = geometry.output_shape();
     let plan = Plan::new(Op::Conv, &yshape, w, None, &p, opts)?;
     let xc = random::<T>(&yshape, 3);
-    let (median_ms, min_ms) = time_plan(&plan, &xc, a.warmup, a.runs)?;
-    Ok(Timing {
-        name: format!("{}:conv", l.name),
-        threads: plan.threads(),
-        gflop: plan.geometry().flops() as f64 / 1e9,
-        median_ms,
-        min_ms,
-        algorithm: plan.label(),
-        workspace_bytes: plan.workspace_bytes(),
-        plan_ms: None,
-        replan_ms: None,
-    })
+    plan_row(format!("{}:conv", l.name), &plan, &xc, a)
 }
 
 /// The layers the flags select.
@@ -546,10 +550,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         } else {
             "measured"
         };
-        let dtype = match a.dtype {
-            Dtype::Float32 => "float32",
-            Dtype::Float64 => "float64",
-        };
+        let dtype = a.dtype.name();
         println!("FMA peak: {peak_per_core:.1} GFLOP/s per core ({isa}, {dtype}, {how})");
         println!(
             "{:<18} {:>7} {:>8} {:>10} {:>10} {:>9} {:>7} {:>8} {:>9}  algorithm",
@@ -576,7 +577,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                     "algorithm": t.algorithm,
                     "workspace_bytes": t.workspace_bytes, "runs": a.runs,
                     "plan_ms": t.plan_ms, "replan_ms": t.replan_ms,
-                    "dtype": match a.dtype { Dtype::Float32 => "float32", Dtype::Float64 => "float64" },
+                    "dtype": a.dtype.name(),
                 });
                 println!("{obj}");
             } else {
