@@ -22,16 +22,25 @@ import torch
 SUITE = json.load(open("bench/suite.json"))["layers"]
 
 
-def torch_backward_ms(layer, threads, runs):
-    torch.set_num_threads(threads)
+def torch_layer(layer, dtype=torch.float32):
+    """PyTorch's conv_transpose for `layer`, random input and weight needing gradients, and
+    the layer's keyword arguments."""
     nd = len(layer["kernel"])
     f = {1: torch.nn.functional.conv_transpose1d, 2: torch.nn.functional.conv_transpose2d,
          3: torch.nn.functional.conv_transpose3d}[nd]
     g = layer["groups"]
-    x = torch.randn(*layer["input"], requires_grad=True)
-    w = torch.randn(layer["input"][1], layer["c_out"] // g, *layer["kernel"], requires_grad=True)
+    x = torch.randn(*layer["input"], dtype=dtype, requires_grad=True)
+    w = torch.randn(layer["input"][1], layer["c_out"] // g, *layer["kernel"], dtype=dtype,
+                    requires_grad=True)
     kw = dict(stride=layer["stride"], padding=layer["padding"], output_padding=layer["output_padding"],
               dilation=layer["dilation"], groups=g)
+    return f, x, w, kw
+
+
+def torch_backward_ms(layer, threads, runs, dtype=torch.float32):
+    """Median milliseconds of `y.backward(gy)` (both gradients)."""
+    torch.set_num_threads(threads)
+    f, x, w, kw = torch_layer(layer, dtype)
     y = f(x, w, **kw)
     gy = torch.randn_like(y)
     times = []

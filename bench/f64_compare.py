@@ -17,21 +17,13 @@ import time
 
 import torch
 
-SUITE = json.load(open("bench/suite.json"))["layers"]
+from backward_compare import SUITE, torch_backward_ms, torch_layer
 
 
 def torch_ms(layer, threads, runs):
     """Median forward and backward milliseconds of PyTorch in float64."""
     torch.set_num_threads(threads)
-    nd = len(layer["kernel"])
-    f = {1: torch.nn.functional.conv_transpose1d, 2: torch.nn.functional.conv_transpose2d,
-         3: torch.nn.functional.conv_transpose3d}[nd]
-    g = layer["groups"]
-    x = torch.randn(*layer["input"], dtype=torch.float64, requires_grad=True)
-    w = torch.randn(layer["input"][1], layer["c_out"] // g, *layer["kernel"], dtype=torch.float64,
-                    requires_grad=True)
-    kw = dict(stride=layer["stride"], padding=layer["padding"], output_padding=layer["output_padding"],
-              dilation=layer["dilation"], groups=g)
+    f, x, w, kw = torch_layer(layer, torch.float64)
     fwd = []
     with torch.no_grad():
         for i in range(runs + 2):
@@ -39,18 +31,7 @@ def torch_ms(layer, threads, runs):
             f(x, w, **kw)
             if i >= 2:
                 fwd.append((time.perf_counter() - t) * 1e3)
-    y = f(x, w, **kw)
-    gy = torch.randn_like(y)
-    bwd = []
-    for i in range(runs + 2):
-        y = f(x, w, **kw)
-        t = time.perf_counter()
-        y.backward(gy)
-        if i >= 2:
-            bwd.append((time.perf_counter() - t) * 1e3)
-        x.grad = None
-        w.grad = None
-    return statistics.median(fwd), statistics.median(bwd)
+    return statistics.median(fwd), torch_backward_ms(layer, threads, runs, torch.float64)
 
 
 def tconv_ms(name, threads, runs):
