@@ -390,11 +390,9 @@ pub fn tile_shapes(isa: Isa) -> &'static [(usize, usize, f32)] {
 /// (GFLOP/s over the best, k = 128-2048, on this project's Zen 5 machine: AVX-512 130,
 /// AVX2 62). (8×3, 16×1 and 24×1 compiled to code 30x slower on AVX-512: left out.)
 pub fn tile_shapes_for<T: 'static>(isa: Isa) -> &'static [(usize, usize, f32)] {
-    if isa != Isa::Scalar || std::any::TypeId::of::<T>() != std::any::TypeId::of::<f64>() {
-        return tile_shapes(isa);
-    }
-    match Isa::detect() {
-        Isa::Avx512 => &[
+    // (`loops_for` differs from `isa` only for f64 on `Scalar`.)
+    match (isa, isa.loops_for::<T>()) {
+        (Isa::Scalar, Isa::Avx512) => &[
             (6, 2, 1.0),
             (12, 2, 0.99),
             (6, 4, 0.99),
@@ -405,7 +403,7 @@ pub fn tile_shapes_for<T: 'static>(isa: Isa) -> &'static [(usize, usize, f32)] {
             (2, 4, 0.61),
             (1, 4, 0.3),
         ],
-        Isa::Avx2 => &[
+        (Isa::Scalar, Isa::Avx2) => &[
             (6, 1, 0.98),
             (5, 1, 0.84),
             (2, 2, 0.67),
@@ -415,7 +413,7 @@ pub fn tile_shapes_for<T: 'static>(isa: Isa) -> &'static [(usize, usize, f32)] {
             (8, 1, 0.6),
             (1, 4, 0.58),
         ],
-        Isa::Scalar => tile_shapes(isa),
+        _ => tile_shapes(isa),
     }
 }
 
@@ -449,7 +447,7 @@ pub fn portable<T: Element>(mr: usize, v: usize) -> Option<KernelFn<T>> {
 pub fn f64_kernel(mr: usize, v: usize) -> Option<KernelFn<f64>> {
     #[cfg(target_arch = "x86_64")]
     {
-        let isa = Isa::detect();
+        let isa = Isa::Scalar.loops_for::<f64>();
         if isa != Isa::Scalar {
             let avx512 = isa == Isa::Avx512;
             return table!(
