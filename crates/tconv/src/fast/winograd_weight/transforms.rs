@@ -2,36 +2,58 @@
 //! a few tiles at a time), its output transform, and the transposes into the weight's
 //! layout.
 
+use std::mem::MaybeUninit;
+
 use super::*;
 
 /// `dst[c][r] = src[r][c]` for an `r × c` matrix `src` (for f32 with AVX: 8×8 blocks,
 /// then 4×4 blocks of the rows and columns left, then element by element).
 pub(super) fn transpose<T: Element>(src: &[T], r: usize, c: usize, dst: &mut [T]) {
+    transpose_to(src, r, c, (dst.as_mut_ptr(), dst.len()));
+}
+
+/// [`transpose`] into memory not yet initialised (a result's allocation): each of the
+/// `r·c` first values of `dst` is written.
+pub(super) fn transpose_uninit<T: Element>(
+    src: &[T],
+    r: usize,
+    c: usize,
+    dst: &mut [MaybeUninit<T>],
+) {
+    transpose_to(src, r, c, (dst.as_mut_ptr().cast::<T>(), dst.len()));
+}
+
+/// [`transpose`] into `dst`, valid for writes of `dst.1` values (initialised or not).
+fn transpose_to<T: Element>(src: &[T], r: usize, c: usize, dst: (*mut T, usize)) {
+    let (dst, dst_len) = dst;
+    assert!(src.len() >= r * c && dst_len >= r * c, "transpose bounds");
     #[cfg(target_arch = "x86_64")]
     if r >= 4 && c >= 4 && is_x86_feature_detected!("avx") {
-        if let (Some(s32), Some(d32)) = (crate::fast::as_f32(src), crate::fast::as_f32_mut(dst)) {
-            assert!(s32.len() >= r * c && d32.len() >= r * c, "transpose bounds");
-            // Safety: every load and store lies within the `r × c` values checked above;
-            // AVX was detected.
-            unsafe { transpose_avx(s32.as_ptr(), r, c, d32.as_mut_ptr()) };
+        if let Some(s32) = crate::fast::as_f32(src) {
+            // Safety: `T` is `f32` (`as_f32`); every load and store lies within the `r × c`
+            // values checked above; AVX was detected.
+            unsafe { transpose_avx(s32.as_ptr(), r, c, dst.cast::<f32>()) };
             return;
         }
     }
-    transpose_range(src, (0..r, 0..c), r, c, dst);
+    // Safety: within the `r × c` values checked above.
+    unsafe { transpose_range(src.as_ptr(), (0..r, 0..c), (r, c), dst) };
 }
 
 /// [`transpose`] element by element for rows `rows` and columns `cols` of the `r × c`
 /// matrix.
-fn transpose_range<T: Copy>(
-    src: &[T],
+///
+/// # Safety
+/// `src` valid for reads and `dst` for writes of `r·c` values.
+unsafe fn transpose_range<T: Copy>(
+    src: *const T,
     (rows, cols): (std::ops::Range<usize>, std::ops::Range<usize>),
-    r: usize,
-    c: usize,
-    dst: &mut [T],
+    (r, c): (usize, usize),
+    dst: *mut T,
 ) {
     for j in cols {
         for i in rows.clone() {
-            dst[j * r + i] = src[i * c + j];
+            dst.add(j * r + i).write(*src.add(i * c + j));
         }
     }
 }
@@ -76,13 +98,9 @@ unsafe fn transpose_avx(src: *const f32, r: usize, c: usize, dst: *mut f32) {
     }
     // The rest element by element: columns past the 8×8 blocks, past the 4×4 ones, and
     // the rows past both.
-    let (s, d) = (
-        std::slice::from_raw_parts(src, r * c),
-        std::slice::from_raw_parts_mut(dst, r * c),
-    );
-    transpose_range(s, (0..r8, c8..c), r, c, d);
-    transpose_range(s, (r8..r4, c4..c), r, c, d);
-    transpose_range(s, (r4..r, 0..c), r, c, d);
+    transpose_range(src, (0..r8, c8..c), (r, c), dst);
+    transpose_range(src, (r8..r4, c4..c), (r, c), dst);
+    transpose_range(src, (r4..r, 0..c), (r, c), dst);
 }
 
 /// A row block's output transform: its taps, `Aᵀ ⊗ …`, and the shapes of `M` and `dk`.
