@@ -22,7 +22,7 @@ use std::sync::Arc;
 use ndarray::{ArrayD, AsArray, Dimension, IxDyn};
 
 use crate::error::{fail, ErrorKind, Result};
-use crate::fast::direct::run_each;
+use crate::fast::direct::{run_each, zeros};
 use crate::fast::tap_rows::{self, TapRows};
 use crate::fast::weight::Sizes;
 use crate::geometry::Geometry;
@@ -153,7 +153,7 @@ pub(crate) fn backward<'x, 'w, 'g, T: Element, D1: Dimension, D2: Dimension, D3:
     let input_gradient = |g: &Geometry, w: &[T], gy: &[T], o: &PlanOptions| match plans {
         Some(plans) => {
             let plan = plans(g, o)?;
-            let mut gx = vec![T::zero(); numel(&g.input_shape())];
+            let mut gx = zeros(numel(&g.input_shape()), plan.threads());
             plan.run(gy, None, &mut gx);
             Ok(gx)
         }
@@ -324,7 +324,7 @@ pub fn grad_input<T: Element>(
     options: &PlanOptions,
 ) -> Result<Vec<T>> {
     let plan = input_plan(g, w, options)?;
-    let mut gx = vec![T::zero(); numel(&g.input_shape())];
+    let mut gx = zeros(numel(&g.input_shape()), plan.threads());
     plan.run(gy, None, &mut gx);
     Ok(gx)
 }

@@ -21,7 +21,7 @@ use ndarray::{ArrayD, ArrayView1, AsArray, Dimension, IxDyn};
 use crate::error::{fail, ErrorKind, Result};
 use crate::fast::col2im::Col2im;
 use crate::fast::depthwise::DepthwiseRows;
-use crate::fast::direct::{execute, DirectKernel};
+use crate::fast::direct::{execute, zeros, DirectKernel};
 use crate::fast::im2col::Im2col;
 use crate::fast::pack::PackCache;
 use crate::fast::spec::SourceLayout;
@@ -378,7 +378,7 @@ impl<T: Element> Plan<T> {
         }
         let xc = contiguous(&x);
         let bc = bias.map(|b| b.to_vec());
-        let mut y = vec![T::zero(); numel(&g.output_shape())];
+        let mut y = zeros(numel(&g.output_shape()), self.threads);
         self.run(&xc, bc.as_deref(), &mut y);
         let shape = g.user_output_shape();
         Ok(ArrayD::from_shape_vec(IxDyn(&shape), y).expect("output buffer matches the geometry"))

@@ -50,6 +50,27 @@ pub(crate) fn run_both<RA: Send, RB: Send>(
     }
 }
 
+/// A result buffer of `len` zeros, zeroed on `threads` threads where it is large (at least
+/// [`PARALLEL_ZEROS`] elements): the allocator's zeroing of a reused block runs on one
+/// thread, while the other waits (22 % of dcgan4's input gradient at 2 threads, 4 MiB).
+pub(crate) fn zeros<T: Element>(len: usize, threads: usize) -> Vec<T> {
+    if threads <= 1 || len < PARALLEL_ZEROS {
+        return vec![T::zero(); len];
+    }
+    let mut v = Vec::new();
+    pool(threads).install(|| {
+        (0..len)
+            .into_par_iter()
+            .with_min_len(PARALLEL_ZEROS / threads)
+            .map(|_| T::zero())
+            .collect_into_vec(&mut v)
+    });
+    v
+}
+
+/// Fewest elements [`zeros`] zeroes on several threads (1 MiB of f32).
+const PARALLEL_ZEROS: usize = 1 << 18;
+
 /// Run `f(index, chunk)` on each `len`-long chunk of `data` (the last may be shorter), on
 /// `threads` threads.
 pub(crate) fn run_chunks<T: Send>(
@@ -117,4 +138,29 @@ pub(crate) fn band_tasks<'y, T>(
         }
     }
     tasks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Zeros of every length around the parallel threshold, on one to three threads.
+    #[test]
+    fn zeros_of_every_size() {
+        for len in [
+            0,
+            1,
+            PARALLEL_ZEROS - 1,
+            PARALLEL_ZEROS,
+            3 * PARALLEL_ZEROS + 5,
+        ] {
+            for threads in 1..=3 {
+                let v = zeros::<f32>(len, threads);
+                assert_eq!(v.len(), len, "{len} on {threads}");
+                assert!(v.iter().all(|&x| x == 0.0), "{len} on {threads}");
+                let v = zeros::<f64>(len, threads);
+                assert!(v.len() == len && v.iter().all(|&x| x == 0.0));
+            }
+        }
+    }
 }
