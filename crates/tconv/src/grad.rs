@@ -22,7 +22,7 @@ use std::sync::Arc;
 use ndarray::{ArrayD, AsArray, Dimension, IxDyn};
 
 use crate::error::{fail, ErrorKind, Result};
-use crate::fast::direct::{run_each, zeros};
+use crate::fast::direct::run_each;
 use crate::fast::tap_rows::{self, TapRows};
 use crate::fast::weight::Sizes;
 use crate::geometry::Geometry;
@@ -151,12 +151,7 @@ pub(crate) fn backward<'x, 'w, 'g, T: Element, D1: Dimension, D2: Dimension, D3:
     };
     // The input gradient, by the kept plan where given.
     let input_gradient = |g: &Geometry, w: &[T], gy: &[T], o: &PlanOptions| match plans {
-        Some(plans) => {
-            let plan = plans(g, o)?;
-            let mut gx = zeros(numel(&g.input_shape()), plan.threads());
-            plan.run(gy, None, &mut gx);
-            Ok(gx)
-        }
+        Some(plans) => Ok(plans(g, o)?.run_new(gy, None)),
         None => grad_input(g, w, gy, o),
     };
     let fused = (wanted.input && wanted.weight)
@@ -323,10 +318,7 @@ pub fn grad_input<T: Element>(
     gy: &[T],
     options: &PlanOptions,
 ) -> Result<Vec<T>> {
-    let plan = input_plan(g, w, options)?;
-    let mut gx = zeros(numel(&g.input_shape()), plan.threads());
-    plan.run(gy, None, &mut gx);
-    Ok(gx)
+    Ok(input_plan(g, w, options)?.run_new(gy, None))
 }
 
 /// `∂L/∂b`: the sum of `gy` over batch and positions, per output channel.

@@ -104,7 +104,7 @@ const ALIGN_SLACK: usize = 16;
 fn aligned_start<T>(buf: &[T]) -> usize {
     let size = std::mem::size_of::<T>().max(1);
     let misaligned = (buf.as_ptr() as usize) % 64;
-    ((64 - misaligned) % 64 / size).min(buf.len())
+    (64 - misaligned) % 64 / size
 }
 
 impl<T: Element> Drop for Scratch<T> {

@@ -378,10 +378,17 @@ impl<T: Element> Plan<T> {
         }
         let xc = contiguous(&x);
         let bc = bias.map(|b| b.to_vec());
-        let mut y = zeros(numel(&g.output_shape()), self.threads);
-        self.run(&xc, bc.as_deref(), &mut y);
+        let y = self.run_new(&xc, bc.as_deref());
         let shape = g.user_output_shape();
         Ok(ArrayD::from_shape_vec(IxDyn(&shape), y).expect("output buffer matches the geometry"))
+    }
+
+    /// [`Plan::run`] into a new output buffer (zeroed on the plan's threads where large:
+    /// see [`zeros`]).
+    pub(crate) fn run_new(&self, x: &[T], bias: Option<&[T]>) -> Vec<T> {
+        let mut y = zeros(numel(&self.geometry.output_shape()), self.threads);
+        self.run(x, bias, &mut y);
+        y
     }
 
     /// Run on contiguous data: `x (N, C_in, *in)`, `y (N, C_out, *out)` (overwritten).

@@ -24,8 +24,7 @@ pub(super) fn transpose_uninit<T: Element>(
 }
 
 /// [`transpose`] into `dst`, valid for writes of `dst.1` values (initialised or not).
-fn transpose_to<T: Element>(src: &[T], r: usize, c: usize, dst: (*mut T, usize)) {
-    let (dst, dst_len) = dst;
+fn transpose_to<T: Element>(src: &[T], r: usize, c: usize, (dst, dst_len): (*mut T, usize)) {
     assert!(src.len() >= r * c && dst_len >= r * c, "transpose bounds");
     #[cfg(target_arch = "x86_64")]
     if r >= 4 && c >= 4 && is_x86_feature_detected!("avx") {
