@@ -221,7 +221,8 @@ fn conformance_cases_end_to_end_through_npy_files() {
     let mut ran = 0;
     // Every 10th case keeps the test quick while covering 1-3-D, both ops, both dtypes.
     for (case, name, meta) in sampled_cases(&conformance(""), 10) {
-        let out = scratch(&format!("conf-{name}")).join("y.npy");
+        let dir = scratch(&format!("conf-{name}"));
+        let out = dir.join("y.npy");
         let c = |f: &str| case.join(f).to_string_lossy().into_owned();
         let mut args = problem_args(&meta);
         args.extend([
