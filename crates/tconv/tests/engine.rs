@@ -1255,3 +1255,69 @@ fn kernel_stride_convs_read_in_place() {
         }
     }
 }
+
+/// The Winograd input transform's two register paths give the same bits: on AVX-512 the
+/// separable 2-D forms load each tile's inputs straight from the input (two-source
+/// permutes over 64 values, gathers where 16 tiles spread wider, masked loads at the
+/// input's end), on AVX2 they transform a channels-last copy. Random (not integer) data,
+/// so any difference in what is loaded or in the order of the additions shows; the shapes
+/// put 16 tiles within a row (permutes), across rows of 7 (gathers) and end at the last
+/// channel's last values.
+#[test]
+fn winograd_gathered_inputs_match_the_channels_last_path() {
+    use tconv::ConvParams;
+    if !Isa::Avx512.available() {
+        return;
+    }
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut random = |shape: &[usize]| {
+        ArrayD::from_shape_fn(ndarray::IxDyn(shape), |_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        })
+    };
+    // (input, C_out, kernel, stride, padding): F(2,2) phases of k4 s2, F(2,3) of k3 s1.
+    let layers: [(&[usize], usize, usize, usize, usize); 5] = [
+        (&[2, 9, 3, 40], 5, 4, 2, 1),
+        (&[1, 12, 5, 7], 8, 4, 2, 1),
+        (&[3, 4, 9, 9], 3, 4, 2, 2),
+        (&[2, 7, 6, 33], 6, 3, 1, 1),
+        (&[1, 5, 7, 5], 4, 3, 1, 0),
+    ];
+    for (shape, c_out, k, s, p) in layers {
+        let x = random(shape);
+        let w = random(&[shape[1], c_out, k, k]);
+        let b = random(&[c_out]).into_dimensionality().unwrap();
+        let params = ConvParams::new().stride(&[s, s]).padding(&[p, p]);
+        for op in [Op::ConvTranspose, Op::Conv] {
+            let x = match op {
+                Op::ConvTranspose => x.clone(),
+                // The conv reads the weight with C_out input channels.
+                Op::Conv => random(&[shape[0], c_out, shape[2] * s, shape[3] * s]),
+            };
+            let bias = (op == Op::ConvTranspose).then_some(b.view());
+            let run = |isa: Isa, threads: usize| {
+                let o = PlanOptions {
+                    algorithm: Some(Algorithm::Winograd),
+                    ..options(isa, None, threads)
+                };
+                let blen = bias.map(|b| b.len());
+                let plan = Plan::<f32>::new(op, x.shape(), &w, blen, &params, &o).unwrap();
+                assert_eq!(plan.algorithm(), Algorithm::Winograd, "{plan}");
+                plan.execute(&x, bias).unwrap()
+            };
+            let want = run(Isa::Avx2, 1);
+            for threads in [1, 2] {
+                let got = run(Isa::Avx512, threads);
+                assert!(
+                    got.iter()
+                        .zip(&want)
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{op:?} {shape:?} k{k} s{s} p{p}, {threads} threads"
+                );
+            }
+        }
+    }
+}

@@ -15,7 +15,8 @@
 //! transposed kernels) and `V = Bᵀ d B` per tile. The GEMMs run on the same packed
 //! microkernels as the direct engine (`K = C_in/g`, times the input components of a strided
 //! conv). In f32 on AVX2 the transforms run in registers from a channels-last copy of each
-//! task's input rows ([`super::winograd_input`]); elsewhere each tile's `α^D` inputs are
+//! task's input rows ([`super::winograd_input`]; on AVX-512, 2-D tiles load their inputs
+//! straight from the input, 16 tiles to a vector); elsewhere each tile's `α^D` inputs are
 //! gathered through a per-task index table, and the transforms run 8 channels at a time,
 //! each term one loop over all of a task's columns. `Aᵀ M A` plus the bias is stored once
 //! per output element through a scatter table.

@@ -7,7 +7,7 @@ use std::ops::Range;
 
 use crate::fast::direct::{band_tasks, run_each, Task};
 use crate::fast::kernels::Rows;
-use crate::fast::winograd_input::{Slab, SlabSource};
+use crate::fast::winograd_input::{Gathered, Points, Slab, SlabSource};
 use crate::tensor::numel;
 
 impl<T: Element> Winograd<T> {
@@ -71,8 +71,13 @@ impl<T: Element> Winograd<T> {
         let (slice, pitch, kdim) = (self.slice, self.pitch, self.kdim);
         // The transforms in registers (f32 only; `registers` implies it).
         let registers = avx2 && self.registers;
+        // On AVX-512 the separable 2-D forms load their inputs straight from `x`, without
+        // the slab (the 1-D and 3-D forms keep it: hifigan1d's F(3, 2) lost 2-7 % so).
+        let gather = registers
+            && self.isa == Isa::Avx512
+            && matches!(self.in_form, Points::Separable { dims: 2, .. });
         let slab = match crate::fast::as_f32(x) {
-            Some(x) if registers => self.slab(g, x, &task),
+            Some(x) if registers && !gather => self.slab(g, x, &task),
             _ => None,
         };
         let mut v = scratch::take::<T>(self.points * kdim * pitch);
@@ -116,7 +121,7 @@ impl<T: Element> Winograd<T> {
                     x,
                     p,
                     (task.group, cols),
-                    slab.as_ref(),
+                    (slab.as_ref(), gather),
                     &mut v,
                     &mut rows,
                 );
@@ -137,8 +142,9 @@ impl<T: Element> Winograd<T> {
     }
 
     /// Phase `p`'s transformed input `V[ξ][(source, ci)]` over the `n_cols` tiles of `runs`
-    /// (group `group`): each source's channels in turn, in registers from `slab` where it
-    /// can (f32 on AVX2), else gathered through a table, `CHUNK` channels at a time.
+    /// (group `group`): each source's channels in turn, in registers, gathered straight
+    /// from `x` (`gather`: f32 on AVX-512) or from `slab` (f32 on AVX2), else gathered
+    /// through a table into rows, `CHUNK` channels at a time.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn phase_inputs(
@@ -147,7 +153,7 @@ impl<T: Element> Winograd<T> {
         x: &[T],
         p: &Phase,
         (group, (runs, n_cols)): (usize, (&[Run], usize)),
-        slab: Option<&Slab>,
+        (slab, gather): (Option<&Slab>, bool),
         v: &mut [T],
         rows: &mut [T],
     ) {
@@ -157,6 +163,23 @@ impl<T: Element> Winograd<T> {
         let n_pad = n_cols.div_ceil(self.v * self.lanes) * self.v * self.lanes;
         for (si, src) in p.sources.iter().enumerate() {
             let (table, zeros) = self.gather_table(g, src, group, runs, n_cols);
+            if let (true, Some(x), Some(v)) = (
+                gather,
+                crate::fast::as_f32(x),
+                crate::fast::as_f32_mut(&mut *v),
+            ) {
+                let source = Gathered {
+                    table: &table,
+                    zeros: &zeros,
+                    n: n_cols,
+                    in_plane,
+                };
+                let rows = (si * cin_g, pitch, kdim * pitch);
+                let cols = (cin_g, n_pad);
+                if winograd_input::transform_gathered(x, &source, self.in_form, cols, v, rows) {
+                    continue;
+                }
+            }
             let fast = slab.and_then(|slab| {
                 let offs = slab.offsets((&table, &zeros), (n_cols, n_pad, pitch), self.points)?;
                 Some((slab, offs, crate::fast::as_f32_mut(v)?))
