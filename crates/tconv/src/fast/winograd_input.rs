@@ -269,10 +269,10 @@ impl GatherBlocks {
     fn new(g: &Gathered<'_>, points: usize, (n_pad, pitch): (usize, usize)) -> Option<Self> {
         let entries = n_pad / 16 * points;
         let mut masks = vec![0u16; entries];
-        for i in 0..points {
-            for col in 0..g.n {
-                masks[(col / 16) * points + i] |= 1 << (col % 16);
-            }
+        for (e, m) in masks.iter_mut().enumerate() {
+            // The block's columns before `n`.
+            let cols = g.n.saturating_sub(e / points * 16).min(16);
+            *m = ((1u32 << cols) - 1) as u16;
         }
         for &z in g.zeros {
             let (i, col) = (z / pitch, z % pitch);
@@ -286,19 +286,30 @@ impl GatherBlocks {
         let mut highs = vec![0u16; entries];
         for (e, &m) in masks.iter().enumerate() {
             let (b, i) = (e / points, e % points);
-            let at = |l: usize| g.table[i * g.n + b * 16 + l];
-            let lanes = || (0..16).filter(move |l| m & (1 << l) != 0);
-            let base = lanes().map(at).min().unwrap_or(0);
-            let span = lanes().map(at).max().map_or(0, |hi| hi - base + 1);
-            bases[e] = base;
-            for l in lanes() {
-                let o = at(l) - base;
-                idx[e * 16 + l] = i32::try_from(o).ok()?;
-                if span <= 64 {
-                    loads[e][o / 16] |= 1 << (o % 16);
+            // The block's columns before `n` (the others are masked off).
+            let row = &g.table[i * g.n..(i + 1) * g.n][(b * 16).min(g.n)..(b * 16 + 16).min(g.n)];
+            let (mut lo, mut hi) = (usize::MAX, 0);
+            for (l, &at) in row.iter().enumerate() {
+                if m & (1 << l) != 0 {
+                    lo = lo.min(at);
+                    hi = hi.max(at);
                 }
-                if o >= 32 {
-                    highs[e] |= 1 << l;
+            }
+            if lo > hi {
+                continue; // nothing to load: base 0, no lanes
+            }
+            bases[e] = lo;
+            let near = hi - lo < 64;
+            for (l, &at) in row.iter().enumerate() {
+                if m & (1 << l) != 0 {
+                    let o = at - lo;
+                    idx[e * 16 + l] = i32::try_from(o).ok()?;
+                    if near {
+                        loads[e][o / 16] |= 1 << (o % 16);
+                    }
+                    if o >= 32 {
+                        highs[e] |= 1 << l;
+                    }
                 }
             }
         }
@@ -700,12 +711,13 @@ pub(crate) struct OutputArgs<'a> {
 }
 
 /// `y[o][c][col] = bias[c] + Σ_ξ (Aᵀ ⊗ … ⊗ Aᵀ)[o][ξ] · M[ξ][c][col]` for the channels of
-/// `bias` (at most 8) into `rows`, 8 columns at a time in registers. Panics without AVX2
-/// and FMA.
+/// `bias` (at most 8) into `rows`, 8 columns at a time in registers (16 with `wide`, on
+/// AVX-512, where the columns are a multiple of 16: the same arithmetic lane by lane, so
+/// the same values). Panics without AVX2 and FMA.
 pub(crate) fn output(
     a: &OutputArgs<'_>,
     (terms, form): (&[Vec<(usize, f32)>], Outputs),
-    points: usize,
+    (points, wide): (usize, bool),
     rows: &mut [f32],
 ) {
     let outs = terms.len();
@@ -735,13 +747,20 @@ pub(crate) fn output(
         "output transform operands"
     );
     #[cfg(target_arch = "x86_64")]
-    // Safety: AVX2 and FMA are available (checked above); every load and store lies
-    // inside the slices checked above.
+    // Safety: AVX2 and FMA are available (checked above), AVX-512F where it is taken, for
+    // columns a multiple of 16; every load and store lies inside the slices checked above.
     unsafe {
-        output_avx2(a, (terms, form), points, rows)
+        if wide && a.cols.is_multiple_of(16) && is_x86_feature_detected!("avx512f") {
+            output_avx512(a, (terms, form), points, rows)
+        } else {
+            output_avx2(a, (terms, form), points, rows)
+        }
     };
     #[cfg(not(target_arch = "x86_64"))]
-    unreachable!("checked above: AVX2 is x86-64 only");
+    {
+        let _ = wide;
+        unreachable!("checked above: AVX2 is x86-64 only");
+    }
 }
 
 /// The forms [`output_tiles`] is compiled for.
@@ -764,11 +783,44 @@ unsafe fn output_avx2(
     points: usize,
     rows: &mut [f32],
 ) {
+    output_form::<__m256>(a, (terms, form), points, rows)
+}
+
+/// [`output_avx2`] 16 columns at a time.
+///
+/// # Safety
+/// As [`output`] checks, `a.cols` a multiple of 16, and AVX-512F available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn output_avx512(
+    a: &OutputArgs<'_>,
+    (terms, form): (&[Vec<(usize, f32)>], Outputs),
+    points: usize,
+    rows: &mut [f32],
+) {
+    output_form::<__m512>(a, (terms, form), points, rows)
+}
+
+/// [`output_tiles`] for `form`, `L::WIDTH` columns at a time.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn output_form<L: Lanes>(
+    a: &OutputArgs<'_>,
+    (terms, form): (&[Vec<(usize, f32)>], Outputs),
+    points: usize,
+    rows: &mut [f32],
+) {
     match form {
-        Outputs::Separable { at: 22, dims: 2 } => output_tiles::<OUT22_2D>(a, terms, points, rows),
-        Outputs::Separable { at: 32, dims: 2 } => output_tiles::<OUT32_2D>(a, terms, points, rows),
-        Outputs::Separable { at: 23, dims: 2 } => output_tiles::<OUT23_2D>(a, terms, points, rows),
-        _ => output_tiles::<OUT_TERMS>(a, terms, points, rows),
+        Outputs::Separable { at: 22, dims: 2 } => {
+            output_tiles::<L, OUT22_2D>(a, terms, points, rows)
+        }
+        Outputs::Separable { at: 32, dims: 2 } => {
+            output_tiles::<L, OUT32_2D>(a, terms, points, rows)
+        }
+        Outputs::Separable { at: 23, dims: 2 } => {
+            output_tiles::<L, OUT23_2D>(a, terms, points, rows)
+        }
+        _ => output_tiles::<L, OUT_TERMS>(a, terms, points, rows),
     }
 }
 
@@ -776,7 +828,11 @@ unsafe fn output_avx2(
 /// Every method is `unsafe`: the caller has the vector's features enabled.
 #[cfg(target_arch = "x86_64")]
 trait Lanes: Copy {
+    const WIDTH: usize;
     unsafe fn zero() -> Self;
+    unsafe fn set1(c: f32) -> Self;
+    unsafe fn loadu(p: *const f32) -> Self;
+    unsafe fn storeu(p: *mut f32, v: Self);
     unsafe fn add(a: Self, b: Self) -> Self;
     unsafe fn sub(a: Self, b: Self) -> Self;
     /// `c · x + acc`.
@@ -785,9 +841,22 @@ trait Lanes: Copy {
 
 #[cfg(target_arch = "x86_64")]
 impl Lanes for __m256 {
+    const WIDTH: usize = 8;
     #[inline(always)]
     unsafe fn zero() -> Self {
         std::arch::x86_64::_mm256_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn set1(c: f32) -> Self {
+        std::arch::x86_64::_mm256_set1_ps(c)
+    }
+    #[inline(always)]
+    unsafe fn loadu(p: *const f32) -> Self {
+        std::arch::x86_64::_mm256_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn storeu(p: *mut f32, v: Self) {
+        std::arch::x86_64::_mm256_storeu_ps(p, v)
     }
     #[inline(always)]
     unsafe fn add(a: Self, b: Self) -> Self {
@@ -806,9 +875,22 @@ impl Lanes for __m256 {
 
 #[cfg(target_arch = "x86_64")]
 impl Lanes for __m512 {
+    const WIDTH: usize = 16;
     #[inline(always)]
     unsafe fn zero() -> Self {
         std::arch::x86_64::_mm512_setzero_ps()
+    }
+    #[inline(always)]
+    unsafe fn set1(c: f32) -> Self {
+        std::arch::x86_64::_mm512_set1_ps(c)
+    }
+    #[inline(always)]
+    unsafe fn loadu(p: *const f32) -> Self {
+        std::arch::x86_64::_mm512_loadu_ps(p)
+    }
+    #[inline(always)]
+    unsafe fn storeu(p: *mut f32, v: Self) {
+        std::arch::x86_64::_mm512_storeu_ps(p, v)
     }
     #[inline(always)]
     unsafe fn add(a: Self, b: Self) -> Self {
@@ -883,23 +965,22 @@ unsafe fn rect2<L: Lanes, const R: usize, const C: usize>(
 /// As [`output`] checks, and AVX2 and FMA available.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn output_tiles<const FORM: u8>(
+unsafe fn output_tiles<L: Lanes, const FORM: u8>(
     a: &OutputArgs<'_>,
     terms: &[Vec<(usize, f32)>],
     points: usize,
     rows: &mut [f32],
 ) {
-    use std::arch::x86_64::*;
     let outs = terms.len();
     let src = a.mres.as_ptr();
     let dst = rows.as_mut_ptr();
-    let mut m = [_mm256_setzero_ps(); MAX_POINTS];
-    let mut y = [_mm256_setzero_ps(); MAX_POINTS];
+    let mut m = [L::zero(); MAX_POINTS];
+    let mut y = [L::zero(); MAX_POINTS];
     for (cc, &b) in a.bias.iter().enumerate() {
-        let bv = _mm256_set1_ps(b);
-        for col in (0..a.cols).step_by(8) {
+        let bv = L::set1(b);
+        for col in (0..a.cols).step_by(L::WIDTH) {
             for (xi, mx) in m.iter_mut().enumerate().take(points) {
-                *mx = _mm256_loadu_ps(src.add(xi * a.point_stride + cc * a.pitch + col));
+                *mx = L::loadu(src.add(xi * a.point_stride + cc * a.pitch + col));
             }
             match FORM {
                 OUT22_2D => rect2(&AT22, &m, (&mut y, 1, 0)),
@@ -907,19 +988,16 @@ unsafe fn output_tiles<const FORM: u8>(
                 OUT23_2D => rect2(&AT23, &m, (&mut y, 1, 0)),
                 _ => {
                     for (o, ts) in terms.iter().enumerate() {
-                        let mut acc = _mm256_setzero_ps();
+                        let mut acc = L::zero();
                         for &(i, c) in ts {
-                            acc = _mm256_fmadd_ps(_mm256_set1_ps(c), m[i], acc);
+                            acc = L::fmadd(c, m[i], acc);
                         }
                         y[o] = acc;
                     }
                 }
             }
             for (o, &yo) in y.iter().enumerate().take(outs) {
-                _mm256_storeu_ps(
-                    dst.add(o * a.block + cc * a.pitch + col),
-                    _mm256_add_ps(bv, yo),
-                );
+                L::storeu(dst.add(o * a.block + cc * a.pitch + col), L::add(bv, yo));
             }
         }
     }

@@ -267,7 +267,7 @@ impl<T: Element> Winograd<T> {
                             block: CHUNK * pitch,
                         };
                         let form = (&self.out_terms_f32[..], self.out_form);
-                        winograd_input::output(&args, form, self.points, r32);
+                        winograd_input::output(&args, form, (self.points, avx512), r32);
                         &rows[..]
                     }
                     _ => self.output_transform(cn, &mres[m_at..], &b[..cn], rows),
