@@ -350,11 +350,9 @@ pub(crate) fn transform_gathered(
         if !is_x86_feature_detected!("avx512f") || !n_pad.is_multiple_of(16) || n_pad > pitch {
             return false;
         }
-        let Some(blocks) = GatherBlocks::new(g, points, (n_pad, pitch)) else {
-            return false;
-        };
         assert!(
             g.table.len() >= points * g.n
+                && g.zeros.iter().all(|&z| z / pitch < points)
                 && (channels == 0
                     || g.table[..points * g.n]
                         .iter()
@@ -364,6 +362,9 @@ pub(crate) fn transform_gathered(
                         >= (points - 1) * point_stride + (row0 + channels - 1) * pitch + n_pad),
             "gathered input transform operands"
         );
+        let Some(blocks) = GatherBlocks::new(g, points, (n_pad, pitch)) else {
+            return false;
+        };
         let op = (
             x,
             &blocks,
