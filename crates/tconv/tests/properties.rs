@@ -184,6 +184,15 @@ proptest! {
         }
     }
 
+}
+
+proptest! {
+    // Each case only resolves a geometry (microseconds; 40000 take about 0.2 s): many
+    // cases, so that the corners of the number range come up (a product of two per-axis
+    // values leaving i128 came up once in many CI runs at 160 cases, in none of three runs
+    // at 4000, in each of three at 40000).
+    #![proptest_config(ProptestConfig { cases: 40000, ..ProptestConfig::default() })]
+
     #[test]
     fn arbitrary_shapes_and_parameters_never_panic(
         x in prop::collection::vec(prop_oneof![0usize..6, Just(usize::MAX), any::<usize>()], 0..6),
@@ -238,4 +247,51 @@ fn input_and_weight_sizes_are_limited_too() {
     // At the limit: accepted.
     let ok = Geometry::new(Op::Conv, &[1, 1, 32768, 65536], &[1, 1, 1, 1], None, &p);
     assert!(ok.is_ok(), "{:?}", ok.err());
+}
+
+/// Products of two per-axis numbers (input × stride, dilation × kernel, channels × groups)
+/// can leave `i128`: they are refused as too large, not overflowed (the never-panic
+/// proptest found a dilation of 2^63 + 2 on a kernel of 2^64 - 1 taps panicking in the
+/// test profile, and wrapping silently in release).
+#[test]
+fn overflowing_axis_products_are_errors() {
+    let huge = usize::MAX;
+    let too_large = |e: tconv::Error, what: &str| {
+        assert!(matches!(e.kind(), ErrorKind::TooLarge { .. }), "{e}");
+        assert!(e.to_string().contains(what), "{e}");
+    };
+    // The proptest's case: dilation × (kernel - 1) on a transposed conv and a conv.
+    let p = ConvParams::new().dilation(&[(1 << 63) + 2]);
+    for op in [Op::ConvTranspose, Op::Conv] {
+        let e = Geometry::new(op, &[1, 1, huge], &[1, 1, huge], None, &p).unwrap_err();
+        too_large(e, "dilated kernel extent");
+    }
+    // (input - 1) × stride, with explicit pads and with SAME's (input × stride).
+    for p in [
+        ConvParams::new().stride(&[huge]),
+        ConvParams::new()
+            .stride(&[huge])
+            .padding_spec(tconv::Padding::SameUpper),
+    ] {
+        let e = Geometry::new(Op::ConvTranspose, &[1, 1, huge], &[1, 1, 1], None, &p).unwrap_err();
+        too_large(e, "conv_transpose output extent");
+    }
+    // A conv's SAME pads: the dilated kernel (2^127 - 1, just within) reaching past the
+    // input by its length again.
+    let p = ConvParams::new()
+        .dilation(&[(1 << 63) + 1])
+        .padding_spec(tconv::Padding::SameUpper);
+    let e = Geometry::new(Op::Conv, &[1, 1, huge], &[1, 1, huge], None, &p).unwrap_err();
+    too_large(e, "dilated kernel extent");
+    // Channels per group × groups.
+    let p = ConvParams::new().groups(1 << 32);
+    let e = Geometry::new(
+        Op::ConvTranspose,
+        &[1, 1 << 32, 1],
+        &[1 << 32, huge, 1],
+        None,
+        &p,
+    )
+    .unwrap_err();
+    too_large(e, "channel count");
 }

@@ -118,7 +118,7 @@ fn channels(
             groups,
         });
     }
-    let w1_full = to_usize("channel count", w1 as i128 * groups as i128)?;
+    let w1_full = to_usize("channel count", mul("channel count", w1, groups)?)?;
     let (in_channels, out_channels) = match op {
         Op::Conv => (w1_full, w0),
         Op::ConvTranspose => (w0, w1_full),
@@ -229,7 +229,7 @@ impl<'p> AxisParams<'p> {
         }
         let (pb, pe, op_a) = match self.op {
             Op::Conv => {
-                let (pb, pe) = self.conv_pads(a, l, k, s, d);
+                let (pb, pe) = self.conv_pads(a, l, k, s, d)?;
                 (pb, pe, op_a)
             }
             Op::ConvTranspose => self.transpose_pads(a, l, k, s, d, op_a)?,
@@ -254,16 +254,18 @@ impl<'p> AxisParams<'p> {
     }
 
     /// A conv's pads on axis `a`: the explicit ones, or SAME's (an output of `⌈l / s⌉`).
-    fn conv_pads(&self, a: usize, l: usize, k: usize, s: usize, d: usize) -> (i128, i128) {
-        match &self.explicit {
+    fn conv_pads(&self, a: usize, l: usize, k: usize, s: usize, d: usize) -> Result<(i128, i128)> {
+        Ok(match &self.explicit {
             Some((b, e)) => (b[a] as i128, e[a] as i128),
             None => {
-                let span = d as i128 * (k as i128 - 1) + 1;
+                let span = dilated_span(k, d)?;
                 let out = (l as i128 + s as i128 - 1) / s as i128;
-                let total = ((out - 1) * s as i128 + span - l as i128).max(0);
+                // (out - 1)·s < l + s, within i128; with the span it may not be.
+                let reach = add("dilated kernel extent", (out - 1) * s as i128, span)?;
+                let total = (reach - l as i128).max(0);
                 split_total_padding(total, self.upper)
             }
-        }
+        })
     }
 
     /// A transposed conv's pads on axis `a` and its output padding: from an ONNX
@@ -279,12 +281,12 @@ impl<'p> AxisParams<'p> {
         d: usize,
         op_a: usize,
     ) -> Result<(i128, i128, usize)> {
-        let full = full_transpose_len(l, k, s, d, op_a);
+        let full = full_transpose_len(l, k, s, d, op_a)?;
         match (&self.params.output_size, &self.explicit) {
             (Some(OutputSize::Onnx(_)), _) | (None, None) => {
                 let target = match &self.requested {
                     Some(r) => r[a] as i128,
-                    None => l as i128 * s as i128,
+                    None => mul("conv_transpose output extent", l, s)?,
                 };
                 if target < 1 {
                     return fail(ErrorKind::OutputSizeOutOfRange {
@@ -300,7 +302,10 @@ impl<'p> AxisParams<'p> {
             (Some(OutputSize::Torch(_)), _) | (None, Some(_)) => {
                 let (b, e) = match &self.explicit {
                     Some((b, e)) => (b[a] as i128, e[a] as i128),
-                    None => split_total_padding(full - l as i128 * s as i128, self.upper),
+                    None => {
+                        let same = mul("conv_transpose output extent", l, s)?;
+                        split_total_padding(full - same, self.upper)
+                    }
                 };
                 let Some(OutputSize::Torch(_)) = &self.params.output_size else {
                     return Ok((b, e, op_a));
@@ -356,7 +361,7 @@ pub fn conv_output_len(
     pad_end: usize,
 ) -> Result<usize> {
     check_axis_basics(axis, input, kernel, stride, dilation)?;
-    let span = dilation as i128 * (kernel as i128 - 1) + 1;
+    let span = dilated_span(kernel, dilation)?;
     let padded = input as i128 + pad_begin as i128 + pad_end as i128;
     if padded < span {
         return fail(ErrorKind::KernelLargerThanInput {
@@ -385,7 +390,7 @@ pub fn conv_transpose_output_len(
     output_padding: usize,
 ) -> Result<usize> {
     check_axis_basics(axis, input, kernel, stride, dilation)?;
-    let full = full_transpose_len(input, kernel, stride, dilation, output_padding);
+    let full = full_transpose_len(input, kernel, stride, dilation, output_padding)?;
     let out = full - pad_begin as i128 - pad_end as i128;
     if out < 1 {
         return fail(ErrorKind::PaddingRemovesOutput {
@@ -398,9 +403,48 @@ pub fn conv_transpose_output_len(
     to_usize("conv_transpose output extent", out)
 }
 
-/// The uncropped transposed-conv extent `(in-1)*s + d*(k-1) + output_padding + 1`.
-fn full_transpose_len(input: usize, kernel: usize, s: usize, d: usize, op: usize) -> i128 {
-    (input as i128 - 1) * s as i128 + d as i128 * (kernel as i128 - 1) + op as i128 + 1
+/// The uncropped transposed-conv extent `(in-1)*s + d*(k-1) + output_padding + 1` (`in`
+/// and `k` at least 1), or a [`ErrorKind::TooLarge`] error where it leaves `i128`.
+fn full_transpose_len(input: usize, kernel: usize, s: usize, d: usize, op: usize) -> Result<i128> {
+    const WHAT: &str = "conv_transpose output extent";
+    let strided = mul(WHAT, input - 1, s)?;
+    let span = dilated_span(kernel, d)?;
+    add(WHAT, add(WHAT, strided, span)?, op as i128)
+}
+
+/// A dilated kernel's extent `d·(k-1) + 1` (`k` at least 1), or a
+/// [`ErrorKind::TooLarge`] error where it leaves `i128`.
+fn dilated_span(kernel: usize, d: usize) -> Result<i128> {
+    const WHAT: &str = "dilated kernel extent";
+    add(WHAT, mul(WHAT, d, kernel - 1)?, 1)
+}
+
+/// `a · b` as `i128`, or a [`ErrorKind::TooLarge`] error naming `what` where the product
+/// leaves `i128` (that of two `usize` values can; it is exact in `u128`).
+fn mul(what: &'static str, a: usize, b: usize) -> Result<i128> {
+    let p = a as u128 * b as u128;
+    i128::try_from(p).or_else(|_| {
+        fail(ErrorKind::TooLarge {
+            what,
+            elements: p,
+            limit: MAX_ELEMENTS,
+        })
+    })
+}
+
+/// `a + b` for non-negative `a` and `b`, or a [`ErrorKind::TooLarge`] error naming `what`
+/// where the sum leaves `i128`.
+fn add(what: &'static str, a: i128, b: i128) -> Result<i128> {
+    a.checked_add(b).map_or_else(
+        || {
+            fail(ErrorKind::TooLarge {
+                what,
+                elements: a.unsigned_abs().saturating_add(b.unsigned_abs()),
+                limit: MAX_ELEMENTS,
+            })
+        },
+        Ok,
+    )
 }
 
 fn check_axis_basics(axis: usize, input: usize, kernel: usize, s: usize, d: usize) -> Result<()> {
