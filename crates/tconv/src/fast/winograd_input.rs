@@ -408,8 +408,8 @@ type GatherArgs<'a> = (
 );
 
 /// Channels [`gathered_avx512`] takes at a time, each block's indices and masks loaded once
-/// for all of them: one channel at a time ran 0.95x on dcgan3's and s1k3's forward pass at
-/// 2 threads (5 rounds, paired; 0.98-1.02x at 1 thread).
+/// for all of them: one channel at a time ran 0.93-0.97x on dcgan3's and s1k3's forward
+/// pass at 2 threads (paired, two sittings of 5 rounds; 0.98-1.02x at 1 thread).
 #[cfg(target_arch = "x86_64")]
 const GATHER_CHANNELS: usize = 4;
 
