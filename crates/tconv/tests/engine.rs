@@ -852,6 +852,23 @@ fn winograd_tiles_match_reference() {
             Op::ConvTranspose,
             "F(3,2)",
         ),
+        // Longer rows, each phase staged contiguously and its tiles' three columns
+        // interleaved by vectors (AVX-512), the last tile holding one output (50 positions a
+        // phase: 17, 17, 16 per column) or two (49: 17, 16, 16).
+        (
+            vec![2, 8, 50],
+            vec![8, 16, 16],
+            ConvParams::new().stride(&[8]).padding(&[4]),
+            Op::ConvTranspose,
+            "F(3,2)",
+        ),
+        (
+            vec![1, 8, 49],
+            vec![8, 16, 16],
+            ConvParams::new().stride(&[8]).padding(&[4]),
+            Op::ConvTranspose,
+            "F(3,2)",
+        ),
         (
             vec![1, 16, 5, 4, 6],
             vec![16, 16, 3, 3, 3],
