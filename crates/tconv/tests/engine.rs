@@ -473,8 +473,11 @@ fn depthwise_rows_match(
     want.shape().to_vec()
 }
 
-/// A depthwise output beyond the row engine's streaming threshold (16 MiB) is written with
-/// non-temporal stores: still exact against the reference, at 1 and 2 threads.
+/// A depthwise output beyond the row engine's streaming threshold (16 MiB; written with
+/// non-temporal stores where it also exceeds half the last-level cache, as on a 32 MiB L3,
+/// and with ordinary stores on a larger one: the library's own test
+/// `streamed_rows_are_the_cached_rows` forces both): exact against the reference, at 1 and
+/// 2 threads.
 #[test]
 fn streamed_depthwise_output_matches_reference() {
     use tconv::ConvParams;
@@ -487,7 +490,8 @@ fn streamed_depthwise_output_matches_reference() {
 
 /// Stride-8 depthwise rows of whole 64-output blocks whose taps all read inside the input
 /// are summed and interleaved in registers: exact on small integers against the reference
-/// (border rows take the general path), with and without non-temporal stores, 1-3-D
+/// (border rows take the general path), with and without non-temporal stores (where the
+/// last-level cache is small enough for 16 MiB to stream), 1-3-D
 /// shapes, 1 and 2 threads.
 #[test]
 fn stride_8_depthwise_blocks_match_reference() {
@@ -520,7 +524,7 @@ fn stride_8_depthwise_blocks_match_reference() {
             vec![2, 1, 8, 8],
             ConvParams::new().stride(&[8]).dilation(&[3]).padding(&[7]),
         ),
-        // 16 MiB of output: streamed.
+        // 16 MiB of output: streamed where it exceeds half the last-level cache.
         (
             vec![1, 4, 128, 128],
             vec![4, 1, 16, 16],

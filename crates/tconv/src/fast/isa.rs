@@ -185,9 +185,67 @@ unsafe fn peak_avx2(iters: u64) {
     std::hint::black_box(acc);
 }
 
+/// Bytes of the last-level data cache as CPUID describes it (its deterministic cache
+/// parameters: leaf 4 on Intel, 0x8000_001D on AMD), read once; `None` on other CPUs and
+/// architectures. Under a hypervisor this is the cache the guest is told of.
+pub(crate) fn last_level_cache_bytes() -> Option<usize> {
+    static LLC: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    *LLC.get_or_init(detect_last_level_cache)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect_last_level_cache() -> Option<usize> {
+    // CPUID is part of the x86-64 baseline (an unsafe function before Rust 1.9x).
+    #[allow(unused_unsafe)]
+    let cpuid = |leaf: u32, sub: u32| unsafe { std::arch::x86_64::__cpuid_count(leaf, sub) };
+    let id = cpuid(0, 0);
+    let vendor: Vec<u8> = [id.ebx, id.edx, id.ecx]
+        .iter()
+        .flat_map(|r| r.to_le_bytes())
+        .collect();
+    let leaf = match &vendor[..] {
+        b"GenuineIntel" if id.eax >= 4 => 4,
+        b"AuthenticAMD" if cpuid(0x8000_0000, 0).eax >= 0x8000_001D => 0x8000_001D,
+        _ => return None,
+    };
+    let mut last: Option<(u32, usize)> = None;
+    for sub in 0..16 {
+        let r = cpuid(leaf, sub);
+        match r.eax & 0x1f {
+            0 => break,
+            2 => continue, // an instruction cache
+            _ => {}
+        }
+        let level = (r.eax >> 5) & 7;
+        let field = |v: u32, shift: u32, bits: u32| ((v >> shift) & ((1 << bits) - 1)) as usize + 1;
+        let bytes = field(r.ebx, 22, 10)
+            * field(r.ebx, 12, 10)
+            * field(r.ebx, 0, 12)
+            * (r.ecx as usize + 1);
+        if last.is_none_or(|(l, _)| level > l) {
+            last = Some((level, bytes));
+        }
+    }
+    last.map(|(_, bytes)| bytes)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect_last_level_cache() -> Option<usize> {
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Where CPUID describes the caches, the last level holds at least 256 KiB and less
+    /// than 4 GiB.
+    #[test]
+    fn last_level_cache_is_plausible() {
+        if let Some(bytes) = last_level_cache_bytes() {
+            assert!((256 << 10..4 << 30).contains(&bytes), "{bytes}");
+        }
+    }
 
     /// The measured peak is a positive, finite rate, and vectors beat scalars where the
     /// CPU has them (by far: 8 or 16 lanes against 1).
