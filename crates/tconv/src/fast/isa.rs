@@ -189,12 +189,23 @@ unsafe fn peak_avx2(iters: u64) {
 /// parameters: leaf 4 on Intel, 0x8000_001D on AMD), read once; `None` on other CPUs and
 /// architectures. Under a hypervisor this is the cache the guest is told of.
 pub(crate) fn last_level_cache_bytes() -> Option<usize> {
-    static LLC: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-    *LLC.get_or_init(detect_last_level_cache)
+    caches().iter().max_by_key(|c| c.0).map(|c| c.1)
+}
+
+/// Bytes of the level-2 data (or unified) cache one core has, as for
+/// [`last_level_cache_bytes`].
+pub(crate) fn l2_cache_bytes() -> Option<usize> {
+    caches().iter().find(|c| c.0 == 2).map(|c| c.1)
+}
+
+/// The data and unified caches CPUID describes: `(level, bytes)`, read once.
+fn caches() -> &'static [(u32, usize)] {
+    static CACHES: std::sync::OnceLock<Vec<(u32, usize)>> = std::sync::OnceLock::new();
+    CACHES.get_or_init(detect_caches)
 }
 
 #[cfg(target_arch = "x86_64")]
-fn detect_last_level_cache() -> Option<usize> {
+fn detect_caches() -> Vec<(u32, usize)> {
     // CPUID is part of the x86-64 baseline (an unsafe function before Rust 1.9x).
     #[allow(unused_unsafe)]
     let cpuid = |leaf: u32, sub: u32| unsafe { std::arch::x86_64::__cpuid_count(leaf, sub) };
@@ -206,9 +217,9 @@ fn detect_last_level_cache() -> Option<usize> {
     let leaf = match &vendor[..] {
         b"GenuineIntel" if id.eax >= 4 => 4,
         b"AuthenticAMD" if cpuid(0x8000_0000, 0).eax >= 0x8000_001D => 0x8000_001D,
-        _ => return None,
+        _ => return Vec::new(),
     };
-    let mut last: Option<(u32, usize)> = None;
+    let mut out = Vec::new();
     for sub in 0..16 {
         let r = cpuid(leaf, sub);
         match r.eax & 0x1f {
@@ -216,22 +227,19 @@ fn detect_last_level_cache() -> Option<usize> {
             2 => continue, // an instruction cache
             _ => {}
         }
-        let level = (r.eax >> 5) & 7;
         let field = |v: u32, shift: u32, bits: u32| ((v >> shift) & ((1 << bits) - 1)) as usize + 1;
         let bytes = field(r.ebx, 22, 10)
             * field(r.ebx, 12, 10)
             * field(r.ebx, 0, 12)
             * (r.ecx as usize + 1);
-        if last.is_none_or(|(l, _)| level > l) {
-            last = Some((level, bytes));
-        }
+        out.push(((r.eax >> 5) & 7, bytes));
     }
-    last.map(|(_, bytes)| bytes)
+    out
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn detect_last_level_cache() -> Option<usize> {
-    None
+fn detect_caches() -> Vec<(u32, usize)> {
+    Vec::new()
 }
 
 #[cfg(test)]
@@ -239,11 +247,14 @@ mod tests {
     use super::*;
 
     /// Where CPUID describes the caches, the last level holds at least 256 KiB and less
-    /// than 4 GiB.
+    /// than 4 GiB, and the L2 (where described) at least 64 KiB and no more than it.
     #[test]
-    fn last_level_cache_is_plausible() {
+    fn cache_sizes_are_plausible() {
         if let Some(bytes) = last_level_cache_bytes() {
             assert!((256 << 10..4 << 30).contains(&bytes), "{bytes}");
+            if let Some(l2) = l2_cache_bytes() {
+                assert!((64 << 10..=bytes).contains(&l2), "{l2} of {bytes}");
+            }
         }
     }
 

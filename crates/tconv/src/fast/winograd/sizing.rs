@@ -13,6 +13,21 @@ use crate::tensor::numel;
 /// 43.7-45.8 at 256 and 43.7-44.4 at 2048, minima at 1 thread).
 const POINT_BYTES: usize = 768 * 1024;
 
+/// Bytes of all points' transformed input and GEMM results a task aims at where the
+/// transformed weights fit in the core's L2 (CPUID's): a quarter of it, and at least two
+/// register panels of columns; `None` (tasks by [`POINT_BYTES`]) where they do not fit or
+/// the L2 is unknown. Such weights stay in the L2 from task to task, so a task needs no
+/// more columns to repay streaming them, and a task whose transformed input, results and
+/// outputs stay in the L2 too writes its outputs there (the four phases of a stride-2 layer
+/// each write half of every line of a row). On a 2-core Emerald Rapids Xeon (2 MiB L2),
+/// at 1 thread: dcgan3 (1.2 MB of weights) 128 columns instead of 320, 1.11x; s1k3 128
+/// instead of 192, 1.05x; dilated 96 instead of 768, 1.05x (4 paired rounds); hifigan1d,
+/// dcgan1 and dcgan2 (17, 19 and 4.9 MB) keep `POINT_BYTES`.
+fn l2_task_bytes(weight_bytes: usize) -> Option<usize> {
+    let l2 = crate::fast::isa::l2_cache_bytes()?;
+    (weight_bytes <= l2).then_some(l2 / 4)
+}
+
 /// [`POINT_BYTES`] for a strided conv (several sources: an input gradient), whose weight
 /// blocks are as many times longer: hifigan1d's input gradient (8 sources, K = 2048) ran
 /// 49.6-55.5 ms at 256 KiB against 62.7-69.3 at 768 (4 alternating rounds), dcgan1-3's
@@ -177,7 +192,14 @@ fn sizing_within<T: Element>(
     };
     // No more scratch over all threads than the bound.
     let tl = cut.tl;
-    let want = (point_bytes / per_col.max(1))
+    let weight_bytes = transformed_weight_bytes::<T>(g, transforms, phases, blocks * mr);
+    let by_points = match l2_task_bytes(weight_bytes) {
+        Some(task) if most_sources(phases) == 1 => {
+            (task / (cut.points * per_col).max(1)).max(2 * tl)
+        }
+        _ => point_bytes / per_col.max(1),
+    };
+    let want = by_points
         .min(TASK_BYTES / (cut.points * per_col).max(1))
         .min(bound.over(threads) / (threads.max(1) * cut.points * per_col).max(1))
         / tl
@@ -230,7 +252,6 @@ fn sizing_within<T: Element>(
     // AVX2 (6 rounds). Where the weights are smaller it did not pay: dcgan2's input
     // gradient at 1 thread and its forward pass at 2, dcgan3's input gradient at 2 (4.9,
     // 4.9 and 1.2 MB) read 0.97-1.05x.
-    let weight_bytes = transformed_weight_bytes::<T>(g, transforms, phases, blocks * mr);
     if slice == full
         && least < full
         && weight_bytes > STREAMED_WEIGHTS
