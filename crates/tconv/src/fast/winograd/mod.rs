@@ -271,6 +271,9 @@ pub struct Winograd<T: Element> {
     /// stride: 3 of 4 phases): then each task fills its band with the bias first, one
     /// contiguous pass per plane, and the live phases overwrite their positions.
     fill_first: bool,
+    /// Whether each task writes the phases' outputs contiguously and interleaves them at
+    /// its end: `Some((stride, positions per phase))` ([`Winograd::staged_layout`]).
+    staged: Option<(usize, usize)>,
     /// `Bᵀ ⊗ … ⊗ Bᵀ` (per point: its inputs `(line·α + j)`) and `Aᵀ ⊗ … ⊗ Aᵀ` (per
     /// output offset `(line·m + aw)`: its points) as nonzero terms, in `T`.
     in_terms: Vec<Vec<(usize, T)>>,

@@ -139,7 +139,7 @@ impl<T: Element> Winograd<T> {
             );
             live_index += 1;
         }
-        if let Some((stride, _)) = self.staged(g) {
+        if let Some((stride, _)) = self.staged {
             for plane in task.planes.iter_mut() {
                 unstage_phases(plane, &mut rows, stride);
             }
@@ -156,7 +156,7 @@ impl<T: Element> Winograd<T> {
     /// scatter 14 % -> 6 %, interleave 1 %, hifigan1d's forward pass 1.10-1.11x at 1
     /// thread and 1.06-1.10x at 2 (medians / minima, 4 paired rounds). The same values go
     /// to the same places.
-    fn staged(&self, g: &Geometry) -> Option<(usize, usize)> {
+    pub(super) fn staged_layout(&self, g: &Geometry) -> Option<(usize, usize)> {
         let stride = self.out_stride[0];
         let len = *g.output_shape().get(2)?;
         if g.axes.len() != 1 || stride < 2 || !len.is_multiple_of(stride) || self.fill_first {
@@ -260,8 +260,8 @@ impl<T: Element> Winograd<T> {
         };
         let (mut scatter, spans) = self.scatter_table(g, p, runs, task.band.start);
         let mut step = self.out_stride[g.axes.len() - 1] * self.transforms[g.axes.len() - 1].m;
-        if let Some((stride, per)) = self.staged(g) {
-            // Position `stride·q + r` of the plane staged at `r·per + q` (see `staged`).
+        if let Some((stride, per)) = self.staged {
+            // Position `stride·q + r` of the plane staged at `r·per + q` (see `staged_layout`).
             for seg in &mut scatter {
                 seg.1 = seg.1 % stride * per + seg.1 / stride;
             }
@@ -631,7 +631,7 @@ impl<T: Element> Winograd<T> {
 }
 
 /// `plane[stride·q + r] = staged[r·per + q]` for a plane staged phase by phase
-/// ([`Winograd::staged`]), through `tmp` (at least the plane's length): an 8×8 transpose
+/// ([`Winograd::staged_layout`]), through `tmp` (at least the plane's length): an 8×8 transpose
 /// of vectors for 8 phases of f32 with AVX, else element by element.
 fn unstage_phases<T: Element>(plane: &mut [T], tmp: &mut [T], stride: usize) {
     let len = plane.len();

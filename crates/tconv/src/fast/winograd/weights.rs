@@ -58,7 +58,7 @@ impl<T: Element> Winograd<T> {
         let out_shape: Vec<usize> = g.axes.iter().map(|a| a.output).collect();
         let bias_only = phases.iter().filter(|p| !p.live() && !p.empty()).count();
         let fill_first = 2 * bias_only >= phases.len();
-        Some(Winograd {
+        let mut plan = Winograd {
             kernel,
             isa,
             mr,
@@ -90,7 +90,10 @@ impl<T: Element> Winograd<T> {
             outer_alpha: transforms[..dims - 1].iter().map(|t| t.alpha).collect(),
             outer_m: transforms[..dims - 1].iter().map(|t| t.m).collect(),
             transforms,
-        })
+            staged: None,
+        };
+        plan.staged = plan.staged_layout(g);
+        Some(plan)
     }
 
     /// The packed transformed weights' address (which a [`crate::fast::pack::PackCache`] may
