@@ -206,7 +206,8 @@ fn caches() -> &'static [(u32, usize)] {
 
 #[cfg(target_arch = "x86_64")]
 fn detect_caches() -> Vec<(u32, usize)> {
-    // CPUID is part of the x86-64 baseline (an unsafe function before Rust 1.9x).
+    // CPUID is part of the x86-64 baseline. The intrinsic is an `unsafe fn` in older Rust
+    // (this crate's minimum, 1.89, among them) and safe in newer (1.95, used here).
     #[allow(unused_unsafe)]
     let cpuid = |leaf: u32, sub: u32| unsafe { std::arch::x86_64::__cpuid_count(leaf, sub) };
     let id = cpuid(0, 0);

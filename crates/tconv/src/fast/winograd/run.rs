@@ -157,9 +157,11 @@ impl<T: Element> Winograd<T> {
     /// thread and 1.06-1.10x at 2 (medians / minima, 4 paired rounds). The same values go
     /// to the same places.
     pub(super) fn staged_layout(&self, g: &Geometry) -> Option<(usize, usize)> {
-        let stride = self.out_stride[0];
-        let len = *g.output_shape().get(2)?;
-        if g.axes.len() != 1 || stride < 2 || !len.is_multiple_of(stride) || self.fill_first {
+        let ([axis], [stride]) = (&g.axes[..], &self.out_stride[..]) else {
+            return None;
+        };
+        let (stride, len) = (*stride, axis.output);
+        if stride < 2 || !len.is_multiple_of(stride) || self.fill_first {
             return None;
         }
         let per = len / stride;
@@ -776,6 +778,28 @@ fn interleave3<T: Element>(dst: &mut [T], cols: [&[T]; 3]) -> bool {
     false
 }
 
+/// [`interleave3_avx512`]'s permutes: per output vector `v`, the indices of its `a` and `b`
+/// lanes (from 16 for `b`), those of its `c` lanes, and which lanes are `c`'s. Output lane
+/// `e` of vector `v` is value `g = 16v + e`: column `g % 3`, index `g / 3`.
+#[cfg(target_arch = "x86_64")]
+const INTERLEAVE3: ([[i32; 16]; 3], [[i32; 16]; 3], [u16; 3]) = {
+    let (mut ab, mut cx, mut cmask) = ([[0i32; 16]; 3], [[0i32; 16]; 3], [0u16; 3]);
+    let mut g = 0;
+    while g < 48 {
+        let (v, e, k) = (g / 16, g % 16, (g / 3) as i32);
+        match g % 3 {
+            0 => ab[v][e] = k,
+            1 => ab[v][e] = 16 + k,
+            _ => {
+                cx[v][e] = k;
+                cmask[v] |= 1 << e;
+            }
+        }
+        g += 1;
+    }
+    (ab, cx, cmask)
+};
+
 /// [`interleave3`] on AVX-512: per 16 `k`, each of the three output vectors takes its
 /// `a` and `b` lanes by one two-source permute and its `c` lanes by a masked permute
 /// (hifigan1d's staged outputs element by element took 6 % of its forward pass, these 3 %:
@@ -788,25 +812,7 @@ fn interleave3<T: Element>(dst: &mut [T], cols: [&[T]; 3]) -> bool {
 unsafe fn interleave3_avx512(dst: &mut [f32], [a, b, c]: [&[f32]; 3]) {
     use std::arch::x86_64::*;
     let n = a.len();
-    // Output lane `e` of vector `v` is value `g = 16v + e`: column `g % 3`, index `g / 3`
-    // (from 16 for `b` in the two-source permute).
-    let mut ab = [[0i32; 16]; 3];
-    let mut cx = [[0i32; 16]; 3];
-    let mut cmask = [0u16; 3];
-    for v in 0..3 {
-        for e in 0..16 {
-            let g = 16 * v + e;
-            let k = (g / 3) as i32;
-            match g % 3 {
-                0 => ab[v][e] = k,
-                1 => ab[v][e] = 16 + k,
-                _ => {
-                    cx[v][e] = k;
-                    cmask[v] |= 1 << e;
-                }
-            }
-        }
-    }
+    let (ab, cx, cmask) = INTERLEAVE3;
     let ab: [__m512i; 3] = std::array::from_fn(|v| _mm512_loadu_si512(ab[v].as_ptr().cast()));
     let cx: [__m512i; 3] = std::array::from_fn(|v| _mm512_loadu_si512(cx[v].as_ptr().cast()));
     let mut k = 0;
