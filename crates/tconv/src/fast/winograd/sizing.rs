@@ -17,12 +17,12 @@ const POINT_BYTES: usize = 768 * 1024;
 /// transformed weights fit in the core's L2 (CPUID's): a quarter of it, and at least two
 /// register panels of columns; `None` (tasks by [`POINT_BYTES`]) where they do not fit or
 /// the L2 is unknown. Such weights stay in the L2 from task to task, so a task needs no
-/// more columns to repay streaming them, and a task whose transformed input, results and
-/// outputs stay in the L2 too writes its outputs there (the four phases of a stride-2 layer
-/// each write half of every line of a row). On a 2-core Emerald Rapids Xeon (2 MiB L2),
-/// at 1 thread: dcgan3 (1.2 MB of weights) 128 columns instead of 320, 1.11x; s1k3 128
-/// instead of 192, 1.05x; dilated 96 instead of 768, 1.05x (4 paired rounds); hifigan1d,
-/// dcgan1 and dcgan2 (17, 19 and 4.9 MB) keep `POINT_BYTES`.
+/// more columns to repay streaming them, and a smaller task's transformed input, results
+/// and outputs stay there with them. On a 2-core Emerald Rapids Xeon (2 MiB L2), at 1
+/// thread: dcgan3 (1.2 MB of weights) 128 columns instead of 320, 1.11x; s1k3 128 instead
+/// of 192, 1.05x; dilated 96 instead of 768, 1.05x (4 paired rounds); perf on dcgan3: the
+/// GEMMs took 8 % less time, the input transform 17 % less and the output stores 16 %
+/// less. hifigan1d, dcgan1 and dcgan2 (17, 19 and 4.9 MB) keep `POINT_BYTES`.
 fn l2_task_bytes(weight_bytes: usize) -> Option<usize> {
     let l2 = crate::fast::isa::l2_cache_bytes()?;
     (weight_bytes <= l2).then_some(l2 / 4)
