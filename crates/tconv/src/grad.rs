@@ -149,16 +149,20 @@ pub(crate) fn backward<'x, 'w, 'g, T: Element, D1: Dimension, D2: Dimension, D3:
     let shaped = |shape: &[usize], v: Vec<T>| {
         ArrayD::from_shape_vec(IxDyn(shape), v).expect("gradient buffer matches its shape")
     };
-    // The input gradient, by the kept plan where given.
-    let input_gradient = |g: &Geometry, w: &[T], gy: &[T], o: &PlanOptions| match plans {
-        Some(plans) => Ok(plans(g, o)?.run_new(gy, None)),
-        None => grad_input(g, w, gy, o),
+    // The input gradient, by the kept plan where given, in an array starting on a cache
+    // line (as the forward pass's outputs).
+    let input_gradient = |g: &Geometry, w: &[T], gy: &[T], o: &PlanOptions| -> Result<ArrayD<T>> {
+        let plan = match plans {
+            Some(plans) => plans(g, o)?,
+            None => Arc::new(input_plan(g, w, o)?),
+        };
+        Ok(plan.run_aligned(gy, None, x.shape()))
     };
     let fused = (wanted.input && wanted.weight)
         .then(|| depthwise_taps_backward(&g, &ws, &xs, &gys, options))
         .flatten();
     let (input, weight) = match fused {
-        Some((gx, gw)) => (Some(gx), Some(gw)),
+        Some((gx, gw)) => (Some(shaped(x.shape(), gx)), Some(gw)),
         None if wanted.input && wanted.weight && side_by_side::<T>(&g, options) => {
             let one = PlanOptions {
                 threads: Some(1),
@@ -186,7 +190,6 @@ pub(crate) fn backward<'x, 'w, 'g, T: Element, D1: Dimension, D2: Dimension, D3:
             (input, weight)
         }
     };
-    let input = input.map(|v| shaped(x.shape(), v));
     let weight = weight.map(|v| shaped(w.shape(), v));
     let bias = wanted
         .bias

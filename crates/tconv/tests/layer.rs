@@ -226,6 +226,70 @@ fn layer_takes_unbatched_inputs() {
     }
 }
 
+/// Whether an array's first element starts a 64-byte cache line.
+fn on_a_line<T>(a: &ArrayD<T>) -> bool {
+    (a.as_ptr() as usize).is_multiple_of(tconv::tensor::ALIGN_BYTES)
+}
+
+/// Every new result starts on a cache line (forward outputs of the functions, plans and
+/// layers, batched or not, f32 and f64, and input gradients), and holds the reference's
+/// values: the data sits inside a larger allocation, which the arrays' offsets account for.
+#[test]
+fn results_start_on_a_cache_line() {
+    fn check<T: Element>() {
+        let w = ints::<T>(&[4, 3, 2, 2, 2], 5);
+        let params = ConvParams::new().stride(&[2, 2, 2]);
+        let reference = PlanOptions {
+            algorithm: Some(Algorithm::Reference),
+            ..PlanOptions::default()
+        };
+        for (shape, seed) in [(vec![2, 4, 3, 3, 5], 7), (vec![4, 5, 2, 3], 8)] {
+            let x = ints::<T>(&shape, seed);
+            let y = tconv::conv_transpose(&x, &w, None, &params).unwrap();
+            let want = Plan::new(Op::ConvTranspose, &shape, &w, None, &params, &reference)
+                .unwrap()
+                .execute(&x, None)
+                .unwrap();
+            assert!(on_a_line(&y) && y == want, "{shape:?}");
+            let layer = Layer::new(
+                Op::ConvTranspose,
+                &w,
+                None,
+                &params,
+                &PlanOptions::default(),
+            );
+            let got = layer.unwrap().forward(&x).unwrap();
+            assert!(on_a_line(&got) && got == want, "{shape:?}");
+            let (offset, len) = (got.clone().into_raw_vec_and_offset(), got.len());
+            assert!(offset.1.unwrap_or(0) + len <= offset.0.len());
+            let gy = ints::<T>(want.shape(), seed + 1);
+            let wanted = Wanted {
+                input: true,
+                weight: false,
+                bias: false,
+            };
+            for options in [PlanOptions::default(), reference.clone()] {
+                let g = tconv::conv_transpose_backward(&x, &w, &gy, &params, wanted, &options);
+                let gx = g.unwrap().input.unwrap();
+                assert!(on_a_line(&gx), "{shape:?}");
+                assert_eq!(
+                    gx,
+                    tconv::conv(&gy, &w, None, &params).unwrap(),
+                    "{shape:?}"
+                );
+            }
+        }
+        for shape in [vec![0], vec![], vec![5, 7], vec![3, 0, 2]] {
+            let z = tconv::tensor::aligned_zeros::<T>(&shape, 2);
+            assert_eq!(z.shape(), shape.as_slice());
+            assert!(z.iter().all(|v| *v == T::zero()) && z.is_standard_layout());
+            assert!(z.is_empty() || on_a_line(&z), "{shape:?}");
+        }
+    }
+    check::<f32>();
+    check::<f64>();
+}
+
 /// A layer rejects what a plan rejects, with the same error, and keeps working after.
 #[test]
 fn layer_errors_name_the_numbers() {
