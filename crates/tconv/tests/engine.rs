@@ -576,6 +576,14 @@ fn sliced_reductions_match_reference() {
             ConvParams::new().padding(&[1]).groups(2),
             Op::Conv,
         ),
+        // Weights (1.2 MB) beyond a quarter of the L2: tiles in groups sharing each
+        // weight slice (smaller weights take one tile a group where the L2 is known).
+        (
+            vec![2, 256, 16, 16],
+            vec![256, 300, 2, 2],
+            ConvParams::new().stride(&[2]),
+            Op::ConvTranspose,
+        ),
     ];
     for (xs, ws, p, op) in cases {
         let x = ints::<f32>(&xs, 11);

@@ -437,3 +437,35 @@ impl<T: Element> Plan<T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The direct engine groups tiles to share weight slices only where the weights
+    /// outgrow a quarter of the L2: unet's 128 KiB take one tile a group, a layer with
+    /// 1.2 MB of weights several (where the CPU reports its L2; else always several).
+    #[test]
+    fn tiles_grouped_only_where_the_weights_outgrow_the_l2() {
+        let direct = PlanOptions {
+            algorithm: Some(Algorithm::Direct),
+            threads: Some(1),
+            ..PlanOptions::default()
+        };
+        let per_group = |x: &[usize], w: &[usize]| {
+            let wv = ndarray::ArrayD::<f32>::zeros(w);
+            let p = ConvParams::new().stride(&[2]);
+            let plan = Plan::new(Op::ConvTranspose, x, &wv, None, &p, &direct).unwrap();
+            let d = plan.direct.as_ref().expect("a direct plan");
+            d.items_per_group(&plan.geometry)
+        };
+        let small = per_group(&[4, 128, 64, 64], &[128, 64, 2, 2]);
+        let large = per_group(&[4, 256, 64, 64], &[256, 300, 2, 2]);
+        let l2 = crate::fast::isa::l2_cache_bytes();
+        assert!(large > 1, "{large}");
+        match l2 {
+            Some(l2) if l2 >= 4 * 128 * 64 * 4 * 4 => assert_eq!(small, 1, "L2 {l2}"),
+            _ => assert!(small > 1, "{small}"),
+        }
+    }
+}
