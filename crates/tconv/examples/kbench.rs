@@ -22,7 +22,13 @@ fn main() {
             let reps = 200_000_000 / (k * mr * v * lanes);
             let t = Instant::now();
             for _ in 0..reps {
-                f(&a, &b, Rows::packed(k, v * lanes), &mut out, false);
+                f(
+                    &a,
+                    &b,
+                    Rows::packed(k, v * lanes),
+                    (&mut out[..]).into(),
+                    false,
+                );
                 std::hint::black_box(&mut out);
             }
             let s = t.elapsed().as_secs_f64();
@@ -45,7 +51,13 @@ fn main() {
             for bl in 0..blocks {
                 let w = &a[bl * k * mr..(bl + 1) * k * mr];
                 let rows = Rows::packed(k, v * lanes);
-                f(w, &b, rows, &mut out[bl * tile..(bl + 1) * tile], true);
+                f(
+                    w,
+                    &b,
+                    rows,
+                    (&mut out[bl * tile..(bl + 1) * tile]).into(),
+                    true,
+                );
             }
         }
         let s = t.elapsed().as_secs_f64();

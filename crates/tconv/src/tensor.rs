@@ -232,6 +232,33 @@ pub fn aligned_zeros<T: Element>(shape: &[usize], threads: usize) -> ArrayD<T> {
         .expect("a contiguous run of the shape's length")
 }
 
+/// An array of `shape` starting on a cache line, as [`aligned_zeros`] makes, whose
+/// elements `write` sets (only the padding around them is zeroed).
+///
+/// # Safety
+/// `write` must write every element of the slice it is given.
+pub(crate) unsafe fn aligned_written<T: Element>(
+    shape: &[usize],
+    write: impl FnOnce(&mut [std::mem::MaybeUninit<T>]),
+) -> ArrayD<T> {
+    let len = numel(shape);
+    let pad = (ALIGN_BYTES / std::mem::size_of::<T>().max(1)).max(1) - 1;
+    let mut v: Vec<T> = Vec::with_capacity(len + pad);
+    let at = v.as_ptr().align_offset(ALIGN_BYTES).min(pad);
+    let (head, rest) = v.spare_capacity_mut()[..len + pad].split_at_mut(at);
+    let (body, tail) = rest.split_at_mut(len);
+    for s in head.iter_mut().chain(tail) {
+        s.write(T::zero());
+    }
+    write(body);
+    // Safety: the padding was zeroed above and `write` wrote the rest (the contract).
+    unsafe { v.set_len(len + pad) };
+    ndarray::Array1::from_vec(v)
+        .slice_move(ndarray::s![at..at + len])
+        .into_shape_with_order(IxDyn(shape))
+        .expect("a contiguous run of the shape's length")
+}
+
 /// Small integers in `-3..=3` (a fixed pseudo-random sequence per `seed`): sums of their
 /// products are exact in any order, so fast paths must equal the reference bit for bit.
 #[cfg(test)]

@@ -287,7 +287,7 @@ impl<T: Element> Col2im<T> {
                     &self.packed[run..run + cin_g * self.mr],
                     &panel,
                     Rows::packed(cin_g, tl).out_pitch(pitch),
-                    &mut cols[b * self.mr * pitch + p0..],
+                    (&mut cols[b * self.mr * pitch + p0..]).into(),
                     false,
                 );
             }

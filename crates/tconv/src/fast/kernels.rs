@@ -10,6 +10,7 @@
 
 use super::Isa;
 use crate::tensor::Element;
+use std::mem::MaybeUninit;
 
 /// Most vectors per tile.
 pub const MAX_V: usize = 8;
@@ -80,15 +81,72 @@ impl Rows {
 /// the [`Rows`] of `V·LANES` values, `out` the `MR` rows of `V·LANES` values at the rows'
 /// output pitch (panics otherwise). Computes `out (+)= Σ_rows a[row] ⊗ b[row]` into `out`
 /// (row-major `MR × V·LANES`, rows `out_pitch` apart), adding to its contents when
-/// `accumulate`.
-pub type KernelFn<T> = fn(&[T], &[T], Rows, &mut [T], bool);
+/// `accumulate` (which an uninitialised `out` refuses: panics).
+pub type KernelFn<T> = fn(&[T], &[T], Rows, Out<'_, T>, bool);
+
+/// A microkernel's output: a slice of values (`From<&mut [T]>`), or of uninitialised
+/// memory that the kernel only writes ([`Out::uninit`]), so that a new result needs no
+/// zeroing before the kernels overwrite it.
+pub struct Out<'a, T> {
+    ptr: *mut T,
+    len: usize,
+    init: bool,
+    _slice: std::marker::PhantomData<&'a mut [MaybeUninit<T>]>,
+}
+
+impl<'a, T> From<&'a mut [T]> for Out<'a, T> {
+    fn from(s: &'a mut [T]) -> Self {
+        Out {
+            ptr: s.as_mut_ptr(),
+            len: s.len(),
+            init: true,
+            _slice: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<'a, T> Out<'a, T> {
+    /// Uninitialised memory, which a kernel may write (`accumulate == false`) but not read.
+    pub fn uninit(s: &'a mut [MaybeUninit<T>]) -> Self {
+        Out {
+            ptr: s.as_mut_ptr().cast(),
+            len: s.len(),
+            init: false,
+            _slice: std::marker::PhantomData,
+        }
+    }
+
+    /// Elements of the slice.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the slice is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The first element, for writes of at most [`Out::len`] elements from it (and reads
+    /// where it holds values: see [`Out::check`]).
+    fn as_mut_ptr(&mut self) -> *mut T {
+        self.ptr
+    }
+
+    /// Panics unless a kernel asked to `accumulate` may read the values.
+    fn check(&self, accumulate: bool) {
+        assert!(
+            self.init || !accumulate,
+            "accumulating into uninitialised memory"
+        );
+    }
+}
 
 /// Portable kernel for any element type: 8 lanes per "vector".
 fn portable_kernel<T: Element, const MR: usize, const V: usize>(
     a: &[T],
     b: &[T],
     rows: Rows,
-    out: &mut [T],
+    out: Out<'_, T>,
     accumulate: bool,
 ) {
     portable_body::<T, MR, V, false>(a, b, rows, out, accumulate)
@@ -101,7 +159,7 @@ fn portable_body<T: Element, const MR: usize, const V: usize, const FUSED: bool>
     a: &[T],
     b: &[T],
     rows: Rows,
-    out: &mut [T],
+    mut out: Out<'_, T>,
     accumulate: bool,
 ) {
     const L: usize = 8;
@@ -110,11 +168,15 @@ fn portable_body<T: Element, const MR: usize, const V: usize, const FUSED: bool>
         a.len() >= rows.len() * MR && rows.fit(b.len(), V * L) && out_ok,
         "kernel operand too short"
     );
+    out.check(accumulate);
+    let o = out.as_mut_ptr();
     let mut acc = [[[T::zero(); L]; V]; MR];
     if accumulate {
-        for m in 0..MR {
-            for v in 0..V {
-                acc[m][v].copy_from_slice(&out[m * op + v * L..m * op + (v + 1) * L]);
+        for (m, acc_m) in acc.iter_mut().enumerate() {
+            for (v, acc_v) in acc_m.iter_mut().enumerate() {
+                // Safety: inside `out` (checked above), initialised (`check`).
+                let row = unsafe { std::slice::from_raw_parts(o.add(m * op + v * L), L) };
+                acc_v.copy_from_slice(row);
             }
         }
     }
@@ -133,9 +195,10 @@ fn portable_body<T: Element, const MR: usize, const V: usize, const FUSED: bool>
             }
         }
     }
-    for m in 0..MR {
-        for v in 0..V {
-            out[m * op + v * L..m * op + (v + 1) * L].copy_from_slice(&acc[m][v]);
+    for (m, acc_m) in acc.iter().enumerate() {
+        for (v, acc_v) in acc_m.iter().enumerate() {
+            // Safety: inside `out` (checked above); `acc` is a local array.
+            unsafe { std::ptr::copy_nonoverlapping(acc_v.as_ptr(), o.add(m * op + v * L), L) };
         }
     }
 }
@@ -145,7 +208,7 @@ fn portable_body<T: Element, const MR: usize, const V: usize, const FUSED: bool>
 /// fused multiply-add. 8 f64 lanes are one AVX-512 register (two AVX2 ones).
 #[cfg(target_arch = "x86_64")]
 mod f64x {
-    use super::{portable_body, Rows};
+    use super::{portable_body, Out, Rows};
 
     /// # Safety
     /// AVX-512F available.
@@ -154,7 +217,7 @@ mod f64x {
         a: &[f64],
         b: &[f64],
         rows: Rows,
-        out: &mut [f64],
+        out: Out<'_, f64>,
         accumulate: bool,
     ) {
         portable_body::<f64, MR, V, true>(a, b, rows, out, accumulate)
@@ -167,7 +230,7 @@ mod f64x {
         a: &[f64],
         b: &[f64],
         rows: Rows,
-        out: &mut [f64],
+        out: Out<'_, f64>,
         accumulate: bool,
     ) {
         portable_body::<f64, MR, V, true>(a, b, rows, out, accumulate)
@@ -178,7 +241,7 @@ mod f64x {
         a: &[f64],
         b: &[f64],
         rows: Rows,
-        out: &mut [f64],
+        out: Out<'_, f64>,
         accumulate: bool,
     ) {
         assert!(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma"));
@@ -191,7 +254,7 @@ mod f64x {
         a: &[f64],
         b: &[f64],
         rows: Rows,
-        out: &mut [f64],
+        out: Out<'_, f64>,
         accumulate: bool,
     ) {
         assert!(is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"));
@@ -253,10 +316,11 @@ mod x86 {
         a: &[f32],
         b: &[f32],
         rows: super::Rows,
-        out: &mut [f32],
+        mut out: super::Out<'_, f32>,
         accumulate: bool,
     ) {
         let (op, out_ok) = rows.out_fit(out.len(), MR, V * 8);
+        out.check(accumulate);
         assert!(
             a.len() >= rows.len() * MR && rows.fit(b.len(), V * 8) && out_ok,
             "kernel operand too short"
@@ -327,10 +391,11 @@ mod x86 {
         a: &[f32],
         b: &[f32],
         rows: super::Rows,
-        out: &mut [f32],
+        mut out: super::Out<'_, f32>,
         accumulate: bool,
     ) {
         let (op, out_ok) = rows.out_fit(out.len(), MR, V * 16);
+        out.check(accumulate);
         assert!(
             a.len() >= rows.len() * MR && rows.fit(b.len(), V * 16) && out_ok,
             "kernel operand too short"

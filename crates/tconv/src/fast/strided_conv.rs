@@ -193,7 +193,13 @@ pub(crate) fn execute<T: Element>(
             }
             for blk in 0..channels.div_ceil(mr) {
                 let w = k.packed.run(group, b0 + blk, 0);
-                kernel(w, &panel, Rows::packed(kdim, tl), &mut acc, false);
+                kernel(
+                    w,
+                    &panel,
+                    Rows::packed(kdim, tl),
+                    (&mut acc[..]).into(),
+                    false,
+                );
                 for r in 0..mr.min(channels - blk * mr) {
                     let c = blk * mr + r;
                     let b = bias.map_or(T::zero(), |b| b[group * cout_g + b0 * mr + c]);

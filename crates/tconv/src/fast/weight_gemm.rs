@@ -528,9 +528,9 @@ impl<'a, T: Element> Gemm<'a, T> {
                                 let at = ((sbl * nbb + bbl) * k_size + k) * tile;
                                 let out = &mut acc[at..at + tile];
                                 if s_on_rows {
-                                    kernel(sv, bv, Rows::packed(kq, b_width), out, more);
+                                    kernel(sv, bv, Rows::packed(kq, b_width), out.into(), more);
                                 } else {
-                                    kernel(bv, sv, Rows::packed(kq, s_width), out, more);
+                                    kernel(bv, sv, Rows::packed(kq, s_width), out.into(), more);
                                 }
                             }
                         }

@@ -29,7 +29,7 @@ use crate::fast::winograd::Winograd;
 use crate::fast::Isa;
 use crate::geometry::Geometry;
 use crate::params::{ConvParams, Op};
-use crate::tensor::{aligned_zeros, contiguous, numel, Element};
+use crate::tensor::{aligned_written, aligned_zeros, contiguous, numel, Element};
 
 /// The algorithms a plan can run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -384,6 +384,16 @@ impl<T: Element> Plan<T> {
     /// [`Plan::run`] into a new array of `shape` (the output's elements, batched or not),
     /// starting on a cache line: see [`aligned_zeros`].
     pub(crate) fn run_aligned(&self, x: &[T], bias: Option<&[T]>, shape: &[usize]) -> ArrayD<T> {
+        assert_eq!(
+            numel(shape),
+            numel(&self.geometry.output_shape()),
+            "output shape"
+        );
+        if let Some(c) = &self.im2col {
+            let (g, threads) = (&self.geometry, self.threads);
+            // Safety: `execute_uninit` writes every element of its output.
+            return unsafe { aligned_written(shape, |y| c.execute_uninit(g, x, bias, y, threads)) };
+        }
         let mut y = aligned_zeros(shape, self.threads);
         let ys = y.as_slice_mut().expect("a new array is contiguous");
         assert_eq!(
@@ -396,9 +406,18 @@ impl<T: Element> Plan<T> {
     }
 
     /// [`Plan::run`] into a new output buffer (zeroed on the plan's threads where large:
-    /// see [`zeros`]).
+    /// see [`zeros`]; not zeroed for an im2col plan, which writes every element).
     pub(crate) fn run_new(&self, x: &[T], bias: Option<&[T]>) -> Vec<T> {
-        let mut y = zeros(numel(&self.geometry.output_shape()), self.threads);
+        let len = numel(&self.geometry.output_shape());
+        if let Some(c) = &self.im2col {
+            let mut y = Vec::with_capacity(len);
+            let slots = &mut y.spare_capacity_mut()[..len];
+            c.execute_uninit(&self.geometry, x, bias, slots, self.threads);
+            // Safety: `execute_uninit` wrote all `len` elements.
+            unsafe { y.set_len(len) };
+            return y;
+        }
+        let mut y = zeros(len, self.threads);
         self.run(x, bias, &mut y);
         y
     }

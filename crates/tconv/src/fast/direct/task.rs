@@ -159,7 +159,7 @@ impl<'a, T: Element> PackedTask<'a, T> {
                     w,
                     panel,
                     Rows::packed(kn, tl),
-                    &mut b.acc[out..out + k.mr * tl],
+                    (&mut b.acc[out..out + k.mr * tl]).into(),
                     k0 > 0,
                 );
             }
@@ -277,7 +277,7 @@ impl<'a, T: Element> PackedTask<'a, T> {
                         taps: len,
                         out_pitch: 0,
                     };
-                    (self.kernel)(w, rows, shape, out, gi > 0);
+                    (self.kernel)(w, rows, shape, out.into(), gi > 0);
                 }
             }
         }

@@ -280,7 +280,7 @@ impl<T: Element> Winograd<T> {
                     let w = &self.packed[at..at + k * self.mr];
                     for p0 in (0..n_cols).step_by(tl) {
                         let out = &mut mres[(xi * slice + (b - b0) * self.mr) * pitch + p0..];
-                        (self.kernel)(w, &b_rows[p0..], shape, out, false);
+                        (self.kernel)(w, &b_rows[p0..], shape, out.into(), false);
                     }
                 }
             }

@@ -413,7 +413,7 @@ impl<'a, T: Element> Phases<'a, T> {
                     let (si, xi) = (sx / points, sx % points);
                     let a = &xp[((rbi * srcs + si) * points + xi) * self.x_run..][..kn * mr];
                     let b = &gp[(lbi * points + xi) * self.g_run..][..kn * tl];
-                    (s.kernel)(a, b, Rows::packed(kn, tl), o, false);
+                    (s.kernel)(a, b, Rows::packed(kn, tl), o.into(), false);
                 }
                 let out = Outputs {
                     lb: 1,
@@ -438,7 +438,7 @@ impl<'a, T: Element> Phases<'a, T> {
                     let out = &mut m[(si * points + xi) * lb * tile_elems..][..lb * tile_elems];
                     for (lbi, o) in out.chunks_exact_mut(tile_elems).enumerate() {
                         let b = &gp[(lbi * points + xi) * self.g_run..][..kn * tl];
-                        (s.kernel)(a, b, Rows::packed(kn, tl), o, more);
+                        (s.kernel)(a, b, Rows::packed(kn, tl), o.into(), more);
                     }
                 }
             }
