@@ -378,18 +378,25 @@ impl<T: Element> Plan<T> {
         }
         let xc = contiguous(&x);
         let bc = bias.map(|b| b.to_vec());
-        Ok(self.run_aligned(&xc, bc.as_deref(), &g.user_output_shape()))
+        Ok(self.run_aligned(&xc, bc.as_deref(), &g.user_output_shape(), false))
     }
 
     /// [`Plan::run`] into a new array of `shape` (the output's elements, batched or not),
-    /// starting on a cache line: see [`aligned_zeros`].
-    pub(crate) fn run_aligned(&self, x: &[T], bias: Option<&[T]>, shape: &[usize]) -> ArrayD<T> {
+    /// starting on a cache line: see [`aligned_zeros`]. An im2col plan writes it without
+    /// zeroing it first, unless `zero_first`.
+    pub(crate) fn run_aligned(
+        &self,
+        x: &[T],
+        bias: Option<&[T]>,
+        shape: &[usize],
+        zero_first: bool,
+    ) -> ArrayD<T> {
         assert_eq!(
             numel(shape),
             numel(&self.geometry.output_shape()),
             "output shape"
         );
-        if let Some(c) = &self.im2col {
+        if let (Some(c), false) = (&self.im2col, zero_first) {
             let (g, threads) = (&self.geometry, self.threads);
             // Safety: `execute_uninit` writes every element of its output.
             return unsafe { aligned_written(shape, |y| c.execute_uninit(g, x, bias, y, threads)) };
