@@ -152,15 +152,14 @@ pub(crate) fn backward<'x, 'w, 'g, T: Element, D1: Dimension, D2: Dimension, D3:
     // The input gradient, by the kept plan where given, in an array starting on a cache
     // line (as the forward pass's outputs). Beside the weight gradient it is zeroed before
     // the kernels write it even where they need not (an im2col plan's): dcgan4's backward
-    // pass at 2 threads ran 0.89-0.91x as fast without (paired, 6-8 rounds; alone its input
-    // gradient ran 1.18x faster without, at 1 and 2 threads, and its backward at 1 thread
-    // 1.03-1.05x).
+    // pass at 2 threads ran 0.95x as fast without (medians and minima, 10 paired rounds;
+    // 0.89-0.93x in shorter sittings), while alone its input gradient ran 1.11-1.15x
+    // faster without at 1 thread and 1.17-1.18x at 2, its backward at 1 thread 1.00-1.05x.
     let input_gradient = |g: &Geometry, w: &[T], gy: &[T], o: &PlanOptions, beside: bool| {
-        let plan = match plans {
-            Some(plans) => plans(g, o)?,
-            None => Arc::new(input_plan(g, w, o)?),
-        };
-        Ok::<_, crate::Error>(plan.run_aligned(gy, None, x.shape(), beside))
+        Ok::<_, crate::Error>(match plans {
+            Some(plans) => plans(g, o)?.run_aligned(gy, None, x.shape(), beside),
+            None => input_plan(g, w, o)?.run_aligned(gy, None, x.shape(), beside),
+        })
     };
     let fused = (wanted.input && wanted.weight)
         .then(|| depthwise_taps_backward(&g, &ws, &xs, &gys, options))

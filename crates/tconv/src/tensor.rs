@@ -223,13 +223,9 @@ pub const ALIGN_BYTES: usize = 64;
 /// fcn_dw 1.14x).
 pub fn aligned_zeros<T: Element>(shape: &[usize], threads: usize) -> ArrayD<T> {
     let len = numel(shape);
-    let pad = (ALIGN_BYTES / std::mem::size_of::<T>().max(1)).max(1) - 1;
-    let v: Vec<T> = crate::fast::direct::zeros(len + pad, threads);
-    let at = v.as_ptr().align_offset(ALIGN_BYTES).min(pad);
-    ndarray::Array1::from_vec(v)
-        .slice_move(ndarray::s![at..at + len])
-        .into_shape_with_order(IxDyn(shape))
-        .expect("a contiguous run of the shape's length")
+    let v: Vec<T> = crate::fast::direct::zeros(len + aligned_pad::<T>(), threads);
+    let at = aligned_start(&v);
+    aligned_view(v, at, shape)
 }
 
 /// An array of `shape` starting on a cache line, as [`aligned_zeros`] makes, whose
@@ -241,10 +237,9 @@ pub(crate) unsafe fn aligned_written<T: Element>(
     shape: &[usize],
     write: impl FnOnce(&mut [std::mem::MaybeUninit<T>]),
 ) -> ArrayD<T> {
-    let len = numel(shape);
-    let pad = (ALIGN_BYTES / std::mem::size_of::<T>().max(1)).max(1) - 1;
+    let (len, pad) = (numel(shape), aligned_pad::<T>());
     let mut v: Vec<T> = Vec::with_capacity(len + pad);
-    let at = v.as_ptr().align_offset(ALIGN_BYTES).min(pad);
+    let at = aligned_start(&v);
     let (head, rest) = v.spare_capacity_mut()[..len + pad].split_at_mut(at);
     let (body, tail) = rest.split_at_mut(len);
     for s in head.iter_mut().chain(tail) {
@@ -253,8 +248,24 @@ pub(crate) unsafe fn aligned_written<T: Element>(
     write(body);
     // Safety: the padding was zeroed above and `write` wrote the rest (the contract).
     unsafe { v.set_len(len + pad) };
+    aligned_view(v, at, shape)
+}
+
+/// Elements an aligned array's allocation holds beyond its own: enough to start on any
+/// element of a line.
+fn aligned_pad<T>() -> usize {
+    (ALIGN_BYTES / std::mem::size_of::<T>().max(1)).max(1) - 1
+}
+
+/// Where in `v`'s allocation the first element on a line is (at most [`aligned_pad`]).
+fn aligned_start<T>(v: &[T]) -> usize {
+    v.as_ptr().align_offset(ALIGN_BYTES).min(aligned_pad::<T>())
+}
+
+/// `v`'s elements from `at` on, as an array of `shape`.
+fn aligned_view<T>(v: Vec<T>, at: usize, shape: &[usize]) -> ArrayD<T> {
     ndarray::Array1::from_vec(v)
-        .slice_move(ndarray::s![at..at + len])
+        .slice_move(ndarray::s![at..at + numel(shape)])
         .into_shape_with_order(IxDyn(shape))
         .expect("a contiguous run of the shape's length")
 }

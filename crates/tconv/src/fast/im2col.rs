@@ -139,8 +139,7 @@ impl<T: Element> Im2col<T> {
     /// [`Im2col::execute`] into memory that need not hold values yet: every element of `y`
     /// is written (the tasks cover it, each band's tiles cover the band's positions of
     /// every channel of its task) before anything reads it, so a new result needs no zeroing
-    /// first (which took 13-14 % of dcgan4's input gradient, reading its 4 MiB for
-    /// ownership before the kernels wrote them again).
+    /// first (13-14 % of the perf samples of dcgan4's input gradient).
     pub fn execute_uninit(
         &self,
         g: &Geometry,
