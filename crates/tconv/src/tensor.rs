@@ -38,6 +38,17 @@ pub trait Element:
         mr: usize,
         v: usize,
     ) -> Option<crate::fast::inplace::InplaceFn<Self>>;
+
+    /// A pair kernel (two stride-2 phases written interleaved from the registers) for a
+    /// packed tile shape, if one exists.
+    #[doc(hidden)]
+    fn fast_pair(
+        _isa: crate::fast::Isa,
+        _mr: usize,
+        _v: usize,
+    ) -> Option<crate::fast::pair::PairFn<Self>> {
+        None
+    }
 }
 
 impl Element for f32 {
@@ -55,6 +66,13 @@ impl Element for f32 {
         v: usize,
     ) -> Option<crate::fast::inplace::InplaceFn<f32>> {
         crate::fast::inplace::f32_kernel(isa, mr, v)
+    }
+    fn fast_pair(
+        isa: crate::fast::Isa,
+        mr: usize,
+        v: usize,
+    ) -> Option<crate::fast::pair::PairFn<f32>> {
+        crate::fast::pair::f32_pair(isa, mr, v)
     }
 }
 

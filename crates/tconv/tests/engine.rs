@@ -380,6 +380,102 @@ fn interleaved_tiles_cover_whole_rows() {
 }
 
 #[test]
+fn stride_2_pairs_match_reference() {
+    use tconv::ConvParams;
+    // Stride-2 layers whose last-axis phase pairs read one panel (kernel == stride, and a
+    // 4x2 kernel whose pairs share two taps): on AVX-512 the pair kernels write them from
+    // their registers, interleaved, in whole vectors. Rows of 16 to 80 lanes (tiles across
+    // rows, a short last tile), channel blocks with few or no live rows in a half, groups,
+    // and layers where some or all tiles fall back (cropped or padded last axis).
+    let cases = [
+        (
+            vec![2, 9, 3, 4, 32],
+            vec![9, 13, 2, 2, 2],
+            ConvParams::new().stride(&[2]),
+        ),
+        (
+            vec![1, 16, 5, 48],
+            vec![16, 13, 2, 2],
+            ConvParams::new().stride(&[2]),
+        ),
+        (
+            vec![1, 7, 3, 80],
+            vec![7, 25, 2, 2],
+            ConvParams::new().stride(&[2]),
+        ),
+        (
+            vec![2, 5, 3, 16],
+            vec![5, 9, 2, 2],
+            ConvParams::new().stride(&[2]),
+        ),
+        (
+            vec![2, 12, 4, 32],
+            vec![12, 20, 4, 2],
+            ConvParams::new().stride(&[2]).padding(&[1, 0]),
+        ),
+        (
+            vec![1, 16, 3, 32],
+            vec![16, 8, 2, 2],
+            ConvParams::new().stride(&[2]).groups(2),
+        ),
+        (
+            vec![1, 8, 4, 32],
+            vec![8, 9, 2, 2],
+            ConvParams::new().stride(&[2]).padding(&[0, 1]),
+        ),
+        (
+            vec![1, 8, 4, 32],
+            vec![8, 9, 2, 2],
+            ConvParams::new().stride(&[2]).output_padding(&[1, 1]),
+        ),
+    ];
+    let mut pairs = 0;
+    for (xs, ws, p) in cases {
+        let x = ints::<f32>(&xs, 21);
+        let w = ints::<f32>(&ws, 22);
+        let c_out = ws[1] * p.groups;
+        let b = ints::<f32>(&[c_out], 23)
+            .into_dimensionality::<ndarray::Ix1>()
+            .unwrap();
+        let want = conv_transpose_scatter(&x, &w, Some(b.view()), &p).unwrap();
+        for isa in ISAS.into_iter().filter(|i| i.available()) {
+            // The tiles that have pair kernels (the planner's pick first).
+            let tiles = match isa {
+                Isa::Avx512 => [None, Some((8, 3)), Some((6, 4)), Some((12, 2))],
+                Isa::Avx2 => [None, Some((6, 2)), Some((12, 1)), Some((8, 1))],
+                Isa::Scalar => [None; 4],
+            };
+            for tile in tiles {
+                for threads in [1, 2, 3] {
+                    let o = PlanOptions {
+                        tile,
+                        ..options(isa, None, threads)
+                    };
+                    let plan = Plan::new(Op::ConvTranspose, &xs, &w, Some(c_out), &p, &o).unwrap();
+                    pairs += usize::from(plan.label().contains("/pairs/"));
+                    assert_eq!(
+                        plan.execute(&x, Some(b.view())).unwrap(),
+                        want,
+                        "{xs:?} {ws:?} {p:?} {}",
+                        plan.label()
+                    );
+                }
+            }
+        }
+    }
+    // Six layers of pairs, each under the three forced tiles at three thread counts, per
+    // ISA that has pair kernels.
+    let isas = [Isa::Avx512, Isa::Avx2]
+        .iter()
+        .filter(|i| i.available())
+        .count();
+    assert!(
+        pairs >= isas * 6 * 3 * 3,
+        "only {pairs} plans took the pair kernels"
+    );
+}
+
+#[test]
 fn stride_8_upsamplers_match_reference() {
     use tconv::ConvParams;
     // FCN-style depthwise 16x16 stride 8 and a vocoder-style 1-D k16 s8: the layers whose

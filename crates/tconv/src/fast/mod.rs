@@ -29,6 +29,7 @@ pub mod inplace;
 pub mod isa;
 pub mod kernels;
 pub mod pack;
+pub mod pair;
 pub mod scratch;
 pub mod spec;
 pub mod strided_conv;

@@ -78,11 +78,16 @@ pub(super) fn kernel<T: Element>(
     let strided_loads =
         crate::fast::strided_conv::applies(g, (&spec, &kernel, depthwise), (mr, v, lanes), isa);
     // The strided-conv path tiles its panels itself: its table has no tiles.
-    let table = if strided_loads {
+    let mut table = if strided_loads {
         TileTable::without_tiles(g, &spec, v * lanes, group_size)
     } else {
         TileTable::new(g, &spec, v * lanes, chunk_rows, group_size)
     };
+    // Stride-2 pairs of phases that read one panel (kernel == stride) are written from the
+    // registers where a pair kernel exists for the tile: vnet3d 1.2x-1.3x, unet 1.1x-1.2x
+    // (no accumulator tile, no store pass reading it back).
+    let pair = T::fast_pair(isa, mr, v)
+        .filter(|_| !inplace && !strided_loads && table.mark_pairs(lanes) > 0);
     let mut direct = DirectKernel {
         spec,
         packed,
@@ -96,7 +101,11 @@ pub(super) fn kernel<T: Element>(
         depthwise,
         exec,
         items_cap: usize::MAX,
+        pair: None,
     };
+    if !direct.sliced(g.in_per_group()) {
+        direct.pair = pair;
+    }
     // No more scratch than the output holds: fewer tiles per group where all
     // threads' panels would outgrow it (dcgan1 at 2 threads: 1.31 MB for 1.05 MB).
     let out_len = numel(&g.output_shape());

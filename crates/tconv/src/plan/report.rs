@@ -25,6 +25,7 @@ impl<T: Element> Plan<T> {
             Some(d) => {
                 let family = match d.kernel {
                     _ if d.strided_loads => "strided-loads",
+                    Kernel::Packed(_) if d.pair.is_some() => "pairs",
                     Kernel::Packed(_) => "packed",
                     Kernel::Inplace(_) => "inplace",
                 };
@@ -126,6 +127,16 @@ impl<T: Element> fmt::Display for Plan<T> {
                 )?;
             } else {
                 writeln!(f, "source:      {:?}", d.spec.source)?;
+            }
+            if d.pair.is_some() {
+                let pairs = d.table.pairs.iter().filter(|&&p| p).count();
+                writeln!(
+                    f,
+                    "stores:      {pairs} of {} tile groups are stride-2 pairs of phases reading \
+                     one panel: both multiplied at once and written interleaved from the \
+                     registers",
+                    d.table.pairs.len()
+                )?;
             }
         }
         if let Some(c) = &self.col2im {

@@ -3,7 +3,9 @@
 //! microkernel for every output-channel block against it, and stores each output element
 //! once with the bias added. Tiles are taken in groups that share each weight k-slice; where
 //! whole panels are very long, the group packs one k-slice of every tile's panel at a time.
-//! Input rows and output lines are prefetched a few tiles ahead.
+//! Input rows and output lines are prefetched a few tiles ahead. Stride-2 pairs of phases
+//! that read one panel (kernel == stride) go to a [pair kernel](crate::fast::pair) where
+//! the plan has one: both phases at once, written interleaved from the registers.
 //!
 //! Work is split into tasks owning disjoint output rows — `(group, batch range, row chunk)`
 //! — handed out as `&mut` slices, so threads never share an output element and no reduction
@@ -73,6 +75,9 @@ pub struct DirectKernel<T: Element> {
     pub depthwise: bool,
     /// For depthwise kernels, the geometry the driver runs (one group of all channels).
     pub exec: Option<Geometry>,
+    /// The pair kernel of `kernel`'s tile where the plan writes stride-2 pairs of phases
+    /// from the registers (the tile table marked some pairs, panels are whole).
+    pub pair: Option<crate::fast::pair::PairFn<T>>,
     /// Most tiles a group may hold (the planner's cap: all threads' scratch within the
     /// output's size).
     pub items_cap: usize,

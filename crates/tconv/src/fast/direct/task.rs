@@ -6,6 +6,7 @@ use super::store::store_group;
 use super::*;
 use crate::fast::inplace::{InplaceArgs, TapRun};
 use crate::fast::kernels::{Rows, MAX_V};
+use crate::fast::pair::PairOut;
 use crate::fast::scratch;
 
 /// Run one task of the packed-panel `kernel`: its tiles, group by group.
@@ -30,6 +31,9 @@ pub(super) fn run_task<T: Element>(
         // Which phase each slot's panel currently holds.
         let mut holds: Vec<Option<usize>> = vec![None; chunk.len()];
         for first_phase in (0..phases).step_by(gs) {
+            if t.pair_group(chunk, first_phase, &mut holds, &mut b, &mut task.planes) {
+                continue;
+            }
             for pi in first_phase..(first_phase + gs).min(phases) {
                 let r = pi - first_phase;
                 if t.sliced {
@@ -293,25 +297,34 @@ impl<'a, T: Element> PackedTask<'a, T> {
         holds: &mut [Option<usize>],
         b: &mut Buffers<T>,
     ) {
+        self.pack_whole(chunk, (pi, r), holds, b);
+        let tl = self.k.table.tile_lanes;
+        let kdim = self.k.spec.phases[pi].taps.len() * self.cin_g;
+        for k0 in (0..kdim).step_by(self.kc) {
+            let kn = self.kc.min(kdim - k0);
+            self.multiply(chunk.len(), (pi, r), (k0 * tl, k0, kn), b);
+        }
+    }
+
+    /// Each slot's whole panel of phase `pi`, packed or kept (where the panel it holds is
+    /// the same), and whether the phase reaches the input there (`reached`).
+    fn pack_whole(
+        &self,
+        chunk: &[(usize, usize)],
+        (pi, r): (usize, usize),
+        holds: &mut [Option<usize>],
+        b: &mut Buffers<T>,
+    ) {
         let (spec, table) = (&self.k.spec, &self.k.table);
-        let (tl, gs, phases) = (table.tile_lanes, table.group_size, spec.phases.len());
-        let total_taps = table.tap_offset.len();
+        let (gs, phases) = (table.group_size, spec.phases.len());
         let phase = &spec.phases[pi];
         let first = table.tap_start[pi];
         let taps = first..first + phase.taps.len();
-        let same_panel = |tile: usize, prev: usize| {
-            let pf = table.tap_start[prev];
-            spec.phases[prev].taps.len() == phase.taps.len()
-                && (0..phase.taps.len()).all(|j| {
-                    table.tap_offset[pf + j] == table.tap_offset[first + j]
-                        && table.masks[tile * total_taps + pf + j]
-                            == table.masks[tile * total_taps + first + j]
-                })
-        };
         for (slot, &(ni, tile)) in chunk.iter().enumerate() {
             let live = table.live[tile * phases + pi];
             // `holds` names a phase only while the slot's panel holds its packed input.
-            let reuse = live != 0 && holds[slot].is_some_and(|prev| same_panel(tile, prev));
+            let reuse =
+                live != 0 && holds[slot].is_some_and(|prev| table.same_panel(tile, pi, prev));
             let ok = if reuse {
                 true
             } else {
@@ -331,11 +344,68 @@ impl<'a, T: Element> PackedTask<'a, T> {
             holds[slot] = if ok { Some(pi) } else { None };
             b.reached[slot * gs + r] = ok;
         }
-        let kdim = phase.taps.len() * self.cin_g;
-        for k0 in (0..kdim).step_by(self.kc) {
-            let kn = self.kc.min(kdim - k0);
-            self.multiply(chunk.len(), (pi, r), (k0 * tl, k0, kn), b);
+    }
+
+    /// The stride-2 group of phases `first` and `first + 1` by the plan's pair kernel,
+    /// written straight from its registers into `planes`, where every tile of `chunk` is a
+    /// pair (`TileTable::pairs`) packed whole (not by wide rows) and reaching the input.
+    /// Returns `false` where not, having at most packed the panels (which the caller's path
+    /// then keeps).
+    fn pair_group(
+        &self,
+        chunk: &[(usize, usize)],
+        first: usize,
+        holds: &mut [Option<usize>],
+        b: &mut Buffers<T>,
+        planes: &mut [&mut [T]],
+    ) -> bool {
+        let (k, table) = (self.k, &self.k.table);
+        let Some(pair) = k.pair else {
+            return false;
+        };
+        let (tl, gs, lanes) = (table.tile_lanes, table.group_size, k.lanes);
+        let phases = k.spec.phases.len();
+        let groups = phases.div_ceil(gs);
+        if gs != 2
+            || self.sliced
+            || !chunk
+                .iter()
+                .all(|&(_, tile)| table.pairs[tile * groups + first / 2])
+            || self.wide_rows(chunk, first)
+        {
+            return false;
         }
+        self.pack_whole(chunk, (first, 0), holds, b);
+        if (0..chunk.len()).any(|slot| !b.reached[slot * gs]) {
+            return false;
+        }
+        let kdim = k.spec.phases[first].taps.len() * self.cin_g;
+        for (slot, &(ni, tile)) in chunk.iter().enumerate() {
+            // Each run is whole vectors: vector `lo/lanes + j` of the first phase starts at
+            // `off + 2·lanes·j`, the second phase one element after.
+            let mut at = [None; MAX_V];
+            let i = tile * phases + first;
+            for &(lo, len, off) in &table.runs[table.run_start[i]..table.run_start[i + 1]] {
+                for j in 0..len / lanes {
+                    at[lo / lanes + j] = Some(off - self.row_off + 2 * lanes * j);
+                }
+            }
+            let panel = &b.panels[slot * self.panel_len..slot * self.panel_len + kdim * tl];
+            let image = &mut planes[ni * self.cout_g..(ni + 1) * self.cout_g];
+            for block in 0..k.packed.blocks {
+                let c0 = block * k.mr;
+                let c1 = (c0 + k.mr).min(self.cout_g);
+                let out = PairOut {
+                    planes: &mut image[c0..c1],
+                    at,
+                    bias: &self.biases[c0..c1],
+                };
+                let w0 = k.packed.run(self.group_index, block, first);
+                let w1 = k.packed.run(self.group_index, block, first + 1);
+                pair(w0, w1, panel, kdim, out);
+            }
+        }
+        true
     }
 }
 

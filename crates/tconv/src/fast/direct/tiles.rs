@@ -40,6 +40,10 @@ pub struct TileTable {
     /// `interleave[tile * groups + group]`: the group's phases have identical runs, offset
     /// by their last-axis residue, so their results can be written interleaved, in order.
     pub(crate) interleave: Vec<bool>,
+    /// `pairs[tile * groups + group]` (empty until [`TileTable::mark_pairs`]): the group is
+    /// a stride-2 pair whose phases read one panel and store whole vectors interleaved, so
+    /// a [pair kernel](crate::fast::pair) can write it from its registers.
+    pub(crate) pairs: Vec<bool>,
     /// Wide groups of each phase: `wide_groups[wide_start[p]..wide_start[p + 1]]`, each
     /// `(first tap, taps, its offset)`: consecutive taps whose source offsets rise by one
     /// lane each, so their panel rows are views of one wider row, each one lane further.
@@ -209,6 +213,7 @@ impl TileTable {
             last_stride: spec.out_stride[dims - 1],
             group_size,
             interleave: Vec::new(),
+            pairs: Vec::new(),
             wide_groups,
             wide_start,
             wide_taps,
@@ -396,6 +401,54 @@ impl TileTable {
         }
     }
 
+    /// The flat tap numbers of phase `pi`.
+    fn taps(&self, pi: usize) -> Range<usize> {
+        let end = self
+            .tap_start
+            .get(pi + 1)
+            .copied()
+            .unwrap_or(self.tap_offset.len());
+        self.tap_start[pi]..end
+    }
+
+    /// Whether phase `pi` of `tile` reads the same panel as phase `prev`: as many taps, at
+    /// the same offsets, through the same masks.
+    pub(crate) fn same_panel(&self, tile: usize, pi: usize, prev: usize) -> bool {
+        let (a, b) = (self.taps(pi), self.taps(prev));
+        let total = self.tap_offset.len();
+        a.len() == b.len()
+            && a.zip(b).all(|(ta, tb)| {
+                self.tap_offset[ta] == self.tap_offset[tb]
+                    && self.masks[tile * total + ta] == self.masks[tile * total + tb]
+            })
+    }
+
+    /// Mark the groups a pair kernel of `lanes`-wide vectors can write (see `pairs`):
+    /// stride-2 groups stored interleaved whose second phase reads the first's panel and
+    /// whose runs are whole vectors. Returns how many.
+    pub(crate) fn mark_pairs(&mut self, lanes: usize) -> usize {
+        let phases = self.tap_start.len();
+        let groups = phases.div_ceil(self.group_size.max(1));
+        let tiles = self.tile_start.len();
+        let mut pairs = vec![false; tiles * groups];
+        if self.group_size == 2 && self.last_stride == 2 && lanes > 0 {
+            for tile in 0..tiles {
+                for group in 0..phases / 2 {
+                    let first = 2 * group;
+                    let i = tile * phases + first;
+                    let runs = &self.runs[self.run_start[i]..self.run_start[i + 1]];
+                    pairs[tile * groups + group] = self.interleave[tile * groups + group]
+                        && self.same_panel(tile, first + 1, first)
+                        && runs
+                            .iter()
+                            .all(|&(lo, len, _)| lo % lanes == 0 && len % lanes == 0);
+                }
+            }
+        }
+        self.pairs = pairs;
+        self.pairs.iter().filter(|&&p| p).count()
+    }
+
     /// The wide groups of phase `pi` and, for `tile`, their row masks (see `wide_masks`).
     pub(crate) fn wide(&self, tile: usize, pi: usize) -> (&[WideGroup], &[Option<u64>]) {
         let r = self.wide_start[pi]..self.wide_start[pi + 1];
@@ -433,5 +486,6 @@ impl TileTable {
             + 16 * self.tap_offset.len()
             + 24 * self.wide_groups.len()
             + 16 * self.wide_masks.len()
+            + self.pairs.len()
     }
 }
