@@ -385,8 +385,9 @@ fn stride_2_pairs_match_reference() {
     // Stride-2 layers whose last-axis phase pairs read one panel (kernel == stride, and a
     // 4x2 kernel whose pairs share two taps): on AVX-512 the pair kernels write them from
     // their registers, interleaved, in whole vectors. Rows of 16 to 80 lanes (tiles across
-    // rows, a short last tile), channel blocks with few or no live rows in a half, groups,
-    // and layers where some or all tiles fall back (cropped or padded last axis).
+    // rows, a short last tile), channel blocks with few or no live rows in a half, groups
+    // of tiles and of channels, and layers where some or all tiles fall back (cropped or
+    // padded last axis).
     let cases = [
         (
             vec![2, 9, 3, 4, 32],
@@ -406,6 +407,14 @@ fn stride_2_pairs_match_reference() {
         (
             vec![2, 5, 3, 16],
             vec![5, 9, 2, 2],
+            ConvParams::new().stride(&[2]),
+        ),
+        // 655 KB of weights: tiles in groups that share each block's weights (where the L2
+        // holds less than four times that), the pair kernels taking the group's tiles
+        // block by block.
+        (
+            vec![1, 256, 4, 48],
+            vec![256, 160, 2, 2],
             ConvParams::new().stride(&[2]),
         ),
         (
@@ -463,14 +472,14 @@ fn stride_2_pairs_match_reference() {
             }
         }
     }
-    // Six layers of pairs, each under the three forced tiles at three thread counts, per
+    // Seven layers of pairs, each under the three forced tiles at three thread counts, per
     // ISA that has pair kernels.
     let isas = [Isa::Avx512, Isa::Avx2]
         .iter()
         .filter(|i| i.available())
         .count();
     assert!(
-        pairs >= isas * 6 * 3 * 3,
+        pairs >= isas * 7 * 3 * 3,
         "only {pairs} plans took the pair kernels"
     );
 }

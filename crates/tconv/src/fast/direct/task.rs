@@ -380,28 +380,34 @@ impl<'a, T: Element> PackedTask<'a, T> {
             return false;
         }
         let kdim = k.spec.phases[first].taps.len() * self.cin_g;
-        for (slot, &(ni, tile)) in chunk.iter().enumerate() {
-            // Each run is whole vectors: vector `lo/lanes + j` of the first phase starts at
-            // `off + 2·lanes·j`, the second phase one element after.
-            let mut at = [None; MAX_V];
-            let i = tile * phases + first;
-            for &(lo, len, off) in &table.runs[table.run_start[i]..table.run_start[i + 1]] {
-                for j in 0..len / lanes {
-                    at[lo / lanes + j] = Some(off - self.row_off + 2 * lanes * j);
+        // Each run is whole vectors: vector `lo/lanes + j` of the first phase starts at
+        // `off + 2·lanes·j`, the second phase one element after.
+        let ats: Vec<[Option<usize>; MAX_V]> = chunk
+            .iter()
+            .map(|&(_, tile)| {
+                let mut at = [None; MAX_V];
+                let i = tile * phases + first;
+                for &(lo, len, off) in &table.runs[table.run_start[i]..table.run_start[i + 1]] {
+                    for j in 0..len / lanes {
+                        at[lo / lanes + j] = Some(off - self.row_off + 2 * lanes * j);
+                    }
                 }
-            }
-            let panel = &b.panels[slot * self.panel_len..slot * self.panel_len + kdim * tl];
-            let image = &mut planes[ni * self.cout_g..(ni + 1) * self.cout_g];
-            for block in 0..k.packed.blocks {
-                let c0 = block * k.mr;
-                let c1 = (c0 + k.mr).min(self.cout_g);
+                at
+            })
+            .collect();
+        // Block by block, each block's weights serving every tile of the group in turn.
+        for block in 0..k.packed.blocks {
+            let c0 = block * k.mr;
+            let c1 = (c0 + k.mr).min(self.cout_g);
+            let w0 = k.packed.run(self.group_index, block, first);
+            let w1 = k.packed.run(self.group_index, block, first + 1);
+            for (slot, (&(ni, _), &at)) in chunk.iter().zip(&ats).enumerate() {
+                let panel = &b.panels[slot * self.panel_len..][..kdim * tl];
                 let out = PairOut {
-                    planes: &mut image[c0..c1],
+                    planes: &mut planes[ni * self.cout_g + c0..ni * self.cout_g + c1],
                     at,
                     bias: &self.biases[c0..c1],
                 };
-                let w0 = k.packed.run(self.group_index, block, first);
-                let w1 = k.packed.run(self.group_index, block, first + 1);
                 pair(w0, w1, panel, kdim, out);
             }
         }
