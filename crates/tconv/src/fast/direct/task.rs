@@ -368,9 +368,12 @@ impl<'a, T: Element> PackedTask<'a, T> {
         let groups = phases.div_ceil(gs);
         if gs != 2
             || self.sliced
-            || !chunk
-                .iter()
-                .all(|&(_, tile)| table.pairs[tile * groups + first / 2])
+            || !chunk.iter().all(|&(_, tile)| {
+                table
+                    .pairs
+                    .get(tile * groups + first / 2)
+                    .is_some_and(|&p| p)
+            })
             || self.wide_rows(chunk, first)
         {
             return false;
