@@ -40,12 +40,14 @@ pub trait Element:
     ) -> Option<crate::fast::inplace::InplaceFn<Self>>;
 
     /// A pair kernel (two stride-2 phases written interleaved from the registers) for a
-    /// packed tile shape, if one exists.
+    /// packed tile shape, storing half vectors each to its own place where `halves`, if
+    /// one exists.
     #[doc(hidden)]
     fn fast_pair(
         _isa: crate::fast::Isa,
         _mr: usize,
         _v: usize,
+        _halves: bool,
     ) -> Option<crate::fast::pair::PairFn<Self>> {
         None
     }
@@ -71,8 +73,9 @@ impl Element for f32 {
         isa: crate::fast::Isa,
         mr: usize,
         v: usize,
+        halves: bool,
     ) -> Option<crate::fast::pair::PairFn<f32>> {
-        crate::fast::pair::f32_pair(isa, mr, v)
+        crate::fast::pair::f32_pair(isa, mr, v, halves)
     }
 }
 

@@ -384,8 +384,8 @@ fn stride_2_pairs_match_reference() {
     use tconv::ConvParams;
     // Stride-2 layers whose last-axis phase pairs read one panel (kernel == stride, and a
     // 4x2 kernel whose pairs share two taps): on AVX-512 the pair kernels write them from
-    // their registers, interleaved, in whole vectors. Rows of 16 to 80 lanes (tiles across
-    // rows, a short last tile), channel blocks with few or no live rows in a half, groups
+    // their registers, interleaved, in whole half vectors. Rows of 8 to 80 lanes (tiles
+    // across rows, a short last tile), channel blocks with few or no live rows in a half, groups
     // of tiles and of channels, and layers where some or all tiles fall back (cropped or
     // padded last axis).
     let cases = [
@@ -407,6 +407,23 @@ fn stride_2_pairs_match_reference() {
         (
             vec![2, 5, 3, 16],
             vec![5, 9, 2, 2],
+            ConvParams::new().stride(&[2]),
+        ),
+        // Rows of 8, 24 and 12 positions: each vector's halves on two rows (AVX-512 takes
+        // rows of 8 and 24, AVX2 all three), or a fallback (12 on AVX-512).
+        (
+            vec![1, 16, 3, 8],
+            vec![16, 13, 2, 2],
+            ConvParams::new().stride(&[2]),
+        ),
+        (
+            vec![2, 9, 2, 3, 24],
+            vec![9, 11, 2, 2, 2],
+            ConvParams::new().stride(&[2]),
+        ),
+        (
+            vec![1, 12, 5, 12],
+            vec![12, 10, 2, 2],
             ConvParams::new().stride(&[2]),
         ),
         // 655 KB of weights: tiles in groups that share each block's weights (where the L2
@@ -472,14 +489,14 @@ fn stride_2_pairs_match_reference() {
             }
         }
     }
-    // Seven layers of pairs, each under the three forced tiles at three thread counts, per
+    // Nine layers of pairs, each under the three forced tiles at three thread counts, per
     // ISA that has pair kernels.
     let isas = [Isa::Avx512, Isa::Avx2]
         .iter()
         .filter(|i| i.available())
         .count();
     assert!(
-        pairs >= isas * 7 * 3 * 3,
+        pairs >= isas * 9 * 3 * 3,
         "only {pairs} plans took the pair kernels"
     );
 }

@@ -87,9 +87,12 @@ pub(super) fn kernel<T: Element>(
     // registers where a pair kernel exists for the tile and the table has such pairs (no
     // accumulator tile, no store pass reading it back): on AVX-512 vnet3d 1.12-1.20x and
     // unet 1.08-1.20x faster at 1 and 2 threads, on AVX2 1.27-1.30x and 1.12x (paired).
-    let mut pair = T::fast_pair(isa, mr, v).filter(|_| !inplace && !strided_loads);
-    if pair.is_some() && table.mark_pairs(lanes) == 0 {
-        pair = None;
+    let mut pair = None;
+    if !inplace && !strided_loads && T::fast_pair(isa, mr, v, false).is_some() {
+        let (pairs, whole) = table.mark_pairs(lanes);
+        if pairs > 0 {
+            pair = T::fast_pair(isa, mr, v, !whole);
+        }
     }
     let mut direct = DirectKernel {
         spec,

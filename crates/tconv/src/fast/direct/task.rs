@@ -6,7 +6,7 @@ use super::store::store_group;
 use super::*;
 use crate::fast::inplace::{InplaceArgs, TapRun};
 use crate::fast::kernels::{Rows, MAX_V};
-use crate::fast::pair::PairOut;
+use crate::fast::pair::{PairOut, MAX_HALVES};
 use crate::fast::scratch;
 
 /// Run one task of the packed-panel `kernel`: its tiles, group by group.
@@ -383,19 +383,21 @@ impl<'a, T: Element> PackedTask<'a, T> {
             return false;
         }
         let kdim = k.spec.phases[first].taps.len() * self.cin_g;
-        // Each run is whole vectors: vector `lo/lanes + j` of the first phase starts at
-        // `off + 2·lanes·j`, the second phase one element after.
-        let ats: Vec<[Option<usize>; MAX_V]> = chunk
+        // Each run is whole half vectors: half vector `lo/half + j` of the first phase
+        // starts at `off + 2·half·j`, the second phase one element after.
+        let half = lanes / 2;
+        let ats: Vec<([usize; MAX_HALVES], u32)> = chunk
             .iter()
             .map(|&(_, tile)| {
-                let mut at = [None; MAX_V];
+                let (mut at, mut stored) = ([0; MAX_HALVES], 0u32);
                 let i = tile * phases + first;
                 for &(lo, len, off) in &table.runs[table.run_start[i]..table.run_start[i + 1]] {
-                    for j in 0..len / lanes {
-                        at[lo / lanes + j] = Some(off - self.row_off + 2 * lanes * j);
+                    for j in 0..len / half {
+                        at[lo / half + j] = off - self.row_off + 2 * half * j;
+                        stored |= 1 << (lo / half + j);
                     }
                 }
-                at
+                (at, stored)
             })
             .collect();
         // Block by block, each block's weights serving every tile of the group in turn.
@@ -404,11 +406,12 @@ impl<'a, T: Element> PackedTask<'a, T> {
             let c1 = (c0 + k.mr).min(self.cout_g);
             let w0 = k.packed.run(self.group_index, block, first);
             let w1 = k.packed.run(self.group_index, block, first + 1);
-            for (slot, (&(ni, _), &at)) in chunk.iter().zip(&ats).enumerate() {
+            for (slot, (&(ni, _), &(at, stored))) in chunk.iter().zip(&ats).enumerate() {
                 let panel = &b.panels[slot * self.panel_len..][..kdim * tl];
                 let out = PairOut {
                     planes: &mut planes[ni * self.cout_g + c0..ni * self.cout_g + c1],
                     at,
+                    stored,
                     bias: &self.biases[c0..c1],
                 };
                 pair(w0, w1, panel, kdim, out);

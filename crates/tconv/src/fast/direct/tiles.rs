@@ -41,7 +41,7 @@ pub struct TileTable {
     /// by their last-axis residue, so their results can be written interleaved, in order.
     pub(crate) interleave: Vec<bool>,
     /// `pairs[tile * groups + group]` (empty until [`TileTable::mark_pairs`]): the group is
-    /// a stride-2 pair whose phases read one panel and store whole vectors interleaved, so
+    /// a stride-2 pair whose phases read one panel and store whole half vectors interleaved, so
     /// a [pair kernel](crate::fast::pair) can write it from its registers.
     pub(crate) pairs: Vec<bool>,
     /// Wide groups of each phase: `wide_groups[wide_start[p]..wide_start[p + 1]]`, each
@@ -425,28 +425,36 @@ impl TileTable {
 
     /// Mark the groups a pair kernel of `lanes`-wide vectors can write (see `pairs`):
     /// stride-2 groups stored interleaved whose second phase reads the first's panel and
-    /// whose runs are whole vectors. Returns how many.
-    pub(crate) fn mark_pairs(&mut self, lanes: usize) -> usize {
+    /// whose runs are whole half vectors. Returns how many, and whether all of those runs
+    /// are whole vectors (a pair kernel of whole vectors then serves them).
+    pub(crate) fn mark_pairs(&mut self, lanes: usize) -> (usize, bool) {
         let phases = self.tap_start.len();
         let groups = phases.div_ceil(self.group_size.max(1));
         let tiles = self.tile_start.len();
         let mut pairs = vec![false; tiles * groups];
-        if self.group_size == 2 && self.last_stride == 2 && lanes > 0 {
+        let half = lanes / 2;
+        let mut whole = true;
+        if self.group_size == 2 && self.last_stride == 2 && half > 0 {
             for tile in 0..tiles {
                 for group in 0..phases / 2 {
                     let first = 2 * group;
                     let i = tile * phases + first;
                     let runs = &self.runs[self.run_start[i]..self.run_start[i + 1]];
-                    pairs[tile * groups + group] = self.interleave[tile * groups + group]
+                    let pair = self.interleave[tile * groups + group]
                         && self.same_panel(tile, first + 1, first)
                         && runs
                             .iter()
+                            .all(|&(lo, len, _)| lo % half == 0 && len % half == 0);
+                    whole &= !pair
+                        || runs
+                            .iter()
                             .all(|&(lo, len, _)| lo % lanes == 0 && len % lanes == 0);
+                    pairs[tile * groups + group] = pair;
                 }
             }
         }
         self.pairs = pairs;
-        self.pairs.iter().filter(|&&p| p).count()
+        (self.pairs.iter().filter(|&&p| p).count(), whole)
     }
 
     /// The wide groups of phase `pi` and, for `tile`, their row masks (see `wide_masks`).
