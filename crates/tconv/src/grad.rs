@@ -153,8 +153,11 @@ pub(crate) fn backward<'x, 'w, 'g, T: Element, D1: Dimension, D2: Dimension, D3:
     // line (as the forward pass's outputs). Beside the weight gradient it is zeroed before
     // the kernels write it even where they need not (an im2col plan's): dcgan4's backward
     // pass at 2 threads ran 0.95x as fast without (medians and minima, 10 paired rounds;
-    // 0.89-0.93x in shorter sittings), while alone its input gradient ran 1.11-1.15x
-    // faster without at 1 thread and 1.17-1.18x at 2, its backward at 1 thread 1.00-1.05x.
+    // 0.89-0.93x in shorter sittings; again in both orders, which cancels the second
+    // binary's bias: unzeroed 0.93x / 0.97x with the zeroed binary first, zeroed 1.04x /
+    // 1.04x with the unzeroed first, 8 rounds each), while alone its input gradient ran
+    // 1.11-1.15x faster without at 1 thread and 1.17-1.18x at 2, its backward at 1 thread
+    // 1.00-1.05x.
     let input_gradient = |g: &Geometry, w: &[T], gy: &[T], o: &PlanOptions, beside: bool| {
         Ok::<_, crate::Error>(match plans {
             Some(plans) => plans(g, o)?.run_aligned(gy, None, x.shape(), beside),

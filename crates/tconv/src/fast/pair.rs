@@ -12,7 +12,7 @@
 //! plan takes kernels that store each vector's halves one after the other from one offset
 //! (`HALVES` false), as before there were half-vector stores. Paired (6 rounds), against
 //! the kernels of whole vectors only: with half-vector stores everywhere vnet3d and unet
-//! read 0.90-0.95x; with this choice 0.93-0.94x in one order and 0.97-0.99x in the other,
+//! read 0.81-0.96x; with this choice 0.93-0.94x in one order and 0.97-0.99x in the other,
 //! where an identical binary in the second place reads 0.94-0.97x (no cost shown). Layers
 //! with rows of 8 and 24 positions ran 1.10-1.18x faster than without pairs.
 //! Each sum runs in the order the packed kernel runs it and the bias is added after, so the
@@ -166,7 +166,8 @@ mod x86 {
     /// # Safety
     /// AVX-512F available; `w0`, `w1` hold `k` rows of `mr` values (from the half's first
     /// channel), `b` `k` rows of `V·16`; each non-null `dst[c]` is writable at
-    /// `at[i]..at[i] + 16` for each half vector `i` in `stored`.
+    /// `at[i]..at[i] + 16` for each half vector `i` in `stored` (`!HALVES`: at
+    /// `at[2v]..at[2v] + 32` for each vector `v` whose bit `2v` is in `stored`).
     #[target_feature(enable = "avx512f")]
     unsafe fn half512<const H: usize, const V: usize, const HALVES: bool>(
         w0: *const f32,
@@ -228,7 +229,8 @@ mod x86 {
     /// One AVX2 half: as [`half512`] on 8-lane vectors.
     ///
     /// # Safety
-    /// AVX2 and FMA available; as [`half512`] with rows of `V·8` and writes of 8 values.
+    /// AVX2 and FMA available; as [`half512`] with rows of `V·8` and writes of 8 values
+    /// (`!HALVES`: 16).
     #[target_feature(enable = "avx2,fma")]
     unsafe fn half256<const H: usize, const V: usize, const HALVES: bool>(
         w0: *const f32,

@@ -78,22 +78,11 @@ pub(super) fn kernel<T: Element>(
     let strided_loads =
         crate::fast::strided_conv::applies(g, (&spec, &kernel, depthwise), (mr, v, lanes), isa);
     // The strided-conv path tiles its panels itself: its table has no tiles.
-    let mut table = if strided_loads {
+    let table = if strided_loads {
         TileTable::without_tiles(g, &spec, v * lanes, group_size)
     } else {
         TileTable::new(g, &spec, v * lanes, chunk_rows, group_size)
     };
-    // Stride-2 pairs of phases that read one panel (kernel == stride) are written from the
-    // registers where a pair kernel exists for the tile and the table has such pairs (no
-    // accumulator tile, no store pass reading it back): on AVX-512 vnet3d 1.12-1.20x and
-    // unet 1.08-1.20x faster at 1 and 2 threads, on AVX2 1.27-1.30x and 1.12x (paired).
-    let mut pair = None;
-    if !inplace && !strided_loads && T::fast_pair(isa, mr, v, false).is_some() {
-        let (pairs, whole) = table.mark_pairs(lanes);
-        if pairs > 0 {
-            pair = T::fast_pair(isa, mr, v, !whole);
-        }
-    }
     let mut direct = DirectKernel {
         spec,
         packed,
@@ -109,8 +98,20 @@ pub(super) fn kernel<T: Element>(
         items_cap: usize::MAX,
         pair: None,
     };
-    if !direct.sliced(g.in_per_group()) {
-        direct.pair = pair;
+    // Stride-2 pairs of phases that read one whole panel (kernel == stride) are written
+    // from the registers where a pair kernel exists for the tile and the table has such
+    // pairs (no accumulator tile, no store pass reading it back): on AVX-512 vnet3d
+    // 1.12-1.20x and unet 1.08-1.20x faster at 1 and 2 threads, on AVX2 1.27-1.30x and
+    // 1.12x (paired).
+    if !inplace
+        && !strided_loads
+        && !direct.sliced(g.in_per_group())
+        && T::fast_pair(isa, mr, v, false).is_some()
+    {
+        let (pairs, whole) = direct.table.mark_pairs(lanes);
+        if pairs > 0 {
+            direct.pair = T::fast_pair(isa, mr, v, !whole);
+        }
     }
     // No more scratch than the output holds: fewer tiles per group where all
     // threads' panels would outgrow it (dcgan1 at 2 threads: 1.31 MB for 1.05 MB).

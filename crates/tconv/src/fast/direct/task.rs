@@ -346,9 +346,10 @@ impl<'a, T: Element> PackedTask<'a, T> {
         }
     }
 
-    /// The stride-2 group of phases `first` and `first + 1` by the plan's pair kernel,
-    /// written straight from its registers into `planes`, where every tile of `chunk` is a
-    /// pair (`TileTable::pairs`) packed whole (not by wide rows) and reaching the input.
+    /// The stride-2 group of phases `first` and `first + 1` by the plan's pair kernel (set
+    /// only for whole panels), written straight from its registers into `planes`, where
+    /// every tile of `chunk` is a pair (`TileTable::pairs`, marked only for groups of two
+    /// phases) packed whole (not by wide rows) and reaching the input.
     /// Returns `false` where not, having at most packed the panels (which the caller's path
     /// then keeps).
     fn pair_group(
@@ -366,15 +367,12 @@ impl<'a, T: Element> PackedTask<'a, T> {
         let (tl, gs, lanes) = (table.tile_lanes, table.group_size, k.lanes);
         let phases = k.spec.phases.len();
         let groups = phases.div_ceil(gs);
-        if gs != 2
-            || self.sliced
-            || !chunk.iter().all(|&(_, tile)| {
-                table
-                    .pairs
-                    .get(tile * groups + first / 2)
-                    .is_some_and(|&p| p)
-            })
-            || self.wide_rows(chunk, first)
+        if !chunk.iter().all(|&(_, tile)| {
+            table
+                .pairs
+                .get(tile * groups + first / gs)
+                .is_some_and(|&p| p)
+        }) || self.wide_rows(chunk, first)
         {
             return false;
         }
