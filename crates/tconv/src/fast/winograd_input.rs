@@ -237,15 +237,14 @@ pub(crate) fn transform(
 }
 
 /// Where [`transform_gathered`] reads a source's tiles: the gather table
-/// ([`super::winograd`]'s: entry `i·n + col` the index into `x` of the group's channel 0
-/// for tile `col`'s input `i`), the entries that read padding (`i·pitch + col`), the tiles
-/// `n`, and the distance between channels in `x`.
+/// ([`super::winograd`]'s: entry `i·n + col` the index into `x`, from a task's first input,
+/// of the group's channel 0 for tile `col`'s input `i`), the entries that read padding
+/// (`i·pitch + col`), and the tiles `n`.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) struct Gathered<'a> {
     pub table: &'a [usize],
     pub zeros: &'a [usize],
     pub n: usize,
-    pub in_plane: usize,
 }
 
 /// A [`Gathered`] source cut into blocks of 16 tiles. Per block and input `i` (entry
@@ -323,85 +322,136 @@ impl GatherBlocks {
     }
 }
 
+/// How [`transform_gathered`] reads one source of a task's phase, built once with the plan:
+/// the blocks of 16 tiles with their indices relative to the task's first input (the
+/// group's channel 0 of its first image), the largest entry of the table, and the form.
+pub(crate) struct GatherPlan {
+    #[cfg(target_arch = "x86_64")]
+    blocks: GatherBlocks,
+    alpha: usize,
+    n_pad: usize,
+    /// The largest entry of the gather table (relative, as the blocks' indices).
+    max: usize,
+}
+
+impl GatherPlan {
+    /// Bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let b = &self.blocks;
+            b.bases.len() * std::mem::size_of::<usize>()
+                + b.idx.len() * 4
+                + (b.masks.len() + b.highs.len()) * 2
+                + b.loads.len() * 8
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        0
+    }
+
+    /// The blocks for the gather table `g` (entries relative to a task's first input) of
+    /// `n_pad` columns (`pitch` apart in the zeros list), for the separable 2-D forms on
+    /// AVX-512; `None` for other forms, without AVX-512F, where `n_pad` is not a multiple
+    /// of 16, or where a block's indices span more than `i32` reaches.
+    pub(crate) fn new(
+        g: &Gathered<'_>,
+        form: Points,
+        (n_pad, pitch): (usize, usize),
+    ) -> Option<GatherPlan> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let alpha = match form {
+                Points::Separable { alpha, dims: 2 } if alpha == 3 || alpha == 4 => alpha,
+                _ => return None,
+            };
+            let points = alpha * alpha;
+            if !is_x86_feature_detected!("avx512f")
+                || !n_pad.is_multiple_of(16)
+                || n_pad > pitch
+                || g.table.len() < points * g.n
+                || g.zeros.iter().any(|&z| z / pitch >= points)
+            {
+                return None;
+            }
+            let max = g.table[..points * g.n].iter().copied().max().unwrap_or(0);
+            Some(GatherPlan {
+                blocks: GatherBlocks::new(g, points, (n_pad, pitch))?,
+                alpha,
+                n_pad,
+                max,
+            })
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (g, form, n_pad, pitch);
+            None
+        }
+    }
+}
+
 /// [`transform`] without the channels-last copy, for the separable 2-D forms on AVX-512:
 /// input `i` of 16 tiles of one channel loaded straight from `x` into a vector (the 64
 /// values from the least index the tiles read, by two-source permutes, or a gather where
 /// they spread wider; zeros where the table marks padding and for the columns `n..n_pad`),
 /// the points formed as [`transform`] forms them (the same additions in the same order, so
 /// the same values), and each point stored as 16 consecutive columns of its row of `V`. No
-/// transposes: the tiles are the lanes on both sides. Returns `false` (doing nothing) for
-/// other forms, without AVX-512F, where `n_pad` is not a multiple of 16, or where a block's
-/// indices span more than `i32` reaches.
+/// transposes: the tiles are the lanes on both sides. `plan`'s indices are relative to
+/// `base` (the task's first input in `x`).
 pub(crate) fn transform_gathered(
     x: &[f32],
-    g: &Gathered<'_>,
-    form: Points,
-    (channels, n_pad): (usize, usize),
+    plan: &GatherPlan,
+    base: usize,
+    (channels, in_plane): (usize, usize),
     v: &mut [f32],
     (row0, pitch, point_stride): (usize, usize, usize),
-) -> bool {
+) {
+    let (points, n_pad) = (plan.alpha * plan.alpha, plan.n_pad);
+    assert!(
+        n_pad <= pitch
+            && (channels == 0
+                || (base + plan.max + (channels - 1) * in_plane < x.len()
+                    && v.len()
+                        >= (points - 1) * point_stride + (row0 + channels - 1) * pitch + n_pad)),
+        "gathered input transform operands"
+    );
     #[cfg(target_arch = "x86_64")]
     {
-        let alpha = match form {
-            Points::Separable { alpha, dims: 2 } if alpha == 3 || alpha == 4 => alpha,
-            _ => return false,
-        };
-        let points = alpha * alpha;
-        if !is_x86_feature_detected!("avx512f") || !n_pad.is_multiple_of(16) {
-            return false;
-        }
-        assert!(
-            n_pad <= pitch
-                && g.table.len() >= points * g.n
-                && g.zeros.iter().all(|&z| z / pitch < points)
-                && (channels == 0
-                    || g.table[..points * g.n]
-                        .iter()
-                        .all(|&e| e + (channels - 1) * g.in_plane < x.len()))
-                && (channels == 0
-                    || v.len()
-                        >= (points - 1) * point_stride + (row0 + channels - 1) * pitch + n_pad),
-            "gathered input transform operands"
-        );
-        let Some(blocks) = GatherBlocks::new(g, points, (n_pad, pitch)) else {
-            return false;
-        };
         let op = (
             x,
-            &blocks,
-            points,
-            (channels, g.in_plane),
+            &plan.blocks,
+            (base, points),
+            (channels, in_plane),
             v,
             (row0, pitch, point_stride),
         );
-        // Safety: AVX-512F is available (checked above); every lane loaded is a table entry
-        // plus a channel's offset, checked above to lie inside `x`, or one of the 64 values
-        // from a block's least such index where those lie inside `x` (checked where they
-        // are loaded; other lanes are masked off and not read); every store lies inside
-        // `v` (checked above).
+        // Safety: AVX-512F is available (a plan is built only then); every lane loaded is
+        // a table entry plus `base` and a channel's offset, checked above to lie inside `x`
+        // (through the largest entry), or one of the 64 values from a block's least such
+        // index where those lie inside `x` (checked where they are loaded; other lanes are
+        // masked off and not read); every store lies inside `v` (checked above).
         unsafe {
-            if alpha == 3 {
+            if plan.alpha == 3 {
                 gathered_avx512::<SEP3_2D>(op)
             } else {
                 gathered_avx512::<SEP4_2D>(op)
             }
         }
-        true
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (x, g, form, channels, n_pad, v, row0, pitch, point_stride);
-        false
+        let _ = (x, base, row0, point_stride);
+        unreachable!("a gather plan is built on x86-64 only");
     }
 }
 
-/// [`gathered_avx512`]'s operands: `x`, the blocks, the points per tile, the channels and
+/// [`gathered_avx512`]'s operands: `x`, the blocks, the task's base in `x` and the points
+/// per tile, the channels and
 /// their distance in `x`, `V` and where its rows lie.
 #[cfg(target_arch = "x86_64")]
 type GatherArgs<'a> = (
     &'a [f32],
     &'a GatherBlocks,
-    usize,
+    (usize, usize),
     (usize, usize),
     &'a mut [f32],
     (usize, usize, usize),
@@ -421,7 +471,9 @@ const GATHER_CHANNELS: usize = 4;
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn gathered_avx512<const FORM: u8>(
-    (x, blocks, points, (channels, in_plane), v, (row0, pitch, point_stride)): GatherArgs<'_>,
+    (x, blocks, (base, points), (channels, in_plane), v, (row0, pitch, point_stride)): GatherArgs<
+        '_,
+    >,
 ) {
     use std::arch::x86_64::*;
     let zero = _mm512_setzero_ps();
@@ -438,11 +490,13 @@ unsafe fn gathered_avx512<const FORM: u8>(
             let col = 16 * b;
             for i in 0..points {
                 let e = b * points + i;
-                let p = x.as_ptr().wrapping_add(blocks.bases[e] + c0 * in_plane);
+                let p = x
+                    .as_ptr()
+                    .wrapping_add(base + blocks.bases[e] + c0 * in_plane);
                 let idx = _mm512_loadu_si512(blocks.idx[e * 16..].as_ptr() as *const _);
                 let (m, ld, high) = (blocks.masks[e], blocks.loads[e], blocks.highs[e]);
                 // Whether all 64 values lie inside `x` for every channel of the group.
-                let whole = blocks.bases[e] + (c0 + cn - 1) * in_plane + 64 <= x.len();
+                let whole = base + blocks.bases[e] + (c0 + cn - 1) * in_plane + 64 <= x.len();
                 for (cc, dc) in d.iter_mut().enumerate().take(cn) {
                     let p = p.wrapping_add(cc * in_plane);
                     dc[i] = if m == 0 {

@@ -297,6 +297,9 @@ pub struct Winograd<T: Element> {
     /// `α` and `m` of every axis but the last.
     outer_alpha: Vec<usize>,
     outer_m: Vec<usize>,
+    /// Each kind of task's gather and scatter tables, built once with the plan
+    /// ([`Winograd::build_tables`]).
+    tables: Vec<run::TaskTables>,
 }
 
 /// The thread count the memory-bound choices are made for, whatever a plan runs on: the

@@ -7,7 +7,7 @@ use std::ops::Range;
 
 use crate::fast::direct::{band_tasks, run_each, Task};
 use crate::fast::kernels::Rows;
-use crate::fast::winograd_input::{Gathered, Points, Slab, SlabSource};
+use crate::fast::winograd_input::{GatherPlan, Gathered, Points, Slab, SlabSource};
 use crate::tensor::numel;
 
 impl<T: Element> Winograd<T> {
@@ -18,20 +18,8 @@ impl<T: Element> Winograd<T> {
         if out_plane == 0 || g.batch == 0 || g.out_channels == 0 {
             return;
         }
-        let row_len = numel(&out_shape[3..]);
-        let out0 = out_shape[2];
-        let (s0, m0) = (self.out_stride[0], self.transforms[0].m);
-        let q0 = self.phases.iter().map(|p| p.extents[0]).max().unwrap_or(0);
-        let t0 = q0.div_ceil(m0).max(1);
         // One task per (group, batch chunk, band of tile rows along axis 0).
-        let bands: Vec<(Range<usize>, usize)> = (0..t0.div_ceil(self.band_tiles))
-            .map(|b| {
-                let tiles = b * self.band_tiles..((b + 1) * self.band_tiles).min(t0);
-                let rows = (s0 * m0 * tiles.start).min(out0)..(s0 * m0 * tiles.end).min(out0);
-                (tiles, rows.len() * row_len)
-            })
-            .collect();
-        let tasks = band_tasks(g, y, self.batch_chunk, &bands);
+        let tasks = band_tasks(g, y, self.batch_chunk, &self.bands(g));
         let avx2 = cfg!(target_arch = "x86_64") && self.isa >= Isa::Avx2 && Isa::Avx2.available();
         run_each(threads, tasks, |task| {
             #[cfg(target_arch = "x86_64")]
@@ -43,6 +31,108 @@ impl<T: Element> Winograd<T> {
             let _ = avx2;
             self.run_task(g, x, bias, task, false);
         });
+    }
+
+    /// The bands of tile rows along axis 0, each with its length in output elements per
+    /// plane.
+    fn bands(&self, g: &Geometry) -> Vec<(Range<usize>, usize)> {
+        let out_shape = g.output_shape();
+        let row_len = numel(&out_shape[3..]);
+        let out0 = out_shape[2];
+        let (s0, m0) = (self.out_stride[0], self.transforms[0].m);
+        let q0 = self.phases.iter().map(|p| p.extents[0]).max().unwrap_or(0);
+        let t0 = q0.div_ceil(m0).max(1);
+        (0..t0.div_ceil(self.band_tiles))
+            .map(|b| {
+                let tiles = b * self.band_tiles..((b + 1) * self.band_tiles).min(t0);
+                let rows = (s0 * m0 * tiles.start).min(out0)..(s0 * m0 * tiles.end).min(out0);
+                (tiles, rows.len() * row_len)
+            })
+            .collect()
+    }
+
+    /// The tables of every kind of task `g`'s runs take: per band, for a whole batch chunk
+    /// and for the shorter last one (where there is one).
+    pub(super) fn build_tables(&self, g: &Geometry) -> Vec<TaskTables> {
+        if numel(&g.output_shape()[2..]) == 0 || g.batch == 0 || g.out_channels == 0 {
+            return Vec::new();
+        }
+        let chunk = self.batch_chunk.min(g.batch);
+        let mut sizes = vec![chunk];
+        if !g.batch.is_multiple_of(chunk) {
+            sizes.push(g.batch % chunk);
+        }
+        let mut out = Vec::new();
+        for (band, _) in self.bands(g) {
+            for &images in &sizes {
+                out.push(self.task_tables(g, band.clone(), images));
+            }
+        }
+        out
+    }
+
+    /// The tables of a task over `band` with `images` images.
+    fn task_tables(&self, g: &Geometry, band: Range<usize>, images: usize) -> TaskTables {
+        let n_pad_of = |n: usize| n.div_ceil(self.v * self.lanes) * self.v * self.lanes;
+        let gather = self.registers
+            && self.isa == Isa::Avx512
+            && matches!(self.in_form, Points::Separable { dims: 2, .. });
+        let phases = self
+            .phases
+            .iter()
+            .map(|p| {
+                if p.empty() || !p.live() {
+                    return None;
+                }
+                let runs = self.runs(g, p, band.clone(), images);
+                let n_cols: usize = runs.iter().map(|r| r.tiles.len()).sum();
+                if n_cols == 0 {
+                    return None;
+                }
+                let sources = p
+                    .sources
+                    .iter()
+                    .map(|src| {
+                        let (table, zeros) = self.gather_table(g, src, &runs, n_cols);
+                        let source = Gathered {
+                            table: &table,
+                            zeros: &zeros,
+                            n: n_cols,
+                        };
+                        let gathered = gather
+                            .then(|| {
+                                let cols = (n_pad_of(n_cols), self.pitch);
+                                GatherPlan::new(&source, self.in_form, cols)
+                            })
+                            .flatten();
+                        SourceTables {
+                            table,
+                            zeros,
+                            gathered,
+                        }
+                    })
+                    .collect();
+                let (mut scatter, spans) = self.scatter_table(g, p, &runs, band.start);
+                if let Some((stride, per)) = self.staged {
+                    // Position `stride·q + r` of the plane staged at `r·per + q` (see
+                    // `staged_layout`).
+                    for seg in &mut scatter {
+                        seg.1 = seg.1 % stride * per + seg.1 / stride;
+                    }
+                }
+                Some(PhaseTables {
+                    n_cols,
+                    sources,
+                    scatter,
+                    spans,
+                })
+            })
+            .collect();
+        TaskTables {
+            band: band.start,
+            images,
+            phases,
+        }
     }
 
     /// [`Self::run_task`] compiled for AVX2 and FMA: the transforms' loops vectorised 8
@@ -93,7 +183,23 @@ impl<T: Element> Winograd<T> {
                 plane.fill(bias.map_or(T::zero(), |b| b[task.group * cout_g + k % cout_g]));
             }
         }
-        for p in &self.phases {
+        // The task's tables, built with the plan (or here, should a task's kind be missing).
+        let built;
+        let tables = match self
+            .tables
+            .iter()
+            .find(|t| t.band == task.band.start && t.images == task.batch.len())
+        {
+            Some(t) => t,
+            None => {
+                built = self.task_tables(g, task.band.clone(), task.batch.len());
+                &built
+            }
+        };
+        // The task's first input: its first image's channel 0 of its group.
+        let base = (task.batch.start * g.in_channels + task.group * g.in_per_group())
+            * numel(&self.in_shape);
+        for (p, t) in self.phases.iter().zip(&tables.phases) {
             if p.empty() {
                 if p.live() {
                     live_index += 1;
@@ -106,37 +212,19 @@ impl<T: Element> Winograd<T> {
                 }
                 continue;
             }
-            let runs = self.runs(g, p, &task);
-            let n_cols: usize = runs.iter().map(|r| r.tiles.len()).sum();
-            if n_cols == 0 {
-                live_index += 1;
+            let Some(t) = t else {
+                live_index += 1; // no tiles in this task
                 continue;
-            }
+            };
             // V[ξ][(source, ci)]: each source's channels in turn (none where `v` holds it).
             if !v_of.is_some_and(|q| q.same_input(p)) {
-                self.clear_columns(n_cols, &mut rows);
-                let cols = (&runs[..], n_cols);
-                self.phase_inputs(
-                    g,
-                    x,
-                    p,
-                    (task.group, cols),
-                    (slab.as_ref(), gather),
-                    &mut v,
-                    &mut rows,
-                );
+                self.clear_columns(t.n_cols, &mut rows);
+                self.phase_inputs(g, x, (t, base), (slab.as_ref(), gather), &mut v, &mut rows);
             }
             v_of = Some(p);
             let scratch = (&mut mres[..], &mut rows[..]);
             let operands = (&v[..], bias, registers);
-            self.phase_outputs(
-                g,
-                p,
-                (live_index, &runs, n_cols),
-                operands,
-                scratch,
-                &mut task,
-            );
+            self.phase_outputs(g, (live_index, t), operands, scratch, &mut task);
             live_index += 1;
         }
         if let Some((stride, _)) = self.staged {
@@ -172,47 +260,42 @@ impl<T: Element> Winograd<T> {
         (whole && one_band && self.row_scratch() >= len).then_some((stride, per))
     }
 
-    /// Phase `p`'s transformed input `V[ξ][(source, ci)]` over the `n_cols` tiles of `runs`
-    /// (group `group`): each source's channels in turn, in registers, gathered straight
-    /// from `x` (`gather`: f32 on AVX-512) or from `slab` (f32 on AVX2), else gathered
-    /// through a table into rows, `CHUNK` channels at a time.
+    /// A phase's transformed input `V[ξ][(source, ci)]` over the `n_cols` tiles of its
+    /// tables `t` (relative to the task's first input, `base` in `x`): each source's
+    /// channels in turn, in registers, gathered straight from `x` (`gather`: f32 on
+    /// AVX-512) or from `slab` (f32 on AVX2), else gathered through a table into rows,
+    /// `CHUNK` channels at a time.
     #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
     fn phase_inputs(
         &self,
         g: &Geometry,
         x: &[T],
-        p: &Phase,
-        (group, (runs, n_cols)): (usize, (&[Run], usize)),
+        (t, base): (&PhaseTables, usize),
         (slab, gather): (Option<&Slab>, bool),
         v: &mut [T],
         rows: &mut [T],
     ) {
         let (cin_g, kdim, pitch) = (g.in_per_group(), self.kdim, self.pitch);
         let in_plane = numel(&self.in_shape);
+        let n_cols = t.n_cols;
         // Columns the GEMMs run over: whole register panels.
         let n_pad = n_cols.div_ceil(self.v * self.lanes) * self.v * self.lanes;
-        for (si, src) in p.sources.iter().enumerate() {
-            let (table, zeros) = self.gather_table(g, src, group, runs, n_cols);
-            if let (true, Some(x), Some(v)) = (
+        for (si, src) in t.sources.iter().enumerate() {
+            if let (true, Some(plan), Some(x), Some(v)) = (
                 gather,
+                src.gathered.as_ref(),
                 crate::fast::as_f32(x),
                 crate::fast::as_f32_mut(&mut *v),
             ) {
-                let source = Gathered {
-                    table: &table,
-                    zeros: &zeros,
-                    n: n_cols,
-                    in_plane,
-                };
                 let rows = (si * cin_g, pitch, kdim * pitch);
-                let cols = (cin_g, n_pad);
-                if winograd_input::transform_gathered(x, &source, self.in_form, cols, v, rows) {
-                    continue;
-                }
+                winograd_input::transform_gathered(x, plan, base, (cin_g, in_plane), v, rows);
+                continue;
             }
+            // The other paths read absolute indices.
+            let table: Vec<usize> = src.table.iter().map(|&e| e + base).collect();
+            let zeros = &src.zeros[..];
             let fast = slab.and_then(|slab| {
-                let offs = slab.offsets((&table, &zeros), (n_cols, n_pad, pitch), self.points)?;
+                let offs = slab.offsets((&table, zeros), (n_cols, n_pad, pitch), self.points)?;
                 Some((slab, offs, crate::fast::as_f32_mut(v)?))
             });
             if let Some((slab, offs, v)) = fast {
@@ -224,7 +307,7 @@ impl<T: Element> Winograd<T> {
             for c0 in (0..cin_g).step_by(CHUNK) {
                 let cn = CHUNK.min(cin_g - c0);
                 let dst = &mut v[(si * cin_g + c0) * pitch..];
-                let gather = (&table[..], &zeros[..]);
+                let gather = (&table[..], zeros);
                 let chans = (c0, cn, in_plane);
                 let v = (dst, kdim * pitch);
                 self.input_transform(x, chans, gather, n_cols, v, rows);
@@ -232,42 +315,37 @@ impl<T: Element> Winograd<T> {
         }
     }
 
-    /// Phase `p`'s outputs (the `live_index`-th live phase, over the `n_cols` tiles of
-    /// `runs`): per slice of output channels, one GEMM per transformed point of `v` into
-    /// `mres`, then the output transform with the bias `CHUNK` channels at a time (in
+    /// A phase's outputs (the `live_index`-th live phase, over the `n_cols` tiles of its
+    /// tables `t`): per slice of output channels, one GEMM per transformed point of `v`
+    /// into `mres`, then the output transform with the bias `CHUNK` channels at a time (in
     /// registers for f32 on AVX2, `registers`), scattered into the task's planes.
     #[inline(always)]
     fn phase_outputs(
         &self,
         g: &Geometry,
-        p: &Phase,
-        (live_index, runs, n_cols): (usize, &[Run], usize),
+        (live_index, t): (usize, &PhaseTables),
         (v, bias, registers): (&[T], Option<&[T]>, bool),
         (mres, rows): (&mut [T], &mut [T]),
         task: &mut Task<'_, T>,
     ) {
         let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
         let (slice, pitch, kdim) = (self.slice, self.pitch, self.kdim);
-        let tl = self.v * self.lanes;
+        let (tl, n_cols) = (self.v * self.lanes, t.n_cols);
         let n_pad = n_cols.div_ceil(tl) * tl;
         // The plan's ISA, for the output stores (AVX-512's masked stores where it is).
         let avx512 = self.isa == Isa::Avx512;
         let unit = self.live_phases() * self.points * kdim * self.mr;
-        let k = p.sources.len() * cin_g;
+        let k = t.sources.len() * cin_g;
         let shape = Rows {
             k,
             pitch,
             taps: 1,
             out_pitch: pitch,
         };
-        let (mut scatter, spans) = self.scatter_table(g, p, runs, task.band.start);
+        let (scatter, spans) = (&t.scatter, &t.spans);
         let mut step = self.out_stride[g.axes.len() - 1] * self.transforms[g.axes.len() - 1].m;
-        if let Some((stride, per)) = self.staged {
-            // Position `stride·q + r` of the plane staged at `r·per + q` (see `staged_layout`).
-            for seg in &mut scatter {
-                seg.1 = seg.1 % stride * per + seg.1 / stride;
-            }
-            step /= stride;
+        if let Some((stride, _)) = self.staged {
+            step /= stride; // the segments are staged (`task_tables`)
         }
         let per_slice = slice / self.mr;
         for b0 in (0..self.blocks).step_by(per_slice) {
@@ -312,7 +390,7 @@ impl<T: Element> Winograd<T> {
                 };
                 for cc in 0..cn {
                     let y = &y[cc * pitch..];
-                    for (image, span) in &spans {
+                    for (image, span) in spans {
                         let plane = &mut *task.planes[image * cout_g + c0 + cc];
                         scatter_outputs(plane, y, &scatter[span.clone()], step, avx512);
                     }
@@ -356,21 +434,21 @@ impl<T: Element> Winograd<T> {
         Some(Slab::new(x, &source))
     }
 
-    /// The runs of tiles a task's phase `p` covers, in GEMM column order: per image and
-    /// outer tile index, a range of tiles along the last axis.
-    fn runs(&self, g: &Geometry, p: &Phase, task: &Task<'_, T>) -> Vec<Run> {
+    /// The runs of tiles phase `p` covers in a task over `band` with `images` images, in
+    /// GEMM column order: per image and outer tile index, a range of tiles along the last
+    /// axis.
+    fn runs(&self, g: &Geometry, p: &Phase, band: Range<usize>, images: usize) -> Vec<Run> {
         let dims = g.axes.len();
         let tiles: Vec<usize> = (0..dims)
             .map(|a| p.extents[a].div_ceil(self.transforms[a].m))
             .collect();
-        let band = task.band.start.min(tiles[0])..task.band.end.min(tiles[0]);
+        let band = band.start.min(tiles[0])..band.end.min(tiles[0]);
         let mut runs = Vec::new();
         let mut col = 0;
-        for image in 0..task.batch.len() {
+        for image in 0..images {
             if dims == 1 {
                 runs.push(Run {
                     image,
-                    n: task.batch.start + image,
                     outer: [0; MAX_DIMS],
                     tiles: band.clone(),
                     col,
@@ -386,7 +464,6 @@ impl<T: Element> Winograd<T> {
                 outer[0] += band.start;
                 runs.push(Run {
                     image,
-                    n: task.batch.start + image,
                     outer,
                     tiles: 0..tiles[dims - 1],
                     col,
@@ -398,16 +475,15 @@ impl<T: Element> Winograd<T> {
     }
 
     /// Where each tile input of a task's phase comes from: for outer line `l`, tap `j`
-    /// of the last axis and column `c`, entry `(l·α + j)·n + c` is the index into `x` for
-    /// input channel 0 of `group` (add `ci · plane` for channel `ci`); padding reads the
+    /// of the last axis and column `c`, entry `(l·α + j)·n + c` is the index for input
+    /// channel 0 of the task's group, from the task's first input (its first image's
+    /// channel 0 of the group; add `ci · plane` for channel `ci`); padding reads the
     /// image's first element and is listed in the second vector (`(l·α + j)·pitch + c`),
     /// to be zeroed after the gather.
-    #[inline(always)]
     fn gather_table(
         &self,
         g: &Geometry,
         src: &Source,
-        group: usize,
         runs: &[Run],
         n: usize,
     ) -> (Vec<usize>, Vec<usize>) {
@@ -421,7 +497,7 @@ impl<T: Element> Winograd<T> {
         let mut table = vec![0usize; lines * alpha * n];
         let mut zeros = Vec::new();
         for run in runs {
-            let chan = (run.n * g.in_channels + group * g.in_per_group()) * in_plane;
+            let chan = run.image * g.in_channels * in_plane;
             let mut li = 0;
             for_each_index(&self.outer_alpha, |io| {
                 let line = li;
@@ -887,12 +963,60 @@ unsafe fn store_pairs_2_apart_avx512(dst: &mut [f32], a: &[f32], c: &[f32]) {
 
 /// A run of tiles along the last axis: GEMM columns `col..col + tiles.len()`.
 struct Run {
-    /// Image within the task, and in the batch.
+    /// Image within the task.
     image: usize,
-    n: usize,
     /// Tile index on every axis but the last.
     outer: [usize; MAX_DIMS],
     /// Tiles along the last axis.
     tiles: Range<usize>,
     col: usize,
+}
+
+/// The tables of one kind of task (its band of tile rows, from `band`, and its `images`),
+/// built once with the plan: per phase, `None` where it has no tiles there (or no taps).
+pub(crate) struct TaskTables {
+    band: usize,
+    images: usize,
+    phases: Vec<Option<PhaseTables>>,
+}
+
+impl TaskTables {
+    /// Bytes held.
+    pub(super) fn bytes(&self) -> usize {
+        let word = std::mem::size_of::<usize>();
+        self.phases
+            .iter()
+            .flatten()
+            .map(|t| {
+                let sources: usize = t
+                    .sources
+                    .iter()
+                    .map(|s| {
+                        (s.table.len() + s.zeros.len()) * word
+                            + s.gathered.as_ref().map_or(0, GatherPlan::bytes)
+                    })
+                    .sum();
+                sources + t.scatter.len() * 3 * word + t.spans.len() * 3 * word
+            })
+            .sum()
+    }
+}
+
+/// A phase's tables in one kind of task: its GEMM columns (tiles), per source the gather
+/// table relative to the task's first input ([`Winograd::gather_table`]) and, for the
+/// transform straight from the input, its blocks, and where the outputs go
+/// ([`Winograd::scatter_table`], staged where the plan stages).
+struct PhaseTables {
+    n_cols: usize,
+    sources: Vec<SourceTables>,
+    scatter: Vec<(usize, usize, usize)>,
+    spans: Vec<(usize, Range<usize>)>,
+}
+
+/// One source's gather table, its padding entries, and its blocks for
+/// [`winograd_input::transform_gathered`] where that applies.
+struct SourceTables {
+    table: Vec<usize>,
+    zeros: Vec<usize>,
+    gathered: Option<GatherPlan>,
 }

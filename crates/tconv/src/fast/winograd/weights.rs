@@ -91,8 +91,10 @@ impl<T: Element> Winograd<T> {
             outer_m: transforms[..dims - 1].iter().map(|t| t.m).collect(),
             transforms,
             staged: None,
+            tables: Vec::new(),
         };
         plan.staged = plan.staged_layout(g);
+        plan.tables = plan.build_tables(g);
         Some(plan)
     }
 
@@ -102,9 +104,10 @@ impl<T: Element> Winograd<T> {
         std::sync::Arc::as_ptr(&self.packed) as *const ()
     }
 
-    /// Bytes of the packed transformed weights.
+    /// Bytes of the packed transformed weights and the tasks' tables.
     pub fn packed_bytes(&self) -> usize {
         self.packed.len() * std::mem::size_of::<T>()
+            + self.tables.iter().map(|t| t.bytes()).sum::<usize>()
     }
 
     /// Elements of scratch one task allocates: transformed input and GEMM results for a
