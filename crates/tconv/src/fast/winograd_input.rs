@@ -253,6 +253,7 @@ pub(crate) struct Gathered<'a> {
 /// from the least index on they read (four 16-lane load masks; all zero where the indices
 /// span more than 64 values, which are then gathered).
 #[cfg(target_arch = "x86_64")]
+#[derive(PartialEq)]
 struct GatherBlocks {
     bases: Vec<usize>,
     idx: Vec<i32>,
@@ -325,6 +326,7 @@ impl GatherBlocks {
 /// How [`transform_gathered`] reads one source of a task's phase, built once with the plan:
 /// the blocks of 16 tiles with their indices relative to the task's first input (the
 /// group's channel 0 of its first image), the largest entry of the table, and the form.
+#[derive(PartialEq)]
 pub(crate) struct GatherPlan {
     #[cfg(target_arch = "x86_64")]
     blocks: GatherBlocks,

@@ -277,6 +277,12 @@ impl<T: Element> Plan<T> {
         }
     }
 
+    /// The plan's Winograd part, where it has one (for the engine's own tests).
+    #[cfg(test)]
+    pub(crate) fn winograd_part(&self) -> Option<&Winograd<T>> {
+        self.winograd.as_ref()
+    }
+
     /// The resolved geometry.
     pub fn geometry(&self) -> &Geometry {
         &self.geometry

@@ -52,7 +52,11 @@ impl<T: Element> Winograd<T> {
     }
 
     /// The tables of every kind of task `g`'s runs take: per band, for a whole batch chunk
-    /// and for the shorter last one (where there is one).
+    /// and for the shorter last one (where there is one). Tables count from the band's
+    /// first input row and first output row, so the bands that read no padding along axis
+    /// 0 and hold as many tile rows have equal tables, which they share. None where the
+    /// distinct tables would take more than [`MAX_TABLE_BYTES`]: each task then builds its
+    /// own as it runs.
     pub(super) fn build_tables(&self, g: &Geometry) -> Vec<TaskTables> {
         if numel(&g.output_shape()[2..]) == 0 || g.batch == 0 || g.out_channels == 0 {
             return Vec::new();
@@ -62,17 +66,96 @@ impl<T: Element> Winograd<T> {
         if !g.batch.is_multiple_of(chunk) {
             sizes.push(g.batch % chunk);
         }
-        let mut out = Vec::new();
+        let mut out: Vec<TaskTables> = Vec::new();
+        let mut bytes = 0;
         for (band, _) in self.bands(g) {
+            let interior = self.interior(&band);
             for &images in &sizes {
-                out.push(self.task_tables(g, band.clone(), images));
+                // An interior band of as many tile rows and images as the last one shares
+                // its tables unbuilt (checked against building them in debug builds).
+                let kin =
+                    out.iter().rev().take(sizes.len()).find(|p| {
+                        p.images == images && interior && p.interior && p.rows == band.len()
+                    });
+                if let Some(p) = kin {
+                    let origin = self.band_origin(&band);
+                    debug_assert!(p.phases == self.task_tables(g, band.clone(), images).phases);
+                    let phases = p.phases.clone();
+                    out.push(TaskTables {
+                        band: band.start,
+                        rows: band.len(),
+                        interior,
+                        images,
+                        origin,
+                        phases,
+                    });
+                    continue;
+                }
+                let mut t = self.task_tables(g, band.clone(), images);
+                // Else the last band's tables of as many images, where equal.
+                let same = out
+                    .iter()
+                    .rev()
+                    .take(sizes.len())
+                    .find(|p| p.images == images && p.phases == t.phases);
+                match same {
+                    Some(p) => t.phases = p.phases.clone(),
+                    None => bytes += t.bytes(),
+                }
+                if bytes > MAX_TABLE_BYTES {
+                    return Vec::new();
+                }
+                out.push(t);
             }
         }
         out
     }
 
+    /// Whether `band` is interior along axis 0: every live phase's tile rows there lie
+    /// wholly inside its extent, and every input row their sources read inside the input.
+    /// Interior bands of as many tile rows have equal tables: every index counts from the
+    /// band's first input row read or output row, and nothing is cut along axis 0.
+    fn interior(&self, band: &Range<usize>) -> bool {
+        let (m0, s0, in0) = (self.transforms[0].m, self.in_stride[0], self.in_shape[0]);
+        let alpha0 = self.transforms[0].alpha;
+        !band.is_empty()
+            && self
+                .phases
+                .iter()
+                .filter(|p| p.live() && !p.empty())
+                .all(|p| {
+                    m0 * band.end <= p.extents[0]
+                        && p.sources.iter().all(|src| {
+                            let first = (m0 * band.start) as isize + src.base[0];
+                            let last = (m0 * (band.end - 1) + alpha0 - 1) as isize + src.base[0];
+                            first >= 0 && last * s0 as isize + (src.comp[0] as isize) < in0 as isize
+                        })
+                })
+    }
+
+    /// Where a task over `band` counts its gather indices from, past its first input: the
+    /// first input row (axis 0) any live phase's source reads there (or 0), in elements.
+    fn band_origin(&self, band: &Range<usize>) -> usize {
+        let (m0, s0, in0) = (self.transforms[0].m, self.in_stride[0], self.in_shape[0]);
+        let mut lo = in0;
+        for p in self.phases.iter().filter(|p| p.live() && !p.empty()) {
+            let tiles0 = p.extents[0].div_ceil(m0);
+            if band.start.min(tiles0) == band.end.min(tiles0) {
+                continue;
+            }
+            for src in &p.sources {
+                let u = (m0 * band.start) as isize + src.base[0];
+                let row = u * s0 as isize + src.comp[0] as isize;
+                lo = lo.min(row.clamp(0, in0 as isize) as usize);
+            }
+        }
+        // (At most the last row, so that padding's placeholder lies inside the image.)
+        lo.min(in0.saturating_sub(1)) * self.in_pitch[0]
+    }
+
     /// The tables of a task over `band` with `images` images.
     fn task_tables(&self, g: &Geometry, band: Range<usize>, images: usize) -> TaskTables {
+        let origin = self.band_origin(&band);
         let n_pad_of = |n: usize| n.div_ceil(self.v * self.lanes) * self.v * self.lanes;
         let gather = self.registers
             && self.isa == Isa::Avx512
@@ -93,7 +176,7 @@ impl<T: Element> Winograd<T> {
                     .sources
                     .iter()
                     .map(|src| {
-                        let (table, zeros) = self.gather_table(g, src, &runs, n_cols);
+                        let (table, zeros) = self.gather_table(g, src, &runs, n_cols, origin);
                         let source = Gathered {
                             table: &table,
                             zeros: &zeros,
@@ -130,8 +213,11 @@ impl<T: Element> Winograd<T> {
             .collect();
         TaskTables {
             band: band.start,
+            rows: band.len(),
+            interior: self.interior(&band),
             images,
-            phases,
+            origin,
+            phases: std::sync::Arc::new(phases),
         }
     }
 
@@ -196,10 +282,12 @@ impl<T: Element> Winograd<T> {
                 &built
             }
         };
-        // The task's first input: its first image's channel 0 of its group.
+        // Where the task's gather indices count from: its first image's channel 0 of its
+        // group, plus the band's origin.
         let base = (task.batch.start * g.in_channels + task.group * g.in_per_group())
-            * numel(&self.in_shape);
-        for (p, t) in self.phases.iter().zip(&tables.phases) {
+            * numel(&self.in_shape)
+            + tables.origin;
+        for (p, t) in self.phases.iter().zip(tables.phases.iter()) {
             if p.empty() {
                 if p.live() {
                     live_index += 1;
@@ -476,16 +564,18 @@ impl<T: Element> Winograd<T> {
 
     /// Where each tile input of a task's phase comes from: for outer line `l`, tap `j`
     /// of the last axis and column `c`, entry `(l·α + j)·n + c` is the index for input
-    /// channel 0 of the task's group, from the task's first input (its first image's
-    /// channel 0 of the group; add `ci · plane` for channel `ci`); padding reads the
-    /// image's first element and is listed in the second vector (`(l·α + j)·pitch + c`),
-    /// to be zeroed after the gather.
+    /// channel 0 of the task's group, from `origin` past the task's first input (its first
+    /// image's channel 0 of the group; add `ci · plane` for channel `ci`): `origin` is at or
+    /// before the first input row the task's phases read ([`Self::band_origin`]). Padding
+    /// reads the element at `origin` of its image and is listed in the second vector
+    /// (`(l·α + j)·pitch + c`), to be zeroed after the gather.
     fn gather_table(
         &self,
         g: &Geometry,
         src: &Source,
         runs: &[Run],
         n: usize,
+        origin: usize,
     ) -> (Vec<usize>, Vec<usize>) {
         let dims = g.axes.len();
         let last = &self.transforms[dims - 1];
@@ -517,7 +607,9 @@ impl<T: Element> Winograd<T> {
                         let u = (m * t) as isize + src.base[dims - 1] + j as isize;
                         let pos = u * s_last + src.comp[dims - 1] as isize;
                         match off {
-                            Some(o) if u >= 0 && pos < l_in => table[row + k] = (o + pos) as usize,
+                            Some(o) if u >= 0 && pos < l_in => {
+                                table[row + k] = (o + pos) as usize - origin
+                            }
                             _ => {
                                 table[row + k] = chan;
                                 zeros.push((line * alpha + j) * self.pitch + run.col + k);
@@ -972,17 +1064,46 @@ struct Run {
     col: usize,
 }
 
+/// Most bytes a plan's Winograd tables may take ([`Winograd::build_tables`]): the suite's
+/// layers take 26-72 KB; a 1024×1024 image of 64 channels (F(2x2,3x3), 512 bands of tile
+/// rows) would take 56 MB and 29 ms of planning, for none of the run's time (its tasks
+/// are long enough that building their tables as they run costs no more than reading
+/// them).
+const MAX_TABLE_BYTES: usize = 4 << 20;
+
 /// The tables of one kind of task (its band of tile rows, from `band`, and its `images`),
 /// built once with the plan: per phase, `None` where it has no tiles there (or no taps).
 pub(crate) struct TaskTables {
+    /// The band's first tile row and tile rows, and whether it is interior
+    /// ([`Winograd::interior`]).
     band: usize,
+    rows: usize,
+    interior: bool,
     images: usize,
-    phases: Vec<Option<PhaseTables>>,
+    /// Where the gather indices count from, past the task's first input
+    /// ([`Winograd::band_origin`]).
+    origin: usize,
+    /// Shared by the bands whose tables are equal.
+    phases: std::sync::Arc<Vec<Option<PhaseTables>>>,
 }
 
 impl TaskTables {
+    /// Bytes held by `tables`, each shared table counted once.
+    pub(super) fn distinct_bytes(tables: &[TaskTables]) -> usize {
+        let mut seen: Vec<*const Vec<Option<PhaseTables>>> = Vec::new();
+        let mut bytes = 0;
+        for t in tables {
+            let at = std::sync::Arc::as_ptr(&t.phases);
+            if !seen.contains(&at) {
+                seen.push(at);
+                bytes += t.bytes();
+            }
+        }
+        bytes
+    }
+
     /// Bytes held.
-    pub(super) fn bytes(&self) -> usize {
+    fn bytes(&self) -> usize {
         let word = std::mem::size_of::<usize>();
         self.phases
             .iter()
@@ -1003,9 +1124,10 @@ impl TaskTables {
 }
 
 /// A phase's tables in one kind of task: its GEMM columns (tiles), per source the gather
-/// table relative to the task's first input ([`Winograd::gather_table`]) and, for the
+/// table from the band's origin ([`Winograd::gather_table`]) and, for the
 /// transform straight from the input, its blocks, and where the outputs go
 /// ([`Winograd::scatter_table`], staged where the plan stages).
+#[derive(PartialEq)]
 struct PhaseTables {
     n_cols: usize,
     sources: Vec<SourceTables>,
@@ -1015,8 +1137,122 @@ struct PhaseTables {
 
 /// One source's gather table, its padding entries, and its blocks for
 /// [`winograd_input::transform_gathered`] where that applies.
+#[derive(PartialEq)]
 struct SourceTables {
     table: Vec<usize>,
     zeros: Vec<usize>,
     gathered: Option<GatherPlan>,
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::params::{ConvParams, Op};
+    use crate::plan::{Algorithm, Plan, PlanOptions};
+    use ndarray::ArrayD;
+
+    /// Tall layers of many bands of tile rows, each kind of Winograd plan (stride 1, a
+    /// stride-2 transposed conv's phases, bias-only phases of a dilation, a strided conv's
+    /// polyphase sources, 1-D and 3-D, a batch whose last chunk is short, padding that
+    /// crops): every task's tables as kept are the ones built for its own band (the
+    /// interior bands' shared unbuilt, the others compared), the interior ones shared, and
+    /// the plan's results those of the reference on small integers, whatever the threads.
+    #[test]
+    fn bands_share_tables_equal_to_their_own() {
+        let cases: Vec<(Vec<usize>, Vec<usize>, ConvParams, Op)> = vec![
+            (
+                vec![1, 16, 151, 12],
+                vec![16, 16, 3, 3],
+                ConvParams::new().padding(&[1]),
+                Op::ConvTranspose,
+            ),
+            (
+                vec![2, 16, 401, 24],
+                vec![16, 16, 4, 4],
+                ConvParams::new().stride(&[2]).padding(&[1]),
+                Op::ConvTranspose,
+            ),
+            (
+                vec![1, 16, 200, 17],
+                vec![16, 16, 3, 3],
+                ConvParams::new()
+                    .stride(&[2])
+                    .padding(&[2])
+                    .dilation(&[2])
+                    .output_padding(&[1]),
+                Op::ConvTranspose,
+            ),
+            (
+                vec![1, 16, 301, 20],
+                vec![16, 16, 4, 4],
+                ConvParams::new().stride(&[2]).pads(&[2, 1], &[0, 1]),
+                Op::Conv,
+            ),
+            (
+                vec![2, 16, 20000],
+                vec![16, 16, 16],
+                ConvParams::new().stride(&[8]).padding(&[4]),
+                Op::ConvTranspose,
+            ),
+            (
+                vec![1, 16, 40, 8, 8],
+                vec![16, 16, 3, 3, 3],
+                ConvParams::new().padding(&[1]),
+                Op::ConvTranspose,
+            ),
+        ];
+        for (xs, ws, p, op) in cases {
+            // Small integers: the tiles' results are exact.
+            let ints = |shape: &[usize], seed: usize| {
+                let mut i = seed;
+                ArrayD::from_shape_fn(shape, |_| {
+                    i = (i * 7 + 3) % 11;
+                    i as f32 - 5.0
+                })
+            };
+            let (x, w) = (ints(&xs, 1), ints(&ws, 2));
+            let mut outs = Vec::new();
+            for threads in [1, 2] {
+                let o = PlanOptions {
+                    threads: Some(threads),
+                    algorithm: Some(Algorithm::Winograd),
+                    ..PlanOptions::default()
+                };
+                let plan = Plan::new(op, &xs, &w, None, &p, &o).unwrap();
+                let wg = plan.winograd_part().expect("Winograd tiles");
+                let g = plan.geometry();
+                let bands = wg.bands(g);
+                assert!(bands.len() >= 4, "{xs:?}: {} bands", bands.len());
+                let kinds = if g.batch.is_multiple_of(wg.batch_chunk.min(g.batch)) {
+                    1
+                } else {
+                    2
+                };
+                assert_eq!(wg.tables.len(), bands.len() * kinds, "{xs:?}");
+                let mut distinct: Vec<*const Vec<Option<super::PhaseTables>>> = Vec::new();
+                for t in &wg.tables {
+                    let own = wg.task_tables(g, t.band..t.band + t.rows, t.images);
+                    assert!(own.phases == t.phases && own.origin == t.origin, "{xs:?}");
+                    let at = std::sync::Arc::as_ptr(&t.phases);
+                    if !distinct.contains(&at) {
+                        distinct.push(at);
+                    }
+                }
+                assert!(
+                    distinct.len() <= 3 * kinds && distinct.len() < wg.tables.len(),
+                    "{xs:?}: {} distinct tables of {}",
+                    distinct.len(),
+                    wg.tables.len()
+                );
+                outs.push(plan.execute(&x, None).unwrap());
+            }
+            let want = match op {
+                Op::ConvTranspose => crate::reference::conv_transpose_scatter(&x, &w, None, &p),
+                Op::Conv => crate::reference::conv_gather(&x, &w, None, &p),
+            }
+            .unwrap();
+            for o in &outs {
+                assert!(o == want, "{op:?} {xs:?}: not the reference's");
+            }
+        }
+    }
 }

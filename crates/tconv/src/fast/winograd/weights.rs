@@ -106,8 +106,7 @@ impl<T: Element> Winograd<T> {
 
     /// Bytes of the packed transformed weights and the tasks' tables.
     pub fn packed_bytes(&self) -> usize {
-        self.packed.len() * std::mem::size_of::<T>()
-            + self.tables.iter().map(|t| t.bytes()).sum::<usize>()
+        self.packed.len() * std::mem::size_of::<T>() + run::TaskTables::distinct_bytes(&self.tables)
     }
 
     /// Elements of scratch one task allocates: transformed input and GEMM results for a
