@@ -237,9 +237,9 @@ pub(crate) fn transform(
 }
 
 /// Where [`transform_gathered`] reads a source's tiles: the gather table
-/// ([`super::winograd`]'s: entry `i·n + col` the index into `x`, from a task's first input,
-/// of the group's channel 0 for tile `col`'s input `i`), the entries that read padding
-/// (`i·pitch + col`), and the tiles `n`.
+/// ([`super::winograd`]'s: entry `i·n + col` the index into `x`, from a base given at run
+/// time, of the group's channel 0 for tile `col`'s input `i`), the entries that read
+/// padding (`i·pitch + col`), and the tiles `n`.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) struct Gathered<'a> {
     pub table: &'a [usize],
@@ -324,8 +324,9 @@ impl GatherBlocks {
 }
 
 /// How [`transform_gathered`] reads one source of a task's phase, built once with the plan:
-/// the blocks of 16 tiles with their indices relative to the task's first input (the
-/// group's channel 0 of its first image), the largest entry of the table, and the form.
+/// the blocks of 16 tiles with their indices relative to a base given at run time (the
+/// task's first input and its band's origin), the largest entry of the table, and the
+/// form.
 #[derive(PartialEq)]
 pub(crate) struct GatherPlan {
     #[cfg(target_arch = "x86_64")]
@@ -351,7 +352,7 @@ impl GatherPlan {
         0
     }
 
-    /// The blocks for the gather table `g` (entries relative to a task's first input) of
+    /// The blocks for the gather table `g` (entries relative to a base given at run time) of
     /// `n_pad` columns (`pitch` apart in the zeros list), for the separable 2-D forms on
     /// AVX-512; `None` for other forms, without AVX-512F, where `n_pad` is not a multiple
     /// of 16, or where a block's indices span more than `i32` reaches.
@@ -398,7 +399,7 @@ impl GatherPlan {
 /// the points formed as [`transform`] forms them (the same additions in the same order, so
 /// the same values), and each point stored as 16 consecutive columns of its row of `V`. No
 /// transposes: the tiles are the lanes on both sides. `plan`'s indices are relative to
-/// `base` (the task's first input in `x`).
+/// `base` (in `x`).
 pub(crate) fn transform_gathered(
     x: &[f32],
     plan: &GatherPlan,
@@ -446,9 +447,8 @@ pub(crate) fn transform_gathered(
     }
 }
 
-/// [`gathered_avx512`]'s operands: `x`, the blocks, the task's base in `x` and the points
-/// per tile, the channels and
-/// their distance in `x`, `V` and where its rows lie.
+/// [`gathered_avx512`]'s operands: `x`, the blocks, their base in `x` and the points per
+/// tile, the channels and their distance in `x`, `V` and where its rows lie.
 #[cfg(target_arch = "x86_64")]
 type GatherArgs<'a> = (
     &'a [f32],

@@ -349,7 +349,8 @@ impl<T: Element> Winograd<T> {
     }
 
     /// A phase's transformed input `V[ξ][(source, ci)]` over the `n_cols` tiles of its
-    /// tables `t` (relative to the task's first input, `base` in `x`): each source's
+    /// tables `t` (their indices from `base` in `x`: the task's first input plus its
+    /// band's origin): each source's
     /// channels in turn, in registers, gathered straight from `x` (`gather`: f32 on
     /// AVX-512) or from `slab` (f32 on AVX2), else gathered through a table into rows,
     /// `CHUNK` channels at a time.
