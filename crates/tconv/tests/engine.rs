@@ -1472,3 +1472,83 @@ fn winograd_gathered_inputs_match_the_channels_last_path() {
         }
     }
 }
+
+/// f64 plans take Winograd tiles where f32 plans do (their loops run on the CPU's vectors,
+/// though their plans are `Scalar`; f64's smaller share of registers and scratch may let
+/// them take the tiles where f32's do not), both ops, and none where the loops are scalar
+/// (`TCONV_ISA=scalar`); their weight gradients match the reference's, whichever way they
+/// are taken.
+#[test]
+fn f64_plans_take_winograd_where_f32_plans_do() {
+    use tconv::{ConvParams, Wanted};
+    let simd = Isa::Scalar.loops_for::<f64>() != Isa::Scalar;
+    let cases = [
+        // dcgan2-like (k4 s2, wide), s1k3-like (k3 s1), HiFi-GAN-like 1-D, and a narrow
+        // layer neither takes them for.
+        (
+            vec![8, 256, 8, 8],
+            vec![256, 128, 4, 4],
+            ConvParams::new().stride(&[2]).padding(&[1]),
+        ),
+        (
+            vec![4, 64, 16, 16],
+            vec![64, 64, 3, 3],
+            ConvParams::new().padding(&[1]),
+        ),
+        (
+            vec![1, 256, 64],
+            vec![256, 128, 16],
+            ConvParams::new().stride(&[8]).padding(&[4]),
+        ),
+        (
+            vec![2, 4, 9, 9],
+            vec![4, 3, 3, 3],
+            ConvParams::new().padding(&[1]),
+        ),
+    ];
+    let mut took = 0;
+    for (xs, ws, p) in cases {
+        let o = PlanOptions::default();
+        let g = tconv::Geometry::new(Op::ConvTranspose, &xs, &ws, None, &p).unwrap();
+        for (op, input) in [
+            (Op::ConvTranspose, xs.clone()),
+            (Op::Conv, g.user_output_shape()),
+        ] {
+            let w32 = floats(&ws, 1);
+            let w64 = w32.mapv(f64::from);
+            let a32 = Plan::new(op, &input, &w32, None, &p, &o)
+                .unwrap()
+                .algorithm();
+            let a64 = Plan::new(op, &input, &w64, None, &p, &o)
+                .unwrap()
+                .algorithm();
+            if !simd {
+                assert_ne!(a64, Algorithm::Winograd, "{op:?} {input:?}");
+            } else if a32 == Algorithm::Winograd {
+                assert_eq!(a64, a32, "{op:?} {input:?}");
+            }
+            took += usize::from(a64 == Algorithm::Winograd);
+        }
+        // The weight gradient in f64, whichever way it is taken, against the reference's.
+        let (x, w) = (
+            floats(&xs, 2).mapv(f64::from),
+            floats(&ws, 3).mapv(f64::from),
+        );
+        let gy = floats(&g.user_output_shape(), 4).mapv(f64::from);
+        let wanted = Wanted {
+            input: false,
+            weight: true,
+            bias: false,
+        };
+        let got = tconv::conv_transpose_backward(&x, &w, &gy, &p, wanted, &o).unwrap();
+        let (xv, gyv) = (x.as_slice().unwrap(), gy.as_slice().unwrap());
+        let want = tconv::reference::weight_gradient(&g, xv, gyv);
+        for (a, b) in got.weight.unwrap().iter().zip(&want) {
+            assert!(
+                (a - b).abs() <= 1e-10 * (1.0 + b.abs()),
+                "{xs:?}: {a} vs {b}"
+            );
+        }
+    }
+    assert!(!simd || took >= 6, "f64 took Winograd tiles {took} times");
+}
