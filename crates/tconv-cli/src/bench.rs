@@ -402,7 +402,7 @@ fn backward_rows<T: Element>(
                     let plan = tconv::grad::input_plan(geometry, ws, opts)?;
                     format!("{} {}", plan.geometry().op.name(), plan.label())
                 }
-                "grad_weight" => tconv::grad::weight_gradient_method(geometry, opts),
+                "grad_weight" => tconv::grad::weight_gradient_method::<T>(geometry, opts),
                 _ => tconv::grad::backward_method(geometry, opts).into(),
             },
             workspace_bytes: 0,

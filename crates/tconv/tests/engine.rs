@@ -1481,7 +1481,8 @@ fn winograd_gathered_inputs_match_the_channels_last_path() {
 #[test]
 fn f64_plans_take_winograd_where_f32_plans_do() {
     use tconv::{ConvParams, Wanted};
-    let simd = Isa::Scalar.loops_for::<f64>() != Isa::Scalar;
+    let loops = Isa::Scalar.loops_for::<f64>();
+    let simd = loops != Isa::Scalar;
     let cases = [
         // dcgan2-like (k4 s2, wide), s1k3-like (k3 s1), HiFi-GAN-like 1-D, and a narrow
         // layer neither takes them for.
@@ -1505,21 +1506,34 @@ fn f64_plans_take_winograd_where_f32_plans_do() {
             vec![4, 3, 3, 3],
             ConvParams::new().padding(&[1]),
         ),
+        // dilated-like: three of four phases bias-only (its f64 weight gradient takes the
+        // tiles where f32's does not).
+        (
+            vec![2, 64, 16, 16],
+            vec![64, 64, 3, 3],
+            ConvParams::new()
+                .stride(&[2])
+                .padding(&[2])
+                .dilation(&[2])
+                .output_padding(&[1]),
+        ),
     ];
     let mut took = 0;
     for (xs, ws, p) in cases {
         let o = PlanOptions::default();
         let g = tconv::Geometry::new(Op::ConvTranspose, &xs, &ws, None, &p).unwrap();
-        for (op, input) in [
-            (Op::ConvTranspose, xs.clone()),
-            (Op::Conv, g.user_output_shape()),
+        // The conv this layer is the transpose of (without the output padding it lacks).
+        let pc = p.clone().output_padding(&vec![0; xs.len() - 2]);
+        for (op, input, p) in [
+            (Op::ConvTranspose, xs.clone(), &p),
+            (Op::Conv, g.user_output_shape(), &pc),
         ] {
             let w32 = floats(&ws, 1);
             let w64 = w32.mapv(f64::from);
-            let a32 = Plan::new(op, &input, &w32, None, &p, &o)
+            let a32 = Plan::new(op, &input, &w32, None, p, &o)
                 .unwrap()
                 .algorithm();
-            let a64 = Plan::new(op, &input, &w64, None, &p, &o)
+            let a64 = Plan::new(op, &input, &w64, None, p, &o)
                 .unwrap()
                 .algorithm();
             if !simd {
@@ -1528,6 +1542,19 @@ fn f64_plans_take_winograd_where_f32_plans_do() {
                 assert_eq!(a64, a32, "{op:?} {input:?}");
             }
             took += usize::from(a64 == Algorithm::Winograd);
+        }
+        // The weight gradient takes the tiles in f64 where it does in f32, and on AVX-512
+        // for the dilated-like layer (bias-only phases) in f64 only.
+        let (m32, m64) = (
+            tconv::grad::weight_gradient_method::<f32>(&g, &o),
+            tconv::grad::weight_gradient_method::<f64>(&g, &o),
+        );
+        // (Its model costs AVX-512's transforms there, AVX2's as portable ones.)
+        let dilated = p.dilation.iter().any(|&d| d > 1) && loops == Isa::Avx512;
+        if !simd {
+            assert!(!m64.contains("Winograd"), "{xs:?}: {m64}");
+        } else if m32.contains("Winograd") || dilated {
+            assert!(m64.contains("Winograd"), "{xs:?}: {m64} ({m32} in f32)");
         }
         // The weight gradient in f64, whichever way it is taken, against the reference's.
         let (x, w) = (
@@ -1550,5 +1577,8 @@ fn f64_plans_take_winograd_where_f32_plans_do() {
             );
         }
     }
-    assert!(!simd || took >= 6, "f64 took Winograd tiles {took} times");
+    assert!(
+        !simd || took >= 6,
+        "f64 plans took Winograd tiles {took} times"
+    );
 }

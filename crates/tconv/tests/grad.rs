@@ -488,7 +488,7 @@ fn depthwise_tap_vector_gradients_match_reference() {
             let w = ints::<f64>(&ws, 53);
             let g = Geometry::new(op, x.shape(), &ws, None, &p).unwrap();
             assert_eq!(
-                tconv::grad::weight_gradient_method(&g, &PlanOptions::default()),
+                tconv::grad::weight_gradient_method::<f64>(&g, &PlanOptions::default()),
                 "depthwise tap vectors"
             );
             let gy = ints::<f64>(&g.user_output_shape(), 54);

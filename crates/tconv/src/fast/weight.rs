@@ -82,22 +82,25 @@ pub(crate) fn few_channel_pairs(g: &Geometry) -> bool {
 
 /// Whether [`grad_weight`] takes Winograd tiles ([`winograd_weight`]): where forced
 /// (and they apply), or, with no algorithm forced, where their cost model says they pay on
-/// `loops`, the instruction set the element type's loops run on ([`Isa::loops_for`]: a
-/// plan's, or for f64, whose plans are `Scalar`, the CPU's), none where that is scalar.
-/// f64 thus takes them where f32 does: on the Intel Xeon of 2026-12-06 its weight
+/// `loops`, the instruction set the element type's loops run on ([`Isa::loops_for`]: the
+/// plan's `isa`, or for f64, whose plans are `Scalar`, the CPU's), none where that is
+/// scalar.
+/// f64 takes them where f32 does, and more: on the Intel Xeon of 2026-12-06 its weight
 /// gradients ran 1.3-1.4x faster so for dcgan1-2, 1.4-1.6x for s1k3, 1.2-1.3x for
-/// hifigan1d (forced, dcgan3 1.07-1.17x and dilated 1.35-1.4x too, which the model
-/// declines as it does for f32).
-fn by_winograd(g: &Geometry, options: &PlanOptions, loops: Isa) -> bool {
+/// hifigan1d, 1.31-1.33x for dilated (which f32 declines: see
+/// [`winograd_weight::pays`]); dcgan3's, modelled 1.01 as for f32, stays on the GEMM
+/// (forced, 1.05-1.12x faster).
+fn by_winograd(g: &Geometry, options: &PlanOptions, (isa, loops): (Isa, Isa)) -> bool {
     match options.algorithm.or_else(Algorithm::from_env) {
         Some(a) => a == Algorithm::Winograd,
-        None => loops != Isa::Scalar && winograd_weight::pays(g, loops),
+        None => loops != Isa::Scalar && winograd_weight::pays(g, loops, isa != loops),
     }
 }
 
-/// How [`grad_weight`] computes the weight gradient of `g` (f32), in words (for reports).
-pub fn method(g: &Geometry, options: &PlanOptions) -> String {
-    if by_winograd(g, options, options.isa_for::<f32>()) && winograd::applies(g) {
+/// How [`grad_weight`] computes the weight gradient of `g` in `T`, in words (for reports).
+pub fn method<T: Element>(g: &Geometry, options: &PlanOptions) -> String {
+    let isa = options.isa_for::<T>();
+    if by_winograd(g, options, (isa, isa.loops_for::<T>())) && winograd::applies(g) {
         return format!("Winograd {} tiles over positions", winograd_weight::name(g));
     }
     let method = if tap_rows::applies(g, tap_rows::WEIGHT_MIN_STRIDE) {
@@ -106,7 +109,7 @@ pub fn method(g: &Geometry, options: &PlanOptions) -> String {
         "row dot products"
     } else if weight_thin::applies(g) {
         "row dot products, thin side"
-    } else if weight_strided::applies::<f32>(g, options.isa_for::<f32>()) {
+    } else if weight_strided::applies::<T>(g, isa) {
         "GEMM over positions, big side in place"
     } else {
         "GEMM over positions"
@@ -127,7 +130,7 @@ pub fn grad_weight<T: Element>(g: &Geometry, x: &[T], gy: &[T], options: &PlanOp
     } = Sizes::of(g);
     let isa = options.isa_for::<T>();
     let threads = options.threads_for(g);
-    if by_winograd(g, options, isa.loops_for::<T>()) {
+    if by_winograd(g, options, (isa, isa.loops_for::<T>())) {
         if let Some(dw) = winograd_weight::grad_weight(g, x, gy, isa, threads) {
             return dw;
         }

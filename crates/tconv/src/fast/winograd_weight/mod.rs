@@ -363,7 +363,12 @@ const SUB_TILES: usize = 32;
 /// As in the forward pass, consecutive phases that read the same inputs transform them
 /// once (hifigan1d: 2 of 8; its weight gradient then ran 46-59 ms against 58-76 ms for the
 /// direct GEMMs, alternating at 1 thread, minima of 6; before, 55-75 ms either way).
-pub fn pays(g: &Geometry, isa: Isa) -> bool {
+/// With `loops_only` (f64: no kernels of its own, its loops on `isa`'s vectors) the input
+/// transform costs `INPUT_COST_AVX512` on AVX-512 even where some phases take the bias
+/// only: against f64's portable GEMM kernels dilated's weight gradient (3 of 4 phases
+/// bias-only) ran 1.31x faster on the tiles at 1 thread and 1.33x at 2 (Intel Xeon, one
+/// call of 6 runs each), where f32's ran 0.92x and 0.83x.
+pub fn pays(g: &Geometry, isa: Isa, loops_only: bool) -> bool {
     use super::winograd::{speedup_with, INPUT_COST_PORTABLE, MIN_CHANNEL_PAIRS, MIN_SPEEDUP};
     // As for the forward pass, groups with few channel pairs are not modelled: this model
     // too declined every one of 3190 geometries with fewer than 32 tried on AVX-512 and
@@ -373,7 +378,7 @@ pub fn pays(g: &Geometry, isa: Isa) -> bool {
         return false;
     }
     let all_live = decompose(g).is_some_and(|(_, phases, ..)| phases.iter().all(|p| p.live()));
-    let cost = if isa == Isa::Avx512 && isa.available() && all_live {
+    let cost = if isa == Isa::Avx512 && isa.available() && (all_live || loops_only) {
         INPUT_COST_AVX512
     } else {
         INPUT_COST_PORTABLE
