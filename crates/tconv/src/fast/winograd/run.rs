@@ -1305,4 +1305,30 @@ mod tests {
             }
         }
     }
+
+    /// A layer whose tables would pass `MAX_TABLE_BYTES` (one band of 35 000 tiles) keeps
+    /// none, its tasks building theirs as they run, with the reference's results.
+    #[test]
+    fn tables_past_the_bound_are_built_as_tasks_run() {
+        let (xs, ws) = (vec![1, 8, 2, 70000], vec![8, 8, 3, 3]);
+        let p = ConvParams::new().padding(&[1]);
+        let ints = |shape: &[usize], seed: usize| {
+            let mut i = seed;
+            ArrayD::from_shape_fn(shape, |_| {
+                i = (i * 7 + 3) % 11;
+                i as f32 - 5.0
+            })
+        };
+        let (x, w) = (ints(&xs, 1), ints(&ws, 2));
+        let o = PlanOptions {
+            threads: Some(2),
+            algorithm: Some(Algorithm::Winograd),
+            ..PlanOptions::default()
+        };
+        let plan = Plan::new(Op::ConvTranspose, &xs, &w, None, &p, &o).unwrap();
+        let wg = plan.winograd_part().expect("Winograd tiles");
+        assert!(wg.tables.is_empty(), "{} kinds kept", wg.tables.len());
+        let want = crate::reference::conv_transpose_scatter(&x, &w, None, &p).unwrap();
+        assert!(plan.execute(&x, None).unwrap() == want);
+    }
 }
