@@ -131,13 +131,13 @@ impl Slab {
         }
     }
 
-    /// A gather table ([`super::winograd`]'s: entry `i·n + col` the index into `x` of
-    /// channel 0 of tile `col`'s input `i`, and the `zeros` at `i·pitch + col`) as slab
-    /// offsets `[col][i]` for `n_pad` columns (columns past `n` read zeros); `None` where an
-    /// entry lies outside the slab.
+    /// A gather table ([`super::winograd`]'s: entry `i·n + col` the index into `x`, from
+    /// `base`, of channel 0 of tile `col`'s input `i`, and the `zeros` at `i·pitch + col`)
+    /// as slab offsets `[col][i]` for `n_pad` columns (columns past `n` read zeros); `None`
+    /// where an entry lies outside the slab.
     pub(crate) fn offsets(
         &self,
-        (table, zeros): (&[usize], &[usize]),
+        (table, zeros, base): (&[usize], &[usize], usize),
         (n, n_pad, pitch): (usize, usize, usize),
         points: usize,
     ) -> Option<Vec<u32>> {
@@ -162,7 +162,7 @@ impl Slab {
                     *o = zero;
                     continue;
                 }
-                let e = table[i * n + col];
+                let e = base + table[i * n + col];
                 let (first, image) = match plane_of {
                     Some((first, image)) if (first..first + self.in_plane).contains(&e) => {
                         (first, image)

@@ -269,13 +269,20 @@ impl<T: Element> Winograd<T> {
                 plane.fill(bias.map_or(T::zero(), |b| b[task.group * cout_g + k % cout_g]));
             }
         }
-        // The task's tables, built with the plan (or here, should a task's kind be missing).
-        let built;
-        let tables = match self
+        // The task's tables, built with the plan (or here, where the plan keeps none):
+        // [`Self::build_tables`] keeps them band by band, a whole batch chunk's first.
+        let kinds = 1 + usize::from(!g.batch.is_multiple_of(self.batch_chunk.min(g.batch)));
+        let kind = usize::from(task.batch.len() != self.batch_chunk.min(g.batch));
+        let kept = self
             .tables
-            .iter()
-            .find(|t| t.band == task.band.start && t.images == task.batch.len())
-        {
+            .get(task.band.start / self.band_tiles * kinds + kind)
+            .filter(|t| t.band == task.band.start && t.images == task.batch.len());
+        debug_assert!(
+            kept.is_some() || self.tables.is_empty(),
+            "a task's tables not kept"
+        );
+        let built;
+        let tables = match kept {
             Some(t) => t,
             None => {
                 built = self.task_tables(g, task.band.clone(), task.batch.len());
@@ -349,11 +356,10 @@ impl<T: Element> Winograd<T> {
     }
 
     /// A phase's transformed input `V[ξ][(source, ci)]` over the `n_cols` tiles of its
-    /// tables `t` (their indices from `base` in `x`: the task's first input plus its
-    /// band's origin): each source's
-    /// channels in turn, in registers, gathered straight from `x` (`gather`: f32 on
-    /// AVX-512) or from `slab` (f32 on AVX2), else gathered through a table into rows,
-    /// `CHUNK` channels at a time.
+    /// tables `t` (their indices from `base` in `x`: the task's first input plus its band's
+    /// origin): each source's channels in turn, in registers, gathered straight from `x`
+    /// (`gather`: f32 on AVX-512) or from `slab` (f32 on AVX2), else gathered through a
+    /// table into rows, `CHUNK` channels at a time.
     #[inline(always)]
     fn phase_inputs(
         &self,
@@ -380,11 +386,10 @@ impl<T: Element> Winograd<T> {
                 winograd_input::transform_gathered(x, plan, base, (cin_g, in_plane), v, rows);
                 continue;
             }
-            // The other paths read absolute indices.
-            let table: Vec<usize> = src.table.iter().map(|&e| e + base).collect();
-            let zeros = &src.zeros[..];
+            let (table, zeros) = (&src.table[..], &src.zeros[..]);
             let fast = slab.and_then(|slab| {
-                let offs = slab.offsets((&table, zeros), (n_cols, n_pad, pitch), self.points)?;
+                let gather = (table, zeros, base);
+                let offs = slab.offsets(gather, (n_cols, n_pad, pitch), self.points)?;
                 Some((slab, offs, crate::fast::as_f32_mut(v)?))
             });
             if let Some((slab, offs, v)) = fast {
@@ -396,10 +401,10 @@ impl<T: Element> Winograd<T> {
             for c0 in (0..cin_g).step_by(CHUNK) {
                 let cn = CHUNK.min(cin_g - c0);
                 let dst = &mut v[(si * cin_g + c0) * pitch..];
-                let gather = (&table[..], zeros);
                 let chans = (c0, cn, in_plane);
                 let v = (dst, kdim * pitch);
-                self.input_transform(x, chans, gather, n_cols, v, rows);
+                // (The table's indices count from `base`.)
+                self.input_transform(&x[base..], chans, (table, zeros), n_cols, v, rows);
             }
         }
     }
@@ -909,11 +914,7 @@ fn scatter_outputs<T: Element>(
                             None,
                         )
                 }
-                4 => {
-                    (avx512 || avx2)
-                        && n >= 4
-                        && store_pairs_2_apart(&mut plane[off..], a, c, avx512)
-                }
+                4 => avx2 && n >= 4 && store_pairs_2_apart(&mut plane[off..], a, c, avx512),
                 _ => false,
             };
             if stored {
@@ -1114,11 +1115,10 @@ struct Run {
     col: usize,
 }
 
-/// Most bytes a plan's Winograd tables may take ([`Winograd::build_tables`]): the suite's
-/// layers take 26-72 KB; a 1024×1024 image of 64 channels (F(2x2,3x3), 512 bands of tile
-/// rows) would take 56 MB and 29 ms of planning, for none of the run's time (its tasks
-/// are long enough that building their tables as they run costs no more than reading
-/// them).
+/// Most bytes a plan's distinct Winograd tables may take ([`Winograd::build_tables`]), a
+/// bound on the plan's memory: the suite's layers take 26-72 KB, a 1024×1024 image of 64
+/// channels (F(2x2,3x3)) 363 KB, its 512 bands sharing three kinds; a single row of some
+/// 35 000 tiles passes it, and its tasks build their tables as they run.
 const MAX_TABLE_BYTES: usize = 4 << 20;
 
 /// The tables of one kind of task (its band of tile rows, from `band`, and its `images`),
@@ -1198,7 +1198,14 @@ struct SourceTables {
 mod tests {
     use crate::params::{ConvParams, Op};
     use crate::plan::{Algorithm, Plan, PlanOptions};
-    use ndarray::ArrayD;
+    use ndarray::{ArrayD, IxDyn};
+
+    /// Small integers of `shape` ([`crate::tensor::small_ints`]): the tiles' results are
+    /// exact.
+    fn ints(shape: &[usize], seed: u64) -> ArrayD<f32> {
+        let v = crate::tensor::small_ints(shape.iter().product(), seed);
+        ArrayD::from_shape_vec(IxDyn(shape), v).expect("the shape's length")
+    }
 
     /// Tall layers of many bands of tile rows, each kind of Winograd plan (stride 1, a
     /// stride-2 transposed conv's phases, bias-only phases of a dilation, a strided conv's
@@ -1251,14 +1258,6 @@ mod tests {
             ),
         ];
         for (xs, ws, p, op) in cases {
-            // Small integers: the tiles' results are exact.
-            let ints = |shape: &[usize], seed: usize| {
-                let mut i = seed;
-                ArrayD::from_shape_fn(shape, |_| {
-                    i = (i * 7 + 3) % 11;
-                    i as f32 - 5.0
-                })
-            };
             let (x, w) = (ints(&xs, 1), ints(&ws, 2));
             let mut outs = Vec::new();
             for threads in [1, 2] {
@@ -1312,13 +1311,6 @@ mod tests {
     fn tables_past_the_bound_are_built_as_tasks_run() {
         let (xs, ws) = (vec![1, 8, 2, 70000], vec![8, 8, 3, 3]);
         let p = ConvParams::new().padding(&[1]);
-        let ints = |shape: &[usize], seed: usize| {
-            let mut i = seed;
-            ArrayD::from_shape_fn(shape, |_| {
-                i = (i * 7 + 3) % 11;
-                i as f32 - 5.0
-            })
-        };
         let (x, w) = (ints(&xs, 1), ints(&ws, 2));
         let o = PlanOptions {
             threads: Some(2),
