@@ -100,7 +100,7 @@ impl Element for f64 {
         v: usize,
     ) -> Option<crate::fast::inplace::InplaceFn<f64>> {
         if isa == crate::fast::Isa::Scalar {
-            crate::fast::inplace::portable(mr, v)
+            crate::fast::inplace::f64_kernel(mr, v)
         } else {
             None
         }

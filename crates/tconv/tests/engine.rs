@@ -177,6 +177,13 @@ proptest! {
             let plan = Plan::new(tconv::Op::ConvTranspose, x.shape(), &w, b.as_ref().map(|b| b.len()), &p, &o).unwrap();
             prop_assert_eq!(plan.execute(&x, bv).unwrap(), want.clone(), "{}", plan.label());
         }
+        // And its in-place tiles (AVX-512 kernels where this CPU has them).
+        let shapes = tconv::fast::inplace::tile_shapes(Isa::Scalar);
+        let (mr, v, _) = shapes[pick % shapes.len()];
+        let mut o = options(isa, Some(true), 2);
+        o.tile = Some((mr, v));
+        let plan = Plan::new(tconv::Op::ConvTranspose, x.shape(), &w, b.as_ref().map(|b| b.len()), &p, &o).unwrap();
+        prop_assert_eq!(plan.execute(&x, bv).unwrap(), want, "{}", plan.label());
     }
 }
 
@@ -226,8 +233,15 @@ fn bitwise_identical_for_any_thread_count() {
             ConvParams::new().stride(&[2]).padding(&[1]).dilation(&[2]),
             Op::Conv,
         ),
-        // Few output channels (an RGB generator output, 1-D and 3-D kin): GEMM + col2im,
-        // cut into more output-row bands as the threads grow (shared rows computed twice).
+        // Few output channels (an RGB generator output, 1-D and 3-D kin): GEMM + col2im
+        // from 32 input channels per output channel (else the AVX-512 in-place kernels), cut
+        // into more output-row bands as the threads grow (shared rows computed twice).
+        (
+            vec![3, 96, 9, 7],
+            vec![96, 3, 4, 4],
+            ConvParams::new().stride(&[2]).padding(&[1]),
+            Op::ConvTranspose,
+        ),
         (
             vec![3, 32, 9, 7],
             vec![32, 3, 4, 4],
@@ -271,7 +285,7 @@ fn bitwise_identical_for_any_thread_count() {
                 ..PlanOptions::default()
             };
             let plan = Plan::new(op, &xs, &w, None, &p, &o).unwrap();
-            if xs[1] >= 32 && ws[1] < 8 && op == Op::ConvTranspose {
+            if xs[1] >= 32 * ws[1] && ws[1] < 8 && op == Op::ConvTranspose {
                 assert_eq!(plan.algorithm(), Algorithm::Col2im, "{xs:?}");
             }
             if op == Op::Conv && p.groups <= 1 && xs[1] < 8 && ws[0] >= 4 {
@@ -750,6 +764,77 @@ fn col2im_gives_way_where_its_columns_would_not_fit() {
         assert_eq!(plan.algorithm(), Algorithm::Direct);
         if algorithm.is_some() {
             assert!(plan.to_string().contains("3145728 bytes"), "{plan}");
+        }
+    }
+}
+
+#[test]
+fn few_output_channels_take_col2im_by_the_kernels_at_hand() {
+    use tconv::ConvParams;
+    // A transposed conv with few output channels takes GEMM + col2im from 32 input channels
+    // per group up, but against the AVX-512 in-place kernels (float32 on an AVX-512 plan,
+    // float64 where its loops are AVX-512) only from 32 input channels per output channel up:
+    // dcgan4's 64 for 3 runs in place there.
+    let p = ConvParams::new().stride(&[2]).padding(&[1]);
+    let plan_of = |isa: Isa, c_in: usize, c_out: usize, f64: bool| {
+        let o = PlanOptions {
+            isa: Some(isa),
+            threads: Some(2),
+            ..PlanOptions::default()
+        };
+        let xs = [2, c_in, 6, 5];
+        let ws = [c_in, c_out, 4, 4];
+        if f64 {
+            let (x, w) = (ints::<f64>(&xs, 3), ints::<f64>(&ws, 4));
+            let plan = Plan::new(Op::ConvTranspose, &xs, &w, None, &p, &o).unwrap();
+            let want = conv_transpose_scatter(&x, &w, None, &p).unwrap();
+            assert_eq!(plan.execute(&x, None).unwrap(), want, "{}", plan.label());
+            (plan.algorithm(), plan.label(), plan.to_string())
+        } else {
+            let (x, w) = (ints::<f32>(&xs, 3), ints::<f32>(&ws, 4));
+            let plan = Plan::new(Op::ConvTranspose, &xs, &w, None, &p, &o).unwrap();
+            let want = conv_transpose_scatter(&x, &w, None, &p).unwrap();
+            assert_eq!(plan.execute(&x, None).unwrap(), want, "{}", plan.label());
+            (plan.algorithm(), plan.label(), plan.to_string())
+        }
+    };
+    for isa in ISAS.into_iter().filter(|i| i.available()) {
+        let wide = isa == Isa::Avx512;
+        for (c_in, c_out) in [
+            (64, 3),
+            (32, 2),
+            (96, 6),
+            (96, 3),
+            (32, 1),
+            (256, 7),
+            (16, 1),
+        ] {
+            let col2im = c_in >= 32 && (!wide || c_in >= 32 * c_out);
+            let (algorithm, label, text) = plan_of(isa, c_in, c_out, false);
+            let want = if col2im {
+                Algorithm::Col2im
+            } else {
+                Algorithm::Direct
+            };
+            assert_eq!(algorithm, want, "{c_in} -> {c_out} on {isa}: {label}");
+            if !col2im {
+                assert!(label.contains("inplace"), "{label}");
+            }
+            if !col2im && c_in >= 32 {
+                assert!(
+                    text.contains(&format!("({c_in} for {c_out})")),
+                    "the plan says why it is not col2im: {text}"
+                );
+            }
+            // float64's in-place kernels are AVX-512 ones where its loops are.
+            let wide = Isa::Scalar.loops_for::<f64>() == Isa::Avx512;
+            let (algorithm, label, _) = plan_of(isa, c_in, c_out, true);
+            let want = if c_in >= 32 && (!wide || c_in >= 32 * c_out) {
+                Algorithm::Col2im
+            } else {
+                Algorithm::Direct
+            };
+            assert_eq!(algorithm, want, "f64 {c_in} -> {c_out} on {isa}: {label}");
         }
     }
 }

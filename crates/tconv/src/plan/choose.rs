@@ -155,7 +155,7 @@ pub(super) fn choose<T: Element>(g: &Geometry, options: &PlanOptions) -> Choice 
     let forced = options.algorithm.or_else(Algorithm::from_env);
     let (mut algorithm, mut reason) = match forced {
         Some(a) => (a, "forced by the caller or TCONV_ALGORITHM".to_string()),
-        None if col2im_pays(g, std::mem::size_of::<T>())
+        None if col2im_pays(g, std::mem::size_of::<T>(), wide_inplace::<T>(options))
             && options.inplace.is_none()
             && options.tile.is_none() =>
         {
@@ -170,6 +170,19 @@ pub(super) fn choose<T: Element>(g: &Geometry, options: &PlanOptions) -> Choice 
             && options.tile.is_none() =>
         {
             (Algorithm::Winograd, winograd_reason(g, options.once))
+        }
+        None if col2im_pays(g, std::mem::size_of::<T>(), false)
+            && options.inplace.is_none()
+            && options.tile.is_none() =>
+        {
+            let reason = format!(
+                "{}; few output channels per group, but fewer than {COL2IM_MIN_CIN} input \
+                 channels for each ({} for {}): AVX-512 in-place kernels beat GEMM + col2im",
+                direct_reason(g),
+                g.in_per_group(),
+                g.out_per_group()
+            );
+            (Algorithm::Direct, reason)
         }
         None => (Algorithm::Direct, direct_reason(g)),
     };
@@ -247,18 +260,31 @@ pub(crate) fn input_tiles_shrink<T: Element>(
 /// channels per group (the phase GEMMs would have fewer rows than a register tile) but a
 /// real reduction over input channels, and overlapping taps (otherwise the phases already
 /// are the columns). Measured against the in-place kernels at 1 thread (BENCHMARKS.md):
-/// 1.3-2x faster from 32 input channels up, a tie at 16, 1.8x slower at 8.
+/// 1.3-2x faster from 32 input channels up, a tie at 16, 1.8x slower at 8. Against the
+/// AVX-512 in-place kernels (16 lanes, channels summed in L1-sized blocks) only from 32
+/// input channels per output channel up: with 3 output channels and 64 input channels
+/// (dcgan4) they ran 1.11-1.13x faster than col2im at 1 thread and 1.09-1.12x at 2, with
+/// 4 and 6 output channels 1.1-1.3x at 64 input channels, and lost from 32 per output
+/// channel up (1 output channel: 0.79x at 32 input channels; 2: 0.88x at 64; 3 and 4:
+/// 0.78-0.92x at 256). The same holds roughly for f64's AVX-512 in-place kernels (dcgan4
+/// 1.08-1.13x faster than col2im, 4 output channels 0.84-1.08x). AVX2 keeps the old
+/// boundary (its 8-lane in-place kernels: 0.93-0.97x at 3 × 64 channels).
 ///
 /// For a conv, its mirror (im2col + GEMM) where a group has few input channels (fewer than
 /// 8) and at least [`IM2COL_MIN_COUT`] output channels: its reduction is short, so the
 /// direct engine's tile stores weigh as much as its arithmetic. Measured against the direct
 /// engine at 1 thread (BENCHMARKS.md): 1.1-1.7x faster with 3 to 6 input channels, a tie
 /// at 8, 0.95x at 16.
-fn col2im_pays(g: &Geometry, elem: usize) -> bool {
+fn col2im_pays(g: &Geometry, elem: usize, wide_inplace: bool) -> bool {
     match g.op {
         Op::ConvTranspose => {
+            let min_cin = if wide_inplace {
+                COL2IM_MIN_CIN * g.out_per_group()
+            } else {
+                COL2IM_MIN_CIN
+            };
             g.out_per_group() < INPLACE_BELOW
-                && g.in_per_group() >= COL2IM_MIN_CIN
+                && g.in_per_group() >= min_cin
                 && g.axes.iter().any(|a| a.kernel > a.stride)
                 && col2im::fits(g, elem)
         }
@@ -274,7 +300,15 @@ fn col2im_pays(g: &Geometry, elem: usize) -> bool {
 /// layer is depthwise-like: the row engines serve it).
 const IM2COL_MIN_COUT: usize = 4;
 
-/// Fewest input channels per group for [`col2im_pays`].
+/// Whether the plan's in-place kernels for `T` are AVX-512 ones (see [`col2im_pays`]):
+/// f32's on an AVX-512 plan, f64's where its loops are AVX-512
+/// ([`crate::fast::inplace::f64_kernel`]).
+fn wide_inplace<T: Element>(options: &PlanOptions) -> bool {
+    options.isa_for::<T>().loops_for::<T>() == Isa::Avx512
+}
+
+/// Fewest input channels per group (per output channel, against the AVX-512 in-place
+/// kernels) for [`col2im_pays`].
 const COL2IM_MIN_CIN: usize = 32;
 
 fn col2im_reason(g: &Geometry) -> String {
