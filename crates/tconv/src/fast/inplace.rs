@@ -97,16 +97,15 @@ fn portable_body<T: Element, const MR: usize, const V: usize, const FUSED: bool>
     const FULL: u32 = (1 << L) - 1;
     check(a, MR, V, L, out.len());
     let mut acc = [[[T::zero(); L]; V]; MR];
-    let fma = |acc: &mut [[[T; L]; V]; MR], wm: &[T], xv: &[[T; L]; V], rows: usize| {
-        for m in 0..rows {
-            for vi in 0..V {
-                for lane in 0..L {
-                    acc[m][vi][lane] = if FUSED {
-                        wm[m].mul_add(xv[vi][lane], acc[m][vi][lane])
-                    } else {
-                        acc[m][vi][lane] + wm[m] * xv[vi][lane]
-                    };
-                }
+    // One row of accumulators plus `w` times the loaded vectors.
+    let madd = |row: &mut [[T; L]; V], w: T, xv: &[[T; L]; V]| {
+        for vi in 0..V {
+            for lane in 0..L {
+                row[vi][lane] = if FUSED {
+                    w.mul_add(xv[vi][lane], row[vi][lane])
+                } else {
+                    row[vi][lane] + w * xv[vi][lane]
+                };
             }
         }
     };
@@ -137,15 +136,7 @@ fn portable_body<T: Element, const MR: usize, const V: usize, const FUSED: bool>
                         t.base + (m * a.row_stride + vi * L) as isize,
                     );
                 }
-                for vi in 0..V {
-                    for lane in 0..L {
-                        acc[m][vi][lane] = if FUSED {
-                            wm[m].mul_add(xv[vi][lane], acc[m][vi][lane])
-                        } else {
-                            acc[m][vi][lane] + wm[m] * xv[vi][lane]
-                        };
-                    }
-                }
+                madd(&mut acc[m], wm[m], &xv);
             }
         }
     } else {
@@ -161,7 +152,10 @@ fn portable_body<T: Element, const MR: usize, const V: usize, const FUSED: bool>
                             t.base + (vi * L + ci * a.channel_stride) as isize,
                         );
                     }
-                    fma(&mut acc, &a.w[(ti * a.channels + ci) * MR..][..MR], &xv, MR);
+                    let wm = &a.w[(ti * a.channels + ci) * MR..][..MR];
+                    for (row, &w) in acc.iter_mut().zip(wm) {
+                        madd(row, w, &xv);
+                    }
                 }
             }
         }
@@ -171,6 +165,76 @@ fn portable_body<T: Element, const MR: usize, const V: usize, const FUSED: bool>
             out[(m * V + vi) * L..(m * V + vi + 1) * L].copy_from_slice(&acc[m][vi]);
         }
     }
+}
+
+/// The AVX-512 in-place kernel's body, `avx512_body::<MR, V>`, for one element type `$t` in
+/// registers of `$lanes` lanes through its intrinsics (zero, broadcast, masked zero-filling
+/// load, fused multiply-add, store): f32 (`_ps`, 16 lanes) and f64 (`_pd`, 8).
+///
+/// The body's `# Safety`: AVX-512F available and `check` passed for `(a, MR, V, $lanes)`.
+#[cfg(target_arch = "x86_64")]
+macro_rules! avx512_body {
+    ($t:ty, $lanes:expr, $mask:ty, [$zero:ident, $set1:ident, $load:ident, $fma:ident, $store:ident]) => {
+        /// # Safety
+        /// AVX-512F available and `check` passed for `(a, MR, V, lanes)`.
+        #[target_feature(enable = "avx512f")]
+        unsafe fn avx512_body<const MR: usize, const V: usize>(
+            a: &InplaceArgs<'_, $t>,
+            out: &mut [$t],
+        ) {
+            let mut acc = [[$zero(); V]; MR];
+            let x = a.x.as_ptr();
+            let wp = a.w.as_ptr();
+            if a.row_stride != 0 {
+                // Depthwise: row m reads its own channel, `row_stride` further on.
+                for (ti, t) in a.taps.iter().enumerate() {
+                    for (m, row) in acc.iter_mut().enumerate().take(a.live_rows) {
+                        let p = x.wrapping_offset(t.base).wrapping_add(m * a.row_stride);
+                        let wv = $set1(*wp.add(ti * MR + m));
+                        for (vi, r) in row.iter_mut().enumerate() {
+                            // Live lanes are inside `x` (checked); masked-off lanes are not
+                            // accessed.
+                            let xv = $load(t.masks[vi] as $mask, p.wrapping_add(vi * $lanes));
+                            *r = $fma(wv, xv, *r);
+                        }
+                    }
+                }
+            } else {
+                let mut c0 = 0;
+                while c0 < a.channels {
+                    let c1 = (c0 + super::CHANNEL_BLOCK).min(a.channels);
+                    for (ti, t) in a.taps.iter().enumerate() {
+                        let mut p = x
+                            .wrapping_offset(t.base)
+                            .wrapping_add(c0 * a.channel_stride);
+                        let mut w = wp.add((ti * a.channels + c0) * MR);
+                        for _ in c0..c1 {
+                            let mut xv = [$zero(); V];
+                            for (vi, slot) in xv.iter_mut().enumerate() {
+                                // Live lanes are inside `x` (checked); masked-off lanes are
+                                // not accessed.
+                                *slot = $load(t.masks[vi] as $mask, p.wrapping_add(vi * $lanes));
+                            }
+                            for (m, row) in acc.iter_mut().enumerate() {
+                                let wv = $set1(*w.add(m));
+                                for vi in 0..V {
+                                    row[vi] = $fma(wv, xv[vi], row[vi]);
+                                }
+                            }
+                            w = w.add(MR);
+                            p = p.wrapping_add(a.channel_stride);
+                        }
+                    }
+                    c0 = c1;
+                }
+            }
+            for (m, row) in acc.iter().enumerate() {
+                for (vi, v) in row.iter().enumerate() {
+                    $store(out.as_mut_ptr().add((m * V + vi) * $lanes), *v);
+                }
+            }
+        }
+    };
 }
 
 /// f64 in-place kernels in the portable kernels' layout (8 lanes a vector): AVX-512 ones (a
@@ -184,68 +248,18 @@ mod f64x {
         _mm512_storeu_pd,
     };
 
-    /// # Safety
-    /// AVX-512F available and `check` passed for `(a, MR, V, 8)`.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn avx512_body<const MR: usize, const V: usize>(
-        a: &InplaceArgs<'_, f64>,
-        out: &mut [f64],
-    ) {
-        let mut acc = [[_mm512_setzero_pd(); V]; MR];
-        let x = a.x.as_ptr();
-        let wp = a.w.as_ptr();
-        if a.row_stride != 0 {
-            // Depthwise: row m reads its own channel, `row_stride` further on.
-            for (ti, t) in a.taps.iter().enumerate() {
-                for (m, row) in acc.iter_mut().enumerate().take(a.live_rows) {
-                    let p = x.wrapping_offset(t.base).wrapping_add(m * a.row_stride);
-                    let wv = _mm512_set1_pd(*wp.add(ti * MR + m));
-                    for (vi, r) in row.iter_mut().enumerate() {
-                        // Live lanes are inside `x` (checked); masked-off lanes are not accessed.
-                        let xv =
-                            _mm512_maskz_loadu_pd(t.masks[vi] as __mmask8, p.wrapping_add(vi * 8));
-                        *r = _mm512_fmadd_pd(wv, xv, *r);
-                    }
-                }
-            }
-        } else {
-            let mut c0 = 0;
-            while c0 < a.channels {
-                let c1 = (c0 + super::CHANNEL_BLOCK).min(a.channels);
-                for (ti, t) in a.taps.iter().enumerate() {
-                    let mut p = x
-                        .wrapping_offset(t.base)
-                        .wrapping_add(c0 * a.channel_stride);
-                    let mut w = wp.add((ti * a.channels + c0) * MR);
-                    for _ in c0..c1 {
-                        let mut xv = [_mm512_setzero_pd(); V];
-                        for (vi, slot) in xv.iter_mut().enumerate() {
-                            // Live lanes are inside `x` (checked); masked-off lanes are not
-                            // accessed.
-                            *slot = _mm512_maskz_loadu_pd(
-                                t.masks[vi] as __mmask8,
-                                p.wrapping_add(vi * 8),
-                            );
-                        }
-                        for (m, row) in acc.iter_mut().enumerate() {
-                            let wv = _mm512_set1_pd(*w.add(m));
-                            for vi in 0..V {
-                                row[vi] = _mm512_fmadd_pd(wv, xv[vi], row[vi]);
-                            }
-                        }
-                        w = w.add(MR);
-                        p = p.wrapping_add(a.channel_stride);
-                    }
-                }
-                c0 = c1;
-            }
-        }
-        for (m, row) in acc.iter().enumerate() {
-            for (vi, v) in row.iter().enumerate() {
-                _mm512_storeu_pd(out.as_mut_ptr().add((m * V + vi) * 8), *v);
-            }
-        }
-    }
+    avx512_body!(
+        f64,
+        8,
+        __mmask8,
+        [
+            _mm512_setzero_pd,
+            _mm512_set1_pd,
+            _mm512_maskz_loadu_pd,
+            _mm512_fmadd_pd,
+            _mm512_storeu_pd
+        ]
+    );
 
     /// # Safety
     /// AVX2 and FMA available.
@@ -364,75 +378,18 @@ mod x86 {
         unsafe { avx2_body::<MR, V>(a, out) }
     }
 
-    /// # Safety
-    /// AVX-512F available and `check` passed for `(a, MR, V, 16)`.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn avx512_body<const MR: usize, const V: usize>(
-        a: &InplaceArgs<'_, f32>,
-        out: &mut [f32],
-    ) {
-        let mut acc = [[_mm512_setzero_ps(); V]; MR];
-        let x = a.x.as_ptr();
-        let mut wp = a.w.as_ptr();
-        if a.row_stride != 0 {
-            // Depthwise: row m reads its own channel, `row_stride` further on.
-            for t in a.taps {
-                for (m, row) in acc.iter_mut().enumerate().take(a.live_rows) {
-                    let p = x.wrapping_offset(t.base).wrapping_add(m * a.row_stride);
-                    let wv = _mm512_set1_ps(*wp.add(m));
-                    for (vi, r) in row.iter_mut().enumerate() {
-                        // Live lanes are inside `x` (checked); masked-off lanes are not accessed.
-                        let xv = _mm512_maskz_loadu_ps(
-                            t.masks[vi] as __mmask16,
-                            p.wrapping_add(vi * 16),
-                        );
-                        *r = _mm512_fmadd_ps(wv, xv, *r);
-                    }
-                }
-                wp = wp.add(MR);
-            }
-            for (m, row) in acc.iter().enumerate() {
-                for (vi, v) in row.iter().enumerate() {
-                    _mm512_storeu_ps(out.as_mut_ptr().add((m * V + vi) * 16), *v);
-                }
-            }
-            return;
-        }
-        let mut c0 = 0;
-        while c0 < a.channels {
-            let c1 = (c0 + super::CHANNEL_BLOCK).min(a.channels);
-            for (ti, t) in a.taps.iter().enumerate() {
-                let mut p = x
-                    .wrapping_offset(t.base)
-                    .wrapping_add(c0 * a.channel_stride);
-                let mut wp = wp.add((ti * a.channels + c0) * MR);
-                for _ in c0..c1 {
-                    let mut xv = [_mm512_setzero_ps(); V];
-                    for (vi, slot) in xv.iter_mut().enumerate() {
-                        // Live lanes are inside `x` (checked); masked-off lanes are not accessed.
-                        *slot = _mm512_maskz_loadu_ps(
-                            t.masks[vi] as __mmask16,
-                            p.wrapping_add(vi * 16),
-                        );
-                    }
-                    for (m, row) in acc.iter_mut().enumerate() {
-                        let wv = _mm512_set1_ps(*wp.add(m));
-                        for vi in 0..V {
-                            row[vi] = _mm512_fmadd_ps(wv, xv[vi], row[vi]);
-                        }
-                    }
-                    wp = wp.add(MR);
-                    p = p.wrapping_add(a.channel_stride);
-                }
-            }
-            c0 = c1;
-        }
-        for (m, row) in acc.iter().enumerate() {
-            for (vi, v) in row.iter().enumerate() {
-                _mm512_storeu_ps(out.as_mut_ptr().add((m * V + vi) * 16), *v);
-            }
-        }
-    }
+    avx512_body!(
+        f32,
+        16,
+        __mmask16,
+        [
+            _mm512_setzero_ps,
+            _mm512_set1_ps,
+            _mm512_maskz_loadu_ps,
+            _mm512_fmadd_ps,
+            _mm512_storeu_ps
+        ]
+    );
 
     pub fn avx512<const MR: usize, const V: usize>(a: &InplaceArgs<'_, f32>, out: &mut [f32]) {
         super::check(a, MR, V, 16, out.len());
