@@ -178,7 +178,7 @@ proptest! {
             prop_assert_eq!(plan.execute(&x, bv).unwrap(), want.clone(), "{}", plan.label());
         }
         // And its in-place tiles (AVX-512 kernels where this CPU has them).
-        let shapes = tconv::fast::inplace::tile_shapes(Isa::Scalar);
+        let shapes = tconv::fast::inplace::tile_shapes_for::<f64>(Isa::Scalar);
         let (mr, v, _) = shapes[pick % shapes.len()];
         let mut o = options(isa, Some(true), 2);
         o.tile = Some((mr, v));
@@ -772,9 +772,9 @@ fn col2im_gives_way_where_its_columns_would_not_fit() {
 fn few_output_channels_take_col2im_by_the_kernels_at_hand() {
     use tconv::ConvParams;
     // A transposed conv with few output channels takes GEMM + col2im from 32 input channels
-    // per group up, but against the AVX-512 in-place kernels (float32 on an AVX-512 plan,
-    // float64 where its loops are AVX-512) only from 32 input channels per output channel up:
-    // dcgan4's 64 for 3 runs in place there.
+    // per group up, but against the AVX-512 in-place kernels (float32 on an AVX-512 plan)
+    // only from 32 input channels per output channel up (float64 where its loops are
+    // AVX-512: 64, or 32 for a single output channel): dcgan4's 64 for 3 runs in place.
     let p = ConvParams::new().stride(&[2]).padding(&[1]);
     let plan_of = |isa: Isa, c_in: usize, c_out: usize, f64: bool| {
         let o = PlanOptions {
@@ -808,6 +808,8 @@ fn few_output_channels_take_col2im_by_the_kernels_at_hand() {
             (32, 1),
             (256, 7),
             (16, 1),
+            (192, 3),
+            (128, 2),
         ] {
             let col2im = c_in >= 32 && (!wide || c_in >= 32 * c_out);
             let (algorithm, label, text) = plan_of(isa, c_in, c_out, false);
@@ -829,7 +831,8 @@ fn few_output_channels_take_col2im_by_the_kernels_at_hand() {
             // float64's in-place kernels are AVX-512 ones where its loops are.
             let wide = Isa::Scalar.loops_for::<f64>() == Isa::Avx512;
             let (algorithm, label, _) = plan_of(isa, c_in, c_out, true);
-            let want = if c_in >= 32 && (!wide || c_in >= 32 * c_out) {
+            let per_out = if c_out > 1 { 64 } else { 32 };
+            let want = if c_in >= 32 && (!wide || c_in >= per_out * c_out) {
                 Algorithm::Col2im
             } else {
                 Algorithm::Direct

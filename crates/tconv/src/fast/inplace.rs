@@ -422,6 +422,17 @@ pub fn tile_shapes(isa: Isa) -> &'static [(usize, usize, f32)] {
     }
 }
 
+/// Tile shapes for `T`'s in-place kernels in a plan of `isa`: [`tile_shapes`], but for f64
+/// where its kernels are AVX-512 ones ([`f64_kernel`]), which take AVX-512's shapes (four
+/// vectors of 8 lanes; the same efficiencies).
+pub fn tile_shapes_for<T: 'static>(isa: Isa) -> &'static [(usize, usize, f32)] {
+    // (`loops_for` differs from `isa` only for f64 on `Scalar`.)
+    match (isa, isa.loops_for::<T>()) {
+        (Isa::Scalar, Isa::Avx512) => tile_shapes(Isa::Avx512),
+        _ => tile_shapes(isa),
+    }
+}
+
 macro_rules! table {
     ($mr:expr, $v:expr, |$m:ident, $vv:ident| $make:expr, [$(($a:literal, $b:literal)),*]) => {
         match ($mr, $v) {
@@ -445,24 +456,29 @@ pub fn portable<T: Element>(mr: usize, v: usize) -> Option<InplaceFn<T>> {
     )
 }
 
-/// The f64 in-place kernel for a tile shape: compiled for the best of AVX-512F and AVX2
-/// with FMA that this CPU has and `TCONV_ISA` allows, else the portable one.
+/// The f64 in-place kernel for a tile shape (those of [`tile_shapes_for`]`::<f64>`): an
+/// AVX-512 one, or the portable one compiled for AVX2 with FMA, as this CPU has them and
+/// `TCONV_ISA` allows, else the portable one.
 pub fn f64_kernel(mr: usize, v: usize) -> Option<InplaceFn<f64>> {
     #[cfg(target_arch = "x86_64")]
     {
         let isa = Isa::Scalar.loops_for::<f64>();
         if isa != Isa::Scalar {
-            let avx512 = isa == Isa::Avx512;
-            return table!(
-                mr,
-                v,
-                |M, W| if avx512 {
-                    f64x::avx512::<M, W> as InplaceFn<f64>
-                } else {
-                    f64x::avx2::<M, W> as InplaceFn<f64>
-                },
-                [(6, 2), (3, 3), (2, 4), (1, 8), (1, 4)]
-            );
+            return if isa == Isa::Avx512 {
+                table!(
+                    mr,
+                    v,
+                    |M, W| f64x::avx512::<M, W> as InplaceFn<f64>,
+                    [(6, 4), (4, 4), (3, 4), (2, 4), (1, 4)]
+                )
+            } else {
+                table!(
+                    mr,
+                    v,
+                    |M, W| f64x::avx2::<M, W> as InplaceFn<f64>,
+                    [(6, 2), (3, 3), (2, 4), (1, 8), (1, 4)]
+                )
+            };
         }
     }
     portable::<f64>(mr, v)

@@ -176,9 +176,10 @@ pub(super) fn choose<T: Element>(g: &Geometry, options: &PlanOptions) -> Choice 
             && options.tile.is_none() =>
         {
             let reason = format!(
-                "{}; few output channels per group, but fewer than {COL2IM_MIN_CIN} input \
-                 channels for each ({} for {}): AVX-512 in-place kernels beat GEMM + col2im",
+                "{}; few output channels per group, but fewer than {} input channels for \
+                 each ({} for {}): AVX-512 in-place kernels beat GEMM + col2im",
                 direct_reason(g),
+                inplace_cin_per_output(g, std::mem::size_of::<T>()),
                 g.in_per_group(),
                 g.out_per_group()
             );
@@ -266,9 +267,10 @@ pub(crate) fn input_tiles_shrink<T: Element>(
 /// (dcgan4) they ran 1.11-1.13x faster than col2im at 1 thread and 1.09-1.12x at 2, with
 /// 4 and 6 output channels 1.1-1.3x at 64 input channels, and lost from 32 per output
 /// channel up (1 output channel: 0.79x at 32 input channels; 2: 0.88x at 64; 3 and 4:
-/// 0.78-0.92x at 256). The same holds roughly for f64's AVX-512 in-place kernels (dcgan4
-/// 1.08-1.13x faster than col2im, 4 output channels 0.84-1.08x). AVX2 keeps the old
-/// boundary (its 8-lane in-place kernels: 0.93-0.97x at 3 × 64 channels).
+/// 0.78-0.92x at 256); f64's AVX-512 in-place kernels (on AVX-512's tiles) from 64 per
+/// output channel up ([`inplace_cin_per_output`]; dcgan4 1.24-1.27x faster than col2im).
+/// AVX2 keeps the old boundary (its 8-lane in-place kernels: 0.93-0.97x at 3 × 64
+/// channels).
 ///
 /// For a conv, its mirror (im2col + GEMM) where a group has few input channels (fewer than
 /// 8) and at least [`IM2COL_MIN_COUT`] output channels: its reduction is short, so the
@@ -279,7 +281,7 @@ fn col2im_pays(g: &Geometry, elem: usize, wide_inplace: bool) -> bool {
     match g.op {
         Op::ConvTranspose => {
             let min_cin = if wide_inplace {
-                COL2IM_MIN_CIN * g.out_per_group()
+                inplace_cin_per_output(g, elem) * g.out_per_group()
             } else {
                 COL2IM_MIN_CIN
             };
@@ -307,8 +309,21 @@ fn wide_inplace<T: Element>(options: &PlanOptions) -> bool {
     options.isa_for::<T>().loops_for::<T>() == Isa::Avx512
 }
 
-/// Fewest input channels per group (per output channel, against the AVX-512 in-place
-/// kernels) for [`col2im_pays`].
+/// Input channels per output channel from which GEMM + col2im beats the AVX-512 in-place
+/// kernels ([`col2im_pays`]): 32, but 64 for f64 with more than one output channel (its
+/// GEMM's tiles are half as wide: at 1 thread, 3 from 128 and 4 from 128-256 in place
+/// 1.08-1.31x faster than col2im, 6 from 256 1.25-1.38x, 3 from 512 0.76-0.77x; with one
+/// output channel col2im from 32 on, 1.45-1.54x faster with a 4-tap kernel).
+fn inplace_cin_per_output(g: &Geometry, elem: usize) -> usize {
+    if elem == 8 && g.out_per_group() > 1 {
+        2 * COL2IM_MIN_CIN
+    } else {
+        COL2IM_MIN_CIN
+    }
+}
+
+/// Fewest input channels per group for [`col2im_pays`] (per output channel against the
+/// AVX-512 in-place kernels, in f32).
 const COL2IM_MIN_CIN: usize = 32;
 
 fn col2im_reason(g: &Geometry) -> String {

@@ -39,7 +39,7 @@ pub(super) fn kernel<T: Element>(
         g.out_per_group()
     };
     let shapes = if inplace {
-        crate::fast::inplace::tile_shapes(isa)
+        crate::fast::inplace::tile_shapes_for::<T>(isa)
     } else {
         tile_shapes_for::<T>(isa)
     };
