@@ -325,29 +325,37 @@ macro_rules! thin_avx512 {
                 for i in 0..THIN_ROWS {
                     sp[i] = srows[i][s0..s0 + l].as_ptr();
                 }
-                let mut o = 0;
-                while o < l {
-                    // Lanes inside the run (all but at its end); the loads read only those.
-                    let mask: $mask = if l - o >= $lanes {
-                        ((1u32 << $lanes) - 1) as $mask
-                    } else {
-                        ((1u32 << (l - o)) - 1) as $mask
-                    };
-                    let mut bv = [[$zero(); TB]; TAPS];
-                    for t in 0..TAPS {
-                        for j in 0..TB {
-                            bv[t][j] = $maskz_load(mask, bp[t][j].add(o));
-                        }
-                    }
-                    for i in 0..THIN_ROWS {
-                        let sv = $maskz_load(mask, sp[i].add(o));
+                // One vector step at `o`, loading through `$ld` (whole vectors, or the
+                // lanes inside the run at its end).
+                macro_rules! step {
+                    ($o:expr, |$p:ident| $ld:expr) => {{
+                        let mut bv = [[$zero(); TB]; TAPS];
                         for t in 0..TAPS {
                             for j in 0..TB {
-                                v[t][i][j] = $fma(sv, bv[t][j], v[t][i][j]);
+                                let $p = bp[t][j].add($o);
+                                bv[t][j] = $ld;
                             }
                         }
-                    }
+                        for i in 0..THIN_ROWS {
+                            let $p = sp[i].add($o);
+                            let sv = $ld;
+                            for t in 0..TAPS {
+                                for j in 0..TB {
+                                    v[t][i][j] = $fma(sv, bv[t][j], v[t][i][j]);
+                                }
+                            }
+                        }
+                    }};
+                }
+                let mut o = 0;
+                while o + $lanes <= l {
+                    step!(o, |p| $load(p));
                     o += $lanes;
+                }
+                if o < l {
+                    // The loads read only the lanes inside the run.
+                    let mask = ((1u32 << (l - o)) - 1) as $mask;
+                    step!(o, |p| $maskz_load(mask, p));
                 }
             }
             for t in 0..TAPS {
