@@ -174,7 +174,7 @@ fn portable_body<T: Element, const MR: usize, const V: usize, const FUSED: bool>
 /// The body's `# Safety`: AVX-512F available and `check` passed for `(a, MR, V, $lanes)`.
 #[cfg(target_arch = "x86_64")]
 macro_rules! avx512_body {
-    ($t:ty, $lanes:expr, $mask:ty, [$zero:ident, $set1:ident, $load:ident, $fma:ident, $store:ident]) => {
+    ($t:ty, $lanes:expr, $mask:ty, [$zero:ident, $set1:ident, $load:ident, $loadu:ident, $fma:ident, $store:ident]) => {
         /// # Safety
         /// AVX-512F available and `check` passed for `(a, MR, V, lanes)`.
         #[target_feature(enable = "avx512f")]
@@ -208,21 +208,34 @@ macro_rules! avx512_body {
                             .wrapping_offset(t.base)
                             .wrapping_add(c0 * a.channel_stride);
                         let mut w = wp.add((ti * a.channels + c0) * MR);
-                        for _ in c0..c1 {
-                            let mut xv = [$zero(); V];
-                            for (vi, slot) in xv.iter_mut().enumerate() {
-                                // Live lanes are inside `x` (checked); masked-off lanes are
-                                // not accessed.
-                                *slot = $load(t.masks[vi] as $mask, p.wrapping_add(vi * $lanes));
-                            }
-                            for (m, row) in acc.iter_mut().enumerate() {
-                                let wv = $set1(*w.add(m));
-                                for vi in 0..V {
-                                    row[vi] = $fma(wv, xv[vi], row[vi]);
+                        // The tap's channels, each vector loaded through `$ld`.
+                        macro_rules! channels {
+                            (|$vi:ident, $q:ident| $ld:expr) => {
+                                for _ in c0..c1 {
+                                    let mut xv = [$zero(); V];
+                                    for ($vi, slot) in xv.iter_mut().enumerate() {
+                                        let $q = p.wrapping_add($vi * $lanes);
+                                        *slot = $ld;
+                                    }
+                                    for (m, row) in acc.iter_mut().enumerate() {
+                                        let wv = $set1(*w.add(m));
+                                        for vi in 0..V {
+                                            row[vi] = $fma(wv, xv[vi], row[vi]);
+                                        }
+                                    }
+                                    w = w.add(MR);
+                                    p = p.wrapping_add(a.channel_stride);
                                 }
-                            }
-                            w = w.add(MR);
-                            p = p.wrapping_add(a.channel_stride);
+                            };
+                        }
+                        // Live lanes are inside `x` (checked): a tap whose lanes are all
+                        // live loads whole vectors (masked loads slowed each channel step);
+                        // otherwise masked-off lanes are not accessed.
+                        let all = (1u32 << $lanes) - 1;
+                        if t.masks[..V].iter().all(|&m| m & all == all) {
+                            channels!(|vi, q| $loadu(q));
+                        } else {
+                            channels!(|vi, q| $load(t.masks[vi] as $mask, q));
                         }
                     }
                     c0 = c1;
@@ -244,8 +257,8 @@ macro_rules! avx512_body {
 mod f64x {
     use super::{portable_body, InplaceArgs};
     use std::arch::x86_64::{
-        __mmask8, _mm512_fmadd_pd, _mm512_maskz_loadu_pd, _mm512_set1_pd, _mm512_setzero_pd,
-        _mm512_storeu_pd,
+        __mmask8, _mm512_fmadd_pd, _mm512_loadu_pd, _mm512_maskz_loadu_pd, _mm512_set1_pd,
+        _mm512_setzero_pd, _mm512_storeu_pd,
     };
 
     avx512_body!(
@@ -256,6 +269,7 @@ mod f64x {
             _mm512_setzero_pd,
             _mm512_set1_pd,
             _mm512_maskz_loadu_pd,
+            _mm512_loadu_pd,
             _mm512_fmadd_pd,
             _mm512_storeu_pd
         ]
@@ -386,6 +400,7 @@ mod x86 {
             _mm512_setzero_ps,
             _mm512_set1_ps,
             _mm512_maskz_loadu_ps,
+            _mm512_loadu_ps,
             _mm512_fmadd_ps,
             _mm512_storeu_ps
         ]
