@@ -356,21 +356,32 @@ mod x86 {
                     .wrapping_offset(t.base)
                     .wrapping_add(c0 * a.channel_stride);
                 let mut wp = wp.add((ti * a.channels + c0) * MR);
-                for _ in c0..c1 {
-                    let mut xv = [_mm256_setzero_ps(); V];
-                    for (vi, slot) in xv.iter_mut().enumerate() {
-                        // Live lanes are inside `x` (checked); VMASKMOVPS does not touch the
-                        // others.
-                        *slot = _mm256_maskload_ps(p.wrapping_add(vi * 8), masks[vi]);
-                    }
-                    for (m, row) in acc.iter_mut().enumerate() {
-                        let wv = _mm256_broadcast_ss(&*wp.add(m));
-                        for vi in 0..V {
-                            row[vi] = _mm256_fmadd_ps(wv, xv[vi], row[vi]);
+                // The tap's channels, each vector loaded through `$ld`.
+                macro_rules! channels {
+                    (|$vi:ident, $q:ident| $ld:expr) => {
+                        for _ in c0..c1 {
+                            let mut xv = [_mm256_setzero_ps(); V];
+                            for ($vi, slot) in xv.iter_mut().enumerate() {
+                                let $q = p.wrapping_add($vi * 8);
+                                *slot = $ld;
+                            }
+                            for (m, row) in acc.iter_mut().enumerate() {
+                                let wv = _mm256_broadcast_ss(&*wp.add(m));
+                                for vi in 0..V {
+                                    row[vi] = _mm256_fmadd_ps(wv, xv[vi], row[vi]);
+                                }
+                            }
+                            wp = wp.add(MR);
+                            p = p.wrapping_add(a.channel_stride);
                         }
-                    }
-                    wp = wp.add(MR);
-                    p = p.wrapping_add(a.channel_stride);
+                    };
+                }
+                // Live lanes are inside `x` (checked): a tap whose lanes are all live loads
+                // whole vectors; otherwise VMASKMOVPS does not touch the others.
+                if t.masks[..V].iter().all(|&m| m & 0xff == 0xff) {
+                    channels!(|vi, q| _mm256_loadu_ps(q));
+                } else {
+                    channels!(|vi, q| _mm256_maskload_ps(q, masks[vi]));
                 }
             }
             c0 = c1;
