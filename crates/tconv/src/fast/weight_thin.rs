@@ -168,44 +168,32 @@ fn thin_plane<T: Element, const TB: usize, const L: usize>(
     bplanes: &[&[T]; TB],
     acc: &mut [ThinAcc<T, TB, L>],
 ) {
-    #[cfg(target_arch = "x86_64")]
-    if L == 16
-        && avx2
-        && Isa::Avx512.available()
-        && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
-    {
-        // Safety: `T` is f32 and `L` 16 (both checked), so the casts change no type;
-        // AVX-512F was detected.
-        unsafe {
-            let srows = &*(srows as *const [&[T]; THIN_ROWS]).cast::<[&[f32]; THIN_ROWS]>();
-            let bplanes = &*(bplanes as *const [&[T]; TB]).cast::<[&[f32]; TB]>();
-            let acc = std::slice::from_raw_parts_mut(
-                acc.as_mut_ptr().cast::<ThinAcc<f32, TB, 16>>(),
-                acc.len(),
-            );
-            thin_plane_avx512(lay, pairs, srows, bplanes, acc);
-        }
-        return;
+    // On AVX-512 registers where this call's element type and lanes are those of `$kernel`.
+    macro_rules! on_avx512 {
+        ($u:ty, $lanes:literal, $kernel:ident) => {
+            #[cfg(target_arch = "x86_64")]
+            if L == $lanes
+                && avx512
+                && Isa::Avx512.available()
+                && std::any::TypeId::of::<T>() == std::any::TypeId::of::<$u>()
+            {
+                // Safety: `T` is `$u` and `L` `$lanes` (both checked), so the casts change no
+                // type; AVX-512F was detected.
+                unsafe {
+                    let srows = &*(srows as *const [&[T]; THIN_ROWS]).cast::<[&[$u]; THIN_ROWS]>();
+                    let bplanes = &*(bplanes as *const [&[T]; TB]).cast::<[&[$u]; TB]>();
+                    let acc = std::slice::from_raw_parts_mut(
+                        acc.as_mut_ptr().cast::<ThinAcc<$u, TB, $lanes>>(),
+                        acc.len(),
+                    );
+                    $kernel(lay, pairs, srows, bplanes, acc);
+                }
+                return;
+            }
+        };
     }
-    #[cfg(target_arch = "x86_64")]
-    if L == 8
-        && avx512
-        && Isa::Avx512.available()
-        && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f64>()
-    {
-        // Safety: `T` is f64 and `L` 8 (both checked), so the casts change no type;
-        // AVX-512F was detected.
-        unsafe {
-            let srows = &*(srows as *const [&[T]; THIN_ROWS]).cast::<[&[f64]; THIN_ROWS]>();
-            let bplanes = &*(bplanes as *const [&[T]; TB]).cast::<[&[f64]; TB]>();
-            let acc = std::slice::from_raw_parts_mut(
-                acc.as_mut_ptr().cast::<ThinAcc<f64, TB, 8>>(),
-                acc.len(),
-            );
-            thin_plane_avx512_f64(lay, pairs, srows, bplanes, acc);
-        }
-        return;
-    }
+    on_avx512!(f32, 16, thin_plane_avx512);
+    on_avx512!(f64, 8, thin_plane_avx512_f64);
     #[cfg(target_arch = "x86_64")]
     if avx2 && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
         // Safety: the features were just detected.
