@@ -382,15 +382,20 @@ pub(crate) fn combine<T: Element>(
 }
 
 /// `dst[i] (+)= Σ_k c[k] · src[k][i]` in one pass (vectorised by the compiler).
+///
+/// Each row is cut to exactly `n` values first: indexing the rows as given, the compiler
+/// kept a bounds check and ran the last vector steps of every row value by value (32 or
+/// 64 of the 384 values of s1k3's weight-gradient rows). Its weight gradient 3.1 -> 2.8 ms.
 #[inline(always)]
 fn fused<T: Element, const N: usize>(dst: &mut [T], src: [&[T]; N], c: [T; N], accumulate: bool) {
     let n = dst.len();
     assert!(src.iter().all(|s| s.len() == n), "rows of equal length");
-    for (i, d) in dst.iter_mut().enumerate() {
-        let mut s = if accumulate { *d } else { T::zero() };
+    let src: [&[T]; N] = std::array::from_fn(|k| &src[k][..n]);
+    for i in 0..n {
+        let mut s = if accumulate { dst[i] } else { T::zero() };
         for k in 0..N {
             s = s + c[k] * src[k][i];
         }
-        *d = s;
+        dst[i] = s;
     }
 }

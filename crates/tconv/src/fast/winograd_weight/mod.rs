@@ -117,7 +117,9 @@ struct Setup<T> {
     g_terms: Vec<Vec<(usize, T)>>,
     o_terms: Vec<Vec<(usize, T)>>,
     kernel: KernelFn<T>,
-    isa: Isa,
+    /// The instruction set the transforms are compiled for: the kernel's ISA's loops
+    /// ([`Isa::loops_for`]; f64, whose kernels are `Scalar`'s, on this CPU's vectors).
+    loops: Isa,
     /// Bytes of transformed operands a chunk of tiles holds ([`CHUNK_BYTES`]).
     chunk_bytes: usize,
     mr: usize,
@@ -342,7 +344,7 @@ fn setup<T: Element>(g: &Geometry, isa: Isa, chunk_bytes: usize) -> Option<Setup
         g_terms,
         o_terms,
         kernel,
-        isa,
+        loops: isa.loops_for::<T>(),
         chunk_bytes,
         mr,
         tl: v * isa.lanes(),

@@ -196,7 +196,7 @@ impl<'a, T: Element> Phases<'a, T> {
             g_run: kc * tl,
             tile_elems,
             m_block: srcs * points * lb * tile_elems,
-            simd: s.isa != Isa::Scalar,
+            simd: s.loops != Isa::Scalar,
             ksize,
             taps,
             ms,
@@ -373,7 +373,7 @@ impl<'a, T: Element> Phases<'a, T> {
                     kc,
                     kn,
                 };
-                transform(s.isa, &block, &s.x_terms, &mut rows, dst);
+                transform(s.loops, &block, &s.x_terms, &mut rows, dst);
             }
         });
     }
@@ -393,7 +393,7 @@ impl<'a, T: Element> Phases<'a, T> {
                 kc,
                 kn,
             };
-            transform(s.isa, &block, &s.g_terms, &mut rows, dst);
+            transform(s.loops, &block, &s.g_terms, &mut rows, dst);
         });
     }
 

@@ -188,14 +188,15 @@ pub(super) fn transform<T: Element>(
 ) {
     #[cfg(target_arch = "x86_64")]
     if isa == Isa::Avx512 {
-        // Safety: the plan's ISA is only AVX-512 where it was detected on this CPU.
+        // Safety: a plan's ISA, and its loops' ([`Isa::loops_for`]), are only AVX-512
+        // where it was detected on this CPU.
         unsafe { transform_avx512(b, terms, rows, dst) };
         return;
     }
     #[cfg(target_arch = "x86_64")]
     if isa != Isa::Scalar {
-        // Safety: a SIMD ISA (AVX2 or AVX-512, both with FMA) is only planned where it was
-        // detected on this CPU.
+        // Safety: a SIMD ISA (AVX2 or AVX-512, both with FMA) is only planned, or taken
+        // for the loops, where it was detected on this CPU.
         unsafe { transform_avx2(b, terms, rows, dst) };
         return;
     }
