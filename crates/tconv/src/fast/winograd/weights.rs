@@ -253,7 +253,15 @@ impl Packing<'_> {
             // The block's kernels as `wk[tap position][ci][mm]` (zero past the last output
             // channel), each weight read once: every U run of a (phase, source, point) is
             // then a combination of whole runs of `wk`, one vectorised pass each.
-            let mut wk = vec![T::zero(); ksize * run];
+            // Taps `stride` values apart: at `run` the rows of all taps could lie a
+            // multiple of 4 KiB apart (dcgan1's input gradient: 24 KiB), so the
+            // transposes' stores to every tap of a channel fell in one L1 set.
+            let stride = run + 64 / std::mem::size_of::<T>();
+            let mut wk = scratch::take::<T>(ksize * stride);
+            if rows < mr {
+                // Rows past the last output channel are zero (the buffer is stale).
+                wk.fill(T::zero());
+            }
             let kernels = crate::fast::pack::BlockKernels {
                 w,
                 base: first,
@@ -264,12 +272,13 @@ impl Packing<'_> {
                 cin: cin_g,
                 mr,
             };
-            kernels.by_tap(&identity, &mut wk, run);
+            kernels.by_tap(&identity, &mut wk, stride);
             let terms = KernelTerms {
                 kflat,
                 gterms: &gterms,
                 wk: &wk,
                 run,
+                stride,
                 per_phase,
                 kdim,
                 cin: cin_g,
@@ -293,12 +302,13 @@ impl Packing<'_> {
 
 /// A block's transformed weights: for each live phase, source and point, `dst`'s run
 /// `[(source, ci)][mr]` is `Σ c · wk[tap]` over the point's terms of `G ⊗ … ⊗ G` (`wk`: the
-/// block's kernels `[tap][ci][mr]`, `run` values a tap).
+/// block's kernels `[tap][ci][mr]`, `run` values a tap, `stride` apart).
 struct KernelTerms<'a, T> {
     kflat: &'a [Vec<Vec<usize>>],
     gterms: &'a [Vec<(usize, T)>],
     wk: &'a [T],
     run: usize,
+    stride: usize,
     per_phase: usize,
     kdim: usize,
     cin: usize,
@@ -345,7 +355,7 @@ fn kernel_terms_body<T: Element>(k: &KernelTerms<'_, T>, dst: &mut [T]) {
                 terms.clear();
                 terms.extend(ts.iter().map(|&(j, c)| (kf[j], c)));
                 let at = pi * k.per_phase + (xi * k.kdim + si * k.cin) * k.mr;
-                combine(&mut dst[at..at + k.run], k.wk, k.run, &terms, false);
+                combine(&mut dst[at..at + k.run], k.wk, k.stride, &terms, false);
             }
         }
     }
