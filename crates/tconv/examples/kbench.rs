@@ -1,10 +1,11 @@
 //! Microkernel throughput on L1-resident operands, for each tile shape of this CPU's ISA,
-//! then the preferred shape as the driver runs it (weights of many blocks streaming from L2).
-//! `cargo run --release --example kbench` — the efficiencies in `tile_shapes` come from here.
+//! then the preferred shape as the driver runs it (weights of many blocks streaming from L2),
+//! then each f64 tile shape. `cargo run --release --example kbench` — the efficiencies in
+//! `tile_shapes` and `tile_shapes_for` come from here.
 
 use std::time::Instant;
 
-use tconv::fast::kernels::{f32_kernel, tile_shapes, Rows};
+use tconv::fast::kernels::{f32_kernel, f64_kernel, tile_shapes, tile_shapes_for, Rows};
 use tconv::fast::Isa;
 
 fn main() {
@@ -63,5 +64,27 @@ fn main() {
         let s = t.elapsed().as_secs_f64();
         let gflops = (reps * blocks * k * tile * 2) as f64 / s / 1e9;
         println!("mr={mr:2} v={v} k={k:4}, {blocks} blocks' weights from L2: {gflops:6.1} GFLOP/s");
+    }
+    // f64: its plans are `Scalar` (the portable layout, 8 lanes a vector), its kernels
+    // in this CPU's registers.
+    println!("f64, 8 lanes");
+    for &(mr, v, _) in tile_shapes_for::<f64>(Isa::Scalar) {
+        let Some(f) = f64_kernel(mr, v) else {
+            continue;
+        };
+        for k in [128usize, 512, 2048] {
+            let a = vec![1.0f64; k * mr];
+            let b = vec![1.0f64; k * v * 8];
+            let mut out = vec![0.0f64; mr * v * 8];
+            let reps = 100_000_000 / (k * mr * v * 8);
+            let t = Instant::now();
+            for _ in 0..reps {
+                f(&a, &b, Rows::packed(k, v * 8), (&mut out[..]).into(), false);
+                std::hint::black_box(&mut out);
+            }
+            let s = t.elapsed().as_secs_f64();
+            let gflops = (reps * k * mr * v * 8 * 2) as f64 / s / 1e9;
+            println!("mr={mr:2} v={v} k={k:4}: {gflops:6.1} GFLOP/s");
+        }
     }
 }

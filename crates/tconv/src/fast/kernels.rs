@@ -149,13 +149,12 @@ fn portable_kernel<T: Element, const MR: usize, const V: usize>(
     out: Out<'_, T>,
     accumulate: bool,
 ) {
-    portable_body::<T, MR, V, false>(a, b, rows, out, accumulate)
+    portable_body::<T, MR, V>(a, b, rows, out, accumulate)
 }
 
-/// The portable kernel's body; with `FUSED`, each product added by one fused multiply-add
-/// (one rounding: an instruction where FMA is enabled, a library call elsewhere).
+/// The portable kernel's body.
 #[inline(always)]
-fn portable_body<T: Element, const MR: usize, const V: usize, const FUSED: bool>(
+fn portable_body<T: Element, const MR: usize, const V: usize>(
     a: &[T],
     b: &[T],
     rows: Rows,
@@ -186,11 +185,7 @@ fn portable_body<T: Element, const MR: usize, const V: usize, const FUSED: bool>
         for m in 0..MR {
             for v in 0..V {
                 for l in 0..L {
-                    acc[m][v][l] = if FUSED {
-                        am[m].mul_add(bk[v * L + l], acc[m][v][l])
-                    } else {
-                        acc[m][v][l] + am[m] * bk[v * L + l]
-                    };
+                    acc[m][v][l] = acc[m][v][l] + am[m] * bk[v * L + l];
                 }
             }
         }
@@ -204,12 +199,17 @@ fn portable_body<T: Element, const MR: usize, const V: usize, const FUSED: bool>
 }
 
 /// f64 kernels: the portable kernel's layout (8 lanes per "vector", the tiles of
-/// [`tile_shapes`]`(Isa::Scalar)`) compiled for AVX-512F or AVX2 and FMA, each product one
+/// [`tile_shapes_for`]`::<f64>`) in AVX-512F or AVX2 and FMA registers, each product one
 /// fused multiply-add. 8 f64 lanes are one AVX-512 register (two AVX2 ones).
 #[cfg(target_arch = "x86_64")]
 mod f64x {
-    use super::{portable_body, Out, Rows};
+    use super::{Out, Rows};
 
+    /// The AVX-512 body: one register per vector of 8 lanes, the portable body's sums (one
+    /// fused multiply-add per product, rows in order) without its per-row index
+    /// arithmetic (a division per row: hifigan1d's f64 GEMMs ran at about 65 % of the f64
+    /// peak so).
+    ///
     /// # Safety
     /// AVX-512F available.
     #[target_feature(enable = "avx512f,fma")]
@@ -217,12 +217,55 @@ mod f64x {
         a: &[f64],
         b: &[f64],
         rows: Rows,
-        out: Out<'_, f64>,
+        mut out: Out<'_, f64>,
         accumulate: bool,
     ) {
-        portable_body::<f64, MR, V, true>(a, b, rows, out, accumulate)
+        use std::arch::x86_64::*;
+        let (op, out_ok) = rows.out_fit(out.len(), MR, V * 8);
+        assert!(
+            a.len() >= rows.len() * MR && rows.fit(b.len(), V * 8) && out_ok,
+            "kernel operand too short"
+        );
+        out.check(accumulate);
+        let o = out.as_mut_ptr();
+        // Safety (every access below): `a` holds `rows.len()·MR` values, `b` every row of
+        // `V·8` values and `out` the `MR` rows `op` apart (checked above); `out` is read
+        // only when `accumulate` (initialised: `check`).
+        let mut acc = [[_mm512_setzero_pd(); V]; MR];
+        if accumulate {
+            for (m, row) in acc.iter_mut().enumerate() {
+                for (v, r) in row.iter_mut().enumerate() {
+                    *r = _mm512_loadu_pd(o.add(m * op + v * 8));
+                }
+            }
+        }
+        let mut ap = a.as_ptr();
+        for t in 0..rows.taps {
+            let mut bp = b.as_ptr().add(t);
+            for _ in 0..rows.k {
+                let mut bv = [_mm512_setzero_pd(); V];
+                for (v, slot) in bv.iter_mut().enumerate() {
+                    *slot = _mm512_loadu_pd(bp.add(v * 8));
+                }
+                for (m, row) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_pd(*ap.add(m));
+                    for v in 0..V {
+                        row[v] = _mm512_fmadd_pd(av, bv[v], row[v]);
+                    }
+                }
+                ap = ap.add(MR);
+                bp = bp.add(rows.pitch);
+            }
+        }
+        for (m, row) in acc.iter().enumerate() {
+            for (v, r) in row.iter().enumerate() {
+                _mm512_storeu_pd(o.add(m * op + v * 8), *r);
+            }
+        }
     }
 
+    /// The AVX2 body: [`avx512_body`]'s, each vector of 8 lanes two registers of 4.
+    ///
     /// # Safety
     /// AVX2 and FMA available.
     #[target_feature(enable = "avx2,fma")]
@@ -230,10 +273,57 @@ mod f64x {
         a: &[f64],
         b: &[f64],
         rows: Rows,
-        out: Out<'_, f64>,
+        mut out: Out<'_, f64>,
         accumulate: bool,
     ) {
-        portable_body::<f64, MR, V, true>(a, b, rows, out, accumulate)
+        use std::arch::x86_64::*;
+        let (op, out_ok) = rows.out_fit(out.len(), MR, V * 8);
+        assert!(
+            a.len() >= rows.len() * MR && rows.fit(b.len(), V * 8) && out_ok,
+            "kernel operand too short"
+        );
+        out.check(accumulate);
+        let o = out.as_mut_ptr();
+        // Safety (every access below): as in `avx512_body`.
+        let mut acc = [[[_mm256_setzero_pd(); 2]; V]; MR];
+        if accumulate {
+            for (m, row) in acc.iter_mut().enumerate() {
+                for (v, r) in row.iter_mut().enumerate() {
+                    for (h, x) in r.iter_mut().enumerate() {
+                        *x = _mm256_loadu_pd(o.add(m * op + v * 8 + 4 * h));
+                    }
+                }
+            }
+        }
+        let mut ap = a.as_ptr();
+        for t in 0..rows.taps {
+            let mut bp = b.as_ptr().add(t);
+            for _ in 0..rows.k {
+                let mut bv = [[_mm256_setzero_pd(); 2]; V];
+                for (v, slot) in bv.iter_mut().enumerate() {
+                    for (h, x) in slot.iter_mut().enumerate() {
+                        *x = _mm256_loadu_pd(bp.add(v * 8 + 4 * h));
+                    }
+                }
+                for (m, row) in acc.iter_mut().enumerate() {
+                    let av = _mm256_set1_pd(*ap.add(m));
+                    for v in 0..V {
+                        for h in 0..2 {
+                            row[v][h] = _mm256_fmadd_pd(av, bv[v][h], row[v][h]);
+                        }
+                    }
+                }
+                ap = ap.add(MR);
+                bp = bp.add(rows.pitch);
+            }
+        }
+        for (m, row) in acc.iter().enumerate() {
+            for (v, r) in row.iter().enumerate() {
+                for (h, x) in r.iter().enumerate() {
+                    _mm256_storeu_pd(o.add(m * op + v * 8 + 4 * h), *x);
+                }
+            }
+        }
     }
 
     /// The AVX-512 f64 kernel (checks the CPU; the body checks the operands).
@@ -452,31 +542,32 @@ pub fn tile_shapes(isa: Isa) -> &'static [(usize, usize, f32)] {
 /// f64 on `Scalar` where its kernels are compiled for vectors ([`f64_kernel`]): 8 f64 lanes
 /// are one AVX-512 register but two AVX2 ones, so AVX2 takes tiles of one vector (the 6×2
 /// tile's 24 accumulators spill there). Efficiencies measured as for [`tile_shapes`]
-/// (GFLOP/s over the best, k = 128-2048, on this project's Zen 5 machine: AVX-512 130,
-/// AVX2 62). (8×3, 16×1 and 24×1 compiled to code 30x slower on AVX-512: left out.)
+/// (`kbench`: GFLOP/s over the f64 FMA peak, k = 512-2048, with the hand-written kernels on
+/// the Intel Xeon of 2026-12-06: AVX-512 123, AVX2 62). (8×3 ran as 6×2, 24×1 and 16×1
+/// at 0.8 and 0.7 from k = 512: not instantiated.)
 pub fn tile_shapes_for<T: 'static>(isa: Isa) -> &'static [(usize, usize, f32)] {
     // (`loops_for` differs from `isa` only for f64 on `Scalar`.)
     match (isa, isa.loops_for::<T>()) {
         (Isa::Scalar, Isa::Avx512) => &[
-            (6, 2, 1.0),
+            (6, 4, 1.0),
             (12, 2, 0.99),
-            (6, 4, 0.99),
-            (4, 4, 0.98),
-            (12, 1, 0.82),
-            (3, 3, 0.71),
-            (8, 1, 0.64),
-            (2, 4, 0.61),
-            (1, 4, 0.3),
+            (4, 4, 0.99),
+            (6, 2, 0.95),
+            (3, 3, 0.85),
+            (12, 1, 0.69),
+            (2, 4, 0.66),
+            (8, 1, 0.65),
+            (1, 4, 0.37),
         ],
         (Isa::Scalar, Isa::Avx2) => &[
-            (6, 1, 0.98),
-            (5, 1, 0.84),
-            (2, 2, 0.67),
-            (4, 1, 0.65),
-            (12, 1, 0.61),
-            (6, 2, 0.61),
-            (8, 1, 0.6),
-            (1, 4, 0.58),
+            (6, 1, 1.0),
+            (5, 1, 0.94),
+            (4, 1, 0.83),
+            (6, 2, 0.64),
+            (2, 2, 0.63),
+            (12, 1, 0.57),
+            (8, 1, 0.5),
+            (1, 4, 0.4),
         ],
         _ => tile_shapes(isa),
     }
