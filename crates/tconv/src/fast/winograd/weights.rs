@@ -284,7 +284,8 @@ impl Packing<'_> {
                 cin: cin_g,
                 mr,
             };
-            transform_kernels(self.isa, &terms, dst);
+            // (On the loops' ISA: f64's plans are `Scalar`, its loops vectorised.)
+            transform_kernels(self.isa.loops_for::<T>(), &terms, dst);
             // The sources a phase lacks (fewer than the most a phase has), if any: zeros.
             // (No such decomposition turned up in a sweep of 1-D geometries, kernels
             // 1-6, strides 1-4, dilations 1-3, pads 0-3 at each end, both ops; this
