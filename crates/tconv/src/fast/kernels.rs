@@ -198,73 +198,119 @@ fn portable_body<T: Element, const MR: usize, const V: usize>(
     }
 }
 
+/// A SIMD kernel of an element type (`$lanes` lanes a register, the target features
+/// `$features`): its body `$body` over raw pointers and the safe entry point `$entry` that
+/// checks the operands and the CPU (`$available`). One register accumulates each vector of
+/// the tile; each row broadcasts `MR` weights against `V` loaded vectors, one fused
+/// multiply-add per product.
+#[cfg(target_arch = "x86_64")]
+macro_rules! simd_kernel {
+    ($body:ident, $entry:ident, $features:literal, $available:expr,
+     $t:ty, $lanes:literal, $vec:ty,
+     $zero:ident, $load:ident, $set1:ident, $fmadd:ident, $store:ident) => {
+        /// # Safety
+        /// The target features available; `a` holds `rows.len()*MR` values, `b` the `rows`
+        /// of `V*LANES` values, `out` `MR` rows of `V*LANES` values `op` apart.
+        #[target_feature(enable = $features)]
+        unsafe fn $body<const MR: usize, const V: usize>(
+            a: *const $t,
+            b: *const $t,
+            rows: super::Rows,
+            out: *mut $t,
+            op: usize,
+            accumulate: bool,
+        ) {
+            let mut acc: [[$vec; V]; MR] = [[$zero(); V]; MR];
+            if accumulate {
+                for (m, row) in acc.iter_mut().enumerate() {
+                    for (v, r) in row.iter_mut().enumerate() {
+                        *r = $load(out.add(m * op + v * $lanes));
+                    }
+                }
+            }
+            let mut a = a;
+            for t in 0..rows.taps {
+                let mut b = b.add(t);
+                for _ in 0..rows.k {
+                    let mut bv: [$vec; V] = [$zero(); V];
+                    for (v, slot) in bv.iter_mut().enumerate() {
+                        *slot = $load(b.add(v * $lanes));
+                    }
+                    for (m, row) in acc.iter_mut().enumerate() {
+                        let av = $set1(*a.add(m));
+                        for v in 0..V {
+                            row[v] = $fmadd(av, bv[v], row[v]);
+                        }
+                    }
+                    a = a.add(MR);
+                    b = b.add(rows.pitch);
+                }
+            }
+            for (m, row) in acc.iter().enumerate() {
+                for (v, r) in row.iter().enumerate() {
+                    $store(out.add(m * op + v * $lanes), *r);
+                }
+            }
+        }
+
+        /// The kernel (checks the operands and the CPU).
+        pub fn $entry<const MR: usize, const V: usize>(
+            a: &[$t],
+            b: &[$t],
+            rows: super::Rows,
+            mut out: super::Out<'_, $t>,
+            accumulate: bool,
+        ) {
+            let (op, out_ok) = rows.out_fit(out.len(), MR, V * $lanes);
+            out.check(accumulate);
+            assert!(
+                a.len() >= rows.len() * MR && rows.fit(b.len(), V * $lanes) && out_ok,
+                "kernel operand too short"
+            );
+            assert!($available, "{} kernel on a CPU without it", $features);
+            // Safety: lengths and CPU features checked just above.
+            unsafe {
+                $body::<MR, V>(
+                    a.as_ptr(),
+                    b.as_ptr(),
+                    rows,
+                    out.as_mut_ptr(),
+                    op,
+                    accumulate,
+                )
+            }
+        }
+    };
+}
+
 /// f64 kernels: the portable kernel's layout (8 lanes per "vector", the tiles of
 /// [`tile_shapes_for`]`::<f64>`) in AVX-512F or AVX2 and FMA registers, each product one
 /// fused multiply-add. 8 f64 lanes are one AVX-512 register (two AVX2 ones).
 #[cfg(target_arch = "x86_64")]
 mod f64x {
     use super::{Out, Rows};
+    use std::arch::x86_64::*;
 
-    /// The AVX-512 body: one register per vector of 8 lanes, the portable body's sums (one
-    /// fused multiply-add per product, rows in order) without its per-row index
-    /// arithmetic (a division per row: hifigan1d's f64 GEMMs ran at about 65 % of the f64
-    /// peak so).
-    ///
-    /// # Safety
-    /// AVX-512F available.
-    #[target_feature(enable = "avx512f,fma")]
-    unsafe fn avx512_body<const MR: usize, const V: usize>(
-        a: &[f64],
-        b: &[f64],
-        rows: Rows,
-        mut out: Out<'_, f64>,
-        accumulate: bool,
-    ) {
-        use std::arch::x86_64::*;
-        let (op, out_ok) = rows.out_fit(out.len(), MR, V * 8);
-        assert!(
-            a.len() >= rows.len() * MR && rows.fit(b.len(), V * 8) && out_ok,
-            "kernel operand too short"
-        );
-        out.check(accumulate);
-        let o = out.as_mut_ptr();
-        // Safety (every access below): `a` holds `rows.len()·MR` values, `b` every row of
-        // `V·8` values and `out` the `MR` rows `op` apart (checked above); `out` is read
-        // only when `accumulate` (initialised: `check`).
-        let mut acc = [[_mm512_setzero_pd(); V]; MR];
-        if accumulate {
-            for (m, row) in acc.iter_mut().enumerate() {
-                for (v, r) in row.iter_mut().enumerate() {
-                    *r = _mm512_loadu_pd(o.add(m * op + v * 8));
-                }
-            }
-        }
-        let mut ap = a.as_ptr();
-        for t in 0..rows.taps {
-            let mut bp = b.as_ptr().add(t);
-            for _ in 0..rows.k {
-                let mut bv = [_mm512_setzero_pd(); V];
-                for (v, slot) in bv.iter_mut().enumerate() {
-                    *slot = _mm512_loadu_pd(bp.add(v * 8));
-                }
-                for (m, row) in acc.iter_mut().enumerate() {
-                    let av = _mm512_set1_pd(*ap.add(m));
-                    for v in 0..V {
-                        row[v] = _mm512_fmadd_pd(av, bv[v], row[v]);
-                    }
-                }
-                ap = ap.add(MR);
-                bp = bp.add(rows.pitch);
-            }
-        }
-        for (m, row) in acc.iter().enumerate() {
-            for (v, r) in row.iter().enumerate() {
-                _mm512_storeu_pd(o.add(m * op + v * 8), *r);
-            }
-        }
-    }
+    // The AVX-512 kernel: one register per vector of 8 lanes, the portable body's sums
+    // (one fused multiply-add per product, rows in order) without its per-row index
+    // arithmetic (a division per row: hifigan1d's f64 GEMMs ran at about 65 % of the f64
+    // peak so).
+    simd_kernel!(
+        avx512_body,
+        avx512,
+        "avx512f",
+        is_x86_feature_detected!("avx512f"),
+        f64,
+        8,
+        __m512d,
+        _mm512_setzero_pd,
+        _mm512_loadu_pd,
+        _mm512_set1_pd,
+        _mm512_fmadd_pd,
+        _mm512_storeu_pd
+    );
 
-    /// The AVX2 body: [`avx512_body`]'s, each vector of 8 lanes two registers of 4.
+    /// The AVX2 body: the AVX-512 kernel's, each vector of 8 lanes two registers of 4.
     ///
     /// # Safety
     /// AVX2 and FMA available.
@@ -276,7 +322,6 @@ mod f64x {
         mut out: Out<'_, f64>,
         accumulate: bool,
     ) {
-        use std::arch::x86_64::*;
         let (op, out_ok) = rows.out_fit(out.len(), MR, V * 8);
         assert!(
             a.len() >= rows.len() * MR && rows.fit(b.len(), V * 8) && out_ok,
@@ -284,7 +329,9 @@ mod f64x {
         );
         out.check(accumulate);
         let o = out.as_mut_ptr();
-        // Safety (every access below): as in `avx512_body`.
+        // Safety (every access below): `a` holds `rows.len()·MR` values, `b` every row of
+        // `V·8` values and `out` the `MR` rows `op` apart (checked above); `out` is read
+        // only when `accumulate` (initialised: `check`).
         let mut acc = [[[_mm256_setzero_pd(); 2]; V]; MR];
         if accumulate {
             for (m, row) in acc.iter_mut().enumerate() {
@@ -326,19 +373,6 @@ mod f64x {
         }
     }
 
-    /// The AVX-512 f64 kernel (checks the CPU; the body checks the operands).
-    pub fn avx512<const MR: usize, const V: usize>(
-        a: &[f64],
-        b: &[f64],
-        rows: Rows,
-        out: Out<'_, f64>,
-        accumulate: bool,
-    ) {
-        assert!(is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("fma"));
-        // Safety: the features were just checked.
-        unsafe { avx512_body::<MR, V>(a, b, rows, out, accumulate) }
-    }
-
     /// The AVX2 f64 kernel (checks the CPU; the body checks the operands).
     pub fn avx2<const MR: usize, const V: usize>(
         a: &[f64],
@@ -357,155 +391,35 @@ mod f64x {
 mod x86 {
     use std::arch::x86_64::*;
 
-    /// # Safety
-    /// AVX2 and FMA available; `a` holds `rows.len()*MR` values, `b` the `rows` of `V*8`
-    /// values, `out` `MR` rows of `V*8` values `op` apart.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn avx2_body<const MR: usize, const V: usize>(
-        a: *const f32,
-        b: *const f32,
-        rows: super::Rows,
-        out: *mut f32,
-        op: usize,
-        accumulate: bool,
-    ) {
-        let mut acc = [[_mm256_setzero_ps(); V]; MR];
-        if accumulate {
-            for (m, row) in acc.iter_mut().enumerate() {
-                for (v, r) in row.iter_mut().enumerate() {
-                    *r = _mm256_loadu_ps(out.add(m * op + v * 8));
-                }
-            }
-        }
-        let mut a = a;
-        for t in 0..rows.taps {
-            let mut b = b.add(t);
-            for _ in 0..rows.k {
-                let mut bv = [_mm256_setzero_ps(); V];
-                for (v, slot) in bv.iter_mut().enumerate() {
-                    *slot = _mm256_loadu_ps(b.add(v * 8));
-                }
-                for (m, row) in acc.iter_mut().enumerate() {
-                    let av = _mm256_broadcast_ss(&*a.add(m));
-                    for v in 0..V {
-                        row[v] = _mm256_fmadd_ps(av, bv[v], row[v]);
-                    }
-                }
-                a = a.add(MR);
-                b = b.add(rows.pitch);
-            }
-        }
-        for (m, row) in acc.iter().enumerate() {
-            for (v, r) in row.iter().enumerate() {
-                _mm256_storeu_ps(out.add(m * op + v * 8), *r);
-            }
-        }
-    }
+    simd_kernel!(
+        avx2_body,
+        avx2,
+        "avx2,fma",
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+        f32,
+        8,
+        __m256,
+        _mm256_setzero_ps,
+        _mm256_loadu_ps,
+        _mm256_set1_ps,
+        _mm256_fmadd_ps,
+        _mm256_storeu_ps
+    );
 
-    pub fn avx2<const MR: usize, const V: usize>(
-        a: &[f32],
-        b: &[f32],
-        rows: super::Rows,
-        mut out: super::Out<'_, f32>,
-        accumulate: bool,
-    ) {
-        let (op, out_ok) = rows.out_fit(out.len(), MR, V * 8);
-        out.check(accumulate);
-        assert!(
-            a.len() >= rows.len() * MR && rows.fit(b.len(), V * 8) && out_ok,
-            "kernel operand too short"
-        );
-        assert!(
-            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
-            "AVX2+FMA kernel on a CPU without it"
-        );
-        // Safety: lengths and CPU features checked just above.
-        unsafe {
-            avx2_body::<MR, V>(
-                a.as_ptr(),
-                b.as_ptr(),
-                rows,
-                out.as_mut_ptr(),
-                op,
-                accumulate,
-            )
-        }
-    }
-
-    /// # Safety
-    /// AVX-512F available; `a` holds `rows.len()*MR` values, `b` the `rows` of `V*16`
-    /// values, `out` `MR` rows of `V*16` values `op` apart.
-    #[target_feature(enable = "avx512f")]
-    unsafe fn avx512_body<const MR: usize, const V: usize>(
-        a: *const f32,
-        b: *const f32,
-        rows: super::Rows,
-        out: *mut f32,
-        op: usize,
-        accumulate: bool,
-    ) {
-        let mut acc = [[_mm512_setzero_ps(); V]; MR];
-        if accumulate {
-            for (m, row) in acc.iter_mut().enumerate() {
-                for (v, r) in row.iter_mut().enumerate() {
-                    *r = _mm512_loadu_ps(out.add(m * op + v * 16));
-                }
-            }
-        }
-        let mut a = a;
-        for t in 0..rows.taps {
-            let mut b = b.add(t);
-            for _ in 0..rows.k {
-                let mut bv = [_mm512_setzero_ps(); V];
-                for (v, slot) in bv.iter_mut().enumerate() {
-                    *slot = _mm512_loadu_ps(b.add(v * 16));
-                }
-                for (m, row) in acc.iter_mut().enumerate() {
-                    let av = _mm512_set1_ps(*a.add(m));
-                    for v in 0..V {
-                        row[v] = _mm512_fmadd_ps(av, bv[v], row[v]);
-                    }
-                }
-                a = a.add(MR);
-                b = b.add(rows.pitch);
-            }
-        }
-        for (m, row) in acc.iter().enumerate() {
-            for (v, r) in row.iter().enumerate() {
-                _mm512_storeu_ps(out.add(m * op + v * 16), *r);
-            }
-        }
-    }
-
-    pub fn avx512<const MR: usize, const V: usize>(
-        a: &[f32],
-        b: &[f32],
-        rows: super::Rows,
-        mut out: super::Out<'_, f32>,
-        accumulate: bool,
-    ) {
-        let (op, out_ok) = rows.out_fit(out.len(), MR, V * 16);
-        out.check(accumulate);
-        assert!(
-            a.len() >= rows.len() * MR && rows.fit(b.len(), V * 16) && out_ok,
-            "kernel operand too short"
-        );
-        assert!(
-            is_x86_feature_detected!("avx512f"),
-            "AVX-512 kernel on a CPU without it"
-        );
-        // Safety: lengths and CPU feature checked just above.
-        unsafe {
-            avx512_body::<MR, V>(
-                a.as_ptr(),
-                b.as_ptr(),
-                rows,
-                out.as_mut_ptr(),
-                op,
-                accumulate,
-            )
-        }
-    }
+    simd_kernel!(
+        avx512_body,
+        avx512,
+        "avx512f",
+        is_x86_feature_detected!("avx512f"),
+        f32,
+        16,
+        __m512,
+        _mm512_setzero_ps,
+        _mm512_loadu_ps,
+        _mm512_set1_ps,
+        _mm512_fmadd_ps,
+        _mm512_storeu_ps
+    );
 }
 
 /// Tile shapes `(MR, V)` per ISA with their efficiency as measured when the table was made
