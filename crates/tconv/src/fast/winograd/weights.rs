@@ -397,8 +397,9 @@ pub(crate) fn combine<T: Element>(
 /// Each row is cut to exactly `n` values first: indexing the rows as given, the compiler
 /// kept a bounds check and ran the last vector steps of every row value by value (32 or
 /// 64 of the 384 values of s1k3's weight-gradient rows). Its weight gradient 3.1 -> 2.8 ms.
-/// (Compiled for the x86-64 baseline, where the plans take no Winograd tiles unless forced,
-/// the loop is left scalar: the callers that plans take run compiled for AVX2 or AVX-512.)
+/// (Compiled for the x86-64 baseline, where plans take no Winograd tiles unless forced,
+/// the compiler left f64's loop scalar; the callers plans take are compiled for AVX2 or
+/// AVX-512.)
 #[inline(always)]
 fn fused<T: Element, const N: usize>(dst: &mut [T], src: [&[T]; N], c: [T; N], accumulate: bool) {
     let n = dst.len();
