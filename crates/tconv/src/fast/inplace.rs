@@ -168,24 +168,34 @@ fn portable_body<T: Element, const MR: usize, const V: usize, const FUSED: bool>
     }
 }
 
-/// The AVX-512 in-place kernel's body, `avx512_body::<MR, V>`, for one element type `$t` in
-/// registers of `$lanes` lanes through its intrinsics (zero, broadcast, masked zero-filling
-/// load, fused multiply-add, store): f32 (`_ps`, 16 lanes) and f64 (`_pd`, 8).
+/// A SIMD in-place kernel's body, `$name::<MR, V>` compiled for `$features`, for one
+/// element type `$t` in registers of `$lanes` lanes through its intrinsics (zero,
+/// broadcast, whole load, fused multiply-add, store); a tap's lane bits (`t.masks[vi]`, bit
+/// `i`: lane `i` of vector `vi` is live) become a `$mask_ty` by `$mask`, through which
+/// `$masked` loads: f32 on AVX2 (`VMASKMOVPS` masks, 8 lanes) and AVX-512 (`_ps`, 16), f64
+/// on AVX-512 (`_pd`, 8).
 ///
-/// The body's `# Safety`: AVX-512F available and `check` passed for `(a, MR, V, $lanes)`.
+/// The body's `# Safety`: the features available and `check` passed for
+/// `(a, MR, V, $lanes)`.
 #[cfg(target_arch = "x86_64")]
-macro_rules! avx512_body {
-    ($t:ty, $lanes:expr, $mask:ty, [$zero:ident, $set1:ident, $load:ident, $loadu:ident, $fma:ident, $store:ident]) => {
+macro_rules! simd_body {
+    ($name:ident, $features:literal, $t:ty, $lanes:expr,
+     [$zero:ident, $set1:ident, $loadu:ident, $fma:ident, $store:ident],
+     $mask_ty:ty, |$bits:ident| $mask:expr, |$q:ident, $mq:ident| $masked:expr) => {
         /// # Safety
-        /// AVX-512F available and `check` passed for `(a, MR, V, lanes)`.
-        #[target_feature(enable = "avx512f")]
-        unsafe fn avx512_body<const MR: usize, const V: usize>(
-            a: &InplaceArgs<'_, $t>,
-            out: &mut [$t],
-        ) {
+        /// The target features available and `check` passed for `(a, MR, V, lanes)`.
+        #[target_feature(enable = $features)]
+        unsafe fn $name<const MR: usize, const V: usize>(a: &InplaceArgs<'_, $t>, out: &mut [$t]) {
             let mut acc = [[$zero(); V]; MR];
             let x = a.x.as_ptr();
             let wp = a.w.as_ptr();
+            // Vector `vi`'s mask of tap `t` (lane `i` live where bit `i` of its bits is set).
+            macro_rules! mask {
+                ($tap:expr, $vi:expr) => {{
+                    let $bits = $tap.masks[$vi];
+                    $mask
+                }};
+            }
             if a.row_stride != 0 {
                 // Depthwise: row m reads its own channel, `row_stride` further on.
                 for (ti, t) in a.taps.iter().enumerate() {
@@ -195,8 +205,8 @@ macro_rules! avx512_body {
                         for (vi, r) in row.iter_mut().enumerate() {
                             // Live lanes are inside `x` (checked); masked-off lanes are not
                             // accessed.
-                            let xv = $load(t.masks[vi] as $mask, p.wrapping_add(vi * $lanes));
-                            *r = $fma(wv, xv, *r);
+                            let ($q, $mq) = (p.wrapping_add(vi * $lanes), mask!(t, vi));
+                            *r = $fma(wv, $masked, *r);
                         }
                     }
                 }
@@ -210,11 +220,11 @@ macro_rules! avx512_body {
                         let mut w = wp.add((ti * a.channels + c0) * MR);
                         // The tap's channels, each vector loaded through `$ld`.
                         macro_rules! channels {
-                            (|$vi:ident, $q:ident| $ld:expr) => {
+                            (|$vi:ident, $qq:ident| $ld:expr) => {
                                 for _ in c0..c1 {
                                     let mut xv = [$zero(); V];
                                     for ($vi, slot) in xv.iter_mut().enumerate() {
-                                        let $q = p.wrapping_add($vi * $lanes);
+                                        let $qq = p.wrapping_add($vi * $lanes);
                                         *slot = $ld;
                                     }
                                     for (m, row) in acc.iter_mut().enumerate() {
@@ -235,7 +245,10 @@ macro_rules! avx512_body {
                         if t.masks[..V].iter().all(|&m| m & all == all) {
                             channels!(|vi, q| $loadu(q));
                         } else {
-                            channels!(|vi, q| $load(t.masks[vi] as $mask, q));
+                            channels!(|vi, q| {
+                                let ($q, $mq) = (q, mask!(t, vi));
+                                $masked
+                            });
                         }
                     }
                 }
@@ -260,18 +273,21 @@ mod f64x {
         _mm512_setzero_pd, _mm512_storeu_pd,
     };
 
-    avx512_body!(
+    simd_body!(
+        avx512_body,
+        "avx512f",
         f64,
         8,
-        __mmask8,
         [
             _mm512_setzero_pd,
             _mm512_set1_pd,
-            _mm512_maskz_loadu_pd,
             _mm512_loadu_pd,
             _mm512_fmadd_pd,
             _mm512_storeu_pd
-        ]
+        ],
+        __mmask8,
+        |bits| bits as __mmask8,
+        |q, m| _mm512_maskz_loadu_pd(m, q)
     );
 
     /// # Safety
@@ -305,90 +321,27 @@ mod x86 {
     use super::InplaceArgs;
     use std::arch::x86_64::*;
 
-    /// # Safety
-    /// AVX2+FMA available and `check` passed for `(a, MR, V, 8)`.
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn avx2_body<const MR: usize, const V: usize>(
-        a: &InplaceArgs<'_, f32>,
-        out: &mut [f32],
-    ) {
-        let bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-        let mut acc = [[_mm256_setzero_ps(); V]; MR];
-        let x = a.x.as_ptr();
-        let mut wp = a.w.as_ptr();
-        if a.row_stride != 0 {
-            // Depthwise: row m reads its own channel, `row_stride` further on.
-            for t in a.taps {
-                let mut masks = [_mm256_setzero_si256(); V];
-                for (vi, m) in masks.iter_mut().enumerate() {
-                    let b = _mm256_set1_epi32(t.masks[vi] as i32);
-                    *m = _mm256_cmpeq_epi32(_mm256_and_si256(b, bits), bits);
-                }
-                for (m, row) in acc.iter_mut().enumerate().take(a.live_rows) {
-                    let p = x.wrapping_offset(t.base).wrapping_add(m * a.row_stride);
-                    let wv = _mm256_broadcast_ss(&*wp.add(m));
-                    for (vi, r) in row.iter_mut().enumerate() {
-                        // Live lanes are inside `x` (checked); the others are not touched.
-                        let xv = _mm256_maskload_ps(p.wrapping_add(vi * 8), masks[vi]);
-                        *r = _mm256_fmadd_ps(wv, xv, *r);
-                    }
-                }
-                wp = wp.add(MR);
-            }
-            for (m, row) in acc.iter().enumerate() {
-                for (vi, v) in row.iter().enumerate() {
-                    _mm256_storeu_ps(out.as_mut_ptr().add((m * V + vi) * 8), *v);
-                }
-            }
-            return;
-        }
-        for c0 in (0..a.channels).step_by(super::CHANNEL_BLOCK) {
-            let c1 = (c0 + super::CHANNEL_BLOCK).min(a.channels);
-            for (ti, t) in a.taps.iter().enumerate() {
-                let mut p = x
-                    .wrapping_offset(t.base)
-                    .wrapping_add(c0 * a.channel_stride);
-                let mut wp = wp.add((ti * a.channels + c0) * MR);
-                // The tap's channels, each vector loaded through `$ld`.
-                macro_rules! channels {
-                    (|$vi:ident, $q:ident| $ld:expr) => {
-                        for _ in c0..c1 {
-                            let mut xv = [_mm256_setzero_ps(); V];
-                            for ($vi, slot) in xv.iter_mut().enumerate() {
-                                let $q = p.wrapping_add($vi * 8);
-                                *slot = $ld;
-                            }
-                            for (m, row) in acc.iter_mut().enumerate() {
-                                let wv = _mm256_broadcast_ss(&*wp.add(m));
-                                for vi in 0..V {
-                                    row[vi] = _mm256_fmadd_ps(wv, xv[vi], row[vi]);
-                                }
-                            }
-                            wp = wp.add(MR);
-                            p = p.wrapping_add(a.channel_stride);
-                        }
-                    };
-                }
-                // Live lanes are inside `x` (checked): a tap whose lanes are all live loads
-                // whole vectors; otherwise VMASKMOVPS does not touch the others.
-                if t.masks[..V].iter().all(|&m| m & 0xff == 0xff) {
-                    channels!(|vi, q| _mm256_loadu_ps(q));
-                } else {
-                    let mut masks = [_mm256_setzero_si256(); V];
-                    for (vi, m) in masks.iter_mut().enumerate() {
-                        let b = _mm256_set1_epi32(t.masks[vi] as i32);
-                        *m = _mm256_cmpeq_epi32(_mm256_and_si256(b, bits), bits);
-                    }
-                    channels!(|vi, q| _mm256_maskload_ps(q, masks[vi]));
-                }
-            }
-        }
-        for (m, row) in acc.iter().enumerate() {
-            for (vi, v) in row.iter().enumerate() {
-                _mm256_storeu_ps(out.as_mut_ptr().add((m * V + vi) * 8), *v);
-            }
-        }
-    }
+    simd_body!(
+        avx2_body,
+        "avx2,fma",
+        f32,
+        8,
+        [
+            _mm256_setzero_ps,
+            _mm256_set1_ps,
+            _mm256_loadu_ps,
+            _mm256_fmadd_ps,
+            _mm256_storeu_ps
+        ],
+        __m256i,
+        |bits| {
+            // Lane i live where bit i is set.
+            let lane = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+            let b = _mm256_set1_epi32(bits as i32);
+            _mm256_cmpeq_epi32(_mm256_and_si256(b, lane), lane)
+        },
+        |q, m| _mm256_maskload_ps(q, m)
+    );
 
     pub fn avx2<const MR: usize, const V: usize>(a: &InplaceArgs<'_, f32>, out: &mut [f32]) {
         super::check(a, MR, V, 8, out.len());
@@ -400,18 +353,21 @@ mod x86 {
         unsafe { avx2_body::<MR, V>(a, out) }
     }
 
-    avx512_body!(
+    simd_body!(
+        avx512_body,
+        "avx512f",
         f32,
         16,
-        __mmask16,
         [
             _mm512_setzero_ps,
             _mm512_set1_ps,
-            _mm512_maskz_loadu_ps,
             _mm512_loadu_ps,
             _mm512_fmadd_ps,
             _mm512_storeu_ps
-        ]
+        ],
+        __mmask16,
+        |bits| bits as __mmask16,
+        |q, m| _mm512_maskz_loadu_ps(m, q)
     );
 
     pub fn avx512<const MR: usize, const V: usize>(a: &InplaceArgs<'_, f32>, out: &mut [f32]) {
