@@ -469,39 +469,36 @@ pub(crate) unsafe fn transpose8x8(
     ]
 }
 
-/// Copy a short slice inline (a `memcpy` call costs more than the copy for tile rows).
+/// Copy a short slice inline (a `memcpy` call costs more than the copy for tile rows):
+/// below 256 bytes, pieces of 32, 16, 8, 4, 2 and 1 values by the bits of the length,
+/// each a fixed-size copy, and no loop. (A loop of copies, even of eight values at a time,
+/// may become a `memcpy` call, as the crate's code-generation units fall: in one build,
+/// changed elsewhere, the Winograd weight gradient's output transform called it for its
+/// runs of 32, and dcgan1's weight gradient ran 0.90x.)
 #[inline(always)]
 pub(crate) fn copy_short<T: Copy>(dst: &mut [T], src: &[T]) {
-    let mut d = dst.chunks_exact_mut(8);
-    let mut s = src.chunks_exact(8);
-    for (d8, s8) in (&mut d).zip(&mut s) {
-        let s8: &[T; 8] = s8.try_into().expect("chunk of 8");
-        let d8: &mut [T; 8] = d8.try_into().expect("chunk of 8");
-        *d8 = *s8;
+    let n = dst.len().min(src.len());
+    if n * std::mem::size_of::<T>() >= 256 {
+        dst[..n].copy_from_slice(&src[..n]);
+        return;
     }
-    // The rest: four, then up to three (the remainder as a loop became a `memcpy` call: 3 %
-    // of a Winograd weight gradient's transform, which copies runs of 12).
-    let (d, s) = (d.into_remainder(), s.remainder());
-    let n = d.len().min(s.len());
     let mut i = 0;
-    if n >= 4 {
-        let s4: &[T; 4] = s[..4].try_into().expect("four");
-        let d4: &mut [T; 4] = (&mut d[..4]).try_into().expect("four");
-        *d4 = *s4;
-        i = 4;
-    }
-    match n - i {
-        0 => {}
-        1 => d[i] = s[i],
-        2 => {
-            d[i] = s[i];
-            d[i + 1] = s[i + 1];
-        }
-        _ => {
-            d[i] = s[i];
-            d[i + 1] = s[i + 1];
-            d[i + 2] = s[i + 2];
-        }
+    copy_piece::<T, 32>(dst, src, n, &mut i);
+    copy_piece::<T, 16>(dst, src, n, &mut i);
+    copy_piece::<T, 8>(dst, src, n, &mut i);
+    copy_piece::<T, 4>(dst, src, n, &mut i);
+    copy_piece::<T, 2>(dst, src, n, &mut i);
+    copy_piece::<T, 1>(dst, src, n, &mut i);
+}
+
+/// [`copy_short`]'s piece of `P` values at `i`, where bit `P` of `n` is set.
+#[inline(always)]
+fn copy_piece<T: Copy, const P: usize>(dst: &mut [T], src: &[T], n: usize, i: &mut usize) {
+    if n & P != 0 {
+        let s: &[T; P] = src[*i..*i + P].try_into().expect("P values");
+        let d: &mut [T; P] = (&mut dst[*i..*i + P]).try_into().expect("P values");
+        *d = *s;
+        *i += P;
     }
 }
 
