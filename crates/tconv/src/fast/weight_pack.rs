@@ -10,6 +10,13 @@
 //! 1.63x, dcgan3's 1.26x, paired at 1 thread.) Positions are taken in passes small
 //! enough that the destination and the source lines they read stay in L2
 //! (`PACK_BLOCK_BYTES`).
+//!
+//! Where the tables of a pass read their source span often enough between them (the keys
+//! of one residue grid at several shifts: dcgan3's big side reads each position twice, at
+//! stride 2), the pass is *staged* (`Stage`): the span is transposed once, at stride 1,
+//! into channels-last rows, and each table position copies its row (dcgan3's weight
+//! gradient 1.03x, f32 and f64, paired at 1 thread; it had spent 9 % of its time in the
+//! stride-2 transposes, shuffle-bound).
 
 use std::ops::Range;
 
@@ -64,6 +71,9 @@ pub(crate) struct Tables {
     spans: Vec<Vec<Option<(usize, usize)>>>,
     /// `runs[t][j]`: how the eight positions from `j` of table `t` read the source.
     runs: Vec<Vec<Run8>>,
+    /// `staged[pass]`: the source span `(lo, hi)` all tables read in that pass, where they
+    /// read it often enough between them to be staged ([`staged_span`]).
+    staged: Vec<Option<(usize, usize)>>,
 }
 
 /// How a run of eight copy positions reads the source: at `start + i · stride` (`stride` 1
@@ -149,16 +159,33 @@ impl Tables {
                     .collect()
             })
             .collect();
+        let staged = (0..tables.first().map_or(0, |t| t.len().div_ceil(block)))
+            .map(|pass| {
+                let js = pass * block..((pass + 1) * block).min(tables[0].len());
+                staged_span(&tables, js)
+            })
+            .collect();
         Tables {
             tables,
             block,
             spans,
             runs,
+            staged,
         }
     }
 
     fn len(&self) -> usize {
         self.tables.first().map_or(0, |t| t.len())
+    }
+
+    /// The source span `(lo, hi)` that positions `js` read, where every pass they fall in
+    /// is staged (`staged`).
+    fn staged(&self, js: Range<usize>) -> Option<(usize, usize)> {
+        (js.start / self.block..=(js.end - 1) / self.block)
+            .map(|p| self.staged.get(p).copied().flatten())
+            .try_fold((usize::MAX, 0), |(lo, hi), s| {
+                s.map(|(l, h)| (lo.min(l), hi.max(h)))
+            })
     }
 }
 
@@ -190,7 +217,26 @@ pub(crate) fn pack_positions<T: Element>(
     let line = (64 / std::mem::size_of::<T>()).max(1);
     let prefetch = prefetch && batch * live >= 8;
     let fast = transposes_available::<T>();
-    for j0 in js.clone().step_by(tables.block) {
+    let mut stage = Stage::default();
+    let mut j0 = js.start;
+    while j0 < js.end {
+        // Staged: at least `STAGE_POSITIONS` positions at a time.
+        let j1 = (j0 + tables.block.max(STAGE_POSITIONS)).min(js.end);
+        if let Some(span) = tables
+            .staged(j0..j1)
+            .filter(|_| fast && width.is_multiple_of(8))
+        {
+            stage.pack(
+                &mut dst[..tables.tables.len() * per_table],
+                width,
+                side,
+                tables,
+                (js.start, j0..j1),
+                span,
+            );
+            j0 = j1;
+            continue;
+        }
         let j1 = (j0 + tables.block).min(js.end);
         let pass = j0 / tables.block;
         for n in 0..batch {
@@ -255,6 +301,167 @@ pub(crate) fn pack_positions<T: Element>(
                     }
                 }
             }
+        }
+        j0 = j1;
+    }
+}
+
+/// Positions a staged pass of [`pack_positions`] takes at least (a pass's fixed costs
+/// showed at dcgan1's eight: its weight gradient 0.93x staged in passes of that length).
+const STAGE_POSITIONS: usize = 64;
+
+/// A staged pass of [`pack_positions`]: its source span transposed into channels-last rows
+/// (lanes past the block's live channels zero), then a row copied per table position.
+#[derive(Default)]
+struct Stage<T: Element> {
+    rows: Option<scratch::Scratch<T>>,
+    runs: Vec<Run8>,
+    /// The copies by AVX-512 moves.
+    wide: bool,
+}
+
+impl<T: Element> Stage<T> {
+    /// [`pack_positions`] at positions `js` (of a call from `from`) through the span `(lo,
+    /// hi)` they read.
+    fn pack(
+        &mut self,
+        dst: &mut [T],
+        width: usize,
+        side: &Side<'_, T>,
+        tables: &Tables,
+        (from, js): (usize, Range<usize>),
+        (lo, hi): (usize, usize),
+    ) {
+        let (batch, plane, live) = (side.batch, side.plane, side.live);
+        let span = hi + 1 - lo;
+        // (`dst` holds the tables' copies, of equal lengths.)
+        let per_table = dst.len() / tables.tables.len().max(1);
+        if self.rows.as_ref().is_none_or(|r| r.len() < span * width) {
+            self.wide = super::Isa::detect() == super::Isa::Avx512;
+            let mut b = scratch::take::<T>(span * width);
+            if live < width {
+                b.fill(T::zero());
+            }
+            self.rows = Some(b);
+        }
+        let cl = self.rows.as_mut().expect("taken above");
+        self.runs.clear();
+        self.runs.extend((0..span).map(|i| Run8 {
+            start: lo + i,
+            stride: 1,
+            outside: 0,
+        }));
+        for n in 0..batch {
+            let row_of =
+                |w: usize| &side.src[((n * side.channels + side.first + w) * plane)..][..plane];
+            let mut w0 = 0;
+            while w0 < live {
+                let cnt = (live - w0).min(8);
+                let rows: [&[T]; 8] = std::array::from_fn(|i| row_of(w0 + i.min(cnt - 1)));
+                let done = transpose_runs(&rows, cnt, &self.runs, &mut cl[w0..], width);
+                for i in done..span {
+                    for (c, row) in rows.iter().enumerate().take(cnt) {
+                        cl[i * width + w0 + c] = row[lo + i];
+                    }
+                }
+                w0 += cnt;
+            }
+            for (ti, t) in tables.tables.iter().enumerate() {
+                let out = &mut dst[ti * per_table..(ti + 1) * per_table];
+                let out = &mut out[((js.start - from) * batch + n) * width..];
+                let args = (&t[js.clone()], batch * width, &cl[..span * width], lo);
+                let wide = self.wide;
+                match width {
+                    8 => copy_rows::<T, 8>(wide, out, args),
+                    16 => copy_rows::<T, 16>(wide, out, args),
+                    32 => copy_rows::<T, 32>(wide, out, args),
+                    48 => copy_rows::<T, 48>(wide, out, args),
+                    64 => copy_rows::<T, 64>(wide, out, args),
+                    _ => {
+                        for (i, &o) in t[js.clone()].iter().enumerate() {
+                            let d = &mut out[i * batch * width..][..width];
+                            if o == usize::MAX {
+                                d.fill(T::zero());
+                            } else {
+                                d.copy_from_slice(&cl[(o - lo) * width..][..width]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads per source position of a pass's span, in tenths, from which the pass is staged
+/// ([`staged_span`]). dcgan3's big side reads each position twice (its eight keys: two
+/// residue rows at two shifts each) and its weight gradient ran 1.03-1.04x faster
+/// staged; unet's and vnet3d's keys read each position once, and staging them ran 0.88x
+/// and 0.90x (their transposes are no fewer, the copies come on top); at 1.5 neither
+/// stages (gwbench, medians of 40-100, 1 thread).
+const STAGE_TENTHS: usize = 15;
+
+/// The source span `(lo, hi)` that the tables read at positions `js`, where they read it
+/// often enough between them (keys of one residue grid at several shifts) that transposing
+/// it once into channels-last rows and copying a row per table position beats gathering
+/// each table's positions (`None` otherwise).
+fn staged_span(tables: &[Vec<usize>], js: Range<usize>) -> Option<(usize, usize)> {
+    let (mut lo, mut hi, mut reads) = (usize::MAX, 0, 0usize);
+    for t in tables {
+        for &o in &t[js.clone()] {
+            if o != usize::MAX {
+                lo = lo.min(o);
+                hi = hi.max(o);
+                reads += 1;
+            }
+        }
+    }
+    let span = hi.checked_sub(lo)? + 1;
+    (10 * reads >= STAGE_TENTHS * span).then_some((lo, hi))
+}
+
+/// `W` values per position `i` of `table` into `out[i · step ..]`: the channels-last row
+/// of source position `table[i]` from `cl` (whose first row is position `lo`), zero for
+/// `usize::MAX`; by AVX-512 moves with `wide` (where `TCONV_ISA` allows them).
+fn copy_rows<T: Element, const W: usize>(
+    wide: bool,
+    out: &mut [T],
+    args: (&[usize], usize, &[T], usize),
+) {
+    #[cfg(target_arch = "x86_64")]
+    if wide && is_x86_feature_detected!("avx512f") {
+        // Safety: AVX-512F was detected.
+        unsafe { copy_rows_avx512::<T, W>(out, args) };
+        return;
+    }
+    let _ = wide;
+    copy_rows_body::<T, W>(out, args)
+}
+
+/// [`copy_rows`] compiled for AVX-512 (a row of 16 f32 is one register move).
+///
+/// # Safety
+/// AVX-512F available.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn copy_rows_avx512<T: Element, const W: usize>(
+    out: &mut [T],
+    args: (&[usize], usize, &[T], usize),
+) {
+    copy_rows_body::<T, W>(out, args)
+}
+
+#[inline(always)]
+fn copy_rows_body<T: Element, const W: usize>(
+    out: &mut [T],
+    (table, step, cl, lo): (&[usize], usize, &[T], usize),
+) {
+    for (i, &o) in table.iter().enumerate() {
+        let d = &mut out[i * step..][..W];
+        if o == usize::MAX {
+            d.fill(T::zero());
+        } else {
+            d.copy_from_slice(&cl[(o - lo) * W..][..W]);
         }
     }
 }
@@ -523,16 +730,13 @@ mod tests {
     use super::{pack_positions, Run8, Side, Tables};
     use crate::tensor::Element;
 
-    /// `pack_positions` of both channel blocks (8 and 3 live channels) of a source against
-    /// its definition, for tables whose runs of eight read at stride 1 and 2 (some with
-    /// positions outside at either end) and some that fit no stride: the transposes (f32
-    /// on AVX2, f64 on AVX-512, as the CPU and `TCONV_ISA` allow) and the values copied
-    /// one by one alike.
+    /// `pack_positions` of both channel blocks (e.g. 8 and 3 live channels) of a source
+    /// against its definition, for tables whose runs of eight read at stride 1 and 2 (some
+    /// with positions outside at either end) and some that fit no stride: the transposes
+    /// (f32 on AVX2, f64 on AVX-512, as the CPU and `TCONV_ISA` allow) and the values
+    /// copied one by one alike; and for keys of two residue grids at two shifts each, which
+    /// read their span often enough to be staged (channels-last rows copied per position).
     fn packs_as_defined<T: Element>() {
-        let (batch, channels, plane, width) = (2, 11, 200, 8);
-        let src: Vec<T> = (0..batch * channels * plane)
-            .map(|i| T::from(i % 977).expect("small") - T::from(400).expect("small"))
-            .collect();
         let strided: Vec<usize> = (0..96)
             .map(|j: usize| (2 * (j % 24) + 50 * (j / 24)).checked_sub(1).unwrap_or(OUT))
             .collect();
@@ -546,13 +750,41 @@ mod tests {
             })
             .collect();
         let odd: Vec<usize> = (0..96).map(|j| (j * 3) % 190).collect();
-        let tables = Tables::new::<T>(vec![strided, unit, odd], batch, width);
-        for blk in 0..2 {
+        // Rows of 24 at stride 2 from rows of 48, residue `r`, shifted by `c` (outside at
+        // a row's ends).
+        let key = |r: usize, c: isize| -> Vec<usize> {
+            (0..96)
+                .map(|j: usize| {
+                    let u = (j % 24) as isize + c;
+                    if (0..24).contains(&u) {
+                        48 * (j / 24) + 2 * u as usize + r
+                    } else {
+                        OUT
+                    }
+                })
+                .collect()
+        };
+        let keys = vec![key(0, 0), key(0, 1), key(1, -1), key(1, 0)];
+        for (sets, width) in [(vec![strided, unit, odd], 8), (keys.clone(), 8), (keys, 16)] {
+            let tables = Tables::new::<T>(sets, 2, width);
+            if tables.tables.len() == 4 {
+                assert!(tables.staged.iter().all(Option::is_some), "keys staged");
+            }
+            packs_tables_as_defined::<T>(&tables, width);
+        }
+    }
+
+    fn packs_tables_as_defined<T: Element>(tables: &Tables, width: usize) {
+        let (batch, channels, plane): (usize, usize, usize) = (2, 11, 200);
+        let src: Vec<T> = (0..batch * channels * plane)
+            .map(|i| T::from(i % 977).expect("small") - T::from(400).expect("small"))
+            .collect();
+        for blk in 0..channels.div_ceil(width) {
             let side = Side::block(&src, batch, (channels, channels, plane), width, 0, blk);
             for js in [0..96, 8..72, 5..61] {
                 let per_table = js.len() * batch * width;
                 let mut dst = vec![T::from(7).expect("small"); tables.tables.len() * per_table];
-                pack_positions(&mut dst, width, &side, &tables, js.clone(), false);
+                pack_positions(&mut dst, width, &side, tables, js.clone(), false);
                 for (t, table) in tables.tables.iter().enumerate() {
                     for j in js.clone() {
                         for n in 0..batch {
