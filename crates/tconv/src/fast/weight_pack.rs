@@ -220,8 +220,7 @@ pub(crate) fn pack_positions<T: Element>(
     let mut stage = Stage::default();
     let mut j0 = js.start;
     while j0 < js.end {
-        // Staged: at least `STAGE_POSITIONS` positions at a time.
-        let j1 = (j0 + tables.block.max(STAGE_POSITIONS)).min(js.end);
+        let j1 = (j0 + tables.block).min(js.end);
         if let Some(span) = tables
             .staged(j0..j1)
             .filter(|_| fast && width.is_multiple_of(8))
@@ -237,7 +236,6 @@ pub(crate) fn pack_positions<T: Element>(
             j0 = j1;
             continue;
         }
-        let j1 = (j0 + tables.block).min(js.end);
         let pass = j0 / tables.block;
         for n in 0..batch {
             let row_of =
@@ -305,10 +303,6 @@ pub(crate) fn pack_positions<T: Element>(
         j0 = j1;
     }
 }
-
-/// Positions a staged pass of [`pack_positions`] takes at least (a pass's fixed costs
-/// showed at dcgan1's eight: its weight gradient 0.93x staged in passes of that length).
-const STAGE_POSITIONS: usize = 64;
 
 /// A staged pass of [`pack_positions`]: its source span transposed into channels-last rows
 /// (lanes past the block's live channels zero), then a row copied per table position.
