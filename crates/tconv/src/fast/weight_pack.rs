@@ -20,7 +20,7 @@
 
 use std::ops::Range;
 
-use super::direct::run_chunks;
+use super::direct::{copy_short, run_chunks};
 use super::scratch;
 use crate::geometry::Geometry;
 use crate::tensor::Element;
@@ -363,25 +363,8 @@ impl<T: Element> Stage<T> {
             for (ti, t) in tables.tables.iter().enumerate() {
                 let out = &mut dst[ti * per_table..(ti + 1) * per_table];
                 let out = &mut out[((js.start - from) * batch + n) * width..];
-                let args = (&t[js.clone()], batch * width, &cl[..span * width], lo);
-                let wide = self.wide;
-                match width {
-                    8 => copy_rows::<T, 8>(wide, out, args),
-                    16 => copy_rows::<T, 16>(wide, out, args),
-                    32 => copy_rows::<T, 32>(wide, out, args),
-                    48 => copy_rows::<T, 48>(wide, out, args),
-                    64 => copy_rows::<T, 64>(wide, out, args),
-                    _ => {
-                        for (i, &o) in t[js.clone()].iter().enumerate() {
-                            let d = &mut out[i * batch * width..][..width];
-                            if o == usize::MAX {
-                                d.fill(T::zero());
-                            } else {
-                                d.copy_from_slice(&cl[(o - lo) * width..][..width]);
-                            }
-                        }
-                    }
-                }
+                let rows = (&t[js.clone()], batch * width, &cl[..span * width], lo);
+                copy_rows(self.wide, out, rows, width);
             }
         }
     }
@@ -390,9 +373,9 @@ impl<T: Element> Stage<T> {
 /// Reads per source position of a pass's span, in tenths, from which the pass is staged
 /// ([`staged_span`]). dcgan3's big side reads each position twice (its eight keys: two
 /// residue rows at two shifts each) and its weight gradient ran 1.03-1.04x faster
-/// staged; unet's and vnet3d's keys read each position once, and staging them ran 0.88x
-/// and 0.90x (their transposes are no fewer, the copies come on top); at 1.5 neither
-/// stages (gwbench, medians of 40-100, 1 thread).
+/// staged; unet's and vnet3d's packed small side (`weight_strided`'s identity table) reads
+/// each position once, and staging it ran 0.88x and 0.90x (its transposes are no fewer,
+/// the copies come on top); at 1.5 neither stages (gwbench, medians of 40-100, 1 thread).
 const STAGE_TENTHS: usize = 15;
 
 /// The source span `(lo, hi)` that the tables read at positions `js`, where they read it
@@ -414,48 +397,53 @@ fn staged_span(tables: &[Vec<usize>], js: Range<usize>) -> Option<(usize, usize)
     (10 * reads >= STAGE_TENTHS * span).then_some((lo, hi))
 }
 
-/// `W` values per position `i` of `table` into `out[i · step ..]`: the channels-last row
-/// of source position `table[i]` from `cl` (whose first row is position `lo`), zero for
-/// `usize::MAX`; by AVX-512 moves with `wide` (where `TCONV_ISA` allows them).
-fn copy_rows<T: Element, const W: usize>(
+/// `width` values per position `i` of `table` into `out[i · step ..]`: the channels-last
+/// row of source position `table[i]` from `cl` (whose first row is position `lo`), zero for
+/// `usize::MAX`; compiled for AVX-512 with `wide` (where `TCONV_ISA` allows it: a row of 16
+/// f32 one register move; compiled for the x86-64 baseline the copies went through 16-byte
+/// moves and the stack, and dcgan3's weight gradient ran slower staged than not).
+fn copy_rows<T: Element>(
     wide: bool,
     out: &mut [T],
-    args: (&[usize], usize, &[T], usize),
+    rows: (&[usize], usize, &[T], usize),
+    width: usize,
 ) {
     #[cfg(target_arch = "x86_64")]
     if wide && is_x86_feature_detected!("avx512f") {
         // Safety: AVX-512F was detected.
-        unsafe { copy_rows_avx512::<T, W>(out, args) };
+        unsafe { copy_rows_avx512(out, rows, width) };
         return;
     }
     let _ = wide;
-    copy_rows_body::<T, W>(out, args)
+    copy_rows_body(out, rows, width)
 }
 
-/// [`copy_rows`] compiled for AVX-512 (a row of 16 f32 is one register move).
+/// [`copy_rows`] compiled for AVX-512.
 ///
 /// # Safety
 /// AVX-512F available.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn copy_rows_avx512<T: Element, const W: usize>(
+unsafe fn copy_rows_avx512<T: Element>(
     out: &mut [T],
-    args: (&[usize], usize, &[T], usize),
+    rows: (&[usize], usize, &[T], usize),
+    width: usize,
 ) {
-    copy_rows_body::<T, W>(out, args)
+    copy_rows_body(out, rows, width)
 }
 
 #[inline(always)]
-fn copy_rows_body<T: Element, const W: usize>(
+fn copy_rows_body<T: Element>(
     out: &mut [T],
     (table, step, cl, lo): (&[usize], usize, &[T], usize),
+    width: usize,
 ) {
     for (i, &o) in table.iter().enumerate() {
-        let d = &mut out[i * step..][..W];
+        let d = &mut out[i * step..][..width];
         if o == usize::MAX {
             d.fill(T::zero());
         } else {
-            d.copy_from_slice(&cl[(o - lo) * W..][..W]);
+            copy_short(d, &cl[(o - lo) * width..][..width]);
         }
     }
 }
