@@ -171,7 +171,7 @@ fn portable_body<T: Element, const MR: usize, const V: usize, const FUSED: bool>
 /// A SIMD in-place kernel's body, `$name::<MR, V>` compiled for `$features`, for one
 /// element type `$t` in registers of `$lanes` lanes through its intrinsics (zero,
 /// broadcast, whole load, fused multiply-add, store); a tap's lane bits (`t.masks[vi]`, bit
-/// `i`: lane `i` of vector `vi` is live) become a `$mask_ty` by `$mask`, through which
+/// `i`: lane `i` of vector `vi` is live) become a mask by `$mask`, through which
 /// `$masked` loads: f32 on AVX2 (`VMASKMOVPS` masks, 8 lanes) and AVX-512 (`_ps`, 16), f64
 /// on AVX-512 (`_pd`, 8).
 ///
@@ -181,7 +181,7 @@ fn portable_body<T: Element, const MR: usize, const V: usize, const FUSED: bool>
 macro_rules! simd_body {
     ($name:ident, $features:literal, $t:ty, $lanes:expr,
      [$zero:ident, $set1:ident, $loadu:ident, $fma:ident, $store:ident],
-     $mask_ty:ty, |$bits:ident| $mask:expr, |$q:ident, $mq:ident| $masked:expr) => {
+     |$bits:ident| $mask:expr, |$q:ident, $mq:ident| $masked:expr) => {
         /// # Safety
         /// The target features available and `check` passed for `(a, MR, V, lanes)`.
         #[target_feature(enable = $features)]
@@ -285,7 +285,6 @@ mod f64x {
             _mm512_fmadd_pd,
             _mm512_storeu_pd
         ],
-        __mmask8,
         |bits| bits as __mmask8,
         |q, m| _mm512_maskz_loadu_pd(m, q)
     );
@@ -333,7 +332,6 @@ mod x86 {
             _mm256_fmadd_ps,
             _mm256_storeu_ps
         ],
-        __m256i,
         |bits| {
             // Lane i live where bit i is set.
             let lane = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
@@ -365,7 +363,6 @@ mod x86 {
             _mm512_fmadd_ps,
             _mm512_storeu_ps
         ],
-        __mmask16,
         |bits| bits as __mmask16,
         |q, m| _mm512_maskz_loadu_ps(m, q)
     );
