@@ -5,38 +5,20 @@
 
 use std::time::Instant;
 
-use tconv::fast::kernels::{f32_kernel, f64_kernel, tile_shapes, tile_shapes_for, Rows};
+use tconv::fast::kernels::{f32_kernel, f64_kernel, tile_shapes, tile_shapes_for, KernelFn, Rows};
 use tconv::fast::Isa;
+use tconv::Element;
 
 fn main() {
     let isa = Isa::detect();
     let lanes = isa.lanes();
     println!("ISA {isa}, {lanes} lanes");
-    for &(mr, v, _) in tile_shapes(isa) {
-        let Some(f) = f32_kernel(isa, mr, v) else {
-            continue;
-        };
-        for k in [128usize, 512, 2048] {
-            let a = vec![1.0f32; k * mr];
-            let b = vec![1.0f32; k * v * lanes];
-            let mut out = vec![0.0f32; mr * v * lanes];
-            let reps = 200_000_000 / (k * mr * v * lanes);
-            let t = Instant::now();
-            for _ in 0..reps {
-                f(
-                    &a,
-                    &b,
-                    Rows::packed(k, v * lanes),
-                    (&mut out[..]).into(),
-                    false,
-                );
-                std::hint::black_box(&mut out);
-            }
-            let s = t.elapsed().as_secs_f64();
-            let gflops = (reps * k * mr * v * lanes * 2) as f64 / s / 1e9;
-            println!("mr={mr:2} v={v} k={k:4}: {gflops:6.1} GFLOP/s");
-        }
-    }
+    l1_rates(
+        tile_shapes(isa),
+        |mr, v| f32_kernel(isa, mr, v),
+        lanes,
+        200_000_000,
+    );
     // As the driver runs it: one panel slice of `k` rows stays in L1 while the weights of
     // `blocks` output-channel blocks (43 × 254 × 6 floats ≈ 262 KiB) stream from L2, each
     // block accumulating into its own tile.
@@ -68,22 +50,44 @@ fn main() {
     // f64: its plans are `Scalar` (the portable layout, 8 lanes a vector), its kernels
     // in this CPU's registers.
     println!("f64, 8 lanes");
-    for &(mr, v, _) in tile_shapes_for::<f64>(Isa::Scalar) {
-        let Some(f) = f64_kernel(mr, v) else {
+    l1_rates(
+        tile_shapes_for::<f64>(Isa::Scalar),
+        f64_kernel,
+        8,
+        100_000_000,
+    );
+}
+
+/// GFLOP/s of each tile shape's kernel (`kernel(mr, v)`, `lanes` a vector) on L1-resident
+/// operands at k = 128, 512 and 2048, about `budget` products a shape and k.
+fn l1_rates<T: Element>(
+    shapes: &[(usize, usize, f32)],
+    kernel: impl Fn(usize, usize) -> Option<KernelFn<T>>,
+    lanes: usize,
+    budget: usize,
+) {
+    for &(mr, v, _) in shapes {
+        let Some(f) = kernel(mr, v) else {
             continue;
         };
         for k in [128usize, 512, 2048] {
-            let a = vec![1.0f64; k * mr];
-            let b = vec![1.0f64; k * v * 8];
-            let mut out = vec![0.0f64; mr * v * 8];
-            let reps = 100_000_000 / (k * mr * v * 8);
+            let a = vec![T::one(); k * mr];
+            let b = vec![T::one(); k * v * lanes];
+            let mut out = vec![T::zero(); mr * v * lanes];
+            let reps = budget / (k * mr * v * lanes);
             let t = Instant::now();
             for _ in 0..reps {
-                f(&a, &b, Rows::packed(k, v * 8), (&mut out[..]).into(), false);
+                f(
+                    &a,
+                    &b,
+                    Rows::packed(k, v * lanes),
+                    (&mut out[..]).into(),
+                    false,
+                );
                 std::hint::black_box(&mut out);
             }
             let s = t.elapsed().as_secs_f64();
-            let gflops = (reps * k * mr * v * 8 * 2) as f64 / s / 1e9;
+            let gflops = (reps * k * mr * v * lanes * 2) as f64 / s / 1e9;
             println!("mr={mr:2} v={v} k={k:4}: {gflops:6.1} GFLOP/s");
         }
     }
