@@ -208,16 +208,26 @@ pub(crate) fn backward<'x, 'w, 'g, T: Element, D1: Dimension, D2: Dimension, D3:
 }
 
 /// Whether a backward pass asking for both gradients of `g` runs them side by side, one
-/// thread each: on two threads, where the input gradient's Winograd tiles would have fewer
-/// columns on two threads than on one (its scratch bound holds two tasks' smaller panels
-/// only), or where each gradient is small (at most [`SIDE_BY_SIDE_FLOPS`]). dcgan2 then ran
-/// 1.27x / 1.29x faster (3 rounds); where the tiles do not shrink the large layers lost
-/// (dcgan1 0.90x, dcgan3 0.87-0.93x, s1k3 0.88-0.96x, dilated 0.94-0.96x, hifigan1d 0.91x:
-/// their gradients' times differ, or two threads serve each well).
+/// thread each: on two threads, where each gradient is small (at most
+/// [`SIDE_BY_SIDE_FLOPS`]), or at most [`SIDE_BY_SIDE_STREAMED_FLOPS`] with an input
+/// gradient whose Winograd tiles take the scratch bound of streamed weights
+/// ([`crate::plan::input_weights_stream`]: dcgan2). Side by side against one gradient after
+/// the other on two threads (`bench/paired.sh L 2 4`, medians / minima, Intel Xeon): dcgan2
+/// 1.06x / 1.06x; hifigan1d, whose input gradient streams its weights too but has 4.3
+/// GFLOP, 0.99x / 1.02x and with AVX2 0.95x / 0.96x; dcgan1 (its input gradient 1.7x
+/// slower than its weight gradient) 0.92x / 0.92x, dcgan3 0.87-0.93x, s1k3 0.88-0.96x,
+/// dilated 0.94-0.96x (their gradients' times differ, or two threads serve each well).
 fn side_by_side<T: Element>(g: &Geometry, options: &PlanOptions) -> bool {
     options.threads_for(g) == 2
-        && (g.flops() <= SIDE_BY_SIDE_FLOPS || crate::plan::input_tiles_shrink::<T>(g, options, 2))
+        && (g.flops() <= SIDE_BY_SIDE_FLOPS
+            || (g.flops() <= SIDE_BY_SIDE_STREAMED_FLOPS
+                && crate::plan::input_weights_stream::<T>(g, options, 2)))
 }
+
+/// Multiply-adds (×2) of one gradient at or below which a backward pass on two threads
+/// whose input gradient streams its weights runs its gradients side by side (see
+/// [`side_by_side`]): dcgan2's 1.07 GFLOP, not hifigan1d's 4.3.
+const SIDE_BY_SIDE_STREAMED_FLOPS: u128 = 1 << 31;
 
 /// Multiply-adds (×2) of one gradient at or below which a backward pass on two threads runs
 /// its gradients side by side: small gradients gain little from a second thread (dcgan4's

@@ -654,8 +654,9 @@ fn identical_across_threads(xs: &[usize], run: impl Fn(usize) -> tconv::Gradient
 }
 
 /// Gradients that run side by side on two threads, one thread each: dcgan2's, whose input
-/// gradient's Winograd tiles would shrink there (on AVX-512), and small layers' (at most
-/// 2^28 FLOPs a gradient: a generator's RGB layer, a 3-D up-convolution) on any ISA.
+/// gradient's Winograd tiles stream their weights (asserted on AVX-512), and small layers'
+/// (at most 2^28 FLOPs a gradient: a generator's RGB layer, a 3-D up-convolution) on any
+/// ISA.
 /// Bitwise the same as on one thread and as on three (which run one after the other), and
 /// the same as the input and weight gradients asked for alone.
 #[test]

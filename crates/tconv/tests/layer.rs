@@ -138,7 +138,7 @@ proptest! {
 #[test]
 fn new_input_extents_share_the_packed_weights() {
     let options = PlanOptions {
-        threads: Some(1),
+        threads: Some(2),
         algorithm: Some(Algorithm::Winograd),
         ..PlanOptions::default()
     };
@@ -154,9 +154,10 @@ fn new_input_extents_share_the_packed_weights() {
         assert_eq!(fresh.algorithm(), Algorithm::Winograd);
         labels.insert(fresh.label());
     }
-    // The transforms and the tile follow the extents (here F(2x2) with 12x2 tiles and
-    // F(3x3) with 16x1: 2.25 and 4 times the weight's bytes, more with the tiles' padding):
-    // one packing per (transforms, tile) seen, no more.
+    // The transforms and the tile follow the extents (here F(2x2) and F(3x3): 2.25 and 4
+    // times the weight's bytes, more with the tiles' padding; on two threads one tile each,
+    // on one F(3x3)'s tile changes with the extent too): one packing per (transforms, tile)
+    // seen, no more.
     assert_eq!(labels.len(), 2, "{labels:?}");
     assert_eq!(layer.packings(), labels.len(), "{labels:?}");
     let weight_bytes = w.len() * 4;

@@ -72,10 +72,11 @@ pub(super) fn gemm_kernel<T: Element>(
 /// thread count then takes the cheapest tile that fits its own threads' scratch with the
 /// same transforms: dcgan2's input gradient, whose 1 MB output holds two tasks' 16-tile
 /// panels, takes 32-tile panels at 1 thread (1.33x / 1.33x, 4 alternating rounds; forced,
-/// 3.5-3.7 ms against 4.8-5.0). Only with the transforms in registers: with the portable
-/// ones (1-D), hifigan1d's input gradient ran 0.87x / 0.87x on 32-tile panels at 1 thread.
-/// Plans built to run many times keep the tile chosen for two threads: dcgan1's forward
-/// pass ran 0.90x / 0.92x on the 32-tile panels at 1 thread.
+/// 3.5-3.7 ms against 4.8-5.0). So does every plan, with the transforms in registers or
+/// not and whether it runs once or many times: at 1 thread dcgan1's forward pass on 12×2
+/// tiles (32 columns) instead of 24×1 ran 1.14x / 1.14x faster, hifigan1d's input gradient
+/// (portable transforms) 1.16x / 1.17x (`bench/paired.sh`, 4 alternating rounds, Intel
+/// Xeon, 2026-12-06; measured before later kernel and sizing changes: 0.90x and 0.87x).
 /// Where no tile qualifies: the cheapest if the caller forced Winograd tiles, else `None`.
 fn winograd_tile<T: Element>(
     g: &Geometry,
@@ -111,13 +112,11 @@ fn winograd_tile<T: Element>(
             let f = winograd::footprint::<T>(g, (t.0, t.1, lanes, isa), at)?;
             Some((t, f.registers))
         })?;
-    let own = shapes
+    // The cheapest that fits the plan's own threads with the same transforms.
+    let &(mr, v, _) = shapes
         .iter()
-        .find(|t| fits(t, threads).is_some_and(|f| f.registers == registers));
-    let &(mr, v, _) = match own {
-        Some(t) if options.once && registers && threads != winograd::DECISION_THREADS => t,
-        _ => decided,
-    };
+        .find(|t| fits(t, threads).is_some_and(|f| f.registers == registers))
+        .unwrap_or(decided);
     Some((mr, v))
 }
 
@@ -236,25 +235,26 @@ pub(super) fn choose<T: Element>(g: &Geometry, options: &PlanOptions) -> Choice 
     }
 }
 
-/// Whether the input gradient of `g` (its adjoint, planned to run once) takes Winograd tiles
-/// with fewer columns on `threads` threads than on one: its scratch bound then holds two
-/// tasks' smaller panels only (dcgan2's input gradient: 16-tile panels at 2 threads, 32 at
-/// 1).
-pub(crate) fn input_tiles_shrink<T: Element>(
+/// Whether the input gradient of `g` (its adjoint, planned to run once on `threads`
+/// threads) takes Winograd tiles whose scratch bound is set by its streamed weights (half
+/// its input per thread, [`winograd::Footprint::streamed`]): dcgan2's and hifigan1d's in
+/// the suite.
+pub(crate) fn input_weights_stream<T: Element>(
     g: &Geometry,
     options: &PlanOptions,
     threads: usize,
 ) -> bool {
     let adjoint = g.adjoint();
-    let on = |t: usize| {
-        let o = PlanOptions {
-            threads: Some(t),
-            once: true,
-            ..options.clone()
-        };
-        choose::<T>(&adjoint, &o).winograd_tile.map(|(_, v)| v)
+    let o = PlanOptions {
+        threads: Some(threads),
+        once: true,
+        ..options.clone()
     };
-    matches!((on(1), on(threads)), (Some(one), Some(many)) if many < one)
+    let isa = o.isa_for::<T>();
+    choose::<T>(&adjoint, &o)
+        .winograd_tile
+        .and_then(|(mr, v)| winograd::footprint::<T>(&adjoint, (mr, v, isa.lanes(), isa), threads))
+        .is_some_and(|f| f.streamed)
 }
 
 /// Whether GEMM + col2im beats the phase decomposition: a transposed conv with few output

@@ -13,7 +13,7 @@ mod choose;
 mod direct;
 mod report;
 
-pub(crate) use choose::input_tiles_shrink;
+pub(crate) use choose::input_weights_stream;
 use choose::{choose, gemm_kernel, Choice};
 
 use ndarray::{ArrayD, ArrayView1, AsArray, Dimension};

@@ -57,6 +57,8 @@ pub(super) struct Sizing {
     pub(super) task_len: usize,
     /// The most bytes of scratch all threads' tasks may hold ([`Bound::over`]).
     pub(super) bound: usize,
+    /// Whether the bound is half the input per thread for streamed weights ([`Bound`]).
+    pub(super) streamed: bool,
 }
 
 /// Cut `g`'s work for an `mr × v` tile of `lanes`-wide vectors on `threads` threads, within
@@ -90,10 +92,21 @@ pub(super) fn sizing<T: Element>(
 /// 32 tiles a task instead of 16): 1.06-1.11x at 1 thread and 1.02-1.06x at 2 alone, its
 /// backward pass 1.05-1.13x and 0.99-1.05x (`bench/paired.sh dcgan1 T 8`, medians and
 /// minima of 6-8 alternating rounds, three sittings); with AVX2 1.22x and 0.99x (6 rounds).
+///
+/// Where some tile does fit the output's size but the transformed weights do not fit in the
+/// L2 (they stream from memory once per task, so wider tiles and tasks read them fewer
+/// times), half the input's size per thread if that is no less: the input's size on two
+/// threads. The tiles for two threads are then as wide as on one (12×2 where the output's
+/// bound left 24×1): hifigan1d's input gradient (17 MB of transformed weights, 8.4 MB
+/// input, 2.1 MB output) 1.23x / 1.23x faster at 1 thread and 1.23x / 1.24x at 2, dcgan2's
+/// (4.9 MB, 2 MB, 1 MB) 1.13x / 1.17x at 2 threads (`bench/paired.sh dcgan2,hifigan1d T 4`,
+/// medians / minima, Intel Xeon, 2026-12-06).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Bound {
     bytes: usize,
     per_thread: bool,
+    /// Whether the streamed weights set it (half the input per thread, above).
+    streamed: bool,
 }
 
 impl Bound {
@@ -108,6 +121,7 @@ impl Bound {
         let output = Bound {
             bytes: numel(&g.output_shape()) * elem,
             per_thread: false,
+            streamed: false,
         };
         let input = numel(&g.input_shape()) * elem;
         if input <= output.bytes {
@@ -130,14 +144,25 @@ impl Bound {
                 DECISION_THREADS * s.task_len * elem <= output.bytes
                     && (s.registers || !s.registers_wanted)
             });
-        if fits {
-            return output;
-        }
         let weights = transformed_weight_bytes::<T>(g, transforms, phases, g.out_per_group());
+        if fits {
+            let half = input / DECISION_THREADS;
+            let streamed = crate::fast::isa::l2_cache_bytes().is_none_or(|l2| weights > l2);
+            return if streamed && half >= output.bytes {
+                Bound {
+                    bytes: half,
+                    per_thread: true,
+                    streamed: true,
+                }
+            } else {
+                output
+            };
+        }
         let widen = if weights > STREAMED_WEIGHTS { 2 } else { 1 };
         Bound {
             bytes: widen * input,
             per_thread: true,
+            streamed: false,
         }
     }
 
@@ -272,6 +297,7 @@ fn sizing_within<T: Element>(
         slice,
         task_len: cut.task_len((batch_chunk, band_tiles), registers, slice),
         bound: bound.over(threads),
+        streamed: bound.streamed,
     }
 }
 
@@ -442,8 +468,11 @@ pub struct Footprint {
     pub registers_wanted: bool,
     /// The most bytes of scratch allowed: the output's size, or, for a strided conv that
     /// no tile could run within it, the input's size per thread (twice that where the
-    /// transformed weights exceed 16 MiB).
+    /// transformed weights exceed 16 MiB), or where they would fit it but the transformed
+    /// weights do not fit in the L2, half the input's size per thread.
     pub bound: usize,
+    /// Whether `bound` is that last (the weights stream from memory once per task).
+    pub streamed: bool,
 }
 
 /// The [`Footprint`] of a plan of `g` with an `mr × v` tile of `lanes`-wide vectors on
@@ -461,5 +490,6 @@ pub fn footprint<T: Element>(
         registers: s.registers,
         registers_wanted: s.registers_wanted,
         bound: s.bound,
+        streamed: s.streamed,
     })
 }
