@@ -209,19 +209,26 @@ pub(crate) fn backward<'x, 'w, 'g, T: Element, D1: Dimension, D2: Dimension, D3:
 
 /// Whether a backward pass asking for both gradients of `g` runs them side by side, one
 /// thread each: on two threads, where each gradient is small (at most
-/// [`SIDE_BY_SIDE_FLOPS`]), or at most [`SIDE_BY_SIDE_STREAMED_FLOPS`] with an input
-/// gradient whose Winograd tiles take the scratch bound of streamed weights
-/// ([`crate::plan::input_weights_stream`]: dcgan2). Side by side against one gradient after
-/// the other on two threads (`bench/paired.sh L 2 4`, medians / minima, Intel Xeon): dcgan2
+/// [`SIDE_BY_SIDE_FLOPS`]), where the input gradient's Winograd tiles would have fewer
+/// columns on two threads than on one (`shrink` of [`crate::plan::input_tiles`]: its scratch
+/// bound holds two tasks' smaller panels only; a 64-channel 32×32 upsampler's backward pass
+/// 1.02-1.03x faster so), or where they take the scratch bound of streamed weights
+/// (`streamed`) and a gradient has at most
+/// [`SIDE_BY_SIDE_STREAMED_FLOPS`] (dcgan2). Side by side against one gradient after the
+/// other on two threads (`bench/paired.sh L 2 4`, medians / minima, Intel Xeon): dcgan2
 /// 1.06x / 1.06x; hifigan1d, whose input gradient streams its weights too but has 4.3
 /// GFLOP, 0.99x / 1.02x and with AVX2 0.95x / 0.96x; dcgan1 (its input gradient 1.7x
 /// slower than its weight gradient) 0.92x / 0.92x, dcgan3 0.87-0.93x, s1k3 0.88-0.96x,
 /// dilated 0.94-0.96x (their gradients' times differ, or two threads serve each well).
 fn side_by_side<T: Element>(g: &Geometry, options: &PlanOptions) -> bool {
-    options.threads_for(g) == 2
-        && (g.flops() <= SIDE_BY_SIDE_FLOPS
-            || (g.flops() <= SIDE_BY_SIDE_STREAMED_FLOPS
-                && crate::plan::input_weights_stream::<T>(g, options, 2)))
+    if options.threads_for(g) != 2 {
+        return false;
+    }
+    if g.flops() <= SIDE_BY_SIDE_FLOPS {
+        return true;
+    }
+    let tiles = crate::plan::input_tiles::<T>(g, options, 2);
+    tiles.shrink || (tiles.streamed && g.flops() <= SIDE_BY_SIDE_STREAMED_FLOPS)
 }
 
 /// Multiply-adds (×2) of one gradient at or below which a backward pass on two threads

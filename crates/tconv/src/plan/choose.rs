@@ -235,26 +235,42 @@ pub(super) fn choose<T: Element>(g: &Geometry, options: &PlanOptions) -> Choice 
     }
 }
 
-/// Whether the input gradient of `g` (its adjoint, planned to run once on `threads`
-/// threads) takes Winograd tiles whose scratch bound is set by its streamed weights (half
-/// its input per thread, [`winograd::Footprint::streamed`]): dcgan2's and hifigan1d's in
-/// the suite.
-pub(crate) fn input_weights_stream<T: Element>(
+/// How the input gradient of `g` (its adjoint, planned to run once) takes Winograd tiles
+/// on `threads` threads, for [`crate::grad`]'s choice to run a backward pass's gradients
+/// side by side.
+pub(crate) struct InputTiles {
+    /// With fewer columns than on one thread: its scratch bound holds two tasks' smaller
+    /// panels only (a 64-channel 32×32 upsampler's: 6×4 at 1 thread, 12×2 at 2).
+    pub(crate) shrink: bool,
+    /// Within the scratch bound of streamed weights (half its input per thread,
+    /// [`winograd::Footprint::streamed`]): dcgan2's and hifigan1d's in the suite.
+    pub(crate) streamed: bool,
+}
+
+/// [`InputTiles`] of `g`'s input gradient on `threads` threads.
+pub(crate) fn input_tiles<T: Element>(
     g: &Geometry,
     options: &PlanOptions,
     threads: usize,
-) -> bool {
+) -> InputTiles {
     let adjoint = g.adjoint();
-    let o = PlanOptions {
-        threads: Some(threads),
-        once: true,
-        ..options.clone()
+    let on = |t: usize| {
+        let o = PlanOptions {
+            threads: Some(t),
+            once: true,
+            ..options.clone()
+        };
+        let isa = o.isa_for::<T>();
+        let tile = choose::<T>(&adjoint, &o).winograd_tile;
+        let footprint = tile
+            .and_then(|(mr, v)| winograd::footprint::<T>(&adjoint, (mr, v, isa.lanes(), isa), t));
+        (tile.map(|(_, v)| v), footprint.is_some_and(|f| f.streamed))
     };
-    let isa = o.isa_for::<T>();
-    choose::<T>(&adjoint, &o)
-        .winograd_tile
-        .and_then(|(mr, v)| winograd::footprint::<T>(&adjoint, (mr, v, isa.lanes(), isa), threads))
-        .is_some_and(|f| f.streamed)
+    let ((one, _), (many, streamed)) = (on(1), on(threads));
+    InputTiles {
+        shrink: matches!((one, many), (Some(one), Some(many)) if many < one),
+        streamed,
+    }
 }
 
 /// Whether GEMM + col2im beats the phase decomposition: a transposed conv with few output

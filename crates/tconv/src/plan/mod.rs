@@ -13,7 +13,7 @@ mod choose;
 mod direct;
 mod report;
 
-pub(crate) use choose::input_weights_stream;
+pub(crate) use choose::input_tiles;
 use choose::{choose, gemm_kernel, Choice};
 
 use ndarray::{ArrayD, ArrayView1, AsArray, Dimension};
