@@ -6,8 +6,11 @@
 //! shape whose packed weights would be the same as an earlier plan's shares them instead of
 //! packing the weight again. The packing depends on the kernel, the channels, the phases
 //! and the register tile, and for Winograd tiles on their transforms; the planner picks
-//! the tile (and transforms) for the input's extent, so they can change with it (dcgan1's
-//! widths 5-12 take four variants); the [`PackCache`] keeps a few. dcgan1's plan packs and
+//! the transforms for the input's extent, so they can change with it, and a layer's plan
+//! for a new extent takes a Winograd tile whose packing the layer holds where one fits
+//! (alone, the cheapest tile changes with the extent too: at 1 thread dcgan1's widths 4-12
+//! take six pairs of tile and transforms, the layer three packings); the [`PackCache`]
+//! keeps a few. dcgan1's plan packs and
 //! transforms an 8 MB weight: `tconv bench` reports `plan_ms` (a fresh plan) beside
 //! `replan_ms` (a layer's plan for a new input shape).
 
@@ -231,6 +234,13 @@ impl<T: Element> Layer<T> {
     /// gradient's (at most [`PackCache::KEEP`] each).
     pub fn packings(&self) -> usize {
         self.packs.len() + self.adjoint_packs.len()
+    }
+
+    /// Times this layer's plans have packed its weight so far (the forward pass's and the
+    /// input gradient's): a plan for a new input shape packs only where no packing held
+    /// serves it.
+    pub fn packings_made(&self) -> usize {
+        self.packs.made() + self.adjoint_packs.made()
     }
 
     /// Bytes of the packed weights held: the forward pass's and the input gradient's, each

@@ -56,6 +56,12 @@ impl<V: Clone> Recent<V> {
         entries.push((key, value, bytes));
     }
 
+    /// Whether a value is held under `key` (its use order unchanged).
+    pub(crate) fn contains(&self, key: &[usize]) -> bool {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.iter().any(|(k, ..)| k == key)
+    }
+
     /// Whether a value held satisfies `f`.
     pub(crate) fn any(&self, f: impl Fn(&V) -> bool) -> bool {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());

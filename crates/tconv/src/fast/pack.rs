@@ -2,6 +2,7 @@
 //! the decomposition needs it) the input into a padded or polyphase buffer.
 
 use std::any::Any;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use super::direct::run_chunks;
@@ -40,7 +41,7 @@ impl<T: Element> PackedWeights<T> {
 /// packings are kept, together at most [`PackCache::BUDGET`] times the weight's bytes (a
 /// Winograd packing takes 2.25x its weight with F(2x2) tiles, 4x with F(3x3), and dcgan1's
 /// input extents alternate between them), but always the last one.
-pub struct PackCache(Recent<Arc<dyn Any + Send + Sync>>);
+pub struct PackCache(Recent<Arc<dyn Any + Send + Sync>>, AtomicUsize);
 
 impl PackCache {
     /// Packings kept (most recently used last).
@@ -50,10 +51,10 @@ impl PackCache {
 
     /// A cache for the packings of a weight of `weight_bytes`.
     pub fn new(weight_bytes: usize) -> PackCache {
-        PackCache(Recent::with_budget(
-            Self::KEEP,
-            weight_bytes.saturating_mul(Self::BUDGET),
-        ))
+        PackCache(
+            Recent::with_budget(Self::KEEP, weight_bytes.saturating_mul(Self::BUDGET)),
+            AtomicUsize::new(0),
+        )
     }
 
     /// The packing under `key` from `cache`, else `pack()` (kept in `cache` if any), of
@@ -74,10 +75,16 @@ impl PackCache {
         }
         // Packed without the lock: another plan of the same weight may pack meanwhile.
         let packed = Arc::new(pack());
+        cache.1.fetch_add(1, Ordering::Relaxed);
         let size = bytes(&packed);
         let shared = Arc::clone(&packed) as Arc<dyn Any + Send + Sync>;
         cache.0.insert_sized(key, shared, size);
         packed
+    }
+
+    /// Packings made for this cache so far (each a weight packed).
+    pub fn made(&self) -> usize {
+        self.1.load(Ordering::Relaxed)
     }
 
     /// Packings held now.
@@ -93,6 +100,11 @@ impl PackCache {
     /// Bytes of the packings held now.
     pub fn bytes(&self) -> usize {
         self.0.bytes()
+    }
+
+    /// Whether a packing is held under `key`.
+    pub(crate) fn contains(&self, key: &[usize]) -> bool {
+        self.0.contains(key)
     }
 
     /// Whether the packing at `id` (its `Arc`'s address) is held.

@@ -6,6 +6,7 @@ use crate::fast::col2im;
 use crate::fast::direct::Kernel;
 use crate::fast::im2col;
 use crate::fast::kernels::{portable, tile_shapes_for, KernelFn};
+use crate::fast::pack::PackCache;
 use crate::fast::spec::residue_taps;
 use crate::fast::winograd;
 use crate::fast::Isa;
@@ -77,13 +78,17 @@ pub(super) fn gemm_kernel<T: Element>(
 /// tiles (32 columns) instead of 24×1 ran 1.14x / 1.14x faster, hifigan1d's input gradient
 /// (portable transforms) 1.16x / 1.17x (`bench/paired.sh`, 4 alternating rounds, Intel
 /// Xeon, 2026-12-06; measured before later kernel and sizing changes: 0.90x and 0.87x).
+/// Where `packs` (a [`crate::Layer`]'s) holds the packed weights of a tile that fits, that
+/// tile: the cheapest changes with the input's extent (dcgan1's widths 4-12 at 1 thread:
+/// six pairs of tile and transforms), and a layer planning each new extent packed an 8 MB
+/// weight again for most (`tconv bench`'s `replan_ms`: 9.1 ms against 0.1).
 /// Where no tile qualifies: the cheapest if the caller forced Winograd tiles, else `None`.
 fn winograd_tile<T: Element>(
     g: &Geometry,
     isa: Isa,
     options: &PlanOptions,
-    forced: bool,
-    threads: usize,
+    (forced, threads): (bool, usize),
+    packs: Option<&PackCache>,
 ) -> Option<(usize, usize)> {
     if let Some(t) = options.tile {
         return Some(t);
@@ -112,11 +117,14 @@ fn winograd_tile<T: Element>(
             let f = winograd::footprint::<T>(g, (t.0, t.1, lanes, isa), at)?;
             Some((t, f.registers))
         })?;
-    // The cheapest that fits the plan's own threads with the same transforms.
-    let &(mr, v, _) = shapes
+    // The cheapest that fits the plan's own threads with the same transforms, or the
+    // cheapest such whose weights `packs` holds packed already.
+    let mut own = shapes
         .iter()
-        .find(|t| fits(t, threads).is_some_and(|f| f.registers == registers))
-        .unwrap_or(decided);
+        .filter(|t| fits(t, threads).is_some_and(|f| f.registers == registers));
+    let cheapest = own.clone().next();
+    let packed = packs.and_then(|p| own.find(|t| winograd::packed_in(g, t.0, isa, p)));
+    let &(mr, v, _) = packed.or(cheapest).unwrap_or(decided);
     Some((mr, v))
 }
 
@@ -150,7 +158,11 @@ pub(super) struct Choice {
     pub(super) winograd_tile: Option<(usize, usize)>,
 }
 
-pub(super) fn choose<T: Element>(g: &Geometry, options: &PlanOptions) -> Choice {
+pub(super) fn choose<T: Element>(
+    g: &Geometry,
+    options: &PlanOptions,
+    packs: Option<&PackCache>,
+) -> Choice {
     let forced = options.algorithm.or_else(Algorithm::from_env);
     let (mut algorithm, mut reason) = match forced {
         Some(a) => (a, "forced by the caller or TCONV_ALGORITHM".to_string()),
@@ -215,7 +227,7 @@ pub(super) fn choose<T: Element>(g: &Geometry, options: &PlanOptions) -> Choice 
     let isa = options.isa_for::<T>();
     let threads = options.threads_for(g);
     let winograd_tile = (algorithm == Algorithm::Winograd)
-        .then(|| winograd_tile::<T>(g, isa, options, forced.is_some(), threads))
+        .then(|| winograd_tile::<T>(g, isa, options, (forced.is_some(), threads), packs))
         .flatten();
     if algorithm == Algorithm::Winograd && winograd_tile.is_none() {
         algorithm = Algorithm::Direct;
@@ -261,7 +273,7 @@ pub(crate) fn input_tiles<T: Element>(
             ..options.clone()
         };
         let isa = o.isa_for::<T>();
-        let tile = choose::<T>(&adjoint, &o).winograd_tile;
+        let tile = choose::<T>(&adjoint, &o, None).winograd_tile;
         let footprint = tile
             .and_then(|(mr, v)| winograd::footprint::<T>(&adjoint, (mr, v, isa.lanes(), isa), t));
         (tile.map(|(_, v)| v), footprint.is_some_and(|f| f.streamed))

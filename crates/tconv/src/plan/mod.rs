@@ -174,7 +174,7 @@ impl<T: Element> Plan<T> {
             mut reason,
             forced,
             winograd_tile,
-        } = choose::<T>(&g, options);
+        } = choose::<T>(&g, options, packs);
         let isa = options.isa_for::<T>();
         let threads = options.threads_for(&g);
         // Packed weights go into a thread's scratch pool only where they live as long as

@@ -46,7 +46,7 @@ pub use sizing::{footprint, Footprint};
 use sizing::{sizing, Sizing};
 pub use transform::Transform;
 pub(crate) use transform::{terms, tile_name};
-pub(crate) use weights::combine;
+pub(crate) use weights::{combine, packed_in};
 
 use super::kernels::KernelFn;
 use super::scratch;

@@ -158,6 +158,25 @@ fn kernel_taps(g: &Geometry, transforms: &[Transform], live: &[&Phase]) -> Vec<V
         .collect()
 }
 
+/// Whether `packs` holds the transformed weights a plan of `g` with tiles of `mr` rows on
+/// `isa` would pack (none where Winograd tiles do not apply).
+pub(crate) fn packed_in(g: &Geometry, mr: usize, isa: Isa, packs: &PackCache) -> bool {
+    let Some((transforms, phases, _, _)) = decompose(g) else {
+        return false;
+    };
+    let live: Vec<&Phase> = phases.iter().filter(|p| p.live()).collect();
+    let kflat = kernel_taps(g, &transforms, &live);
+    let packing = Packing {
+        g,
+        transforms: &transforms,
+        kflat: &kflat,
+        mr,
+        kdim: most_sources(&phases) * g.in_per_group(),
+        isa,
+    };
+    packs.contains(&packing.key())
+}
+
 /// How a plan's weights are transformed and packed: `U = G g Gᵀ` per live phase, source
 /// and point, as `[group][block][live phase][point][(source, ci)][mr]`, one contiguous unit
 /// per (group, block).
