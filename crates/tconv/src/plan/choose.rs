@@ -97,8 +97,20 @@ fn winograd_tile<T: Element>(
     let positions = numel(&g.output_shape()[2..]).min(winograd::tiles(g)?);
     let rows = g.out_per_group();
     let mut shapes: Vec<(usize, usize, f32)> = tile_shapes_for::<T>(isa).to_vec();
+    // Equal costs: the tile of more vectors where its panel of the transformed input (the
+    // reduction by its columns) is at most `WIDE_PANEL_BYTES`, else of fewer.
+    let panel = winograd::reduction(g)? * lanes * std::mem::size_of::<T>();
+    let wide_first = |t: &(usize, usize, f32)| {
+        if panel * t.1 <= WIDE_PANEL_BYTES {
+            -(t.1 as isize)
+        } else {
+            t.1 as isize
+        }
+    };
     shapes.sort_by(|a, b| {
-        tile_cost(rows, positions, lanes, *a).total_cmp(&tile_cost(rows, positions, lanes, *b))
+        tile_cost(rows, positions, lanes, *a)
+            .total_cmp(&tile_cost(rows, positions, lanes, *b))
+            .then(wide_first(a).cmp(&wide_first(b)))
     });
     let fits = |&(mr, v, _): &(usize, usize, f32), on: usize| {
         winograd::footprint::<T>(g, (mr, v, lanes, isa), on).filter(|f| f.bytes <= f.bound)
@@ -127,6 +139,15 @@ fn winograd_tile<T: Element>(
     let &(mr, v, _) = packed.or(cheapest).unwrap_or(decided);
     Some((mr, v))
 }
+
+/// Bytes of a Winograd GEMM's panel of the transformed input (its reduction by the tile's
+/// columns) up to which, of two tiles of equal modelled cost, the one of more vectors is
+/// taken: dcgan2's forward pass (K = 256: 64 KiB on 6×4 tiles) on 6×4 instead of 12×2 ran
+/// 1.02x / 1.01x faster at 1 thread and 1.12x / 1.11x at 2 (4 paired rounds), a 128-channel
+/// 16×16 upsampler's 1.00x and 1.09x / 1.03x, dcgan3's input gradient (K = 256) 1.00x; with
+/// longer panels the narrower tile: dcgan2's input gradient (K = 512) ran 0.97x on 6×4,
+/// hifigan1d's (K = 2048) 0.66x.
+const WIDE_PANEL_BYTES: usize = 64 << 10;
 
 /// Below this many output channels per group the input is read in place, not packed:
 /// a packed panel is reused by every output channel, so it pays only when there are many.

@@ -203,6 +203,13 @@ fn tiles_of(g: &Geometry, tr: &[Transform], phases: &[Phase]) -> usize {
         .max(1)
 }
 
+/// The GEMMs' reduction of `g` (the most sources of a phase times `C_in/g`), or `None`
+/// where Winograd tiles do not apply.
+pub fn reduction(g: &Geometry) -> Option<usize> {
+    let (_, phases, _, _) = decompose(g)?;
+    Some(most_sources(&phases) * g.in_per_group())
+}
+
 /// Tiles of the largest live phase of `g` over the whole batch (the GEMMs' columns), or
 /// `None` where Winograd tiles do not apply.
 pub fn tiles(g: &Geometry) -> Option<usize> {
