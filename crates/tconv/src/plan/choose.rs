@@ -98,10 +98,11 @@ fn winograd_tile<T: Element>(
     let rows = g.out_per_group();
     let mut shapes: Vec<(usize, usize, f32)> = tile_shapes_for::<T>(isa).to_vec();
     // Equal costs: the tile of more vectors where its panel of the transformed input (the
-    // reduction by its columns) is at most `WIDE_PANEL_BYTES`, else of fewer.
+    // reduction by its columns) is at most `WIDE_PANEL_BYTES`, else of fewer; in a layer
+    // (`packs`) always of fewer, whose smaller scratch fits more of its input extents.
     let panel = winograd::reduction(g)? * lanes * std::mem::size_of::<T>();
     let wide_first = |t: &(usize, usize, f32)| {
-        if panel * t.1 <= WIDE_PANEL_BYTES {
+        if packs.is_none() && panel * t.1 <= WIDE_PANEL_BYTES {
             -(t.1 as isize)
         } else {
             t.1 as isize
@@ -146,7 +147,9 @@ fn winograd_tile<T: Element>(
 /// 1.02x / 1.01x faster at 1 thread and 1.12x / 1.11x at 2 (4 paired rounds), a 128-channel
 /// 16×16 upsampler's 1.00x and 1.09x / 1.03x, dcgan3's input gradient (K = 256) 1.00x; with
 /// longer panels the narrower tile: dcgan2's input gradient (K = 512) ran 0.97x on 6×4,
-/// hifigan1d's (K = 2048) 0.66x.
+/// hifigan1d's (K = 2048) 0.66x. Not in a [`crate::Layer`]: there the wider tile fitted
+/// fewer of the extents that followed, so that dcgan2's layer packed its weight five times
+/// for nine widths (8-16, 1 thread) against three, its `replan_ms` 1.7 ms against 0.1.
 const WIDE_PANEL_BYTES: usize = 64 << 10;
 
 /// Below this many output channels per group the input is read in place, not packed:

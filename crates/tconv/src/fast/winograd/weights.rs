@@ -22,19 +22,10 @@ impl<T: Element> Winograd<T> {
     ) -> Option<Winograd<T>> {
         let (transforms, phases, out_stride, in_stride) = decompose(g)?;
         let dims = g.axes.len();
-        // The GEMMs' reduction: (source, input channel).
-        let kdim = most_sources(&phases) * g.in_per_group();
         let points: usize = transforms.iter().map(|t| t.alpha).product();
-        let live: Vec<&Phase> = phases.iter().filter(|p| p.live()).collect();
-        let kflat = kernel_taps(g, &transforms, &live);
-        let packing = Packing {
-            g,
-            transforms: &transforms,
-            kflat: &kflat,
-            mr,
-            kdim,
-            isa,
-        };
+        let kflat = kernel_taps(g, &transforms, &phases);
+        let packing = Packing::new(g, (&transforms, &phases, &kflat), mr, isa);
+        let kdim = packing.kdim;
         let packed = packing.packed(w, (threads, pooled), packs);
         let Sizing {
             batch_chunk,
@@ -132,13 +123,17 @@ impl<T: Element> Winograd<T> {
     }
 }
 
-/// Flat kernel index of each tap of each source of each live phase (row-major over its
-/// taps).
-fn kernel_taps(g: &Geometry, transforms: &[Transform], live: &[&Phase]) -> Vec<Vec<Vec<usize>>> {
+/// Flat kernel indices of the taps of each source of a phase (row-major over its taps).
+type PhaseTaps = Vec<Vec<usize>>;
+
+/// [`PhaseTaps`] of each live phase of `phases`.
+fn kernel_taps(g: &Geometry, transforms: &[Transform], phases: &[Phase]) -> Vec<PhaseTaps> {
     let kpitch = pitches_of(&g.kernel_shape());
     let rs: Vec<usize> = transforms.iter().map(|t| t.r).collect();
     let taps: usize = rs.iter().product();
-    live.iter()
+    phases
+        .iter()
+        .filter(|p| p.live())
         .map(|p| {
             p.sources
                 .iter()
@@ -164,17 +159,8 @@ pub(crate) fn packed_in(g: &Geometry, mr: usize, isa: Isa, packs: &PackCache) ->
     let Some((transforms, phases, _, _)) = decompose(g) else {
         return false;
     };
-    let live: Vec<&Phase> = phases.iter().filter(|p| p.live()).collect();
-    let kflat = kernel_taps(g, &transforms, &live);
-    let packing = Packing {
-        g,
-        transforms: &transforms,
-        kflat: &kflat,
-        mr,
-        kdim: most_sources(&phases) * g.in_per_group(),
-        isa,
-    };
-    packs.contains(&packing.key())
+    let kflat = kernel_taps(g, &transforms, &phases);
+    packs.contains(&Packing::new(g, (&transforms, &phases, &kflat), mr, isa).key())
 }
 
 /// How a plan's weights are transformed and packed: `U = G g Gᵀ` per live phase, source
@@ -184,14 +170,32 @@ struct Packing<'a> {
     g: &'a Geometry,
     transforms: &'a [Transform],
     /// The live phases' taps ([`kernel_taps`]).
-    kflat: &'a [Vec<Vec<usize>>],
+    kflat: &'a [PhaseTaps],
     mr: usize,
     /// The GEMMs' reduction: the most sources of a phase times `C_in/g`.
     kdim: usize,
     isa: Isa,
 }
 
-impl Packing<'_> {
+impl<'a> Packing<'a> {
+    /// The packing of `g`'s live phases (their taps `kflat`, [`kernel_taps`]) for tiles of
+    /// `mr` rows on `isa`; the GEMMs' reduction is (source, input channel).
+    fn new(
+        g: &'a Geometry,
+        (transforms, phases, kflat): (&'a [Transform], &[Phase], &'a [PhaseTaps]),
+        mr: usize,
+        isa: Isa,
+    ) -> Self {
+        Packing {
+            g,
+            transforms,
+            kflat,
+            mr,
+            kdim: most_sources(phases) * g.in_per_group(),
+            isa,
+        }
+    }
+
     /// What the packing depends on besides `w`: the channel layout, the tile's rows, the
     /// transforms (and the ISA computing them) and every live phase's sources' taps.
     fn key(&self) -> Vec<usize> {
@@ -324,7 +328,7 @@ impl Packing<'_> {
 /// `[(source, ci)][mr]` is `Σ c · wk[tap]` over the point's terms of `G ⊗ … ⊗ G` (`wk`: the
 /// block's kernels `[tap][ci][mr]`, `run` values a tap, `stride` apart).
 struct KernelTerms<'a, T> {
-    kflat: &'a [Vec<Vec<usize>>],
+    kflat: &'a [PhaseTaps],
     gterms: &'a [Vec<(usize, T)>],
     wk: &'a [T],
     run: usize,
