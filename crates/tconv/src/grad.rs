@@ -217,7 +217,7 @@ pub(crate) fn backward<'x, 'w, 'g, T: Element, D1: Dimension, D2: Dimension, D3:
 /// [`SIDE_BY_SIDE_STREAMED_FLOPS`] (dcgan2). Side by side against one gradient after the
 /// other on two threads (`bench/paired.sh L 2 4`, medians / minima, Intel Xeon): dcgan2
 /// 1.06x / 1.06x; hifigan1d, whose input gradient streams its weights too but has 4.3
-/// GFLOP, 0.99x / 1.02x and with AVX2 0.95x / 0.96x; dcgan1 (its input gradient 1.7x
+/// GFLOP, 1.01x / 1.02x and with AVX2 0.95x / 0.96x; dcgan1 (its input gradient 1.7x
 /// slower than its weight gradient) 0.92x / 0.92x, dcgan3 0.87-0.93x, s1k3 0.88-0.96x,
 /// dilated 0.94-0.96x (their gradients' times differ, or two threads serve each well).
 fn side_by_side<T: Element>(g: &Geometry, options: &PlanOptions) -> bool {

@@ -41,7 +41,11 @@ impl<T: Element> PackedWeights<T> {
 /// packings are kept, together at most [`PackCache::BUDGET`] times the weight's bytes (a
 /// Winograd packing takes 2.25x its weight with F(2x2) tiles, 4x with F(3x3), and dcgan1's
 /// input extents alternate between them), but always the last one.
-pub struct PackCache(Recent<Arc<dyn Any + Send + Sync>>, AtomicUsize);
+pub struct PackCache {
+    held: Recent<Arc<dyn Any + Send + Sync>>,
+    /// Packings made so far ([`PackCache::made`]).
+    made: AtomicUsize,
+}
 
 impl PackCache {
     /// Packings kept (most recently used last).
@@ -51,10 +55,10 @@ impl PackCache {
 
     /// A cache for the packings of a weight of `weight_bytes`.
     pub fn new(weight_bytes: usize) -> PackCache {
-        PackCache(
-            Recent::with_budget(Self::KEEP, weight_bytes.saturating_mul(Self::BUDGET)),
-            AtomicUsize::new(0),
-        )
+        PackCache {
+            held: Recent::with_budget(Self::KEEP, weight_bytes.saturating_mul(Self::BUDGET)),
+            made: AtomicUsize::new(0),
+        }
     }
 
     /// The packing under `key` from `cache`, else `pack()` (kept in `cache` if any), of
@@ -70,26 +74,26 @@ impl PackCache {
             return Arc::new(pack());
         };
         let key = key();
-        if let Some(found) = cache.0.get(&key).and_then(|p| p.downcast::<P>().ok()) {
+        if let Some(found) = cache.held.get(&key).and_then(|p| p.downcast::<P>().ok()) {
             return found;
         }
         // Packed without the lock: another plan of the same weight may pack meanwhile.
         let packed = Arc::new(pack());
-        cache.1.fetch_add(1, Ordering::Relaxed);
+        cache.made.fetch_add(1, Ordering::Relaxed);
         let size = bytes(&packed);
         let shared = Arc::clone(&packed) as Arc<dyn Any + Send + Sync>;
-        cache.0.insert_sized(key, shared, size);
+        cache.held.insert_sized(key, shared, size);
         packed
     }
 
     /// Packings made for this cache so far (each a weight packed).
     pub fn made(&self) -> usize {
-        self.1.load(Ordering::Relaxed)
+        self.made.load(Ordering::Relaxed)
     }
 
     /// Packings held now.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.held.len()
     }
 
     /// Whether none is held.
@@ -99,17 +103,17 @@ impl PackCache {
 
     /// Bytes of the packings held now.
     pub fn bytes(&self) -> usize {
-        self.0.bytes()
+        self.held.bytes()
     }
 
     /// Whether a packing is held under `key`.
     pub(crate) fn contains(&self, key: &[usize]) -> bool {
-        self.0.contains(key)
+        self.held.contains(key)
     }
 
     /// Whether the packing at `id` (its `Arc`'s address) is held.
     pub(crate) fn holds(&self, id: *const ()) -> bool {
-        self.0.any(|p| Arc::as_ptr(p) as *const () == id)
+        self.held.any(|p| Arc::as_ptr(p) as *const () == id)
     }
 }
 

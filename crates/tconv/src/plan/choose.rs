@@ -131,12 +131,18 @@ fn winograd_tile<T: Element>(
             Some((t, f.registers))
         })?;
     // The cheapest that fits the plan's own threads with the same transforms, or the
-    // cheapest such whose weights `packs` holds packed already.
+    // cheapest such whose weights `packs` holds packed already (one pass, each tile's
+    // scratch sized once, up to the tile taken).
     let mut own = shapes
         .iter()
         .filter(|t| fits(t, threads).is_some_and(|f| f.registers == registers));
-    let cheapest = own.clone().next();
-    let packed = packs.and_then(|p| own.find(|t| winograd::packed_in(g, t.0, isa, p)));
+    let cheapest = own.next();
+    let packed = packs.and_then(|p| {
+        cheapest
+            .into_iter()
+            .chain(own)
+            .find(|t| winograd::packed_in(g, t.0, isa, p))
+    });
     let &(mr, v, _) = packed.or(cheapest).unwrap_or(decided);
     Some((mr, v))
 }

@@ -98,9 +98,10 @@ pub(super) fn sizing<T: Element>(
 /// times), half the input's size per thread if that is no less: the input's size on two
 /// threads. The tiles for two threads are then as wide as on one (12×2 where the output's
 /// bound left 24×1): hifigan1d's input gradient (17 MB of transformed weights, 8.4 MB
-/// input, 2.1 MB output) 1.23x / 1.23x faster at 1 thread and 1.23x / 1.24x at 2, dcgan2's
-/// (4.9 MB, 2 MB, 1 MB) 1.13x / 1.17x at 2 threads (`bench/paired.sh dcgan2,hifigan1d T 4`,
-/// medians / minima, Intel Xeon, 2026-12-06).
+/// input, 2.1 MB output) 1.23x / 1.24x faster at 2 threads, dcgan2's (4.9 MB, 2 MB, 1 MB)
+/// 1.13x / 1.17x (`bench/paired.sh dcgan1,dcgan2,hifigan1d 2 4`, medians / minima, Intel
+/// Xeon, 2026-12-06); at 1 thread, on 12×2 tiles either way, hifigan1d's tasks of more
+/// columns 1.05x / 1.05x.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Bound {
     bytes: usize,
