@@ -96,23 +96,30 @@ fn winograd_tile<T: Element>(
     let lanes = isa.lanes();
     let positions = numel(&g.output_shape()[2..]).min(winograd::tiles(g)?);
     let rows = g.out_per_group();
-    let mut shapes: Vec<(usize, usize, f32)> = tile_shapes_for::<T>(isa).to_vec();
-    // Equal costs: the tile of more vectors where its panel of the transformed input (the
-    // reduction by its columns) is at most `WIDE_PANEL_BYTES`, else of fewer; in a layer
-    // (`packs`) always of fewer, whose smaller scratch fits more of its input extents.
+    // By modelled cost; of equal costs, the tile of more vectors where its panel of the
+    // transformed input (the reduction by its columns) is at most `WIDE_PANEL_BYTES`, else
+    // of fewer; or always of fewer (`narrow_ties`: a layer's own tile, whose smaller
+    // scratch fits more of its input extents).
     let panel = winograd::reduction(g)? * lanes * std::mem::size_of::<T>();
-    let wide_first = |t: &(usize, usize, f32)| {
-        if packs.is_none() && panel * t.1 <= WIDE_PANEL_BYTES {
-            -(t.1 as isize)
-        } else {
-            t.1 as isize
-        }
+    let by_cost = |narrow_ties: bool| {
+        let tie = |t: &(usize, usize, f32)| {
+            if !narrow_ties && panel * t.1 <= WIDE_PANEL_BYTES {
+                -(t.1 as isize)
+            } else {
+                t.1 as isize
+            }
+        };
+        let mut shapes: Vec<(usize, usize, f32)> = tile_shapes_for::<T>(isa).to_vec();
+        shapes.sort_by(|a, b| {
+            tile_cost(rows, positions, lanes, *a)
+                .total_cmp(&tile_cost(rows, positions, lanes, *b))
+                .then(tie(a).cmp(&tie(b)))
+        });
+        shapes
     };
-    shapes.sort_by(|a, b| {
-        tile_cost(rows, positions, lanes, *a)
-            .total_cmp(&tile_cost(rows, positions, lanes, *b))
-            .then(wide_first(a).cmp(&wide_first(b)))
-    });
+    // The transforms are decided in one order for plans and layers alike (they change the
+    // bits).
+    let shapes = by_cost(false);
     let fits = |&(mr, v, _): &(usize, usize, f32), on: usize| {
         winograd::footprint::<T>(g, (mr, v, lanes, isa), on).filter(|f| f.bytes <= f.bound)
     };
@@ -133,7 +140,10 @@ fn winograd_tile<T: Element>(
     // The cheapest that fits the plan's own threads with the same transforms, or the
     // cheapest such whose weights `packs` holds packed already (one pass, each tile's
     // scratch sized once, up to the tile taken).
-    let mut own = shapes
+    let layer_order = packs.map(|_| by_cost(true));
+    let mut own = layer_order
+        .as_ref()
+        .unwrap_or(&shapes)
         .iter()
         .filter(|t| fits(t, threads).is_some_and(|f| f.registers == registers));
     let cheapest = own.next();
