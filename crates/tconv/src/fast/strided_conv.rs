@@ -193,6 +193,23 @@ pub(crate) fn execute<T: Element>(
             }
             for blk in 0..channels.div_ceil(mr) {
                 let w = k.packed.run(group, b0 + blk, 0);
+                if live == tl && (blk + 1) * mr <= channels {
+                    // A whole tile: the kernel writes its rows straight into the output
+                    // planes (rows `out_plane` apart), and the bias is added there while
+                    // they are in L1; `acc + b` rounds as through `acc`.
+                    let at = blk * mr * out_plane + p0;
+                    let rows = Rows::packed(kdim, tl).out_pitch(out_plane);
+                    kernel(w, &panel, rows, (&mut out[at..]).into(), false);
+                    if let Some(bias) = bias {
+                        for r in 0..mr {
+                            let b = bias[group * cout_g + (b0 + blk) * mr + r];
+                            for v in &mut out[at + r * out_plane..][..tl] {
+                                *v = *v + b;
+                            }
+                        }
+                    }
+                    continue;
+                }
                 kernel(
                     w,
                     &panel,
