@@ -1515,8 +1515,9 @@ fn kernel_stride_convs_read_in_place() {
 /// permutes over 64 values, gathers where 16 tiles spread wider, masked loads at the
 /// input's end), on AVX2 they transform a channels-last copy. Random (not integer) data,
 /// so any difference in what is loaded or in the order of the additions shows; the shapes
-/// put 16 tiles within a row (permutes), across rows of 7 (gathers) and end at the last
-/// channel's last values.
+/// put 16 tiles within a row (permutes), across rows of 8 and 4 (permutes of four windows:
+/// the 8x8 and 16x16 images' forward passes and convs), across rows of 7 and 2 (gathers),
+/// and end at the last channel's last values.
 #[test]
 fn winograd_gathered_inputs_match_the_channels_last_path() {
     use tconv::ConvParams;
@@ -1533,8 +1534,11 @@ fn winograd_gathered_inputs_match_the_channels_last_path() {
         })
     };
     // (input, C_out, kernel, stride, padding): F(2,2) phases of k4 s2, F(2,3) of k3 s1.
-    let layers: [(&[usize], usize, usize, usize, usize); 5] = [
+    let layers: [(&[usize], usize, usize, usize, usize); 8] = [
         (&[2, 9, 3, 40], 5, 4, 2, 1),
+        (&[1, 6, 8, 8], 5, 4, 2, 1),
+        (&[2, 3, 16, 16], 4, 4, 2, 1),
+        (&[1, 5, 4, 4], 3, 4, 2, 1),
         (&[1, 12, 5, 7], 8, 4, 2, 1),
         (&[3, 4, 9, 9], 3, 4, 2, 2),
         (&[2, 7, 6, 33], 6, 3, 1, 1),

@@ -248,10 +248,16 @@ pub(crate) struct Gathered<'a> {
 }
 
 /// A [`Gathered`] source cut into blocks of 16 tiles. Per block and input `i` (entry
-/// `b·points + i`): the least index the 16 tiles read, each tile's index from it, which
-/// tiles to load (the others read padding or lie past `n`), and which of the 64 values
-/// from the least index on they read (four 16-lane load masks; all zero where the indices
-/// span more than 64 values, which are then gathered).
+/// `b·points + i`): the least index the 16 tiles read, each tile's place in one of four
+/// windows of 16 values from it (the permutes' index), which tiles to load (the others read
+/// padding or lie past `n`), where the four windows start and which of their values the
+/// tiles read (four 16-lane load masks; all zero where four windows cannot hold the
+/// indices, which are then gathered). The windows are consecutive where the indices span
+/// less than 64 values; where they spread wider, in up to four clusters (a row of 8, 4 or
+/// 2 tiles each, on images of 16, 8 or 4 tiles' width: dcgan3's input gradient, dcgan2's
+/// forward pass), each window starts at a cluster's least index, and two-source permutes
+/// pick the tiles as before instead of a gather (on Zen 4 the gathers took 73 % of this
+/// transform's time in dcgan3's backward pass).
 #[cfg(target_arch = "x86_64")]
 #[derive(PartialEq)]
 struct GatherBlocks {
@@ -259,7 +265,11 @@ struct GatherBlocks {
     idx: Vec<i32>,
     masks: Vec<u16>,
     loads: Vec<[u16; 4]>,
-    /// The tiles whose value lies 32 or more past the least index.
+    /// Where each window starts, from the least index (0 for an unused window).
+    starts: Vec<[u32; 4]>,
+    /// The values from the least index that the full loads of the windows span.
+    reach: Vec<u32>,
+    /// The tiles read from the third or fourth window.
     highs: Vec<u16>,
 }
 
@@ -283,6 +293,8 @@ impl GatherBlocks {
         let mut bases = vec![0usize; entries];
         let mut idx = vec![0i32; entries * 16];
         let mut loads = vec![[0u16; 4]; entries];
+        let mut starts = vec![[0u32; 4]; entries];
+        let mut reach = vec![0u32; entries];
         let mut highs = vec![0u16; entries];
         for (e, &m) in masks.iter().enumerate() {
             let (b, i) = (e / points, e % points);
@@ -299,18 +311,31 @@ impl GatherBlocks {
                 continue; // nothing to load: base 0, no lanes
             }
             bases[e] = lo;
-            let near = hi - lo < 64;
+            let windows = four_windows(row, m, lo, hi);
             for (l, &at) in row.iter().enumerate() {
                 if m & (1 << l) != 0 {
                     let o = at - lo;
-                    idx[e * 16 + l] = i32::try_from(o).ok()?;
-                    if near {
-                        loads[e][o / 16] |= 1 << (o % 16);
-                    }
-                    if o >= 32 {
-                        highs[e] |= 1 << l;
+                    match windows {
+                        Some(w) => {
+                            // The window holding `o`: a permute's index picks value
+                            // `o - start` of the pair (j even: first source, odd: second).
+                            let j = (0..4)
+                                .find(|&j| (w[j]..w[j] + 16).contains(&o))
+                                .expect("the windows hold every index");
+                            let at_pair = o - w[j] + 16 * (j % 2);
+                            idx[e * 16 + l] = i32::try_from(at_pair).ok()?;
+                            loads[e][j] |= 1 << (o - w[j]);
+                            if j >= 2 {
+                                highs[e] |= 1 << l;
+                            }
+                        }
+                        None => idx[e * 16 + l] = i32::try_from(o).ok()?,
                     }
                 }
+            }
+            if let Some(w) = windows {
+                starts[e] = std::array::from_fn(|j| w[j] as u32);
+                reach[e] = u32::try_from(w.iter().max().copied().unwrap_or(0) + 16).ok()?;
             }
         }
         Some(GatherBlocks {
@@ -318,9 +343,41 @@ impl GatherBlocks {
             idx,
             masks,
             loads,
+            starts,
+            reach,
             highs,
         })
     }
+}
+
+/// Four windows of 16 values, from the least index `lo`, that hold the indices (relative
+/// to `lo`) of the lanes set in `m`: consecutive where they span less than 64 values (the
+/// same values the loads read before), else each starting at the least index not yet held
+/// (the fewest windows that hold them all); `None` where four do not. An unused window
+/// starts at 0 (its loads read nothing, or the first window's values).
+#[cfg(target_arch = "x86_64")]
+fn four_windows(row: &[usize], m: u16, lo: usize, hi: usize) -> Option<[usize; 4]> {
+    if hi - lo < 64 {
+        return Some([0, 16, 32, 48]);
+    }
+    let mut offs: Vec<usize> = (0..row.len())
+        .filter(|&l| m & (1 << l) != 0)
+        .map(|l| row[l] - lo)
+        .collect();
+    offs.sort_unstable();
+    let mut w = [0usize; 4];
+    let mut used = 0;
+    for o in offs {
+        if used > 0 && o < w[used - 1] + 16 {
+            continue;
+        }
+        if used == 4 {
+            return None;
+        }
+        w[used] = o;
+        used += 1;
+    }
+    Some(w)
 }
 
 /// How [`transform_gathered`] reads one source of a task's phase, built once with the plan:
@@ -347,6 +404,8 @@ impl GatherPlan {
                 + b.idx.len() * 4
                 + (b.masks.len() + b.highs.len()) * 2
                 + b.loads.len() * 8
+                + b.starts.len() * 16
+                + b.reach.len() * 4
         }
         #[cfg(not(target_arch = "x86_64"))]
         0
@@ -497,24 +556,26 @@ unsafe fn gathered_avx512<const FORM: u8>(
                     .wrapping_add(base + blocks.bases[e] + c0 * in_plane);
                 let idx = _mm512_loadu_si512(blocks.idx[e * 16..].as_ptr() as *const _);
                 let (m, ld, high) = (blocks.masks[e], blocks.loads[e], blocks.highs[e]);
-                // Whether all 64 values lie inside `x` for every channel of the group.
-                let whole = base + blocks.bases[e] + (c0 + cn - 1) * in_plane + 64 <= x.len();
+                let (starts, reach) = (blocks.starts[e], blocks.reach[e] as usize);
+                // Whether the windows' values lie inside `x` for every channel of the group.
+                let whole = base + blocks.bases[e] + (c0 + cn - 1) * in_plane + reach <= x.len();
                 for (cc, dc) in d.iter_mut().enumerate().take(cn) {
                     let p = p.wrapping_add(cc * in_plane);
                     dc[i] = if m == 0 {
                         zero
                     } else if ld == [0; 4] {
-                        // Spread wider than four vectors: a gather.
+                        // Spread wider than four windows: a gather.
                         _mm512_mask_i32gather_ps::<4>(zero, m, idx, p)
                     } else {
-                        // The (at most) 64 values from the least index (masked to the
-                        // ones read near the end of `x`), then each tile's picked by a
-                        // two-source permute.
+                        // The four windows of 16 values (masked to the ones read near
+                        // the end of `x`), then each tile's picked by a two-source
+                        // permute.
                         let l: [__m512; 4] = std::array::from_fn(|j| {
+                            let at = p.wrapping_add(starts[j] as usize);
                             if whole {
-                                _mm512_loadu_ps(p.wrapping_add(16 * j))
+                                _mm512_loadu_ps(at)
                             } else {
-                                _mm512_maskz_loadu_ps(ld[j], p.wrapping_add(16 * j))
+                                _mm512_maskz_loadu_ps(ld[j], at)
                             }
                         });
                         let lo = _mm512_maskz_permutex2var_ps(m, l[0], idx, l[1]);
