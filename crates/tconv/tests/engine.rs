@@ -1515,9 +1515,9 @@ fn kernel_stride_convs_read_in_place() {
 /// permutes over 64 values, gathers where 16 tiles spread wider, masked loads at the
 /// input's end), on AVX2 they transform a channels-last copy. Random (not integer) data,
 /// so any difference in what is loaded or in the order of the additions shows; the shapes
-/// put 16 tiles within a row (permutes), across rows of 8 and 4 (permutes of four windows:
-/// the 8x8 and 16x16 images' forward passes and convs), across rows of 7 and 2 (gathers),
-/// and end at the last channel's last values.
+/// put a block's 16 tiles within 64 values (permutes), in up to four clusters further apart
+/// (four windows, permutes), in more (gathers) — each of the three in several blocks — and
+/// end at the last channel's last values.
 #[test]
 fn winograd_gathered_inputs_match_the_channels_last_path() {
     use tconv::ConvParams;

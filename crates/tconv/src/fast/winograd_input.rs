@@ -253,11 +253,11 @@ pub(crate) struct Gathered<'a> {
 /// padding or lie past `n`), where the four windows start and which of their values the
 /// tiles read (four 16-lane load masks; all zero where four windows cannot hold the
 /// indices, which are then gathered). The windows are consecutive where the indices span
-/// less than 64 values; where they spread wider, in up to four clusters (a row of 8, 4 or
-/// 2 tiles each, on images of 16, 8 or 4 tiles' width: dcgan3's input gradient, dcgan2's
-/// forward pass), each window starts at a cluster's least index, and two-source permutes
-/// pick the tiles as before instead of a gather (on Zen 4 the gathers took 73 % of this
-/// transform's time in dcgan3's backward pass).
+/// less than 64 values; where they spread wider but lie in up to four clusters (the 16
+/// tiles span rows of a narrow image: dcgan3's input gradient, dcgan1's forward phases),
+/// each window starts at a cluster's least index, and two-source permutes pick the tiles
+/// as before instead of a gather (on Zen 4, perf put 73 % of this transform's samples in
+/// dcgan3's backward pass, and 70 % in dcgan1's forward pass, right after the gathers).
 #[cfg(target_arch = "x86_64")]
 #[derive(PartialEq)]
 struct GatherBlocks {
