@@ -91,6 +91,10 @@ pub struct BenchArgs {
     /// Element type of the tensors.
     #[arg(long, value_enum, default_value = "float32")]
     pub dtype: Dtype,
+    /// Tune the forward plans: measure the register tiles the planner would accept on this
+    /// machine and keep the fastest (the plan_ms column then times one tuning plan).
+    #[arg(long)]
+    pub tune: bool,
 }
 
 /// Element types `tconv bench` times.
@@ -152,6 +156,10 @@ pub struct PlanArgs {
     /// Force an algorithm (reference, direct, col2im or winograd).
     #[arg(long)]
     pub algorithm: Option<String>,
+    /// Measure the register tiles the planner would accept on this machine and keep the
+    /// fastest (the plan's "why" lists each tile's time).
+    #[arg(long)]
+    pub tune: bool,
 }
 
 /// One layer to time.
@@ -340,13 +348,15 @@ fn forward_row<T: Element>(
     (plan, x, w): (&Plan<T>, &ArrayD<T>, &ArrayD<T>),
     replan_ms: Option<f64>,
 ) -> Result<Timing> {
+    // A tuning plan runs the layer a few times per tile: timed once.
+    let (warmup, runs) = if opts.tune { (0, 1) } else { (1, 5) };
     let plan_ms = time_fn(
         || {
             Plan::new(Op::ConvTranspose, &l.input, w, None, &l.params, opts)?;
             Ok(())
         },
-        1,
-        5,
+        warmup,
+        runs,
     )?
     .0;
     Ok(Timing {
@@ -507,6 +517,7 @@ pub fn plan(a: &PlanArgs) -> Result<()> {
     let opts = PlanOptions {
         threads: a.threads,
         algorithm: algorithm(&a.algorithm)?,
+        tune: a.tune,
         ..PlanOptions::default()
     };
     for l in layers(&a.layers)? {
@@ -540,6 +551,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             Some(&[mr, v]) => Some((mr, v)),
             Some(t) => bail!("--tile takes two numbers, output channels and vectors (got {t:?})"),
         },
+        tune: a.tune,
         ..PlanOptions::default()
     };
     let isa = tconv::fast::Isa::detect();

@@ -829,6 +829,50 @@ fn bench_and_plan_report_what_outside_checks_read() {
     }
 }
 
+/// `--tune` on `tconv plan` and `tconv bench`: the plan says which tile it measured
+/// fastest, lists every tile it measured with its time, and runs that tile; the bench row
+/// runs one of those tiles.
+#[test]
+fn tuned_plans_say_what_they_measured() {
+    let layer = [
+        "--input", "2,16,5,9", "--c-out", "20", "--kernel", "2", "--stride", "2",
+    ];
+    let mut args = vec!["plan", "--threads", "1", "--tune"];
+    args.extend(layer);
+    let o = tconv(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let why = out
+        .lines()
+        .find(|l| l.starts_with("why:"))
+        .unwrap_or_default();
+    let tile = why
+        .split("tuned: the ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next())
+        .unwrap_or_else(|| panic!("{out}"));
+    let (mr, v) = tile.split_once('x').unwrap_or_else(|| panic!("{why}"));
+    let kernel = format!("tile of {mr} output channels x {v} vectors");
+    assert!(out.contains(&kernel), "{out}");
+    // Each tile measured, with its milliseconds: "6x4 0.123, 12x2 0.150, ...".
+    let measured: Vec<&str> = why
+        .split(&[' ', ','][..])
+        .collect::<Vec<_>>()
+        .windows(2)
+        .filter(|w| w[0].contains('x') && w[1].parse::<f64>().is_ok_and(|ms| ms > 0.0))
+        .map(|w| w[0])
+        .collect();
+    assert!(measured.len() > 1 && measured.contains(&tile), "{why}");
+    let mut args = vec!["bench", "--threads", "1", "--tune", "--json", "--runs", "1"];
+    args.extend(layer);
+    let o = tconv(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let row: serde_json::Value = serde_json::from_str(stdout(&o).lines().next().unwrap()).unwrap();
+    let label = row["algorithm"].as_str().unwrap_or_default();
+    let ran = label.rsplit(' ').next().unwrap_or_default();
+    assert!(measured.contains(&ran), "{label} not among {measured:?}");
+}
+
 /// Output to a closed pipe (`tconv … | head -c 10`) ends the command quietly, as for other
 /// Unix tools: no panic message, killed by SIGPIPE.
 #[cfg(unix)]

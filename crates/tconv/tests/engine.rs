@@ -23,6 +23,7 @@ fn options(isa: Isa, inplace: Option<bool>, threads: usize) -> PlanOptions {
         tile: None,
         inplace,
         once: false,
+        tune: false,
     }
 }
 

@@ -27,6 +27,9 @@ pub(super) fn tile_cost(
     (blocks * tiles * mr * v) as f32 / eff
 }
 
+/// A register tile: `(output channels, vectors)`.
+type Tile = (usize, usize);
+
 /// The packed-panel kernel for a GEMM of `rows` rows over `positions` columns (col2im and
 /// im2col): the forced tile shape, else the one with the least modelled time.
 pub(super) fn gemm_kernel<T: Element>(
@@ -83,15 +86,18 @@ pub(super) fn gemm_kernel<T: Element>(
 /// six pairs of tile and transforms), and a layer planning each new extent packed an 8 MB
 /// weight again for most (`tconv bench`'s `replan_ms`: 9.1 ms against 0.1).
 /// Where no tile qualifies: the cheapest if the caller forced Winograd tiles, else `None`.
+/// With the tile, the candidates a tuning plan measures ([`PlanOptions::tune`]): the tile
+/// first, then the others that fit the plan's threads with the same transforms (they give
+/// the same bits), cheapest first.
 fn winograd_tile<T: Element>(
     g: &Geometry,
     isa: Isa,
     options: &PlanOptions,
     (forced, threads): (bool, usize),
     packs: Option<&PackCache>,
-) -> Option<(usize, usize)> {
+) -> Option<(Tile, Vec<Tile>)> {
     if let Some(t) = options.tile {
-        return Some(t);
+        return Some((t, vec![t]));
     }
     let lanes = isa.lanes();
     let positions = numel(&g.output_shape()[2..]).min(winograd::tiles(g)?);
@@ -141,20 +147,24 @@ fn winograd_tile<T: Element>(
     // cheapest such whose weights `packs` holds packed already (one pass, each tile's
     // scratch sized once, up to the tile taken).
     let layer_order = packs.map(|_| by_cost(true));
-    let mut own = layer_order
+    let own: Vec<Tile> = layer_order
         .as_ref()
         .unwrap_or(&shapes)
         .iter()
-        .filter(|t| fits(t, threads).is_some_and(|f| f.registers == registers));
-    let cheapest = own.next();
+        .filter(|t| fits(t, threads).is_some_and(|f| f.registers == registers))
+        .map(|t| (t.0, t.1))
+        .collect();
     let packed = packs.and_then(|p| {
-        cheapest
-            .into_iter()
-            .chain(own)
+        own.iter()
+            .copied()
             .find(|t| winograd::packed_in(g, t.0, isa, p))
     });
-    let &(mr, v, _) = packed.or(cheapest).unwrap_or(decided);
-    Some((mr, v))
+    let tile = packed
+        .or(own.first().copied())
+        .unwrap_or((decided.0, decided.1));
+    let mut candidates = vec![tile];
+    candidates.extend(own.into_iter().filter(|&t| t != tile));
+    Some((tile, candidates))
 }
 
 /// Bytes of a Winograd GEMM's panel of the transformed input (its reduction by the tile's
@@ -196,6 +206,9 @@ pub(super) struct Choice {
     pub(super) reason: String,
     pub(super) forced: Option<Algorithm>,
     pub(super) winograd_tile: Option<(usize, usize)>,
+    /// The Winograd tiles a tuning plan may measure ([`PlanOptions::tune`]): the chosen
+    /// one first, then every other that fits the plan's threads with the same transforms.
+    pub(super) winograd_candidates: Vec<Tile>,
 }
 
 pub(super) fn choose<T: Element>(
@@ -266,9 +279,10 @@ pub(super) fn choose<T: Element>(
     }
     let isa = options.isa_for::<T>();
     let threads = options.threads_for(g);
-    let winograd_tile = (algorithm == Algorithm::Winograd)
+    let (winograd_tile, winograd_candidates) = (algorithm == Algorithm::Winograd)
         .then(|| winograd_tile::<T>(g, isa, options, (forced.is_some(), threads), packs))
-        .flatten();
+        .flatten()
+        .map_or((None, Vec::new()), |(t, c)| (Some(t), c));
     if algorithm == Algorithm::Winograd && winograd_tile.is_none() {
         algorithm = Algorithm::Direct;
         reason = format!(
@@ -284,6 +298,7 @@ pub(super) fn choose<T: Element>(
         reason,
         forced,
         winograd_tile,
+        winograd_candidates,
     }
 }
 

@@ -26,10 +26,7 @@ pub(super) fn kernel<T: Element>(
 ) -> Result<DirectKernel<T>> {
     let spec = DirectSpec::new(g);
     let lanes = isa.lanes();
-    let inplace = match options.inplace {
-        Some(b) => b,
-        None => g.out_per_group() < INPLACE_BELOW,
-    };
+    let inplace = inplace(g, options);
     // Depthwise layers run as one group of `groups` output channels, each kernel row
     // reading its own input channel: MR channels per kernel call instead of one.
     let depthwise = inplace && g.groups > 1 && g.in_per_group() == 1 && g.out_per_group() == 1;
@@ -118,6 +115,36 @@ pub(super) fn kernel<T: Element>(
     let out_len = numel(&g.output_shape());
     direct.items_cap = (out_len / (threads * direct.item_len(g).max(1))).max(1);
     Ok(direct)
+}
+
+/// Whether the direct engine reads the input in place (few output channels per group)
+/// rather than packing panels of it, unless the caller forced either.
+fn inplace(g: &Geometry, options: &PlanOptions) -> bool {
+    options.inplace.unwrap_or(g.out_per_group() < INPLACE_BELOW)
+}
+
+/// The tiles a tuning plan measures for the direct engine ([`PlanOptions::tune`]): `chosen`
+/// first, then every other tile of the ISA's table that has a kernel for `T`.
+pub(super) fn candidates<T: Element>(
+    g: &Geometry,
+    options: &PlanOptions,
+    isa: Isa,
+    chosen: (usize, usize),
+) -> Vec<(usize, usize)> {
+    let inplace = inplace(g, options);
+    let shapes = if inplace {
+        crate::fast::inplace::tile_shapes_for::<T>(isa)
+    } else {
+        tile_shapes_for::<T>(isa)
+    };
+    let mut tiles = vec![chosen];
+    tiles.extend(
+        shapes
+            .iter()
+            .map(|t| (t.0, t.1))
+            .filter(|&t| t != chosen && kernel_for::<T>(isa, inplace, t.0, t.1).is_some()),
+    );
+    tiles
 }
 
 /// Phases stored together: all last-axis residues of a tile, in output order, for in-place

@@ -12,6 +12,7 @@
 mod choose;
 mod direct;
 mod report;
+mod tune;
 
 pub(crate) use choose::input_tiles;
 use choose::{choose, gemm_kernel, Choice};
@@ -95,6 +96,14 @@ pub struct PlanOptions {
     /// The plan runs once (the gradients, the one-call functions): weigh the cost of
     /// transforming and packing the weights in the choice of algorithm.
     pub once: bool,
+    /// Measure instead of only modelling (as FFTW's `FFTW_MEASURE`): time every register
+    /// tile the planner would accept for the chosen algorithm on this machine, running the
+    /// layer on a scratch input, and keep the fastest. Planning then takes a few runs of
+    /// the layer per tile (and holds one input and one output while it does); the results
+    /// are bitwise the same on every tile. For plans built once and run many times: it is
+    /// ignored where `once` is set, a tile is forced, or the plan shares packed weights (a
+    /// [`crate::Layer`]), and measures nothing where the algorithm has no tile to choose.
+    pub tune: bool,
 }
 
 /// Below this many FLOPs a problem runs on one thread (thread wake-up costs more).
@@ -142,6 +151,9 @@ pub struct Plan<T: Element> {
     winograd: Option<Winograd<T>>,
     /// Reference path keeps the weight.
     weight: Vec<T>,
+    /// The register tiles a tuning plan measures: the chosen one first (none where the
+    /// algorithm has no tile to choose).
+    candidates: Vec<(usize, usize)>,
 }
 
 impl<T: Element> Plan<T> {
@@ -169,11 +181,15 @@ impl<T: Element> Plan<T> {
                 expected: g.weight_shape(),
             });
         }
+        if options.tune && !options.once && options.tile.is_none() && packs.is_none() {
+            return tune::tuned(g, w, options);
+        }
         let Choice {
             algorithm,
             mut reason,
             forced,
             winograd_tile,
+            winograd_candidates,
         } = choose::<T>(&g, options, packs);
         let isa = options.isa_for::<T>();
         let threads = options.threads_for(&g);
@@ -233,6 +249,11 @@ impl<T: Element> Plan<T> {
         } else {
             Vec::new()
         };
+        let candidates = match (&direct, &winograd) {
+            (Some(d), _) => direct::candidates::<T>(&g, options, isa, (d.mr, d.v)),
+            (_, Some(_)) => winograd_candidates,
+            _ => Vec::new(),
+        };
         Ok(Plan {
             geometry: g,
             algorithm,
@@ -245,6 +266,7 @@ impl<T: Element> Plan<T> {
             im2col,
             winograd,
             weight,
+            candidates,
         })
     }
 
@@ -281,6 +303,16 @@ impl<T: Element> Plan<T> {
     #[cfg(test)]
     pub(crate) fn winograd_part(&self) -> Option<&Winograd<T>> {
         self.winograd.as_ref()
+    }
+
+    /// The register tile `(output channels, vectors)` of the direct engine's or Winograd
+    /// tiles' kernel, where the plan runs one it chose.
+    pub fn tile(&self) -> Option<(usize, usize)> {
+        match (&self.direct, &self.winograd) {
+            (Some(d), _) => Some((d.mr, d.v)),
+            (_, Some(w)) => Some((w.mr, w.v)),
+            _ => None,
+        }
     }
 
     /// The resolved geometry.
