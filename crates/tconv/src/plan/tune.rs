@@ -7,8 +7,8 @@
 //! L1d) the modelled tiles of dilated and hifigan1d ran 1.1-1.2x slower than the fastest
 //! (see BENCHMARKS.md). A tuning plan builds the plan for each tile the planner would
 //! accept for its algorithm (the Winograd tiles that fit the scratch bound with the same
-//! transforms, or the direct engine's tiles), runs each on a scratch input in [`PASSES`]
-//! interleaved passes, and keeps the modelled tile unless another ran at least 3 % faster
+//! transforms, or the direct engine's tiles), runs each on a scratch input in interleaved
+//! passes ([`MIN_PASSES`]), and keeps the modelled tile unless another ran at least 3 % faster
 //! ([`MARGIN`]). Every tile sums each output in the same order, so the results do not
 //! depend on which one wins (tested below on every candidate of each kind of plan).
 
@@ -20,12 +20,21 @@ use std::time::Instant;
 
 /// Passes over the tiles: each builds every tile's plan still measured and times one run
 /// after a warm-up run, so that a burst of a shared machine's noise hits one run of each
-/// tile rather than every run of one. A tile keeps its fastest run.
-const PASSES: usize = 4;
+/// tile rather than every run of one. A tile keeps its fastest run. At least
+/// [`MIN_PASSES`], and more up to [`MAX_PASSES`] while the tuning has taken less than
+/// [`BUDGET_SECONDS`]: small layers, whose runs the noise moves most (dilated at 2
+/// threads read 2.4-3.8 ms on one tile), get more.
+const MIN_PASSES: usize = 4;
 
-/// After a pass, tiles slower than this times the fastest so far are not measured again
-/// (the modelled one always is).
-const DROP: f64 = 1.25;
+/// See [`MIN_PASSES`].
+const MAX_PASSES: usize = 12;
+
+/// See [`MIN_PASSES`].
+const BUDGET_SECONDS: f64 = 1.0;
+
+/// From the second pass on, tiles slower than this times the fastest so far are not
+/// measured again (the modelled one always is).
+const DROP: f64 = 1.5;
 
 /// How much faster than the modelled tile another must have run to be taken: where the
 /// tiles run alike, the noise of a shared machine would otherwise pick among them at
@@ -56,13 +65,23 @@ pub(super) fn tuned<T: Element>(g: Geometry, w: &[T], options: &PlanOptions) -> 
     let x: Vec<T> = (0..numel(&g.input_shape()))
         .map(|i| T::from((i % 17) as f64 / 16.0 - 0.5).unwrap_or_else(T::zero))
         .collect();
-    let mut y = vec![T::zero(); numel(&g.output_shape())];
+    // On a cache line, as the outputs this crate makes (the pair kernels store faster so).
+    let mut y = crate::tensor::aligned_zeros::<T>(&g.output_shape(), 1);
+    let y = y.as_slice_mut().expect("a new array is contiguous");
     let mut ms = vec![f64::INFINITY; tiles.len()];
     let mut live: Vec<usize> = (0..tiles.len()).collect();
-    for pass in 0..PASSES {
+    let started = Instant::now();
+    let mut passes = 0;
+    while passes < MIN_PASSES
+        || (passes < MAX_PASSES && started.elapsed().as_secs_f64() < BUDGET_SECONDS)
+    {
         for k in 0..live.len() {
             // Alternate directions, so that no tile always runs first.
-            let i = live[if pass % 2 == 0 { k } else { live.len() - 1 - k }];
+            let i = live[if passes % 2 == 0 {
+                k
+            } else {
+                live.len() - 1 - k
+            }];
             let built;
             let p = if i == 0 {
                 &first
@@ -70,13 +89,16 @@ pub(super) fn tuned<T: Element>(g: Geometry, w: &[T], options: &PlanOptions) -> 
                 built = build(tiles[i])?;
                 &built
             };
-            p.run(&x, None, &mut y);
+            p.run(&x, None, y);
             let start = Instant::now();
-            p.run(&x, None, &mut y);
+            p.run(&x, None, y);
             ms[i] = ms[i].min(start.elapsed().as_secs_f64() * 1e3);
         }
-        let best = ms.iter().copied().fold(f64::INFINITY, f64::min);
-        live.retain(|&i| i == 0 || ms[i] <= DROP * best);
+        passes += 1;
+        if passes >= 2 {
+            let best = ms.iter().copied().fold(f64::INFINITY, f64::min);
+            live.retain(|&i| i == 0 || ms[i] <= DROP * best);
+        }
     }
     let fastest = (0..tiles.len())
         .min_by(|&a, &b| ms[a].total_cmp(&ms[b]))
@@ -89,7 +111,7 @@ pub(super) fn tuned<T: Element>(g: Geometry, w: &[T], options: &PlanOptions) -> 
         .collect();
     let (mr, v) = tiles[fastest];
     let reason = format!(
-        "{}; tuned: the {mr}x{v} tile of {} measured here (ms, the fastest of {PASSES} \
+        "{}; tuned: the {mr}x{v} tile of {} measured here (ms, the fastest of {passes} \
          runs, one a pass, fewer for tiles {DROP}x slower than the fastest: {}; the modelled \
          tile, listed first, unless another ran 3 % faster)",
         first.reason,
