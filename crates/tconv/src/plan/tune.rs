@@ -159,7 +159,8 @@ mod tests {
     /// choose: Winograd tiles (forced at these sizes: stride 1, a stride-2 layer's phases,
     /// dilation with bias-only phases, 1-D, a conv, a strided conv's sources), the direct
     /// engine (kernel == stride pairs in 2-D and 3-D, groups, an odd stride, in-place
-    /// kernels for few output channels).
+    /// kernels for few output channels, kernel == stride convs: in f32 their panels dealt
+    /// straight from the input).
     type Case = (Op, Vec<usize>, Vec<usize>, ConvParams, Option<Algorithm>);
 
     fn layers() -> Vec<Case> {
@@ -240,6 +241,20 @@ mod tests {
                 vec![2, 16, 9, 8],
                 vec![16, 3, 4, 4],
                 p().stride(&[2, 2]).padding(&[1, 1]),
+                None,
+            ),
+            (
+                c,
+                vec![2, 16, 10, 12],
+                vec![20, 16, 2, 2],
+                p().stride(&[2, 2]),
+                None,
+            ),
+            (
+                c,
+                vec![1, 8, 6, 4, 8],
+                vec![12, 8, 2, 2, 2],
+                p().stride(&[2, 2, 2]),
                 None,
             ),
         ]
