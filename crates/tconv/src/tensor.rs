@@ -291,17 +291,24 @@ fn aligned_view<T>(v: Vec<T>, at: usize, shape: &[usize]) -> ArrayD<T> {
         .expect("a contiguous run of the shape's length")
 }
 
+/// A fixed pseudo-random sequence per `seed` (a 64-bit LCG's states) for the tests' data.
+#[cfg(test)]
+pub(crate) fn lcg(seed: u64) -> impl Iterator<Item = u64> {
+    std::iter::successors(Some(seed), |s| {
+        Some(
+            s.wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407),
+        )
+    })
+    .skip(1)
+}
+
 /// Small integers in `-3..=3` (a fixed pseudo-random sequence per `seed`): sums of their
 /// products are exact in any order, so fast paths must equal the reference bit for bit.
 #[cfg(test)]
 pub(crate) fn small_ints<T: Element>(n: usize, seed: u64) -> Vec<T> {
-    let mut s = seed;
-    (0..n)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            T::from((s >> 33) % 7).expect("a small integer") - T::from(3).expect("3")
-        })
+    lcg(seed)
+        .take(n)
+        .map(|s| T::from((s >> 33) % 7).expect("a small integer") - T::from(3).expect("3"))
         .collect()
 }

@@ -138,14 +138,9 @@ mod tests {
 
     /// Values with many significant bits (small integers would sum exactly in any order).
     fn floats<T: Element>(n: usize, seed: u64) -> Vec<T> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                T::from((s >> 40) as f64 / (1u64 << 24) as f64 - 0.5).expect("a small value")
-            })
+        crate::tensor::lcg(seed)
+            .take(n)
+            .map(|s| T::from((s >> 40) as f64 / (1u64 << 24) as f64 - 0.5).expect("a value"))
             .collect()
     }
 
