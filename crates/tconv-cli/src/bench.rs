@@ -326,10 +326,19 @@ fn time_layer_in<T: Element>(l: &Layer, a: &BenchArgs, opts: &PlanOptions) -> Re
     let replan_ms = (a.pass != Pass::Backward)
         .then(|| time_replan(&w, &l.input, &l.params, opts))
         .transpose()?;
+    // Before the plan timed below is built: a tuning plan runs every tile it measures, and
+    // the plan timed should not run after another tuning's runs and allocations.
+    let plan_ms = (a.pass != Pass::Backward)
+        .then(|| time_plan(l, opts, &w))
+        .transpose()?;
     let plan = Plan::new(Op::ConvTranspose, &l.input, &w, None, &l.params, opts)?;
     let mut out = Vec::new();
-    if a.pass != Pass::Backward {
-        out.push(forward_row(l, a, opts, (&plan, &x, &w), replan_ms)?);
+    if let Some(plan_ms) = plan_ms {
+        out.push(Timing {
+            plan_ms: Some(plan_ms),
+            replan_ms,
+            ..plan_row(l.name.clone(), &plan, &x, a)?
+        });
     }
     if a.pass != Pass::Forward {
         out.extend(backward_rows(l, a, opts, (&plan, &x, &w))?);
@@ -340,30 +349,19 @@ fn time_layer_in<T: Element>(l: &Layer, a: &BenchArgs, opts: &PlanOptions) -> Re
     Ok(out)
 }
 
-/// The forward row: `plan` timed on `x`, and the time to build it afresh.
-fn forward_row<T: Element>(
-    l: &Layer,
-    a: &BenchArgs,
-    opts: &PlanOptions,
-    (plan, x, w): (&Plan<T>, &ArrayD<T>, &ArrayD<T>),
-    replan_ms: Option<f64>,
-) -> Result<Timing> {
+/// The median time to build the layer's plan afresh (once where the plan tunes).
+fn time_plan<T: Element>(l: &Layer, opts: &PlanOptions, w: &ArrayD<T>) -> Result<f64> {
     // A tuning plan runs the layer a few times per tile: timed once.
     let (warmup, runs) = if opts.tune { (0, 1) } else { (1, 5) };
-    let plan_ms = time_fn(
+    let timed = time_fn(
         || {
             Plan::new(Op::ConvTranspose, &l.input, w, None, &l.params, opts)?;
             Ok(())
         },
         warmup,
         runs,
-    )?
-    .0;
-    Ok(Timing {
-        plan_ms: Some(plan_ms),
-        replan_ms,
-        ..plan_row(l.name.clone(), plan, x, a)?
-    })
+    )?;
+    Ok(timed.0)
 }
 
 /// The backward rows: `NAME:grad_input` and `NAME:grad_weight` each alone, and
