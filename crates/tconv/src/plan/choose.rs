@@ -87,13 +87,16 @@ pub(super) fn gemm_kernel<T: Element>(
 /// weight again for most (`tconv bench`'s `replan_ms`: 9.1 ms against 0.1).
 /// Where no tile qualifies: the cheapest if the caller forced Winograd tiles, else `None`.
 /// With the tile, the candidates a tuning plan measures ([`PlanOptions::tune`]): the tile
-/// first, then the others that fit the plan's threads with the same transforms (they give
-/// the same bits), cheapest first.
+/// first, then, with `every` (a tuning plan, which shares no packing), the others that fit
+/// the plan's threads with the same transforms (they give the same bits), cheapest first.
+/// Only then is every tile's scratch sized: sizing them all for every plan took a `Layer`
+/// 1.2-1.4x its time to plan a new extent (`replan_ms`, 4 alternating rounds: hifigan1d
+/// 0.099-0.104 ms against 0.070-0.087, dcgan3 0.18-0.19 against 0.15).
 fn winograd_tile<T: Element>(
     g: &Geometry,
     isa: Isa,
     options: &PlanOptions,
-    (forced, threads): (bool, usize),
+    (forced, threads, every): (bool, usize, bool),
     packs: Option<&PackCache>,
 ) -> Option<(Tile, Vec<Tile>)> {
     if let Some(t) = options.tile {
@@ -147,23 +150,24 @@ fn winograd_tile<T: Element>(
     // cheapest such whose weights `packs` holds packed already (one pass, each tile's
     // scratch sized once, up to the tile taken).
     let layer_order = packs.map(|_| by_cost(true));
-    let own: Vec<Tile> = layer_order
+    let mut own = layer_order
         .as_ref()
         .unwrap_or(&shapes)
         .iter()
         .filter(|t| fits(t, threads).is_some_and(|f| f.registers == registers))
-        .map(|t| (t.0, t.1))
-        .collect();
+        .map(|t| (t.0, t.1));
+    let cheapest = own.next();
     let packed = packs.and_then(|p| {
-        own.iter()
-            .copied()
+        cheapest
+            .into_iter()
+            .chain(own.by_ref())
             .find(|t| winograd::packed_in(g, t.0, isa, p))
     });
-    let tile = packed
-        .or(own.first().copied())
-        .unwrap_or((decided.0, decided.1));
+    let tile = packed.or(cheapest).unwrap_or((decided.0, decided.1));
     let mut candidates = vec![tile];
-    candidates.extend(own.into_iter().filter(|&t| t != tile));
+    if every {
+        candidates.extend(own.filter(|&t| t != tile));
+    }
     Some((tile, candidates))
 }
 
@@ -207,14 +211,18 @@ pub(super) struct Choice {
     pub(super) forced: Option<Algorithm>,
     pub(super) winograd_tile: Option<(usize, usize)>,
     /// The Winograd tiles a tuning plan may measure ([`PlanOptions::tune`]): the chosen
-    /// one first, then every other that fits the plan's threads with the same transforms.
+    /// one first, then (where [`choose`] was asked for `every`) every other that fits the
+    /// plan's threads with the same transforms.
     pub(super) winograd_candidates: Vec<Tile>,
 }
 
+/// With `every`, the choice's Winograd candidates are every tile a tuning plan may take
+/// (see [`winograd_tile`]).
 pub(super) fn choose<T: Element>(
     g: &Geometry,
     options: &PlanOptions,
     packs: Option<&PackCache>,
+    every: bool,
 ) -> Choice {
     let forced = options.algorithm.or_else(Algorithm::from_env);
     let (mut algorithm, mut reason) = match forced {
@@ -280,7 +288,10 @@ pub(super) fn choose<T: Element>(
     let isa = options.isa_for::<T>();
     let threads = options.threads_for(g);
     let (winograd_tile, winograd_candidates) = (algorithm == Algorithm::Winograd)
-        .then(|| winograd_tile::<T>(g, isa, options, (forced.is_some(), threads), packs))
+        .then(|| {
+            let how = (forced.is_some(), threads, every);
+            winograd_tile::<T>(g, isa, options, how, packs)
+        })
         .flatten()
         .map_or((None, Vec::new()), |(t, c)| (Some(t), c));
     if algorithm == Algorithm::Winograd && winograd_tile.is_none() {
@@ -328,7 +339,7 @@ pub(crate) fn input_tiles<T: Element>(
             ..options.clone()
         };
         let isa = o.isa_for::<T>();
-        let tile = choose::<T>(&adjoint, &o, None).winograd_tile;
+        let tile = choose::<T>(&adjoint, &o, None, false).winograd_tile;
         let footprint = tile
             .and_then(|(mr, v)| winograd::footprint::<T>(&adjoint, (mr, v, isa.lanes(), isa), t));
         (tile.map(|(_, v)| v), footprint.is_some_and(|f| f.streamed))

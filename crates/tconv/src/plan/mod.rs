@@ -151,8 +151,9 @@ pub struct Plan<T: Element> {
     winograd: Option<Winograd<T>>,
     /// Reference path keeps the weight.
     weight: Vec<T>,
-    /// The register tiles a tuning plan measures: the chosen one first (none where the
-    /// algorithm has no tile to choose).
+    /// The register tiles a tuning plan measures: the chosen one first, the others only in
+    /// the plan a tuning starts from ([`Plan::assemble`]'s `every`); none where the
+    /// algorithm has no tile to choose.
     candidates: Vec<(usize, usize)>,
 }
 
@@ -184,13 +185,25 @@ impl<T: Element> Plan<T> {
         if options.tune && !options.once && options.tile.is_none() && packs.is_none() {
             return tune::tuned(g, w, options);
         }
+        Plan::assemble(g, w, options, packs, false)
+    }
+
+    /// [`Plan::build`] of a checked weight, without tuning; with `every`, the plan's
+    /// `candidates` are every tile a tuning plan may take, else its own tile only.
+    fn assemble(
+        g: Geometry,
+        w: &[T],
+        options: &PlanOptions,
+        packs: Option<&PackCache>,
+        every: bool,
+    ) -> Result<Plan<T>> {
         let Choice {
             algorithm,
             mut reason,
             forced,
             winograd_tile,
             winograd_candidates,
-        } = choose::<T>(&g, options, packs);
+        } = choose::<T>(&g, options, packs, every);
         let isa = options.isa_for::<T>();
         let threads = options.threads_for(&g);
         // Packed weights go into a thread's scratch pool only where they live as long as
@@ -250,7 +263,8 @@ impl<T: Element> Plan<T> {
             Vec::new()
         };
         let candidates = match (&direct, &winograd) {
-            (Some(d), _) => direct::candidates::<T>(&g, options, isa, (d.mr, d.v)),
+            (Some(d), _) if every => direct::candidates::<T>(&g, options, isa, (d.mr, d.v)),
+            (Some(d), _) => vec![(d.mr, d.v)],
             (_, Some(_)) => winograd_candidates,
             _ => Vec::new(),
         };

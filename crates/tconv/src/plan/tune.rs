@@ -18,8 +18,8 @@ use crate::geometry::Geometry;
 use crate::tensor::{numel, Element};
 use std::time::Instant;
 
-/// Passes over the tiles: each builds every tile's plan still measured and times one run
-/// after a warm-up run, so that a burst of a shared machine's noise hits one run of each
+/// Passes over the tiles: each builds the plan of every tile still measured (but the
+/// modelled one's, built once) and times one run after a warm-up run, so that a burst of a shared machine's noise hits one run of each
 /// tile rather than every run of one. A tile keeps its fastest run. At least
 /// [`MIN_PASSES`], and more up to [`MAX_PASSES`] while the tuning has taken less than
 /// [`BUDGET_SECONDS`]: small layers, whose runs the noise moves most (dilated at 2
@@ -48,7 +48,7 @@ pub(super) fn tuned<T: Element>(g: Geometry, w: &[T], options: &PlanOptions) -> 
         tune: false,
         ..options.clone()
     };
-    let first = Plan::build(g.clone(), w, &plain, None)?;
+    let first = Plan::assemble(g.clone(), w, &plain, None, true)?;
     let tiles = first.candidates.clone();
     if tiles.len() < 2 {
         return Ok(first);
@@ -113,10 +113,11 @@ pub(super) fn tuned<T: Element>(g: Geometry, w: &[T], options: &PlanOptions) -> 
     let reason = format!(
         "{}; tuned: the {mr}x{v} tile of {} measured here (ms, the fastest of {passes} \
          runs, one a pass, fewer for tiles {DROP}x slower than the fastest: {}; the modelled \
-         tile, listed first, unless another ran 3 % faster)",
+         tile, listed first, unless another ran {:.0} % faster)",
         first.reason,
         tiles.len(),
-        list.join(", ")
+        list.join(", "),
+        (1.0 - MARGIN) * 100.0
     );
     let plan = if fastest == 0 {
         first
@@ -280,7 +281,8 @@ mod tests {
                         algorithm,
                         ..PlanOptions::default()
                     };
-                    let plan = Plan::from_geometry(g.clone(), &w, &o).expect("a plan");
+                    // As a tuning starts: the modelled plan with every candidate.
+                    let plan = Plan::assemble(g.clone(), &w, &o, None, true).expect("a plan");
                     let want = bits(&plan.run_new(&x, Some(&bias)));
                     assert_eq!(plan.candidates.first().copied(), plan.tile(), "{g:?}");
                     match plan.algorithm {
@@ -319,7 +321,10 @@ mod tests {
             threads: Some(1),
             ..PlanOptions::default()
         };
-        let plain = Plan::from_geometry(g.clone(), &w, &o).expect("a plan");
+        let plain = Plan::assemble(g.clone(), &w, &o, None, true).expect("a plan");
+        // A plan that does not tune sizes no other tile than its own.
+        let own = Plan::from_geometry(g.clone(), &w, &o).expect("a plan");
+        assert_eq!(own.candidates, own.tile().into_iter().collect::<Vec<_>>());
         let tuning = PlanOptions {
             tune: true,
             ..o.clone()
