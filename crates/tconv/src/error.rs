@@ -118,6 +118,26 @@ pub enum ErrorKind {
         tile: (usize, usize),
         available: Vec<(usize, usize)>,
     },
+    /// Another framework's arrays need batch and channel axes and at least one spatial axis
+    /// ([`crate::convention`]).
+    FrameworkRank {
+        framework: &'static str,
+        what: &'static str,
+        rank: usize,
+    },
+    /// An option or padding mode the framework does not define for this call.
+    FrameworkOption {
+        framework: &'static str,
+        option: &'static str,
+    },
+    /// A framework's padding on an axis that tconv's (PyTorch's) parameters cannot express.
+    FrameworkPadding {
+        framework: &'static str,
+        axis: usize,
+        begin: i64,
+        end: i64,
+        reason: &'static str,
+    },
     /// Reading or writing a file failed.
     Io { path: String, message: String },
     /// A `.npy` file is malformed or unsupported.
@@ -191,6 +211,15 @@ impl fmt::Display for Error {
             NoSuchKernel { tile, available } => write!(
                 f,
                 "no kernel for tile {tile:?} (output channels, vectors); available: {available:?}"
+            ),
+            FrameworkRank { framework, what, rank } => write!(
+                f,
+                "{framework}: {what} has {rank} axes; it needs a batch axis, a channel axis and at least one spatial axis"
+            ),
+            FrameworkOption { framework, option } => write!(f, "{framework} has no {option}"),
+            FrameworkPadding { framework, axis, begin, end, reason } => write!(
+                f,
+                "{framework} padding ({begin}, {end}) on spatial axis {axis}: {reason}"
             ),
             Io { path, message } => write!(f, "{path}: {message}"),
             Npy { message } => write!(f, "{message}"),

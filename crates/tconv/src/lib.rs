@@ -20,9 +20,13 @@
 //! assert_eq!(y, array![[[1.0, 2.0, 0.0], [3.0, 3.0, -2.0], [0.0, -3.0, -4.0]]].into_dyn());
 //! ```
 //!
+//! Ported from TensorFlow, Keras or JAX? [`convention`] maps their layouts, kernels and
+//! padding rules onto these, and runs their calls as they would.
+//!
 //! The crate is organised as the computation is: [`params`] (the user's words) →
 //! [`geometry`] (checked, resolved numbers) → [`reference`](mod@reference) (the oracles).
 
+pub mod convention;
 pub mod error;
 pub mod explain;
 pub mod fast;

@@ -1,0 +1,702 @@
+//! Other frameworks' conventions — TensorFlow / Keras and JAX / Flax — mapped onto tconv's
+//! (PyTorch's): where the channel axis is, how the kernel is laid out and whether it is
+//! flipped, and what `"SAME"`, `"VALID"` and explicit padding mean for each op.
+//!
+//! | | tconv / PyTorch | TensorFlow, Keras | JAX `lax`, Flax |
+//! |---|---|---|---|
+//! | data | `(N, C, *spatial)` | `(N, *spatial, C)` (or `data_format` NC…) | `(N, *spatial, C)` (Flax; `lax.conv_transpose`'s default) |
+//! | conv kernel | `(C_out, C_in/g, *k)` | `(*k, C_in/g, C_out)` | `(*k, C_in/g, C_out)` (`HWIO`) |
+//! | transpose kernel | `(C_in, C_out, *k)` | `(*k, C_out, C_in)` | `(*k, C_in, C_out)`, **not flipped**: PyTorch's weight is its spatial flip; with `transpose_kernel=True` as TensorFlow's |
+//! | transpose padding | cropping of the full output | the forward conv's padding, with `output_shape` | padding of the stride-dilated input (`SAME`/`VALID` as the forward conv's) |
+//!
+//! TensorFlow's `conv_transpose` is the gradient of its conv, as PyTorch's is: the two agree
+//! on the kernel once its axes are permuted. JAX's `lax.conv_transpose` convolves the
+//! stride-dilated input with the kernel as given (a "fractionally strided" conv): the same
+//! operation with the kernel flipped in space, unless `transpose_kernel=True`.
+//!
+//! ```
+//! use ndarray::{ArrayD, IxDyn};
+//! use tconv::convention::{Call, Convention, FrameworkPadding};
+//! use tconv::Op;
+//!
+//! // jax.lax.conv_transpose(x, w, (2, 2), "SAME") on NHWC data with an HWIO kernel.
+//! let x = ArrayD::from_shape_vec(IxDyn(&[1, 2, 2, 1]), vec![1.0f32, 2.0, 3.0, 4.0]).unwrap();
+//! let w = ArrayD::from_shape_vec(IxDyn(&[2, 2, 1, 1]), vec![1.0f32, 0.0, 0.0, -1.0]).unwrap();
+//! let jax = Convention::jax();
+//! let call = Call::new(FrameworkPadding::Same).strides(&[2, 2]);
+//! let y = jax.run(Op::ConvTranspose, x.view(), w.view(), None, &call).unwrap();
+//! assert_eq!(y.shape(), &[1, 4, 4, 1]); // in * stride, channels last
+//! ```
+
+use ndarray::{ArrayD, ArrayView1, ArrayViewD, Axis};
+
+use crate::error::{fail, ErrorKind, Result};
+use crate::grad::{Gradients, Wanted};
+use crate::params::{ConvParams, Op, Padding};
+use crate::plan::PlanOptions;
+use crate::tensor::Element;
+
+/// Which framework's conventions a call follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framework {
+    /// `tf.nn.conv*d` / `tf.nn.convolution`, `tf.nn.conv*d_transpose` /
+    /// `tf.nn.conv_transpose`, and Keras' `Conv*D` / `Conv*DTranspose` (whose kernels are
+    /// TensorFlow's; for the transposed layers' output size see [`keras_output_size`]).
+    TensorFlow,
+    /// `jax.lax.conv_general_dilated` and `jax.lax.conv_transpose` (Flax's `nn.Conv` and
+    /// `nn.ConvTranspose` call them), with dimension numbers `(N…C, …IO, N…C)`.
+    Jax {
+        /// `lax.conv_transpose(.., transpose_kernel=True)`: the kernel is flipped in space
+        /// and its channel axes swapped before use, so it is laid out as TensorFlow's
+        /// `(*k, C_out, C_in)`.
+        transpose_kernel: bool,
+        /// `lax.conv_transpose(.., use_consistent_padding=True)`: explicit pairs are the
+        /// forward conv's padding (PyTorch's meaning), not the dilated input's.
+        consistent_padding: bool,
+    },
+}
+
+impl Framework {
+    /// The name used in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Framework::TensorFlow => "tensorflow",
+            Framework::Jax { .. } => "jax",
+        }
+    }
+}
+
+/// Where the channel axis of the data (input, output and their gradients) is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataFormat {
+    /// `(N, C, *spatial)`: PyTorch's, TensorFlow's `NCHW`.
+    ChannelsFirst,
+    /// `(N, *spatial, C)`: TensorFlow's and Keras' default, Flax's.
+    ChannelsLast,
+}
+
+/// A framework's `padding` argument.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FrameworkPadding {
+    /// `"SAME"`: conv output `ceil(in / s)`, an odd padding unit at the end; transposed,
+    /// the gradient of that conv (TensorFlow, for its `output_shape`) or JAX's rule
+    /// (output `in * s`).
+    Same,
+    /// JAX's `"SAME_LOWER"` (conv only): as `Same` with the odd unit at the beginning.
+    SameLower,
+    /// `"VALID"`: no padding.
+    Valid,
+    /// `(begin, end)` per spatial axis, as the framework reads explicit pairs: for a conv
+    /// the input's padding; for TensorFlow's transposed conv (and JAX's with
+    /// `consistent_padding`) the forward conv's padding; for JAX's transposed conv by default
+    /// the padding of the stride-dilated input (negative values crop).
+    Explicit(Vec<(i64, i64)>),
+}
+
+/// The arguments of one framework call besides its arrays.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Call {
+    /// Strides: one value for every axis or one per spatial axis (default 1).
+    pub strides: Vec<usize>,
+    /// Kernel dilation (TensorFlow's `dilations`, Keras' `dilation_rate`, JAX's
+    /// `rhs_dilation`): one value or one per spatial axis (default 1).
+    pub dilations: Vec<usize>,
+    /// The padding argument.
+    pub padding: FrameworkPadding,
+    /// TensorFlow's `output_shape` for a transposed conv (its spatial extents). `None`:
+    /// Keras' default, [`keras_output_size`] without output padding. JAX takes none.
+    pub output_size: Option<Vec<usize>>,
+    /// Channel groups (TensorFlow's and JAX's `feature_group_count` for conv; inferred by
+    /// TensorFlow from the kernel's input channels).
+    pub groups: usize,
+}
+
+impl Call {
+    /// Stride 1, no dilation, one group, this padding.
+    pub fn new(padding: FrameworkPadding) -> Self {
+        Call {
+            strides: Vec::new(),
+            dilations: Vec::new(),
+            padding,
+            output_size: None,
+            groups: 1,
+        }
+    }
+    /// Set the strides.
+    pub fn strides(mut self, s: &[usize]) -> Self {
+        self.strides = s.to_vec();
+        self
+    }
+    /// Set the dilations.
+    pub fn dilations(mut self, d: &[usize]) -> Self {
+        self.dilations = d.to_vec();
+        self
+    }
+    /// Set TensorFlow's `output_shape` (spatial extents).
+    pub fn output_size(mut self, size: &[usize]) -> Self {
+        self.output_size = Some(size.to_vec());
+        self
+    }
+    /// Set the channel groups.
+    pub fn groups(mut self, g: usize) -> Self {
+        self.groups = g;
+        self
+    }
+}
+
+/// A framework and the data format its arrays come in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Convention {
+    /// Whose kernels and padding.
+    pub framework: Framework,
+    /// Where the data's channel axis is.
+    pub data_format: DataFormat,
+}
+
+impl Convention {
+    /// TensorFlow and Keras, channels last (`data_format="NHWC"` / `"channels_last"`).
+    pub fn tensorflow() -> Self {
+        Convention {
+            framework: Framework::TensorFlow,
+            data_format: DataFormat::ChannelsLast,
+        }
+    }
+    /// JAX's `lax` with Flax's layouts: channels last, `HWIO` kernels, `conv_transpose`
+    /// with `transpose_kernel=False` and `use_consistent_padding=False` (their defaults).
+    pub fn jax() -> Self {
+        Convention {
+            framework: Framework::Jax {
+                transpose_kernel: false,
+                consistent_padding: false,
+            },
+            data_format: DataFormat::ChannelsLast,
+        }
+    }
+    /// The same with the data's channel axis first (TensorFlow's `NCHW`).
+    pub fn channels_first(mut self) -> Self {
+        self.data_format = DataFormat::ChannelsFirst;
+        self
+    }
+
+    fn name(&self) -> &'static str {
+        self.framework.name()
+    }
+
+    /// Data `x`, `y` or a gradient of them in this convention, in tconv's layout
+    /// `(N, C, *spatial)`.
+    ///
+    /// # Errors
+    /// Arrays without batch, channel and at least one spatial axis.
+    pub fn data_to_torch<T: Clone>(
+        &self,
+        a: ArrayViewD<'_, T>,
+        what: &'static str,
+    ) -> Result<ArrayD<T>> {
+        let r = self.check_rank(a.ndim(), what)?;
+        Ok(match self.data_format {
+            DataFormat::ChannelsFirst => a.to_owned(),
+            DataFormat::ChannelsLast => {
+                let perm: Vec<usize> = [0, r - 1].into_iter().chain(1..r - 1).collect();
+                a.permuted_axes(perm).as_standard_layout().into_owned()
+            }
+        })
+    }
+
+    /// Data in tconv's layout `(N, C, *spatial)`, in this convention's.
+    pub fn data_from_torch<T: Clone>(&self, a: ArrayD<T>) -> ArrayD<T> {
+        let r = a.ndim();
+        match self.data_format {
+            DataFormat::ChannelsLast if r >= 3 => {
+                let perm: Vec<usize> = [0].into_iter().chain(2..r).chain([1]).collect();
+                a.permuted_axes(perm).as_standard_layout().into_owned()
+            }
+            _ => a,
+        }
+    }
+
+    /// The axis permutation taking a kernel of this convention to tconv's layout, and
+    /// whether its spatial axes are flipped too.
+    fn kernel_map(&self, op: Op, rank: usize) -> (Vec<usize>, bool) {
+        let (first, second, flip) = match (op, self.framework) {
+            // (*k, C_in/g, C_out) -> (C_out, C_in/g, *k); for the transpose with
+            // TensorFlow's layout (*k, C_out, C_in) -> (C_in, C_out, *k): the same axes.
+            (Op::Conv, _)
+            | (Op::ConvTranspose, Framework::TensorFlow)
+            | (
+                Op::ConvTranspose,
+                Framework::Jax {
+                    transpose_kernel: true,
+                    ..
+                },
+            ) => (rank - 1, rank - 2, false),
+            // JAX's kernel as the dilated input's correlation reads it:
+            // (*k, C_in, C_out) -> (C_in, C_out, *k), flipped in space.
+            (Op::ConvTranspose, Framework::Jax { .. }) => (rank - 2, rank - 1, true),
+        };
+        let perm = [first, second].into_iter().chain(0..rank - 2).collect();
+        (perm, flip)
+    }
+
+    /// A kernel in this convention's layout for `op`, in tconv's (PyTorch's): conv
+    /// `(C_out, C_in/g, *k)`, conv_transpose `(C_in, C_out, *k)`.
+    ///
+    /// # Errors
+    /// A kernel without two channel axes and at least one spatial axis.
+    pub fn weight_to_torch<T: Clone>(&self, op: Op, w: ArrayViewD<'_, T>) -> Result<ArrayD<T>> {
+        let r = self.check_rank(w.ndim(), "weight")?;
+        let (perm, flip) = self.kernel_map(op, r);
+        let mut t = w.permuted_axes(perm);
+        if flip {
+            for a in 2..r {
+                t.invert_axis(Axis(a));
+            }
+        }
+        Ok(t.as_standard_layout().into_owned())
+    }
+
+    /// A kernel (or its gradient) in tconv's layout, in this convention's: the inverse of
+    /// [`Convention::weight_to_torch`].
+    pub fn weight_from_torch<T: Clone>(&self, op: Op, w: ArrayD<T>) -> ArrayD<T> {
+        let r = w.ndim();
+        if r < 3 {
+            return w;
+        }
+        let (perm, flip) = self.kernel_map(op, r);
+        let mut t = w;
+        if flip {
+            for a in 2..r {
+                t.invert_axis(Axis(a));
+            }
+        }
+        let mut inverse = vec![0; r];
+        for (i, &p) in perm.iter().enumerate() {
+            inverse[p] = i;
+        }
+        t.permuted_axes(inverse).as_standard_layout().into_owned()
+    }
+
+    fn check_rank(&self, rank: usize, what: &'static str) -> Result<usize> {
+        if rank < 3 {
+            return fail(ErrorKind::FrameworkRank {
+                framework: self.name(),
+                what,
+                rank,
+            });
+        }
+        Ok(rank)
+    }
+
+    /// tconv's parameters for `op` on an input of shape `x_shape` and a kernel of shape
+    /// `w_shape`, both in this convention's layouts.
+    ///
+    /// # Errors
+    /// Shapes of the wrong rank, per-axis lists of the wrong length, zero strides or
+    /// dilations, an output size the framework would refuse (TensorFlow's check that the
+    /// forward conv of that size gives the input's), and padding that tconv's parameters
+    /// cannot express (a JAX transposed conv padding the dilated input by more than the
+    /// dilated kernel less one at the beginning; a negative conv padding), each naming the
+    /// numbers.
+    pub fn params(
+        &self,
+        op: Op,
+        x_shape: &[usize],
+        w_shape: &[usize],
+        call: &Call,
+    ) -> Result<ConvParams> {
+        let r = self.check_rank(x_shape.len(), "input")?;
+        self.check_rank(w_shape.len(), "weight")?;
+        let input: Vec<usize> = match self.data_format {
+            DataFormat::ChannelsFirst => x_shape[2..].to_vec(),
+            DataFormat::ChannelsLast => x_shape[1..r - 1].to_vec(),
+        };
+        let kernel = &w_shape[..w_shape.len() - 2];
+        let dims = input.len();
+        if kernel.len() != dims {
+            return fail(ErrorKind::RankMismatch {
+                input_rank: x_shape.len(),
+                weight_rank: w_shape.len(),
+            });
+        }
+        if let FrameworkPadding::Explicit(pairs) = &call.padding {
+            if pairs.len() != dims {
+                return fail(ErrorKind::ParamLength {
+                    name: "padding",
+                    got: pairs.len(),
+                    spatial_dims: dims,
+                });
+            }
+        }
+        if let Some(size) = call.output_size.as_ref().filter(|s| s.len() != dims) {
+            return fail(ErrorKind::ParamLength {
+                name: "output_shape",
+                got: size.len(),
+                spatial_dims: dims,
+            });
+        }
+        let strides = per_axis("stride", &call.strides, dims)?;
+        let dilations = per_axis("dilation", &call.dilations, dims)?;
+        let base = ConvParams::new()
+            .stride(&strides)
+            .dilation(&dilations)
+            .groups(call.groups);
+        match op {
+            Op::Conv => {
+                if call.output_size.is_some() {
+                    return fail(ErrorKind::NotForConv {
+                        name: "output_shape",
+                    });
+                }
+                self.conv_padding(&call.padding)
+                    .map(|p| base.padding_spec(p))
+            }
+            Op::ConvTranspose => {
+                let mut begin = Vec::with_capacity(dims);
+                let mut end = Vec::with_capacity(dims);
+                let mut extra = Vec::with_capacity(dims);
+                for axis in 0..dims {
+                    let a = TransposeAxis {
+                        axis,
+                        input: input[axis] as i64,
+                        span: dilations[axis] as i64 * (kernel[axis] as i64 - 1) + 1,
+                        stride: strides[axis] as i64,
+                        dilation: dilations[axis] as i64,
+                    };
+                    let (b, e, op) = match self.framework {
+                        Framework::TensorFlow => self.tf_axis(&a, call)?,
+                        Framework::Jax {
+                            consistent_padding, ..
+                        } => self.jax_axis(&a, call, consistent_padding)?,
+                    };
+                    begin.push(b);
+                    end.push(e);
+                    extra.push(op);
+                }
+                Ok(base.pads(&begin, &end).output_padding(&extra))
+            }
+        }
+    }
+
+    /// A conv's padding: the framework's SAME is ONNX's SAME_UPPER.
+    fn conv_padding(&self, p: &FrameworkPadding) -> Result<Padding> {
+        Ok(match p {
+            FrameworkPadding::Same => Padding::SameUpper,
+            FrameworkPadding::Valid => Padding::Valid,
+            FrameworkPadding::SameLower => match self.framework {
+                Framework::Jax { .. } => Padding::SameLower,
+                Framework::TensorFlow => {
+                    return fail(ErrorKind::FrameworkOption {
+                        framework: self.name(),
+                        option: "padding SAME_LOWER",
+                    })
+                }
+            },
+            FrameworkPadding::Explicit(pairs) => {
+                let (mut begin, mut end) = (Vec::new(), Vec::new());
+                for (axis, &(b, e)) in pairs.iter().enumerate() {
+                    if b < 0 || e < 0 {
+                        return fail(ErrorKind::FrameworkPadding {
+                            framework: self.name(),
+                            axis,
+                            begin: b,
+                            end: e,
+                            reason: "a conv's padding must not be negative (tconv pads its input; it does not crop it)",
+                        });
+                    }
+                    begin.push(b as usize);
+                    end.push(e as usize);
+                }
+                Padding::Explicit { begin, end }
+            }
+        })
+    }
+
+    /// TensorFlow's transposed conv on one axis: the gradient of the forward conv from
+    /// `output_shape` (or Keras' default size) to the input, as `(pad_begin, pad_end,
+    /// output_padding)`.
+    fn tf_axis(&self, a: &TransposeAxis, call: &Call) -> Result<(usize, usize, usize)> {
+        let (i, k, s) = (a.input, a.span, a.stride);
+        // The forward conv's begin padding for an input of `out`, and the outputs whose
+        // forward conv gives back `i` positions (TensorFlow checks that).
+        let (forward, min, max): (Box<dyn Fn(i64) -> i64>, i64, i64) = match &call.padding {
+            FrameworkPadding::Same => (
+                Box::new(move |out| ((i - 1) * s + k - out).max(0) / 2),
+                (i - 1) * s + 1,
+                i * s,
+            ),
+            FrameworkPadding::Valid => (Box::new(|_| 0), (i - 1) * s + k, (i - 1) * s + k + s - 1),
+            FrameworkPadding::Explicit(pairs) => {
+                let (b, e) = pairs[a.axis];
+                if b < 0 || e < 0 {
+                    return fail(ErrorKind::FrameworkPadding {
+                        framework: self.name(),
+                        axis: a.axis,
+                        begin: b,
+                        end: e,
+                        reason: "TensorFlow's explicit padding must not be negative",
+                    });
+                }
+                let min = (i - 1) * s + k - b - e;
+                (Box::new(move |_| b), min.max(1), min + s - 1)
+            }
+            FrameworkPadding::SameLower => {
+                return fail(ErrorKind::FrameworkOption {
+                    framework: self.name(),
+                    option: "padding SAME_LOWER",
+                })
+            }
+        };
+        let out = match &call.output_size {
+            Some(size) => size[a.axis] as i64,
+            None => keras_axis(i, k, s, &call.padding, None)?,
+        };
+        if out < min || out > max {
+            return fail(ErrorKind::OutputSizeOutOfRange {
+                axis: a.axis,
+                requested: out.max(0) as u64,
+                min: min.max(0) as u64,
+                max: max.max(0) as u64,
+            });
+        }
+        let begin = forward(out);
+        // What the forward conv leaves unread at the end is cropped; what the output has
+        // past the full transposed output is output padding.
+        let end = (i - 1) * s + k - begin - out;
+        Ok((begin as usize, end.max(0) as usize, (-end).max(0) as usize))
+    }
+
+    /// JAX's transposed conv on one axis: padding `(lo, hi)` of the stride-dilated input,
+    /// correlated with the kernel as given; in tconv's terms crop `span - 1 - lo` at the
+    /// beginning and `span - 1 - hi` at the end (output padding where that is negative).
+    fn jax_axis(
+        &self,
+        a: &TransposeAxis,
+        call: &Call,
+        consistent: bool,
+    ) -> Result<(usize, usize, usize)> {
+        if call.output_size.is_some() {
+            return fail(ErrorKind::FrameworkOption {
+                framework: self.name(),
+                option: "output_shape (lax.conv_transpose takes none)",
+            });
+        }
+        let (k, s) = (a.span, a.stride);
+        let (lo, hi) = match &call.padding {
+            // jax._src.lax.convolution._conv_transpose_padding, on the dilated kernel.
+            FrameworkPadding::Same => {
+                let len = k + s - 2;
+                let lo = if s > k - 1 { k - 1 } else { (len + 1) / 2 };
+                (lo, len - lo)
+            }
+            FrameworkPadding::Valid => {
+                let len = k + s - 2 + (k - s).max(0);
+                (k - 1, len - (k - 1))
+            }
+            FrameworkPadding::Explicit(pairs) => {
+                let (b, e) = pairs[a.axis];
+                if consistent {
+                    (k - 1 - b, k - 1 - e)
+                } else {
+                    (b, e)
+                }
+            }
+            FrameworkPadding::SameLower => {
+                return fail(ErrorKind::FrameworkOption {
+                    framework: self.name(),
+                    option: "padding SAME_LOWER for conv_transpose",
+                })
+            }
+        };
+        let (begin, end) = (k - 1 - lo, k - 1 - hi);
+        if begin < 0 {
+            return fail(ErrorKind::FrameworkPadding {
+                framework: self.name(),
+                axis: a.axis,
+                begin: lo,
+                end: hi,
+                reason: "padding the dilated input by more than the dilated kernel's extent less one at the beginning puts zeros before the output; tconv's (PyTorch's) parameters cannot",
+            });
+        }
+        let extra = (-end).max(0);
+        if end < 0 && extra >= s && extra >= a.dilation {
+            return fail(ErrorKind::FrameworkPadding {
+                framework: self.name(),
+                axis: a.axis,
+                begin: lo,
+                end: hi,
+                reason: "padding the dilated input at the end by the dilated kernel's extent plus the stride or more adds outputs no input reaches; PyTorch's output_padding stops below the stride or the dilation",
+            });
+        }
+        Ok((begin as usize, end.max(0) as usize, extra as usize))
+    }
+
+    /// `op` on arrays in this convention's layouts, the result in its data layout:
+    /// the framework's call computed by tconv.
+    ///
+    /// # Errors
+    /// As [`Convention::params`], then as [`crate::conv`] / [`crate::conv_transpose`].
+    pub fn run<T: Element>(
+        &self,
+        op: Op,
+        x: ArrayViewD<'_, T>,
+        w: ArrayViewD<'_, T>,
+        bias: Option<ArrayView1<'_, T>>,
+        call: &Call,
+    ) -> Result<ArrayD<T>> {
+        let params = self.params(op, x.shape(), w.shape(), call)?;
+        let (xt, wt) = (
+            self.data_to_torch(x, "input")?,
+            self.weight_to_torch(op, w)?,
+        );
+        let y = match op {
+            Op::Conv => crate::conv(&xt, &wt, bias, &params)?,
+            Op::ConvTranspose => crate::conv_transpose(&xt, &wt, bias, &params)?,
+        };
+        Ok(self.data_from_torch(y))
+    }
+
+    /// The gradients of `op` for the upstream gradient `grad_y`, all in this convention's
+    /// layouts (the weight's gradient laid out, and flipped, as the kernel).
+    ///
+    /// # Errors
+    /// As [`Convention::params`], then as [`crate::conv_backward`] /
+    /// [`crate::conv_transpose_backward`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward<T: Element>(
+        &self,
+        op: Op,
+        x: ArrayViewD<'_, T>,
+        w: ArrayViewD<'_, T>,
+        grad_y: ArrayViewD<'_, T>,
+        call: &Call,
+        wanted: Wanted,
+        options: &PlanOptions,
+    ) -> Result<Gradients<T>> {
+        let params = self.params(op, x.shape(), w.shape(), call)?;
+        let (xt, wt) = (
+            self.data_to_torch(x, "input")?,
+            self.weight_to_torch(op, w)?,
+        );
+        let gyt = self.data_to_torch(grad_y, "grad_output")?;
+        let g = match op {
+            Op::Conv => crate::conv_backward(&xt, &wt, &gyt, &params, wanted, options)?,
+            Op::ConvTranspose => {
+                crate::conv_transpose_backward(&xt, &wt, &gyt, &params, wanted, options)?
+            }
+        };
+        Ok(Gradients {
+            input: g.input.map(|a| self.data_from_torch(a)),
+            weight: g.weight.map(|a| self.weight_from_torch(op, a)),
+            bias: g.bias,
+        })
+    }
+}
+
+/// One spatial axis of a transposed conv, in the numbers the frameworks' rules use.
+struct TransposeAxis {
+    axis: usize,
+    input: i64,
+    /// The dilated kernel's extent `d (k - 1) + 1`.
+    span: i64,
+    stride: i64,
+    dilation: i64,
+}
+
+/// A per-axis list broadcast to `dims` axes: empty means 1, one value means that value on
+/// every axis.
+fn per_axis(name: &'static str, v: &[usize], dims: usize) -> Result<Vec<usize>> {
+    let out = match v.len() {
+        0 => vec![1; dims],
+        1 => vec![v[0]; dims],
+        n if n == dims => v.to_vec(),
+        got => {
+            return fail(ErrorKind::ParamLength {
+                name,
+                got,
+                spatial_dims: dims,
+            })
+        }
+    };
+    if let Some(axis) = out.iter().position(|&x| x == 0) {
+        return fail(ErrorKind::ZeroParam { name, axis });
+    }
+    Ok(out)
+}
+
+/// Keras' output length of a transposed conv axis (`keras.src.ops.operation_utils` /
+/// `deconv_output_length`), for the dilated kernel extent `span`.
+fn keras_axis(
+    input: i64,
+    span: i64,
+    stride: i64,
+    padding: &FrameworkPadding,
+    output_padding: Option<i64>,
+) -> Result<i64> {
+    let same = match padding {
+        FrameworkPadding::Same => true,
+        FrameworkPadding::Valid => false,
+        // Keras' layers take only "same" and "valid"; an explicit TensorFlow padding needs
+        // its output_shape.
+        _ => {
+            return fail(ErrorKind::FrameworkOption {
+                framework: "tensorflow",
+                option: "explicit padding without output_shape",
+            })
+        }
+    };
+    Ok(match output_padding {
+        None if same => input * stride,
+        None => input * stride + (span - stride).max(0),
+        Some(op) => {
+            let pad = if same { span / 2 } else { 0 };
+            (input - 1) * stride + span - 2 * pad + op
+        }
+    })
+}
+
+/// The spatial output size of Keras' `Conv*DTranspose(filters, kernel_size, strides,
+/// padding, output_padding, dilation_rate)` on an input of spatial extents `input`: the
+/// `output_shape` it hands to TensorFlow's transposed conv ([`Call::output_size`]).
+///
+/// # Errors
+/// Lists of the wrong length, zero strides or dilations, or padding other than
+/// `Same` / `Valid` (Keras' layers take only those).
+pub fn keras_output_size(
+    input: &[usize],
+    kernel: &[usize],
+    strides: &[usize],
+    dilations: &[usize],
+    padding: &FrameworkPadding,
+    output_padding: Option<&[usize]>,
+) -> Result<Vec<usize>> {
+    let dims = input.len();
+    let kernel = per_axis("kernel_size", kernel, dims)?;
+    let strides = per_axis("stride", strides, dims)?;
+    let dilations = per_axis("dilation", dilations, dims)?;
+    let extra = output_padding
+        .map(|o| match o.len() {
+            1 => Ok(vec![o[0]; dims]),
+            n if n == dims => Ok(o.to_vec()),
+            got => fail(ErrorKind::ParamLength {
+                name: "output_padding",
+                got,
+                spatial_dims: dims,
+            }),
+        })
+        .transpose()?;
+    (0..dims)
+        .map(|a| {
+            let span = (dilations[a] * (kernel[a] - 1) + 1) as i64;
+            let op = extra.as_ref().map(|e| e[a] as i64);
+            let n = keras_axis(input[a] as i64, span, strides[a] as i64, padding, op)?;
+            if n < 1 {
+                return fail(ErrorKind::OutputSizeOutOfRange {
+                    axis: a,
+                    requested: 0,
+                    min: 1,
+                    max: u64::MAX,
+                });
+            }
+            Ok(n as usize)
+        })
+        .collect()
+}

@@ -1,0 +1,333 @@
+//! TensorFlow, Keras and JAX conventions ([`tconv::convention`]) against the frameworks'
+//! own outputs and gradients (`tests/data/frameworks`, made by its `gen.py`), and the
+//! mappings' invariants and errors.
+
+mod common;
+
+use common::*;
+use ndarray::{ArrayD, Ix1, IxDyn};
+use serde_json::Value;
+use tconv::convention::{
+    keras_output_size, Call, Convention, DataFormat, Framework, FrameworkPadding,
+};
+use tconv::npy::read_npy;
+use tconv::{ErrorKind, Op, PlanOptions, Wanted};
+
+fn load(dir: &std::path::Path, name: &str) -> Option<ArrayD<f32>> {
+    let p = dir.join(format!("{name}.npy"));
+    p.exists().then(|| read_npy(&p).expect("npy").to_f32())
+}
+
+fn padding(v: &Value) -> FrameworkPadding {
+    match v {
+        Value::String(s) => match s.as_str() {
+            "same" => FrameworkPadding::Same,
+            "same_lower" => FrameworkPadding::SameLower,
+            "valid" => FrameworkPadding::Valid,
+            other => panic!("padding {other}"),
+        },
+        Value::Array(pairs) => FrameworkPadding::Explicit(
+            pairs
+                .iter()
+                .map(|p| (p[0].as_i64().unwrap(), p[1].as_i64().unwrap()))
+                .collect(),
+        ),
+        other => panic!("padding {other}"),
+    }
+}
+
+/// The convention and call a case's `case.json` describes (Keras: its output size rule).
+fn describe(meta: &Value, x: &ArrayD<f32>, w: &ArrayD<f32>) -> (Convention, Op, Call) {
+    let op = match meta["op"].as_str().unwrap() {
+        "conv" => Op::Conv,
+        _ => Op::ConvTranspose,
+    };
+    let mut conv = match meta["framework"].as_str().unwrap() {
+        "jax" => Convention {
+            framework: Framework::Jax {
+                transpose_kernel: meta["transpose_kernel"].as_bool().unwrap_or(false),
+                consistent_padding: meta["consistent_padding"].as_bool().unwrap_or(false),
+            },
+            data_format: DataFormat::ChannelsLast,
+        },
+        _ => Convention::tensorflow(),
+    };
+    if meta["data_format"] == "channels_first" {
+        conv = conv.channels_first();
+    }
+    let strides = usizes(&meta["strides"]);
+    let dilations = usizes(&meta["dilations"]);
+    let pad = padding(&meta["padding"]);
+    let mut call = Call::new(pad.clone())
+        .strides(&strides)
+        .dilations(&dilations)
+        .groups(meta["groups"].as_u64().unwrap_or(1) as usize);
+    match meta["framework"].as_str().unwrap() {
+        "tensorflow" if op == Op::ConvTranspose => {
+            call = call.output_size(&usizes(&meta["output_size"]));
+        }
+        "keras" => {
+            let r = x.ndim();
+            let output_padding = meta["output_padding"]
+                .as_array()
+                .map(|_| usizes(&meta["output_padding"]));
+            let size = keras_output_size(
+                &x.shape()[1..r - 1],
+                &w.shape()[..r - 2],
+                &strides,
+                &dilations,
+                &pad,
+                output_padding.as_deref(),
+            )
+            .unwrap();
+            // Keras' own layer produced this size: the rule is checked, not assumed.
+            assert_eq!(size, usizes(&meta["output_size"]), "Keras' output size");
+            call = call.output_size(&size);
+        }
+        _ => {}
+    }
+    (conv, op, call)
+}
+
+fn close(name: &str, what: &str, got: &ArrayD<f32>, want: &ArrayD<f32>) {
+    assert_eq!(got.shape(), want.shape(), "{name}: {what} shape");
+    for (i, (a, b)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+            "{name}: {what}[{i}] = {a}, the framework gave {b}"
+        );
+    }
+}
+
+#[test]
+fn every_framework_case_matches_its_framework() {
+    let dirs = cases("frameworks");
+    assert!(dirs.len() >= 35, "found {} framework cases", dirs.len());
+    let mut with_gradients = 0;
+    for dir in dirs {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let meta = json(&dir.join("case.json"));
+        let (x, w) = (load(&dir, "x").unwrap(), load(&dir, "w").unwrap());
+        let b = load(&dir, "b").map(|b| b.into_dimensionality::<Ix1>().unwrap());
+        let (conv, op, call) = describe(&meta, &x, &w);
+        let y = conv
+            .run(op, x.view(), w.view(), b.as_ref().map(|b| b.view()), &call)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        close(&name, "y", &y, &load(&dir, "y").unwrap());
+        if let Some(gy) = load(&dir, "gy") {
+            with_gradients += 1;
+            for threads in [1, 2] {
+                let options = PlanOptions {
+                    threads: Some(threads),
+                    ..PlanOptions::default()
+                };
+                let g = conv
+                    .backward(
+                        op,
+                        x.view(),
+                        w.view(),
+                        gy.view(),
+                        &call,
+                        Wanted::all(),
+                        &options,
+                    )
+                    .unwrap_or_else(|e| panic!("{name}: {e}"));
+                close(
+                    &name,
+                    "gx",
+                    g.input.as_ref().unwrap(),
+                    &load(&dir, "gx").unwrap(),
+                );
+                close(
+                    &name,
+                    "gw",
+                    g.weight.as_ref().unwrap(),
+                    &load(&dir, "gw").unwrap(),
+                );
+                // The bias gradient sums gy over all but the channel axis, wherever it is.
+                let channel = match conv.data_format {
+                    DataFormat::ChannelsLast => gy.ndim() - 1,
+                    DataFormat::ChannelsFirst => 1,
+                };
+                let sums: Vec<f32> = gy
+                    .axis_iter(ndarray::Axis(channel))
+                    .map(|c| c.sum())
+                    .collect();
+                close(
+                    &name,
+                    "gb",
+                    g.bias.as_ref().unwrap(),
+                    &ArrayD::from_shape_vec(IxDyn(&[sums.len()]), sums).unwrap(),
+                );
+            }
+        }
+    }
+    assert!(
+        with_gradients >= 10,
+        "{with_gradients} cases with gradients"
+    );
+}
+
+#[test]
+fn kernels_and_data_round_trip_through_torch_layouts() {
+    let w =
+        ArrayD::from_shape_vec(IxDyn(&[2, 3, 4, 5]), (0..120).map(|v| v as f32).collect()).unwrap();
+    let x =
+        ArrayD::from_shape_vec(IxDyn(&[2, 3, 4, 5]), (0..120).map(|v| v as f32).collect()).unwrap();
+    for conv in [
+        Convention::tensorflow(),
+        Convention::tensorflow().channels_first(),
+        Convention::jax(),
+        Convention {
+            framework: Framework::Jax {
+                transpose_kernel: true,
+                consistent_padding: false,
+            },
+            data_format: DataFormat::ChannelsLast,
+        },
+    ] {
+        for op in [Op::Conv, Op::ConvTranspose] {
+            let t = conv.weight_to_torch(op, w.view()).unwrap();
+            assert_eq!(conv.weight_from_torch(op, t), w, "{conv:?} {op:?}");
+        }
+        let t = conv.data_to_torch(x.view(), "input").unwrap();
+        assert_eq!(conv.data_from_torch(t), x, "{conv:?}");
+    }
+    // HWIO (2, 3, 4, 5): torch conv weight (O=5, I=4, 2, 3), element (o, i, a, b) = w[a, b, i, o].
+    let t = Convention::tensorflow()
+        .weight_to_torch(Op::Conv, w.view())
+        .unwrap();
+    assert_eq!(t.shape(), &[5, 4, 2, 3]);
+    assert_eq!(t[[3, 1, 1, 2]], w[[1, 2, 1, 3]]);
+    // JAX's transposed kernel (*k, I, O) is flipped: torch (I, O, a, b) = w[1 - a, 2 - b, i, o].
+    let t = Convention::jax()
+        .weight_to_torch(Op::ConvTranspose, w.view())
+        .unwrap();
+    assert_eq!(t.shape(), &[4, 5, 2, 3]);
+    assert_eq!(t[[3, 1, 0, 2]], w[[1, 0, 3, 1]]);
+    // NHWC (2, 3, 4, 5) -> NCHW (2, 5, 3, 4).
+    let t = Convention::tensorflow()
+        .data_to_torch(x.view(), "input")
+        .unwrap();
+    assert_eq!(t.shape(), &[2, 5, 3, 4]);
+    assert_eq!(t[[1, 4, 2, 3]], x[[1, 2, 3, 4]]);
+}
+
+#[test]
+fn what_tconv_cannot_express_is_refused_with_the_numbers() {
+    let (x, w) = ([1usize, 4, 4, 1], [3usize, 3, 1, 1]);
+    let jax = Convention::jax();
+    let kind = |c: &Convention, op: Op, call: &Call| {
+        c.params(op, &x, &w, call).unwrap_err().kind().clone()
+    };
+    // Padding the dilated input by 3 > k - 1 = 2 at the beginning.
+    let call = Call::new(FrameworkPadding::Explicit(vec![(3, 0), (0, 0)])).strides(&[2]);
+    match kind(&jax, Op::ConvTranspose, &call) {
+        ErrorKind::FrameworkPadding {
+            axis, begin, end, ..
+        } => assert_eq!((axis, begin, end), (0, 3, 0)),
+        other => panic!("{other:?}"),
+    }
+    // At the end by k - 1 + stride: output beyond output_padding's reach.
+    let call = Call::new(FrameworkPadding::Explicit(vec![(0, 0), (0, 4)])).strides(&[2]);
+    match kind(&jax, Op::ConvTranspose, &call) {
+        ErrorKind::FrameworkPadding { axis, end, .. } => assert_eq!((axis, end), (1, 4)),
+        other => panic!("{other:?}"),
+    }
+    // ... while k - 1 + stride - 1 is output padding 1.
+    let call = Call::new(FrameworkPadding::Explicit(vec![(0, 0), (0, 3)])).strides(&[2]);
+    let p = jax.params(Op::ConvTranspose, &x, &w, &call).unwrap();
+    assert_eq!(p.output_padding, vec![0, 1]);
+    // TensorFlow checks that the forward conv of output_shape gives the input back.
+    let tf = Convention::tensorflow();
+    let call = Call::new(FrameworkPadding::Same)
+        .strides(&[2])
+        .output_size(&[9, 8]);
+    match kind(&tf, Op::ConvTranspose, &call) {
+        ErrorKind::OutputSizeOutOfRange {
+            axis,
+            requested,
+            min,
+            max,
+        } => {
+            assert_eq!((axis, requested, min, max), (0, 9, 7, 8))
+        }
+        other => panic!("{other:?}"),
+    }
+    let call = Call::new(FrameworkPadding::Valid)
+        .strides(&[2])
+        .output_size(&[8, 9]);
+    match kind(&tf, Op::ConvTranspose, &call) {
+        ErrorKind::OutputSizeOutOfRange {
+            axis,
+            requested,
+            min,
+            max,
+        } => {
+            assert_eq!((axis, requested, min, max), (0, 8, 9, 10))
+        }
+        other => panic!("{other:?}"),
+    }
+    // Negative conv padding, SAME_LOWER in TensorFlow, output_shape for JAX, short lists.
+    let call = Call::new(FrameworkPadding::Explicit(vec![(0, -1), (0, 0)]));
+    assert!(matches!(
+        kind(&jax, Op::Conv, &call),
+        ErrorKind::FrameworkPadding { end: -1, .. }
+    ));
+    let call = Call::new(FrameworkPadding::SameLower);
+    assert!(matches!(
+        kind(&tf, Op::Conv, &call),
+        ErrorKind::FrameworkOption { .. }
+    ));
+    let call = Call::new(FrameworkPadding::Same).output_size(&[8, 8]);
+    assert!(matches!(
+        kind(&jax, Op::ConvTranspose, &call),
+        ErrorKind::FrameworkOption { .. }
+    ));
+    let call = Call::new(FrameworkPadding::Same).strides(&[2, 2, 2]);
+    assert!(matches!(
+        kind(&tf, Op::Conv, &call),
+        ErrorKind::ParamLength { got: 3, .. }
+    ));
+    let call = Call::new(FrameworkPadding::Same).strides(&[0]);
+    assert!(matches!(
+        kind(&tf, Op::Conv, &call),
+        ErrorKind::ZeroParam { .. }
+    ));
+    assert!(matches!(
+        tf.params(Op::Conv, &[4, 4], &w, &Call::new(FrameworkPadding::Valid))
+            .unwrap_err()
+            .kind(),
+        ErrorKind::FrameworkRank { rank: 2, .. }
+    ));
+}
+
+#[test]
+fn keras_sizes_follow_its_rule() {
+    let same = FrameworkPadding::Same;
+    let valid = FrameworkPadding::Valid;
+    assert_eq!(
+        keras_output_size(&[4], &[3], &[2], &[1], &same, None).unwrap(),
+        [8]
+    );
+    assert_eq!(
+        keras_output_size(&[4], &[3], &[2], &[1], &valid, None).unwrap(),
+        [9]
+    );
+    assert_eq!(
+        keras_output_size(&[3], &[2], &[3], &[1], &valid, None).unwrap(),
+        [9]
+    );
+    assert_eq!(
+        keras_output_size(&[4], &[3], &[2], &[2], &valid, None).unwrap(),
+        [11]
+    );
+    assert_eq!(
+        keras_output_size(&[4], &[3], &[2], &[1], &same, Some(&[0])).unwrap(),
+        [7]
+    );
+    assert_eq!(
+        keras_output_size(&[4], &[4], &[2], &[1], &valid, Some(&[1])).unwrap(),
+        [11]
+    );
+}
