@@ -31,6 +31,46 @@ pub enum AutoPad {
     Valid,
 }
 
+/// Another framework's conventions for the compute commands' arrays and padding.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ConventionName {
+    /// TensorFlow / Keras: data (N, *spatial, C); kernels (*k, C_in, C_out) for conv and
+    /// (*k, C_out, C_in) for conv-transpose; --framework-padding is the forward conv's, with
+    /// --output-size as tf.nn.conv_transpose's output_shape or --output-padding as Keras'.
+    Tf,
+    /// JAX lax / Flax: data (N, *spatial, C); kernels (*k, C_in, C_out), conv-transpose's not
+    /// flipped (lax.conv_transpose's default); --framework-padding pads the stride-dilated input.
+    Jax,
+    /// As jax, with lax.conv_transpose(.., transpose_kernel=True): kernels as TensorFlow's.
+    JaxTransposeKernel,
+}
+
+/// Parse a framework padding: `same`, `same-lower`, `valid`, or `begin:end` pairs per
+/// spatial axis, comma-separated (negative values allowed: `1:2,0:-1`).
+pub fn parse_framework_padding(s: &str) -> Result<tconv::convention::FrameworkPadding, String> {
+    use tconv::convention::FrameworkPadding as F;
+    match s.trim().to_ascii_lowercase().replace('_', "-").as_str() {
+        "same" => return Ok(F::Same),
+        "same-lower" => return Ok(F::SameLower),
+        "valid" => return Ok(F::Valid),
+        _ => {}
+    }
+    s.split(',')
+        .map(|pair| {
+            let (b, e) = pair.split_once(':').ok_or_else(|| {
+                format!("'{pair}' is not begin:end (in '{s}'; or give same, same-lower, valid)")
+            })?;
+            let num = |v: &str| {
+                v.trim()
+                    .parse::<i64>()
+                    .map_err(|_| format!("'{v}' is not an integer (in '{s}')"))
+            };
+            Ok((num(b)?, num(e)?))
+        })
+        .collect::<Result<Vec<_>, String>>()
+        .map(F::Explicit)
+}
+
 /// Printed result format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {

@@ -7,8 +7,11 @@ use ndarray::{ArrayD, Ix1};
 use tconv::npy::NpyArray;
 use tconv::{ConvParams, Element, Op};
 
-use crate::args::{Format, ProblemArgs, TransposeArgs};
+use crate::args::{parse_framework_padding, ConventionName, Format, ProblemArgs, TransposeArgs};
 use crate::data;
+use tconv::convention::{
+    keras_output_size, Call, Convention, DataFormat, Framework, FrameworkPadding,
+};
 
 /// The arrays of a problem, in the input's dtype, with batch/channel axes in place.
 pub struct Loaded {
@@ -110,6 +113,22 @@ pub struct ComputeArgs {
     /// Write dL/db here (needs --grad-output).
     #[arg(long, requires = "grad_output")]
     pub grad_bias: Option<PathBuf>,
+    /// Read and write the arrays, and read the padding, as another framework does
+    /// (default: PyTorch / ONNX). Needs --framework-padding; --padding, --pads, --auto-pad
+    /// and --output-shape are PyTorch's / ONNX's and do not apply.
+    #[arg(long, value_enum, requires = "framework_padding")]
+    pub convention: Option<ConventionName>,
+    /// The framework's padding argument: same, valid, same-lower (JAX conv), or begin:end per
+    /// spatial axis (e.g. 1:2,0:1; JAX's transposed conv allows negative values).
+    #[arg(long, value_parser = parse_framework_padding, requires = "convention", allow_hyphen_values = true)]
+    pub framework_padding: Option<FrameworkPadding>,
+    /// With --convention tf: the data's channel axis comes first (data_format NCHW).
+    #[arg(long, requires = "convention")]
+    pub channels_first: bool,
+    /// With --convention jax: explicit pairs are the forward conv's padding
+    /// (lax.conv_transpose(.., use_consistent_padding=True)).
+    #[arg(long, requires = "convention")]
+    pub consistent_padding: bool,
 }
 
 fn backward_typed<T: Element>(
@@ -168,9 +187,235 @@ fn gradients(
     })
 }
 
+/// The convention and call that `--convention` and its flags describe, for arrays of
+/// shapes `x_shape` and `w_shape` in that convention's layouts.
+fn convention_call(
+    args: &ComputeArgs,
+    t: Option<&TransposeArgs>,
+    x_shape: &[usize],
+    w_shape: &[usize],
+) -> Result<(Convention, Call)> {
+    let p = &args.problem;
+    let name = args.convention.expect("called with --convention");
+    for (given, flag) in [
+        (p.padding.is_some(), "--padding"),
+        (p.pads.is_some(), "--pads"),
+        (p.auto_pad.is_some(), "--auto-pad"),
+        (
+            t.is_some_and(|t| t.output_shape.is_some()),
+            "--output-shape",
+        ),
+    ] {
+        if given {
+            bail!("{flag} is PyTorch's / ONNX's padding; with --convention give the framework's as --framework-padding");
+        }
+    }
+    let framework = match name {
+        ConventionName::Tf => Framework::TensorFlow,
+        ConventionName::Jax | ConventionName::JaxTransposeKernel => Framework::Jax {
+            transpose_kernel: name == ConventionName::JaxTransposeKernel,
+            consistent_padding: args.consistent_padding,
+        },
+    };
+    if args.consistent_padding && name == ConventionName::Tf {
+        bail!("--consistent-padding is lax.conv_transpose's option; TensorFlow's explicit padding is always the forward conv's");
+    }
+    let mut convention = Convention {
+        framework,
+        data_format: DataFormat::ChannelsLast,
+    };
+    if args.channels_first {
+        if name != ConventionName::Tf {
+            bail!("--channels-first is TensorFlow's data_format NCHW; with --convention jax the data is channels-last");
+        }
+        convention = convention.channels_first();
+    }
+    let padding = args
+        .framework_padding
+        .clone()
+        .expect("clap requires --framework-padding with --convention");
+    let mut call = Call::new(padding.clone()).groups(p.groups);
+    if let Some(s) = &p.stride {
+        call = call.strides(&s.0);
+    }
+    if let Some(d) = &p.dilation {
+        call = call.dilations(&d.0);
+    }
+    match t.map(|t| (&t.output_size, &t.output_padding)) {
+        Some((Some(_), Some(_))) => {
+            bail!("give --output-size (TensorFlow's output_shape) or --output-padding (Keras'), not both")
+        }
+        Some((Some(size), None)) => call = call.output_size(&size.0),
+        Some((None, Some(extra))) => {
+            if name != ConventionName::Tf {
+                bail!("--output-padding is Keras'; lax.conv_transpose takes none (pad the dilated input's end with --framework-padding)");
+            }
+            let r = x_shape.len().min(w_shape.len());
+            if r < 3 {
+                bail!("with --convention the input and the weight need batch/channel axes and at least one spatial axis; got shapes {x_shape:?} and {w_shape:?}");
+            }
+            let spatial = match convention.data_format {
+                DataFormat::ChannelsLast => &x_shape[1..x_shape.len() - 1],
+                DataFormat::ChannelsFirst => &x_shape[2..],
+            };
+            let size = keras_output_size(
+                spatial,
+                &w_shape[..w_shape.len() - 2],
+                &call.strides,
+                &call.dilations,
+                &padding,
+                Some(&extra.0),
+            )?;
+            call = call.output_size(&size);
+        }
+        _ => {}
+    }
+    Ok((convention, call))
+}
+
+/// The result (where `y` is wanted) and the gradients asked for, all in the convention's
+/// layouts.
+type ConventionOutputs<T> = (Option<ArrayD<T>>, tconv::Gradients<T>);
+
+#[allow(clippy::too_many_arguments)]
+fn convention_typed<T: Element>(
+    op: Op,
+    (convention, call): &(Convention, Call),
+    x: &ArrayD<T>,
+    w: &ArrayD<T>,
+    b: Option<&ArrayD<T>>,
+    gy: Option<&ArrayD<T>>,
+    want_y: bool,
+    wanted: tconv::Wanted,
+) -> Result<ConventionOutputs<T>> {
+    let b = match b {
+        Some(b) => match b.view().into_dimensionality::<Ix1>() {
+            Ok(v) => Some(v),
+            Err(_) => bail!("bias has shape {:?}; it must be 1-D, (C_out,)", b.shape()),
+        },
+        None => None,
+    };
+    let y = want_y
+        .then(|| convention.run(op, x.view(), w.view(), b, call))
+        .transpose()?;
+    let grads = match gy {
+        Some(gy) => convention.backward(
+            op,
+            x.view(),
+            w.view(),
+            gy.view(),
+            call,
+            wanted,
+            &tconv::PlanOptions::default(),
+        )?,
+        None => tconv::Gradients {
+            input: None,
+            weight: None,
+            bias: None,
+        },
+    };
+    Ok((y, grads))
+}
+
+/// A compute command with `--convention`: arrays read and written in that framework's
+/// layouts, its padding rules. `outputs` are checked; files are written all or none.
+fn run_convention(op: Op, args: &ComputeArgs, t: Option<&TransposeArgs>) -> Result<()> {
+    let p = &args.problem;
+    let x = data::load(&p.input, "input")?;
+    let w = data::same_dtype(&data::load(&p.weight, "weight")?, &x);
+    let b = p
+        .bias
+        .as_ref()
+        .map(|b| data::load(b, "bias").map(|b| data::same_dtype(&b, &x)))
+        .transpose()?;
+    let gy = args
+        .grad_output
+        .as_ref()
+        .map(|g| data::load(g, "grad-output").map(|g| data::same_dtype(&g, &x)))
+        .transpose()?;
+    let setup = convention_call(args, t, x.shape(), w.shape())?;
+    let wanted = tconv::Wanted {
+        input: args.grad_input.is_some(),
+        weight: args.grad_weight.is_some(),
+        bias: args.grad_bias.is_some(),
+    };
+    if gy.is_some() && !(wanted.input || wanted.weight || wanted.bias) {
+        bail!("--grad-output given, but no gradient asked for: add --grad-input, --grad-weight and/or --grad-bias");
+    }
+    let want_y = gy.is_none() || args.output.is_some();
+    let (y, [dx, dw, db]) = match &x {
+        NpyArray::F32(xa) => {
+            let (y, g) = convention_typed(
+                op,
+                &setup,
+                xa,
+                &w.to_f32(),
+                b.map(|b| b.to_f32()).as_ref(),
+                gy.map(|g| g.to_f32()).as_ref(),
+                want_y,
+                wanted,
+            )?;
+            (
+                y.map(NpyArray::F32),
+                [g.input, g.weight, g.bias].map(|a| a.map(NpyArray::F32)),
+            )
+        }
+        NpyArray::F64(xa) => {
+            let (y, g) = convention_typed(
+                op,
+                &setup,
+                xa,
+                &w.to_f64(),
+                b.map(|b| b.to_f64()).as_ref(),
+                gy.map(|g| g.to_f64()).as_ref(),
+                want_y,
+                wanted,
+            )?;
+            (
+                y.map(NpyArray::F64),
+                [g.input, g.weight, g.bias].map(|a| a.map(NpyArray::F64)),
+            )
+        }
+    };
+    if args.grad_output.is_none() {
+        return emit(args, &y.expect("computed without --grad-output"));
+    }
+    let mut files = Vec::new();
+    for (path, a) in [
+        (&args.output, y),
+        (&args.grad_input, dx),
+        (&args.grad_weight, dw),
+        (&args.grad_bias, db),
+    ] {
+        if let (Some(path), Some(a)) = (path, a) {
+            files.push((path.clone(), data::npy_bytes(&a)));
+        }
+    }
+    data::write_all_atomic(&files)?;
+    for (path, _) in &files {
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Write `y` to `--output`, or print it as `--format` says.
+fn emit(args: &ComputeArgs, y: &NpyArray) -> Result<()> {
+    match (&args.output, args.format) {
+        (Some(out), _) => {
+            data::write_atomic(out, &data::npy_bytes(y))?;
+            eprintln!("wrote {} {:?} {}", out.display(), y.shape(), y.dtype());
+        }
+        (None, Format::Json) => {
+            let (shape, values) = data::display_values(y);
+            println!("{}", data::nested(&shape, &values));
+        }
+        (None, Format::Text) => print!("{}", data::render_text(y)),
+    }
+    Ok(())
+}
+
 /// Run a compute command.
 pub fn run(op: Op, args: &ComputeArgs, t: Option<&TransposeArgs>) -> Result<()> {
-    let params = args.problem.params(t).map_err(anyhow::Error::msg)?;
     let p = &args.problem;
     let inputs = data::file_inputs(
         [&p.input, &p.weight]
@@ -193,6 +438,10 @@ pub fn run(op: Op, args: &ComputeArgs, t: Option<&TransposeArgs>) -> Result<()> 
             bail!("{} is named as two different outputs", out.display());
         }
     }
+    if args.convention.is_some() {
+        return run_convention(op, args, t);
+    }
+    let params = args.problem.params(t).map_err(anyhow::Error::msg)?;
     let loaded = load(&args.problem)?;
     if let Some(gy) = &args.grad_output {
         let wanted = tconv::Wanted {
@@ -227,17 +476,5 @@ pub fn run(op: Op, args: &ComputeArgs, t: Option<&TransposeArgs>) -> Result<()> 
         }
         return Ok(());
     }
-    let y = compute(op, &loaded, &params)?;
-    match (&args.output, args.format) {
-        (Some(out), _) => {
-            data::write_atomic(out, &data::npy_bytes(&y))?;
-            eprintln!("wrote {} {:?} {}", out.display(), y.shape(), y.dtype());
-        }
-        (None, Format::Json) => {
-            let (shape, values) = data::display_values(&y);
-            println!("{}", data::nested(&shape, &values));
-        }
-        (None, Format::Text) => print!("{}", data::render_text(&y)),
-    }
-    Ok(())
+    emit(args, &compute(op, &loaded, &params)?)
 }

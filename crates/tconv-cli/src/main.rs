@@ -40,12 +40,12 @@ enum Command {
     },
     /// Ordinary convolution (cross-correlation), as torch.nn.functional.conv2d / ONNX Conv.
     #[command(
-        after_help = "Examples:\n  tconv conv --input '[[1,2,3],[4,5,6],[7,8,9]]' --weight '[[1,0],[0,-1]]'\n  tconv conv --input x.npy --weight w.npy --bias b.npy --stride 2,2 --padding 1,1 --dilation 1,1 --groups 1 --output y.npy"
+        after_help = "Examples:\n  tconv conv --input '[[1,2,3],[4,5,6],[7,8,9]]' --weight '[[1,0],[0,-1]]'\n  tconv conv --input x.npy --weight w.npy --bias b.npy --stride 2,2 --padding 1,1 --dilation 1,1 --groups 1 --output y.npy\n  tconv conv --convention tf --framework-padding same --stride 2 --input x_nhwc.npy --weight w_hwio.npy --output y_nhwc.npy"
     )]
     Conv(ComputeArgs),
     /// Transposed convolution, as torch.nn.functional.conv_transpose2d / ONNX ConvTranspose.
     #[command(
-        after_help = "Examples:\n  tconv conv-transpose --input '[[1,2],[3,4]]' --weight '[[1,0],[0,-1]]' --stride 2\n  tconv conv-transpose --input x.npy --weight w.npy --bias b.npy --stride 2,2 --padding 1,1 --output-padding 0,0 --dilation 1,1 --groups 1 --output y.npy"
+        after_help = "Examples:\n  tconv conv-transpose --input '[[1,2],[3,4]]' --weight '[[1,0],[0,-1]]' --stride 2\n  tconv conv-transpose --input x.npy --weight w.npy --bias b.npy --stride 2,2 --padding 1,1 --output-padding 0,0 --dilation 1,1 --groups 1 --output y.npy\n  tconv conv-transpose --convention tf --framework-padding same --stride 2 --output-size 8,8 --input x_nhwc.npy --weight w_hwoi.npy --output y_nhwc.npy\n  tconv conv-transpose --convention jax --framework-padding same --stride 2 --input x_nhwc.npy --weight w_hwio.npy --output y_nhwc.npy"
     )]
     ConvTranspose {
         #[command(flatten)]

@@ -905,3 +905,215 @@ fn closed_stdout_ends_quietly() {
     // Killed by SIGPIPE (13 on Linux and the BSDs).
     assert_eq!(o.status.signal(), Some(13), "{:?}: {err}", o.status);
 }
+
+/// `--convention tf|jax|jax-transpose-kernel`: the frameworks' own outputs and gradients
+/// (`tconv/tests/data/frameworks`) through .npy files in their layouts, and the flags that
+/// do not go together refused with nothing written.
+#[test]
+fn framework_conventions_end_to_end() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tconv/tests/data/frameworks");
+    let d = scratch("conventions");
+    let p = |f: &str| d.join(f).to_string_lossy().into_owned();
+    let cases: [(&str, &str, &[&str]); 6] = [
+        (
+            "tf_t2d_same_k3s2_even",
+            "conv-transpose",
+            &[
+                "--convention",
+                "tf",
+                "--framework-padding",
+                "same",
+                "--stride",
+                "2",
+                "--output-size",
+                "8,10",
+            ],
+        ),
+        (
+            "tf_t2d_nchw",
+            "conv-transpose",
+            &[
+                "--convention",
+                "tf",
+                "--channels-first",
+                "--framework-padding",
+                "SAME",
+                "--stride",
+                "2",
+                "--output-size",
+                "8,7",
+            ],
+        ),
+        (
+            "keras_t2d_valid_op",
+            "conv-transpose",
+            &[
+                "--convention",
+                "tf",
+                "--framework-padding",
+                "valid",
+                "--stride",
+                "2",
+                "--output-padding",
+                "1,0",
+            ],
+        ),
+        (
+            "jax_t2d_explicit_crop",
+            "conv-transpose",
+            &[
+                "--convention",
+                "jax",
+                "--framework-padding",
+                "-1:1,0:-2",
+                "--stride",
+                "2",
+            ],
+        ),
+        (
+            "jax_t2d_transpose_kernel",
+            "conv-transpose",
+            &[
+                "--convention",
+                "jax-transpose-kernel",
+                "--framework-padding",
+                "same",
+                "--stride",
+                "2",
+            ],
+        ),
+        (
+            "jax_c2d_explicit_groups",
+            "conv",
+            &[
+                "--convention",
+                "jax",
+                "--framework-padding",
+                "1:2,0:1",
+                "--stride",
+                "2,1",
+                "--groups",
+                "2",
+            ],
+        ),
+    ];
+    for (name, cmd, flags) in cases {
+        let case = root.join(name);
+        let c = |f: &str| case.join(f).to_string_lossy().into_owned();
+        let mut args: Vec<String> = vec![
+            cmd.into(),
+            "--input".into(),
+            c("x.npy"),
+            "--weight".into(),
+            c("w.npy"),
+        ];
+        args.extend(flags.iter().map(|s| s.to_string()));
+        if case.join("b.npy").exists() {
+            args.extend(["--bias".into(), c("b.npy")]);
+        }
+        args.extend(["--output".into(), p(&format!("{name}-y.npy"))]);
+        let with_grads = case.join("gy.npy").exists();
+        if with_grads {
+            for (flag, file) in [
+                ("--grad-output", c("gy.npy")),
+                ("--grad-input", p(&format!("{name}-gx.npy"))),
+                ("--grad-weight", p(&format!("{name}-gw.npy"))),
+            ] {
+                args.extend([flag.into(), file]);
+            }
+        }
+        let refs: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+        let o = tconv(&refs);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let mut compared = vec![("y", "y")];
+        if with_grads {
+            compared.extend([("gx", "gx"), ("gw", "gw")]);
+        }
+        for (got, want) in compared {
+            let g = read_npy(d.join(format!("{name}-{got}.npy"))).unwrap();
+            let w = read_npy(case.join(format!("{want}.npy"))).unwrap();
+            assert_close(
+                &g,
+                &w,
+                &format!("{name} {got}"),
+                (1e-4, 1e-4),
+                (1e-9, 1e-10),
+            );
+        }
+    }
+    let case = root.join("tf_t2d_same_k3s2_even");
+    let c = |f: &str| case.join(f).to_string_lossy().into_owned();
+    let (x, w, y) = (c("x.npy"), c("w.npy"), p("refused.npy"));
+    let base = [
+        "conv-transpose",
+        "--input",
+        &x,
+        "--weight",
+        &w,
+        "--output",
+        &y,
+    ];
+    for (extra, needle) in [
+        (
+            &[
+                "--convention",
+                "tf",
+                "--framework-padding",
+                "same",
+                "--stride",
+                "2",
+                "--output-size",
+                "9,10",
+            ][..],
+            "requested an output size of 9 on axis 0, but valid sizes range from 7 to 8",
+        ),
+        (
+            &[
+                "--convention",
+                "tf",
+                "--framework-padding",
+                "same",
+                "--padding",
+                "1",
+            ][..],
+            "--padding is PyTorch's / ONNX's padding",
+        ),
+        (
+            &[
+                "--convention",
+                "jax",
+                "--framework-padding",
+                "same",
+                "--output-padding",
+                "1",
+            ][..],
+            "--output-padding is Keras'",
+        ),
+        (
+            &[
+                "--convention",
+                "jax",
+                "--framework-padding",
+                "3:0,0:0",
+                "--stride",
+                "2",
+            ][..],
+            "jax padding (3, 0) on spatial axis 0",
+        ),
+        (
+            &["--convention", "tf", "--framework-padding", "1:x"][..],
+            "'x' is not an integer",
+        ),
+        (&["--convention", "tf"][..], "--framework-padding"),
+        (&["--framework-padding", "same"][..], "--convention"),
+    ] {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        let o = tconv(&args);
+        expect_usage_error(&o, needle);
+        assert!(
+            !d.join("refused.npy").exists(),
+            "{extra:?} wrote its output"
+        );
+    }
+}
