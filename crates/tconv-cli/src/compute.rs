@@ -53,6 +53,14 @@ pub fn load(args: &ProblemArgs) -> Result<Loaded> {
     Ok(Loaded { x, w, b, bare })
 }
 
+/// The bias as the 1-D view the library takes.
+fn bias_view<T: Element>(b: &ArrayD<T>) -> Result<ndarray::ArrayView1<'_, T>> {
+    match b.view().into_dimensionality::<Ix1>() {
+        Ok(v) => Ok(v),
+        Err(_) => bail!("bias has shape {:?}; it must be 1-D, (C_out,)", b.shape()),
+    }
+}
+
 fn run_typed<T: Element>(
     op: Op,
     x: &ArrayD<T>,
@@ -60,13 +68,7 @@ fn run_typed<T: Element>(
     b: Option<&ArrayD<T>>,
     params: &ConvParams,
 ) -> Result<ArrayD<T>> {
-    let b = match b {
-        Some(b) => match b.view().into_dimensionality::<Ix1>() {
-            Ok(v) => Some(v),
-            Err(_) => bail!("bias has shape {:?}; it must be 1-D, (C_out,)", b.shape()),
-        },
-        None => None,
-    };
+    let b = b.map(bias_view).transpose()?;
     let y = match op {
         Op::Conv => tconv::conv(x, w, b, params),
         Op::ConvTranspose => tconv::conv_transpose(x, w, b, params),
@@ -288,13 +290,7 @@ fn convention_typed<T: Element>(
     want_y: bool,
     wanted: tconv::Wanted,
 ) -> Result<ConventionOutputs<T>> {
-    let b = match b {
-        Some(b) => match b.view().into_dimensionality::<Ix1>() {
-            Ok(v) => Some(v),
-            Err(_) => bail!("bias has shape {:?}; it must be 1-D, (C_out,)", b.shape()),
-        },
-        None => None,
-    };
+    let b = b.map(bias_view).transpose()?;
     let y = want_y
         .then(|| convention.run(op, x.view(), w.view(), b, call))
         .transpose()?;
@@ -343,54 +339,49 @@ fn run_convention(op: Op, args: &ComputeArgs, t: Option<&TransposeArgs>) -> Resu
         bail!("--grad-output given, but no gradient asked for: add --grad-input, --grad-weight and/or --grad-bias");
     }
     let want_y = gy.is_none() || args.output.is_some();
+    // The same call in the input's dtype (`$variant` of `NpyArray`, converted by `$to`).
+    macro_rules! typed {
+        ($xa:expr, $variant:ident, $to:ident) => {{
+            let (y, g) = convention_typed(
+                op,
+                &setup,
+                $xa,
+                &w.$to(),
+                b.map(|b| b.$to()).as_ref(),
+                gy.map(|g| g.$to()).as_ref(),
+                want_y,
+                wanted,
+            )?;
+            (
+                y.map(NpyArray::$variant),
+                [g.input, g.weight, g.bias].map(|a| a.map(NpyArray::$variant)),
+            )
+        }};
+    }
     let (y, [dx, dw, db]) = match &x {
-        NpyArray::F32(xa) => {
-            let (y, g) = convention_typed(
-                op,
-                &setup,
-                xa,
-                &w.to_f32(),
-                b.map(|b| b.to_f32()).as_ref(),
-                gy.map(|g| g.to_f32()).as_ref(),
-                want_y,
-                wanted,
-            )?;
-            (
-                y.map(NpyArray::F32),
-                [g.input, g.weight, g.bias].map(|a| a.map(NpyArray::F32)),
-            )
-        }
-        NpyArray::F64(xa) => {
-            let (y, g) = convention_typed(
-                op,
-                &setup,
-                xa,
-                &w.to_f64(),
-                b.map(|b| b.to_f64()).as_ref(),
-                gy.map(|g| g.to_f64()).as_ref(),
-                want_y,
-                wanted,
-            )?;
-            (
-                y.map(NpyArray::F64),
-                [g.input, g.weight, g.bias].map(|a| a.map(NpyArray::F64)),
-            )
-        }
+        NpyArray::F32(xa) => typed!(xa, F32, to_f32),
+        NpyArray::F64(xa) => typed!(xa, F64, to_f64),
     };
     if args.grad_output.is_none() {
         return emit(args, &y.expect("computed without --grad-output"));
     }
-    let mut files = Vec::new();
-    for (path, a) in [
-        (&args.output, y),
-        (&args.grad_input, dx),
-        (&args.grad_weight, dw),
-        (&args.grad_bias, db),
-    ] {
-        if let (Some(path), Some(a)) = (path, a) {
-            files.push((path.clone(), data::npy_bytes(&a)));
-        }
-    }
+    write_results(args, [y, dx, dw, db])
+}
+
+/// Write the result and the gradients to the files named for them (`--output`,
+/// `--grad-input`, `--grad-weight`, `--grad-bias`): all of them or, on failure, none.
+fn write_results(args: &ComputeArgs, arrays: [Option<NpyArray>; 4]) -> Result<()> {
+    let paths = [
+        &args.output,
+        &args.grad_input,
+        &args.grad_weight,
+        &args.grad_bias,
+    ];
+    let files: Vec<(PathBuf, Vec<u8>)> = paths
+        .into_iter()
+        .zip(arrays)
+        .filter_map(|(path, a)| Some((path.clone()?, data::npy_bytes(&a?))))
+        .collect();
     data::write_all_atomic(&files)?;
     for (path, _) in &files {
         eprintln!("wrote {}", path.display());
@@ -454,27 +445,12 @@ pub fn run(op: Op, args: &ComputeArgs, t: Option<&TransposeArgs>) -> Result<()> 
         }
         let gy = data::load(gy, "grad-output")?;
         let [dx, dw, db] = gradients(op, &loaded, gy, &params, wanted)?;
-        let mut files = Vec::new();
-        if let Some(out) = &args.output {
-            files.push((
-                out.clone(),
-                data::npy_bytes(&compute(op, &loaded, &params)?),
-            ));
-        }
-        for (path, grad) in [
-            (&args.grad_input, dx),
-            (&args.grad_weight, dw),
-            (&args.grad_bias, db),
-        ] {
-            if let (Some(path), Some(grad)) = (path, grad) {
-                files.push((path.clone(), data::npy_bytes(&grad)));
-            }
-        }
-        data::write_all_atomic(&files)?;
-        for (path, _) in &files {
-            eprintln!("wrote {}", path.display());
-        }
-        return Ok(());
+        let y = args
+            .output
+            .as_ref()
+            .map(|_| compute(op, &loaded, &params))
+            .transpose()?;
+        return write_results(args, [y, dx, dw, db]);
     }
     emit(args, &compute(op, &loaded, &params)?)
 }

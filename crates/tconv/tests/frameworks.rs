@@ -240,34 +240,20 @@ fn what_tconv_cannot_express_is_refused_with_the_numbers() {
     assert_eq!(p.output_padding, vec![0, 1]);
     // TensorFlow checks that the forward conv of output_shape gives the input back.
     let tf = Convention::tensorflow();
-    let call = Call::new(FrameworkPadding::Same)
-        .strides(&[2])
-        .output_size(&[9, 8]);
-    match kind(&tf, Op::ConvTranspose, &call) {
-        ErrorKind::OutputSizeOutOfRange {
-            axis,
-            requested,
-            min,
-            max,
-        } => {
-            assert_eq!((axis, requested, min, max), (0, 9, 7, 8))
+    let out_of_range = |padding: FrameworkPadding, size: &[usize], want: (usize, u64, u64, u64)| {
+        let call = Call::new(padding).strides(&[2]).output_size(size);
+        match kind(&tf, Op::ConvTranspose, &call) {
+            ErrorKind::OutputSizeOutOfRange {
+                axis,
+                requested,
+                min,
+                max,
+            } => assert_eq!((axis, requested, min, max), want),
+            other => panic!("{other:?}"),
         }
-        other => panic!("{other:?}"),
-    }
-    let call = Call::new(FrameworkPadding::Valid)
-        .strides(&[2])
-        .output_size(&[8, 9]);
-    match kind(&tf, Op::ConvTranspose, &call) {
-        ErrorKind::OutputSizeOutOfRange {
-            axis,
-            requested,
-            min,
-            max,
-        } => {
-            assert_eq!((axis, requested, min, max), (0, 8, 9, 10))
-        }
-        other => panic!("{other:?}"),
-    }
+    };
+    out_of_range(FrameworkPadding::Same, &[9, 8], (0, 9, 7, 8));
+    out_of_range(FrameworkPadding::Valid, &[8, 9], (0, 8, 9, 10));
     // Negative conv padding, SAME_LOWER in TensorFlow, output_shape for JAX, short lists.
     let call = Call::new(FrameworkPadding::Explicit(vec![(0, -1), (0, 0)]));
     assert!(matches!(
