@@ -3,6 +3,7 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
+use tconv::convention::{Call, Convention, FrameworkPadding};
 use tconv::{AxisGeometry, ConvParams, Geometry, Op, OutputSize, Padding};
 
 use crate::args::{parse_list, List};
@@ -86,6 +87,7 @@ pub fn run(a: &ShapeArgs) -> Result<String> {
     shape.conv(&mut s);
     let gt = shape.conv_transpose(&mut s)?;
     shape.auto_pad(&mut s);
+    shape.frameworks(&mut s);
     if let Some(List(want)) = &a.want {
         if want.len() != dims {
             bail!(
@@ -218,6 +220,69 @@ impl Shape {
                 show(Op::Conv, self.p.clone().padding_spec(pad.clone())),
                 show(Op::ConvTranspose, self.pt.clone().padding_spec(pad))
             ));
+        }
+    }
+
+    /// The transposed conv of TensorFlow / Keras and of JAX under SAME and VALID (stride and
+    /// dilation as given), in tconv's (PyTorch's) parameters: what a port must pass.
+    fn frameworks(&self, s: &mut String) {
+        s.push_str(
+            "\nTensorFlow / Keras and JAX conv_transpose (padding flags ignored), as tconv's (PyTorch's) parameters:\n",
+        );
+        // One image and one channel, in the frameworks' layouts: (1, *spatial, 1), (*k, 1, 1).
+        let x: Vec<usize> = [1]
+            .into_iter()
+            .chain(self.x[2..].iter().copied())
+            .chain([1])
+            .collect();
+        let w: Vec<usize> = self.w[2..].iter().copied().chain([1, 1]).collect();
+        let call = |padding| Call {
+            strides: self.p.stride.clone(),
+            dilations: self.p.dilation.clone(),
+            padding,
+            output_size: None,
+            groups: 1,
+        };
+        for (name, convention, padding, note) in [
+            (
+                "TF/Keras SAME",
+                Convention::tensorflow(),
+                FrameworkPadding::Same,
+                "Keras' size; tf.nn takes any output_shape whose SAME conv gives the input back",
+            ),
+            (
+                "TF/Keras VALID",
+                Convention::tensorflow(),
+                FrameworkPadding::Valid,
+                "Keras' size",
+            ),
+            (
+                "JAX SAME",
+                Convention::jax(),
+                FrameworkPadding::Same,
+                "weight: the JAX kernel flipped",
+            ),
+            (
+                "JAX VALID",
+                Convention::jax(),
+                FrameworkPadding::Valid,
+                "weight: the JAX kernel flipped",
+            ),
+        ] {
+            let shown = convention
+                .params(Op::ConvTranspose, &x, &w, &call(padding))
+                .and_then(|p| {
+                    let g = Geometry::new(Op::ConvTranspose, &self.x, &self.w, None, &p)?;
+                    Ok(format!(
+                        "{} (pads begin {}, end {}, output_padding {}; {note})",
+                        list(g.axes.iter().map(|a| a.output)),
+                        list(g.axes.iter().map(|a| a.pad_begin)),
+                        list(g.axes.iter().map(|a| a.pad_end)),
+                        list(g.axes.iter().map(|a| a.output_padding)),
+                    ))
+                })
+                .unwrap_or_else(|e| format!("impossible: {e}"));
+            s.push_str(&format!("  {name:<14} {shown}\n"));
         }
     }
 

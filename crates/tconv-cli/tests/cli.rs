@@ -556,6 +556,15 @@ fn shape_calculator() {
         s.contains("conv_transpose [8, 8] (pads begin [1, 1], end [1, 1])"),
         "{s}"
     );
+    // The frameworks' SAME / VALID in PyTorch's terms (their goldens check the mapping).
+    assert!(
+        s.contains("TF/Keras VALID [10, 10] (pads begin [0, 0], end [0, 0], output_padding [0, 0]"),
+        "{s}"
+    );
+    assert!(
+        s.contains("JAX SAME       [8, 8] (pads begin [1, 1], end [1, 1], output_padding [0, 0]; weight: the JAX kernel flipped)"),
+        "{s}"
+    );
 }
 
 #[test]
