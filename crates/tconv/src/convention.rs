@@ -335,6 +335,21 @@ impl Convention {
         }
         let strides = per_axis("stride", &call.strides, dims)?;
         let dilations = per_axis("dilation", &call.dilations, dims)?;
+        let sizes = x_shape
+            .iter()
+            .chain(w_shape)
+            .chain(&strides)
+            .chain(&dilations);
+        if let Some(&big) = sizes
+            .chain(call.output_size.iter().flatten())
+            .find(|&&v| v as u128 > MAX_SIZE)
+        {
+            return fail(ErrorKind::TooLarge {
+                what: "an extent, stride, dilation or output size",
+                elements: big as u128,
+                limit: MAX_SIZE,
+            });
+        }
         let base = ConvParams::new()
             .stride(&strides)
             .dilation(&dilations)
@@ -356,10 +371,10 @@ impl Convention {
                 for axis in 0..dims {
                     let a = TransposeAxis {
                         axis,
-                        input: input[axis] as i64,
-                        span: dilations[axis] as i64 * (kernel[axis] as i64 - 1) + 1,
-                        stride: strides[axis] as i64,
-                        dilation: dilations[axis] as i64,
+                        input: input[axis] as i128,
+                        span: dilations[axis] as i128 * (kernel[axis] as i128 - 1) + 1,
+                        stride: strides[axis] as i128,
+                        dilation: dilations[axis] as i128,
                     };
                     let (b, e, op) = match self.framework {
                         Framework::TensorFlow => self.tf_axis(&a, call)?,
@@ -417,7 +432,7 @@ impl Convention {
         let (i, k, s) = (a.input, a.span, a.stride);
         // The forward conv's begin padding for an input of `out`, and the outputs whose
         // forward conv gives back `i` positions (TensorFlow checks that).
-        let (forward, min, max): (Box<dyn Fn(i64) -> i64>, i64, i64) = match &call.padding {
+        let (forward, min, max): (Box<dyn Fn(i128) -> i128>, i128, i128) = match &call.padding {
             FrameworkPadding::Same => (
                 Box::new(move |out| ((i - 1) * s + k - out).max(0) / 2),
                 (i - 1) * s + 1,
@@ -435,8 +450,8 @@ impl Convention {
                         reason: "TensorFlow's explicit padding must not be negative",
                     });
                 }
-                let min = (i - 1) * s + k - b - e;
-                (Box::new(move |_| b), min.max(1), min + s - 1)
+                let min = (i - 1) * s + k - b as i128 - e as i128;
+                (Box::new(move |_| b as i128), min.max(1), min + s - 1)
             }
             FrameworkPadding::SameLower => {
                 return fail(ErrorKind::FrameworkOption {
@@ -446,7 +461,7 @@ impl Convention {
             }
         };
         let out = match &call.output_size {
-            Some(size) => size[a.axis] as i64,
+            Some(size) => size[a.axis] as i128,
             None => keras_axis(i, k, s, &call.padding, None)?,
         };
         if out < min || out > max {
@@ -461,7 +476,7 @@ impl Convention {
         // What the forward conv leaves unread at the end is cropped; what the output has
         // past the full transposed output is output padding.
         let end = (i - 1) * s + k - begin - out;
-        Ok((begin as usize, end.max(0) as usize, (-end).max(0) as usize))
+        Ok((size(begin)?, size(end.max(0))?, size((-end).max(0))?))
     }
 
     /// JAX's transposed conv on one axis: padding `(lo, hi)` of the stride-dilated input,
@@ -493,6 +508,7 @@ impl Convention {
             }
             FrameworkPadding::Explicit(pairs) => {
                 let (b, e) = pairs[a.axis];
+                let (b, e) = (b as i128, e as i128);
                 if consistent {
                     (k - 1 - b, k - 1 - e)
                 } else {
@@ -506,13 +522,18 @@ impl Convention {
                 })
             }
         };
+        // The pair the caller gave, for messages (only explicit pairs can fail below).
+        let given = match &call.padding {
+            FrameworkPadding::Explicit(pairs) => pairs[a.axis],
+            _ => (0, 0),
+        };
         let (begin, end) = (k - 1 - lo, k - 1 - hi);
         if begin < 0 {
             return fail(ErrorKind::FrameworkPadding {
                 framework: self.name(),
                 axis: a.axis,
-                begin: lo,
-                end: hi,
+                begin: given.0,
+                end: given.1,
                 reason: "padding the dilated input by more than the dilated kernel's extent less one at the beginning puts zeros before the output; tconv's (PyTorch's) parameters cannot",
             });
         }
@@ -521,12 +542,12 @@ impl Convention {
             return fail(ErrorKind::FrameworkPadding {
                 framework: self.name(),
                 axis: a.axis,
-                begin: lo,
-                end: hi,
+                begin: given.0,
+                end: given.1,
                 reason: "padding the dilated input at the end by the dilated kernel's extent plus the stride or more adds outputs no input reaches; PyTorch's output_padding stops below the stride or the dilation",
             });
         }
-        Ok((begin as usize, end.max(0) as usize, extra as usize))
+        Ok((size(begin)?, size(end.max(0))?, size(extra)?))
     }
 
     /// `op` on arrays in this convention's layouts, the result in its data layout:
@@ -594,11 +615,26 @@ impl Convention {
 /// One spatial axis of a transposed conv, in the numbers the frameworks' rules use.
 struct TransposeAxis {
     axis: usize,
-    input: i64,
+    input: i128,
     /// The dilated kernel's extent `d (k - 1) + 1`.
-    span: i64,
-    stride: i64,
-    dilation: i64,
+    span: i128,
+    stride: i128,
+    dilation: i128,
+}
+
+/// Largest extent, stride, dilation or output size [`Convention::params`] takes (far beyond
+/// what [`crate::Geometry`] accepts; it keeps the arithmetic below exact in `i128`).
+const MAX_SIZE: u128 = 1 << 62;
+
+/// A non-negative amount as a `usize`, or [`ErrorKind::TooLarge`].
+fn size(v: i128) -> Result<usize> {
+    usize::try_from(v).or_else(|_| {
+        fail(ErrorKind::TooLarge {
+            what: "a padding",
+            elements: v.unsigned_abs(),
+            limit: usize::MAX as u128,
+        })
+    })
 }
 
 /// A per-axis list broadcast to `dims` axes: empty means 1, one value means that value on
@@ -625,12 +661,12 @@ fn per_axis(name: &'static str, v: &[usize], dims: usize) -> Result<Vec<usize>> 
 /// Keras' output length of a transposed conv axis (`keras.src.ops.operation_utils` /
 /// `deconv_output_length`), for the dilated kernel extent `span`.
 fn keras_axis(
-    input: i64,
-    span: i64,
-    stride: i64,
+    input: i128,
+    span: i128,
+    stride: i128,
     padding: &FrameworkPadding,
-    output_padding: Option<i64>,
-) -> Result<i64> {
+    output_padding: Option<i128>,
+) -> Result<i128> {
     let same = match padding {
         FrameworkPadding::Same => true,
         FrameworkPadding::Valid => false,
@@ -672,6 +708,21 @@ pub fn keras_output_size(
     let kernel = per_axis("kernel_size", kernel, dims)?;
     let strides = per_axis("stride", strides, dims)?;
     let dilations = per_axis("dilation", dilations, dims)?;
+    let sizes = input
+        .iter()
+        .chain(&kernel)
+        .chain(&strides)
+        .chain(&dilations);
+    if let Some(&big) = sizes
+        .chain(output_padding.into_iter().flatten())
+        .find(|&&v| v as u128 > MAX_SIZE)
+    {
+        return fail(ErrorKind::TooLarge {
+            what: "an extent, stride, dilation or output padding",
+            elements: big as u128,
+            limit: MAX_SIZE,
+        });
+    }
     let extra = output_padding
         .map(|o| match o.len() {
             1 => Ok(vec![o[0]; dims]),
@@ -685,9 +736,9 @@ pub fn keras_output_size(
         .transpose()?;
     (0..dims)
         .map(|a| {
-            let span = (dilations[a] * (kernel[a] - 1) + 1) as i64;
-            let op = extra.as_ref().map(|e| e[a] as i64);
-            let n = keras_axis(input[a] as i64, span, strides[a] as i64, padding, op)?;
+            let span = dilations[a] as i128 * (kernel[a] as i128 - 1) + 1;
+            let op = extra.as_ref().map(|e| e[a] as i128);
+            let n = keras_axis(input[a] as i128, span, strides[a] as i128, padding, op)?;
             if n < 1 {
                 return fail(ErrorKind::OutputSizeOutOfRange {
                     axis: a,
@@ -696,7 +747,7 @@ pub fn keras_output_size(
                     max: u64::MAX,
                 });
             }
-            Ok(n as usize)
+            size(n)
         })
         .collect()
 }

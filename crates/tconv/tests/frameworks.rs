@@ -317,3 +317,155 @@ fn keras_sizes_follow_its_rule() {
         [11]
     );
 }
+
+mod generated {
+    use proptest::prelude::*;
+    use tconv::convention::{Call, Convention, DataFormat, Framework, FrameworkPadding};
+    use tconv::{Geometry, Op};
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(3000))]
+
+        /// Any call maps to tconv's parameters or is refused with an error (never a panic),
+        /// and a mapped transposed conv has the size its framework gives: TensorFlow's
+        /// `output_shape`; JAX's `(in-1)·s + 1 + lo + hi - k' + 1` for the dilated input's
+        /// padding `(lo, hi)` (SAME: `in·s`; VALID: `in·s + max(k' - s, 0)`).
+        #[test]
+        fn calls_map_with_their_frameworks_sizes(
+            dims in 1usize..4,
+            input in prop::collection::vec(0usize..10, 3),
+            kernel in prop::collection::vec(0usize..6, 3),
+            stride in prop::collection::vec(0usize..5, 3),
+            dilation in prop::collection::vec(0usize..4, 3),
+            pads in prop::collection::vec((-6i64..9, -6i64..9), 3),
+            out in prop::collection::vec(0usize..45, 3),
+            mode in 0u8..4,
+            framework in 0u8..4,
+            give_out in any::<bool>(),
+            transpose in any::<bool>(),
+        ) {
+            let (input, kernel) = (&input[..dims], &kernel[..dims]);
+            let padding = match mode {
+                0 => FrameworkPadding::Same,
+                1 => FrameworkPadding::Valid,
+                2 => FrameworkPadding::SameLower,
+                _ => FrameworkPadding::Explicit(pads[..dims].to_vec()),
+            };
+            let convention = Convention {
+                framework: match framework {
+                    0 => Framework::TensorFlow,
+                    f => Framework::Jax { transpose_kernel: f == 1, consistent_padding: f == 3 },
+                },
+                data_format: DataFormat::ChannelsLast,
+            };
+            let mut call = Call::new(padding.clone()).strides(&stride[..dims]).dilations(&dilation[..dims]);
+            if give_out {
+                call = call.output_size(&out[..dims]);
+            }
+            let op = if transpose { Op::ConvTranspose } else { Op::Conv };
+            let x: Vec<usize> = [1].into_iter().chain(input.iter().copied()).chain([1]).collect();
+            let w: Vec<usize> = kernel.iter().copied().chain([1, 1]).collect();
+            let xt: Vec<usize> = [1, 1].into_iter().chain(input.iter().copied()).collect();
+            let wt: Vec<usize> = [1, 1].into_iter().chain(kernel.iter().copied()).collect();
+            let mapped = convention
+                .params(op, &x, &w, &call)
+                .and_then(|p| Geometry::new(op, &xt, &wt, None, &p));
+            let positive = [input, kernel, &stride[..dims], &dilation[..dims]]
+                .iter()
+                .all(|v| v.iter().all(|&n| n > 0));
+            if op == Op::Conv || !positive {
+                return Ok(());
+            }
+            // Per axis: the framework's output size, the begin padding tconv must crop where
+            // the caller's pair fixes it, and whether the framework defines the call (and
+            // tconv's parameters can express it), each from the frameworks' definitions.
+            let mut expressible = true;
+            let mut want = Vec::new();
+            for a in 0..dims {
+                let (i, s, d) = (input[a] as i64, stride[a] as i64, dilation[a] as i64);
+                let k = d * (kernel[a] as i64 - 1) + 1;
+                let (size, begin, ok) = match (convention.framework, &padding) {
+                    (_, FrameworkPadding::SameLower) => (0, None, false),
+                    // The gradient of the forward conv from `size`, which must give `i` back.
+                    (Framework::TensorFlow, p) => {
+                        let (lowest, begin, pads_ok) = match p {
+                            FrameworkPadding::Same => ((i - 1) * s + 1, None, true),
+                            FrameworkPadding::Valid => ((i - 1) * s + k, Some(0), true),
+                            FrameworkPadding::Explicit(v) => {
+                                let (b, e) = v[a];
+                                ((i - 1) * s + k - b - e, Some(b), b >= 0 && e >= 0)
+                            }
+                            FrameworkPadding::SameLower => unreachable!(),
+                        };
+                        let explicit = matches!(p, FrameworkPadding::Explicit(_));
+                        let size = match p {
+                            _ if give_out => out[a] as i64,
+                            FrameworkPadding::Same => i * s,
+                            _ => i * s + (k - s).max(0),
+                        };
+                        let in_range = size >= lowest.max(1) && size < lowest + s;
+                        (size, begin, pads_ok && in_range && (give_out || !explicit))
+                    }
+                    // The stride-dilated input padded by (lo, hi), correlated with the kernel.
+                    (Framework::Jax { consistent_padding, .. }, p) => {
+                        let (lo, hi) = match p {
+                            FrameworkPadding::Same if s > k - 1 => (k - 1, s - 1),
+                            FrameworkPadding::Same => ((k + s - 1) / 2, (k + s - 2) / 2),
+                            FrameworkPadding::Valid => (k - 1, s - 1 + (k - s).max(0)),
+                            FrameworkPadding::Explicit(v) if consistent_padding => {
+                                (k - 1 - v[a].0, k - 1 - v[a].1)
+                            }
+                            FrameworkPadding::Explicit(v) => v[a],
+                            FrameworkPadding::SameLower => unreachable!(),
+                        };
+                        let size = (i - 1) * s + 1 + lo + hi - k + 1;
+                        let extra = hi - (k - 1);
+                        let ok = !give_out && lo < k && (extra < s || extra < d) && size >= 1;
+                        (size, Some(k - 1 - lo), ok)
+                    }
+                };
+                expressible &= ok;
+                want.push(size);
+                if let (Ok(g), Some(b)) = (&mapped, begin) {
+                    prop_assert_eq!(g.axes[a].pad_begin, b, "axis {} of {:?} {:?}", a, convention, call);
+                }
+            }
+            match &mapped {
+                Ok(g) => {
+                    let got: Vec<i64> = g.axes.iter().map(|a| a.output as i64).collect();
+                    prop_assert!(expressible, "{:?} {:?} mapped, but it should be refused", convention, call);
+                    prop_assert_eq!(got, want, "{:?} {:?}", convention, call);
+                }
+                Err(e) => prop_assert!(!expressible, "{:?} {:?} refused: {}", convention, call, e),
+            }
+        }
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused_not_overflowed() {
+        let huge = usize::MAX;
+        for convention in [Convention::tensorflow(), Convention::jax()] {
+            for (x, w, stride) in [
+                (vec![1, huge, 1], vec![3, 1, 1], 2),
+                (vec![1, 4, 1], vec![huge, 1, 1], 2),
+                (vec![1, 4, 1], vec![3, 1, 1], huge),
+                (vec![1, 1 << 40, 1], vec![1 << 40, 1, 1], 1 << 40),
+            ] {
+                for padding in [
+                    FrameworkPadding::Same,
+                    FrameworkPadding::Valid,
+                    FrameworkPadding::Explicit(vec![(i64::MIN, i64::MAX)]),
+                ] {
+                    let call = Call::new(padding).strides(&[stride]).dilations(&[huge / 2]);
+                    for op in [Op::Conv, Op::ConvTranspose] {
+                        if let Ok(p) = convention.params(op, &x, &w, &call) {
+                            let xt = [1, 1, x[1]];
+                            let wt = [1, 1, w[0]];
+                            assert!(Geometry::new(op, &xt, &wt, None, &p).is_err(), "{p:?}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
