@@ -923,7 +923,13 @@ fn framework_conventions_end_to_end() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tconv/tests/data/frameworks");
     let d = scratch("conventions");
     let p = |f: &str| d.join(f).to_string_lossy().into_owned();
-    let cases: [(&str, &str, &[&str]); 6] = [
+    let cases: [(&str, &str, &[&str]); 7] = [
+        // TensorFlow's grouped conv: the group count implied by the kernel, as TensorFlow does.
+        (
+            "tf_c2d_groups",
+            "conv",
+            &["--convention", "tf", "--framework-padding", "same"],
+        ),
         (
             "tf_t2d_same_k3s2_even",
             "conv-transpose",

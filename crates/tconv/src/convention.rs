@@ -106,8 +106,8 @@ pub struct Call {
     /// TensorFlow's `output_shape` for a transposed conv (its spatial extents). `None`:
     /// Keras' default, [`keras_output_size`] without output padding. JAX takes none.
     pub output_size: Option<Vec<usize>>,
-    /// Channel groups (TensorFlow's and JAX's `feature_group_count` for conv; inferred by
-    /// TensorFlow from the kernel's input channels).
+    /// Channel groups: JAX's `feature_group_count`. TensorFlow's conv infers them from the
+    /// kernel's input channels, and so does [`Convention::params`] where this is 1.
     pub groups: usize,
 }
 
@@ -350,10 +350,27 @@ impl Convention {
                 limit: MAX_SIZE,
             });
         }
+        // TensorFlow's conv takes no group count: its kernel's input channels imply one.
+        let channels = match self.data_format {
+            DataFormat::ChannelsFirst => x_shape[1],
+            DataFormat::ChannelsLast => x_shape[r - 1],
+        };
+        let per_group = w_shape[w_shape.len() - 2];
+        let groups = match (self.framework, op) {
+            (Framework::TensorFlow, Op::Conv)
+                if call.groups == 1
+                    && per_group > 0
+                    && channels > per_group
+                    && channels % per_group == 0 =>
+            {
+                channels / per_group
+            }
+            _ => call.groups,
+        };
         let base = ConvParams::new()
             .stride(&strides)
             .dilation(&dilations)
-            .groups(call.groups);
+            .groups(groups);
         match op {
             Op::Conv => {
                 if call.output_size.is_some() {

@@ -74,10 +74,11 @@ def tf_cases():
     transpose("tf_t1d_same", [6], 3, 2, [5], [3], [1], "same", [17], grads=True)
     transpose("tf_t3d_valid", [2, 3, 2], 2, 2, [2, 3, 2], [2, 1, 2], [1, 1, 1], "valid", [4, 5, 5])
 
-    def conv(name, in_sp, cin, cout, k, s, d, padding, grads=False):
+    def conv(name, in_sp, cin, cout, k, s, d, padding, grads=False, groups=1):
+        # TensorFlow takes no group count: a kernel with cin / groups input channels implies it.
         n = 2
         x = arr(n, *in_sp, cin)
-        w = arr(*k, cin, cout)
+        w = arr(*k, cin // groups, cout)
         pad = padding.upper() if isinstance(padding, str) else [[0, 0], *[list(p) for p in padding], [0, 0]]
         xt, wt = tf.constant(x), tf.constant(w)
         with tf.GradientTape(persistent=True) as tape:
@@ -102,6 +103,7 @@ def tf_cases():
     conv("tf_c2d_valid", [6, 7], 2, 3, [3, 2], [1, 1], [1, 1], "valid")
     conv("tf_c2d_explicit", [5, 5], 2, 2, [3, 3], [2, 2], [1, 1], [(1, 0), (2, 1)])
     conv("tf_c1d_same_dilated", [9], 2, 3, [3], [1], [2], "same")
+    conv("tf_c2d_groups", [6, 5], 4, 6, [3, 3], [1, 1], [1, 1], "same", grads=True, groups=2)
 
     # Keras 3 Conv*DTranspose: the output length follows its own rule; weights set by hand.
     import keras
