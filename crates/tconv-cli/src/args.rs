@@ -71,6 +71,27 @@ pub fn parse_framework_padding(s: &str) -> Result<tconv::convention::FrameworkPa
         .map(F::Explicit)
 }
 
+/// The flags that describe another framework's call (`--convention` and its options).
+#[derive(Args, Clone, Debug, Default)]
+pub struct ConventionArgs {
+    /// Read and write the arrays, and read the padding, as another framework does
+    /// (default: PyTorch / ONNX). Needs --framework-padding; --padding, --pads, --auto-pad
+    /// and --output-shape are PyTorch's / ONNX's and do not apply.
+    #[arg(long, value_enum, requires = "framework_padding")]
+    pub convention: Option<ConventionName>,
+    /// The framework's padding argument: same, valid, same-lower (JAX conv), or begin:end per
+    /// spatial axis (e.g. 1:2,0:1; JAX's transposed conv allows negative values).
+    #[arg(long, value_parser = parse_framework_padding, requires = "convention", allow_hyphen_values = true)]
+    pub framework_padding: Option<tconv::convention::FrameworkPadding>,
+    /// With --convention tf: the data's channel axis comes first (data_format NCHW).
+    #[arg(long, requires = "convention")]
+    pub channels_first: bool,
+    /// With --convention jax: explicit pairs are the forward conv's padding
+    /// (lax.conv_transpose(.., use_consistent_padding=True)).
+    #[arg(long, requires = "convention")]
+    pub consistent_padding: bool,
+}
+
 /// Printed result format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Format {

@@ -7,11 +7,10 @@ use ndarray::{ArrayD, Ix1};
 use tconv::npy::NpyArray;
 use tconv::{ConvParams, Element, Op};
 
-use crate::args::{parse_framework_padding, ConventionName, Format, ProblemArgs, TransposeArgs};
+use crate::args::{ConventionArgs, Format, ProblemArgs, TransposeArgs};
 use crate::data;
-use tconv::convention::{
-    keras_output_size, Call, Convention, DataFormat, Framework, FrameworkPadding,
-};
+use crate::port::{convention_call, CallFlags};
+use tconv::convention::{Call, Convention};
 
 /// The arrays of a problem, in the input's dtype, with batch/channel axes in place.
 pub struct Loaded {
@@ -115,22 +114,8 @@ pub struct ComputeArgs {
     /// Write dL/db here (needs --grad-output).
     #[arg(long, requires = "grad_output")]
     pub grad_bias: Option<PathBuf>,
-    /// Read and write the arrays, and read the padding, as another framework does
-    /// (default: PyTorch / ONNX). Needs --framework-padding; --padding, --pads, --auto-pad
-    /// and --output-shape are PyTorch's / ONNX's and do not apply.
-    #[arg(long, value_enum, requires = "framework_padding")]
-    pub convention: Option<ConventionName>,
-    /// The framework's padding argument: same, valid, same-lower (JAX conv), or begin:end per
-    /// spatial axis (e.g. 1:2,0:1; JAX's transposed conv allows negative values).
-    #[arg(long, value_parser = parse_framework_padding, requires = "convention", allow_hyphen_values = true)]
-    pub framework_padding: Option<FrameworkPadding>,
-    /// With --convention tf: the data's channel axis comes first (data_format NCHW).
-    #[arg(long, requires = "convention")]
-    pub channels_first: bool,
-    /// With --convention jax: explicit pairs are the forward conv's padding
-    /// (lax.conv_transpose(.., use_consistent_padding=True)).
-    #[arg(long, requires = "convention")]
-    pub consistent_padding: bool,
+    #[command(flatten)]
+    pub frameworks: ConventionArgs,
 }
 
 fn backward_typed<T: Element>(
@@ -189,92 +174,6 @@ fn gradients(
     })
 }
 
-/// The convention and call that `--convention` and its flags describe, for arrays of
-/// shapes `x_shape` and `w_shape` in that convention's layouts.
-fn convention_call(
-    args: &ComputeArgs,
-    t: Option<&TransposeArgs>,
-    x_shape: &[usize],
-    w_shape: &[usize],
-) -> Result<(Convention, Call)> {
-    let p = &args.problem;
-    let name = args.convention.expect("called with --convention");
-    for (given, flag) in [
-        (p.padding.is_some(), "--padding"),
-        (p.pads.is_some(), "--pads"),
-        (p.auto_pad.is_some(), "--auto-pad"),
-        (
-            t.is_some_and(|t| t.output_shape.is_some()),
-            "--output-shape",
-        ),
-    ] {
-        if given {
-            bail!("{flag} is PyTorch's / ONNX's padding; with --convention give the framework's as --framework-padding");
-        }
-    }
-    let framework = match name {
-        ConventionName::Tf => Framework::TensorFlow,
-        ConventionName::Jax | ConventionName::JaxTransposeKernel => Framework::Jax {
-            transpose_kernel: name == ConventionName::JaxTransposeKernel,
-            consistent_padding: args.consistent_padding,
-        },
-    };
-    if args.consistent_padding && name == ConventionName::Tf {
-        bail!("--consistent-padding is lax.conv_transpose's option; TensorFlow's explicit padding is always the forward conv's");
-    }
-    let mut convention = Convention {
-        framework,
-        data_format: DataFormat::ChannelsLast,
-    };
-    if args.channels_first {
-        if name != ConventionName::Tf {
-            bail!("--channels-first is TensorFlow's data_format NCHW; with --convention jax the data is channels-last");
-        }
-        convention = convention.channels_first();
-    }
-    let padding = args
-        .framework_padding
-        .clone()
-        .expect("clap requires --framework-padding with --convention");
-    let mut call = Call::new(padding.clone()).groups(p.groups);
-    if let Some(s) = &p.stride {
-        call = call.strides(&s.0);
-    }
-    if let Some(d) = &p.dilation {
-        call = call.dilations(&d.0);
-    }
-    match t.map(|t| (&t.output_size, &t.output_padding)) {
-        Some((Some(_), Some(_))) => {
-            bail!("give --output-size (TensorFlow's output_shape) or --output-padding (Keras'), not both")
-        }
-        Some((Some(size), None)) => call = call.output_size(&size.0),
-        Some((None, Some(extra))) => {
-            if name != ConventionName::Tf {
-                bail!("--output-padding is Keras'; lax.conv_transpose takes none (pad the dilated input's end with --framework-padding)");
-            }
-            let r = x_shape.len().min(w_shape.len());
-            if r < 3 {
-                bail!("with --convention the input and the weight need batch/channel axes and at least one spatial axis; got shapes {x_shape:?} and {w_shape:?}");
-            }
-            let spatial = match convention.data_format {
-                DataFormat::ChannelsLast => &x_shape[1..x_shape.len() - 1],
-                DataFormat::ChannelsFirst => &x_shape[2..],
-            };
-            let size = keras_output_size(
-                spatial,
-                &w_shape[..w_shape.len() - 2],
-                &call.strides,
-                &call.dilations,
-                &padding,
-                Some(&extra.0),
-            )?;
-            call = call.output_size(&size);
-        }
-        _ => {}
-    }
-    Ok((convention, call))
-}
-
 /// The result (where `y` is wanted) and the gradients asked for, all in the convention's
 /// layouts.
 type ConventionOutputs<T> = (Option<ArrayD<T>>, tconv::Gradients<T>);
@@ -313,6 +212,21 @@ fn convention_typed<T: Element>(
     Ok((y, grads))
 }
 
+/// The PyTorch / ONNX padding flag given, if any (they do not apply with `--convention`).
+fn pytorch_padding_flag(p: &ProblemArgs, t: Option<&TransposeArgs>) -> Option<&'static str> {
+    [
+        (p.padding.is_some(), "--padding"),
+        (p.pads.is_some(), "--pads"),
+        (p.auto_pad.is_some(), "--auto-pad"),
+        (
+            t.is_some_and(|t| t.output_shape.is_some()),
+            "--output-shape",
+        ),
+    ]
+    .into_iter()
+    .find_map(|(given, flag)| given.then_some(flag))
+}
+
 /// A compute command with `--convention`: arrays read and written in that framework's
 /// layouts, its padding rules. `outputs` are checked; files are written all or none.
 fn run_convention(op: Op, args: &ComputeArgs, t: Option<&TransposeArgs>) -> Result<()> {
@@ -329,7 +243,15 @@ fn run_convention(op: Op, args: &ComputeArgs, t: Option<&TransposeArgs>) -> Resu
         .as_ref()
         .map(|g| data::load(g, "grad-output").map(|g| data::same_dtype(&g, &x)))
         .transpose()?;
-    let setup = convention_call(args, t, x.shape(), w.shape())?;
+    if let Some(flag) = pytorch_padding_flag(p, t) {
+        bail!("{flag} is PyTorch's / ONNX's padding; with --convention give the framework's as --framework-padding");
+    }
+    let flags = CallFlags {
+        stride: p.stride.as_ref(),
+        dilation: p.dilation.as_ref(),
+        groups: p.groups,
+    };
+    let setup = convention_call(&args.frameworks, &flags, t, x.shape(), w.shape())?;
     let wanted = tconv::Wanted {
         input: args.grad_input.is_some(),
         weight: args.grad_weight.is_some(),
@@ -429,7 +351,7 @@ pub fn run(op: Op, args: &ComputeArgs, t: Option<&TransposeArgs>) -> Result<()> 
             bail!("{} is named as two different outputs", out.display());
         }
     }
-    if args.convention.is_some() {
+    if args.frameworks.convention.is_some() {
         return run_convention(op, args, t);
     }
     let params = args.problem.params(t).map_err(anyhow::Error::msg)?;

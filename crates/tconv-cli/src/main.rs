@@ -9,6 +9,7 @@ mod data;
 mod demo;
 mod explain;
 mod overlap;
+mod port;
 mod render;
 mod shape;
 
@@ -76,6 +77,11 @@ enum Command {
         after_help = "Examples:\n  tconv plan --layer dcgan1\n  tconv plan --input 1,64,32,32 --c-out 32 --kernel 3 --stride 2 --padding 1 --output-padding 1 --threads 2"
     )]
     Plan(bench::PlanArgs),
+    /// Another framework's call (TensorFlow / Keras, JAX / Flax) in PyTorch's terms: layouts, parameters, the equivalent PyTorch call; converts the kernel.
+    #[command(
+        after_help = "Examples:\n  tconv port conv-transpose --convention jax --framework-padding same --stride 2 --input-shape 8,16,16,64 --kernel-shape 4,4,64,32\n  tconv port conv-transpose --convention tf --framework-padding same --stride 2 --output-size 32,32 --input-shape 8,16,16,64 --weight w_hwoi.npy --weight-out w_torch.npy\n  tconv port conv --convention tf --framework-padding same --stride 2 --input-shape 1,224,224,3 --kernel-shape 7,7,3,64"
+    )]
+    Port(port::PortArgs),
 }
 
 #[derive(clap::Args, Debug)]
@@ -167,6 +173,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{text}");
         }
         Command::Shape(a) => print!("{}", shape::run(&a)?),
+        Command::Port(a) => print!("{}", port::run(&a)?),
         Command::Bench(a) => bench::run(&a)?,
         Command::Plan(a) => bench::plan(&a)?,
     }

@@ -512,6 +512,10 @@ fn every_command_has_help_with_an_example() {
         vec!["explain", "conv"],
         vec!["explain", "conv-transpose"],
         vec!["shape"],
+        vec!["bench"],
+        vec!["plan"],
+        vec!["overlap"],
+        vec!["port"],
     ] {
         let mut args = cmd.clone();
         args.push("--help");
@@ -1131,4 +1135,287 @@ fn framework_conventions_end_to_end() {
             "{extra:?} wrote its output"
         );
     }
+}
+
+/// `tconv port`: for framework goldens, the kernel it converts and the tconv flags it prints,
+/// run in PyTorch's layouts on the permuted input, give the framework's output; and its
+/// refusals. (`bench/port_check.py` runs the printed PyTorch calls through torch.)
+#[test]
+fn port_prints_what_reproduces_the_framework() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tconv/tests/data/frameworks");
+    let d = scratch("port");
+    let p = |f: &str| d.join(f).to_string_lossy().into_owned();
+    let cases: [(&str, &[&str], bool); 8] = [
+        (
+            "jax_t2d_explicit_crop",
+            &[
+                "conv-transpose",
+                "--convention",
+                "jax",
+                "--framework-padding=-1:1,0:-2",
+                "--stride",
+                "2",
+            ],
+            false,
+        ),
+        (
+            "jax_t2d_same_k3s2",
+            &[
+                "conv-transpose",
+                "--convention",
+                "jax",
+                "--framework-padding",
+                "same",
+                "--stride",
+                "2",
+            ],
+            false,
+        ),
+        (
+            "jax_t2d_transpose_kernel",
+            &[
+                "conv-transpose",
+                "--convention",
+                "jax-transpose-kernel",
+                "--framework-padding",
+                "same",
+                "--stride",
+                "2",
+            ],
+            false,
+        ),
+        (
+            "jax_t3d_same",
+            &[
+                "conv-transpose",
+                "--convention",
+                "jax",
+                "--framework-padding",
+                "same",
+                "--stride",
+                "2,1,2",
+            ],
+            false,
+        ),
+        (
+            "tf_t2d_nchw",
+            &[
+                "conv-transpose",
+                "--convention",
+                "tf",
+                "--channels-first",
+                "--framework-padding",
+                "same",
+                "--stride",
+                "2",
+                "--output-size",
+                "8,7",
+            ],
+            true,
+        ),
+        (
+            "keras_t2d_same_op",
+            &[
+                "conv-transpose",
+                "--convention",
+                "tf",
+                "--framework-padding",
+                "same",
+                "--stride",
+                "2",
+                "--output-padding",
+                "0,1",
+            ],
+            false,
+        ),
+        (
+            "tf_c2d_explicit",
+            &[
+                "conv",
+                "--convention",
+                "tf",
+                "--framework-padding",
+                "1:0,2:1",
+                "--stride",
+                "2",
+            ],
+            false,
+        ),
+        (
+            "jax_c2d_explicit_groups",
+            &[
+                "conv",
+                "--convention",
+                "jax",
+                "--framework-padding",
+                "1:2,0:1",
+                "--stride",
+                "2,1",
+                "--groups",
+                "2",
+            ],
+            false,
+        ),
+    ];
+    for (name, flags, channels_first) in cases {
+        let case = root.join(name);
+        let c = |f: &str| case.join(f).to_string_lossy().into_owned();
+        let x = read_npy(case.join("x.npy")).unwrap().to_f32();
+        let r = x.ndim();
+        let shape = x
+            .shape()
+            .iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let (w_out, x_t, y_t) = (
+            p(&format!("{name}-w.npy")),
+            p(&format!("{name}-x.npy")),
+            p(&format!("{name}-y.npy")),
+        );
+        let mut args = vec!["port"];
+        args.extend_from_slice(flags);
+        let weight = c("w.npy");
+        args.extend([
+            "--input-shape",
+            &shape,
+            "--weight",
+            &weight,
+            "--weight-out",
+            &w_out,
+        ]);
+        let o = tconv(&args);
+        assert!(o.status.success(), "{name}: {}", stderr(&o));
+        let text = stdout(&o);
+        // The input in PyTorch's layout, as the first line says.
+        let to_first: Vec<usize> = if channels_first {
+            (0..r).collect()
+        } else {
+            [0, r - 1].into_iter().chain(1..r - 1).collect()
+        };
+        write_npy(
+            &d.join(format!("{name}-x.npy")),
+            &x.view()
+                .permuted_axes(to_first)
+                .as_standard_layout()
+                .into_owned(),
+        );
+        let line = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("tconv:"))
+            .unwrap_or_else(|| panic!("{name}: no tconv line in\n{text}"));
+        let mut run: Vec<String> = line.split_whitespace().skip(1).map(String::from).collect();
+        run.extend([
+            "--input".into(),
+            x_t.clone(),
+            "--weight".into(),
+            w_out.clone(),
+            "--output".into(),
+            y_t.clone(),
+        ]);
+        if case.join("b.npy").exists() {
+            run.extend(["--bias".into(), c("b.npy")]);
+        }
+        let refs: Vec<&str> = run.iter().map(|s| s.as_str()).collect();
+        let o = tconv(&refs);
+        assert!(o.status.success(), "{name}: {line}: {}", stderr(&o));
+        let y = read_npy(&y_t).unwrap().to_f32();
+        let back: Vec<usize> = if channels_first {
+            (0..r).collect()
+        } else {
+            [0].into_iter().chain(2..r).chain([1]).collect()
+        };
+        let y = NpyArray::F32(
+            y.view()
+                .permuted_axes(back)
+                .as_standard_layout()
+                .into_owned(),
+        );
+        let want = read_npy(case.join("y.npy")).unwrap();
+        assert_close(
+            &y,
+            &want,
+            &format!("{name} via `{line}`"),
+            (1e-4, 1e-4),
+            (1e-9, 1e-10),
+        );
+    }
+    // The PyTorch call for two layers people port (their goldens check the mapping).
+    let o = tconv(&[
+        "port",
+        "conv-transpose",
+        "--convention",
+        "jax",
+        "--framework-padding",
+        "same",
+        "--stride",
+        "2",
+        "--input-shape",
+        "8,16,16,64",
+        "--kernel-shape",
+        "4,4,64,32",
+    ]);
+    let text = stdout(&o);
+    assert!(
+        text.contains(
+            "w.permute(2, 3, 0, 1).flip(2, 3): (64, 32, 4, 4) (JAX uses the kernel unflipped)"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("PyTorch: F.conv_transpose2d(x, w, b, stride=(2, 2), dilation=(1, 1), groups=1, padding=(1, 1), output_padding=(0, 0))\n"), "{text}");
+    let o = tconv(&[
+        "port",
+        "conv",
+        "--convention",
+        "tf",
+        "--framework-padding",
+        "same",
+        "--stride",
+        "2",
+        "--input-shape",
+        "1,224,224,3",
+        "--kernel-shape",
+        "7,7,3,64",
+    ]);
+    let text = stdout(&o);
+    assert!(text.contains("PyTorch: F.conv2d(F.pad(x, (2, 3, 2, 3)), w, b, stride=(2, 2), dilation=(1, 1), groups=1)"), "{text}");
+    assert!(
+        text.contains("y.permute(0, 2, 3, 1): (1, 112, 112, 64)"),
+        "{text}"
+    );
+    // Refusals: one line, exit 2, nothing written.
+    let w = root
+        .join("jax_t2d_same_k3s2/w.npy")
+        .to_string_lossy()
+        .into_owned();
+    let base = [
+        "port",
+        "conv-transpose",
+        "--convention",
+        "jax",
+        "--framework-padding",
+        "same",
+        "--input-shape",
+        "2,4,5,3",
+    ];
+    for (extra, needle) in [
+        (&[][..], "--weight FILE or its shape as --kernel-shape"),
+        (
+            &["--weight", &w, "--weight-out", &w][..],
+            "refusing to write the output over the input file",
+        ),
+        (
+            &["--kernel-shape", "3,3,3,2", "--weight-out", &p("never.npy")][..],
+            "--weight",
+        ),
+        (
+            &["--kernel-shape", "3,3,3,2", "--output-size", "8,10"][..],
+            "jax has no output_shape",
+        ),
+    ] {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        expect_usage_error(&tconv(&args), needle);
+    }
+    assert!(!d.join("never.npy").exists());
 }

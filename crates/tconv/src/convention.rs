@@ -214,9 +214,11 @@ impl Convention {
         }
     }
 
-    /// The axis permutation taking a kernel of this convention to tconv's layout, and
-    /// whether its spatial axes are flipped too.
-    fn kernel_map(&self, op: Op, rank: usize) -> (Vec<usize>, bool) {
+    /// How a kernel of this convention and `rank` axes becomes tconv's (PyTorch's) for
+    /// `op`: the kernel's axes that tconv's axes take, in order (`w.permute(axes)` in
+    /// PyTorch, `np.transpose(w, axes)` in NumPy), and whether the spatial axes are then
+    /// flipped (JAX's transposed kernels).
+    pub fn weight_axes(&self, op: Op, rank: usize) -> (Vec<usize>, bool) {
         let (first, second, flip) = match (op, self.framework) {
             // (*k, C_in/g, C_out) -> (C_out, C_in/g, *k); for the transpose with
             // TensorFlow's layout (*k, C_out, C_in) -> (C_in, C_out, *k): the same axes.
@@ -244,7 +246,7 @@ impl Convention {
     /// A kernel without two channel axes and at least one spatial axis.
     pub fn weight_to_torch<T: Clone>(&self, op: Op, w: ArrayViewD<'_, T>) -> Result<ArrayD<T>> {
         let r = self.check_rank(w.ndim(), "weight")?;
-        let (perm, flip) = self.kernel_map(op, r);
+        let (perm, flip) = self.weight_axes(op, r);
         let mut t = w.permuted_axes(perm);
         if flip {
             for a in 2..r {
@@ -261,7 +263,7 @@ impl Convention {
         if r < 3 {
             return w;
         }
-        let (perm, flip) = self.kernel_map(op, r);
+        let (perm, flip) = self.weight_axes(op, r);
         let mut t = w;
         if flip {
             for a in 2..r {
