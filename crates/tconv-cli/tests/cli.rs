@@ -919,6 +919,21 @@ fn closed_stdout_ends_quietly() {
     assert_eq!(o.status.signal(), Some(13), "{:?}: {err}", o.status);
 }
 
+/// Framework goldens (`tconv/tests/data/frameworks`) and the CLI flags of their calls.
+const FRAMEWORK_CALLS: [(&str, &str); 10] = [
+    ("tf_t2d_same_k3s2_even", "conv-transpose --convention tf --framework-padding same --stride 2 --output-size 8,10"),
+    ("tf_t2d_nchw", "conv-transpose --convention tf --channels-first --framework-padding SAME --stride 2 --output-size 8,7"),
+    ("keras_t2d_valid_op", "conv-transpose --convention tf --framework-padding valid --stride 2 --output-padding 1,0"),
+    ("keras_t2d_same_op", "conv-transpose --convention tf --framework-padding same --stride 2 --output-padding 0,1"),
+    ("jax_t2d_explicit_crop", "conv-transpose --convention jax --framework-padding=-1:1,0:-2 --stride 2"),
+    ("jax_t2d_transpose_kernel", "conv-transpose --convention jax-transpose-kernel --framework-padding same --stride 2"),
+    ("jax_t3d_same", "conv-transpose --convention jax --framework-padding same --stride 2,1,2"),
+    // TensorFlow's grouped conv: the group count implied by the kernel, as TensorFlow does.
+    ("tf_c2d_groups", "conv --convention tf --framework-padding same"),
+    ("tf_c2d_explicit", "conv --convention tf --framework-padding 1:0,2:1 --stride 2"),
+    ("jax_c2d_explicit_groups", "conv --convention jax --framework-padding 1:2,0:1 --stride 2,1 --groups 2"),
+];
+
 /// `--convention tf|jax|jax-transpose-kernel`: the frameworks' own outputs and gradients
 /// (`tconv/tests/data/frameworks`) through .npy files in their layouts, and the flags that
 /// do not go together refused with nothing written.
@@ -927,106 +942,11 @@ fn framework_conventions_end_to_end() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tconv/tests/data/frameworks");
     let d = scratch("conventions");
     let p = |f: &str| d.join(f).to_string_lossy().into_owned();
-    let cases: [(&str, &str, &[&str]); 7] = [
-        // TensorFlow's grouped conv: the group count implied by the kernel, as TensorFlow does.
-        (
-            "tf_c2d_groups",
-            "conv",
-            &["--convention", "tf", "--framework-padding", "same"],
-        ),
-        (
-            "tf_t2d_same_k3s2_even",
-            "conv-transpose",
-            &[
-                "--convention",
-                "tf",
-                "--framework-padding",
-                "same",
-                "--stride",
-                "2",
-                "--output-size",
-                "8,10",
-            ],
-        ),
-        (
-            "tf_t2d_nchw",
-            "conv-transpose",
-            &[
-                "--convention",
-                "tf",
-                "--channels-first",
-                "--framework-padding",
-                "SAME",
-                "--stride",
-                "2",
-                "--output-size",
-                "8,7",
-            ],
-        ),
-        (
-            "keras_t2d_valid_op",
-            "conv-transpose",
-            &[
-                "--convention",
-                "tf",
-                "--framework-padding",
-                "valid",
-                "--stride",
-                "2",
-                "--output-padding",
-                "1,0",
-            ],
-        ),
-        (
-            "jax_t2d_explicit_crop",
-            "conv-transpose",
-            &[
-                "--convention",
-                "jax",
-                "--framework-padding",
-                "-1:1,0:-2",
-                "--stride",
-                "2",
-            ],
-        ),
-        (
-            "jax_t2d_transpose_kernel",
-            "conv-transpose",
-            &[
-                "--convention",
-                "jax-transpose-kernel",
-                "--framework-padding",
-                "same",
-                "--stride",
-                "2",
-            ],
-        ),
-        (
-            "jax_c2d_explicit_groups",
-            "conv",
-            &[
-                "--convention",
-                "jax",
-                "--framework-padding",
-                "1:2,0:1",
-                "--stride",
-                "2,1",
-                "--groups",
-                "2",
-            ],
-        ),
-    ];
-    for (name, cmd, flags) in cases {
+    for (name, call) in FRAMEWORK_CALLS {
         let case = root.join(name);
         let c = |f: &str| case.join(f).to_string_lossy().into_owned();
-        let mut args: Vec<String> = vec![
-            cmd.into(),
-            "--input".into(),
-            c("x.npy"),
-            "--weight".into(),
-            c("w.npy"),
-        ];
-        args.extend(flags.iter().map(|s| s.to_string()));
+        let mut args: Vec<String> = call.split_whitespace().map(String::from).collect();
+        args.extend(["--input".into(), c("x.npy"), "--weight".into(), c("w.npy")]);
         if case.join("b.npy").exists() {
             args.extend(["--bias".into(), c("b.npy")]);
         }
@@ -1145,119 +1065,9 @@ fn port_prints_what_reproduces_the_framework() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tconv/tests/data/frameworks");
     let d = scratch("port");
     let p = |f: &str| d.join(f).to_string_lossy().into_owned();
-    let cases: [(&str, &[&str], bool); 8] = [
-        (
-            "jax_t2d_explicit_crop",
-            &[
-                "conv-transpose",
-                "--convention",
-                "jax",
-                "--framework-padding=-1:1,0:-2",
-                "--stride",
-                "2",
-            ],
-            false,
-        ),
-        (
-            "jax_t2d_same_k3s2",
-            &[
-                "conv-transpose",
-                "--convention",
-                "jax",
-                "--framework-padding",
-                "same",
-                "--stride",
-                "2",
-            ],
-            false,
-        ),
-        (
-            "jax_t2d_transpose_kernel",
-            &[
-                "conv-transpose",
-                "--convention",
-                "jax-transpose-kernel",
-                "--framework-padding",
-                "same",
-                "--stride",
-                "2",
-            ],
-            false,
-        ),
-        (
-            "jax_t3d_same",
-            &[
-                "conv-transpose",
-                "--convention",
-                "jax",
-                "--framework-padding",
-                "same",
-                "--stride",
-                "2,1,2",
-            ],
-            false,
-        ),
-        (
-            "tf_t2d_nchw",
-            &[
-                "conv-transpose",
-                "--convention",
-                "tf",
-                "--channels-first",
-                "--framework-padding",
-                "same",
-                "--stride",
-                "2",
-                "--output-size",
-                "8,7",
-            ],
-            true,
-        ),
-        (
-            "keras_t2d_same_op",
-            &[
-                "conv-transpose",
-                "--convention",
-                "tf",
-                "--framework-padding",
-                "same",
-                "--stride",
-                "2",
-                "--output-padding",
-                "0,1",
-            ],
-            false,
-        ),
-        (
-            "tf_c2d_explicit",
-            &[
-                "conv",
-                "--convention",
-                "tf",
-                "--framework-padding",
-                "1:0,2:1",
-                "--stride",
-                "2",
-            ],
-            false,
-        ),
-        (
-            "jax_c2d_explicit_groups",
-            &[
-                "conv",
-                "--convention",
-                "jax",
-                "--framework-padding",
-                "1:2,0:1",
-                "--stride",
-                "2,1",
-                "--groups",
-                "2",
-            ],
-            false,
-        ),
-    ];
-    for (name, flags, channels_first) in cases {
+    for (name, call) in FRAMEWORK_CALLS {
+        let flags: Vec<&str> = call.split_whitespace().collect();
+        let channels_first = flags.contains(&"--channels-first");
         let case = root.join(name);
         let c = |f: &str| case.join(f).to_string_lossy().into_owned();
         let x = read_npy(case.join("x.npy")).unwrap().to_f32();
@@ -1274,7 +1084,7 @@ fn port_prints_what_reproduces_the_framework() {
             p(&format!("{name}-y.npy")),
         );
         let mut args = vec!["port"];
-        args.extend_from_slice(flags);
+        args.extend_from_slice(&flags);
         let weight = c("w.npy");
         args.extend([
             "--input-shape",
