@@ -217,8 +217,12 @@ impl Convention {
     /// How a kernel of this convention and `rank` axes becomes tconv's (PyTorch's) for
     /// `op`: the kernel's axes that tconv's axes take, in order (`w.permute(axes)` in
     /// PyTorch, `np.transpose(w, axes)` in NumPy), and whether the spatial axes are then
-    /// flipped (JAX's transposed kernels).
+    /// flipped (JAX's transposed kernels). Kernels of fewer than 3 axes (none of the
+    /// frameworks') are left as they are.
     pub fn weight_axes(&self, op: Op, rank: usize) -> (Vec<usize>, bool) {
+        if rank < 3 {
+            return ((0..rank).collect(), false);
+        }
         let (first, second, flip) = match (op, self.framework) {
             // (*k, C_in/g, C_out) -> (C_out, C_in/g, *k); for the transpose with
             // TensorFlow's layout (*k, C_out, C_in) -> (C_in, C_out, *k): the same axes.

@@ -214,7 +214,8 @@ impl fmt::Display for Error {
             ),
             FrameworkRank { framework, what, rank } => write!(
                 f,
-                "{framework}: {what} has {rank} axes; it needs a batch axis, a channel axis and at least one spatial axis"
+                "{framework}: {what} has {rank} axes; it needs {} and at least one spatial axis",
+                if *what == "weight" { "two channel axes" } else { "a batch axis, a channel axis" }
             ),
             FrameworkOption { framework, option } => write!(f, "{framework} has no {option}"),
             FrameworkPadding { framework, axis, begin, end, reason } => write!(
