@@ -658,7 +658,8 @@ fn identical_across_threads(xs: &[usize], run: impl Fn(usize) -> tconv::Gradient
 /// (at most 2^28 FLOPs a gradient: a generator's RGB layer, a 3-D up-convolution) on any
 /// ISA.
 /// Bitwise the same as on one thread and as on three (which run one after the other), and
-/// the same as the input and weight gradients asked for alone.
+/// the same as the input and weight gradients asked for alone; likewise the balanced
+/// schedule of a GEMM-over-positions weight gradient in parts.
 #[test]
 fn side_by_side_gradients_keep_the_bits() {
     let cases = [
@@ -683,6 +684,23 @@ fn side_by_side_gradients_keep_the_bits() {
             vec![0],
             false,
         ),
+        // Balanced (`grad::balanced`): a GEMM-over-positions weight gradient in two parts,
+        // each thread one part and then half the batch's input gradient (an even and an
+        // odd batch).
+        (
+            vec![4, 32, 8, 8],
+            vec![32, 24, 4, 4],
+            vec![2],
+            vec![1],
+            false,
+        ),
+        (
+            vec![5, 32, 8, 8],
+            vec![32, 24, 4, 4],
+            vec![2],
+            vec![1],
+            false,
+        ),
     ];
     for (xs, ws, stride, padding, avx512_only) in cases {
         let p = tconv::ConvParams::new().stride(&stride).padding(&padding);
@@ -695,7 +713,12 @@ fn side_by_side_gradients_keep_the_bits() {
         };
         let method = tconv::grad::backward_method(&g, &two);
         if !avx512_only || two.isa_for::<f32>() == tconv::fast::Isa::Avx512 {
-            assert!(method.contains("side by side"), "{xs:?}: {method}");
+            let expected = if xs[1] == 32 {
+                "half the batch's input gradient"
+            } else {
+                "side by side"
+            };
+            assert!(method.contains(expected), "{xs:?}: {method}");
         }
         let run = |threads| {
             let o = PlanOptions {

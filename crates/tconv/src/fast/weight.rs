@@ -117,6 +117,33 @@ pub fn method<T: Element>(g: &Geometry, options: &PlanOptions) -> String {
     method.into()
 }
 
+/// Where [`grad_weight`] would take the GEMM over positions on one thread and its
+/// reduction runs in parts: those parts as jobs for a caller to schedule
+/// ([`weight_gemm::PartJobs`]; the same bits as [`grad_weight`]).
+pub(crate) fn part_jobs<'a, T: Element>(
+    g: &'a Geometry,
+    x: &'a [T],
+    gy: &'a [T],
+    options: &PlanOptions,
+) -> Option<weight_gemm::PartJobs<'a, T>> {
+    let (s, b) = g.weight_sides(x, gy);
+    in_parts::<T>(g, options)
+        .then(|| weight_gemm::PartJobs::new(g, s, b, options.isa_for::<T>()))
+        .flatten()
+}
+
+/// Whether [`grad_weight`] takes the GEMM over positions and sums its reduction in parts
+/// ([`weight_gemm::in_parts`]).
+pub(crate) fn in_parts<T: Element>(g: &Geometry, options: &PlanOptions) -> bool {
+    let isa = options.isa_for::<T>();
+    !by_winograd(g, options, (isa, isa.loops_for::<T>()))
+        && g.batch * numel(&g.small_spatial()) > 0
+        && !few_channel_pairs(g)
+        && !weight_thin::applies(g)
+        && !weight_strided::applies::<T>(g, isa)
+        && weight_gemm::in_parts(g)
+}
+
 /// `∂L/∂w` of `g` (shaped `[a][b'][k]`, as the weight) from `x` and the output's gradient
 /// `gy`, by the path [`method`] names.
 pub fn grad_weight<T: Element>(g: &Geometry, x: &[T], gy: &[T], options: &PlanOptions) -> Vec<T> {

@@ -595,6 +595,82 @@ impl<'a, T: Element> Gemm<'a, T> {
     }
 }
 
+impl<T: Element> Gemm<'_, T> {
+    /// `dw` from every task's sums where tasks share its rows: the later parts' sums added
+    /// to the first part's, in order (each task of a part has the same tiles as the first
+    /// part's task of its group and split), then gathered into the weight's layout.
+    fn combine(&self, mut accs: Vec<Scratch<T>>, dw: &mut [T]) {
+        let Sizes {
+            a_pg, b_pg, k_size, ..
+        } = self.z;
+        let splits = self.split.splits;
+        let (row_len, groups) = (b_pg * k_size, self.g.groups);
+        let group_len = a_pg * row_len;
+        let (first, later) = accs.split_at_mut(groups * splits);
+        for (t, acc) in later.iter().enumerate() {
+            let to = &mut first[t % (groups * splits)];
+            for (a, &b) in to.iter_mut().zip(acc.iter()) {
+                *a = *a + b;
+            }
+        }
+        for (t, acc) in first.iter().enumerate() {
+            let group = t / splits;
+            // From the task's first row (tasks over big-side blocks start at row 0).
+            let first = (self.ranges(t).0.start * self.s_width).min(a_pg) * row_len;
+            let rows = &mut dw[group * group_len + first..(group + 1) * group_len];
+            self.gather(t, acc, rows);
+        }
+    }
+}
+
+/// Whether `g`'s GEMM over positions sums its reduction in [`REDUCTION_PARTS`] parts (then
+/// it packs nothing up front): the chunking [`Gemm::new`] takes, without building it.
+pub(crate) fn in_parts(g: &Geometry) -> bool {
+    let z = Sizes::of(g);
+    let keys = TapKeys::new(g);
+    let rest = z.small_size / g.axes[0].small(g.op).max(1);
+    let halo = keys.e0 * rest - z.small_size;
+    Chunking::new(g, z.small_size, halo).parts == REDUCTION_PARTS
+}
+
+/// The weight gradient's GEMM over positions as jobs a caller schedules itself: one per
+/// part of the reduction (consecutive images), each the sums of that part's tasks, then
+/// [`PartJobs::finish`]. The same tasks, sums and order as [`grad_weight`] on one thread,
+/// so the same bits (a backward pass on two threads runs each part beside half of the
+/// input gradient: see `grad::backward`).
+pub(crate) struct PartJobs<'a, T: Element> {
+    m: Gemm<'a, T>,
+}
+
+impl<'a, T: Element> PartJobs<'a, T> {
+    /// The jobs of `g`'s weight gradient, where its reduction runs as
+    /// [`REDUCTION_PARTS`] parts ([`in_parts`]; else `None`).
+    pub(crate) fn new(g: &'a Geometry, s: &'a [T], b: &'a [T], isa: Isa) -> Option<Self> {
+        if !in_parts(g) {
+            return None;
+        }
+        let m = Gemm::new(g, s, b, 1, isa);
+        (m.chunks.parts == REDUCTION_PARTS && m.split.splits == 1).then_some(PartJobs { m })
+    }
+
+    /// Part `part`'s sums: one buffer per task of the part.
+    pub(crate) fn sums(&self, part: usize) -> Vec<Scratch<T>> {
+        let per_part = self.m.g.groups * self.m.split.splits;
+        (part * per_part..(part + 1) * per_part)
+            .map(|t| {
+                let mut acc = scratch::take::<T>(self.m.acc_len(t));
+                self.m.sums(t, &mut acc);
+                acc
+            })
+            .collect()
+    }
+
+    /// `∂L/∂w` (`[a][b'][k]`, zeroed) from every part's sums, in part order.
+    pub(crate) fn finish(&self, parts: Vec<Vec<Scratch<T>>>, dw: &mut [T]) {
+        self.m.combine(parts.into_iter().flatten().collect(), dw);
+    }
+}
+
 /// `∂L/∂w` of the small side `s` and the big side `b` into `dw` (`[a][b'][k]`, zeroed) as
 /// GEMMs over positions (see the module's doc), on `threads` threads.
 pub(crate) fn grad_weight<T: Element>(
@@ -611,7 +687,6 @@ pub(crate) fn grad_weight<T: Element>(
     } = m.z;
     let splits = m.split.splits;
     let row_len = b_pg * k_size;
-    let group_len = a_pg * row_len;
     if m.split.by_big || m.chunks.parts > 1 {
         // Tasks share dW's rows: each keeps its sums, and they are gathered in order (the
         // later parts added).
@@ -620,22 +695,7 @@ pub(crate) fn grad_weight<T: Element>(
             .collect();
         let items: Vec<(usize, &mut Scratch<T>)> = accs.iter_mut().enumerate().collect();
         run_each(threads, items, |(t, acc)| m.sums(t, acc));
-        // The later parts' sums added to the first part's, in order (each task of a part
-        // has the same tiles as the first part's task of its group and split).
-        let (first, later) = accs.split_at_mut(g.groups * splits);
-        for (t, acc) in later.iter().enumerate() {
-            let to = &mut first[t % (g.groups * splits)];
-            for (a, &b) in to.iter_mut().zip(acc.iter()) {
-                *a = *a + b;
-            }
-        }
-        for (t, acc) in first.iter().enumerate() {
-            let group = t / splits;
-            // From the task's first row (tasks over big-side blocks start at row 0).
-            let first = (m.ranges(t).0.start * m.s_width).min(a_pg) * row_len;
-            let rows = &mut dw[group * group_len + first..(group + 1) * group_len];
-            m.gather(t, acc, rows);
-        }
+        m.combine(accs, dw);
         return;
     }
     // Each task's rows of dW: `(group, S blocks)` → a contiguous run of `a` channels.

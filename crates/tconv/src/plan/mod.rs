@@ -166,6 +166,12 @@ impl<T: Element> Plan<T> {
         Plan::build(g, w, options, None)
     }
 
+    /// The algorithm [`Plan::from_geometry`] would take for `g` with `options` (without
+    /// building the plan).
+    pub(crate) fn algorithm_for(g: &Geometry, options: &PlanOptions) -> Algorithm {
+        choose::<T>(g, options, None, false).algorithm
+    }
+
     /// [`Plan::from_geometry`], taking the packed weights from `packs` where it holds them
     /// for this plan's packing (and keeping them there otherwise): `w` must be the weight
     /// `packs` was filled from.
