@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Result};
 use clap::{Args, ValueEnum};
-use tconv::convention::{keras_output_size, Call, Convention, DataFormat, Framework};
-use tconv::npy::NpyArray;
+use tconv::convention::{inverse, keras_output_size, Call, Convention, DataFormat, Framework};
+use tconv::npy::{python_tuple, NpyArray};
 use tconv::{Geometry, Op};
 
 use crate::args::{parse_list, ConventionArgs, ConventionName, List, TransposeArgs};
@@ -136,20 +136,6 @@ pub struct PortArgs {
     pub transpose: TransposeArgs,
 }
 
-/// `(a, b, c)`: a Python tuple of numbers (one element keeps its comma).
-fn tuple(v: &[usize]) -> String {
-    match v {
-        [one] => format!("({one},)"),
-        _ => format!(
-            "({})",
-            v.iter()
-                .map(|n| n.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
-}
-
 /// `[a, b]` as the CLI's comma list.
 fn commas(v: impl IntoIterator<Item = usize>) -> String {
     v.into_iter()
@@ -172,17 +158,17 @@ pub fn run(a: &PortArgs) -> Result<String> {
     if a.transpose.output_shape.is_some() {
         bail!("--output-shape is ONNX's; give TensorFlow's output_shape as --output-size");
     }
-    let weight = match (&a.weight, &a.kernel_shape) {
-        (Some(spec), _) => Some(data::load(spec, "weight")?),
-        (None, Some(_)) => None,
-        (None, None) => {
-            bail!("give the framework's kernel as --weight FILE or its shape as --kernel-shape")
-        }
-    };
+    let weight = a
+        .weight
+        .as_ref()
+        .map(|spec| data::load(spec, "weight"))
+        .transpose()?;
     let w_shape: Vec<usize> = match (&weight, &a.kernel_shape) {
         (Some(w), _) => w.shape().to_vec(),
         (None, Some(k)) => k.0.clone(),
-        (None, None) => unreachable!("checked above"),
+        (None, None) => {
+            bail!("give the framework's kernel as --weight FILE or its shape as --kernel-shape")
+        }
     };
     if let Some(out) = &a.weight_out {
         if a.weight.is_none() {
@@ -199,15 +185,9 @@ pub fn run(a: &PortArgs) -> Result<String> {
     };
     let (convention, call) = convention_call(&a.frameworks, &flags, t, x_shape, &w_shape)?;
     let params = convention.params(op, x_shape, &w_shape, &call)?;
-    let r = x_shape.len();
-    // tconv's shapes: the data's channel axis moved first, the kernel's axes as tconv takes them.
-    let (data_axes, back_axes): (Vec<usize>, Vec<usize>) = match convention.data_format {
-        DataFormat::ChannelsFirst => ((0..r).collect(), (0..r).collect()),
-        DataFormat::ChannelsLast => (
-            [0, r - 1].into_iter().chain(1..r - 1).collect(),
-            [0].into_iter().chain(2..r).chain([1]).collect(),
-        ),
-    };
+    // tconv's shapes: the data's and the kernel's axes as tconv takes them.
+    let data_axes = convention.data_axes(x_shape.len());
+    let back_axes = inverse(&data_axes);
     let (w_axes, flip) = convention.weight_axes(op, w_shape.len());
     let xt: Vec<usize> = data_axes.iter().map(|&i| x_shape[i]).collect();
     let wt: Vec<usize> = w_axes.iter().map(|&i| w_shape[i]).collect();
@@ -222,27 +202,27 @@ pub fn run(a: &PortArgs) -> Result<String> {
         if axes.iter().enumerate().all(|(i, &a)| i == a) {
             "as is".to_string()
         } else {
-            format!("permute{}", tuple(axes))
+            format!("permute{}", python_tuple(axes))
         }
     };
     let flip_axes: Vec<usize> = (2..wt.len()).collect();
     let mut s = format!("{name} {} in tconv's (PyTorch's) terms:\n", op.name());
     s.push_str(&format!(
         "  input   x {} -> x.{}: {}\n",
-        tuple(x_shape),
+        python_tuple(x_shape),
         permute(&data_axes),
-        tuple(&xt)
+        python_tuple(&xt)
     ));
     s.push_str(&format!(
         "  weight  w {} -> w.{}{}: {}{}\n",
-        tuple(&w_shape),
+        python_tuple(&w_shape),
         permute(&w_axes),
         if flip {
-            format!(".flip{}", tuple(&flip_axes))
+            format!(".flip{}", python_tuple(&flip_axes))
         } else {
             String::new()
         },
-        tuple(&wt),
+        python_tuple(&wt),
         if flip {
             format!(" ({name} uses the kernel unflipped)")
         } else {
@@ -251,9 +231,9 @@ pub fn run(a: &PortArgs) -> Result<String> {
     ));
     s.push_str(&format!(
         "  output  y {} in PyTorch's layout -> y.{}: {}, {name}'s\n",
-        tuple(&yt),
+        python_tuple(&yt),
         permute(&back_axes),
-        tuple(&y)
+        python_tuple(&y)
     ));
     let per =
         |f: fn(&tconv::AxisGeometry) -> usize| -> Vec<usize> { g.axes.iter().map(f).collect() };
@@ -276,8 +256,8 @@ pub fn run(a: &PortArgs) -> Result<String> {
     let dims = g.axes.len();
     let common = format!(
         "stride={}, dilation={}, groups={}",
-        tuple(&stride),
-        tuple(&dilation),
+        python_tuple(&stride),
+        python_tuple(&dilation),
         g.groups
     );
     let symmetric: Vec<usize> = begin.iter().zip(&end).map(|(b, e)| *b.min(e)).collect();
@@ -285,8 +265,8 @@ pub fn run(a: &PortArgs) -> Result<String> {
         Op::ConvTranspose => {
             let mut call = format!(
                 "F.conv_transpose{dims}d(x, w, b, {common}, padding={}, output_padding={})",
-                tuple(&symmetric),
-                tuple(&extra)
+                python_tuple(&symmetric),
+                python_tuple(&extra)
             );
             if begin != end {
                 // PyTorch crops both ends alike: crop the rest of the larger side after.
@@ -302,12 +282,15 @@ pub fn run(a: &PortArgs) -> Result<String> {
         }
         Op::Conv if begin == end => format!(
             "F.conv{dims}d(x, w, b, {common}, padding={})",
-            tuple(&begin)
+            python_tuple(&begin)
         ),
         Op::Conv => {
             // F.pad takes the last axis first.
             let pads: Vec<usize> = (0..dims).rev().flat_map(|a| [begin[a], end[a]]).collect();
-            format!("F.conv{dims}d(F.pad(x, {}), w, b, {common})", tuple(&pads))
+            format!(
+                "F.conv{dims}d(F.pad(x, {}), w, b, {common})",
+                python_tuple(&pads)
+            )
         }
     };
     s.push_str(&format!("  PyTorch: {torch}\n"));

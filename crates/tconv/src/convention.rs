@@ -182,6 +182,19 @@ impl Convention {
         self.framework.name()
     }
 
+    /// How data (`x`, `y` or a gradient of them) of this convention and `rank` axes becomes
+    /// tconv's `(N, C, *spatial)`: the axes tconv's axes take, in order (`x.permute(axes)`
+    /// in PyTorch, `np.transpose(x, axes)` in NumPy; [`inverse`] of it goes back). Channels-
+    /// first data, and data of fewer than 3 axes, are left as they are.
+    pub fn data_axes(&self, rank: usize) -> Vec<usize> {
+        match self.data_format {
+            DataFormat::ChannelsLast if rank >= 3 => {
+                [0, rank - 1].into_iter().chain(1..rank - 1).collect()
+            }
+            _ => (0..rank).collect(),
+        }
+    }
+
     /// Data `x`, `y` or a gradient of them in this convention, in tconv's layout
     /// `(N, C, *spatial)`.
     ///
@@ -193,25 +206,20 @@ impl Convention {
         what: &'static str,
     ) -> Result<ArrayD<T>> {
         let r = self.check_rank(a.ndim(), what)?;
-        Ok(match self.data_format {
-            DataFormat::ChannelsFirst => a.to_owned(),
-            DataFormat::ChannelsLast => {
-                let perm: Vec<usize> = [0, r - 1].into_iter().chain(1..r - 1).collect();
-                a.permuted_axes(perm).as_standard_layout().into_owned()
-            }
-        })
+        Ok(a.permuted_axes(self.data_axes(r))
+            .as_standard_layout()
+            .into_owned())
     }
 
     /// Data in tconv's layout `(N, C, *spatial)`, in this convention's.
     pub fn data_from_torch<T: Clone>(&self, a: ArrayD<T>) -> ArrayD<T> {
-        let r = a.ndim();
-        match self.data_format {
-            DataFormat::ChannelsLast if r >= 3 => {
-                let perm: Vec<usize> = [0].into_iter().chain(2..r).chain([1]).collect();
-                a.permuted_axes(perm).as_standard_layout().into_owned()
-            }
-            _ => a,
+        let axes = self.data_axes(a.ndim());
+        if axes.iter().enumerate().all(|(i, &x)| i == x) {
+            return a;
         }
+        a.permuted_axes(inverse(&axes))
+            .as_standard_layout()
+            .into_owned()
     }
 
     /// How a kernel of this convention and `rank` axes becomes tconv's (PyTorch's) for
@@ -274,11 +282,9 @@ impl Convention {
                 t.invert_axis(Axis(a));
             }
         }
-        let mut inverse = vec![0; r];
-        for (i, &p) in perm.iter().enumerate() {
-            inverse[p] = i;
-        }
-        t.permuted_axes(inverse).as_standard_layout().into_owned()
+        t.permuted_axes(inverse(&perm))
+            .as_standard_layout()
+            .into_owned()
     }
 
     fn check_rank(&self, rank: usize, what: &'static str) -> Result<usize> {
@@ -346,16 +352,10 @@ impl Convention {
             .chain(w_shape)
             .chain(&strides)
             .chain(&dilations);
-        if let Some(&big) = sizes
-            .chain(call.output_size.iter().flatten())
-            .find(|&&v| v as u128 > MAX_SIZE)
-        {
-            return fail(ErrorKind::TooLarge {
-                what: "an extent, stride, dilation or output size",
-                elements: big as u128,
-                limit: MAX_SIZE,
-            });
-        }
+        capped(
+            sizes.chain(call.output_size.iter().flatten()),
+            "an extent, stride, dilation or output size",
+        )?;
         // TensorFlow's conv takes no group count: its kernel's input channels imply one.
         let channels = match self.data_format {
             DataFormat::ChannelsFirst => x_shape[1],
@@ -649,6 +649,28 @@ struct TransposeAxis {
 /// what [`crate::Geometry`] accepts; it keeps the arithmetic below exact in `i128`).
 const MAX_SIZE: u128 = 1 << 62;
 
+/// The permutation that undoes `axes` (a permutation of `0..axes.len()`, as
+/// [`Convention::data_axes`] and [`Convention::weight_axes`] give).
+pub fn inverse(axes: &[usize]) -> Vec<usize> {
+    let mut back = vec![0; axes.len()];
+    for (i, &a) in axes.iter().enumerate() {
+        back[a] = i;
+    }
+    back
+}
+
+/// [`ErrorKind::TooLarge`] for the first of `values` over [`MAX_SIZE`] (`what` names them).
+fn capped<'v>(values: impl IntoIterator<Item = &'v usize>, what: &'static str) -> Result<()> {
+    match values.into_iter().find(|&&v| v as u128 > MAX_SIZE) {
+        Some(&big) => fail(ErrorKind::TooLarge {
+            what,
+            elements: big as u128,
+            limit: MAX_SIZE,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// A non-negative amount as a `usize`, or [`ErrorKind::TooLarge`].
 fn size(v: i128) -> Result<usize> {
     usize::try_from(v).or_else(|_| {
@@ -736,16 +758,10 @@ pub fn keras_output_size(
         .chain(&kernel)
         .chain(&strides)
         .chain(&dilations);
-    if let Some(&big) = sizes
-        .chain(output_padding.into_iter().flatten())
-        .find(|&&v| v as u128 > MAX_SIZE)
-    {
-        return fail(ErrorKind::TooLarge {
-            what: "an extent, stride, dilation or output padding",
-            elements: big as u128,
-            limit: MAX_SIZE,
-        });
-    }
+    capped(
+        sizes.chain(output_padding.into_iter().flatten()),
+        "an extent, stride, dilation or output padding",
+    )?;
     let extra = output_padding
         .map(|o| match o.len() {
             1 => Ok(vec![o[0]; dims]),

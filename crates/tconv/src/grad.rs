@@ -232,17 +232,15 @@ fn balanced<T: Element>(
     if !balances::<T>(g, one) {
         return Ok(None);
     }
-    let Some(jobs) = crate::fast::weight::part_jobs(g, x, gy, one) else {
-        return Ok(None);
-    };
-    // The halves' plans on the whole batch's algorithm (its choice may weigh the batch),
-    // built here (not taken from a `Layer`'s kept plans, which may hold another choice).
+    let jobs = crate::fast::weight::part_jobs(g, x, gy, one);
+    // The halves' plans on the whole batch's algorithm (its choice may weigh the batch; a
+    // forced one is the caller's), built here (not taken from a `Layer`'s kept plans,
+    // which may hold another choice).
     let once = PlanOptions {
         once: true,
         ..one.clone()
     };
-    let algorithm =
-        forced_algorithm(one).unwrap_or_else(|| Plan::<T>::algorithm_for(&g.adjoint(), &once));
+    let algorithm = Plan::<T>::algorithm_for(&g.adjoint(), &once);
     let fixed = PlanOptions {
         algorithm: Some(algorithm),
         ..one.clone()
@@ -286,11 +284,6 @@ fn balanced<T: Element>(
 /// Whether a backward pass of `g` that runs its gradients side by side takes [`balanced`].
 fn balances<T: Element>(g: &Geometry, options: &PlanOptions) -> bool {
     g.batch >= 2 && crate::fast::weight::in_parts::<T>(g, options)
-}
-
-/// The algorithm forced by the caller or the environment, if any.
-fn forced_algorithm(o: &PlanOptions) -> Option<Algorithm> {
-    o.algorithm.or_else(Algorithm::from_env)
 }
 
 /// Whether a backward pass asking for both gradients of `g` runs them side by side, one
@@ -338,12 +331,12 @@ const SIDE_BY_SIDE_FLOPS: u128 = 1 << 28;
 pub fn backward_method(g: &Geometry, options: &PlanOptions) -> &'static str {
     if fuses_taps(g, options) {
         "one pass by depthwise tap vectors"
-    } else if side_by_side::<f32>(g, options) && balances::<f32>(g, options) {
-        "a thread each: one part of the weight gradient, then half the batch's input gradient"
-    } else if side_by_side::<f32>(g, options) {
-        "input and weight gradients side by side, a thread each"
-    } else {
+    } else if !side_by_side::<f32>(g, options) {
         "input gradient, then weight gradient"
+    } else if balances::<f32>(g, options) {
+        "a thread each: one part of the weight gradient, then half the batch's input gradient"
+    } else {
+        "input and weight gradients side by side, a thread each"
     }
 }
 

@@ -271,10 +271,10 @@ impl NpyElement for f64 {
     }
 }
 
-/// Serialise an array as a version-1.0, little-endian, C-order `.npy` file.
-pub fn to_npy_bytes<T: NpyElement>(a: &ArrayViewD<'_, T>) -> Vec<u8> {
-    let shape = match a.shape() {
-        [] => "()".to_string(),
+/// A shape as Python writes a tuple of integers: `()`, `(3,)`, `(2, 3)` (as `.npy` headers
+/// and `numpy` print it).
+pub fn python_tuple(dims: &[usize]) -> String {
+    match dims {
         [d] => format!("({d},)"),
         dims => format!(
             "({})",
@@ -283,7 +283,12 @@ pub fn to_npy_bytes<T: NpyElement>(a: &ArrayViewD<'_, T>) -> Vec<u8> {
                 .collect::<Vec<_>>()
                 .join(", ")
         ),
-    };
+    }
+}
+
+/// Serialise an array as a version-1.0, little-endian, C-order `.npy` file.
+pub fn to_npy_bytes<T: NpyElement>(a: &ArrayViewD<'_, T>) -> Vec<u8> {
+    let shape = python_tuple(a.shape());
     let mut header = format!(
         "{{'descr': '{}', 'fortran_order': False, 'shape': {shape}, }}",
         T::DESCR

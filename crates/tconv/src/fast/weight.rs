@@ -117,19 +117,16 @@ pub fn method<T: Element>(g: &Geometry, options: &PlanOptions) -> String {
     method.into()
 }
 
-/// Where [`grad_weight`] would take the GEMM over positions on one thread and its
-/// reduction runs in parts: those parts as jobs for a caller to schedule
-/// ([`weight_gemm::PartJobs`]; the same bits as [`grad_weight`]).
+/// Where [`in_parts`]: the GEMM over positions' parts as jobs for a caller to schedule
+/// ([`weight_gemm::PartJobs`]; the same bits as [`grad_weight`] on one thread).
 pub(crate) fn part_jobs<'a, T: Element>(
     g: &'a Geometry,
     x: &'a [T],
     gy: &'a [T],
     options: &PlanOptions,
-) -> Option<weight_gemm::PartJobs<'a, T>> {
+) -> weight_gemm::PartJobs<'a, T> {
     let (s, b) = g.weight_sides(x, gy);
-    in_parts::<T>(g, options)
-        .then(|| weight_gemm::PartJobs::new(g, s, b, options.isa_for::<T>()))
-        .flatten()
+    weight_gemm::PartJobs::new(g, s, b, options.isa_for::<T>())
 }
 
 /// Whether [`grad_weight`] takes the GEMM over positions and sums its reduction in parts

@@ -643,14 +643,13 @@ pub(crate) struct PartJobs<'a, T: Element> {
 }
 
 impl<'a, T: Element> PartJobs<'a, T> {
-    /// The jobs of `g`'s weight gradient, where its reduction runs as
-    /// [`REDUCTION_PARTS`] parts ([`in_parts`]; else `None`).
-    pub(crate) fn new(g: &'a Geometry, s: &'a [T], b: &'a [T], isa: Isa) -> Option<Self> {
-        if !in_parts(g) {
-            return None;
-        }
+    /// The jobs of `g`'s weight gradient, whose reduction runs in parts ([`in_parts`],
+    /// which the caller checks: then nothing is packed up front, and one thread's plan has
+    /// one task per part and group).
+    pub(crate) fn new(g: &'a Geometry, s: &'a [T], b: &'a [T], isa: Isa) -> Self {
         let m = Gemm::new(g, s, b, 1, isa);
-        (m.chunks.parts == REDUCTION_PARTS && m.split.splits == 1).then_some(PartJobs { m })
+        debug_assert!(m.chunks.parts == REDUCTION_PARTS && m.split.splits == 1);
+        PartJobs { m }
     }
 
     /// Part `part`'s sums: one buffer per task of the part.

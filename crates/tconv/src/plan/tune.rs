@@ -19,8 +19,9 @@ use crate::tensor::{numel, Element};
 use std::time::Instant;
 
 /// Passes over the tiles: each builds the plan of every tile still measured (but the
-/// modelled one's, built once) and times one run after a warm-up run, so that a burst of a shared machine's noise hits one run of each
-/// tile rather than every run of one. A tile keeps its fastest run. At least
+/// modelled one's, built once) and times one run after a warm-up run, so that a burst of a
+/// shared machine's noise hits one run of each tile rather than every run of one. A tile
+/// keeps its fastest run. At least
 /// [`MIN_PASSES`], and more up to [`MAX_PASSES`] while the tuning has taken less than
 /// [`BUDGET_SECONDS`]: small layers, whose runs the noise moves most (dilated at 2
 /// threads read 2.4-3.8 ms on one tile), get more.
