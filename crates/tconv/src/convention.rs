@@ -474,6 +474,17 @@ impl Convention {
                     });
                 }
                 let min = (i - 1) * s + k - b as i128 - e as i128;
+                if min + s - 1 < 1 {
+                    // Even a one-long output, padded so, gives the forward conv more
+                    // positions than the input has.
+                    return fail(ErrorKind::FrameworkPadding {
+                        framework: self.name(),
+                        axis: a.axis,
+                        begin: b,
+                        end: e,
+                        reason: "even a one-long output, padded so, gives the forward conv more positions than the input has: no output_shape is valid",
+                    });
+                }
                 (Box::new(move |_| b as i128), min.max(1), min + s - 1)
             }
             FrameworkPadding::SameLower => {
@@ -557,7 +568,7 @@ impl Convention {
                 axis: a.axis,
                 begin: given.0,
                 end: given.1,
-                reason: "padding the dilated input by more than the dilated kernel's extent less one at the beginning puts zeros before the output; tconv's (PyTorch's) parameters cannot",
+                reason: "padding the dilated input by more than the dilated kernel's extent less one at the beginning puts zeros before the output, which tconv's (PyTorch's) parameters cannot express",
             });
         }
         let extra = (-end).max(0);
@@ -777,13 +788,17 @@ pub fn keras_output_size(
         .map(|a| {
             let span = dilations[a] as i128 * (kernel[a] as i128 - 1) + 1;
             let op = extra.as_ref().map(|e| e[a] as i128);
-            let n = keras_axis(input[a] as i128, span, strides[a] as i128, padding, op)?;
+            let (i, s) = (input[a] as i128, strides[a] as i128);
+            let n = keras_axis(i, span, s, padding, op)?;
             if n < 1 {
-                return fail(ErrorKind::OutputSizeOutOfRange {
+                // Only "same" with output_padding: PyTorch's padding span / 2 at both ends
+                // of the full output (Keras' own layer returns an empty array).
+                let pad = (span / 2) as i64;
+                return fail(ErrorKind::PaddingRemovesOutput {
                     axis: a,
-                    requested: 0,
-                    min: 1,
-                    max: u64::MAX,
+                    pad_begin: pad,
+                    pad_end: pad,
+                    full: size((i - 1) * s + span + op.unwrap_or(0))? as u64,
                 });
             }
             size(n)

@@ -254,6 +254,22 @@ fn what_tconv_cannot_express_is_refused_with_the_numbers() {
     };
     out_of_range(FrameworkPadding::Same, &[9, 8], (0, 9, 7, 8));
     out_of_range(FrameworkPadding::Valid, &[8, 9], (0, 8, 9, 10));
+    // Padding 4 + 0 around a one-long input's 3-tap kernel: the forward conv of even a
+    // one-long output has 2 positions at stride 2, so no output_shape is valid (not "sizes
+    // range from 1 to 0").
+    let call = Call::new(FrameworkPadding::Explicit(vec![(4, 0), (0, 0)]))
+        .strides(&[2])
+        .output_size(&[1, 3]);
+    match tf
+        .params(Op::ConvTranspose, &[1, 1, 1, 1], &w, &call)
+        .unwrap_err()
+        .kind()
+    {
+        ErrorKind::FrameworkPadding {
+            axis, begin, end, ..
+        } => assert_eq!((*axis, *begin, *end), (0, 4, 0)),
+        other => panic!("{other:?}"),
+    }
     // Negative conv padding, SAME_LOWER in TensorFlow, output_shape for JAX, short lists.
     let call = Call::new(FrameworkPadding::Explicit(vec![(0, -1), (0, 0)]));
     assert!(matches!(
@@ -316,6 +332,20 @@ fn keras_sizes_follow_its_rule() {
         keras_output_size(&[4], &[4], &[2], &[1], &valid, Some(&[1])).unwrap(),
         [11]
     );
+    // "same" with output_padding pads k / 2 at both ends (PyTorch's padding): a one-long
+    // input's 2-tap kernel leaves nothing (Keras returns an empty array).
+    match keras_output_size(&[1], &[2], &[1], &[1], &same, Some(&[0]))
+        .unwrap_err()
+        .kind()
+    {
+        tconv::ErrorKind::PaddingRemovesOutput {
+            axis,
+            pad_begin,
+            pad_end,
+            full,
+        } => assert_eq!((*axis, *pad_begin, *pad_end, *full), (0, 1, 1, 2)),
+        other => panic!("{other:?}"),
+    }
 }
 
 mod generated {
@@ -436,7 +466,13 @@ mod generated {
                     prop_assert!(expressible, "{:?} {:?} mapped, but it should be refused", convention, call);
                     prop_assert_eq!(got, want, "{:?} {:?}", convention, call);
                 }
-                Err(e) => prop_assert!(!expressible, "{:?} {:?} refused: {}", convention, call, e),
+                Err(e) => {
+                    prop_assert!(!expressible, "{:?} {:?} refused: {}", convention, call, e);
+                    // A range named in a refusal holds at least one size.
+                    if let tconv::ErrorKind::OutputSizeOutOfRange { min, max, .. } = e.kind() {
+                        prop_assert!(min <= max, "{:?} {:?}: {}", convention, call, e);
+                    }
+                }
             }
         }
     }
