@@ -59,9 +59,12 @@ def refusal(e):
     return text.splitlines()[0][:200] if text else type(e).__name__
 
 
-def run_tconv(args, files):
-    """tconv with `args`; returns (ok, message, {name: array}) for the output files asked."""
-    p = subprocess.run([TCONV, *args], capture_output=True, text=True)
+def run_tconv(args, files, env=None):
+    """tconv with `args` (and the variables of `env` that are not empty); returns (ok,
+    message, {name: array}) for the output files asked."""
+    full = {k: v for k, v in os.environ.items() if k not in (env or {})}
+    full.update({k: v for k, v in (env or {}).items() if v})
+    p = subprocess.run([TCONV, *args], capture_output=True, text=True, env=full)
     if p.returncode != 0:
         for f in files.values():
             if os.path.exists(f):
