@@ -98,8 +98,8 @@ class Tally:
 def compare(tally, desc, want, got, tol=1e-4):
     for name, w in want.items():
         g = got.get(name)
-        if g is None or g.shape != w.shape:
-            tally.add("MISMATCH", f"{desc}: {name} shape {None if g is None else g.shape} != {w.shape}")
+        if g is None or g.shape != w.shape or g.dtype != w.dtype:
+            tally.add("MISMATCH", f"{desc}: {name} {None if g is None else (g.shape, g.dtype)} != {(w.shape, w.dtype)}")
             return False
         d = float(np.max(np.abs(g.astype(np.float64) - w))) if w.size else 0.0
         if d > tol:
@@ -127,7 +127,8 @@ def save(d, **arrays):
     paths = {}
     for k, v in arrays.items():
         paths[k] = os.path.join(d, k + ".npy")
-        np.save(paths[k], np.asarray(v, dtype=np.float32))
+        v = np.asarray(v)
+        np.save(paths[k], v if v.dtype == np.float64 else v.astype(np.float32))
     return paths
 
 

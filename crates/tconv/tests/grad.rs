@@ -747,3 +747,55 @@ fn side_by_side_gradients_keep_the_bits() {
         );
     }
 }
+
+/// Batched 3-D problems padded more than their stride, where PyTorch 2.15's CPU autograd
+/// gets the weight gradient wrong (found by `bench/torch_fuzz.py`): on all-ones data each
+/// tap's gradient counts the (input, output) pairs it joins, over the batch.
+/// `conv3d(ones(2,1,5,1,1), ones(1,1,5,1,1), stride (2,1,1), padding (3,0,0))`: PyTorch
+/// gives `[4, 6, 5, 6, 5]`; `conv_transpose3d(ones(2,1,4,1,1), ones(1,1,5,1,1), stride
+/// (3,1,1), padding (4,0,0))`: PyTorch gives `[4, 5, 4, 4, 5]` or garbage.
+#[test]
+fn batched_padded_3d_weight_gradients_count_pairs() {
+    let params = tconv::ConvParams::new;
+    for (op, input, stride, pad, want) in [
+        (
+            Op::Conv,
+            5usize,
+            2usize,
+            3usize,
+            [4.0f32, 6.0, 4.0, 6.0, 4.0],
+        ),
+        (Op::ConvTranspose, 4, 3, 4, [4.0, 4.0, 4.0, 4.0, 4.0]),
+    ] {
+        let p = params().stride(&[stride, 1, 1]).padding(&[pad, 0, 0]);
+        let x = ArrayD::<f32>::ones(vec![2, 1, input, 1, 1]);
+        let w = ArrayD::<f32>::ones(vec![1, 1, 5, 1, 1]);
+        let y = forward(op, &x, &w, None, &p);
+        let gy = ArrayD::<f32>::ones(y.shape());
+        // The count by its definition: tap j joins input i and output o = i·s + j - p
+        // (conv: output o reads input o·s + j - p).
+        let outputs = y.shape()[2];
+        let pairs = |j: usize| {
+            let n = (0..input)
+                .filter(|&i| match op {
+                    Op::ConvTranspose => (i * stride + j)
+                        .checked_sub(pad)
+                        .is_some_and(|o| o < outputs),
+                    Op::Conv => (0..outputs).any(|o| o * stride + j == i + pad),
+                })
+                .count();
+            2.0 * n as f32
+        };
+        let counted: Vec<f32> = (0..5).map(pairs).collect();
+        assert_eq!(counted, want, "{op:?}");
+        for threads in [1, 2] {
+            let o = PlanOptions {
+                threads: Some(threads),
+                ..PlanOptions::default()
+            };
+            let g = backward(op, &x, &w, &gy, &p, &o);
+            let gw: Vec<f32> = g.weight.unwrap().iter().copied().collect();
+            assert_eq!(gw, want, "{op:?} on {threads} threads");
+        }
+    }
+}
