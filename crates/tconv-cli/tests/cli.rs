@@ -440,6 +440,18 @@ fn bad_input_gives_one_line_exit_2_and_no_output_file() {
             "requested an output size of 9 on axis 0, but valid sizes range from 6 to 6",
         ),
         (
+            // ONNX's output_shape has only a least size (its pads follow from it).
+            vec![
+                "--input".into(),
+                p("x3.npy"),
+                "--weight".into(),
+                p("w.npy"),
+                "--output-shape".into(),
+                "0,3".into(),
+            ],
+            "requested an output size of 0 on axis 0, but an output size must be at least 1",
+        ),
+        (
             vec![
                 "--input".into(),
                 "[[1,2],[3]]".into(),

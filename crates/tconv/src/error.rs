@@ -88,6 +88,8 @@ pub enum ErrorKind {
         padded_input: u64,
     },
     /// A requested output size cannot be produced (PyTorch `output_size`, ONNX `output_shape`).
+    /// `max` is `u64::MAX` where only a least size applies (ONNX's `output_shape`, whose
+    /// pads follow from it).
     OutputSizeOutOfRange {
         axis: usize,
         requested: u64,
@@ -187,6 +189,10 @@ impl fmt::Display for Error {
             KernelLargerThanInput { axis, span, padded_input } => write!(
                 f,
                 "dilated kernel extent {span} is larger than the padded input extent {padded_input} on axis {axis}, so the output would be empty"
+            ),
+            OutputSizeOutOfRange { axis, requested, min, max: u64::MAX } => write!(
+                f,
+                "requested an output size of {requested} on axis {axis}, but an output size must be at least {min}"
             ),
             OutputSizeOutOfRange { axis, requested, min, max } => write!(
                 f,
