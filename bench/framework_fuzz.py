@@ -53,6 +53,14 @@ def conv_sizes(ins, k, s, d, padding):
     return out
 
 
+def start(prefix, default_calls):
+    """The command line's call count and seed (arguments 1 and 2), and a run's random
+    generator, tally and scratch folder."""
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else default_calls
+    seed = int(sys.argv[2]) if len(sys.argv) > 2 else 1
+    return n, seed, np.random.default_rng(seed), Tally(), tempfile.mkdtemp(prefix=prefix)
+
+
 def refusal(e):
     """A framework's exception in one line."""
     text = str(e).strip()

@@ -16,12 +16,11 @@ mismatch or refusal and a summary; exits 1 on any.
 import json
 import os
 import sys
-import tempfile
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from framework_fuzz import Tally, arr, compare, run_tconv, save  # noqa: E402
+from framework_fuzz import arr, compare, run_tconv, save, start  # noqa: E402
 
 
 def problem(rng):
@@ -142,11 +141,7 @@ def forward_weight_gradient(p, x, gy):
 
 
 def main():
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 200
-    seed = int(sys.argv[2]) if len(sys.argv) > 2 else 1
-    rng = np.random.default_rng(seed)
-    tally = Tally()
-    tmp = tempfile.mkdtemp(prefix="tconv-fuzz-torch-")
+    n, seed, rng, tally, tmp = start("tconv-fuzz-torch-", 200)
     total_flops = 0
     for i in range(n):
         d = os.path.join(tmp, f"c{i}")
