@@ -16,6 +16,8 @@ refuses (as PyTorch does); tconv refusing a call the framework runs (printed wit
 message, to check against what PyTorch's parameters can express). Prints one line per
 disagreement (VERBOSE=1: also the refusals) and a summary; exits 1 on a mismatch, a call
 tconv runs that the framework refuses for what it means, or a refusal that leaves a file.
+KEEP=DIR saves every agreeing call as a case for `bench/port_check.py DIR` (which runs the
+PyTorch call `tconv port` prints for it through torch).
 """
 import json
 import os
@@ -262,6 +264,7 @@ def fuzz_tf(n, seed):
 # kernels take no dilation with a stride (nor in a transposed conv with explicit padding),
 # explicit padding only in 2-D, NCHW with explicit padding only on a GPU, and no grouped 3-D conv.
 VERBOSE = bool(os.environ.get("VERBOSE"))
+KEEP = os.environ.get("KEEP")
 
 FRAMEWORK_LIMITS = (
     "not supported in conjunction with",
@@ -274,10 +277,23 @@ FRAMEWORK_LIMITS = (
 )
 
 
+def keep(d, desc, port_flags, data, y):
+    """With KEEP=DIR, an agreeing call saved as a case of `bench/port_check.py DIR`: its
+    arrays, the framework's output and the flags `tconv port` takes for it."""
+    if not KEEP:
+        return
+    case = os.path.join(KEEP, os.path.basename(os.path.dirname(d)) + "_" + os.path.basename(d))
+    os.makedirs(case, exist_ok=True)
+    names = {"input": "x", "weight": "w", "bias": "b"}
+    save(case, y=y, **{names[k]: v for k, v in data.items()})
+    with open(os.path.join(case, "case.json"), "w") as f:
+        json.dump({"call": desc, "port_flags": port_flags}, f)
+
+
 def judge(tally, d, desc, args, data, gy, want, ferr):
     """Runs tconv on `data` ({flag name: array}, saved in `d`) with `args`, asking for the
     gradients where `want` has them, and tallies the verdict against the framework's."""
-    args = list(args)
+    port_flags, args = list(args), list(args)
     for flag, a in data.items():
         args += [f"--{flag}", save(d, **{flag: a})[flag]]
     outs = {"y": os.path.join(d, "y_tconv.npy")}
@@ -291,6 +307,7 @@ def judge(tally, d, desc, args, data, gy, want, ferr):
         if ok:
             if compare(tally, desc + "\n    " + cmd, want, got):
                 tally.add("agree" + (" with gradients" if "gx" in want else ""))
+                keep(d, desc, port_flags, data, want["y"])
         elif "wrote" in msg:
             tally.add("TCONV-ERROR", f"{desc}: {msg}")
         elif any(w.size == 0 for w in want.values()):

@@ -4,6 +4,7 @@ permutations and the PyTorch call it prints with torch, and compare with the fra
 own output.
 
     /work/.venv-peers/bin/python bench/port_check.py target/release/tconv
+    /work/.venv-peers/bin/python bench/port_check.py target/release/tconv DIR   # cases kept by framework_fuzz.py (KEEP=DIR)
 """
 import json
 import os
@@ -42,17 +43,21 @@ def flags(meta, x_shape, case):
     return args
 
 
-def main(tconv):
+def main(tconv, root=ROOT):
     failures, checked = [], 0
-    for name in sorted(os.listdir(ROOT)):
-        case = os.path.join(ROOT, name)
+    for name in sorted(os.listdir(root)):
+        case = os.path.join(root, name)
         if not os.path.exists(os.path.join(case, "case.json")):
             continue
         meta = json.load(open(os.path.join(case, "case.json")))
         x = torch.from_numpy(np.load(os.path.join(case, "x.npy")))
         w = torch.from_numpy(np.load(os.path.join(case, "w.npy")))
         b = torch.from_numpy(np.load(os.path.join(case, "b.npy"))) if os.path.exists(os.path.join(case, "b.npy")) else None
-        out = subprocess.run([tconv, "port", *flags(meta, list(x.shape), case)], capture_output=True, text=True)
+        if "port_flags" in meta:  # a case kept by bench/framework_fuzz.py
+            port = meta["port_flags"] + ["--input-shape", ",".join(map(str, x.shape)), "--weight", os.path.join(case, "w.npy")]
+        else:
+            port = flags(meta, list(x.shape), case)
+        out = subprocess.run([tconv, "port", *port], capture_output=True, text=True)
         if out.returncode != 0:
             failures.append(f"{name}: {out.stderr.strip()}")
             continue
@@ -77,4 +82,4 @@ def main(tconv):
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "target/release/tconv"))
+    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "target/release/tconv", *sys.argv[2:3]))
