@@ -27,7 +27,6 @@ from framework_fuzz import VERBOSE, arr, compare, refusal, run_tconv, save, star
 
 
 def node_model(op, r, x_shape, w_shape, bias, attrs):
-    import onnx
     from onnx import TensorProto, helper
 
     inputs = ["x", "w"] + (["b"] if bias else [])
@@ -196,9 +195,8 @@ def main():
         # ConvTranspose mishandles groups), then onnxruntime.
         try:
             ref = {"y": reference(op, x, w, b, attrs)}
-            rerr = None
-        except Exception as e:  # noqa: BLE001
-            ref, rerr = None, refusal(e)
+        except Exception:  # noqa: BLE001 - it fails on many valid nodes (tallied as such)
+            ref = None
         try:
             sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
             rt, oerr = sess.run(None, feed)[0], None
