@@ -18,7 +18,7 @@
 //! Every element of `dW` is summed by one task in a fixed order, so the result is bitwise
 //! identical for any thread count.
 
-use super::{tap_rows, weight_gemm, weight_rows, weight_strided, weight_thin, winograd};
+use super::{tap_rows, weight_gemm, weight_rows, weight_strided, weight_thin};
 use super::{winograd_weight, Isa};
 use crate::geometry::Geometry;
 use crate::plan::{Algorithm, PlanOptions};
@@ -97,24 +97,45 @@ fn by_winograd(g: &Geometry, options: &PlanOptions, (isa, loops): (Isa, Isa)) ->
     }
 }
 
+/// The paths of [`grad_weight`], as [`path`] chooses them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Path {
+    Winograd,
+    Rows,
+    Thin,
+    Strided,
+    Gemm,
+}
+
+/// The path [`grad_weight`] takes for `g` in `T`: the one decision that computing,
+/// reporting ([`method`]) and scheduling ([`in_parts`]) the weight gradient share.
+fn path<T: Element>(g: &Geometry, options: &PlanOptions) -> Path {
+    let isa = options.isa_for::<T>();
+    if by_winograd(g, options, (isa, isa.loops_for::<T>())) && winograd_weight::applies(g) {
+        Path::Winograd
+    } else if few_channel_pairs(g) {
+        Path::Rows
+    } else if weight_thin::applies(g) {
+        Path::Thin
+    } else if weight_strided::applies::<T>(g, isa) {
+        Path::Strided
+    } else {
+        Path::Gemm
+    }
+}
+
 /// How [`grad_weight`] computes the weight gradient of `g` in `T`, in words (for reports).
 pub fn method<T: Element>(g: &Geometry, options: &PlanOptions) -> String {
-    let isa = options.isa_for::<T>();
-    if by_winograd(g, options, (isa, isa.loops_for::<T>())) && winograd::applies(g) {
-        return format!("Winograd {} tiles over positions", winograd_weight::name(g));
+    match path::<T>(g, options) {
+        Path::Winograd => format!("Winograd {} tiles over positions", winograd_weight::name(g)),
+        Path::Rows if tap_rows::applies(g, tap_rows::WEIGHT_MIN_STRIDE) => {
+            "depthwise tap vectors".into()
+        }
+        Path::Rows => "row dot products".into(),
+        Path::Thin => "row dot products, thin side".into(),
+        Path::Strided => "GEMM over positions, big side in place".into(),
+        Path::Gemm => "GEMM over positions".into(),
     }
-    let method = if tap_rows::applies(g, tap_rows::WEIGHT_MIN_STRIDE) {
-        "depthwise tap vectors"
-    } else if few_channel_pairs(g) {
-        "row dot products"
-    } else if weight_thin::applies(g) {
-        "row dot products, thin side"
-    } else if weight_strided::applies::<T>(g, isa) {
-        "GEMM over positions, big side in place"
-    } else {
-        "GEMM over positions"
-    };
-    method.into()
 }
 
 /// Where [`in_parts`]: the GEMM over positions' parts as jobs for a caller to schedule
@@ -132,12 +153,8 @@ pub(crate) fn part_jobs<'a, T: Element>(
 /// Whether [`grad_weight`] takes the GEMM over positions and sums its reduction in parts
 /// ([`weight_gemm::in_parts`]).
 pub(crate) fn in_parts<T: Element>(g: &Geometry, options: &PlanOptions) -> bool {
-    let isa = options.isa_for::<T>();
-    !by_winograd(g, options, (isa, isa.loops_for::<T>()))
+    path::<T>(g, options) == Path::Gemm
         && g.batch * numel(&g.small_spatial()) > 0
-        && !few_channel_pairs(g)
-        && !weight_thin::applies(g)
-        && !weight_strided::applies::<T>(g, isa)
         && weight_gemm::in_parts(g)
 }
 
@@ -154,7 +171,8 @@ pub fn grad_weight<T: Element>(g: &Geometry, x: &[T], gy: &[T], options: &PlanOp
     } = Sizes::of(g);
     let isa = options.isa_for::<T>();
     let threads = options.threads_for(g);
-    if by_winograd(g, options, (isa, isa.loops_for::<T>())) {
+    let path = path::<T>(g, options);
+    if path == Path::Winograd {
         if let Some(dw) = winograd_weight::grad_weight(g, x, gy, isa, threads) {
             return dw;
         }
@@ -163,14 +181,12 @@ pub fn grad_weight<T: Element>(g: &Geometry, x: &[T], gy: &[T], options: &PlanOp
     if g.batch * small_size == 0 || dw.is_empty() {
         return dw;
     }
-    if few_channel_pairs(g) {
-        weight_rows::grad_weight(g, s, b, threads, isa.loops_for::<T>(), &mut dw);
-    } else if weight_thin::applies(g) {
-        weight_thin::grad_weight(g, s, b, threads, isa.loops_for::<T>(), &mut dw);
-    } else if weight_strided::applies::<T>(g, isa) {
-        weight_strided::grad_weight(g, s, b, (threads, isa), &mut dw);
-    } else {
-        weight_gemm::grad_weight(g, s, b, threads, isa, &mut dw);
+    match path {
+        Path::Rows => weight_rows::grad_weight(g, s, b, threads, isa.loops_for::<T>(), &mut dw),
+        Path::Thin => weight_thin::grad_weight(g, s, b, threads, isa.loops_for::<T>(), &mut dw),
+        Path::Strided => weight_strided::grad_weight(g, s, b, (threads, isa), &mut dw),
+        // Winograd here only where its tiles found no kernel for `T` (they always do).
+        Path::Gemm | Path::Winograd => weight_gemm::grad_weight(g, s, b, threads, isa, &mut dw),
     }
     dw
 }

@@ -126,8 +126,15 @@ struct Setup<T> {
     tl: usize,
 }
 
+/// Whether the weight gradient's Winograd tiles apply to `g` ([`grad_weight`] gives `Some`):
+/// where the forward pass's do ([`winograd::applies`](super::winograd::applies)) and each
+/// transform has its exchanged form.
+pub fn applies(g: &Geometry) -> bool {
+    gradient_transforms(g).is_some()
+}
+
 /// `∂L/∂w` of `g` by Winograd tiles, in the weight's PyTorch layout; `None` where the tiles
-/// do not apply (see [`winograd::applies`](super::winograd::applies)).
+/// do not apply ([`applies`]).
 pub fn grad_weight<T: Element>(
     g: &Geometry,
     x: &[T],
