@@ -70,6 +70,11 @@ def spec_shape(op, ins, k, s, d, pads, auto_pad, output_padding, output_shape):
     return out
 
 
+def spatial(a):
+    """An output's spatial shape (None for none)."""
+    return None if a is None else list(a.shape[2:])
+
+
 def split(total, upper):
     """The operator text's split of a total padding: SAME_UPPER puts the odd unit at the end."""
     if upper:
@@ -219,7 +224,7 @@ def main():
         cmd = "tconv " + " ".join(args)
         try:
             tx, terr = text(op, x, w, b, attrs), None
-        except Exception as e:  # noqa: BLE001 - PyTorch refusing an output_padding, or nothing left
+        except Exception as e:  # noqa: BLE001 - an empty output (PyTorch refuses those)
             tx, terr = None, refusal(e)
         truth = tx if tx is not None else got.get("y")
         same = lambda a: a is not None and truth is not None and a.shape == truth.shape and np.array_equal(a, truth)  # noqa: E731
@@ -227,19 +232,16 @@ def main():
         voices = f"reference {'agrees' if same(r_y) else ('fails' if r_y is None else 'differs')}, onnxruntime {'agrees' if same(rt) else ('refuses' if rt is None else 'differs')}"
         if tx is not None and ok:
             if compare(tally, f"{desc}: {voices}\n    {cmd}", {"y": tx}, got, tol=0.0):
-                departs = (rt is not None and not same(rt)) or (r_y is not None and not same(r_y))
-                shape = lambda a: None if a is None else list(a.shape[2:])  # noqa: E731
+                departs = not same(rt) or (r_y is not None and not same(r_y))
                 tally.add("tconv = text; " + voices,
-                          f"{desc}: text {shape(tx)}, reference {shape(r_y)}, onnxruntime {shape(rt)}"
+                          f"{desc}: text {spatial(tx)}, reference {spatial(r_y)}, onnxruntime {spatial(rt)}"
+                          + (f"\n    onnxruntime: {oerr}" if rt is None else "")
                           if VERBOSE and departs else None)
         elif tx is not None:
-            if tx.size == 0:
-                tally.add("empty output: tconv refuses (as PyTorch)")
-            else:
-                tally.add("REFUSED", f"{desc}: text {list(tx.shape[2:])}\n    {cmd}\n    {msg}")
+            tally.add("REFUSED", f"{desc}: text {spatial(tx)}\n    {cmd}\n    {msg}")
         elif ok:
             tally.add("tconv computes what the text's PyTorch form refuses; " + voices,
-                      f"{desc}\n    text: {terr}\n    tconv {list(got['y'].shape[2:])}" + (f"\n    onnxruntime: {oerr}" if rt is None else ""))
+                      f"{desc}\n    text: {terr}\n    tconv {spatial(got['y'])}" + (f"\n    onnxruntime: {oerr}" if rt is None else ""))
         else:
             tally.add("tconv and the text refuse; " + voices, f"{desc}\n    text: {terr}\n    tconv: {msg}" if VERBOSE else None)
     print(json.dumps({"calls": n_calls, "seed": seed, **tally.counts}, indent=1))

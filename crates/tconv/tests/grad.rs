@@ -748,7 +748,7 @@ fn side_by_side_gradients_keep_the_bits() {
     }
 }
 
-/// Batched 3-D problems padded more than their stride, where PyTorch 2.15's CPU autograd
+/// Two batched, heavily padded 3-D problems where PyTorch 2.15's CPU autograd
 /// gets the weight gradient wrong (found by `bench/torch_fuzz.py`): on all-ones data each
 /// tap's gradient counts the (input, output) pairs it joins, over the batch.
 /// `conv3d(ones(2,1,5,1,1), ones(1,1,5,1,1), stride (2,1,1), padding (3,0,0))`: PyTorch
