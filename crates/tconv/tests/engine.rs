@@ -1354,6 +1354,56 @@ fn winograd_tasks_widen_where_the_weights_stream() {
     );
 }
 
+/// The input gradient of the suite's HiFi-GAN-style 1-D upsampler (512 → 256 channels,
+/// k16 s8: a strided conv of 8 sources, K = 2048, 17 MB of transformed weights) takes tasks
+/// of 96 tiles, as many as its scratch bound (half its input a thread) holds, on 1 and 2
+/// threads,
+/// so that every packed weight block serves three register panels; on small integers its
+/// sums are exactly the direct engine's on 1, 2 and 3 threads.
+#[test]
+fn winograd_input_gradient_of_many_sources_takes_wide_tasks() {
+    use tconv::{ConvParams, Geometry};
+    if Isa::detect() == Isa::Scalar {
+        return;
+    }
+    let p = ConvParams::new().stride(&[8]).padding(&[4]);
+    let opts = |threads| PlanOptions {
+        threads: Some(threads),
+        ..PlanOptions::default()
+    };
+    let w = ints::<f32>(&[512, 256, 16], 41);
+    let g = Geometry::new(Op::ConvTranspose, &[4, 512, 256], w.shape(), None, &p).unwrap();
+    let gy = ints::<f32>(&g.output_shape(), 42);
+    let in_bytes = 4 * gy.len();
+    let w = w.as_slice().unwrap();
+    let mut outs = Vec::new();
+    for threads in [1, 2, 3] {
+        let plan = tconv::grad::input_plan(&g, w, &opts(threads)).unwrap();
+        let text = plan.to_string();
+        assert_eq!(plan.algorithm(), Algorithm::Winograd, "{text}");
+        assert!(text.contains("K=2048"), "{text}");
+        if threads < 3 {
+            assert!(text.contains("N<=96 tiles per task"), "{text}");
+        }
+        assert!(
+            plan.workspace_bytes() <= in_bytes / 2 * threads,
+            "{threads} threads: {text}"
+        );
+        outs.push(plan.execute(&gy, None).unwrap());
+    }
+    let direct = PlanOptions {
+        algorithm: Some(Algorithm::Direct),
+        ..opts(2)
+    };
+    let want = tconv::grad::input_plan(&g, w, &direct)
+        .unwrap()
+        .execute(&gy, None)
+        .unwrap();
+    for (threads, o) in [1, 2, 3].iter().zip(&outs) {
+        assert!(o == want, "{threads} threads: not the direct engine's sums");
+    }
+}
+
 /// A plan may take a wider Winograd tile on fewer threads than the two its algorithm and
 /// transforms are chosen for (DCGAN's 512 → 256 layer: 12×2 tiles at 1 thread on AVX-512,
 /// 24×1 at 2, whose scratch bound holds only narrower panels for two tasks), as may its

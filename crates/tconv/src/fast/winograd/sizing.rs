@@ -29,10 +29,16 @@ fn l2_task_bytes(weight_bytes: usize) -> Option<usize> {
 }
 
 /// [`POINT_BYTES`] for a strided conv (several sources: an input gradient), whose weight
-/// blocks are as many times longer: hifigan1d's input gradient (8 sources, K = 2048) ran
-/// 49.6-55.5 ms at 256 KiB against 62.7-69.3 at 768 (4 alternating rounds), dcgan1-3's
-/// alike within noise.
-const POINT_BYTES_SOURCES: usize = 256 * 1024;
+/// blocks are as many times longer. Of the suite only hifigan1d's input gradient (8
+/// sources, K = 2048, 17 MB of transformed weights streamed once per task) is not held
+/// smaller by the scratch bound; at 1 MiB its tasks take 96 columns (the bound's most)
+/// instead of 32, so each weight block serves three register panels and the weights
+/// stream a third as often: 1.10x / 1.11x faster at 1 thread and 1.10x / 1.11x at 2
+/// (medians / minima, `bench/paired.sh hifigan1d T 4`), 64 columns (768 KiB) 1.04x /
+/// 1.08x, on the AMD EPYC (Zen 4, 1 MiB L2, 32 MiB L3) of 2026-12-07. (256 KiB had
+/// measured faster than 768 on 2026-11-28, under the tiles and scratch bounds of then,
+/// changed since.)
+const POINT_BYTES_SOURCES: usize = 1024 * 1024;
 
 /// Packed weights beyond which a task's columns are widened at the cost of slicing its
 /// results (see [`sizing_within`]): half the L3, so they stream from memory once per task.
