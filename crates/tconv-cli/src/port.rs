@@ -184,15 +184,21 @@ pub fn run(a: &PortArgs) -> Result<String> {
         groups: a.groups,
     };
     let (convention, call) = convention_call(&a.frameworks, &flags, t, x_shape, &w_shape)?;
-    let params = convention.params(op, x_shape, &w_shape, &call)?;
+    let low = convention.lower(op, x_shape, &w_shape, &call)?;
     // tconv's shapes: the data's and the kernel's axes as tconv takes them.
     let data_axes = convention.data_axes(x_shape.len());
     let back_axes = inverse(&data_axes);
     let (w_axes, flip) = convention.weight_axes(op, w_shape.len());
     let xt: Vec<usize> = data_axes.iter().map(|&i| x_shape[i]).collect();
     let wt: Vec<usize> = w_axes.iter().map(|&i| w_shape[i]).collect();
-    let g = Geometry::new(op, &xt, &wt, None, &params)?;
-    let yt = g.user_output_shape();
+    // The input the op reads: without what a JAX conv's negative padding crops.
+    let mut xc = xt.clone();
+    for (n, &(b, e)) in xc[2..].iter_mut().zip(&low.crop) {
+        *n -= b + e;
+    }
+    let g = Geometry::new(op, &xc, &wt, None, &low.params)?;
+    let mut yt = g.user_output_shape();
+    yt.splice(2.., low.extents(&yt[2..]));
     let y: Vec<usize> = back_axes.iter().map(|&i| yt[i]).collect();
     let name = match convention.framework {
         Framework::TensorFlow => "TensorFlow",
@@ -261,7 +267,23 @@ pub fn run(a: &PortArgs) -> Result<String> {
         g.groups
     );
     let symmetric: Vec<usize> = begin.iter().zip(&end).map(|(b, e)| *b.min(e)).collect();
+    // A JAX conv's negative padding: the op reads the input cropped.
+    let x_in = if low.crop.iter().all(|&c| c == (0, 0)) {
+        "x".to_string()
+    } else {
+        let slices: Vec<String> = low
+            .crop
+            .iter()
+            .zip(&xt[2..])
+            .map(|(&(b, e), &n)| format!("{b}:{}", n - e))
+            .collect();
+        format!("x[:, :, {}]", slices.join(", "))
+    };
     let torch = match op {
+        _ if !low.reached => format!(
+            "x.new_zeros({})",
+            python_tuple(&[&[xt[0], g.out_channels][..], &yt[2..]].concat())
+        ),
         Op::ConvTranspose => {
             let mut call = format!(
                 "F.conv_transpose{dims}d(x, w, b, {common}, padding={}, output_padding={})",
@@ -278,22 +300,49 @@ pub fn run(a: &PortArgs) -> Result<String> {
                     .collect();
                 call.push_str(&format!("[:, :, {}]", slices.join(", ")));
             }
+            if low.around.iter().any(|&p| p != (0, 0)) {
+                // JAX's padding beyond the kernel's reach: zeros around (F.pad takes the
+                // last axis first).
+                let pads: Vec<usize> = low.around.iter().rev().flat_map(|&(b, e)| [b, e]).collect();
+                call = format!("F.pad({call}, {})", python_tuple(&pads));
+            }
             call
         }
         Op::Conv if begin == end => format!(
-            "F.conv{dims}d(x, w, b, {common}, padding={})",
+            "F.conv{dims}d({x_in}, w, b, {common}, padding={})",
             python_tuple(&begin)
         ),
         Op::Conv => {
             // F.pad takes the last axis first.
             let pads: Vec<usize> = (0..dims).rev().flat_map(|a| [begin[a], end[a]]).collect();
             format!(
-                "F.conv{dims}d(F.pad(x, {}), w, b, {common})",
+                "F.conv{dims}d(F.pad({x_in}, {}), w, b, {common})",
                 python_tuple(&pads)
             )
         }
     };
     s.push_str(&format!("  PyTorch: {torch}\n"));
+    if !low.exact() {
+        let cropped = low.crop.iter().any(|&c| c != (0, 0));
+        let note = match (low.reached, cropped) {
+            (false, _) => Some("no input position reaches the output: all zeros (with a bias, the bias)"),
+            (true, false) => Some("the zeros F.pad adds are positions no input reaches; with a bias, tconv puts it there too"),
+            (true, true) => None,
+        };
+        if let Some(note) = note {
+            s.push_str(&format!("  note:    {note}\n"));
+        }
+        s.push_str(&format!(
+            "  tconv:   --convention {} with --framework-padding computes it as given ({}: PyTorch's parameters, and tconv's, do not express it)\n",
+            convention.framework.name(),
+            match (low.reached, cropped) {
+                (false, _) => "the padding leaves no input position reaching the output",
+                (true, true) => "a negative padding crops the input",
+                (true, false) => "padding beyond the kernel's reach adds outputs no input reaches",
+            }
+        ));
+        return finish(s, a, convention, op, weight);
+    }
     s.push_str(&format!(
         "  tconv:   tconv {} --stride {} --dilation {} --pads {}{} --groups {}\n",
         crate::args::op_label(op),
@@ -307,6 +356,17 @@ pub fn run(a: &PortArgs) -> Result<String> {
         },
         g.groups
     ));
+    finish(s, a, convention, op, weight)
+}
+
+/// The text `s` after writing the converted kernel where `--weight-out` asks.
+fn finish(
+    s: String,
+    a: &PortArgs,
+    convention: Convention,
+    op: Op,
+    weight: Option<NpyArray>,
+) -> Result<String> {
     if let (Some(out), Some(w)) = (&a.weight_out, weight) {
         let converted = match w {
             NpyArray::F32(w) => NpyArray::F32(convention.weight_to_torch(op, w.view())?),

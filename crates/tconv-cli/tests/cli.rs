@@ -1046,11 +1046,11 @@ fn framework_conventions_end_to_end() {
                 "--convention",
                 "jax",
                 "--framework-padding",
-                "3:0,0:0",
+                "5:-40,0:0",
                 "--stride",
                 "2",
             ][..],
-            "jax padding (3, 0) on spatial axis 0",
+            "jax padding (5, -40) on spatial axis 0: leaves the output no position",
         ),
         (
             &["--convention", "tf", "--framework-padding", "1:x"][..],

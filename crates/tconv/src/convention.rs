@@ -7,7 +7,7 @@
 //! | data | `(N, C, *spatial)` | `(N, *spatial, C)` (or `data_format` NC…) | `(N, *spatial, C)` (Flax; `lax.conv_transpose`'s default) |
 //! | conv kernel | `(C_out, C_in/g, *k)` | `(*k, C_in/g, C_out)` | `(*k, C_in/g, C_out)` (`HWIO`) |
 //! | transpose kernel | `(C_in, C_out, *k)` | `(*k, C_out, C_in)` | `(*k, C_in, C_out)`, **not flipped**: PyTorch's weight is its spatial flip; with `transpose_kernel=True` as TensorFlow's |
-//! | transpose padding | cropping of the full output | the forward conv's padding, with `output_shape` | padding of the stride-dilated input (`SAME`/`VALID` as the forward conv's) |
+//! | transpose padding | cropping of the full output | the forward conv's padding, with `output_shape` | padding of the stride-dilated input (`SAME`/`VALID` as the forward conv's); beyond the kernel's reach, zeros around ([`Convention::lower`]) |
 //!
 //! TensorFlow's `conv_transpose` is the gradient of its conv, as PyTorch's is: the two agree
 //! on the kernel once its axes are permuted. JAX's `lax.conv_transpose` convolves the
@@ -306,8 +306,9 @@ impl Convention {
     /// dilations, an output size the framework would refuse (TensorFlow's check that the
     /// forward conv of that size gives the input's), and padding that tconv's parameters
     /// cannot express (a JAX transposed conv padding the dilated input by more than the
-    /// dilated kernel less one at the beginning; a negative conv padding), each naming the
-    /// numbers.
+    /// dilated kernel less one at the beginning, or beyond what `output_padding` adds at
+    /// the end; a negative conv padding), each naming the numbers. [`Convention::lower`]
+    /// maps those JAX calls too, as [`Convention::run`] computes them.
     pub fn params(
         &self,
         op: Op,
@@ -315,6 +316,39 @@ impl Convention {
         w_shape: &[usize],
         call: &Call,
     ) -> Result<ConvParams> {
+        Ok(self.lowering(op, x_shape, w_shape, call, false)?.params)
+    }
+
+    /// The call as tconv computes it: tconv's parameters, and for JAX's padding beyond
+    /// what they express, the input cropped before (a conv's negative padding) or zeros
+    /// placed around the result (a transposed conv padding the dilated input beyond the
+    /// kernel's reach: outputs no input reaches, which `lax.conv_transpose` computes as
+    /// zeros). For every other call, [`Convention::params`] and nothing around.
+    ///
+    /// # Errors
+    /// As [`Convention::params`], but for those paddings; a JAX padding that crops a conv's
+    /// whole input, or leaves a transposed conv no output (JAX returns an empty array,
+    /// which tconv refuses as PyTorch does), names the pair.
+    pub fn lower(
+        &self,
+        op: Op,
+        x_shape: &[usize],
+        w_shape: &[usize],
+        call: &Call,
+    ) -> Result<Lowering> {
+        self.lowering(op, x_shape, w_shape, call, true)
+    }
+
+    /// [`Convention::lower`], refusing what tconv's parameters cannot express unless
+    /// `beyond`.
+    fn lowering(
+        &self,
+        op: Op,
+        x_shape: &[usize],
+        w_shape: &[usize],
+        call: &Call,
+        beyond: bool,
+    ) -> Result<Lowering> {
         let r = self.check_rank(x_shape.len(), "input")?;
         self.check_rank(w_shape.len(), "weight")?;
         let input: Vec<usize> = match self.data_format {
@@ -377,6 +411,12 @@ impl Convention {
             .stride(&strides)
             .dilation(&dilations)
             .groups(groups);
+        let exact = |params| Lowering {
+            params,
+            crop: vec![(0, 0); dims],
+            around: vec![(0, 0); dims],
+            reached: true,
+        };
         match op {
             Op::Conv => {
                 if call.output_size.is_some() {
@@ -384,13 +424,26 @@ impl Convention {
                         name: "output_shape",
                     });
                 }
-                self.conv_padding(&call.padding)
-                    .map(|p| base.padding_spec(p))
+                let spans: Vec<usize> = (0..dims)
+                    .map(|a| dilations[a] * (kernel[a].max(1) - 1) + 1)
+                    .collect();
+                let axes = (&input[..], &spans[..], &strides[..]);
+                let (padding, crop, unreached) = self.conv_padding(&call.padding, axes, beyond)?;
+                Ok(match unreached {
+                    // The crops leave no input on some axis: zeros throughout.
+                    Some(extents) => Lowering {
+                        around: extents.into_iter().map(|n| (n, 0)).collect(),
+                        reached: false,
+                        ..exact(base.padding_spec(padding))
+                    },
+                    None => Lowering {
+                        crop,
+                        ..exact(base.padding_spec(padding))
+                    },
+                })
             }
             Op::ConvTranspose => {
-                let mut begin = Vec::with_capacity(dims);
-                let mut end = Vec::with_capacity(dims);
-                let mut extra = Vec::with_capacity(dims);
+                let mut axes = Vec::with_capacity(dims);
                 for axis in 0..dims {
                     let a = TransposeAxis {
                         axis,
@@ -399,24 +452,52 @@ impl Convention {
                         stride: strides[axis] as i128,
                         dilation: dilations[axis] as i128,
                     };
-                    let (b, e, op) = match self.framework {
+                    axes.push(match self.framework {
                         Framework::TensorFlow => self.tf_axis(&a, call)?,
                         Framework::Jax {
                             consistent_padding, ..
-                        } => self.jax_axis(&a, call, consistent_padding)?,
-                    };
-                    begin.push(b);
-                    end.push(e);
-                    extra.push(op);
+                        } => self.jax_axis(&a, call, consistent_padding, beyond)?,
+                    });
                 }
-                Ok(base.pads(&begin, &end).output_padding(&extra))
+                if axes.iter().all(|m| m.total >= 1) && axes.iter().any(|m| m.inner < 1) {
+                    // No input reaches the output: zeros throughout, the parameters
+                    // (nothing cropped) only check the shapes.
+                    let zeros = vec![0; dims];
+                    return Ok(Lowering {
+                        around: axes
+                            .iter()
+                            .map(|m| Ok((size(m.total)?, 0)))
+                            .collect::<Result<_>>()?,
+                        reached: false,
+                        ..exact(base.pads(&zeros, &zeros))
+                    });
+                }
+                let pick = |f: fn(&AxisMap) -> usize| axes.iter().map(f).collect::<Vec<_>>();
+                let params = base
+                    .pads(&pick(|m| m.begin), &pick(|m| m.end))
+                    .output_padding(&pick(|m| m.extra));
+                Ok(Lowering {
+                    around: axes.iter().map(|m| m.around).collect(),
+                    ..exact(params)
+                })
             }
         }
     }
 
-    /// A conv's padding: the framework's SAME is ONNX's SAME_UPPER.
-    fn conv_padding(&self, p: &FrameworkPadding) -> Result<Padding> {
-        Ok(match p {
+    /// A conv's padding (the framework's SAME is ONNX's SAME_UPPER) on an input of spatial
+    /// extents `input` (dilated kernel extents `spans`, `strides`), and what is cropped from
+    /// the input first: a JAX conv's negative padding, where `beyond` (refused otherwise, as
+    /// TensorFlow's always). Where that crops a whole axis but padding leaves the conv
+    /// outputs (zeros), no crop and the output's extents.
+    #[allow(clippy::type_complexity)]
+    fn conv_padding(
+        &self,
+        p: &FrameworkPadding,
+        (input, spans, strides): (&[usize], &[usize], &[usize]),
+        beyond: bool,
+    ) -> Result<(Padding, Vec<(usize, usize)>, Option<Vec<usize>>)> {
+        let mut crop = vec![(0, 0); input.len()];
+        let padding = match p {
             FrameworkPadding::Same => Padding::SameUpper,
             FrameworkPadding::Valid => Padding::Valid,
             FrameworkPadding::SameLower => match self.framework {
@@ -430,28 +511,69 @@ impl Convention {
             },
             FrameworkPadding::Explicit(pairs) => {
                 let (mut begin, mut end) = (Vec::new(), Vec::new());
+                let jax = matches!(self.framework, Framework::Jax { .. });
+                let mut extents = Vec::new();
+                let mut unreached = false;
                 for (axis, &(b, e)) in pairs.iter().enumerate() {
-                    if b < 0 || e < 0 {
-                        return fail(ErrorKind::FrameworkPadding {
+                    let refuse = |reason| {
+                        fail(ErrorKind::FrameworkPadding {
                             framework: self.name(),
                             axis,
                             begin: b,
                             end: e,
-                            reason: "a conv's padding must not be negative (tconv pads its input; it does not crop it)",
+                            reason,
+                        })
+                    };
+                    if (b < 0 || e < 0) && !(beyond && jax) {
+                        return refuse(if jax {
+                            "a conv's negative padding crops its input, which tconv's (PyTorch's) parameters cannot express (Convention::lower and --convention jax do)"
+                        } else {
+                            "a conv's padding must not be negative (tconv pads its input; it does not crop it)"
                         });
                     }
-                    begin.push(b as usize);
-                    end.push(e as usize);
+                    let (cb, ce) = (b.min(0).unsigned_abs(), e.min(0).unsigned_abs());
+                    // The conv's output extent on the padded (and cropped) input.
+                    let padded = input[axis] as i128 + b as i128 + e as i128;
+                    let out = (padded - spans[axis] as i128).div_euclid(strides[axis] as i128) + 1;
+                    if cb + ce > 0 && cb as u128 + ce as u128 >= input[axis] as u128 {
+                        if out < 1 {
+                            return refuse("leaves the conv no output position (JAX returns an empty array; tconv refuses empty outputs, as PyTorch does)");
+                        }
+                        unreached = true;
+                    }
+                    extents.push(out);
+                    crop[axis] = (cb as usize, ce as usize);
+                    begin.push(b.max(0) as usize);
+                    end.push(e.max(0) as usize);
                 }
-                Padding::Explicit { begin, end }
+                let padding = Padding::Explicit { begin, end };
+                if unreached {
+                    // Each extent is at least 1 where an axis is cropped whole (above); an
+                    // empty one elsewhere is the conv's own refusal, given as a crop.
+                    if extents.iter().all(|&n| n >= 1) {
+                        let extents = extents.into_iter().map(size).collect::<Result<_>>()?;
+                        return Ok((padding, vec![(0, 0); input.len()], Some(extents)));
+                    }
+                    let axis = extents.iter().position(|&n| n < 1).unwrap_or(0);
+                    let (b, e) = pairs[axis];
+                    return fail(ErrorKind::FrameworkPadding {
+                        framework: self.name(),
+                        axis,
+                        begin: b,
+                        end: e,
+                        reason: "leaves the conv no output position (JAX returns an empty array; tconv refuses empty outputs, as PyTorch does)",
+                    });
+                }
+                padding
             }
-        })
+        };
+        Ok((padding, crop, None))
     }
 
     /// TensorFlow's transposed conv on one axis: the gradient of the forward conv from
     /// `output_shape` (or Keras' default size) to the input, as `(pad_begin, pad_end,
     /// output_padding)`.
-    fn tf_axis(&self, a: &TransposeAxis, call: &Call) -> Result<(usize, usize, usize)> {
+    fn tf_axis(&self, a: &TransposeAxis, call: &Call) -> Result<AxisMap> {
         let (i, k, s) = (a.input, a.span, a.stride);
         // The forward conv's begin padding for an input of `out`, and the outputs whose
         // forward conv gives back `i` positions (TensorFlow checks that).
@@ -510,18 +632,20 @@ impl Convention {
         // What the forward conv leaves unread at the end is cropped; what the output has
         // past the full transposed output is output padding.
         let end = (i - 1) * s + k - begin - out;
-        Ok((size(begin)?, size(end.max(0))?, size((-end).max(0))?))
+        AxisMap::cropped(a, begin, end)
     }
 
     /// JAX's transposed conv on one axis: padding `(lo, hi)` of the stride-dilated input,
     /// correlated with the kernel as given; in tconv's terms crop `span - 1 - lo` at the
-    /// beginning and `span - 1 - hi` at the end (output padding where that is negative).
+    /// beginning and `span - 1 - hi` at the end (output padding where that is negative and
+    /// PyTorch's `output_padding` reaches; where `beyond`, zeros around beyond that).
     fn jax_axis(
         &self,
         a: &TransposeAxis,
         call: &Call,
         consistent: bool,
-    ) -> Result<(usize, usize, usize)> {
+        beyond: bool,
+    ) -> Result<AxisMap> {
         if call.output_size.is_some() {
             return fail(ErrorKind::FrameworkOption {
                 framework: self.name(),
@@ -561,27 +685,40 @@ impl Convention {
             FrameworkPadding::Explicit(pairs) => pairs[a.axis],
             _ => (0, 0),
         };
+        let refuse = |reason| {
+            fail(ErrorKind::FrameworkPadding {
+                framework: self.name(),
+                axis: a.axis,
+                begin: given.0,
+                end: given.1,
+                reason,
+            })
+        };
         let (begin, end) = (k - 1 - lo, k - 1 - hi);
-        if begin < 0 {
-            return fail(ErrorKind::FrameworkPadding {
-                framework: self.name(),
-                axis: a.axis,
-                begin: given.0,
-                end: given.1,
-                reason: "padding the dilated input by more than the dilated kernel's extent less one at the beginning puts zeros before the output, which tconv's (PyTorch's) parameters cannot express",
+        let beyond_end = end < 0 && -end >= s && -end >= a.dilation;
+        if begin >= 0 && !beyond_end {
+            return AxisMap::cropped(a, begin, end);
+        }
+        if !beyond {
+            return refuse(if begin < 0 {
+                "padding the dilated input by more than the dilated kernel's extent less one at the beginning puts zeros before the output, which tconv's (PyTorch's) parameters cannot express (Convention::lower and --convention jax do)"
+            } else {
+                "padding the dilated input at the end by the dilated kernel's extent plus the stride or more adds outputs no input reaches; PyTorch's output_padding stops below the stride or the dilation (Convention::lower and --convention jax add them)"
             });
         }
-        let extra = (-end).max(0);
-        if end < 0 && extra >= s && extra >= a.dilation {
-            return fail(ErrorKind::FrameworkPadding {
-                framework: self.name(),
-                axis: a.axis,
-                begin: given.0,
-                end: given.1,
-                reason: "padding the dilated input at the end by the dilated kernel's extent plus the stride or more adds outputs no input reaches; PyTorch's output_padding stops below the stride or the dilation",
-            });
+        let total = (a.input - 1) * s + k - begin - end;
+        if total < 1 {
+            return refuse("leaves the output no position (JAX returns an empty array; tconv refuses empty outputs, as PyTorch does)");
         }
-        Ok((size(begin)?, size(end.max(0))?, size(extra)?))
+        // Crop what lies inside the full output; the rest, beyond the kernel's reach,
+        // becomes zeros around (at the end, output padding where PyTorch's reaches).
+        let mut m = AxisMap::cropped(a, begin.max(0), if beyond_end { 0 } else { end })?;
+        m.around = (
+            size((-begin).max(0))?,
+            if beyond_end { size(-end)? } else { 0 },
+        );
+        m.total = total;
+        Ok(m)
     }
 
     /// `op` on arrays in this convention's layouts, the result in its data layout:
@@ -597,14 +734,34 @@ impl Convention {
         bias: Option<ArrayView1<'_, T>>,
         call: &Call,
     ) -> Result<ArrayD<T>> {
-        let params = self.params(op, x.shape(), w.shape(), call)?;
+        let low = self.lower(op, x.shape(), w.shape(), call)?;
         let (xt, wt) = (
             self.data_to_torch(x, "input")?,
             self.weight_to_torch(op, w)?,
         );
+        let xt = crop(xt, &low.crop);
         let y = match op {
-            Op::Conv => crate::conv(&xt, &wt, bias, &params)?,
-            Op::ConvTranspose => crate::conv_transpose(&xt, &wt, bias, &params)?,
+            _ if !low.reached => {
+                let g = low.geometry(op, &xt, &wt, bias.map(|b| b.len()))?;
+                filled(
+                    g.batch,
+                    &bias_values(bias, g.out_channels),
+                    &low.extents(&[]),
+                )
+            }
+            Op::Conv => crate::conv(&xt, &wt, bias, &low.params)?,
+            Op::ConvTranspose => crate::conv_transpose(&xt, &wt, bias, &low.params)?,
+        };
+        let y = if low.reached && low.around.iter().any(|&p| p != (0, 0)) {
+            let mut out = filled(
+                y.shape()[0],
+                &bias_values(bias, y.shape()[1]),
+                &low.extents(&y.shape()[2..]),
+            );
+            inner_mut(&mut out, &low.around).assign(&y);
+            out
+        } else {
+            y
         };
         Ok(self.data_from_torch(y))
     }
@@ -626,22 +783,216 @@ impl Convention {
         wanted: Wanted,
         options: &PlanOptions,
     ) -> Result<Gradients<T>> {
-        let params = self.params(op, x.shape(), w.shape(), call)?;
+        let low = self.lower(op, x.shape(), w.shape(), call)?;
         let (xt, wt) = (
             self.data_to_torch(x, "input")?,
             self.weight_to_torch(op, w)?,
         );
         let gyt = self.data_to_torch(grad_y, "grad_output")?;
-        let g = match op {
-            Op::Conv => crate::conv_backward(&xt, &wt, &gyt, &params, wanted, options)?,
-            Op::ConvTranspose => {
-                crate::conv_transpose_backward(&xt, &wt, &gyt, &params, wanted, options)?
+        let g = if low.exact() {
+            match op {
+                Op::Conv => crate::conv_backward(&xt, &wt, &gyt, &low.params, wanted, options)?,
+                Op::ConvTranspose => {
+                    crate::conv_transpose_backward(&xt, &wt, &gyt, &low.params, wanted, options)?
+                }
             }
+        } else {
+            low.backward(op, (xt, wt, gyt), wanted, options)?
         };
         Ok(Gradients {
             input: g.input.map(|a| self.data_from_torch(a)),
             weight: g.weight.map(|a| self.weight_from_torch(op, a)),
             bias: g.bias,
+        })
+    }
+}
+
+/// A framework call as tconv computes it ([`Convention::lower`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lowering {
+    /// tconv's parameters.
+    pub params: ConvParams,
+    /// Per spatial axis, the positions cropped from the input's beginning and end before
+    /// the op (a JAX conv's negative padding).
+    pub crop: Vec<(usize, usize)>,
+    /// Per spatial axis, the zeros placed before and after the op's result (the bias,
+    /// where one is added).
+    pub around: Vec<(usize, usize)>,
+    /// Whether any input reaches the output. Where not, the output is all zeros (the
+    /// bias), `around[a].0` long on axis `a`, and `params` (nothing cropped) only check
+    /// the shapes.
+    pub reached: bool,
+}
+
+impl Lowering {
+    /// Whether tconv's parameters alone express the call.
+    pub fn exact(&self) -> bool {
+        self.reached && self.crop.iter().chain(&self.around).all(|&p| p == (0, 0))
+    }
+
+    /// The output's spatial extents, from those of the op's result with `params`
+    /// (`inner`; ignored where the output is not reached).
+    pub fn extents(&self, inner: &[usize]) -> Vec<usize> {
+        if !self.reached {
+            return self.around.iter().map(|&(b, _)| b).collect();
+        }
+        self.around
+            .iter()
+            .zip(inner)
+            .map(|(&(b, e), &n)| b + n + e)
+            .collect()
+    }
+}
+
+impl Lowering {
+    /// The geometry of the op on `xt` (cropped) and `wt` in tconv's layouts with
+    /// `params`, which checks their shapes.
+    fn geometry<T: Element>(
+        &self,
+        op: Op,
+        xt: &ArrayD<T>,
+        wt: &ArrayD<T>,
+        bias: Option<usize>,
+    ) -> Result<crate::Geometry> {
+        let bias = bias.map(|b| vec![b]);
+        crate::Geometry::new(op, xt.shape(), wt.shape(), bias.as_deref(), &self.params)
+    }
+
+    /// The gradients where the call is not exact: those of the op on the cropped input for
+    /// the upstream gradient inside the zeros around (none where no input reaches the
+    /// output), the input's zero-padded back to its extents; the bias's over all of it.
+    fn backward<T: Element>(
+        &self,
+        op: Op,
+        (xt, wt, gyt): (ArrayD<T>, ArrayD<T>, ArrayD<T>),
+        wanted: Wanted,
+        options: &PlanOptions,
+    ) -> Result<Gradients<T>> {
+        let xc = crop(xt.clone(), &self.crop);
+        let g = self.geometry(op, &xc, &wt, None)?;
+        let inner = g.user_output_shape();
+        let mut expected = inner.clone();
+        expected.splice(2.., self.extents(&inner[2..]));
+        if gyt.shape() != expected.as_slice() {
+            return fail(ErrorKind::ShapeMismatch {
+                what: "grad_output",
+                got: gyt.shape().to_vec(),
+                expected,
+            });
+        }
+        let (input, weight) = if self.reached {
+            let gy = inner_view(&gyt, &self.around);
+            let only = Wanted {
+                bias: false,
+                ..wanted
+            };
+            let g = match op {
+                Op::Conv => crate::conv_backward(&xc, &wt, gy, &self.params, only, options)?,
+                Op::ConvTranspose => {
+                    crate::conv_transpose_backward(&xc, &wt, gy, &self.params, only, options)?
+                }
+            };
+            let input = g.input.map(|gx| {
+                let mut full = ArrayD::zeros(xt.shape());
+                inner_mut(&mut full, &self.crop).assign(&gx);
+                full
+            });
+            (input, g.weight)
+        } else {
+            let input = wanted.input.then(|| ArrayD::zeros(xt.shape()));
+            (input, wanted.weight.then(|| ArrayD::zeros(wt.shape())))
+        };
+        let bias = wanted.bias.then(|| {
+            let channels = gyt.shape()[1];
+            let mut gb = ArrayD::zeros(ndarray::IxDyn(&[channels]));
+            for image in gyt.outer_iter() {
+                for (c, plane) in image.outer_iter().enumerate() {
+                    gb[c] = plane.iter().fold(gb[c], |acc, &v| acc + v);
+                }
+            }
+            gb
+        });
+        Ok(Gradients {
+            input,
+            weight,
+            bias,
+        })
+    }
+}
+
+/// The bias's values for `channels` output channels (zeros without one).
+fn bias_values<T: Element>(bias: Option<ArrayView1<'_, T>>, channels: usize) -> Vec<T> {
+    match bias {
+        Some(b) => b.to_vec(),
+        None => vec![T::zero(); channels],
+    }
+}
+
+/// An `(N, C, *extents)` array holding channel `c`'s `fill[c]` throughout.
+fn filled<T: Element>(batch: usize, fill: &[T], extents: &[usize]) -> ArrayD<T> {
+    let shape: Vec<usize> = [batch, fill.len()].iter().chain(extents).copied().collect();
+    let mut out = ArrayD::zeros(ndarray::IxDyn(&shape));
+    for mut image in out.outer_iter_mut() {
+        for (mut plane, &v) in image.outer_iter_mut().zip(fill) {
+            plane.fill(v);
+        }
+    }
+    out
+}
+
+/// `a` (tconv's layout) without `crop`'s positions at each spatial axis's ends.
+fn crop<T: Clone>(a: ArrayD<T>, crop: &[(usize, usize)]) -> ArrayD<T> {
+    if crop.iter().all(|&c| c == (0, 0)) {
+        return a;
+    }
+    inner_view(&a, crop).to_owned()
+}
+
+/// The part of `a` (tconv's layout) inside `around`'s positions at each spatial axis's ends.
+fn inner_view<'a, T>(a: &'a ArrayD<T>, around: &[(usize, usize)]) -> ndarray::ArrayViewD<'a, T> {
+    a.slice_each_axis(|d| inner_slice(d, around))
+}
+
+/// [`inner_view`], mutable.
+fn inner_mut<'a, T>(
+    a: &'a mut ArrayD<T>,
+    around: &[(usize, usize)],
+) -> ndarray::ArrayViewMutD<'a, T> {
+    a.slice_each_axis_mut(|d| inner_slice(d, around))
+}
+
+fn inner_slice(d: ndarray::AxisDescription, around: &[(usize, usize)]) -> ndarray::Slice {
+    match d.axis.index().checked_sub(2).and_then(|a| around.get(a)) {
+        Some(&(b, e)) => ndarray::Slice::from(b as isize..(d.len - e) as isize),
+        None => ndarray::Slice::from(..),
+    }
+}
+
+/// One spatial axis of a transposed conv as tconv computes it.
+struct AxisMap {
+    /// Crop of the full output at the beginning and the end, and output padding.
+    begin: usize,
+    end: usize,
+    extra: usize,
+    /// Zeros placed before and after the result.
+    around: (usize, usize),
+    /// Extent of the result (below 1 where no input reaches the output), and with the
+    /// zeros around.
+    inner: i128,
+    total: i128,
+}
+
+impl AxisMap {
+    /// Crop `begin` and `end` of the full output of `a` (`end` negative: output padding).
+    fn cropped(a: &TransposeAxis, begin: i128, end: i128) -> Result<AxisMap> {
+        let inner = (a.input - 1) * a.stride + a.span - begin - end;
+        Ok(AxisMap {
+            begin: size(begin)?,
+            end: size(end.max(0))?,
+            extra: size((-end).max(0))?,
+            around: (0, 0),
+            inner,
+            total: inner,
         })
     }
 }

@@ -304,6 +304,147 @@ fn what_tconv_cannot_express_is_refused_with_the_numbers() {
     ));
 }
 
+/// JAX's padding beyond what PyTorch's parameters express, computed by
+/// `Convention::lower` (`run`, `backward`): exact small-integer results and gradients from
+/// the definition (the stride-dilated input padded, correlated with the kernel as given).
+#[test]
+fn jax_padding_beyond_pytorch_is_computed() {
+    let jax = Convention::jax();
+    let arr =
+        |shape: &[usize], v: &[f32]| ArrayD::from_shape_vec(IxDyn(shape), v.to_vec()).unwrap();
+    let all = Wanted::all();
+    let opts = PlanOptions::default();
+    // conv_transpose of [1, 2, 3] (NHC) by the kernel [1, 10] at stride 2, the dilated
+    // input [1, 0, 2, 0, 3] padded by 3 > k - 1 at the beginning (2 zeros before the
+    // output) and 4 at the end (3 past the full output, beyond output_padding's reach):
+    // [0, 0, 0, 1, 0, 2, 0, 3, 0, 0, 0, 0] correlated with [1, 10].
+    let (x, w) = (arr(&[1, 3, 1], &[1., 2., 3.]), arr(&[2, 1, 1], &[1., 10.]));
+    let call = Call::new(FrameworkPadding::Explicit(vec![(3, 4)])).strides(&[2]);
+    assert!(jax
+        .params(Op::ConvTranspose, x.shape(), w.shape(), &call)
+        .is_err());
+    let low = jax
+        .lower(Op::ConvTranspose, x.shape(), w.shape(), &call)
+        .unwrap();
+    assert_eq!(
+        (low.around.clone(), low.reached, low.exact()),
+        (vec![(2, 3)], true, false)
+    );
+    let b = ndarray::arr1(&[0.5f32]);
+    let y = jax
+        .run(Op::ConvTranspose, x.view(), w.view(), Some(b.view()), &call)
+        .unwrap();
+    let want = [0., 0., 10., 1., 20., 2., 30., 3., 0., 0., 0.].map(|v: f32| v + 0.5);
+    assert_eq!(y, arr(&[1, 11, 1], &want));
+    // Gradients for gy = 1..=11: x_i reaches y at 2i + 2 (by 10) and 2i + 3 (by 1).
+    let gy = arr(&[1, 11, 1], &(1..=11).map(|v| v as f32).collect::<Vec<_>>());
+    let g = jax
+        .backward(
+            Op::ConvTranspose,
+            x.view(),
+            w.view(),
+            gy.view(),
+            &call,
+            all,
+            &opts,
+        )
+        .unwrap();
+    assert_eq!(g.input.unwrap(), arr(&[1, 3, 1], &[34., 56., 78.]));
+    assert_eq!(g.weight.unwrap(), arr(&[2, 1, 1], &[40., 34.]));
+    assert_eq!(g.bias.unwrap(), arr(&[1], &[66.]));
+    // A grad_output of the inner result's shape is refused, naming both.
+    let short = arr(&[1, 6, 1], &[0.; 6]);
+    let err = jax
+        .backward(
+            Op::ConvTranspose,
+            x.view(),
+            w.view(),
+            short.view(),
+            &call,
+            all,
+            &opts,
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::ShapeMismatch { expected, .. } if expected == &vec![1, 1, 11]),
+        "{err}"
+    );
+    // No input reaches: [2] padded (3, -2), [0, 0, 0, 2] cropped to [0, 0]: one zero (the
+    // bias); gradients zero but the bias's.
+    let (x1, call) = (
+        arr(&[1, 1, 1], &[2.]),
+        Call::new(FrameworkPadding::Explicit(vec![(3, -2)])),
+    );
+    let low = jax
+        .lower(Op::ConvTranspose, x1.shape(), w.shape(), &call)
+        .unwrap();
+    assert!(!low.reached);
+    let y = jax
+        .run(
+            Op::ConvTranspose,
+            x1.view(),
+            w.view(),
+            Some(b.view()),
+            &call,
+        )
+        .unwrap();
+    assert_eq!(y, arr(&[1, 1, 1], &[0.5]));
+    let g = jax
+        .backward(
+            Op::ConvTranspose,
+            x1.view(),
+            w.view(),
+            arr(&[1, 1, 1], &[3.]).view(),
+            &call,
+            all,
+            &opts,
+        )
+        .unwrap();
+    assert_eq!(g.input.unwrap(), arr(&[1, 1, 1], &[0.]));
+    assert_eq!(g.weight.unwrap(), arr(&[2, 1, 1], &[0., 0.]));
+    assert_eq!(g.bias.unwrap(), arr(&[1], &[3.]));
+    // A conv's negative padding crops its input: [1, 2, 3, 4, 5] padded (-1, 1) is
+    // [2, 3, 4, 5, 0]; by [1, 10] at stride 2: [32, 54].
+    let x5 = arr(&[1, 5, 1], &[1., 2., 3., 4., 5.]);
+    let call = Call::new(FrameworkPadding::Explicit(vec![(-1, 1)])).strides(&[2]);
+    let low = jax.lower(Op::Conv, x5.shape(), w.shape(), &call).unwrap();
+    assert_eq!(low.crop, vec![(1, 0)]);
+    let y = jax.run(Op::Conv, x5.view(), w.view(), None, &call).unwrap();
+    assert_eq!(y, arr(&[1, 2, 1], &[32., 54.]));
+    let g = jax
+        .backward(
+            Op::Conv,
+            x5.view(),
+            w.view(),
+            arr(&[1, 2, 1], &[1., 2.]).view(),
+            &call,
+            all,
+            &opts,
+        )
+        .unwrap();
+    assert_eq!(g.input.unwrap(), arr(&[1, 5, 1], &[0., 1., 10., 2., 20.]));
+    assert_eq!(g.weight.unwrap(), arr(&[2, 1, 1], &[10., 13.]));
+    // Cropped whole but padded: [7] padded (2, -1) is [0, 0], one output of zero.
+    let call = Call::new(FrameworkPadding::Explicit(vec![(2, -1)]));
+    let y = jax.run(Op::Conv, x1.view(), w.view(), None, &call).unwrap();
+    assert_eq!(y, arr(&[1, 1, 1], &[0.]));
+    // Cropped to nothing and no output: refused, naming the pair.
+    let call = Call::new(FrameworkPadding::Explicit(vec![(0, -1)]));
+    match jax
+        .lower(Op::Conv, x1.shape(), w.shape(), &call)
+        .unwrap_err()
+        .kind()
+    {
+        ErrorKind::FrameworkPadding { begin, end, .. } => assert_eq!((*begin, *end), (0, -1)),
+        other => panic!("{other:?}"),
+    }
+    // TensorFlow's negative padding stays refused.
+    let call = Call::new(FrameworkPadding::Explicit(vec![(-1, 1)])).strides(&[2]);
+    assert!(Convention::tensorflow()
+        .lower(Op::Conv, x5.shape(), w.shape(), &call)
+        .is_err());
+}
+
 #[test]
 fn keras_sizes_follow_its_rule() {
     let same = FrameworkPadding::Same;
