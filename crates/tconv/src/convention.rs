@@ -740,29 +740,26 @@ impl Convention {
             self.weight_to_torch(op, w)?,
         );
         let xt = crop(xt, &low.crop);
-        let y = match op {
-            _ if !low.reached => {
-                let g = low.geometry(op, &xt, &wt, bias.map(|b| b.len()))?;
-                filled(
-                    g.batch,
-                    &bias_values(bias, g.out_channels),
-                    &low.extents(&[]),
-                )
-            }
-            Op::Conv => crate::conv(&xt, &wt, bias, &low.params)?,
-            Op::ConvTranspose => crate::conv_transpose(&xt, &wt, bias, &low.params)?,
-        };
-        let y = if low.reached && low.around.iter().any(|&p| p != (0, 0)) {
-            let mut out = filled(
-                y.shape()[0],
-                &bias_values(bias, y.shape()[1]),
-                &low.extents(&y.shape()[2..]),
-            );
+        if low.exact() {
+            let y = match op {
+                Op::Conv => crate::conv(&xt, &wt, bias, &low.params)?,
+                Op::ConvTranspose => crate::conv_transpose(&xt, &wt, bias, &low.params)?,
+            };
+            return Ok(self.data_from_torch(y));
+        }
+        // The zeros (the bias) around, checked in size before anything is computed.
+        let g = low.geometry(op, &xt, &wt, bias.map(|b| b.len()))?;
+        let inner = g.user_output_shape();
+        let fill = bias_values(bias, g.out_channels);
+        let mut out = filled(g.batch, &fill, &low.extents(&inner[2..]))?;
+        if low.reached {
+            let y = match op {
+                Op::Conv => crate::conv(&xt, &wt, bias, &low.params)?,
+                Op::ConvTranspose => crate::conv_transpose(&xt, &wt, bias, &low.params)?,
+            };
             inner_mut(&mut out, &low.around).assign(&y);
-            out
-        } else {
-            y
-        };
+        }
+        let y = out;
         Ok(self.data_from_torch(y))
     }
 
@@ -839,7 +836,7 @@ impl Lowering {
         self.around
             .iter()
             .zip(inner)
-            .map(|(&(b, e), &n)| b + n + e)
+            .map(|(&(b, e), &n)| b.saturating_add(n).saturating_add(e))
             .collect()
     }
 }
@@ -928,16 +925,18 @@ fn bias_values<T: Element>(bias: Option<ArrayView1<'_, T>>, channels: usize) -> 
     }
 }
 
-/// An `(N, C, *extents)` array holding channel `c`'s `fill[c]` throughout.
-fn filled<T: Element>(batch: usize, fill: &[T], extents: &[usize]) -> ArrayD<T> {
+/// An `(N, C, *extents)` array holding channel `c`'s `fill[c]` throughout; an error where
+/// it would exceed [`crate::geometry::MAX_ELEMENTS`] (zeros padded far beyond the kernel).
+fn filled<T: Element>(batch: usize, fill: &[T], extents: &[usize]) -> Result<ArrayD<T>> {
     let shape: Vec<usize> = [batch, fill.len()].iter().chain(extents).copied().collect();
+    crate::geometry::check_elements("conv_transpose output", &shape)?;
     let mut out = ArrayD::zeros(ndarray::IxDyn(&shape));
     for mut image in out.outer_iter_mut() {
         for (mut plane, &v) in image.outer_iter_mut().zip(fill) {
             plane.fill(v);
         }
     }
-    out
+    Ok(out)
 }
 
 /// `a` (tconv's layout) without `crop`'s positions at each spatial axis's ends.

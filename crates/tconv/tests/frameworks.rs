@@ -369,6 +369,17 @@ fn jax_padding_beyond_pytorch_is_computed() {
         matches!(err.kind(), ErrorKind::ShapeMismatch { expected, .. } if expected == &vec![1, 1, 11]),
         "{err}"
     );
+    // Zeros far beyond the kernel: refused by their size, not allocated.
+    for pads in [(1 << 40, 0), (0, 1 << 40), (1 << 40, -(1 << 39))] {
+        let call = Call::new(FrameworkPadding::Explicit(vec![pads])).strides(&[2]);
+        let err = jax
+            .run(Op::ConvTranspose, x.view(), w.view(), None, &call)
+            .unwrap_err();
+        assert!(
+            matches!(err.kind(), ErrorKind::TooLarge { .. }),
+            "{pads:?}: {err}"
+        );
+    }
     // No input reaches: [2] padded (3, -2), [0, 0, 0, 2] cropped to [0, 0]: one zero (the
     // bias); gradients zero but the bias's.
     let (x1, call) = (
@@ -492,7 +503,7 @@ fn keras_sizes_follow_its_rule() {
 mod generated {
     use proptest::prelude::*;
     use tconv::convention::{Call, Convention, DataFormat, Framework, FrameworkPadding};
-    use tconv::{Geometry, Op};
+    use tconv::{Geometry, Op, PlanOptions, Wanted};
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(3000))]
@@ -618,6 +629,137 @@ mod generated {
         }
     }
 
+    /// Small integers in -3..=3 from `seed`, as f64.
+    fn small(n: usize, seed: u64) -> Vec<f64> {
+        let mut s = seed | 1;
+        (0..n)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 33) % 7) as f64 - 3.0
+            })
+            .collect()
+    }
+
+    /// JAX's 2-D conv or transposed conv from its definition on `x` `(N, H, W, C_in)` and
+    /// `w` `(kh, kw, C_in, C_out)` (HWIO, as given): the transposed conv correlates the
+    /// stride-dilated input padded by `(lo, hi)` with the kernel, the conv its input padded
+    /// so, negative amounts cropping. `None` where an output extent is below 1.
+    #[allow(clippy::too_many_arguments)]
+    fn jax_definition(
+        transpose: bool,
+        x: &ndarray::ArrayD<f64>,
+        w: &ndarray::ArrayD<f64>,
+        s: &[usize],
+        d: &[usize],
+        pads: &[(i64, i64)],
+    ) -> Option<ndarray::ArrayD<f64>> {
+        let (n, cin, cout) = (x.shape()[0], x.shape()[3], w.shape()[3]);
+        let mut out = Vec::new();
+        for a in 0..2 {
+            let (i, k) = (x.shape()[1 + a] as i64, w.shape()[a] as i64);
+            let span = d[a] as i64 * (k - 1) + 1;
+            let (lo, hi) = pads[a];
+            let len = if transpose {
+                (i - 1) * s[a] as i64 + 1 + lo + hi - span + 1
+            } else {
+                (i + lo + hi - span).div_euclid(s[a] as i64) + 1
+            };
+            if len < 1 {
+                return None;
+            }
+            out.push(len as usize);
+        }
+        // The input position output `o` reads through tap `t` on axis `a`, if any.
+        let read = |a: usize, o: usize, t: usize| -> Option<usize> {
+            let (i, lo) = (x.shape()[1 + a] as i64, pads[a].0);
+            let (s, d) = (s[a] as i64, d[a] as i64);
+            if transpose {
+                let p = o as i64 - lo + t as i64 * d;
+                (p >= 0 && p % s == 0 && p / s < i).then(|| (p / s) as usize)
+            } else {
+                let q = o as i64 * s + t as i64 * d - lo;
+                (q >= 0 && q < i).then_some(q as usize)
+            }
+        };
+        let mut y = ndarray::ArrayD::zeros(ndarray::IxDyn(&[n, out[0], out[1], cout]));
+        for ((b, o0, o1, co), v) in y
+            .view_mut()
+            .into_dimensionality::<ndarray::Ix4>()
+            .unwrap()
+            .indexed_iter_mut()
+        {
+            for t0 in 0..w.shape()[0] {
+                for t1 in 0..w.shape()[1] {
+                    if let (Some(i0), Some(i1)) = (read(0, o0, t0), read(1, o1, t1)) {
+                        for ci in 0..cin {
+                            *v += x[[b, i0, i1, ci]] * w[[t0, t1, ci, co]];
+                        }
+                    }
+                }
+            }
+        }
+        Some(y)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(600))]
+
+        /// JAX's 2-D transposed conv and conv with every explicit padding from -3 to 4 per
+        /// end, within PyTorch's parameters or beyond them (`Convention::lower`): exactly
+        /// their definitions on small integers ([`jax_definition`]), refused where that
+        /// leaves no output; the gradients by the adjoint identities `<y, gy> = <x, gx> =
+        /// <w, gw>` and the bias's as the sum of `gy`, exactly.
+        #[test]
+        fn jax_calls_compute_their_definition(
+            input in prop::collection::vec(1usize..5, 2),
+            kernel in prop::collection::vec(1usize..4, 2),
+            stride in prop::collection::vec(1usize..4, 2),
+            dilation in prop::collection::vec(1usize..3, 2),
+            pads in prop::collection::vec((-3i64..5, -3i64..5), 2),
+            channels in (1usize..3, 1usize..3, 1usize..3),
+            transpose in any::<bool>(),
+            seed in any::<u64>(),
+        ) {
+            let (batch, cin, cout) = channels;
+            let shape = |v: &[usize]| ndarray::IxDyn(v);
+            let xs = [batch, input[0], input[1], cin];
+            let ws = [kernel[0], kernel[1], cin, cout];
+            let x = ndarray::ArrayD::from_shape_vec(shape(&xs), small(xs.iter().product(), seed)).unwrap();
+            let w = ndarray::ArrayD::from_shape_vec(shape(&ws), small(ws.iter().product(), seed ^ 1)).unwrap();
+            let op = if transpose { Op::ConvTranspose } else { Op::Conv };
+            let call = Call::new(FrameworkPadding::Explicit(pads.clone()))
+                .strides(&stride)
+                .dilations(&dilation);
+            let jax = Convention::jax();
+            let got = jax.run(op, x.view(), w.view(), None, &call);
+            let Some(want) = jax_definition(transpose, &x, &w, &stride, &dilation, &pads) else {
+                prop_assert!(got.is_err(), "{:?} {:?}: no output, yet computed", op, call);
+                return Ok(());
+            };
+            let y = got.map_err(|e| TestCaseError::fail(format!("{op:?} {call:?}: {e}")))?;
+            prop_assert_eq!(&y, &want, "{:?} {:?}", op, call);
+            let gy = ndarray::ArrayD::from_shape_vec(shape(y.shape()), small(y.len(), seed ^ 2)).unwrap();
+            let g = jax
+                .backward(op, x.view(), w.view(), gy.view(), &call, Wanted::all(), &PlanOptions::default())
+                .map_err(|e| TestCaseError::fail(format!("{op:?} {call:?}: {e}")))?;
+            let dot = |a: &ndarray::ArrayD<f64>, b: &ndarray::ArrayD<f64>| -> f64 {
+                a.iter().zip(b.iter()).map(|(p, q)| p * q).sum()
+            };
+            let (gx, gw, gb) = (g.input.unwrap(), g.weight.unwrap(), g.bias.unwrap());
+            prop_assert_eq!(gx.shape(), x.shape());
+            prop_assert_eq!(gw.shape(), w.shape());
+            let yy = dot(&y, &gy);
+            prop_assert_eq!(dot(&x, &gx), yy, "{:?} {:?}: <x, gx>", op, call);
+            prop_assert_eq!(dot(&w, &gw), yy, "{:?} {:?}: <w, gw>", op, call);
+            for co in 0..cout {
+                let sum: f64 = gy.index_axis(ndarray::Axis(3), co).sum();
+                prop_assert_eq!(gb[co], sum, "{:?} {:?}: bias gradient", op, call);
+            }
+        }
+    }
+
     #[test]
     fn absurd_sizes_are_refused_not_overflowed() {
         let huge = usize::MAX;
@@ -635,6 +777,14 @@ mod generated {
                 ] {
                     let call = Call::new(padding).strides(&[stride]).dilations(&[huge / 2]);
                     for op in [Op::Conv, Op::ConvTranspose] {
+                        // The lowering beyond PyTorch's parameters too: a value or an
+                        // error, never a panic or an overflow.
+                        if let Ok(low) = convention.lower(op, &x, &w, &call) {
+                            let xt = [1, 1, x[1] - low.crop[0].0 - low.crop[0].1];
+                            let wt = [1, 1, w[0]];
+                            let g = Geometry::new(op, &xt, &wt, None, &low.params);
+                            assert!(g.is_err() || !low.reached, "{low:?}");
+                        }
                         if let Ok(p) = convention.params(op, &x, &w, &call) {
                             let xt = [1, 1, x[1]];
                             let wt = [1, 1, w[0]];
