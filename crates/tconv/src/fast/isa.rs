@@ -198,6 +198,44 @@ pub(crate) fn l2_cache_bytes() -> Option<usize> {
     caches().iter().find(|c| c.0 == 2).map(|c| c.1)
 }
 
+/// Whether this CPU runs AVX-512 on 256-bit units (AMD's Zen 4, CPUID family 0x19 with
+/// AVX-512F: each 512-bit multiply-add issues as two halves, so its FMA peak is that of
+/// AVX2), read once. There the GEMMs take twice as long per product as on a full-width
+/// core while the Winograd tiles' transforms (loads, stores, adds) do not, which the
+/// weight gradient's cost model weighs ([`crate::fast::winograd_weight::pays`]).
+pub(crate) fn avx512_half_width() -> bool {
+    static HALF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *HALF.get_or_init(|| Isa::Avx512.available() && amd_family() == Some(0x19))
+}
+
+/// The CPU family of an AMD processor (base plus extended family, CPUID leaf 1).
+#[cfg(target_arch = "x86_64")]
+fn amd_family() -> Option<u32> {
+    // As in `detect_caches`: the intrinsic is an `unsafe fn` in older Rust.
+    #[allow(unused_unsafe)]
+    let cpuid = |leaf: u32| unsafe { std::arch::x86_64::__cpuid_count(leaf, 0) };
+    let id = cpuid(0);
+    let vendor: Vec<u8> = [id.ebx, id.edx, id.ecx]
+        .iter()
+        .flat_map(|r| r.to_le_bytes())
+        .collect();
+    if vendor != b"AuthenticAMD" || id.eax < 1 {
+        return None;
+    }
+    let eax = cpuid(1).eax;
+    let base = (eax >> 8) & 0xf;
+    Some(if base == 0xf {
+        base + ((eax >> 20) & 0xff)
+    } else {
+        base
+    })
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn amd_family() -> Option<u32> {
+    None
+}
+
 /// The data and unified caches CPUID describes: `(level, bytes)`, read once.
 fn caches() -> &'static [(u32, usize)] {
     static CACHES: std::sync::OnceLock<Vec<(u32, usize)>> = std::sync::OnceLock::new();

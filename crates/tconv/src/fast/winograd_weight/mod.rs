@@ -387,10 +387,17 @@ pub fn pays(g: &Geometry, isa: Isa, loops_only: bool) -> bool {
         return false;
     }
     let all_live = decompose(g).is_some_and(|(_, phases, ..)| phases.iter().all(|p| p.live()));
-    let cost = if isa == Isa::Avx512 && isa.available() && (all_live || loops_only) {
+    let avx512 = isa == Isa::Avx512 && isa.available();
+    let cost = if avx512 && (all_live || loops_only) {
         INPUT_COST_AVX512
     } else {
         INPUT_COST_PORTABLE
+    };
+    // AVX-512 on 256-bit units: the GEMMs' products take twice as long, the transforms not.
+    let cost = if avx512 && crate::fast::isa::avx512_half_width() {
+        cost / 2.0
+    } else {
+        cost
     };
     g.batch > 0 && speedup_with(g, false, cost).is_some_and(|x| x >= MIN_SPEEDUP)
 }
@@ -406,6 +413,17 @@ pub fn pays(g: &Geometry, isa: Isa, loops_only: bool) -> bool {
 /// - dilated (model 1.14, not taken: three phases of four receive bias only, so the
 ///   gradient's blocked copy and strided gathers are mostly waste): weight gradient 0.92x
 ///   at 1 thread and 0.83x at 2 (medians of 7, `gwbench`).
+///
+/// Those on an Intel Xeon. On AVX-512 run on 256-bit units (AMD Zen 4,
+/// [`crate::fast::isa::avx512_half_width`]) the costs are halved, the GEMMs' products
+/// taking twice as long there: dcgan3 (model 1.15) and dilated (1.19) take the tiles.
+/// Paired against the GEMMs on the Zen 4 of 2026-12-07 (`bench/paired.sh L T 3-5`, the
+/// tiles forced, medians / minima): dcgan3's weight gradient 1.30x / 1.31x at 1 thread and
+/// 1.26x / 1.28x at 2, its backward pass 1.13x / 1.14x and 1.10x / 1.11x (its balanced
+/// two-thread schedule, which needs the GEMM's parts, included), in float64 1.14x / 1.10x
+/// and 1.02x / 1.04x; dilated's weight gradient 1.17x / 1.21x and 1.16x / 1.18x, its
+/// backward pass 1.06x / 1.05x and 1.02x / 1.06x. unet, vnet3d and dcgan4 (models below
+/// 0.5) ran 0.1-0.6x so and stay on their paths.
 const INPUT_COST_AVX512: f64 = 25.0;
 
 /// The tiles as printed, e.g. `F(2x2,2x2)` (taps × tile of the upstream gradient).
@@ -578,6 +596,37 @@ mod tests {
                     assert_eq!(got.as_ref(), Some(&want32), "f32 {what}");
                 }
             }
+        }
+    }
+
+    /// The cost model's choice on AVX-512: DCGAN's 128 → 64 layer and the suite's dilated
+    /// layer take the tiles exactly where AVX-512 runs on 256-bit units (Zen 4: the GEMMs'
+    /// products cost twice as much there); DCGAN's 256 → 128 layer everywhere, the RGB
+    /// layer (3 output channels) nowhere.
+    #[test]
+    fn half_width_avx512_takes_the_tiles_where_the_products_cost_more() {
+        if !Isa::Avx512.available() {
+            return;
+        }
+        let half = crate::fast::isa::avx512_half_width();
+        let s2 = ConvParams::new().stride(&[2]).padding(&[1]);
+        let dilated = ConvParams::new()
+            .stride(&[2])
+            .padding(&[2])
+            .output_padding(&[1])
+            .dilation(&[2]);
+        for (x, w, p, want) in [
+            (vec![16, 128, 16, 16], vec![128, 64, 4, 4], &s2, half),
+            (vec![8, 64, 32, 32], vec![64, 64, 3, 3], &dilated, half),
+            (vec![16, 256, 8, 8], vec![256, 128, 4, 4], &s2, true),
+            (vec![16, 64, 32, 32], vec![64, 3, 4, 4], &s2, false),
+        ] {
+            let g = Geometry::new(crate::params::Op::ConvTranspose, &x, &w, None, p).unwrap();
+            assert_eq!(
+                pays(&g, Isa::Avx512, false),
+                want,
+                "{x:?} {w:?}, half width {half}"
+            );
         }
     }
 }
