@@ -414,9 +414,8 @@ def fuzz_jax(n, rng, tally, tmp):
 def linear_gradients(f, x, w, gy, most=1 << 24):
     """The gradients of `f(x, w)` (bilinear) for `gy` from its forward pass alone: each
     input's unit vectors through `f` (in one vmapped call), contracted with `gy`; in
-    float64 sums. None where the unit responses would exceed `most` values. (JAX 0.10's
-    vjp of a conv_transpose that pads the dilated input beyond the kernel's reach returns
-    uninitialised memory for some input positions, varying from call to call.)"""
+    float64 sums. None where the unit responses would exceed `most` values (the module's
+    docstring says why: JAX's own vjp is wrong for some calls)."""
     import jax
     import jax.numpy as jnp
 

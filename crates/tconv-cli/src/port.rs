@@ -268,7 +268,8 @@ pub fn run(a: &PortArgs) -> Result<String> {
     );
     let symmetric: Vec<usize> = begin.iter().zip(&end).map(|(b, e)| *b.min(e)).collect();
     // A JAX conv's negative padding: the op reads the input cropped.
-    let x_in = if low.crop.iter().all(|&c| c == (0, 0)) {
+    let cropped = low.crop.iter().any(|&c| c != (0, 0));
+    let x_in = if !cropped {
         "x".to_string()
     } else {
         let slices: Vec<String> = low
@@ -322,51 +323,43 @@ pub fn run(a: &PortArgs) -> Result<String> {
         }
     };
     s.push_str(&format!("  PyTorch: {torch}\n"));
-    if !low.exact() {
-        let cropped = low.crop.iter().any(|&c| c != (0, 0));
-        let note = match (low.reached, cropped) {
-            (false, _) => Some("no input position reaches the output: all zeros (with a bias, the bias)"),
-            (true, false) => Some("the zeros F.pad adds are positions no input reaches; with a bias, tconv puts it there too"),
-            (true, true) => None,
-        };
+    // What tconv's (PyTorch's) parameters do not express: a note on the PyTorch call and
+    // the reason the tconv line names the framework's call instead of flags.
+    let beyond = match (low.exact(), low.reached, cropped) {
+        (true, ..) => None,
+        (false, false, _) => Some((
+            Some("no input position reaches the output: all zeros (with a bias, the bias)"),
+            "the padding leaves no input position reaching the output",
+        )),
+        (false, true, true) => Some((None, "a negative padding crops the input")),
+        (false, true, false) => Some((
+            Some("the zeros F.pad adds are positions no input reaches; with a bias, tconv puts it there too"),
+            "padding beyond the kernel's reach adds outputs no input reaches",
+        )),
+    };
+    if let Some((note, reason)) = beyond {
         if let Some(note) = note {
             s.push_str(&format!("  note:    {note}\n"));
         }
         s.push_str(&format!(
-            "  tconv:   --convention {} with --framework-padding computes it as given ({}: PyTorch's parameters, and tconv's, do not express it)\n",
+            "  tconv:   --convention {} with --framework-padding computes it as given ({reason}: PyTorch's parameters, and tconv's, do not express it)\n",
             convention.framework.name(),
-            match (low.reached, cropped) {
-                (false, _) => "the padding leaves no input position reaching the output",
-                (true, true) => "a negative padding crops the input",
-                (true, false) => "padding beyond the kernel's reach adds outputs no input reaches",
-            }
         ));
-        return finish(s, a, convention, op, weight);
+    } else {
+        s.push_str(&format!(
+            "  tconv:   tconv {} --stride {} --dilation {} --pads {}{} --groups {}\n",
+            crate::args::op_label(op),
+            commas(stride.iter().copied()),
+            commas(dilation.iter().copied()),
+            commas(begin.iter().chain(&end).copied()),
+            if op == Op::ConvTranspose {
+                format!(" --output-padding {}", commas(extra.iter().copied()))
+            } else {
+                String::new()
+            },
+            g.groups
+        ));
     }
-    s.push_str(&format!(
-        "  tconv:   tconv {} --stride {} --dilation {} --pads {}{} --groups {}\n",
-        crate::args::op_label(op),
-        commas(stride.iter().copied()),
-        commas(dilation.iter().copied()),
-        commas(begin.iter().chain(&end).copied()),
-        if op == Op::ConvTranspose {
-            format!(" --output-padding {}", commas(extra.iter().copied()))
-        } else {
-            String::new()
-        },
-        g.groups
-    ));
-    finish(s, a, convention, op, weight)
-}
-
-/// The text `s` after writing the converted kernel where `--weight-out` asks.
-fn finish(
-    s: String,
-    a: &PortArgs,
-    convention: Convention,
-    op: Op,
-    weight: Option<NpyArray>,
-) -> Result<String> {
     if let (Some(out), Some(w)) = (&a.weight_out, weight) {
         let converted = match w {
             NpyArray::F32(w) => NpyArray::F32(convention.weight_to_torch(op, w.view())?),

@@ -1256,96 +1256,59 @@ fn jax_padding_beyond_pytorch_on_the_command_line() {
     write_npy(&d.join("x.npy"), &arr(&[1, 3, 1], &[1., 2., 3.]));
     write_npy(&d.join("w.npy"), &arr(&[2, 1, 1], &[1., 10.]));
     write_npy(&d.join("x5.npy"), &arr(&[1, 5, 1], &[1., 2., 3., 4., 5.]));
-    let (x, x5, w) = (p("x.npy"), p("x5.npy"), p("w.npy"));
+    // `tconv OP --convention jax --framework-padding=PADS --stride 2` on INPUT and w.npy,
+    // into OUT.
+    let jax = |op: &str, pads: &str, input: &str, out: &str| {
+        let pads = format!("--framework-padding={pads}");
+        let (input, w, out) = (p(input), p("w.npy"), p(out));
+        let args = ["--convention", "jax", &pads, "--stride", "2"];
+        let files = ["--input", &input, "--weight", &w, "--output", &out];
+        tconv(&[&[op][..], &args, &files].concat())
+    };
+    // The same call through `tconv port`, for an input of shape `shape`.
+    let port = |op: &str, pads: &str, shape: &str| {
+        let pads = format!("--framework-padding={pads}");
+        let args = ["port", op, "--convention", "jax", &pads, "--stride", "2"];
+        let o = tconv(
+            &[
+                &args[..],
+                &["--input-shape", shape, "--kernel-shape", "2,1,1"],
+            ]
+            .concat(),
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o)
+    };
+    let result = |op: &str, pads: &str, input: &str| {
+        let o = jax(op, pads, input, "y.npy");
+        assert!(o.status.success(), "{}", stderr(&o));
+        read_npy(d.join("y.npy")).unwrap().to_f32()
+    };
     // [1, 0, 2, 0, 3] padded by (3, 4), correlated with [1, 10].
-    let o = tconv(&[
-        "conv-transpose",
-        "--convention",
-        "jax",
-        "--framework-padding=3:4",
-        "--stride",
-        "2",
-        "--input",
-        &x,
-        "--weight",
-        &w,
-        "--output",
-        &p("y.npy"),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let y = read_npy(d.join("y.npy")).unwrap().to_f32();
     let want = [0., 0., 10., 1., 20., 2., 30., 3., 0., 0., 0.];
-    assert_eq!(y, arr(&[1, 11, 1], &want));
+    assert_eq!(
+        result("conv-transpose", "3:4", "x.npy"),
+        arr(&[1, 11, 1], &want)
+    );
     // [1, 2, 3, 4, 5] padded by (-1, 1): [2, 3, 4, 5, 0] at stride 2.
-    let o = tconv(&[
-        "conv",
-        "--convention",
-        "jax",
-        "--framework-padding=-1:1",
-        "--stride",
-        "2",
-        "--input",
-        &x5,
-        "--weight",
-        &w,
-        "--output",
-        &p("yc.npy"),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let y = read_npy(d.join("yc.npy")).unwrap().to_f32();
-    assert_eq!(y, arr(&[1, 2, 1], &[32., 54.]));
-    let o = tconv(&[
-        "port",
-        "conv-transpose",
-        "--convention",
-        "jax",
-        "--framework-padding=3:4",
-        "--stride",
-        "2",
-        "--input-shape",
-        "1,3,1",
-        "--kernel-shape",
-        "2,1,1",
-    ]);
-    let text = stdout(&o);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        result("conv", "-1:1", "x5.npy"),
+        arr(&[1, 2, 1], &[32., 54.])
+    );
+    let text = port("conv-transpose", "3:4", "1,3,1");
     assert!(
         text.contains("PyTorch: F.pad(F.conv_transpose1d(x, w, b,"),
         "{text}"
     );
     assert!(text.contains("), (2, 3))\n"), "{text}");
     assert!(text.contains("tconv:   --convention jax"), "{text}");
-    let o = tconv(&[
-        "port",
-        "conv",
-        "--convention",
-        "jax",
-        "--framework-padding=-1:1",
-        "--stride",
-        "2",
-        "--input-shape",
-        "1,5,1",
-        "--kernel-shape",
-        "2,1,1",
-    ]);
-    let text = stdout(&o);
+    let text = port("conv", "-1:1", "1,5,1");
     assert!(
         text.contains("F.conv1d(F.pad(x[:, :, 1:5], (0, 1)), w, b,"),
         "{text}"
     );
     // Zeros padded far beyond the kernel: refused by their size, no file.
-    let o = tconv(&[
-        "conv-transpose",
-        "--convention",
-        "jax",
-        "--framework-padding=1099511627776:0",
-        "--input",
-        &x,
-        "--weight",
-        &w,
-        "--output",
-        &p("huge.npy"),
-    ]);
+    let o = jax("conv-transpose", "1099511627776:0", "x.npy", "huge.npy");
     expect_usage_error(&o, "more than the limit");
     assert!(!d.join("huge.npy").exists());
 }

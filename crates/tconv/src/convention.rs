@@ -34,7 +34,7 @@ use crate::error::{fail, ErrorKind, Result};
 use crate::grad::{Gradients, Wanted};
 use crate::params::{ConvParams, Op, Padding};
 use crate::plan::PlanOptions;
-use crate::tensor::Element;
+use crate::tensor::{numel, Element};
 
 /// Which framework's conventions a call follows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -429,16 +429,17 @@ impl Convention {
                     .collect();
                 let axes = (&input[..], &spans[..], &strides[..]);
                 let (padding, crop, unreached) = self.conv_padding(&call.padding, axes, beyond)?;
+                let params = base.padding_spec(padding);
                 Ok(match unreached {
                     // The crops leave no input on some axis: zeros throughout.
                     Some(extents) => Lowering {
                         around: extents.into_iter().map(|n| (n, 0)).collect(),
                         reached: false,
-                        ..exact(base.padding_spec(padding))
+                        ..exact(params)
                     },
                     None => Lowering {
                         crop,
-                        ..exact(base.padding_spec(padding))
+                        ..exact(params)
                     },
                 })
             }
@@ -739,27 +740,19 @@ impl Convention {
             self.data_to_torch(x, "input")?,
             self.weight_to_torch(op, w)?,
         );
-        let xt = crop(xt, &low.crop);
+        // The input the op reads: without what a JAX conv's negative padding crops.
+        let xc = inner_view(&xt, &low.crop);
         if low.exact() {
-            let y = match op {
-                Op::Conv => crate::conv(&xt, &wt, bias, &low.params)?,
-                Op::ConvTranspose => crate::conv_transpose(&xt, &wt, bias, &low.params)?,
-            };
-            return Ok(self.data_from_torch(y));
+            return Ok(self.data_from_torch(crate::run(op, xc, &wt, bias, &low.params)?));
         }
         // The zeros (the bias) around, checked in size before anything is computed.
-        let g = low.geometry(op, &xt, &wt, bias.map(|b| b.len()))?;
+        let g = low.geometry(op, xc.shape(), wt.shape(), bias.map(|b| b.len()))?;
         let inner = g.user_output_shape();
         let fill = bias_values(bias, g.out_channels);
-        let mut out = filled(g.batch, &fill, &low.extents(&inner[2..]))?;
+        let mut y = filled(g.batch, &fill, &low.extents(&inner[2..]))?;
         if low.reached {
-            let y = match op {
-                Op::Conv => crate::conv(&xt, &wt, bias, &low.params)?,
-                Op::ConvTranspose => crate::conv_transpose(&xt, &wt, bias, &low.params)?,
-            };
-            inner_mut(&mut out, &low.around).assign(&y);
+            inner_mut(&mut y, &low.around).assign(&crate::run(op, xc, &wt, bias, &low.params)?);
         }
-        let y = out;
         Ok(self.data_from_torch(y))
     }
 
@@ -787,12 +780,7 @@ impl Convention {
         );
         let gyt = self.data_to_torch(grad_y, "grad_output")?;
         let g = if low.exact() {
-            match op {
-                Op::Conv => crate::conv_backward(&xt, &wt, &gyt, &low.params, wanted, options)?,
-                Op::ConvTranspose => {
-                    crate::conv_transpose_backward(&xt, &wt, &gyt, &low.params, wanted, options)?
-                }
-            }
+            crate::grad::backward(op, &xt, &wt, &gyt, &low.params, wanted, options, None)?
         } else {
             low.backward(op, (xt, wt, gyt), wanted, options)?
         };
@@ -839,20 +827,18 @@ impl Lowering {
             .map(|(&(b, e), &n)| b.saturating_add(n).saturating_add(e))
             .collect()
     }
-}
 
-impl Lowering {
-    /// The geometry of the op on `xt` (cropped) and `wt` in tconv's layouts with
-    /// `params`, which checks their shapes.
-    fn geometry<T: Element>(
+    /// The geometry of the op on an input (cropped) and a weight of these shapes in
+    /// tconv's layouts with `params`, which checks them.
+    fn geometry(
         &self,
         op: Op,
-        xt: &ArrayD<T>,
-        wt: &ArrayD<T>,
+        x_shape: &[usize],
+        w_shape: &[usize],
         bias: Option<usize>,
     ) -> Result<crate::Geometry> {
         let bias = bias.map(|b| vec![b]);
-        crate::Geometry::new(op, xt.shape(), wt.shape(), bias.as_deref(), &self.params)
+        crate::Geometry::new(op, x_shape, w_shape, bias.as_deref(), &self.params)
     }
 
     /// The gradients where the call is not exact: those of the op on the cropped input for
@@ -865,8 +851,8 @@ impl Lowering {
         wanted: Wanted,
         options: &PlanOptions,
     ) -> Result<Gradients<T>> {
-        let xc = crop(xt.clone(), &self.crop);
-        let g = self.geometry(op, &xc, &wt, None)?;
+        let xc = inner_view(&xt, &self.crop);
+        let g = self.geometry(op, xc.shape(), wt.shape(), None)?;
         let inner = g.user_output_shape();
         let mut expected = inner.clone();
         expected.splice(2.., self.extents(&inner[2..]));
@@ -883,12 +869,7 @@ impl Lowering {
                 bias: false,
                 ..wanted
             };
-            let g = match op {
-                Op::Conv => crate::conv_backward(&xc, &wt, gy, &self.params, only, options)?,
-                Op::ConvTranspose => {
-                    crate::conv_transpose_backward(&xc, &wt, gy, &self.params, only, options)?
-                }
-            };
+            let g = crate::grad::backward(op, xc, &wt, gy, &self.params, only, options, None)?;
             let input = g.input.map(|gx| {
                 let mut full = ArrayD::zeros(xt.shape());
                 inner_mut(&mut full, &self.crop).assign(&gx);
@@ -900,14 +881,10 @@ impl Lowering {
             (input, wanted.weight.then(|| ArrayD::zeros(wt.shape())))
         };
         let bias = wanted.bias.then(|| {
-            let channels = gyt.shape()[1];
-            let mut gb = ArrayD::zeros(ndarray::IxDyn(&[channels]));
-            for image in gyt.outer_iter() {
-                for (c, plane) in image.outer_iter().enumerate() {
-                    gb[c] = plane.iter().fold(gb[c], |acc, &v| acc + v);
-                }
-            }
-            gb
+            let (view, channels) = (gyt.view(), gyt.shape()[1]);
+            let gy = crate::tensor::contiguous(&view);
+            let sums = crate::grad::channel_sums(&gy, channels, numel(&gyt.shape()[2..]));
+            ArrayD::from_shape_vec(ndarray::IxDyn(&[channels]), sums).expect("one sum a channel")
         });
         Ok(Gradients {
             input,
@@ -937,14 +914,6 @@ fn filled<T: Element>(batch: usize, fill: &[T], extents: &[usize]) -> Result<Arr
         }
     }
     Ok(out)
-}
-
-/// `a` (tconv's layout) without `crop`'s positions at each spatial axis's ends.
-fn crop<T: Clone>(a: ArrayD<T>, crop: &[(usize, usize)]) -> ArrayD<T> {
-    if crop.iter().all(|&c| c == (0, 0)) {
-        return a;
-    }
-    inner_view(&a, crop).to_owned()
 }
 
 /// The part of `a` (tconv's layout) inside `around`'s positions at each spatial axis's ends.

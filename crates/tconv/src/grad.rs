@@ -430,11 +430,16 @@ pub fn grad_input<T: Element>(
 
 /// `∂L/∂b`: the sum of `gy` over batch and positions, per output channel.
 pub fn grad_bias<T: Element>(g: &Geometry, gy: &[T]) -> Vec<T> {
-    let plane = numel(&g.output_shape()[2..]);
-    let mut gb = vec![T::zero(); g.out_channels];
-    for (i, chunk) in gy.chunks(plane.max(1)).enumerate() {
-        let c = i % g.out_channels;
-        gb[c] = chunk.iter().fold(gb[c], |acc, &v| acc + v);
+    channel_sums(gy, g.out_channels, numel(&g.output_shape()[2..]))
+}
+
+/// The sums of `y` (`(N, channels, *positions)`, `plane` positions an image's channel) over
+/// batch and positions, per channel, plane by plane in order.
+pub(crate) fn channel_sums<T: Element>(y: &[T], channels: usize, plane: usize) -> Vec<T> {
+    let mut sums = vec![T::zero(); channels];
+    for (i, chunk) in y.chunks(plane.max(1)).enumerate() {
+        let c = i % channels;
+        sums[c] = chunk.iter().fold(sums[c], |acc, &v| acc + v);
     }
-    gb
+    sums
 }

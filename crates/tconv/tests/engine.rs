@@ -1311,26 +1311,25 @@ fn winograd_tasks_widen_where_the_weights_stream() {
     let g = Geometry::new(Op::ConvTranspose, &xs, w.shape(), None, &p).unwrap();
     let gy = ints::<f32>(&g.output_shape(), 32);
     let in_bytes = 4 * gy.len();
-    let w = w.as_slice().unwrap();
-    let mut outs = Vec::new();
-    for threads in [1, 2, 3] {
-        let plan = tconv::grad::input_plan(&g, w, &opts(threads)).unwrap();
-        let text = plan.to_string();
-        assert_eq!(plan.algorithm(), Algorithm::Winograd, "{text}");
-        // (Four tasks on 3 threads.)
-        let tiles = if threads < 3 { 32 } else { 16 };
-        assert!(
-            text.contains(&format!("N<={tiles} tiles per task")),
-            "{text}"
-        );
-        assert!(
-            plan.workspace_bytes() > in_bytes * threads
-                && plan.workspace_bytes() <= 2 * in_bytes * threads,
-            "{text}"
-        );
-        outs.push(plan.execute(&gy, None).unwrap());
-    }
-    equal_the_direct_input_gradient(&g, w, &gy, &outs);
+    winograd_input_gradients_are_the_direct_ones(
+        &g,
+        w.as_slice().unwrap(),
+        &gy,
+        |threads, plan| {
+            let text = plan.to_string();
+            // (Four tasks on 3 threads.)
+            let tiles = if threads < 3 { 32 } else { 16 };
+            assert!(
+                text.contains(&format!("N<={tiles} tiles per task")),
+                "{text}"
+            );
+            assert!(
+                plan.workspace_bytes() > in_bytes * threads
+                    && plan.workspace_bytes() <= 2 * in_bytes * threads,
+                "{text}"
+            );
+        },
+    );
     // Half the channels: 4.7 MB of transformed weights, 16 tiles a task.
     let w = floats(&[256, 128, 4, 4], 33);
     let g = Geometry::new(Op::ConvTranspose, &[16, 256, 4, 4], w.shape(), None, &p).unwrap();
@@ -1356,51 +1355,54 @@ fn winograd_input_gradient_of_many_sources_takes_wide_tasks() {
         return;
     }
     let p = ConvParams::new().stride(&[8]).padding(&[4]);
-    let opts = |threads| PlanOptions {
-        threads: Some(threads),
-        ..PlanOptions::default()
-    };
     let w = ints::<f32>(&[512, 256, 16], 41);
     let g = Geometry::new(Op::ConvTranspose, &[4, 512, 256], w.shape(), None, &p).unwrap();
     let gy = ints::<f32>(&g.output_shape(), 42);
     let in_bytes = 4 * gy.len();
-    let w = w.as_slice().unwrap();
-    let mut outs = Vec::new();
-    for threads in [1, 2, 3] {
-        let plan = tconv::grad::input_plan(&g, w, &opts(threads)).unwrap();
-        let text = plan.to_string();
-        assert_eq!(plan.algorithm(), Algorithm::Winograd, "{text}");
-        assert!(text.contains("K=2048"), "{text}");
-        if threads < 3 {
-            assert!(text.contains("N<=96 tiles per task"), "{text}");
-        }
-        assert!(
-            plan.workspace_bytes() <= in_bytes / 2 * threads,
-            "{threads} threads: {text}"
-        );
-        outs.push(plan.execute(&gy, None).unwrap());
-    }
-    equal_the_direct_input_gradient(&g, w, &gy, &outs);
+    winograd_input_gradients_are_the_direct_ones(
+        &g,
+        w.as_slice().unwrap(),
+        &gy,
+        |threads, plan| {
+            let text = plan.to_string();
+            assert!(text.contains("K=2048"), "{text}");
+            if threads < 3 {
+                assert!(text.contains("N<=96 tiles per task"), "{text}");
+            }
+            assert!(
+                plan.workspace_bytes() <= in_bytes / 2 * threads,
+                "{threads} threads: {text}"
+            );
+        },
+    );
 }
 
-/// Input gradients `outs` of `g` on 1, 2 and 3 threads are exactly the direct engine's.
-fn equal_the_direct_input_gradient(
+/// The input gradient of `g` planned on 1, 2 and 3 threads takes Winograd tiles (each plan
+/// also passed to `check` with its thread count) and gives exactly the direct engine's sums.
+fn winograd_input_gradients_are_the_direct_ones(
     g: &tconv::Geometry,
     w: &[f32],
     gy: &ArrayD<f32>,
-    outs: &[ArrayD<f32>],
+    check: impl Fn(usize, &Plan<f32>),
 ) {
-    let direct = PlanOptions {
-        algorithm: Some(Algorithm::Direct),
-        threads: Some(2),
+    let on = |threads, algorithm| PlanOptions {
+        threads: Some(threads),
+        algorithm,
         ..PlanOptions::default()
     };
-    let want = tconv::grad::input_plan(g, w, &direct)
+    let want = tconv::grad::input_plan(g, w, &on(2, Some(Algorithm::Direct)))
         .unwrap()
         .execute(gy, None)
         .unwrap();
-    for (threads, o) in [1, 2, 3].iter().zip(outs) {
-        assert!(o == want, "{threads} threads: not the direct engine's sums");
+    for threads in [1, 2, 3] {
+        let plan = tconv::grad::input_plan(g, w, &on(threads, None)).unwrap();
+        assert_eq!(plan.algorithm(), Algorithm::Winograd, "{plan}");
+        check(threads, &plan);
+        let got = plan.execute(gy, None).unwrap();
+        assert!(
+            got == want,
+            "{threads} threads: not the direct engine's sums"
+        );
     }
 }
 

@@ -211,18 +211,11 @@ pub(crate) fn avx512_half_width() -> bool {
 /// The CPU family of an AMD processor (base plus extended family, CPUID leaf 1).
 #[cfg(target_arch = "x86_64")]
 fn amd_family() -> Option<u32> {
-    // As in `detect_caches`: the intrinsic is an `unsafe fn` in older Rust.
-    #[allow(unused_unsafe)]
-    let cpuid = |leaf: u32| unsafe { std::arch::x86_64::__cpuid_count(leaf, 0) };
-    let id = cpuid(0);
-    let vendor: Vec<u8> = [id.ebx, id.edx, id.ecx]
-        .iter()
-        .flat_map(|r| r.to_le_bytes())
-        .collect();
-    if vendor != b"AuthenticAMD" || id.eax < 1 {
+    let (vendor, highest) = vendor();
+    if &vendor != b"AuthenticAMD" || highest < 1 {
         return None;
     }
-    let eax = cpuid(1).eax;
+    let eax = cpuid(1, 0).eax;
     let base = (eax >> 8) & 0xf;
     Some(if base == 0xf {
         base + ((eax >> 20) & 0xff)
@@ -242,19 +235,33 @@ fn caches() -> &'static [(u32, usize)] {
     CACHES.get_or_init(detect_caches)
 }
 
+/// CPUID leaf `leaf`, sub-leaf `sub`.
 #[cfg(target_arch = "x86_64")]
-fn detect_caches() -> Vec<(u32, usize)> {
+fn cpuid(leaf: u32, sub: u32) -> std::arch::x86_64::CpuidResult {
     // CPUID is part of the x86-64 baseline. The intrinsic is an `unsafe fn` in older Rust
     // (this crate's minimum, 1.89, among them) and safe in newer (1.95, used here).
     #[allow(unused_unsafe)]
-    let cpuid = |leaf: u32, sub: u32| unsafe { std::arch::x86_64::__cpuid_count(leaf, sub) };
+    unsafe {
+        std::arch::x86_64::__cpuid_count(leaf, sub)
+    }
+}
+
+/// The CPU's vendor string (CPUID leaf 0) and the highest standard leaf it has.
+#[cfg(target_arch = "x86_64")]
+fn vendor() -> ([u8; 12], u32) {
     let id = cpuid(0, 0);
-    let vendor: Vec<u8> = [id.ebx, id.edx, id.ecx]
-        .iter()
-        .flat_map(|r| r.to_le_bytes())
-        .collect();
-    let leaf = match &vendor[..] {
-        b"GenuineIntel" if id.eax >= 4 => 4,
+    let mut vendor = [0; 12];
+    for (chunk, r) in vendor.chunks_mut(4).zip([id.ebx, id.edx, id.ecx]) {
+        chunk.copy_from_slice(&r.to_le_bytes());
+    }
+    (vendor, id.eax)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect_caches() -> Vec<(u32, usize)> {
+    let (vendor, highest) = vendor();
+    let leaf = match &vendor {
+        b"GenuineIntel" if highest >= 4 => 4,
         b"AuthenticAMD" if cpuid(0x8000_0000, 0).eax >= 0x8000_001D => 0x8000_001D,
         _ => return Vec::new(),
     };

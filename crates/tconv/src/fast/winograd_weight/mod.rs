@@ -424,12 +424,12 @@ const INPUT_COST_AVX512: f64 = 25.0;
 /// GEMMs on the Zen 4 of 2026-12-07 (`bench/paired.sh L T 3-8`, medians / minima): dcgan3's
 /// weight gradient 1.19x / 1.25x at 1 thread and 1.22x / 1.24x at 2, its backward pass
 /// 1.11x / 1.11x and 1.03x / 1.05x (against its balanced two-thread schedule, which needs
-/// the GEMM's parts), in float64 1.14x / 1.10x and 1.02x / 1.04x; dilated's weight gradient
-/// 1.25x / 1.28x and 1.03x / 1.12x, its backward pass 1.07x / 1.07x and 1.04x / 1.05x; the
-/// same 128 → 64 channels on 8×8 inputs or 8 images 1.25-1.29x (`tconv bench --input`). A
-/// 96 → 48 layer (model 1.05 at half the costs, 1.02 at this factor: declined) ran 0.88-0.90x
-/// on 16×16 inputs and 1.00x on 8×8. unet, vnet3d and dcgan4 (models below 0.5) ran 0.1-0.6x
-/// on the tiles.
+/// the GEMM's parts), in float64 at 1 thread 1.14x / 1.10x (backward 1.02x / 1.04x);
+/// dilated's weight gradient 1.25x / 1.28x and 1.03x / 1.12x, its backward pass 1.07x /
+/// 1.07x and 1.04x / 1.05x; the same 128 → 64 channels on 8×8 inputs or 8 images
+/// 1.25-1.29x (`tconv bench --input`). A 96 → 48 layer (model 1.05 at half the costs, 1.02
+/// at this factor: declined) ran 0.88-0.90x on 16×16 inputs and 1.00x on 8×8. unet, vnet3d
+/// and dcgan4 (models 0.2-0.7) ran 0.1-0.6x on the tiles.
 const HALF_WIDTH_COST: f64 = 0.6;
 
 /// The tiles as printed, e.g. `F(2x2,2x2)` (taps × tile of the upstream gradient).
