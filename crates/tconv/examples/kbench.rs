@@ -47,6 +47,46 @@ fn main() {
         let gflops = (reps * blocks * k * tile * 2) as f64 / s / 1e9;
         println!("mr={mr:2} v={v} k={k:4}, {blocks} blocks' weights from L2: {gflops:6.1} GFLOP/s");
     }
+    // As the Winograd tiles' GEMMs run (one per transformed point): M = 256 output
+    // channels in blocks of `mr` (the last padded), K = 512, over a panel of `n` columns,
+    // each block's weights applied to the panel `v` vectors at a time; GFLOP/s of the 256
+    // rows (padding waste included). At n = 16 a task's panel is one vector (dcgan1 at
+    // 2 threads), at 192 many (hifigan1d).
+    for n in [16usize, 192] {
+        let (m, k) = (256usize, 512usize);
+        for &(mr, v, _) in tile_shapes(isa) {
+            let (Some(f), true) = (f32_kernel(isa, mr, v), n % (v * lanes) == 0) else {
+                continue;
+            };
+            let blocks = m.div_ceil(mr);
+            let a = vec![1.0f32; blocks * k * mr];
+            let b = vec![1.0f32; k * n];
+            let mut out = vec![0.0f32; blocks * mr * n];
+            let reps = (1_000_000_000 / (m * k * n)).max(1);
+            let t = Instant::now();
+            for _ in 0..reps {
+                for bl in 0..blocks {
+                    let w = &a[bl * k * mr..(bl + 1) * k * mr];
+                    for p0 in (0..n).step_by(v * lanes) {
+                        let rows = Rows {
+                            k,
+                            pitch: n,
+                            taps: 1,
+                            out_pitch: n,
+                        };
+                        let o = &mut out[bl * mr * n + p0..];
+                        f(w, &b[p0..], rows, o.into(), false);
+                    }
+                }
+                std::hint::black_box(&mut out);
+            }
+            let s = t.elapsed().as_secs_f64();
+            let gflops = (reps * m * k * n * 2) as f64 / s / 1e9;
+            println!(
+                "mr={mr:2} v={v} M={m} K={k} N={n:3} as the Winograd GEMMs: {gflops:6.1} GFLOP/s"
+            );
+        }
+    }
     // f64: its plans are `Scalar` (the portable layout, 8 lanes a vector), its kernels
     // in this CPU's registers.
     println!("f64, 8 lanes");

@@ -1406,9 +1406,10 @@ fn winograd_input_gradients_are_the_direct_ones(
     }
 }
 
-/// A plan may take a wider Winograd tile on fewer threads than the two its algorithm and
-/// transforms are chosen for (DCGAN's 512 → 256 layer: 12×2 tiles at 1 thread on AVX-512,
-/// 24×1 at 2, whose scratch bound holds only narrower panels for two tasks), as may its
+/// A plan may take another Winograd tile on another thread count than the two its
+/// algorithm and transforms are chosen for (DCGAN's 512 → 256 layer on AVX-512: 12×2 tiles
+/// at 1 thread, 24×1 at 2, whose scratch bound holds only narrower panels for two tasks;
+/// where AVX-512 runs on 256-bit units 16×1 at 1 and 2 threads, 24×1 at 3), as may its
 /// input gradient, planned to run once: the bits are the same on 1, 2 and 3 threads.
 #[test]
 fn tiles_chosen_per_thread_count_keep_the_bits() {
@@ -1440,7 +1441,7 @@ fn tiles_chosen_per_thread_count_keep_the_bits() {
         if Isa::detect() == Isa::Avx512 && xs[1] == 512 {
             let fwd = |l: &String| l.split(" / ").next().unwrap().to_string();
             assert!(
-                fwd(&labels[0]).contains("12x2") && fwd(&labels[1]).contains("24x1"),
+                labels.iter().any(|l| fwd(l) != fwd(&labels[0])),
                 "{labels:?}"
             );
         }

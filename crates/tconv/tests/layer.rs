@@ -135,9 +135,9 @@ proptest! {
 /// A layer planned for one thread takes, for a new input extent, a Winograd tile whose
 /// weights it holds packed already where one fits its scratch, and of tiles of equal cost
 /// the one of less scratch: the cheapest tile of each extent alone varies with it (DCGAN's
-/// 512 -> 256 layer at widths 4-12: six pairs of tile and transforms on AVX-512; its 256 ->
-/// 128 layer at widths 8-16: four), but the layer packs fewer times than that (three each),
-/// and every output is the fresh plan's.
+/// 512 -> 256 layer at widths 4-12: six pairs of tile and transforms on a full-width
+/// AVX-512 core; its 256 -> 128 layer at widths 8-16: four), but the layer packs fewer times
+/// than that (three each), and every output is the fresh plan's.
 #[test]
 fn new_input_extents_take_tiles_already_packed() {
     let options = PlanOptions {
@@ -145,6 +145,7 @@ fn new_input_extents_take_tiles_already_packed() {
         ..PlanOptions::default()
     };
     let params = ConvParams::new().stride(&[2, 2]).padding(&[1, 1]);
+    let mut varied = 0;
     for (cin, cout, h) in [(512, 256, 4), (256, 128, 8)] {
         let w = rounding::<f32>(&[cin, cout, 4, 4], 3);
         let layer = Layer::new(Op::ConvTranspose, &w, None, &params, &options).unwrap();
@@ -166,13 +167,20 @@ fn new_input_extents_take_tiles_already_packed() {
                 fresh_labels.push(label);
             }
         }
-        // Packed again only where no packing held fits.
+        // Packed again only where no packing held fits; fewer times than the fresh plans
+        // take tiles wherever their tile varies with the extent beyond the transforms.
         let made = layer.packings_made();
         assert!(made <= fresh_labels.len(), "{cin}: {made} {fresh_labels:?}");
-        if Isa::detect() == Isa::Avx512 {
+        if fresh_labels.len() > transforms.len() {
             assert!(made < fresh_labels.len(), "{cin}: {made} {fresh_labels:?}");
-            assert!(fresh_labels.len() > transforms.len(), "{fresh_labels:?}");
+            varied += 1;
         }
+    }
+    // On AVX-512 at least one layer's tile varies (on a full-width core both; where
+    // AVX-512 runs on 256-bit units, whose planner weighs the tiles alike, the 256 -> 128
+    // layer's).
+    if Isa::detect() == Isa::Avx512 {
+        assert!(varied > 0);
     }
 }
 

@@ -452,6 +452,26 @@ pub fn tile_shapes(isa: Isa) -> &'static [(usize, usize, f32)] {
     }
 }
 
+/// The AVX-512 tile shapes of [`tile_shapes`] with their efficiency where AVX-512 runs on
+/// 256-bit units (AMD Zen 4, CPUID family 0x19), as the Winograd tiles' planner weighs them
+/// there. One 512-bit multiply-add issues a cycle, which leaves every tile from 3×4 up the
+/// loads and broadcasts it needs: `kbench` on the Zen 4 of 2026-12-07 (peak 117.6
+/// GFLOP/s) ran those at 114-118 GFLOP/s on L1-resident operands (0.97-1.0; k = 128-2048)
+/// and at 107-115 as the Winograd GEMMs run (M = 256, K = 512), 2×4 at 105-109 and 87,
+/// 1×4 at 55-61 and 45; a full-width core (the Intel Xeon of [`tile_shapes`]) ran 24×1
+/// and 16×1 at 0.7 and 0.65 of its peak, 12×2 at 0.8.
+pub const HALF_WIDTH_TILE_SHAPES: &[(usize, usize, f32)] = &[
+    (12, 2, 1.0),
+    (6, 4, 1.0),
+    (8, 3, 1.0),
+    (24, 1, 1.0),
+    (16, 1, 1.0),
+    (4, 4, 1.0),
+    (3, 4, 1.0),
+    (2, 4, 0.92),
+    (1, 4, 0.5),
+];
+
 /// The tile shapes for element type `T` in a plan of `isa`: [`tile_shapes`], except for
 /// f64 on `Scalar` where its kernels are compiled for vectors ([`f64_kernel`]): 8 f64 lanes
 /// are one AVX-512 register but two AVX2 ones, so AVX2 takes tiles of one vector (the 6×2

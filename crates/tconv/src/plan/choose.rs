@@ -5,7 +5,7 @@ use crate::error::{fail, ErrorKind, Result};
 use crate::fast::col2im;
 use crate::fast::direct::Kernel;
 use crate::fast::im2col;
-use crate::fast::kernels::{portable, tile_shapes_for, KernelFn};
+use crate::fast::kernels::{portable, tile_shapes_for, KernelFn, HALF_WIDTH_TILE_SHAPES};
 use crate::fast::pack::PackCache;
 use crate::fast::spec::residue_taps;
 use crate::fast::winograd;
@@ -92,11 +92,22 @@ pub(super) fn gemm_kernel<T: Element>(
 /// Only then is every tile's scratch sized: sizing them all for every plan took a `Layer`
 /// 1.2-1.4x its time to plan a new extent (`replan_ms`, 4 alternating rounds: hifigan1d
 /// 0.099-0.104 ms against 0.070-0.087, dcgan3 0.18-0.19 against 0.15).
+///
+/// Where AVX-512 runs on 256-bit units (`half_width`: AMD Zen 4), the plan's tile is
+/// weighed by [`HALF_WIDTH_TILE_SHAPES`]'s efficiencies (every tile from 3×4 up at the
+/// peak there), the transforms still decided in the full-width order: the same bits as on
+/// any AVX-512 CPU. Paired against the full-width order on the Zen 4 of 2026-12-07
+/// (`bench/paired.sh L T 4`, forward passes, medians / minima): hifigan1d on 16×1 tiles
+/// instead of 12×2 1.10x / 1.10x at 1 thread and 1.12x / 1.11x at 2, dilated on 4×4
+/// instead of 8×3 1.10x / 1.13x and 1.15x / 1.14x, dcgan2, dcgan3 and s1k3 (4×4 instead of
+/// 6×4) 1.00-1.05x, the convs they are the transposes of (their input gradients)
+/// 1.00-1.03x; dcgan1 at 2 threads, whose tasks hold a panel of one vector, on 16×1
+/// instead of 24×1 0.94x / 0.95x (8 rounds; at 1 thread 1.01x / 1.01x against 12×2).
 fn winograd_tile<T: Element>(
     g: &Geometry,
     isa: Isa,
     options: &PlanOptions,
-    (forced, threads, every): (bool, usize, bool),
+    (forced, threads, every, half_width): (bool, usize, bool, bool),
     packs: Option<&PackCache>,
 ) -> Option<(Tile, Vec<Tile>)> {
     if let Some(t) = options.tile {
@@ -110,7 +121,7 @@ fn winograd_tile<T: Element>(
     // of fewer; or always of fewer (`narrow_ties`: a layer's own tile, whose smaller
     // scratch fits more of its input extents).
     let panel = winograd::reduction(g)? * lanes * std::mem::size_of::<T>();
-    let by_cost = |narrow_ties: bool| {
+    let by_cost = |narrow_ties: bool, table: &[(usize, usize, f32)]| {
         let tie = |t: &(usize, usize, f32)| {
             if !narrow_ties && panel * t.1 <= WIDE_PANEL_BYTES {
                 -(t.1 as isize)
@@ -118,7 +129,7 @@ fn winograd_tile<T: Element>(
                 t.1 as isize
             }
         };
-        let mut shapes: Vec<(usize, usize, f32)> = tile_shapes_for::<T>(isa).to_vec();
+        let mut shapes: Vec<(usize, usize, f32)> = table.to_vec();
         shapes.sort_by(|a, b| {
             tile_cost(rows, positions, lanes, *a)
                 .total_cmp(&tile_cost(rows, positions, lanes, *b))
@@ -128,7 +139,13 @@ fn winograd_tile<T: Element>(
     };
     // The transforms are decided in one order for plans and layers alike (they change the
     // bits).
-    let shapes = by_cost(false);
+    let shapes = by_cost(false, tile_shapes_for::<T>(isa));
+    // The efficiencies the plan's own tile is weighed by.
+    let table = if half_width && isa == Isa::Avx512 {
+        HALF_WIDTH_TILE_SHAPES
+    } else {
+        tile_shapes_for::<T>(isa)
+    };
     let fits = |&(mr, v, _): &(usize, usize, f32), on: usize| {
         winograd::footprint::<T>(g, (mr, v, lanes, isa), on).filter(|f| f.bytes <= f.bound)
     };
@@ -149,10 +166,8 @@ fn winograd_tile<T: Element>(
     // The cheapest that fits the plan's own threads with the same transforms, or the
     // cheapest such whose weights `packs` holds packed already (one pass, each tile's
     // scratch sized once, up to the tile taken).
-    let layer_order = packs.map(|_| by_cost(true));
-    let mut own = layer_order
-        .as_ref()
-        .unwrap_or(&shapes)
+    let own_order = by_cost(packs.is_some(), table);
+    let mut own = own_order
         .iter()
         .filter(|t| fits(t, threads).is_some_and(|f| f.registers == registers))
         .map(|t| (t.0, t.1));
@@ -289,7 +304,8 @@ pub(super) fn choose<T: Element>(
     let threads = options.threads_for(g);
     let (winograd_tile, winograd_candidates) = (algorithm == Algorithm::Winograd)
         .then(|| {
-            let how = (forced.is_some(), threads, every);
+            let half_width = crate::fast::isa::avx512_half_width();
+            let how = (forced.is_some(), threads, every, half_width);
             winograd_tile::<T>(g, isa, options, how, packs)
         })
         .flatten()
@@ -532,5 +548,57 @@ pub(super) fn depthwise_reason<T: Element>(
              plane, the phase rows interleaved into the output (at stride 8, blocks of \
              8 positions of all 8 phases summed and interleaved in registers)"
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::ConvParams;
+
+    /// Where AVX-512 runs on 256-bit units every tile from 3×4 up multiplies at the peak, so
+    /// the Winograd tiles' planner weighs them alike there: hifigan1d (256 output channels,
+    /// K = 512) takes 16×1, whose panel of one vector stays in a 32 KiB L1, instead of
+    /// 12×2, and the suite's dilated layer (64 output channels, 16×16 tiles an image) 4×4
+    /// instead of 8×3, whose 48-tile panels leave a third of the last one empty. Either
+    /// order takes the same transforms: the half-width tile is among the full-width plan's
+    /// candidates, which give the same bits.
+    #[test]
+    fn half_width_avx512_weighs_the_winograd_tiles_alike() {
+        let options = PlanOptions::default();
+        let hifigan = ConvParams::new().stride(&[8]).padding(&[4]);
+        let dilated = ConvParams::new()
+            .stride(&[2, 2])
+            .padding(&[2, 2])
+            .output_padding(&[1, 1])
+            .dilation(&[2, 2]);
+        for (x, w, p, full, half) in [
+            (
+                vec![4, 512, 256],
+                vec![512, 256, 16],
+                &hifigan,
+                (12, 2),
+                (16, 1),
+            ),
+            (
+                vec![8, 64, 32, 32],
+                vec![64, 64, 3, 3],
+                &dilated,
+                (8, 3),
+                (4, 4),
+            ),
+        ] {
+            let g = Geometry::new(Op::ConvTranspose, &x, &w, None, p).unwrap();
+            for threads in [1, 2] {
+                let tile = |half_width: bool, every: bool| {
+                    let how = (false, threads, every, half_width);
+                    winograd_tile::<f32>(&g, Isa::Avx512, &options, how, None).unwrap()
+                };
+                let (f, candidates) = tile(false, true);
+                let (h, _) = tile(true, false);
+                assert_eq!((f, h), (full, half), "{x:?} {w:?} on {threads} threads");
+                assert!(candidates.contains(&h), "{h:?} not in {candidates:?}");
+            }
+        }
     }
 }
