@@ -167,11 +167,12 @@ fn new_input_extents_take_tiles_already_packed() {
                 fresh_labels.push(label);
             }
         }
-        // Packed again only where no packing held fits; fewer times than the fresh plans
-        // take tiles wherever their tile varies with the extent beyond the transforms.
+        // Packed again only where no packing held fits; on AVX-512 fewer times than the
+        // fresh plans take tiles wherever their tile varies with the extent beyond the
+        // transforms.
         let made = layer.packings_made();
         assert!(made <= fresh_labels.len(), "{cin}: {made} {fresh_labels:?}");
-        if fresh_labels.len() > transforms.len() {
+        if Isa::detect() == Isa::Avx512 && fresh_labels.len() > transforms.len() {
             assert!(made < fresh_labels.len(), "{cin}: {made} {fresh_labels:?}");
             varied += 1;
         }
