@@ -30,24 +30,45 @@ pub(super) fn tile_cost(
 /// A register tile: `(output channels, vectors)`.
 type Tile = (usize, usize);
 
-/// The packed-panel kernel for a GEMM of `rows` rows over `positions` columns (col2im and
-/// im2col): the forced tile shape, else the one with the least modelled time.
+/// The packed-panel kernel for a GEMM of `rows` rows over `positions` columns and a
+/// reduction of `k` (col2im and im2col): the forced tile shape, else the one with the least
+/// modelled time. Where AVX-512 runs on 256-bit units (`half_width`: AMD Zen 4) the tiles
+/// are weighed by [`HALF_WIDTH_TILE_SHAPES`], and of equal costs the one of more vectors
+/// where its panel is at most [`WIDE_PANEL_BYTES`] (each broadcast weight then serves more
+/// of them), else of fewer, as the Winograd tiles' ties. On the Zen 4 of 2026-12-07 (`tconv
+/// bench --algorithm col2im --tile`, 4 alternating rounds, medians of 30 runs, 1 thread):
+/// dcgan4's input gradient (im2col, M = 64, K = 48) on 4×4 instead of 6×4 1.06-1.08x
+/// faster (16×1 1.01-1.02x, 2×4 1.05-1.07x), a 256 -> 3 upsampler's col2im (M = 48, K =
+/// 256) on 6×4 or 4×4 instead of 12×2 1.02-1.05x (16×1 and 24×1 0.97x).
 pub(super) fn gemm_kernel<T: Element>(
     isa: Isa,
     options: &PlanOptions,
-    rows: usize,
-    positions: usize,
+    (rows, positions, k): (usize, usize, usize),
+    half_width: bool,
 ) -> Result<(KernelFn<T>, usize, usize)> {
     let lanes = isa.lanes();
     let shapes = tile_shapes_for::<T>(isa);
     let (mr, v) = options.tile.unwrap_or_else(|| {
-        shapes
-            .iter()
-            .min_by(|a, b| {
-                let cost = |t: &(usize, usize, f32)| tile_cost(rows, positions, lanes, *t);
-                cost(a).total_cmp(&cost(b))
-            })
-            .map_or((1, 4), |t| (t.0, t.1))
+        let cost = |t: &(usize, usize, f32)| tile_cost(rows, positions, lanes, *t);
+        if half_width && isa == Isa::Avx512 {
+            let panel = k * lanes * std::mem::size_of::<T>();
+            let tie = |t: &(usize, usize, f32)| {
+                if panel * t.1 <= WIDE_PANEL_BYTES {
+                    -(t.1 as isize)
+                } else {
+                    t.1 as isize
+                }
+            };
+            HALF_WIDTH_TILE_SHAPES
+                .iter()
+                .min_by(|a, b| cost(a).total_cmp(&cost(b)).then(tie(a).cmp(&tie(b))))
+                .map_or((1, 4), |t| (t.0, t.1))
+        } else {
+            shapes
+                .iter()
+                .min_by(|a, b| cost(a).total_cmp(&cost(b)))
+                .map_or((1, 4), |t| (t.0, t.1))
+        }
     });
     match kernel_for::<T>(isa, false, mr, v) {
         Some(Kernel::Packed(f)) => Ok((f, mr, v)),
@@ -599,6 +620,28 @@ mod tests {
                 assert_eq!((f, h), (full, half), "{x:?} {w:?} on {threads} threads");
                 assert!(candidates.contains(&h), "{h:?} not in {candidates:?}");
             }
+        }
+    }
+
+    /// The GEMMs of im2col and col2im where AVX-512 runs on 256-bit units: dcgan4's input
+    /// gradient (64 output channels, K = 48) on 4×4 tiles, whose rows divide 64, instead
+    /// of 6×4; a 256 -> 3 upsampler's col2im (48 rows, K = 256) on 6×4 (of the tiles that
+    /// divide 48, the first of most vectors: a short panel) instead of 12×2.
+    #[test]
+    fn half_width_avx512_gemms_take_the_tiles_of_least_padding() {
+        let options = PlanOptions::default();
+        let gemm = |shape, half| {
+            gemm_kernel::<f32>(Isa::Avx512, &options, shape, half).map(|(_, mr, v)| (mr, v))
+        };
+        if !Isa::Avx512.available() {
+            return;
+        }
+        for (shape, full, half) in [
+            ((64, 1024, 48), (6, 4), (4, 4)),
+            ((48, 256, 256), (12, 2), (6, 4)),
+        ] {
+            assert_eq!(gemm(shape, false).unwrap(), full, "{shape:?}");
+            assert_eq!(gemm(shape, true).unwrap(), half, "{shape:?}");
         }
     }
 }

@@ -230,17 +230,19 @@ impl<T: Element> Plan<T> {
         let direct = (algorithm == Algorithm::Direct && rows.is_none())
             .then(|| direct::kernel(&g, w, options, packs, (isa, threads, pooled)))
             .transpose()?;
-        let gemm = |rows: usize, positions: usize| gemm_kernel::<T>(isa, options, rows, positions);
+        let half_width = crate::fast::isa::avx512_half_width();
+        let gemm = |shape| gemm_kernel::<T>(isa, options, shape, half_width);
         let col2im = (algorithm == Algorithm::Col2im && g.op == Op::ConvTranspose)
             .then(|| {
                 let rows = g.out_per_group() * numel(&g.kernel_shape());
-                gemm(rows, numel(&g.input_shape()[2..]))
+                gemm((rows, numel(&g.input_shape()[2..]), g.in_per_group()))
                     .map(|(f, mr, v)| Col2im::new(&g, w, f, (mr, v, isa.lanes()), threads))
             })
             .transpose()?;
         let im2col = (algorithm == Algorithm::Col2im && g.op == Op::Conv)
             .then(|| {
-                gemm(g.out_per_group(), numel(&g.output_shape()[2..]))
+                let k = g.in_per_group() * numel(&g.kernel_shape());
+                gemm((g.out_per_group(), numel(&g.output_shape()[2..]), k))
                     .map(|(f, mr, v)| Im2col::new(&g, w, f, (mr, v, isa.lanes()), threads))
             })
             .transpose()?;
@@ -250,7 +252,7 @@ impl<T: Element> Plan<T> {
                     tile: Some(tile),
                     ..options.clone()
                 };
-                gemm_kernel::<T>(isa, &options, 0, 0).map(|(f, mr, v)| {
+                gemm_kernel::<T>(isa, &options, (0, 0, 0), half_width).map(|(f, mr, v)| {
                     Winograd::new(
                         &g,
                         w,
