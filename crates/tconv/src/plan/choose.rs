@@ -124,6 +124,13 @@ pub(super) fn gemm_kernel<T: Element>(
 /// 6×4) 1.00-1.05x, the convs they are the transposes of (their input gradients)
 /// 1.00-1.03x; dcgan1 at 2 threads, whose tasks hold a panel of one vector, on 16×1
 /// instead of 24×1 0.94x / 0.95x (8 rounds; at 1 thread 1.01x / 1.01x against 12×2).
+/// A tile there must give its tasks at least 3/4 of the columns the full-width order's
+/// tile gives them: each task applies every transformed weight once, and a 512 -> 512
+/// layer on 8×8 inputs at 2 threads ran 0.77x on 16×1 (16 columns a task) against 12×2
+/// (32). Off the suite (12 other layers, `tconv bench --input`, 3 paired rounds) the
+/// changed plans ran 0.91-1.08x at 1 thread (one of ten below 0.98: 16 images of 512
+/// channels on 8×8, 4×4 instead of 6×4) and 0.89-1.07x at 2 (one of nine below 0.97: a
+/// 1-D 512 -> 256 upsampler at stride 8, 16×1 instead of 8×3).
 fn winograd_tile<T: Element>(
     g: &Geometry,
     isa: Isa,
@@ -188,9 +195,24 @@ fn winograd_tile<T: Element>(
     // cheapest such whose weights `packs` holds packed already (one pass, each tile's
     // scratch sized once, up to the tile taken).
     let own_order = by_cost(packs.is_some(), table);
+    // Weighed by the half-width table, only tiles whose tasks hold at least 3/4 of the
+    // columns of the full-width order's tile's: each task applies every transformed weight
+    // once, so fewer columns stream the weights more often.
+    let min_columns = if half_width && isa == Isa::Avx512 {
+        shapes
+            .iter()
+            .filter_map(|t| fits(t, threads).filter(|f| f.registers == registers))
+            .map(|f| f.columns * 3 / 4)
+            .next()
+            .unwrap_or(0)
+    } else {
+        0
+    };
     let mut own = own_order
         .iter()
-        .filter(|t| fits(t, threads).is_some_and(|f| f.registers == registers))
+        .filter(|t| {
+            fits(t, threads).is_some_and(|f| f.registers == registers && f.columns >= min_columns)
+        })
         .map(|t| (t.0, t.1));
     let cheapest = own.next();
     let packed = packs.and_then(|p| {
@@ -581,45 +603,41 @@ mod tests {
     /// the Winograd tiles' planner weighs them alike there: hifigan1d (256 output channels,
     /// K = 512) takes 16×1, whose panel of one vector stays in a 32 KiB L1, instead of
     /// 12×2, and the suite's dilated layer (64 output channels, 16×16 tiles an image) 4×4
-    /// instead of 8×3, whose 48-tile panels leave a third of the last one empty. Either
-    /// order takes the same transforms: the half-width tile is among the full-width plan's
-    /// candidates, which give the same bits.
+    /// instead of 8×3, whose 48-tile panels leave a third of the last one empty; but not
+    /// where the tile's tasks would hold fewer columns: a 512 -> 512 layer on 8×8 inputs
+    /// takes 16×1 at 1 thread (32 columns a task, as on 12×2), 12×2 at 2 (16×1 tasks would
+    /// hold 16 columns, not 32). Either order takes the same transforms: the half-width
+    /// tile is among the full-width plan's candidates, which give the same bits.
     #[test]
     fn half_width_avx512_weighs_the_winograd_tiles_alike() {
         let options = PlanOptions::default();
         let hifigan = ConvParams::new().stride(&[8]).padding(&[4]);
+        let s2 = ConvParams::new().stride(&[2, 2]).padding(&[1, 1]);
         let dilated = ConvParams::new()
             .stride(&[2, 2])
             .padding(&[2, 2])
             .output_padding(&[1, 1])
             .dilation(&[2, 2]);
-        for (x, w, p, full, half) in [
-            (
-                vec![4, 512, 256],
-                vec![512, 256, 16],
-                &hifigan,
-                (12, 2),
-                (16, 1),
-            ),
-            (
-                vec![8, 64, 32, 32],
-                vec![64, 64, 3, 3],
-                &dilated,
-                (8, 3),
-                (4, 4),
-            ),
+        let (x1, w1) = (vec![4, 512, 256], vec![512, 256, 16]);
+        let (x2, w2) = (vec![8, 64, 32, 32], vec![64, 64, 3, 3]);
+        let (x3, w3) = (vec![4, 512, 8, 8], vec![512, 512, 4, 4]);
+        for (x, w, p, threads, full, half) in [
+            (&x1, &w1, &hifigan, 1, (12, 2), (16, 1)),
+            (&x1, &w1, &hifigan, 2, (12, 2), (16, 1)),
+            (&x2, &w2, &dilated, 1, (8, 3), (4, 4)),
+            (&x2, &w2, &dilated, 2, (8, 3), (4, 4)),
+            (&x3, &w3, &s2, 1, (12, 2), (16, 1)),
+            (&x3, &w3, &s2, 2, (12, 2), (12, 2)),
         ] {
-            let g = Geometry::new(Op::ConvTranspose, &x, &w, None, p).unwrap();
-            for threads in [1, 2] {
-                let tile = |half_width: bool, every: bool| {
-                    let how = (false, threads, every, half_width);
-                    winograd_tile::<f32>(&g, Isa::Avx512, &options, how, None).unwrap()
-                };
-                let (f, candidates) = tile(false, true);
-                let (h, _) = tile(true, false);
-                assert_eq!((f, h), (full, half), "{x:?} {w:?} on {threads} threads");
-                assert!(candidates.contains(&h), "{h:?} not in {candidates:?}");
-            }
+            let g = Geometry::new(Op::ConvTranspose, x, w, None, p).unwrap();
+            let tile = |half_width: bool, every: bool| {
+                let how = (false, threads, every, half_width);
+                winograd_tile::<f32>(&g, Isa::Avx512, &options, how, None).unwrap()
+            };
+            let (f, candidates) = tile(false, true);
+            let (h, _) = tile(true, false);
+            assert_eq!((f, h), (full, half), "{x:?} {w:?} on {threads} threads");
+            assert!(candidates.contains(&h), "{h:?} not in {candidates:?}");
         }
     }
 

@@ -53,6 +53,8 @@ const TASK_BYTES: usize = 8 << 20;
 pub(super) struct Sizing {
     pub(super) batch_chunk: usize,
     pub(super) band_tiles: usize,
+    /// Tile columns of a task's GEMMs (its images × tiles of its band).
+    pub(super) columns: usize,
     pub(super) pitch: usize,
     pub(super) registers: bool,
     /// Whether the transforms would run in registers but for the workspace bound.
@@ -298,6 +300,7 @@ fn sizing_within<T: Element>(
     Sizing {
         batch_chunk,
         band_tiles,
+        columns: cols,
         pitch: crate::fast::im2col::pitch(cols, tl, cut.elem),
         registers,
         registers_wanted,
@@ -480,6 +483,9 @@ pub struct Footprint {
     pub bound: usize,
     /// Whether `bound` is that last (the weights stream from memory once per task).
     pub streamed: bool,
+    /// Tile columns of a task's GEMMs (at most: a band's last task may hold fewer); each
+    /// task applies every transformed weight to its columns once.
+    pub columns: usize,
 }
 
 /// The [`Footprint`] of a plan of `g` with an `mr × v` tile of `lanes`-wide vectors on
@@ -498,5 +504,6 @@ pub fn footprint<T: Element>(
         registers_wanted: s.registers_wanted,
         bound: s.bound,
         streamed: s.streamed,
+        columns: s.columns,
     })
 }
