@@ -50,25 +50,13 @@ pub(super) fn gemm_kernel<T: Element>(
     let shapes = tile_shapes_for::<T>(isa);
     let (mr, v) = options.tile.unwrap_or_else(|| {
         let cost = |t: &(usize, usize, f32)| tile_cost(rows, positions, lanes, *t);
-        if half_width && isa == Isa::Avx512 {
-            let panel = k * lanes * std::mem::size_of::<T>();
-            let tie = |t: &(usize, usize, f32)| {
-                if panel * t.1 <= WIDE_PANEL_BYTES {
-                    -(t.1 as isize)
-                } else {
-                    t.1 as isize
-                }
-            };
-            HALF_WIDTH_TILE_SHAPES
-                .iter()
-                .min_by(|a, b| cost(a).total_cmp(&cost(b)).then(tie(a).cmp(&tie(b))))
-                .map_or((1, 4), |t| (t.0, t.1))
-        } else {
-            shapes
-                .iter()
-                .min_by(|a, b| cost(a).total_cmp(&cost(b)))
-                .map_or((1, 4), |t| (t.0, t.1))
-        }
+        let half = half_width && isa == Isa::Avx512;
+        // Of equal costs: on full width the table's first, here by the panel.
+        let tie = tie_rank(half.then_some(k * lanes * std::mem::size_of::<T>()));
+        weights::<T>(isa, half)
+            .iter()
+            .min_by(|a, b| cost(a).total_cmp(&cost(b)).then(tie(a).cmp(&tie(b))))
+            .map_or((1, 4), |t| (t.0, t.1))
     });
     match kernel_for::<T>(isa, false, mr, v) {
         Some(Kernel::Packed(f)) => Ok((f, mr, v)),
@@ -150,13 +138,8 @@ fn winograd_tile<T: Element>(
     // scratch fits more of its input extents).
     let panel = winograd::reduction(g)? * lanes * std::mem::size_of::<T>();
     let by_cost = |narrow_ties: bool, table: &[(usize, usize, f32)]| {
-        let tie = |t: &(usize, usize, f32)| {
-            if !narrow_ties && panel * t.1 <= WIDE_PANEL_BYTES {
-                -(t.1 as isize)
-            } else {
-                t.1 as isize
-            }
-        };
+        // A panel of `usize::MAX` bytes: always the fewer vectors.
+        let tie = tie_rank(Some(if narrow_ties { usize::MAX } else { panel }));
         let mut shapes: Vec<(usize, usize, f32)> = table.to_vec();
         shapes.sort_by(|a, b| {
             tile_cost(rows, positions, lanes, *a)
@@ -168,12 +151,7 @@ fn winograd_tile<T: Element>(
     // The transforms are decided in one order for plans and layers alike (they change the
     // bits).
     let shapes = by_cost(false, tile_shapes_for::<T>(isa));
-    // The efficiencies the plan's own tile is weighed by.
-    let table = if half_width && isa == Isa::Avx512 {
-        HALF_WIDTH_TILE_SHAPES
-    } else {
-        tile_shapes_for::<T>(isa)
-    };
+    let half = half_width && isa == Isa::Avx512;
     let fits = |&(mr, v, _): &(usize, usize, f32), on: usize| {
         winograd::footprint::<T>(g, (mr, v, lanes, isa), on).filter(|f| f.bytes <= f.bound)
     };
@@ -194,11 +172,11 @@ fn winograd_tile<T: Element>(
     // The cheapest that fits the plan's own threads with the same transforms, or the
     // cheapest such whose weights `packs` holds packed already (one pass, each tile's
     // scratch sized once, up to the tile taken).
-    let own_order = by_cost(packs.is_some(), table);
+    let own_order = by_cost(packs.is_some(), weights::<T>(isa, half));
     // Weighed by the half-width table, only tiles whose tasks hold at least 3/4 of the
     // columns of the full-width order's tile's: each task applies every transformed weight
     // once, so fewer columns stream the weights more often.
-    let min_columns = if half_width && isa == Isa::Avx512 {
+    let min_columns = if half {
         shapes
             .iter()
             .filter_map(|t| fits(t, threads).filter(|f| f.registers == registers))
@@ -227,6 +205,27 @@ fn winograd_tile<T: Element>(
         candidates.extend(own.filter(|&t| t != tile));
     }
     Some((tile, candidates))
+}
+
+/// The efficiencies a plan's own tile is weighed by: [`HALF_WIDTH_TILE_SHAPES`] where
+/// AVX-512 runs on 256-bit units (`half`), else the ISA's table for `T`.
+fn weights<T: 'static>(isa: Isa, half: bool) -> &'static [(usize, usize, f32)] {
+    if half {
+        HALF_WIDTH_TILE_SHAPES
+    } else {
+        tile_shapes_for::<T>(isa)
+    }
+}
+
+/// The rank, lowest first, of tiles of equal modelled cost: with a panel of `panel` bytes
+/// per vector, the tile of more vectors where its panel is at most [`WIDE_PANEL_BYTES`],
+/// else of fewer; without one (`None`), all equal (the table's order stands).
+fn tie_rank(panel: Option<usize>) -> impl Fn(&(usize, usize, f32)) -> isize {
+    move |t| match panel {
+        Some(p) if p.saturating_mul(t.1) <= WIDE_PANEL_BYTES => -(t.1 as isize),
+        Some(_) => t.1 as isize,
+        None => 0,
+    }
 }
 
 /// Bytes of a Winograd GEMM's panel of the transformed input (its reduction by the tile's
