@@ -202,7 +202,11 @@ fn winograd_tile<T: Element>(
     let tile = packed.or(cheapest).unwrap_or((decided.0, decided.1));
     let mut candidates = vec![tile];
     if every {
-        candidates.extend(own.filter(|&t| t != tile));
+        // Every tile with the same transforms, whatever its columns: a tuning measures.
+        let same =
+            |t: &&(usize, usize, f32)| fits(t, threads).is_some_and(|f| f.registers == registers);
+        let others = own_order.iter().filter(same).map(|t| (t.0, t.1));
+        candidates.extend(others.filter(|&t| t != tile));
     }
     Some((tile, candidates))
 }
@@ -606,7 +610,8 @@ mod tests {
     /// where the tile's tasks would hold fewer columns: a 512 -> 512 layer on 8×8 inputs
     /// takes 16×1 at 1 thread (32 columns a task, as on 12×2), 12×2 at 2 (16×1 tasks would
     /// hold 16 columns, not 32). Either order takes the same transforms: the half-width
-    /// tile is among the full-width plan's candidates, which give the same bits.
+    /// tile is among the full-width plan's candidates, which give the same bits, and a
+    /// tuning measures the same tiles in either.
     #[test]
     fn half_width_avx512_weighs_the_winograd_tiles_alike() {
         let options = PlanOptions::default();
@@ -637,6 +642,11 @@ mod tests {
             let (h, _) = tile(true, false);
             assert_eq!((f, h), (full, half), "{x:?} {w:?} on {threads} threads");
             assert!(candidates.contains(&h), "{h:?} not in {candidates:?}");
+            // A tuning measures the same tiles in either order, those of fewer columns too.
+            let (_, tuned) = tile(true, true);
+            let mut sorted = [candidates.clone(), tuned.clone()];
+            sorted.iter_mut().for_each(|c| c.sort_unstable());
+            assert_eq!(sorted[0], sorted[1], "{candidates:?} {tuned:?}");
         }
     }
 
