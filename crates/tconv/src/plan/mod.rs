@@ -265,6 +265,16 @@ impl<T: Element> Plan<T> {
                 })
             })
             .transpose()?;
+        if half_width
+            && isa == Isa::Avx512
+            && options.tile.is_none()
+            && (col2im.is_some() || im2col.is_some() || winograd.is_some())
+        {
+            reason.push_str(
+                "; the register tile weighed for AVX-512 on 256-bit units (every tile from \
+                 3x4 up at the FMA peak here)",
+            );
+        }
         let weight = if algorithm == Algorithm::Reference {
             w.to_vec()
         } else {
@@ -525,6 +535,38 @@ impl<T: Element> Plan<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A plan whose GEMM tile was weighed for AVX-512 on 256-bit units says so in its
+    /// reason (hifigan1d's Winograd tiles, dcgan4's input gradient's im2col), exactly on
+    /// such CPUs and never where the caller forced the tile or the ISA is not AVX-512.
+    #[test]
+    fn half_width_tiles_are_named_in_the_reason() {
+        let half = crate::fast::isa::avx512_half_width();
+        let says = |op, x: &[usize], w: &[usize], p: &ConvParams, options: &PlanOptions| {
+            let wv = ndarray::ArrayD::<f32>::zeros(w);
+            let plan = Plan::new(op, x, &wv, None, p, options).unwrap();
+            plan.reason.contains("256-bit units")
+        };
+        let hifigan = ConvParams::new().stride(&[8]).padding(&[4]);
+        let s2 = ConvParams::new().stride(&[2, 2]).padding(&[1, 1]);
+        let (x1, w1) = ([4, 512, 256], [512, 256, 16]);
+        let (x2, w2) = ([16, 3, 64, 64], [64, 3, 4, 4]);
+        let default = PlanOptions::default();
+        let want = half && default.isa_for::<f32>() == Isa::Avx512; // TCONV_ISA may force
+        assert_eq!(says(Op::ConvTranspose, &x1, &w1, &hifigan, &default), want);
+        assert_eq!(says(Op::Conv, &x2, &w2, &s2, &default), want);
+        let avx2 = PlanOptions {
+            isa: Some(Isa::Avx2),
+            ..PlanOptions::default()
+        };
+        assert!(!says(Op::ConvTranspose, &x1, &w1, &hifigan, &avx2));
+        let forced = PlanOptions {
+            algorithm: Some(Algorithm::Col2im),
+            tile: Some((2, 4)), // on every ISA's list
+            ..PlanOptions::default()
+        };
+        assert!(!says(Op::Conv, &x2, &w2, &s2, &forced));
+    }
 
     /// The direct engine groups tiles to share weight slices only where the weights
     /// outgrow a quarter of the L2: unet's (135 KiB packed) take one tile a group where the
