@@ -63,17 +63,17 @@ fn main() {
             let b = vec![1.0f32; k * n];
             let mut out = vec![0.0f32; blocks * mr * n];
             let reps = (1_000_000_000 / (m * k * n)).max(1);
+            let rows = Rows {
+                k,
+                pitch: n,
+                taps: 1,
+                out_pitch: n,
+            };
             let t = Instant::now();
             for _ in 0..reps {
                 for bl in 0..blocks {
                     let w = &a[bl * k * mr..(bl + 1) * k * mr];
                     for p0 in (0..n).step_by(v * lanes) {
-                        let rows = Rows {
-                            k,
-                            pitch: n,
-                            taps: 1,
-                            out_pitch: n,
-                        };
                         let o = &mut out[bl * mr * n + p0..];
                         f(w, &b[p0..], rows, o.into(), false);
                     }

@@ -749,7 +749,7 @@ impl Convention {
         let g = low.geometry(op, xc.shape(), wt.shape(), bias.map(|b| b.len()))?;
         let inner = g.user_output_shape();
         let fill = bias_values(bias, g.out_channels);
-        let mut y = filled(g.batch, &fill, &low.extents(&inner[2..]))?;
+        let mut y = filled(op, g.batch, &fill, &low.extents(&inner[2..]))?;
         if low.reached {
             inner_mut(&mut y, &low.around).assign(&crate::run(op, xc, &wt, bias, &low.params)?);
         }
@@ -903,10 +903,15 @@ fn bias_values<T: Element>(bias: Option<ArrayView1<'_, T>>, channels: usize) -> 
 }
 
 /// An `(N, C, *extents)` array holding channel `c`'s `fill[c]` throughout; an error where
-/// it would exceed [`crate::geometry::MAX_ELEMENTS`] (zeros padded far beyond the kernel).
-fn filled<T: Element>(batch: usize, fill: &[T], extents: &[usize]) -> Result<ArrayD<T>> {
+/// it would exceed [`crate::geometry::MAX_ELEMENTS`] (zeros padded far beyond the kernel),
+/// named as `op`'s output.
+fn filled<T: Element>(op: Op, batch: usize, fill: &[T], extents: &[usize]) -> Result<ArrayD<T>> {
     let shape: Vec<usize> = [batch, fill.len()].iter().chain(extents).copied().collect();
-    crate::geometry::check_elements("conv_transpose output", &shape)?;
+    let what = match op {
+        Op::Conv => "conv output",
+        Op::ConvTranspose => "conv_transpose output",
+    };
+    crate::geometry::check_elements(what, &shape)?;
     let mut out = ArrayD::zeros(ndarray::IxDyn(&shape));
     for mut image in out.outer_iter_mut() {
         for (mut plane, &v) in image.outer_iter_mut().zip(fill) {

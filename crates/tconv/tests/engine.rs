@@ -1307,15 +1307,10 @@ fn winograd_tasks_widen_where_the_weights_stream() {
     let tiles: usize = tiles.and_then(|n| n.parse().ok()).expect("tiles per task");
     assert!(tiles >= 32, "{text}");
     // The input gradient of the 512 → 256 layer.
-    let w = ints::<f32>(&[512, 256, 4, 4], 31);
-    let g = Geometry::new(Op::ConvTranspose, &xs, w.shape(), None, &p).unwrap();
-    let gy = ints::<f32>(&g.output_shape(), 32);
-    let in_bytes = 4 * gy.len();
     winograd_input_gradients_are_the_direct_ones(
-        &g,
-        w.as_slice().unwrap(),
-        &gy,
-        |threads, plan| {
+        (&xs, &[512, 256, 4, 4], &p),
+        31,
+        |threads, plan, in_bytes| {
             let text = plan.to_string();
             // (Four tasks on 3 threads.)
             let tiles = if threads < 3 { 32 } else { 16 };
@@ -1350,20 +1345,15 @@ fn winograd_tasks_widen_where_the_weights_stream() {
 /// integers its sums are exactly the direct engine's on 1, 2 and 3 threads.
 #[test]
 fn winograd_input_gradient_of_many_sources_takes_wide_tasks() {
-    use tconv::{ConvParams, Geometry};
+    use tconv::ConvParams;
     if Isa::detect() == Isa::Scalar {
         return;
     }
     let p = ConvParams::new().stride(&[8]).padding(&[4]);
-    let w = ints::<f32>(&[512, 256, 16], 41);
-    let g = Geometry::new(Op::ConvTranspose, &[4, 512, 256], w.shape(), None, &p).unwrap();
-    let gy = ints::<f32>(&g.output_shape(), 42);
-    let in_bytes = 4 * gy.len();
     winograd_input_gradients_are_the_direct_ones(
-        &g,
-        w.as_slice().unwrap(),
-        &gy,
-        |threads, plan| {
+        (&[4, 512, 256], &[512, 256, 16], &p),
+        41,
+        |threads, plan, in_bytes| {
             let text = plan.to_string();
             assert!(text.contains("K=2048"), "{text}");
             if threads < 3 {
@@ -1377,14 +1367,20 @@ fn winograd_input_gradient_of_many_sources_takes_wide_tasks() {
     );
 }
 
-/// The input gradient of `g` planned on 1, 2 and 3 threads takes Winograd tiles (each plan
-/// also passed to `check` with its thread count) and gives exactly the direct engine's sums.
+/// The input gradient of the transposed conv of input shape `xs`, weight shape `ws` and
+/// parameters `p` (small integers from `seed` for the weight, `seed + 1` for the upstream
+/// gradient), planned on 1, 2 and 3 threads, takes Winograd tiles (each plan also passed to
+/// `check` with its thread count and the bytes of the gradient it reads) and gives exactly
+/// the direct engine's sums.
 fn winograd_input_gradients_are_the_direct_ones(
-    g: &tconv::Geometry,
-    w: &[f32],
-    gy: &ArrayD<f32>,
-    check: impl Fn(usize, &Plan<f32>),
+    (xs, ws, p): (&[usize], &[usize], &tconv::ConvParams),
+    seed: u64,
+    check: impl Fn(usize, &Plan<f32>, usize),
 ) {
+    let w = ints::<f32>(ws, seed);
+    let g = tconv::Geometry::new(Op::ConvTranspose, xs, ws, None, p).unwrap();
+    let gy = ints::<f32>(&g.output_shape(), seed + 1);
+    let (g, w, gy) = (&g, w.as_slice().unwrap(), &gy);
     let on = |threads, algorithm| PlanOptions {
         threads: Some(threads),
         algorithm,
@@ -1397,7 +1393,7 @@ fn winograd_input_gradients_are_the_direct_ones(
     for threads in [1, 2, 3] {
         let plan = tconv::grad::input_plan(g, w, &on(threads, None)).unwrap();
         assert_eq!(plan.algorithm(), Algorithm::Winograd, "{plan}");
-        check(threads, &plan);
+        check(threads, &plan, 4 * gy.len());
         let got = plan.execute(gy, None).unwrap();
         assert!(
             got == want,

@@ -202,7 +202,9 @@ pub(crate) fn l2_cache_bytes() -> Option<usize> {
 /// AVX-512F: each 512-bit multiply-add issues as two halves, so its FMA peak is that of
 /// AVX2), read once. There the GEMMs take twice as long per product as on a full-width
 /// core while the Winograd tiles' transforms (loads, stores, adds) do not, which the
-/// weight gradient's cost model weighs ([`crate::fast::winograd_weight::pays`]).
+/// weight gradient's cost model weighs ([`crate::fast::winograd_weight::pays`]); and every
+/// register tile from 3×4 up keeps up with the FMAs, which the planner's tile choice weighs
+/// (`plan::choose::half_width`).
 pub(crate) fn avx512_half_width() -> bool {
     static HALF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *HALF.get_or_init(|| Isa::Avx512.available() && amd_family() == Some(0x19))

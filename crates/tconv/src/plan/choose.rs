@@ -32,25 +32,24 @@ type Tile = (usize, usize);
 
 /// The packed-panel kernel for a GEMM of `rows` rows over `positions` columns and a
 /// reduction of `k` (col2im and im2col): the forced tile shape, else the one with the least
-/// modelled time. Where AVX-512 runs on 256-bit units (`half_width`: AMD Zen 4) the tiles
+/// modelled time. On AVX-512 run on 256-bit units (`half`, [`half_width`]: AMD Zen 4) the tiles
 /// are weighed by [`HALF_WIDTH_TILE_SHAPES`], and of equal costs the one of more vectors
 /// where its panel is at most [`WIDE_PANEL_BYTES`] (each broadcast weight then serves more
 /// of them), else of fewer, as the Winograd tiles' ties. On the Zen 4 of 2026-12-07 (`tconv
 /// bench --algorithm col2im --tile`, 4 alternating rounds, medians of 30 runs, 1 thread):
 /// dcgan4's input gradient (im2col, M = 64, K = 48) on 4×4 instead of 6×4 1.06-1.08x
 /// faster (16×1 1.01-1.02x, 2×4 1.05-1.07x), a 256 -> 3 upsampler's col2im (M = 48, K =
-/// 256) on 6×4 or 4×4 instead of 12×2 1.02-1.05x (16×1 and 24×1 0.97x).
+/// 256) on 6×4 or 4×4 instead of 12×2 1.02-1.05x (16×1 0.94-0.98x, 24×1 0.97-0.98x).
 pub(super) fn gemm_kernel<T: Element>(
     isa: Isa,
     options: &PlanOptions,
     (rows, positions, k): (usize, usize, usize),
-    half_width: bool,
+    half: bool,
 ) -> Result<(KernelFn<T>, usize, usize)> {
     let lanes = isa.lanes();
     let shapes = tile_shapes_for::<T>(isa);
     let (mr, v) = options.tile.unwrap_or_else(|| {
         let cost = |t: &(usize, usize, f32)| tile_cost(rows, positions, lanes, *t);
-        let half = half_width && isa == Isa::Avx512;
         // Of equal costs: on full width the table's first, here by the panel.
         let tie = tie_rank(half.then_some(k * lanes * std::mem::size_of::<T>()));
         weights::<T>(isa, half)
@@ -102,7 +101,7 @@ pub(super) fn gemm_kernel<T: Element>(
 /// 1.2-1.4x its time to plan a new extent (`replan_ms`, 4 alternating rounds: hifigan1d
 /// 0.099-0.104 ms against 0.070-0.087, dcgan3 0.18-0.19 against 0.15).
 ///
-/// Where AVX-512 runs on 256-bit units (`half_width`: AMD Zen 4), the plan's tile is
+/// On AVX-512 run on 256-bit units (`half`, [`half_width`]: AMD Zen 4), the plan's tile is
 /// weighed by [`HALF_WIDTH_TILE_SHAPES`]'s efficiencies (every tile from 3×4 up at the
 /// peak there), the transforms still decided in the full-width order: the same bits as on
 /// any AVX-512 CPU. Paired against the full-width order on the Zen 4 of 2026-12-07
@@ -123,7 +122,7 @@ fn winograd_tile<T: Element>(
     g: &Geometry,
     isa: Isa,
     options: &PlanOptions,
-    (forced, threads, every, half_width): (bool, usize, bool, bool),
+    (forced, threads, every, half): (bool, usize, bool, bool),
     packs: Option<&PackCache>,
 ) -> Option<(Tile, Vec<Tile>)> {
     if let Some(t) = options.tile {
@@ -151,7 +150,6 @@ fn winograd_tile<T: Element>(
     // The transforms are decided in one order for plans and layers alike (they change the
     // bits).
     let shapes = by_cost(false, tile_shapes_for::<T>(isa));
-    let half = half_width && isa == Isa::Avx512;
     let fits = |&(mr, v, _): &(usize, usize, f32), on: usize| {
         winograd::footprint::<T>(g, (mr, v, lanes, isa), on).filter(|f| f.bytes <= f.bound)
     };
@@ -211,8 +209,14 @@ fn winograd_tile<T: Element>(
     Some((tile, candidates))
 }
 
-/// The efficiencies a plan's own tile is weighed by: [`HALF_WIDTH_TILE_SHAPES`] where
-/// AVX-512 runs on 256-bit units (`half`), else the ISA's table for `T`.
+/// Whether a plan on `isa` weighs its tiles by [`HALF_WIDTH_TILE_SHAPES`]: an AVX-512 plan
+/// where AVX-512 runs on 256-bit units ([`crate::fast::isa::avx512_half_width`]).
+pub(super) fn half_width(isa: Isa) -> bool {
+    isa == Isa::Avx512 && crate::fast::isa::avx512_half_width()
+}
+
+/// The efficiencies a plan's own tile is weighed by: [`HALF_WIDTH_TILE_SHAPES`] on AVX-512
+/// run on 256-bit units (`half`), else the ISA's table for `T`.
 fn weights<T: 'static>(isa: Isa, half: bool) -> &'static [(usize, usize, f32)] {
     if half {
         HALF_WIDTH_TILE_SHAPES
@@ -350,8 +354,7 @@ pub(super) fn choose<T: Element>(
     let threads = options.threads_for(g);
     let (winograd_tile, winograd_candidates) = (algorithm == Algorithm::Winograd)
         .then(|| {
-            let half_width = crate::fast::isa::avx512_half_width();
-            let how = (forced.is_some(), threads, every, half_width);
+            let how = (forced.is_some(), threads, every, half_width(isa));
             winograd_tile::<T>(g, isa, options, how, packs)
         })
         .flatten()
@@ -634,8 +637,8 @@ mod tests {
             (&x3, &w3, &s2, 2, (12, 2), (12, 2)),
         ] {
             let g = Geometry::new(Op::ConvTranspose, x, w, None, p).unwrap();
-            let tile = |half_width: bool, every: bool| {
-                let how = (false, threads, every, half_width);
+            let tile = |half: bool, every: bool| {
+                let how = (false, threads, every, half);
                 winograd_tile::<f32>(&g, Isa::Avx512, &options, how, None).unwrap()
             };
             let (f, candidates) = tile(false, true);

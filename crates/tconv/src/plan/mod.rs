@@ -230,8 +230,8 @@ impl<T: Element> Plan<T> {
         let direct = (algorithm == Algorithm::Direct && rows.is_none())
             .then(|| direct::kernel(&g, w, options, packs, (isa, threads, pooled)))
             .transpose()?;
-        let half_width = crate::fast::isa::avx512_half_width();
-        let gemm = |shape| gemm_kernel::<T>(isa, options, shape, half_width);
+        let half = choose::half_width(isa);
+        let gemm = |shape| gemm_kernel::<T>(isa, options, shape, half);
         let col2im = (algorithm == Algorithm::Col2im && g.op == Op::ConvTranspose)
             .then(|| {
                 let rows = g.out_per_group() * numel(&g.kernel_shape());
@@ -252,7 +252,7 @@ impl<T: Element> Plan<T> {
                     tile: Some(tile),
                     ..options.clone()
                 };
-                gemm_kernel::<T>(isa, &options, (0, 0, 0), half_width).map(|(f, mr, v)| {
+                gemm_kernel::<T>(isa, &options, (0, 0, 0), half).map(|(f, mr, v)| {
                     Winograd::new(
                         &g,
                         w,
@@ -265,8 +265,7 @@ impl<T: Element> Plan<T> {
                 })
             })
             .transpose()?;
-        if half_width
-            && isa == Isa::Avx512
+        if half
             && options.tile.is_none()
             && (col2im.is_some() || im2col.is_some() || winograd.is_some())
         {
@@ -541,7 +540,6 @@ mod tests {
     /// such CPUs and never where the caller forced the tile or the ISA is not AVX-512.
     #[test]
     fn half_width_tiles_are_named_in_the_reason() {
-        let half = crate::fast::isa::avx512_half_width();
         let says = |op, x: &[usize], w: &[usize], p: &ConvParams, options: &PlanOptions| {
             let wv = ndarray::ArrayD::<f32>::zeros(w);
             let plan = Plan::new(op, x, &wv, None, p, options).unwrap();
@@ -552,7 +550,7 @@ mod tests {
         let (x1, w1) = ([4, 512, 256], [512, 256, 16]);
         let (x2, w2) = ([16, 3, 64, 64], [64, 3, 4, 4]);
         let default = PlanOptions::default();
-        let want = half && default.isa_for::<f32>() == Isa::Avx512; // TCONV_ISA may force
+        let want = choose::half_width(default.isa_for::<f32>()); // TCONV_ISA may force
         assert_eq!(says(Op::ConvTranspose, &x1, &w1, &hifigan, &default), want);
         assert_eq!(says(Op::Conv, &x2, &w2, &s2, &default), want);
         let avx2 = PlanOptions {
