@@ -102,7 +102,10 @@ fn engine_matches_reference<T: Element>(c: &Case, op: Op) -> Result<(), TestCase
             let plan =
                 Plan::<T>::new(op, x.shape(), &w, b.as_ref().map(|b| b.len()), &p, &o).unwrap();
             prop_assert_eq!(plan.algorithm(), Algorithm::Col2im);
-            if op == Op::Conv {
+            // One position per image on the small side: one GEMM over the batch.
+            if tconv::fast::batch_gemm::applies(plan.geometry()) {
+                prop_assert!(plan.label().starts_with("batch-gemm"), "{}", plan.label());
+            } else if op == Op::Conv {
                 prop_assert!(plan.label().starts_with("im2col"), "{}", plan.label());
             }
             let got = plan.execute(&x, bv).unwrap();
@@ -185,6 +188,122 @@ proptest! {
         o.tile = Some((mr, v));
         let plan = Plan::new(tconv::Op::ConvTranspose, x.shape(), &w, b.as_ref().map(|b| b.len()), &p, &o).unwrap();
         prop_assert_eq!(plan.execute(&x, bv).unwrap(), want, "{}", plan.label());
+    }
+}
+
+/// A problem whose small side has one position per image ([`single_position_axis`]: a
+/// transposed conv of a 1×…×1 input; read as a conv, its adjoint, to a 1×…×1 output)
+/// through the planner's own choice (one GEMM over the batch) on
+/// every ISA and 1 and 3 threads, f32 and f64, both ops: exactly the reference's results.
+fn single_position_matches<T: Element>(c: &Case) -> Result<(), TestCaseError> {
+    let (x, w, b) = c.data::<T>();
+    let mut p = c.params();
+    for op in [Op::ConvTranspose, Op::Conv] {
+        let (x, b) = match op {
+            Op::ConvTranspose => (x.clone(), b.clone()),
+            Op::Conv => {
+                p.output_padding.clear();
+                let mut s = c.y_shape();
+                s[1] = c.c_out();
+                let b = c.bias.then(|| {
+                    ints::<T>(&[c.c_in()], c.seed)
+                        .into_dimensionality()
+                        .unwrap()
+                });
+                (ints::<T>(&s, c.seed ^ 77), b)
+            }
+        };
+        let bv = b.as_ref().map(|b| b.view());
+        let want = reference(op, &x, &w, bv, &p).unwrap();
+        for isa in ISAS {
+            for threads in [1, 3] {
+                let o = PlanOptions {
+                    threads: Some(threads),
+                    isa: Some(isa),
+                    ..PlanOptions::default()
+                };
+                let plan =
+                    Plan::<T>::new(op, x.shape(), &w, b.as_ref().map(|b| b.len()), &p, &o).unwrap();
+                prop_assert!(
+                    tconv::fast::batch_gemm::applies(plan.geometry()),
+                    "{}",
+                    plan
+                );
+                prop_assert!(plan.label().starts_with("batch-gemm"), "{}", plan.label());
+                let got = plan.execute(&x, bv).unwrap();
+                prop_assert_eq!(&got, &want, "{} threads {}", plan.label(), threads);
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn single_position_layers_match_reference(c in case_of(|_| single_position_axis(), 12, 30)) {
+        single_position_matches::<f32>(&c)?;
+        single_position_matches::<f64>(&c)?;
+    }
+}
+
+/// The batch GEMM's reductions in blocks (300 input channels of a projection; 300 · 4 taps
+/// of its adjoint conv), several tasks and row blocks, a crop and output_padding, every
+/// output written: exact on small integers, the same bits on 1 and 2 threads.
+#[test]
+fn batch_gemm_blocks_its_reduction() {
+    use tconv::ConvParams;
+    let cases = [
+        (vec![37, 300, 1, 1], vec![300, 5, 2, 2], ConvParams::new()),
+        (
+            vec![9, 300, 1],
+            vec![300, 3, 4],
+            ConvParams::new()
+                .stride(&[3])
+                .pads(&[1], &[0])
+                .output_padding(&[2]),
+        ),
+        (
+            vec![5, 6, 1, 1, 1],
+            vec![6, 2, 3, 2, 2],
+            ConvParams::new().dilation(&[2, 1, 3]).groups(2),
+        ),
+    ];
+    for (xs, ws, p) in cases {
+        let x = ints::<f32>(&xs, 11);
+        let w = ints::<f32>(&ws, 12);
+        let b = ints::<f32>(&[ws[1] * p.groups], 13)
+            .into_dimensionality::<ndarray::Ix1>()
+            .unwrap();
+        let want = conv_transpose_scatter(&x, &w, Some(b.view()), &p).unwrap();
+        let mut outs = Vec::new();
+        for threads in [1, 2] {
+            let o = PlanOptions {
+                threads: Some(threads),
+                ..PlanOptions::default()
+            };
+            let plan = Plan::new(Op::ConvTranspose, &xs, &w, Some(b.len()), &p, &o).unwrap();
+            assert!(plan.label().starts_with("batch-gemm"), "{}", plan.label());
+            let mut y = vec![f32::NAN; want.len()];
+            plan.run(x.as_slice().unwrap(), b.as_slice(), &mut y);
+            assert_eq!(y, want.as_slice().unwrap(), "{}", plan.label());
+            outs.push(y);
+            // Its adjoint: a conv of the output's shape to one position, K = C_in/g · taps.
+            let mut p_conv = p.clone();
+            p_conv.output_padding.clear();
+            let gy = ints::<f32>(want.shape(), 14);
+            let want_gx = conv_gather(&gy, &w, None, &p_conv).unwrap();
+            let conv = Plan::new(Op::Conv, want.shape(), &w, None, &p_conv, &o).unwrap();
+            assert!(conv.label().starts_with("batch-gemm"), "{}", conv.label());
+            assert_eq!(
+                conv.execute(&gy, None).unwrap(),
+                want_gx,
+                "{}",
+                conv.label()
+            );
+        }
+        assert_eq!(outs[0], outs[1]);
     }
 }
 

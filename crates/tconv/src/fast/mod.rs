@@ -6,6 +6,7 @@
 //! - [`inplace`]: the same tile reading the input in place through lane masks (few output channels).
 //! - [`direct`]: the driver, threads and stores.
 //! - [`col2im`]: GEMM over (output channel, tap) rows + col2im sums (few output channels).
+//! - [`batch_gemm`]: one GEMM over the batch where the small side has one position per image.
 //! - [`im2col`]: im2col + one GEMM over (input channel, tap) rows (convs with few input channels).
 //! - [`depthwise`]: depthwise transposed conv by output rows (memory-bound layers).
 //! - [`tap_rows`]: strided depthwise conv and weight gradient by kernel-row vectors.
@@ -21,6 +22,7 @@
 //! - [`isa`]: run-time CPU detection, overridable with `TCONV_ISA`.
 //! - [`scratch`]: per-thread scratch buffers reused across calls.
 
+pub mod batch_gemm;
 pub mod col2im;
 pub mod depthwise;
 pub mod direct;

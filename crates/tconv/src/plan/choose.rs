@@ -2,6 +2,7 @@
 
 use super::{Algorithm, PlanOptions};
 use crate::error::{fail, ErrorKind, Result};
+use crate::fast::batch_gemm;
 use crate::fast::col2im;
 use crate::fast::direct::Kernel;
 use crate::fast::im2col;
@@ -292,6 +293,9 @@ pub(super) fn choose<T: Element>(
     let forced = options.algorithm.or_else(Algorithm::from_env);
     let (mut algorithm, mut reason) = match forced {
         Some(a) => (a, "forced by the caller or TCONV_ALGORITHM".to_string()),
+        None if batch_gemm::applies(g) && options.inplace.is_none() && options.tile.is_none() => {
+            (Algorithm::Col2im, batch_gemm_reason(g))
+        }
         None if col2im_pays(g, std::mem::size_of::<T>(), wide_inplace::<T>(options))
             && options.inplace.is_none()
             && options.tile.is_none() =>
@@ -325,7 +329,8 @@ pub(super) fn choose<T: Element>(
         None => (Algorithm::Direct, direct_reason(g)),
     };
     let elem = std::mem::size_of::<T>();
-    if algorithm == Algorithm::Col2im && g.op == Op::Conv && !im2col::fits(g, elem) {
+    let single = batch_gemm::applies(g);
+    if algorithm == Algorithm::Col2im && g.op == Op::Conv && !single && !im2col::fits(g, elem) {
         algorithm = Algorithm::Direct;
         reason = format!(
             "{reason}; but im2col's columns for one tile of positions would take more than \
@@ -333,7 +338,11 @@ pub(super) fn choose<T: Element>(
             direct_reason(g)
         );
     }
-    if algorithm == Algorithm::Col2im && g.op == Op::ConvTranspose && !col2im::fits(g, elem) {
+    if algorithm == Algorithm::Col2im
+        && g.op == Op::ConvTranspose
+        && !single
+        && !col2im::fits(g, elem)
+    {
         algorithm = Algorithm::Direct;
         reason = format!(
             "{reason}; but col2im's columns for one input row would take {} bytes (at most {}), so {}",
@@ -414,6 +423,30 @@ pub(crate) fn input_tiles<T: Element>(
         shrink: matches!((one, many), (Some(one), Some(many)) if many < one),
         streamed,
     }
+}
+
+/// Why a layer whose small side has one position per image runs as one GEMM over the batch
+/// ([`batch_gemm`]).
+fn batch_gemm_reason(g: &Geometry) -> String {
+    let side = match g.op {
+        Op::ConvTranspose => "input",
+        Op::Conv => "output",
+    };
+    let ksize = numel(&g.kernel_shape());
+    let (k, n, what) = match g.op {
+        Op::ConvTranspose => (
+            g.in_per_group(),
+            g.out_per_group() * ksize,
+            "C_out/g x taps",
+        ),
+        Op::Conv => (g.in_per_group() * ksize, g.out_per_group(), "C_out/g"),
+    };
+    format!(
+        "one position per image on the {side} side: one GEMM over the batch (M={} images, \
+         K={k}, N={n} columns: {what}), no multiplications by padding and no lanes left \
+         empty, each output its column's sum plus the bias",
+        g.batch
+    )
 }
 
 /// Whether GEMM + col2im beats the phase decomposition: a transposed conv with few output

@@ -20,6 +20,7 @@ use choose::{choose, gemm_kernel, Choice};
 use ndarray::{ArrayD, ArrayView1, AsArray, Dimension};
 
 use crate::error::{fail, ErrorKind, Result};
+use crate::fast::batch_gemm::{self, BatchGemm};
 use crate::fast::col2im::Col2im;
 use crate::fast::depthwise::DepthwiseRows;
 use crate::fast::direct::{execute, zeros, DirectKernel};
@@ -41,8 +42,11 @@ pub enum Algorithm {
     Direct,
     /// Transposed conv as one GEMM over (output channel, tap) rows plus a col2im sum, for
     /// few output channels per group; for a conv with few input channels per group its
-    /// mirror, an im2col gather plus one GEMM over (input channel, tap). Forced where its
-    /// columns would not fit, the plan runs `Direct` and says why.
+    /// mirror, an im2col gather plus one GEMM over (input channel, tap). Where the small
+    /// side (a conv's output, a transposed conv's input) has one position per image, one
+    /// GEMM over the batch instead (label `batch-gemm`: a GAN generator's 1×1 projection,
+    /// a discriminator's last conv). Forced where its columns would not fit, the plan runs
+    /// `Direct` and says why.
     Col2im,
     /// The phase decomposition with Winograd minimal-filtering tiles (F(2,2), F(3,2),
     /// F(2,3) per axis): one GEMM per transformed point, 1.8-2.25x fewer multiplications
@@ -147,6 +151,8 @@ pub struct Plan<T: Element> {
     col2im: Option<Col2im<T>>,
     /// im2col plus a GEMM over (input channel, tap) rows (a conv).
     im2col: Option<Im2col<T>>,
+    /// One GEMM over the batch (`Col2im` where the small side has one position).
+    batch: Option<BatchGemm<T>>,
     /// Winograd tiles over the phases.
     winograd: Option<Winograd<T>>,
     /// Reference path keeps the weight.
@@ -232,14 +238,26 @@ impl<T: Element> Plan<T> {
             .transpose()?;
         let half = choose::half_width(isa);
         let gemm = |shape| gemm_kernel::<T>(isa, options, shape, half);
-        let col2im = (algorithm == Algorithm::Col2im && g.op == Op::ConvTranspose)
+        let ksize = numel(&g.kernel_shape());
+        let single = algorithm == Algorithm::Col2im && batch_gemm::applies(&g);
+        let batch = single
+            .then(|| {
+                let (kdim, cols) = match g.op {
+                    Op::ConvTranspose => (g.in_per_group(), g.out_per_group() * ksize),
+                    Op::Conv => (g.in_per_group() * ksize, g.out_per_group()),
+                };
+                gemm((g.batch, cols, kdim))
+                    .map(|(f, mr, v)| BatchGemm::new(&g, w, f, (mr, v, isa.lanes()), threads))
+            })
+            .transpose()?;
+        let col2im = (algorithm == Algorithm::Col2im && g.op == Op::ConvTranspose && !single)
             .then(|| {
                 let rows = g.out_per_group() * numel(&g.kernel_shape());
                 gemm((rows, numel(&g.input_shape()[2..]), g.in_per_group()))
                     .map(|(f, mr, v)| Col2im::new(&g, w, f, (mr, v, isa.lanes()), threads))
             })
             .transpose()?;
-        let im2col = (algorithm == Algorithm::Col2im && g.op == Op::Conv)
+        let im2col = (algorithm == Algorithm::Col2im && g.op == Op::Conv && !single)
             .then(|| {
                 let k = g.in_per_group() * numel(&g.kernel_shape());
                 gemm((g.out_per_group(), numel(&g.output_shape()[2..]), k))
@@ -267,7 +285,7 @@ impl<T: Element> Plan<T> {
             .transpose()?;
         if half
             && options.tile.is_none()
-            && (col2im.is_some() || im2col.is_some() || winograd.is_some())
+            && (col2im.is_some() || im2col.is_some() || batch.is_some() || winograd.is_some())
         {
             reason.push_str(
                 "; the register tile weighed for AVX-512 on 256-bit units (every tile from \
@@ -295,6 +313,7 @@ impl<T: Element> Plan<T> {
             rows,
             col2im,
             im2col,
+            batch,
             winograd,
             weight,
             candidates,
@@ -367,6 +386,9 @@ impl<T: Element> Plan<T> {
         if let Some(c) = &self.im2col {
             return c.packed_bytes();
         }
+        if let Some(c) = &self.batch {
+            return c.packed_bytes();
+        }
         if let Some(c) = &self.winograd {
             return c.packed_bytes();
         }
@@ -389,6 +411,9 @@ impl<T: Element> Plan<T> {
             return self.threads * c.scratch_len(&self.geometry) * size;
         }
         if let Some(c) = &self.im2col {
+            return self.threads * c.scratch_len() * size;
+        }
+        if let Some(c) = &self.batch {
             return self.threads * c.scratch_len() * size;
         }
         if let Some(c) = &self.winograd {
@@ -511,6 +536,10 @@ impl<T: Element> Plan<T> {
             return;
         }
         if let Some(c) = &self.im2col {
+            c.execute(g, x, bias, y, self.threads);
+            return;
+        }
+        if let Some(c) = &self.batch {
             c.execute(g, x, bias, y, self.threads);
             return;
         }

@@ -52,6 +52,10 @@ impl<T: Element> Plan<T> {
                 let c = self.im2col.as_ref().expect("checked");
                 format!("im2col/{} {}x{}", self.isa_shown(), c.mr, c.v)
             }
+            None if self.batch.is_some() => {
+                let c = self.batch.as_ref().expect("checked");
+                format!("batch-gemm/{} {}x{}", self.isa_shown(), c.mr, c.v)
+            }
             None if self.winograd.is_some() => {
                 let c = self.winograd.as_ref().expect("checked");
                 format!(
@@ -72,6 +76,23 @@ impl<T: Element> Plan<T> {
             }
             None => self.algorithm.name().to_string(),
         }
+    }
+}
+
+impl<T: Element> Plan<T> {
+    /// The `kernel:` line: the register tile of `mr` `rows` by `v` vectors of `lanes`
+    /// `columns`.
+    fn tile_line(
+        &self,
+        f: &mut fmt::Formatter<'_>,
+        (mr, rows): (usize, &str),
+        (v, lanes, columns): (usize, usize, &str),
+    ) -> fmt::Result {
+        let isa = self.isa_shown();
+        writeln!(
+            f,
+            "kernel:      {isa} tile of {mr} {rows} x {v} vectors of {lanes} {columns}"
+        )
     }
 }
 
@@ -96,14 +117,7 @@ impl<T: Element> fmt::Display for Plan<T> {
         }
         writeln!(f, "why:         {}", self.reason)?;
         if let Some(d) = &self.direct {
-            writeln!(
-                f,
-                "kernel:      {} tile of {} output channels x {} vectors of {} positions",
-                self.isa_shown(),
-                d.mr,
-                d.v,
-                d.lanes
-            )?;
+            self.tile_line(f, (d.mr, "output channels"), (d.v, d.lanes, "positions"))?;
             for (i, p) in d.spec.phases.iter().enumerate().take(8) {
                 writeln!(
                     f,
@@ -140,14 +154,7 @@ impl<T: Element> fmt::Display for Plan<T> {
             }
         }
         if let Some(c) = &self.col2im {
-            writeln!(
-                f,
-                "kernel:      {} tile of {} rows x {} vectors of {} positions",
-                self.isa_shown(),
-                c.mr,
-                c.v,
-                c.lanes
-            )?;
+            self.tile_line(f, (c.mr, "rows"), (c.v, c.lanes, "positions"))?;
             writeln!(
                 f,
                 "gemm:        per image and group M={} (C_out/g x taps), K={} (C_in/g), N={} input positions; col2im sums {} taps per output at most",
@@ -159,14 +166,7 @@ impl<T: Element> fmt::Display for Plan<T> {
             writeln!(f, "bands:       {} output rows (axis 0) per band", c.band)?;
         }
         if let Some(c) = &self.im2col {
-            writeln!(
-                f,
-                "kernel:      {} tile of {} output channels x {} vectors of {} positions",
-                self.isa_shown(),
-                c.mr,
-                c.v,
-                c.lanes
-            )?;
+            self.tile_line(f, (c.mr, "output channels"), (c.v, c.lanes, "positions"))?;
             writeln!(
                 f,
                 "gemm:        per image and group M={} (C_out/g), K={} (C_in/g x taps), N={} output positions, over im2col columns",
@@ -176,15 +176,22 @@ impl<T: Element> fmt::Display for Plan<T> {
             )?;
             writeln!(f, "bands:       {} output positions per band", c.band)?;
         }
-        if let Some(c) = &self.winograd {
+        if let Some(c) = &self.batch {
+            self.tile_line(f, (c.mr, "images"), (c.v, c.lanes, "columns"))?;
             writeln!(
                 f,
-                "kernel:      {} tile of {} output channels x {} vectors of {} tiles",
-                self.isa_shown(),
-                c.mr,
-                c.v,
-                c.lanes
+                "gemm:        per group M={} (images), K={}, N={} columns, one position per image on the {} side",
+                g.batch,
+                c.kdim,
+                c.cols,
+                match g.op {
+                    crate::params::Op::ConvTranspose => "input",
+                    crate::params::Op::Conv => "output",
+                }
             )?;
+        }
+        if let Some(c) = &self.winograd {
+            self.tile_line(f, (c.mr, "output channels"), (c.v, c.lanes, "tiles"))?;
             let points: usize = c.transforms.iter().map(|t| t.alpha).product();
             writeln!(
                 f,

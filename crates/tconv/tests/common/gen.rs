@@ -25,6 +25,17 @@ impl Axis {
     pub fn natural(&self) -> i64 {
         self.transpose_out() as i64 - self.output_padding as i64
     }
+    /// The axis with pads drawn from `pb` and `pe`: each at most the kernel's reach, and
+    /// leaving at least one output.
+    fn padded(mut self, pb: usize, pe: usize) -> Axis {
+        self.pad_begin = pb % (self.reach() + 1);
+        self.pad_end = pe % (self.reach() + 1);
+        let full = (self.input - 1) * self.stride + self.reach() + self.output_padding + 1;
+        if self.pad_begin + self.pad_end >= full {
+            self.pad_end = full - 1 - self.pad_begin;
+        }
+        self
+    }
     /// PyTorch's output extent, written independently of the library.
     pub fn transpose_out(&self) -> usize {
         (self.input - 1) * self.stride + self.reach() + self.output_padding + 1
@@ -61,7 +72,7 @@ pub fn axis_upto(max_in: usize) -> impl Strategy<Value = Axis> {
         0usize..3,
     )
         .prop_map(|(input, kernel, stride, dilation, pb, pe, op)| {
-            let mut a = Axis {
+            let a = Axis {
                 input,
                 kernel,
                 stride,
@@ -70,13 +81,7 @@ pub fn axis_upto(max_in: usize) -> impl Strategy<Value = Axis> {
                 pad_end: 0,
                 output_padding: op % stride.max(dilation),
             };
-            a.pad_begin = pb % (a.reach() + 1);
-            a.pad_end = pe % (a.reach() + 1);
-            let full = (input - 1) * stride + a.reach() + a.output_padding + 1;
-            if a.pad_begin + a.pad_end >= full {
-                a.pad_end = full - 1 - a.pad_begin;
-            }
-            a
+            a.padded(pb, pe)
         })
 }
 
@@ -87,16 +92,27 @@ pub fn case() -> impl Strategy<Value = Case> {
 /// Problems with input extents up to `max_in`, channels per group up to `max_pg`, batch up
 /// to `max_batch`.
 pub fn case_upto(max_in: usize, max_pg: usize, max_batch: usize) -> impl Strategy<Value = Case> {
+    case_of(
+        move |dims| axis_upto(if dims == 3 { max_in.min(6) } else { max_in }),
+        max_pg,
+        max_batch,
+    )
+}
+
+/// Problems of 1 to 3 axes drawn by `axis(dims)`, channels per group up to `max_pg`, batch
+/// up to `max_batch`.
+pub fn case_of<S: Strategy<Value = Axis> + 'static>(
+    axis: impl Fn(usize) -> S + Clone + 'static,
+    max_pg: usize,
+    max_batch: usize,
+) -> impl Strategy<Value = Case> {
     (1usize..=3).prop_flat_map(move |dims| {
         (
             1usize..=max_batch,
             1usize..=3,
             1usize..=max_pg,
             1usize..=max_pg,
-            prop::collection::vec(
-                axis_upto(if dims == 3 { max_in.min(6) } else { max_in }),
-                dims,
-            ),
+            prop::collection::vec(axis(dims), dims),
             any::<bool>(),
             any::<u64>(),
         )
@@ -110,6 +126,32 @@ pub fn case_upto(max_in: usize, max_pg: usize, max_batch: usize) -> impl Strateg
                 seed,
             })
     })
+}
+
+/// An axis whose input has one position (so a transposed conv's input, and its adjoint
+/// conv's output, has one position per image): kernels 1-5, strides 1-3, dilations 1-2,
+/// pads, output_padding below the stride.
+pub fn single_position_axis() -> impl Strategy<Value = Axis> {
+    (
+        1usize..=5,
+        1usize..=3,
+        1usize..=2,
+        0usize..8,
+        0usize..8,
+        0usize..3,
+    )
+        .prop_map(|(kernel, stride, dilation, pb, pe, op)| {
+            let a = Axis {
+                input: 1,
+                kernel,
+                stride,
+                dilation,
+                pad_begin: 0,
+                pad_end: 0,
+                output_padding: op % stride,
+            };
+            a.padded(pb, pe)
+        })
 }
 
 /// Small integers in -3..=3 from a seed (xorshift), so every sum is exact.

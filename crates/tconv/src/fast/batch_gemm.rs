@@ -1,0 +1,321 @@
+//! One GEMM over the batch, for layers whose small side has a single position per image: a
+//! transposed convolution of a `1×…×1` input (a GAN generator's projection of its latent
+//! vector, `100 → 512` channels, `1×1 → 4×4`) and a convolution to a `1×…×1` output (a
+//! discriminator's last layer; that projection's input gradient).
+//!
+//! The other engines run a GEMM per image over its positions: with one position a register
+//! tile fills one lane in 16, and the phase decomposition's padded input makes most of its
+//! products multiplications by zero (15 in 16 for the projection, whose direct plan ran 16-24
+//! ms against PyTorch's 3.5-4.9 at 1 thread). With the small side of one position, the big
+//! side's position `b = t·d - pad` of each tap `t` is fixed, so the layer is one dense
+//! product over the batch:
+//!
+//! - conv_transpose: `y[n][(co, b(t))] = Σ_ci x[n][ci] · w[ci][co][t]`, `K = C_in/g`
+//!   over columns `(co, t)` (the weight's own rows);
+//! - conv: `y[n][co] = Σ_(ci, t) x[n][ci][b(t)] · w[co][ci][t]`, `K = C_in/g · taps` over
+//!   columns `co` (taps whose `b(t)` falls in the padding read zeros).
+//!
+//! The register tile's rows are images (their inputs packed per call as `[k][mr]`), its
+//! vectors the columns (the weight packed once per plan as panels `[k][V·LANES]`). The
+//! reduction runs in blocks of 256 rows (each tile accumulating block after block in a fixed
+//! order), tasks own whole images, and each output element is one tile's sum plus its bias:
+//! results are bitwise identical for any thread count. Output positions no tap reaches
+//! (output_padding, dilation gaps) hold the bias.
+
+use super::direct::run_chunks;
+use super::kernels::{KernelFn, Rows};
+use super::scratch;
+use crate::geometry::Geometry;
+use crate::params::Op;
+use crate::tensor::{numel, Element};
+
+/// Reduction rows per block: a block of the weight's panel (`KC × V·LANES`, 64 KiB on
+/// AVX-512's 6×4) stays in L2 while every row block of the task's images runs over it.
+const KC: usize = 256;
+
+/// Bytes of packed inputs a task aims at (its images' reduction rows; at least one row
+/// block of images).
+const TASK_BYTES: usize = 256 * 1024;
+
+/// Whether the batch GEMM serves `g`: every axis of its small side (a conv's output, a
+/// transposed conv's input) has one position.
+pub fn applies(g: &Geometry) -> bool {
+    g.axes.iter().all(|a| a.small(g.op) == 1)
+}
+
+/// A layer whose small side has one position per image, as one GEMM over the batch.
+pub struct BatchGemm<T> {
+    kernel: KernelFn<T>,
+    /// Rows of the register tile (images).
+    pub mr: usize,
+    /// Vectors of the register tile.
+    pub v: usize,
+    /// Lanes per vector.
+    pub lanes: usize,
+    /// Reduction length per group: `C_in/g` (conv_transpose) or `C_in/g · taps` (conv).
+    pub kdim: usize,
+    /// GEMM columns per group: `C_out/g · taps` (conv_transpose) or `C_out/g` (conv).
+    pub cols: usize,
+    /// Column panels per group.
+    panels: usize,
+    /// The weight packed as `[group][panel][k][V·LANES]`, zero past the columns.
+    packed: Vec<T>,
+    /// Per column: its output's offset in the image's block of the group's channels, or
+    /// `None` where its tap lands in the cropped padding (conv_transpose).
+    out_at: Vec<Option<usize>>,
+    /// Per column: its output channel within the group.
+    channel: Vec<usize>,
+    /// Whether column `j` writes offset `j` for every column (no crop, no gaps): then each
+    /// row of a tile is stored as one contiguous run.
+    identity: bool,
+    /// Whether every output position is written by a column (else the outputs are first
+    /// filled with the bias).
+    covered: bool,
+    /// conv: per reduction row `(ci, t)`, its input's offset in the image's block of the
+    /// group's channels, or `None` for padding.
+    in_at: Vec<Option<usize>>,
+    /// Images per task (whole row blocks).
+    images: usize,
+}
+
+/// Per flat tap of `g`'s kernel, the flat position `b(t) = t·d - pad_begin` (row-major in
+/// `extents`, the big side's) it reaches, or `None` where that falls outside them.
+fn big_positions(g: &Geometry, extents: &[usize]) -> Vec<Option<usize>> {
+    let kshape = g.kernel_shape();
+    let mut out = Vec::with_capacity(numel(&kshape));
+    crate::tensor::for_each_index(&kshape, |t| {
+        let mut at = 0usize;
+        let mut inside = true;
+        for ((a, &ti), &e) in g.axes.iter().zip(t).zip(extents) {
+            let b = ti as i64 * a.dilation as i64 - a.pad_begin;
+            if b < 0 || b >= e as i64 {
+                inside = false;
+            }
+            at = at * e + b.max(0) as usize;
+        }
+        out.push(inside.then_some(at));
+    });
+    out
+}
+
+impl<T: Element> BatchGemm<T> {
+    /// Plan `g` (one that [`applies`]) with weight `w` for `kernel`, an `mr × v` tile of
+    /// `lanes`-wide vectors, with tasks for `threads` threads.
+    pub fn new(
+        g: &Geometry,
+        w: &[T],
+        kernel: KernelFn<T>,
+        (mr, v, lanes): (usize, usize, usize),
+        threads: usize,
+    ) -> BatchGemm<T> {
+        let ksize = numel(&g.kernel_shape());
+        let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
+        let big: Vec<usize> = match g.op {
+            Op::ConvTranspose => g.output_shape()[2..].to_vec(),
+            Op::Conv => g.input_shape()[2..].to_vec(),
+        };
+        let plane = numel(&big);
+        let at = big_positions(g, &big);
+        let (kdim, cols) = match g.op {
+            Op::ConvTranspose => (cin_g, cout_g * ksize),
+            Op::Conv => (cin_g * ksize, cout_g),
+        };
+        let width = v * lanes;
+        let panels = cols.div_ceil(width);
+        let mut packed = vec![T::zero(); g.groups * panels * kdim * width];
+        for (unit, run) in packed.chunks_mut((kdim * width).max(1)).enumerate() {
+            let (group, p) = (unit / panels.max(1), unit % panels.max(1));
+            let (live, j0) = (width.min(cols - p * width), p * width);
+            match g.op {
+                // w[ci][co][t]: the row of ci holds the columns (co, t).
+                Op::ConvTranspose => {
+                    for (k, dst) in run.chunks_mut(width).enumerate().take(kdim) {
+                        let src = (group * cin_g + k) * cols + j0;
+                        dst[..live].copy_from_slice(&w[src..src + live]);
+                    }
+                }
+                // w[co][ci][t]: the row of co holds the reduction (ci, t); transposed a
+                // cache line of it at a time (a column at a time read values `kdim` apart).
+                Op::Conv => {
+                    for k0 in (0..kdim).step_by(16) {
+                        let kl = 16.min(kdim - k0);
+                        for c in 0..live {
+                            let src = &w[(group * cout_g + j0 + c) * kdim + k0..][..kl];
+                            for (i, &v) in src.iter().enumerate() {
+                                run[(k0 + i) * width + c] = v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        let (out_at, channel, in_at): (Vec<Option<usize>>, Vec<usize>, Vec<Option<usize>>) =
+            match g.op {
+                Op::ConvTranspose => {
+                    let out_at = (0..cols)
+                        .map(|j| at[j % ksize].map(|b| (j / ksize) * plane + b))
+                        .collect();
+                    let channel = (0..cols).map(|j| j / ksize).collect();
+                    (out_at, channel, Vec::new())
+                }
+                Op::Conv => {
+                    let in_at = (0..kdim)
+                        .map(|k| at[k % ksize].map(|b| (k / ksize) * plane + b))
+                        .collect();
+                    ((0..cols).map(Some).collect(), (0..cols).collect(), in_at)
+                }
+            };
+        let identity = out_at.iter().enumerate().all(|(j, &o)| o == Some(j));
+        let reached = at.iter().filter(|a| a.is_some()).count();
+        let covered = match g.op {
+            Op::ConvTranspose => reached == plane,
+            Op::Conv => true,
+        };
+        let elem = std::mem::size_of::<T>();
+        let row_blocks = g.batch.div_ceil(mr).max(1);
+        let by_bytes = (TASK_BYTES / (kdim * mr * elem).max(1)).max(1);
+        let by_threads = row_blocks.div_ceil(threads.max(1));
+        let images = mr * by_bytes.min(by_threads).max(1);
+        BatchGemm {
+            kernel,
+            mr,
+            v,
+            lanes,
+            kdim,
+            cols,
+            panels,
+            packed,
+            out_at,
+            channel,
+            identity,
+            covered,
+            in_at,
+            images,
+        }
+    }
+
+    fn width(&self) -> usize {
+        self.v * self.lanes
+    }
+
+    /// Elements of scratch one task allocates: its images' packed inputs and one panel's
+    /// results for them.
+    pub fn scratch_len(&self) -> usize {
+        self.images * (self.kdim + self.width())
+    }
+
+    /// Bytes of the packed weight.
+    pub fn packed_bytes(&self) -> usize {
+        self.packed.len() * std::mem::size_of::<T>()
+    }
+
+    /// Run on `x (N, C_in, *in)` into `y (N, C_out, *out)` (every element written), adding
+    /// `bias`.
+    pub fn execute(&self, g: &Geometry, x: &[T], bias: Option<&[T]>, y: &mut [T], threads: usize) {
+        let out_image = g.out_channels * numel(&g.output_shape()[2..]);
+        if out_image == 0 || g.batch == 0 {
+            return;
+        }
+        run_chunks(threads, y, self.images * out_image, |task, y| {
+            self.run_task(g, x, bias, task * self.images, y);
+        });
+    }
+
+    /// The images from `first` whose outputs are `y` (whole images).
+    fn run_task(&self, g: &Geometry, x: &[T], bias: Option<&[T]>, first: usize, y: &mut [T]) {
+        let out_plane = numel(&g.output_shape()[2..]);
+        let out_image = g.out_channels * out_plane;
+        let in_image = g.in_channels * numel(&g.input_shape()[2..]);
+        let images = y.len() / out_image;
+        let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
+        let (mr, width, kdim) = (self.mr, self.width(), self.kdim);
+        let blocks = images.div_ceil(mr);
+        let bias_of = |group: usize, c: usize| bias.map_or(T::zero(), |b| b[group * cout_g + c]);
+        if !self.covered || kdim == 0 {
+            // Outputs no column writes (all of them, without a reduction): the bias.
+            for yi in y.chunks_mut(out_image) {
+                for (co, plane) in yi.chunks_mut(out_plane).enumerate() {
+                    plane.fill(bias.map_or(T::zero(), |b| b[co]));
+                }
+            }
+            if kdim == 0 {
+                return;
+            }
+        }
+        // `a[block][k][mr]`: the images' inputs, zero past the last image.
+        let mut a = scratch::take::<T>(blocks * kdim * mr);
+        let mut tiles = scratch::take::<T>(blocks * mr * width);
+        let group_in = match g.op {
+            Op::ConvTranspose => cin_g,
+            Op::Conv => cin_g * numel(&g.input_shape()[2..]),
+        };
+        for group in 0..g.groups {
+            // Transposed 16 reduction rows at a time: a 16 × mr block of `a` stays in L1
+            // while each image's 16 inputs are read (a row of `a` at a time wrote a cache
+            // line per value).
+            for (b, run) in a.chunks_mut(kdim * mr).enumerate() {
+                for k0 in (0..kdim).step_by(16) {
+                    let kl = 16.min(kdim - k0);
+                    for r in 0..mr {
+                        let n = b * mr + r;
+                        if n >= images {
+                            for k in k0..k0 + kl {
+                                run[k * mr + r] = T::zero();
+                            }
+                            continue;
+                        }
+                        let xi = &x[(first + n) * in_image + group * group_in..][..group_in];
+                        match g.op {
+                            Op::ConvTranspose => {
+                                for (k, &v) in (k0..k0 + kl).zip(&xi[k0..k0 + kl]) {
+                                    run[k * mr + r] = v;
+                                }
+                            }
+                            Op::Conv => {
+                                for (k, at) in (k0..k0 + kl).zip(&self.in_at[k0..k0 + kl]) {
+                                    run[k * mr + r] = at.map_or(T::zero(), |i| xi[i]);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            for p in 0..self.panels {
+                let panel =
+                    &self.packed[(group * self.panels + p) * kdim * width..][..kdim * width];
+                for k0 in (0..kdim).step_by(KC) {
+                    let kl = KC.min(kdim - k0);
+                    for b in 0..blocks {
+                        let ab = &a[(b * kdim + k0) * mr..][..kl * mr];
+                        let out = &mut tiles[b * mr * width..][..mr * width];
+                        (self.kernel)(
+                            ab,
+                            &panel[k0 * width..][..kl * width],
+                            Rows::packed(kl, width),
+                            out.into(),
+                            k0 > 0,
+                        );
+                    }
+                }
+                let j0 = p * width;
+                let live = width.min(self.cols - j0);
+                for (n, yi) in y.chunks_mut(out_image).enumerate() {
+                    let t = &tiles[n * width..][..live];
+                    let base = group * cout_g * out_plane;
+                    if self.identity {
+                        let dst = &mut yi[base + j0..][..live];
+                        for (c, (d, &s)) in dst.iter_mut().zip(t).enumerate() {
+                            *d = s + bias_of(group, self.channel[j0 + c]);
+                        }
+                    } else {
+                        for (c, &s) in t.iter().enumerate() {
+                            if let Some(o) = self.out_at[j0 + c] {
+                                yi[base + o] = s + bias_of(group, self.channel[j0 + c]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
