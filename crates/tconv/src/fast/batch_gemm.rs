@@ -13,7 +13,10 @@
 //! - conv_transpose: `y[n][(co, b(t))] = Σ_ci x[n][ci] · w[ci][co][t]`, `K = C_in/g`
 //!   over columns `(co, t)` (the weight's own rows);
 //! - conv: `y[n][co] = Σ_(ci, t) x[n][ci][b(t)] · w[co][ci][t]`, `K = C_in/g · taps` over
-//!   columns `co` (taps whose `b(t)` falls in the padding read zeros).
+//!   columns `co`.
+//!
+//! Taps whose `b(t)` falls outside the big side (a conv's padding, a transposed conv's
+//! cropped border) are left out of the GEMM: pix2pix's `1×1 → 2×2` layer keeps 4 of its 16.
 //!
 //! The register tile's rows are images (their inputs packed per call as `[k][mr]`), its
 //! vectors the columns (the weight packed once per plan as panels `[k][V·LANES]`). The
@@ -43,6 +46,24 @@ pub fn applies(g: &Geometry) -> bool {
     g.axes.iter().all(|a| a.small(g.op) == 1)
 }
 
+/// The GEMM's reduction length and columns per group for `g` (one that [`applies`]): a
+/// transposed conv's `C_in/g` over `C_out/g` times the taps that reach its output, a conv's
+/// `C_in/g` times the taps that reach its input over `C_out/g`.
+pub fn shape(g: &Geometry) -> (usize, usize) {
+    let big: Vec<usize> = match g.op {
+        Op::ConvTranspose => g.output_shape()[2..].to_vec(),
+        Op::Conv => g.input_shape()[2..].to_vec(),
+    };
+    let taps = big_positions(g, &big)
+        .iter()
+        .filter(|a| a.is_some())
+        .count();
+    match g.op {
+        Op::ConvTranspose => (g.in_per_group(), g.out_per_group() * taps),
+        Op::Conv => (g.in_per_group() * taps, g.out_per_group()),
+    }
+}
+
 /// A layer whose small side has one position per image, as one GEMM over the batch.
 pub struct BatchGemm<T> {
     kernel: KernelFn<T>,
@@ -52,17 +73,18 @@ pub struct BatchGemm<T> {
     pub v: usize,
     /// Lanes per vector.
     pub lanes: usize,
-    /// Reduction length per group: `C_in/g` (conv_transpose) or `C_in/g · taps` (conv).
+    /// Reduction length per group: `C_in/g` (conv_transpose) or `C_in/g` times the taps
+    /// that reach the input (conv).
     pub kdim: usize,
-    /// GEMM columns per group: `C_out/g · taps` (conv_transpose) or `C_out/g` (conv).
+    /// GEMM columns per group: `C_out/g` times the taps that reach the output
+    /// (conv_transpose) or `C_out/g` (conv).
     pub cols: usize,
     /// Column panels per group.
     panels: usize,
     /// The weight packed as `[group][panel][k][V·LANES]`, zero past the columns.
     packed: Vec<T>,
-    /// Per column: its output's offset in the image's block of the group's channels, or
-    /// `None` where its tap lands in the cropped padding (conv_transpose).
-    out_at: Vec<Option<usize>>,
+    /// Per column: its output's offset in the image's block of the group's channels.
+    out_at: Vec<usize>,
     /// Per column: its output channel within the group.
     channel: Vec<usize>,
     /// Whether column `j` writes offset `j` for every column (no crop, no gaps): then each
@@ -71,9 +93,9 @@ pub struct BatchGemm<T> {
     /// Whether every output position is written by a column (else the outputs are first
     /// filled with the bias).
     covered: bool,
-    /// conv: per reduction row `(ci, t)`, its input's offset in the image's block of the
-    /// group's channels, or `None` for padding.
-    in_at: Vec<Option<usize>>,
+    /// conv: per reduction row, its input's offset in the image's block of the group's
+    /// channels.
+    in_at: Vec<usize>,
     /// Images per task (whole row blocks).
     images: usize,
 }
@@ -116,56 +138,73 @@ impl<T: Element> BatchGemm<T> {
         };
         let plane = numel(&big);
         let at = big_positions(g, &big);
-        let (kdim, cols) = match g.op {
-            Op::ConvTranspose => (cin_g, cout_g * ksize),
-            Op::Conv => (cin_g * ksize, cout_g),
+        // The (channel, tap) pairs whose tap reaches the big side, as (index in the
+        // weight's row, offset in the image's block of the group's channels): a transposed
+        // conv's columns, a conv's reduction rows. The others would only multiply padding
+        // (or be cropped): pix2pix's 1x1 -> 2x2 layer keeps 4 of its 16 taps.
+        let reach = |channels: usize| -> Vec<(usize, usize)> {
+            (0..channels)
+                .flat_map(|c| {
+                    let at = &at;
+                    (0..ksize).filter_map(move |t| at[t].map(|b| (c * ksize + t, c * plane + b)))
+                })
+                .collect()
+        };
+        let (live, kdim, cols, row_len) = match g.op {
+            Op::ConvTranspose => {
+                let live = reach(cout_g);
+                let cols = live.len();
+                (live, cin_g, cols, cout_g * ksize)
+            }
+            Op::Conv => {
+                let live = reach(cin_g);
+                let kdim = live.len();
+                (live, kdim, cout_g, cin_g * ksize)
+            }
         };
         let width = v * lanes;
         let panels = cols.div_ceil(width);
         let mut packed = vec![T::zero(); g.groups * panels * kdim * width];
         for (unit, run) in packed.chunks_mut((kdim * width).max(1)).enumerate() {
             let (group, p) = (unit / panels.max(1), unit % panels.max(1));
-            let (live, j0) = (width.min(cols - p * width), p * width);
+            let (n, j0) = (width.min(cols - p * width), p * width);
             match g.op {
                 // w[ci][co][t]: the row of ci holds the columns (co, t).
                 Op::ConvTranspose => {
                     for (k, dst) in run.chunks_mut(width).enumerate().take(kdim) {
-                        let src = (group * cin_g + k) * cols + j0;
-                        dst[..live].copy_from_slice(&w[src..src + live]);
+                        let row = &w[(group * cin_g + k) * row_len..][..row_len];
+                        for (d, &(j, _)) in dst[..n].iter_mut().zip(&live[j0..j0 + n]) {
+                            *d = row[j];
+                        }
                     }
                 }
-                // w[co][ci][t]: the row of co holds the reduction (ci, t); transposed a
-                // cache line of it at a time (a column at a time read values `kdim` apart).
+                // w[co][ci][t]: the row of co holds the reduction (ci, t); transposed 16
+                // reduction rows at a time (a column at a time read values a row apart).
                 Op::Conv => {
                     for k0 in (0..kdim).step_by(16) {
                         let kl = 16.min(kdim - k0);
-                        for c in 0..live {
-                            let src = &w[(group * cout_g + j0 + c) * kdim + k0..][..kl];
-                            for (i, &v) in src.iter().enumerate() {
-                                run[(k0 + i) * width + c] = v;
+                        for c in 0..n {
+                            let row = &w[(group * cout_g + j0 + c) * row_len..][..row_len];
+                            for (i, &(k, _)) in live[k0..k0 + kl].iter().enumerate() {
+                                run[(k0 + i) * width + c] = row[k];
                             }
                         }
                     }
                 }
             }
         }
-        let (out_at, channel, in_at): (Vec<Option<usize>>, Vec<usize>, Vec<Option<usize>>) =
-            match g.op {
-                Op::ConvTranspose => {
-                    let out_at = (0..cols)
-                        .map(|j| at[j % ksize].map(|b| (j / ksize) * plane + b))
-                        .collect();
-                    let channel = (0..cols).map(|j| j / ksize).collect();
-                    (out_at, channel, Vec::new())
-                }
-                Op::Conv => {
-                    let in_at = (0..kdim)
-                        .map(|k| at[k % ksize].map(|b| (k / ksize) * plane + b))
-                        .collect();
-                    ((0..cols).map(Some).collect(), (0..cols).collect(), in_at)
-                }
-            };
-        let identity = out_at.iter().enumerate().all(|(j, &o)| o == Some(j));
+        let (out_at, channel, in_at): (Vec<usize>, Vec<usize>, Vec<usize>) = match g.op {
+            Op::ConvTranspose => {
+                let out_at = live.iter().map(|&(_, o)| o).collect();
+                let channel = live.iter().map(|&(j, _)| j / ksize).collect();
+                (out_at, channel, Vec::new())
+            }
+            Op::Conv => {
+                let in_at = live.iter().map(|&(_, i)| i).collect();
+                ((0..cols).collect(), (0..cols).collect(), in_at)
+            }
+        };
+        let identity = out_at.iter().enumerate().all(|(j, &o)| o == j);
         let reached = at.iter().filter(|a| a.is_some()).count();
         let covered = match g.op {
             Op::ConvTranspose => reached == plane,
@@ -272,8 +311,8 @@ impl<T: Element> BatchGemm<T> {
                                 }
                             }
                             Op::Conv => {
-                                for (k, at) in (k0..k0 + kl).zip(&self.in_at[k0..k0 + kl]) {
-                                    run[k * mr + r] = at.map_or(T::zero(), |i| xi[i]);
+                                for (k, &i) in (k0..k0 + kl).zip(&self.in_at[k0..k0 + kl]) {
+                                    run[k * mr + r] = xi[i];
                                 }
                             }
                         }
@@ -309,9 +348,8 @@ impl<T: Element> BatchGemm<T> {
                         }
                     } else {
                         for (c, &s) in t.iter().enumerate() {
-                            if let Some(o) = self.out_at[j0 + c] {
-                                yi[base + o] = s + bias_of(group, self.channel[j0 + c]);
-                            }
+                            let o = self.out_at[j0 + c];
+                            yi[base + o] = s + bias_of(group, self.channel[j0 + c]);
                         }
                     }
                 }

@@ -432,19 +432,15 @@ fn batch_gemm_reason(g: &Geometry) -> String {
         Op::ConvTranspose => "input",
         Op::Conv => "output",
     };
-    let ksize = numel(&g.kernel_shape());
-    let (k, n, what) = match g.op {
-        Op::ConvTranspose => (
-            g.in_per_group(),
-            g.out_per_group() * ksize,
-            "C_out/g x taps",
-        ),
-        Op::Conv => (g.in_per_group() * ksize, g.out_per_group(), "C_out/g"),
+    let (k, n) = batch_gemm::shape(g);
+    let what = match g.op {
+        Op::ConvTranspose => "K = C_in/g, N = C_out/g x taps reaching the output",
+        Op::Conv => "K = C_in/g x taps reaching the input, N = C_out/g",
     };
     format!(
         "one position per image on the {side} side: one GEMM over the batch (M={} images, \
-         K={k}, N={n} columns: {what}), no multiplications by padding and no lanes left \
-         empty, each output its column's sum plus the bias",
+         K={k}, N={n}: {what}), no multiplications by padding and no lanes left empty, each \
+         output its column's sum plus the bias",
         g.batch
     )
 }

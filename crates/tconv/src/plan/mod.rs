@@ -238,14 +238,10 @@ impl<T: Element> Plan<T> {
             .transpose()?;
         let half = choose::half_width(isa);
         let gemm = |shape| gemm_kernel::<T>(isa, options, shape, half);
-        let ksize = numel(&g.kernel_shape());
         let single = algorithm == Algorithm::Col2im && batch_gemm::applies(&g);
         let batch = single
             .then(|| {
-                let (kdim, cols) = match g.op {
-                    Op::ConvTranspose => (g.in_per_group(), g.out_per_group() * ksize),
-                    Op::Conv => (g.in_per_group() * ksize, g.out_per_group()),
-                };
+                let (kdim, cols) = batch_gemm::shape(&g);
                 gemm((g.batch, cols, kdim))
                     .map(|(f, mr, v)| BatchGemm::new(&g, w, f, (mr, v, isa.lanes()), threads))
             })
