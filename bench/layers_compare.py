@@ -37,6 +37,10 @@ LAYERS = {
     "fcn32s": ("ct", [1, 21, 8, 8], 21, 64, 32, 16, 0, 1, "FCN-32s's upsampler"),
     "unet3d": ("ct", [1, 128, 8, 8, 8], 64, 2, 2, 0, 0, 1, "3-D U-Net's up-conv"),
     "s1k3-4x4": ("ct", [8, 256, 4, 4], 256, 3, 1, 1, 0, 1, "stride 1 on small maps"),
+    "stylegan2-up": ("ct", [1, 2048, 8, 8], 2048, 3, 2, 0, 0, 4, "StyleGAN2's modulated up-conv, groups = batch 4"),
+    "bilinear-dw": ("ct", [1, 256, 64, 64], 256, 4, 2, 1, 0, 256, "depthwise bilinear x2 upsampling"),
+    "grouped32": ("ct", [8, 256, 16, 16], 256, 4, 2, 1, 0, 32, "grouped (32) k4 s2 decoder"),
+    "dw1d": ("ct", [1, 512, 1000], 512, 16, 8, 4, 0, 512, "depthwise 1-D k16 s8"),
 }
 
 

@@ -26,7 +26,7 @@ pub(super) fn kernel<T: Element>(
 ) -> Result<DirectKernel<T>> {
     let spec = DirectSpec::new(g);
     let lanes = isa.lanes();
-    let inplace = inplace(g, options);
+    let inplace = inplace(g, &spec, options, isa);
     // Depthwise layers run as one group of `groups` output channels, each kernel row
     // reading its own input channel: MR channels per kernel call instead of one.
     let depthwise = inplace && g.groups > 1 && g.in_per_group() == 1 && g.out_per_group() == 1;
@@ -121,9 +121,38 @@ pub(super) fn kernel<T: Element>(
 
 /// Whether the direct engine reads the input in place (few output channels per group)
 /// rather than packing panels of it, unless the caller forced either.
-fn inplace(g: &Geometry, options: &PlanOptions) -> bool {
-    options.inplace.unwrap_or(g.out_per_group() < INPLACE_BELOW)
+///
+/// Where AVX-512 runs on 256-bit units ([`super::choose::half_width`]: AMD Zen 4), a
+/// transposed conv with exactly [`INPLACE_BELOW`] output channels per group too, unless its
+/// phases are tiny (fewer than [`INPLACE_MIN_PHASE`] positions): each packed panel serves
+/// only 8 rows there. On the Zen 4 of 2026-12-07 (1 thread, medians of 15 runs, packed
+/// against in place): 8 -> 8 channels in 32 groups (k4 s2, 16×16, batch 8) 3.13 against
+/// 1.85 ms; 16, 32 and 64 -> 8 a group 1.63x, 1.75x, 1.71x; 256 -> 8 2.14x; a k2 s2
+/// upsampler 128 -> 8 (64×64, batch 4) 1.35x; a 3-D one 1.08x; stride 1 k3 on 32×32
+/// 1.83x; 1-D k16 s8 1.31x; but stride 1 k3 on 4×4 maps 0.64x (0.028 against 0.044 ms).
+/// With 16 or more output channels the sweep was mixed (in place 1.07-1.26x faster on
+/// some layers, 3.7x slower on a stride-1 layer of 4×4 maps, 0.85x on the kernel == stride
+/// layers' pair kernels), so the threshold stays there.
+fn inplace(g: &Geometry, spec: &DirectSpec, options: &PlanOptions, isa: Isa) -> bool {
+    options.inplace.unwrap_or_else(|| {
+        let cout_g = g.out_per_group();
+        let per_phase = spec
+            .phases
+            .iter()
+            .map(|p| numel(&p.extents))
+            .max()
+            .unwrap_or(0);
+        cout_g < INPLACE_BELOW
+            || (super::choose::half_width(isa)
+                && g.op == crate::params::Op::ConvTranspose
+                && cout_g == INPLACE_BELOW
+                && per_phase >= INPLACE_MIN_PHASE)
+    })
 }
+
+/// Fewest positions of a phase for which [`inplace`] reads the input of 8 output channels
+/// a group in place on half-width AVX-512 (a 4×4 tile's).
+const INPLACE_MIN_PHASE: usize = 64;
 
 /// The tiles a tuning plan measures for the direct engine ([`PlanOptions::tune`]): `chosen`
 /// first, then every other tile of the ISA's table that has a kernel for `T`.
@@ -133,7 +162,7 @@ pub(super) fn candidates<T: Element>(
     isa: Isa,
     chosen: (usize, usize),
 ) -> Vec<(usize, usize)> {
-    let inplace = inplace(g, options);
+    let inplace = inplace(g, &DirectSpec::new(g), options, isa);
     let shapes = if inplace {
         crate::fast::inplace::tile_shapes_for::<T>(isa)
     } else {
@@ -247,6 +276,47 @@ fn task_split(
 mod tests {
     use super::*;
     use crate::params::{ConvParams, Op};
+
+    /// On AVX-512 run on 256-bit units, a transposed conv with 8 output channels a group
+    /// reads its input in place unless its phases are tiny; elsewhere, or forced, as asked.
+    #[test]
+    fn eight_output_channels_a_group_in_place_on_half_width_avx512() {
+        let s2 = ConvParams::new()
+            .stride(&[2, 2])
+            .padding(&[1, 1])
+            .groups(32);
+        let grouped = Geometry::new(
+            Op::ConvTranspose,
+            &[8, 256, 16, 16],
+            &[256, 8, 4, 4],
+            None,
+            &s2,
+        )
+        .unwrap();
+        let s1 = ConvParams::new().padding(&[1, 1]);
+        let tiny =
+            Geometry::new(Op::ConvTranspose, &[8, 64, 4, 4], &[64, 8, 3, 3], None, &s1).unwrap();
+        let sixteen = Geometry::new(
+            Op::ConvTranspose,
+            &[8, 256, 16, 16],
+            &[256, 16, 4, 4],
+            None,
+            &s2,
+        )
+        .unwrap();
+        let o = PlanOptions::default();
+        let on = |g: &Geometry, o: &PlanOptions, isa| inplace(g, &DirectSpec::new(g), o, isa);
+        let half = crate::fast::isa::avx512_half_width();
+        assert_eq!(on(&grouped, &o, Isa::Avx512), half);
+        assert!(!on(&grouped, &o, Isa::Avx2));
+        assert!(!on(&tiny, &o, Isa::Avx512), "phases of 16 positions");
+        assert!(!on(&sixteen, &o, Isa::Avx512));
+        let packed = PlanOptions {
+            inplace: Some(false),
+            ..PlanOptions::default()
+        };
+        assert!(!on(&grouped, &packed, Isa::Avx512));
+    }
 
     /// Bands never narrower than a tile's positions per phase, one task a thread where the
     /// weights stream from beyond the L2, images before bands, one task on one thread.
