@@ -41,27 +41,31 @@ fn reference<T: Element>(
     }
 }
 
+/// A conv's input of `shape` (its channels set to `c`'s output channels) and bias, to read
+/// case `c`'s weight as a conv weight: input channels = out_pg · groups.
+fn conv_operands<T: Element>(
+    c: &Case,
+    mut shape: Vec<usize>,
+) -> (ArrayD<T>, Option<ndarray::Array1<T>>) {
+    shape[1] = c.c_out();
+    let b = c.bias.then(|| {
+        ints::<T>(&[c.c_in()], c.seed)
+            .into_dimensionality()
+            .unwrap()
+    });
+    (ints::<T>(&shape, c.seed ^ 77), b)
+}
+
 /// Run `op` of case `c` through every engine configuration and compare with the reference.
 fn engine_matches_reference<T: Element>(c: &Case, op: Op) -> Result<(), TestCaseError> {
     let (x, w, b) = c.data::<T>();
     let mut p = c.params();
-    let x = match op {
-        Op::ConvTranspose => x,
+    let (x, b) = match op {
+        Op::ConvTranspose => (x, b),
         Op::Conv => {
-            // Read the same weight as a conv weight: input channels = out_pg * groups.
             p.output_padding.clear();
-            let mut s = c.x_shape();
-            s[1] = c.c_out();
-            ints::<T>(&s, c.seed ^ 77)
+            conv_operands(c, c.x_shape())
         }
-    };
-    let b = match op {
-        Op::ConvTranspose => b,
-        Op::Conv => c.bias.then(|| {
-            ints::<T>(&[c.c_in()], c.seed)
-                .into_dimensionality()
-                .unwrap()
-        }),
     };
     let bv = b.as_ref().map(|b| b.view());
     let want = reference(op, &x, &w, bv, &p);
@@ -203,14 +207,7 @@ fn single_position_matches<T: Element>(c: &Case) -> Result<(), TestCaseError> {
             Op::ConvTranspose => (x.clone(), b.clone()),
             Op::Conv => {
                 p.output_padding.clear();
-                let mut s = c.y_shape();
-                s[1] = c.c_out();
-                let b = c.bias.then(|| {
-                    ints::<T>(&[c.c_in()], c.seed)
-                        .into_dimensionality()
-                        .unwrap()
-                });
-                (ints::<T>(&s, c.seed ^ 77), b)
+                conv_operands(c, c.y_shape())
             }
         };
         let bv = b.as_ref().map(|b| b.view());

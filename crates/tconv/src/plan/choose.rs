@@ -291,9 +291,10 @@ pub(super) fn choose<T: Element>(
     every: bool,
 ) -> Choice {
     let forced = options.algorithm.or_else(Algorithm::from_env);
+    let single = batch_gemm::applies(g);
     let (mut algorithm, mut reason) = match forced {
         Some(a) => (a, "forced by the caller or TCONV_ALGORITHM".to_string()),
-        None if batch_gemm::applies(g) && options.inplace.is_none() && options.tile.is_none() => {
+        None if single && options.inplace.is_none() && options.tile.is_none() => {
             (Algorithm::Col2im, batch_gemm_reason(g))
         }
         None if col2im_pays(g, std::mem::size_of::<T>(), wide_inplace::<T>(options))
@@ -329,7 +330,6 @@ pub(super) fn choose<T: Element>(
         None => (Algorithm::Direct, direct_reason(g)),
     };
     let elem = std::mem::size_of::<T>();
-    let single = batch_gemm::applies(g);
     if algorithm == Algorithm::Col2im && g.op == Op::Conv && !single && !im2col::fits(g, elem) {
         algorithm = Algorithm::Direct;
         reason = format!(
@@ -428,10 +428,7 @@ pub(crate) fn input_tiles<T: Element>(
 /// Why a layer whose small side has one position per image runs as one GEMM over the batch
 /// ([`batch_gemm`]).
 fn batch_gemm_reason(g: &Geometry) -> String {
-    let side = match g.op {
-        Op::ConvTranspose => "input",
-        Op::Conv => "output",
-    };
+    let side = batch_gemm::small_side(g);
     let (k, n) = batch_gemm::shape(g);
     let what = match g.op {
         Op::ConvTranspose => "K = C_in/g, N = C_out/g x taps reaching the output",

@@ -130,23 +130,21 @@ pub(super) fn kernel<T: Element>(
 /// 1.85 ms; 16, 32 and 64 -> 8 a group 1.63x, 1.75x, 1.71x; 256 -> 8 2.14x; a k2 s2
 /// upsampler 128 -> 8 (64×64, batch 4) 1.35x; a 3-D one 1.08x; stride 1 k3 on 32×32
 /// 1.83x; 1-D k16 s8 1.31x; but stride 1 k3 on 4×4 maps 0.64x (0.028 against 0.044 ms).
-/// With 16 or more output channels the sweep was mixed (in place 1.07-1.26x faster on
-/// some layers, 3.7x slower on a stride-1 layer of 4×4 maps, 0.85x on the kernel == stride
-/// layers' pair kernels), so the threshold stays there.
+/// With 16 to 256 output channels the sweep was mixed (in place 1.05-1.39x faster on 18
+/// layers, but 0.97x on FCN-32s's k64 s32, 3.7x slower on a stride-1 layer of 4×4 maps,
+/// 0.98x and 0.85x on unet's and vnet3d's pair kernels), so the threshold stays there.
 fn inplace(g: &Geometry, spec: &DirectSpec, options: &PlanOptions, isa: Isa) -> bool {
+    let cout_g = g.out_per_group();
+    let large_phases = || {
+        let most = spec.phases.iter().map(|p| numel(&p.extents)).max();
+        most.unwrap_or(0) >= INPLACE_MIN_PHASE
+    };
     options.inplace.unwrap_or_else(|| {
-        let cout_g = g.out_per_group();
-        let per_phase = spec
-            .phases
-            .iter()
-            .map(|p| numel(&p.extents))
-            .max()
-            .unwrap_or(0);
         cout_g < INPLACE_BELOW
             || (super::choose::half_width(isa)
                 && g.op == crate::params::Op::ConvTranspose
                 && cout_g == INPLACE_BELOW
-                && per_phase >= INPLACE_MIN_PHASE)
+                && large_phases())
     })
 }
 
@@ -235,7 +233,7 @@ fn cheapest_tile(
 /// narrower than one register tile of `tile_lanes` positions per phase: every task streams
 /// all the weights. pix2pix's 1024 -> 512 upsampler at batch 1 (8×8 -> 16×16, 34 MB of
 /// packed weights) ran in 8 bands of one phase row at 2 threads, each streaming the weights
-/// for 8 positions of a 32-lane tile: 29-32 ms against 12.3-13.1 at 1 thread.
+/// for 8 positions of a 32-lane tile: 27-32 ms against 11.5-13.1 at 1 thread.
 fn task_split(
     spec: &DirectSpec,
     batch: usize,
@@ -262,8 +260,8 @@ fn task_split(
     // Phase rows that hold one tile's positions (along the inner axes, `pitches[0]` a row).
     let tile_rows = tile_lanes.div_ceil(spec.pitches[0].max(1)).max(1);
     // (But as many bands as threads where the batch and groups leave some idle: pix2pix's
-    // 2×2 -> 4×4 upsampler, 34 MB of weights for 4 positions a phase, ran 1.15x faster on
-    // two bands of half a tile than on one.)
+    // 2×2 -> 4×4 upsampler, 34 MB of weights for 4 positions a phase, ran 1.13x faster on
+    // two bands of half a tile than on one: 4.54 against 5.13 ms, 3 rounds.)
     let fill = threads.div_ceil(groups * batch_tasks);
     let row_tasks = per_group
         .div_ceil(batch_tasks)

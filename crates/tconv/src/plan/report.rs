@@ -77,9 +77,7 @@ impl<T: Element> Plan<T> {
             None => self.algorithm.name().to_string(),
         }
     }
-}
 
-impl<T: Element> Plan<T> {
     /// The `kernel:` line: the register tile of `mr` `rows` by `v` vectors of `lanes`
     /// `columns`.
     fn tile_line(
@@ -184,10 +182,7 @@ impl<T: Element> fmt::Display for Plan<T> {
                 g.batch,
                 c.kdim,
                 c.cols,
-                match g.op {
-                    crate::params::Op::ConvTranspose => "input",
-                    crate::params::Op::Conv => "output",
-                }
+                crate::fast::batch_gemm::small_side(g)
             )?;
         }
         if let Some(c) = &self.winograd {

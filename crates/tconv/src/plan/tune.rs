@@ -7,10 +7,10 @@
 //! L1d) the modelled tiles of dilated and hifigan1d ran 1.1-1.2x slower than the fastest
 //! (see BENCHMARKS.md; since then the model weighs the Winograd tiles alike there, and
 //! takes those layers' fastest; dcgan1's at 2 threads it misses). A tuning plan builds the
-//! plan for each tile the planner would accept for its algorithm (the Winograd tiles that fit the scratch bound with the same
-//! transforms, or the direct engine's tiles), runs each on a scratch input in interleaved
-//! passes ([`MIN_PASSES`]), and keeps the modelled tile unless another ran at least 3 % faster
-//! ([`MARGIN`]). Every tile sums each output in the same order, so the results do not
+//! plan for each tile the planner would accept for its algorithm (the Winograd tiles that
+//! fit the scratch bound with the same transforms, or the direct engine's tiles), runs each
+//! on a scratch input in interleaved passes ([`MIN_PASSES`]), and keeps the modelled tile
+//! unless another ran at least 3 % faster ([`MARGIN`]). Every tile sums each output in the same order, so the results do not
 //! depend on which one wins (tested below on every candidate of each kind of plan).
 
 use super::{Plan, PlanOptions};
