@@ -425,6 +425,58 @@ fn bitwise_identical_for_any_thread_count() {
     }
 }
 
+/// A batch of one whose weights stream from beyond the L2 (8 MiB: pix2pix's 2×2 -> 4×4
+/// upsampler on the direct engine, MelGAN's first upsampler on Winograd tiles, halved):
+/// its output channels are cut between the threads, with the same bits on every thread
+/// count and the reference's results.
+#[test]
+fn streamed_weights_of_one_image_cut_channels_between_threads() {
+    use tconv::ConvParams;
+    let cases = [
+        (
+            vec![1, 512, 2, 2],
+            vec![512, 256, 4, 4],
+            ConvParams::new().stride(&[2]).padding(&[1]),
+        ),
+        (
+            vec![1, 512, 12],
+            vec![512, 256, 16],
+            ConvParams::new().stride(&[8]).padding(&[4]),
+        ),
+    ];
+    for (xs, ws, p) in cases {
+        let (x, w) = (floats(&xs, 3), floats(&ws, 4));
+        let b = floats(&[ws[1]], 5)
+            .into_dimensionality::<ndarray::Ix1>()
+            .unwrap();
+        let mut outs = Vec::new();
+        for threads in [1, 2, 3] {
+            let o = PlanOptions {
+                threads: Some(threads),
+                ..PlanOptions::default()
+            };
+            let plan = Plan::new(Op::ConvTranspose, &xs, &w, Some(ws[1]), &p, &o).unwrap();
+            let ranges = plan.channel_ranges();
+            assert_eq!(ranges, threads, "{xs:?} on {threads}: {}", plan.label());
+            outs.push(plan.execute(&x, Some(b.view())).unwrap());
+        }
+        for o in &outs[1..] {
+            let same = o
+                .iter()
+                .zip(&outs[0])
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{xs:?}: result depends on the thread count");
+        }
+        let want = reference(Op::ConvTranspose, &x, &w, Some(b.view()), &p).unwrap();
+        for (a, b) in outs[0].iter().zip(want.iter()) {
+            assert!(
+                (a - b).abs() <= 1e-3 * (1.0 + b.abs()),
+                "{xs:?}: {a} vs {b}"
+            );
+        }
+    }
+}
+
 #[test]
 fn every_output_element_is_written() {
     use tconv::ConvParams;

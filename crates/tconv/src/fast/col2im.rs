@@ -16,7 +16,7 @@
 //! element is summed in a fixed order, so results are bitwise identical for any thread
 //! count.
 
-use super::direct::{band_tasks, copy_short, interleave2, run_each};
+use super::direct::{band_tasks, channel_parts, copy_short, interleave2, run_each};
 use super::kernels::{KernelFn, Rows};
 use super::spec::{pitches_of, residue_taps, ResidueTaps};
 use super::{prefetch_read, scratch};
@@ -238,7 +238,8 @@ impl<T: Element> Col2im<T> {
                 (b..b + 1, rows * out_row)
             })
             .collect();
-        let tasks = band_tasks(g, y, 1, &bands);
+        let whole = channel_parts(g.out_per_group(), 1, 1);
+        let tasks = band_tasks(g, y, 1, &whole, &bands);
         run_each(threads, tasks, |t| {
             self.run_task(g, x, bias, t.batch.start, t.group, t.band.start, t.planes);
         });

@@ -72,15 +72,28 @@ pub(super) fn kernel<T: Element>(
     );
     let groups = exec.as_ref().map_or(g.groups, |e| e.groups);
     let weight_bytes = packed.data.len() * std::mem::size_of::<T>();
-    let (batch_chunk, chunk_rows) =
-        task_split(&spec, g.batch, groups, threads, (v * lanes, weight_bytes));
     let strided_loads =
         crate::fast::strided_conv::applies(g, (&spec, &kernel, depthwise), (mr, v, lanes), isa);
+    // The strided-conv path splits its work itself, and depthwise kernels' blocks each
+    // read their own channels: neither splits output channels between tasks.
+    let blocks = if strided_loads || depthwise {
+        1
+    } else {
+        rows_per_group.div_ceil(mr)
+    };
+    let split = task_split(
+        &spec,
+        g.batch,
+        groups,
+        threads,
+        (v * lanes, weight_bytes),
+        blocks,
+    );
     // The strided-conv path tiles its panels itself: its table has no tiles.
     let table = if strided_loads {
         TileTable::without_tiles(g, &spec, v * lanes, group_size)
     } else {
-        TileTable::new(g, &spec, v * lanes, chunk_rows, group_size)
+        TileTable::new(g, &spec, v * lanes, split.chunk_rows, group_size)
     };
     let mut direct = DirectKernel {
         spec,
@@ -91,7 +104,8 @@ pub(super) fn kernel<T: Element>(
         lanes,
         strided_loads,
         table,
-        batch_chunk,
+        batch_chunk: split.batch_chunk,
+        channel_parts: split.channel_parts,
         depthwise,
         exec,
         items_cap: usize::MAX,
@@ -227,20 +241,40 @@ fn cheapest_tile(
         .map_or((1, 4), |t| (t.0, t.1))
 }
 
-/// Images per task and phase rows (axis 0) per chunk: the work split into about 4 tasks
-/// per thread over `groups` groups, batch items first, then row bands — but one task per
-/// thread where the packed weights (`weight_bytes`) outgrow the L2, and never a band
-/// narrower than one register tile of `tile_lanes` positions per phase: every task streams
-/// all the weights. pix2pix's 1024 -> 512 upsampler at batch 1 (8×8 -> 16×16, 34 MB of
-/// packed weights) ran in 8 bands of one phase row at 2 threads, each streaming the weights
-/// for 8 positions of a 32-lane tile: 27-32 ms against 11.5-13.1 at 1 thread.
+/// How the direct engine's work is cut into tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Split {
+    /// Images per task.
+    batch_chunk: usize,
+    /// Phase rows (axis 0) per band.
+    chunk_rows: usize,
+    /// Ranges of output-channel blocks a group's work is cut into.
+    channel_parts: usize,
+}
+
+/// Images per task, phase rows (axis 0) per band and ranges of output channels: the work
+/// split into about 4 tasks per thread over `groups` groups, batch items first, then row
+/// bands — but one task per thread where the packed weights (`weight_bytes`) outgrow the
+/// L2, and never a band narrower than one register tile of `tile_lanes` positions per
+/// phase: every task streams all the weights. pix2pix's 1024 -> 512 upsampler at batch 1
+/// (8×8 -> 16×16, 34 MB of packed weights) ran in 8 bands of one phase row at 2 threads,
+/// each streaming the weights for 8 positions of a 32-lane tile: 27-32 ms against
+/// 11.5-13.1 at 1 thread.
+///
+/// Where such weights are streamed and the images and groups leave threads idle (a batch
+/// of one), the group's `blocks` blocks of output channels are cut between the threads
+/// instead of its rows: each task then streams only its channels' weights (and packs the
+/// same input panels as the others). pix2pix's 1024 -> 512 upsampler on 2×2 inputs at 2
+/// threads: 2.2-3.0 ms against 4.3-5.7 in two half-tile bands (4 alternating rounds,
+/// medians of 30 runs); on 8×8 inputs 6.9-8.3 against 7.0-11.1 (5 rounds: a tie).
 fn task_split(
     spec: &DirectSpec,
     batch: usize,
     groups: usize,
     threads: usize,
     (tile_lanes, weight_bytes): (usize, usize),
-) -> (usize, usize) {
+    blocks: usize,
+) -> Split {
     let q0 = spec
         .phases
         .iter()
@@ -259,15 +293,26 @@ fn task_split(
     let batch_chunk = batch.max(1).div_ceil(batch_tasks);
     // Phase rows that hold one tile's positions (along the inner axes, `pitches[0]` a row).
     let tile_rows = tile_lanes.div_ceil(spec.pitches[0].max(1)).max(1);
-    // (But as many bands as threads where the batch and groups leave some idle: pix2pix's
-    // 2×2 -> 4×4 upsampler, 34 MB of weights for 4 positions a phase, ran 1.13x faster on
-    // two bands of half a tile than on one: 4.54 against 5.13 ms, 3 rounds.)
+    // Tasks each thread would lack with one a group and batch chunk.
     let fill = threads.div_ceil(groups * batch_tasks);
+    let channel_parts = if streamed && fill > 1 {
+        fill.min(blocks).max(1)
+    } else {
+        1
+    };
+    let fill = fill.div_ceil(channel_parts);
+    // (But as many bands as threads where the batch, groups and channel parts leave some
+    // idle: pix2pix's 2×2 -> 4×4 upsampler, 34 MB of weights for 4 positions a phase, ran
+    // 1.13x faster on two bands of half a tile than on one: 4.54 against 5.13 ms, 3 rounds.)
     let row_tasks = per_group
-        .div_ceil(batch_tasks)
+        .div_ceil(batch_tasks * channel_parts)
         .min(q0.div_ceil(tile_rows).max(fill))
         .min(q0);
-    (batch_chunk, q0.div_ceil(row_tasks))
+    Split {
+        batch_chunk,
+        chunk_rows: q0.div_ceil(row_tasks),
+        channel_parts,
+    }
 }
 
 #[cfg(test)]
@@ -317,7 +362,9 @@ mod tests {
     }
 
     /// Bands never narrower than a tile's positions per phase, one task a thread where the
-    /// weights stream from beyond the L2, images before bands, one task on one thread.
+    /// weights stream from beyond the L2, images before bands, one task on one thread; where
+    /// streamed weights and a batch of one leave threads idle, output channels cut between
+    /// them (as many ranges as blocks allow) instead of rows.
     #[test]
     fn bands_hold_a_tile_and_streamed_weights_one_task_a_thread() {
         let p = ConvParams::new().stride(&[2, 2]).padding(&[1, 1]);
@@ -330,17 +377,30 @@ mod tests {
         )
         .unwrap();
         let spec = DirectSpec::new(&g);
+        let cut = |spec: &DirectSpec, batch, groups, threads, tile, blocks| {
+            let s = task_split(spec, batch, groups, threads, tile, blocks);
+            (s.batch_chunk, s.chunk_rows, s.channel_parts)
+        };
         assert_eq!(spec.pitches[0], 8, "phase rows of 8 positions");
         let (streamed, small) = (1 << 40, 1 << 10);
         // Tiles of 32 lanes: 4 phase rows each, so 2 bands of the 8 rows (was 8 of one).
-        assert_eq!(task_split(&spec, 1, 1, 2, (32, streamed)), (1, 4));
-        assert_eq!(task_split(&spec, 1, 1, 2, (32, small)), (1, 4));
+        assert_eq!(cut(&spec, 1, 1, 2, (32, streamed), 1), (1, 4, 1));
+        assert_eq!(cut(&spec, 1, 1, 2, (32, small), 1), (1, 4, 1));
         // Tiles of one row: as many bands as 4 tasks a thread ask, unless streamed.
-        assert_eq!(task_split(&spec, 1, 1, 2, (8, small)), (1, 1));
-        assert_eq!(task_split(&spec, 1, 1, 2, (8, streamed)), (1, 4));
+        assert_eq!(cut(&spec, 1, 1, 2, (8, small), 1), (1, 1, 1));
+        assert_eq!(cut(&spec, 1, 1, 2, (8, streamed), 1), (1, 4, 1));
         // Images first; one thread, one task.
-        assert_eq!(task_split(&spec, 16, 1, 2, (32, small)), (2, 8));
-        assert_eq!(task_split(&spec, 1, 1, 1, (32, streamed)), (1, 8));
+        assert_eq!(cut(&spec, 16, 1, 2, (32, small), 1), (2, 8, 1));
+        assert_eq!(cut(&spec, 1, 1, 1, (32, streamed), 1), (1, 8, 1));
+        // Streamed weights, one image: channels cut between the threads, whole rows.
+        assert_eq!(cut(&spec, 1, 1, 2, (32, streamed), 43), (1, 8, 2));
+        assert_eq!(cut(&spec, 1, 1, 3, (32, streamed), 43), (1, 8, 3));
+        // As many ranges as blocks, the rest of the threads on bands.
+        assert_eq!(cut(&spec, 1, 1, 4, (8, streamed), 2), (1, 4, 2));
+        // Not where the weights fit the L2, nor where images or groups feed the threads.
+        assert_eq!(cut(&spec, 1, 1, 2, (32, small), 43), (1, 4, 1));
+        assert_eq!(cut(&spec, 2, 1, 2, (32, streamed), 43), (1, 8, 1));
+        assert_eq!(cut(&spec, 1, 2, 2, (32, streamed), 43), (1, 8, 1));
         // Fewer rows than a tile: still a band a thread.
         let g = Geometry::new(
             Op::ConvTranspose,
@@ -351,6 +411,6 @@ mod tests {
         )
         .unwrap();
         let spec = DirectSpec::new(&g);
-        assert_eq!(task_split(&spec, 1, 1, 2, (16, streamed)), (1, 1));
+        assert_eq!(cut(&spec, 1, 1, 2, (16, streamed), 1), (1, 1, 1));
     }
 }

@@ -591,6 +591,101 @@ mod tests {
         assert!(!says(Op::Conv, &x2, &w2, &s2, &forced));
     }
 
+    /// Output channels cut into ranges between tasks (as the direct engine and the Winograd
+    /// tiles do where a batch of one streams weights that outgrow the L2) give the same
+    /// bits as one range, and the reference's results, on small problems: 1-3 axes, strides, pads, dilation,
+    /// output_padding, groups, a bias, 1 and 2 images, packed panels, in-place kernels,
+    /// pair kernels, Winograd tiles, 1 and 3 threads, 2 to 5 ranges.
+    #[test]
+    fn channel_ranges_between_tasks_give_the_same_bits() {
+        // (op, input shape, weight shape, [stride, padding, dilation, output_padding, groups])
+        type Case = (Op, &'static [usize], &'static [usize], [usize; 5]);
+        let ct = Op::ConvTranspose;
+        let cases: [Case; 10] = [
+            (ct, &[1, 8, 5, 6], &[8, 40, 4, 4], [2, 1, 1, 0, 1]),
+            (ct, &[2, 8, 3, 4], &[8, 20, 4, 4], [2, 1, 1, 1, 2]),
+            (ct, &[1, 6, 9], &[6, 33, 16], [8, 4, 1, 0, 1]),
+            (ct, &[1, 12, 7], &[12, 35, 3], [2, 0, 2, 1, 1]),
+            (ct, &[1, 10, 6], &[10, 30, 2], [3, 0, 1, 0, 1]),
+            (ct, &[2, 4, 3, 3, 2], &[4, 20, 2, 2, 2], [2, 0, 1, 0, 1]),
+            (ct, &[1, 16, 6, 6], &[16, 48, 3, 3], [1, 1, 1, 0, 1]),
+            (ct, &[1, 8, 6, 5], &[8, 7, 3, 3], [2, 1, 1, 0, 1]),
+            (Op::Conv, &[1, 6, 7, 8], &[37, 6, 3, 3], [1, 1, 1, 0, 1]),
+            (Op::Conv, &[2, 10, 9], &[44, 5, 4], [1, 2, 2, 0, 2]),
+        ];
+        let value = |i: usize, salt: usize| {
+            let h = (i ^ salt).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40;
+            (h % 2001) as f32 / 1000.0 - 1.0
+        };
+        for (op, x_shape, w_shape, [s, p, d, op_pad, groups]) in cases {
+            let axes = x_shape.len() - 2;
+            let mut params = ConvParams::new()
+                .stride(&vec![s; axes])
+                .padding(&vec![p; axes])
+                .dilation(&vec![d; axes])
+                .groups(groups);
+            if op_pad > 0 {
+                params = params.output_padding(&vec![op_pad; axes]);
+            }
+            let c_out = if op == Op::Conv {
+                w_shape[0]
+            } else {
+                w_shape[1] * groups
+            };
+            let g = Geometry::new(op, &x_shape, &w_shape, Some(&[c_out]), &params).unwrap();
+            let x: Vec<f32> = (0..numel(&x_shape)).map(|i| value(i, 1)).collect();
+            let w: Vec<f32> = (0..numel(&w_shape)).map(|i| value(i, 2)).collect();
+            let b: Vec<f32> = (0..c_out).map(|i| value(i, 3)).collect();
+            let reference = match op {
+                Op::Conv => crate::reference::gather_flat(&g, &x, &w, Some(&b)),
+                Op::ConvTranspose => crate::reference::scatter_flat(&g, &x, &w, Some(&b)),
+            };
+            let mut cut_plans = 0;
+            let forced = [
+                (Algorithm::Direct, None),
+                (Algorithm::Direct, Some(true)),
+                (Algorithm::Winograd, None),
+            ];
+            for (algorithm, inplace) in forced {
+                for threads in [1, 3] {
+                    let options = PlanOptions {
+                        algorithm: Some(algorithm),
+                        inplace,
+                        threads: Some(threads),
+                        ..PlanOptions::default()
+                    };
+                    let mut plan = Plan::from_geometry(g.clone(), &w, &options).unwrap();
+                    let case = format!("{op:?} {x_shape:?} {w_shape:?} {options:?}");
+                    if plan.direct.is_none() && plan.winograd.is_none() {
+                        continue; // depthwise rows, or no such plan: nothing cut
+                    }
+                    let one = plan.run_new(&x, Some(&b));
+                    let near = one
+                        .iter()
+                        .zip(&reference)
+                        .all(|(a, r)| (a - r).abs() < 1e-4);
+                    assert!(near, "{case}: not the reference's");
+                    cut_plans += 1;
+                    for parts in [2, 3, 5] {
+                        if let Some(d) = plan.direct.as_mut() {
+                            d.channel_parts = parts;
+                        }
+                        if let Some(wg) = plan.winograd.as_mut() {
+                            wg.set_channel_parts(parts);
+                        }
+                        let cut = plan.run_new(&x, Some(&b));
+                        let same = one
+                            .iter()
+                            .zip(&cut)
+                            .all(|(a, b)| a.to_bits() == b.to_bits());
+                        assert!(same, "{case}: {parts} ranges");
+                    }
+                }
+            }
+            assert!(cut_plans >= 2, "{op:?} {x_shape:?}: {cut_plans} plans cut");
+        }
+    }
+
     /// The direct engine groups tiles to share weight slices only where the weights
     /// outgrow a quarter of the L2: unet's (135 KiB packed) take one tile a group where the
     /// L2 holds 1 MiB or more, a layer with 1.2 MB of weights several (where the CPU

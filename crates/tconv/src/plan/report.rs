@@ -78,6 +78,18 @@ impl<T: Element> Plan<T> {
         }
     }
 
+    /// Ranges of output channels each group's work is cut into between tasks (1 where every
+    /// task holds all of them).
+    pub fn channel_ranges(&self) -> usize {
+        let cout_g = self.geometry.out_per_group();
+        let (mr, parts) = match (&self.direct, &self.winograd) {
+            (Some(d), _) => (d.mr, d.channel_parts),
+            (_, Some(w)) => (w.mr, w.channel_parts()),
+            _ => return 1,
+        };
+        crate::fast::direct::channel_parts(cout_g, mr, parts).len()
+    }
+
     /// The `kernel:` line: the register tile of `mr` `rows` by `v` vectors of `lanes`
     /// `columns`.
     fn tile_line(
@@ -228,6 +240,16 @@ impl<T: Element> fmt::Display for Plan<T> {
             self.workspace_bytes()
         )?;
         writeln!(f, "threads:     {}", self.threads)?;
+        let ranges = self.channel_ranges();
+        if ranges > 1 {
+            writeln!(
+                f,
+                "tasks:       each group's output channels cut into {ranges} ranges of whole \
+                 tiles between the threads (the weights stream from beyond the L2 and the \
+                 images and groups leave threads idle: each task streams only its \
+                 channels' weights)"
+            )?;
+        }
         write!(f, "flops:       {}", g.flops())
     }
 }

@@ -27,7 +27,7 @@ pub(crate) use store::{copy_short, interleave2, interleave8_to, store_fence, sto
 #[cfg(target_arch = "x86_64")]
 pub(crate) use store::{evens_odds16, store_block, transpose8x8};
 use task::{run_task, run_task_inplace};
-pub(crate) use threads::{band_tasks, run_both, run_chunks, run_each, zeros, Task};
+pub(crate) use threads::{band_tasks, channel_parts, run_both, run_chunks, run_each, zeros, Task};
 pub use tiles::TileTable;
 
 use std::ops::Range;
@@ -70,6 +70,9 @@ pub struct DirectKernel<T: Element> {
     pub table: TileTable,
     /// Batch items per task.
     pub batch_chunk: usize,
+    /// Ranges of whole blocks of output channels a group's work is split into between
+    /// tasks (one where every task holds all of them; see `plan::direct::task_split`).
+    pub channel_parts: usize,
     /// Depthwise (one input and one output channel per group): the groups are run as one
     /// group of `groups` output channels whose kernel rows each read their own channel.
     pub depthwise: bool,
@@ -226,7 +229,8 @@ pub fn execute<T: Element>(
     let bands: Vec<(Range<usize>, usize)> = (0..table.chunks())
         .map(|c| (c..c + 1, table.rows(c..c + 1).len() * table.out_row))
         .collect();
-    let tasks = band_tasks(g, y, k.batch_chunk, &bands);
+    let parts = channel_parts(g.out_per_group(), k.mr, k.channel_parts);
+    let tasks = band_tasks(g, y, k.batch_chunk, &parts, &bands);
     let run = |task: Task<'_, T>| match k.kernel {
         Kernel::Packed(f) => run_task(g, k, f, src, bias, task),
         Kernel::Inplace(f) => run_task_inplace(g, k, f, src, bias, task),

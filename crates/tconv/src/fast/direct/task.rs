@@ -50,7 +50,7 @@ pub(super) fn run_task<T: Element>(
                     tile,
                     first_phase,
                     phases,
-                    &mut task.planes[ni * t.cout_g..(ni + 1) * t.cout_g],
+                    &mut task.planes[ni * t.channels..(ni + 1) * t.channels],
                     &b.acc[slot * t.per_slot..(slot + 1) * t.per_slot],
                     t.per_phase,
                     &b.reached[slot * gs..(slot + 1) * gs],
@@ -80,7 +80,9 @@ struct PackedTask<'a, T: Element> {
     group_index: usize,
     batch_start: usize,
     cin_g: usize,
-    cout_g: usize,
+    /// The task's output channels (within the group) and their blocks of `mr`.
+    channels: usize,
+    blocks: Range<usize>,
     /// Values of an input image, and the task's first output offset in a plane.
     image: usize,
     row_off: usize,
@@ -107,12 +109,14 @@ impl<'a, T: Element> PackedTask<'a, T> {
         task: &Task<'_, T>,
     ) -> Self {
         let (spec, table) = (&k.spec, &k.table);
-        let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
+        let cin_g = g.in_per_group();
+        let cout_g = g.out_per_group();
         let tiles = table.chunk_tiles[task.band.start]..table.chunk_tiles[task.band.end];
         let items: Vec<(usize, usize)> = (0..task.batch.len())
             .flat_map(|ni| tiles.clone().map(move |t| (ni, t)))
             .collect();
-        let per_phase = k.packed.blocks * k.mr * table.tile_lanes;
+        let blocks = task.channels.start / k.mr..task.channels.end.div_ceil(k.mr);
+        let per_phase = blocks.len() * k.mr * table.tile_lanes;
         PackedTask {
             k,
             kernel,
@@ -120,10 +124,13 @@ impl<'a, T: Element> PackedTask<'a, T> {
             group_index: task.group,
             batch_start: task.batch.start,
             cin_g,
-            cout_g,
+            channels: task.channels.len(),
+            blocks,
             image: g.in_channels * spec.channel_stride,
             row_off: table.rows(task.band.clone()).start * table.out_row,
-            biases: (0..cout_g)
+            biases: task
+                .channels
+                .clone()
                 .map(|c| bias.map_or(T::zero(), |b| b[task.group * cout_g + c]))
                 .collect(),
             group: k.items_per_group(g).min(items.len().max(1)),
@@ -134,6 +141,13 @@ impl<'a, T: Element> PackedTask<'a, T> {
             per_phase,
             per_slot: table.group_size * per_phase,
         }
+    }
+
+    /// Where block `block`'s accumulator tile of phase `r` of the group starts in slot
+    /// `slot`'s (`[r][block][mr · tl]` over the task's blocks).
+    fn acc_at(&self, slot: usize, r: usize, block: usize) -> usize {
+        let tile = self.k.mr * self.k.table.tile_lanes;
+        slot * self.per_slot + r * self.per_phase + (block - self.blocks.start) * tile
     }
 
     /// Where image `ni` of the task (within its group) starts in the source.
@@ -155,10 +169,10 @@ impl<'a, T: Element> PackedTask<'a, T> {
         for slot in (0..slots).filter(|&s| b.reached[s * gs + r]) {
             let from = slot * self.panel_len + at;
             let panel = &b.panels[from..from + kn * tl];
-            for block in 0..k.packed.blocks {
+            for block in self.blocks.clone() {
                 let run = k.packed.run(self.group_index, block, pi);
                 let w = &run[k0 * k.mr..(k0 + kn) * k.mr];
-                let out = slot * self.per_slot + r * self.per_phase + block * k.mr * tl;
+                let out = self.acc_at(slot, r, block);
                 (self.kernel)(
                     w,
                     panel,
@@ -267,9 +281,9 @@ impl<'a, T: Element> PackedTask<'a, T> {
                 continue;
             }
             let panel = &b.panels[slot * self.panel_len..(slot + 1) * self.panel_len];
-            for block in 0..k.packed.blocks {
+            for block in self.blocks.clone() {
                 let run = k.packed.run(self.group_index, block, pi);
-                let out = slot * self.per_slot + r * self.per_phase + block * k.mr * tl;
+                let out = self.acc_at(slot, r, block);
                 let out = &mut b.acc[out..out + k.mr * tl];
                 // One call per group: its taps are views of the group's row, one lane apart.
                 for (gi, &(tap0, len, _)) in groups_w.iter().enumerate() {
@@ -399,15 +413,16 @@ impl<'a, T: Element> PackedTask<'a, T> {
             })
             .collect();
         // Block by block, each block's weights serving every tile of the group in turn.
-        for block in 0..k.packed.blocks {
-            let c0 = block * k.mr;
-            let c1 = (c0 + k.mr).min(self.cout_g);
+        for block in self.blocks.clone() {
+            // The block's channels, counted from the task's first.
+            let c0 = (block - self.blocks.start) * k.mr;
+            let c1 = (c0 + k.mr).min(self.channels);
             let w0 = k.packed.run(self.group_index, block, first);
             let w1 = k.packed.run(self.group_index, block, first + 1);
             for (slot, (&(ni, _), &(at, stored))) in chunk.iter().zip(&ats).enumerate() {
                 let panel = &b.panels[slot * self.panel_len..][..kdim * tl];
                 let out = PairOut {
-                    planes: &mut planes[ni * self.cout_g + c0..ni * self.cout_g + c1],
+                    planes: &mut planes[ni * self.channels + c0..ni * self.channels + c1],
                     at,
                     stored,
                     bias: &self.biases[c0..c1],
@@ -437,11 +452,15 @@ pub(super) fn run_task_inplace<T: Element>(
     let image = g.in_channels * spec.channel_stride;
     let row_off = table.rows(task.band.clone()).start * table.out_row;
     let lane_mask = (1u64 << k.lanes) - 1;
-    let biases: Vec<T> = (0..cout_g)
+    let biases: Vec<T> = task
+        .channels
+        .clone()
         .map(|c| bias.map_or(T::zero(), |b| b[task.group * cout_g + c]))
         .collect();
     let tiles = table.chunk_tiles[task.band.start]..table.chunk_tiles[task.band.end];
-    let per_phase = k.packed.blocks * k.mr * tl;
+    let blocks = task.channels.start / k.mr..task.channels.end.div_ceil(k.mr);
+    let channels = task.channels.len();
+    let per_phase = blocks.len() * k.mr * tl;
     let mut acc = vec![T::zero(); gs * per_phase];
     let mut reached = vec![false; gs];
     let mut runs_buf: Vec<TapRun> = Vec::new();
@@ -474,7 +493,7 @@ pub(super) fn run_task_inplace<T: Element>(
                     if !reached[r] {
                         continue;
                     }
-                    for block in 0..k.packed.blocks {
+                    for block in blocks.clone() {
                         let co0 = block * k.mr;
                         let live_rows = k.mr.min(cout_g - co0);
                         // Depthwise rows start at their own channel: shift the taps there.
@@ -495,7 +514,7 @@ pub(super) fn run_task_inplace<T: Element>(
                             row_stride: if k.depthwise { spec.channel_stride } else { 0 },
                             live_rows,
                         };
-                        let at = r * per_phase + block * k.mr * tl;
+                        let at = r * per_phase + (block - blocks.start) * k.mr * tl;
                         kernel(&args, &mut acc[at..at + k.mr * tl]);
                         if shift != 0 {
                             runs_buf.iter_mut().for_each(|t| t.base -= shift);
@@ -507,7 +526,7 @@ pub(super) fn run_task_inplace<T: Element>(
                     tile,
                     first_phase,
                     phases,
-                    &mut task.planes[ni * cout_g..(ni + 1) * cout_g],
+                    &mut task.planes[ni * channels..(ni + 1) * channels],
                     &acc,
                     per_phase,
                     &reached,

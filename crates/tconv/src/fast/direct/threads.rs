@@ -91,50 +91,80 @@ pub(crate) fn run_chunks<T: Send>(
     }
 }
 
-/// One unit of parallel work: a band of output rows of one group for some batch items.
+/// One unit of parallel work: a band of output rows of some output channels of one group
+/// for some batch items.
 pub(crate) struct Task<'y, T> {
     pub(crate) group: usize,
     pub(crate) batch: Range<usize>,
+    /// The output channels, within the group (all of them unless the plan splits them
+    /// between tasks: see [`channel_parts`]).
+    pub(crate) channels: Range<usize>,
     /// The band, in the caller's units (the direct driver: chunks of its tile table;
     /// Winograd tiles: tile rows).
     pub(crate) band: Range<usize>,
-    /// Row bands in `(n, co_local)` order.
+    /// Row bands in `(n, channel)` order, over the task's channels.
     pub(crate) planes: Vec<&'y mut [T]>,
 }
 
-/// One task per (group, batch chunk of `batch_chunk` images, band), each band of every
-/// output plane (`bands`: its range in the caller's units and its length in elements,
-/// consecutive and covering the plane) handed to its task as a `&mut` slice.
+/// `cout` output channels cut into `parts` consecutive ranges of whole blocks of `block`
+/// channels (the last block may be short), as even as the blocks allow; fewer ranges where
+/// there are fewer blocks.
+pub(crate) fn channel_parts(cout: usize, block: usize, parts: usize) -> Vec<Range<usize>> {
+    let blocks = cout.div_ceil(block.max(1)).max(1);
+    let parts = parts.clamp(1, blocks);
+    (0..parts)
+        .map(|p| {
+            (p * blocks / parts * block).min(cout)..((p + 1) * blocks / parts * block).min(cout)
+        })
+        .collect()
+}
+
+/// One task per (group, batch chunk of `batch_chunk` images, channel range of `parts`,
+/// band), each band of every output plane (`bands`: its range in the caller's units and its
+/// length in elements, consecutive and covering the plane) handed to its task as a `&mut`
+/// slice. `parts` cut the group's output channels (consecutive, covering them: one range
+/// `0..C_out/g` where tasks hold every channel).
 pub(crate) fn band_tasks<'y, T>(
     g: &Geometry,
     y: &'y mut [T],
     batch_chunk: usize,
+    parts: &[Range<usize>],
     bands: &[(Range<usize>, usize)],
 ) -> Vec<Task<'y, T>> {
     let out_plane = numel(&g.output_shape()[2..]);
     let cout_g = g.out_per_group();
     let n_chunks = g.batch.div_ceil(batch_chunk);
-    let nb = bands.len();
-    let mut tasks: Vec<Task<'y, T>> = (0..g.groups * n_chunks * nb)
+    let (np, nb) = (parts.len(), bands.len());
+    debug_assert!(
+        parts.first().is_some_and(|p| p.start == 0)
+            && parts.last().is_some_and(|p| p.end == cout_g)
+            && parts.windows(2).all(|w| w[0].end == w[1].start),
+        "channel parts cover the group's channels"
+    );
+    let mut tasks: Vec<Task<'y, T>> = (0..g.groups * n_chunks * np * nb)
         .map(|t| {
-            let nc = t / nb % n_chunks;
+            let nc = t / (np * nb) % n_chunks;
             Task {
-                group: t / (n_chunks * nb),
+                group: t / (n_chunks * np * nb),
                 batch: nc * batch_chunk..((nc + 1) * batch_chunk).min(g.batch),
+                channels: parts[t / nb % np].clone(),
                 band: bands[t % nb].0.clone(),
                 planes: Vec::new(),
             }
         })
         .collect();
+    // The part of each channel within its group.
+    let part_of: Vec<usize> = (0..cout_g)
+        .map(|c| parts.iter().position(|p| p.contains(&c)).unwrap_or(0))
+        .collect();
     for (i, plane) in y.chunks_mut(out_plane.max(1)).enumerate() {
         let (n, co) = (i / g.out_channels, i % g.out_channels);
+        let task0 = ((co / cout_g) * n_chunks + n / batch_chunk) * np + part_of[co % cout_g];
         let mut rest = plane;
         for (b, (_, len)) in bands.iter().enumerate() {
             let (band, tail) = rest.split_at_mut(*len);
             rest = tail;
-            tasks[((co / cout_g) * n_chunks + n / batch_chunk) * nb + b]
-                .planes
-                .push(band);
+            tasks[task0 * nb + b].planes.push(band);
         }
     }
     tasks

@@ -264,6 +264,9 @@ pub struct Winograd<T: Element> {
     /// Tiles along axis 0 per task and images per task.
     band_tiles: usize,
     batch_chunk: usize,
+    /// Ranges of whole blocks a group's output channels are cut into between tasks (one
+    /// where each task holds all of them).
+    channel_parts: usize,
     /// GEMM columns (tiles) of one task's phase, rounded up to whole register tiles.
     pub pitch: usize,
     /// Whether the transforms run in registers (f32 on AVX2, where the input copy fits

@@ -5,7 +5,7 @@ use super::*;
 use crate::tensor::for_each_index;
 use std::ops::Range;
 
-use crate::fast::direct::{band_tasks, run_each, Task};
+use crate::fast::direct::{band_tasks, channel_parts, run_each, Task};
 use crate::fast::kernels::Rows;
 use crate::fast::winograd_input::{GatherPlan, Gathered, Points, Slab, SlabSource};
 use crate::tensor::numel;
@@ -19,7 +19,8 @@ impl<T: Element> Winograd<T> {
             return;
         }
         // One task per (group, batch chunk, band of tile rows along axis 0).
-        let tasks = band_tasks(g, y, self.batch_chunk, &self.bands(g));
+        let parts = channel_parts(g.out_per_group(), self.mr, self.channel_parts);
+        let tasks = band_tasks(g, y, self.batch_chunk, &parts, &self.bands(g));
         let avx2 = cfg!(target_arch = "x86_64") && self.isa >= Isa::Avx2 && Isa::Avx2.available();
         // f64 (plans of `Scalar`) runs its transforms' loops compiled for its loops' ISA:
         // compiled for the x86-64 baseline they took 42 % of dcgan3's f64 forward pass.
@@ -294,8 +295,10 @@ impl<T: Element> Winograd<T> {
         let mut v_of: Option<&Phase> = None;
         if self.fill_first {
             let cout_g = g.out_per_group();
+            let (first, n) = (task.channels.start, task.channels.len());
             for (k, plane) in task.planes.iter_mut().enumerate() {
-                plane.fill(bias.map_or(T::zero(), |b| b[task.group * cout_g + k % cout_g]));
+                let c = task.group * cout_g + first + k % n;
+                plane.fill(bias.map_or(T::zero(), |b| b[c]));
             }
         }
         // The task's tables, built with the plan (or here, where the plan keeps none):
@@ -472,8 +475,11 @@ impl<T: Element> Winograd<T> {
             step /= stride; // the segments are staged (`task_tables`)
         }
         let per_slice = slice / self.mr;
-        for b0 in (0..self.blocks).step_by(per_slice) {
-            let blocks = b0..self.blocks.min(b0 + per_slice);
+        // The task's channels and their blocks.
+        let (ch, n_ch) = (task.channels.clone(), task.channels.len());
+        let task_blocks = ch.start / self.mr..ch.end.div_ceil(self.mr);
+        for b0 in task_blocks.clone().step_by(per_slice) {
+            let blocks = b0..task_blocks.end.min(b0 + per_slice);
             for xi in 0..self.points {
                 let b_rows = &v[xi * kdim * pitch..];
                 for b in blocks.clone() {
@@ -489,8 +495,8 @@ impl<T: Element> Winograd<T> {
             // The slice's channels, CHUNK at a time (`c0` from the slice's start).
             let first = b0 * self.mr;
             let mut b = [T::zero(); CHUNK];
-            for c0 in (first..cout_g.min(first + slice)).step_by(CHUNK) {
-                let cn = CHUNK.min(cout_g - c0);
+            for c0 in (first..ch.end.min(first + slice)).step_by(CHUNK) {
+                let cn = CHUNK.min(ch.end - c0);
                 for (cc, b) in b[..cn].iter_mut().enumerate() {
                     *b = bias.map_or(T::zero(), |bias| bias[task.group * cout_g + c0 + cc]);
                 }
@@ -515,7 +521,7 @@ impl<T: Element> Winograd<T> {
                 for cc in 0..cn {
                     let y = &y[cc * pitch..];
                     for (image, span) in spans {
-                        let plane = &mut *task.planes[image * cout_g + c0 + cc];
+                        let plane = &mut *task.planes[image * n_ch + c0 - ch.start + cc];
                         scatter_outputs(plane, y, &scatter[span.clone()], step, (avx512, avx2));
                     }
                 }
@@ -818,8 +824,9 @@ impl<T: Element> Winograd<T> {
         let (sl, rl) = (self.out_stride[dims - 1], p.residue[dims - 1]);
         let cout_g = g.out_per_group();
         let group = task.group;
+        let (first, n) = (task.channels.start, task.channels.len());
         for (k, plane) in task.planes.iter_mut().enumerate() {
-            let b = bias.map_or(T::zero(), |b| b[group * cout_g + k % cout_g]);
+            let b = bias.map_or(T::zero(), |b| b[group * cout_g + first + k % n]);
             for_each_index(&outer, |q| {
                 let mut at = rl;
                 for a in 0..dims - 1 {

@@ -53,6 +53,8 @@ const TASK_BYTES: usize = 8 << 20;
 pub(super) struct Sizing {
     pub(super) batch_chunk: usize,
     pub(super) band_tiles: usize,
+    /// Ranges of whole blocks a group's output channels are cut into between tasks.
+    pub(super) channel_parts: usize,
     /// Tile columns of a task's GEMMs (its images × tiles of its band).
     pub(super) columns: usize,
     pub(super) pitch: usize,
@@ -209,13 +211,15 @@ fn sizing_within<T: Element>(
     threads: usize,
     bound: Bound,
 ) -> Sizing {
+    let blocks = g.out_per_group().div_ceil(mr);
+    let weight_bytes = transformed_weight_bytes::<T>(g, transforms, phases, blocks * mr);
+    let parts = channel_parts(g, threads, blocks, weight_bytes);
     let cut = Cut::new::<T>(
         g,
         (transforms, phases, in_stride),
         v * lanes,
-        (threads, bound),
+        (threads, bound, parts),
     );
-    let blocks = g.out_per_group().div_ceil(mr);
     // Task sizes: about POINT_BYTES per point of transformed input and results, whole
     // images where they are small, else bands of tile rows; then a task per thread.
     let per_col = (cut.kdim + blocks * mr) * cut.elem;
@@ -226,7 +230,6 @@ fn sizing_within<T: Element>(
     };
     // No more scratch over all threads than the bound.
     let tl = cut.tl;
-    let weight_bytes = transformed_weight_bytes::<T>(g, transforms, phases, blocks * mr);
     let by_points = match l2_task_bytes(weight_bytes) {
         Some(task) if most_sources(phases) == 1 => {
             (task / (cut.points * per_col).max(1)).max(2 * tl)
@@ -268,6 +271,10 @@ fn sizing_within<T: Element>(
     {
         registers = false;
     }
+    // The most channels a task holds (all, unless they are cut between tasks), and the
+    // least slice of them.
+    let full = blocks.div_ceil(parts) * mr;
+    let least = least.min(full);
     let mut slice = if cut.over_on(threads, (fbc, fbt), registers, full) {
         least
     } else {
@@ -300,6 +307,7 @@ fn sizing_within<T: Element>(
     Sizing {
         batch_chunk,
         band_tiles,
+        channel_parts: parts,
         columns: cols,
         pitch: crate::fast::im2col::pitch(cols, tl, cut.elem),
         registers,
@@ -308,6 +316,24 @@ fn sizing_within<T: Element>(
         task_len: cut.task_len((batch_chunk, band_tiles), registers, slice),
         bound: bound.over(threads),
         streamed: bound.streamed,
+    }
+}
+
+/// Ranges of whole blocks a group's `blocks` blocks of output channels are cut into
+/// between tasks: as many as the threads the images and groups leave idle where the
+/// transformed weights (`weight_bytes`) outgrow the L2 (each task streams those of its
+/// channels once, instead of all of them), else one. MelGAN's first upsampler at batch 1
+/// (512 -> 256 channels, k16 s8 on 200 positions, 16.8 MB of transformed weights) ran at
+/// 2 threads in bands of 64 and 3 tiles, 6.2 ms (5.5 at 1 thread in another sitting),
+/// now two tasks of 128 channels over all 67: 4.1-4.6 ms (3 alternating rounds, medians of
+/// 30 runs).
+fn channel_parts(g: &Geometry, threads: usize, blocks: usize, weight_bytes: usize) -> usize {
+    let l2 = crate::fast::isa::l2_cache_bytes().unwrap_or(1 << 20);
+    let feeds = g.groups * g.batch.max(1);
+    if threads > 1 && weight_bytes > l2 && feeds < threads {
+        threads.div_ceil(feeds).min(blocks).max(1)
+    } else {
+        1
     }
 }
 
@@ -331,6 +357,8 @@ struct Cut<'a> {
     in_stride: &'a [usize],
     threads: usize,
     bound: Bound,
+    /// Ranges the output channels are cut into ([`channel_parts`]).
+    parts: usize,
     tl: usize,
     elem: usize,
     /// Transformed points per tile, and the GEMMs' reduction.
@@ -352,7 +380,7 @@ impl<'a> Cut<'a> {
         g: &'a Geometry,
         (transforms, phases, in_stride): (&'a [Transform], &[Phase], &'a [usize]),
         tl: usize,
-        (threads, bound): (usize, Bound),
+        (threads, bound, parts): (usize, Bound, usize),
     ) -> Self {
         let dims = g.axes.len();
         let live: Vec<&Phase> = phases.iter().filter(|p| p.live()).collect();
@@ -379,6 +407,7 @@ impl<'a> Cut<'a> {
             in_stride,
             threads,
             bound,
+            parts,
             tl,
             elem: std::mem::size_of::<T>(),
             points,
@@ -393,7 +422,7 @@ impl<'a> Cut<'a> {
 
     /// Tasks of `(bc, bt)` (images, tile rows) over the whole plan.
     fn tasks(&self, (bc, bt): (usize, usize)) -> usize {
-        self.g.groups * self.batch.div_ceil(bc) * self.t0.div_ceil(bt)
+        self.g.groups * self.parts * self.batch.div_ceil(bc) * self.t0.div_ceil(bt)
     }
 
     /// The cut aiming at `want` columns a task (whole images where they are small, else

@@ -30,6 +30,7 @@ impl<T: Element> Winograd<T> {
         let Sizing {
             batch_chunk,
             band_tiles,
+            channel_parts,
             pitch,
             registers,
             slice,
@@ -62,6 +63,7 @@ impl<T: Element> Winograd<T> {
             packed,
             band_tiles,
             batch_chunk,
+            channel_parts,
             pitch,
             registers,
             slice,
@@ -87,6 +89,18 @@ impl<T: Element> Winograd<T> {
         plan.staged = plan.staged_layout(g);
         plan.tables = plan.build_tables(g);
         Some(plan)
+    }
+
+    /// Ranges of whole blocks each group's output channels are cut into between tasks.
+    pub(crate) fn channel_parts(&self) -> usize {
+        self.channel_parts
+    }
+
+    /// Cut each group's output channels into `parts` ranges between tasks (clamped to the
+    /// blocks), whatever the sizing chose: for tests of the split on small problems.
+    #[cfg(test)]
+    pub(crate) fn set_channel_parts(&mut self, parts: usize) {
+        self.channel_parts = parts;
     }
 
     /// The packed transformed weights' address (which a [`crate::fast::pack::PackCache`] may
