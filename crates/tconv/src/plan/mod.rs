@@ -632,9 +632,9 @@ mod tests {
             } else {
                 w_shape[1] * groups
             };
-            let g = Geometry::new(op, &x_shape, &w_shape, Some(&[c_out]), &params).unwrap();
-            let x: Vec<f32> = (0..numel(&x_shape)).map(|i| value(i, 1)).collect();
-            let w: Vec<f32> = (0..numel(&w_shape)).map(|i| value(i, 2)).collect();
+            let g = Geometry::new(op, x_shape, w_shape, Some(&[c_out]), &params).unwrap();
+            let x: Vec<f32> = (0..numel(x_shape)).map(|i| value(i, 1)).collect();
+            let w: Vec<f32> = (0..numel(w_shape)).map(|i| value(i, 2)).collect();
             let b: Vec<f32> = (0..c_out).map(|i| value(i, 3)).collect();
             let reference = match op {
                 Op::Conv => crate::reference::gather_flat(&g, &x, &w, Some(&b)),
