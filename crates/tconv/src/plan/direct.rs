@@ -261,10 +261,17 @@ struct Split {
 /// each streaming the weights for 8 positions of a 32-lane tile: 27-32 ms against
 /// 11.5-13.1 at 1 thread.
 ///
-/// Where such weights are streamed and the images and groups leave threads idle (a batch
-/// of one), the group's `blocks` blocks of output channels are cut between the threads
-/// instead of its rows: each task then streams only its channels' weights (and packs the
-/// same input panels as the others). pix2pix's 1024 -> 512 upsampler on 2×2 inputs at 2
+/// Where such weights are streamed, the images and groups leave threads idle (a batch of
+/// one) and the phase rows hold fewer tiles than those threads, the group's `blocks`
+/// blocks of output channels are cut between the threads instead of its rows: each task
+/// then streams only its channels' weights (and packs the same input panels as the
+/// others) for whole tiles, where bands of part of a tile each streamed all the weights
+/// for part of the positions. pix2pix's 1024 -> 512 upsampler on 2×2 inputs (one 16-lane
+/// tile of 4 positions a phase) at 2 threads: 2.1-2.7 ms against 4.6-4.9 in two bands of
+/// half a tile (3 alternating rounds, medians of 20 runs). Where the rows hold a tile a
+/// thread, cutting channels instead measured no faster: its 8×8 one (two 32-lane tiles a
+/// phase) 1.05x, a stride-1 k3 layer of 512 channels on 8×8 0.97x, one of 256 on 16×16
+/// and a k4 s2 one of 256 -> 128 on 8×8 no faster or slower. pix2pix's 1024 -> 512 upsampler on 2×2 inputs at 2
 /// threads: 2.2-3.0 ms against 4.3-5.7 in two half-tile bands (4 alternating rounds,
 /// medians of 30 runs); on 8×8 inputs 6.9-8.3 against 7.0-11.1 (5 rounds: a tie).
 fn task_split(
@@ -293,9 +300,9 @@ fn task_split(
     let batch_chunk = batch.max(1).div_ceil(batch_tasks);
     // Phase rows that hold one tile's positions (along the inner axes, `pitches[0]` a row).
     let tile_rows = tile_lanes.div_ceil(spec.pitches[0].max(1)).max(1);
-    // Tasks each thread would lack with one a group and batch chunk.
+    // Tasks each group and batch chunk needs for every thread to have one.
     let fill = threads.div_ceil(groups * batch_tasks);
-    let channel_parts = if streamed && fill > 1 {
+    let channel_parts = if streamed && fill > 1 && q0.div_ceil(tile_rows) < fill {
         fill.min(blocks).max(1)
     } else {
         1
@@ -363,8 +370,8 @@ mod tests {
 
     /// Bands never narrower than a tile's positions per phase, one task a thread where the
     /// weights stream from beyond the L2, images before bands, one task on one thread; where
-    /// streamed weights and a batch of one leave threads idle, output channels cut between
-    /// them (as many ranges as blocks allow) instead of rows.
+    /// streamed weights, a batch of one and rows of fewer tiles leave threads idle, output
+    /// channels cut between them (as many ranges as blocks allow) instead of rows.
     #[test]
     fn bands_hold_a_tile_and_streamed_weights_one_task_a_thread() {
         let p = ConvParams::new().stride(&[2, 2]).padding(&[1, 1]);
@@ -392,15 +399,16 @@ mod tests {
         // Images first; one thread, one task.
         assert_eq!(cut(&spec, 16, 1, 2, (32, small), 1), (2, 8, 1));
         assert_eq!(cut(&spec, 1, 1, 1, (32, streamed), 1), (1, 8, 1));
-        // Streamed weights, one image: channels cut between the threads, whole rows.
-        assert_eq!(cut(&spec, 1, 1, 2, (32, streamed), 43), (1, 8, 2));
+        // Streamed weights, one image, rows of fewer tiles than threads: channels cut
+        // between the threads, whole rows (2 tiles a phase: on 3 threads, not on 2).
+        assert_eq!(cut(&spec, 1, 1, 2, (32, streamed), 43), (1, 4, 1));
         assert_eq!(cut(&spec, 1, 1, 3, (32, streamed), 43), (1, 8, 3));
         // As many ranges as blocks, the rest of the threads on bands.
-        assert_eq!(cut(&spec, 1, 1, 4, (8, streamed), 2), (1, 4, 2));
+        assert_eq!(cut(&spec, 1, 1, 4, (32, streamed), 2), (1, 4, 2));
         // Not where the weights fit the L2, nor where images or groups feed the threads.
-        assert_eq!(cut(&spec, 1, 1, 2, (32, small), 43), (1, 4, 1));
-        assert_eq!(cut(&spec, 2, 1, 2, (32, streamed), 43), (1, 8, 1));
-        assert_eq!(cut(&spec, 1, 2, 2, (32, streamed), 43), (1, 8, 1));
+        assert_eq!(cut(&spec, 1, 1, 3, (32, small), 43), (1, 3, 1));
+        assert_eq!(cut(&spec, 3, 1, 3, (32, streamed), 43), (1, 8, 1));
+        assert_eq!(cut(&spec, 1, 3, 3, (32, streamed), 43), (1, 8, 1));
         // Fewer rows than a tile: still a band a thread.
         let g = Geometry::new(
             Op::ConvTranspose,
@@ -412,5 +420,7 @@ mod tests {
         .unwrap();
         let spec = DirectSpec::new(&g);
         assert_eq!(cut(&spec, 1, 1, 2, (16, streamed), 1), (1, 1, 1));
+        // Unless its channels can be cut instead (pix2pix's 2×2 -> 4×4 upsampler).
+        assert_eq!(cut(&spec, 1, 1, 2, (16, streamed), 22), (1, 2, 2));
     }
 }

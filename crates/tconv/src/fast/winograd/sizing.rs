@@ -213,13 +213,18 @@ fn sizing_within<T: Element>(
 ) -> Sizing {
     let blocks = g.out_per_group().div_ceil(mr);
     let weight_bytes = transformed_weight_bytes::<T>(g, transforms, phases, blocks * mr);
-    let parts = channel_parts(g, threads, blocks, weight_bytes);
-    let cut = Cut::new::<T>(
+    let mut cut = Cut::new::<T>(
         g,
         (transforms, phases, in_stride),
         v * lanes,
-        (threads, bound, parts),
+        (threads, bound),
     );
+    // The transformed input of the whole plan: every live phase's tiles, every point.
+    let live = phases.iter().filter(|p| p.live()).count();
+    let input_bytes = g.groups * cut.batch * live * cut.t0 * cut.row_tiles * cut.points;
+    let input_bytes = input_bytes * cut.kdim * cut.elem;
+    let parts = channel_parts(g, threads, blocks, (weight_bytes, input_bytes));
+    cut.parts = parts;
     // Task sizes: about POINT_BYTES per point of transformed input and results, whole
     // images where they are small, else bands of tile rows; then a task per thread.
     let per_col = (cut.kdim + blocks * mr) * cut.elem;
@@ -321,16 +326,23 @@ fn sizing_within<T: Element>(
 
 /// Ranges of whole blocks a group's `blocks` blocks of output channels are cut into
 /// between tasks: as many as the threads the images and groups leave idle where the
-/// transformed weights (`weight_bytes`) outgrow the L2 (each task streams those of its
-/// channels once, instead of all of them), else one. MelGAN's first upsampler at batch 1
+/// transformed weights (`weight_bytes`) outgrow the L2 and the transformed input
+/// (`input_bytes`, of every group and image), which each range's task transforms again,
+/// is smaller (each task streams the weights of its channels once, instead of all of
+/// them), else one. MelGAN's first upsampler at batch 1
 /// (512 -> 256 channels, k16 s8 on 200 positions, 16.8 MB of transformed weights) ran at
 /// 2 threads in bands of 64 and 3 tiles, 6.2 ms (5.5 at 1 thread in another sitting),
 /// now two tasks of 128 channels over all 67: 4.1-4.6 ms (3 alternating rounds, medians of
 /// 30 runs).
-fn channel_parts(g: &Geometry, threads: usize, blocks: usize, weight_bytes: usize) -> usize {
+fn channel_parts(
+    g: &Geometry,
+    threads: usize,
+    blocks: usize,
+    (weight_bytes, input_bytes): (usize, usize),
+) -> usize {
     let l2 = crate::fast::isa::l2_cache_bytes().unwrap_or(1 << 20);
     let feeds = g.groups * g.batch.max(1);
-    if threads > 1 && weight_bytes > l2 && feeds < threads {
+    if threads > 1 && weight_bytes > l2.max(input_bytes) && feeds < threads {
         threads.div_ceil(feeds).min(blocks).max(1)
     } else {
         1
@@ -380,7 +392,7 @@ impl<'a> Cut<'a> {
         g: &'a Geometry,
         (transforms, phases, in_stride): (&'a [Transform], &[Phase], &'a [usize]),
         tl: usize,
-        (threads, bound, parts): (usize, Bound, usize),
+        (threads, bound): (usize, Bound),
     ) -> Self {
         let dims = g.axes.len();
         let live: Vec<&Phase> = phases.iter().filter(|p| p.live()).collect();
@@ -407,7 +419,7 @@ impl<'a> Cut<'a> {
             in_stride,
             threads,
             bound,
-            parts,
+            parts: 1,
             tl,
             elem: std::mem::size_of::<T>(),
             points,
