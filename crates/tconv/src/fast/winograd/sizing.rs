@@ -548,3 +548,32 @@ pub fn footprint<T: Element>(
         columns: s.columns,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::{ConvParams, Op};
+
+    /// Output channels cut between the threads only for a batch that leaves threads idle,
+    /// whose transformed weights outgrow the L2 and its transformed input: MelGAN's first
+    /// upsampler at batch 1 (16.8 MB of weights, 4.4 MB of input), not at batch 2 nor on
+    /// one thread, nor pix2pix's 64×64 layer (4.2 MB of weights, 67 MB of input).
+    #[test]
+    fn channels_cut_where_the_weights_outgrow_the_input() {
+        let parts = |x: &[usize], w: &[usize], p: &ConvParams, threads| {
+            let g = Geometry::new(Op::ConvTranspose, x, w, None, p).unwrap();
+            let (transforms, phases, _, in_stride) = decompose(&g).expect("Winograd tiles");
+            let tile = (16, 1, 16, Isa::Avx512);
+            sizing::<f32>(&g, &transforms, &phases, &in_stride, tile, threads).channel_parts
+        };
+        let melgan = ConvParams::new().stride(&[8]).padding(&[4]);
+        let w1 = [512, 256, 16];
+        assert_eq!(parts(&[1, 512, 200], &w1, &melgan, 2), 2);
+        assert_eq!(parts(&[1, 512, 200], &w1, &melgan, 3), 3);
+        assert_eq!(parts(&[1, 512, 200], &w1, &melgan, 1), 1);
+        assert_eq!(parts(&[2, 512, 200], &w1, &melgan, 2), 1);
+        assert_eq!(parts(&[2, 512, 200], &w1, &melgan, 4), 2);
+        let s2 = ConvParams::new().stride(&[2, 2]).padding(&[1, 1]);
+        assert_eq!(parts(&[1, 256, 64, 64], &[256, 64, 4, 4], &s2, 2), 1);
+    }
+}
