@@ -32,6 +32,7 @@ LAYERS = {
     "disc-last": ("conv", [64, 512, 4, 4], 1, 4, 1, 0, 0, 1, "DCGAN discriminator's last conv, 4x4 -> 1x1"),
     "proj-grad-in": ("conv", [64, 512, 4, 4], 100, 4, 1, 0, 0, 1, "the projection's input gradient"),
     "melgan1": ("ct", [1, 512, 200], 256, 16, 8, 4, 0, 1, "MelGAN's first upsampler"),
+    "hifigan-b1": ("ct", [1, 512, 256], 256, 16, 8, 4, 0, 1, "HiFi-GAN's first upsampler at batch 1 (inference)"),
     "melgan3": ("ct", [1, 128, 12800], 64, 4, 2, 1, 0, 1, "MelGAN's third upsampler"),
     "fsrcnn": ("ct", [1, 56, 64, 64], 1, 9, 3, 4, 2, 1, "FSRCNN's last layer, x3"),
     "fcn32s": ("ct", [1, 21, 8, 8], 21, 64, 32, 16, 0, 1, "FCN-32s's upsampler"),
