@@ -308,6 +308,10 @@ fn sizing_within<T: Element>(
             (slice, batch_chunk, band_tiles) = (least, bc, bt);
         }
     }
+    // Where the threads have fewer than two tasks each, uneven bands leave one idle.
+    if threads > 1 && cut.tasks((batch_chunk, band_tiles)) < 2 * threads {
+        band_tiles = cut.even_bands(band_tiles);
+    }
     let cols = batch_chunk * band_tiles * cut.row_tiles;
     Sizing {
         batch_chunk,
@@ -430,6 +434,22 @@ impl<'a> Cut<'a> {
             spread,
             rows_len: points.max(outputs) * CHUNK,
         }
+    }
+
+    /// Tile rows a band of as many bands as `bt` cuts the plan's rows into, but as even
+    /// as whole register panels allow (a panel's columns in whole tile rows where a tile
+    /// row divides them): never more. A vocoder's 1-D upsampler at batch 1 (256 -> 128
+    /// channels, k16 s8 on 1000 positions, 334 tiles a phase) ran at 2 threads in bands
+    /// of 288 and 46 tiles, 7.8 ms against 8.6 at 1 thread.
+    fn even_bands(&self, bt: usize) -> usize {
+        let bands = self.t0.div_ceil(bt.max(1));
+        let even = self.t0.div_ceil(bands);
+        let rows = if self.tl.is_multiple_of(self.row_tiles) {
+            self.tl / self.row_tiles
+        } else {
+            1
+        };
+        (even.div_ceil(rows) * rows).min(bt)
     }
 
     /// Tasks of `(bc, bt)` (images, tile rows) over the whole plan.
@@ -575,5 +595,36 @@ mod tests {
         assert_eq!(parts(&[2, 512, 200], &w1, &melgan, 4), 2);
         let s2 = ConvParams::new().stride(&[2, 2]).padding(&[1, 1]);
         assert_eq!(parts(&[1, 256, 64, 64], &[256, 64, 4, 4], &s2, 2), 1);
+    }
+
+    /// Where the threads have fewer than two tasks each, the bands are as even as whole
+    /// register panels allow: a vocoder's 1-D upsampler at batch 1 (334 tiles a phase) in
+    /// two bands of 192 and 142 tiles on 48-column panels at 2 threads, not 288 and 46;
+    /// at 1 thread its bands are left as the sizing cut them.
+    #[test]
+    fn few_tasks_take_even_bands() {
+        let p = ConvParams::new().stride(&[8]).padding(&[4]);
+        let g = Geometry::new(
+            Op::ConvTranspose,
+            &[1, 256, 1000],
+            &[256, 128, 16],
+            None,
+            &p,
+        )
+        .unwrap();
+        let (transforms, phases, _, in_stride) = decompose(&g).expect("Winograd tiles");
+        let on = |threads| {
+            let tile = (8, 3, 16, Isa::Avx512);
+            sizing::<f32>(&g, &transforms, &phases, &in_stride, tile, threads)
+        };
+        let t0 = 1000_usize.div_ceil(3);
+        let two = on(2);
+        assert_eq!(t0.div_ceil(two.band_tiles), 2, "{}", two.band_tiles);
+        assert_eq!(
+            two.band_tiles, 192,
+            "whole 48-column panels, as even as they allow"
+        );
+        let one = on(1);
+        assert!(one.band_tiles >= two.band_tiles, "{}", one.band_tiles);
     }
 }
