@@ -19,7 +19,10 @@
 //! cropped border) are left out of the GEMM: pix2pix's `1×1 → 2×2` layer keeps 4 of its 16.
 //!
 //! The register tile's rows are images (their inputs packed per call as `[k][mr]`), its
-//! vectors the columns (the weight packed once per plan as panels `[k][V·LANES]`). The
+//! vectors the columns (the weight packed once per plan as panels `[k][V·LANES]`). Where
+//! the columns are fewer than a vector's lanes (a discriminator's last conv has one), each
+//! output is instead a [dot product](dots) of the image's inputs, read in place, with its
+//! column's weights (packed once as `[column][k]`). The
 //! reduction runs in blocks of 256 rows (each tile accumulating block after block in a fixed
 //! order), tasks own whole images, and each output element is one tile's sum plus its bias:
 //! results are bitwise identical for any thread count. Output positions no tap reaches
@@ -57,6 +60,15 @@ pub fn shape(g: &Geometry) -> (usize, usize) {
     }
 }
 
+/// Whether the batch GEMM of `g` (one that [`applies`]) on `lanes`-wide vectors takes dot
+/// products instead of register tiles: where its columns are fewer than the lanes. A
+/// vector of columns was then mostly empty, and packing the inputs for it took most of the
+/// time: DCGAN's discriminator's last conv (512 channels of 4×4 to 1, batch 64: 2 MB of
+/// inputs, one column) ran 0.42-0.46 ms at 1 thread on a 16×1 tile.
+pub fn dots(g: &Geometry, lanes: usize) -> bool {
+    shape(g).1 < lanes
+}
+
 /// A layer whose small side has one position per image, as one GEMM over the batch.
 pub struct BatchGemm<T> {
     kernel: KernelFn<T>,
@@ -72,9 +84,12 @@ pub struct BatchGemm<T> {
     /// GEMM columns per group: `C_out/g` times the taps that reach the output
     /// (conv_transpose) or `C_out/g` (conv).
     pub cols: usize,
+    /// Whether each output is a dot product instead ([`dots`]).
+    pub dots: bool,
     /// Column panels per group.
     panels: usize,
-    /// The weight packed as `[group][panel][k][V·LANES]`, zero past the columns.
+    /// The weight packed as `[group][panel][k][V·LANES]`, zero past the columns, or for
+    /// dot products as `[group][column][k]`.
     packed: Vec<T>,
     /// Per column: its output's offset in the image's block of the group's channels.
     out_at: Vec<usize>,
@@ -92,6 +107,10 @@ pub struct BatchGemm<T> {
     in_at: Vec<usize>,
     /// Images per task (whole row blocks).
     images: usize,
+    /// Whether an image's reduction rows are one run of its inputs (a transposed conv's
+    /// channels; a conv's where every tap reaches them): its dot products then read them
+    /// as such.
+    in_run: bool,
 }
 
 /// Which side of `g` is the small one (of one position per image), in words.
@@ -130,7 +149,8 @@ fn big_positions(g: &Geometry) -> (usize, Vec<Option<usize>>) {
 
 impl<T: Element> BatchGemm<T> {
     /// Plan `g` (one that [`applies`]) with weight `w` for `kernel`, an `mr × v` tile of
-    /// `lanes`-wide vectors, with tasks for `threads` threads.
+    /// `lanes`-wide vectors (unused where it takes [`dots`]), with tasks for `threads`
+    /// threads.
     pub fn new(
         g: &Geometry,
         w: &[T],
@@ -165,7 +185,9 @@ impl<T: Element> BatchGemm<T> {
                 (live, kdim, cout_g, cin_g * ksize)
             }
         };
-        let width = v * lanes;
+        let dots = dots(g, lanes);
+        // Dot products: each column a panel of one, its weights `[k]`.
+        let width = if dots { 1 } else { v * lanes };
         let panels = cols.div_ceil(width);
         let mut packed = vec![T::zero(); g.groups * panels * kdim * width];
         for (unit, run) in packed.chunks_mut((kdim * width).max(1)).enumerate() {
@@ -208,6 +230,7 @@ impl<T: Element> BatchGemm<T> {
             }
         };
         let identity = out_at.iter().enumerate().all(|(j, &o)| o == j);
+        let in_run = g.op == Op::ConvTranspose || in_at.iter().enumerate().all(|(k, &i)| i == k);
         let reached = at.iter().filter(|a| a.is_some()).count();
         let covered = match g.op {
             Op::ConvTranspose => reached == plane,
@@ -225,6 +248,7 @@ impl<T: Element> BatchGemm<T> {
             lanes,
             kdim,
             cols,
+            dots,
             panels,
             packed,
             out_at,
@@ -233,17 +257,26 @@ impl<T: Element> BatchGemm<T> {
             covered,
             in_at,
             images,
+            in_run,
         }
     }
 
     fn width(&self) -> usize {
-        self.v * self.lanes
+        if self.dots {
+            1
+        } else {
+            self.v * self.lanes
+        }
     }
 
     /// Elements of scratch one task allocates: its images' packed inputs and one panel's
-    /// results for them.
+    /// results for them (none for dot products).
     pub fn scratch_len(&self) -> usize {
-        self.images * (self.kdim + self.width())
+        if self.dots {
+            0
+        } else {
+            self.images * (self.kdim + self.width())
+        }
     }
 
     /// Bytes of the packed weight.
@@ -284,13 +317,31 @@ impl<T: Element> BatchGemm<T> {
                 return;
             }
         }
-        // `a[block][k][mr]`: the images' inputs, zero past the last image.
-        let mut a = scratch::take::<T>(blocks * kdim * mr);
-        let mut tiles = scratch::take::<T>(blocks * mr * width);
         let group_in = match g.op {
             Op::ConvTranspose => cin_g,
             Op::Conv => cin_g * numel(&g.input_shape()[2..]),
         };
+        if self.dots {
+            for (n, yi) in y.chunks_mut(out_image).enumerate() {
+                for group in 0..g.groups {
+                    let xi = &x[(first + n) * in_image + group * group_in..][..group_in];
+                    let base = group * cout_g * out_plane;
+                    for j in 0..self.cols {
+                        let wj = &self.packed[(group * self.cols + j) * kdim..][..kdim];
+                        let sum = if self.in_run {
+                            dot(&xi[..kdim], wj)
+                        } else {
+                            dot_gathered(xi, &self.in_at, wj)
+                        };
+                        yi[base + self.out_at[j]] = sum + bias_of(group, self.channel[j]);
+                    }
+                }
+            }
+            return;
+        }
+        // `a[block][k][mr]`: the images' inputs, zero past the last image.
+        let mut a = scratch::take::<T>(blocks * kdim * mr);
+        let mut tiles = scratch::take::<T>(blocks * mr * width);
         for group in 0..g.groups {
             // Transposed 16 reduction rows at a time: a 16 × mr block of `a` stays in L1
             // while each image's 16 inputs are read (a row of `a` at a time wrote a cache
@@ -359,4 +410,47 @@ impl<T: Element> BatchGemm<T> {
             }
         }
     }
+}
+
+/// Lanes of [`dot`]'s partial sums.
+const DOT_LANES: usize = 16;
+
+/// `Σ a[k] · b[k]` in [`DOT_LANES`] partial sums (element `k` into sum `k mod 16`), added
+/// in a fixed order: the same bits on every call.
+fn dot<T: Element>(a: &[T], b: &[T]) -> T {
+    let mut acc = [T::zero(); DOT_LANES];
+    let whole = a.len() / DOT_LANES * DOT_LANES;
+    for (x, y) in a[..whole]
+        .chunks_exact(DOT_LANES)
+        .zip(b[..whole].chunks_exact(DOT_LANES))
+    {
+        for ((s, &x), &y) in acc.iter_mut().zip(x).zip(y) {
+            *s = *s + x * y;
+        }
+    }
+    for ((s, &x), &y) in acc.iter_mut().zip(&a[whole..]).zip(&b[whole..]) {
+        *s = *s + x * y;
+    }
+    sum_lanes(acc)
+}
+
+/// [`dot`] of `x` at the offsets `at` with `b`.
+fn dot_gathered<T: Element>(x: &[T], at: &[usize], b: &[T]) -> T {
+    let mut acc = [T::zero(); DOT_LANES];
+    for (k, (&i, &y)) in at.iter().zip(b).enumerate() {
+        acc[k % DOT_LANES] = acc[k % DOT_LANES] + x[i] * y;
+    }
+    sum_lanes(acc)
+}
+
+/// The partial sums added pairwise, in a fixed order.
+fn sum_lanes<T: Element>(mut acc: [T; DOT_LANES]) -> T {
+    let mut n = DOT_LANES;
+    while n > 1 {
+        n /= 2;
+        for i in 0..n {
+            acc[i] = acc[i] + acc[i + n];
+        }
+    }
+    acc[0]
 }

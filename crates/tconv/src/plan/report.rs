@@ -54,7 +54,11 @@ impl<T: Element> Plan<T> {
             }
             None if self.batch.is_some() => {
                 let c = self.batch.as_ref().expect("checked");
-                format!("batch-gemm/{} {}x{}", self.isa_shown(), c.mr, c.v)
+                if c.dots {
+                    format!("batch-gemm/{} dots", self.isa_shown())
+                } else {
+                    format!("batch-gemm/{} {}x{}", self.isa_shown(), c.mr, c.v)
+                }
             }
             None if self.winograd.is_some() => {
                 let c = self.winograd.as_ref().expect("checked");
@@ -187,7 +191,15 @@ impl<T: Element> fmt::Display for Plan<T> {
             writeln!(f, "bands:       {} output positions per band", c.band)?;
         }
         if let Some(c) = &self.batch {
-            self.tile_line(f, (c.mr, "images"), (c.v, c.lanes, "columns"))?;
+            if c.dots {
+                writeln!(
+                    f,
+                    "kernel:      dot products: each image's inputs, read in place, against \
+                     each column's weights (16 partial sums)"
+                )?;
+            } else {
+                self.tile_line(f, (c.mr, "images"), (c.v, c.lanes, "columns"))?;
+            }
             writeln!(
                 f,
                 "gemm:        per group M={} (images), K={}, N={} columns, one position per image on the {} side",
