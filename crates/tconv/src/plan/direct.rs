@@ -267,13 +267,12 @@ struct Split {
 /// then streams only its channels' weights (and packs the same input panels as the
 /// others) for whole tiles, where bands of part of a tile each streamed all the weights
 /// for part of the positions. pix2pix's 1024 -> 512 upsampler on 2×2 inputs (one 16-lane
-/// tile of 4 positions a phase) at 2 threads: 2.1-2.7 ms against 4.6-4.9 in two bands of
-/// half a tile (3 alternating rounds, medians of 20 runs). Where the rows hold a tile a
-/// thread, cutting channels instead measured no faster: its 8×8 one (two 32-lane tiles a
-/// phase) 1.05x, a stride-1 k3 layer of 512 channels on 8×8 0.97x, one of 256 on 16×16
-/// and a k4 s2 one of 256 -> 128 on 8×8 no faster or slower. pix2pix's 1024 -> 512 upsampler on 2×2 inputs at 2
-/// threads: 2.2-3.0 ms against 4.3-5.7 in two half-tile bands (4 alternating rounds,
-/// medians of 30 runs); on 8×8 inputs 6.9-8.3 against 7.0-11.1 (5 rounds: a tie).
+/// tile of 4 positions a phase) at 2 threads: 2.1-3.0 ms against 4.3-5.7 in two bands of
+/// half a tile (7 alternating rounds in two sittings, medians of 20-30 runs). Where the
+/// rows hold a tile a thread, cutting channels instead measured no faster: its 8×8 one (two
+/// 32-lane tiles a phase) 6.9-8.3 ms against 7.0-11.1 (5 rounds: a tie), a stride-1 k3
+/// layer of 512 channels on 8×8 0.97x, one of 256 on 16×16 and a k4 s2 one of 256 -> 128
+/// on 8×8 no faster or slower.
 fn task_split(
     spec: &DirectSpec,
     batch: usize,
