@@ -41,7 +41,7 @@ use crate::tensor::{numel, Element};
 /// a task packs its images' inputs one block at a time (every panel's results kept between
 /// blocks): the projection's input gradient (a conv of 64 images of 512 × 4×4 to 100
 /// channels) held 525 KB of packed inputs at 1 thread for a 25.6 KB output, now 23.5 KB,
-/// the same bits, 1.00-1.03x slower (minima of 30 runs, 3 alternating rounds).
+/// the same bits, 1.02-1.03x slower at 1 thread (minima of 30 runs, 3 alternating rounds).
 const KC: usize = 256;
 
 /// Bytes of packed inputs a task aims at (its images' reduction rows; at least one row
