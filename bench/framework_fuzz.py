@@ -18,7 +18,9 @@ message, to check against what PyTorch's parameters can express); the framework'
 wrong (JAX: where only the gradients differ, they are recomputed from JAX's forward pass
 alone, by linearity, and tconv's match those; JAX 0.10's vjp of a conv_transpose padding
 the dilated input beyond the kernel's reach returns uninitialised memory for some input
-positions, varying from call to call). Prints one line per
+positions, varying from call to call). JAX 0.10's XLA can abort the whole process on a
+gradient (a failed check in its algebraic simplifier, "Window dimensions do not match RHS
+shape", at `jax 150 3841`): nothing to tally; rerun with another seed. Prints one line per
 disagreement (VERBOSE=1: also the refusals) and a summary; exits 1 on a mismatch, a call
 tconv runs that the framework refuses for what it means, or a refusal that leaves a file.
 KEEP=DIR saves every agreeing call as a case for `bench/port_check.py DIR` (which runs the
