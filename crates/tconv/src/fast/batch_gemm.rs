@@ -6,9 +6,9 @@
 //! The other engines run a GEMM per image over its positions: with one position a register
 //! tile fills one lane in 16, and the phase decomposition's padded input makes most of its
 //! products multiplications by zero (15 in 16 for the projection, whose direct plan ran
-//! 15.7-24 ms against PyTorch's 3.5-4.9 at 1 thread). With the small side of one position, the big
-//! side's position `b = t·d - pad` of each tap `t` is fixed, so the layer is one dense
-//! product over the batch:
+//! 15.7-24 ms against PyTorch's 3.5-4.9 at 1 thread). With the small side of one position,
+//! the big side's position `b = t·d - pad` of each tap `t` is fixed, so the layer is one
+//! dense product over the batch:
 //!
 //! - conv_transpose: `y[n][(co, b(t))] = Σ_ci x[n][ci] · w[ci][co][t]`, `K = C_in/g`
 //!   over columns `(co, t)` (the weight's own rows);
@@ -19,15 +19,14 @@
 //! cropped border) are left out of the GEMM: pix2pix's `1×1 → 2×2` layer keeps 4 of its 16.
 //!
 //! The register tile's rows are images (their inputs packed per call as `[k][mr]`, one
-//! reduction block at a time), its
-//! vectors the columns (the weight packed once per plan as panels `[k][V·LANES]`). Where
-//! the columns are fewer than a vector's lanes (a discriminator's last conv has one), each
-//! output is instead a [dot product](dots) of the image's inputs, read in place, with its
-//! column's weights (packed once as `[column][k]`). The
-//! reduction runs in blocks of 256 rows (each tile accumulating block after block in a fixed
-//! order), tasks own whole images, and each output element is one tile's sum plus its bias:
-//! results are bitwise identical for any thread count. Output positions no tap reaches
-//! (output_padding, dilation gaps) hold the bias.
+//! reduction block at a time), its vectors the columns (the weight packed once per plan as
+//! panels `[k][V·LANES]`). Where the columns are fewer than a vector's lanes (a
+//! discriminator's last conv has one), each output is instead a [dot product](dots) of the
+//! image's inputs, read in place, with its column's weights (packed once as
+//! `[column][k]`). The reduction runs in blocks of 256 rows (each tile accumulating block
+//! after block in a fixed order), tasks own whole images, and each output element is one
+//! tile's sum plus its bias: results are bitwise identical for any thread count. Output
+//! positions no tap reaches (output_padding, dilation gaps) hold the bias.
 
 use super::direct::run_chunks;
 use super::kernels::{KernelFn, Rows};
@@ -44,8 +43,8 @@ use crate::tensor::{numel, Element};
 /// the same bits, 1.02-1.03x slower at 1 thread (minima of 30 runs, 3 alternating rounds).
 const KC: usize = 256;
 
-/// Bytes of packed inputs a task aims at (its images' reduction rows; at least one row
-/// block of images).
+/// Bytes of inputs a task's images aim at (their whole reductions; at least one row block
+/// of images): how many images a task takes.
 const TASK_BYTES: usize = 256 * 1024;
 
 /// Whether the batch GEMM serves `g`: every axis of its small side (a conv's output, a

@@ -436,8 +436,8 @@ fn batch_gemm_reason(g: &Geometry) -> String {
     };
     format!(
         "one position per image on the {side} side: one GEMM over the batch (M={} images, \
-         K={k}, N={n}: {what}), no multiplications by padding and no lanes left empty, each \
-         output its column's sum plus the bias",
+         K={k}, N={n}: {what}), no multiplications by padding, each output its column's sum \
+         (a dot product where the columns are fewer than a vector's lanes) plus the bias",
         g.batch
     )
 }

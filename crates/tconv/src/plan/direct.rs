@@ -270,7 +270,8 @@ struct Split {
 /// tile of 4 positions a phase) at 2 threads: 2.1-3.0 ms against 4.3-5.7 in two bands of
 /// half a tile (7 alternating rounds in two sittings, medians of 20-30 runs). Where the
 /// rows hold a tile a thread, cutting channels instead measured no faster: its 8×8 one (two
-/// 32-lane tiles a phase) 6.9-8.3 ms against 7.0-11.1 (5 rounds: a tie), a stride-1 k3
+/// 32-lane tiles a phase) 7.2-8.3 ms against 7.3-11.1 (5 alternating rounds, medians of 30
+/// runs: a tie), a stride-1 k3
 /// layer of 512 channels on 8×8 0.97x, one of 256 on 16×16 and a k4 s2 one of 256 -> 128
 /// on 8×8 no faster or slower.
 fn task_split(

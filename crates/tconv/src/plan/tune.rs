@@ -10,8 +10,9 @@
 //! plan for each tile the planner would accept for its algorithm (the Winograd tiles that
 //! fit the scratch bound with the same transforms, or the direct engine's tiles), runs each
 //! on a scratch input in interleaved passes ([`MIN_PASSES`]), and keeps the modelled tile
-//! unless another ran at least 3 % faster ([`MARGIN`]). Every tile sums each output in the same order, so the results do not
-//! depend on which one wins (tested below on every candidate of each kind of plan).
+//! unless another ran at least 3 % faster ([`MARGIN`]). Every tile sums each output in the
+//! same order, so the results do not depend on which one wins (tested below on every
+//! candidate of each kind of plan).
 
 use super::{Plan, PlanOptions};
 use crate::error::Result;

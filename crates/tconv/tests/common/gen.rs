@@ -25,16 +25,29 @@ impl Axis {
     pub fn natural(&self) -> i64 {
         self.transpose_out() as i64 - self.output_padding as i64
     }
-    /// The axis with pads drawn from `pb` and `pe`: each at most the kernel's reach, and
-    /// leaving at least one output.
-    fn padded(mut self, pb: usize, pe: usize) -> Axis {
-        self.pad_begin = pb % (self.reach() + 1);
-        self.pad_end = pe % (self.reach() + 1);
-        let full = (self.input - 1) * self.stride + self.reach() + self.output_padding + 1;
-        if self.pad_begin + self.pad_end >= full {
-            self.pad_end = full - 1 - self.pad_begin;
+    /// The axis of these sizes with pads drawn from `pb` and `pe`: each at most the
+    /// kernel's reach, and leaving at least one output.
+    fn drawn(
+        (input, kernel, stride, dilation): (usize, usize, usize, usize),
+        output_padding: usize,
+        (pb, pe): (usize, usize),
+    ) -> Axis {
+        let mut a = Axis {
+            input,
+            kernel,
+            stride,
+            dilation,
+            pad_begin: 0,
+            pad_end: 0,
+            output_padding,
+        };
+        a.pad_begin = pb % (a.reach() + 1);
+        a.pad_end = pe % (a.reach() + 1);
+        let full = (input - 1) * stride + a.reach() + output_padding + 1;
+        if a.pad_begin + a.pad_end >= full {
+            a.pad_end = full - 1 - a.pad_begin;
         }
-        self
+        a
     }
     /// PyTorch's output extent, written independently of the library.
     pub fn transpose_out(&self) -> usize {
@@ -72,16 +85,8 @@ pub fn axis_upto(max_in: usize) -> impl Strategy<Value = Axis> {
         0usize..3,
     )
         .prop_map(|(input, kernel, stride, dilation, pb, pe, op)| {
-            let a = Axis {
-                input,
-                kernel,
-                stride,
-                dilation,
-                pad_begin: 0,
-                pad_end: 0,
-                output_padding: op % stride.max(dilation),
-            };
-            a.padded(pb, pe)
+            let op = op % stride.max(dilation);
+            Axis::drawn((input, kernel, stride, dilation), op, (pb, pe))
         })
 }
 
@@ -141,16 +146,7 @@ pub fn single_position_axis() -> impl Strategy<Value = Axis> {
         0usize..3,
     )
         .prop_map(|(kernel, stride, dilation, pb, pe, op)| {
-            let a = Axis {
-                input: 1,
-                kernel,
-                stride,
-                dilation,
-                pad_begin: 0,
-                pad_end: 0,
-                output_padding: op % stride,
-            };
-            a.padded(pb, pe)
+            Axis::drawn((1, kernel, stride, dilation), op % stride, (pb, pe))
         })
 }
 

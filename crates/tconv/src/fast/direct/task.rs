@@ -109,13 +109,12 @@ impl<'a, T: Element> PackedTask<'a, T> {
         task: &Task<'_, T>,
     ) -> Self {
         let (spec, table) = (&k.spec, &k.table);
-        let cin_g = g.in_per_group();
-        let cout_g = g.out_per_group();
+        let (cin_g, cout_g) = (g.in_per_group(), g.out_per_group());
         let tiles = table.chunk_tiles[task.band.start]..table.chunk_tiles[task.band.end];
         let items: Vec<(usize, usize)> = (0..task.batch.len())
             .flat_map(|ni| tiles.clone().map(move |t| (ni, t)))
             .collect();
-        let blocks = task.channels.start / k.mr..task.channels.end.div_ceil(k.mr);
+        let blocks = task.blocks(k.mr);
         let per_phase = blocks.len() * k.mr * table.tile_lanes;
         PackedTask {
             k,
@@ -458,7 +457,7 @@ pub(super) fn run_task_inplace<T: Element>(
         .map(|c| bias.map_or(T::zero(), |b| b[task.group * cout_g + c]))
         .collect();
     let tiles = table.chunk_tiles[task.band.start]..table.chunk_tiles[task.band.end];
-    let blocks = task.channels.start / k.mr..task.channels.end.div_ceil(k.mr);
+    let blocks = task.blocks(k.mr);
     let channels = task.channels.len();
     let per_phase = blocks.len() * k.mr * tl;
     let mut acc = vec![T::zero(); gs * per_phase];

@@ -106,6 +106,13 @@ pub(crate) struct Task<'y, T> {
     pub(crate) planes: Vec<&'y mut [T]>,
 }
 
+impl<T> Task<'_, T> {
+    /// The blocks of `block` output channels (within the group) the task's channels cover.
+    pub(crate) fn blocks(&self, block: usize) -> Range<usize> {
+        self.channels.start / block..self.channels.end.div_ceil(block)
+    }
+}
+
 /// `cout` output channels cut into `parts` consecutive ranges of whole blocks of `block`
 /// channels (the last block may be short), as even as the blocks allow; fewer ranges where
 /// there are fewer blocks.

@@ -477,7 +477,7 @@ impl<T: Element> Winograd<T> {
         let per_slice = slice / self.mr;
         // The task's channels and their blocks.
         let (ch, n_ch) = (task.channels.clone(), task.channels.len());
-        let task_blocks = ch.start / self.mr..ch.end.div_ceil(self.mr);
+        let task_blocks = task.blocks(self.mr);
         for b0 in task_blocks.clone().step_by(per_slice) {
             let blocks = b0..task_blocks.end.min(b0 + per_slice);
             for xi in 0..self.points {

@@ -333,11 +333,10 @@ fn sizing_within<T: Element>(
 /// transformed weights (`weight_bytes`) outgrow the L2 and the transformed input
 /// (`input_bytes`, of every group and image), which each range's task transforms again,
 /// is smaller (each task streams the weights of its channels once, instead of all of
-/// them), else one. MelGAN's first upsampler at batch 1
-/// (512 -> 256 channels, k16 s8 on 200 positions, 16.8 MB of transformed weights) ran at
-/// 2 threads in bands of 64 and 3 tiles, 6.2 ms (5.5 at 1 thread in another sitting),
-/// now two tasks of 128 channels over all 67: 4.1-4.6 ms (3 alternating rounds, medians of
-/// 30 runs).
+/// them), else one. MelGAN's first upsampler at batch 1 (512 -> 256 channels, k16 s8 on
+/// 200 positions, 16.8 MB of transformed weights) ran at 2 threads in bands of 64 and 3
+/// tiles, 6.2 ms (5.5-6.0 in another sitting), now two tasks of 128 channels over all 67:
+/// 4.1-4.6 ms (3.8-4.4 in the other; 3 alternating rounds each, medians of 20-30 runs).
 fn channel_parts(
     g: &Geometry,
     threads: usize,
@@ -440,7 +439,8 @@ impl<'a> Cut<'a> {
     /// as whole register panels allow (a panel's columns in whole tile rows where a tile
     /// row divides them): never more. A vocoder's 1-D upsampler at batch 1 (256 -> 128
     /// channels, k16 s8 on 1000 positions, 334 tiles a phase) ran at 2 threads in bands
-    /// of 288 and 46 tiles, 7.8 ms against 8.6 at 1 thread.
+    /// of 288 and 46 tiles, 7.6-7.8 ms against 8.6 at 1 thread; in bands of 192 and 142,
+    /// 4.9-5.1 (3 alternating rounds, medians of 20 runs).
     fn even_bands(&self, bt: usize) -> usize {
         let bands = self.t0.div_ceil(bt.max(1));
         let even = self.t0.div_ceil(bands);
