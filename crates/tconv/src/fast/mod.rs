@@ -38,6 +38,7 @@ pub mod strided_conv;
 pub mod tap_rows;
 pub mod weight;
 pub mod weight_gemm;
+pub mod weight_outer;
 pub mod weight_pack;
 pub mod weight_rows;
 pub mod weight_strided;

@@ -36,7 +36,7 @@ pub struct Scratch<T: Element> {
 /// A buffer of `len` zeros outside the pool: it is freed, not pooled, when dropped (for
 /// what lives as long as a plan: a pooled buffer could be larger than asked).
 pub fn owned<T: Element>(len: usize) -> Scratch<T> {
-    let buf = vec![T::zero(); len + ALIGN_SLACK];
+    let buf = super::direct::zeros(len + ALIGN_SLACK, 1);
     let start = aligned_start(&buf);
     Scratch {
         buf,

@@ -4,6 +4,8 @@
 //! conv_transpose `(S, B) = (x, gy)` and for conv `(S, B) = (gy, x)`
 //! (`Geometry::weight_sides`; the weight's first axis always indexes the small side).
 //! [`grad_weight`] picks, in this order:
+//! - outer products where the reduction has a few terms, e.g. one image of 2×2 positions
+//!   ([`weight_outer`]), unless Winograd tiles are forced;
 //! - Winograd tiles over positions where their cost model says they pay
 //!   ([`winograd_weight`]);
 //! - depthwise tap vectors, or row dot products where a group has too few `(a, b)` channel
@@ -18,7 +20,7 @@
 //! Every element of `dW` is summed by one task in a fixed order, so the result is bitwise
 //! identical for any thread count.
 
-use super::{tap_rows, weight_gemm, weight_rows, weight_strided, weight_thin};
+use super::{tap_rows, weight_gemm, weight_outer, weight_rows, weight_strided, weight_thin};
 use super::{winograd_weight, Isa};
 use crate::geometry::Geometry;
 use crate::plan::{Algorithm, PlanOptions};
@@ -100,6 +102,7 @@ fn by_winograd(g: &Geometry, options: &PlanOptions, (isa, loops): (Isa, Isa)) ->
 /// The paths of [`grad_weight`], as [`path`] chooses them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Path {
+    Outer,
     Winograd,
     Rows,
     Thin,
@@ -111,7 +114,10 @@ enum Path {
 /// reporting ([`method`]) and scheduling ([`in_parts`]) the weight gradient share.
 fn path<T: Element>(g: &Geometry, options: &PlanOptions) -> Path {
     let isa = options.isa_for::<T>();
-    if by_winograd(g, options, (isa, isa.loops_for::<T>())) && winograd_weight::applies(g) {
+    let forced = options.algorithm.or_else(Algorithm::from_env);
+    if forced != Some(Algorithm::Winograd) && weight_outer::applies(g) {
+        Path::Outer
+    } else if by_winograd(g, options, (isa, isa.loops_for::<T>())) && winograd_weight::applies(g) {
         Path::Winograd
     } else if few_channel_pairs(g) {
         Path::Rows
@@ -127,6 +133,7 @@ fn path<T: Element>(g: &Geometry, options: &PlanOptions) -> Path {
 /// How [`grad_weight`] computes the weight gradient of `g` in `T`, in words (for reports).
 pub fn method<T: Element>(g: &Geometry, options: &PlanOptions) -> String {
     match path::<T>(g, options) {
+        Path::Outer => "outer products of a short reduction".into(),
         Path::Winograd => format!("Winograd {} tiles over positions", winograd_weight::name(g)),
         Path::Rows if tap_rows::applies(g, tap_rows::WEIGHT_MIN_STRIDE) => {
             "depthwise tap vectors".into()
@@ -177,11 +184,12 @@ pub fn grad_weight<T: Element>(g: &Geometry, x: &[T], gy: &[T], options: &PlanOp
             return dw;
         }
     }
-    let mut dw = vec![T::zero(); a_ch * b_pg * k_size];
+    let mut dw = super::direct::zeros(a_ch * b_pg * k_size, threads);
     if g.batch * small_size == 0 || dw.is_empty() {
         return dw;
     }
     match path {
+        Path::Outer => weight_outer::grad_weight(g, s, b, threads, isa.loops_for::<T>(), &mut dw),
         Path::Rows => weight_rows::grad_weight(g, s, b, threads, isa.loops_for::<T>(), &mut dw),
         Path::Thin => weight_thin::grad_weight(g, s, b, threads, isa.loops_for::<T>(), &mut dw),
         Path::Strided => weight_strided::grad_weight(g, s, b, (threads, isa), &mut dw),

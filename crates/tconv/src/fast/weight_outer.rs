@@ -1,0 +1,494 @@
+//! The weight gradient as sums of outer products, where its reduction is short: a batch of
+//! one image whose small side has a few positions (pix2pix's decoder at its 2×2 and 4×4
+//! inputs, a generator's 1×1 projection).
+//!
+//! `dW[a, b', k] = Σ_(n, i) S[n, a, i] · B[n, b, i*s + k*d - p_begin]` sums `R = N ·
+//! |small side|` terms. Where `R` is a handful, the GEMM over positions does a few products
+//! per output and spends its time packing both sides and transposing its results into the
+//! weight's layout (pix2pix's 1024 -> 512 upsampler on 2×2 inputs: `R = 4` for 33.5 MB of
+//! weight gradient, 20 ms at 1 thread on Winograd tiles or the GEMM). Here the big side is
+//! gathered once per reduction term into rows `G[r][b'][k]` (zero where a tap falls outside
+//! it), so that each row of `dW` — the weight's own row `[b'][k]` of one small-side channel
+//! — is `Σ_r S[n, a, i] · G[r]`: `R` broadcasts and vector FMAs per stored vector, written
+//! once in place, nothing transposed. The terms are summed in order `r = 0, 1, …` from zero
+//! (one fused multiply-add each on the vector paths), and tasks own whole rows: the result
+//! is bitwise identical for any thread count, and the same on AVX-512 and AVX2.
+
+use super::direct::run_chunks;
+use super::weight::Sizes;
+use super::{scratch, Isa};
+use crate::geometry::Geometry;
+use crate::tensor::{positions, Element};
+
+/// Most reduction terms (`batch × small-side positions`) the outer products take.
+pub(crate) const OUTER_MAX: usize = 64;
+
+/// Fewest small-side channels per group, per reduction term, for [`applies`].
+const ROWS_PER_TERM: usize = 4;
+
+/// Rows of `dW` summed together (each loaded vector of `G` serves this many rows).
+const MR: usize = 4;
+
+/// Bytes of `G` a pass over a strip of columns reads for every row block: the strip stays
+/// in L2 while the task's rows run over it.
+const STRIP_BYTES: usize = 256 * 1024;
+
+/// Whether the weight gradient of `g` takes outer products: its reduction has at least one
+/// and at most [`OUTER_MAX`] terms, and a group has at least [`ROWS_PER_TERM`] small-side
+/// channels per term (the gathered rows `G`, `R × b × k` values, then cost a small part of
+/// writing `dW`, `a × b' × k`: DCGAN's projection's, 64 terms for 100 channels, ran 2.1 ms
+/// so against 1.7 on the GEMM over positions).
+pub(crate) fn applies(g: &Geometry) -> bool {
+    let sizes = Sizes::of(g);
+    let terms = g.batch * sizes.small_size;
+    (1..=OUTER_MAX).contains(&terms)
+        && terms * ROWS_PER_TERM <= sizes.a_pg
+        && sizes.b_pg * sizes.k_size > 0
+}
+
+/// Per small position `i` and tap `k` (row-major), the flat big-side position
+/// `i*s + k*d - p_begin` it reads, or `None` where that falls outside the big side.
+fn reach(g: &Geometry) -> Vec<Option<usize>> {
+    let big = g.big_spatial();
+    let kshape = g.kernel_shape();
+    let mut out = Vec::new();
+    for i in positions(&g.small_spatial()) {
+        for k in positions(&kshape) {
+            let mut at = 0usize;
+            let mut inside = true;
+            for (((a, &ia), &ka), &e) in g.axes.iter().zip(&i).zip(&k).zip(&big) {
+                let o = (ia * a.stride + ka * a.dilation) as i64 - a.pad_begin;
+                inside &= (0..e as i64).contains(&o);
+                at = at * e + o.max(0) as usize;
+            }
+            out.push(inside.then_some(at));
+        }
+    }
+    out
+}
+
+/// Columns of `G` (and of `dW`'s rows) per chunk: 256 bytes, four AVX-512 vectors.
+fn chunk_width<T>() -> usize {
+    256 / std::mem::size_of::<T>()
+}
+
+/// `∂L/∂w` of `g` (one that [`applies`]) from its small side `s` and big side `b` into
+/// `dw` (`[a][b'][k]`, every element written), on `threads` threads, in vectors of `isa`
+/// ([`Isa::loops_for`] `T`).
+pub(crate) fn grad_weight<T: Element>(
+    g: &Geometry,
+    s: &[T],
+    b: &[T],
+    threads: usize,
+    isa: Isa,
+    dw: &mut [T],
+) {
+    let Sizes {
+        small_size,
+        big_size,
+        k_size,
+        a_ch,
+        b_ch,
+        a_pg,
+        b_pg,
+    } = Sizes::of(g);
+    let terms = g.batch * small_size;
+    let row = b_pg * k_size;
+    let cw = chunk_width::<T>();
+    let at = reach(g);
+    // G per group, by chunks of `cw` columns `(b', k)`: `[chunk][r][width]`, r = (n, i).
+    // Each chunk's rows are one contiguous run (rows a whole row apart all fell into one L1
+    // set: pix2pix's 8×8 layer, 64 terms, ran 14 ms at 1 thread so).
+    let mut rows = scratch::take::<T>(g.groups * terms * row);
+    run_chunks(threads, &mut rows, terms * row, |group, dst| {
+        for c0 in (0..row).step_by(cw) {
+            let width = cw.min(row - c0);
+            let chunk = &mut dst[c0 * terms..][..width * terms];
+            for (r, run) in chunk.chunks_exact_mut(width).enumerate() {
+                let (n, i) = (r / small_size, r % small_size);
+                let taps = &at[i * k_size..][..k_size];
+                let base = (n * b_ch + group * b_pg) * big_size;
+                let (mut c, mut k) = (c0 / k_size, c0 % k_size);
+                for d in run.iter_mut() {
+                    *d = taps[k].map_or(T::zero(), |p| b[base + c * big_size + p]);
+                    k += 1;
+                    if k == k_size {
+                        (c, k) = (c + 1, 0);
+                    }
+                }
+            }
+        }
+    });
+    let rows = &rows[..];
+    // Tasks of whole row blocks, two per thread.
+    let blocks = a_ch.div_ceil(MR);
+    let per_task = blocks.div_ceil(2 * threads.max(1)).max(1) * MR;
+    let elem = std::mem::size_of::<T>();
+    let strip = (STRIP_BYTES / (terms * elem))
+        .next_multiple_of(cw)
+        .min(row.next_multiple_of(cw));
+    run_chunks(threads, dw, per_task * row, |task, out| {
+        let first = task * per_task;
+        let mut coef = [T::zero(); MR * OUTER_MAX];
+        for s0 in (0..row).step_by(strip) {
+            for (blk, out) in out.chunks_mut(MR * row).enumerate() {
+                let a0 = first + blk * MR;
+                let live = out.len() / row;
+                // A block's rows straddle two groups only where a_pg is not a multiple of
+                // MR: such a block runs row by row.
+                let runs: &[(usize, usize)] = if a0 / a_pg == (a0 + live - 1) / a_pg {
+                    &[(0, live)]
+                } else {
+                    &[(0, 1), (1, 1), (2, 1), (3, 1)][..live]
+                };
+                for &(i0, n_rows) in runs {
+                    let a = a0 + i0;
+                    for i in 0..n_rows {
+                        for r in 0..terms {
+                            let (n, p) = (r / small_size, r % small_size);
+                            coef[i * terms + r] = s[(n * a_ch + a + i) * small_size + p];
+                        }
+                    }
+                    let coef = &coef[..n_rows * terms];
+                    let g_rows = &rows[(a / a_pg) * terms * row..][..terms * row];
+                    let out = &mut out[i0 * row..][..n_rows * row];
+                    for c0 in (s0..row.min(s0 + strip)).step_by(cw) {
+                        let width = cw.min(row - c0);
+                        let chunk = &g_rows[c0 * terms..][..width * terms];
+                        sum_chunk(isa, coef, terms, chunk, (row, c0, width), out);
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// `out[i][c0..c0 + width] = Σ_r coef[i·terms + r] · chunk[r][..width]` for each of the
+/// `coef.len() / terms` rows of `out` (rows `row` apart; `chunk` holds `terms` rows of
+/// `width`), summed in order of `r` from zero.
+fn sum_chunk<T: Element>(
+    isa: Isa,
+    coef: &[T],
+    terms: usize,
+    chunk: &[T],
+    (row, c0, width): (usize, usize, usize),
+    out: &mut [T],
+) {
+    let n_rows = coef.len() / terms;
+    assert!(
+        width <= chunk_width::<T>()
+            && chunk.len() >= terms * width
+            && c0 + width <= row
+            && out.len() >= (n_rows.max(1) - 1) * row + c0 + width
+    );
+    #[cfg(target_arch = "x86_64")]
+    {
+        if isa == Isa::Avx512 && Isa::Avx512.available() {
+            if let (Some(c), Some(g), Some(o)) = (
+                super::as_f32(coef),
+                super::as_f32(chunk),
+                super::as_f32_mut(&mut *out),
+            ) {
+                // Safety: AVX-512F detected; the bounds were checked above.
+                unsafe { outer_avx512_f32(c, terms, g, (row, c0, width), o) };
+                return;
+            }
+            if let (Some(c), Some(g), Some(o)) = (as_f64(coef), as_f64(chunk), as_f64_mut(out)) {
+                // Safety: as above.
+                unsafe { outer_avx512_f64(c, terms, g, (row, c0, width), o) };
+                return;
+            }
+        }
+        if isa != Isa::Scalar && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+        {
+            // Safety: the features were just detected.
+            unsafe { outer_avx2(coef, terms, chunk, (row, c0, width), out) };
+            return;
+        }
+    }
+    let _ = isa;
+    outer_body::<T, false>(coef, terms, chunk, (row, c0, width), out);
+}
+
+#[cfg(target_arch = "x86_64")]
+fn as_f64<T: 'static>(s: &[T]) -> Option<&[f64]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f64>())
+        // Safety: `T` is `f64`.
+        .then(|| unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<f64>(), s.len()) })
+}
+
+#[cfg(target_arch = "x86_64")]
+fn as_f64_mut<T: 'static>(s: &mut [T]) -> Option<&mut [f64]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f64>())
+        // Safety: `T` is `f64`.
+        .then(|| unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast::<f64>(), s.len()) })
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn outer_avx2<T: Element>(
+    coef: &[T],
+    terms: usize,
+    chunk: &[T],
+    cols: (usize, usize, usize),
+    out: &mut [T],
+) {
+    outer_body::<T, true>(coef, terms, chunk, cols, out);
+}
+
+/// Lanes of the portable body's blocks.
+const L: usize = 8;
+
+/// The portable sums of [`sum_chunk`], in blocks of `L` columns (compiled for AVX2 with
+/// fused multiply-adds where `FUSED`).
+#[inline(always)]
+fn outer_body<T: Element, const FUSED: bool>(
+    coef: &[T],
+    terms: usize,
+    chunk: &[T],
+    (row, c0, width): (usize, usize, usize),
+    out: &mut [T],
+) {
+    let n_rows = coef.len() / terms;
+    for j0 in (0..width).step_by(L) {
+        let w = L.min(width - j0);
+        let mut acc = [[T::zero(); L]; MR];
+        for r in 0..terms {
+            let mut gv = [T::zero(); L];
+            gv[..w].copy_from_slice(&chunk[r * width + j0..][..w]);
+            for (i, acc) in acc.iter_mut().enumerate().take(n_rows) {
+                let k = coef[i * terms + r];
+                for (a, &x) in acc.iter_mut().zip(&gv) {
+                    *a = if FUSED { k.mul_add(x, *a) } else { *a + k * x };
+                }
+            }
+        }
+        for (i, acc) in acc.iter().enumerate().take(n_rows) {
+            out[i * row + c0 + j0..][..w].copy_from_slice(&acc[..w]);
+        }
+    }
+}
+
+/// [`sum_chunk`] on AVX-512 registers, in explicit intrinsics: `$name` for `$t` in `$lanes`
+/// lanes (f32: `_ps`, 16; f64: `_pd`, 8). Up to [`MR`] rows by the chunk's (up to 4)
+/// vectors (16 accumulators; each loaded vector of `G` serves every row), the last vector
+/// by masked loads and stores.
+#[cfg(target_arch = "x86_64")]
+macro_rules! outer_avx512 {
+    ($name:ident, $block:ident, $t:ty, $lanes:literal, $mask:ty,
+     [$zero:ident, $maskz_load:ident, $set1:ident, $fma:ident, $mask_store:ident]) => {
+        /// # Safety
+        /// AVX-512F available; the bounds [`sum_chunk`] checks.
+        #[target_feature(enable = "avx512f")]
+        unsafe fn $name(
+            coef: &[$t],
+            terms: usize,
+            chunk: &[$t],
+            (row, c0, width): (usize, usize, usize),
+            out: &mut [$t],
+        ) {
+            let n_rows = coef.len() / terms;
+            let v = width.div_ceil($lanes).clamp(1, 4);
+            let last = width - (v - 1) * $lanes;
+            let mask: $mask = if last >= $lanes { !0 } else { (1 << last) - 1 };
+            let (gp, op) = (chunk.as_ptr(), out.as_mut_ptr().add(c0));
+            macro_rules! by_vectors {
+                ($rows:literal) => {
+                    match v {
+                        4 => $block::<$rows, 4>(coef, terms, gp, width, op, row, mask),
+                        3 => $block::<$rows, 3>(coef, terms, gp, width, op, row, mask),
+                        2 => $block::<$rows, 2>(coef, terms, gp, width, op, row, mask),
+                        _ => $block::<$rows, 1>(coef, terms, gp, width, op, row, mask),
+                    }
+                };
+            }
+            match n_rows {
+                4 => by_vectors!(4),
+                3 => by_vectors!(3),
+                2 => by_vectors!(2),
+                _ => by_vectors!(1),
+            }
+        }
+
+        /// `ROWS` rows by `V` vectors: `G`'s rows from `gp`, `gstride` apart; the output
+        /// rows from `op`, `row` apart; the last vector under `mask`.
+        ///
+        /// # Safety
+        /// AVX-512F available; every unmasked lane is inside `G` and the output.
+        #[target_feature(enable = "avx512f")]
+        #[inline]
+        unsafe fn $block<const ROWS: usize, const V: usize>(
+            coef: &[$t],
+            terms: usize,
+            gp: *const $t,
+            gstride: usize,
+            op: *mut $t,
+            row: usize,
+            mask: $mask,
+        ) {
+            use std::arch::x86_64::*;
+            let m = |j: usize| if j + 1 == V { mask } else { !0 };
+            let mut acc = [[$zero(); V]; ROWS];
+            for r in 0..terms {
+                let gr = gp.add(r * gstride);
+                let gv: [_; V] = std::array::from_fn(|j| $maskz_load(m(j), gr.add(j * $lanes)));
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let k = $set1(*coef.get_unchecked(i * terms + r));
+                    for (a, &x) in acc.iter_mut().zip(&gv) {
+                        *a = $fma(k, x, *a);
+                    }
+                }
+            }
+            for (i, acc) in acc.iter().enumerate() {
+                for (j, &a) in acc.iter().enumerate() {
+                    $mask_store(op.add(i * row + j * $lanes), m(j), a);
+                }
+            }
+        }
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+outer_avx512!(
+    outer_avx512_f32,
+    block_f32,
+    f32,
+    16,
+    u16,
+    [
+        _mm512_setzero_ps,
+        _mm512_maskz_loadu_ps,
+        _mm512_set1_ps,
+        _mm512_fmadd_ps,
+        _mm512_mask_storeu_ps
+    ]
+);
+
+#[cfg(target_arch = "x86_64")]
+outer_avx512!(
+    outer_avx512_f64,
+    block_f64,
+    f64,
+    8,
+    u8,
+    [
+        _mm512_setzero_pd,
+        _mm512_maskz_loadu_pd,
+        _mm512_set1_pd,
+        _mm512_fmadd_pd,
+        _mm512_mask_storeu_pd
+    ]
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::{ConvParams, Op};
+    use crate::reference::weight_gradient as grad_weight_reference;
+    use crate::tensor::{numel, small_ints};
+
+    /// Reductions of 1 to 20 terms (one to three images), 1-3 axes, groups whose
+    /// channels are not a multiple of the row block, a cropped border (padding), dilation,
+    /// output padding, rows that end in a partial chunk, both ops: exactly the reference on
+    /// small integers, f32 and f64, on every instruction set this CPU runs, and the same
+    /// bits on 1, 2 and 3 threads.
+    #[test]
+    fn outer_products_match_the_reference() {
+        let cases: Vec<(Op, Vec<usize>, Vec<usize>, ConvParams)> = vec![
+            (
+                Op::ConvTranspose,
+                vec![1, 16, 2, 2],
+                vec![16, 8, 4, 4],
+                ConvParams::new().stride(&[2]).padding(&[1]),
+            ),
+            (
+                Op::ConvTranspose,
+                vec![3, 13, 1, 1],
+                vec![13, 5, 4, 4],
+                ConvParams::new().stride(&[2]).padding(&[1]),
+            ),
+            (
+                Op::ConvTranspose,
+                vec![2, 98, 2, 3],
+                vec![98, 3, 3, 3],
+                ConvParams::new()
+                    .stride(&[2])
+                    .padding(&[1, 2])
+                    .output_padding(&[1])
+                    .groups(2),
+            ),
+            (
+                Op::ConvTranspose,
+                vec![1, 21, 5],
+                vec![21, 11, 7],
+                ConvParams::new().stride(&[3]).dilation(&[2]).padding(&[4]),
+            ),
+            (
+                Op::ConvTranspose,
+                vec![1, 18, 2, 1, 2],
+                vec![18, 6, 2, 3, 3],
+                ConvParams::new().stride(&[2]).padding(&[1]),
+            ),
+            (
+                Op::Conv,
+                vec![1, 6, 5, 5],
+                vec![18, 6, 4, 4],
+                ConvParams::new().stride(&[2]).padding(&[1]),
+            ),
+            (
+                Op::Conv,
+                vec![2, 4, 3, 3],
+                vec![98, 2, 2, 2],
+                ConvParams::new()
+                    .groups(2)
+                    .dilation(&[1, 2])
+                    .padding(&[0, 1]),
+            ),
+        ];
+        let mut isas = vec![Isa::Scalar];
+        isas.extend(
+            [Isa::Avx2, Isa::Avx512]
+                .into_iter()
+                .filter(|i| i.available()),
+        );
+        for (op, xs, ws, p) in cases {
+            let g = Geometry::new(op, &xs, &ws, None, &p).unwrap();
+            assert!(applies(&g), "{op:?} {xs:?} {ws:?}");
+            let x = small_ints::<f64>(numel(&xs), 7);
+            let gy = small_ints::<f64>(numel(&g.output_shape()), 8);
+            let want = grad_weight_reference(&g, &x, &gy);
+            let (s, b) = g.weight_sides(&x, &gy);
+            let (x32, gy32): (Vec<f32>, Vec<f32>) = (
+                x.iter().map(|&v| v as f32).collect(),
+                gy.iter().map(|&v| v as f32).collect(),
+            );
+            let (s32, b32) = g.weight_sides(&x32, &gy32);
+            let want32: Vec<f32> = want.iter().map(|&v| v as f32).collect();
+            for &isa in &isas {
+                for threads in [1, 2, 3] {
+                    let mut got = vec![f64::NAN; want.len()];
+                    grad_weight(&g, s, b, threads, isa, &mut got);
+                    assert_eq!(got, want, "{op:?} {xs:?} {ws:?} {isa} {threads}");
+                    let mut got = vec![f32::NAN; want.len()];
+                    grad_weight(&g, s32, b32, threads, isa, &mut got);
+                    assert_eq!(got, want32, "{op:?} {xs:?} {ws:?} {isa} {threads} f32");
+                }
+            }
+        }
+    }
+
+    /// More terms than [`OUTER_MAX`], or than a group's small-side channels allow (the
+    /// gathered rows would cost too much beside the gradient), or none: other paths.
+    #[test]
+    fn declines_long_or_empty_reductions() {
+        let g = |xs: &[usize], ws: &[usize]| {
+            let p = ConvParams::new().stride(&[2]).padding(&[1]);
+            Geometry::new(Op::ConvTranspose, xs, ws, None, &p).unwrap()
+        };
+        assert!(applies(&g(&[1, 256, 8, 8], &[256, 4, 4, 4])));
+        assert!(!applies(&g(&[1, 256, 9, 8], &[256, 4, 4, 4])));
+        assert!(!applies(&g(&[1, 63, 4, 4], &[63, 4, 4, 4])));
+        assert!(applies(&g(&[1, 64, 4, 4], &[64, 4, 4, 4])));
+        assert!(!applies(&g(&[0, 8, 1, 1], &[8, 4, 4, 4])));
+    }
+}
