@@ -9,6 +9,8 @@ figure is the median over the rounds of each call's median: on a shared machine 
 interference then moves one round, not the row.
 
   .venv-peers/bin/python bench/backward_compare.py --runs 10 --rounds 3 [--layers dcgan3,s1k3]
+      [--suite bench/short-reductions.json]  (layers off the suite: batch-1 decoders)
+      [--binary PATH]  (another build of tconv)
 """
 import argparse
 import json
@@ -19,7 +21,7 @@ import time
 
 import torch
 
-SUITE = json.load(open("bench/suite.json"))["layers"]
+SUITE_FILE = "bench/suite.json"
 
 
 def torch_layer(layer, dtype=torch.float32):
@@ -55,11 +57,11 @@ def torch_backward_ms(layer, threads, runs, dtype=torch.float32):
     return statistics.median(times)
 
 
-def tconv_ms(name, threads, runs):
+def tconv_ms(name, threads, runs, suite=SUITE_FILE, binary="target/release/tconv"):
     # Let the previous PyTorch call's worker threads stop spinning first: they can hold a
     # core for a while after a parallel region and halve tconv's 2-thread speed.
     time.sleep(0.5)
-    out = subprocess.run(["target/release/tconv", "bench", "--pass", "both", "--layer", name, "--threads",
+    out = subprocess.run([binary, "bench", "--suite", suite, "--pass", "both", "--layer", name, "--threads",
                           str(threads), "--runs", str(runs), "--json"], check=True, capture_output=True, text=True).stdout
     rows = {json.loads(l)["name"]: json.loads(l)["median_ms"] for l in out.strip().splitlines()}
     return (rows[name], rows[name + ":grad_input"], rows[name + ":grad_weight"],
@@ -71,13 +73,16 @@ def main():
     ap.add_argument("--runs", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--layers", help="only these layers (comma-separated names)")
+    ap.add_argument("--suite", default=SUITE_FILE, help="a suite file (as bench/suite.json)")
+    ap.add_argument("--binary", default="target/release/tconv")
     a = ap.parse_args()
-    wanted = a.layers.split(",") if a.layers else [l["name"] for l in SUITE]
+    suite = json.load(open(a.suite))["layers"]
+    wanted = a.layers.split(",") if a.layers else [l["name"] for l in suite]
     print("| layer | threads | tconv forward ms | tconv grad_input ms | tconv grad_weight ms | tconv backward ms | backward / forward | PyTorch backward ms | PyTorch / tconv |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for layer in (l for l in SUITE if l["name"] in wanted):
+    for layer in (l for l in suite if l["name"] in wanted):
         for t in (1, 2):
-            rounds = [(tconv_ms(layer["name"], t, a.runs), torch_backward_ms(layer, t, a.runs))
+            rounds = [(tconv_ms(layer["name"], t, a.runs, a.suite, a.binary), torch_backward_ms(layer, t, a.runs))
                       for _ in range(max(a.rounds, 1))]
             fwd, gi, gw, ours = (statistics.median(r[0][i] for r in rounds) for i in range(4))
             tb = statistics.median(r[1] for r in rounds)

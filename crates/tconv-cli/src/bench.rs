@@ -407,8 +407,7 @@ fn backward_rows<T: Element>(
             algorithm: match suffix {
                 "grad_input" => {
                     let ws = w.as_slice().context("contiguous weight")?;
-                    let plan = tconv::grad::input_plan(geometry, ws, opts)?;
-                    format!("{} {}", plan.geometry().op.name(), plan.label())
+                    tconv::grad::input_method(geometry, ws, opts)?
                 }
                 "grad_weight" => tconv::grad::weight_gradient_method::<T>(geometry, opts),
                 _ => tconv::grad::backward_method(geometry, opts).into(),

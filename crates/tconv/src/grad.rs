@@ -25,6 +25,7 @@ use crate::error::{fail, ErrorKind, Result};
 use crate::fast::direct::run_each;
 use crate::fast::tap_rows::{self, TapRows};
 use crate::fast::weight::Sizes;
+use crate::fast::weight_outer;
 use crate::geometry::Geometry;
 use crate::params::{ConvParams, Op};
 use crate::plan::{Algorithm, Plan, PlanOptions};
@@ -159,6 +160,9 @@ pub(crate) fn backward<'x, 'w, 'g, T: Element, D1: Dimension, D2: Dimension, D3:
     // 1.11-1.15x faster without at 1 thread and 1.17-1.18x at 2, its backward at 1 thread
     // 1.00-1.05x.
     let input_gradient = |g: &Geometry, w: &[T], gy: &[T], o: &PlanOptions, beside: bool| {
+        if let Some(gx) = input_by_dots(g, w, gy, o) {
+            return Ok(shaped(x.shape(), gx));
+        }
         Ok::<_, crate::Error>(match plans {
             Some(plans) => plans(g, o)?.run_aligned(gy, None, x.shape(), beside),
             None => input_plan(g, w, o)?.run_aligned(gy, None, x.shape(), beside),
@@ -418,14 +422,54 @@ pub fn input_plan<T: Element>(g: &Geometry, w: &[T], options: &PlanOptions) -> R
     Plan::from_geometry(g.adjoint(), w, &once)
 }
 
-/// `∂L/∂x`: the adjoint op on `gy` with the same weight, through the planner.
+/// `∂L/∂x`: the adjoint op on `gy` with the same weight, through the planner, or where
+/// the reduction is short, by dot products of the weight's rows (see [`input_method`]).
 pub fn grad_input<T: Element>(
     g: &Geometry,
     w: &[T],
     gy: &[T],
     options: &PlanOptions,
 ) -> Result<Vec<T>> {
+    if let Some(gx) = input_by_dots(g, w, gy, options) {
+        return Ok(gx);
+    }
     Ok(input_plan(g, w, options)?.run_new(gy, None))
+}
+
+/// Whether `∂L/∂x` of `g` skips the planner for dot products of the weight's rows, read
+/// where they lie, with the rows the weight gradient's outer products gather from `gy`
+/// ([`crate::fast::weight_outer::input_dots`]): a transposed conv whose weight gradient
+/// takes those outer products (a few terms of batch × input positions: pix2pix's decoder at
+/// batch 1), with no algorithm forced. Its conv's plan would pack the whole weight on every
+/// call: pix2pix's 1024 -> 512 layer on 2×2 inputs spent 10-13 ms of its input gradient so
+/// at 1 thread.
+fn input_dots_apply(g: &Geometry, options: &PlanOptions) -> bool {
+    options.algorithm.or_else(Algorithm::from_env).is_none()
+        && options.tile.is_none()
+        && weight_outer::input_applies(g)
+}
+
+/// `∂L/∂x` by dot products where [`input_dots_apply`].
+fn input_by_dots<T: Element>(
+    g: &Geometry,
+    w: &[T],
+    gy: &[T],
+    options: &PlanOptions,
+) -> Option<Vec<T>> {
+    input_dots_apply(g, options).then(|| {
+        let isa = options.isa_for::<T>().loops_for::<T>();
+        weight_outer::input_dots(g, w, gy, options.threads_for(g), isa)
+    })
+}
+
+/// How `∂L/∂x` of `g` is computed, in words (for reports): the input plan's op and label,
+/// or the dot products.
+pub fn input_method<T: Element>(g: &Geometry, w: &[T], options: &PlanOptions) -> Result<String> {
+    if input_dots_apply(g, options) {
+        return Ok("dot products of a short reduction".into());
+    }
+    let plan = input_plan(g, w, options)?;
+    Ok(format!("{} {}", plan.geometry().op.name(), plan.label()))
 }
 
 /// `∂L/∂b`: the sum of `gy` over batch and positions, per output channel.

@@ -12,7 +12,7 @@
 //! - [`weight_gradient`]: the gradient of either op with respect to its weight, by its
 //!   definition.
 
-mod gather;
+pub(crate) mod gather;
 mod matrix;
 mod scatter;
 mod weight;
