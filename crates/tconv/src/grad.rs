@@ -307,6 +307,17 @@ fn side_by_side<T: Element>(g: &Geometry, options: &PlanOptions) -> bool {
     if options.threads_for(g) != 2 {
         return false;
     }
+    if input_dots_apply(g, options)
+        && numel(&g.weight_shape()).saturating_mul(std::mem::size_of::<T>())
+            >= crate::fast::direct::HUGE_BYTES
+    {
+        // Dot products and outer products over a weight of 32 MiB or more, both bound by
+        // memory: each gradient on both threads, one after the other (pix2pix's 1024 -> 512
+        // layer on 2×2 inputs, 3 rounds: 3.9-5.1 ms against 7.0-7.7 side by side; on 4×4
+        // and 8×8 inputs ties; a batch of 32 on 1×1, a 4 MB weight, ran 1.5 ms so against
+        // 1.0 side by side).
+        return false;
+    }
     if g.flops() <= SIDE_BY_SIDE_FLOPS {
         return true;
     }

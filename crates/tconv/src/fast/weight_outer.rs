@@ -35,8 +35,9 @@ const ROWS_PER_TERM: usize = 4;
 const MR: usize = 4;
 
 /// Bytes of `G` a pass over a strip of columns reads for every row block: the strip stays
-/// in L2 while the task's rows run over it.
-const STRIP_BYTES: usize = 256 * 1024;
+/// in L2 while the task's rows run over it. (The unit tests take strips of one chunk, so
+/// that their small rows span several.)
+const STRIP_BYTES: usize = if cfg!(test) { 256 } else { 256 * 1024 };
 
 /// Whether the weight gradient of `g` takes outer products: its reduction has at least one
 /// and at most [`OUTER_MAX`] terms, and a group has at least [`ROWS_PER_TERM`] small-side
@@ -218,11 +219,17 @@ pub(crate) fn input_dots<T: Element>(
     let row = b_pg * k_size;
     let rows = gather(g, gy, threads);
     let rows = &rows[..];
+    let cw = chunk_width::<T>();
+    let strip = (STRIP_BYTES / (terms * std::mem::size_of::<T>()))
+        .next_multiple_of(cw)
+        .min(row.next_multiple_of(cw));
     // Sums as [a][r], then into x's layout [n][a][i].
     let mut sums = vec![T::zero(); a_ch * terms];
     let blocks = a_ch.div_ceil(MR);
     let per_task = blocks.div_ceil(2 * threads.max(1)).max(1) * MR;
     run_chunks(threads, &mut sums, per_task * terms, |task, out| {
+        // A row block's vector sums, `[row][term][SLOTS]`, kept between strips.
+        let mut part = vec![T::zero(); MR * terms * SLOTS];
         for (blk, out) in out.chunks_mut(MR * terms).enumerate() {
             let a0 = task * per_task + blk * MR;
             let live = out.len() / terms;
@@ -235,10 +242,22 @@ pub(crate) fn input_dots<T: Element>(
                 let a = a0 + i0;
                 let wrows = &w[a * row..][..n_rows * row];
                 let g_rows = &rows[(a / a_pg) * terms * row..][..terms * row];
-                let out = &mut out[i0 * terms..][..n_rows * terms];
-                for r0 in (0..terms).step_by(4) {
-                    let tb = 4.min(terms - r0);
-                    dot_rows(isa, wrows, n_rows, g_rows, (terms, r0, tb, row), out);
+                let part = &mut part[..n_rows * terms * SLOTS];
+                part.fill(T::zero());
+                // Strip by strip (its gathered rows stay in L2, a row block's part of the
+                // weight rows in L1), every term of the strip.
+                for s0 in (0..row).step_by(strip) {
+                    let cols = (s0, row.min(s0 + strip));
+                    for r0 in (0..terms).step_by(4) {
+                        let tb = 4.min(terms - r0);
+                        dot_rows(isa, wrows, n_rows, g_rows, (terms, r0, tb, row), cols, part);
+                    }
+                }
+                for (o, p) in out[i0 * terms..][..n_rows * terms]
+                    .iter_mut()
+                    .zip(part.chunks_exact(SLOTS))
+                {
+                    *o = p.iter().fold(T::zero(), |s, &v| s + v);
                 }
             }
         }
@@ -253,52 +272,63 @@ pub(crate) fn input_dots<T: Element>(
     gx
 }
 
-/// `out[i·terms + r0 + t] = Σ_c wrows[i][c] · G_(r0 + t)[c]` for the `n_rows` rows of
-/// `wrows` (rows of `row` values) and the `tb` (at most 4) terms from `r0`, `G` in
-/// [`gather`]'s chunks (`terms` rows each).
+/// Partial sums kept per (weight row, term) between strips: a vector's lanes (16 f32 on
+/// AVX-512; fewer on the other paths, the rest staying zero), added in order at the end.
+const SLOTS: usize = 16;
+
+/// Add to `part[i][r0 + t][..]` (`[row][term][SLOTS]`) the products of weight row `i` of
+/// `wrows` (rows of `row` values; `n_rows` of them) with `G_(r0 + t)`, lane by lane, over
+/// the columns `cols` (whole chunks but at the row's end), for the `tb` (at most 4) terms
+/// from `r0`; `G` in [`gather`]'s chunks (`terms` rows each).
 fn dot_rows<T: Element>(
     isa: Isa,
     wrows: &[T],
     n_rows: usize,
     g: &[T],
     (terms, r0, tb, row): (usize, usize, usize, usize),
-    out: &mut [T],
+    cols: (usize, usize),
+    part: &mut [T],
 ) {
+    let cw = chunk_width::<T>();
     assert!(
         n_rows <= MR
             && (1..=4).contains(&tb)
             && r0 + tb <= terms
             && wrows.len() >= n_rows * row
             && g.len() >= terms * row
-            && out.len() >= n_rows * terms
+            && part.len() >= n_rows * terms * SLOTS
+            && cols.0 % cw == 0
+            && cols.0 <= cols.1
+            && cols.1 <= row
     );
+    let shape = (terms, r0, tb, row);
     #[cfg(target_arch = "x86_64")]
     {
         if isa == Isa::Avx512 && Isa::Avx512.available() {
-            if let (Some(wr), Some(gr), Some(o)) = (
+            if let (Some(wr), Some(gr), Some(p)) = (
                 super::as_f32(wrows),
                 super::as_f32(g),
-                super::as_f32_mut(&mut *out),
+                super::as_f32_mut(&mut *part),
             ) {
                 // Safety: AVX-512F detected; the bounds were checked above.
-                unsafe { dots_avx512_f32(wr, n_rows, gr, (terms, r0, tb, row), o) };
+                unsafe { dots_avx512_f32(wr, n_rows, gr, shape, cols, p) };
                 return;
             }
-            if let (Some(wr), Some(gr), Some(o)) = (as_f64(wrows), as_f64(g), as_f64_mut(out)) {
+            if let (Some(wr), Some(gr), Some(p)) = (as_f64(wrows), as_f64(g), as_f64_mut(part)) {
                 // Safety: as above.
-                unsafe { dots_avx512_f64(wr, n_rows, gr, (terms, r0, tb, row), o) };
+                unsafe { dots_avx512_f64(wr, n_rows, gr, shape, cols, p) };
                 return;
             }
         }
         if isa != Isa::Scalar && is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
         {
             // Safety: the features were just detected.
-            unsafe { dots_avx2(wrows, n_rows, g, (terms, r0, tb, row), out) };
+            unsafe { dots_avx2(wrows, n_rows, g, shape, cols, part) };
             return;
         }
     }
     let _ = isa;
-    dots_body::<T, false>(wrows, n_rows, g, (terms, r0, tb, row), out);
+    dots_body::<T, false>(wrows, n_rows, g, shape, cols, part);
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -308,24 +338,31 @@ unsafe fn dots_avx2<T: Element>(
     n_rows: usize,
     g: &[T],
     shape: (usize, usize, usize, usize),
-    out: &mut [T],
+    cols: (usize, usize),
+    part: &mut [T],
 ) {
-    dots_body::<T, true>(wrows, n_rows, g, shape, out);
+    dots_body::<T, true>(wrows, n_rows, g, shape, cols, part);
 }
 
-/// The portable sums of [`dot_rows`]: `L` partial sums per (row, term), added in order at
-/// the end (compiled for AVX2 with fused multiply-adds where `FUSED`).
+/// The portable sums of [`dot_rows`], in `L` lanes (compiled for AVX2 with fused
+/// multiply-adds where `FUSED`).
 #[inline(always)]
 fn dots_body<T: Element, const FUSED: bool>(
     wrows: &[T],
     n_rows: usize,
     g: &[T],
     (terms, r0, tb, row): (usize, usize, usize, usize),
-    out: &mut [T],
+    (c_begin, c_end): (usize, usize),
+    part: &mut [T],
 ) {
     let cw = chunk_width::<T>();
     let mut acc = [[[T::zero(); L]; 4]; MR];
-    for c0 in (0..row).step_by(cw) {
+    for (i, acc) in acc.iter_mut().enumerate().take(n_rows) {
+        for (t, a) in acc.iter_mut().enumerate().take(tb) {
+            a.copy_from_slice(&part[(i * terms + r0 + t) * SLOTS..][..L]);
+        }
+    }
+    for c0 in (c_begin..c_end).step_by(cw) {
         let width = cw.min(row - c0);
         let chunk = &g[c0 * terms..][..width * terms];
         for j0 in (0..width).step_by(L) {
@@ -349,19 +386,19 @@ fn dots_body<T: Element, const FUSED: bool>(
     }
     for (i, acc) in acc.iter().enumerate().take(n_rows) {
         for (t, a) in acc.iter().enumerate().take(tb) {
-            out[i * terms + r0 + t] = a.iter().fold(T::zero(), |s, &v| s + v);
+            part[(i * terms + r0 + t) * SLOTS..][..L].copy_from_slice(a);
         }
     }
 }
 
 /// [`dot_rows`] on AVX-512 registers: `$name` for `$t` in `$lanes` lanes. `ROWS × TB`
-/// vector sums (at most 16), each loaded vector of a weight row serving `TB` terms and of
-/// `G` `ROWS` rows, the last vector of a chunk by masked loads; each sum added across its
-/// lanes at the end (`$reduce`).
+/// vector sums (at most 16), loaded from and stored back to `part`; each loaded vector of
+/// a weight row serves `TB` terms and of `G` `ROWS` rows, the last vector of a chunk by
+/// masked loads.
 #[cfg(target_arch = "x86_64")]
 macro_rules! dots_avx512 {
     ($name:ident, $block:ident, $t:ty, $lanes:literal, $mask:ty,
-     [$zero:ident, $maskz_load:ident, $fma:ident, $reduce:ident]) => {
+     [$maskz_load:ident, $load:ident, $store:ident, $fma:ident]) => {
         /// # Safety
         /// AVX-512F available; the bounds [`dot_rows`] checks.
         #[target_feature(enable = "avx512f")]
@@ -370,15 +407,16 @@ macro_rules! dots_avx512 {
             n_rows: usize,
             g: &[$t],
             (terms, r0, tb, row): (usize, usize, usize, usize),
-            out: &mut [$t],
+            cols: (usize, usize),
+            part: &mut [$t],
         ) {
             macro_rules! by_terms {
                 ($rows:literal) => {
                     match tb {
-                        4 => $block::<$rows, 4>(wrows, g, (terms, r0, row), out),
-                        3 => $block::<$rows, 3>(wrows, g, (terms, r0, row), out),
-                        2 => $block::<$rows, 2>(wrows, g, (terms, r0, row), out),
-                        _ => $block::<$rows, 1>(wrows, g, (terms, r0, row), out),
+                        4 => $block::<$rows, 4>(wrows, g, (terms, r0, row), cols, part),
+                        3 => $block::<$rows, 3>(wrows, g, (terms, r0, row), cols, part),
+                        2 => $block::<$rows, 2>(wrows, g, (terms, r0, row), cols, part),
+                        _ => $block::<$rows, 1>(wrows, g, (terms, r0, row), cols, part),
                     }
                 };
             }
@@ -399,13 +437,16 @@ macro_rules! dots_avx512 {
             wrows: &[$t],
             g: &[$t],
             (terms, r0, row): (usize, usize, usize),
-            out: &mut [$t],
+            (c_begin, c_end): (usize, usize),
+            part: &mut [$t],
         ) {
             use std::arch::x86_64::*;
             let cw = chunk_width::<$t>();
-            let (wp, gp) = (wrows.as_ptr(), g.as_ptr());
-            let mut acc = [[$zero(); TB]; ROWS];
-            for c0 in (0..row).step_by(cw) {
+            let (wp, gp, pp) = (wrows.as_ptr(), g.as_ptr(), part.as_mut_ptr());
+            let at = |i: usize, t: usize| (i * terms + r0 + t) * SLOTS;
+            let mut acc: [[_; TB]; ROWS] =
+                std::array::from_fn(|i| std::array::from_fn(|t| $load(pp.add(at(i, t)))));
+            for c0 in (c_begin..c_end).step_by(cw) {
                 let width = cw.min(row - c0);
                 let chunk = gp.add(c0 * terms + r0 * width);
                 for j0 in (0..width).step_by($lanes) {
@@ -423,7 +464,7 @@ macro_rules! dots_avx512 {
             }
             for (i, acc) in acc.iter().enumerate() {
                 for (t, &a) in acc.iter().enumerate() {
-                    *out.get_unchecked_mut(i * terms + r0 + t) = $reduce(a);
+                    $store(pp.add(at(i, t)), a);
                 }
             }
         }
@@ -438,10 +479,10 @@ dots_avx512!(
     16,
     u16,
     [
-        _mm512_setzero_ps,
         _mm512_maskz_loadu_ps,
-        _mm512_fmadd_ps,
-        _mm512_reduce_add_ps
+        _mm512_loadu_ps,
+        _mm512_storeu_ps,
+        _mm512_fmadd_ps
     ]
 );
 
@@ -453,10 +494,10 @@ dots_avx512!(
     8,
     u8,
     [
-        _mm512_setzero_pd,
         _mm512_maskz_loadu_pd,
-        _mm512_fmadd_pd,
-        _mm512_reduce_add_pd
+        _mm512_loadu_pd,
+        _mm512_storeu_pd,
+        _mm512_fmadd_pd
     ]
 );
 

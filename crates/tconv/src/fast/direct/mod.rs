@@ -27,7 +27,9 @@ pub(crate) use store::{copy_short, interleave2, interleave8_to, store_fence, sto
 #[cfg(target_arch = "x86_64")]
 pub(crate) use store::{evens_odds16, store_block, transpose8x8};
 use task::{run_task, run_task_inplace};
-pub(crate) use threads::{band_tasks, channel_parts, run_both, run_chunks, run_each, zeros, Task};
+pub(crate) use threads::{
+    band_tasks, channel_parts, run_both, run_chunks, run_each, zeros, Task, HUGE_BYTES,
+};
 pub use tiles::TileTable;
 
 use std::ops::Range;

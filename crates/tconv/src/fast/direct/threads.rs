@@ -82,7 +82,7 @@ const PARALLEL_ZEROS: usize = 1 << 18;
 /// Fewest bytes of a buffer [`zeros`] asks to be backed by huge pages: glibc's largest
 /// threshold for serving an allocation by a fresh `mmap` (32 MiB on 64-bit), beyond which
 /// every call's result is new memory that faults in page by page as it is first written.
-const HUGE_BYTES: usize = 32 << 20;
+pub(crate) const HUGE_BYTES: usize = 32 << 20;
 
 /// A buffer of `len` zeros from the allocator's zeroed memory (a fresh `mmap` is zero
 /// already), whose 2 MiB-aligned extents are advised to be transparent huge pages
