@@ -297,7 +297,7 @@ fn dot_rows<T: Element>(
             && wrows.len() >= n_rows * row
             && g.len() >= terms * row
             && part.len() >= n_rows * terms * SLOTS
-            && cols.0 % cw == 0
+            && cols.0.is_multiple_of(cw)
             && cols.0 <= cols.1
             && cols.1 <= row
     );
