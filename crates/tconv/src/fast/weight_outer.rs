@@ -119,6 +119,51 @@ fn gather<T: Element>(g: &Geometry, b: &[T], threads: usize) -> scratch::Scratch
     rows
 }
 
+/// The sizes both products run on: small-side positions, channels (all and per group),
+/// reduction terms, the length of a weight row, the columns of a strip (its gathered rows
+/// [`STRIP_BYTES`]) and the weight rows of a task (whole row blocks, two tasks a thread).
+struct Shape {
+    small_size: usize,
+    a_ch: usize,
+    a_pg: usize,
+    terms: usize,
+    row: usize,
+    strip: usize,
+    per_task: usize,
+}
+
+impl Shape {
+    fn of<T>(g: &Geometry, threads: usize) -> Shape {
+        let z = Sizes::of(g);
+        let terms = g.batch * z.small_size;
+        let row = z.b_pg * z.k_size;
+        let cw = chunk_width::<T>();
+        Shape {
+            small_size: z.small_size,
+            a_ch: z.a_ch,
+            a_pg: z.a_pg,
+            terms,
+            row,
+            strip: (STRIP_BYTES / (terms * std::mem::size_of::<T>()).max(1))
+                .next_multiple_of(cw)
+                .min(row.next_multiple_of(cw)),
+            per_task: z.a_ch.div_ceil(MR).div_ceil(2 * threads.max(1)).max(1) * MR,
+        }
+    }
+}
+
+/// The runs of rows `(first, count)` of the row block of `live` rows from `a0` that share
+/// a group (`a_pg` rows each): the whole block, or where it straddles two groups (`a_pg`
+/// not a multiple of [`MR`]) row by row.
+fn block_runs(a0: usize, live: usize, a_pg: usize) -> &'static [(usize, usize)] {
+    const ALL: [&[(usize, usize)]; MR + 1] = [&[], &[(0, 1)], &[(0, 2)], &[(0, 3)], &[(0, 4)]];
+    if a0 / a_pg == (a0 + live - 1) / a_pg {
+        ALL[live]
+    } else {
+        &[(0, 1), (1, 1), (2, 1), (3, 1)][..live]
+    }
+}
+
 /// `∂L/∂w` of `g` (one that [`applies`]) from its small side `s` and big side `b` into
 /// `dw` (`[a][b'][k]`, every element written), on `threads` threads, in vectors of `isa`
 /// ([`Isa::loops_for`] `T`).
@@ -130,26 +175,18 @@ pub(crate) fn grad_weight<T: Element>(
     isa: Isa,
     dw: &mut [T],
 ) {
-    let Sizes {
+    let Shape {
         small_size,
-        k_size,
         a_ch,
         a_pg,
-        b_pg,
-        ..
-    } = Sizes::of(g);
-    let terms = g.batch * small_size;
-    let row = b_pg * k_size;
+        terms,
+        row,
+        strip,
+        per_task,
+    } = Shape::of::<T>(g, threads);
     let cw = chunk_width::<T>();
     let rows = gather(g, b, threads);
     let rows = &rows[..];
-    // Tasks of whole row blocks, two per thread.
-    let blocks = a_ch.div_ceil(MR);
-    let per_task = blocks.div_ceil(2 * threads.max(1)).max(1) * MR;
-    let elem = std::mem::size_of::<T>();
-    let strip = (STRIP_BYTES / (terms * elem))
-        .next_multiple_of(cw)
-        .min(row.next_multiple_of(cw));
     run_chunks(threads, dw, per_task * row, |task, out| {
         let first = task * per_task;
         let mut coef = [T::zero(); MR * OUTER_MAX];
@@ -157,14 +194,7 @@ pub(crate) fn grad_weight<T: Element>(
             for (blk, out) in out.chunks_mut(MR * row).enumerate() {
                 let a0 = first + blk * MR;
                 let live = out.len() / row;
-                // A block's rows straddle two groups only where a_pg is not a multiple of
-                // MR: such a block runs row by row.
-                let runs: &[(usize, usize)] = if a0 / a_pg == (a0 + live - 1) / a_pg {
-                    &[(0, live)]
-                } else {
-                    &[(0, 1), (1, 1), (2, 1), (3, 1)][..live]
-                };
-                for &(i0, n_rows) in runs {
+                for &(i0, n_rows) in block_runs(a0, live, a_pg) {
                     let a = a0 + i0;
                     for i in 0..n_rows {
                         for r in 0..terms {
@@ -207,38 +237,26 @@ pub(crate) fn input_dots<T: Element>(
     threads: usize,
     isa: Isa,
 ) -> Vec<T> {
-    let Sizes {
+    let Shape {
         small_size,
-        k_size,
         a_ch,
         a_pg,
-        b_pg,
-        ..
-    } = Sizes::of(g);
-    let terms = g.batch * small_size;
-    let row = b_pg * k_size;
+        terms,
+        row,
+        strip,
+        per_task,
+    } = Shape::of::<T>(g, threads);
     let rows = gather(g, gy, threads);
     let rows = &rows[..];
-    let cw = chunk_width::<T>();
-    let strip = (STRIP_BYTES / (terms * std::mem::size_of::<T>()))
-        .next_multiple_of(cw)
-        .min(row.next_multiple_of(cw));
     // Sums as [a][r], then into x's layout [n][a][i].
     let mut sums = vec![T::zero(); a_ch * terms];
-    let blocks = a_ch.div_ceil(MR);
-    let per_task = blocks.div_ceil(2 * threads.max(1)).max(1) * MR;
     run_chunks(threads, &mut sums, per_task * terms, |task, out| {
         // A row block's vector sums, `[row][term][SLOTS]`, kept between strips.
         let mut part = vec![T::zero(); MR * terms * SLOTS];
         for (blk, out) in out.chunks_mut(MR * terms).enumerate() {
             let a0 = task * per_task + blk * MR;
             let live = out.len() / terms;
-            let runs: &[(usize, usize)] = if a0 / a_pg == (a0 + live - 1) / a_pg {
-                &[(0, live)]
-            } else {
-                &[(0, 1), (1, 1), (2, 1), (3, 1)][..live]
-            };
-            for &(i0, n_rows) in runs {
+            for &(i0, n_rows) in block_runs(a0, live, a_pg) {
                 let a = a0 + i0;
                 let wrows = &w[a * row..][..n_rows * row];
                 let g_rows = &rows[(a / a_pg) * terms * row..][..terms * row];
@@ -391,6 +409,32 @@ fn dots_body<T: Element, const FUSED: bool>(
     }
 }
 
+/// `$f::<A, B>(args)` for the `A` of `$a` and the `B` of `$b`, each 1 to 4 (below 2 as 1):
+/// the AVX-512 kernels' row and vector (or term) counts as const generics.
+#[cfg(target_arch = "x86_64")]
+macro_rules! by_four {
+    ($a:expr, $b:expr, $f:ident($($arg:expr),* $(,)?)) => {
+        match ($a, $b) {
+            (4, 4) => $f::<4, 4>($($arg),*),
+            (4, 3) => $f::<4, 3>($($arg),*),
+            (4, 2) => $f::<4, 2>($($arg),*),
+            (4, _) => $f::<4, 1>($($arg),*),
+            (3, 4) => $f::<3, 4>($($arg),*),
+            (3, 3) => $f::<3, 3>($($arg),*),
+            (3, 2) => $f::<3, 2>($($arg),*),
+            (3, _) => $f::<3, 1>($($arg),*),
+            (2, 4) => $f::<2, 4>($($arg),*),
+            (2, 3) => $f::<2, 3>($($arg),*),
+            (2, 2) => $f::<2, 2>($($arg),*),
+            (2, _) => $f::<2, 1>($($arg),*),
+            (_, 4) => $f::<1, 4>($($arg),*),
+            (_, 3) => $f::<1, 3>($($arg),*),
+            (_, 2) => $f::<1, 2>($($arg),*),
+            (_, _) => $f::<1, 1>($($arg),*),
+        }
+    };
+}
+
 /// [`dot_rows`] on AVX-512 registers: `$name` for `$t` in `$lanes` lanes. `ROWS × TB`
 /// vector sums (at most 16), loaded from and stored back to `part`; each loaded vector of
 /// a weight row serves `TB` terms and of `G` `ROWS` rows, the last vector of a chunk by
@@ -410,22 +454,7 @@ macro_rules! dots_avx512 {
             cols: (usize, usize),
             part: &mut [$t],
         ) {
-            macro_rules! by_terms {
-                ($rows:literal) => {
-                    match tb {
-                        4 => $block::<$rows, 4>(wrows, g, (terms, r0, row), cols, part),
-                        3 => $block::<$rows, 3>(wrows, g, (terms, r0, row), cols, part),
-                        2 => $block::<$rows, 2>(wrows, g, (terms, r0, row), cols, part),
-                        _ => $block::<$rows, 1>(wrows, g, (terms, r0, row), cols, part),
-                    }
-                };
-            }
-            match n_rows {
-                4 => by_terms!(4),
-                3 => by_terms!(3),
-                2 => by_terms!(2),
-                _ => by_terms!(1),
-            }
+            by_four!(n_rows, tb, $block(wrows, g, (terms, r0, row), cols, part));
         }
 
         /// # Safety
@@ -630,22 +659,7 @@ macro_rules! outer_avx512 {
             let last = width - (v - 1) * $lanes;
             let mask: $mask = if last >= $lanes { !0 } else { (1 << last) - 1 };
             let (gp, op) = (chunk.as_ptr(), out.as_mut_ptr().add(c0));
-            macro_rules! by_vectors {
-                ($rows:literal) => {
-                    match v {
-                        4 => $block::<$rows, 4>(coef, terms, gp, width, op, row, mask),
-                        3 => $block::<$rows, 3>(coef, terms, gp, width, op, row, mask),
-                        2 => $block::<$rows, 2>(coef, terms, gp, width, op, row, mask),
-                        _ => $block::<$rows, 1>(coef, terms, gp, width, op, row, mask),
-                    }
-                };
-            }
-            match n_rows {
-                4 => by_vectors!(4),
-                3 => by_vectors!(3),
-                2 => by_vectors!(2),
-                _ => by_vectors!(1),
-            }
+            by_four!(n_rows, v, $block(coef, terms, gp, width, op, row, mask));
         }
 
         /// `ROWS` rows by `V` vectors: `G`'s rows from `gp`, `gstride` apart; the output
@@ -725,28 +739,26 @@ mod tests {
     use crate::reference::weight_gradient as grad_weight_reference;
     use crate::tensor::{numel, small_ints};
 
-    /// Reductions of 1 to 20 terms (one to three images), 1-3 axes, groups whose
+    /// Every instruction set this CPU runs.
+    fn isas() -> Vec<Isa> {
+        let mut isas = vec![Isa::Scalar];
+        isas.extend(
+            [Isa::Avx2, Isa::Avx512]
+                .into_iter()
+                .filter(|i| i.available()),
+        );
+        isas
+    }
+
+    /// Transposed convs of 1 to 20 terms (one to three images), 1-3 axes, groups whose
     /// channels are not a multiple of the row block, a cropped border (padding), dilation,
-    /// output padding, rows that end in a partial chunk, both ops: exactly the reference on
-    /// small integers, f32 and f64, on every instruction set this CPU runs, and the same
-    /// bits on 1, 2 and 3 threads.
-    #[test]
-    fn outer_products_match_the_reference() {
-        let cases: Vec<(Op, Vec<usize>, Vec<usize>, ConvParams)> = vec![
+    /// output padding, rows that end in a partial chunk.
+    fn transposed_cases() -> Vec<(Vec<usize>, Vec<usize>, ConvParams)> {
+        let s2p1 = ConvParams::new().stride(&[2]).padding(&[1]);
+        vec![
+            (vec![1, 16, 2, 2], vec![16, 8, 4, 4], s2p1.clone()),
+            (vec![3, 13, 1, 1], vec![13, 5, 4, 4], s2p1.clone()),
             (
-                Op::ConvTranspose,
-                vec![1, 16, 2, 2],
-                vec![16, 8, 4, 4],
-                ConvParams::new().stride(&[2]).padding(&[1]),
-            ),
-            (
-                Op::ConvTranspose,
-                vec![3, 13, 1, 1],
-                vec![13, 5, 4, 4],
-                ConvParams::new().stride(&[2]).padding(&[1]),
-            ),
-            (
-                Op::ConvTranspose,
                 vec![2, 98, 2, 3],
                 vec![98, 3, 3, 3],
                 ConvParams::new()
@@ -756,39 +768,38 @@ mod tests {
                     .groups(2),
             ),
             (
-                Op::ConvTranspose,
                 vec![1, 21, 5],
                 vec![21, 11, 7],
                 ConvParams::new().stride(&[3]).dilation(&[2]).padding(&[4]),
             ),
-            (
-                Op::ConvTranspose,
-                vec![1, 18, 2, 1, 2],
-                vec![18, 6, 2, 3, 3],
-                ConvParams::new().stride(&[2]).padding(&[1]),
-            ),
-            (
-                Op::Conv,
-                vec![1, 6, 5, 5],
-                vec![18, 6, 4, 4],
-                ConvParams::new().stride(&[2]).padding(&[1]),
-            ),
-            (
-                Op::Conv,
-                vec![2, 4, 3, 3],
-                vec![98, 2, 2, 2],
-                ConvParams::new()
-                    .groups(2)
-                    .dilation(&[1, 2])
-                    .padding(&[0, 1]),
-            ),
-        ];
-        let mut isas = vec![Isa::Scalar];
-        isas.extend(
-            [Isa::Avx2, Isa::Avx512]
-                .into_iter()
-                .filter(|i| i.available()),
-        );
+            (vec![1, 18, 2, 1, 2], vec![18, 6, 2, 3, 3], s2p1),
+        ]
+    }
+
+    /// [`transposed_cases`] and two convs (groups, dilation and padding on one): exactly
+    /// the reference on small integers, f32 and f64, on every instruction set this CPU
+    /// runs, and the same bits on 1, 2 and 3 threads.
+    #[test]
+    fn outer_products_match_the_reference() {
+        let mut cases: Vec<(Op, Vec<usize>, Vec<usize>, ConvParams)> = transposed_cases()
+            .into_iter()
+            .map(|(xs, ws, p)| (Op::ConvTranspose, xs, ws, p))
+            .collect();
+        cases.push((
+            Op::Conv,
+            vec![1, 6, 5, 5],
+            vec![18, 6, 4, 4],
+            ConvParams::new().stride(&[2]).padding(&[1]),
+        ));
+        cases.push((
+            Op::Conv,
+            vec![2, 4, 3, 3],
+            vec![98, 2, 2, 2],
+            ConvParams::new()
+                .groups(2)
+                .dilation(&[1, 2])
+                .padding(&[0, 1]),
+        ));
         for (op, xs, ws, p) in cases {
             let g = Geometry::new(op, &xs, &ws, None, &p).unwrap();
             assert!(applies(&g), "{op:?} {xs:?} {ws:?}");
@@ -796,13 +807,10 @@ mod tests {
             let gy = small_ints::<f64>(numel(&g.output_shape()), 8);
             let want = grad_weight_reference(&g, &x, &gy);
             let (s, b) = g.weight_sides(&x, &gy);
-            let (x32, gy32): (Vec<f32>, Vec<f32>) = (
-                x.iter().map(|&v| v as f32).collect(),
-                gy.iter().map(|&v| v as f32).collect(),
-            );
+            let (x32, gy32) = (to_f32(&x), to_f32(&gy));
             let (s32, b32) = g.weight_sides(&x32, &gy32);
-            let want32: Vec<f32> = want.iter().map(|&v| v as f32).collect();
-            for &isa in &isas {
+            let want32 = to_f32(&want);
+            for isa in isas() {
                 for threads in [1, 2, 3] {
                     let mut got = vec![f64::NAN; want.len()];
                     grad_weight(&g, s, b, threads, isa, &mut got);
@@ -815,62 +823,26 @@ mod tests {
         }
     }
 
-    /// The input gradient of the transposed convs above (and of a 1-D layer whose rows end
-    /// mid-vector, 3 images) by dot products: exactly the reference conv of `gy` on small
+    fn to_f32(v: &[f64]) -> Vec<f32> {
+        v.iter().map(|&x| x as f32).collect()
+    }
+
+    /// The input gradient of [`transposed_cases`] (and of a 1-D layer of 3 images whose
+    /// rows end mid-vector) by dot products: exactly the reference conv of `gy` on small
     /// integers, f32 and f64, on every instruction set this CPU runs, the same bits on 1, 2
     /// and 3 threads; and only transposed convs take it.
     #[test]
     fn input_dots_match_the_reference() {
-        let mut isas = vec![Isa::Scalar];
-        isas.extend(
-            [Isa::Avx2, Isa::Avx512]
-                .into_iter()
-                .filter(|i| i.available()),
-        );
-        let cases: Vec<(Vec<usize>, Vec<usize>, ConvParams)> = vec![
-            (
-                vec![1, 16, 2, 2],
-                vec![16, 8, 4, 4],
-                ConvParams::new().stride(&[2]).padding(&[1]),
-            ),
-            (
-                vec![3, 13, 1, 1],
-                vec![13, 5, 4, 4],
-                ConvParams::new().stride(&[2]).padding(&[1]),
-            ),
-            (
-                vec![2, 98, 2, 3],
-                vec![98, 3, 3, 3],
-                ConvParams::new()
-                    .stride(&[2])
-                    .padding(&[1, 2])
-                    .output_padding(&[1])
-                    .groups(2),
-            ),
-            (
-                vec![1, 21, 5],
-                vec![21, 11, 7],
-                ConvParams::new().stride(&[3]).dilation(&[2]).padding(&[4]),
-            ),
-            (
-                vec![1, 18, 2, 1, 2],
-                vec![18, 6, 2, 3, 3],
-                ConvParams::new().stride(&[2]).padding(&[1]),
-            ),
-            (vec![3, 23, 1], vec![23, 7, 5], ConvParams::new()),
-        ];
+        let mut cases = transposed_cases();
+        cases.push((vec![3, 23, 1], vec![23, 7, 5], ConvParams::new()));
         for (xs, ws, p) in cases {
             let g = Geometry::new(Op::ConvTranspose, &xs, &ws, None, &p).unwrap();
             assert!(input_applies(&g), "{xs:?} {ws:?}");
             let w = small_ints::<f64>(numel(&ws), 5);
             let gy = small_ints::<f64>(numel(&g.output_shape()), 6);
             let want = crate::reference::gather::gather(&g.adjoint(), &gy, &w, None);
-            let (w32, gy32): (Vec<f32>, Vec<f32>) = (
-                w.iter().map(|&v| v as f32).collect(),
-                gy.iter().map(|&v| v as f32).collect(),
-            );
-            let want32: Vec<f32> = want.iter().map(|&v| v as f32).collect();
-            for &isa in &isas {
+            let (w32, gy32, want32) = (to_f32(&w), to_f32(&gy), to_f32(&want));
+            for isa in isas() {
                 for threads in [1, 2, 3] {
                     let got = input_dots(&g, &w, &gy, threads, isa);
                     assert_eq!(got, want, "{xs:?} {ws:?} {isa} {threads}");
