@@ -451,12 +451,13 @@ pub fn grad_input<T: Element>(
 /// where they lie, with the rows the weight gradient's outer products gather from `gy`
 /// ([`crate::fast::weight_outer::input_dots`]): a transposed conv whose weight gradient
 /// takes those outer products (a few terms of batch × input positions: pix2pix's decoder at
-/// batch 1), with no algorithm forced. Its conv's plan would pack the whole weight on every
-/// call: pix2pix's 1024 -> 512 layer on 2×2 inputs spent 10-13 ms of its input gradient so
-/// at 1 thread.
+/// batch 1), with no algorithm, tile or in-place choice forced (those are a plan's). Its
+/// conv's plan would pack the whole weight on every call: pix2pix's 1024 -> 512 layer on
+/// 2×2 inputs spent 10-13 ms of its input gradient so at 1 thread.
 fn input_dots_apply(g: &Geometry, options: &PlanOptions) -> bool {
     options.algorithm.or_else(Algorithm::from_env).is_none()
         && options.tile.is_none()
+        && options.inplace.is_none()
         && weight_outer::input_applies(g)
 }
 
