@@ -85,14 +85,24 @@ pub(crate) fn prefetch_write<T>(slice: &mut [T], at: usize) {
 
 /// `s` as `f32` values, where `T` is `f32`.
 pub(crate) fn as_f32<T: 'static>(s: &[T]) -> Option<&[f32]> {
-    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
-        // Safety: `T` is `f32` (same TypeId), so the slice is a valid `[f32]` of its length.
-        .then(|| unsafe { std::slice::from_raw_parts(s.as_ptr() as *const f32, s.len()) })
+    as_type(s)
 }
 
 /// [`as_f32`] for a mutable slice.
 pub(crate) fn as_f32_mut<T: 'static>(s: &mut [T]) -> Option<&mut [f32]> {
-    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
-        // Safety: as in `as_f32`; the borrow is handed on.
-        .then(|| unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut f32, s.len()) })
+    as_type_mut(s)
+}
+
+/// `s` as values of `U`, where `T` is `U`.
+pub(crate) fn as_type<U: 'static, T: 'static>(s: &[T]) -> Option<&[U]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<U>())
+        // Safety: `T` is `U` (same TypeId), so the slice is a valid `[U]` of its length.
+        .then(|| unsafe { std::slice::from_raw_parts(s.as_ptr() as *const U, s.len()) })
+}
+
+/// [`as_type`] for a mutable slice.
+pub(crate) fn as_type_mut<U: 'static, T: 'static>(s: &mut [T]) -> Option<&mut [U]> {
+    (std::any::TypeId::of::<T>() == std::any::TypeId::of::<U>())
+        // Safety: as in `as_type`; the borrow is handed on.
+        .then(|| unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr() as *mut U, s.len()) })
 }

@@ -87,9 +87,9 @@ pub(crate) const HUGE_BYTES: usize = 32 << 20;
 /// A buffer of `len` zeros from the allocator's zeroed memory (a fresh `mmap` is zero
 /// already), whose 2 MiB-aligned extents are advised to be transparent huge pages
 /// (`madvise(MADV_HUGEPAGE)`, Linux), before anything touches them: each 2 MiB then faults
-/// once instead of 512 times. pix2pix's 1024 -> 512 upsampler's weight gradient (32 MiB,
-/// 1 of 2×2 inputs) spent more of its time in the page faults of its result than in its
-/// products. `None` where the advice is not available or zero bits are not `T`'s zero.
+/// once instead of 512 times. pix2pix's 1024 -> 512 upsampler's weight gradient (32 MiB;
+/// one image of 2×2 inputs) spent more of its time in the page faults of its result than
+/// in its products. `None` where the advice is not available or zero bits are not `T`'s zero.
 #[cfg(target_os = "linux")]
 fn huge_zeros<T: Element>(len: usize) -> Option<Vec<T>> {
     const HUGE_PAGE: usize = 2 << 20;
@@ -117,9 +117,9 @@ fn huge_zeros<T: Element>(len: usize) -> Option<Vec<T>> {
         // changes no contents (a failure leaves ordinary pages).
         unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_HUGEPAGE) };
         // Fault the huge pages in here, one write each (of the zero they hold): where the
-        // threads of a task split faulted them in at once, the 2-thread weight gradient
-        // above ran 18-21 ms in a third of the processes, 4.5-5.4 in the others; faulted in
-        // here, 3.9-4.3 in all of 6.
+        // threads that write them faulted them in at once, that layer's weight gradient on
+        // 4×4 inputs at 2 threads ran 18-21 ms in 6 of 27 processes (8.7-10.7 in 2 more,
+        // 4.5-6.2 in the rest); faulted in here, 3.9-4.3 in all of 6.
         for a in (lo..hi).step_by(HUGE_PAGE) {
             // Safety: inside the allocation, which holds zero there.
             unsafe { std::ptr::write_volatile(a as *mut u8, 0) };
