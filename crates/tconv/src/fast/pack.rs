@@ -243,6 +243,24 @@ pub(crate) struct BlockKernels<'a, T> {
     pub(crate) mr: usize,
 }
 
+impl<'a, T: 'static> BlockKernels<'a, T> {
+    /// The same block with its weights as f32, where `T` is f32 (for the AVX-512
+    /// Winograd packing).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    pub(crate) fn as_f32(&self) -> Option<BlockKernels<'a, f32>> {
+        super::as_f32(self.w).map(|w| BlockKernels {
+            w,
+            base: self.base,
+            ci_step: self.ci_step,
+            co_step: self.co_step,
+            ksize: self.ksize,
+            live: self.live,
+            cin: self.cin,
+            mr: self.mr,
+        })
+    }
+}
+
 impl<T: Element> BlockKernels<'_, T> {
     /// `out[t·tap_len + ci·mr + m] = kernel (ci, m)[kernel_index[t]]` for every tap `t`
     /// (rows `m >= live` untouched).

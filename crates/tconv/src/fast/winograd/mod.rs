@@ -40,6 +40,8 @@ mod run;
 mod sizing;
 mod transform;
 mod weights;
+#[cfg(target_arch = "x86_64")]
+mod weights_avx512;
 
 pub(crate) use phases::{decompose, Phase, Source};
 pub use sizing::{footprint, Footprint};

@@ -138,7 +138,7 @@ impl<T: Element> Winograd<T> {
 }
 
 /// Flat kernel indices of the taps of each source of a phase (row-major over its taps).
-type PhaseTaps = Vec<Vec<usize>>;
+pub(super) type PhaseTaps = Vec<Vec<usize>>;
 
 /// [`PhaseTaps`] of each live phase of `phases`.
 fn kernel_taps(g: &Geometry, transforms: &[Transform], phases: &[Phase]) -> Vec<PhaseTaps> {
@@ -275,6 +275,12 @@ impl<'a> Packing<'a> {
         let identity: Vec<usize> = (0..ksize).collect();
         // One (source, point) run of U: `C_in/g × mr` values, contiguous in the packing.
         let run = cin_g * mr;
+        // f32 on AVX-512 with kernels of at most 16 taps: each block straight from `w`.
+        #[cfg(target_arch = "x86_64")]
+        let direct: Option<super::weights_avx512::Terms> = (crate::fast::as_f32(w).is_some()
+            && self.isa == Isa::Avx512
+            && super::weights_avx512::applies(ksize))
+        .then(|| terms(self.transforms, |t| (t.g.as_slice(), t.alpha, t.r)));
         let mut packed = if pooled {
             scratch::take::<T>(g.groups * blocks * unit)
         } else {
@@ -287,6 +293,30 @@ impl<'a> Packing<'a> {
                 Op::ConvTranspose => group * cin_g * cout_g * ksize,
                 Op::Conv => group * cout_g * cin_g * ksize,
             } + b * mr * co_step;
+            let kernels = crate::fast::pack::BlockKernels {
+                w,
+                base: first,
+                ci_step,
+                co_step,
+                ksize,
+                live: rows,
+                cin: cin_g,
+                mr,
+            };
+            #[cfg(target_arch = "x86_64")]
+            if let (Some(gterms), Some(kernels), Some(dst)) =
+                (&direct, kernels.as_f32(), crate::fast::as_f32_mut(dst))
+            {
+                let to = super::weights_avx512::Runs {
+                    kflat,
+                    gterms,
+                    per_phase,
+                    kdim,
+                };
+                super::weights_avx512::pack_block(&kernels, &to, dst);
+                zero_missing_sources(kflat, (points, per_phase, kdim, run, mr), dst);
+                return;
+            }
             // The block's kernels as `wk[tap position][ci][mm]` (zero past the last output
             // channel), each weight read once: every U run of a (phase, source, point) is
             // then a combination of whole runs of `wk`, one vectorised pass each.
@@ -299,16 +329,6 @@ impl<'a> Packing<'a> {
                 // Rows past the last output channel are zero (the buffer is stale).
                 wk.fill(T::zero());
             }
-            let kernels = crate::fast::pack::BlockKernels {
-                w,
-                base: first,
-                ci_step,
-                co_step,
-                ksize,
-                live: rows,
-                cin: cin_g,
-                mr,
-            };
             kernels.by_tap(&identity, &mut wk, stride);
             let terms = KernelTerms {
                 kflat,
@@ -323,18 +343,26 @@ impl<'a> Packing<'a> {
             };
             // (On the loops' ISA: f64's plans are `Scalar`, its loops vectorised.)
             transform_kernels(self.isa.loops_for::<T>(), &terms, dst);
-            // The sources a phase lacks (fewer than the most a phase has), if any: zeros.
-            // (No such decomposition turned up in a sweep of 1-D geometries, kernels
-            // 1-6, strides 1-4, dilations 1-3, pads 0-3 at each end, both ops; this
-            // keeps a stale pooled buffer harmless should one exist.)
-            for (pi, sources) in kflat.iter().enumerate() {
-                for xi in 0..points {
-                    let at = pi * per_phase + xi * kdim * mr;
-                    dst[at + sources.len() * run..at + kdim * mr].fill(T::zero());
-                }
-            }
+            zero_missing_sources(kflat, (points, per_phase, kdim, run, mr), dst);
         });
         packed
+    }
+}
+
+/// The sources a phase lacks (fewer than the most a phase has), if any: zeros in a block's
+/// unit `dst` (`run` values a source). (No such decomposition turned up in a sweep of 1-D
+/// geometries, kernels 1-6, strides 1-4, dilations 1-3, pads 0-3 at each end, both ops;
+/// this keeps a stale pooled buffer harmless should one exist.)
+fn zero_missing_sources<T: Element>(
+    kflat: &[PhaseTaps],
+    (points, per_phase, kdim, run, mr): (usize, usize, usize, usize, usize),
+    dst: &mut [T],
+) {
+    for (pi, sources) in kflat.iter().enumerate() {
+        for xi in 0..points {
+            let at = pi * per_phase + xi * kdim * mr;
+            dst[at + sources.len() * run..at + kdim * mr].fill(T::zero());
+        }
     }
 }
 
@@ -448,5 +476,106 @@ fn fused<T: Element, const N: usize>(dst: &mut [T], src: [&[T]; N], c: [T; N], a
             s = s + c[k] * src[k][i];
         }
         dst[i] = s;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::ConvParams;
+
+    /// The AVX-512 packing straight from the weights (kernels of at most 16 taps) and the
+    /// general one give the same bits: both ops, 1-D and 2-D, strides and dilations whose
+    /// phases have several sources, groups, partial blocks, tiles of 6 to 24 rows. Random
+    /// floats (not small integers) so that any change in the order of a sum shows.
+    #[test]
+    fn avx512_packing_matches_the_general_one() {
+        if !Isa::Avx512.available() {
+            return;
+        }
+        let cases: Vec<(Op, Vec<usize>, Vec<usize>, ConvParams)> = vec![
+            (
+                Op::Conv,
+                vec![2, 20, 8, 8],
+                vec![37, 20, 4, 4],
+                ConvParams::new().stride(&[2]).padding(&[1]),
+            ),
+            (
+                Op::ConvTranspose,
+                vec![2, 19, 4, 4],
+                vec![19, 30, 4, 4],
+                ConvParams::new().stride(&[2]).padding(&[1]),
+            ),
+            (
+                Op::ConvTranspose,
+                vec![2, 17, 6, 6],
+                vec![17, 13, 3, 3],
+                ConvParams::new().padding(&[1]),
+            ),
+            (
+                Op::Conv,
+                vec![1, 9, 9, 9],
+                vec![26, 9, 3, 3],
+                ConvParams::new().padding(&[1]),
+            ),
+            (
+                Op::Conv,
+                vec![1, 8, 64],
+                vec![40, 8, 16],
+                ConvParams::new().stride(&[8]).padding(&[4]),
+            ),
+            (
+                Op::ConvTranspose,
+                vec![1, 12, 10],
+                vec![12, 7, 16],
+                ConvParams::new().stride(&[8]).padding(&[4]),
+            ),
+            (
+                Op::ConvTranspose,
+                vec![1, 8, 7, 7],
+                vec![8, 5, 3, 3],
+                ConvParams::new()
+                    .stride(&[2])
+                    .dilation(&[2])
+                    .padding(&[2])
+                    .groups(2),
+            ),
+            (
+                Op::Conv,
+                vec![1, 6, 8, 8],
+                vec![10, 3, 2, 2],
+                ConvParams::new().groups(2),
+            ),
+        ];
+        let mut seed = 0x9e37_79b9_u32;
+        for (op, xs, ws, p) in cases {
+            let g = Geometry::new(op, &xs, &ws, None, &p).unwrap();
+            let Some((transforms, phases, _, _)) = decompose(&g) else {
+                panic!("Winograd tiles for {op:?} {xs:?} {ws:?}");
+            };
+            let w: Vec<f32> = (0..numel(&ws))
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 17;
+                    seed ^= seed << 5;
+                    (seed as f32 / u32::MAX as f32) * 2.0 - 1.0
+                })
+                .collect();
+            let kflat = kernel_taps(&g, &transforms, &phases);
+            for mr in [6, 8, 12, 16, 24] {
+                let pack = |isa| {
+                    let packing = Packing::new(&g, (&transforms, &phases, &kflat), mr, isa);
+                    packing.pack(&w, 2, false).to_vec()
+                };
+                let (fused, general) = (pack(Isa::Avx512), pack(Isa::Avx2));
+                assert_eq!(fused.len(), general.len());
+                let differ = fused
+                    .iter()
+                    .zip(&general)
+                    .filter(|(a, b)| a.to_bits() != b.to_bits())
+                    .count();
+                assert_eq!(differ, 0, "{op:?} {xs:?} {ws:?} mr {mr}");
+            }
+        }
     }
 }

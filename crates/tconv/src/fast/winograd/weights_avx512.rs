@@ -1,0 +1,198 @@
+//! A block's weights transformed straight from the weight tensor, for f32 on AVX-512 where a
+//! kernel has at most 16 taps: for each input channel, the block's kernels (one masked load
+//! of `ksize` taps per output channel, 16 output channels at a time) are transposed in
+//! registers to one vector per tap with the output channels in its lanes, and every
+//! (phase, source, point) run of `U` takes its sum of them and is stored at once.
+//!
+//! The general path ([`super::weights`]) first rearranges the block into `[tap][ci][mr]`
+//! (a copy of the block's region, the chunks' 8×8 transposes, 393 KB through L2 for each of
+//! dcgan1's input-gradient blocks) and then reads that back once per term. Here each weight
+//! is read once and each packed value written once. The sums are the general path's,
+//! operation for operation (`s = 0`, then `s = s + c · x` per term in order, a product
+//! rounded before its sum: [`super::combine`]), so both give the same bits.
+//!
+//! Plans built at 1 thread on the Intel Xeon of 2026-12-07 (medians of 25 builds, two
+//! rounds each): dcgan1's input gradient 3.0-3.1 -> 2.9 ms, its forward pass 3.9-4.0 ->
+//! 3.3, dcgan2's input gradient 0.89 -> 0.78, hifigan1d's 3.1-3.2 -> 2.7 and its forward
+//! pass 3.6-3.7 -> 2.9-3.0; at 2 threads ties. What is left is bound by memory: the packed
+//! values (19.5 MB for dcgan1, 2.25 times its weights) are written once, and the weights'
+//! rows (one line each, a channel's stride apart) read once. In the backward pass, where
+//! the input gradient's plan is built every call: hifigan1d's input gradient 1.10x
+//! faster at 1 thread, dcgan1's and dcgan2's ties (`bench/paired.sh
+//! dcgan1,dcgan2,hifigan1d 1 4`).
+
+use std::arch::x86_64::*;
+
+use super::weights::PhaseTaps;
+use crate::fast::pack::BlockKernels;
+
+/// Where a block's runs go, as [`super::weights`] lays them out:
+/// `dst[phase · per_phase + (point · kdim + source · cin + ci) · mr + m]`.
+pub(super) struct Runs<'a> {
+    /// The live phases' sources' taps.
+    pub kflat: &'a [PhaseTaps],
+    /// Per point, its `(tap, coefficient)` terms of `G ⊗ … ⊗ G`.
+    pub gterms: &'a Terms,
+    pub per_phase: usize,
+    pub kdim: usize,
+}
+
+/// Per point, its `(tap, coefficient)` terms of `G ⊗ … ⊗ G` in f32.
+pub(super) type Terms = Vec<Vec<(usize, f32)>>;
+
+/// Most taps a kernel may have here (one vector of them per output channel).
+pub(super) const MAX_TAPS: usize = 16;
+
+/// Whether [`pack_block`] runs for kernels of `ksize` taps on this CPU.
+pub(super) fn applies(ksize: usize) -> bool {
+    (1..=MAX_TAPS).contains(&ksize) && std::arch::is_x86_feature_detected!("avx512f")
+}
+
+/// Write every run of block `b` (of f32 kernels) into `dst` (the block's unit). Panics
+/// where the weights the block reads lie beyond `b.w`, or `dst` is shorter than the runs,
+/// or `applies` fails.
+pub(super) fn pack_block(b: &BlockKernels<'_, f32>, to: &Runs<'_>, dst: &mut [f32]) {
+    assert!(
+        applies(b.ksize),
+        "AVX-512 weight packing on a CPU without it"
+    );
+    if b.live > 0 && b.cin > 0 {
+        let last = b.base + (b.cin - 1) * b.ci_step + (b.live - 1) * b.co_step + b.ksize;
+        assert!(last <= b.w.len(), "block weights beyond the tensor");
+    }
+    assert!(b.live <= b.mr, "more live rows than the tile has");
+    // Each run's first value and its terms (tap, coefficient), in the general path's order.
+    let mut runs: Vec<(usize, Vec<(usize, f32)>)> = Vec::new();
+    for (pi, sources) in to.kflat.iter().enumerate() {
+        for (si, kf) in sources.iter().enumerate() {
+            for (xi, ts) in to.gterms.iter().enumerate() {
+                let at = pi * to.per_phase + (xi * to.kdim + si * b.cin) * b.mr;
+                assert!(
+                    ts.iter().all(|&(j, _)| kf[j] < b.ksize),
+                    "a tap past the kernel"
+                );
+                runs.push((at, ts.iter().map(|&(j, c)| (kf[j], c)).collect()));
+            }
+        }
+    }
+    let end = runs
+        .iter()
+        .map(|r| r.0)
+        .max()
+        .map_or(0, |a| a + b.cin * b.mr);
+    assert!(end <= dst.len(), "packed runs beyond the block's unit");
+    // Safety: AVX-512F checked by `applies`; every load lies within `w` (the last row's end
+    // checked above; masked-off lanes are not read) and every store within `dst` (`end`).
+    unsafe { block_avx512(b, &runs, dst) }
+}
+
+/// [`pack_block`]'s loops.
+///
+/// # Safety
+/// AVX-512F available; the rows `b` names lie within `b.w`, the runs within `dst`.
+#[target_feature(enable = "avx512f")]
+unsafe fn block_avx512(
+    b: &BlockKernels<'_, f32>,
+    runs: &[(usize, Vec<(usize, f32)>)],
+    dst: &mut [f32],
+) {
+    let taps: __mmask16 = ((1u32 << b.ksize) - 1) as __mmask16;
+    let (w, out) = (b.w.as_ptr(), dst.as_mut_ptr());
+    for ci in 0..b.cin {
+        // Each row's line a few channels ahead (the rows lie a channel's stride apart, as
+        // many streams as the block has output channels).
+        if ci + PREFETCH < b.cin {
+            for m in 0..b.live {
+                let at = b.base + (ci + PREFETCH) * b.ci_step + m * b.co_step;
+                _mm_prefetch::<_MM_HINT_T0>(w.add(at) as *const i8);
+            }
+        }
+        // All of the channel's runs for 16 output channels at a time, so that each run's
+        // `mr` values are written together.
+        for g0 in (0..b.mr).step_by(16) {
+            let width = (b.mr - g0).min(16);
+            let lanes: __mmask16 = ((1u32 << width) - 1) as __mmask16;
+            let rows = b.live.saturating_sub(g0).min(width);
+            let mut r = [_mm512_setzero_ps(); 16];
+            for (m, reg) in r.iter_mut().enumerate().take(rows) {
+                let at = b.base + ci * b.ci_step + (g0 + m) * b.co_step;
+                *reg = _mm512_maskz_loadu_ps(taps, w.add(at));
+            }
+            let t = transpose16(&r);
+            for (at, terms) in runs {
+                let mut s = _mm512_setzero_ps();
+                for &(k, c) in terms {
+                    s = _mm512_add_ps(s, _mm512_mul_ps(_mm512_set1_ps(c), t[k]));
+                }
+                _mm512_mask_storeu_ps(out.add(at + ci * b.mr + g0), lanes, s);
+            }
+        }
+    }
+}
+
+/// Input channels ahead whose rows [`block_avx512`] prefetches.
+const PREFETCH: usize = 4;
+
+/// `out[j]`'s lane `i` = `r[i]`'s lane `j`: a 16×16 transpose in four rounds of shuffles.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn transpose16(r: &[__m512; 16]) -> [__m512; 16] {
+    // Pairs of rows interleaved within each 128-bit lane.
+    let mut t = [_mm512_setzero_ps(); 16];
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    // u[4i + q]'s 128-bit lane L: column 4L + q of rows 4i..4i + 4.
+    let mut u = [_mm512_setzero_ps(); 16];
+    for i in 0..4 {
+        let (a, b, c, d) = (t[4 * i], t[4 * i + 1], t[4 * i + 2], t[4 * i + 3]);
+        u[4 * i] = _mm512_shuffle_ps::<0x44>(a, c);
+        u[4 * i + 1] = _mm512_shuffle_ps::<0xEE>(a, c);
+        u[4 * i + 2] = _mm512_shuffle_ps::<0x44>(b, d);
+        u[4 * i + 3] = _mm512_shuffle_ps::<0xEE>(b, d);
+    }
+    // Gather each column's four row groups across the 128-bit lanes.
+    let mut out = [_mm512_setzero_ps(); 16];
+    for q in 0..4 {
+        let even_lo = _mm512_shuffle_f32x4::<0x88>(u[q], u[4 + q]);
+        let odd_lo = _mm512_shuffle_f32x4::<0xDD>(u[q], u[4 + q]);
+        let even_hi = _mm512_shuffle_f32x4::<0x88>(u[8 + q], u[12 + q]);
+        let odd_hi = _mm512_shuffle_f32x4::<0xDD>(u[8 + q], u[12 + q]);
+        out[q] = _mm512_shuffle_f32x4::<0x88>(even_lo, even_hi);
+        out[8 + q] = _mm512_shuffle_f32x4::<0xDD>(even_lo, even_hi);
+        out[4 + q] = _mm512_shuffle_f32x4::<0x88>(odd_lo, odd_hi);
+        out[12 + q] = _mm512_shuffle_f32x4::<0xDD>(odd_lo, odd_hi);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transpose16_swaps_rows_and_lanes() {
+        if !applies(16) {
+            return;
+        }
+        let vals: Vec<f32> = (0..256).map(|v| v as f32).collect();
+        // Safety: AVX-512F detected; every load and store within 256 values.
+        unsafe {
+            let mut r = [_mm512_setzero_ps(); 16];
+            for (i, reg) in r.iter_mut().enumerate() {
+                *reg = _mm512_loadu_ps(vals.as_ptr().add(16 * i));
+            }
+            let t = transpose16(&r);
+            let mut got = vec![0.0f32; 256];
+            for (j, reg) in t.iter().enumerate() {
+                _mm512_storeu_ps(got.as_mut_ptr().add(16 * j), *reg);
+            }
+            for i in 0..16 {
+                for j in 0..16 {
+                    assert_eq!(got[16 * j + i], vals[16 * i + j], "lane {i} of column {j}");
+                }
+            }
+        }
+    }
+}
