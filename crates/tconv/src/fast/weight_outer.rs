@@ -34,6 +34,17 @@ const ROWS_PER_TERM: usize = 4;
 /// Rows of `dW` summed together (each loaded vector of `G` serves this many rows).
 const MR: usize = 4;
 
+/// Weight rows the input gradient's dot products take together, against up to 4 terms:
+/// 24 vector sums, 4 vectors of `G` and one of a weight row in AVX-512's 32 registers.
+/// Each loaded vector of `G` then serves 6 rows instead of 4, and each weight row is still
+/// read once per 4 terms (8 rows × 2 terms, tried before, read each twice as often and lost
+/// on few terms). pix2pix's 1024 -> 512 layer, its input gradient against 4 rows
+/// (`bench/paired.sh … 3` with `--suite bench/short-reductions.json`, medians / minima,
+/// Intel Xeon, 2026-12-07): on 8×8 inputs (64 terms) 1.20x / 1.18x at 1 thread and 1.11x /
+/// 1.13x at 2; on 4×4 1.11x / 1.11x and 1.03x / 1.03x; on 2×2 1.05x / 1.05x and 1.04x /
+/// 1.04x; the rest ties. (Prefetching the next chunk's gathered rows gained nothing.)
+const DOT_ROWS: usize = 6;
+
 /// Bytes of `G` a pass over a strip of columns reads for every row block: the strip stays
 /// in L2 while the task's rows run over it. (The unit tests take strips of one chunk, so
 /// that their small rows span several.)
@@ -148,21 +159,26 @@ impl Shape {
             strip: (STRIP_BYTES / (terms * std::mem::size_of::<T>()).max(1))
                 .next_multiple_of(cw)
                 .min(row.next_multiple_of(cw)),
-            per_task: z.a_ch.div_ceil(MR).div_ceil(2 * threads.max(1)).max(1) * MR,
+            per_task: per_task(z.a_ch, MR, threads),
         }
     }
 }
 
+/// Rows of a task: whole blocks of `block` rows, two tasks a thread.
+fn per_task(a_ch: usize, block: usize, threads: usize) -> usize {
+    a_ch.div_ceil(block).div_ceil(2 * threads.max(1)).max(1) * block
+}
+
 /// The runs of rows `(first, count)` of the row block of `live` rows from `a0` that share
-/// a group (`a_pg` rows each): the whole block, or where it straddles two groups (`a_pg`
-/// not a multiple of [`MR`]) row by row.
-fn block_runs(a0: usize, live: usize, a_pg: usize) -> &'static [(usize, usize)] {
-    const ALL: [&[(usize, usize)]; MR + 1] = [&[], &[(0, 1)], &[(0, 2)], &[(0, 3)], &[(0, 4)]];
-    if a0 / a_pg == (a0 + live - 1) / a_pg {
-        ALL[live]
-    } else {
-        &[(0, 1), (1, 1), (2, 1), (3, 1)][..live]
-    }
+/// a group (`a_pg` rows each): the whole block, or where it straddles groups (`a_pg` not a
+/// multiple of the block's rows) row by row.
+fn block_runs(a0: usize, live: usize, a_pg: usize) -> impl Iterator<Item = (usize, usize)> {
+    let whole = live > 0 && a0 / a_pg == (a0 + live - 1) / a_pg;
+    let rows = if whole { 0 } else { live };
+    whole
+        .then_some((0, live))
+        .into_iter()
+        .chain((0..rows).map(|i| (i, 1)))
 }
 
 /// `∂L/∂w` of `g` (one that [`applies`]) from its small side `s` and big side `b` into
@@ -195,7 +211,7 @@ pub(crate) fn grad_weight<T: Element>(
             for (blk, out) in out.chunks_mut(MR * row).enumerate() {
                 let a0 = first + blk * MR;
                 let live = out.len() / row;
-                for &(i0, n_rows) in block_runs(a0, live, a_pg) {
+                for (i0, n_rows) in block_runs(a0, live, a_pg) {
                     let a = a0 + i0;
                     for i in 0..n_rows {
                         for r in 0..terms {
@@ -227,9 +243,9 @@ pub(crate) fn input_applies(g: &Geometry) -> bool {
 /// output's gradient `gy`, on `threads` threads in vectors of `isa`: `∂L/∂x[n, a, i] =
 /// Σ_(b', k) w[a][b'][k] · G_r[b'][k]` for `r = (n, i)`, the gathered rows of the weight
 /// gradient ([`gather`]). Each weight row is read where it lies, once per 4 terms, against
-/// 4 gathered rows at a time (16 vector sums, added across lanes at the end in a fixed
-/// order); tasks own whole rows, so the result is bitwise identical for any thread count.
-/// The plan of the conv this is would pack the whole weight first on every call (pix2pix's
+/// 4 gathered rows at a time, [`DOT_ROWS`] weight rows together (24 vector sums, added
+/// across lanes at the end in a fixed order); tasks own whole rows, so the result is
+/// bitwise identical for any thread count. The plan of the conv this is would pack the whole weight first on every call (pix2pix's
 /// 1024 -> 512 layer on 2×2 inputs: 33.5 MB, 10-13 ms of its input gradient at 1 thread).
 pub(crate) fn input_dots<T: Element>(
     g: &Geometry,
@@ -245,19 +261,20 @@ pub(crate) fn input_dots<T: Element>(
         terms,
         row,
         strip,
-        per_task,
+        ..
     } = Shape::of::<T>(g, threads);
+    let per_task = per_task(a_ch, DOT_ROWS, threads);
     let rows = gather(g, gy, threads);
     let rows = &rows[..];
     // Sums as [a][r], then into x's layout [n][a][i].
     let mut sums = vec![T::zero(); a_ch * terms];
     run_chunks(threads, &mut sums, per_task * terms, |task, out| {
         // A row block's vector sums, `[row][term][SLOTS]`, kept between strips.
-        let mut part = vec![T::zero(); MR * terms * SLOTS];
-        for (blk, out) in out.chunks_mut(MR * terms).enumerate() {
-            let a0 = task * per_task + blk * MR;
+        let mut part = vec![T::zero(); DOT_ROWS * terms * SLOTS];
+        for (blk, out) in out.chunks_mut(DOT_ROWS * terms).enumerate() {
+            let a0 = task * per_task + blk * DOT_ROWS;
             let live = out.len() / terms;
-            for &(i0, n_rows) in block_runs(a0, live, a_pg) {
+            for (i0, n_rows) in block_runs(a0, live, a_pg) {
                 let a = a0 + i0;
                 let wrows = &w[a * row..][..n_rows * row];
                 let g_rows = &rows[(a / a_pg) * terms * row..][..terms * row];
@@ -310,7 +327,7 @@ fn dot_rows<T: Element>(
 ) {
     let cw = chunk_width::<T>();
     assert!(
-        n_rows <= MR
+        n_rows <= DOT_ROWS
             && (1..=4).contains(&tb)
             && r0 + tb <= terms
             && wrows.len() >= n_rows * row
@@ -379,7 +396,7 @@ fn dots_body<T: Element, const FUSED: bool>(
     part: &mut [T],
 ) {
     let cw = chunk_width::<T>();
-    let mut acc = [[[T::zero(); L]; 4]; MR];
+    let mut acc = [[[T::zero(); L]; 4]; DOT_ROWS];
     for (i, acc) in acc.iter_mut().enumerate().take(n_rows) {
         for (t, a) in acc.iter_mut().enumerate().take(tb) {
             a.copy_from_slice(&part[(i * terms + r0 + t) * SLOTS..][..L]);
@@ -441,7 +458,7 @@ macro_rules! by_four {
 }
 
 /// [`dot_rows`] on AVX-512 registers: `$name` for `$t` in `$lanes` lanes. `ROWS × TB`
-/// vector sums (at most 16), loaded from and stored back to `part`; each loaded vector of
+/// vector sums (at most 24), loaded from and stored back to `part`; each loaded vector of
 /// a weight row serves `TB` terms and of `G` `ROWS` rows, the last vector of a chunk by
 /// masked loads.
 #[cfg(target_arch = "x86_64")]
@@ -459,7 +476,18 @@ macro_rules! dots_avx512 {
             cols: (usize, usize),
             part: &mut [$t],
         ) {
-            by_four!(n_rows, tb, $block(wrows, g, (terms, r0, row), cols, part));
+            let args = (terms, r0, row);
+            match (n_rows, tb) {
+                (6, 4) => $block::<6, 4>(wrows, g, args, cols, part),
+                (6, 3) => $block::<6, 3>(wrows, g, args, cols, part),
+                (6, 2) => $block::<6, 2>(wrows, g, args, cols, part),
+                (6, _) => $block::<6, 1>(wrows, g, args, cols, part),
+                (5, 4) => $block::<5, 4>(wrows, g, args, cols, part),
+                (5, 3) => $block::<5, 3>(wrows, g, args, cols, part),
+                (5, 2) => $block::<5, 2>(wrows, g, args, cols, part),
+                (5, _) => $block::<5, 1>(wrows, g, args, cols, part),
+                _ => by_four!(n_rows, tb, $block(wrows, g, args, cols, part)),
+            }
         }
 
         /// # Safety
