@@ -60,9 +60,14 @@ pub struct BenchArgs {
     /// Timed runs per layer (after warm-up).
     #[arg(long, default_value_t = 20)]
     pub runs: usize,
-    /// Warm-up runs per layer.
+    /// Warm-up runs per layer (at least; see --warmup-ms).
     #[arg(long, default_value_t = 3)]
     pub warmup: usize,
+    /// Keep warming up until this many milliseconds have passed (after the --warmup runs):
+    /// on the 2-core VM of 2026-12-07 a small layer at 2 threads ran 1.0-1.3 ms after 3
+    /// warm-up runs and 0.55-0.62 after 200 runs (about 150 ms), the same plan.
+    #[arg(long, default_value_t = 200.0)]
+    pub warmup_ms: f64,
     /// One JSON object per line and layer.
     #[arg(long)]
     pub json: bool,
@@ -127,10 +132,18 @@ pub enum Pass {
     Both,
 }
 
-/// Median and minimum milliseconds of `f` over `runs` after `warmup`.
-fn time_fn(mut f: impl FnMut() -> Result<()>, warmup: usize, runs: usize) -> Result<(f64, f64)> {
-    for _ in 0..warmup {
+/// Median and minimum milliseconds of `f` over `runs` after `warmup` runs and then, until
+/// `warmup_ms` have passed since the first, more (at most [`MAX_WARMUP`] in all).
+fn time_fn(
+    mut f: impl FnMut() -> Result<()>,
+    (warmup, warmup_ms): (usize, f64),
+    runs: usize,
+) -> Result<(f64, f64)> {
+    let start = Instant::now();
+    let mut done = 0;
+    while done < warmup || (done < MAX_WARMUP && start.elapsed().as_secs_f64() * 1e3 < warmup_ms) {
         f()?;
+        done += 1;
     }
     let mut ms = Vec::with_capacity(runs.max(1));
     for _ in 0..runs.max(1) {
@@ -141,6 +154,9 @@ fn time_fn(mut f: impl FnMut() -> Result<()>, warmup: usize, runs: usize) -> Res
     ms.sort_by(|a, b| a.total_cmp(b));
     Ok((ms[ms.len() / 2], ms[0]))
 }
+
+/// Most warm-up runs [`time_fn`] makes to fill its warm-up time.
+const MAX_WARMUP: usize = 10_000;
 
 /// Flags of `tconv plan`.
 #[derive(Args, Debug)]
@@ -267,7 +283,7 @@ fn time_replan<T: Element>(
             layer.plan(&shape)?;
             Ok(())
         },
-        0,
+        (0, 0.0),
         REPLAN_SHAPES,
     )?;
     Ok(timed.0)
@@ -289,7 +305,7 @@ fn plan_row<T: Element>(
             plan.run(xs, None, ys);
             Ok(())
         },
-        a.warmup,
+        (a.warmup, a.warmup_ms),
         a.runs,
     )?;
     Ok(Timing {
@@ -358,7 +374,7 @@ fn time_plan<T: Element>(l: &Layer, opts: &PlanOptions, w: &ArrayD<T>) -> Result
             Plan::new(Op::ConvTranspose, &l.input, w, None, &l.params, opts)?;
             Ok(())
         },
-        warmup,
+        (warmup, 0.0),
         runs,
     )?;
     Ok(timed.0)
@@ -391,7 +407,7 @@ fn backward_rows<T: Element>(
                 tconv::conv_transpose_backward(x, w, &gy, &l.params, wanted, opts)?;
                 Ok(())
             },
-            a.warmup,
+            (a.warmup, a.warmup_ms),
             a.runs,
         )?;
         out.push(Timing {
