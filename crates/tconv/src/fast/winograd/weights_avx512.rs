@@ -130,7 +130,9 @@ unsafe fn block_avx512(
     }
 }
 
-/// Input channels ahead whose rows [`block_avx512`] prefetches.
+/// Input channels ahead whose rows [`block_avx512`] prefetches: dcgan1's forward plan
+/// built in 3.6-3.7 ms against 3.9-4.2 without (3 rounds of 25 builds at 1 thread), the
+/// input gradients' plans (a conv's rows a whole channel apart) ties.
 const PREFETCH: usize = 4;
 
 /// `out[j]`'s lane `i` = `r[i]`'s lane `j`: a 16×16 transpose in four rounds of shuffles.
