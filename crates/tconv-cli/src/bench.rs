@@ -158,6 +158,9 @@ fn time_fn(
 /// Most warm-up runs [`time_fn`] makes to fill its warm-up time.
 const MAX_WARMUP: usize = 10_000;
 
+/// Longest warm-up `--warmup-ms` may ask for, per row (a minute).
+const MAX_WARMUP_MS: f64 = 60_000.0;
+
 /// Flags of `tconv plan`.
 #[derive(Args, Debug)]
 pub struct PlanArgs {
@@ -567,6 +570,12 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         tune: a.tune,
         ..PlanOptions::default()
     };
+    if !(a.warmup_ms.is_finite() && (0.0..=MAX_WARMUP_MS).contains(&a.warmup_ms)) {
+        bail!(
+            "--warmup-ms must be a number of milliseconds from 0 to {MAX_WARMUP_MS} (got {})",
+            a.warmup_ms
+        );
+    }
     let isa = tconv::fast::Isa::detect();
     let peak_per_core = match a.peak_gflops {
         Some(p) if p.is_finite() && p > 0.0 => p,

@@ -734,6 +734,13 @@ fn bench_and_plan_report_what_outside_checks_read() {
     );
     let o = tconv(&["bench", "--layer", "dcgan4", "--peak-gflops=-3"]);
     expect_usage_error(&o, "--peak-gflops must be a positive number");
+    for bad in ["--warmup-ms=-1", "--warmup-ms=NaN", "--warmup-ms=1e9"] {
+        let o = tconv(&["bench", "--layer", "dcgan4", bad]);
+        expect_usage_error(
+            &o,
+            "--warmup-ms must be a number of milliseconds from 0 to 60000",
+        );
+    }
     // float64: the same layer in f64, both passes, its peak half the float32 one.
     let o = tconv(&[
         "bench",
