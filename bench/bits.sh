@@ -4,14 +4,15 @@
 # (`taskset`), under each instruction set and with the direct and Winograd algorithms
 # forced. Two binaries give the same bits when their digest files are identical:
 #   bench/bits.sh target/release/tconv > new.txt; diff old.txt new.txt
-# usage: bench/bits.sh BIN [LAYERS (comma list, default all)]   env PY (python with numpy)
+# usage: bench/bits.sh BIN [LAYERS (comma list, default all)]   env PY (python with numpy),
+#   SUITE (another suite file, e.g. bench/short-reductions.json; default bench/suite.json)
 set -euo pipefail
 bin=$(realpath "$1"); layers=${2:-}
 py=${PY:-python3}
 root=$(cd "$(dirname "$0")/.." && pwd)
 dir=$(mktemp -d); trap 'rm -rf "$dir"' EXIT
 # Inputs, seeded: x, w, b, gy for each layer (conv: its input is gy's shape, its gy is x's).
-"$py" - "$root/bench/suite.json" "$dir" "$layers" <<'PY'
+"$py" - "${SUITE:-$root/bench/suite.json}" "$dir" "$layers" <<'PY'
 import json, sys, numpy as np
 suite, out, only = sys.argv[1], sys.argv[2], sys.argv[3]
 for i, L in enumerate(json.load(open(suite))["layers"]):
