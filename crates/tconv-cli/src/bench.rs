@@ -64,8 +64,8 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 3)]
     pub warmup: usize,
     /// Keep warming up until this many milliseconds have passed (after the --warmup runs):
-    /// on the 2-core VM of 2026-12-07 a small layer at 2 threads ran 1.0-1.3 ms after 3
-    /// warm-up runs and 0.55-0.62 after 200 runs (about 150 ms), the same plan.
+    /// on the 2-core VM of 2026-12-07 a small layer at 2 threads (vnet3d) ran 1.0-1.4 ms
+    /// after 3 warm-up runs and 0.57-0.76 after 200 runs (about 150 ms), the same plan.
     #[arg(long, default_value_t = 200.0)]
     pub warmup_ms: f64,
     /// One JSON object per line and layer.

@@ -133,7 +133,8 @@ fn gather<T: Element>(g: &Geometry, b: &[T], threads: usize) -> scratch::Scratch
 
 /// The sizes both products run on: small-side positions, channels (all and per group),
 /// reduction terms, the length of a weight row, the columns of a strip (its gathered rows
-/// [`STRIP_BYTES`]) and the weight rows of a task (whole row blocks, two tasks a thread).
+/// [`STRIP_BYTES`]) and the weight rows of a task (whole blocks of the product's rows, two
+/// tasks a thread).
 struct Shape {
     small_size: usize,
     a_ch: usize,
@@ -145,7 +146,8 @@ struct Shape {
 }
 
 impl Shape {
-    fn of<T>(g: &Geometry, threads: usize) -> Shape {
+    /// The sizes of `g` for products over row blocks of `block` rows on `threads` threads.
+    fn of<T>(g: &Geometry, threads: usize, block: usize) -> Shape {
         let z = Sizes::of(g);
         let terms = g.batch * z.small_size;
         let row = z.b_pg * z.k_size;
@@ -159,14 +161,9 @@ impl Shape {
             strip: (STRIP_BYTES / (terms * std::mem::size_of::<T>()).max(1))
                 .next_multiple_of(cw)
                 .min(row.next_multiple_of(cw)),
-            per_task: per_task(z.a_ch, MR, threads),
+            per_task: z.a_ch.div_ceil(block).div_ceil(2 * threads.max(1)).max(1) * block,
         }
     }
-}
-
-/// Rows of a task: whole blocks of `block` rows, two tasks a thread.
-fn per_task(a_ch: usize, block: usize, threads: usize) -> usize {
-    a_ch.div_ceil(block).div_ceil(2 * threads.max(1)).max(1) * block
 }
 
 /// The runs of rows `(first, count)` of the row block of `live` rows from `a0` that share
@@ -200,7 +197,7 @@ pub(crate) fn grad_weight<T: Element>(
         row,
         strip,
         per_task,
-    } = Shape::of::<T>(g, threads);
+    } = Shape::of::<T>(g, threads, MR);
     let cw = chunk_width::<T>();
     let rows = gather(g, b, threads);
     let rows = &rows[..];
@@ -245,8 +242,9 @@ pub(crate) fn input_applies(g: &Geometry) -> bool {
 /// gradient ([`gather`]). Each weight row is read where it lies, once per 4 terms, against
 /// 4 gathered rows at a time, [`DOT_ROWS`] weight rows together (24 vector sums, added
 /// across lanes at the end in a fixed order); tasks own whole rows, so the result is
-/// bitwise identical for any thread count. The plan of the conv this is would pack the whole weight first on every call (pix2pix's
-/// 1024 -> 512 layer on 2×2 inputs: 33.5 MB, 10-13 ms of its input gradient at 1 thread).
+/// bitwise identical for any thread count. The plan of the conv this is would pack the
+/// whole weight first on every call (pix2pix's 1024 -> 512 layer on 2×2 inputs: 33.5 MB,
+/// 10-13 ms of its input gradient at 1 thread).
 pub(crate) fn input_dots<T: Element>(
     g: &Geometry,
     w: &[T],
@@ -261,9 +259,8 @@ pub(crate) fn input_dots<T: Element>(
         terms,
         row,
         strip,
-        ..
-    } = Shape::of::<T>(g, threads);
-    let per_task = per_task(a_ch, DOT_ROWS, threads);
+        per_task,
+    } = Shape::of::<T>(g, threads, DOT_ROWS);
     let rows = gather(g, gy, threads);
     let rows = &rows[..];
     // Sums as [a][r], then into x's layout [n][a][i].

@@ -277,10 +277,14 @@ impl<'a> Packing<'a> {
         let run = cin_g * mr;
         // f32 on AVX-512 with kernels of at most 16 taps: each block straight from `w`.
         #[cfg(target_arch = "x86_64")]
-        let direct: Option<super::weights_avx512::Terms> = (crate::fast::as_f32(w).is_some()
+        let direct = (crate::fast::as_f32(w).is_some()
             && self.isa == Isa::Avx512
             && super::weights_avx512::applies(ksize))
-        .then(|| terms(self.transforms, |t| (t.g.as_slice(), t.alpha, t.r)));
+        .then(|| {
+            let gterms = terms::<f32>(self.transforms, |t| (t.g.as_slice(), t.alpha, t.r));
+            let sizes = (per_phase, kdim, cin_g, mr);
+            super::weights_avx512::Runs::new(kflat, &gterms, sizes, ksize)
+        });
         let mut packed = if pooled {
             scratch::take::<T>(g.groups * blocks * unit)
         } else {
@@ -304,16 +308,10 @@ impl<'a> Packing<'a> {
                 mr,
             };
             #[cfg(target_arch = "x86_64")]
-            if let (Some(gterms), Some(kernels), Some(dst)) =
+            if let (Some(runs), Some(kernels), Some(dst)) =
                 (&direct, kernels.as_f32(), crate::fast::as_f32_mut(dst))
             {
-                let to = super::weights_avx512::Runs {
-                    kflat,
-                    gterms,
-                    per_phase,
-                    kdim,
-                };
-                super::weights_avx512::pack_block(&kernels, &to, dst);
+                super::weights_avx512::pack_block(&kernels, runs, dst);
                 zero_missing_sources(kflat, (points, per_phase, kdim, run, mr), dst);
                 return;
             }

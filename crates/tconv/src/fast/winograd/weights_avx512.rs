@@ -11,12 +11,13 @@
 //! operation for operation (`s = 0`, then `s = s + c · x` per term in order, a product
 //! rounded before its sum: [`super::combine`]), so both give the same bits.
 //!
-//! Plans built at 1 thread on the Intel Xeon of 2026-12-07 (medians of 25 builds, two
-//! rounds each): dcgan1's input gradient 3.0-3.1 -> 2.9 ms, its forward pass 3.9-4.0 ->
-//! 3.3, dcgan2's input gradient 0.89 -> 0.78, hifigan1d's 3.1-3.2 -> 2.7 and its forward
-//! pass 3.6-3.7 -> 2.9-3.0; at 2 threads ties. What is left is bound by memory: the packed
-//! values (19.5 MB for dcgan1, 2.25 times its weights) are written once, and the weights'
-//! rows (one line each, a channel's stride apart) read once. In the backward pass, where
+//! Plans built at 1 thread on the Intel Xeon of 2026-12-07 (medians of 25 builds, four
+//! rounds each): dcgan1's input gradient 3.0-3.1 -> 2.9-3.0 ms, its forward pass 3.8-4.0 ->
+//! 3.3-3.4, dcgan2's input gradient 0.85-0.89 -> 0.78-0.82, hifigan1d's 3.0-3.2 -> 2.6-2.7
+//! and its forward pass 3.5-3.7 -> 2.9-3.0 (5-19 %); at 2 threads ties. What is left looks
+//! bound by memory (the ties at 2 threads; perf puts most of the packing's samples on the
+//! weights' loads and the packed values' stores): the packed values (19.5 MB for dcgan1,
+//! 2.25 times its weights) are written once, the weights' rows read once. In the backward pass, where
 //! the input gradient's plan is built every call: hifigan1d's input gradient 1.10x
 //! faster at 1 thread, dcgan1's and dcgan2's ties (`bench/paired.sh
 //! dcgan1,dcgan2,hifigan1d 1 4`).
@@ -26,19 +27,45 @@ use std::arch::x86_64::*;
 use super::weights::PhaseTaps;
 use crate::fast::pack::BlockKernels;
 
-/// Where a block's runs go, as [`super::weights`] lays them out:
-/// `dst[phase · per_phase + (point · kdim + source · cin + ci) · mr + m]`.
-pub(super) struct Runs<'a> {
-    /// The live phases' sources' taps.
-    pub kflat: &'a [PhaseTaps],
-    /// Per point, its `(tap, coefficient)` terms of `G ⊗ … ⊗ G`.
-    pub gterms: &'a Terms,
-    pub per_phase: usize,
-    pub kdim: usize,
+/// Every block's runs of `U`, as [`super::weights`] lays them out,
+/// `dst[phase · per_phase + (point · kdim + source · cin + ci) · mr + m]`: each run's first
+/// value (at `ci = 0`, `m = 0`) and its terms `(tap, coefficient)` of `G ⊗ … ⊗ G`, in the
+/// general path's order. The same for every block of a packing: derived once.
+pub(super) struct Runs {
+    runs: Vec<(usize, Vec<(usize, f32)>)>,
+    /// Input channels and rows of a tile the offsets are for.
+    cin: usize,
+    mr: usize,
+    /// One past the last value the runs write.
+    end: usize,
 }
 
-/// Per point, its `(tap, coefficient)` terms of `G ⊗ … ⊗ G` in f32.
-pub(super) type Terms = Vec<Vec<(usize, f32)>>;
+impl Runs {
+    /// The runs of the live phases' sources' taps `kflat` and each point's terms `gterms`
+    /// (f32), for kernels of `ksize` taps. Panics where a term's tap is past the kernel.
+    pub(super) fn new(
+        kflat: &[PhaseTaps],
+        gterms: &[Vec<(usize, f32)>],
+        (per_phase, kdim, cin, mr): (usize, usize, usize, usize),
+        ksize: usize,
+    ) -> Runs {
+        let mut runs = Vec::new();
+        for (pi, sources) in kflat.iter().enumerate() {
+            for (si, kf) in sources.iter().enumerate() {
+                for (xi, ts) in gterms.iter().enumerate() {
+                    let at = pi * per_phase + (xi * kdim + si * cin) * mr;
+                    assert!(
+                        ts.iter().all(|&(j, _)| kf[j] < ksize),
+                        "a tap past the kernel"
+                    );
+                    runs.push((at, ts.iter().map(|&(j, c)| (kf[j], c)).collect()));
+                }
+            }
+        }
+        let end = runs.iter().map(|r| r.0).max().map_or(0, |a| a + cin * mr);
+        Runs { runs, cin, mr, end }
+    }
+}
 
 /// Most taps a kernel may have here (one vector of them per output channel).
 pub(super) const MAX_TAPS: usize = 16;
@@ -48,10 +75,10 @@ pub(super) fn applies(ksize: usize) -> bool {
     (1..=MAX_TAPS).contains(&ksize) && std::arch::is_x86_feature_detected!("avx512f")
 }
 
-/// Write every run of block `b` (of f32 kernels) into `dst` (the block's unit). Panics
-/// where the weights the block reads lie beyond `b.w`, or `dst` is shorter than the runs,
-/// or `applies` fails.
-pub(super) fn pack_block(b: &BlockKernels<'_, f32>, to: &Runs<'_>, dst: &mut [f32]) {
+/// Write every run of `runs` for block `b` (of f32 kernels) into `dst` (the block's unit).
+/// Panics where the weights the block reads lie beyond `b.w`, or `dst` is shorter than the
+/// runs, or the runs are for other sizes, or `applies` fails.
+pub(super) fn pack_block(b: &BlockKernels<'_, f32>, runs: &Runs, dst: &mut [f32]) {
     assert!(
         applies(b.ksize),
         "AVX-512 weight packing on a CPU without it"
@@ -61,29 +88,14 @@ pub(super) fn pack_block(b: &BlockKernels<'_, f32>, to: &Runs<'_>, dst: &mut [f3
         assert!(last <= b.w.len(), "block weights beyond the tensor");
     }
     assert!(b.live <= b.mr, "more live rows than the tile has");
-    // Each run's first value and its terms (tap, coefficient), in the general path's order.
-    let mut runs: Vec<(usize, Vec<(usize, f32)>)> = Vec::new();
-    for (pi, sources) in to.kflat.iter().enumerate() {
-        for (si, kf) in sources.iter().enumerate() {
-            for (xi, ts) in to.gterms.iter().enumerate() {
-                let at = pi * to.per_phase + (xi * to.kdim + si * b.cin) * b.mr;
-                assert!(
-                    ts.iter().all(|&(j, _)| kf[j] < b.ksize),
-                    "a tap past the kernel"
-                );
-                runs.push((at, ts.iter().map(|&(j, c)| (kf[j], c)).collect()));
-            }
-        }
-    }
-    let end = runs
-        .iter()
-        .map(|r| r.0)
-        .max()
-        .map_or(0, |a| a + b.cin * b.mr);
-    assert!(end <= dst.len(), "packed runs beyond the block's unit");
+    assert!(
+        (runs.cin, runs.mr) == (b.cin, b.mr),
+        "runs for another block shape"
+    );
+    assert!(runs.end <= dst.len(), "packed runs beyond the block's unit");
     // Safety: AVX-512F checked by `applies`; every load lies within `w` (the last row's end
     // checked above; masked-off lanes are not read) and every store within `dst` (`end`).
-    unsafe { block_avx512(b, &runs, dst) }
+    unsafe { block_avx512(b, &runs.runs, dst) }
 }
 
 /// [`pack_block`]'s loops.
