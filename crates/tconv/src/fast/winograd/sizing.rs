@@ -297,14 +297,25 @@ fn sizing_within<T: Element>(
     // sittings of 6 and 8) with 1.2-1.4x fewer perf samples (3 rounds), 1.44-1.46x with
     // AVX2 (6 rounds). Where the weights are smaller it did not pay: dcgan2's input
     // gradient at 1 thread and its forward pass at 2, dcgan3's input gradient at 2 (4.9,
-    // 4.9 and 1.2 MB) read 0.97-1.05x.
+    // 4.9 and 1.2 MB) read 0.97-1.05x. Nor where the widened tasks' transformed input
+    // outgrows the L2 (CPUID's; unknown: no limit), which the slices re-read: dcgan1's
+    // input gradient (K = 1024) on 12×2 tiles, 64 columns a task (2.4 MB of transformed
+    // input) instead of 32 (1.2 MB), ran 0.66x at a batch of 32 and 0.57-0.63x at 128
+    // (medians, two rounds, 1 thread, 2 MiB L2); 24×1 tiles, whose two panels are 32
+    // columns, keep them. (Alone this changed no plan here; the 12×2 tile now taken for
+    // that gradient relies on it at those batches.)
     if slice == full
         && least < full
         && weight_bytes > STREAMED_WEIGHTS
         && batch_chunk * band_tiles * cut.row_tiles <= tl
     {
         let (bc, bt) = cut.halved(wanted, registers, least);
-        if bc * bt * cut.row_tiles >= 2 * tl && !cut.over_on(threads, (bc, bt), registers, least) {
+        let input_bytes = cut.points * cut.kdim * bc * bt * cut.row_tiles * cut.elem;
+        let in_l2 = crate::fast::isa::l2_cache_bytes().is_none_or(|l2| input_bytes <= l2);
+        if bc * bt * cut.row_tiles >= 2 * tl
+            && in_l2
+            && !cut.over_on(threads, (bc, bt), registers, least)
+        {
             (slice, batch_chunk, band_tiles) = (least, bc, bt);
         }
     }
