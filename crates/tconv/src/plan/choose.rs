@@ -70,7 +70,10 @@ pub(super) fn gemm_kernel<T: Element>(
 /// The Winograd GEMMs' tile: the forced one, else the one with the least modelled time
 /// (as [`gemm_kernel`] models it, over an image's output positions, as tuned, or the tiles
 /// of a phase over the batch where those are fewer: a 64-column panel for the 4 tiles of a
-/// batch of one 4x4 image wasted 15 columns in 16) among those whose scratch over all
+/// batch of one 4x4 image wasted 15 columns in 16; but no fewer than the columns of the
+/// tasks of the table's first tile, where those hold several images: the input gradient
+/// of dcgan1, 16 outputs an image, took 24×1 for tasks of 32 columns, on which 12×2 runs
+/// 1.15-1.18x faster, and 1.14-1.25x at a batch of 128, see below) among those whose scratch over all
 /// threads fits in the output (issue 4's memory bound: on AVX-512, dcgan1's 64-tile panels
 /// held 2.3 MB at 1 thread for a 1 MB output), and among those, where the transforms could
 /// run in registers, only tiles that keep them there: with the portable transforms, dcgan1
@@ -119,6 +122,18 @@ pub(super) fn gemm_kernel<T: Element>(
 /// changed plans ran 0.91-1.08x at 1 thread (one of ten below 0.98: 16 images of 512
 /// channels on 8×8, 4×4 instead of 6×4) and 0.89-1.07x at 2 (one of nine below 0.97: a
 /// 1-D 512 -> 256 upsampler at stride 8, 16×1 instead of 8×3).
+///
+/// The columns of one task of the table's first tile (one more sizing) weigh the tiles
+/// where they exceed an image's output positions: each task's GEMMs pad their columns to
+/// the tile's. dcgan1's input gradient (4×4 outputs an image, tasks of 32 tiles over 8
+/// images) was weighed over 16 columns, so every tile of two vectors looked half wasted
+/// and 24×1 was taken; its 24 broadcast weights and one loaded vector per step of the
+/// reduction load more than the 12×2 tile's 12 and 2. On 12×2, dcgan1's input gradient
+/// 1.15x / 1.16x faster at 1 thread and 1.17x / 1.18x at 2, its backward pass 1.07x /
+/// 1.10x and 1.07x / 1.08x (`bench/paired.sh dcgan1 T 4`, medians / minima); at a batch
+/// of 128 the input gradient 1.25x / 1.19x and 1.14x / 1.16x, the backward pass 1.08x and
+/// 1.10x / 1.08x (3 rounds; Intel Xeon, 2026-12-07). No other plan of the suite, of the
+/// short reductions or of `bench/layers_compare.py`'s layers changed, on AVX-512 or AVX2.
 fn winograd_tile<T: Element>(
     g: &Geometry,
     isa: Isa,
@@ -130,7 +145,13 @@ fn winograd_tile<T: Element>(
         return Some((t, vec![t]));
     }
     let lanes = isa.lanes();
-    let positions = numel(&g.output_shape()[2..]).min(winograd::tiles(g)?);
+    let tiles = winograd::tiles(g)?;
+    // The columns of the first tile's tasks, where they hold more than an image's outputs.
+    let reference = tile_shapes_for::<T>(isa).first().and_then(|&(mr, v, _)| {
+        winograd::footprint::<T>(g, (mr, v, lanes, isa), winograd::DECISION_THREADS)
+    });
+    let columns = reference.map_or(0, |f| f.columns.min(tiles));
+    let positions = numel(&g.output_shape()[2..]).min(tiles).max(columns);
     let rows = g.out_per_group();
     // By modelled cost; of equal costs, the tile of more vectors where its panel of the
     // transformed input (the reduction by its columns) is at most `WIDE_PANEL_BYTES`, else
