@@ -297,12 +297,17 @@ fn balances<T: Element>(g: &Geometry, options: &PlanOptions) -> bool {
 /// bound holds two tasks' smaller panels only; a 64-channel 32×32 upsampler's backward pass
 /// 1.02-1.03x faster so), or where they take the scratch bound of streamed weights
 /// (`streamed`) and a gradient has at most
-/// [`SIDE_BY_SIDE_STREAMED_FLOPS`] (dcgan2). Side by side against one gradient after the
+/// [`SIDE_BY_SIDE_STREAMED_FLOPS`] (dcgan2, dcgan1). Side by side against one gradient after the
 /// other on two threads (`bench/paired.sh L 2 4`, medians / minima, Intel Xeon): dcgan2
 /// 1.06x / 1.06x; hifigan1d, whose input gradient streams its weights too but has 4.3
-/// GFLOP, 1.01x / 1.02x and with AVX2 0.95x / 0.96x; dcgan1 (its input gradient 1.7x
-/// slower than its weight gradient) 0.92x / 0.92x, dcgan3 0.87-0.93x, s1k3 0.88-0.96x,
+/// GFLOP, 1.01x / 1.02x and with AVX2 0.95x / 0.96x; dcgan3 0.87-0.93x, s1k3 0.88-0.96x,
 /// dilated 0.94-0.96x (their gradients' times differ, or two threads serve each well).
+/// dcgan1, whose input gradient's bound is twice its input a thread for 18.9 MB of
+/// streamed weights, ran 0.92x / 0.92x when that gradient took 1.7x its weight
+/// gradient's time; on its 12×2 tiles (1.15-1.18x faster) 1.39x / 1.43x (5 rounds), 1.16x
+/// / 1.17x with AVX2 (3 rounds; Intel Xeon, 2026-12-07). In a sweep of the suite at 2
+/// threads (forced on all: dcgan3 0.98x, s1k3 1.04-1.06x, dilated 1.00x) it is taken for
+/// dcgan2 and dcgan1 only.
 fn side_by_side<T: Element>(g: &Geometry, options: &PlanOptions) -> bool {
     if options.threads_for(g) != 2 {
         return false;
@@ -327,7 +332,7 @@ fn side_by_side<T: Element>(g: &Geometry, options: &PlanOptions) -> bool {
 
 /// Multiply-adds (×2) of one gradient at or below which a backward pass on two threads
 /// whose input gradient streams its weights runs its gradients side by side (see
-/// [`side_by_side`]): dcgan2's 1.07 GFLOP, not hifigan1d's 4.3.
+/// [`side_by_side`]): dcgan2's and dcgan1's 1.07 GFLOP, not hifigan1d's 4.3.
 const SIDE_BY_SIDE_STREAMED_FLOPS: u128 = 1 << 31;
 
 /// Multiply-adds (×2) of one gradient at or below which a backward pass on two threads runs

@@ -415,8 +415,9 @@ pub(crate) struct InputTiles {
     /// With fewer columns than on one thread: its scratch bound holds two tasks' smaller
     /// panels only (a 64-channel 32×32 upsampler's: 6×4 at 1 thread, 12×2 at 2).
     pub(crate) shrink: bool,
-    /// Within the scratch bound of streamed weights (half its input per thread,
-    /// [`winograd::Footprint::streamed`]): dcgan2's and hifigan1d's in the suite.
+    /// Within a scratch bound of streamed weights (half its input per thread, or twice it
+    /// for more than 16 MiB of them, [`winograd::Footprint::streamed`]): dcgan2's,
+    /// hifigan1d's and dcgan1's in the suite.
     pub(crate) streamed: bool,
 }
 

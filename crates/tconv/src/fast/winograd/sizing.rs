@@ -116,7 +116,8 @@ pub(super) fn sizing<T: Element>(
 struct Bound {
     bytes: usize,
     per_thread: bool,
-    /// Whether the streamed weights set it (half the input per thread, above).
+    /// Whether the streamed weights set it (half the input per thread, or twice the input
+    /// per thread, above).
     streamed: bool,
 }
 
@@ -173,7 +174,7 @@ impl Bound {
         Bound {
             bytes: widen * input,
             per_thread: true,
-            streamed: false,
+            streamed: widen > 1,
         }
     }
 
@@ -553,7 +554,8 @@ pub struct Footprint {
     /// transformed weights exceed 16 MiB), or where they would fit it but the transformed
     /// weights do not fit in the L2, half the input's size per thread.
     pub bound: usize,
-    /// Whether `bound` is that last (the weights stream from memory once per task).
+    /// Whether `bound` is that last or the doubled one (the weights stream from memory
+    /// once per task).
     pub streamed: bool,
     /// Tile columns of a task's GEMMs (at most: a band's last task may hold fewer); each
     /// task applies every transformed weight to its columns once.
