@@ -296,9 +296,8 @@ fn balances<T: Element>(g: &Geometry, options: &PlanOptions) -> bool {
 /// columns on two threads than on one (`shrink` of [`crate::plan::input_tiles`]: its scratch
 /// bound holds two tasks' smaller panels only; a 64-channel 32×32 upsampler's backward pass
 /// 1.02-1.03x faster so), or where they take the scratch bound of streamed weights
-/// (`streamed`) and a gradient has at most
-/// [`SIDE_BY_SIDE_STREAMED_FLOPS`] (dcgan2, dcgan1). Side by side against one gradient after the
-/// other on two threads (`bench/paired.sh L 2 4`, medians / minima, Intel Xeon): dcgan2
+/// (`streamed`) and a gradient has at most [`SIDE_BY_SIDE_STREAMED_FLOPS`] (dcgan2,
+/// dcgan1). Side by side against one gradient after the other on two threads (`bench/paired.sh L 2 4`, medians / minima, Intel Xeon): dcgan2
 /// 1.06x / 1.06x; hifigan1d, whose input gradient streams its weights too but has 4.3
 /// GFLOP, 1.01x / 1.02x and with AVX2 0.95x / 0.96x; dcgan3 0.87-0.93x, s1k3 0.88-0.96x,
 /// dilated 0.94-0.96x (their gradients' times differ, or two threads serve each well).

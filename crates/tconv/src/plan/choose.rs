@@ -73,13 +73,13 @@ pub(super) fn gemm_kernel<T: Element>(
 /// batch of one 4x4 image wasted 15 columns in 16; but no fewer than the columns of the
 /// tasks of the table's first tile, where those hold several images: the input gradient
 /// of dcgan1, 16 outputs an image, took 24×1 for tasks of 32 columns, on which 12×2 runs
-/// 1.15-1.18x faster, and 1.14-1.25x at a batch of 128, see below) among those whose scratch over all
-/// threads fits in the output (issue 4's memory bound: on AVX-512, dcgan1's 64-tile panels
-/// held 2.3 MB at 1 thread for a 1 MB output), and among those, where the transforms could
-/// run in registers, only tiles that keep them there: with the portable transforms, dcgan1
-/// at 2 threads ran 4.0-4.4 ms (12x2) and 3.3-3.5 (24x1) against the direct engine's
-/// 2.9-3.2 on AVX-512, and 7.7-8.3 against 5.5-5.9 on AVX2 (three and two alternating
-/// rounds, medians of 30 runs).
+/// 1.15-1.18x faster, and 1.14-1.25x at a batch of 128, see below) among those whose
+/// scratch over all threads fits in the output (issue 4's memory bound: on AVX-512,
+/// dcgan1's 64-tile panels held 2.3 MB at 1 thread for a 1 MB output), and among those,
+/// where the transforms could run in registers, only tiles that keep them there: with the
+/// portable transforms, dcgan1 at 2 threads ran 4.0-4.4 ms (12x2) and 3.3-3.5 (24x1)
+/// against the direct engine's 2.9-3.2 on AVX-512, and 7.7-8.3 against 5.5-5.9 on AVX2
+/// (three and two alternating rounds, medians of 30 runs).
 ///
 /// Whether the tiles run at all, and with which transforms, is decided for
 /// [`winograd::DECISION_THREADS`] threads whatever the plan runs on: those change the
