@@ -304,9 +304,9 @@ fn balances<T: Element>(g: &Geometry, options: &PlanOptions) -> bool {
 /// dcgan1, whose input gradient's bound is twice its input a thread for 18.9 MB of
 /// streamed weights, ran 0.92x / 0.92x when that gradient took 1.7x its weight
 /// gradient's time; on its 12×2 tiles (1.15-1.18x faster) 1.39x / 1.43x (5 rounds), 1.16x
-/// / 1.17x with AVX2 (3 rounds; Intel Xeon, 2026-12-07). In a sweep of the suite at 2
-/// threads (forced on all: dcgan3 0.98x, s1k3 1.04-1.06x, dilated 1.00x) it is taken for
-/// dcgan2 and dcgan1 only.
+/// / 1.17x with AVX2 (3 rounds; Intel Xeon, 2026-12-07). Forced on the same day (3
+/// rounds): dcgan3 0.98x / 0.97x, s1k3 1.04x / 1.06x, dilated 1.01x / 1.00x; of the suite
+/// this rule takes dcgan2 and dcgan1 only (AVX-512 and AVX2).
 fn side_by_side<T: Element>(g: &Geometry, options: &PlanOptions) -> bool {
     if options.threads_for(g) != 2 {
         return false;

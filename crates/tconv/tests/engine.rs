@@ -1435,10 +1435,10 @@ fn planner_takes_winograd_where_the_model_pays() {
 /// A strided conv whose Winograd tiles fit no task within the output (an input gradient)
 /// has a bound of its input's size per thread, doubled where its transformed weights exceed
 /// 16 MiB (each task streams them once): DCGAN's 512 → 256 layer's input gradient (18.9 MB
-/// of them) then takes 32 tiles a task, not 16, on 1 and 2 threads (AVX-512 and AVX2),
-/// one register panel on 3,
-/// within twice its input a thread, on small integers exactly the direct engine's on 1, 2
-/// and 3 threads; with half its channels (4.7 MB) 16 tiles within its input a thread.
+/// of them) then takes 32 tiles a task, not 16, on 1 and 2 threads (AVX-512 and AVX2), one
+/// register panel on 3, within twice its input a thread, on small integers exactly the
+/// direct engine's on 1, 2 and 3 threads; with half its channels (4.7 MB) 16 tiles within
+/// its input a thread.
 #[test]
 fn winograd_tasks_widen_where_the_weights_stream() {
     use tconv::{ConvParams, Geometry};

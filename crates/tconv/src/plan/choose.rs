@@ -123,9 +123,9 @@ pub(super) fn gemm_kernel<T: Element>(
 /// channels on 8×8, 4×4 instead of 6×4) and 0.89-1.07x at 2 (one of nine below 0.97: a
 /// 1-D 512 -> 256 upsampler at stride 8, 16×1 instead of 8×3).
 ///
-/// The columns of one task of the table's first tile (one more sizing) weigh the tiles
-/// where they exceed an image's output positions: each task's GEMMs pad their columns to
-/// the tile's. dcgan1's input gradient (4×4 outputs an image, tasks of 32 tiles over 8
+/// The columns of one task of the table's first tile (one more sizing, only where an image
+/// has fewer outputs than the tiles) weigh the tiles where they exceed an image's output
+/// positions: each task's GEMMs pad their columns to the tile's. dcgan1's input gradient (4×4 outputs an image, tasks of 32 tiles over 8
 /// images) was weighed over 16 columns, so every tile of two vectors looked half wasted
 /// and 24×1 was taken; its 24 broadcast weights and one loaded vector per step of the
 /// reduction load more than the 12×2 tile's 12 and 2. On 12×2, dcgan1's input gradient
@@ -146,12 +146,20 @@ fn winograd_tile<T: Element>(
     }
     let lanes = isa.lanes();
     let tiles = winograd::tiles(g)?;
-    // The columns of the first tile's tasks, where they hold more than an image's outputs.
-    let reference = tile_shapes_for::<T>(isa).first().and_then(|&(mr, v, _)| {
-        winograd::footprint::<T>(g, (mr, v, lanes, isa), winograd::DECISION_THREADS)
-    });
-    let columns = reference.map_or(0, |f| f.columns.min(tiles));
-    let positions = numel(&g.output_shape()[2..]).min(tiles).max(columns);
+    let image = numel(&g.output_shape()[2..]);
+    // The columns of the first tile's tasks, where they hold more than an image's outputs
+    // (sized only where an image has fewer outputs than the tiles, else they cannot).
+    let columns = if image < tiles {
+        let first = tile_shapes_for::<T>(isa).first();
+        first
+            .and_then(|&(mr, v, _)| {
+                winograd::footprint::<T>(g, (mr, v, lanes, isa), winograd::DECISION_THREADS)
+            })
+            .map_or(0, |f| f.columns.min(tiles))
+    } else {
+        0
+    };
+    let positions = image.min(tiles).max(columns);
     let rows = g.out_per_group();
     // By modelled cost; of equal costs, the tile of more vectors where its panel of the
     // transformed input (the reduction by its columns) is at most `WIDE_PANEL_BYTES`, else

@@ -565,9 +565,9 @@ mod tests {
                     let packing = Packing::new(&g, (&transforms, &phases, &kflat), mr, isa);
                     packing.pack(&w, 2, false).to_vec()
                 };
-                let (fused, general) = (pack(Isa::Avx512), pack(Isa::Avx2));
-                assert_eq!(fused.len(), general.len());
-                let differ = fused
+                let (direct, general) = (pack(Isa::Avx512), pack(Isa::Avx2));
+                assert_eq!(direct.len(), general.len());
+                let differ = direct
                     .iter()
                     .zip(&general)
                     .filter(|(a, b)| a.to_bits() != b.to_bits())
