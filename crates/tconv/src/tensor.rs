@@ -31,6 +31,17 @@ pub trait Element:
         v: usize,
     ) -> Option<crate::fast::kernels::KernelFn<Self>>;
 
+    /// The kernel for a GEMM's last panel of `v` vectors on `mr`-row tiles of more
+    /// vectors, if one exists: the same sums as the tile's kernel, column by column.
+    #[doc(hidden)]
+    fn tail_kernel(
+        isa: crate::fast::Isa,
+        mr: usize,
+        v: usize,
+    ) -> Option<crate::fast::kernels::KernelFn<Self>> {
+        Self::fast_kernel(isa, mr, v)
+    }
+
     /// A SIMD in-place microkernel for this element type, if one exists.
     #[doc(hidden)]
     fn fast_inplace(
@@ -61,6 +72,13 @@ impl Element for f32 {
         v: usize,
     ) -> Option<crate::fast::kernels::KernelFn<f32>> {
         crate::fast::kernels::f32_kernel(isa, mr, v)
+    }
+    fn tail_kernel(
+        isa: crate::fast::Isa,
+        mr: usize,
+        v: usize,
+    ) -> Option<crate::fast::kernels::KernelFn<f32>> {
+        crate::fast::kernels::f32_tail_kernel(isa, mr, v)
     }
     fn fast_inplace(
         isa: crate::fast::Isa,

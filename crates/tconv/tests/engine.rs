@@ -535,6 +535,60 @@ fn isa_names_and_fallback() {
     assert_eq!(Isa::parse("sse9"), None);
 }
 
+/// The kernels for a GEMM's last, narrower panel (`f32_tail_kernel`: the rows of a wide
+/// tile over fewer vectors) give that tile's kernel's bits on the columns they cover,
+/// fresh and accumulating, on every ISA this CPU runs; the Winograd GEMMs run them on a
+/// last panel of columns that fills fewer vectors than the tile's (HiFi-GAN's 172-column
+/// tasks: 5 panels of 32 and one of 12, on 12×1 instead of 12×2).
+#[test]
+fn tail_kernels_give_their_tiles_bits() {
+    use tconv::fast::kernels::{f32_kernel, f32_tail_kernel, tile_shapes, Rows};
+    let mut checked = 0;
+    for isa in ISAS.into_iter().filter(|i| i.available()) {
+        let lanes = isa.lanes();
+        for &(mr, v, _) in tile_shapes(isa) {
+            let whole = f32_kernel(isa, mr, v).expect("a listed tile has a kernel");
+            for tv in 1..v {
+                let Some(tail) = f32_tail_kernel(isa, mr, tv) else {
+                    continue;
+                };
+                let (k, pitch) = (37, v * lanes + 5);
+                let a = floats(&[k * mr], 21).into_raw_vec_and_offset().0;
+                let b = floats(&[k * pitch], 22).into_raw_vec_and_offset().0;
+                let start = floats(&[mr * pitch], 23).into_raw_vec_and_offset().0;
+                let rows = Rows {
+                    k,
+                    pitch,
+                    taps: 1,
+                    out_pitch: pitch,
+                };
+                for accumulate in [false, true] {
+                    let (mut want, mut got) = (start.clone(), start.clone());
+                    whole(&a, &b, rows, (&mut want[..]).into(), accumulate);
+                    tail(&a, &b, rows, (&mut got[..]).into(), accumulate);
+                    for r in 0..mr {
+                        let (w, g) = (&want[r * pitch..], &got[r * pitch..]);
+                        for c in 0..tv * lanes {
+                            assert_eq!(
+                                w[c].to_bits(),
+                                g[c].to_bits(),
+                                "{isa:?} {mr}x{v} against {mr}x{tv}: row {r}, column {c}"
+                            );
+                        }
+                        // Nothing past the tail's columns written.
+                        assert_eq!(
+                            &g[tv * lanes..v * lanes],
+                            &start[r * pitch + tv * lanes..][..(v - tv) * lanes]
+                        );
+                    }
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 0, "no tail kernel checked");
+}
+
 /// Where the phases' outputs interleave, the planner counts tiles row by row: on AVX-512,
 /// unet's rows of 64 take the 6x4 tile (one row each) over 8x3 (48 positions, half the
 /// tiles across two rows); vnet3d's rows of 16 hold no tile and keep the flat count.

@@ -569,6 +569,44 @@ pub fn f64_kernel(mr: usize, v: usize) -> Option<KernelFn<f64>> {
     portable::<f64>(mr, v)
 }
 
+/// The f32 kernel for the last panel of a GEMM on `mr`-row tiles whose columns fill only
+/// `v` vectors, fewer than the tile's: `mr` rows by `v` vectors, the same sums column by
+/// column (one fused multiply-add per product, rows in order), so the same bits as the
+/// tile's own kernel. Instantiated for the rows of the wide tiles of [`tile_shapes`]
+/// (these are not tiles a plan may be given: [`f32_kernel`] lists those).
+pub fn f32_tail_kernel(isa: Isa, mr: usize, v: usize) -> Option<KernelFn<f32>> {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => table!(
+            mr,
+            v,
+            |M, W| x86::avx512::<M, W> as KernelFn<f32>,
+            [
+                (12, 1),
+                (8, 1),
+                (8, 2),
+                (6, 1),
+                (6, 2),
+                (6, 3),
+                (4, 1),
+                (4, 2),
+                (4, 3),
+                (3, 1),
+                (3, 2),
+                (3, 3)
+            ]
+        ),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => table!(
+            mr,
+            v,
+            |M, W| x86::avx2::<M, W> as KernelFn<f32>,
+            [(6, 1), (3, 1), (3, 2)]
+        ),
+        _ => f32_kernel(isa, mr, v),
+    }
+}
+
 /// An f32 kernel for `isa` and a tile shape, if instantiated.
 pub fn f32_kernel(isa: Isa, mr: usize, v: usize) -> Option<KernelFn<f32>> {
     match isa {
