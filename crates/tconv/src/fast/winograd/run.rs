@@ -463,7 +463,9 @@ impl<T: Element> Winograd<T> {
         // hifigan1d's tasks (two images of 86 tiles: 172 columns) on 12×2 tiles ran five
         // panels of 32 columns and one of 32 for the last 12, now one of 16 (12×1): its
         // forward pass 1.06x / 1.06x faster at 1 thread and 1.05x / 1.05x at 2
-        // (`bench/paired.sh hifigan1d T 4`, medians / minima; Intel Xeon, 2026-12-08).
+        // (`bench/paired.sh hifigan1d T 4`, medians / minima; Intel Xeon, 2026-12-08);
+        // dilated's (its last band's tasks 64 columns on 8×3: 8×1 for the last 16) 1.05x /
+        // 1.05x and 1.01x / 1.02x.
         let full = n_cols / tl * tl;
         let tail_v = (n_cols - full).div_ceil(self.lanes);
         let tail = (tail_v > 0 && tail_v < self.v)
