@@ -297,10 +297,11 @@ fn balances<T: Element>(g: &Geometry, options: &PlanOptions) -> bool {
 /// bound holds two tasks' smaller panels only; a 64-channel 32×32 upsampler's backward pass
 /// 1.02-1.03x faster so), or where they take the scratch bound of streamed weights
 /// (`streamed`) and a gradient has at most [`SIDE_BY_SIDE_STREAMED_FLOPS`] (dcgan2,
-/// dcgan1). Side by side against one gradient after the other on two threads (`bench/paired.sh L 2 4`, medians / minima, Intel Xeon): dcgan2
-/// 1.06x / 1.06x; hifigan1d, whose input gradient streams its weights too but has 4.3
-/// GFLOP, 1.01x / 1.02x and with AVX2 0.95x / 0.96x; dcgan3 0.87-0.93x, s1k3 0.88-0.96x,
-/// dilated 0.94-0.96x (their gradients' times differ, or two threads serve each well).
+/// dcgan1). Side by side against one gradient after the other on two threads
+/// (`bench/paired.sh L 2 4`, medians / minima, Intel Xeon): dcgan2 1.06x / 1.06x;
+/// hifigan1d, whose input gradient streams its weights too but has 4.3 GFLOP, 1.01x /
+/// 1.02x and with AVX2 0.95x / 0.96x; dcgan3 0.87-0.93x, s1k3 0.88-0.96x, dilated
+/// 0.94-0.96x (their gradients' times differ, or two threads serve each well).
 /// dcgan1, whose input gradient's bound is twice its input a thread for 18.9 MB of
 /// streamed weights, ran 0.92x / 0.92x when that gradient took 1.7x its weight
 /// gradient's time; on its 12×2 tiles (1.15-1.18x faster) 1.39x / 1.43x (5 rounds), 1.16x

@@ -572,8 +572,9 @@ pub fn f64_kernel(mr: usize, v: usize) -> Option<KernelFn<f64>> {
 /// The f32 kernel for the last panel of a GEMM on `mr`-row tiles whose columns fill only
 /// `v` vectors, fewer than the tile's: `mr` rows by `v` vectors, the same sums column by
 /// column (one fused multiply-add per product, rows in order), so the same bits as the
-/// tile's own kernel. Instantiated for the rows of the wide tiles of [`tile_shapes`]
-/// (these are not tiles a plan may be given: [`f32_kernel`] lists those).
+/// tile's own kernel. Instantiated for the tiles of [`tile_shapes`] of three rows or more
+/// and several vectors (12×2, 8×3, 6×4, 4×4, 3×4 on AVX-512; 6×2, 3×3 on AVX2); these are
+/// not tiles a plan may be given ([`f32_kernel`] lists those).
 pub fn f32_tail_kernel(isa: Isa, mr: usize, v: usize) -> Option<KernelFn<f32>> {
     match isa {
         #[cfg(target_arch = "x86_64")]

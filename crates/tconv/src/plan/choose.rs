@@ -125,7 +125,9 @@ pub(super) fn gemm_kernel<T: Element>(
 ///
 /// The columns of one task of the table's first tile (one more sizing, only where an image
 /// has fewer outputs than the tiles) weigh the tiles where they exceed an image's output
-/// positions: each task's GEMMs pad their columns to the tile's. dcgan1's input gradient (4×4 outputs an image, tasks of 32 tiles over 8
+/// positions: each task's GEMMs run its columns in panels of the tile's (the model pads
+/// them to whole panels; the last panel runs on a tile of fewer vectors where one is
+/// instantiated). dcgan1's input gradient (4×4 outputs an image, tasks of 32 tiles over 8
 /// images) was weighed over 16 columns, so every tile of two vectors looked half wasted
 /// and 24×1 was taken; its 24 broadcast weights and one loaded vector per step of the
 /// reduction load more than the 12×2 tile's 12 and 2. On 12×2, dcgan1's input gradient
@@ -150,8 +152,8 @@ fn winograd_tile<T: Element>(
     // The columns of the first tile's tasks, where they hold more than an image's outputs
     // (sized only where an image has fewer outputs than the tiles, else they cannot).
     let columns = if image < tiles {
-        let first = tile_shapes_for::<T>(isa).first();
-        first
+        tile_shapes_for::<T>(isa)
+            .first()
             .and_then(|&(mr, v, _)| {
                 winograd::footprint::<T>(g, (mr, v, lanes, isa), winograd::DECISION_THREADS)
             })

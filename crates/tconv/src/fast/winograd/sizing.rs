@@ -311,8 +311,8 @@ fn sizing_within<T: Element>(
         && batch_chunk * band_tiles * cut.row_tiles <= tl
     {
         let (bc, bt) = cut.halved(wanted, registers, least);
-        let input_bytes = cut.points * cut.kdim * bc * bt * cut.row_tiles * cut.elem;
-        let in_l2 = crate::fast::isa::l2_cache_bytes().is_none_or(|l2| input_bytes <= l2);
+        let widened_input = cut.points * cut.kdim * bc * bt * cut.row_tiles * cut.elem;
+        let in_l2 = crate::fast::isa::l2_cache_bytes().is_none_or(|l2| widened_input <= l2);
         if bc * bt * cut.row_tiles >= 2 * tl
             && in_l2
             && !cut.over_on(threads, (bc, bt), registers, least)
