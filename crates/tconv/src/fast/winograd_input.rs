@@ -261,24 +261,58 @@ pub(crate) struct Gathered<'a> {
 #[cfg(target_arch = "x86_64")]
 #[derive(PartialEq)]
 struct GatherBlocks {
-    bases: Vec<usize>,
-    idx: Vec<i32>,
-    masks: Vec<u16>,
-    loads: Vec<[u16; 4]>,
-    /// Where each window starts, from the least index (0 for an unused window).
-    starts: Vec<[u32; 4]>,
-    /// The values from the least index that the full loads of the windows span.
-    reach: Vec<u32>,
+    /// Entry `b·points + i`: block `b`'s input `i`.
+    entries: Vec<Entry>,
+}
+
+/// A block's 16 indices, one 512-bit load.
+#[cfg(target_arch = "x86_64")]
+#[repr(C, align(64))]
+#[derive(Clone, Copy, PartialEq)]
+struct Lanes16([i32; 16]);
+
+/// How [`gathered_avx512`] loads one input of a block of 16 tiles.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    /// Every tile reads padding (or lies past `n`): zeros.
+    None,
+    /// Spread wider than four windows: a gather.
+    Gather,
+    /// Two windows: one permute.
+    Two,
+    /// Four windows: two permutes and a blend.
+    Four,
+}
+
+/// One input of a block of 16 tiles, as [`GatherBlocks`] describes it (one entry holds
+/// what the loads need, so that each is read from one place).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, PartialEq)]
+struct Entry {
+    /// The permutes' (or the gather's) index per tile.
+    idx: Lanes16,
+    /// The least index the tiles read.
+    base: usize,
+    /// `base` plus the values the full loads of the windows span.
+    end: usize,
+    /// Where each window starts, from `base` (0 for an unused window).
+    starts: [u32; 4],
+    /// Each window's values the tiles read.
+    loads: [u16; 4],
+    /// The tiles loaded (the others read padding or lie past `n`).
+    mask: u16,
     /// The tiles read from the third or fourth window.
-    highs: Vec<u16>,
+    high: u16,
+    kind: Kind,
 }
 
 #[cfg(target_arch = "x86_64")]
 impl GatherBlocks {
     /// `None` where the indices of one block's input span more than `i32` reaches.
     fn new(g: &Gathered<'_>, points: usize, (n_pad, pitch): (usize, usize)) -> Option<Self> {
-        let entries = n_pad / 16 * points;
-        let mut masks = vec![0u16; entries];
+        let n_entries = n_pad / 16 * points;
+        let mut masks = vec![0u16; n_entries];
         for (e, m) in masks.iter_mut().enumerate() {
             // The block's columns before `n`.
             let cols = g.n.saturating_sub(e / points * 16).min(16);
@@ -290,14 +324,19 @@ impl GatherBlocks {
                 masks[(col / 16) * points + i] &= !(1 << (col % 16));
             }
         }
-        let mut bases = vec![0usize; entries];
-        let mut idx = vec![0i32; entries * 16];
-        let mut loads = vec![[0u16; 4]; entries];
-        let mut starts = vec![[0u32; 4]; entries];
-        let mut reach = vec![0u32; entries];
-        let mut highs = vec![0u16; entries];
+        let mut entries = Vec::with_capacity(n_entries);
         for (e, &m) in masks.iter().enumerate() {
             let (b, i) = (e / points, e % points);
+            let mut entry = Entry {
+                idx: Lanes16([0; 16]),
+                base: 0,
+                end: 0,
+                starts: [0; 4],
+                loads: [0; 4],
+                mask: m,
+                high: 0,
+                kind: Kind::None,
+            };
             // The block's columns before `n` (the others are masked off).
             let row = &g.table[i * g.n..(i + 1) * g.n][(b * 16).min(g.n)..(b * 16 + 16).min(g.n)];
             let (mut lo, mut hi) = (usize::MAX, 0);
@@ -308,9 +347,10 @@ impl GatherBlocks {
                 }
             }
             if lo > hi {
-                continue; // nothing to load: base 0, no lanes
+                entries.push(entry); // nothing to load: base 0, no lanes
+                continue;
             }
-            bases[e] = lo;
+            entry.base = lo;
             let windows = four_windows(row, m, lo, hi);
             for (l, &at) in row.iter().enumerate() {
                 if m & (1 << l) != 0 {
@@ -323,30 +363,32 @@ impl GatherBlocks {
                                 .find(|&j| (w[j]..w[j] + 16).contains(&o))
                                 .expect("the windows hold every index");
                             let at_pair = o - w[j] + 16 * (j % 2);
-                            idx[e * 16 + l] = i32::try_from(at_pair).ok()?;
-                            loads[e][j] |= 1 << (o - w[j]);
+                            entry.idx.0[l] = i32::try_from(at_pair).ok()?;
+                            entry.loads[j] |= 1 << (o - w[j]);
                             if j >= 2 {
-                                highs[e] |= 1 << l;
+                                entry.high |= 1 << l;
                             }
                         }
-                        None => idx[e * 16 + l] = i32::try_from(o).ok()?,
+                        None => entry.idx.0[l] = i32::try_from(o).ok()?,
                     }
                 }
             }
-            if let Some(w) = windows {
-                starts[e] = std::array::from_fn(|j| w[j] as u32);
-                reach[e] = u32::try_from(w.iter().max().copied().unwrap_or(0) + 16).ok()?;
-            }
+            entry.kind = match windows {
+                Some(w) => {
+                    entry.starts = std::array::from_fn(|j| w[j] as u32);
+                    let reach = u32::try_from(w.iter().max().copied().unwrap_or(0) + 16).ok()?;
+                    entry.end = lo + reach as usize;
+                    if entry.loads[2] | entry.loads[3] == 0 {
+                        Kind::Two
+                    } else {
+                        Kind::Four
+                    }
+                }
+                None => Kind::Gather,
+            };
+            entries.push(entry);
         }
-        Some(GatherBlocks {
-            bases,
-            idx,
-            masks,
-            loads,
-            starts,
-            reach,
-            highs,
-        })
+        Some(GatherBlocks { entries })
     }
 }
 
@@ -399,13 +441,7 @@ impl GatherPlan {
     pub(crate) fn bytes(&self) -> usize {
         #[cfg(target_arch = "x86_64")]
         {
-            let b = &self.blocks;
-            b.bases.len() * std::mem::size_of::<usize>()
-                + b.idx.len() * 4
-                + (b.masks.len() + b.highs.len()) * 2
-                + b.loads.len() * 8
-                + b.starts.len() * 16
-                + b.reach.len() * 4
+            self.blocks.entries.len() * std::mem::size_of::<Entry>()
         }
         #[cfg(not(target_arch = "x86_64"))]
         0
@@ -493,9 +529,9 @@ pub(crate) fn transform_gathered(
         // masked off and not read); every store lies inside `v` (checked above).
         unsafe {
             if plan.alpha == 3 {
-                gathered_avx512::<SEP3_2D>(op)
+                gathered_avx512::<SEP3_2D, 9>(op)
             } else {
-                gathered_avx512::<SEP4_2D>(op)
+                gathered_avx512::<SEP4_2D, 16>(op)
             }
         }
     }
@@ -525,76 +561,94 @@ type GatherArgs<'a> = (
 const GATHER_CHANNELS: usize = 4;
 
 /// The body of [`transform_gathered`] (`FORM`: [`SEP3_2D`] or [`SEP4_2D`], as in
-/// [`each_tile`]).
+/// [`each_tile`], with its `P` points).
+///
+/// Each input of a block reads one [`Entry`] (its kind decided with the plan) and the
+/// points are a constant: the block's values and points are `P` vectors a channel, not
+/// [`MAX_POINTS`]. It read seven tables an input, each index checked, and branched on the
+/// loads' masks (perf: a third of its samples on scalar moves; the transform took 25 % of
+/// dcgan3's and 26 % of s1k3's forward passes). Against that, forward passes paired
+/// (`PASS=forward bench/paired.sh L T 4`, medians / minima; Intel Xeon, 2026-12-08): at 1
+/// thread s1k3 1.18x / 1.19x faster, dilated 1.13x / 1.13x, dcgan3 1.08x / 1.07x, dcgan2
+/// 1.05x / 1.04x, dcgan1 1.04x / 1.06x; at 2 threads 1.22x / 1.21x, 1.15x / 1.15x, 1.13x /
+/// 1.14x, 1.07x / 1.09x and 1.07x / 1.07x; the input gradients at 1 thread (3 rounds)
+/// 1.05-1.17x. The same loads, permutes and additions, so the same bits.
 ///
 /// # Safety
 /// As [`transform_gathered`] checks, and AVX-512F available.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn gathered_avx512<const FORM: u8>(
+unsafe fn gathered_avx512<const FORM: u8, const P: usize>(
     (x, blocks, (base, points), (channels, in_plane), v, (row0, pitch, point_stride)): GatherArgs<
         '_,
     >,
 ) {
     use std::arch::x86_64::*;
+    debug_assert_eq!(points, P);
     let zero = _mm512_setzero_ps();
-    let mut d = [[zero; MAX_POINTS]; GATHER_CHANNELS];
-    let mut y = [zero; MAX_POINTS];
+    let mut d = [[zero; P]; GATHER_CHANNELS];
+    let mut y = [zero; P];
     let out = v.as_mut_ptr();
-    let blocks_n = blocks.bases.len() / points.max(1);
     // A few channels at a time, their blocks in order: each channel's rows are read front
-    // to back, each of `V`'s rows written front to back, and each block's indices and
-    // masks serve all the channels.
+    // to back, each of `V`'s rows written front to back, and each block's entries serve
+    // all the channels.
     for c0 in (0..channels).step_by(GATHER_CHANNELS) {
         let cn = GATHER_CHANNELS.min(channels - c0);
-        for b in 0..blocks_n {
-            let col = 16 * b;
-            for i in 0..points {
-                let e = b * points + i;
-                let p = x
-                    .as_ptr()
-                    .wrapping_add(base + blocks.bases[e] + c0 * in_plane);
-                let idx = _mm512_loadu_si512(blocks.idx[e * 16..].as_ptr() as *const _);
-                let (m, ld, high) = (blocks.masks[e], blocks.loads[e], blocks.highs[e]);
-                let (starts, reach) = (blocks.starts[e], blocks.reach[e] as usize);
-                // Whether the windows' values lie inside `x` for every channel of the group.
-                let whole = base + blocks.bases[e] + (c0 + cn - 1) * in_plane + reach <= x.len();
-                for (cc, dc) in d.iter_mut().enumerate().take(cn) {
-                    let p = p.wrapping_add(cc * in_plane);
-                    dc[i] = if m == 0 {
-                        zero
-                    } else if ld == [0; 4] {
-                        // Spread wider than four windows: a gather.
-                        _mm512_mask_i32gather_ps::<4>(zero, m, idx, p)
-                    } else {
-                        // The four windows of 16 values (masked to the ones read near
-                        // the end of `x`), then each tile's picked by a two-source
-                        // permute.
-                        let l: [__m512; 4] = std::array::from_fn(|j| {
-                            let at = p.wrapping_add(starts[j] as usize);
-                            if whole {
-                                _mm512_loadu_ps(at)
-                            } else {
-                                _mm512_maskz_loadu_ps(ld[j], at)
-                            }
-                        });
-                        let lo = _mm512_maskz_permutex2var_ps(m, l[0], idx, l[1]);
-                        if ld[2] | ld[3] == 0 {
-                            lo
-                        } else {
-                            let hi = _mm512_permutex2var_ps(l[2], idx, l[3]);
-                            _mm512_mask_mov_ps(lo, high, hi)
+        // An entry's windows lie inside `x` for every channel of the group where their
+        // end (from `base` and channel `c0`) is at most this.
+        let room = x.len().checked_sub(base + (c0 + cn - 1) * in_plane);
+        let xc = x.as_ptr().wrapping_add(base + c0 * in_plane);
+        for (b, entries) in blocks.entries.chunks_exact(P).enumerate() {
+            for (i, e) in entries.iter().enumerate() {
+                let p = xc.wrapping_add(e.base);
+                match e.kind {
+                    Kind::None => {
+                        for dc in d.iter_mut().take(cn) {
+                            dc[i] = zero;
                         }
-                    };
+                    }
+                    Kind::Gather => {
+                        let idx = _mm512_load_si512(e.idx.0.as_ptr() as *const _);
+                        for (cc, dc) in d.iter_mut().enumerate().take(cn) {
+                            let p = p.wrapping_add(cc * in_plane);
+                            dc[i] = _mm512_mask_i32gather_ps::<4>(zero, e.mask, idx, p);
+                        }
+                    }
+                    kind => {
+                        // The windows of 16 values (masked to the ones read near the end
+                        // of `x`), then each tile's picked by a two-source permute.
+                        let idx = _mm512_load_si512(e.idx.0.as_ptr() as *const _);
+                        let whole = room.is_some_and(|r| e.end <= r);
+                        let (ld, st) = (e.loads, e.starts);
+                        for (cc, dc) in d.iter_mut().enumerate().take(cn) {
+                            let p = p.wrapping_add(cc * in_plane);
+                            let load = |j: usize| {
+                                let at = p.wrapping_add(st[j] as usize);
+                                if whole {
+                                    _mm512_loadu_ps(at)
+                                } else {
+                                    _mm512_maskz_loadu_ps(ld[j], at)
+                                }
+                            };
+                            let lo = _mm512_maskz_permutex2var_ps(e.mask, load(0), idx, load(1));
+                            dc[i] = if kind == Kind::Two {
+                                lo
+                            } else {
+                                let hi = _mm512_permutex2var_ps(load(2), idx, load(3));
+                                _mm512_mask_mov_ps(lo, e.high, hi)
+                            };
+                        }
+                    }
                 }
             }
+            let col = 16 * b;
             for (cc, dc) in d.iter().enumerate().take(cn) {
                 match FORM {
                     SEP3_2D => rect2(&BT3, dc, (&mut y, 1, 0)),
                     _ => rect2(&BT4, dc, (&mut y, 1, 0)),
                 }
                 let row = (row0 + c0 + cc) * pitch + col;
-                for (xi, yi) in y.iter().enumerate().take(points) {
+                for (xi, yi) in y.iter().enumerate() {
                     _mm512_storeu_ps(out.add(xi * point_stride + row), *yi);
                 }
             }
@@ -1054,7 +1108,7 @@ unsafe fn rect<L: Lanes, const R: usize, const C: usize>(at: &[[f32; C]; R], x: 
 #[inline(always)]
 unsafe fn rect2<L: Lanes, const R: usize, const C: usize>(
     at: &[[f32; C]; R],
-    m: &[L; MAX_POINTS],
+    m: &[L],
     (y, stride, t): (&mut [L], usize, usize),
 ) {
     let mut h = [[L::zero(); R]; C];
