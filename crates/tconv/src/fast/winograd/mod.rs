@@ -323,3 +323,15 @@ pub const DECISION_THREADS: usize = 2;
 /// Most spatial axes Winograd tiles take (a run holds its outer tile index in a fixed
 /// array).
 pub const MAX_DIMS: usize = 3;
+
+/// Elements of `elem` bytes between one point's rows of `V` and the next's in a task's
+/// scratch: one cache line. A point's `kdim` rows of `pitch` (a whole number of 16-lane
+/// vectors) span a multiple of 4 KiB wherever `kdim` is a multiple of 64, so the input
+/// transform's stores to its 9 or 16 points (each channel's 16 tiles, one vector a point)
+/// all fell on one L1 set, 4 KiB apart. A line apart, paired forward passes at 1 thread
+/// (`PASS=forward bench/paired.sh L 1 R`, four sittings of 3-6 rounds, medians; Intel
+/// Xeon, 2026-12-08): s1k3 1.02-1.09x, dilated 0.99-1.14x, dcgan3 1.01-1.06x, dcgan1,
+/// dcgan2 and hifigan1d 0.97-1.04x; at 2 threads (one sitting) 0.98-1.04x. Plans unchanged.
+pub(super) fn point_gap(elem: usize) -> usize {
+    64 / elem.max(1)
+}

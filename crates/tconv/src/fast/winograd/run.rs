@@ -274,7 +274,7 @@ impl<T: Element> Winograd<T> {
         mut task: Task<'_, T>,
         avx2: bool,
     ) {
-        let (slice, pitch, kdim) = (self.slice, self.pitch, self.kdim);
+        let (slice, pitch) = (self.slice, self.pitch);
         // The transforms in registers (f32 only; `registers` implies it).
         let registers = avx2 && self.registers;
         // On AVX-512 the separable 2-D forms load their inputs straight from `x`, without
@@ -286,7 +286,7 @@ impl<T: Element> Winograd<T> {
             Some(x) if registers && !gather => self.slab(g, x, &task),
             _ => None,
         };
-        let mut v = scratch::take::<T>(self.points * kdim * pitch);
+        let mut v = scratch::take::<T>(self.points * self.v_stride());
         let mut mres = scratch::take::<T>(self.points * slice * pitch);
         let mut rows = scratch::take::<T>(self.row_scratch());
         let mut live_index = 0;
@@ -402,7 +402,7 @@ impl<T: Element> Winograd<T> {
         v: &mut [T],
         rows: &mut [T],
     ) {
-        let (cin_g, kdim, pitch) = (g.in_per_group(), self.kdim, self.pitch);
+        let (cin_g, pitch) = (g.in_per_group(), self.pitch);
         let in_plane = numel(&self.in_shape);
         let n_cols = t.n_cols;
         // Columns the GEMMs run over: whole register panels.
@@ -414,7 +414,7 @@ impl<T: Element> Winograd<T> {
                 crate::fast::as_f32(x),
                 crate::fast::as_f32_mut(&mut *v),
             ) {
-                let rows = (si * cin_g, pitch, kdim * pitch);
+                let rows = (si * cin_g, pitch, self.v_stride());
                 winograd_input::transform_gathered(x, plan, base, (cin_g, in_plane), v, rows);
                 continue;
             }
@@ -425,7 +425,7 @@ impl<T: Element> Winograd<T> {
                 Some((slab, offs, crate::fast::as_f32_mut(v)?))
             });
             if let Some((slab, offs, v)) = fast {
-                let rows = (si * cin_g, pitch, kdim * pitch);
+                let rows = (si * cin_g, pitch, self.v_stride());
                 let form = (&self.in_terms_f32[..], self.in_form);
                 winograd_input::transform(slab, &offs, form, cin_g, v, rows);
                 continue;
@@ -434,7 +434,7 @@ impl<T: Element> Winograd<T> {
                 let cn = CHUNK.min(cin_g - c0);
                 let dst = &mut v[(si * cin_g + c0) * pitch..];
                 let chans = (c0, cn, in_plane);
-                let v = (dst, kdim * pitch);
+                let v = (dst, self.v_stride());
                 // (The table's indices count from `base`.)
                 self.input_transform(&x[base..], chans, (table, zeros), n_cols, v, rows);
             }
@@ -499,7 +499,7 @@ impl<T: Element> Winograd<T> {
         for b0 in task_blocks.clone().step_by(per_slice) {
             let blocks = b0..task_blocks.end.min(b0 + per_slice);
             for xi in 0..self.points {
-                let b_rows = &v[xi * kdim * pitch..];
+                let b_rows = &v[xi * self.v_stride()..];
                 for b in blocks.clone() {
                     let at = (task.group * self.blocks + b) * unit
                         + (live_index * self.points + xi) * kdim * self.mr;

@@ -502,7 +502,7 @@ impl<'a> Cut<'a> {
     /// a time.
     fn task_len(&self, (bc, bt): (usize, usize), registers: bool, slice: usize) -> usize {
         let pitch = crate::fast::im2col::pitch(bc * bt * self.row_tiles, self.tl, self.elem);
-        self.points * (self.kdim + slice) * pitch
+        self.points * ((self.kdim + slice) * pitch + super::point_gap(self.elem))
             + self.rows_len * pitch
             + self.slab_len((bc, bt), registers)
     }

@@ -120,6 +120,12 @@ impl<T: Element> Winograd<T> {
         self.task_len
     }
 
+    /// Elements from one point's rows of `V` to the next's in a task's scratch: its `kdim`
+    /// rows of `pitch`, then [`point_gap`]'s cache line.
+    pub(super) fn v_stride(&self) -> usize {
+        self.kdim * self.pitch + point_gap(std::mem::size_of::<T>())
+    }
+
     /// Elements of the transforms' buffers: the gathered inputs of every tile (`α^D` rows),
     /// or the output transform's results (`m^D` rows), for [`CHUNK`] channels.
     pub(super) fn row_scratch(&self) -> usize {
