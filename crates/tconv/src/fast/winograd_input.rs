@@ -531,7 +531,7 @@ pub(crate) fn transform_gathered(
         let op = (
             x,
             &plan.blocks,
-            (base, points),
+            base,
             (channels, in_plane),
             v,
             (row0, pitch, point_stride),
@@ -556,13 +556,13 @@ pub(crate) fn transform_gathered(
     }
 }
 
-/// [`gathered_avx512`]'s operands: `x`, the blocks, their base in `x` and the points per
-/// tile, the channels and their distance in `x`, `V` and where its rows lie.
+/// [`gathered_avx512`]'s operands: `x`, the blocks, their base in `x`, the channels and
+/// their distance in `x`, `V` and where its rows lie.
 #[cfg(target_arch = "x86_64")]
 type GatherArgs<'a> = (
     &'a [f32],
     &'a GatherBlocks,
-    (usize, usize),
+    usize,
     (usize, usize),
     &'a mut [f32],
     (usize, usize, usize),
@@ -593,12 +593,9 @@ const GATHER_CHANNELS: usize = 4;
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn gathered_avx512<const FORM: u8, const P: usize>(
-    (x, blocks, (base, points), (channels, in_plane), v, (row0, pitch, point_stride)): GatherArgs<
-        '_,
-    >,
+    (x, blocks, base, (channels, in_plane), v, (row0, pitch, point_stride)): GatherArgs<'_>,
 ) {
     use std::arch::x86_64::*;
-    debug_assert_eq!(points, P);
     let zero = _mm512_setzero_ps();
     let mut d = [[zero; P]; GATHER_CHANNELS];
     let mut y = [zero; P];
@@ -613,60 +610,17 @@ unsafe fn gathered_avx512<const FORM: u8, const P: usize>(
         let room = x.len().checked_sub(base + (c0 + cn - 1) * in_plane);
         let xc = x.as_ptr().wrapping_add(base + c0 * in_plane);
         for (b, entries) in blocks.entries.chunks_exact(P).enumerate() {
-            // A whole group of channels of a block whose inputs all load windows of one
-            // kind inside `x`: no branch per input.
-            let fast = match blocks.uniform[b] {
+            match blocks.uniform[b] {
+                // A whole group of channels of a block whose inputs all load windows of
+                // one kind inside `x`: no branch per input.
                 Some((kind, end)) if cn == GATHER_CHANNELS && room.is_some_and(|r| end <= r) => {
-                    Some(kind)
-                }
-                _ => None,
-            };
-            match fast {
-                Some(Kind::Two) => windows::<false, P>(entries, xc, in_plane, &mut d),
-                Some(_) => windows::<true, P>(entries, xc, in_plane, &mut d),
-                None => {}
-            }
-            for (i, e) in entries.iter().enumerate().filter(|_| fast.is_none()) {
-                let p = xc.wrapping_add(e.base);
-                match e.kind {
-                    Kind::None => {
-                        for dc in d.iter_mut().take(cn) {
-                            dc[i] = zero;
-                        }
-                    }
-                    Kind::Gather => {
-                        let idx = _mm512_load_si512(e.idx.0.as_ptr() as *const _);
-                        for (cc, dc) in d.iter_mut().enumerate().take(cn) {
-                            let p = p.wrapping_add(cc * in_plane);
-                            dc[i] = _mm512_mask_i32gather_ps::<4>(zero, e.mask, idx, p);
-                        }
-                    }
-                    kind => {
-                        // The windows of 16 values (masked to the ones read near the end
-                        // of `x`), then each tile's picked by a two-source permute.
-                        let idx = _mm512_load_si512(e.idx.0.as_ptr() as *const _);
-                        let whole = room.is_some_and(|r| e.end <= r);
-                        let (ld, st) = (e.loads, e.starts);
-                        for (cc, dc) in d.iter_mut().enumerate().take(cn) {
-                            let p = p.wrapping_add(cc * in_plane);
-                            let load = |j: usize| {
-                                let at = p.wrapping_add(st[j] as usize);
-                                if whole {
-                                    _mm512_loadu_ps(at)
-                                } else {
-                                    _mm512_maskz_loadu_ps(ld[j], at)
-                                }
-                            };
-                            let lo = _mm512_maskz_permutex2var_ps(e.mask, load(0), idx, load(1));
-                            dc[i] = if kind == Kind::Two {
-                                lo
-                            } else {
-                                let hi = _mm512_permutex2var_ps(load(2), idx, load(3));
-                                _mm512_mask_mov_ps(lo, e.high, hi)
-                            };
-                        }
+                    if kind == Kind::Two {
+                        windows::<false, P>(entries, xc, in_plane, &mut d)
+                    } else {
+                        windows::<true, P>(entries, xc, in_plane, &mut d)
                     }
                 }
+                _ => gathered_inputs(entries, (xc, room), (cn, in_plane), &mut d),
             }
             let col = 16 * b;
             for (cc, dc) in d.iter().enumerate().take(cn) {
@@ -683,11 +637,75 @@ unsafe fn gathered_avx512<const FORM: u8, const P: usize>(
     }
 }
 
+/// [`gathered_avx512`]'s loads for the first `cn` channels of a group (from `xc`, its
+/// channel 0), input by input as each entry's kind says: zeros, a gather, or two or four
+/// windows of 16 values (masked to the values the tiles read where the windows' end passes
+/// `room`, the values from `xc`'s last channel to the end of `x`), each tile's picked by
+/// two-source permutes.
+///
+/// # Safety
+/// As [`gathered_avx512`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn gathered_inputs<const P: usize>(
+    entries: &[Entry],
+    (xc, room): (*const f32, Option<usize>),
+    (cn, in_plane): (usize, usize),
+    d: &mut [[std::arch::x86_64::__m512; P]; GATHER_CHANNELS],
+) {
+    use std::arch::x86_64::*;
+    let zero = _mm512_setzero_ps();
+    for (i, e) in entries.iter().enumerate() {
+        let p = xc.wrapping_add(e.base);
+        match e.kind {
+            Kind::None => {
+                for dc in d.iter_mut().take(cn) {
+                    dc[i] = zero;
+                }
+            }
+            Kind::Gather => {
+                let idx = _mm512_load_si512(e.idx.0.as_ptr() as *const _);
+                for (cc, dc) in d.iter_mut().enumerate().take(cn) {
+                    let p = p.wrapping_add(cc * in_plane);
+                    dc[i] = _mm512_mask_i32gather_ps::<4>(zero, e.mask, idx, p);
+                }
+            }
+            kind => {
+                // The windows of 16 values (masked to the ones read near the end
+                // of `x`), then each tile's picked by a two-source permute.
+                let idx = _mm512_load_si512(e.idx.0.as_ptr() as *const _);
+                let whole = room.is_some_and(|r| e.end <= r);
+                let (ld, st) = (e.loads, e.starts);
+                for (cc, dc) in d.iter_mut().enumerate().take(cn) {
+                    let p = p.wrapping_add(cc * in_plane);
+                    let load = |j: usize| {
+                        let at = p.wrapping_add(st[j] as usize);
+                        if whole {
+                            _mm512_loadu_ps(at)
+                        } else {
+                            _mm512_maskz_loadu_ps(ld[j], at)
+                        }
+                    };
+                    let lo = _mm512_maskz_permutex2var_ps(e.mask, load(0), idx, load(1));
+                    dc[i] = if kind == Kind::Two {
+                        lo
+                    } else {
+                        let hi = _mm512_permutex2var_ps(load(2), idx, load(3));
+                        _mm512_mask_mov_ps(lo, e.high, hi)
+                    };
+                }
+            }
+        }
+    }
+}
+
 /// [`gathered_avx512`]'s loads for a whole group of channels of a block whose inputs all
 /// load two windows (or four: `FOUR`) inside `x`: the same loads and permutes as there,
 /// without a branch per input. Against a branch per input and channel (paired forward
 /// passes, 3 rounds, medians / minima; Intel Xeon, 2026-12-08): s1k3 1.06x / 1.07x at 1
-/// thread and 1.03x / 1.04x at 2, dilated 1.06x / 1.04x, dcgan2 and dcgan3 1.00-1.05x.
+/// thread and 1.03x / 1.04x at 2, dilated 1.06x / 1.04x and 1.05x / 0.94x, dcgan2 and
+/// dcgan3 1.00-1.05x / 1.00-1.03x.
 ///
 /// # Safety
 /// As [`gathered_avx512`], and every window of every channel of the group inside `x`.

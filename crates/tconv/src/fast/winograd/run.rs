@@ -1176,7 +1176,10 @@ struct Run {
 /// Most bytes a plan's distinct Winograd tables may take ([`Winograd::build_tables`]), a
 /// bound on the plan's memory: the suite's layers take 26-72 KB, a 1024×1024 image of 64
 /// channels (F(2x2,3x3)) 363 KB, its 512 bands sharing three kinds; a single row of some
-/// 35 000 tiles passes it, and its tasks build their tables as they run.
+/// 35 000 tiles passes it, and its tasks build their tables as they run. (Measured before
+/// the AVX-512 gather tables took one 128-byte entry per block input, 2026-12-08: by
+/// `tconv plan`'s packed bytes, dcgan3's plan 7.4 KB more, s1k3's 6.4 KB, the 1024×1024
+/// layer's 39.6 KB.)
 const MAX_TABLE_BYTES: usize = 4 << 20;
 
 /// The tables of one kind of task (its band of tile rows, from `band`, and its `images`),
